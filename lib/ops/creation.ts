@@ -1,0 +1,167 @@
+// Creating tensors: from data, constants, ranges and random draws.
+import { DType, DTYPE_CODE, encode, isFloat } from '../dtype';
+import { DEVICE_CODE, Device } from '../device';
+import { DTypeError, ShapeError, ValueError, describe } from '../errors';
+import { native } from '../native';
+import { Generator, defaultGenerator } from '../random';
+import { NestedArray, Tensor, contiguousStrides, sizeOf } from '../tensor';
+import { checkShape, empty, nat, resolveDType, resolveDevice } from './util';
+
+export interface CreateOptions {
+  dtype?: DType;
+  device?: Device;
+}
+export interface RandomOptions extends CreateOptions {
+  generator?: Generator;
+}
+
+type Data = number | boolean | NestedArray | Float32Array | Float64Array | Int32Array | Uint8Array | Uint16Array |
+  Int8Array | Int16Array | Uint32Array | number[] | boolean[];
+
+function inferShape(data: unknown): number[] {
+  const shape: number[] = [];
+  let cur: unknown = data;
+  while (Array.isArray(cur)) {
+    shape.push(cur.length);
+    cur = cur[0];
+  }
+  return shape;
+}
+
+function flatten(data: unknown, shape: number[], d: number, out: Array<number | boolean>): void {
+  if (d === shape.length) {
+    if (typeof data !== 'number' && typeof data !== 'boolean') {
+      throw new ValueError(`tensor: Expected a number or boolean at depth ${d} but received ${describe(data)}`);
+    }
+    out.push(data);
+    return;
+  }
+  if (!Array.isArray(data) || data.length !== shape[d]) {
+    throw new ShapeError(`tensor: the nested arrays are ragged: expected ${shape[d]} entries at depth ${d} but received ${describe(data)}`);
+  }
+  for (const x of data) flatten(x, shape, d + 1, out);
+}
+
+/**
+ * A tensor from data: a number, boolean, (nested) array or typed array.
+ *   tensor([[1, 2], [3, 4]])                      // float32 [2, 2]
+ *   tensor(new Int32Array([1, 2, 3]), [3])        // int32
+ *   tensor(data, [2, 3], { dtype: 'bfloat16', device: 'cuda' })
+ */
+export function tensor(data: Data, shape?: number[], options: CreateOptions = {}): Tensor {
+  if (shape !== undefined && !Array.isArray(shape) && typeof shape === 'object') {
+    options = shape as CreateOptions;
+    shape = undefined;
+  }
+  let flat: ArrayLike<number> | ArrayLike<boolean>;
+  let inferred: number[];
+  let natural: DType = 'float32';
+  if (ArrayBuffer.isView(data)) {
+    flat = data as unknown as ArrayLike<number>;
+    inferred = [flat.length];
+    if (data instanceof Int32Array) natural = 'int32';
+    else if (data instanceof Float64Array) natural = 'float64';
+  } else if (typeof data === 'number' || typeof data === 'boolean') {
+    flat = [data] as ArrayLike<number>;
+    inferred = [];
+    if (typeof data === 'boolean') natural = 'bool';
+  } else if (Array.isArray(data)) {
+    inferred = inferShape(data);
+    const out: Array<number | boolean> = [];
+    flatten(data, inferred, 0, out);
+    flat = out as ArrayLike<number>;
+    if (out.length > 0 && typeof out[0] === 'boolean') natural = 'bool';
+  } else {
+    throw new ValueError(`tensor: Expected a number, boolean, array or typed array for data but received ${describe(data)}`);
+  }
+  const dtype = resolveDType(options.dtype, natural);
+  const device = resolveDevice(options.device);
+  const finalShape = shape === undefined ? inferred : checkShape(shape, 'tensor');
+  const n = sizeOf(finalShape);
+  if (n !== flat.length) {
+    throw new ShapeError(`tensor: shape [${finalShape.join(', ')}] needs ${n} values but data has ${flat.length}`);
+  }
+  if (data instanceof Uint16Array && dtype !== 'bfloat16') {
+    // plain numbers
+    flat = Array.from(data);
+  }
+  const bytes = encode(flat, dtype);
+  const h = nat(() => native.fromBytes(bytes, finalShape, DTYPE_CODE[dtype], DEVICE_CODE[device]));
+  return new Tensor(h, finalShape, contiguousStrides(finalShape), 0, dtype, device);
+}
+
+/** A scalar (0-d) tensor. */
+export function scalar(value: number | boolean, options: CreateOptions = {}): Tensor {
+  return tensor(value, [], options);
+}
+
+export function full(shape: number[], value: number | boolean, options: CreateOptions = {}): Tensor {
+  const s = checkShape(shape, 'full');
+  const t = empty(s, resolveDType(options.dtype, typeof value === 'boolean' ? 'bool' : 'float32'), resolveDevice(options.device));
+  nat(() => native.fill(t.handle, Number(value)));
+  return t;
+}
+export function zeros(shape: number[], options: CreateOptions = {}): Tensor {
+  return full(shape, 0, options);
+}
+export function ones(shape: number[], options: CreateOptions = {}): Tensor {
+  return full(shape, 1, options);
+}
+export function zerosLike(t: Tensor, options: CreateOptions = {}): Tensor {
+  return full(t.shape.slice(), 0, { dtype: t.dtype, device: t.device, ...options });
+}
+export function onesLike(t: Tensor, options: CreateOptions = {}): Tensor {
+  return full(t.shape.slice(), 1, { dtype: t.dtype, device: t.device, ...options });
+}
+export function fullLike(t: Tensor, value: number, options: CreateOptions = {}): Tensor {
+  return full(t.shape.slice(), value, { dtype: t.dtype, device: t.device, ...options });
+}
+
+/**
+ * Values from start (inclusive) to stop (exclusive) by step: arange(5), arange(2, 10, 2).
+ * dtype defaults to int32 when all arguments are integers, else float32.
+ */
+export function arange(start: number, stop?: number, step = 1, options: CreateOptions = {}): Tensor {
+  if (stop === undefined) {
+    stop = start;
+    start = 0;
+  }
+  for (const [v, n] of [[start, 'start'], [stop, 'stop'], [step, 'step']] as const) {
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new ValueError(`arange: Expected a finite number for ${n} but received ${describe(v)}`);
+  }
+  if (step === 0) throw new ValueError('arange: step must not be 0');
+  const count = Math.max(0, Math.ceil((stop - start) / step));
+  const allInt = Number.isInteger(start) && Number.isInteger(stop) && Number.isInteger(step);
+  const t = empty([count], resolveDType(options.dtype, allInt ? 'int32' : 'float32'), resolveDevice(options.device));
+  nat(() => native.arange(t.handle, start, step));
+  return t;
+}
+
+function randomDraw(op: string, shape: number[], kind: 0 | 1, a: number, b: number, options: RandomOptions, natural: DType): Tensor {
+  const s = checkShape(shape, op);
+  const dtype = resolveDType(options.dtype, natural);
+  if (kind === 1 && !isFloat(dtype)) throw new DTypeError(`${op}: Expected a float dtype but received ${dtype}`);
+  if (dtype === 'bool') throw new DTypeError(`${op}: bool is not a random dtype`);
+  const gen = options.generator ?? defaultGenerator;
+  const n = sizeOf(s);
+  const offset = gen.take(kind === 1 ? 2 * n : n);
+  const t = empty(s, dtype, resolveDevice(options.device));
+  nat(() => native.random(t.handle, kind, gen.seed, offset, a, b));
+  return t;
+}
+
+/** Uniform in [low, high) (default [0, 1)). */
+export function rand(shape: number[], options: RandomOptions & { low?: number; high?: number } = {}): Tensor {
+  return randomDraw('rand', shape, 0, options.low ?? 0, options.high ?? 1, options, 'float32');
+}
+/** Normal with the given mean and std (default 0, 1). */
+export function randn(shape: number[], options: RandomOptions & { mean?: number; std?: number } = {}): Tensor {
+  return randomDraw('randn', shape, 1, options.mean ?? 0, options.std ?? 1, options, 'float32');
+}
+/** Integers uniform in [low, high), int32 by default. */
+export function randint(low: number, high: number, shape: number[], options: RandomOptions = {}): Tensor {
+  if (!Number.isInteger(low) || !Number.isInteger(high) || high <= low) {
+    throw new ValueError(`randint: Expected integers low < high but received ${describe(low)} and ${describe(high)}`);
+  }
+  return randomDraw('randint', shape, 0, low, high, options, 'int32');
+}

@@ -1,0 +1,179 @@
+// Element-wise ops: unary math, binary arithmetic and comparisons with broadcasting, where,
+// clamp. dtypes promote as in PyTorch: bool < int32 < bfloat16 < float32 < float64; division
+// and pow of integers give float32; comparisons give bool.
+import { DType, isFloat, promote } from '../dtype';
+import { BINARY_OPS, BinaryName, UNARY_OPS, UnaryName, native } from '../native';
+import { DTypeError, ValueError, describe } from '../errors';
+import { Tensor } from '../tensor';
+import { cast } from './shape';
+import { broadcastShapes, checkTensor, empty, nat, sameDevice } from './util';
+
+const UNARY_CODE = Object.fromEntries(UNARY_OPS.map((n, i) => [n, i])) as Record<UnaryName, number>;
+const BINARY_CODE = Object.fromEntries(BINARY_OPS.map((n, i) => [n, i])) as Record<BinaryName, number>;
+const INT_UNARY = new Set<UnaryName>(['neg', 'abs', 'square', 'sign']);
+const COMPARE = new Set<BinaryName>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr']);
+
+export type TensorOrScalar = Tensor | number;
+
+/** Applies a unary op; integer inputs of float-only ops are promoted to float32. */
+export function unary(name: UnaryName, x: Tensor): Tensor {
+  checkTensor(x, name, 'x');
+  if (name === 'logicalNot') {
+    const out = empty(x.shape, 'bool', x.device);
+    nat(() => native.unary(UNARY_CODE[name], out.handle, x.handle));
+    return out;
+  }
+  let src = x;
+  if (x.dtype === 'bool' || (x.dtype === 'int32' && !INT_UNARY.has(name))) src = cast(x, x.dtype === 'bool' && INT_UNARY.has(name) ? 'int32' : 'float32');
+  try {
+    const out = empty(src.shape, src.dtype, src.device);
+    nat(() => native.unary(UNARY_CODE[name], out.handle, src.handle));
+    return out;
+  } finally {
+    if (src !== x) src.dispose();
+  }
+}
+
+function arithDType(name: BinaryName, d: DType): DType {
+  if (COMPARE.has(name)) return d;
+  if ((name === 'div' || name === 'pow') && !isFloat(d)) return 'float32';
+  if (d === 'bool') return 'int32';
+  return d;
+}
+
+/** Applies a binary op with broadcasting and dtype promotion. Either side may be a number. */
+export function binary(name: BinaryName, a: TensorOrScalar, b: TensorOrScalar): Tensor {
+  if (typeof a === 'number' && typeof b === 'number') {
+    throw new ValueError(`${name}: Expected at least one Tensor but received two numbers`);
+  }
+  if (typeof a !== 'number') checkTensor(a, name, 'a');
+  if (typeof b !== 'number') checkTensor(b, name, 'b');
+  if (typeof a === 'number' || typeof b === 'number') {
+    const t = (typeof a === 'number' ? b : a) as Tensor;
+    const s = (typeof a === 'number' ? a : b) as number;
+    if (typeof s !== 'number') throw new ValueError(`${name}: Expected a Tensor or number but received ${describe(s)}`);
+    let d = t.dtype;
+    if (!isFloat(d) && !Number.isInteger(s)) d = 'float32';
+    d = arithDType(name, d);
+    const src = d === t.dtype ? t : cast(t, d);
+    try {
+      const out = empty(src.shape, COMPARE.has(name) ? 'bool' : d, src.device);
+      nat(() => native.binaryScalar(BINARY_CODE[name], out.handle, src.handle, s, typeof a === 'number'));
+      return out;
+    } finally {
+      if (src !== t) src.dispose();
+    }
+  }
+  const device = sameDevice(name, a, b);
+  const shape = broadcastShapes(name, a.shape, b.shape);
+  const d = arithDType(name, promote(a.dtype, b.dtype));
+  const ca = a.dtype === d ? a : cast(a, d);
+  const cb = b.dtype === d ? b : cast(b, d);
+  try {
+    const out = empty(shape, COMPARE.has(name) ? 'bool' : d, device);
+    nat(() => native.binary(BINARY_CODE[name], out.handle, ca.handle, cb.handle));
+    return out;
+  } finally {
+    if (ca !== a) ca.dispose();
+    if (cb !== b) cb.dispose();
+  }
+}
+
+export const add = (a: TensorOrScalar, b: TensorOrScalar) => binary('add', a, b);
+export const sub = (a: TensorOrScalar, b: TensorOrScalar) => binary('sub', a, b);
+export const mul = (a: TensorOrScalar, b: TensorOrScalar) => binary('mul', a, b);
+export const div = (a: TensorOrScalar, b: TensorOrScalar) => binary('div', a, b);
+export const pow = (a: TensorOrScalar, b: TensorOrScalar) => binary('pow', a, b);
+export const maximum = (a: TensorOrScalar, b: TensorOrScalar) => binary('maximum', a, b);
+export const minimum = (a: TensorOrScalar, b: TensorOrScalar) => binary('minimum', a, b);
+export const eq = (a: TensorOrScalar, b: TensorOrScalar) => binary('eq', a, b);
+export const ne = (a: TensorOrScalar, b: TensorOrScalar) => binary('ne', a, b);
+export const lt = (a: TensorOrScalar, b: TensorOrScalar) => binary('lt', a, b);
+export const le = (a: TensorOrScalar, b: TensorOrScalar) => binary('le', a, b);
+export const gt = (a: TensorOrScalar, b: TensorOrScalar) => binary('gt', a, b);
+export const ge = (a: TensorOrScalar, b: TensorOrScalar) => binary('ge', a, b);
+export const logicalAnd = (a: TensorOrScalar, b: TensorOrScalar) => binary('logicalAnd', a, b);
+export const logicalOr = (a: TensorOrScalar, b: TensorOrScalar) => binary('logicalOr', a, b);
+
+export const neg = (x: Tensor) => unary('neg', x);
+export const abs = (x: Tensor) => unary('abs', x);
+export const exp = (x: Tensor) => unary('exp', x);
+export const log = (x: Tensor) => unary('log', x);
+export const sqrt = (x: Tensor) => unary('sqrt', x);
+export const rsqrt = (x: Tensor) => unary('rsqrt', x);
+export const sin = (x: Tensor) => unary('sin', x);
+export const cos = (x: Tensor) => unary('cos', x);
+export const tanh = (x: Tensor) => unary('tanh', x);
+export const sigmoid = (x: Tensor) => unary('sigmoid', x);
+export const relu = (x: Tensor) => unary('relu', x);
+export const silu = (x: Tensor) => unary('silu', x);
+export const square = (x: Tensor) => unary('square', x);
+export const reciprocal = (x: Tensor) => unary('reciprocal', x);
+export const floor = (x: Tensor) => unary('floor', x);
+export const ceil = (x: Tensor) => unary('ceil', x);
+export const round = (x: Tensor) => unary('round', x);
+export const sign = (x: Tensor) => unary('sign', x);
+export const erf = (x: Tensor) => unary('erf', x);
+export const log1p = (x: Tensor) => unary('log1p', x);
+export const expm1 = (x: Tensor) => unary('expm1', x);
+export const logicalNot = (x: Tensor) => unary('logicalNot', x);
+
+/** GELU: exact (erf) by default, or the tanh approximation with {approximate: 'tanh'}. */
+export function gelu(x: Tensor, options: { approximate?: 'none' | 'tanh' } = {}): Tensor {
+  const a = options.approximate ?? 'none';
+  if (a !== 'none' && a !== 'tanh') throw new ValueError(`gelu: Expected 'none' or 'tanh' for approximate but received ${describe(a)}`);
+  return unary(a === 'tanh' ? 'geluTanh' : 'gelu', x);
+}
+
+/** cond ? a : b, element-wise with broadcasting; cond is a bool tensor. */
+export function where(cond: Tensor, a: TensorOrScalar, b: TensorOrScalar): Tensor {
+  checkTensor(cond, 'where', 'cond');
+  if (cond.dtype !== 'bool') throw new DTypeError(`where: Expected a bool tensor for cond but received ${describe(cond)}`);
+  const like = (typeof a === 'number' ? b : a) as Tensor | number;
+  const dev = cond.device;
+  const tmp: Tensor[] = [];
+  const asT = (v: TensorOrScalar, d: DType): Tensor => {
+    if (typeof v === 'number') {
+      const t = empty([], d, dev);
+      nat(() => native.fill(t.handle, v));
+      tmp.push(t);
+      return t;
+    }
+    if (v.dtype === d) return v;
+    const c = cast(v, d);
+    tmp.push(c);
+    return c;
+  };
+  try {
+    let d: DType;
+    if (typeof a !== 'number' && typeof b !== 'number') d = promote(a.dtype, b.dtype);
+    else if (typeof like !== 'number') d = like.dtype;
+    else d = Number.isInteger(a) && Number.isInteger(b) ? 'float32' : 'float32';
+    if (typeof a !== 'number') checkTensor(a, 'where', 'a');
+    if (typeof b !== 'number') checkTensor(b, 'where', 'b');
+    const ta = asT(a, d);
+    const tb = asT(b, d);
+    sameDevice('where', cond, ta, tb);
+    const shape = broadcastShapes('where', broadcastShapes('where', cond.shape, ta.shape, 'cond', 'a'), tb.shape, 'cond/a', 'b');
+    const out = empty(shape, d, dev);
+    nat(() => native.where(out.handle, cond.handle, ta.handle, tb.handle));
+    return out;
+  } finally {
+    tmp.forEach((t) => t.dispose());
+  }
+}
+
+/** Limits values to [min, max] (either may be omitted). */
+export function clamp(x: Tensor, min?: number, max?: number): Tensor {
+  checkTensor(x, 'clamp', 'x');
+  if (min === undefined && max === undefined) throw new ValueError('clamp: give min, max or both');
+  if (min !== undefined && max !== undefined) {
+    const lo = maximum(x, min);
+    try {
+      return minimum(lo, max);
+    } finally {
+      lo.dispose();
+    }
+  }
+  return min !== undefined ? maximum(x, min) : minimum(x, max!);
+}

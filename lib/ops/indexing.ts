@@ -1,0 +1,54 @@
+// Index ops: embedding lookup, gather and scatter-add along an axis (torch semantics).
+// Indices are int32 and checked natively before anything is read through them.
+import { DTypeError, ShapeError, describe } from '../errors';
+import { native } from '../native';
+import { Tensor } from '../tensor';
+import { clone } from './shape';
+import { checkTensor, empty, nat, normAxis, sameDevice } from './util';
+
+/** Rows of table [vocab, dim] for int32 ids of any shape: [...ids.shape, dim]. */
+export function embedding(ids: Tensor, table: Tensor): Tensor {
+  checkTensor(ids, 'embedding', 'ids');
+  checkTensor(table, 'embedding', 'table');
+  if (ids.dtype !== 'int32') throw new DTypeError(`embedding: Expected int32 ids but received ${describe(ids)}`);
+  if (table.ndim !== 2) throw new ShapeError(`embedding: Expected a [vocab, dim] table but received ${describe(table)}`);
+  sameDevice('embedding', ids, table);
+  const out = empty([...ids.shape, table.shape[1]], table.dtype, table.device);
+  nat(() => native.embedding(out.handle, ids.handle, table.handle));
+  return out;
+}
+
+function checkIndex(op: string, x: Tensor, index: Tensor, axis: number): number {
+  checkTensor(x, op, 'x');
+  checkTensor(index, op, 'index');
+  if (index.dtype !== 'int32') throw new DTypeError(`${op}: Expected an int32 index but received ${describe(index)}`);
+  sameDevice(op, x, index);
+  const a = normAxis(axis, x.ndim, op);
+  if (index.ndim !== x.ndim) throw new ShapeError(`${op}: Expected an index with ${x.ndim} dimensions but received ${describe(index)}`);
+  index.shape.forEach((d, i) => {
+    if (i !== a && d > x.shape[i]) throw new ShapeError(`${op}: index shape [${index.shape.join(', ')}] exceeds [${x.shape.join(', ')}] in dimension ${i}`);
+  });
+  return a;
+}
+
+/** out[i][j][k] = x[i][index[i][j][k]][k] (for axis 1): out has index's shape. */
+export function gather(x: Tensor, axis: number, index: Tensor): Tensor {
+  const a = checkIndex('gather', x, index, axis);
+  const out = empty(index.shape, x.dtype, x.device);
+  nat(() => native.gather(out.handle, x.handle, index.handle, a));
+  return out;
+}
+
+/** A copy of x with src added at the indexed positions along axis: out[..index[p]..] += src[p]. */
+export function scatterAdd(x: Tensor, axis: number, index: Tensor, src: Tensor): Tensor {
+  const a = checkIndex('scatterAdd', x, index, axis);
+  checkTensor(src, 'scatterAdd', 'src');
+  if (src.dtype !== x.dtype) throw new DTypeError(`scatterAdd: Expected src of dtype ${x.dtype} but received ${describe(src)}`);
+  if (src.shape.length !== index.shape.length || src.shape.some((d, i) => d !== index.shape[i])) {
+    throw new ShapeError(`scatterAdd: Expected src of shape [${index.shape.join(', ')}] (the index's) but received [${src.shape.join(', ')}]`);
+  }
+  sameDevice('scatterAdd', x, src);
+  const out = clone(x);
+  nat(() => native.scatterAdd(out.handle, index.handle, src.handle, a));
+  return out;
+}

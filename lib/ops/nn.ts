@@ -1,0 +1,152 @@
+// Neural-network ops: softmax, log-softmax, RMSNorm, LayerNorm, SwiGLU and fused
+// cross-entropy. Each is one native kernel (no chains of small ops).
+import { isFloat } from '../dtype';
+import { DTypeError, ShapeError, ValueError, describe } from '../errors';
+import { BINARY_OPS, native } from '../native';
+import { Tensor } from '../tensor';
+import { reshape } from './shape';
+import { checkTensor, empty, nat, normAxis, sameDevice } from './util';
+
+function floatInput(op: string, x: Tensor, arg = 'x'): void {
+  checkTensor(x, op, arg);
+  if (!isFloat(x.dtype)) throw new DTypeError(`${op}: Expected a float tensor for ${arg} but received ${describe(x)}`);
+}
+
+/** softmax along axis (default the last). */
+export function softmax(x: Tensor, axis = -1): Tensor {
+  floatInput('softmax', x);
+  const a = normAxis(axis, x.ndim, 'softmax');
+  const out = empty(x.shape, x.dtype, x.device);
+  nat(() => native.softmax(out.handle, x.handle, a, false));
+  return out;
+}
+
+/** log(softmax(x)) along axis, computed stably in one pass. */
+export function logSoftmax(x: Tensor, axis = -1): Tensor {
+  floatInput('logSoftmax', x);
+  const a = normAxis(axis, x.ndim, 'logSoftmax');
+  const out = empty(x.shape, x.dtype, x.device);
+  nat(() => native.softmax(out.handle, x.handle, a, true));
+  return out;
+}
+
+function checkVec(op: string, arg: string, v: Tensor | undefined | null, x: Tensor): void {
+  if (v === undefined || v === null) return;
+  checkTensor(v, op, arg);
+  const d = x.shape[x.ndim - 1];
+  if (v.ndim !== 1 || v.shape[0] !== d) throw new ShapeError(`${op}: Expected shape [${d}] for ${arg} but received ${describe(v)}`);
+  if (v.dtype !== x.dtype) throw new DTypeError(`${op}: Expected ${x.dtype} for ${arg} but received ${describe(v)}`);
+  sameDevice(op, x, v);
+}
+
+function checkEps(op: string, eps: number): void {
+  if (typeof eps !== 'number' || !(eps >= 0) || !Number.isFinite(eps)) throw new ValueError(`${op}: Expected a finite number >= 0 for eps but received ${describe(eps)}`);
+}
+
+/** RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight. */
+export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
+  floatInput('rmsNorm', x);
+  if (x.ndim === 0) throw new ShapeError('rmsNorm: x must have at least one dimension');
+  checkVec('rmsNorm', 'weight', weight, x);
+  checkEps('rmsNorm', eps);
+  const out = empty(x.shape, x.dtype, x.device);
+  nat(() => native.rmsNorm(out.handle, x.handle, weight ? weight.handle : -1, eps, -1));
+  return out;
+}
+
+/** LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias (biased variance). */
+export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | null, eps = 1e-5): Tensor {
+  floatInput('layerNorm', x);
+  if (x.ndim === 0) throw new ShapeError('layerNorm: x must have at least one dimension');
+  checkVec('layerNorm', 'weight', weight, x);
+  checkVec('layerNorm', 'bias', bias, x);
+  checkEps('layerNorm', eps);
+  const out = empty(x.shape, x.dtype, x.device);
+  nat(() => native.layerNorm(out.handle, x.handle, weight ? weight.handle : -1, bias ? bias.handle : -1, eps, -1, -1));
+  return out;
+}
+
+/** SwiGLU on the last axis split in halves [gate, up]: silu(gate) * up. [..., 2h] -> [..., h]. */
+export function swiglu(x: Tensor): Tensor {
+  floatInput('swiglu', x);
+  const d = x.ndim ? x.shape[x.ndim - 1] : 0;
+  if (x.ndim === 0 || d % 2 !== 0) throw new ShapeError(`swiglu: the last axis must have even size, received ${describe(x)}`);
+  const out = empty([...x.shape.slice(0, -1), d / 2], x.dtype, x.device);
+  nat(() => native.swiglu(out.handle, x.handle));
+  return out;
+}
+
+export interface CrossEntropyOptions {
+  /** Targets equal to this are skipped (loss 0, excluded from the mean). Default -100. */
+  ignoreIndex?: number;
+  /** Label smoothing in [0, 1). */
+  labelSmoothing?: number;
+  /** 'mean' (over non-ignored rows, default), 'sum' or 'none' (per-row losses). */
+  reduction?: 'mean' | 'sum' | 'none';
+}
+
+/**
+ * Cross-entropy of logits [..., C] against int32 class targets [...], fused (log-softmax and
+ * the pick in one kernel). Out-of-range targets are a RangeError.
+ */
+export function crossEntropy(logits: Tensor, targets: Tensor, options: CrossEntropyOptions = {}): Tensor {
+  floatInput('crossEntropy', logits, 'logits');
+  checkTensor(targets, 'crossEntropy', 'targets');
+  if (targets.dtype !== 'int32') throw new DTypeError(`crossEntropy: Expected int32 targets but received ${describe(targets)}`);
+  sameDevice('crossEntropy', logits, targets);
+  if (logits.ndim < 1) throw new ShapeError('crossEntropy: logits need a class axis');
+  const C = logits.shape[logits.ndim - 1];
+  const lead = logits.shape.slice(0, -1);
+  if (targets.shape.length !== lead.length || targets.shape.some((d, i) => d !== lead[i])) {
+    throw new ShapeError(`crossEntropy: Expected targets of shape [${lead.join(', ')}] for logits [${logits.shape.join(', ')}] but received [${targets.shape.join(', ')}]`);
+  }
+  const ignoreIndex = options.ignoreIndex ?? -100;
+  const smoothing = options.labelSmoothing ?? 0;
+  const reduction = options.reduction ?? 'mean';
+  if (!Number.isInteger(ignoreIndex)) throw new ValueError(`crossEntropy: Expected an integer for ignoreIndex but received ${describe(ignoreIndex)}`);
+  if (!(smoothing >= 0 && smoothing < 1)) throw new ValueError(`crossEntropy: Expected labelSmoothing in [0, 1) but received ${describe(smoothing)}`);
+  if (!['mean', 'sum', 'none'].includes(reduction)) throw new ValueError(`crossEntropy: Expected 'mean', 'sum' or 'none' for reduction but received ${describe(reduction)}`);
+  const rows = lead.reduce((a, b) => a * b, 1);
+  const x2 = reshape(logits, [rows, C]);
+  const t1 = reshape(targets, [rows]);
+  const lossDType = logits.dtype === 'float64' ? 'float64' : 'float32';
+  const loss = empty([rows], lossDType, logits.device);
+  try {
+    nat(() => native.crossEntropy(loss.handle, x2.handle, t1.handle, ignoreIndex, smoothing, -1));
+  } finally {
+    x2.dispose();
+    t1.dispose();
+  }
+  if (reduction === 'none') {
+    try {
+      return reshape(loss, lead);
+    } finally {
+      loss.dispose();
+    }
+  }
+  const total = empty([], lossDType, logits.device);
+  nat(() => native.reduce(0, total.handle, loss.handle, [0]));
+  loss.dispose();
+  if (reduction === 'sum') return total;
+  // mean over the rows that are not ignored
+  const counted = countNotIgnored(targets, ignoreIndex);
+  const out = empty([], lossDType, logits.device);
+  nat(() => native.binaryScalar(BINARY_OPS.indexOf('div'), out.handle, total.handle, counted, false));
+  total.dispose();
+  return out;
+}
+
+function countNotIgnored(targets: Tensor, ignoreIndex: number): number {
+  if (targets.size === 0) return 0;
+  const mask = empty(targets.shape, 'bool', targets.device);
+  nat(() => native.binaryScalar(BINARY_OPS.indexOf('ne'), mask.handle, targets.handle, ignoreIndex, false));
+  const asInt = empty(targets.shape, 'int32', targets.device);
+  nat(() => native.copy(asInt.handle, mask.handle));
+  mask.dispose();
+  const c = empty([], 'int32', targets.device);
+  nat(() => native.reduce(0, c.handle, asInt.handle, targets.shape.map((_, i) => i)));
+  asInt.dispose();
+  const n = new Int32Array(native.readSync(c.handle))[0];
+  c.dispose();
+  return n;
+}

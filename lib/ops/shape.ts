@@ -1,0 +1,284 @@
+// Views and layout: reshape, transpose, permute, slice, squeeze/unsqueeze, expand, concat,
+// split, contiguous, and moving between devices and dtypes. Views share storage (no copy);
+// ops that need contiguous memory copy only when the layout asks for it.
+import { DType, checkDType } from '../dtype';
+import { DEVICE_CODE, Device, checkDevice, requireCuda } from '../device';
+import { DTypeError, DeviceError, ShapeError, ValueError, describe } from '../errors';
+import { native } from '../native';
+import { Tensor, contiguousStrides, sizeOf } from '../tensor';
+import { checkShape, checkTensor, empty, nat, normAxis, viewOf } from './util';
+
+/** A copy with contiguous layout, or the tensor itself (a new handle) when already contiguous. */
+export function contiguous(x: Tensor): Tensor {
+  checkTensor(x, 'contiguous', 'x');
+  if (x.isContiguous) return viewOf(x, x.shape, contiguousStrides(x.shape), x.offset);
+  const out = empty(x.shape, x.dtype, x.device);
+  nat(() => native.copy(out.handle, x.handle));
+  return out;
+}
+
+/** A copy that owns its storage. */
+export function clone(x: Tensor): Tensor {
+  checkTensor(x, 'clone', 'x');
+  const out = empty(x.shape, x.dtype, x.device);
+  nat(() => native.copy(out.handle, x.handle));
+  return out;
+}
+
+function resolveShape(op: string, shape: number[], size: number): number[] {
+  if (!Array.isArray(shape)) throw new ShapeError(`${op}: Expected an array for shape but received ${describe(shape)}`);
+  const s = shape.slice();
+  const infer = s.indexOf(-1);
+  if (infer !== s.lastIndexOf(-1)) throw new ShapeError(`${op}: at most one dimension can be -1, got [${s.join(', ')}]`);
+  if (infer >= 0) {
+    const rest = sizeOf(s.filter((_, i) => i !== infer));
+    if (rest === 0 || size % rest !== 0) throw new ShapeError(`${op}: cannot infer -1 in [${s.join(', ')}] for ${size} elements`);
+    s[infer] = size / rest;
+  }
+  checkShape(s, op);
+  if (sizeOf(s) !== size) throw new ShapeError(`${op}: shape [${s.join(', ')}] has ${sizeOf(s)} elements, the tensor has ${size}`);
+  return s;
+}
+
+/** Same elements, new shape (one dimension may be -1). A view when the layout allows, else a copy. */
+export function reshape(x: Tensor, shape: number[]): Tensor {
+  checkTensor(x, 'reshape', 'x');
+  const s = resolveShape('reshape', shape, x.size);
+  if (x.isContiguous) return viewOf(x, s, contiguousStrides(s), x.offset);
+  const c = contiguous(x);
+  try {
+    return viewOf(c, s, contiguousStrides(s), 0);
+  } finally {
+    c.dispose();
+  }
+}
+
+/** Like reshape, but never copies: throws when x is not contiguous. */
+export function view(x: Tensor, shape: number[]): Tensor {
+  checkTensor(x, 'view', 'x');
+  const s = resolveShape('view', shape, x.size);
+  if (!x.isContiguous) throw new ShapeError('view: the tensor is not contiguous; use reshape() or contiguous() first');
+  return viewOf(x, s, contiguousStrides(s), x.offset);
+}
+
+export function flatten(x: Tensor, startAxis = 0, endAxis = -1): Tensor {
+  checkTensor(x, 'flatten', 'x');
+  if (x.ndim === 0) return reshape(x, [1]);
+  const a = normAxis(startAxis, x.ndim, 'flatten', 'startAxis');
+  const b = normAxis(endAxis, x.ndim, 'flatten', 'endAxis');
+  if (b < a) throw new ValueError(`flatten: endAxis (${endAxis}) is before startAxis (${startAxis})`);
+  const s = [...x.shape.slice(0, a), sizeOf(x.shape.slice(a, b + 1)), ...x.shape.slice(b + 1)];
+  return reshape(x, s);
+}
+
+/** Reorders dimensions: out.shape[i] = x.shape[dims[i]]. A view. */
+export function permute(x: Tensor, dims: number[]): Tensor {
+  checkTensor(x, 'permute', 'x');
+  if (!Array.isArray(dims) || dims.length !== x.ndim) {
+    throw new ShapeError(`permute: Expected ${x.ndim} dims but received ${describe(dims)}`);
+  }
+  const d = dims.map((v) => normAxis(v, x.ndim, 'permute', 'dims'));
+  if (new Set(d).size !== d.length) throw new ValueError(`permute: dims [${dims.join(', ')}] repeat an axis`);
+  return viewOf(x, d.map((i) => x.shape[i]), d.map((i) => x.strides[i]), x.offset);
+}
+
+/** Swaps two dimensions (default the last two). A view. */
+export function transpose(x: Tensor, axis0 = -2, axis1 = -1): Tensor {
+  checkTensor(x, 'transpose', 'x');
+  if (x.ndim < 2 && axis0 === -2 && axis1 === -1) return viewOf(x, x.shape, x.strides, x.offset);
+  const a = normAxis(axis0, x.ndim, 'transpose', 'axis0');
+  const b = normAxis(axis1, x.ndim, 'transpose', 'axis1');
+  const dims = x.shape.map((_, i) => i);
+  dims[a] = b;
+  dims[b] = a;
+  return permute(x, dims);
+}
+
+/** Inserts a size-1 dimension at axis. */
+export function unsqueeze(x: Tensor, axis: number): Tensor {
+  checkTensor(x, 'unsqueeze', 'x');
+  const a = normAxis(axis, x.ndim + 1, 'unsqueeze');
+  const shape = x.shape.slice();
+  const strides = x.strides.slice();
+  shape.splice(a, 0, 1);
+  strides.splice(a, 0, a < x.ndim ? x.strides[a] * x.shape[a] : 1);
+  return viewOf(x, shape, strides, x.offset);
+}
+
+/** Removes size-1 dimensions (all, or the given axes, which must have size 1). */
+export function squeeze(x: Tensor, axes?: number | number[]): Tensor {
+  checkTensor(x, 'squeeze', 'x');
+  const list = axes === undefined ? x.shape.map((d, i) => (d === 1 ? i : -1)).filter((i) => i >= 0)
+    : (Array.isArray(axes) ? axes : [axes]).map((a) => normAxis(a, x.ndim, 'squeeze', 'axes'));
+  for (const a of list) {
+    if (x.shape[a] !== 1) throw new ShapeError(`squeeze: axis ${a} has size ${x.shape[a]}, not 1`);
+  }
+  const keep = x.shape.map((_, i) => !list.includes(i));
+  return viewOf(x, x.shape.filter((_, i) => keep[i]), x.strides.filter((_, i) => keep[i]), x.offset);
+}
+
+/** Broadcasts to a larger shape without copying (stride 0 on repeated dimensions). */
+export function expand(x: Tensor, shape: number[]): Tensor {
+  checkTensor(x, 'expand', 'x');
+  checkShape(shape.map((d) => (d === -1 ? 0 : d)), 'expand');
+  if (shape.length < x.ndim) throw new ShapeError(`expand: cannot expand [${x.shape.join(', ')}] to fewer dimensions [${shape.join(', ')}]`);
+  const off = shape.length - x.ndim;
+  const s: number[] = [];
+  const st: number[] = [];
+  for (let i = 0; i < shape.length; ++i) {
+    const xd = i - off;
+    const want = shape[i] === -1 && xd >= 0 ? x.shape[xd] : shape[i];
+    if (xd < 0) {
+      s.push(want);
+      st.push(0);
+    } else if (x.shape[xd] === want) {
+      s.push(want);
+      st.push(x.strides[xd]);
+    } else if (x.shape[xd] === 1) {
+      s.push(want);
+      st.push(0);
+    } else {
+      throw new ShapeError(`expand: cannot expand [${x.shape.join(', ')}] to [${shape.join(', ')}] (dimension ${i})`);
+    }
+  }
+  return viewOf(x, s, st, x.offset);
+}
+export const broadcastTo = expand;
+
+/** length elements of axis starting at start. A view. */
+export function narrow(x: Tensor, axis: number, start: number, length: number): Tensor {
+  checkTensor(x, 'narrow', 'x');
+  const a = normAxis(axis, x.ndim, 'narrow');
+  const n = x.shape[a];
+  if (!Number.isInteger(start) || start < -n || start > n) throw new ShapeError(`narrow: start ${start} is outside [${-n}, ${n}] for axis ${a} of size ${n}`);
+  const s0 = start < 0 ? start + n : start;
+  if (!Number.isInteger(length) || length < 0 || s0 + length > n) {
+    throw new ShapeError(`narrow: length ${length} from ${s0} exceeds axis ${a} of size ${n}`);
+  }
+  const shape = x.shape.slice();
+  shape[a] = length;
+  return viewOf(x, shape, x.strides, x.offset + s0 * x.strides[a]);
+}
+
+/**
+ * A box of x: begin[i] .. begin[i] + size[i] on each axis (size -1: to the end; missing
+ * entries take the whole axis), as tf.slice. A view.
+ */
+export function slice(x: Tensor, begin: number[] | number, size?: number[] | number): Tensor {
+  checkTensor(x, 'slice', 'x');
+  const b = Array.isArray(begin) ? begin : [begin];
+  const sz = size === undefined ? [] : Array.isArray(size) ? size : [size];
+  if (b.length > x.ndim) throw new ShapeError(`slice: begin has ${b.length} entries for a ${x.ndim}-d tensor`);
+  const shape = x.shape.slice();
+  let offset = x.offset;
+  for (let i = 0; i < x.ndim; ++i) {
+    const n = x.shape[i];
+    let s = b[i] ?? 0;
+    if (!Number.isInteger(s) || s < -n || s > n) throw new ShapeError(`slice: begin[${i}] = ${s} is outside [${-n}, ${n}]`);
+    if (s < 0) s += n;
+    let len = sz[i] ?? -1;
+    if (len === -1) len = n - s;
+    if (!Number.isInteger(len) || len < 0 || s + len > n) throw new ShapeError(`slice: size[${i}] = ${sz[i]} from ${s} exceeds ${n}`);
+    shape[i] = len;
+    offset += s * x.strides[i];
+  }
+  return viewOf(x, shape, x.strides, offset);
+}
+
+/** Joins tensors along an existing axis. */
+export function concat(tensors: Tensor[], axis = 0): Tensor {
+  if (!Array.isArray(tensors) || tensors.length === 0) throw new ValueError(`concat: Expected a non-empty array of tensors but received ${describe(tensors)}`);
+  tensors.forEach((t, i) => checkTensor(t, 'concat', `tensors[${i}]`));
+  const first = tensors[0];
+  const a = normAxis(axis, first.ndim, 'concat');
+  let total = 0;
+  tensors.forEach((t, i) => {
+    if (t.ndim !== first.ndim || t.shape.some((d, k) => k !== a && d !== first.shape[k])) {
+      throw new ShapeError(`concat: tensors[${i}] has shape [${t.shape.join(', ')}], which does not match [${first.shape.join(', ')}] outside axis ${a}`);
+    }
+    if (t.dtype !== first.dtype) throw new DTypeError(`concat: tensors[${i}] is ${t.dtype}, tensors[0] is ${first.dtype}`);
+    if (t.device !== first.device) throw new DeviceError(`concat: tensors[${i}] is on ${t.device}, tensors[0] on ${first.device}`);
+    total += t.shape[a];
+  });
+  const shape = first.shape.slice();
+  shape[a] = total;
+  const out = empty(shape, first.dtype, first.device);
+  let at = 0;
+  for (const t of tensors) {
+    const part = narrow(out, a, at, t.shape[a]);
+    try {
+      nat(() => native.copy(part.handle, t.handle));
+    } finally {
+      part.dispose();
+    }
+    at += t.shape[a];
+  }
+  return out;
+}
+
+/** Joins tensors along a new axis. */
+export function stack(tensors: Tensor[], axis = 0): Tensor {
+  if (!Array.isArray(tensors) || tensors.length === 0) throw new ValueError(`stack: Expected a non-empty array of tensors but received ${describe(tensors)}`);
+  const parts = tensors.map((t) => unsqueeze(t, axis));
+  try {
+    return concat(parts, axis);
+  } finally {
+    parts.forEach((p) => p.dispose());
+  }
+}
+
+/** Splits along axis into pieces of the given sizes, or into n equal pieces. Views. */
+export function split(x: Tensor, sizes: number | number[], axis = 0): Tensor[] {
+  checkTensor(x, 'split', 'x');
+  const a = normAxis(axis, x.ndim, 'split');
+  const n = x.shape[a];
+  let list: number[];
+  if (typeof sizes === 'number') {
+    if (!Number.isInteger(sizes) || sizes <= 0 || n % sizes !== 0) throw new ShapeError(`split: axis ${a} of size ${n} does not split into ${sizes} equal parts`);
+    list = new Array(sizes).fill(n / sizes);
+  } else {
+    list = sizes;
+    if (list.reduce((s, v) => s + v, 0) !== n) throw new ShapeError(`split: sizes [${list.join(', ')}] do not add up to ${n}`);
+  }
+  const r: Tensor[] = [];
+  let at = 0;
+  for (const s of list) {
+    r.push(narrow(x, a, at, s));
+    at += s;
+  }
+  return r;
+}
+
+/** A copy on another device, or with another dtype (a new handle on the same data when nothing changes). */
+export function to(x: Tensor, target: Device | DType | { device?: Device; dtype?: DType }): Tensor {
+  checkTensor(x, 'to', 'x');
+  let device: Device | undefined;
+  let dtype: DType | undefined;
+  if (target === 'cpu' || target === 'cuda') device = target;
+  else if (typeof target === 'string') dtype = checkDType(target, 'to');
+  else if (target && typeof target === 'object') {
+    if (target.device !== undefined) device = checkDevice(target.device);
+    if (target.dtype !== undefined) dtype = checkDType(target.dtype);
+  } else throw new ValueError(`to: Expected a device, a dtype or {device, dtype} but received ${describe(target)}`);
+  let cur = x;
+  let owned = false;
+  if (dtype !== undefined && dtype !== cur.dtype) {
+    const out = empty(cur.shape, dtype, cur.device);
+    nat(() => native.copy(out.handle, cur.handle));
+    cur = out;
+    owned = true;
+  }
+  if (device !== undefined && device !== cur.device) {
+    if (device === 'cuda') requireCuda();
+    const src = cur;
+    const h = nat(() => native.toDevice(src.handle, DEVICE_CODE[device!]));
+    cur = new Tensor(h, src.shape, contiguousStrides(src.shape), 0, src.dtype, device);
+    if (owned) src.dispose();
+    owned = true;
+  }
+  return owned ? cur : viewOf(x, x.shape, x.strides, x.offset);
+}
+
+export function cast(x: Tensor, dtype: DType): Tensor {
+  return to(x, checkDType(dtype, 'dtype'));
+}

@@ -1,0 +1,262 @@
+// Tensor: a handle to a native strided view plus its shape, strides, dtype and device.
+// Views (reshape, transpose, slice, ...) share storage; the buffer is freed when the last
+// tensor on it is disposed. Ops are attached as methods by lib/ops (every op is both a
+// function and a method).
+import { DType, DTYPE_SIZE, TypedArray, decode } from './dtype';
+import { Device } from './device';
+import { DisposedError, ShapeError, toTypedError } from './errors';
+import { Handle, native } from './native';
+
+// ---- lifetime: scopes and the GC safety net ----------------------------------------------------
+
+interface Scope {
+  tensors: Set<Tensor>;
+}
+const scopes: Scope[] = [];
+const kept = new WeakSet<Tensor>();
+
+// When a tensor is garbage-collected without dispose(), its native handle is released here.
+const registry = new FinalizationRegistry<Handle>((h) => {
+  try {
+    native.release(h);
+  } catch {
+    // the addon may be unloading at exit
+  }
+});
+
+/** Runs fn; disposes every tensor it created except those returned (in any nesting) or kept. */
+export function tidy<T>(fn: () => T): T;
+export function tidy<T>(name: string, fn: () => T): T;
+export function tidy<T>(a: string | (() => T), b?: () => T): T {
+  const fn = typeof a === 'function' ? a : b!;
+  const scope: Scope = { tensors: new Set() };
+  scopes.push(scope);
+  let result: T;
+  try {
+    result = fn();
+    if (result instanceof Promise) {
+      throw new TypeError('tidy: fn must be synchronous (an async function cannot be tidied; dispose explicitly)');
+    }
+  } catch (e) {
+    scopes.pop();
+    for (const t of scope.tensors) if (!kept.has(t)) t.dispose();
+    throw e;
+  }
+  scopes.pop();
+  const survivors = new Set<Tensor>();
+  collectTensors(result, survivors);
+  const parent = scopes[scopes.length - 1];
+  for (const t of scope.tensors) {
+    if (survivors.has(t) || kept.has(t)) {
+      if (parent && !kept.has(t)) parent.tensors.add(t);
+    } else {
+      t.dispose();
+    }
+  }
+  return result;
+}
+
+function collectTensors(v: unknown, out: Set<Tensor>, depth = 0): void {
+  if (depth > 8 || v === null || typeof v !== 'object') return;
+  if (v instanceof Tensor) {
+    out.add(v);
+  } else if (Array.isArray(v)) {
+    for (const x of v) collectTensors(x, out, depth + 1);
+  } else if (v instanceof Map) {
+    for (const x of v.values()) collectTensors(x, out, depth + 1);
+  } else if (Object.getPrototypeOf(v) === Object.prototype) {
+    for (const x of Object.values(v)) collectTensors(x, out, depth + 1);
+  }
+}
+
+/** Marks a tensor to outlive every enclosing tidy() (it must then be disposed by hand). */
+export function keep<T extends Tensor>(t: T): T {
+  kept.add(t);
+  return t;
+}
+
+/** Disposes a tensor, or every tensor in an array or object. */
+export function dispose(v: unknown): void {
+  const s = new Set<Tensor>();
+  collectTensors(v, s);
+  for (const t of s) t.dispose();
+}
+
+// ---- the tensor ------------------------------------------------------------------------------------
+
+export type NestedArray = number | boolean | NestedArray[];
+
+export function contiguousStrides(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let n = 1;
+  for (let i = shape.length - 1; i >= 0; --i) {
+    s[i] = n;
+    n *= shape[i];
+  }
+  return s;
+}
+
+export function sizeOf(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export class Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  /** Element strides of this view (0 where broadcast). */
+  readonly strides: readonly number[];
+  /** Element offset of this view into its storage. */
+  readonly offset: number;
+  /** @internal the native handle */
+  readonly handle: Handle;
+  private _disposed = false;
+
+  /** @internal Use tensor(), zeros(), ... to make tensors. */
+  constructor(handle: Handle, shape: readonly number[], strides: readonly number[], offset: number, dtype: DType,
+              device: Device) {
+    this.handle = handle;
+    this.shape = Object.freeze(shape.slice());
+    this.strides = Object.freeze(strides.slice());
+    this.offset = offset;
+    this.dtype = dtype;
+    this.device = device;
+    registry.register(this, handle, this);
+    const scope = scopes[scopes.length - 1];
+    if (scope) scope.tensors.add(this);
+  }
+
+  /** Number of elements. */
+  get size(): number {
+    return sizeOf(this.shape);
+  }
+  get ndim(): number {
+    return this.shape.length;
+  }
+  get rank(): number {
+    return this.shape.length;
+  }
+  get isDisposed(): boolean {
+    return this._disposed;
+  }
+  /** Bytes of this view's elements (not of the whole storage). */
+  get byteSize(): number {
+    return this.size * DTYPE_SIZE[this.dtype];
+  }
+
+  /** True when the elements are laid out row-major without gaps. */
+  get isContiguous(): boolean {
+    let expect = 1;
+    for (let i = this.shape.length - 1; i >= 0; --i) {
+      if (this.shape[i] !== 1 && this.strides[i] !== expect) return false;
+      expect *= this.shape[i];
+    }
+    return true;
+  }
+
+  /** Frees this tensor's reference to its buffer now. Safe to call twice. */
+  dispose(): void {
+    if (this._disposed) return;
+    this._disposed = true;
+    registry.unregister(this);
+    native.release(this.handle);
+    const scope = scopes[scopes.length - 1];
+    if (scope) scope.tensors.delete(this);
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** @internal Throws DisposedError when used after dispose(). */
+  checkLive(what = 'tensor'): void {
+    if (this._disposed) throw new DisposedError(`${what}: the tensor was disposed`);
+  }
+
+  /** The elements in row-major order, copied off the device on a worker (does not block the event loop). */
+  async data(): Promise<TypedArray> {
+    this.checkLive('data()');
+    try {
+      return decode(await native.read(this.handle), this.dtype);
+    } catch (e) {
+      throw toTypedError(e);
+    }
+  }
+
+  /** The elements in row-major order, synchronously (waits for the device). */
+  dataSync(): TypedArray {
+    this.checkLive('dataSync()');
+    try {
+      return decode(native.readSync(this.handle), this.dtype);
+    } catch (e) {
+      throw toTypedError(e);
+    }
+  }
+
+  /** The elements as nested arrays. */
+  async array(): Promise<NestedArray> {
+    return nest(await this.data(), this.shape, this.dtype);
+  }
+  arraySync(): NestedArray {
+    return nest(this.dataSync(), this.shape, this.dtype);
+  }
+
+  /** The value of a one-element tensor. */
+  item(): number {
+    if (this.size !== 1) {
+      throw new ShapeError(`item(): expected a tensor with one element but received shape [${this.shape.join(', ')}]`);
+    }
+    return Number(this.dataSync()[0]);
+  }
+
+  toString(): string {
+    if (this._disposed) return `Tensor(disposed, shape=[${this.shape.join(', ')}], dtype=${this.dtype})`;
+    return formatTensor(this);
+  }
+
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return this.toString();
+  }
+}
+
+function nest(data: TypedArray, shape: readonly number[], dtype: DType): NestedArray {
+  const conv = dtype === 'bool' ? (v: number) => v !== 0 : (v: number) => v;
+  if (shape.length === 0) return conv(data[0]);
+  let i = 0;
+  const build = (d: number): NestedArray[] => {
+    const r: NestedArray[] = [];
+    for (let k = 0; k < shape[d]; ++k) r.push(d === shape.length - 1 ? conv(data[i++]) : build(d + 1));
+    return r;
+  };
+  return build(0);
+}
+
+// Readable printing: at most 6 entries per dimension (first 3 and last 3).
+function formatTensor(t: Tensor): string {
+  const data = t.dataSync();
+  const isInt = t.dtype === 'int32' || t.dtype === 'bool';
+  const fmt = (v: number) =>
+    t.dtype === 'bool' ? (v ? 'true' : 'false') : isInt ? String(v) : Number.isInteger(v) && Math.abs(v) < 1e6 ? v.toFixed(1) : Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(4) : v.toFixed(4);
+  const strides = contiguousStrides(t.shape);
+  const edge = 3;
+  const rec = (d: number, base: number, indent: string): string => {
+    if (t.shape.length === 0) return fmt(data[0]);
+    const n = t.shape[d];
+    const idx: Array<number | null> = [];
+    if (n > 2 * edge) {
+      for (let k = 0; k < edge; ++k) idx.push(k);
+      idx.push(null);
+      for (let k = n - edge; k < n; ++k) idx.push(k);
+    } else {
+      for (let k = 0; k < n; ++k) idx.push(k);
+    }
+    if (d === t.shape.length - 1) {
+      return '[' + idx.map((k) => (k === null ? '...' : fmt(data[base + k]))).join(', ') + ']';
+    }
+    const sep = ',\n' + indent + ' ';
+    return '[' + idx.map((k) => (k === null ? '...' : rec(d + 1, base + k * strides[d], indent + ' '))).join(sep) + ']';
+  };
+  return `Tensor(${rec(0, 0, '       ')}, shape=[${t.shape.join(', ')}], dtype=${t.dtype}, device=${t.device})`;
+}

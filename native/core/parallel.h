@@ -1,0 +1,16 @@
+// The CPU thread pool. One pool per process (kernels are stateless, so every addon instance
+// and worker_thread shares it). parallel_for splits [0, n) into chunks of at least `grain`
+// items; the calling thread works too. A region started while another runs (a second
+// worker_thread, or a nested call) runs inline on its caller instead of waiting, so the pool
+// can never deadlock.
+#pragma once
+#include <cstdint>
+#include <functional>
+
+namespace dualroute {
+
+int num_threads();
+void set_num_threads(int n);  // n >= 1; restarts the workers
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+
+}  // namespace dualroute

@@ -1,0 +1,89 @@
+// Storage (an owned buffer on one device) and TensorImpl (a strided view of a storage).
+// Views share storage through shared_ptr: a buffer lives while any tensor, or any async
+// read in flight, refers to it.
+#pragma once
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dtype.h"
+#include "view.h"
+
+namespace dualroute {
+
+enum class DeviceKind : int32_t { CPU = 0, CUDA = 1 };
+inline const char* device_name(DeviceKind d) { return d == DeviceKind::CPU ? "cpu" : "cuda"; }
+
+// Process-wide byte and buffer counts per device (index = DeviceKind).
+struct MemoryCounters {
+  std::atomic<int64_t> bytes[2]{{0}, {0}};
+  std::atomic<int64_t> buffers[2]{{0}, {0}};
+  // Bytes freed or allocated since the addon last told V8 (AdjustExternalMemory runs on the
+  // JS thread; storages may die on a worker thread).
+  std::atomic<int64_t> pending_external{0};
+};
+MemoryCounters& memory_counters();
+
+class Storage {
+ public:
+  Storage(DeviceKind device, size_t bytes);  // uninitialised; throws MemoryError / DeviceError
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  DeviceKind device() const { return device_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  DeviceKind device_;
+};
+
+struct TensorImpl {
+  std::shared_ptr<Storage> storage;
+  int64_t offset = 0;  // elements
+  DType dtype = DType::F32;
+  int ndim = 0;
+  std::array<int64_t, kMaxDims> shape{};
+  std::array<int64_t, kMaxDims> strides{};
+
+  DeviceKind device() const { return storage->device(); }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; ++i) n *= shape[i];
+    return n;
+  }
+  bool contiguous() const { return view_contiguous(view()); }
+  void* data() const {
+    return static_cast<char*>(storage->data()) + offset * dtype_size(dtype);
+  }
+  View view() const {
+    View v;
+    v.data = data();
+    v.dtype = static_cast<int32_t>(dtype);
+    v.ndim = ndim;
+    for (int i = 0; i < kMaxDims; ++i) {
+      v.shape[i] = i < ndim ? shape[i] : 1;
+      v.strides[i] = i < ndim ? strides[i] : 0;
+    }
+    return v;
+  }
+  std::string shape_string() const;
+};
+
+// A new contiguous tensor (uninitialised).
+std::unique_ptr<TensorImpl> make_tensor(const std::vector<int64_t>& shape, DType dtype, DeviceKind device);
+
+// A View with nothing behind it, for optional kernel arguments.
+inline View null_view() {
+  View v{};
+  v.data = nullptr;
+  return v;
+}
+
+}  // namespace dualroute

@@ -1,0 +1,90 @@
+// The CPU kernels. Each is a plain function over Views (see core/view.h): no N-API, no
+// allocation of tensors, no ownership. Every kernel source in native/cpu is compiled once per
+// instruction-set level (generic x86-64/other, AVX2+FMA, AVX-512 with BF16) into its own
+// namespace; dispatch.cpp picks one at run time from what the processor reports.
+//
+// Preconditions are checked by the dispatchers in native/ops: shapes agree, dtypes are
+// supported, and where a kernel says "contiguous" its views are row-major contiguous.
+#pragma once
+#include <cstdint>
+
+#include "../core/ops.h"
+#include "../core/view.h"
+
+namespace dualroute {
+namespace cpu {
+
+// X(return type, name, parameter list, argument list)
+#define DR_CPU_KERNELS(X)                                                                      \
+  /* out = value (any dtype, any strides) */                                                  \
+  X(void, fill, (const View& out, double value), (out, value))                                \
+  /* out[i] = start + i * step over the flat index (contiguous out) */                        \
+  X(void, arange, (const View& out, double start, double step), (out, start, step))           \
+  /* Philox draws, element i of the flat index uses stream index offset + i (see philox.h) */ \
+  X(void, random, (const View& out, RandomKind kind, uint64_t seed, uint64_t offset, double a, double b), \
+    (out, kind, seed, offset, a, b))                                                          \
+  /* out = in, same shape, any strides, dtype cast */                                         \
+  X(void, copy, (const View& out, const View& in), (out, in))                                 \
+  /* out = f(x), same shape; x any strides */                                                 \
+  X(void, unary, (UnaryOp op, const View& out, const View& x), (op, out, x))                  \
+  /* out = a op b; a and b already broadcast to out's shape (stride 0 where broadcast) */     \
+  X(void, binary, (BinaryOp op, const View& out, const View& a, const View& b), (op, out, a, b)) \
+  X(void, binary_scalar, (BinaryOp op, const View& out, const View& a, double s, bool scalar_first), \
+    (op, out, a, s, scalar_first))                                                            \
+  /* out = cond ? a : b; all broadcast to out's shape, cond is Bool */                        \
+  X(void, where, (const View& out, const View& cond, const View& a, const View& b), (out, cond, a, b)) \
+  /* x has out's dims followed by `nreduce` reduced dims; out contiguous */                   \
+  X(void, reduce, (ReduceOp op, const View& out, const View& x, int nreduce), (op, out, x, nreduce)) \
+  /* x has out's dims followed by one reduced dim; out int32 contiguous; first index wins ties */ \
+  X(void, arg_reduce, (ArgReduceOp op, const View& out, const View& x), (op, out, x))         \
+  X(void, matmul, (const MatmulArgs& args), (args))                                           \
+  /* x, out contiguous [outer, dim, inner]; softmax (or log-softmax) over dim */              \
+  X(void, softmax, (const View& out, const View& x, int64_t outer, int64_t dim, int64_t inner, bool log), \
+    (out, x, outer, dim, inner, log))                                                         \
+  /* x, out contiguous [rows, cols]; w [cols] or data == nullptr; rstd [rows] float32 or null */ \
+  X(void, rms_norm, (const View& out, const View& x, const View& w, float eps, const View& rstd), \
+    (out, x, w, eps, rstd))                                                                   \
+  /* as rms_norm plus bias b [cols] or null; mean/rstd [rows] float32 outputs or null */      \
+  X(void, layer_norm, (const View& out, const View& x, const View& w, const View& b, float eps, \
+                       const View& mean, const View& rstd),                                   \
+    (out, x, w, b, eps, mean, rstd))                                                          \
+  /* x contiguous [rows, 2*h], out [rows, h]: out = silu(x[:, :h]) * x[:, h:] */              \
+  X(void, swiglu, (const View& out, const View& x), (out, x))                                 \
+  /* ids int32 contiguous [n], table contiguous [V, D], out contiguous [n, D]. Throws        \
+     RangeError before reading anything when an id is outside [0, V). */                      \
+  X(void, embedding, (const View& out, const View& ids, const View& table), (out, ids, table)) \
+  /* torch.gather along axis: out has index's shape; index int32; all contiguous */           \
+  X(void, gather, (const View& out, const View& x, const View& index, int axis), (out, x, index, axis)) \
+  /* out[..., index[..., j, ...], ...] += src[..., j, ...] along axis, in place */            \
+  X(void, scatter_add, (const View& out, const View& index, const View& src, int axis), (out, index, src, axis)) \
+  /* logits contiguous [rows, C]; targets int32 [rows]; loss [rows] (0 where ignored); lse  \
+     [rows] float32 or null. loss = lse - (1-s) * x[t] - s/C * sum_j x[j]. Throws RangeError \
+     for a target outside [0, C) that is not ignore_index. */                                 \
+  X(void, cross_entropy, (const View& loss, const View& logits, const View& targets, int32_t ignore_index, \
+                          float smoothing, const View& lse),                                  \
+    (loss, logits, targets, ignore_index, smoothing, lse))
+
+#define DR_DECLARE_KERNEL(ret, name, params, args) ret name params;
+DR_CPU_KERNELS(DR_DECLARE_KERNEL)
+
+// The ISA variants; dispatch.cpp forwards the functions above to one of them.
+namespace generic { DR_CPU_KERNELS(DR_DECLARE_KERNEL) }
+#if defined(__x86_64__) || defined(_M_X64)
+#define DR_CPU_HAS_X86_VARIANTS 1
+namespace avx2 { DR_CPU_KERNELS(DR_DECLARE_KERNEL) }
+namespace avx512 { DR_CPU_KERNELS(DR_DECLARE_KERNEL) }
+#endif
+#undef DR_DECLARE_KERNEL
+
+// "avx512", "avx2" or "generic": the variant in use (DUALROUTE_CPU_ISA may lower it).
+const char* isa_name();
+// "avx512bf16 avx512f avx2 fma" and so on: what the processor reports.
+const char* cpu_features();
+
+}  // namespace cpu
+}  // namespace dualroute
+
+// In kernel sources: the namespace of the variant being compiled.
+#ifndef DR_ISA
+#define DR_ISA generic
+#endif

@@ -1,0 +1,100 @@
+// RMSNorm and LayerNorm over the last dimension of contiguous [rows, cols] tensors.
+//   rms:   rstd = 1 / sqrt(mean(x^2) + eps),            y = x * rstd * w
+//   layer: mean = mean(x), var = mean((x - mean)^2),   rstd = 1 / sqrt(var + eps),
+//          y = (x - mean) * rstd * w + b
+// Statistics accumulate in float (double for float64); the variance is two-pass, which is
+// exact enough for rows that fit in cache and avoids the cancellation of E[x^2] - E[x]^2.
+// mean/rstd are written (float32) when asked, for the backward pass.
+#include <cmath>
+
+#include "common.h"
+#include "simd.h"
+
+namespace dualroute {
+namespace cpu {
+namespace DR_ISA {
+namespace {
+
+template <typename T>
+void norm_typed(bool layer, const View& out, const View& x, const View& w, const View& b, float eps,
+                const View& mean_out, const View& rstd_out) {
+  using A = typename Num<T>::acc;
+  const int64_t cols = x.ndim ? x.shape[x.ndim - 1] : 1;
+  const int64_t rows = cols ? view_numel(x) / cols : 0;
+  const T* px = static_cast<const T*>(x.data);
+  T* po = static_cast<T*>(out.data);
+  const T* pw = static_cast<const T*>(w.data);
+  const T* pb = static_cast<const T*>(b.data);
+  float* pmean = static_cast<float*>(mean_out.data);
+  float* prstd = static_cast<float*>(rstd_out.data);
+  parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const T* xr = px + r * cols;
+      T* yr = po + r * cols;
+      A mean = 0, ss = 0;
+      if constexpr (std::is_same_v<T, float>) {
+        vf acc = vset1(0);
+        int64_t j = 0;
+        if (layer) {
+          for (; j + kVecF <= cols; j += kVecF) acc += vload(xr + j);
+          mean = hsum(acc);
+          for (; j < cols; ++j) mean += xr[j];
+          mean /= static_cast<A>(cols);
+        }
+        vf vm = vset1(mean);
+        acc = vset1(0);
+        for (j = 0; j + kVecF <= cols; j += kVecF) {
+          vf d = vload(xr + j) - vm;
+          acc += d * d;
+        }
+        ss = hsum(acc);
+        for (; j < cols; ++j) ss += (xr[j] - mean) * (xr[j] - mean);
+      } else {
+        if (layer) {
+          for (int64_t j = 0; j < cols; ++j) mean += Num<T>::load(xr[j]);
+          mean /= static_cast<A>(cols);
+        }
+        for (int64_t j = 0; j < cols; ++j) {
+          A d = Num<T>::load(xr[j]) - mean;
+          ss += d * d;
+        }
+      }
+      A rstd = A(1) / std::sqrt(ss / static_cast<A>(cols) + static_cast<A>(eps));
+      if (pmean) pmean[r] = static_cast<float>(mean);
+      if (prstd) prstd[r] = static_cast<float>(rstd);
+      int64_t j = 0;
+      if constexpr (std::is_same_v<T, float>) {
+        vf vm = vset1(mean), vr = vset1(rstd);
+        for (; j + kVecF <= cols; j += kVecF) {
+          vf y = (vload(xr + j) - vm) * vr;
+          if (pw) y *= vload(pw + j);
+          if (pb) y += vload(pb + j);
+          vstore(yr + j, y);
+        }
+      }
+      for (; j < cols; ++j) {
+        A y = (Num<T>::load(xr[j]) - mean) * rstd;
+        if (pw) y *= Num<T>::load(pw[j]);
+        if (pb) y += Num<T>::load(pb[j]);
+        yr[j] = Num<T>::store(y);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void rms_norm(const View& out, const View& x, const View& w, float eps, const View& rstd) {
+  dispatch_float(dt(x), "rms_norm", [&](auto tag) {
+    norm_typed<decltype(tag)>(false, out, x, w, View{}, eps, View{}, rstd);
+  });
+}
+
+void layer_norm(const View& out, const View& x, const View& w, const View& b, float eps, const View& mean,
+                const View& rstd) {
+  dispatch_float(dt(x), "layer_norm", [&](auto tag) { norm_typed<decltype(tag)>(true, out, x, w, b, eps, mean, rstd); });
+}
+
+}  // namespace DR_ISA
+}  // namespace cpu
+}  // namespace dualroute

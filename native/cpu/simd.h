@@ -1,0 +1,109 @@
+// Portable SIMD through GCC/Clang vector extensions. The width follows the instruction set
+// the file is compiled for (64 bytes with AVX-512, 32 with AVX2, 16 otherwise), so one
+// source gives each variant its natural width; the compiler emits the FMA, blend and
+// conversion instructions of that level.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "../core/dtype.h"
+
+namespace dualroute {
+namespace cpu {
+namespace DR_ISA {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+constexpr int kVecF = kVecBytes / 4;  // floats per vector
+
+typedef float vf __attribute__((vector_size(kVecBytes)));
+typedef int32_t vi __attribute__((vector_size(kVecBytes)));
+typedef uint32_t vu __attribute__((vector_size(kVecBytes)));
+typedef uint16_t vh __attribute__((vector_size(kVecBytes / 2)));
+
+inline vf vload(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf vset1(float x) { return vf{} + x; }
+
+// bfloat16 <-> float, kVecF lanes at a time (round to nearest even, like float_to_bf16).
+inline vf vload(const bf16* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof(h));
+  vu u = __builtin_convertvector(h, vu) << 16;
+  vf f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+inline void vstore(bf16* p, vf v) {
+  vu u;
+  std::memcpy(&u, &v, sizeof(u));
+  vu nan = (u & 0x7fffffffu) > 0x7f800000u;  // all ones where NaN
+  vu r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  r = (nan & ((u >> 16) | 0x40u)) | (~nan & r);
+  vh h = __builtin_convertvector(r, vh);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+
+inline float hsum(vf v) {
+  float s = 0;
+  for (int i = 0; i < kVecF; ++i) s += v[i];
+  return s;
+}
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < kVecF; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// exp(x) for float lanes, relative error about 2 ulp over the whole range: x = n ln2 + r with
+// |r| <= ln2/2 (Cody-Waite split of ln2), e^r by a degree-6 polynomial, then scaled by 2^n
+// through the exponent bits. Below -87.3 gives 0 (also for -inf), above 88.7 gives +inf,
+// NaN stays NaN.
+inline vf vexp(vf x) {
+  const vf hi = vset1(88.72283935546875f), lo = vset1(-87.33654022216797f);
+  vi nanmask = x != x;
+  vi over = x > hi, under = x < lo;
+  vf xc = vmin(vmax(x, lo), hi);
+  vf n = xc * 1.44269504088896341f;
+  // round to nearest
+  n = __builtin_convertvector(__builtin_convertvector(n + (n >= 0 ? vset1(0.5f) : vset1(-0.5f)), vi), vf);
+  vf r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = vset1(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  vi ni = __builtin_convertvector(n, vi);
+  // 2^n split in two factors so that n = -127 or 128 does not overflow the exponent field
+  vi n1 = ni >> 1, n2 = ni - n1;
+  vi e1 = (n1 + 127) << 23, e2 = (n2 + 127) << 23;
+  vf s1, s2;
+  std::memcpy(&s1, &e1, sizeof(s1));
+  std::memcpy(&s2, &e2, sizeof(s2));
+  vf res = p * s1 * s2;
+  const vf inf = vset1(INFINITY);
+  res = over ? inf : res;
+  res = under ? vset1(0.0f) : res;
+  res = nanmask ? x : res;
+  return res;
+}
+
+}  // namespace DR_ISA
+}  // namespace cpu
+}  // namespace dualroute

@@ -1,0 +1,180 @@
+// Softmax, log-softmax and fused cross-entropy over rows.
+//
+// softmax: x, out contiguous [outer, dim, inner]; y = exp(x - max) / sum exp(x - max) over
+// dim, log-softmax y = x - max - log(sum exp(x - max)). With inner == 1 a row is contiguous:
+// three vectorised passes (max; exp and sum, stored in out; scale) that read the row from L1/L2
+// after the first. inner > 1 walks columns with stride `inner`.
+//
+// cross_entropy: logits [rows, C]; per row lse = log sum exp(x), and with label smoothing s
+// the loss against target t is lse - (1 - s) x[t] - (s / C) sum_j x[j] (the mean of -log p
+// under the smoothed target distribution). Targets are checked before anything is read.
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+#include "simd.h"
+
+namespace dualroute {
+namespace cpu {
+namespace DR_ISA {
+namespace {
+
+float row_max_f32(const float* x, int64_t n) {
+  float m = -INFINITY;
+  int64_t i = 0;
+  if (n >= kVecF) {
+    vf vm = vload(x);
+    for (i = kVecF; i + kVecF <= n; i += kVecF) vm = vmax(vm, vload(x + i));
+    m = hmax(vm);
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// out[i] = exp(x[i] - m); returns the sum.
+float exp_sum_f32(float* out, const float* x, int64_t n, float m) {
+  vf vsum = vset1(0), vm = vset1(m);
+  int64_t i = 0;
+  for (; i + kVecF <= n; i += kVecF) {
+    vf e = vexp(vload(x + i) - vm);
+    vstore(out + i, e);
+    vsum += e;
+  }
+  float s = hsum(vsum);
+  for (; i < n; ++i) {
+    out[i] = std::exp(x[i] - m);
+    s += out[i];
+  }
+  return s;
+}
+
+float sum_exp_f32(const float* x, int64_t n, float m) {
+  vf vsum = vset1(0), vm = vset1(m);
+  int64_t i = 0;
+  for (; i + kVecF <= n; i += kVecF) vsum += vexp(vload(x + i) - vm);
+  float s = hsum(vsum);
+  for (; i < n; ++i) s += std::exp(x[i] - m);
+  return s;
+}
+
+void softmax_row_f32(float* y, const float* x, int64_t n, bool log) {
+  float m = row_max_f32(x, n);
+  bool has_nan = m != m;
+  for (int64_t i = 0; i < n && !has_nan; i += 1) has_nan = x[i] != x[i];
+  if (has_nan) {  // vmax drops NaN lanes; PyTorch propagates them to the whole row
+    for (int64_t i = 0; i < n; ++i) y[i] = NAN;
+    return;
+  }
+  if (log) {
+    float lse = m + std::log(sum_exp_f32(x, n, m));
+    vf vl = vset1(lse);
+    int64_t i = 0;
+    for (; i + kVecF <= n; i += kVecF) vstore(y + i, vload(x + i) - vl);
+    for (; i < n; ++i) y[i] = x[i] - lse;
+    return;
+  }
+  float inv = 1.0f / exp_sum_f32(y, x, n, m);
+  vf vinv = vset1(inv);
+  int64_t i = 0;
+  for (; i + kVecF <= n; i += kVecF) vstore(y + i, vload(y + i) * vinv);
+  for (; i < n; ++i) y[i] *= inv;
+}
+
+template <typename T>
+void softmax_typed(const View& out, const View& x, int64_t outer, int64_t dim, int64_t inner, bool log) {
+  using A = typename Num<T>::acc;
+  T* po = static_cast<T*>(out.data);
+  const T* px = static_cast<const T*>(x.data);
+  const int64_t rows = outer * inner;
+  parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t o = r / inner, in = r % inner;
+      const T* xr = px + o * dim * inner + in;
+      T* yr = po + o * dim * inner + in;
+      if constexpr (std::is_same_v<T, float>) {
+        if (inner == 1) {
+          softmax_row_f32(yr, xr, dim, log);
+          continue;
+        }
+      }
+      A m = -std::numeric_limits<A>::infinity();
+      bool nan = false;
+      for (int64_t i = 0; i < dim; ++i) {
+        A v = Num<T>::load(xr[i * inner]);
+        nan |= v != v;
+        m = v > m ? v : m;
+      }
+      if (nan) {
+        for (int64_t i = 0; i < dim; ++i) yr[i * inner] = Num<T>::store(std::numeric_limits<A>::quiet_NaN());
+        continue;
+      }
+      A s = 0;
+      for (int64_t i = 0; i < dim; ++i) s += std::exp(Num<T>::load(xr[i * inner]) - m);
+      if (log) {
+        A lse = m + std::log(s);
+        for (int64_t i = 0; i < dim; ++i) yr[i * inner] = Num<T>::store(Num<T>::load(xr[i * inner]) - lse);
+      } else {
+        A inv = A(1) / s;
+        for (int64_t i = 0; i < dim; ++i) yr[i * inner] = Num<T>::store(std::exp(Num<T>::load(xr[i * inner]) - m) * inv);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void softmax(const View& out, const View& x, int64_t outer, int64_t dim, int64_t inner, bool log) {
+  dispatch_float(dt(x), "softmax", [&](auto tag) { softmax_typed<decltype(tag)>(out, x, outer, dim, inner, log); });
+}
+
+void cross_entropy(const View& loss, const View& logits, const View& targets, int32_t ignore_index,
+                   float smoothing, const View& lse) {
+  const int64_t rows = logits.shape[0], C = logits.shape[1];
+  const int32_t* t = static_cast<const int32_t*>(targets.data);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (t[r] != ignore_index && (t[r] < 0 || t[r] >= C))
+      fail(ErrorCode::Range, "cross_entropy: target ", t[r], " at row ", r, " is outside [0, ", C, ")");
+  }
+  dispatch_float(dt(logits), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    const T* px = static_cast<const T*>(logits.data);
+    A* pl = static_cast<A*>(loss.data);  // float32 (float64 for float64 logits)
+    float* plse = static_cast<float*>(lse.data);
+    parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+      std::vector<float> tmp;
+      for (int64_t r = b; r < e; ++r) {
+        const T* xr = px + r * C;
+        A m, s, total = 0;
+        if constexpr (std::is_same_v<T, float>) {
+          m = row_max_f32(xr, C);
+          s = sum_exp_f32(xr, C, m);
+          if (smoothing != 0) {
+            for (int64_t j = 0; j < C; ++j) total += xr[j];
+          }
+        } else {
+          m = -std::numeric_limits<A>::infinity();
+          for (int64_t j = 0; j < C; ++j) m = std::max<A>(m, Num<T>::load(xr[j]));
+          s = 0;
+          for (int64_t j = 0; j < C; ++j) {
+            A v = Num<T>::load(xr[j]);
+            s += std::exp(v - m);
+            total += v;
+          }
+        }
+        A l = m + std::log(s);
+        if (plse) plse[r] = static_cast<float>(l);
+        if (t[r] == ignore_index) {
+          pl[r] = 0;
+          continue;
+        }
+        A xt = Num<T>::load(xr[t[r]]);
+        pl[r] = l - (A(1) - A(smoothing)) * xt - (A(smoothing) / A(C)) * total;
+      }
+    });
+  });
+}
+
+}  // namespace DR_ISA
+}  // namespace cpu
+}  // namespace dualroute

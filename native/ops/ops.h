@@ -1,0 +1,52 @@
+// Dispatchers: one per op family. Each checks what the kernels assume (devices match, dtypes
+// are supported, shapes agree: lib/ops has already given the friendly error, these checks
+// keep native code safe whatever the caller does), prepares views (broadcasting, permuting,
+// contiguous copies) and calls the CPU kernel or the CUDA backend.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "../core/ops.h"
+#include "../core/tensor.h"
+
+namespace dualroute {
+namespace ops {
+
+using T = TensorImpl;
+
+// Same storage device for every tensor given; throws DeviceError naming the op.
+void same_device(const char* op, std::initializer_list<const T*> ts);
+// A contiguous tensor with t's contents (t itself, shared, when already contiguous).
+std::shared_ptr<const T> contiguous(const T& t);
+std::unique_ptr<T> contiguous_copy(const T& t);
+
+void fill(const T& out, double value);
+void arange(const T& out, double start, double step);
+void random(const T& out, RandomKind kind, uint64_t seed, uint64_t offset, double a, double b);
+void copy(const T& out, const T& in);  // same shape, same device, any dtypes
+// A new contiguous tensor on `device` with src's contents and dtype.
+std::unique_ptr<T> to_device(const T& src, DeviceKind device);
+// Contiguous bytes of t in element order, on the host.
+void read_bytes(const T& t, void* dst);
+void write_bytes(const T& t, const void* src);  // t contiguous
+
+void unary(UnaryOp op, const T& out, const T& x);
+void binary(BinaryOp op, const T& out, const T& a, const T& b);
+void binary_scalar(BinaryOp op, const T& out, const T& a, double s, bool scalar_first);
+void where(const T& out, const T& cond, const T& a, const T& b);
+void reduce(ReduceOp op, const T& out, const T& x, const std::vector<int>& axes);
+void arg_reduce(ArgReduceOp op, const T& out, const T& x, int axis);
+void matmul(const T& out, const T& a, const T& b, bool trans_a, bool trans_b, float alpha, float beta);
+void softmax(const T& out, const T& x, int axis, bool log);
+void rms_norm(const T& out, const T& x, const T* w, float eps, const T* rstd);
+void layer_norm(const T& out, const T& x, const T* w, const T* b, float eps, const T* mean, const T* rstd);
+void swiglu(const T& out, const T& x);
+void embedding(const T& out, const T& ids, const T& table);
+void gather(const T& out, const T& x, const T& index, int axis);
+void scatter_add(const T& out, const T& index, const T& src, int axis);
+void cross_entropy(const T& loss, const T& logits, const T& targets, int32_t ignore_index, float smoothing,
+                   const T* lse);
+
+}  // namespace ops
+}  // namespace dualroute
