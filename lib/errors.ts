@@ -40,7 +40,8 @@ const byCode: Record<string, new (m: string) => DualrouteError> = {
 
 /** Maps an error thrown by the addon to its typed class; other errors pass through. */
 export function toTypedError(e: unknown): unknown {
-  if (e instanceof Error && typeof (e as { code?: unknown }).code === 'string') {
+  // not `instanceof Error`: errors from the addon belong to the main realm, not a vm context's
+  if (typeof e === "object" && e !== null && typeof (e as { code?: unknown }).code === "string" && "message" in e) {
     const cls = byCode[(e as unknown as { code: string }).code];
     if (cls && !(e instanceof DualrouteError)) {
       const t = new cls(e.message);

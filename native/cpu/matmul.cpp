@@ -10,17 +10,20 @@
 // Edge panels are zero-padded to full MR / NR, so the micro-kernel never branches on shape;
 // only the write-back of an edge tile is clipped to the valid rows and columns.
 //
-// Block sizes (float; float64 halves NR since a vector holds half as many lanes):
+// Block sizes (float; float64 keeps MR, halves NR since a vector holds half the lanes, and
+// halves MC and NC so that every block occupies the same bytes):
 //   avx512  MR 14 x NR 32: 28 zmm accumulators + 2 for B + 1 broadcast of A = 31 of 32.
 //   avx2    MR  6 x NR 16: 12 ymm accumulators + 2 + 1 = 15 of 16.
 //   generic MR  6 x NR  8: the same count in 16-byte registers (SSE2, NEON).
-//   KC 256: one KC x NR micro-panel of B (32 KiB for avx512 float) is reused by every MR
-//     micro-panel of the A block, so it wants to stay near L1 while the A panel streams.
-//   MC ~ 168 (a multiple of MR): the MC x KC block of A (~170 KiB) lives in L2 (1-2 MiB on
-//     the machines we target), reused for every NR panel of B.
-//   NC 4096: the packed KC x NC panel of B (4 MiB) is shared by all threads through L3.
-// The C tile is loaded once per KC step, so a larger KC amortises the C traffic; these
-// values were tuned on an AMD EPYC (Zen 4) with 32 KiB L1d, 1 MiB L2 per core.
+//   KC 512: the C tile is loaded and stored once per KC step, so a long KC amortises that
+//     traffic. The KC x NR micro-panel of B (64 KiB) then overflows L1, but it need not fit:
+//     one k-step reads 184 bytes of packed A and B for 28 FMAs, which L2 streams with room to
+//     spare. Measured on Zen 4, one thread, 2048^3: KC 192/256/384/512 gave about
+//     87/91/94/98 GFLOP/s; 768 was no better.
+//   MC 168 (a multiple of MR): the MC x KC block of A (336 KiB) stays in the 1 MiB L2 while
+//     every NR panel of B streams past it.
+//   NC 4096: the packed KC x NC panel of B (8 MiB) is shared by all threads through L3.
+// These were tuned on an AMD EPYC (Zen 4: 32 KiB L1d, 1 MiB L2 per core, 32 MiB L3).
 //
 // Threading: for one matrix, each (NC, KC) step first packs the B panel in parallel (the
 // panels are independent), then runs a parallel_for over tiles of C of MC rows by a group of
@@ -85,7 +88,7 @@ template <>
 struct Cfg<double> {
   using V = vdouble;
   static constexpr int VL = kVB / 8, NV = 2, NR = VL * NV, MR = kMRd;
-  static constexpr int64_t KC = MM_KC, MC = (MM_MC / MR) * MR, NC = MM_NC / 2;
+  static constexpr int64_t KC = MM_KC, MC = (MM_MC / 2 / MR) * MR, NC = MM_NC / 2;
 };
 
 // A growable 64-byte aligned scratch buffer. Only ever used as thread_local or as a local,

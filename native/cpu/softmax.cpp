@@ -159,7 +159,7 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
           for (int64_t j = 0; j < C; ++j) {
             A v = Num<T>::load(xr[j]);
             s += std::exp(v - m);
-            total += v;
+            if (smoothing != 0) total += v;
           }
         }
         A l = m + std::log(s);
@@ -169,7 +169,9 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
           continue;
         }
         A xt = Num<T>::load(xr[t[r]]);
-        pl[r] = l - (A(1) - A(smoothing)) * xt - (A(smoothing) / A(C)) * total;
+        // the smoothing term is skipped when s = 0 so that -inf logits (masked classes) do not
+        // turn the loss into 0 * -inf = NaN
+        pl[r] = l - (A(1) - A(smoothing)) * xt - (smoothing != 0 ? (A(smoothing) / A(C)) * total : A(0));
       }
     });
   });

@@ -1,0 +1,30 @@
+import * as dr from '../lib';
+import { maxErrRatio } from './reference';
+
+/** Tolerances per dtype: atol, rtol. */
+export const TOL: Record<string, [number, number]> = {
+  float64: [1e-12, 1e-10],
+  float32: [1e-5, 1e-4],
+  bfloat16: [2e-2, 2e-2],
+};
+
+/** Expects got (a tensor or array) to match want within the dtype's budget, naming the first bad element. */
+export function expectClose(got: dr.Tensor | ArrayLike<number>, want: ArrayLike<number>, dtype = 'float32', scale = 1): void {
+  const g = got instanceof dr.Tensor ? got.dataSync() : got;
+  expect(g.length).toBe(want.length);
+  const [atol, rtol] = TOL[dtype] ?? TOL.float32;
+  const { ratio, at } = maxErrRatio(g, want, atol * scale, rtol * scale);
+  if (!(ratio <= 1)) {
+    throw new Error(`mismatch at flat index ${at}: got ${g[at]}, want ${want[at]} (error ${ratio.toFixed(2)}x the budget atol=${atol * scale}, rtol=${rtol * scale})`);
+  }
+}
+
+/** A float tensor with values from the test PRNG. */
+export function input(shape: number[], seed: number, dtype: dr.DType = 'float32', lo = -2, hi = 2): { t: dr.Tensor; data: Float64Array } {
+  const { randArray } = require('./reference');
+  const raw: Float64Array = randArray(shape.reduce((a, b) => a * b, 1), seed, lo, hi);
+  const t = dr.tensor(raw, shape, { dtype, device: 'cpu' });
+  // the reference sees exactly the stored values (rounded to the dtype)
+  const data = Float64Array.from(t.dataSync());
+  return { t, data };
+}

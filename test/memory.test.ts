@@ -1,0 +1,101 @@
+import * as dr from '../lib';
+
+describe('memory', () => {
+  test('10,000 create/compute/dispose iterations return to the starting counts', () => {
+    const start = dr.memory();
+    for (let i = 0; i < 10000; ++i) {
+      const a = dr.randn([17, 5]);
+      const b = a.mul(2);
+      const c = b.add(1);
+      const d = c.softmax(-1);
+      const e = d.sum(0);
+      const r = e.reshape([1, 5]);
+      const v = r.T;
+      for (const t of [a, b, c, d, e, r, v]) t.dispose();
+    }
+    const end = dr.memory();
+    expect(end.cpu.tensors).toBe(start.cpu.tensors);
+    expect(end.cpu.bytes).toBe(start.cpu.bytes);
+    expect(end.cpu.buffers).toBe(start.cpu.buffers);
+  });
+
+  test('tidy disposes intermediates and keeps what is returned (nested too)', () => {
+    const start = dr.memory().tensors;
+    const out = dr.tidy(() => {
+      const a = dr.ones([3]);
+      const b = a.add(1);
+      const c = b.mul(b);
+      return { c, list: [b.sum()] };
+    });
+    expect(dr.memory().tensors).toBe(start + 2);
+    expect(out.c.arraySync()).toEqual([4, 4, 4]);
+    dr.dispose(out);
+    expect(dr.memory().tensors).toBe(start);
+  });
+
+  test('keep() survives tidy; nested tidy hands survivors to its parent', () => {
+    const start = dr.memory().tensors;
+    let kept!: dr.Tensor;
+    const outer = dr.tidy(() => {
+      const inner = dr.tidy(() => {
+        kept = dr.keep(dr.zeros([2]));
+        dr.zeros([5]);
+        return dr.ones([2]);
+      });
+      expect(dr.memory().tensors).toBe(start + 2);
+      return inner.add(1);
+    });
+    expect(dr.memory().tensors).toBe(start + 2);
+    expect(kept.isDisposed).toBe(false);
+    kept.dispose();
+    outer.dispose();
+    expect(dr.memory().tensors).toBe(start);
+  });
+
+  test('tidy cleans up when fn throws; async fns are refused', () => {
+    const start = dr.memory().tensors;
+    expect(() => dr.tidy(() => {
+      dr.zeros([3]);
+      throw new Error('boom');
+    })).toThrow('boom');
+    expect(dr.memory().tensors).toBe(start);
+    expect(() => dr.tidy((async () => 1) as never)).toThrow(/synchronous/);
+  });
+
+  test('using disposes at the end of the block', () => {
+    const start = dr.memory().tensors;
+    {
+      using a = dr.zeros([4]);
+      expect(a.size).toBe(4);
+      expect(dr.memory().tensors).toBe(start + 1);
+    }
+    expect(dr.memory().tensors).toBe(start);
+  });
+
+  test('use after dispose throws DisposedError; dispose twice is harmless', () => {
+    const a = dr.zeros([2]);
+    a.dispose();
+    a.dispose();
+    expect(() => a.dataSync()).toThrow(dr.DisposedError);
+    expect(() => a.add(1)).toThrow(dr.DisposedError);
+    expect(() => dr.matmul(a, a)).toThrow(/disposed/);
+  });
+
+  test('the GC safety net frees tensors that were never disposed', async () => {
+    const gc = (global as unknown as { gc?: () => void }).gc;
+    if (!gc) {
+      // jest runs without --expose-gc unless asked; the npm test script passes it
+      throw new Error('run jest with node --expose-gc (npm test does)');
+    }
+    const start = dr.memory();
+    (() => {
+      for (let i = 0; i < 200; ++i) dr.zeros([1000]);
+    })();
+    for (let i = 0; i < 10 && dr.memory().cpu.tensors > start.cpu.tensors; ++i) {
+      gc();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(dr.memory().cpu.tensors).toBe(start.cpu.tensors);
+    expect(dr.memory().cpu.bytes).toBe(start.cpu.bytes);
+  });
+});

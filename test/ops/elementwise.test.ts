@@ -1,0 +1,185 @@
+import * as dr from '../../lib';
+import { UNARY_OPS, native } from '../../lib/native';
+import { expectClose, input } from '../helpers';
+import { binaryRef, unaryRef } from '../reference';
+
+const positive = new Set(['log', 'sqrt', 'rsqrt', 'reciprocal']);
+
+describe('unary ops', () => {
+  const shapes = [[37, 5], [1], [3, 1, 7], [1030]];
+  for (const name of Object.keys(unaryRef)) {
+    for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[]) {
+      test(`${name} ${dtype}`, () => {
+        dr.tidy(() => {
+          shapes.forEach((shape, i) => {
+            const [lo, hi] = positive.has(name) ? [0.1, 4] : name === 'log1p' ? [-0.9, 3] : [-4, 4];
+            const { t, data } = input(shape, 100 + i, dtype, lo, hi);
+            const got = dr.unary(name as never, t);
+            expect(got.shape).toEqual(shape);
+            expect(got.dtype).toBe(dtype);
+            const want = Array.from(data, unaryRef[name]);
+            // bf16 outputs round to 8 bits of mantissa; float32 exp-based ops use a vector exp (~2 ulp)
+            expectClose(got, bf16Round(want, dtype), dtype, name === 'exp' || name === 'expm1' ? 4 : 1);
+          });
+        });
+      });
+    }
+  }
+
+  test('strided input (a transposed view)', () => {
+    dr.tidy(() => {
+      const { t, data } = input([5, 7], 3);
+      const got = t.T.exp();
+      const want: number[] = [];
+      for (let j = 0; j < 7; ++j) for (let i = 0; i < 5; ++i) want.push(Math.exp(data[i * 7 + j]));
+      expectClose(got, want);
+    });
+  });
+
+  test('int32: neg/abs/sign/square stay int32, float ops promote', () => {
+    dr.tidy(() => {
+      const x = dr.tensor(new Int32Array([-3, 0, 5]));
+      expect(Array.from(x.neg().dataSync())).toEqual([3, 0, -5]);
+      expect(x.abs().dtype).toBe('int32');
+      expect(Array.from(x.sign().dataSync())).toEqual([-1, 0, 1]);
+      const e = x.exp();
+      expect(e.dtype).toBe('float32');
+      expectClose(e, [Math.exp(-3), 1, Math.exp(5)]);
+    });
+  });
+
+  test('relu keeps NaN, sign keeps NaN', () => {
+    dr.tidy(() => {
+      const x = dr.tensor([NaN, -1, 2]);
+      const r = x.relu().dataSync();
+      expect(Number.isNaN(r[0])).toBe(true);
+      expect(Array.from(r.slice(1))).toEqual([0, 2]);
+      expect(Number.isNaN(x.sign().dataSync()[0])).toBe(true);
+    });
+  });
+
+  test('the op tables match the native enums', () => {
+    expect(native.opNames().unary).toEqual([...UNARY_OPS]);
+  });
+});
+
+function bf16Round(v: number[], dtype: string): number[] {
+  if (dtype !== 'bfloat16') return v;
+  const { floatToBf16Bits, bf16BitsToFloat } = require('../../lib/dtype');
+  return v.map((x) => bf16BitsToFloat(floatToBf16Bits(x)));
+}
+
+describe('binary ops with broadcasting', () => {
+  const cases: Array<[number[], number[]]> = [
+    [[3, 1, 5], [4, 5]],
+    [[1], [7]],
+    [[2, 3], [2, 3]],
+    [[129], [1]],
+    [[], [3]],
+    [[6, 1], [1, 33]],
+    [[2, 1, 3, 1], [1, 4, 1, 5]],
+  ];
+  const fns: Record<string, (a: number, b: number) => number> = {
+    add: (a, b) => a + b,
+    sub: (a, b) => a - b,
+    mul: (a, b) => a * b,
+    div: (a, b) => a / b,
+    maximum: Math.max,
+    minimum: Math.min,
+  };
+  for (const [name, f] of Object.entries(fns)) {
+    for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[]) {
+      test(`${name} ${dtype}`, () => {
+        dr.tidy(() => {
+          cases.forEach(([as, bs], i) => {
+            const a = input(as, 7 + i, dtype);
+            const b = input(bs, 70 + i, dtype, 0.5, 3);
+            const got = dr.binary(name as never, a.t, b.t);
+            const want = binaryRef(f, a.data, as, b.data, bs);
+            expect(got.shape).toEqual(want.shape);
+            expectClose(got, bf16Round(Array.from(want.data), dtype), dtype);
+          });
+        });
+      });
+    }
+  }
+
+  test('pow', () => {
+    dr.tidy(() => {
+      const a = input([4, 5], 1, 'float32', 0.1, 3);
+      const b = input([5], 2, 'float32', -2, 2);
+      expectClose(a.t.pow(b.t), binaryRef(Math.pow, a.data, [4, 5], b.data, [5]).data);
+    });
+  });
+
+  test('strided operands: a transposed view plus a broadcast row', () => {
+    dr.tidy(() => {
+      const a = input([9, 4], 5);
+      const b = input([9], 6);
+      const got = a.t.T.add(b.t);
+      const want: number[] = [];
+      for (let i = 0; i < 4; ++i) for (let j = 0; j < 9; ++j) want.push(a.data[j * 4 + i] + b.data[j]);
+      expectClose(got, want);
+    });
+  });
+
+  test('scalars on either side', () => {
+    dr.tidy(() => {
+      const a = input([3, 7], 9);
+      expectClose(a.t.mul(2.5), Array.from(a.data, (v) => v * 2.5));
+      expectClose(dr.sub(1, a.t), Array.from(a.data, (v) => 1 - v));
+      expectClose(dr.div(2, a.t), Array.from(a.data, (v) => 2 / v), 'float32', 10);
+      expectClose(dr.pow(a.t.abs(), 0.5), Array.from(a.data, (v) => Math.sqrt(Math.abs(v))));
+    });
+  });
+
+  test('comparisons give bool; where selects', () => {
+    dr.tidy(() => {
+      const a = dr.tensor([[1, 5, 3], [4, 2, 6]]);
+      const b = dr.tensor([3, 3, 3]);
+      const gt = a.gt(b);
+      expect(gt.dtype).toBe('bool');
+      expect(gt.arraySync()).toEqual([[false, true, false], [true, false, true]]);
+      expect(a.eq(3).arraySync()).toEqual([[false, false, true], [false, false, false]]);
+      expect(a.le(b).logicalNot().arraySync()).toEqual(gt.arraySync());
+      expect(gt.logicalAnd(a.lt(6)).arraySync()).toEqual([[false, true, false], [true, false, false]]);
+      const w = dr.where(gt, a, b.neg());
+      expect(w.arraySync()).toEqual([[-3, 5, -3], [4, -3, 6]]);
+      expect(dr.where(gt, 1, 0).arraySync()).toEqual([[0, 1, 0], [1, 0, 1]]);
+    });
+  });
+
+  test('int32 arithmetic stays int32; div promotes to float32', () => {
+    dr.tidy(() => {
+      const a = dr.tensor(new Int32Array([7, -7, 9]));
+      const b = dr.tensor(new Int32Array([2, 2, 3]));
+      const s = a.add(b);
+      expect(s.dtype).toBe('int32');
+      expect(Array.from(s.dataSync())).toEqual([9, -5, 12]);
+      const d = a.div(b);
+      expect(d.dtype).toBe('float32');
+      expect(Array.from(d.dataSync())).toEqual([3.5, -3.5, 3]);
+      expect(a.mul(0.5).dtype).toBe('float32');
+    });
+  });
+
+  test('mixed dtypes promote (bfloat16 + float32 = float32)', () => {
+    dr.tidy(() => {
+      const a = dr.tensor([1.5, 2.5], undefined, { dtype: 'bfloat16' });
+      const b = dr.tensor([0.25, 0.5]);
+      const c = a.add(b);
+      expect(c.dtype).toBe('float32');
+      expect(Array.from(c.dataSync())).toEqual([1.75, 3]);
+    });
+  });
+
+  test('maximum/minimum propagate NaN; clamp', () => {
+    dr.tidy(() => {
+      const a = dr.tensor([NaN, 1, 5]);
+      const m = a.maximum(dr.tensor([0, 2, 3])).dataSync();
+      expect(Number.isNaN(m[0])).toBe(true);
+      expect(Array.from(m.slice(1))).toEqual([2, 5]);
+      expect(Array.from(dr.tensor([-2, 0.5, 3]).clamp(0, 1).dataSync())).toEqual([0, 0.5, 1]);
+    });
+  });
+});

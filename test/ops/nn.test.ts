@@ -1,0 +1,163 @@
+import * as dr from '../../lib';
+import { expectClose, input } from '../helpers';
+import { alongAxis, logSoftmaxRow, softmaxRow, unaryRef } from '../reference';
+
+describe('softmax / logSoftmax', () => {
+  const cases: Array<[number[], number]> = [[[7, 33], -1], [[1], 0], [[4, 129, 3], 1], [[2, 3, 1000], 2], [[5, 6], 0], [[3, 17], -1]];
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[]) {
+    test(dtype, () => {
+      dr.tidy(() => {
+        cases.forEach(([shape, axis], i) => {
+          const { t, data } = input(shape, 50 + i, dtype, -6, 6);
+          const a = axis < 0 ? axis + shape.length : axis;
+          expectClose(dr.softmax(t, axis), alongAxis(data, shape, a, softmaxRow), dtype);
+          expectClose(dr.logSoftmax(t, axis), alongAxis(data, shape, a, logSoftmaxRow), dtype);
+        });
+      });
+    });
+  }
+
+  test('large logits do not overflow; -inf entries get probability 0', () => {
+    dr.tidy(() => {
+      const x = dr.tensor([[1000, 1001, 999], [-Infinity, 0, 0]]);
+      expectClose(x.softmax(), [...softmaxRow([0, 1, -1]), 0, 0.5, 0.5]);
+      const ls = x.logSoftmax().dataSync();
+      expect(ls[3]).toBe(-Infinity);
+    });
+  });
+
+  test('a strided input (transposed view)', () => {
+    dr.tidy(() => {
+      const { t, data } = input([9, 4], 8);
+      const want = alongAxis(data, [9, 4], 0, softmaxRow);
+      const got = t.T.softmax(-1).T.contiguous();
+      expectClose(got, want);
+    });
+  });
+});
+
+describe('RMSNorm and LayerNorm', () => {
+  const shapes = [[5, 64], [1, 1], [3, 7, 129], [2, 1000], [33, 3]];
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[]) {
+    test(`rmsNorm ${dtype}`, () => {
+      dr.tidy(() => {
+        shapes.forEach((shape, i) => {
+          const d = shape[shape.length - 1];
+          const { t, data } = input(shape, 60 + i, dtype);
+          const w = input([d], 160 + i, dtype, 0.5, 1.5);
+          const eps = 1e-5;
+          const want = alongAxis(data, shape, shape.length - 1, (row) => {
+            const ms = row.reduce((a, v) => a + v * v, 0) / row.length;
+            const r = 1 / Math.sqrt(ms + eps);
+            return row.map((v, j) => v * r * w.data[j]);
+          });
+          expectClose(dr.rmsNorm(t, w.t, eps), want, dtype);
+          const noW = alongAxis(data, shape, shape.length - 1, (row) => {
+            const ms = row.reduce((a, v) => a + v * v, 0) / row.length;
+            return row.map((v) => v / Math.sqrt(ms + eps));
+          });
+          expectClose(t.rmsNorm(null, eps), noW, dtype);
+        });
+      });
+    });
+    test(`layerNorm ${dtype}`, () => {
+      dr.tidy(() => {
+        shapes.forEach((shape, i) => {
+          const d = shape[shape.length - 1];
+          const { t, data } = input(shape, 70 + i, dtype, -3, 5);
+          const w = input([d], 170 + i, dtype, 0.5, 1.5);
+          const b = input([d], 270 + i, dtype);
+          const eps = 1e-5;
+          const want = alongAxis(data, shape, shape.length - 1, (row) => {
+            const mean = row.reduce((a, v) => a + v, 0) / row.length;
+            const v = row.reduce((a, x) => a + (x - mean) ** 2, 0) / row.length;
+            return row.map((x, j) => ((x - mean) / Math.sqrt(v + eps)) * w.data[j] + b.data[j]);
+          });
+          expectClose(dr.layerNorm(t, w.t, b.t, eps), want, dtype, d === 1 ? 1e3 : 1);
+        });
+      });
+    });
+  }
+
+  test('argument errors', () => {
+    dr.tidy(() => {
+      expect(() => dr.rmsNorm(dr.zeros([2, 4]), dr.ones([3]))).toThrow(/Expected shape \[4\] for weight/);
+      expect(() => dr.layerNorm(dr.zeros([2, 4]), null, null, -1)).toThrow(dr.ValueError);
+      expect(() => dr.rmsNorm(dr.tensor(new Int32Array([1, 2])))).toThrow(dr.DTypeError);
+    });
+  });
+});
+
+describe('activations', () => {
+  test('gelu (erf and tanh), silu, swiglu', () => {
+    dr.tidy(() => {
+      const { t, data } = input([7, 10], 5, 'float32', -5, 5);
+      expectClose(dr.gelu(t), Array.from(data, unaryRef.gelu));
+      expectClose(t.gelu({ approximate: 'tanh' }), Array.from(data, unaryRef.geluTanh));
+      expectClose(dr.silu(t), Array.from(data, unaryRef.silu));
+      const sw = dr.swiglu(t);
+      expect(sw.shape).toEqual([7, 5]);
+      const want: number[] = [];
+      for (let r = 0; r < 7; ++r) for (let j = 0; j < 5; ++j) want.push(unaryRef.silu(data[r * 10 + j]) * data[r * 10 + 5 + j]);
+      expectClose(sw, want);
+    });
+  });
+  test('swiglu, wide rows and float64/bfloat16', () => {
+    for (const dtype of ['float64', 'bfloat16', 'float32'] as dr.DType[]) {
+      dr.tidy(() => {
+        const { t, data } = input([3, 2 * 67], 9, dtype);
+        const want: number[] = [];
+        for (let r = 0; r < 3; ++r) for (let j = 0; j < 67; ++j) want.push(unaryRef.silu(data[r * 134 + j]) * data[r * 134 + 67 + j]);
+        expectClose(t.swiglu(), want, dtype);
+      });
+    }
+    expect(() => dr.swiglu(dr.zeros([2, 3]))).toThrow(/even size/);
+  });
+});
+
+describe('crossEntropy', () => {
+  function ref(logits: Float64Array, rows: number, C: number, t: number[], s: number, ignore: number): number[] {
+    const out: number[] = [];
+    for (let r = 0; r < rows; ++r) {
+      const row = Array.from(logits.slice(r * C, (r + 1) * C));
+      if (t[r] === ignore) {
+        out.push(0);
+        continue;
+      }
+      const lp = logSoftmaxRow(row);
+      out.push(-(1 - s) * lp[t[r]] - (s / C) * lp.reduce((a, v) => a + v, 0));
+    }
+    return out;
+  }
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[]) {
+    test(`per-row, sum and mean, with smoothing and ignored rows, ${dtype}`, () => {
+      dr.tidy(() => {
+        for (const [rows, C] of [[9, 5], [1, 1], [4, 1000], [33, 130]]) {
+          const { t, data } = input([rows, C], rows + C, dtype, -4, 4);
+          const targets = Array.from({ length: rows }, (_, i) => (i % 4 === 3 ? -100 : (i * 7) % C));
+          const tt = dr.tensor(new Int32Array(targets));
+          for (const s of [0, 0.125]) {
+            const want = ref(data, rows, C, targets, s, -100);
+            expectClose(dr.crossEntropy(t, tt, { labelSmoothing: s, reduction: 'none' }), want, dtype === 'bfloat16' ? 'float32' : dtype, 10);
+            const counted = targets.filter((x) => x !== -100).length;
+            const sum = want.reduce((a, v) => a + v, 0);
+            expectClose(dr.crossEntropy(t, tt, { labelSmoothing: s, reduction: 'sum' }), [sum], 'float32', 10 * Math.sqrt(rows));
+            expectClose(dr.crossEntropy(t, tt, { labelSmoothing: s }), [counted ? sum / counted : NaN], 'float32', 10);
+          }
+        }
+      });
+    });
+  }
+  test('leading dims and out-of-range targets', () => {
+    dr.tidy(() => {
+      const logits = dr.zeros([2, 3, 4]);
+      const t = dr.tensor(new Int32Array([0, 1, 2, 3, 0, 1]), [2, 3]);
+      expect(dr.crossEntropy(logits, t, { reduction: 'none' }).shape).toEqual([2, 3]);
+      expectClose(dr.crossEntropy(logits, t), [Math.log(4)]);
+      const bad = dr.tensor(new Int32Array([0, 1, 7, 3, 0, 1]), [2, 3]);
+      expect(() => dr.crossEntropy(logits, bad)).toThrow(dr.RangeError);
+      expect(() => dr.crossEntropy(logits, bad)).toThrow(/target 7 at row 2 is outside \[0, 4\)/);
+      expect(() => dr.crossEntropy(logits, dr.zeros([2, 3]))).toThrow(dr.DTypeError);
+    });
+  });
+});
