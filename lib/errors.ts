@@ -44,7 +44,7 @@ export function toTypedError(e: unknown): unknown {
   if (typeof e === "object" && e !== null && typeof (e as { code?: unknown }).code === "string" && "message" in e) {
     const cls = byCode[(e as unknown as { code: string }).code];
     if (cls && !(e instanceof DualrouteError)) {
-      const t = new cls(e.message);
+      const t = new cls(String((e as { message: unknown }).message));
       return t;
     }
   }

@@ -11,19 +11,24 @@ const path = require('path');
 
 const root = path.resolve(__dirname, '..');
 const cmakeJs = require.resolve('cmake-js/bin/cmake-js');
-const args = [cmakeJs, 'build', '-d', root, '--out', path.join(root, 'build')];
+// configure runs every time (cheap when nothing changed) so that changed options take effect;
+// then build compiles what is out of date.
+const args = [cmakeJs, 'configure', '-d', root, '--out', path.join(root, 'build')];
 const cuda = (process.env.DUALROUTE_CUDA || 'AUTO').toUpperCase();
 if (!['AUTO', 'ON', 'OFF'].includes(cuda)) {
   console.error(`DUALROUTE_CUDA must be AUTO, ON or OFF, got ${process.env.DUALROUTE_CUDA}`);
   process.exit(1);
 }
 args.push(`--CDDUALROUTE_CUDA=${cuda}`);
-if (process.env.DUALROUTE_CUDA_ARCHS) args.push(`--CDDUALROUTE_CUDA_ARCHS=${process.env.DUALROUTE_CUDA_ARCHS}`);
+args.push(`--CDDUALROUTE_CUDA_ARCHS=${process.env.DUALROUTE_CUDA_ARCHS || ''}`);
 if (process.env.DUALROUTE_DEBUG === '1') args.push('--debug');
 const jobs = Number(process.env.DUALROUTE_BUILD_JOBS) || (os.availableParallelism ? os.availableParallelism() : os.cpus().length);
-args.push('--parallel', String(jobs));
 const t0 = Date.now();
-const r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: root });
+let r = spawnSync(process.execPath, args, { stdio: 'inherit', cwd: root });
+if (r.status === 0) {
+  const buildArgs = [cmakeJs, 'build', '-d', root, '--out', path.join(root, 'build'), '--parallel', String(jobs)];
+  r = spawnSync(process.execPath, buildArgs.concat(args.slice(6).filter((a) => a === '--debug')), { stdio: 'inherit', cwd: root });
+}
 if (r.status !== 0) {
   console.error('dualroute: the native build failed. See binding.gyp.md (Troubleshooting); DUALROUTE_CUDA=OFF skips CUDA.');
   process.exit(r.status || 1);

@@ -350,19 +350,23 @@ void gemm_blocked(const Problem<In>& pr, Out* c, int64_t ldc, T alpha, T beta, b
         }
       };
       const int mode = pc > 0 ? kAccumulate : beta == T(0) ? kOverwrite : kScale;
+      // With a single M block each group of B panels has exactly one reader, so the tile
+      // packs its own panels: one pool region per KC step instead of two.
+      const bool pack_in_tile = tm == 1;
       auto compute = [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           int64_t bi = t / tn, bj = t % tn;
           int64_t i0 = bi * mc_blk, mc = std::min<int64_t>(mc_blk, m - i0);
           int64_t j0 = bj * ppg * NR, nc = std::min<int64_t>(ppg * NR, ncb - j0);
+          if (pack_in_tile) pack_b(bj * ppg, std::min<int64_t>(npanels, (bj + 1) * ppg));
           macro_tile<T, In, Out>(pr, pc, kc, pb, jc, i0, mc, j0, nc, c, ldc, alpha, beta, mode);
         }
       };
       if (threads > 1) {
-        parallel_for(npanels, 4, pack_b);
+        if (!pack_in_tile) parallel_for(npanels, 4, pack_b);
         parallel_for(tm * tn, 1, compute);
       } else {
-        pack_b(0, npanels);
+        if (!pack_in_tile) pack_b(0, npanels);
         compute(0, tm * tn);
       }
     }
@@ -533,7 +537,7 @@ void matmul_typed(const MatmulArgs& args) {
   // entered once. Big ones: one matrix at a time, threaded inside.
   const bool per_matrix = batch > 1 && threads > 1 && flops < 4e6 && batch >= threads;
   if (per_matrix) {
-    int64_t grain = std::max<int64_t>(1, static_cast<int64_t>(2e5 / flops));
+    int64_t grain = std::max<int64_t>(1, static_cast<int64_t>(5e4 / flops));
     parallel_for(batch, grain, [&](int64_t b0, int64_t b1) {
       for (int64_t bt = b0; bt < b1; ++bt)
         gemm_one<T>(problem(bt), c0 + bt * args.batch_stride_c, args.ldc, alpha, beta, false);
