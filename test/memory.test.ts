@@ -87,6 +87,13 @@ describe('memory', () => {
       // jest runs without --expose-gc unless asked; the npm test script passes it
       throw new Error('run jest with node --expose-gc (npm test does)');
     }
+    const settle = async () => {
+      for (let i = 0; i < 3; ++i) {
+        gc();
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    await settle(); // tensors earlier tests dropped without dispose are collected first
     const start = dr.memory();
     (() => {
       for (let i = 0; i < 200; ++i) dr.zeros([1000]);

@@ -25,17 +25,23 @@
 //   NC 4096: the packed KC x NC panel of B (8 MiB) is shared by all threads through L3.
 // These were tuned on an AMD EPYC (Zen 4: 32 KiB L1d, 1 MiB L2 per core, 32 MiB L3).
 //
-// Threading: for one matrix, each (NC, KC) step first packs the B panel in parallel (the
-// panels are independent), then runs a parallel_for over tiles of C of MC rows by a group of
-// NR panels; every tile packs its own A block into a thread_local buffer, so nothing is
-// written by two threads. The tile grid is sized for about four tiles per thread, splitting
-// N only when M alone gives too few (a wide, short C), which keeps 2 and 16 cores busy alike.
-// A batch of small matrices instead runs one whole matrix per task on one thread, so the
-// pool is entered once rather than once per matrix and per panel.
+// Threading: for one matrix, each (NC, KC) step first packs the B panel on the pool (the
+// micro-panels are independent), then hands out tiles of C, MC rows by a group of NR panels,
+// one at a time from a shared counter; every tile packs its own A block into a thread_local
+// buffer, so no two threads ever write the same memory. The grid aims at about four tiles
+// per thread and splits N only when the M blocks alone are too few (a short, wide C), which
+// keeps 2 cores and 16 alike busy. With a single M block each tile packs its own B panels
+// as well, saving a pool round trip. Below about 200^3 multiply-adds one matrix runs on one
+// thread (waking the pool costs more than the second core saves); a batch of such matrices
+// is spread over the pool a whole matrix per task instead.
+//
+// Shapes with no reuse go around the packing: m*n*k <= 256 is a plain loop, and m == 1 or
+// n == 1 (a matrix-vector product, bound by reading the matrix once) has its own loop.
 //
 // bfloat16 with k > KC accumulates the partial products in a float workspace and rounds
 // once at the end; rounding after every KC step would lose precision with k.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -104,6 +110,21 @@ struct Scratch {
   }
 };
 
+// Runs fn(t) for every t in [0, ntasks) on the pool, handing tasks out one at a time from a
+// shared counter. parallel_for alone would cut them into fixed chunks: 13 equal tiles on 2
+// threads become 7 chunks of 2, leaving one thread 8 tiles and the other 5.
+template <typename F>
+void run_tasks(int64_t ntasks, int threads, const F& fn) {
+  if (threads <= 1 || ntasks <= 1) {
+    for (int64_t t = 0; t < ntasks; ++t) fn(t);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  parallel_for(std::min<int64_t>(threads, ntasks), 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) fn(t);
+  });
+}
+
 // Every lane = x, written as a constructor of identical elements so that it becomes one
 // broadcast (V{} + x would be an add, since 0 + -0 is not -0; a lane loop becomes inserts).
 template <typename V, typename T, size_t... L>
@@ -137,6 +158,8 @@ inline bf16 narrow<bf16, float>(float v) {
 // when beta == 0, since C may hold garbage), later steps add to what the first wrote.
 enum Store { kOverwrite = 0, kScale = 1, kAccumulate = 2 };
 
+// (The zero padding is written in the same loop as the copy, as a select: separate fill and
+// copy loops of a few elements become memset / memcpy calls, which dominate tiny products.)
 // Packs rows [0, mr) x cols [0, kc) of op(A), starting at element `a` (already offset to the
 // block's origin), into one MR-row micro-panel: dst[p * MR + r] = op(A)[r, p].
 template <typename T, typename In>
@@ -147,8 +170,7 @@ void pack_a_panel(T* __restrict dst, const In* a, int64_t lda, bool trans, int m
     for (int64_t p = 0; p < kc; ++p) {
       const In* src = a + p * lda;
       T* d = dst + p * MR;
-      for (int r = 0; r < mr; ++r) d[r] = widen<T>(src[r]);
-      for (int r = mr; r < MR; ++r) d[r] = T(0);
+      for (int r = 0; r < MR; ++r) d[r] = r < mr ? widen<T>(src[r]) : T(0);
     }
   } else if (mr == MR) {
     // Rows are contiguous in p: walk MR rows side by side so every read stream is sequential.
@@ -161,8 +183,7 @@ void pack_a_panel(T* __restrict dst, const In* a, int64_t lda, bool trans, int m
   } else {
     for (int64_t p = 0; p < kc; ++p) {
       T* d = dst + p * MR;
-      for (int r = 0; r < mr; ++r) d[r] = widen<T>(a[r * lda + p]);
-      for (int r = mr; r < MR; ++r) d[r] = T(0);
+      for (int r = 0; r < MR; ++r) d[r] = r < mr ? widen<T>(a[r * lda + p]) : T(0);
     }
   }
 }
@@ -183,8 +204,7 @@ void pack_b_panel(T* __restrict dst, const In* b, int64_t ldb, bool trans, int n
       for (int64_t p = 0; p < kc; ++p) {
         const In* src = b + p * ldb;
         T* d = dst + p * NR;
-        for (int j = 0; j < nr; ++j) d[j] = widen<T>(src[j]);
-        for (int j = nr; j < NR; ++j) d[j] = T(0);
+        for (int j = 0; j < NR; ++j) d[j] = j < nr ? widen<T>(src[j]) : T(0);
       }
     }
     return;
@@ -353,27 +373,27 @@ void gemm_blocked(const Problem<In>& pr, Out* c, int64_t ldc, T alpha, T beta, b
       // With a single M block each group of B panels has exactly one reader, so the tile
       // packs its own panels: one pool region per KC step instead of two.
       const bool pack_in_tile = tm == 1;
-      auto compute = [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) {
-          int64_t bi = t / tn, bj = t % tn;
-          int64_t i0 = bi * mc_blk, mc = std::min<int64_t>(mc_blk, m - i0);
-          int64_t j0 = bj * ppg * NR, nc = std::min<int64_t>(ppg * NR, ncb - j0);
-          if (pack_in_tile) pack_b(bj * ppg, std::min<int64_t>(npanels, (bj + 1) * ppg));
-          macro_tile<T, In, Out>(pr, pc, kc, pb, jc, i0, mc, j0, nc, c, ldc, alpha, beta, mode);
-        }
+      auto tile = [&](int64_t t) {
+        int64_t bi = t / tn, bj = t % tn;
+        int64_t i0 = bi * mc_blk, mc = std::min<int64_t>(mc_blk, m - i0);
+        int64_t j0 = bj * ppg * NR, nc = std::min<int64_t>(ppg * NR, ncb - j0);
+        if (pack_in_tile) pack_b(bj * ppg, std::min<int64_t>(npanels, (bj + 1) * ppg));
+        macro_tile<T, In, Out>(pr, pc, kc, pb, jc, i0, mc, j0, nc, c, ldc, alpha, beta, mode);
       };
-      if (threads > 1) {
-        if (!pack_in_tile) parallel_for(npanels, 4, pack_b);
-        parallel_for(tm * tn, 1, compute);
-      } else {
-        if (!pack_in_tile) pack_b(0, npanels);
-        compute(0, tm * tn);
+      if (!pack_in_tile) {
+        constexpr int64_t kPackGroup = 4;  // panels per packing task
+        run_tasks((npanels + kPackGroup - 1) / kPackGroup, threads, [&](int64_t g) {
+          pack_b(g * kPackGroup, std::min<int64_t>(npanels, (g + 1) * kPackGroup));
+        });
       }
+      run_tasks(tm * tn, threads, tile);
     }
   }
 }
 
-// Few flops: no packing, no threads. Accumulates in T like the blocked path.
+// Few flops (m*n*k <= kDirectMNK): no packing, no threads, one dot product per element.
+// Accumulates in T like the blocked path.
+constexpr int64_t kDirectMNK = 256;
 template <typename T, typename In>
 void gemm_direct(const Problem<In>& pr, In* c, int64_t ldc, T alpha, T beta) {
   // Element strides of op(A) along i and p, of op(B) along p and j.
@@ -381,12 +401,12 @@ void gemm_direct(const Problem<In>& pr, In* c, int64_t ldc, T alpha, T beta) {
   const int64_t bp = pr.tb ? 1 : pr.ldb, bj = pr.tb ? pr.ldb : 1;
   for (int64_t i = 0; i < pr.m; ++i) {
     const In* arow = pr.a + i * ai;
+    In* out = c + i * ldc;
     for (int64_t j = 0; j < pr.n; ++j) {
       const In* bcol = pr.b + j * bj;
       T s = 0;
       for (int64_t p = 0; p < pr.k; ++p) s += widen<T>(arow[p * ap]) * widen<T>(bcol[p * bp]);
-      In* out = c + i * ldc + j;
-      *out = narrow<In>(beta == T(0) ? alpha * s : alpha * s + beta * widen<T>(*out));
+      out[j] = narrow<In>(beta == T(0) ? alpha * s : alpha * s + beta * widen<T>(out[j]));
     }
   }
 }
@@ -465,7 +485,7 @@ template <typename T, typename In>
 void gemm_one(const Problem<In>& pr, In* c, int64_t ldc, T alpha, T beta, bool parallel) {
   const double flops = double(pr.m) * double(pr.n) * double(pr.k);
   // Below this, packing and the padded register tile cost more than they save.
-  if (flops <= 2048.0) return gemm_direct<T>(pr, c, ldc, alpha, beta);
+  if (flops <= double(kDirectMNK)) return gemm_direct<T>(pr, c, ldc, alpha, beta);
   if (pr.m == 1) {
     // C row = op(A) row @ op(B): op(B)(p, j) is M(j, p).
     const In* x = pr.a;
@@ -531,20 +551,22 @@ void matmul_typed(const MatmulArgs& args) {
     pr.tb = args.trans_b != 0;
     return pr;
   };
+  // m*n*k below which one matrix is not worth splitting over threads: waking the pool costs
+  // tens of microseconds on a busy VM (measured: no gain below about 200^3 on 2 cores).
+  constexpr double kParallelMNK = 8e6;
   const double flops = double(m) * double(n) * double(k);
   const int threads = num_threads();
-  // Small matrices in a batch: one matrix per task, each on one thread, so the pool is
-  // entered once. Big ones: one matrix at a time, threaded inside.
-  const bool per_matrix = batch > 1 && threads > 1 && flops < 4e6 && batch >= threads;
-  if (per_matrix) {
-    int64_t grain = std::max<int64_t>(1, static_cast<int64_t>(5e4 / flops));
-    parallel_for(batch, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t bt = b0; bt < b1; ++bt)
+  const bool parallel = threads > 1 && flops >= kParallelMNK;
+  if (!parallel && batch > 1 && threads > 1 && flops * double(batch) >= kParallelMNK) {
+    // A batch of small matrices: whole matrices per task, each on one thread, so the pool
+    // is entered once. Chunks of at least ~1e6 multiply-adds keep the scheduling cheap.
+    const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>(1e6 / flops));
+    run_tasks((batch + grain - 1) / grain, threads, [&](int64_t g) {
+      for (int64_t bt = g * grain; bt < std::min(batch, (g + 1) * grain); ++bt)
         gemm_one<T>(problem(bt), c0 + bt * args.batch_stride_c, args.ldc, alpha, beta, false);
     });
     return;
   }
-  const bool parallel = threads > 1 && flops >= 1.5e5;
   for (int64_t bt = 0; bt < batch; ++bt)
     gemm_one<T>(problem(bt), c0 + bt * args.batch_stride_c, args.ldc, alpha, beta, parallel);
 }
@@ -552,15 +574,14 @@ void matmul_typed(const MatmulArgs& args) {
 }  // namespace
 
 void matmul(const MatmulArgs& args) {
+  const DType dt = static_cast<DType>(args.dtype);
+  if (dt != DType::F32 && dt != DType::F64 && dt != DType::BF16)
+    fail(ErrorCode::DType, "matmul: unsupported dtype ", dtype_name(dt),
+         " (float32, float64 and bfloat16 are supported)");
   if (args.batch <= 0 || args.m <= 0 || args.n <= 0) return;
-  switch (static_cast<DType>(args.dtype)) {
-    case DType::F32: return matmul_typed<float, float>(args);
-    case DType::F64: return matmul_typed<double, double>(args);
-    case DType::BF16: return matmul_typed<float, bf16>(args);
-    default:
-      fail(ErrorCode::DType, "matmul: unsupported dtype ", dtype_name(static_cast<DType>(args.dtype)),
-           " (float32, float64 and bfloat16 are supported)");
-  }
+  if (dt == DType::F32) return matmul_typed<float, float>(args);
+  if (dt == DType::F64) return matmul_typed<double, double>(args);
+  return matmul_typed<float, bf16>(args);
 }
 
 }  // namespace DR_ISA
