@@ -1,0 +1,886 @@
+// Backend agreement harness: runs every op on the CPU and on another device (CUDA by default)
+// on the same random inputs of awkward shapes and checks that the two agree within dtype
+// tolerances. With --device cpu it instead checks float32/bfloat16 CPU results against a float64
+// CPU run of the same op, so the harness itself can be exercised on a machine without a GPU.
+//
+//   node dist/test/backends.js [--device cuda|cpu] [--dtype float32,bfloat16] [--filter matmul]
+//                              [--seed N] [--json out.json] [--verbose] [--ref float64|same]
+//
+// --ref same with --device cpu compares the CPU with itself in the tested dtype: the code path of
+// a CUDA run (exact Philox draws, poisoning, same-dtype budgets), for smoke-testing the harness.
+//
+// Exit status: 0 all agree, 1 some case failed or threw, 2 the device is not available.
+// Plain node only (the GPU machine has no npm, jest or ts-node), so it imports nothing but lib/
+// and test/reference.ts.
+//
+// Adding an op: push one OpEntry onto REGISTRY (name, dtypes, case generator, run, tolerance).
+import * as fs from 'fs';
+import * as path from 'path';
+import * as dr from '../lib';
+import { UNARY_OPS, BINARY_OPS, UnaryName, BinaryName } from '../lib/native';
+import { prng } from './reference';
+
+type DType = dr.DType;
+type Device = dr.Device;
+type Tensor = dr.Tensor;
+
+// ---- registry types -------------------------------------------------------------------------
+
+/**
+ * One input of a case, described on the host so each side builds its own copy. dtype 'T' is the
+ * dtype under test (float64 on the reference side of --device cpu when that dtype is a float
+ * one); a fixed dtype (int32 ids, bool masks) is the same on both sides.
+ */
+export interface Input {
+  shape: number[];
+  data: ArrayLike<number>;
+  dtype: 'T' | DType;
+  /** Makes the op see a strided view (transpose, slice, expand) instead of the stored layout. */
+  view?: (t: Tensor) => Tensor;
+}
+
+/** max|a-b| / (atol + rtol |ref|) <= 1, exact equality, or within n units in the last place of the output dtype. */
+export type Tol = { kind: 'close'; atol: number; rtol: number } | { kind: 'exact' } | { kind: 'ulp'; ulps: number };
+
+export interface Ctx {
+  device: Device;
+  /** The dtype 'T' inputs have on this side (the tested dtype, or float64 for the reference). */
+  dtype: DType;
+  /** The dtype under test, also on the float64 reference side (for ops whose output dtype is fixed). */
+  testDtype: DType;
+  seed: number;
+  reference: boolean;
+}
+
+export interface Case {
+  /** Shown in the shape column. */
+  label: string;
+  inputs: Input[];
+  /** Per-case parameters for run (axis, flags, ...). */
+  p?: Record<string, unknown>;
+  /** The reduction length: float tolerances scale by sqrt(k). */
+  k?: number;
+  /** Overrides the entry's tolerance. */
+  tol?: Tol;
+}
+
+export interface OpEntry {
+  name: string;
+  /** dtypes under test ('T' inputs take each in turn). */
+  dtypes: DType[];
+  cases: (dtype: DType, rnd: Rnd) => Case[];
+  /** Runs the op on inputs already on ctx.device; returns one tensor (the others are disposed by the harness). */
+  run: (xs: Tensor[], c: Case, ctx: Ctx) => Tensor;
+  /** Default: close with the dtype's budget, scaled by sqrt(k); exact for int32/bool outputs. */
+  tol?: (dtype: DType, c: Case, reference: boolean) => Tol;
+}
+
+// ---- host-side inputs -------------------------------------------------------------------------
+
+export class Rnd {
+  private r: () => number;
+  constructor(seed: number) {
+    this.r = prng(seed);
+  }
+  next(): number {
+    return this.r();
+  }
+  uniform(n: number, lo = -2, hi = 2): Float64Array {
+    const a = new Float64Array(n);
+    for (let i = 0; i < n; ++i) a[i] = lo + (hi - lo) * this.r();
+    return a;
+  }
+  /** Multiples of q in [lo, hi]: gives ties for comparisons, halves for round(). */
+  grid(n: number, lo: number, hi: number, q: number): Float64Array {
+    const a = new Float64Array(n);
+    const steps = Math.round((hi - lo) / q);
+    for (let i = 0; i < n; ++i) a[i] = lo + q * Math.floor(this.r() * (steps + 1));
+    return a;
+  }
+  ints(n: number, lo: number, hi: number): Float64Array {
+    const a = new Float64Array(n);
+    for (let i = 0; i < n; ++i) a[i] = lo + Math.floor(this.r() * (hi - lo));
+    return a;
+  }
+}
+
+const numel = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+const fmtShape = (s: readonly number[]) => `[${s.join(',')}]`;
+const T = (shape: number[], data: ArrayLike<number>, view?: (t: Tensor) => Tensor): Input => ({ shape, data, dtype: 'T', view });
+const I32 = (shape: number[], data: ArrayLike<number>): Input => ({ shape, data, dtype: 'int32' });
+const BOOL = (shape: number[], data: ArrayLike<number>): Input => ({ shape, data, dtype: 'bool' });
+const tr = (t: Tensor) => t.transpose(-2, -1);
+
+const FLOATS: DType[] = ['float32', 'bfloat16'];
+const BASE_TOL: Record<string, [number, number]> = {
+  float32: [1e-5, 1e-4],
+  bfloat16: [2e-2, 2e-2],
+  float64: [1e-12, 1e-10],
+};
+
+/**
+ * The dtype's budget, grown with the reduction length k: float32 rounding differences of a
+ * k-term sum grow like sqrt(k). bfloat16 kernels are expected to accumulate in float32, so their error is the
+ * final rounding to bfloat16 (one ulp, 2^-8 relative); only long sums move it, hence the
+ * much slower growth.
+ */
+function defaultTol(dtype: DType, c: Case): Tol {
+  const [atol, rtol] = BASE_TOL[dtype] ?? [0, 0];
+  if (dtype === 'int32' || dtype === 'bool') return { kind: 'exact' };
+  const k = c.k && c.k > 1 ? c.k : 1;
+  const s = dtype === 'bfloat16' ? Math.max(1, Math.sqrt(k) / 16) : Math.sqrt(k);
+  return { kind: 'close', atol: atol * s, rtol: rtol * s };
+}
+const exact = (): Tol => ({ kind: 'exact' });
+
+// ---- the registry --------------------------------------------------------------------------------
+
+export const REGISTRY: OpEntry[] = [];
+
+// fill / zeros / full
+REGISTRY.push({
+  name: 'full',
+  dtypes: ['float32', 'bfloat16', 'int32', 'bool'],
+  cases: (d) => {
+    const vals = d === 'bool' ? [0, 1] : d === 'int32' ? [0, -7, 123456] : [0, 1.5, -3.25, 1e30, NaN, -Infinity];
+    const shapes = [[1], [7], [129, 257], [3, 1, 1031]];
+    const out: Case[] = [];
+    for (const s of shapes) for (const v of vals) out.push({ label: `${fmtShape(s)}=${v}`, inputs: [], p: { s, v } });
+    out.push({ label: '[0]', inputs: [], p: { s: [0], v: 1 } });
+    return out;
+  },
+  run: (_, c, ctx) => {
+    const { s, v } = c.p as { s: number[]; v: number };
+    const o = { dtype: ctx.dtype, device: ctx.device };
+    if (v === 0) return dr.zeros(s, o);
+    return dr.full(s, ctx.dtype === 'bool' ? v !== 0 : v, o);
+  },
+  tol: exact,
+});
+
+// arange
+REGISTRY.push({
+  name: 'arange',
+  dtypes: ['float32', 'bfloat16', 'int32'],
+  cases: (d) => {
+    const r: Array<[number, number, number]> = [[0, 1, 1], [0, 7, 1], [-5, 1026, 1], [0, 70001, 1], [10, -3, -3]];
+    if (d !== 'int32') r.push([-3.5, 10, 0.25], [0, 1, 1 / 1031]);
+    return r.map(([a, b, st]) => ({ label: `(${a},${b},${+st.toPrecision(4)})`, inputs: [], p: { a, b, st } }));
+  },
+  run: (_, c, ctx) => {
+    const { a, b, st } = c.p as { a: number; b: number; st: number };
+    return dr.arange(a, b, st, { dtype: ctx.dtype, device: ctx.device });
+  },
+  // the default budget: a device may form start + i*step in float rather than double
+});
+
+// rand / randn: the same (seed, offset) is the same Philox draw on every device
+REGISTRY.push({
+  name: 'rand',
+  dtypes: FLOATS,
+  cases: () =>
+    [[1], [7], [1031], [257, 129]].flatMap((s) => [
+      { label: `${fmtShape(s)} U[0,1)`, inputs: [], p: { s, lo: 0, hi: 1 } },
+      { label: `${fmtShape(s)} U[-3,5)`, inputs: [], p: { s, lo: -3, hi: 5 } },
+    ]),
+  run: (_, c, ctx) => {
+    const { s, lo, hi } = c.p as { s: number[]; lo: number; hi: number };
+    const g = new dr.Generator(ctx.seed);
+    g.take(12);  // a non-zero counter start
+    return dr.rand(s, { dtype: ctx.dtype, device: ctx.device, generator: g, low: lo, high: hi });
+  },
+  // CUDA must reproduce the CPU bits exactly (and the float64 draw rounded once, on the CPU)
+  tol: exact,
+});
+REGISTRY.push({
+  name: 'randn',
+  dtypes: FLOATS,
+  cases: () =>
+    [[1], [7], [1031], [257, 129]].flatMap((s) => [
+      { label: `${fmtShape(s)} N(0,1)`, inputs: [], p: { s, mean: 0, std: 1 } },
+      { label: `${fmtShape(s)} N(2,0.5)`, inputs: [], p: { s, mean: 2, std: 0.5 } },
+    ]),
+  run: (_, c, ctx) => {
+    const { s, mean, std } = c.p as { s: number[]; mean: number; std: number };
+    const g = new dr.Generator(ctx.seed + 1);
+    return dr.randn(s, { dtype: ctx.dtype, device: ctx.device, generator: g, mean, std });
+  },
+  // log/cos may differ in the last bit between libm and the CUDA math library
+  tol: () => ({ kind: 'ulp', ulps: 1 }),
+});
+
+// to(dtype): every pair among float32, bfloat16, int32, bool; sources include a strided view
+const CAST_DTYPES: DType[] = ['float32', 'bfloat16', 'int32', 'bool'];
+REGISTRY.push({
+  name: 'to(dtype)',
+  dtypes: CAST_DTYPES,
+  cases: (d, rnd) => {
+    const gen = (n: number) =>
+      d === 'bool' ? rnd.ints(n, 0, 2) : d === 'int32' ? rnd.ints(n, -300, 300) : rnd.grid(n, -300, 300, 0.125).map((v, i) => (i % 5 === 0 ? rnd.uniform(1, -3, 3)[0] : i % 7 === 0 ? 0 : v));
+    const out: Case[] = [];
+    for (const target of CAST_DTYPES) {
+      if (target === d) continue;
+      out.push({ label: `[1]->${target}`, inputs: [T([1], gen(1))], p: { target } });
+      out.push({ label: `[1031]->${target}`, inputs: [T([1031], gen(1031))], p: { target } });
+      out.push({ label: `[129,257]T->${target}`, inputs: [T([129, 257], gen(129 * 257), tr)], p: { target } });
+    }
+    return out;
+  },
+  run: (xs, c) => xs[0].to(c.p!.target as DType),
+  tol: exact,
+});
+
+// contiguous of strided views
+REGISTRY.push({
+  name: 'contiguous',
+  dtypes: ['float32', 'bfloat16', 'int32', 'bool'],
+  cases: (d, rnd) => {
+    const gen = (n: number) => (d === 'bool' ? rnd.ints(n, 0, 2) : d === 'int32' ? rnd.ints(n, -1000, 1000) : rnd.uniform(n));
+    return [
+      { label: '[129,257]T', inputs: [T([129, 257], gen(129 * 257), tr)] },
+      { label: '[1,1031]T', inputs: [T([1, 1031], gen(1031), tr)] },
+      { label: '[3,33,65].permute(2,0,1)', inputs: [T([3, 33, 65], gen(3 * 33 * 65), (t) => t.permute([2, 0, 1]))] },
+      { label: '[64,257].narrow(1,3,129)', inputs: [T([64, 257], gen(64 * 257), (t) => t.narrow(1, 3, 129))] },
+      { label: '[1,1031].expand(7,1031)', inputs: [T([1, 1031], gen(1031), (t) => t.expand([7, 1031]))] },
+      { label: '[2,5,7,9].slice', inputs: [T([2, 5, 7, 9], gen(630), (t) => dr.slice(t, [1, 1, 0, 2], [1, 3, 7, 5]))] },
+    ];
+  },
+  run: (xs) => xs[0].contiguous(),
+  tol: exact,
+});
+
+// every unary op
+const POSITIVE = new Set<string>(['log', 'sqrt', 'rsqrt', 'reciprocal']);
+for (const name of UNARY_OPS) {
+  const intOk = ['neg', 'abs', 'square', 'sign'].includes(name);
+  REGISTRY.push({
+    name: `unary:${name}`,
+    dtypes: name === 'logicalNot' ? ['bool', 'float32'] : intOk ? ['float32', 'bfloat16', 'int32'] : FLOATS,
+    cases: (d, rnd) => {
+      const gen = (n: number): Float64Array => {
+        if (d === 'bool') return rnd.ints(n, 0, 2);
+        if (d === 'int32') return rnd.ints(n, -1000, 1000);
+        if (POSITIVE.has(name)) return rnd.uniform(n, 0.05, 8);
+        if (name === 'log1p') return rnd.uniform(n, -0.95, 4);
+        if (name === 'exp' || name === 'expm1') return rnd.uniform(n, -6, 6);
+        if (['floor', 'ceil', 'round', 'sign', 'relu', 'logicalNot'].includes(name)) return rnd.grid(n, -6, 6, 0.25);
+        return rnd.uniform(n, -5, 5);
+      };
+      return [
+        { label: '[1]', inputs: [T([1], gen(1))] },
+        { label: '[7]', inputs: [T([7], gen(7))] },
+        { label: '[1031]', inputs: [T([1031], gen(1031))] },
+        { label: '[3,129,257]', inputs: [T([3, 129, 257], gen(3 * 129 * 257))] },
+        { label: '[257,129]T', inputs: [T([257, 129], gen(257 * 129), tr)] },
+      ];
+    },
+    run: (xs) => dr.unary(name as UnaryName, xs[0]),
+  });
+}
+
+// every binary op, tensor-tensor with broadcasting and views, and tensor-scalar both ways
+const COMPARISONS = new Set<string>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr']);
+for (const name of BINARY_OPS) {
+  REGISTRY.push({
+    name: `binary:${name}`,
+    dtypes: name === 'pow' || name === 'div' ? FLOATS : ['float32', 'bfloat16', 'int32'],
+    cases: (d, rnd) => {
+      // a: pow needs a positive base; b: div keeps away from 0; comparisons want ties and zeros
+      const ga = (n: number) =>
+        d === 'int32' ? rnd.ints(n, -20, 20) : name === 'pow' ? rnd.uniform(n, 0.1, 3) : COMPARISONS.has(name) ? rnd.grid(n, -2, 2, 0.5) : rnd.uniform(n);
+      const gb = (n: number) => {
+        if (d === 'int32') return rnd.ints(n, -20, 20);
+        if (name === 'div') return rnd.uniform(n, 0.5, 2).map((v, i) => (i % 2 ? -v : v));
+        if (COMPARISONS.has(name)) return rnd.grid(n, -2, 2, 0.5);
+        return rnd.uniform(n);
+      };
+      const s = name === 'pow' ? 1.75 : name === 'div' ? -1.5 : COMPARISONS.has(name) ? 0.5 : d === 'int32' ? 3 : 0.75;
+      return [
+        { label: '[1]+[1]', inputs: [T([1], ga(1)), T([1], gb(1))] },
+        { label: '[1031]+[1031]', inputs: [T([1031], ga(1031)), T([1031], gb(1031))] },
+        { label: '[1]+[33]', inputs: [T([1], ga(1)), T([33], gb(33))] },
+        { label: '[129,1]+[1,257]', inputs: [T([129, 1], ga(129)), T([1, 257], gb(257))] },
+        { label: '[3,1,65]+[7,65]', inputs: [T([3, 1, 65], ga(195)), T([7, 65], gb(455))] },
+        { label: '[257,129]T+[129,257]', inputs: [T([257, 129], ga(257 * 129), tr), T([129, 257], gb(129 * 257))] },
+        { label: `[1031]+${s}`, inputs: [T([1031], ga(1031))], p: { s, first: false } },
+        { label: `${name === 'pow' ? 1.5 : s}+[129,257]T`, inputs: [T([257, 129], name === 'div' ? gb(257 * 129) : ga(257 * 129), tr)], p: { s: name === 'pow' ? 1.5 : s, first: true } },
+      ];
+    },
+    run: (xs, c) => {
+      if (c.p) return c.p.first ? dr.binary(name as BinaryName, c.p.s as number, xs[0]) : dr.binary(name as BinaryName, xs[0], c.p.s as number);
+      return dr.binary(name as BinaryName, xs[0], xs[1]);
+    },
+  });
+}
+
+// where
+REGISTRY.push({
+  name: 'where',
+  dtypes: ['float32', 'bfloat16', 'int32'],
+  cases: (d, rnd) => {
+    const g = (n: number) => (d === 'int32' ? rnd.ints(n, -100, 100) : rnd.uniform(n));
+    const m = (n: number) => rnd.ints(n, 0, 2);
+    return [
+      { label: '[1031]', inputs: [BOOL([1031], m(1031)), T([1031], g(1031)), T([1031], g(1031))] },
+      { label: '[129,1]?[1,257]:[129,257]', inputs: [BOOL([129, 1], m(129)), T([1, 257], g(257)), T([129, 257], g(129 * 257))] },
+      { label: '[3,33,65]?[65]:-1.5', inputs: [BOOL([3, 33, 65], m(3 * 33 * 65)), T([65], g(65))], p: { b: -1.5 } },
+      { label: '[257,129]T?2:[129,257]T', inputs: [BOOL([257, 129], m(257 * 129), ), T([257, 129], g(257 * 129), tr)], p: { a: 2, viewCond: true } },
+    ];
+  },
+  run: (xs, c) => {
+    const p = c.p ?? {};
+    if (p.b !== undefined) return dr.where(xs[0], xs[1], p.b as number);
+    if (p.a !== undefined) {
+      const cond = xs[0].transpose(0, 1);
+      try {
+        return dr.where(cond, p.a as number, xs[1]);
+      } finally {
+        cond.dispose();
+      }
+    }
+    return dr.where(xs[0], xs[1], xs[2]);
+  },
+  tol: exact,
+});
+
+// sum / mean / max / min over rows, columns, all and more
+for (const kind of ['sum', 'mean', 'max', 'min'] as const) {
+  REGISTRY.push({
+    name: kind,
+    dtypes: kind === 'mean' ? FLOATS : ['float32', 'bfloat16', 'int32'],
+    cases: (d, rnd) => {
+      const g = (n: number) => (d === 'int32' ? rnd.ints(n, -50, 50) : rnd.uniform(n));
+      const sets: Array<[number[], number | number[] | undefined, boolean, boolean?]> = [
+        [[1], undefined, false],
+        [[1031], undefined, false],
+        [[1, 1], [0, 1], false],
+        [[129, 257], 0, false],
+        [[129, 257], 1, false],
+        [[129, 257], undefined, false],
+        [[129, 257], -1, true],
+        [[3, 33, 65], [0, 2], false],
+        [[3, 33, 65], 1, true],
+        [[64, 5000], 1, false],
+        [[257, 129], 1, false, true],
+        [[257, 129], 0, false, true],
+      ];
+      return sets.map(([s, axis, keepDims, transposed]) => {
+        const viewShape = transposed ? [s[1], s[0]] : s;
+        const axes = axis === undefined ? viewShape.map((_, i) => i) : (Array.isArray(axis) ? axis : [axis]).map((a) => (a < 0 ? a + viewShape.length : a));
+        const k = axes.reduce((acc, a) => acc * viewShape[a], 1);
+        return {
+          label: `${fmtShape(s)}${transposed ? 'T' : ''} axis=${axis === undefined ? 'all' : JSON.stringify(axis)}${keepDims ? ' keep' : ''}`,
+          inputs: [T(s, g(numel(s)), transposed ? tr : undefined)],
+          p: { axis, keepDims },
+          k: kind === 'sum' || kind === 'mean' ? k : undefined,
+        };
+      });
+    },
+    run: (xs, c) => dr[kind](xs[0], c.p!.axis as number | number[] | undefined, { keepDims: c.p!.keepDims as boolean }),
+    tol: (d, c) => (kind === 'max' || kind === 'min' ? exact() : defaultTol(d, c)),
+  });
+}
+
+// argmax / argmin (ties: the first index wins on every backend)
+for (const kind of ['argmax', 'argmin'] as const) {
+  REGISTRY.push({
+    name: kind,
+    dtypes: ['float32', 'bfloat16', 'int32'],
+    cases: (d, rnd) => {
+      const g = (n: number) => (d === 'int32' ? rnd.ints(n, -30, 30) : rnd.uniform(n));
+      const sets: Array<[number[], number | undefined, boolean?]> = [
+        [[1], undefined], [[1031], undefined], [[1031], 0], [[129, 257], 0], [[129, 257], 1], [[129, 257], undefined],
+        [[3, 33, 65], 1], [[3, 33, 65], -1], [[16, 5000], 1], [[257, 129], 1, true], [[7, 1], 1],
+      ];
+      return sets.map(([s, axis, transposed]) => ({
+        label: `${fmtShape(s)}${transposed ? 'T' : ''} axis=${axis ?? 'all'}`,
+        inputs: [T(s, g(numel(s)), transposed ? tr : undefined)],
+        p: { axis },
+      }));
+    },
+    run: (xs, c) => dr[kind](xs[0], c.p!.axis as number | undefined),
+    tol: exact,
+  });
+}
+
+// matmul
+REGISTRY.push({
+  name: 'matmul',
+  dtypes: FLOATS,
+  cases: (d, rnd) => {
+    const out: Case[] = [];
+    const mm = (label: string, as: number[], bs: number[], k: number, p: Record<string, unknown> = {}, va?: (t: Tensor) => Tensor, vb?: (t: Tensor) => Tensor) =>
+      out.push({ label, inputs: [T(as, rnd.uniform(numel(as), -1, 1), va), T(bs, rnd.uniform(numel(bs), -1, 1), vb)], p, k });
+    mm('1x1x1', [1, 1], [1, 1], 1);
+    mm('3x5x7', [3, 5], [5, 7], 5);
+    mm('3x13x5 (k%8)', [3, 13], [13, 5], 13);
+    mm('65x127x129', [65, 127], [127, 129], 127);
+    mm('100x1031x7', [100, 1031], [1031, 7], 1031);
+    mm('256x512x384', [256, 512], [512, 384], 512);
+    mm('[129]@[129,7] vec', [129], [129, 7], 129);
+    mm('[33,17]@[17] vec', [33, 17], [17], 17);
+    mm('[4,1,33,17]@[3,17,9] bcast', [4, 1, 33, 17], [3, 17, 9], 17);
+    mm('[5,65,31]@[31,66] bcast', [5, 65, 31], [31, 66], 31);
+    mm('65x127x129 transA', [127, 65], [127, 129], 127, { transA: true });
+    mm('65x127x129 transB', [65, 127], [129, 127], 127, { transB: true });
+    mm('[3,33,20]x[3,21,20] tA+tB', [3, 20, 33], [3, 21, 20], 20, { transA: true, transB: true });
+    mm('strided a.T@b.T views', [127, 65], [129, 127], 127, {}, tr, tr);
+    if (d === 'float32') mm('1030x1030x1030', [1030, 1030], [1030, 1030], 1030);
+    return out;
+  },
+  run: (xs, c) => dr.matmul(xs[0], xs[1], { transA: !!c.p?.transA, transB: !!c.p?.transB }),
+});
+
+// softmax / logSoftmax along the last and a middle axis
+for (const kind of ['softmax', 'logSoftmax'] as const) {
+  REGISTRY.push({
+    name: kind,
+    dtypes: FLOATS,
+    cases: (_d, rnd) => {
+      const sets: Array<[number[], number]> = [
+        [[7, 1], -1], [[33, 33], -1], [[16, 1000], -1], [[8, 5000], -1], [[2, 3, 1031], -1],
+        [[4, 33, 7], 1], [[2, 1000, 3], 1], [[3, 1, 5], 1], [[5, 5000, 2], 1],
+      ];
+      const out: Case[] = sets.map(([s, axis]) => ({ label: `${fmtShape(s)} axis=${axis}`, inputs: [T(s, rnd.uniform(numel(s), -6, 6))], p: { axis }, k: s[axis < 0 ? s.length + axis : axis] }));
+      out.push({ label: '[257,129]T axis=-1', inputs: [T([257, 129], rnd.uniform(257 * 129, -6, 6), tr)], p: { axis: -1 }, k: 257 });
+      return out;
+    },
+    run: (xs, c) => dr[kind](xs[0], c.p!.axis as number),
+  });
+}
+
+// rmsNorm / layerNorm over the last axis, with and without affine parameters
+for (const kind of ['rmsNorm', 'layerNorm'] as const) {
+  REGISTRY.push({
+    name: kind,
+    dtypes: FLOATS,
+    cases: (_d, rnd) => {
+      const out: Case[] = [];
+      for (const cols of [1, 7, 64, 1031, 4096]) {
+        const rows = cols >= 1031 ? 33 : 65;
+        const x = [rows, cols];
+        out.push({ label: `${fmtShape(x)} w${kind === 'layerNorm' ? '+b' : ''}`, inputs: [T(x, rnd.uniform(rows * cols, -3, 3)), T([cols], rnd.uniform(cols, 0.5, 1.5)), T([cols], rnd.uniform(cols, -0.5, 0.5))], p: { affine: true }, k: cols });
+        out.push({ label: `${fmtShape(x)} plain`, inputs: [T(x, rnd.uniform(rows * cols, -3, 3))], p: { affine: false }, k: cols });
+      }
+      out.push({ label: '[2,3,1031] w', inputs: [T([2, 3, 1031], rnd.uniform(6186, -3, 3)), T([1031], rnd.uniform(1031, 0.5, 1.5)), T([1031], rnd.uniform(1031))], p: { affine: true }, k: 1031 });
+      out.push({ label: '[64,33]T w', inputs: [T([64, 33], rnd.uniform(64 * 33, -3, 3), tr), T([64], rnd.uniform(64, 0.5, 1.5)), T([64], rnd.uniform(64))], p: { affine: true }, k: 64 });
+      return out;
+    },
+    run: (xs, c) => {
+      const affine = c.p!.affine as boolean;
+      if (kind === 'rmsNorm') return dr.rmsNorm(xs[0], affine ? xs[1] : null);
+      return dr.layerNorm(xs[0], affine ? xs[1] : null, affine ? xs[2] : null);
+    },
+  });
+}
+
+// gelu (both forms) / silu / swiglu through the nn-level functions
+REGISTRY.push({
+  name: 'gelu',
+  dtypes: FLOATS,
+  cases: (_d, rnd) =>
+    (['none', 'tanh'] as const).flatMap((approximate) => [
+      { label: `[1031] ${approximate}`, inputs: [T([1031], rnd.uniform(1031, -6, 6))], p: { approximate } },
+      { label: `[4,33,257] ${approximate}`, inputs: [T([4, 33, 257], rnd.uniform(4 * 33 * 257, -6, 6))], p: { approximate } },
+    ]),
+  run: (xs, c) => dr.gelu(xs[0], { approximate: c.p!.approximate as 'none' | 'tanh' }),
+});
+REGISTRY.push({
+  name: 'silu',
+  dtypes: FLOATS,
+  cases: (_d, rnd) => [
+    { label: '[1]', inputs: [T([1], rnd.uniform(1, -6, 6))] },
+    { label: '[4,33,257]', inputs: [T([4, 33, 257], rnd.uniform(4 * 33 * 257, -8, 8))] },
+  ],
+  run: (xs) => dr.silu(xs[0]),
+});
+REGISTRY.push({
+  name: 'swiglu',
+  dtypes: FLOATS,
+  cases: (_d, rnd) =>
+    [[7, 2], [33, 2062], [2, 3, 128], [1, 8192]].map((s) => ({ label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s), -5, 5))] })),
+  run: (xs) => dr.swiglu(xs[0]),
+});
+
+// embedding, gather, scatterAdd
+REGISTRY.push({
+  name: 'embedding',
+  dtypes: ['float32', 'bfloat16'],
+  cases: (_d, rnd) => {
+    const out: Case[] = [];
+    for (const [V, D, ids] of [[1, 7, [1]], [50, 129, [3, 17]], [1031, 64, [2, 5, 7]], [10, 4096, [33]]] as Array<[number, number, number[]]>) {
+      const n = numel(ids);
+      const idx = rnd.ints(n, 0, V);
+      idx[0] = V - 1;  // both ends of the table
+      if (n > 1) idx[n - 1] = 0;
+      out.push({ label: `V${V}xD${D} ids${fmtShape(ids)}`, inputs: [I32(ids, idx), T([V, D], rnd.uniform(V * D))] });
+    }
+    return out;
+  },
+  run: (xs) => dr.embedding(xs[0], xs[1]),
+  tol: exact,
+});
+REGISTRY.push({
+  name: 'gather',
+  dtypes: ['float32', 'bfloat16', 'int32'],
+  cases: (d, rnd) => {
+    const g = (n: number) => (d === 'int32' ? rnd.ints(n, -1000, 1000) : rnd.uniform(n));
+    const sets: Array<[number[], number, number[]]> = [[[7], 0, [7]], [[129, 257], 0, [33, 257]], [[129, 257], 1, [129, 300]], [[3, 33, 65], 2, [3, 20, 5]], [[3, 33, 65], 1, [1, 1, 1]]];
+    return sets.map(([s, axis, is]) => ({ label: `${fmtShape(s)} ax${axis} idx${fmtShape(is)}`, inputs: [T(s, g(numel(s))), I32(is, rnd.ints(numel(is), 0, s[axis]))], p: { axis } }));
+  },
+  run: (xs, c) => dr.gather(xs[0], c.p!.axis as number, xs[1]),
+  tol: exact,
+});
+REGISTRY.push({
+  name: 'scatterAdd',
+  dtypes: ['float32', 'bfloat16'],
+  cases: (_d, rnd) => {
+    // repeated indices accumulate in a device-dependent order: k = the most hits per target, roughly
+    const sets: Array<[number[], number, number[]]> = [[[7], 0, [20]], [[33, 65], 0, [100, 65]], [[33, 65], 1, [33, 200]], [[3, 17, 129], 2, [3, 17, 1031]], [[1031, 64], 0, [4096, 64]]];
+    return sets.map(([s, axis, is]) => ({
+      label: `${fmtShape(s)} ax${axis} src${fmtShape(is)}`,
+      inputs: [T(s, rnd.uniform(numel(s))), I32(is, rnd.ints(numel(is), 0, s[axis])), T(is, rnd.uniform(numel(is)))],
+      p: { axis },
+      k: Math.max(4, (3 * is[axis]) / s[axis]),
+    }));
+  },
+  run: (xs, c) => dr.scatterAdd(xs[0], c.p!.axis as number, xs[1], xs[2]),
+  // bfloat16 rounds after every add (as PyTorch does), so its error grows with the hits too
+  tol: (d, c) => {
+    const [atol, rtol] = BASE_TOL[d];
+    const s = Math.sqrt(c.k ?? 1);
+    return { kind: 'close', atol: atol * s, rtol: rtol * s };
+  },
+});
+
+// crossEntropy with ignored rows and label smoothing; the loss is float32 for float32/bfloat16 logits
+REGISTRY.push({
+  name: 'crossEntropy',
+  dtypes: FLOATS,
+  cases: (_d, rnd) => {
+    const out: Case[] = [];
+    // ignore: -100 (the default) or a real class (3), so both skip paths are covered
+    const sets: Array<[number[], number, number, 'mean' | 'sum' | 'none', number]> = [
+      [[1], 1, 0, 'mean', -100], [[7], 33, 0, 'none', -100], [[64], 1000, 0, 'mean', 3], [[64], 1000, 0.1, 'none', -100],
+      [[16], 5000, 0.1, 'mean', -100], [[2, 3], 129, 0, 'sum', 3], [[33], 257, 0.2, 'mean', 3],
+    ];
+    for (const [lead, C, smoothing, reduction, ignore] of sets) {
+      const n = numel(lead);
+      const t = rnd.ints(n, 0, C);
+      for (let i = 0; i < n; ++i) if (i % 5 === 2) t[i] = ignore;
+      out.push({
+        label: `${fmtShape(lead)}x${C} ls${smoothing} ${reduction} ign${ignore}`,
+        inputs: [T([...lead, C], rnd.uniform(n * C, -8, 8)), I32(lead, t)],
+        p: { smoothing, reduction, ignore },
+        k: C,
+      });
+    }
+    return out;
+  },
+  run: (xs, c) => {
+    const p = c.p as { smoothing: number; reduction: 'mean' | 'sum' | 'none'; ignore: number };
+    return dr.crossEntropy(xs[0], xs[1], { labelSmoothing: p.smoothing, reduction: p.reduction, ignoreIndex: p.ignore });
+  },
+  // the inputs are the same bfloat16 numbers on both sides and the loss is float32
+  tol: (_d, c) => defaultTol('float32', c),
+});
+
+// ---- comparison ----------------------------------------------------------------------------------
+
+function ulpOf(x: number, dtype: DType): number {
+  const mant = dtype === 'bfloat16' ? 7 : dtype === 'float64' ? 52 : 23;
+  const ax = Math.abs(x);
+  if (ax === 0 || !Number.isFinite(ax)) return Math.pow(2, dtype === 'float64' ? -1074 : -149);
+  return Math.pow(2, Math.floor(Math.log2(ax)) - mant);
+}
+
+interface Mismatch {
+  index: number;
+  coord: number[];
+  got: number;
+  want: number;
+}
+
+interface Result {
+  op: string;
+  dtype: DType;
+  shape: string;
+  out: string;
+  ratio: number;
+  pass: boolean;
+  tol: string;
+  mismatches?: Mismatch[];
+  error?: string;
+  ms: number;
+}
+
+function coordOf(i: number, shape: readonly number[]): number[] {
+  const c = new Array<number>(shape.length);
+  for (let d = shape.length - 1; d >= 0; --d) {
+    c[d] = i % shape[d];
+    i = Math.floor(i / shape[d]);
+  }
+  return c;
+}
+
+/** Error ratio (<= 1 passes) per element and the first few elements over budget. */
+function compare(got: ArrayLike<number>, want: ArrayLike<number>, shape: readonly number[], tol: Tol, gotDtype: DType): { ratio: number; bad: Mismatch[] } {
+  let worst = 0;
+  const bad: Mismatch[] = [];
+  for (let i = 0; i < want.length; ++i) {
+    const g = got[i];
+    const w = want[i];
+    let r: number;
+    if (Number.isNaN(g) || Number.isNaN(w)) r = Number.isNaN(g) && Number.isNaN(w) ? 0 : Infinity;
+    else if (g === w) r = 0;
+    else if (!Number.isFinite(g) || !Number.isFinite(w)) r = Infinity;
+    else if (tol.kind === 'exact') r = Infinity;
+    else if (tol.kind === 'ulp') r = Math.abs(g - w) / (tol.ulps * ulpOf(Math.max(Math.abs(g), Math.abs(w)), gotDtype));
+    else r = Math.abs(g - w) / (tol.atol + tol.rtol * Math.abs(w));
+    if (r > worst) worst = r;
+    if (r > 1 && bad.length < 5) bad.push({ index: i, coord: coordOf(i, shape), got: g, want: w });
+  }
+  return { ratio: worst, bad };
+}
+
+function tolString(t: Tol): string {
+  if (t.kind === 'exact') return 'exact';
+  if (t.kind === 'ulp') return `${t.ulps}ulp`;
+  return `a${t.atol.toExponential(0)} r${t.rtol.toExponential(0)}`;
+}
+
+// ---- running a case --------------------------------------------------------------------------------
+
+/**
+ * Poisoning. The ops allocate their outputs themselves, so we cannot pre-fill an output buffer.
+ * Instead we fill the device's allocator with garbage right before the op: allocate tensors of
+ * the output's byte size (and a ladder of nearby sizes for the op's temporaries), fill them with
+ * NaN (float32) or 0x7fffffff (int32: NaN as float32 and as both bfloat16 halves, an absurd
+ * int32, and bytes that are not a valid bool), then dispose them. The CUDA caching allocator
+ * hands exactly these blocks to the op's next allocations, so an element the kernel forgot to
+ * write shows up as NaN/garbage instead of as a lucky zero from a fresh cudaMalloc. On the CPU
+ * malloc may or may not reuse the blocks; it costs little and sometimes catches the same bug.
+ */
+function poison(device: Device, outElems: number): void {
+  const sizes = new Set<number>();
+  for (const es of [1, 2, 4, 8]) sizes.add(Math.max(1, Math.ceil((outElems * es) / 4)));
+  const cap = device === 'cuda' ? 1 << 24 : 1 << 20;  // in 4-byte words: 64 MiB on the GPU, 4 MiB here
+  for (let w = 128; w <= Math.min(cap, Math.max(256, outElems * 2)); w *= 2) sizes.add(w);
+  const ts: Tensor[] = [];
+  try {
+    for (const w of sizes) {
+      if (w > cap * 2) continue;
+      ts.push(dr.full([w], NaN, { dtype: 'float32', device }));
+      ts.push(dr.full([w], 2147483647, { dtype: 'int32', device }));
+    }
+  } finally {
+    // disposal order: the allocator keeps the most recently freed blocks on top
+    for (let i = ts.length - 1; i >= 0; --i) ts[i].dispose();
+  }
+}
+
+/** Host data rounded to the stored values of `dtype`, so the float64 reference sees the same numbers. */
+function rounded(data: ArrayLike<number>, shape: number[], dtype: DType): Float64Array {
+  const t = dr.tensor(Float64Array.from(data), shape, { dtype, device: 'cpu' });
+  try {
+    return Float64Array.from(t.dataSync());
+  } finally {
+    t.dispose();
+  }
+}
+
+function build(inp: Input, data: ArrayLike<number>, ctx: Ctx, keep: Tensor[]): Tensor {
+  const dtype = inp.dtype === 'T' ? ctx.dtype : inp.dtype;
+  const base = dr.tensor(Float64Array.from(data), inp.shape, { dtype, device: ctx.device });
+  keep.push(base);
+  if (!inp.view) return base;
+  const v = inp.view(base);
+  keep.push(v);
+  return v;
+}
+
+interface Output {
+  data: ArrayLike<number>;
+  shape: number[];
+  dtype: DType;
+}
+
+function runSide(entry: OpEntry, c: Case, data: ArrayLike<number>[], ctx: Ctx, poisonElems: number | null): Output {
+  const keep: Tensor[] = [];
+  try {
+    const xs = c.inputs.map((inp, i) => build(inp, data[i], ctx, keep));
+    if (poisonElems !== null) poison(ctx.device, poisonElems);
+    const out = entry.run(xs, c, ctx);
+    keep.push(out);
+    // dataSync waits for the device, so a kernel fault surfaces here, inside this case
+    return { data: out.dataSync(), shape: out.shape.slice(), dtype: out.dtype };
+  } finally {
+    for (const t of keep) t.dispose();
+  }
+}
+
+function runCase(entry: OpEntry, dtype: DType, c: Case, device: Device, seed: number, reference: boolean): Result {
+  const t0 = process.hrtime.bigint();
+  const isF = dtype === 'float32' || dtype === 'bfloat16';
+  const refCtx: Ctx = { device: 'cpu', dtype: reference && isF ? 'float64' : dtype, testDtype: dtype, seed, reference };
+  const gotCtx: Ctx = { device, dtype, testDtype: dtype, seed, reference };
+  const res: Result = { op: entry.name, dtype, shape: c.label, out: '', ratio: NaN, pass: false, tol: '', ms: 0 };
+  try {
+    const data = c.inputs.map((inp) => (inp.dtype === 'T' ? rounded(inp.data, inp.shape, dtype) : inp.data));
+    const want = runSide(entry, c, data, refCtx, null);
+    const got = runSide(entry, c, data, gotCtx, want.data.length);
+    // The correct float32/bfloat16 answer is the float64 one rounded once; comparing against
+    // that lets exact ops (fill, copies, Philox draws) stay exact on the float64 reference side.
+    if (reference && want.dtype === 'float64' && (got.dtype === 'float32' || got.dtype === 'bfloat16')) {
+      want.data = rounded(want.data, want.shape, got.dtype);
+    }
+    res.out = `${fmtShape(got.shape)} ${got.dtype}`;
+    if (fmtShape(got.shape) !== fmtShape(want.shape)) throw new Error(`shape ${fmtShape(got.shape)} vs reference ${fmtShape(want.shape)}`);
+    const tol = got.dtype === 'int32' || got.dtype === 'bool' ? exact() : (entry.tol ?? defaultTol)(dtype, c, reference);
+    // the loss of crossEntropy and similar fixed-dtype outputs keep the tested dtype's budget
+    res.tol = tolString(tol);
+    const { ratio, bad } = compare(got.data, want.data, got.shape, tol, got.dtype);
+    res.ratio = ratio;
+    res.pass = ratio <= 1;
+    if (bad.length) res.mismatches = bad;
+  } catch (e) {
+    res.error = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+    res.pass = false;
+  }
+  res.ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  return res;
+}
+
+// ---- command line ----------------------------------------------------------------------------------
+
+interface Args {
+  device: Device;
+  dtypes: DType[] | null;
+  filter: string[] | null;
+  seed: number;
+  json: string | null;
+  verbose: boolean;
+  /** --ref same: CPU against CPU in the same dtype, i.e. the code path of a device run (a smoke test without a GPU). */
+  sameRef: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { device: 'cuda', dtypes: null, filter: null, seed: 1234, json: null, verbose: false, sameRef: false };
+  for (let i = 0; i < argv.length; ++i) {
+    const k = argv[i];
+    const eq = k.indexOf('=');
+    const key = eq > 0 ? k.slice(0, eq) : k;
+    const val = () => (eq > 0 ? k.slice(eq + 1) : argv[++i]);
+    switch (key) {
+      case '--device': {
+        const v = val();
+        if (v !== 'cpu' && v !== 'cuda') usage(`--device must be cpu or cuda, not ${v}`);
+        a.device = v as Device;
+        break;
+      }
+      case '--dtype':
+        a.dtypes = val().split(',').filter(Boolean) as DType[];
+        break;
+      case '--filter':
+        a.filter = val().split(',').filter(Boolean);
+        break;
+      case '--seed':
+        a.seed = Number(val());
+        if (!Number.isSafeInteger(a.seed) || a.seed < 0) usage('--seed must be a non-negative integer');
+        break;
+      case '--json':
+        a.json = val();
+        break;
+      case '--ref': {
+        const v = val();
+        if (v !== 'same' && v !== 'float64') usage(`--ref must be float64 or same, not ${v}`);
+        a.sameRef = v === 'same';
+        break;
+      }
+      case '--verbose':
+      case '-v':
+        a.verbose = true;
+        break;
+      case '--help':
+      case '-h':
+        usage();
+        break;
+      default:
+        usage(`unknown argument ${k}`);
+    }
+  }
+  return a;
+}
+
+function usage(msg?: string): never {
+  if (msg) console.error(msg);
+  console.error('usage: node dist/test/backends.js [--device cuda|cpu] [--dtype float32,bfloat16] [--filter op,...] [--seed N] [--json out.json] [--verbose] [--ref float64|same]');
+  process.exit(msg ? 1 : 0);
+}
+
+function pad(s: string, n: number): string {
+  return s.length >= n ? s : s + ' '.repeat(n - s.length);
+}
+function fmtRatio(r: number): string {
+  if (Number.isNaN(r)) return '-';
+  if (!Number.isFinite(r)) return 'inf';
+  return r === 0 ? '0' : r < 0.001 ? r.toExponential(1) : r.toFixed(3);
+}
+
+export function main(argv = process.argv.slice(2)): void {
+  const args = parseArgs(argv);
+  const info = dr.devices();
+  if (args.device === 'cuda' && !info.cuda.available) {
+    console.error(`CUDA is not available: ${info.cuda.reason ?? 'unknown reason'} (build: ${info.cuda.build})`);
+    process.exit(2);
+  }
+  const reference = args.device === 'cpu' && !args.sameRef;
+  const mode = reference ? 'cpu float32/bfloat16 vs cpu float64 (harness self-check)' : `${args.device} vs cpu`;
+  const dev = args.device === 'cuda' ? info.cuda.devices[0]?.name ?? 'cuda' : `${info.cpu.name} (${info.cpu.threads} threads, ${info.cpu.simd})`;
+  console.log(`backend agreement: ${mode}; device ${dev}; seed ${args.seed}`);
+
+  const entries = REGISTRY.filter((e) => !args.filter || args.filter.some((f) => e.name.toLowerCase().includes(f.toLowerCase())));
+  if (entries.length === 0) usage(`--filter ${args.filter?.join(',')} matches no op`);
+  const W = [22, 9, 34, 9, 5];
+  const header = `${pad('op', W[0])} ${pad('dtype', W[1])} ${pad('shape', W[2])} ${pad('max err', W[3])} ${pad('', W[4])} tol`;
+  console.log(header);
+  console.log('-'.repeat(header.length + 12));
+  const results: Result[] = [];
+  const t0 = Date.now();
+  for (const e of entries) {
+    for (const dtype of e.dtypes) {
+      if (args.dtypes && !args.dtypes.includes(dtype)) continue;
+      // every (op, dtype) gets its own input stream, so --filter does not change the inputs
+      const rnd = new Rnd(hash(`${args.seed}:${e.name}:${dtype}`));
+      for (const c of e.cases(dtype, rnd)) {
+        const r = runCase(e, dtype, c, args.device, hash(`${args.seed}:${e.name}:${dtype}:${c.label}`) % 1_000_000_007, reference);
+        results.push(r);
+        const status = r.pass ? 'PASS' : r.error ? 'ERROR' : 'FAIL';
+        console.log(`${pad(r.op, W[0])} ${pad(r.dtype, W[1])} ${pad(r.shape, W[2])} ${pad(fmtRatio(r.ratio), W[3])} ${pad(status, W[4])} ${r.tol}${args.verbose ? `  ${r.ms.toFixed(0)}ms` : ''}`);
+        if (r.error) console.log(`    ${r.error.split('\n')[0]}`);
+        for (const m of r.mismatches ?? []) console.log(`    at [${m.coord.join(',')}] (flat ${m.index}): got ${m.got}, want ${m.want}`);
+      }
+    }
+  }
+  const failed = results.filter((r) => !r.pass);
+  const secs = ((Date.now() - t0) / 1000).toFixed(1);
+  console.log('-'.repeat(header.length + 12));
+  console.log(`${results.length - failed.length}/${results.length} cases agree across ${entries.length} ops in ${secs}s${failed.length ? `; FAILED: ${[...new Set(failed.map((r) => `${r.op}/${r.dtype}`))].join(', ')}` : ''}`);
+  if (args.json) {
+    const doc = { device: args.device, machine: info, seed: args.seed, date: new Date().toISOString(), seconds: Number(secs), passed: failed.length === 0, results };
+    const tmp = `${args.json}.${process.pid}.tmp`;
+    fs.mkdirSync(path.dirname(path.resolve(args.json)), { recursive: true });
+    fs.writeFileSync(tmp, JSON.stringify(doc, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v), 1));
+    fs.renameSync(tmp, args.json);
+  }
+  process.exitCode = failed.length ? 1 : 0;
+}
+
+/** FNV-1a: a stable 32-bit seed per (seed, op, dtype). */
+function hash(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; ++i) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+  return h;
+}
+
+if (require.main === module) main();
