@@ -2,7 +2,7 @@
 import { native } from './native';
 
 export interface MemoryInfo {
-  cpu: { tensors: number; bytes: number; buffers: number };
+  cpu: { tensors: number; bytes: number; buffers: number; cachedBytes: number };
   cuda: { tensors: number; bytes: number; buffers: number; reservedBytes?: number };
   /** All devices together. */
   tensors: number;
@@ -11,7 +11,7 @@ export interface MemoryInfo {
 
 /**
  * Live tensor handles and allocated bytes per device. `buffers` counts storages (views share
- * one); cuda.reservedBytes includes blocks the caching allocator holds for reuse.
+ * one); cpu.cachedBytes and cuda.reservedBytes are blocks held for reuse (emptyCache() frees them).
  */
 export function memory(): MemoryInfo {
   const m = native.memory();

@@ -23,7 +23,7 @@ export interface NativeDevices {
 }
 
 export interface NativeMemory {
-  cpu: { tensors: number; bytes: number; buffers: number };
+  cpu: { tensors: number; bytes: number; buffers: number; cachedBytes: number };
   cuda: { tensors: number; bytes: number; buffers: number; reservedBytes?: number };
 }
 
@@ -62,9 +62,22 @@ export interface Native {
   gather(out: Handle, x: Handle, index: Handle, axis: number): void;
   scatterAdd(out: Handle, index: Handle, src: Handle, axis: number): void;
   crossEntropy(loss: Handle, logits: Handle, targets: Handle, ignoreIndex: number, smoothing: number, lse: Handle): void;
+  // Backward kernels and fused optimizer steps (optional tensors: -1). Statistics (rstd, mean,
+  // lse) and dloss are float32, float64 for float64 inputs.
+  softmaxBackward(dx: Handle, y: Handle, dy: Handle, axis: number, log: boolean): void;
+  rmsNormBackward(dx: Handle, dweight: Handle, x: Handle, weight: Handle, rstd: Handle, dy: Handle): void;
+  layerNormBackward(dx: Handle, dweight: Handle, dbias: Handle, x: Handle, weight: Handle, mean: Handle, rstd: Handle, dy: Handle): void;
+  crossEntropyBackward(dlogits: Handle, logits: Handle, targets: Handle, lse: Handle, dloss: Handle, ignoreIndex: number, smoothing: number): void;
+  unaryBackward(op: number, dx: Handle, x: Handle, dy: Handle): void;
+  swigluBackward(dx: Handle, x: Handle, dy: Handle): void;
+  adamwStep(param: Handle, grad: Handle, expAvg: Handle, expAvgSq: Handle, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradScale: number): void;
+  sgdStep(param: Handle, grad: Handle, momentumBuf: Handle, lr: number, momentum: number, dampening: number, weightDecay: number, nesterov: boolean, firstStep: boolean, gradScale: number): void;
 }
 
-export const native: Native = bindings('dualroute');
+// DUALROUTE_ADDON_DIR points at another build folder (a second build tree, a packed copy).
+export const native: Native = process.env.DUALROUTE_ADDON_DIR
+  ? require(require('path').resolve(process.env.DUALROUTE_ADDON_DIR, 'dualroute.node'))
+  : bindings('dualroute');
 
 /** Unary and binary op codes, in the order of native/core/ops.h (checked in a test). */
 export const UNARY_OPS = [

@@ -4,8 +4,14 @@
 // function and a method).
 import { DType, DTYPE_SIZE, TypedArray, decode } from './dtype';
 import { Device } from './device';
-import { DisposedError, ShapeError, toTypedError } from './errors';
+import { DTypeError, DisposedError, ShapeError, ValueError, toTypedError } from './errors';
 import { Handle, native } from './native';
+
+// `using t = ...` needs Symbol.dispose; Node 20 defines it only in some contexts (not in vm
+// contexts such as jest's), so use Node's registered symbol where it is missing.
+if (typeof (Symbol as { dispose?: symbol }).dispose !== 'symbol') {
+  Object.defineProperty(Symbol, 'dispose', { value: Symbol.for('nodejs.dispose'), configurable: true });
+}
 
 // ---- lifetime: scopes and the GC safety net ----------------------------------------------------
 
@@ -13,6 +19,20 @@ interface Scope {
   tensors: Set<Tensor>;
 }
 const scopes: Scope[] = [];
+let untrackedDepth = 0;
+
+/**
+ * Runs fn with tensor creation outside every tidy() scope: for tensors whose lifetime the
+ * library manages itself (gradients, saved tensors of the autograd tape, optimizer state).
+ */
+export function untracked<T>(fn: () => T): T {
+  ++untrackedDepth;
+  try {
+    return fn();
+  } finally {
+    --untrackedDepth;
+  }
+}
 const kept = new WeakSet<Tensor>();
 
 // When a tensor is garbage-collected without dispose(), its native handle is released here.
@@ -125,7 +145,56 @@ export class Tensor {
     this.device = device;
     registry.register(this, handle, this);
     const scope = scopes[scopes.length - 1];
-    if (scope) scope.tensors.add(this);
+    if (scope && untrackedDepth === 0) scope.tensors.add(this);
+  }
+
+  // ---- autograd state (lib/autograd/engine.ts) ----
+  private _requiresGrad = false;
+  private _gradFn: import('./autograd/engine').Node | null = null;
+  /** The accumulated gradient of a leaf tensor after backward(); null before. */
+  grad: Tensor | null = null;
+
+  /** Whether gradients flow to this tensor (set it on parameters and inputs). */
+  get requiresGrad(): boolean {
+    return this._requiresGrad;
+  }
+  set requiresGrad(v: boolean) {
+    if (v) {
+      if (this.dtype !== 'float32' && this.dtype !== 'float64' && this.dtype !== 'bfloat16') {
+        throw new DTypeError(`requiresGrad: only float tensors can require gradients, this one is ${this.dtype}`);
+      }
+    } else if (this._gradFn) {
+      throw new ValueError('requiresGrad: cannot turn off gradients of a non-leaf tensor; use detach()');
+    }
+    this._requiresGrad = !!v;
+  }
+  /** Sets requiresGrad and returns this, for chaining: randn([3]).requiresGrad_(). */
+  requiresGrad_(v = true): this {
+    this.requiresGrad = v;
+    return this;
+  }
+  /** The node that produced this tensor (null for leaves and tensors outside autograd). */
+  get gradFn(): import('./autograd/engine').Node | null {
+    return this._gradFn;
+  }
+  /** True for tensors not produced by a recorded op. */
+  get isLeaf(): boolean {
+    return this._gradFn === null;
+  }
+  /** @internal */
+  setGradFn(n: import('./autograd/engine').Node): void {
+    this._gradFn = n;
+    this._requiresGrad = true;
+  }
+  /** A new handle on the same storage and layout (no copy, no autograd history). */
+  alias(): Tensor {
+    this.checkLive('alias');
+    try {
+      const h = native.view(this.handle, this.shape as number[], this.strides as number[], this.offset);
+      return new Tensor(h, this.shape, this.strides, this.offset, this.dtype, this.device);
+    } catch (e) {
+      throw toTypedError(e);
+    }
   }
 
   /** Number of elements. */
@@ -160,6 +229,12 @@ export class Tensor {
   dispose(): void {
     if (this._disposed) return;
     this._disposed = true;
+    // The node stays: a tidied intermediate still links its inputs into the graph (its saved
+    // tensors are aliases, freed by backward() or by the GC).
+    if (this.grad) {
+      this.grad.dispose();
+      this.grad = null;
+    }
     registry.unregister(this);
     native.release(this.handle);
     const scope = scopes[scopes.length - 1];

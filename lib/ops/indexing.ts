@@ -3,7 +3,9 @@
 import { DTypeError, ShapeError, describe } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
-import { clone } from './shape';
+import { expand, reshape } from './shape';
+import { record } from '../autograd/engine';
+import { zeros } from './creation';
 import { checkTensor, empty, nat, normAxis, sameDevice } from './util';
 
 /** Rows of table [vocab, dim] for int32 ids of any shape: [...ids.shape, dim]. */
@@ -15,7 +17,13 @@ export function embedding(ids: Tensor, table: Tensor): Tensor {
   sameDevice('embedding', ids, table);
   const out = empty([...ids.shape, table.shape[1]], table.dtype, table.device);
   nat(() => native.embedding(out.handle, ids.handle, table.handle));
-  return out;
+  return record(out, 'embedding', [null, table], [ids], (g, [i]) => {
+    // the rows each id read receive its gradient (repeated ids accumulate)
+    const [V, D] = table.shape;
+    const n = i.size;
+    const idx = expand(reshape(i, [n, 1]), [n, D]).contiguous();
+    return [null, scatterAdd(zeros([V, D], { dtype: table.dtype, device: table.device }), 0, idx, reshape(g, [n, D]))];
+  });
 }
 
 function checkIndex(op: string, x: Tensor, index: Tensor, axis: number): number {
@@ -36,7 +44,11 @@ export function gather(x: Tensor, axis: number, index: Tensor): Tensor {
   const a = checkIndex('gather', x, index, axis);
   const out = empty(index.shape, x.dtype, x.device);
   nat(() => native.gather(out.handle, x.handle, index.handle, a));
-  return out;
+  const xshape = x.shape.slice();
+  return record(out, 'gather', [x, null], [index], (g, [i]) => [
+    scatterAdd(zeros(xshape, { dtype: x.dtype, device: x.device }), a, i, g),
+    null,
+  ]);
 }
 
 /** A copy of x with src added at the indexed positions along axis: out[..index[p]..] += src[p]. */
@@ -48,7 +60,8 @@ export function scatterAdd(x: Tensor, axis: number, index: Tensor, src: Tensor):
     throw new ShapeError(`scatterAdd: Expected src of shape [${index.shape.join(', ')}] (the index's) but received [${src.shape.join(', ')}]`);
   }
   sameDevice('scatterAdd', x, src);
-  const out = clone(x);
+  const out = empty(x.shape, x.dtype, x.device);
+  nat(() => native.copy(out.handle, x.handle));
   nat(() => native.scatterAdd(out.handle, index.handle, src.handle, a));
-  return out;
+  return record(out, 'scatterAdd', [x, null, src], [index], (g, [i]) => [g.alias(), null, gather(g, a, i)]);
 }

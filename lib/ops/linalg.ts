@@ -6,6 +6,8 @@ import { native } from '../native';
 import { Tensor } from '../tensor';
 import { cast, reshape, unsqueeze } from './shape';
 import { broadcastShapes, checkTensor, empty, nat, sameDevice } from './util';
+import { needsGrad, record } from '../autograd/engine';
+import { sumToShape } from '../autograd/grad_utils';
 
 export interface MatmulOptions {
   /** Use a's last two dims transposed. */
@@ -46,6 +48,19 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
     const batch = broadcastShapes('matmul (batch dims)', A.shape.slice(0, -2), B.shape.slice(0, -2));
     const out = empty([...batch, m, n], d, device);
     nat(() => native.matmul(out.handle, A.handle, B.handle, transA, transB, alpha, 0));
+    if (needsGrad(A, B)) {
+      record(out, 'matmul', [A, B], [A, B], (g, [sa, sb]) => {
+        // out = alpha op(A) op(B): d op(A) = alpha g op(B)^T, d op(B) = alpha op(A)^T g, and a
+        // stored-transposed operand gets the transposed product (computed as such, no copy).
+        const ga = transA
+          ? matmul(sb, g, { transA: transB, transB: true, alpha })
+          : matmul(g, sb, { transB: !transB, alpha });
+        const gb = transB
+          ? matmul(g, sa, { transA: true, transB: transA, alpha })
+          : matmul(sa, g, { transA: !transA, alpha });
+        return [sumToShape(ga, sa.shape), sumToShape(gb, sb.shape)];
+      });
+    }
     if (!vecA && !vecB) return out;
     const shape = [...batch, ...(vecA ? [] : [m]), ...(vecB ? [] : [n])];
     try {

@@ -145,3 +145,18 @@ Object.defineProperty(Tensor.prototype, 'T', {
     return sh.transpose(this);
   },
 });
+
+// ---- autograd methods ----
+import * as ag from '../autograd/engine';
+declare module '../tensor' {
+  interface Tensor {
+    /** Accumulates gradients of this tensor into the leaves' .grad (see autograd). */
+    backward(grad?: Tensor, options?: ag.BackwardOptions): void;
+    /** The same data with no autograd history (a new handle, shares storage). */
+    detach(): Tensor;
+  }
+}
+Object.assign(P, {
+  backward(this: Tensor, g?: Tensor, o?: ag.BackwardOptions) { ag.backward(this, g, o); },
+  detach(this: Tensor) { return this.alias(); },
+});

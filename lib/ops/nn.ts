@@ -5,6 +5,13 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { BINARY_OPS, native } from '../native';
 import { Tensor } from '../tensor';
 import { reshape } from './shape';
+import { needsGrad, record } from '../autograd/engine';
+import { div as divOp } from './elementwise';
+import { sum as sumOp } from './reduce';
+import {
+  crossEntropyBackward, crossEntropyWithLse, layerNormBackward, layerNormWithStats, rmsNormBackward, rmsNormWithStats,
+  softmaxBackward, swigluBackward,
+} from './grad_kernels';
 import { checkTensor, empty, nat, normAxis, sameDevice } from './util';
 
 function floatInput(op: string, x: Tensor, arg = 'x'): void {
@@ -18,7 +25,7 @@ export function softmax(x: Tensor, axis = -1): Tensor {
   const a = normAxis(axis, x.ndim, 'softmax');
   const out = empty(x.shape, x.dtype, x.device);
   nat(() => native.softmax(out.handle, x.handle, a, false));
-  return out;
+  return record(out, 'softmax', [x], [out], (g, [y]) => [softmaxBackward(y, g, a, false)]);
 }
 
 /** log(softmax(x)) along axis, computed stably in one pass. */
@@ -27,7 +34,7 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
   const a = normAxis(axis, x.ndim, 'logSoftmax');
   const out = empty(x.shape, x.dtype, x.device);
   nat(() => native.softmax(out.handle, x.handle, a, true));
-  return out;
+  return record(out, 'logSoftmax', [x], [out], (g, [y]) => [softmaxBackward(y, g, a, true)]);
 }
 
 function checkVec(op: string, arg: string, v: Tensor | undefined | null, x: Tensor): void {
@@ -49,6 +56,16 @@ export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
   if (x.ndim === 0) throw new ShapeError('rmsNorm: x must have at least one dimension');
   checkVec('rmsNorm', 'weight', weight, x);
   checkEps('rmsNorm', eps);
+  if (needsGrad(x, weight)) {
+    const { y, rstd } = rmsNormWithStats(x, weight ?? null, eps);
+    const w = weight ?? null;
+    const rec = record(y, 'rmsNorm', [x, w], w ? [x, rstd, w] : [x, rstd], (g, [xs, r, ws]) => {
+      const { dx, dweight } = rmsNormBackward(xs, ws ?? null, r, g, !!w && w.requiresGrad);
+      return [dx, dweight];
+    });
+    rstd.dispose();
+    return rec;
+  }
   const out = empty(x.shape, x.dtype, x.device);
   nat(() => native.rmsNorm(out.handle, x.handle, weight ? weight.handle : -1, eps, -1));
   return out;
@@ -61,6 +78,18 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
   checkVec('layerNorm', 'weight', weight, x);
   checkVec('layerNorm', 'bias', bias, x);
   checkEps('layerNorm', eps);
+  if (needsGrad(x, weight, bias)) {
+    const w = weight ?? null;
+    const b = bias ?? null;
+    const { y, mean, rstd } = layerNormWithStats(x, w, b, eps);
+    const rec = record(y, 'layerNorm', [x, w, b], w ? [x, mean, rstd, w] : [x, mean, rstd], (g, [xs, m, r, ws]) => {
+      const res = layerNormBackward(xs, ws ?? null, m, r, g, !!w && w.requiresGrad, !!b && b.requiresGrad);
+      return [res.dx, res.dweight, res.dbias];
+    });
+    mean.dispose();
+    rstd.dispose();
+    return rec;
+  }
   const out = empty(x.shape, x.dtype, x.device);
   nat(() => native.layerNorm(out.handle, x.handle, weight ? weight.handle : -1, bias ? bias.handle : -1, eps, -1, -1));
   return out;
@@ -73,7 +102,7 @@ export function swiglu(x: Tensor): Tensor {
   if (x.ndim === 0 || d % 2 !== 0) throw new ShapeError(`swiglu: the last axis must have even size, received ${describe(x)}`);
   const out = empty([...x.shape.slice(0, -1), d / 2], x.dtype, x.device);
   nat(() => native.swiglu(out.handle, x.handle));
-  return out;
+  return record(out, 'swiglu', [x], [x], (g, [xs]) => [swigluBackward(xs, g)]);
 }
 
 export interface CrossEntropyOptions {
@@ -107,6 +136,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options: CrossEntr
   if (!(smoothing >= 0 && smoothing < 1)) throw new ValueError(`crossEntropy: Expected labelSmoothing in [0, 1) but received ${describe(smoothing)}`);
   if (!['mean', 'sum', 'none'].includes(reduction)) throw new ValueError(`crossEntropy: Expected 'mean', 'sum' or 'none' for reduction but received ${describe(reduction)}`);
   const rows = lead.reduce((a, b) => a * b, 1);
+  if (needsGrad(logits)) return crossEntropyGrad(logits, targets, rows, C, lead, ignoreIndex, smoothing, reduction);
   const x2 = reshape(logits, [rows, C]);
   const t1 = reshape(targets, [rows]);
   const lossDType = logits.dtype === 'float64' ? 'float64' : 'float32';
@@ -149,4 +179,31 @@ function countNotIgnored(targets: Tensor, ignoreIndex: number): number {
   const n = new Int32Array(native.readSync(c.handle))[0];
   c.dispose();
   return n;
+}
+
+// crossEntropy with autograd: the fused per-row kernel records its own backward (which reuses
+// the saved log-sum-exp), and the reduction is made of recorded ops.
+function crossEntropyGrad(logits: Tensor, targets: Tensor, rows: number, C: number, lead: number[], ignoreIndex: number,
+                          smoothing: number, reduction: 'mean' | 'sum' | 'none'): Tensor {
+  const x2 = reshape(logits, [rows, C]);
+  const t1 = reshape(targets, [rows]);
+  const { loss, lse } = crossEntropyWithLse(x2, t1, ignoreIndex, smoothing);
+  record(loss, 'crossEntropy', [x2], [x2, t1, lse], (g, [xs, ts, l]) => [
+    crossEntropyBackward(xs, ts, l, g, ignoreIndex, smoothing),
+  ]);
+  x2.dispose();
+  t1.dispose();
+  lse.dispose();
+  try {
+    if (reduction === 'none') return reshape(loss, lead);
+    const total = sumOp(loss);
+    if (reduction === 'sum') return total;
+    try {
+      return divOp(total, countNotIgnored(targets, ignoreIndex));
+    } finally {
+      total.dispose();
+    }
+  } finally {
+    loss.dispose();
+  }
 }

@@ -2,7 +2,9 @@
 import { REDUCE_OPS, native } from '../native';
 import { DTypeError, ShapeError, ValueError } from '../errors';
 import { Tensor } from '../tensor';
-import { cast, reshape } from './shape';
+import { cast, expand, reshape } from './shape';
+import { record } from '../autograd/engine';
+import { div as divOp, eq as eqOp, mul as mulOp, where as whereOp } from './elementwise';
 import { checkTensor, empty, nat, normAxis } from './util';
 
 export interface ReduceOptions {
@@ -33,7 +35,7 @@ function reduceOp(kind: keyof typeof REDUCE_OPS, x: Tensor, axis?: number | numb
   try {
     const out = empty(shape, src.dtype, src.device);
     nat(() => native.reduce(REDUCE_OPS[kind], out.handle, src.handle, axes));
-    return out;
+    return record(out, kind, [src], [src, out], (g, [xs, o]) => [reduceGrad(kind, g, xs, o, axes)]);
   } finally {
     if (src !== x) src.dispose();
   }
@@ -76,3 +78,16 @@ function argOp(op: 'argmax' | 'argmin', x: Tensor, axis?: number, options: Reduc
 /** Index of the largest value along axis (of the flattened tensor when omitted); first wins ties, NaN counts as largest. */
 export const argmax = (x: Tensor, axis?: number, options?: ReduceOptions) => argOp('argmax', x, axis, options);
 export const argmin = (x: Tensor, axis?: number, options?: ReduceOptions) => argOp('argmin', x, axis, options);
+
+// The gradient of a reduction, broadcast back over the reduced axes.
+function reduceGrad(kind: keyof typeof REDUCE_OPS, g: Tensor, x: Tensor, out: Tensor, axes: number[]): Tensor {
+  const kept = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+  const back = (t: Tensor) => expand(reshape(t, kept), x.shape.slice()).contiguous();
+  const count = axes.reduce((n, a) => n * x.shape[a], 1);
+  if (kind === 'sum') return back(g);
+  if (kind === 'mean') return back(mulOp(g, 1 / Math.max(count, 1)));
+  // max/min: the positions that hold the extreme share the gradient equally
+  const hit = eqOp(x, back(out));
+  const hits = sum(whereOp(hit, 1, 0), axes, { keepDims: true });
+  return whereOp(hit, divOp(back(g), expand(hits, x.shape.slice())), 0);
+}

@@ -7,14 +7,36 @@ import { DTypeError, DeviceError, ShapeError, ValueError, describe } from '../er
 import { native } from '../native';
 import { Tensor, contiguousStrides, sizeOf } from '../tensor';
 import { checkShape, checkTensor, empty, nat, normAxis, viewOf } from './util';
+import { record } from '../autograd/engine';
+import { sumToShape } from '../autograd/grad_utils';
+
+// The gradient of a box view: zeros of the source's shape with g copied into the box.
+function boxGrad(x: Tensor, g: Tensor, begin: number[]): Tensor {
+  const z = empty(x.shape, g.dtype, g.device);
+  nat(() => native.fill(z.handle, 0));
+  const box = slice(z, begin, g.shape.slice());
+  nat(() => native.copy(box.handle, g.handle));
+  box.dispose();
+  return z;
+}
+
+// reshape-like views: the gradient takes the source's shape back.
+function asShapeOf(out: Tensor, x: Tensor, name: string): Tensor {
+  const shape = x.shape.slice();
+  return record(out, name, [x], [], (g) => [reshape(g, shape)]);
+}
 
 /** A copy with contiguous layout, or the tensor itself (a new handle) when already contiguous. */
 export function contiguous(x: Tensor): Tensor {
   checkTensor(x, 'contiguous', 'x');
-  if (x.isContiguous) return viewOf(x, x.shape, contiguousStrides(x.shape), x.offset);
-  const out = empty(x.shape, x.dtype, x.device);
-  nat(() => native.copy(out.handle, x.handle));
-  return out;
+  let out: Tensor;
+  if (x.isContiguous) {
+    out = viewOf(x, x.shape, contiguousStrides(x.shape), x.offset);
+  } else {
+    out = empty(x.shape, x.dtype, x.device);
+    nat(() => native.copy(out.handle, x.handle));
+  }
+  return record(out, 'contiguous', [x], [], (g) => [g.alias()]);
 }
 
 /** A copy that owns its storage. */
@@ -22,7 +44,7 @@ export function clone(x: Tensor): Tensor {
   checkTensor(x, 'clone', 'x');
   const out = empty(x.shape, x.dtype, x.device);
   nat(() => native.copy(out.handle, x.handle));
-  return out;
+  return record(out, 'clone', [x], [], (g) => [g.alias()]);
 }
 
 function resolveShape(op: string, shape: number[], size: number): number[] {
@@ -44,10 +66,10 @@ function resolveShape(op: string, shape: number[], size: number): number[] {
 export function reshape(x: Tensor, shape: number[]): Tensor {
   checkTensor(x, 'reshape', 'x');
   const s = resolveShape('reshape', shape, x.size);
-  if (x.isContiguous) return viewOf(x, s, contiguousStrides(s), x.offset);
+  if (x.isContiguous) return asShapeOf(viewOf(x, s, contiguousStrides(s), x.offset), x, 'reshape');
   const c = contiguous(x);
   try {
-    return viewOf(c, s, contiguousStrides(s), 0);
+    return asShapeOf(viewOf(c, s, contiguousStrides(s), 0), c, 'reshape');
   } finally {
     c.dispose();
   }
@@ -58,7 +80,7 @@ export function view(x: Tensor, shape: number[]): Tensor {
   checkTensor(x, 'view', 'x');
   const s = resolveShape('view', shape, x.size);
   if (!x.isContiguous) throw new ShapeError('view: the tensor is not contiguous; use reshape() or contiguous() first');
-  return viewOf(x, s, contiguousStrides(s), x.offset);
+  return asShapeOf(viewOf(x, s, contiguousStrides(s), x.offset), x, 'view');
 }
 
 export function flatten(x: Tensor, startAxis = 0, endAxis = -1): Tensor {
@@ -79,13 +101,16 @@ export function permute(x: Tensor, dims: number[]): Tensor {
   }
   const d = dims.map((v) => normAxis(v, x.ndim, 'permute', 'dims'));
   if (new Set(d).size !== d.length) throw new ValueError(`permute: dims [${dims.join(', ')}] repeat an axis`);
-  return viewOf(x, d.map((i) => x.shape[i]), d.map((i) => x.strides[i]), x.offset);
+  const out = viewOf(x, d.map((i) => x.shape[i]), d.map((i) => x.strides[i]), x.offset);
+  const inverse = new Array<number>(d.length);
+  d.forEach((v, i) => (inverse[v] = i));
+  return record(out, 'permute', [x], [], (g) => [permute(g, inverse)]);
 }
 
 /** Swaps two dimensions (default the last two). A view. */
 export function transpose(x: Tensor, axis0 = -2, axis1 = -1): Tensor {
   checkTensor(x, 'transpose', 'x');
-  if (x.ndim < 2 && axis0 === -2 && axis1 === -1) return viewOf(x, x.shape, x.strides, x.offset);
+  if (x.ndim < 2 && axis0 === -2 && axis1 === -1) return asShapeOf(viewOf(x, x.shape, x.strides, x.offset), x, 'transpose');
   const a = normAxis(axis0, x.ndim, 'transpose', 'axis0');
   const b = normAxis(axis1, x.ndim, 'transpose', 'axis1');
   const dims = x.shape.map((_, i) => i);
@@ -102,7 +127,7 @@ export function unsqueeze(x: Tensor, axis: number): Tensor {
   const strides = x.strides.slice();
   shape.splice(a, 0, 1);
   strides.splice(a, 0, a < x.ndim ? x.strides[a] * x.shape[a] : 1);
-  return viewOf(x, shape, strides, x.offset);
+  return asShapeOf(viewOf(x, shape, strides, x.offset), x, 'unsqueeze');
 }
 
 /** Removes size-1 dimensions (all, or the given axes, which must have size 1). */
@@ -114,7 +139,7 @@ export function squeeze(x: Tensor, axes?: number | number[]): Tensor {
     if (x.shape[a] !== 1) throw new ShapeError(`squeeze: axis ${a} has size ${x.shape[a]}, not 1`);
   }
   const keep = x.shape.map((_, i) => !list.includes(i));
-  return viewOf(x, x.shape.filter((_, i) => keep[i]), x.strides.filter((_, i) => keep[i]), x.offset);
+  return asShapeOf(viewOf(x, x.shape.filter((_, i) => keep[i]), x.strides.filter((_, i) => keep[i]), x.offset), x, 'squeeze');
 }
 
 /** Broadcasts to a larger shape without copying (stride 0 on repeated dimensions). */
@@ -141,7 +166,8 @@ export function expand(x: Tensor, shape: number[]): Tensor {
       throw new ShapeError(`expand: cannot expand [${x.shape.join(', ')}] to [${shape.join(', ')}] (dimension ${i})`);
     }
   }
-  return viewOf(x, s, st, x.offset);
+  const xshape = x.shape.slice();
+  return record(viewOf(x, s, st, x.offset), 'expand', [x], [], (g) => [sumToShape(g, xshape)]);
 }
 export const broadcastTo = expand;
 
@@ -157,7 +183,8 @@ export function narrow(x: Tensor, axis: number, start: number, length: number): 
   }
   const shape = x.shape.slice();
   shape[a] = length;
-  return viewOf(x, shape, x.strides, x.offset + s0 * x.strides[a]);
+  const begin = x.shape.map((_, i) => (i === a ? s0 : 0));
+  return record(viewOf(x, shape, x.strides, x.offset + s0 * x.strides[a]), 'narrow', [x], [], (g) => [boxGrad(x, g, begin)]);
 }
 
 /**
@@ -171,6 +198,7 @@ export function slice(x: Tensor, begin: number[] | number, size?: number[] | num
   if (b.length > x.ndim) throw new ShapeError(`slice: begin has ${b.length} entries for a ${x.ndim}-d tensor`);
   const shape = x.shape.slice();
   let offset = x.offset;
+  const starts: number[] = [];
   for (let i = 0; i < x.ndim; ++i) {
     const n = x.shape[i];
     let s = b[i] ?? 0;
@@ -181,8 +209,9 @@ export function slice(x: Tensor, begin: number[] | number, size?: number[] | num
     if (!Number.isInteger(len) || len < 0 || s + len > n) throw new ShapeError(`slice: size[${i}] = ${sz[i]} from ${s} exceeds ${n}`);
     shape[i] = len;
     offset += s * x.strides[i];
+    starts.push(s);
   }
-  return viewOf(x, shape, x.strides, offset);
+  return record(viewOf(x, shape, x.strides, offset), 'slice', [x], [], (g) => [boxGrad(x, g, starts)]);
 }
 
 /** Joins tensors along an existing axis. */
@@ -204,16 +233,18 @@ export function concat(tensors: Tensor[], axis = 0): Tensor {
   shape[a] = total;
   const out = empty(shape, first.dtype, first.device);
   let at = 0;
+  const starts: number[] = [];
   for (const t of tensors) {
-    const part = narrow(out, a, at, t.shape[a]);
+    const part = viewOf(out, t.shape.map((d, k) => (k === a ? t.shape[a] : d)), out.strides, at * out.strides[a]);
     try {
       nat(() => native.copy(part.handle, t.handle));
     } finally {
       part.dispose();
     }
+    starts.push(at);
     at += t.shape[a];
   }
-  return out;
+  return record(out, 'concat', tensors, [], (g) => tensors.map((t, i) => narrow(g, a, starts[i], t.shape[a]).contiguous()));
 }
 
 /** Joins tensors along a new axis. */
@@ -276,7 +307,9 @@ export function to(x: Tensor, target: Device | DType | { device?: Device; dtype?
     if (owned) src.dispose();
     owned = true;
   }
-  return owned ? cur : viewOf(x, x.shape, x.strides, x.offset);
+  if (!owned) cur = viewOf(x, x.shape, x.strides, x.offset);
+  // the engine casts/moves the gradient back to x's dtype and device
+  return record(cur, 'to', [x], [], (g) => [g.alias()]);
 }
 
 export function cast(x: Tensor, dtype: DType): Tensor {

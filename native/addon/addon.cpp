@@ -334,6 +334,7 @@ DR_FN(Memory) {
       o.Set("tensors", static_cast<double>(in.live[d]));
       o.Set("bytes", static_cast<double>(c.bytes[d].load()));
       o.Set("buffers", static_cast<double>(c.buffers[d].load()));
+      if (d == 0) o.Set("cachedBytes", static_cast<double>(cpu_cached_bytes()));
       r.Set(d == 0 ? "cpu" : "cuda", o);
     }
     if (const CudaApi* api = cuda_backend()) {
@@ -364,6 +365,7 @@ DR_FN(Synchronize) {
 }
 DR_FN(EmptyCache) {
   DR_BODY({
+    cpu_empty_cache();
     if (const CudaApi* api = cuda_backend()) cuda_check(api->empty_cache(), "emptyCache");
     return info.Env().Undefined();
   })
@@ -480,6 +482,66 @@ DR_FN(CrossEntropy) {
           return info.Env().Undefined();)
 }
 
+// ---- backward kernels and optimizer steps ---------------------------------------------------
+
+// softmaxBackward(dx, y, dy, axis, log)
+DR_FN(SoftmaxBackward) {
+  DR_BODY(ops::softmax_backward(tensor(info, 0, "dx"), tensor(info, 1, "y"), tensor(info, 2, "dy"),
+                                i32(info, 3, "axis"), flag(info, 4));
+          return info.Env().Undefined();)
+}
+// rmsNormBackward(dx, dweight|-1, x, weight|-1, rstd, dy)
+DR_FN(RmsNormBackward) {
+  DR_BODY(ops::rms_norm_backward(tensor(info, 0, "dx"), opt_tensor(info, 1, "dweight"), tensor(info, 2, "x"),
+                                 opt_tensor(info, 3, "weight"), tensor(info, 4, "rstd"), tensor(info, 5, "dy"));
+          return info.Env().Undefined();)
+}
+// layerNormBackward(dx, dweight|-1, dbias|-1, x, weight|-1, mean, rstd, dy)
+DR_FN(LayerNormBackward) {
+  DR_BODY(ops::layer_norm_backward(tensor(info, 0, "dx"), opt_tensor(info, 1, "dweight"), opt_tensor(info, 2, "dbias"),
+                                   tensor(info, 3, "x"), opt_tensor(info, 4, "weight"), tensor(info, 5, "mean"),
+                                   tensor(info, 6, "rstd"), tensor(info, 7, "dy"));
+          return info.Env().Undefined();)
+}
+// crossEntropyBackward(dlogits, logits, targets, lse, dloss, ignoreIndex, smoothing)
+DR_FN(CrossEntropyBackward) {
+  DR_BODY(ops::cross_entropy_backward(tensor(info, 0, "dlogits"), tensor(info, 1, "logits"), tensor(info, 2, "targets"),
+                                      tensor(info, 3, "lse"), tensor(info, 4, "dloss"), i32(info, 5, "ignoreIndex"),
+                                      static_cast<float>(num(info, 6, "smoothing")));
+          return info.Env().Undefined();)
+}
+// unaryBackward(op, dx, x, dy)
+DR_FN(UnaryBackward) {
+  DR_BODY(ops::unary_backward(static_cast<UnaryOp>(i32(info, 0, "op")), tensor(info, 1, "dx"), tensor(info, 2, "x"),
+                              tensor(info, 3, "dy"));
+          return info.Env().Undefined();)
+}
+// swigluBackward(dx, x, dy)
+DR_FN(SwigluBackward) {
+  DR_BODY(ops::swiglu_backward(tensor(info, 0, "dx"), tensor(info, 1, "x"), tensor(info, 2, "dy"));
+          return info.Env().Undefined();)
+}
+// adamwStep(param, grad, expAvg, expAvgSq, lr, beta1, beta2, eps, weightDecay, step, gradScale)
+DR_FN(AdamwStep) {
+  DR_BODY({
+    const double step = num(info, 9, "step");
+    DR_CHECK(step >= 1 && step <= 9007199254740992.0 && step == static_cast<double>(static_cast<int64_t>(step)), Value,
+             "adamwStep: step must be an integer >= 1, got ", step);
+    ops::adamw_step(tensor(info, 0, "param"), tensor(info, 1, "grad"), tensor(info, 2, "expAvg"),
+                    tensor(info, 3, "expAvgSq"), num(info, 4, "lr"), num(info, 5, "beta1"), num(info, 6, "beta2"),
+                    num(info, 7, "eps"), num(info, 8, "weightDecay"), static_cast<int64_t>(step),
+                    num(info, 10, "gradScale"));
+    return info.Env().Undefined();
+  })
+}
+// sgdStep(param, grad, momentumBuf|-1, lr, momentum, dampening, weightDecay, nesterov, firstStep, gradScale)
+DR_FN(SgdStep) {
+  DR_BODY(ops::sgd_step(tensor(info, 0, "param"), tensor(info, 1, "grad"), opt_tensor(info, 2, "momentumBuf"),
+                        num(info, 3, "lr"), num(info, 4, "momentum"), num(info, 5, "dampening"),
+                        num(info, 6, "weightDecay"), flag(info, 7), flag(info, 8), num(info, 9, "gradScale"));
+          return info.Env().Undefined();)
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<Instance>(new Instance());
   struct Entry {
@@ -499,6 +561,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"rmsNorm", RmsNorm},     {"layerNorm", LayerNorm},     {"swiglu", Swiglu},
       {"embedding", Embedding}, {"gather", Gather},           {"scatterAdd", ScatterAdd},
       {"crossEntropy", CrossEntropy},
+      {"softmaxBackward", SoftmaxBackward}, {"rmsNormBackward", RmsNormBackward},
+      {"layerNormBackward", LayerNormBackward}, {"crossEntropyBackward", CrossEntropyBackward},
+      {"unaryBackward", UnaryBackward}, {"swigluBackward", SwigluBackward},
+      {"adamwStep", AdamwStep}, {"sgdStep", SgdStep},
   };
   for (const Entry& e : entries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   return exports;

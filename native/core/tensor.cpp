@@ -1,6 +1,8 @@
 #include "tensor.h"
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "cuda_backend.h"
@@ -13,10 +15,87 @@ MemoryCounters& memory_counters() {
   return *c;
 }
 
+namespace {
+
+// Large host buffers come from mmap, and a fresh one page-faults on every first touch: at
+// a few GB/s that costs as much as the kernel that fills it. Freed blocks of 1 MiB or more are
+// kept in size classes (1/8 of a power of two apart, so at most 12.5% is wasted) and handed
+// out again, up to DUALROUTE_CPU_CACHE_MB (default 512) of cached bytes.
+class HostCache {
+ public:
+  static constexpr size_t kMin = size_t(1) << 20;
+
+  static size_t round(size_t bytes) {
+    if (bytes < kMin) return (bytes + 63) / 64 * 64;
+    int top = 63 - __builtin_clzll(bytes);
+    size_t step = size_t(1) << (top - 3);
+    return (bytes + step - 1) / step * step;
+  }
+
+  void* take(size_t rounded) {
+    if (rounded < kMin) return nullptr;
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = free_.find(rounded);
+    if (it == free_.end()) return nullptr;
+    void* p = it->second;
+    free_.erase(it);
+    cached_ -= rounded;
+    return p;
+  }
+
+  // True when the cache kept the block.
+  bool give(void* p, size_t rounded) {
+    if (rounded < kMin) return false;
+    std::lock_guard<std::mutex> lk(mu_);
+    if (cached_ + rounded > limit_) return false;
+    free_.emplace(rounded, p);
+    cached_ += rounded;
+    return true;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& [sz, p] : free_) std::free(p);
+    free_.clear();
+    cached_ = 0;
+  }
+
+  size_t cached() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return cached_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+  size_t limit_ = [] {
+    const char* s = std::getenv("DUALROUTE_CPU_CACHE_MB");
+    long v = s ? std::atol(s) : 512;
+    return static_cast<size_t>(v < 0 ? 0 : v) << 20;
+  }();
+};
+
+HostCache& host_cache() {
+  static HostCache* c = new HostCache();  // never destroyed: storages may outlive statics
+  return *c;
+}
+
+}  // namespace
+
+void cpu_empty_cache() { host_cache().clear(); }
+int64_t cpu_cached_bytes() { return static_cast<int64_t>(host_cache().cached()); }
+
 Storage::Storage(DeviceKind device, size_t bytes) : bytes_(bytes), device_(device) {
   size_t alloc = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // 64-byte aligned, padded to a cache line
   if (device == DeviceKind::CPU) {
-    ptr_ = std::aligned_alloc(64, alloc);
+    alloc = HostCache::round(alloc);
+    ptr_ = host_cache().take(alloc);
+    if (!ptr_) ptr_ = std::aligned_alloc(64, alloc);
+    if (!ptr_) {
+      host_cache().clear();
+      ptr_ = std::aligned_alloc(64, alloc);
+    }
     if (!ptr_) fail(ErrorCode::Memory, "out of host memory allocating ", bytes, " bytes");
   } else {
     const CudaApi& api = cuda_required();
@@ -31,7 +110,8 @@ Storage::Storage(DeviceKind device, size_t bytes) : bytes_(bytes), device_(devic
 
 Storage::~Storage() {
   if (device_ == DeviceKind::CPU) {
-    std::free(ptr_);
+    size_t alloc = HostCache::round(bytes_ == 0 ? 64 : (bytes_ + 63) / 64 * 64);
+    if (!host_cache().give(ptr_, alloc)) std::free(ptr_);
   } else if (const CudaApi* api = cuda_backend()) {
     api->release(ptr_);  // returns the block to the caching allocator; cannot fail usefully here
   }

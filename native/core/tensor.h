@@ -27,6 +27,10 @@ struct MemoryCounters {
 };
 MemoryCounters& memory_counters();
 
+// The host block cache (see tensor.cpp): bytes held for reuse, and freeing them.
+int64_t cpu_cached_bytes();
+void cpu_empty_cache();
+
 class Storage {
  public:
   Storage(DeviceKind device, size_t bytes);  // uninitialised; throws MemoryError / DeviceError

@@ -4,7 +4,7 @@
 //          y = (x - mean) * rstd * w + b
 // Statistics accumulate in float (double for float64); the variance is two-pass, which is
 // exact enough for rows that fit in cache and avoids the cancellation of E[x^2] - E[x]^2.
-// mean/rstd are written (float32) when asked, for the backward pass.
+// mean/rstd are written (float32, float64 for float64 x) when asked, for the backward pass.
 #include <cmath>
 
 #include "common.h"
@@ -25,8 +25,9 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
   T* po = static_cast<T*>(out.data);
   const T* pw = static_cast<const T*>(w.data);
   const T* pb = static_cast<const T*>(b.data);
-  float* pmean = static_cast<float*>(mean_out.data);
-  float* prstd = static_cast<float*>(rstd_out.data);
+  using S = std::conditional_t<std::is_same_v<T, double>, double, float>;  // statistics dtype
+  S* pmean = static_cast<S*>(mean_out.data);
+  S* prstd = static_cast<S*>(rstd_out.data);
   parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const T* xr = px + r * cols;
@@ -60,8 +61,8 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
         }
       }
       A rstd = A(1) / std::sqrt(ss / static_cast<A>(cols) + static_cast<A>(eps));
-      if (pmean) pmean[r] = static_cast<float>(mean);
-      if (prstd) prstd[r] = static_cast<float>(rstd);
+      if (pmean) pmean[r] = static_cast<S>(mean);
+      if (prstd) prstd[r] = static_cast<S>(rstd);
       int64_t j = 0;
       if constexpr (std::is_same_v<T, float>) {
         vf vm = vset1(mean), vr = vset1(rstd);

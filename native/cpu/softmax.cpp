@@ -140,7 +140,7 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
     using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
     const T* px = static_cast<const T*>(logits.data);
     A* pl = static_cast<A*>(loss.data);  // float32 (float64 for float64 logits)
-    float* plse = static_cast<float*>(lse.data);
+    A* plse = static_cast<A*>(lse.data);  // float32 (float64 for float64 logits)
     parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
       std::vector<float> tmp;
       for (int64_t r = b; r < e; ++r) {
@@ -163,7 +163,7 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
           }
         }
         A l = m + std::log(s);
-        if (plse) plse[r] = static_cast<float>(l);
+        if (plse) plse[r] = l;
         if (t[r] == ignore_index) {
           pl[r] = 0;
           continue;

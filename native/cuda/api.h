@@ -15,7 +15,7 @@
 
 namespace dualroute {
 
-constexpr int kCudaAbiVersion = 1;
+constexpr int kCudaAbiVersion = 2;
 
 struct CudaDeviceInfo {
   char name[256];
@@ -75,6 +75,26 @@ struct CudaApi {
   int (*scatter_add)(const View* out, const View* index, const View* src, int32_t axis);
   int (*cross_entropy)(const View* loss, const View* logits, const View* targets, int32_t ignore_index,
                        float smoothing, const View* lse);
+
+  // ABI 2: backward kernels and fused optimizer steps (contracts in native/cpu/kernels.h;
+  // statistics float32; float64 is CPU-only). Optional views are null or have data == nullptr.
+  // cross_entropy_backward never reads through a target: a row whose target is outside
+  // [0, C) and not ignore_index gets NaN gradients (the forward has already rejected it).
+  int (*softmax_backward)(const View* dx, const View* y, const View* dy, int64_t outer, int64_t dim, int64_t inner,
+                          int32_t log);
+  int (*rms_norm_backward)(const View* dx, const View* dw, const View* x, const View* w, const View* rstd,
+                           const View* dy);
+  int (*layer_norm_backward)(const View* dx, const View* dw, const View* db, const View* x, const View* w,
+                             const View* mean, const View* rstd, const View* dy);
+  int (*cross_entropy_backward)(const View* dlogits, const View* logits, const View* targets, const View* lse,
+                                const View* dloss, int32_t ignore_index, float smoothing);
+  int (*unary_backward)(int32_t op, const View* dx, const View* x, const View* dy);
+  int (*swiglu_backward)(const View* dx, const View* x, const View* dy);
+  // param, exp_avg, exp_avg_sq, buf float32; grad float32 or bfloat16.
+  int (*adamw_step)(const View* param, const View* grad, const View* exp_avg, const View* exp_avg_sq, double lr,
+                    double beta1, double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
+  int (*sgd_step)(const View* param, const View* grad, const View* buf, double lr, double momentum, double dampening,
+                  double weight_decay, int32_t nesterov, int32_t first_step, double grad_scale);
 };
 
 }  // namespace dualroute

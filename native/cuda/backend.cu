@@ -1,6 +1,6 @@
 // The CUDA backend's front door: the exported CudaApi table, device setup, errors, copies and
 // the caching allocator. Kernels live in their own files (elementwise, reduce, softmax, norm,
-// index, matmul); this file only wires their entries into the table.
+// index, matmul, backward, optim); this file only wires their entries into the table.
 //
 // Device and stream: init() picks device 0 and creates one non-blocking stream. Every kernel
 // and copy is queued on that stream, so work runs in the order it was issued and the only
@@ -52,6 +52,20 @@ int gather(const View* out, const View* x, const View* index, int32_t axis);
 int scatter_add(const View* out, const View* index, const View* src, int32_t axis);
 int cross_entropy(const View* loss, const View* logits, const View* targets, int32_t ignore_index,
                   float smoothing, const View* lse);
+// backward.cu, optim.cu (ABI 2)
+int softmax_backward(const View* dx, const View* y, const View* dy, int64_t outer, int64_t dim, int64_t inner,
+                     int32_t log);
+int rms_norm_backward(const View* dx, const View* dw, const View* x, const View* w, const View* rstd, const View* dy);
+int layer_norm_backward(const View* dx, const View* dw, const View* db, const View* x, const View* w, const View* mean,
+                        const View* rstd, const View* dy);
+int cross_entropy_backward(const View* dlogits, const View* logits, const View* targets, const View* lse,
+                           const View* dloss, int32_t ignore_index, float smoothing);
+int unary_backward(int32_t op, const View* dx, const View* x, const View* dy);
+int swiglu_backward(const View* dx, const View* x, const View* dy);
+int adamw_step(const View* param, const View* grad, const View* exp_avg, const View* exp_avg_sq, double lr,
+               double beta1, double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
+int sgd_step(const View* param, const View* grad, const View* buf, double lr, double momentum, double dampening,
+             double weight_decay, int32_t nesterov, int32_t first_step, double grad_scale);
 
 namespace {
 
@@ -300,6 +314,14 @@ CudaApi make_api() {
   a.gather = gather;
   a.scatter_add = scatter_add;
   a.cross_entropy = cross_entropy;
+  a.softmax_backward = softmax_backward;
+  a.rms_norm_backward = rms_norm_backward;
+  a.layer_norm_backward = layer_norm_backward;
+  a.cross_entropy_backward = cross_entropy_backward;
+  a.unary_backward = unary_backward;
+  a.swiglu_backward = swiglu_backward;
+  a.adamw_step = adamw_step;
+  a.sgd_step = sgd_step;
   return a;
 }
 
@@ -322,6 +344,11 @@ int check(cudaError_t e, const char* what) {
 }
 
 int multiprocessor_count() { return g_sm_count > 0 ? g_sm_count : 1; }
+
+// Scratch memory for kernels (backward.cu): the caching allocator's blocks. Because all work is
+// on one stream, a block may be released right after the launches that use it are queued.
+int scratch_alloc(void** ptr, size_t bytes) { return api_alloc(ptr, bytes); }
+int scratch_release(void* ptr) { return api_release(ptr); }
 
 }  // namespace cuda
 }  // namespace dualroute

@@ -48,5 +48,22 @@ void scatter_add(const T& out, const T& index, const T& src, int axis);
 void cross_entropy(const T& loss, const T& logits, const T& targets, int32_t ignore_index, float smoothing,
                    const T* lse);
 
+// Backward kernels and fused optimizer steps (backward.cpp). Outputs are contiguous tensors of
+// the right shape and dtype; inputs may be strided (copied). Statistics (rstd, mean, lse) and
+// dloss are float32, float64 for float64 inputs. dw/db/buf may be null.
+void softmax_backward(const T& dx, const T& y, const T& dy, int axis, bool log);
+void rms_norm_backward(const T& dx, const T* dw, const T& x, const T* w, const T& rstd, const T& dy);
+void layer_norm_backward(const T& dx, const T* dw, const T* db, const T& x, const T* w, const T& mean, const T& rstd,
+                         const T& dy);
+void cross_entropy_backward(const T& dlogits, const T& logits, const T& targets, const T& lse, const T& dloss,
+                            int32_t ignore_index, float smoothing);
+void unary_backward(UnaryOp op, const T& dx, const T& x, const T& dy);
+void swiglu_backward(const T& dx, const T& x, const T& dy);
+// In place; param, exp_avg, exp_avg_sq (and buf) contiguous float32 (or float64 on the cpu).
+void adamw_step(const T& param, const T& grad, const T& exp_avg, const T& exp_avg_sq, double lr, double beta1,
+                double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
+void sgd_step(const T& param, const T& grad, const T* buf, double lr, double momentum, double dampening,
+              double weight_decay, bool nesterov, bool first_step, double grad_scale);
+
 }  // namespace ops
 }  // namespace dualroute

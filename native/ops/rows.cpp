@@ -32,6 +32,9 @@ void softmax(const T& out, const T& x, int axis, bool log) {
   DR_RUN(out, cpu::softmax(o, i, outer, dim, inner, log), softmax, &o, &i, outer, dim, inner, log ? 1 : 0);
 }
 
+// rstd / mean / lse: float32, float64 for float64 inputs (exact gradient checks).
+static DType stats_dtype(const T& x) { return x.dtype == DType::F64 ? DType::F64 : DType::F32; }
+
 static int64_t rows_of(const T& x) {
   int64_t cols = x.ndim ? x.shape[x.ndim - 1] : 1;
   return cols ? x.numel() / cols : 0;
@@ -42,7 +45,7 @@ void rms_norm(const T& out, const T& x, const T* w, float eps, const T* rstd) {
   check_out("rmsNorm", out, x);
   const int64_t cols = x.ndim ? x.shape[x.ndim - 1] : 1;
   check_vec("rmsNorm", "weight", w, x, cols, x.dtype);
-  check_vec("rmsNorm", "rstd", rstd, x, rows_of(x), DType::F32);
+  check_vec("rmsNorm", "rstd", rstd, x, rows_of(x), stats_dtype(x));
   auto xc = contiguous(x);
   View o = out.view(), i = xc->view(), vw = opt_view(w), vr = opt_view(rstd);
   DR_RUN(out, cpu::rms_norm(o, i, vw, eps, vr), rms_norm, &o, &i, &vw, eps, &vr);
@@ -54,8 +57,8 @@ void layer_norm(const T& out, const T& x, const T* w, const T* b, float eps, con
   const int64_t cols = x.ndim ? x.shape[x.ndim - 1] : 1;
   check_vec("layerNorm", "weight", w, x, cols, x.dtype);
   check_vec("layerNorm", "bias", b, x, cols, x.dtype);
-  check_vec("layerNorm", "mean", mean, x, rows_of(x), DType::F32);
-  check_vec("layerNorm", "rstd", rstd, x, rows_of(x), DType::F32);
+  check_vec("layerNorm", "mean", mean, x, rows_of(x), stats_dtype(x));
+  check_vec("layerNorm", "rstd", rstd, x, rows_of(x), stats_dtype(x));
   auto xc = contiguous(x);
   View o = out.view(), i = xc->view(), vw = opt_view(w), vb = opt_view(b), vm = opt_view(mean), vr = opt_view(rstd);
   DR_RUN(out, cpu::layer_norm(o, i, vw, vb, eps, vm, vr), layer_norm, &o, &i, &vw, &vb, eps, &vm, &vr);
@@ -70,7 +73,7 @@ void cross_entropy(const T& loss, const T& logits, const T& targets, int32_t ign
            "crossEntropy: targets must be int32 with ", rows, " elements");
   const DType ldt = logits.dtype == DType::F64 ? DType::F64 : DType::F32;
   check_vec("crossEntropy", "loss", &loss, logits, rows, ldt);
-  check_vec("crossEntropy", "lse", lse, logits, rows, DType::F32);
+  check_vec("crossEntropy", "lse", lse, logits, rows, ldt);
   auto xc = contiguous(logits);
   auto tc = contiguous(targets);
   View vl = loss.view(), vx = xc->view(), vt = tc->view(), vs = opt_view(lse);

@@ -1,0 +1,159 @@
+// Layers. Initialisation follows PyTorch's defaults and draws from a Generator (the default
+// one unless options.generator is given), so a seed fixes the whole model.
+import { DType } from '../dtype';
+import { Device } from '../device';
+import { ValueError, ShapeError, describe } from '../errors';
+import { Generator } from '../random';
+import { Tensor } from '../tensor';
+import { rand, randn, zeros, ones } from '../ops/creation';
+import { add, gelu, lt, mul, where } from '../ops/elementwise';
+import { matmul } from '../ops/linalg';
+import { layerNorm, rmsNorm, swiglu } from '../ops/nn';
+import { embedding } from '../ops/indexing';
+import { Module } from './module';
+
+export interface InitOptions {
+  dtype?: DType;
+  device?: Device;
+  generator?: Generator;
+}
+
+function checkDim(name: string, v: unknown): number {
+  if (!Number.isInteger(v) || (v as number) <= 0) throw new ValueError(`Expected a positive integer for ${name} but received ${describe(v)}`);
+  return v as number;
+}
+
+/** y = x W^T + b with W [outFeatures, inFeatures]; W and b ~ U(-1/sqrt(in), 1/sqrt(in)). */
+export class Linear extends Module {
+  weight: Tensor;
+  bias: Tensor | null;
+  constructor(readonly inFeatures: number, readonly outFeatures: number, options: InitOptions & { bias?: boolean } = {}) {
+    super();
+    checkDim('inFeatures', inFeatures);
+    checkDim('outFeatures', outFeatures);
+    const k = 1 / Math.sqrt(inFeatures);
+    const o = { dtype: options.dtype, device: options.device, generator: options.generator, low: -k, high: k };
+    this.weight = this.param(() => rand([outFeatures, inFeatures], o));
+    this.bias = options.bias === false ? null : this.param(() => rand([outFeatures], o));
+  }
+  forward(x: Tensor): Tensor {
+    if (x.shape[x.ndim - 1] !== this.inFeatures) {
+      throw new ShapeError(`Linear(${this.inFeatures}, ${this.outFeatures}): Expected input with last dimension ${this.inFeatures} but received ${describe(x)}`);
+    }
+    const y = matmul(x, this.weight, { transB: true });
+    if (!this.bias) return y;
+    try {
+      return add(y, this.bias);
+    } finally {
+      y.dispose();
+    }
+  }
+}
+
+/** A lookup table [numEmbeddings, dim] ~ N(0, 1). */
+export class Embedding extends Module {
+  weight: Tensor;
+  constructor(readonly numEmbeddings: number, readonly dim: number, options: InitOptions = {}) {
+    super();
+    checkDim('numEmbeddings', numEmbeddings);
+    checkDim('dim', dim);
+    this.weight = this.param(() => randn([numEmbeddings, dim], options));
+  }
+  forward(ids: Tensor): Tensor {
+    return embedding(ids, this.weight);
+  }
+}
+
+export class RMSNorm extends Module {
+  weight: Tensor;
+  constructor(readonly dim: number, readonly eps = 1e-6, options: InitOptions = {}) {
+    super();
+    checkDim('dim', dim);
+    this.weight = this.param(() => ones([dim], options));
+  }
+  forward(x: Tensor): Tensor {
+    return rmsNorm(x, this.weight, this.eps);
+  }
+}
+
+export class LayerNorm extends Module {
+  weight: Tensor;
+  bias: Tensor;
+  constructor(readonly dim: number, readonly eps = 1e-5, options: InitOptions = {}) {
+    super();
+    checkDim('dim', dim);
+    this.weight = this.param(() => ones([dim], options));
+    this.bias = this.param(() => zeros([dim], options));
+  }
+  forward(x: Tensor): Tensor {
+    return layerNorm(x, this.weight, this.bias, this.eps);
+  }
+}
+
+/** Zeroes elements with probability p in training (scaling the rest by 1/(1-p)); identity in eval. */
+export class Dropout extends Module {
+  constructor(readonly p = 0.5, readonly generator?: Generator) {
+    super();
+    if (!(p >= 0 && p < 1)) throw new ValueError(`Dropout: Expected p in [0, 1) but received ${describe(p)}`);
+  }
+  forward(x: Tensor): Tensor {
+    if (!this.training || this.p === 0) return x.alias();
+    const u = rand(x.shape.slice(), { device: x.device, generator: this.generator });
+    const keep = lt(u, 1 - this.p);
+    u.dispose();
+    try {
+      const scaled = mul(x, 1 / (1 - this.p));
+      try {
+        return where(keep, scaled, 0);
+      } finally {
+        scaled.dispose();
+      }
+    } finally {
+      keep.dispose();
+    }
+  }
+}
+
+/** Runs modules in order. */
+export class Sequential extends Module {
+  layers: Module[];
+  constructor(...layers: Module[]) {
+    super();
+    this.layers = layers;
+  }
+  forward(x: Tensor): Tensor {
+    let cur = x;
+    for (const m of this.layers) {
+      const next = m.forward(cur) as Tensor;
+      if (cur !== x) cur.dispose();
+      cur = next;
+    }
+    return cur === x ? x.alias() : cur;
+  }
+}
+
+/**
+ * A feed-forward block: activation 'gelu' gives down(gelu(up(x))); 'swiglu' gives
+ * down(silu(gate(x)) * up(x)) with gate and up fused in one [2 hidden, dim] projection.
+ */
+export class MLP extends Module {
+  up: Linear;
+  down: Linear;
+  constructor(readonly dim: number, readonly hidden: number, readonly activation: 'gelu' | 'swiglu' = 'gelu', options: InitOptions & { bias?: boolean } = {}) {
+    super();
+    if (activation !== 'gelu' && activation !== 'swiglu') throw new ValueError(`MLP: Expected 'gelu' or 'swiglu' for activation but received ${describe(activation)}`);
+    this.up = new Linear(dim, activation === 'swiglu' ? 2 * hidden : hidden, options);
+    this.down = new Linear(hidden, dim, options);
+  }
+  forward(x: Tensor): Tensor {
+    const h = this.up.forward(x);
+    const a = this.activation === 'swiglu' ? swiglu(h) : gelu(h);
+    h.dispose();
+    try {
+      return this.down.forward(a);
+    } finally {
+      a.dispose();
+    }
+  }
+}
+

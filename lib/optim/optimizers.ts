@@ -1,0 +1,241 @@
+// Optimizers: SGD (momentum, Nesterov, weight decay) and AdamW (decoupled weight decay) with
+// fused native update kernels, gradient clipping by global norm, and mixed precision: a
+// bfloat16 parameter is updated through a float32 master copy kept by the optimizer.
+import { DTypeError, ValueError, describe } from '../errors';
+import { native } from '../native';
+import { Tensor, untracked } from '../tensor';
+import { noGrad } from '../autograd/engine';
+import { zeros } from '../ops/creation';
+import { nat } from '../ops/util';
+import { adamwStep, sgdStep } from '../ops/grad_kernels';
+import { BINARY_OPS, REDUCE_OPS } from '../native';
+import { empty } from '../ops/util';
+
+function checkParams(op: string, params: Tensor[]): Tensor[] {
+  if (!Array.isArray(params) || params.length === 0) throw new ValueError(`${op}: Expected a non-empty array of parameters but received ${describe(params)}`);
+  params.forEach((p, i) => {
+    if (!(p instanceof Tensor)) throw new ValueError(`${op}: params[${i}] is ${describe(p)}, not a Tensor`);
+    if (!p.requiresGrad) throw new ValueError(`${op}: params[${i}] does not require grad`);
+  });
+  return params;
+}
+
+function positive(op: string, name: string, v: number, allowZero = true): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (!allowZero && v === 0)) {
+    throw new ValueError(`${op}: Expected a finite number ${allowZero ? '>= 0' : '> 0'} for ${name} but received ${describe(v)}`);
+  }
+  return v;
+}
+
+export interface OptimizerState {
+  step: number;
+  lr: number;
+  /** Per-parameter state tensors, by parameter index and slot name. */
+  slots: Record<string, Tensor>;
+}
+
+export abstract class Optimizer {
+  readonly params: Tensor[];
+  lr: number;
+  /** Steps taken. */
+  stepCount = 0;
+  /** float32 master copies of bfloat16 parameters (mixed precision). */
+  protected masters = new Map<number, Tensor>();
+
+  constructor(op: string, params: Tensor[], lr: number) {
+    this.params = checkParams(op, params);
+    this.lr = positive(op, 'lr', lr);
+  }
+
+  /** Clears the gradients of every parameter. */
+  zeroGrad(): void {
+    for (const p of this.params) {
+      if (p.grad) {
+        p.grad.dispose();
+        p.grad = null;
+      }
+    }
+  }
+
+  /** Applies one update from the current gradients (parameters without a gradient are skipped). */
+  step(options: { gradScale?: number } = {}): void {
+    const scale = options.gradScale ?? 1;
+    noGrad(() =>
+      untracked(() => {
+        this.stepCount += 1;
+        this.params.forEach((p, i) => {
+          if (!p.grad) return;
+          const target = this.master(i);
+          this.update(i, target, p.grad, scale);
+          if (target !== p) nat(() => native.copy(p.handle, target.handle)); // master -> bfloat16
+        });
+      }),
+    );
+  }
+
+  protected master(i: number): Tensor {
+    const p = this.params[i];
+    if (p.dtype !== 'bfloat16') return p;
+    let m = this.masters.get(i);
+    if (!m) {
+      m = p.detach().to('float32');
+      this.masters.set(i, m);
+    }
+    return m;
+  }
+
+  protected slot(name: string, i: number, like: Tensor, store: Map<number, Tensor>): Tensor {
+    let t = store.get(i);
+    if (!t) {
+      t = untracked(() => zeros(like.shape.slice(), { dtype: like.dtype, device: like.device }));
+      store.set(i, t);
+    }
+    return t;
+  }
+
+  protected abstract update(i: number, param: Tensor, grad: Tensor, gradScale: number): void;
+  protected abstract slotStores(): Record<string, Map<number, Tensor>>;
+
+  /** Step count, lr and every state tensor (aliases), for checkpoints. */
+  stateDict(): OptimizerState {
+    const slots: Record<string, Tensor> = {};
+    const stores = { ...this.slotStores(), master: this.masters };
+    for (const [name, store] of Object.entries(stores)) {
+      for (const [i, t] of store) slots[`${i}.${name}`] = untracked(() => t.alias());
+    }
+    return { step: this.stepCount, lr: this.lr, slots };
+  }
+
+  /** Restores a stateDict() (values are copied into fresh tensors). */
+  loadStateDict(state: OptimizerState): void {
+    if (!state || typeof state.step !== 'number') throw new ValueError(`loadStateDict: Expected an optimizer state but received ${describe(state)}`);
+    this.stepCount = state.step;
+    this.lr = state.lr;
+    const stores = { ...this.slotStores(), master: this.masters };
+    for (const store of Object.values(stores)) {
+      for (const t of store.values()) t.dispose();
+      store.clear();
+    }
+    for (const [key, t] of Object.entries(state.slots)) {
+      const dot = key.indexOf('.');
+      const i = Number(key.slice(0, dot));
+      const name = key.slice(dot + 1);
+      const store = (stores as Record<string, Map<number, Tensor>>)[name];
+      if (!store || !Number.isInteger(i) || i < 0 || i >= this.params.length) throw new ValueError(`loadStateDict: unexpected optimizer state key ${key}`);
+      const p = this.params[i];
+      if (t.shape.length !== p.shape.length || t.shape.some((d, k) => d !== p.shape[k])) {
+        throw new ValueError(`loadStateDict: state ${key} has shape [${t.shape.join(', ')}], parameter ${i} [${p.shape.join(', ')}]`);
+      }
+      store.set(i, untracked(() => t.to({ device: p.device }).contiguous()));
+    }
+  }
+
+  /** Frees the optimizer's state tensors. */
+  dispose(): void {
+    for (const store of Object.values({ ...this.slotStores(), master: this.masters })) {
+      for (const t of store.values()) t.dispose();
+      store.clear();
+    }
+  }
+}
+
+export interface SGDOptions {
+  lr: number;
+  momentum?: number;
+  dampening?: number;
+  weightDecay?: number;
+  nesterov?: boolean;
+}
+
+/** SGD as in PyTorch: g += wd p; buf = momentum buf + (1 - dampening) g; p -= lr (nesterov ? g + momentum buf : buf). */
+export class SGD extends Optimizer {
+  momentum: number;
+  dampening: number;
+  weightDecay: number;
+  nesterov: boolean;
+  private bufs = new Map<number, Tensor>();
+  constructor(params: Tensor[], options: SGDOptions) {
+    super('SGD', params, options?.lr);
+    this.momentum = positive('SGD', 'momentum', options.momentum ?? 0);
+    this.dampening = positive('SGD', 'dampening', options.dampening ?? 0);
+    this.weightDecay = positive('SGD', 'weightDecay', options.weightDecay ?? 0);
+    this.nesterov = !!options.nesterov;
+    if (this.nesterov && (this.momentum === 0 || this.dampening !== 0)) throw new ValueError('SGD: nesterov needs momentum > 0 and dampening 0');
+  }
+  protected slotStores() {
+    return { momentum: this.bufs };
+  }
+  protected update(i: number, p: Tensor, g: Tensor, gradScale: number): void {
+    const first = !this.bufs.has(i);
+    const buf = this.momentum ? this.slot('momentum', i, p, this.bufs) : null;
+    sgdStep(p, g, buf, { lr: this.lr, momentum: this.momentum, dampening: this.dampening, weightDecay: this.weightDecay, nesterov: this.nesterov, gradScale, firstStep: first });
+  }
+}
+
+export interface AdamWOptions {
+  lr: number;
+  betas?: [number, number];
+  eps?: number;
+  weightDecay?: number;
+}
+
+/** AdamW (Loshchilov & Hutter): decoupled weight decay, bias-corrected moments, one fused kernel per parameter. */
+export class AdamW extends Optimizer {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  private m = new Map<number, Tensor>();
+  private v = new Map<number, Tensor>();
+  constructor(params: Tensor[], options: AdamWOptions) {
+    super('AdamW', params, options?.lr);
+    const [b1, b2] = options.betas ?? [0.9, 0.999];
+    if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1)) throw new ValueError(`AdamW: Expected betas in [0, 1) but received ${describe(options.betas)}`);
+    this.beta1 = b1;
+    this.beta2 = b2;
+    this.eps = positive('AdamW', 'eps', options.eps ?? 1e-8, false);
+    this.weightDecay = positive('AdamW', 'weightDecay', options.weightDecay ?? 0.01);
+    for (const p of this.params) {
+      if (p.dtype !== 'float32' && p.dtype !== 'float64' && p.dtype !== 'bfloat16') throw new DTypeError(`AdamW: parameters must be float, got ${p.dtype}`);
+    }
+  }
+  protected slotStores() {
+    return { expAvg: this.m, expAvgSq: this.v };
+  }
+  protected update(i: number, p: Tensor, g: Tensor, gradScale: number): void {
+    const m = this.slot('expAvg', i, p, this.m);
+    const v = this.slot('expAvgSq', i, p, this.v);
+    adamwStep(p, g, m, v, { lr: this.lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, weightDecay: this.weightDecay, step: this.stepCount, gradScale });
+  }
+}
+
+/**
+ * Scales the gradients so their global L2 norm is at most maxNorm (in place); returns the norm
+ * before clipping. Parameters without gradients are skipped.
+ */
+export function clipGradNorm(params: Tensor[], maxNorm: number): number {
+  positive('clipGradNorm', 'maxNorm', maxNorm);
+  return noGrad(() =>
+    untracked(() => {
+      let total = 0;
+      const grads = params.map((p) => p.grad).filter((g): g is Tensor => !!g);
+      for (const g of grads) {
+        const sq = empty(g.shape, g.dtype === 'float64' ? 'float64' : 'float32', g.device);
+        const src = g.dtype === sq.dtype ? g : g.to(sq.dtype);
+        nat(() => native.binary(BINARY_OPS.indexOf('mul'), sq.handle, src.handle, src.handle));
+        if (src !== g) src.dispose();
+        const s = empty([], sq.dtype, g.device);
+        nat(() => native.reduce(REDUCE_OPS.sum, s.handle, sq.handle, g.shape.map((_, k) => k)));
+        total += s.item();
+        sq.dispose();
+        s.dispose();
+      }
+      const norm = Math.sqrt(total);
+      const coef = maxNorm / (norm + 1e-6);
+      if (coef < 1) {
+        for (const g of grads) nat(() => native.binaryScalar(BINARY_OPS.indexOf('mul'), g.handle, g.handle, coef, false));
+      }
+      return norm;
+    }),
+  );
+}

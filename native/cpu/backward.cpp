@@ -1,0 +1,385 @@
+// Backward (gradient) kernels: softmax / log-softmax, RMSNorm, LayerNorm, cross-entropy,
+// unary math and SwiGLU. All views are contiguous (the dispatchers make copies).
+//
+// Rows are handled like the forward kernels: float32 and bfloat16 rows go through the vector
+// lanes of simd.h (vload/vstore convert bfloat16, so both compute in float), float64 rows in
+// double with plain loops. Statistics (rstd, mean, lse) and dloss are float32, float64 for
+// float64 inputs.
+//
+// Norm parameter gradients (dw, db) reduce over rows without atomics: the rows are cut into a
+// fixed number of contiguous chunks, each chunk sums its rows into its own [cols] partial
+// buffer while it computes dx (one pass over x and dy), and a second parallel loop over the
+// columns adds the partials in chunk order. dw/db are overwritten, never accumulated into.
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+#include "simd.h"
+
+namespace dualroute {
+namespace cpu {
+namespace DR_ISA {
+namespace {
+
+// float32 and bfloat16 go through vector lanes; float64 does not.
+template <typename T>
+constexpr bool kVec = !std::is_same_v<T, double>;
+// Statistics dtype for an input dtype.
+template <typename T>
+using Stat = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+inline typename Num<T>::acc ld(T v) {
+  return Num<T>::load(v);
+}
+
+// ---- softmax -----------------------------------------------------------------------------
+
+// One contiguous row, float32 / bfloat16.
+template <typename T>
+void softmax_bw_row_vec(T* dx, const T* y, const T* dy, int64_t n, bool log) {
+  vf acc = vset1(0);
+  int64_t i = 0;
+  if (log) {
+    for (; i + kVecF <= n; i += kVecF) acc += vload(dy + i);
+  } else {
+    for (; i + kVecF <= n; i += kVecF) acc += vload(dy + i) * vload(y + i);
+  }
+  float s = hsum(acc);
+  for (; i < n; ++i) s += log ? ld(dy[i]) : ld(dy[i]) * ld(y[i]);
+  const vf vs = vset1(s);
+  i = 0;
+  if (log) {
+    for (; i + kVecF <= n; i += kVecF) vstore(dx + i, vload(dy + i) - vexp(vload(y + i)) * vs);
+    for (; i < n; ++i) dx[i] = Num<T>::store(ld(dy[i]) - std::exp(ld(y[i])) * s);
+  } else {
+    for (; i + kVecF <= n; i += kVecF) vstore(dx + i, vload(y + i) * (vload(dy + i) - vs));
+    for (; i < n; ++i) dx[i] = Num<T>::store(ld(y[i]) * (ld(dy[i]) - s));
+  }
+}
+
+template <typename T>
+void softmax_bw_typed(const View& dx, const View& y, const View& dy, int64_t outer, int64_t dim, int64_t inner,
+                      bool log) {
+  using A = typename Num<T>::acc;
+  T* pdx = static_cast<T*>(dx.data);
+  const T* py = static_cast<const T*>(y.data);
+  const T* pdy = static_cast<const T*>(dy.data);
+  const int64_t rows = outer * inner;
+  parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t o = r / inner, in = r % inner;
+      const int64_t base = o * dim * inner + in;
+      if constexpr (kVec<T>) {
+        if (inner == 1) {
+          softmax_bw_row_vec<T>(pdx + base, py + base, pdy + base, dim, log);
+          continue;
+        }
+      }
+      A s = 0;
+      for (int64_t i = 0; i < dim; ++i) {
+        const int64_t k = base + i * inner;
+        s += log ? ld(pdy[k]) : ld(pdy[k]) * ld(py[k]);
+      }
+      for (int64_t i = 0; i < dim; ++i) {
+        const int64_t k = base + i * inner;
+        const A yv = ld(py[k]), g = ld(pdy[k]);
+        pdx[k] = Num<T>::store(log ? g - std::exp(yv) * s : yv * (g - s));
+      }
+    }
+  });
+}
+
+// ---- RMSNorm / LayerNorm -----------------------------------------------------------------
+
+// One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them.
+template <typename T>
+void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typename Num<T>::acc mean,
+                 typename Num<T>::acc r, int64_t n, typename Num<T>::acc* pdw, typename Num<T>::acc* pdb) {
+  using A = typename Num<T>::acc;
+  A sg = 0, sgx = 0;  // sum(g), sum(g * (x - mean))
+  int64_t j = 0;
+  if constexpr (kVec<T>) {
+    vf ag = vset1(0), agx = vset1(0);
+    const vf vm = vset1(mean);
+    for (; j + kVecF <= n; j += kVecF) {
+      vf g = vload(dy + j);
+      if (w) g *= vload(w + j);
+      ag += g;
+      agx += g * (vload(x + j) - vm);
+    }
+    sg = hsum(ag);
+    sgx = hsum(agx);
+  }
+  for (; j < n; ++j) {
+    A g = ld(dy[j]);
+    if (w) g *= ld(w[j]);
+    sg += g;
+    sgx += g * (ld(x[j]) - mean);
+  }
+  const A c1 = layer ? sg / static_cast<A>(n) : A(0);  // mean(g)
+  const A c2 = sgx * r / static_cast<A>(n);            // mean(g * xhat)
+  j = 0;
+  if constexpr (kVec<T>) {
+    const vf vm = vset1(mean), vr = vset1(r), v1 = vset1(c1), v2 = vset1(c2);
+    for (; j + kVecF <= n; j += kVecF) {
+      const vf d = vload(dy + j);
+      const vf xh = (vload(x + j) - vm) * vr;
+      const vf g = w ? d * vload(w + j) : d;
+      vstore(dx + j, vr * (g - v1 - xh * v2));
+      if (pdw) vstore(pdw + j, vload(pdw + j) + d * xh);
+      if (pdb) vstore(pdb + j, vload(pdb + j) + d);
+    }
+  }
+  for (; j < n; ++j) {
+    const A d = ld(dy[j]);
+    const A xh = (ld(x[j]) - mean) * r;
+    const A g = w ? d * ld(w[j]) : d;
+    dx[j] = Num<T>::store(r * (g - c1 - xh * c2));
+    if (pdw) pdw[j] += d * xh;
+    if (pdb) pdb[j] += d;
+  }
+}
+
+template <typename T>
+void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, const View& x, const View& w,
+                   const View& mean, const View& rstd, const View& dy) {
+  using A = typename Num<T>::acc;
+  using S = Stat<T>;
+  const int64_t cols = x.ndim ? x.shape[x.ndim - 1] : 1;
+  const int64_t rows = cols ? view_numel(x) / cols : 0;
+  T* pdx = static_cast<T*>(dx.data);
+  T* pdw = static_cast<T*>(dw.data);
+  T* pdb = static_cast<T*>(db.data);
+  const T* px = static_cast<const T*>(x.data);
+  const T* pw = static_cast<const T*>(w.data);
+  const T* pdy = static_cast<const T*>(dy.data);
+  const S* pm = static_cast<const S*>(mean.data);
+  const S* pr = static_cast<const S*>(rstd.data);
+  auto row = [&](int64_t r, A* adw, A* adb) {
+    const A m = layer && pm ? static_cast<A>(pm[r]) : A(0);
+    norm_bw_row<T>(layer, pdx + r * cols, px + r * cols, pw, pdy + r * cols, m, static_cast<A>(pr[r]), cols, adw,
+                   adb);
+  };
+  if (!pdw && !pdb) {
+    parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) row(r, nullptr, nullptr);
+    });
+    return;
+  }
+  // Chunked partial sums (see the file comment). The chunk count depends on the thread count
+  // only, so a given configuration always adds in the same order.
+  const int64_t nchunks = std::min<int64_t>(rows, std::max<int64_t>(1, 4 * static_cast<int64_t>(num_threads())));
+  std::vector<A> part_w(pdw ? static_cast<size_t>(nchunks * cols) : 0, A(0));
+  std::vector<A> part_b(pdb ? static_cast<size_t>(nchunks * cols) : 0, A(0));
+  parallel_for(nchunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      const int64_t r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
+      A* aw = pdw ? part_w.data() + c * cols : nullptr;
+      A* ab = pdb ? part_b.data() + c * cols : nullptr;
+      for (int64_t r = r0; r < r1; ++r) row(r, aw, ab);
+    }
+  });
+  parallel_for(cols, 4096, [&](int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      A sw = 0, sb = 0;
+      for (int64_t c = 0; c < nchunks; ++c) {
+        if (pdw) sw += part_w[c * cols + j];
+        if (pdb) sb += part_b[c * cols + j];
+      }
+      if (pdw) pdw[j] = Num<T>::store(sw);
+      if (pdb) pdb[j] = Num<T>::store(sb);
+    }
+  });
+}
+
+// ---- cross-entropy -----------------------------------------------------------------------
+
+template <typename T>
+void cross_entropy_bw_typed(const View& dlogits, const View& logits, const int32_t* t, const View& lse,
+                            const View& dloss, int32_t ignore_index, float smoothing) {
+  using A = typename Num<T>::acc;
+  using S = Stat<T>;
+  const int64_t rows = logits.shape[0], C = logits.shape[1];
+  T* pdx = static_cast<T*>(dlogits.data);
+  const T* px = static_cast<const T*>(logits.data);
+  const S* pl = static_cast<const S*>(lse.data);
+  const S* pg = static_cast<const S*>(dloss.data);
+  const A s = static_cast<A>(smoothing);
+  const A sc = s / static_cast<A>(C);
+  parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      T* dr = pdx + r * C;
+      const T* xr = px + r * C;
+      if (t[r] == ignore_index) {
+        const T zero = Num<T>::store(A(0));
+        for (int64_t j = 0; j < C; ++j) dr[j] = zero;
+        continue;
+      }
+      const A l = static_cast<A>(pl[r]), g = static_cast<A>(pg[r]);
+      int64_t j = 0;
+      if constexpr (kVec<T>) {
+        const vf vl = vset1(l), vsc = vset1(sc), vg = vset1(g);
+        for (; j + kVecF <= C; j += kVecF) vstore(dr + j, (vexp(vload(xr + j) - vl) - vsc) * vg);
+      }
+      for (; j < C; ++j) dr[j] = Num<T>::store((std::exp(ld(xr[j]) - l) - sc) * g);
+      const int32_t k = t[r];
+      dr[k] = Num<T>::store((std::exp(ld(xr[k]) - l) - sc - (A(1) - s)) * g);
+    }
+  });
+}
+
+// ---- unary -------------------------------------------------------------------------------
+
+// dx[i] = f(x[i], dy[i]) over contiguous views.
+template <typename T, typename F>
+void ew_backward(const View& dx, const View& x, const View& dy, int64_t cost, F f) {
+  T* pdx = static_cast<T*>(dx.data);
+  const T* px = static_cast<const T*>(x.data);
+  const T* pdy = static_cast<const T*>(dy.data);
+  const int64_t n = view_numel(dx);
+  parallel_for(n, std::max<int64_t>(1, 32768 / cost), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) pdx[i] = Num<T>::store(f(ld(px[i]), ld(pdy[i])));
+  });
+}
+
+template <typename T>
+void unary_bw_typed(UnaryOp op, const View& dx, const View& x, const View& dy) {
+  using A = typename Num<T>::acc;
+  auto run = [&](int64_t cost, auto f) { ew_backward<T>(dx, x, dy, cost, f); };
+  auto sig = [](A v) { return A(1) / (A(1) + std::exp(-v)); };
+  switch (op) {
+    case UnaryOp::Neg: return run(1, [](A, A g) { return -g; });
+    case UnaryOp::Abs:
+      return run(1, [](A v, A g) { return v > A(0) ? g : v < A(0) ? -g : (v == v ? A(0) : v); });
+    case UnaryOp::Exp: return run(8, [](A v, A g) { return g * std::exp(v); });
+    case UnaryOp::Log: return run(2, [](A v, A g) { return g / v; });
+    case UnaryOp::Sqrt: return run(4, [](A v, A g) { return g * A(0.5) / std::sqrt(v); });
+    case UnaryOp::Rsqrt: return run(4, [](A v, A g) { return g * A(-0.5) / (v * std::sqrt(v)); });
+    case UnaryOp::Sin: return run(8, [](A v, A g) { return g * std::cos(v); });
+    case UnaryOp::Cos: return run(8, [](A v, A g) { return -g * std::sin(v); });
+    case UnaryOp::Tanh:
+      return run(8, [](A v, A g) {
+        const A t = std::tanh(v);
+        return g * (A(1) - t * t);
+      });
+    case UnaryOp::Sigmoid:
+      return run(8, [sig](A v, A g) {
+        const A s = sig(v);
+        return g * s * (A(1) - s);
+      });
+    case UnaryOp::Relu: return run(1, [](A v, A g) { return v > A(0) ? g : A(0); });
+    case UnaryOp::Gelu:
+      return run(8, [](A v, A g) {
+        const A cdf = A(0.5) * (A(1) + std::erf(v * A(0.70710678118654752440)));
+        const A pdf = A(0.39894228040143267794) * std::exp(A(-0.5) * v * v);  // 1/sqrt(2 pi)
+        return g * (cdf + v * pdf);
+      });
+    case UnaryOp::GeluTanh:
+      return run(8, [](A v, A g) {
+        const A k = A(0.79788456080286535588), c = A(0.044715);
+        const A t = std::tanh(k * (v + c * v * v * v));
+        return g * (A(0.5) * (A(1) + t) + A(0.5) * v * (A(1) - t * t) * k * (A(1) + A(3) * c * v * v));
+      });
+    case UnaryOp::Silu:
+      return run(8, [sig](A v, A g) {
+        const A s = sig(v);
+        return g * s * (A(1) + v * (A(1) - s));
+      });
+    case UnaryOp::Square: return run(1, [](A v, A g) { return g * A(2) * v; });
+    case UnaryOp::Reciprocal: return run(2, [](A v, A g) { return -g / (v * v); });
+    case UnaryOp::Floor:
+    case UnaryOp::Ceil:
+    case UnaryOp::Round:
+    case UnaryOp::Sign: return run(1, [](A, A) { return A(0); });
+    case UnaryOp::Erf:
+      return run(8, [](A v, A g) { return g * A(1.12837916709551257390) * std::exp(-v * v); });  // 2/sqrt(pi)
+    case UnaryOp::Log1p: return run(2, [](A v, A g) { return g / (A(1) + v); });
+    case UnaryOp::Expm1: return run(8, [](A v, A g) { return g * std::exp(v); });
+    case UnaryOp::LogicalNot: fail(ErrorCode::Value, "unary_backward: logicalNot has no gradient");
+    default: fail(ErrorCode::Value, "unary_backward: unknown op ", static_cast<int>(op));
+  }
+}
+
+// ---- SwiGLU ------------------------------------------------------------------------------
+
+template <typename T>
+void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
+  using A = typename Num<T>::acc;
+  const int64_t h = dy.ndim ? dy.shape[dy.ndim - 1] : 1;
+  const int64_t rows = h ? view_numel(dy) / h : 0;
+  T* pdx = static_cast<T*>(dx.data);
+  const T* px = static_cast<const T*>(x.data);
+  const T* pdy = static_cast<const T*>(dy.data);
+  parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(h, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const T* a = px + r * 2 * h;
+      const T* b = a + h;
+      const T* g = pdy + r * h;
+      T* da = pdx + r * 2 * h;
+      T* db = da + h;
+      int64_t j = 0;
+      if constexpr (kVec<T>) {
+        for (; j + kVecF <= h; j += kVecF) {
+          const vf av = vload(a + j), bv = vload(b + j), gv = vload(g + j);
+          const vf s = 1.0f / (1.0f + vexp(-av));
+          vstore(da + j, gv * bv * s * (1.0f + av * (1.0f - s)));
+          vstore(db + j, gv * av * s);
+        }
+      }
+      for (; j < h; ++j) {
+        const A av = ld(a[j]), bv = ld(b[j]), gv = ld(g[j]);
+        const A s = A(1) / (A(1) + std::exp(-av));
+        da[j] = Num<T>::store(gv * bv * s * (A(1) + av * (A(1) - s)));
+        db[j] = Num<T>::store(gv * av * s);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void softmax_backward(const View& dx, const View& y, const View& dy, int64_t outer, int64_t dim, int64_t inner,
+                      bool log) {
+  dispatch_float(dt(y), "softmax_backward",
+                 [&](auto tag) { softmax_bw_typed<decltype(tag)>(dx, y, dy, outer, dim, inner, log); });
+}
+
+void rms_norm_backward(const View& dx, const View& dw, const View& x, const View& w, const View& rstd,
+                       const View& dy) {
+  dispatch_float(dt(x), "rms_norm_backward", [&](auto tag) {
+    norm_bw_typed<decltype(tag)>(false, dx, dw, View{}, x, w, View{}, rstd, dy);
+  });
+}
+
+void layer_norm_backward(const View& dx, const View& dw, const View& db, const View& x, const View& w,
+                         const View& mean, const View& rstd, const View& dy) {
+  dispatch_float(dt(x), "layer_norm_backward",
+                 [&](auto tag) { norm_bw_typed<decltype(tag)>(true, dx, dw, db, x, w, mean, rstd, dy); });
+}
+
+void cross_entropy_backward(const View& dlogits, const View& logits, const View& targets, const View& lse,
+                            const View& dloss, int32_t ignore_index, float smoothing) {
+  const int64_t rows = logits.shape[0], C = logits.shape[1];
+  const int32_t* t = static_cast<const int32_t*>(targets.data);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (t[r] != ignore_index && (t[r] < 0 || t[r] >= C))
+      fail(ErrorCode::Range, "cross_entropy_backward: target ", t[r], " at row ", r, " is outside [0, ", C, ")");
+  }
+  dispatch_float(dt(logits), "cross_entropy_backward", [&](auto tag) {
+    cross_entropy_bw_typed<decltype(tag)>(dlogits, logits, t, lse, dloss, ignore_index, smoothing);
+  });
+}
+
+void unary_backward(UnaryOp op, const View& dx, const View& x, const View& dy) {
+  if (op == UnaryOp::LogicalNot) fail(ErrorCode::Value, "unary_backward: logicalNot has no gradient");
+  dispatch_float(dt(x), "unary_backward", [&](auto tag) { unary_bw_typed<decltype(tag)>(op, dx, x, dy); });
+}
+
+void swiglu_backward(const View& dx, const View& x, const View& dy) {
+  dispatch_float(dt(x), "swiglu_backward", [&](auto tag) { swiglu_bw_typed<decltype(tag)>(dx, x, dy); });
+}
+
+}  // namespace DR_ISA
+}  // namespace cpu
+}  // namespace dualroute
