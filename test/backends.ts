@@ -585,6 +585,94 @@ REGISTRY.push({
   tol: (_d, c) => defaultTol('float32', c),
 });
 
+// ---- gradients ----------------------------------------------------------------------------------
+// Each entry runs the forward with every float input requiring grad, back-propagates a fixed
+// upstream gradient (the last input, shaped like the output) and returns the input gradients
+// flattened and joined, so the CPU and CUDA backward kernels are compared element by element.
+
+function gradRun(forward: (xs: Tensor[], c: Case) => Tensor) {
+  return (xs: Tensor[], c: Case): Tensor =>
+    dr.tidy(() => {
+      const up = xs[xs.length - 1];
+      const ins = xs.slice(0, -1).map((x) => (x.dtype === 'int32' || x.dtype === 'bool' ? x : x.detach().requiresGrad_()));
+      const y = forward(ins, c);
+      y.backward(up.to(y.dtype));
+      const grads = ins.filter((x) => x.requiresGrad).map((x) => x.grad!.to(up.dtype).reshape([-1]));
+      return dr.concat(grads, 0);
+    });
+}
+
+function gradEntry(name: string, cases: (rnd: Rnd) => Array<{ label: string; inputs: Input[]; out: number[]; k?: number; p?: Record<string, unknown> }>,
+                   forward: (xs: Tensor[], c: Case) => Tensor): void {
+  REGISTRY.push({
+    name: `grad:${name}`,
+    dtypes: FLOATS,
+    cases: (_d, rnd) => cases(rnd).map((c) => ({ label: c.label, p: c.p, k: c.k, inputs: [...c.inputs, T(c.out, rnd.uniform(numel(c.out), -1, 1))] })),
+    run: gradRun(forward),
+  });
+}
+
+gradEntry('matmul', (rnd) => [[3, 5, 7], [65, 127, 33], [1, 1, 1], [129, 64, 257]].flatMap(([m, k, n]) => [
+  { label: `${m}x${k}x${n}`, inputs: [T([m, k], rnd.uniform(m * k)), T([k, n], rnd.uniform(k * n))], out: [m, n], k: Math.max(k, m, n) },
+  { label: `${m}x${k}x${n} transA transB`, inputs: [T([k, m], rnd.uniform(m * k)), T([n, k], rnd.uniform(k * n))], out: [m, n], k: Math.max(k, m, n), p: { t: true } },
+]), (xs, c) => dr.matmul(xs[0], xs[1], c.p?.t ? { transA: true, transB: true } : {}));
+gradEntry('matmul batched broadcast', (rnd) => [{ label: '[3,17,9]@[9,5]', inputs: [T([3, 17, 9], rnd.uniform(3 * 17 * 9)), T([9, 5], rnd.uniform(45))], out: [3, 17, 5], k: 51 }],
+  (xs) => dr.matmul(xs[0], xs[1]));
+for (const log of [false, true]) {
+  gradEntry(log ? 'logSoftmax' : 'softmax', (rnd) => [[1, 1], [7, 33], [4, 1000], [3, 5000]].map(([r, cc]) => (
+    { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc, -4, 4))], out: [r, cc], k: cc })),
+  (xs) => (log ? dr.logSoftmax(xs[0]) : dr.softmax(xs[0])));
+}
+gradEntry('rmsNorm', (rnd) => [[1, 1], [5, 7], [33, 64], [3, 1031], [2, 4096]].map(([r, cc]) => (
+  { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc)), T([cc], rnd.uniform(cc, 0.5, 1.5))], out: [r, cc], k: Math.max(r, cc) })),
+(xs) => dr.rmsNorm(xs[0], xs[1], 1e-5));
+gradEntry('layerNorm', (rnd) => [[1, 7], [5, 7], [33, 64], [3, 1031]].map(([r, cc]) => (
+  { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc)), T([cc], rnd.uniform(cc, 0.5, 1.5)), T([cc], rnd.uniform(cc))], out: [r, cc], k: Math.max(r, cc) })),
+(xs) => dr.layerNorm(xs[0], xs[1], xs[2], 1e-5));
+gradEntry('swiglu', (rnd) => [[1, 2], [7, 66], [33, 1030]].map(([r, cc]) => (
+  { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc))], out: [r, cc / 2] })),
+(xs) => dr.swiglu(xs[0]));
+for (const op of ['exp', 'tanh', 'sigmoid', 'gelu', 'geluTanh', 'silu', 'relu', 'sqrt', 'log', 'erf', 'square'] as const) {
+  const pos = op === 'sqrt' || op === 'log';
+  gradEntry(`unary ${op}`, (rnd) => [[1], [1031], [33, 129]].map((s) => (
+    { label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s), pos ? 0.2 : -3, 3))], out: s })),
+  (xs) => dr.unary(op, xs[0]));
+}
+gradEntry('mul/div broadcast', (rnd) => [{ label: '[5,1,7]x[3,7]', inputs: [T([5, 1, 7], rnd.uniform(35)), T([3, 7], rnd.uniform(21, 0.5, 2))], out: [5, 3, 7], k: 5 }],
+  (xs) => dr.div(dr.mul(xs[0], xs[1]), xs[1].add(1)));
+gradEntry('sum/max reductions', (rnd) => [{ label: '[9,129] axis 1', inputs: [T([9, 129], rnd.uniform(9 * 129))], out: [9], k: 129 }],
+  (xs) => dr.add(dr.sum(xs[0], 1), dr.max(xs[0], 1)));
+gradEntry('crossEntropy', (rnd) => [[7, 33], [64, 1000], [16, 5000]].map(([r, C]) => {
+  const t = rnd.ints(r, 0, C);
+  t[0] = -100;
+  return { label: `[${r},${C}] ls0.1`, inputs: [T([r, C], rnd.uniform(r * C, -6, 6)), I32([r], t)], out: [r], k: C };
+}), (xs) => dr.crossEntropy(xs[0], xs[1], { reduction: 'none', labelSmoothing: 0.1 }));
+gradEntry('embedding', (rnd) => [{ label: 'V=37 D=19 n=64', inputs: [I32([64], rnd.ints(64, 0, 37)), T([37, 19], rnd.uniform(37 * 19))], out: [64, 19], k: 8 }],
+  (xs) => dr.embedding(xs[0], xs[1]));
+
+// optimizer updates: a few AdamW and SGD steps from the same state and gradients
+REGISTRY.push({
+  name: 'optim:adamw+sgd',
+  dtypes: ['float32'],
+  cases: (_d, rnd) => [1, 1031, 70000].map((n) => ({ label: `[${n}] x3 steps`, inputs: [T([n], rnd.uniform(n)), T([3, n], rnd.uniform(3 * n))] })),
+  run: (xs) => dr.tidy(() => {
+    const n = xs[0].shape[0];
+    const a = xs[0].detach().clone().requiresGrad_();
+    const b = xs[0].detach().clone().requiresGrad_();
+    const adam = new dr.optim.AdamW([a], { lr: 0.01, weightDecay: 0.1 });
+    const sgd = new dr.optim.SGD([b], { lr: 0.01, momentum: 0.9, nesterov: true });
+    for (let s = 0; s < 3; ++s) {
+      a.grad = xs[1].narrow(0, s, 1).reshape([n]).contiguous();
+      b.grad = xs[1].narrow(0, s, 1).reshape([n]).contiguous();
+      adam.step();
+      sgd.step();
+    }
+    adam.dispose();
+    sgd.dispose();
+    return dr.concat([a.detach(), b.detach()]);
+  }),
+});
+
 // ---- comparison ----------------------------------------------------------------------------------
 
 function ulpOf(x: number, dtype: DType): number {
