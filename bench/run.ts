@@ -77,6 +77,56 @@ function rmsNormBench(rows: number, cols: number, dtype: DType): Bench {
   };
 }
 
+// Keys a causal query at position p visits: min(window, p + 1) (sliding), p + 1 (global).
+function visited(S: number, window: number | null): number {
+  let n = 0;
+  for (let p = 0; p < S; ++p) n += window === null ? p + 1 : Math.min(window, p + 1);
+  return n;
+}
+
+/**
+ * Attention at [B, H, S, D], causal. FLOPs: 4 B H (keys visited) D forward (QK^T and PV), and
+ * 2.5x that again for the backward; dual counts both paths.
+ */
+function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number, S: number, D: number, window: number, dtype: DType, backward: boolean): Bench {
+  const keys = kind === 'local' ? visited(S, window) : kind === 'global' ? visited(S, null) : visited(S, window) + visited(S, null);
+  const fwd = 4 * B * H * keys * D;
+  const run = (xs: Tensor[]): Tensor => {
+    const [q, k, v, g] = xs;
+    const out = kind === 'local' ? dr.localAttention(q, k, v, { window, causal: true })
+      : kind === 'global' ? dr.globalAttention(q, k, v, { causal: true })
+        : dr.dualAttention(q, k, v, { window, causal: true, gates: g });
+    if (!backward) return out;
+    const up = xs[xs.length - 1];
+    out.backward(up);
+    out.dispose();
+    for (const t of xs) {
+      if (t.grad) {
+        t.grad.dispose();
+        t.grad = null;
+      }
+    }
+    return dr.zeros([1], { device: q.device });
+  };
+  return {
+    op: `${kind}Attn${backward ? '+bwd' : ''}`,
+    shape: `B${B} H${H} S${S} D${D}${kind === 'global' ? '' : ` W${window}`}`,
+    dtype,
+    make: (device, d, gen) => {
+      const mk = () => dr.randn([B, H, S, D], { device, dtype: d, generator: gen });
+      const xs = [mk(), mk(), mk()];
+      if (kind === 'dual') xs.push(dr.rand([B, S, 2], { device, dtype: d, generator: gen }));
+      if (backward) {
+        xs.forEach((t) => t.requiresGrad_());
+        xs.push(mk());
+      }
+      return xs;
+    },
+    run,
+    flops: backward ? 3.5 * fwd : fwd,
+  };
+}
+
 function benches(device: Device, quick: boolean): Bench[] {
   const dtypes: DType[] = device === 'cuda' ? ['float32', 'bfloat16'] : ['float32'];
   const mm = quick ? [256, 512, 1024] : [1024, 2048, 4096];
@@ -85,6 +135,28 @@ function benches(device: Device, quick: boolean): Bench[] {
   for (const d of dtypes) for (const n of mm) out.push(matmulBench(n, d));
   for (const d of dtypes) for (const [r, c] of rowShapes) out.push(softmaxBench(r, c, d));
   for (const d of dtypes) for (const [r, c] of rowShapes) out.push(rmsNormBench(r, c, d));
+  if (device === 'cuda') {
+    // the attention issue's shapes: B4 H16 S4096 D64
+    for (const d of dtypes) {
+      for (const bwd of [false, true]) {
+        out.push(attentionBench('local', 4, 16, 4096, 64, 256, d, bwd));
+        if (d === 'bfloat16') {
+          out.push(attentionBench('local', 4, 16, 4096, 64, 1024, d, bwd));
+          out.push(attentionBench('global', 4, 16, 4096, 64, 0, d, bwd));
+          out.push(attentionBench('dual', 4, 16, 4096, 64, 256, d, bwd));
+        }
+      }
+    }
+  } else {
+    // the CPU figure: float32 local attention B1 H8 S4096 D64 W256, beside matmul 2048^3
+    const [S, H] = quick ? [1024, 4] : [4096, 8];
+    out.push(attentionBench('local', 1, H, S, 64, 256, 'float32', false));
+    out.push(attentionBench('local', 1, H, S, 64, 256, 'float32', true));
+    if (!quick) {
+      out.push(attentionBench('global', 1, H, S, 64, 0, 'float32', false));
+      out.push(attentionBench('dual', 1, H, S, 64, 256, 'float32', false));
+    }
+  }
   return out;
 }
 
@@ -290,6 +362,8 @@ interface Row {
   anchor?: string;
   anchor_ms?: number;
   ratio_to_anchor?: number;
+  /** CPU attention rows: GFLOP/s over our float32 matmul measured in the same run. */
+  ratio_to_matmul?: number;
 }
 
 function pad(s: string, n: number, right = false): string {
@@ -329,7 +403,7 @@ export function main(argv = process.argv.slice(2)): void {
   if (npSizes.length && !np) console.log('(numpy not available: CPU matmul rows have no anchor)');
 
   const rows: Row[] = [];
-  const header = [pad('op', 8), pad('shape', 15), pad('dtype', 9), pad('device', 6), pad('ms', 9, true), pad('rate', 16, true),
+  const header = [pad('op', 14), pad('shape', 22), pad('dtype', 9), pad('device', 6), pad('ms', 9, true), pad('rate', 16, true),
     pad('floor ms', 9, true), pad('x floor', 8, true), '  anchor'].join(' ');
   console.log(header);
   console.log('-'.repeat(header.length + 30));
@@ -360,6 +434,18 @@ export function main(argv = process.argv.slice(2)): void {
     printRow(row);
   }
 
+  // The CPU attention figure is relative to our own matmul measured in this run.
+  const mmRow = rows.find((r) => r.op === 'matmul' && r.dtype === 'float32' && r.shape === '2048x2048x2048' && r.device === 'cpu')
+    ?? rows.filter((r) => r.op === 'matmul' && r.dtype === 'float32' && r.device === 'cpu').pop();
+  if (mmRow?.gflops) {
+    for (const r of rows) {
+      if (r.device === 'cpu' && r.op.endsWith('Attn') && r.gflops) {
+        r.ratio_to_matmul = r.gflops / mmRow.gflops;
+        console.log(`${r.op} ${r.shape}: ${fmt(r.gflops, 4)} GFLOP/s = ${fmt(r.ratio_to_matmul, 3)}x our matmul ${mmRow.shape} (${fmt(mmRow.gflops, 4)} GFLOP/s)`);
+      }
+    }
+  }
+
   const secs = (nowMs() - t0) / 1000;
   console.log(`${rows.length} benchmarks in ${secs.toFixed(1)}s`);
 
@@ -380,7 +466,7 @@ function printRow(r: Row): void {
   const rate = r.gflops !== undefined ? `${fmt(r.gflops, 4)} GFLOP/s` : r.gbps !== undefined ? `${fmt(r.gbps, 4)} GB/s` : '-';
   const xf = r.floor_ms ? r.ms / r.floor_ms : undefined;
   const anc = r.anchor ? `  ${r.anchor} ${fmt(r.anchor_ms)} ms, ours/anchor ${r.ratio_to_anchor!.toFixed(2)}` : '';
-  console.log([pad(r.op, 8), pad(r.shape, 15), pad(r.dtype, 9), pad(r.device, 6), pad(fmt(r.ms, 4), 9, true), pad(rate, 16, true),
+  console.log([pad(r.op, 14), pad(r.shape, 22), pad(r.dtype, 9), pad(r.device, 6), pad(fmt(r.ms, 4), 9, true), pad(rate, 16, true),
     pad(r.floor_ms !== undefined ? fmt(r.floor_ms) : '-', 9, true), pad(xf !== undefined ? xf.toFixed(1) : '-', 8, true)].join(' ') + anc);
 }
 

@@ -26,15 +26,7 @@ export interface DevicesInfo {
     reason?: string;
     /** How the addon was built (CUDA architectures, or why CUDA was not built). */
     build: string;
-    devices: Array<{
-      name: string;
-      totalMemory: number;
-      freeMemory: number;
-      computeCapability: string;
-      multiprocessors: number;
-      cublasLt: boolean;
-      cublasLtStatus: string;
-    }>;
+    devices: NativeDevices['cuda']['devices'];
   };
 }
 

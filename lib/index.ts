@@ -28,3 +28,4 @@ export { saveSafetensors, saveSafetensorsSync, loadSafetensors, loadSafetensorsS
 export type { SafetensorsHeader, SafetensorsEntry } from './train/safetensors';
 export { saveCheckpoint, saveCheckpointSync, loadCheckpoint, loadCheckpointSync } from './train/checkpoint';
 export type { CheckpointContents } from './train/checkpoint';
+export * from './ops/attention';

@@ -72,6 +72,14 @@ export interface Native {
   swigluBackward(dx: Handle, x: Handle, dy: Handle): void;
   adamwStep(param: Handle, grad: Handle, expAvg: Handle, expAvgSq: Handle, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradScale: number): void;
   sgdStep(param: Handle, grad: Handle, momentumBuf: Handle, lr: number, momentum: number, dampening: number, weightDecay: number, nesterov: boolean, firstStep: boolean, gradScale: number): void;
+  attentionForward(out: Handle, lse: Handle, q: Handle, k: Handle, v: Handle, mask: number, causal: boolean, window: number,
+                   scale: number, keyPadding: Handle, queryIndex: Handle): void;
+  attentionBackward(dq: Handle, dk: Handle, dv: Handle, q: Handle, k: Handle, v: Handle, out: Handle, dout: Handle, lse: Handle,
+                    mask: number, causal: boolean, window: number, scale: number, keyPadding: Handle, queryIndex: Handle): void;
+  dualAttentionForward(out: Handle, outLocal: Handle, outGlobal: Handle, lseLocal: Handle, lseGlobal: Handle, q: Handle,
+                       k: Handle, v: Handle, gates: Handle, mask: number, causal: boolean, window: number, scale: number,
+                       keyPadding: Handle, globalRows: Handle): void;
+  rope(out: Handle, x: Handle, positions: Handle, base: number, inverse: boolean): void;
 }
 
 // DUALROUTE_ADDON_DIR points at another build folder (a second build tree, a packed copy).

@@ -650,6 +650,70 @@ gradEntry('crossEntropy', (rnd) => [[7, 33], [64, 1000], [16, 5000]].map(([r, C]
 gradEntry('embedding', (rnd) => [{ label: 'V=37 D=19 n=64', inputs: [I32([64], rnd.ints(64, 0, 37)), T([37, 19], rnd.uniform(37 * 19))], out: [64, 19], k: 8 }],
   (xs) => dr.embedding(xs[0], xs[1]));
 
+// ---- attention ----------------------------------------------------------------------------------
+// [B, H, S, D] shapes of the tile sizes' awkward neighbours: odd lengths, Sq != Sk, one query,
+// grouped heads, head dims of the fast paths (32, 64, 128) and a generic one.
+const ATTN_SHAPES: Array<[number, number, number, number, number, number]> = [
+  // B, Hq, Hkv, Sq, Sk, D
+  [1, 1, 1, 1, 1, 64], [2, 4, 2, 37, 37, 64], [1, 8, 2, 130, 257, 128], [1, 2, 1, 1, 1031, 64], [2, 3, 3, 65, 65, 32], [1, 2, 2, 33, 50, 24],
+];
+function attnCases(rnd: Rnd, extra: (S: number) => Array<Record<string, unknown>>): Case[] {
+  const out: Case[] = [];
+  for (const [B, Hq, Hkv, Sq, Sk, D] of ATTN_SHAPES) {
+    for (const p of extra(Sk)) {
+      out.push({
+        label: `B${B} H${Hq}/${Hkv} S${Sq}/${Sk} D${D} ${Object.entries(p).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+        inputs: [T([B, Hq, Sq, D], rnd.uniform(B * Hq * Sq * D)), T([B, Hkv, Sk, D], rnd.uniform(B * Hkv * Sk * D)), T([B, Hkv, Sk, D], rnd.uniform(B * Hkv * Sk * D)),
+          ...(p.dual ? [T([B, Sq, 2], rnd.uniform(B * Sq * 2, 0, 1))] : [])],
+        p,
+        k: Sk,
+      });
+    }
+  }
+  return out;
+}
+REGISTRY.push({
+  name: 'globalAttention',
+  dtypes: FLOATS,
+  cases: (_d, rnd) => attnCases(rnd, () => [{ causal: false }, { causal: true }]),
+  run: (xs, c) => dr.globalAttention(xs[0], xs[1], xs[2], { causal: c.p!.causal as boolean }),
+});
+REGISTRY.push({
+  name: 'localAttention',
+  dtypes: FLOATS,
+  cases: (_d, rnd) => attnCases(rnd, (S) => [
+    { window: 1, causal: true, mode: 'sliding' }, { window: 16, causal: true, mode: 'sliding' }, { window: 7, causal: false, mode: 'sliding' },
+    { window: S + 3, causal: true, mode: 'sliding' }, { window: 64, causal: true, mode: 'block' }, { window: 5, causal: false, mode: 'block' },
+  ]),
+  run: (xs, c) => dr.localAttention(xs[0], xs[1], xs[2], { window: c.p!.window as number, causal: c.p!.causal as boolean, mode: c.p!.mode as 'sliding' | 'block' }),
+});
+REGISTRY.push({
+  name: 'dualAttention',
+  dtypes: FLOATS,
+  cases: (_d, rnd) => attnCases(rnd, () => [{ window: 16, causal: true, dual: 1 }, { window: 3, causal: false, dual: 1 }]),
+  run: (xs, c) => dr.dualAttention(xs[0], xs[1], xs[2], { window: c.p!.window as number, causal: c.p!.causal as boolean, gates: xs[3] }),
+});
+REGISTRY.push({
+  name: 'rope',
+  dtypes: FLOATS,
+  cases: (_d, rnd) => [[1, 1, 1, 2], [2, 3, 37, 64], [1, 2, 129, 128]].map((s) => ({
+    label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s))), I32([s[2]], rnd.ints(s[2], 0, 5000))],
+  })),
+  run: (xs) => dr.rope(xs[0], xs[1]),
+});
+for (const kind of ['global', 'local', 'dual'] as const) {
+  gradEntry(`${kind}Attention`, (rnd) => attnCases(rnd, () => [{ causal: true }]).filter((c) => c.inputs[0].shape[2] <= 130).map((c) => {
+    const [B, H, Sq, D] = c.inputs[0].shape;
+    const extra = kind === 'dual' ? [T([B, Sq, 2], rnd.uniform(B * Sq * 2, 0, 1))] : [];
+    // the gate gradients are sums over heads x headDim: that is their reduction length
+    return { label: c.label, inputs: [...c.inputs, ...extra], out: [B, H, Sq, D], k: kind === 'dual' ? Math.max(c.k ?? 1, H * D) : c.k };
+  }), (xs) => kind === 'global' ? dr.globalAttention(xs[0], xs[1], xs[2], { causal: true })
+    : kind === 'local' ? dr.localAttention(xs[0], xs[1], xs[2], { window: 16, causal: true })
+      : dr.dualAttention(xs[0], xs[1], xs[2], { window: 16, causal: true, gates: xs[3] }));
+}
+gradEntry('rope', (rnd) => [{ label: '[2,3,37,64]', inputs: [T([2, 3, 37, 64], rnd.uniform(2 * 3 * 37 * 64)), I32([37], rnd.ints(37, 0, 5000))], out: [2, 3, 37, 64] }],
+  (xs) => dr.rope(xs[0], xs[1]));
+
 // optimizer updates: a few AdamW and SGD steps from the same state and gradients
 REGISTRY.push({
   name: 'optim:adamw+sgd',

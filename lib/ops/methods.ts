@@ -160,3 +160,20 @@ Object.assign(P, {
   backward(this: Tensor, g?: Tensor, o?: ag.BackwardOptions) { ag.backward(this, g, o); },
   detach(this: Tensor) { return this.alias(); },
 });
+
+// ---- attention methods (q.localAttention(k, v, {window})) ----
+import * as at from './attention';
+declare module '../tensor' {
+  interface Tensor {
+    globalAttention(k: Tensor, v: Tensor, options?: at.GlobalAttentionOptions): Tensor;
+    localAttention(k: Tensor, v: Tensor, options: at.LocalAttentionOptions): Tensor;
+    dualAttention(k: Tensor, v: Tensor, options: at.DualAttentionOptions): Tensor;
+    rope(positions: Tensor, options?: { base?: number }): Tensor;
+  }
+}
+Object.assign(P, {
+  globalAttention(this: Tensor, k: Tensor, v: Tensor, o?: at.GlobalAttentionOptions) { return at.globalAttention(this, k, v, { ...o, returnLse: false }); },
+  localAttention(this: Tensor, k: Tensor, v: Tensor, o: at.LocalAttentionOptions) { return at.localAttention(this, k, v, { ...o, returnLse: false }); },
+  dualAttention(this: Tensor, k: Tensor, v: Tensor, o: at.DualAttentionOptions) { return at.dualAttention(this, k, v, { ...o, returnLse: false }); },
+  rope(this: Tensor, pos: Tensor, o?: { base?: number }) { return at.rope(this, pos, o); },
+});

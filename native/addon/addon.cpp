@@ -542,6 +542,56 @@ DR_FN(SgdStep) {
           return info.Env().Undefined();)
 }
 
+// ---- attention ---------------------------------------------------------------------------------
+
+ops::AttnOptions attn_options(const Napi::CallbackInfo& info, size_t i) {
+  // (mask, causal, window, scale, keyPadding|-1, queryIndex|-1) starting at argument i
+  ops::AttnOptions o;
+  int32_t m = i32(info, i, "mask");
+  DR_CHECK(m >= 0 && m <= 2, Value, "attention: unknown mask code ", m);
+  o.mask = static_cast<AttnMask>(m);
+  o.causal = flag(info, i + 1);
+  o.window = static_cast<int64_t>(num(info, i + 2, "window"));
+  o.scale = static_cast<float>(num(info, i + 3, "scale"));
+  o.key_padding = opt_tensor(info, i + 4, "keyPaddingMask");
+  o.query_index = opt_tensor(info, i + 5, "queryIndex");
+  return o;
+}
+
+// attentionForward(out, lse|-1, q, k, v, mask, causal, window, scale, keyPadding|-1, queryIndex|-1)
+DR_FN(AttentionForward) {
+  DR_BODY(ops::attention_forward(tensor(info, 0, "out"), opt_tensor(info, 1, "lse"), tensor(info, 2, "q"),
+                                 tensor(info, 3, "k"), tensor(info, 4, "v"), attn_options(info, 5));
+          return info.Env().Undefined();)
+}
+// attentionBackward(dq, dk, dv, q, k, v, out, dout, lse, mask, causal, window, scale, keyPadding|-1, queryIndex|-1)
+DR_FN(AttentionBackward) {
+  DR_BODY(ops::attention_backward(tensor(info, 0, "dq"), tensor(info, 1, "dk"), tensor(info, 2, "dv"),
+                                  tensor(info, 3, "q"), tensor(info, 4, "k"), tensor(info, 5, "v"),
+                                  tensor(info, 6, "out"), tensor(info, 7, "dout"), tensor(info, 8, "lse"),
+                                  attn_options(info, 9));
+          return info.Env().Undefined();)
+}
+// dualAttentionForward(out, outLocal, outGlobal, lseLocal, lseGlobal, q, k, v, gates, mask, causal, window,
+//                      scale, keyPadding|-1, globalRows|-1)
+DR_FN(DualAttentionForward) {
+  DR_BODY({
+    ops::AttnOptions o = attn_options(info, 9);
+    const TensorImpl* rows = o.query_index;
+    o.query_index = nullptr;
+    ops::dual_attention_forward(tensor(info, 0, "out"), tensor(info, 1, "outLocal"), tensor(info, 2, "outGlobal"),
+                                tensor(info, 3, "lseLocal"), tensor(info, 4, "lseGlobal"), tensor(info, 5, "q"),
+                                tensor(info, 6, "k"), tensor(info, 7, "v"), tensor(info, 8, "gates"), o, rows);
+    return info.Env().Undefined();
+  })
+}
+// rope(out, x, positions, base, inverse)
+DR_FN(Rope) {
+  DR_BODY(ops::rope(tensor(info, 0, "out"), tensor(info, 1, "x"), tensor(info, 2, "positions"), num(info, 3, "base"),
+                    flag(info, 4));
+          return info.Env().Undefined();)
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<Instance>(new Instance());
   struct Entry {
@@ -564,7 +614,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"softmaxBackward", SoftmaxBackward}, {"rmsNormBackward", RmsNormBackward},
       {"layerNormBackward", LayerNormBackward}, {"crossEntropyBackward", CrossEntropyBackward},
       {"unaryBackward", UnaryBackward}, {"swigluBackward", SwigluBackward},
-      {"adamwStep", AdamwStep}, {"sgdStep", SgdStep},
+      {"adamwStep", AdamwStep}, {"sgdStep", SgdStep}, {"attentionForward", AttentionForward}, {"attentionBackward", AttentionBackward},
+      {"dualAttentionForward", DualAttentionForward}, {"rope", Rope},
   };
   for (const Entry& e : entries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   return exports;

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 
+#include "../core/attention.h"
 #include "../core/ops.h"
 #include "../core/view.h"
 
@@ -99,7 +100,19 @@ namespace cpu {
      buf = g instead of the momentum update. */                                                \
   X(void, sgd_step, (const View& param, const View& grad, const View& buf, double lr, double momentum, \
                      double dampening, double weight_decay, bool nesterov, bool first_step, double grad_scale), \
-    (param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step, grad_scale))
+    (param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step, grad_scale)) \
+  /* Fused attention (contract in core/attention.h): out [B,Hq,n,D], lse [B,Hq,n] or null */  \
+  X(void, attention_forward, (const AttnArgs& a, void* out, void* lse), (a, out, lse))         \
+  /* adds into float32 (float64) accumulators dq [B,Hq,Sq,D], dk, dv [B,Hkv,Sk,D] */          \
+  X(void, attention_backward, (const AttnArgs& a, const void* out, const void* dout, const void* lse, void* dq, \
+                               void* dk, void* dv),                                           \
+    (a, out, dout, lse, dq, dk, dv))                                                           \
+  X(void, dual_attention_forward, (const DualArgs& d, void* out, void* out_local, void* out_global, \
+                                   void* lse_local, void* lse_global),                        \
+    (d, out, out_local, out_global, lse_local, lse_global))                                    \
+  /* rotary embedding, rotate-half: x, out [B,H,S,D]; positions int32 [S] or [B,S] */         \
+  X(void, rope, (const View& out, const View& x, const View& positions, double base, bool inverse), \
+    (out, x, positions, base, inverse))
 
 #define DR_DECLARE_KERNEL(ret, name, params, args) ret name params;
 DR_CPU_KERNELS(DR_DECLARE_KERNEL)

@@ -10,12 +10,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../core/attention.h"
 #include "../core/ops.h"
 #include "../core/view.h"
 
 namespace dualroute {
 
-constexpr int kCudaAbiVersion = 2;
+constexpr int kCudaAbiVersion = 3;
 
 struct CudaDeviceInfo {
   char name[256];
@@ -95,6 +96,13 @@ struct CudaApi {
                     double beta1, double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
   int (*sgd_step)(const View* param, const View* grad, const View* buf, double lr, double momentum, double dampening,
                   double weight_decay, int32_t nesterov, int32_t first_step, double grad_scale);
+  // Fused attention (core/attention.h); dq/dk/dv are float32 accumulators added into.
+  int (*attention_forward)(const AttnArgs* a, void* out, void* lse);
+  int (*attention_backward)(const AttnArgs* a, const void* out, const void* dout, const void* lse, void* dq, void* dk,
+                            void* dv);
+  int (*dual_attention_forward)(const DualArgs* d, void* out, void* out_local, void* out_global, void* lse_local,
+                                void* lse_global);
+  int (*rope)(const View* out, const View* x, const View* positions, double base, int32_t inverse);
 };
 
 }  // namespace dualroute

@@ -66,6 +66,12 @@ int adamw_step(const View* param, const View* grad, const View* exp_avg, const V
                double beta1, double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
 int sgd_step(const View* param, const View* grad, const View* buf, double lr, double momentum, double dampening,
              double weight_decay, int32_t nesterov, int32_t first_step, double grad_scale);
+int attention_forward(const AttnArgs* a, void* out, void* lse);
+int attention_backward(const AttnArgs* a, const void* out, const void* dout, const void* lse, void* dq, void* dk,
+                       void* dv);
+int dual_attention_forward(const DualArgs* d, void* out, void* out_local, void* out_global, void* lse_local,
+                           void* lse_global);
+int rope(const View* out, const View* x, const View* positions, double base, int32_t inverse);
 
 namespace {
 
@@ -322,6 +328,10 @@ CudaApi make_api() {
   a.swiglu_backward = swiglu_backward;
   a.adamw_step = adamw_step;
   a.sgd_step = sgd_step;
+  a.attention_forward = attention_forward;
+  a.attention_backward = attention_backward;
+  a.dual_attention_forward = dual_attention_forward;
+  a.rope = rope;
   return a;
 }
 

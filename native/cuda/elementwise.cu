@@ -28,47 +28,13 @@
 #include <string>
 
 #include "../core/philox.h"
-#include "common.cuh"
+#include "device.cuh"
 
 namespace dualroute {
 namespace cuda {
 namespace {
 
-using bf16_t = __nv_bfloat16;
-constexpr int kThreads = 256;
-
-int grid_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * 32;
-  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
-}
-
-__device__ __forceinline__ int64_t gtid() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
-__device__ __forceinline__ int64_t gstride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
-
-DType dt(const View& v) { return static_cast<DType>(v.dtype); }
-int f64_error(const char* k) { return set_error(std::string(k) + ": float64 is CPU-only; move the tensor to the cpu"); }
-int dtype_error(const char* k, const View& v) {
-  if (dt(v) == DType::F64) return f64_error(k);
-  return set_error(std::string(k) + ": dtype " + dtype_name(dt(v)) + " is not supported on cuda");
-}
-bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-// ---- value conversions (device) ----------------------------------------------------------
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ float ld(bf16_t v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T st(float v);
-template <>
-__device__ __forceinline__ float st<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ bf16_t st<bf16_t>(float v) { return __float2bfloat16_rn(v); }
-
+// ---- value conversions (device; ld / st<T> are in device.cuh) ----------------------------
 // The value an element compares as: float for the float types, int for the integer ones.
 __device__ __forceinline__ float num(float v) { return v; }
 __device__ __forceinline__ float num(bf16_t v) { return __bfloat162float(v); }

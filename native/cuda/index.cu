@@ -21,33 +21,14 @@
 #include <mutex>
 #include <string>
 
-#include "common.cuh"
+#include "device.cuh"
 
 namespace dualroute {
 namespace cuda {
 namespace {
 
-using bf16_t = __nv_bfloat16;
-
-DType dt(const View& v) { return static_cast<DType>(v.dtype); }
-int dtype_error(const char* k, const View& v) {
-  if (dt(v) == DType::F64) return set_error(std::string(k) + ": float64 is CPU-only; move the tensor to the cpu");
-  return set_error(std::string(k) + ": dtype " + dtype_name(dt(v)) + " is not supported on cuda");
-}
-int grid_for(int64_t n) {
-  const int64_t blocks = (n + 255) / 256;
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * 32;
-  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
-}
-__device__ __forceinline__ int64_t gtid() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
-__device__ __forceinline__ int64_t gstride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
-
 __device__ unsigned long long g_bad_pos;  // smallest position with a bad index, ~0 if none
 std::mutex g_slot_mutex;                  // one slot: keep reset, launch and read-back together
-
-__device__ __forceinline__ void record_bad(int64_t pos) {
-  atomicMin(&g_bad_pos, static_cast<unsigned long long>(pos));
-}
 
 // Runs launch() between resetting the slot and reading it back. Returns 0, the launch's
 // error, or the RangeError built by describe(position, index value).
@@ -55,17 +36,14 @@ template <typename Launch, typename Describe>
 int with_bad_slot(const char* name, const int32_t* indices, Launch&& launch, Describe&& describe) {
   std::lock_guard<std::mutex> lock(g_slot_mutex);
   void* slot = nullptr;
-  DR_CUDA_TRY(check(cudaGetSymbolAddress(&slot, g_bad_pos), name));
-  DR_CUDA_TRY(check(cudaMemsetAsync(slot, 0xff, sizeof(unsigned long long), stream()), name));
+  DR_CUDA_TRY(bad_slot_reset(g_bad_pos, &slot, name, name));
   launch();
   DR_CUDA_TRY(check_launch(name));
   unsigned long long bad = 0;
-  DR_CUDA_TRY(check(cudaMemcpyAsync(&bad, slot, sizeof(bad), cudaMemcpyDeviceToHost, stream()), name));
-  DR_CUDA_TRY(check(cudaStreamSynchronize(stream()), name));
+  DR_CUDA_TRY(bad_slot_read(slot, &bad, name));
   if (bad == ~0ull) return 0;
   int32_t v = 0;
-  DR_CUDA_TRY(check(cudaMemcpyAsync(&v, indices + bad, sizeof(v), cudaMemcpyDeviceToHost, stream()), name));
-  DR_CUDA_TRY(check(cudaStreamSynchronize(stream()), name));
+  DR_CUDA_TRY(read_index(indices + bad, &v, name));
   return set_error(describe(static_cast<int64_t>(bad), v));
 }
 
@@ -80,7 +58,7 @@ __global__ void embedding_kernel(U* __restrict__ out, const int32_t* __restrict_
     const int32_t id = ids[i];
     if (id < 0 || id >= vocab) {
       out[e] = U{};
-      if (j == 0) record_bad(i);
+      if (j == 0) record_bad(&g_bad_pos, i);
     } else {
       out[e] = table[static_cast<int64_t>(id) * du + j];
     }
@@ -122,7 +100,7 @@ __global__ void gather_kernel(U* __restrict__ out, const U* __restrict__ x, cons
     const int32_t v = index[p];
     if (v < 0 || v >= A.limit) {
       out[p] = U{};
-      record_bad(p);
+      record_bad(&g_bad_pos, p);
     } else {
       out[p] = x[axis_offset(A, p, v)];
     }
@@ -138,7 +116,7 @@ __global__ void scatter_add_kernel(T* __restrict__ out, const int32_t* __restric
                                    AxisDims A, int64_t n) {
   for (int64_t p = gtid(); p < n; p += gstride()) {
     const int32_t v = index[p];
-    if (v < 0 || v >= A.limit) record_bad(p);
+    if (v < 0 || v >= A.limit) record_bad(&g_bad_pos, p);
     else atomic_add(out + axis_offset(A, p, v), src[p]);
   }
 }

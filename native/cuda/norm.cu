@@ -18,37 +18,11 @@
 #include <cmath>
 #include <string>
 
-#include "common.cuh"
+#include "device.cuh"
 
 namespace dualroute {
 namespace cuda {
 namespace {
-
-using bf16_t = __nv_bfloat16;
-
-DType dt(const View& v) { return static_cast<DType>(v.dtype); }
-int dtype_error(const char* k, const View& v) {
-  if (dt(v) == DType::F64) return set_error(std::string(k) + ": float64 is CPU-only; move the tensor to the cpu");
-  return set_error(std::string(k) + ": dtype " + dtype_name(dt(v)) + " is not supported on cuda");
-}
-int grid_cap(int64_t blocks) {
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * 32;
-  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
-}
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ float ld(bf16_t v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T st(float v);
-template <>
-__device__ __forceinline__ float st<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ bf16_t st<bf16_t>(float v) { return __float2bfloat16_rn(v); }
 
 // An optional per-column parameter (weight or bias) of either float dtype.
 struct Param {
@@ -58,21 +32,6 @@ struct Param {
 __device__ __forceinline__ float param_at(const Param& q, int64_t j, float absent) {
   if (!q.p) return absent;
   return q.bf16 ? __bfloat162float(static_cast<const bf16_t*>(q.p)[j]) : static_cast<const float*>(q.p)[j];
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
-__device__ __forceinline__ float block_sum(float v, float* smem) {
-  v = warp_sum(v);
-  const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
-  __syncthreads();
-  if (l == 0) smem[w] = v;
-  __syncthreads();
-  v = l < static_cast<int>(blockDim.x >> 5) ? smem[l] : 0.0f;
-  return warp_sum(v);
 }
 
 // Column of register slot k of `lane` (see the file comment for the pack layout).

@@ -10,31 +10,11 @@
 #include <cmath>
 #include <string>
 
-#include "common.cuh"
+#include "device.cuh"
 
 namespace dualroute {
 namespace cuda {
 namespace {
-
-using bf16_t = __nv_bfloat16;
-
-DType dt(const View& v) { return static_cast<DType>(v.dtype); }
-int dtype_error(const char* k, const View& v) {
-  if (dt(v) == DType::F64) return set_error(std::string(k) + ": float64 is CPU-only; move the tensor to the cpu");
-  return set_error(std::string(k) + ": dtype " + dtype_name(dt(v)) + " is not supported on cuda");
-}
-int grid_cap(int64_t blocks) {
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * 32;
-  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
-}
-
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ float ld(bf16_t v) { return __bfloat162float(v); }
-
-template <typename G>
-struct alignas(sizeof(G) * 4) Pack4 {
-  G v[4];
-};
 
 struct AdamArgs {
   float b1, b2, om1, om2, inv_bc1, inv_bc2, lr, eps, scale, decay;
@@ -59,7 +39,7 @@ __global__ void adamw_kernel(float* __restrict__ p, const G* __restrict__ g, flo
       float4 pp = reinterpret_cast<float4*>(p)[i];
       float4 mm = reinterpret_cast<float4*>(m)[i];
       float4 vv = reinterpret_cast<float4*>(v)[i];
-      const Pack4<G> gg = reinterpret_cast<const Pack4<G>*>(g)[i];
+      const Pack<G, 4> gg = reinterpret_cast<const Pack<G, 4>*>(g)[i];
       adam_elem(pp.x, mm.x, vv.x, ld(gg.v[0]), a);
       adam_elem(pp.y, mm.y, vv.y, ld(gg.v[1]), a);
       adam_elem(pp.z, mm.z, vv.z, ld(gg.v[2]), a);
@@ -93,8 +73,6 @@ __global__ void sgd_kernel(float* __restrict__ p, const G* __restrict__ g, float
     p[i] -= lr * gi;
   }
 }
-
-bool aligned(const void* ptr, size_t a) { return reinterpret_cast<uintptr_t>(ptr) % a == 0; }
 
 // param and the state views: float32, contiguous, n elements; grad float32 or bfloat16.
 int check_optim(const char* name, const View* param, const View* grad, std::initializer_list<const View*> state) {

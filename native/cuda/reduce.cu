@@ -23,7 +23,7 @@
 #include <cmath>
 #include <string>
 
-#include "common.cuh"
+#include "device.cuh"
 
 namespace dualroute {
 namespace cuda {
@@ -31,23 +31,6 @@ namespace cuda {
 int fill(const View* out, double value);  // elementwise.cu
 
 namespace {
-
-using bf16_t = __nv_bfloat16;
-
-DType dt(const View& v) { return static_cast<DType>(v.dtype); }
-int dtype_error(const char* k, const View& v) {
-  if (dt(v) == DType::F64) return set_error(std::string(k) + ": float64 is CPU-only; move the tensor to the cpu");
-  return set_error(std::string(k) + ": dtype " + dtype_name(dt(v)) + " is not supported on cuda");
-}
-int grid_cap(int64_t blocks) {
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * 32;
-  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
-}
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
 
 // A collapsed index space: offset of the i-th element (row-major over shape) in elements.
 struct Dims {
@@ -97,9 +80,6 @@ __device__ __forceinline__ int64_t offset_of(const Dims& D, int64_t i) {
 }
 
 // ---- value reducers ----------------------------------------------------------------------
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ float ld(bf16_t v) { return __bfloat162float(v); }
-__device__ __forceinline__ int32_t ld(int32_t v) { return v; }
 __device__ __forceinline__ void st(float* p, float v) { *p = v; }
 __device__ __forceinline__ void st(bf16_t* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void st(int32_t* p, int32_t v) { *p = v; }

@@ -24,54 +24,11 @@
 #include <mutex>
 #include <string>
 
-#include "common.cuh"
+#include "device.cuh"
 
 namespace dualroute {
 namespace cuda {
 namespace {
-
-using bf16_t = __nv_bfloat16;
-
-DType dt(const View& v) { return static_cast<DType>(v.dtype); }
-int dtype_error(const char* k, const View& v) {
-  if (dt(v) == DType::F64) return set_error(std::string(k) + ": float64 is CPU-only; move the tensor to the cpu");
-  return set_error(std::string(k) + ": dtype " + dtype_name(dt(v)) + " is not supported on cuda");
-}
-int grid_cap(int64_t blocks) {
-  const int64_t cap = static_cast<int64_t>(multiprocessor_count()) * 32;
-  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
-}
-
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ float ld(bf16_t v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T st(float v);
-template <>
-__device__ __forceinline__ float st<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ bf16_t st<bf16_t>(float v) { return __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, m));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
-// All threads get the result; the leading barrier protects smem from its previous use.
-template <bool MAX>
-__device__ __forceinline__ float block_reduce(float v, float* smem) {
-  v = MAX ? warp_max(v) : warp_sum(v);
-  const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
-  __syncthreads();
-  if (l == 0) smem[w] = v;
-  __syncthreads();
-  v = l < static_cast<int>(blockDim.x >> 5) ? smem[l] : (MAX ? -INFINITY : 0.0f);
-  return MAX ? warp_max(v) : warp_sum(v);
-}
 
 // ---- softmax -----------------------------------------------------------------------------
 template <typename T, int K>
@@ -114,10 +71,10 @@ __global__ void softmax_block(T* __restrict__ out, const T* __restrict__ x, int6
     T* po = out + r * dim;
     float m = -INFINITY;
     for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) m = fmaxf(m, ld(px[j]));
-    m = block_reduce<true>(m, smem);
+    m = block_max(m, smem);
     float s = 0.0f;
     for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) s += expf(ld(px[j]) - m);
-    s = block_reduce<false>(s, smem);
+    s = block_sum(s, smem);
     const float ls = logf(s);
     for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
       const float v = ld(px[j]);
@@ -180,15 +137,15 @@ __global__ void cross_entropy_kernel(float* __restrict__ loss, float* __restrict
     const T* px = x + r * C;
     float m = -INFINITY;
     for (int64_t j = lane; j < C; j += G) m = fmaxf(m, ld(px[j]));
-    m = G == 32 ? warp_max(m) : block_reduce<true>(m, smem);
+    m = G == 32 ? warp_max(m) : block_max(m, smem);
     float s = 0.0f, sx = 0.0f;
     for (int64_t j = lane; j < C; j += G) {
       const float v = ld(px[j]);
       s += expf(v - m);
       sx += v;
     }
-    s = G == 32 ? warp_sum(s) : block_reduce<false>(s, smem);
-    if (smoothing != 0.0f) sx = G == 32 ? warp_sum(sx) : block_reduce<false>(sx, smem);
+    s = G == 32 ? warp_sum(s) : block_sum(s, smem);
+    if (smoothing != 0.0f) sx = G == 32 ? warp_sum(sx) : block_sum(sx, smem);
     if (lane == 0) {
       const float lse = m + logf(s);
       if (lse_out) lse_out[r] = lse;
@@ -197,7 +154,7 @@ __global__ void cross_entropy_kernel(float* __restrict__ loss, float* __restrict
       if (t == ignore_index) {
         l = 0.0f;
       } else if (t < 0 || static_cast<int64_t>(t) >= C) {
-        atomicMin(&g_ce_bad_row, static_cast<unsigned long long>(r));
+        record_bad(&g_ce_bad_row, r);
         l = NAN;
       } else {
         l = lse - (1.0f - smoothing) * ld(px[t]);
@@ -216,8 +173,7 @@ int launch_ce(const View& loss, const View& logits, const View& targets, int32_t
               const View& lse, int64_t rows, int64_t C) {
   std::lock_guard<std::mutex> lock(g_ce_mutex);
   void* slot = nullptr;
-  DR_CUDA_TRY(check(cudaGetSymbolAddress(&slot, g_ce_bad_row), "cross_entropy: cudaGetSymbolAddress"));
-  DR_CUDA_TRY(check(cudaMemsetAsync(slot, 0xff, sizeof(unsigned long long), stream()), "cross_entropy: reset"));
+  DR_CUDA_TRY(bad_slot_reset(g_ce_bad_row, &slot, "cross_entropy: cudaGetSymbolAddress", "cross_entropy: reset"));
   float* pl = static_cast<float*>(loss.data);
   float* plse = static_cast<float*>(lse.data);
   const T* px = static_cast<const T*>(logits.data);
@@ -233,14 +189,10 @@ int launch_ce(const View& loss, const View& logits, const View& targets, int32_t
   }
   DR_CUDA_TRY(check_launch("cross_entropy"));
   unsigned long long bad = 0;
-  DR_CUDA_TRY(check(cudaMemcpyAsync(&bad, slot, sizeof(bad), cudaMemcpyDeviceToHost, stream()), "cross_entropy"));
-  DR_CUDA_TRY(check(cudaStreamSynchronize(stream()), "cross_entropy"));
+  DR_CUDA_TRY(bad_slot_read(slot, &bad, "cross_entropy"));
   if (bad == ~0ull) return 0;
   int32_t t = 0;
-  DR_CUDA_TRY(check(cudaMemcpyAsync(&t, pt + static_cast<int64_t>(bad) * ts, sizeof(t), cudaMemcpyDeviceToHost,
-                                    stream()),
-                    "cross_entropy"));
-  DR_CUDA_TRY(check(cudaStreamSynchronize(stream()), "cross_entropy"));
+  DR_CUDA_TRY(read_index(pt + static_cast<int64_t>(bad) * ts, &t, "cross_entropy"));
   return set_error("RangeError: cross_entropy: target " + std::to_string(t) + " at row " + std::to_string(bad) +
                    " is outside [0, " + std::to_string(C) + ")");
 }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "../core/attention.h"
 #include "../core/ops.h"
 #include "../core/tensor.h"
 
@@ -64,6 +65,25 @@ void adamw_step(const T& param, const T& grad, const T& exp_avg, const T& exp_av
                 double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
 void sgd_step(const T& param, const T& grad, const T* buf, double lr, double momentum, double dampening,
               double weight_decay, bool nesterov, bool first_step, double grad_scale);
+
+// Fused attention (core/attention.h). The dispatcher checks shapes, dtypes and devices, makes
+// q/k/v contiguous and fills AttnArgs. dq/dk/dv are float32 (float64) accumulators, added into.
+struct AttnOptions {
+  AttnMask mask = AttnMask::Global;
+  bool causal = false;
+  int64_t window = 1;
+  float scale = 1.0f;
+  const T* key_padding = nullptr;  // bool [B, Sk]
+  const T* query_index = nullptr;  // int32 [B, n]
+};
+void attention_forward(const T& out, const T* lse, const T& q, const T& k, const T& v, const AttnOptions& o);
+void attention_backward(const T& dq, const T& dk, const T& dv, const T& q, const T& k, const T& v, const T& out,
+                        const T& dout, const T& lse, const AttnOptions& o);
+// o.mask is the local path's mask; o.query_index must be null; global_rows bool [B, Sq] or null.
+void dual_attention_forward(const T& out, const T& out_local, const T& out_global, const T& lse_local,
+                            const T& lse_global, const T& q, const T& k, const T& v, const T& gates,
+                            const AttnOptions& o, const T* global_rows);
+void rope(const T& out, const T& x, const T& positions, double base, bool inverse);
 
 }  // namespace ops
 }  // namespace dualroute

@@ -1,0 +1,285 @@
+// Attention: the two paths of dual-level routing as fused kernels (FlashAttention-style online
+// softmax, no score matrix in memory), forward and backward, and rotary position embeddings.
+//
+// Tensors are [batch, heads, seq, headDim]; k and v may have fewer heads than q when they
+// divide them (grouped-query attention). Query row i sits at absolute position
+// p = i + (Sk - Sq), so a decode step against a KV cache is the same call.
+//   globalAttention: key j visible when j <= p (causal) or always
+//   localAttention, mode 'sliding': p - window < j <= p (causal) or |p - j| < window
+//                   mode 'block':   j and p in the same block of `window` positions (and j <= p if causal)
+//   dualAttention:  g_local * local + g_global * global, both paths in one kernel pass
+import { DType, isFloat } from '../dtype';
+import { DTypeError, ShapeError, ValueError, describe } from '../errors';
+import { native } from '../native';
+import { Tensor } from '../tensor';
+import { needsGrad, record } from '../autograd/engine';
+import { concat, reshape, narrow } from './shape';
+import { mul } from './elementwise';
+import { sum } from './reduce';
+import { zeros } from './creation';
+import { scatterAdd } from './indexing';
+import { checkTensor, empty, nat, sameDevice } from './util';
+import { full } from './creation';
+import { gt } from './elementwise';
+
+const MASK = { global: 0, sliding: 1, block: 2 } as const;
+
+export interface AttentionOptions {
+  /** Key j is visible to the query at position p only when j <= p. Default false. */
+  causal?: boolean;
+  /** Score scale (default 1 / sqrt(headDim)). */
+  scale?: number;
+  /** bool [batch, Sk]: true marks a padding key that no query attends to. */
+  keyPaddingMask?: Tensor;
+  /** Also return the per-row log-sum-exp (float32; float64 for float64 inputs). */
+  returnLse?: boolean;
+}
+export interface GlobalAttentionOptions extends AttentionOptions {
+  /** int32 [batch, n]: compute only these query rows, written in this order (repeats allowed). */
+  queryIndex?: Tensor;
+}
+export interface LocalAttentionOptions extends AttentionOptions {
+  /** Keys seen per query (sliding) or the block length (block); >= 1. */
+  window: number;
+  /** 'sliding' (default) or 'block' (chunked local attention). */
+  mode?: 'sliding' | 'block';
+}
+export interface DualAttentionOptions extends LocalAttentionOptions {
+  /** [batch, Sq, 2] or [batch, heads, Sq, 2]: (g_local, g_global) per query. */
+  gates: Tensor;
+  /** int32 [batch, n]: the rows the global path is computed for (the router's selection); others get none. */
+  queryIndex?: Tensor;
+}
+
+export interface AttentionResult {
+  out: Tensor;
+  lse: Tensor;
+}
+
+interface Prepared {
+  B: number;
+  Hq: number;
+  Sq: number;
+  Sk: number;
+  D: number;
+  scale: number;
+}
+
+function check(op: string, q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions): Prepared {
+  checkTensor(q, op, 'q');
+  checkTensor(k, op, 'k');
+  checkTensor(v, op, 'v');
+  sameDevice(op, q, k, v);
+  for (const [t, n] of [[q, 'q'], [k, 'k'], [v, 'v']] as const) {
+    if (t.ndim !== 4) throw new ShapeError(`${op}: Expected ${n} of shape [batch, heads, seq, headDim] but received ${describe(t)}`);
+    if (!isFloat(t.dtype)) throw new DTypeError(`${op}: Expected a float tensor for ${n} but received ${describe(t)}`);
+  }
+  if (k.dtype !== q.dtype || v.dtype !== q.dtype) throw new DTypeError(`${op}: q, k and v must share a dtype, received ${q.dtype}, ${k.dtype}, ${v.dtype}`);
+  const [B, Hq, Sq, D] = q.shape;
+  const [kb, Hkv, Sk, kd] = k.shape;
+  if (kb !== B || kd !== D || v.shape.some((d, i) => d !== k.shape[i])) {
+    throw new ShapeError(`${op}: Expected k and v of shape [${B}, heads, Sk, ${D}] but received k ${describe(k)} and v ${describe(v)}`);
+  }
+  if (Hq % Hkv !== 0) throw new ShapeError(`${op}: the query heads (${Hq}) must be a multiple of the key/value heads (${Hkv})`);
+  if (Sk < Sq) throw new ShapeError(`${op}: Expected at least as many keys as queries (Sk ${Sk} >= Sq ${Sq})`);
+  if (o.causal !== undefined && typeof o.causal !== 'boolean') throw new ValueError(`${op}: Expected a boolean for causal but received ${describe(o.causal)}`);
+  const scale = o.scale ?? 1 / Math.sqrt(D);
+  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new ValueError(`${op}: Expected a finite number for scale but received ${describe(scale)}`);
+  if (o.keyPaddingMask !== undefined) {
+    const m = checkTensor(o.keyPaddingMask, op, 'keyPaddingMask');
+    if (m.dtype !== 'bool' || m.ndim !== 2 || m.shape[0] !== B || m.shape[1] !== Sk) {
+      throw new ShapeError(`${op}: Expected a bool keyPaddingMask of shape [${B}, ${Sk}] but received ${describe(m)}`);
+    }
+    sameDevice(op, q, m);
+  }
+  return { B, Hq, Sq, Sk, D, scale };
+}
+
+function checkWindow(op: string, o: LocalAttentionOptions): number {
+  if (!Number.isInteger(o?.window) || o.window < 1) throw new ValueError(`${op}: Expected an integer window >= 1 but received ${describe(o?.window)}`);
+  const mode = o.mode ?? 'sliding';
+  if (mode !== 'sliding' && mode !== 'block') throw new ValueError(`${op}: Expected 'sliding' or 'block' for mode but received ${describe(mode)}`);
+  return mode === 'block' ? MASK.block : MASK.sliding;
+}
+
+function checkQueryIndex(op: string, qi: Tensor | undefined, B: number, q: Tensor): number | undefined {
+  if (qi === undefined) return undefined;
+  checkTensor(qi, op, 'queryIndex');
+  if (qi.dtype !== 'int32' || qi.ndim !== 2 || qi.shape[0] !== B) throw new ShapeError(`${op}: Expected an int32 queryIndex of shape [${B}, n] but received ${describe(qi)}`);
+  sameDevice(op, q, qi);
+  return qi.shape[1];
+}
+
+const statsDType = (d: DType): DType => (d === 'float64' ? 'float64' : 'float32');
+
+// One fused call, recorded for autograd.
+function attend(op: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask: number, causal: boolean, window: number,
+                kp: Tensor | undefined, qi: Tensor | undefined, wantLse: boolean): AttentionResult | Tensor {
+  const n = qi ? qi.shape[1] : p.Sq;
+  const out = empty([p.B, p.Hq, n, p.D], q.dtype, q.device);
+  const grad = needsGrad(q, k, v);
+  const lse = wantLse || grad ? empty([p.B, p.Hq, n], statsDType(q.dtype), q.device) : null;
+  try {
+    nat(() => native.attentionForward(out.handle, lse ? lse.handle : -1, q.handle, k.handle, v.handle, mask, causal, window,
+      p.scale, kp ? kp.handle : -1, qi ? qi.handle : -1));
+  } catch (e) {
+    out.dispose();
+    lse?.dispose();
+    throw e;
+  }
+  if (grad) {
+    const save = [q, k, v, out, lse!, ...(kp ? [kp] : []), ...(qi ? [qi] : [])];
+    record(out, op, [q, k, v], save, (g, s) => {
+      const [sq, sk, sv, so, sl] = s;
+      const skp = kp ? s[5] : undefined;
+      const sqi = qi ? s[kp ? 6 : 5] : undefined;
+      const acc = statsDType(sq.dtype);
+      const dq = zeros(sq.shape.slice(), { dtype: acc, device: sq.device });
+      const dk = zeros(sk.shape.slice(), { dtype: acc, device: sq.device });
+      const dv = zeros(sv.shape.slice(), { dtype: acc, device: sq.device });
+      nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, so.handle, g.handle,
+        sl.handle, mask, causal, window, p.scale, skp ? skp.handle : -1, sqi ? sqi.handle : -1));
+      return [dq, dk, dv]; // the engine casts them to the inputs' dtype
+    });
+  }
+  if (!wantLse) {
+    lse?.dispose();
+    return out;
+  }
+  return { out, lse: lse! };
+}
+
+/** softmax(q k^T * scale + mask) v over all (or causally visible) keys. */
+export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options: GlobalAttentionOptions & { returnLse: true }): AttentionResult;
+export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options?: GlobalAttentionOptions): Tensor;
+export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options: GlobalAttentionOptions = {}): Tensor | AttentionResult {
+  const p = check('globalAttention', q, k, v, options);
+  checkQueryIndex('globalAttention', options.queryIndex, p.B, q);
+  return attend('globalAttention', q, k, v, p, MASK.global, !!options.causal, 1, options.keyPaddingMask, options.queryIndex, !!options.returnLse);
+}
+
+/** Sliding-window or blocked local attention; invisible key blocks are skipped, not masked. */
+export function localAttention(q: Tensor, k: Tensor, v: Tensor, options: LocalAttentionOptions & { returnLse: true }): AttentionResult;
+export function localAttention(q: Tensor, k: Tensor, v: Tensor, options: LocalAttentionOptions): Tensor;
+export function localAttention(q: Tensor, k: Tensor, v: Tensor, options: LocalAttentionOptions): Tensor | AttentionResult {
+  const p = check('localAttention', q, k, v, options ?? ({} as LocalAttentionOptions));
+  const mask = checkWindow('localAttention', options);
+  return attend('localAttention', q, k, v, p, mask, !!options.causal, options.window, options.keyPaddingMask, undefined, !!options.returnLse);
+}
+
+/**
+ * out = g_local * localAttention + g_global * globalAttention in one kernel that reads each K/V
+ * block once. With queryIndex the global path runs only for those rows. Gradients flow to q,
+ * k, v and the gates. With returnLse, lse is [2, batch, heads, Sq] (local, global).
+ */
+export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAttentionOptions & { returnLse: true }): AttentionResult;
+export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAttentionOptions): Tensor;
+export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAttentionOptions): Tensor | AttentionResult {
+  const op = 'dualAttention';
+  const p = check(op, q, k, v, options ?? ({} as DualAttentionOptions));
+  const mask = checkWindow(op, options);
+  const gates = checkTensor(options.gates, op, 'gates');
+  const perHead = gates.ndim === 4;
+  const want = perHead ? [p.B, p.Hq, p.Sq, 2] : [p.B, p.Sq, 2];
+  if (gates.ndim !== want.length || gates.shape.some((d, i) => d !== want[i])) {
+    throw new ShapeError(`${op}: Expected gates of shape [${p.B}, ${p.Sq}, 2] or [${p.B}, ${p.Hq}, ${p.Sq}, 2] but received ${describe(gates)}`);
+  }
+  if (gates.dtype !== q.dtype) throw new DTypeError(`${op}: Expected gates of dtype ${q.dtype} but received ${describe(gates)}`);
+  sameDevice(op, q, gates);
+  checkQueryIndex(op, options.queryIndex, p.B, q);
+  const causal = !!options.causal;
+  const kp = options.keyPaddingMask;
+  // the router's selection as a per-row flag (repeated indices select a row once)
+  let rows: Tensor | undefined;
+  if (options.queryIndex) {
+    const hits = zeros([p.B, p.Sq], { dtype: 'int32', device: q.device });
+    const ones = full(options.queryIndex.shape.slice(), 1, { dtype: 'int32', device: q.device });
+    try {
+      const added = scatterAdd(hits, 1, options.queryIndex, ones);
+      rows = gt(added, 0);
+      added.dispose();
+    } finally {
+      hits.dispose();
+      ones.dispose();
+    }
+  }
+  const shape = [p.B, p.Hq, p.Sq, p.D];
+  const sd = statsDType(q.dtype);
+  const out = empty(shape, q.dtype, q.device);
+  const outL = empty(shape, q.dtype, q.device);
+  const outG = empty(shape, q.dtype, q.device);
+  const lseL = empty([p.B, p.Hq, p.Sq], sd, q.device);
+  const lseG = empty([p.B, p.Hq, p.Sq], sd, q.device);
+  try {
+    nat(() => native.dualAttentionForward(out.handle, outL.handle, outG.handle, lseL.handle, lseG.handle, q.handle, k.handle,
+      v.handle, gates.handle, mask, causal, options.window, p.scale, kp ? kp.handle : -1, rows ? rows.handle : -1));
+  } catch (e) {
+    [out, outL, outG, lseL, lseG].forEach((t) => t.dispose());
+    throw e;
+  } finally {
+    rows?.dispose();
+  }
+  if (needsGrad(q, k, v, gates)) {
+    const save = [q, k, v, outL, outG, lseL, lseG, gates, ...(kp ? [kp] : [])];
+    record(out, op, [q, k, v, gates], save, (g, s) => {
+      const [sq, sk, sv, oL, oG, lL, lG, sg] = s;
+      const skp = kp ? s[8] : undefined;
+      // gate columns shaped to broadcast over [B, H, Sq, D]
+      const col = (c: number) => (perHead ? narrow(sg, 3, c, 1) : reshape(narrow(sg, 2, c, 1), [p.B, 1, p.Sq, 1]));
+      const acc = statsDType(sq.dtype);
+      const dq = zeros(sq.shape.slice(), { dtype: acc, device: sq.device });
+      const dk = zeros(sk.shape.slice(), { dtype: acc, device: sq.device });
+      const dv = zeros(sv.shape.slice(), { dtype: acc, device: sq.device });
+      const dL = mul(g, col(0));
+      const dG = mul(g, col(1));
+      nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, dL.handle,
+        lL.handle, mask, causal, options.window, p.scale, skp ? skp.handle : -1, -1));
+      nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oG.handle, dG.handle,
+        lG.handle, MASK.global, causal, 1, p.scale, skp ? skp.handle : -1, -1));
+      // d g_local = sum_d dout * out_local (summed over heads for shared gates)
+      // in float32 at least: these sums cancel heavily, and bfloat16 products would lose them
+      const g32 = g.dtype === 'bfloat16' ? g.to('float32') : g;
+      const gsum = (o: Tensor) => {
+        const t = sum(mul(g32, o.dtype === 'bfloat16' ? o.to('float32') : o), perHead ? [3] : [1, 3], { keepDims: true });
+        return perHead ? t : reshape(t, [p.B, p.Sq, 1]);
+      };
+      const dgates = concat([gsum(oL), gsum(oG)], perHead ? 3 : 2);
+      return [dq, dk, dv, dgates];
+    });
+  }
+  if (options.returnLse) {
+    const parts = [reshape(lseL, [1, ...lseL.shape]), reshape(lseG, [1, ...lseG.shape])];
+    const l = concat(parts, 0);
+    [outL, outG, lseL, lseG, ...parts].forEach((t) => t.dispose());
+    return { out, lse: l };
+  }
+  [outL, outG, lseL, lseG].forEach((t) => t.dispose());
+  return out;
+}
+
+/**
+ * Rotary position embedding (rotate-half, as LLaMA): x [batch, heads, seq, headDim] with an even
+ * headDim; positions int32 [seq] or [batch, seq] (a decode step passes its own). Fused, with
+ * backward (the inverse rotation).
+ */
+export function rope(x: Tensor, positions: Tensor, options: { base?: number } = {}): Tensor {
+  checkTensor(x, 'rope', 'x');
+  checkTensor(positions, 'rope', 'positions');
+  if (x.ndim !== 4 || x.shape[3] % 2 !== 0) throw new ShapeError(`rope: Expected x of shape [batch, heads, seq, headDim] with an even headDim but received ${describe(x)}`);
+  if (!isFloat(x.dtype)) throw new DTypeError(`rope: Expected a float tensor for x but received ${describe(x)}`);
+  const [B, , S] = x.shape;
+  if (positions.dtype !== 'int32' || !((positions.ndim === 1 && positions.shape[0] === S) || (positions.ndim === 2 && positions.shape[0] === B && positions.shape[1] === S))) {
+    throw new ShapeError(`rope: Expected int32 positions of shape [${S}] or [${B}, ${S}] but received ${describe(positions)}`);
+  }
+  sameDevice('rope', x, positions);
+  const base = options.base ?? 10000;
+  if (typeof base !== 'number' || !(base > 0) || !Number.isFinite(base)) throw new ValueError(`rope: Expected a finite base > 0 but received ${describe(base)}`);
+  const out = empty(x.shape, x.dtype, x.device);
+  nat(() => native.rope(out.handle, x.handle, positions.handle, base, false));
+  return record(out, 'rope', [x], [positions], (g, [pos]) => {
+    const dx = empty(g.shape, g.dtype, g.device);
+    nat(() => native.rope(dx.handle, g.handle, pos.handle, base, true));
+    return [dx];
+  });
+}
+

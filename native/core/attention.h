@@ -1,0 +1,56 @@
+// Arguments of the fused attention kernels (CPU native/cpu/attention.cpp, CUDA
+// native/cuda/attention.cu). Shapes, all contiguous row-major:
+//   q   [B, Hq,  Sq, D]      k, v [B, Hkv, Sk, D]      Hq = G * Hkv (grouped-query attention:
+//                                                      query head h reads kv head h / G)
+//   out [B, Hq, n, D]        lse [B, Hq, n] (float32; float64 for float64 inputs)
+// n = Sq, or the length of query_index [B, n] when given: row r of the output is query
+// query_index[b, r] (repeats allowed). Query row i sits at absolute position p = i + (Sk - Sq)
+// (bottom-right alignment: a decode step with a KV cache is the same call).
+//
+// Visible keys j for a query at position p (and never a key whose key_padding byte is set):
+//   Global:  causal ? j <= p : all
+//   Sliding: causal ? p - window < j <= p : |p - j| < window
+//   Block:   j / window == p / window, and causal ? j <= p
+// s_j = scale * q . k_j over visible j; out = sum_j softmax(s)_j v_j; lse = log sum_j exp(s_j).
+// A row with no visible key gets out = 0 and lse = -inf; the backward skips such rows.
+// Kernels skip key blocks that no query of a tile can see: the cost grows with the window, not
+// with Sk, and no S x S or S x window buffer is ever allocated.
+#pragma once
+#include <cstdint>
+
+namespace dualroute {
+
+enum class AttnMask : int32_t { Global = 0, Sliding = 1, Block = 2 };
+
+struct AttnArgs {
+  int32_t dtype;  // DType of q, k, v, out (and dout/dq/dk/dv in the backward)
+  int64_t B, Hq, Hkv, Sq, Sk, D;
+  const void* q;
+  const void* k;
+  const void* v;
+  float scale;
+  int32_t causal;
+  int32_t mask;    // AttnMask
+  int64_t window;  // >= 1; ignored for Global
+  const uint8_t* key_padding;  // [B, Sk], nonzero = padding; or nullptr
+  const int32_t* query_index;  // [B, n] or nullptr (then n == Sq)
+  int64_t n;
+};
+
+// Dual attention: the local path (args.mask = Sliding or Block, args.window) for every query
+// row and the global path (Global with args.causal) for the rows where global_rows[b, i] is
+// nonzero (all rows when global_rows is null), in one pass over K/V: every key block inside the
+// window feeds both accumulators, blocks outside it only the global one.
+//   out = g_local * out_local + g_global * out_global
+// gates: [B, Sq, 2] (gates_per_head = 0) or [B, Hq, Sq, 2], dtype of q. out_local/out_global
+// [B, Hq, Sq, D] and lse_local/lse_global [B, Hq, Sq] are written for the backward; rows off
+// the global path get out_global = 0, lse_global = -inf and no global contribution.
+// args.query_index must be null here (n == Sq).
+struct DualArgs {
+  AttnArgs a;
+  const void* gates;
+  int32_t gates_per_head;
+  const uint8_t* global_rows;  // [B, Sq] or nullptr
+};
+
+}  // namespace dualroute

@@ -1,0 +1,822 @@
+// Fused attention (forward, backward, dual local+global forward) and RoPE on the CPU.
+//
+// Shapes and semantics are those of core/attention.h: q [B, Hq, Sq, D], k, v [B, Hkv, Sk, D],
+// query head h reads kv head h / G (G = Hq / Hkv), query row i sits at position
+// p = i + Sk - Sq, and every mask gives each row ONE interval of visible keys [lo, hi)
+// (minus padded keys). float32 and bfloat16 compute in float (bf16 is widened on load),
+// float64 in double; lse is float (double for float64).
+//
+// Layout: "queries in lanes". A query tile holds BM = 2 vectors of query rows (32 floats with
+// AVX-512, 16 with AVX2, 8 with SSE; half as many doubles). Its Q is packed once, transposed
+// and pre-scaled, as Qt[d][i]. A key chunk of up to BN keys then gives
+//   St[j][i] = sum_d K[j][d] Qt[d][i]          (scores, transposed: key rows, query lanes)
+//   Ot[d][i] = alpha_i Ot[d][i] + sum_j V[j][d] P[j][i]
+// Both are the matmul micro-kernel shape (an MR x NB-vector register tile, one broadcast of
+// the A operand per row, NB vector loads of B per k-step), and both read K and V straight
+// from memory as broadcasts: no transpose of K is ever needed. Because the lanes are queries,
+// the online softmax is vertical: the running max, sum and rescale of each query are lane
+// operations across the chunk's key rows, with no horizontal reductions, and vexp runs on
+// whole vectors. Ot is transposed back into out rows once per tile.
+//
+// Skipping: each tile visits only the hull of its rows' key intervals, in chunks of BN keys
+// starting at the hull's first key. A chunk inside every row's interval and free of padding
+// (the "core") takes no mask at all; other chunks get a per-lane interval compare. The cost
+// is therefore (hull width) x BM per tile, i.e. it grows with the window, never with Sk.
+// With window >= Sk the sliding hull and intervals equal the global ones exactly, so the
+// arithmetic (and the result) is bit-identical to Global.
+//
+// Backward (FA2): one task per (b, kv head) owns that head's dk/dv and the dq of its G query
+// heads, so accumulation is race-free and deterministic without atomics. Inside a task the
+// query tiles are the outer loop; per key chunk of the tile's hull it forms, all as the same
+// micro-kernel,
+//   St = K Qt, dPt = V dOt, dSt = scale * P (dPt - Dr)       (key rows, query lanes)
+//   dV[j] += sum_i P[j][i] dO[i]   dK[j] += sum_i dS[j][i] Q[i]  (rows of d in lanes)
+//   dQtile[i] += sum_j dS[j][i] K[j]
+// dK/dV accumulate in a task-local [Sk, Dp] buffer (Dp = D padded to a vector) that is added
+// into dk/dv once at the end; each dq tile is added into dq rows when the tile is done
+// (query_index rows may repeat; they add sequentially within the owning task).
+//
+// Dual: one pass over the hull of the global path (or of the local path when no row of the
+// tile is global). Each chunk's scores are computed once; chunks that touch the local hull
+// feed the local accumulator with the local mask, and every chunk feeds the global one.
+//
+// Variants: the file is compiled per ISA (kernels.h); the vector width and the accumulator
+// budget follow it (16 vector accumulators with AVX-512's 32 registers, 12 with 16).
+// The S = K Qt products are specialised at compile time for head dims 32, 64 and 128 (the
+// reduction loop is then of constant length); any other D runs the same code with a
+// runtime length.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "../core/attention.h"
+#include "common.h"
+#include "simd.h"
+
+namespace dualroute {
+namespace cpu {
+namespace DR_ISA {
+namespace {
+
+template <typename C>
+struct VT;
+template <>
+struct VT<float> {
+  typedef float V __attribute__((vector_size(kVecBytes)));
+  typedef int32_t I __attribute__((vector_size(kVecBytes)));
+  typedef int32_t Is;
+  static constexpr int L = kVecBytes / 4;
+};
+template <>
+struct VT<double> {
+  typedef double V __attribute__((vector_size(kVecBytes)));
+  typedef int64_t I __attribute__((vector_size(kVecBytes)));
+  typedef int64_t Is;
+  static constexpr int L = kVecBytes / 8;
+};
+
+#if defined(__AVX512F__)
+constexpr int kAcc = 16;  // accumulators per register tile (32 registers)
+#else
+constexpr int kAcc = 12;  // 16 registers: 12 accumulators, B vectors and a broadcast
+#endif
+constexpr int kNVQ = 2;  // vectors of query lanes per tile
+constexpr int kBN = 64;  // keys per chunk
+
+// One broadcast instruction (an initializer of identical lanes), not an add to zero.
+template <typename V, typename S, size_t... k>
+inline V splat_impl(S x, std::index_sequence<k...>) {
+  return V{((void)k, x)...};
+}
+template <typename V, typename S>
+inline V splat(S x) {
+  return splat_impl<V>(x, std::make_index_sequence<sizeof(V) / sizeof(S)>{});
+}
+
+template <typename C>
+inline typename VT<C>::V ldv(const C* p) {
+  typename VT<C>::V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename C>
+inline void stv(C* p, typename VT<C>::V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename C>
+inline typename VT<C>::I ldi(const typename VT<C>::Is* p) {
+  typename VT<C>::I v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline VT<float>::V vexp_c(VT<float>::V x) { return vexp(x); }
+inline VT<double>::V vexp_c(VT<double>::V x) {
+  for (int i = 0; i < VT<double>::L; ++i) x[i] = std::exp(x[i]);
+  return x;
+}
+
+template <typename T>
+inline typename Num<T>::acc wid(T v) {
+  return Num<T>::load(v);
+}
+
+enum Mode { kSet = 0, kAdd = 1, kScaleAdd = 2 };
+
+constexpr int mr_for(int nb) { return kAcc / nb > 0 ? kAcc / nb : 1; }
+
+// C[m][n] (mode) sum_k A(m, k) B[k][n] for an MR x NB-vector tile. A(m, k) = a[m*am + k*ak]
+// is broadcast, so A may be any strided view (a row-major K, a transposed P); B rows and C
+// rows are vectors. kScaleAdd first multiplies C by cs[n] (the online-softmax rescale).
+template <typename C, int MR, int NB, int KC>
+inline void mk(int64_t Kr, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c, int64_t ldc,
+               int mode, const C* cs) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L;
+  const int64_t K = KC ? KC : Kr;
+  V acc[MR][NB];
+  if (mode == kSet) {
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; ++n) acc[m][n] = V{};
+  } else {
+    V s[NB];
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) s[n] = mode == kScaleAdd ? ldv(cs + n * L) : splat<V>(C(1));
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; ++n) {
+        acc[m][n] = ldv(c + m * ldc + n * L);
+        if (mode == kScaleAdd) acc[m][n] *= s[n];
+      }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V bv[NB];
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) bv[n] = ldv(b + k * ldb + n * L);
+    const C* ak_ = a + k * ak;
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      const V av = splat<V>(ak_[m * am]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; ++n) acc[m][n] += av * bv[n];
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) stv(c + m * ldc + n * L, acc[m][n]);
+}
+
+template <typename C, int NB, int KC, int R>
+inline void mk_tail(int r, int64_t K, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c,
+                    int64_t ldc, int mode, const C* cs) {
+  if constexpr (R >= 1) {
+    if (r == R) return mk<C, R, NB, KC>(K, a, am, ak, b, ldb, c, ldc, mode, cs);
+    mk_tail<C, NB, KC, R - 1>(r, K, a, am, ak, b, ldb, c, ldc, mode, cs);
+  }
+}
+
+// All M rows for NB vectors of columns.
+template <typename C, int NB, int KC>
+void gemm_nb(int64_t M, int64_t K, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c, int64_t ldc,
+             int mode, const C* cs) {
+  constexpr int MR = mr_for(NB);
+  int64_t m = 0;
+  for (; m + MR <= M; m += MR) mk<C, MR, NB, KC>(K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, mode, cs);
+  if (m < M)
+    mk_tail<C, NB, KC, MR - 1>(static_cast<int>(M - m), K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, mode, cs);
+}
+
+// Any number NV of column vectors, cut into groups of at most 4.
+template <typename C>
+void gemm(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c,
+          int64_t ldc, int mode, const C* cs = nullptr) {
+  constexpr int L = VT<C>::L;
+  if (M <= 0) return;
+  for (int64_t n0 = 0; n0 < NV;) {
+    const int64_t left = NV - n0;
+    const int nb = left >= 4 ? 4 : static_cast<int>(left);
+    const int64_t o = n0 * L;
+    const C* cso = cs ? cs + o : nullptr;
+    switch (nb) {
+      case 4: gemm_nb<C, 4, 0>(M, K, a, am, ak, b + o, ldb, c + o, ldc, mode, cso); break;
+      case 3: gemm_nb<C, 3, 0>(M, K, a, am, ak, b + o, ldb, c + o, ldc, mode, cso); break;
+      case 2: gemm_nb<C, 2, 0>(M, K, a, am, ak, b + o, ldb, c + o, ldc, mode, cso); break;
+      default: gemm_nb<C, 1, 0>(M, K, a, am, ak, b + o, ldb, c + o, ldc, mode, cso); break;
+    }
+    n0 += nb;
+  }
+}
+
+// Visible key interval [lo, hi) of a query at position p (padding aside).
+inline void key_interval(const AttnArgs& a, int32_t mask, int64_t p, int64_t& lo, int64_t& hi) {
+  const int64_t Sk = a.Sk, w = a.window;
+  const bool causal = a.causal != 0;
+  if (mask == static_cast<int32_t>(AttnMask::Sliding)) {
+    lo = std::max<int64_t>(0, p - w + 1);
+    hi = causal ? std::min(Sk, p + 1) : std::min(Sk, p + w);
+  } else if (mask == static_cast<int32_t>(AttnMask::Block)) {
+    const int64_t q = p >= 0 ? p / w : -((-p + w - 1) / w);  // floor division
+    lo = std::max<int64_t>(0, q * w);
+    hi = std::min(Sk, q * w + w);
+    if (causal) hi = std::min(hi, p + 1);
+  } else {
+    lo = 0;
+    hi = causal ? std::min(Sk, p + 1) : Sk;
+  }
+  if (hi < lo) hi = lo;
+}
+
+// Per-tile key geometry: per-lane intervals, their hull and their common core.
+template <typename C>
+struct Lanes {
+  static constexpr int L = VT<C>::L, BM = L * kNVQ;
+  typename VT<C>::Is lo[BM], hi[BM];
+  int64_t hull_lo, hull_hi, core_lo, core_hi;
+  // Lanes with valid == false take no part in the hull or core (their results are dropped).
+  void finish(const bool* valid) {
+    hull_lo = INT64_MAX;
+    hull_hi = INT64_MIN;
+    core_lo = INT64_MIN;
+    core_hi = INT64_MAX;
+    for (int i = 0; i < BM; ++i) {
+      if (!valid[i]) continue;
+      if (lo[i] < hi[i]) {
+        hull_lo = std::min<int64_t>(hull_lo, lo[i]);
+        hull_hi = std::max<int64_t>(hull_hi, hi[i]);
+      }
+      core_lo = std::max<int64_t>(core_lo, lo[i]);
+      core_hi = std::min<int64_t>(core_hi, hi[i]);
+    }
+    if (hull_lo >= hull_hi) hull_lo = hull_hi = 0;
+  }
+  bool full(int64_t j0, int64_t nk, const uint8_t* pad) const {
+    if (!(j0 >= core_lo && j0 + nk <= core_hi)) return false;
+    if (pad)
+      for (int64_t j = 0; j < nk; ++j)
+        if (pad[j0 + j]) return false;
+    return true;
+  }
+};
+
+// St[j][lanes] = fillv (-inf) where key j0 + j is not visible to the lane or is padding.
+template <typename C>
+void apply_mask(C* St, int64_t nk, int64_t j0, const Lanes<C>& ln, const uint8_t* pad, C fillv) {
+  using V = typename VT<C>::V;
+  using I = typename VT<C>::I;
+  using Is = typename VT<C>::Is;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const V fill = splat<V>(fillv);
+  I lo[kNVQ], hi[kNVQ];
+  for (int g = 0; g < kNVQ; ++g) {
+    lo[g] = ldi<C>(ln.lo + g * L);
+    hi[g] = ldi<C>(ln.hi + g * L);
+  }
+  for (int64_t j = 0; j < nk; ++j) {
+    C* row = St + j * BM;
+    if (pad && pad[j0 + j]) {
+      for (int g = 0; g < kNVQ; ++g) stv(row + g * L, fill);
+      continue;
+    }
+    const I jv = splat<I>(static_cast<Is>(j0 + j));
+    for (int g = 0; g < kNVQ; ++g) {
+      const I vis = (jv >= lo[g]) & (jv < hi[g]);
+      stv(row + g * L, vis ? ldv(row + g * L) : fill);
+    }
+  }
+}
+
+// Online-softmax step over a chunk of scores St (masked entries -inf): updates the running
+// max m and sum l per lane, overwrites St with P = exp(St - m_new) and leaves the rescale
+// factor of the old accumulator in alpha. A lane that has seen only -inf keeps m = -inf and
+// subtracts 0 instead, so that exp gives 0 rather than NaN.
+template <typename C>
+void softmax_step(C* St, int64_t nk, C* m, C* l, C* alpha) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const V ninf = splat<V>(-std::numeric_limits<C>::infinity());
+  for (int g = 0; g < kNVQ; ++g) {
+    V mx = ninf;
+    for (int64_t j = 0; j < nk; ++j) {
+      const V s = ldv(St + j * BM + g * L);
+      mx = s > mx ? s : mx;
+    }
+    const V mo = ldv(m + g * L);
+    const V mn = mx > mo ? mx : mo;
+    const V mu = mn == ninf ? V{} : mn;
+    stv(alpha + g * L, vexp_c(mo - mu));
+    V sum = V{};
+    for (int64_t j = 0; j < nk; ++j) {
+      C* p = St + j * BM + g * L;
+      const V e = vexp_c(ldv(p) - mu);
+      stv(p, e);
+      sum += e;
+    }
+    stv(l + g * L, ldv(l + g * L) * ldv(alpha + g * L) + sum);
+    stv(m + g * L, mn);
+  }
+}
+
+// St (nk x BM) = Kc (nk x D, row stride ldk) times Qt (D x BM), with D fixed when DC > 0.
+template <typename C, int DC>
+inline void scores(int64_t nk, int64_t D, const C* Kc, int64_t ldk, const C* Qt, C* St) {
+  constexpr int BM = Lanes<C>::BM;
+  gemm_nb<C, kNVQ, DC>(nk, D, Kc, ldk, 1, Qt, BM, St, BM, kSet, nullptr);
+}
+
+// Scratch growable per worker.
+template <typename C>
+struct Buf {
+  std::vector<C> v;
+  C* get(size_t n) {
+    if (v.size() < n) v.resize(n);
+    return v.data();
+  }
+};
+
+// Hands tasks out one at a time from a shared counter; each worker calls make() once for its
+// scratch, then fn(t, scratch) per task.
+template <typename W, typename F>
+void run_tasks(int64_t ntasks, const F& fn) {
+  const int threads = num_threads();
+  if (threads <= 1 || ntasks <= 1) {
+    W w;
+    for (int64_t t = 0; t < ntasks; ++t) fn(t, w);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  parallel_for(std::min<int64_t>(threads, ntasks), 1, [&](int64_t, int64_t) {
+    W w;
+    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) fn(t, w);
+  });
+}
+
+void check_query_index(const AttnArgs& a) {
+  if (!a.query_index) return;
+  for (int64_t b = 0; b < a.B; ++b)
+    for (int64_t r = 0; r < a.n; ++r) {
+      const int64_t v = a.query_index[b * a.n + r];
+      if (v < 0 || v >= a.Sq)
+        fail(ErrorCode::Range, "attention: query_index ", v, " at [", b, ", ", r, "] is outside [0, ", a.Sq, ")");
+    }
+}
+
+// Returns K/V rows [j0, j0 + nk) of one head as compute-type rows of stride ld: the memory
+// itself when the stored type is the compute type (and no padding is needed), else a
+// converted copy in buf with rows padded to ldp (zeros beyond D).
+template <typename T, typename C>
+const C* rows_as(const T* src, int64_t j0, int64_t nk, int64_t D, int64_t ldp, Buf<C>& buf, int64_t& ld) {
+  if constexpr (std::is_same<T, C>::value) {
+    if (ldp == D) {
+      ld = D;
+      return src + j0 * D;
+    }
+  }
+  C* d = buf.get(static_cast<size_t>(kBN * ldp));
+  for (int64_t j = 0; j < nk; ++j) {
+    const T* s = src + (j0 + j) * D;
+    C* o = d + j * ldp;
+    for (int64_t x = 0; x < D; ++x) o[x] = wid(s[x]);
+    for (int64_t x = D; x < ldp; ++x) o[x] = C(0);
+  }
+  ld = ldp;
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward
+
+template <typename C>
+struct FwdScratch {
+  Buf<C> qt, ot, st, kb, vb, ot2, st2;
+};
+
+template <typename T, int DC>
+void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
+  using C = typename Num<T>::acc;
+  constexpr int BM = Lanes<C>::BM;
+  const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, n = a.n;
+  const int64_t ntile = (n + BM - 1) / BM;
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const C scale = static_cast<C>(a.scale);
+  const C ninf = -std::numeric_limits<C>::infinity();
+
+  run_tasks<FwdScratch<C>>(a.B * a.Hq * ntile, [&](int64_t task, FwdScratch<C>& w) {
+    const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq, h = bh % a.Hq;
+    const int64_t hk = h / G;
+    const T* qh = q + bh * a.Sq * D;
+    const T* kh = k + (b * a.Hkv + hk) * a.Sk * D;
+    const T* vh = v + (b * a.Hkv + hk) * a.Sk * D;
+    const uint8_t* pad = a.key_padding ? a.key_padding + b * a.Sk : nullptr;
+    C* Qt = w.qt.get(static_cast<size_t>(D * BM));
+    C* Ot = w.ot.get(static_cast<size_t>(D * BM));
+    C* St = w.st.get(static_cast<size_t>(kBN * BM));
+    alignas(64) C m[BM], l[BM], alpha[BM];
+    int64_t qrow[BM];
+    bool valid[BM];
+    Lanes<C> ln;
+    const int64_t r0 = t * BM;
+    for (int i = 0; i < BM; ++i) {
+      const int64_t r = r0 + i;
+      valid[i] = r < n;
+      qrow[i] = !valid[i] ? -1 : a.query_index ? a.query_index[b * n + r] : r;
+      int64_t lo = 0, hi = 0;
+      if (valid[i]) key_interval(a, a.mask, qrow[i] + a.Sk - a.Sq, lo, hi);
+      ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+      ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+      m[i] = ninf;
+      l[i] = 0;
+    }
+    ln.finish(valid);
+    for (int64_t d = 0; d < D; ++d)
+      for (int i = 0; i < BM; ++i) Qt[d * BM + i] = valid[i] ? scale * wid(qh[qrow[i] * D + d]) : C(0);
+    std::fill(Ot, Ot + D * BM, C(0));
+    for (int64_t j0 = ln.hull_lo; j0 < ln.hull_hi; j0 += kBN) {
+      const int64_t nk = std::min<int64_t>(kBN, ln.hull_hi - j0);
+      int64_t ldk, ldvv;
+      const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
+      const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+      scores<C, DC>(nk, D, Kc, ldk, Qt, St);
+      if (!ln.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, ln, pad, ninf);
+      softmax_step<C>(St, nk, m, l, alpha);
+      gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldvv, St, BM, Ot, BM, kScaleAdd, alpha);
+    }
+    for (int i = 0; i < BM; ++i) {
+      if (!valid[i]) continue;
+      const int64_t r = r0 + i;
+      T* o = out + (bh * n + r) * D;
+      if (l[i] > 0) {
+        const C inv = C(1) / l[i];
+        for (int64_t d = 0; d < D; ++d) o[d] = Num<T>::store(Ot[d * BM + i] * inv);
+        if (lse) lse[bh * n + r] = m[i] + std::log(l[i]);
+      } else {
+        for (int64_t d = 0; d < D; ++d) o[d] = Num<T>::store(C(0));
+        if (lse) lse[bh * n + r] = ninf;
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Dual forward
+
+template <typename T, int DC>
+void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>::acc* lse_l,
+                typename Num<T>::acc* lse_g) {
+  using C = typename Num<T>::acc;
+  constexpr int BM = Lanes<C>::BM;
+  const AttnArgs& a = da.a;
+  const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, n = a.Sq;
+  const int64_t ntile = (n + BM - 1) / BM;
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const T* gates = static_cast<const T*>(da.gates);
+  const C scale = static_cast<C>(a.scale);
+  const C ninf = -std::numeric_limits<C>::infinity();
+  const int32_t gmask = static_cast<int32_t>(AttnMask::Global);
+
+  run_tasks<FwdScratch<C>>(a.B * a.Hq * ntile, [&](int64_t task, FwdScratch<C>& w) {
+    const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq, h = bh % a.Hq;
+    const int64_t hk = h / G;
+    const T* qh = q + bh * a.Sq * D;
+    const T* kh = k + (b * a.Hkv + hk) * a.Sk * D;
+    const T* vh = v + (b * a.Hkv + hk) * a.Sk * D;
+    const uint8_t* pad = a.key_padding ? a.key_padding + b * a.Sk : nullptr;
+    C* Qt = w.qt.get(static_cast<size_t>(D * BM));
+    C* Ol = w.ot.get(static_cast<size_t>(D * BM));
+    C* Og = w.ot2.get(static_cast<size_t>(D * BM));
+    C* Sg = w.st.get(static_cast<size_t>(kBN * BM));
+    C* Sl = w.st2.get(static_cast<size_t>(kBN * BM));
+    alignas(64) C ml[BM], ll[BM], mg[BM], lg[BM], alpha[BM];
+    bool valid[BM], glob[BM];
+    Lanes<C> lnl, lng;
+    const int64_t r0 = t * BM;
+    bool any_global = false;
+    for (int i = 0; i < BM; ++i) {
+      const int64_t r = r0 + i;
+      valid[i] = r < n;
+      glob[i] = valid[i] && (!da.global_rows || da.global_rows[b * n + r] != 0);
+      any_global = any_global || glob[i];
+      int64_t lo = 0, hi = 0, glo = 0, ghi = 0;
+      if (valid[i]) key_interval(a, a.mask, r + a.Sk - a.Sq, lo, hi);
+      if (glob[i]) key_interval(a, gmask, r + a.Sk - a.Sq, glo, ghi);
+      lnl.lo[i] = static_cast<typename VT<C>::Is>(lo);
+      lnl.hi[i] = static_cast<typename VT<C>::Is>(hi);
+      lng.lo[i] = static_cast<typename VT<C>::Is>(glo);
+      lng.hi[i] = static_cast<typename VT<C>::Is>(ghi);
+      ml[i] = mg[i] = ninf;
+      ll[i] = lg[i] = 0;
+    }
+    lnl.finish(valid);
+    lng.finish(valid);
+    for (int64_t d = 0; d < D; ++d)
+      for (int i = 0; i < BM; ++i) Qt[d * BM + i] = valid[i] ? scale * wid(qh[(r0 + i) * D + d]) : C(0);
+    std::fill(Ol, Ol + D * BM, C(0));
+    std::fill(Og, Og + D * BM, C(0));
+    // Walk the union of both hulls (rows off the global path still need their local keys,
+    // which need not lie inside the hull of the global rows).
+    int64_t h0 = lnl.hull_lo, h1 = lnl.hull_hi;
+    if (any_global && lng.hull_lo < lng.hull_hi) {
+      h0 = h0 < h1 ? std::min(h0, lng.hull_lo) : lng.hull_lo;
+      h1 = std::max(h1, lng.hull_hi);
+    }
+    for (int64_t j0 = h0; j0 < h1; j0 += kBN) {
+      const int64_t nk = std::min<int64_t>(kBN, h1 - j0);
+      int64_t ldk, ldvv;
+      const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
+      const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+      scores<C, DC>(nk, D, Kc, ldk, Qt, Sg);
+      if (j0 < lnl.hull_hi && j0 + nk > lnl.hull_lo) {
+        std::memcpy(Sl, Sg, sizeof(C) * nk * BM);
+        if (!lnl.full(j0, nk, pad)) apply_mask<C>(Sl, nk, j0, lnl, pad, ninf);
+        softmax_step<C>(Sl, nk, ml, ll, alpha);
+        gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldvv, Sl, BM, Ol, BM, kScaleAdd, alpha);
+      }
+      if (any_global && j0 < lng.hull_hi && j0 + nk > lng.hull_lo) {
+        if (!lng.full(j0, nk, pad)) apply_mask<C>(Sg, nk, j0, lng, pad, ninf);
+        softmax_step<C>(Sg, nk, mg, lg, alpha);
+        gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldvv, Sg, BM, Og, BM, kScaleAdd, alpha);
+      }
+    }
+    for (int i = 0; i < BM; ++i) {
+      if (!valid[i]) continue;
+      const int64_t r = r0 + i, row = bh * n + r;
+      const T* gp = da.gates_per_head ? gates + row * 2 : gates + (b * n + r) * 2;
+      const C g0 = wid(gp[0]), g1 = wid(gp[1]);
+      const C il = ll[i] > 0 ? C(1) / ll[i] : C(0);
+      const C ig = lg[i] > 0 && glob[i] ? C(1) / lg[i] : C(0);
+      T* o = out + row * D;
+      T* ol = out_l + row * D;
+      T* og = out_g + row * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const C xl = Ol[d * BM + i] * il, xg = Og[d * BM + i] * ig;
+        ol[d] = Num<T>::store(xl);
+        og[d] = Num<T>::store(xg);
+        o[d] = Num<T>::store(glob[i] ? g0 * xl + g1 * xg : g0 * xl);
+      }
+      lse_l[row] = ll[i] > 0 ? ml[i] + std::log(ll[i]) : ninf;
+      lse_g[row] = glob[i] && lg[i] > 0 ? mg[i] + std::log(lg[i]) : ninf;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward
+
+template <typename C>
+struct BwdScratch {
+  Buf<C> qt, qr, dot, dor, st, dpt, kb, vb, dqt, dkacc, dvacc;
+};
+
+template <typename T, int DC>
+void backward_typed(const AttnArgs& a, const T* out, const T* dout, const typename Num<T>::acc* lse,
+                    typename Num<T>::acc* dq, typename Num<T>::acc* dk, typename Num<T>::acc* dv) {
+  using C = typename Num<T>::acc;
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, n = a.n, Sk = a.Sk;
+  const int64_t Dp = (D + L - 1) / L * L, NVd = Dp / L;
+  const int64_t ntile = (n + BM - 1) / BM;
+  const T* q = static_cast<const T*>(a.q);
+  const T* k = static_cast<const T*>(a.k);
+  const T* v = static_cast<const T*>(a.v);
+  const C scale = static_cast<C>(a.scale);
+  const C ninf = -std::numeric_limits<C>::infinity();
+
+  run_tasks<BwdScratch<C>>(a.B * a.Hkv, [&](int64_t task, BwdScratch<C>& w) {
+    const int64_t b = task / a.Hkv, hk = task % a.Hkv;
+    const T* kh = k + task * Sk * D;
+    const T* vh = v + task * Sk * D;
+    const uint8_t* pad = a.key_padding ? a.key_padding + b * Sk : nullptr;
+    C* Qt = w.qt.get(static_cast<size_t>(D * BM));
+    C* Qr = w.qr.get(static_cast<size_t>(BM * Dp));
+    C* dOt = w.dot.get(static_cast<size_t>(D * BM));
+    C* dOr = w.dor.get(static_cast<size_t>(BM * Dp));
+    C* St = w.st.get(static_cast<size_t>(kBN * BM));
+    C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
+    C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
+    C* dKa = w.dkacc.get(static_cast<size_t>(Sk * Dp));
+    C* dVa = w.dvacc.get(static_cast<size_t>(Sk * Dp));
+    std::fill(dKa, dKa + Sk * Dp, C(0));
+    std::fill(dVa, dVa + Sk * Dp, C(0));
+    alignas(64) C lsev[BM], Dr[BM];
+    int64_t qrow[BM];
+    bool valid[BM];
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = hk * G + g, bh = b * a.Hq + h;
+      const T* qh = q + bh * a.Sq * D;
+      for (int64_t t = 0; t < ntile; ++t) {
+        Lanes<C> ln;
+        const int64_t r0 = t * BM;
+        bool any = false;
+        for (int i = 0; i < BM; ++i) {
+          const int64_t r = r0 + i;
+          valid[i] = r < n;
+          qrow[i] = !valid[i] ? -1 : a.query_index ? a.query_index[b * n + r] : r;
+          int64_t lo = 0, hi = 0;
+          C ls = 0, dr = 0;
+          if (valid[i]) {
+            ls = lse[bh * n + r];
+            if (ls == ninf) {
+              ls = 0;  // skipped row: empty interval, so P = 0 everywhere
+            } else {
+              key_interval(a, a.mask, qrow[i] + a.Sk - a.Sq, lo, hi);
+              const T* o = out + (bh * n + r) * D;
+              const T* dd = dout + (bh * n + r) * D;
+              for (int64_t d = 0; d < D; ++d) dr += wid(o[d]) * wid(dd[d]);
+            }
+          }
+          any = any || lo < hi;
+          ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+          ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+          lsev[i] = ls;
+          Dr[i] = dr;
+        }
+        if (!any) continue;
+        ln.finish(valid);
+        for (int i = 0; i < BM; ++i) {
+          const bool ok = valid[i];
+          const T* qq = ok ? qh + qrow[i] * D : nullptr;
+          const T* dd = ok ? dout + (bh * n + r0 + i) * D : nullptr;
+          for (int64_t d = 0; d < D; ++d) {
+            const C qv = ok ? wid(qq[d]) : C(0), dv_ = ok ? wid(dd[d]) : C(0);
+            Qt[d * BM + i] = scale * qv;
+            Qr[i * Dp + d] = qv;
+            dOt[d * BM + i] = dv_;
+            dOr[i * Dp + d] = dv_;
+          }
+          for (int64_t d = D; d < Dp; ++d) Qr[i * Dp + d] = dOr[i * Dp + d] = C(0);
+        }
+        std::fill(dQt, dQt + BM * Dp, C(0));
+        for (int64_t j0 = ln.hull_lo; j0 < ln.hull_hi; j0 += kBN) {
+          const int64_t nk = std::min<int64_t>(kBN, ln.hull_hi - j0);
+          int64_t ldk, ldvv;
+          const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.kb, ldk);
+          const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+          scores<C, DC>(nk, D, Kc, ldk, Qt, St);
+          scores<C, DC>(nk, D, Vc, ldvv, dOt, dPt);
+          const bool full = ln.full(j0, nk, pad);
+          if (!full) apply_mask<C>(St, nk, j0, ln, pad, ninf);
+          for (int gq = 0; gq < kNVQ; ++gq) {
+            const V lv = ldv(lsev + gq * L), dr = ldv(Dr + gq * L), sc = splat<V>(scale);
+            for (int64_t j = 0; j < nk; ++j) {
+              C* ps = St + j * BM + gq * L;
+              C* pd = dPt + j * BM + gq * L;
+              const V p = vexp_c(ldv(ps) - lv);  // exp(-inf) = 0 on masked keys
+              stv(ps, p);
+              stv(pd, sc * p * (ldv(pd) - dr));
+            }
+          }
+          // dV[j] += sum_i P[j][i] dO[i];  dK[j] += sum_i dS[j][i] Q[i]
+          gemm<C>(nk, NVd, BM, St, BM, 1, dOr, Dp, dVa + j0 * Dp, Dp, kAdd);
+          gemm<C>(nk, NVd, BM, dPt, BM, 1, Qr, Dp, dKa + j0 * Dp, Dp, kAdd);
+          // dQ[i] += sum_j dS[j][i] K[j] (Kc rows are Dp long: vector loads stay in bounds)
+          gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
+        }
+        for (int i = 0; i < BM; ++i) {
+          if (!valid[i] || ln.lo[i] >= ln.hi[i]) continue;
+          C* o = dq + (bh * a.Sq + qrow[i]) * D;
+          const C* s = dQt + i * Dp;
+          for (int64_t d = 0; d < D; ++d) o[d] += s[d];
+        }
+      }
+    }
+    C* dko = dk + task * Sk * D;
+    C* dvo = dv + task * Sk * D;
+    for (int64_t j = 0; j < Sk; ++j)
+      for (int64_t d = 0; d < D; ++d) {
+        dko[j * D + d] += dKa[j * Dp + d];
+        dvo[j * D + d] += dVa[j * Dp + d];
+      }
+  });
+}
+
+// Calls f(T{}, std::integral_constant<int, DC>{}) for the dtype and head dim.
+template <typename F>
+void dispatch_attn(int32_t dtype, int64_t D, const char* what, F&& f) {
+  auto with_d = [&](auto tv) {
+    switch (D) {
+      case 32: return f(tv, std::integral_constant<int, 32>{});
+      case 64: return f(tv, std::integral_constant<int, 64>{});
+      case 128: return f(tv, std::integral_constant<int, 128>{});
+      default: return f(tv, std::integral_constant<int, 0>{});
+    }
+  };
+  switch (static_cast<DType>(dtype)) {
+    case DType::F32: return with_d(float{});
+    case DType::F64: return with_d(double{});
+    case DType::BF16: return with_d(bf16{});
+    default:
+      fail(ErrorCode::DType, what, ": expected float32, float64 or bfloat16, got ",
+           dtype_name(static_cast<DType>(dtype)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// RoPE
+
+template <typename T>
+void rope_typed(const View& out, const View& x, const View& pos, double base, bool inverse) {
+  using C = typename Num<T>::acc;
+  const int64_t D = x.shape[x.ndim - 1], S = x.shape[x.ndim - 2], half = D / 2;
+  const int64_t rows = view_numel(x) / std::max<int64_t>(D, 1);
+  const int64_t PB = pos.ndim == 1 ? 1 : pos.shape[0];
+  const int64_t rows_per_b = rows / std::max<int64_t>(PB, 1);
+  const int32_t* pp = static_cast<const int32_t*>(pos.data);
+  const T* xs = static_cast<const T*>(x.data);
+  T* os = static_cast<T*>(out.data);
+  if (rows == 0 || half == 0) {
+    if (os != xs)
+      for (int64_t i = 0; i < rows * D; ++i) os[i] = xs[i];
+    return;
+  }
+  std::vector<double> inv(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) inv[i] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(D));
+  parallel_for(rows, std::max<int64_t>(1, 4096 / D), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t s = r % S, b = PB == 1 ? 0 : r / rows_per_b;
+      const double p = static_cast<double>(pp[b * S + s]);
+      const T* xr = xs + r * D;
+      T* orow = os + r * D;
+      for (int64_t i = 0; i < half; ++i) {
+        double th = p * inv[i];
+        if (inverse) th = -th;
+        const C c = static_cast<C>(std::cos(th)), sn = static_cast<C>(std::sin(th));
+        const C x0 = wid(xr[i]), x1 = wid(xr[i + half]);
+        orow[i] = Num<T>::store(x0 * c - x1 * sn);
+        orow[i + half] = Num<T>::store(x1 * c + x0 * sn);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void attention_forward(const AttnArgs& a, void* out, void* lse) {
+  dispatch_attn(a.dtype, a.D, "attention", [&](auto tv, auto dc) {
+    using T = decltype(tv);
+    using C = typename Num<T>::acc;
+    check_query_index(a);
+    if (a.B <= 0 || a.Hq <= 0 || a.n <= 0) return;
+    if (a.D <= 0) {
+      if (lse) {
+        // No dimensions: every visible key scores 0, so lse = log(count of visible keys).
+        C* l = static_cast<C*>(lse);
+        for (int64_t b = 0; b < a.B; ++b)
+          for (int64_t h = 0; h < a.Hq; ++h)
+            for (int64_t r = 0; r < a.n; ++r) {
+              const int64_t qi = a.query_index ? a.query_index[b * a.n + r] : r;
+              int64_t lo, hi, cnt = 0;
+              key_interval(a, a.mask, qi + a.Sk - a.Sq, lo, hi);
+              for (int64_t j = lo; j < hi; ++j) cnt += !(a.key_padding && a.key_padding[b * a.Sk + j]);
+              l[(b * a.Hq + h) * a.n + r] = cnt ? std::log(static_cast<C>(cnt)) : -std::numeric_limits<C>::infinity();
+            }
+      }
+      return;
+    }
+    forward_typed<T, decltype(dc)::value>(a, static_cast<T*>(out), static_cast<C*>(lse));
+  });
+}
+
+void attention_backward(const AttnArgs& a, const void* out, const void* dout, const void* lse, void* dq, void* dk,
+                        void* dv) {
+  dispatch_attn(a.dtype, a.D, "attention_backward", [&](auto tv, auto dc) {
+    using T = decltype(tv);
+    using C = typename Num<T>::acc;
+    check_query_index(a);
+    if (a.B <= 0 || a.Hq <= 0 || a.n <= 0 || a.D <= 0 || a.Sk <= 0) return;
+    backward_typed<T, decltype(dc)::value>(a, static_cast<const T*>(out), static_cast<const T*>(dout),
+                                           static_cast<const C*>(lse), static_cast<C*>(dq), static_cast<C*>(dk),
+                                           static_cast<C*>(dv));
+  });
+}
+
+void dual_attention_forward(const DualArgs& d, void* out, void* out_local, void* out_global, void* lse_local,
+                            void* lse_global) {
+  const AttnArgs& a = d.a;
+  if (a.query_index) fail(ErrorCode::Value, "dual_attention: query_index is not supported");
+  dispatch_attn(a.dtype, a.D, "dual_attention", [&](auto tv, auto dc) {
+    using T = decltype(tv);
+    using C = typename Num<T>::acc;
+    if (a.B <= 0 || a.Hq <= 0 || a.Sq <= 0 || a.D <= 0) return;
+    dual_typed<T, decltype(dc)::value>(d, static_cast<T*>(out), static_cast<T*>(out_local),
+                                       static_cast<T*>(out_global), static_cast<C*>(lse_local),
+                                       static_cast<C*>(lse_global));
+  });
+}
+
+void rope(const View& out, const View& x, const View& positions, double base, bool inverse) {
+  dispatch_float(dt(x), "rope", [&](auto tv) { rope_typed<decltype(tv)>(out, x, positions, base, inverse); });
+}
+
+}  // namespace DR_ISA
+}  // namespace cpu
+}  // namespace dualroute

@@ -1,0 +1,975 @@
+// Fused attention on the GPU: forward, backward, dual (local + global) forward, and RoPE.
+// The contract (shapes, masks, positions, lse) is native/core/attention.h; in short:
+//   q [B,Hq,Sq,D]  k,v [B,Hkv,Sk,D]  out [B,Hq,n,D]  lse [B,Hq,n] float32
+//   row r reads query i = query_index[b,r] (or r), at position p = i + Sk - Sq; kv head h/(Hq/Hkv).
+// Every mask (Global, Sliding, Block; causal or not) leaves a query an interval [lo, hi] of
+// keys, so a row is described by two ints, the padding bytes are the only per-key test, and
+// a query tile reads only the key tiles between its smallest lo and largest hi.
+//
+// Kernels:
+//  1. attn_fwd_mma<D, DUAL> (bf16, D in {32, 64, 128}, sm_80+): FlashAttention-2 forward. One
+//     block of 4 warps per (b, h, 64-query tile); each warp owns 16 query rows. Key tiles of 64
+//     are staged in shared memory by cp.async (V's copy overlaps S = Q K^T). S and O live in
+//     mma.m16n8k16 accumulator fragments; the online softmax works in the log2 domain (scores
+//     premultiplied by scale*log2(e), exp2f) and P is re-packed from the S fragments into bf16
+//     A-fragments for O += P V without a trip through shared memory. DUAL keeps two (m, l, O)
+//     accumulators fed from the same S and V fragments: one pass over K/V for both paths.
+//  2. attn_fwd_warp<T, DPL, DUAL> (float32, other head dims up to 512): one warp per output
+//     row, D spread over lanes (DPL values each), keys streamed from L2 one at a time. Simple
+//     and exact; the float32 path is not the one that has to be fast.
+//  3. attn_bwd_warp<T, DPL>: one block per (b, kv head, tile of KT keys) holding K, V, dK, dV
+//     of its keys in float shared memory; its warps walk the query rows (of every query head of
+//     the group) that can see the tile, recompute P = exp(s - lse), add dV, dK in shared memory
+//     and dQ in registers, flushed to global memory with atomicAdd once per row and tile.
+//  4. rope_kernel<T>: rotate-half RoPE in double, like the CPU kernel.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <mutex>
+#include <string>
+
+#include "../core/attention.h"
+#include "common.cuh"
+
+namespace dualroute {
+namespace cuda {
+namespace {
+
+using bf16_t = __nv_bfloat16;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ float ld(bf16_t v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T st(float v);
+template <>
+__device__ __forceinline__ float st<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ bf16_t st<bf16_t>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+
+// First bad query_index position (b * n + r), ~0 if none. One slot, guarded by the mutex from
+// reset to read-back, as in index.cu.
+__device__ unsigned long long g_attn_bad;
+std::mutex g_attn_mutex;
+
+// Keys visible to a query at position p, as an inclusive interval clipped to [0, Sk); empty
+// when lo > hi. window is clamped by the host to <= 2^40, which changes nothing (|p|, j < 2^31)
+// but keeps p +- window from overflowing. Block uses C++ truncating division, exactly the
+// contract's `j / window == p / window`.
+__device__ __forceinline__ void key_range(int mask, int causal, long long window, long long p, int Sk, int& lo,
+                                          int& hi) {
+  long long a, z;
+  if (mask == static_cast<int>(AttnMask::Sliding)) {
+    a = p - window + 1;
+    z = causal ? p : p + window - 1;
+  } else if (mask == static_cast<int>(AttnMask::Block)) {
+    const long long qb = p / window;
+    if (qb < 0) {
+      a = 1;
+      z = 0;
+    } else {
+      a = qb * window;
+      z = a + window - 1;
+      if (causal) z = min(z, p);
+    }
+  } else {
+    a = 0;
+    z = causal ? p : static_cast<long long>(Sk) - 1;
+  }
+  a = max(a, 0LL);
+  z = min(z, static_cast<long long>(Sk) - 1);
+  if (a > z) {
+    lo = 0;
+    hi = -1;
+  } else {
+    lo = static_cast<int>(a);
+    hi = static_cast<int>(z);
+  }
+}
+
+struct FwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;   // forward: out; dual: out_local
+  float* lse;  // forward: lse (may be null); dual: lse_local
+  // dual only
+  void* out_mix;
+  void* out_g;
+  float* lse_g;
+  const void* gates;
+  int gates_per_head;
+  const uint8_t* global_rows;
+  // shapes and mask
+  int Hq, Hkv, G, Sq, Sk, n, D;
+  int causal, mask;
+  long long window;
+  float scale2;  // scale * log2(e)
+  const uint8_t* pad;
+  const int32_t* qidx;
+  int tiles;  // query tiles per (b, h) (mma kernel) or rows per block groups (warp kernel)
+};
+
+// Row r of (b, h): the query it reads, or -1 (past n, or a bad index, which is recorded).
+__device__ __forceinline__ int query_of(const FwdParams& P, int b, int r, bool record) {
+  if (r >= P.n) return -1;
+  if (!P.qidx) return r;
+  const long long pos = static_cast<long long>(b) * P.n + r;
+  const int qi = P.qidx[pos];
+  if (qi < 0 || qi >= P.Sq) {
+    if (record) atomicMin(&g_attn_bad, static_cast<unsigned long long>(pos));
+    return -1;
+  }
+  return qi;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. bf16 tensor-core forward
+// ---------------------------------------------------------------------------------------------
+constexpr int kBM = 64, kBN = 64, kMmaThreads = 128;
+
+template <int D>
+constexpr int mma_smem_bytes() {
+  return 3 * kBM * (D + 8) * 2 + 5 * kBM * 4 + kBN;
+}
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
+  const int src_bytes = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address / lower k)
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+#endif
+
+// Fragment layout (m16n8): thread (g = lane/4, t = lane%4) holds c0 c1 at (row g, cols 2t, 2t+1)
+// and c2 c3 at row g+8; "half" hf = 0/1 below is row g / g+8.
+template <int D, bool DUAL>
+__global__ void __launch_bounds__(kMmaThreads) attn_fwd_mma(FwdParams P) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int PITCH = D + 8;  // 16-byte row padding: the 8 rows of an ldmatrix hit distinct banks
+  constexpr int CH = D / 8;     // 16-byte chunks per row
+  constexpr int NF = kBN / 8;   // S fragments per warp (16 x 64)
+  constexpr int OF = D / 8;     // O fragments per warp (16 x D)
+  // Q fragments stay in registers except for the dual D = 128 variant, whose two O
+  // accumulators already take 128 registers; there they are re-read from shared memory.
+  constexpr bool QREG = !DUAL || D <= 64;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* sK = sQ + kBM * PITCH;
+  bf16_t* sV = sK + kBN * PITCH;
+  int* sLo = reinterpret_cast<int*>(sV + kBN * PITCH);
+  int* sHi = sLo + kBM;
+  int* sGlo = sHi + kBM;
+  int* sGhi = sGlo + kBM;
+  int* sQi = sGhi + kBM;
+  unsigned char* sOk = reinterpret_cast<unsigned char*>(sQi + kBM);
+  __shared__ int tl[4];  // block-wide min lo, max hi: local (or only) path, global path
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int tile = blockIdx.x % P.tiles;
+  const int bh = blockIdx.x / P.tiles;
+  const int b = bh / P.Hq, h = bh % P.Hq, hk = h / P.G;
+  const int r0 = tile * kBM;
+
+  if (tid < 4) tl[tid] = (tid & 1) ? -1 : INT_MAX;
+  __syncthreads();
+  if (tid < kBM) {
+    const int qi = query_of(P, b, r0 + tid, true);
+    int lo = 0, hi = -1, glo = 0, ghi = -1;
+    if (qi >= 0) {
+      const long long p = static_cast<long long>(qi) + P.Sk - P.Sq;
+      key_range(P.mask, P.causal, P.window, p, P.Sk, lo, hi);
+      if (DUAL && (!P.global_rows || P.global_rows[static_cast<long long>(b) * P.Sq + qi]))
+        key_range(static_cast<int>(AttnMask::Global), P.causal, 1, p, P.Sk, glo, ghi);
+    }
+    sQi[tid] = qi;
+    sLo[tid] = lo;
+    sHi[tid] = hi;
+    sGlo[tid] = glo;
+    sGhi[tid] = ghi;
+    if (lo <= hi) {
+      atomicMin(&tl[0], lo);
+      atomicMax(&tl[1], hi);
+    }
+    if (DUAL && glo <= ghi) {
+      atomicMin(&tl[2], glo);
+      atomicMax(&tl[3], ghi);
+    }
+  }
+  __syncthreads();
+
+  const bf16_t* Q = static_cast<const bf16_t*>(P.q) + static_cast<long long>(bh) * P.Sq * D;
+  const bf16_t* K = static_cast<const bf16_t*>(P.k) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
+  const bf16_t* V = static_cast<const bf16_t*>(P.v) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
+  const uint32_t aQ = smem_addr(sQ), aK = smem_addr(sK), aV = smem_addr(sV);
+
+  for (int c = tid; c < kBM * CH; c += kMmaThreads) {
+    const int row = c / CH, col = (c % CH) * 8;
+    const int qi = sQi[row];
+    const bf16_t* src = qi >= 0 ? Q + static_cast<long long>(qi) * D + col : Q;
+    cp_async16(aQ + (row * PITCH + col) * 2, src, qi >= 0);
+  }
+  cp_async_commit();
+
+  // Per-lane ldmatrix offsets (bytes). Q [row][d] is the row-major A operand; K [key][d] is
+  // B stored n x k (plain ldmatrix); V [key][d] is B stored k x n (ldmatrix.trans).
+  const int mat = lane >> 3, r8 = lane & 7;
+  const uint32_t q_off = ((warp * 16 + (lane & 15)) * PITCH + (lane >> 4) * 8) * 2;
+  const uint32_t k_off = ((r8 + (mat >> 1) * 8) * PITCH + (mat & 1) * 8) * 2;
+  const uint32_t v_off = ((r8 + (mat & 1) * 8) * PITCH + (mat >> 1) * 8) * 2;
+
+  // Row key intervals: in registers, or (dual D = 128, short of registers) read from shared
+  // memory at each use.
+  constexpr bool RREG = QREG;
+  int lo_r[2], hi_r[2], glo_r[2], ghi_r[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int row = warp * 16 + g + hf * 8;
+    lo_r[hf] = sLo[row];
+    hi_r[hf] = sHi[row];
+    glo_r[hf] = sGlo[row];
+    ghi_r[hf] = sGhi[row];
+  }
+  const int my_row = warp * 16 + g;
+  auto vis_l = [&](int hf, int j) {
+    return RREG ? (j >= lo_r[hf] && j <= hi_r[hf]) : (j >= sLo[my_row + 8 * hf] && j <= sHi[my_row + 8 * hf]);
+  };
+  auto vis_g = [&](int hf, int j) {
+    return RREG ? (j >= glo_r[hf] && j <= ghi_r[hf]) : (j >= sGlo[my_row + 8 * hf] && j <= sGhi[my_row + 8 * hf]);
+  };
+  const int llo = tl[0], lhi = tl[1], bglo = tl[2], bghi = tl[3];
+  int klo = llo, khi = lhi;
+  if (DUAL) {
+    klo = min(klo, bglo);
+    khi = max(khi, bghi);
+  }
+  const int t0 = klo <= khi ? klo / kBN : 0;
+  const int t1 = klo <= khi ? khi / kBN : -1;
+
+  float o[OF][4], og[DUAL ? OF : 1][4];
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float mg[2] = {-INFINITY, -INFINITY}, lg[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < OF; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      o[i][e] = 0.f;
+      if (DUAL) og[i][e] = 0.f;
+    }
+
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qf[QREG ? D / 16 : 1][4];
+  if (QREG) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[ks], aQ + q_off + ks * 32);
+  }
+
+  for (int kt = t0; kt <= t1; ++kt) {
+    const int j0 = kt * kBN;
+#pragma unroll 1
+    for (int pass = 0; pass < 2; ++pass) {
+      const bf16_t* src0 = pass ? V : K;
+      const uint32_t dst0 = pass ? aV : aK;
+      for (int c = tid; c < kBN * CH; c += kMmaThreads) {
+        const int row = c / CH, col = (c % CH) * 8;
+        const int j = j0 + row;
+        const bool ok = j < P.Sk;
+        cp_async16(dst0 + (row * PITCH + col) * 2, ok ? src0 + static_cast<long long>(j) * D + col : src0, ok);
+      }
+      cp_async_commit();
+    }
+    if (tid < kBN) {
+      const int j = j0 + tid;
+      sOk[tid] = j < P.Sk && !(P.pad && P.pad[static_cast<long long>(b) * P.Sk + j]);
+    }
+    const bool do_l = !DUAL || (llo <= lhi && j0 <= lhi && j0 + kBN - 1 >= llo);
+    const bool do_g = DUAL && bglo <= bghi && j0 <= bghi && j0 + kBN - 1 >= bglo;
+    cp_async_wait<1>();  // K landed (V may still be in flight)
+    __syncthreads();
+
+    float s[NF][4];
+#pragma unroll
+    for (int i = 0; i < NF; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t a[4];
+      if (QREG) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[e] = qf[QREG ? ks : 0][e];
+      } else {
+        ldmatrix_x4(a, aQ + q_off + ks * 32);
+      }
+#pragma unroll
+      for (int nj = 0; nj < kBN / 16; ++nj) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, aK + k_off + (nj * 16 * PITCH + ks * 16) * 2);
+        mma_bf16(s[2 * nj], a, kb[0], kb[1]);
+        mma_bf16(s[2 * nj + 1], a, kb[2], kb[3]);
+      }
+    }
+
+    // Scores to the log2 domain; row maxima over the visible keys of each path.
+    float mx[2] = {-INFINITY, -INFINITY}, mxg[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < NF; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int hf = e >> 1, jj = i * 8 + 2 * t + (e & 1), j = j0 + jj;
+        s[i][e] *= P.scale2;
+        const bool ok = sOk[jj];
+        if (ok && vis_l(hf, j)) mx[hf] = fmaxf(mx[hf], s[i][e]);
+        if (DUAL && ok && vis_g(hf, j)) mxg[hf] = fmaxf(mxg[hf], s[i][e]);
+      }
+    float mu[2], mug[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
+      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+      const float mn = fmaxf(m[hf], mx[hf]);
+      mu[hf] = mn == -INFINITY ? 0.f : mn;  // no visible key yet: any finite reference works
+      const float alpha = exp2f(m[hf] - mu[hf]);
+      m[hf] = mn;
+      l[hf] *= alpha;
+#pragma unroll
+      for (int i = 0; i < OF; ++i) {
+        o[i][2 * hf] *= alpha;
+        o[i][2 * hf + 1] *= alpha;
+      }
+      if (DUAL) {
+        mxg[hf] = fmaxf(mxg[hf], __shfl_xor_sync(0xffffffffu, mxg[hf], 1));
+        mxg[hf] = fmaxf(mxg[hf], __shfl_xor_sync(0xffffffffu, mxg[hf], 2));
+        const float mgn = fmaxf(mg[hf], mxg[hf]);
+        mug[hf] = mgn == -INFINITY ? 0.f : mgn;
+        const float ag = exp2f(mg[hf] - mug[hf]);
+        mg[hf] = mgn;
+        lg[hf] *= ag;
+#pragma unroll
+        for (int i = 0; i < OF; ++i) {
+          og[i][2 * hf] *= ag;
+          og[i][2 * hf + 1] *= ag;
+        }
+      }
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // O += P V, 16 keys per step. The S fragments of keys 16kk..16kk+15 (n-fragments 2kk and
+    // 2kk+1) are exactly the A fragment of P for that k-step once packed to bf16.
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      uint32_t pa[4], pg[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {  // a0: (g, k 2t) a1: (g+8, 2t) a2: (g, 8+2t) a3: (g+8, 8+2t)
+        const int i = 2 * kk + (x >> 1), hf = x & 1;
+        float pv[2], pgv[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int jj = i * 8 + 2 * t + c, j = j0 + jj;
+          const float sv = s[i][2 * hf + c];
+          const bool ok = sOk[jj];
+          pv[c] = (ok && vis_l(hf, j)) ? exp2f(sv - mu[hf]) : 0.f;
+          l[hf] += pv[c];
+          if (DUAL) {
+            pgv[c] = (ok && vis_g(hf, j)) ? exp2f(sv - mug[hf]) : 0.f;
+            lg[hf] += pgv[c];
+          }
+        }
+        pa[x] = pack_bf16(pv[0], pv[1]);
+        if (DUAL) pg[x] = pack_bf16(pgv[0], pgv[1]);
+      }
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, aV + v_off + (kk * 16 * PITCH + nd * 16) * 2);
+        if (do_l) {
+          mma_bf16(o[2 * nd], pa, vb[0], vb[1]);
+          mma_bf16(o[2 * nd + 1], pa, vb[2], vb[3]);
+        }
+        if (DUAL && do_g) {
+          mma_bf16(og[DUAL ? 2 * nd : 0], pg, vb[0], vb[1]);
+          mma_bf16(og[DUAL ? 2 * nd + 1 : 0], pg, vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // sK, sV, sOk are refilled next iteration
+  }
+
+  // Epilogue: finish the row sums across the 4 lanes of a row, normalise, store.
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 1);
+    l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 2);
+    if (DUAL) {
+      lg[hf] += __shfl_xor_sync(0xffffffffu, lg[hf], 1);
+      lg[hf] += __shfl_xor_sync(0xffffffffu, lg[hf], 2);
+    }
+    const int r = r0 + warp * 16 + g + hf * 8;
+    if (r >= P.n) continue;
+    const long long orow = (static_cast<long long>(bh) * P.n + r);
+    const float inv = l[hf] > 0.f ? 1.f / l[hf] : 0.f;
+    const float invg = DUAL && lg[hf] > 0.f ? 1.f / lg[hf] : 0.f;
+    float g0 = 0.f, g1 = 0.f;
+    if (DUAL) {
+      const bf16_t* gp = static_cast<const bf16_t*>(P.gates) +
+                         2 * (P.gates_per_head ? orow : static_cast<long long>(b) * P.Sq + r);
+      g0 = __bfloat162float(gp[0]);
+      g1 = __bfloat162float(gp[1]);
+    }
+    bf16_t* out = static_cast<bf16_t*>(P.out) + orow * D;
+#pragma unroll
+    for (int i = 0; i < OF; ++i) {
+      const int d = i * 8 + 2 * t;
+      const float a0 = o[i][2 * hf] * inv, a1 = o[i][2 * hf + 1] * inv;
+      *reinterpret_cast<__nv_bfloat162*>(out + d) = __floats2bfloat162_rn(a0, a1);
+      if (DUAL) {
+        const float b0 = og[i][2 * hf] * invg, b1 = og[i][2 * hf + 1] * invg;
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16_t*>(P.out_g) + orow * D + d) =
+            __floats2bfloat162_rn(b0, b1);
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16_t*>(P.out_mix) + orow * D + d) =
+            __floats2bfloat162_rn(g0 * a0 + g1 * b0, g0 * a1 + g1 * b1);
+      }
+    }
+    if (t == 0) {
+      if (P.lse) P.lse[orow] = l[hf] > 0.f ? (m[hf] + log2f(l[hf])) * kLn2 : -INFINITY;
+      if (DUAL && P.lse_g) P.lse_g[orow] = lg[hf] > 0.f ? (mg[hf] + log2f(lg[hf])) * kLn2 : -INFINITY;
+    }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Generic forward: one warp per output row
+// ---------------------------------------------------------------------------------------------
+constexpr int kWarpRows = 4;  // rows (warps) per block
+
+// Online softmax step for one key of score s (log2 domain) and value row vals.
+template <int DPL>
+__device__ __forceinline__ void online_step(float& m, float& l, float (&o)[DPL], float s, const float (&vals)[DPL]) {
+  if (s > m) {
+    const float alpha = exp2f(m - s);
+    l = l * alpha + 1.f;
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) o[k] = o[k] * alpha + vals[k];
+    m = s;
+  } else {
+    const float p = exp2f(s - m);
+    l += p;
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) o[k] += p * vals[k];
+  }
+}
+
+template <typename T, int DPL, bool DUAL>
+__global__ void __launch_bounds__(kWarpRows * 32) attn_fwd_warp(FwdParams P) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int bh = blockIdx.x / P.tiles;
+  const int r = (blockIdx.x % P.tiles) * kWarpRows + warp;
+  if (r >= P.n) return;
+  const int b = bh / P.Hq, h = bh % P.Hq, hk = h / P.G;
+  const int D = P.D;
+  const int qi = query_of(P, b, r, lane == 0);
+
+  float q[DPL], o[DPL], og[DPL];
+  int lo = 0, hi = -1, glo = 0, ghi = -1;
+  if (qi >= 0) {
+    const T* qp = static_cast<const T*>(P.q) + (static_cast<long long>(bh) * P.Sq + qi) * D;
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) {
+      const int d = lane + 32 * k;
+      q[k] = d < D ? ld(qp[d]) * P.scale2 : 0.f;
+    }
+    const long long p = static_cast<long long>(qi) + P.Sk - P.Sq;
+    key_range(P.mask, P.causal, P.window, p, P.Sk, lo, hi);
+    if (DUAL && (!P.global_rows || P.global_rows[static_cast<long long>(b) * P.Sq + qi]))
+      key_range(static_cast<int>(AttnMask::Global), P.causal, 1, p, P.Sk, glo, ghi);
+  }
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) {
+    o[k] = 0.f;
+    if (DUAL) og[k] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f, mg = -INFINITY, lg = 0.f;
+  int a = lo, z = hi;
+  if (DUAL && glo <= ghi) {
+    a = lo <= hi ? min(lo, glo) : glo;
+    z = lo <= hi ? max(hi, ghi) : ghi;
+  }
+  const T* Kp = static_cast<const T*>(P.k) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
+  const T* Vp = static_cast<const T*>(P.v) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
+  const uint8_t* pad = P.pad ? P.pad + static_cast<long long>(b) * P.Sk : nullptr;
+  for (int j = a; j <= z; ++j) {
+    if (pad && pad[j]) continue;
+    const T* kr = Kp + static_cast<long long>(j) * D;
+    const T* vr = Vp + static_cast<long long>(j) * D;
+    float dot = 0.f, vals[DPL];
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) {
+      const int d = lane + 32 * k;
+      dot += d < D ? q[k] * ld(kr[d]) : 0.f;
+      vals[k] = d < D ? ld(vr[d]) : 0.f;
+    }
+    const float s = warp_sum(dot);
+    if (j >= lo && j <= hi) online_step<DPL>(m, l, o, s, vals);
+    if (DUAL && j >= glo && j <= ghi) online_step<DPL>(mg, lg, og, s, vals);
+  }
+
+  const long long orow = static_cast<long long>(bh) * P.n + r;
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  const float invg = DUAL && lg > 0.f ? 1.f / lg : 0.f;
+  float g0 = 0.f, g1 = 0.f;
+  if (DUAL) {
+    const T* gp = static_cast<const T*>(P.gates) + 2 * (P.gates_per_head ? orow : static_cast<long long>(b) * P.Sq + r);
+    g0 = ld(gp[0]);
+    g1 = ld(gp[1]);
+  }
+  T* out = static_cast<T*>(P.out) + orow * D;
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) {
+    const int d = lane + 32 * k;
+    if (d >= D) continue;
+    const float a0 = o[k] * inv;
+    out[d] = st<T>(a0);
+    if (DUAL) {
+      const float b0 = og[k] * invg;
+      static_cast<T*>(P.out_g)[orow * D + d] = st<T>(b0);
+      static_cast<T*>(P.out_mix)[orow * D + d] = st<T>(g0 * a0 + g1 * b0);
+    }
+  }
+  if (lane == 0) {
+    if (P.lse) P.lse[orow] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+    if (DUAL && P.lse_g) P.lse_g[orow] = lg > 0.f ? (mg + log2f(lg)) * kLn2 : -INFINITY;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Backward
+// ---------------------------------------------------------------------------------------------
+struct BwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* out;
+  const void* dout;
+  const float* lse;
+  float* dq;
+  float* dk;
+  float* dv;
+  int Hq, Hkv, G, Sq, Sk, n, D;
+  int causal, mask;
+  long long window;
+  float scale;
+  const uint8_t* pad;
+  const int32_t* qidx;
+  int KT;     // keys per block
+  int tiles;  // key tiles per (b, kv head)
+};
+
+constexpr int kBwdThreads = 256;
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kBwdThreads) attn_bwd_warp(BwdParams P) {
+  extern __shared__ __align__(16) float bsm[];
+  const int D = P.D, KT = P.KT;
+  float* sK = bsm;
+  float* sV = sK + KT * D;
+  float* sdK = sV + KT * D;
+  float* sdV = sdK + KT * D;
+  unsigned char* sOk = reinterpret_cast<unsigned char*>(sdV + KT * D);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int bk = blockIdx.x / P.tiles;  // b * Hkv + kv head
+  const int b = bk / P.Hkv, hk = bk % P.Hkv;
+  const int j0 = (blockIdx.x % P.tiles) * KT;
+  const int nk = min(KT, P.Sk - j0);
+  const long long kvbase = (static_cast<long long>(bk) * P.Sk + j0) * D;
+  for (int e = threadIdx.x; e < nk * D; e += blockDim.x) {
+    sK[e] = ld(static_cast<const T*>(P.k)[kvbase + e]);
+    sV[e] = ld(static_cast<const T*>(P.v)[kvbase + e]);
+    sdK[e] = 0.f;
+    sdV[e] = 0.f;
+  }
+  for (int e = threadIdx.x; e < nk; e += blockDim.x)
+    sOk[e] = !(P.pad && P.pad[static_cast<long long>(b) * P.Sk + j0 + e]);
+  __syncthreads();
+
+  const int j1 = j0 + nk - 1;
+  const long long rows = static_cast<long long>(P.G) * P.n;
+  for (long long w = warp; w < rows; w += nwarps) {
+    const int h = hk * P.G + static_cast<int>(w / P.n);
+    const int r = static_cast<int>(w % P.n);
+    int qi = r;
+    if (P.qidx) {
+      qi = P.qidx[static_cast<long long>(b) * P.n + r];
+      if (qi < 0 || qi >= P.Sq) continue;  // the forward has reported it
+    }
+    int lo, hi;
+    key_range(P.mask, P.causal, P.window, static_cast<long long>(qi) + P.Sk - P.Sq, P.Sk, lo, hi);
+    lo = max(lo, j0);
+    hi = min(hi, j1);
+    if (lo > hi) continue;
+    const long long bh = static_cast<long long>(b) * P.Hq + h;
+    const long long orow = bh * P.n + r;
+    const float lse = P.lse[orow];
+    if (lse == -INFINITY) continue;
+    const T* qp = static_cast<const T*>(P.q) + (bh * P.Sq + qi) * D;
+    const T* op = static_cast<const T*>(P.out) + orow * D;
+    const T* dop = static_cast<const T*>(P.dout) + orow * D;
+    float q[DPL], dO[DPL], dq[DPL], dr = 0.f;
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) {
+      const int d = lane + 32 * k;
+      q[k] = d < D ? ld(qp[d]) : 0.f;
+      dO[k] = d < D ? ld(dop[d]) : 0.f;
+      dr += d < D ? dO[k] * ld(op[d]) : 0.f;
+      dq[k] = 0.f;
+    }
+    dr = warp_sum(dr);
+    bool any = false;
+    for (int j = lo; j <= hi; ++j) {
+      const int jj = j - j0;
+      if (!sOk[jj]) continue;
+      any = true;
+      const float* kr = sK + jj * D;
+      const float* vr = sV + jj * D;
+      float sdot = 0.f, pdot = 0.f;
+#pragma unroll
+      for (int k = 0; k < DPL; ++k) {
+        const int d = lane + 32 * k;
+        if (d < D) {
+          sdot += q[k] * kr[d];
+          pdot += dO[k] * vr[d];
+        }
+      }
+      const float s = warp_sum(sdot) * P.scale;
+      const float dp = warp_sum(pdot);
+      const float p = expf(s - lse);
+      const float ds = p * (dp - dr) * P.scale;
+#pragma unroll
+      for (int k = 0; k < DPL; ++k) {
+        const int d = lane + 32 * k;
+        if (d < D) {
+          atomicAdd(&sdV[jj * D + d], p * dO[k]);
+          atomicAdd(&sdK[jj * D + d], ds * q[k]);
+          dq[k] += ds * kr[d];
+        }
+      }
+    }
+    if (any) {
+      float* dqp = P.dq + (bh * P.Sq + qi) * D;
+#pragma unroll
+      for (int k = 0; k < DPL; ++k) {
+        const int d = lane + 32 * k;
+        if (d < D) atomicAdd(&dqp[d], dq[k]);
+      }
+    }
+  }
+  __syncthreads();
+  // The block owns these keys: plain read-modify-write adds into the caller's accumulators.
+  for (int e = threadIdx.x; e < nk * D; e += blockDim.x) {
+    P.dk[kvbase + e] += sdK[e];
+    P.dv[kvbase + e] += sdV[e];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. RoPE
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void rope_kernel(T* __restrict__ out, const T* x, const int32_t* __restrict__ pos, int64_t rows,
+                            int64_t H, int64_t S, int64_t D, int pos_2d, double base, int inverse) {
+  const int64_t half = D / 2;
+  const int64_t total = rows * half;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = e / half, i = e % half;
+    const int64_t s = row % S;
+    const int64_t b = row / S / H;
+    const double p = static_cast<double>(pos[pos_2d ? b * S + s : s]);
+    double theta = p * pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(D));
+    if (inverse) theta = -theta;
+    double sn, cs;
+    sincos(theta, &sn, &cs);
+    const int64_t o0 = row * D + i, o1 = o0 + half;
+    const double x0 = ld(x[o0]), x1 = ld(x[o1]);
+    out[o0] = st<T>(static_cast<float>(x0 * cs - x1 * sn));
+    out[o1] = st<T>(static_cast<float>(x1 * cs + x0 * sn));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
+int cc_major() {
+  static int major = -1;
+  if (major < 0) {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
+      major = v;
+    else
+      major = 0;
+  }
+  return major;
+}
+
+int dtype_check(const char* name, int32_t dtype) {
+  const DType t = static_cast<DType>(dtype);
+  if (t == DType::F64) return set_error(std::string(name) + ": float64 is CPU-only; move the tensors to the cpu");
+  if (t != DType::F32 && t != DType::BF16)
+    return set_error(std::string(name) + ": dtype " + dtype_name(t) + " is not supported");
+  return 0;
+}
+
+// Shape and mask checks shared by the three attention entries; fills the common fields.
+template <typename Params>
+int common_params(const char* name, const AttnArgs& a, Params& P) {
+  DR_CUDA_TRY(dtype_check(name, a.dtype));
+  if (a.B < 0 || a.Hq < 0 || a.Hkv <= 0 || a.Sq < 0 || a.Sk < 0 || a.D < 0 || a.n < 0 || a.Hq % a.Hkv != 0)
+    return set_error(std::string(name) + ": bad shape (Hq must be a multiple of Hkv)");
+  if (a.Sq > INT_MAX / 2 || a.Sk > INT_MAX / 2 || a.n > INT_MAX / 2 || a.D > 512 || a.Hq > INT_MAX / 2)
+    return set_error(std::string(name) + ": shape too large for the cuda kernels (head dim <= 512)");
+  if (a.mask != static_cast<int32_t>(AttnMask::Global) && a.window < 1)
+    return set_error(std::string(name) + ": window must be >= 1");
+  P.q = a.q;
+  P.k = a.k;
+  P.v = a.v;
+  P.Hq = static_cast<int>(a.Hq);
+  P.Hkv = static_cast<int>(a.Hkv);
+  P.G = static_cast<int>(a.Hq / a.Hkv);
+  P.Sq = static_cast<int>(a.Sq);
+  P.Sk = static_cast<int>(a.Sk);
+  P.n = static_cast<int>(a.query_index ? a.n : a.Sq);  // n == Sq without query_index
+  P.D = static_cast<int>(a.D);
+  P.causal = a.causal ? 1 : 0;
+  P.mask = a.mask;
+  P.window = a.mask == static_cast<int32_t>(AttnMask::Global) ? 1 : std::min<long long>(a.window, 1LL << 40);
+  P.pad = a.key_padding;
+  P.qidx = a.query_index;
+  return 0;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+bool aligned4(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3) == 0; }
+
+template <int D, bool DUAL>
+int launch_mma(const FwdParams& P0, int64_t BH, const char* name) {
+  FwdParams P = P0;
+  P.tiles = (P.n + kBM - 1) / kBM;
+  const int64_t blocks = BH * P.tiles;
+  if (blocks > INT_MAX) return set_error(std::string(name) + ": too many blocks");
+  constexpr int smem = mma_smem_bytes<D>();
+  DR_CUDA_TRY(check(cudaFuncSetAttribute(attn_fwd_mma<D, DUAL>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), name));
+  attn_fwd_mma<D, DUAL><<<static_cast<unsigned>(blocks), kMmaThreads, smem, stream()>>>(P);
+  return check_launch(name);
+}
+
+template <typename T, int DPL, bool DUAL>
+int launch_warp(const FwdParams& P0, int64_t BH, const char* name) {
+  FwdParams P = P0;
+  P.tiles = (P.n + kWarpRows - 1) / kWarpRows;
+  const int64_t blocks = BH * P.tiles;
+  if (blocks > INT_MAX) return set_error(std::string(name) + ": too many blocks");
+  attn_fwd_warp<T, DPL, DUAL><<<static_cast<unsigned>(blocks), kWarpRows * 32, 0, stream()>>>(P);
+  return check_launch(name);
+}
+
+template <typename T, bool DUAL>
+int launch_warp_d(const FwdParams& P, int64_t BH, const char* name) {
+  if (P.D <= 32) return launch_warp<T, 1, DUAL>(P, BH, name);
+  if (P.D <= 64) return launch_warp<T, 2, DUAL>(P, BH, name);
+  if (P.D <= 128) return launch_warp<T, 4, DUAL>(P, BH, name);
+  if (P.D <= 256) return launch_warp<T, 8, DUAL>(P, BH, name);
+  return launch_warp<T, 16, DUAL>(P, BH, name);
+}
+
+template <bool DUAL>
+int launch_fwd(const FwdParams& P, int32_t dtype, int64_t BH, const char* name) {
+  const bool bf = static_cast<DType>(dtype) == DType::BF16;
+  const bool mma_ok = bf && (P.D == 32 || P.D == 64 || P.D == 128) && aligned16(P.q) && aligned16(P.k) &&
+                      aligned16(P.v) && aligned4(P.out) && (!DUAL || (aligned4(P.out_g) && aligned4(P.out_mix))) &&
+                      cc_major() >= 8;
+  if (mma_ok) {
+    if (P.D == 32) return launch_mma<32, DUAL>(P, BH, name);
+    if (P.D == 64) return launch_mma<64, DUAL>(P, BH, name);
+    return launch_mma<128, DUAL>(P, BH, name);
+  }
+  return bf ? launch_warp_d<bf16_t, DUAL>(P, BH, name) : launch_warp_d<float, DUAL>(P, BH, name);
+}
+
+// Launch, then (with query_index) wait and turn a recorded bad index into a RangeError.
+template <typename Launch>
+int with_query_check(const char* name, const AttnArgs& a, Launch&& launch) {
+  if (!a.query_index) return launch();
+  std::lock_guard<std::mutex> lock(g_attn_mutex);
+  void* slot = nullptr;
+  DR_CUDA_TRY(check(cudaGetSymbolAddress(&slot, g_attn_bad), name));
+  DR_CUDA_TRY(check(cudaMemsetAsync(slot, 0xff, sizeof(unsigned long long), stream()), name));
+  DR_CUDA_TRY(launch());
+  unsigned long long bad = 0;
+  DR_CUDA_TRY(check(cudaMemcpyAsync(&bad, slot, sizeof(bad), cudaMemcpyDeviceToHost, stream()), name));
+  DR_CUDA_TRY(check(cudaStreamSynchronize(stream()), name));
+  if (bad == ~0ull) return 0;
+  int32_t v = 0;
+  DR_CUDA_TRY(check(cudaMemcpyAsync(&v, a.query_index + bad, sizeof(v), cudaMemcpyDeviceToHost, stream()), name));
+  DR_CUDA_TRY(check(cudaStreamSynchronize(stream()), name));
+  const long long pos = static_cast<long long>(bad);
+  return set_error("RangeError: attention: query_index " + std::to_string(v) + " at [" + std::to_string(pos / a.n) +
+                   ", " + std::to_string(pos % a.n) + "] is outside [0, " + std::to_string(a.Sq) + ")");
+}
+
+template <typename T, int DPL>
+int launch_bwd_t(const BwdParams& P0, int64_t BKV, const char* name) {
+  BwdParams P = P0;
+  // Four float tiles of KT x D in shared memory: 32 keys up to D = 256, fewer beyond.
+  P.KT = P.D <= 256 ? 32 : 16;
+  P.tiles = (P.Sk + P.KT - 1) / P.KT;
+  const int64_t blocks = BKV * P.tiles;
+  if (blocks > INT_MAX) return set_error(std::string(name) + ": too many blocks");
+  const size_t smem = static_cast<size_t>(4) * P.KT * P.D * sizeof(float) + P.KT;
+  DR_CUDA_TRY(check(cudaFuncSetAttribute(attn_bwd_warp<T, DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)),
+                    name));
+  attn_bwd_warp<T, DPL><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P);
+  return check_launch(name);
+}
+
+template <typename T>
+int launch_bwd(const BwdParams& P, int64_t BKV, const char* name) {
+  if (P.D <= 32) return launch_bwd_t<T, 1>(P, BKV, name);
+  if (P.D <= 64) return launch_bwd_t<T, 2>(P, BKV, name);
+  if (P.D <= 128) return launch_bwd_t<T, 4>(P, BKV, name);
+  if (P.D <= 256) return launch_bwd_t<T, 8>(P, BKV, name);
+  return launch_bwd_t<T, 16>(P, BKV, name);
+}
+
+}  // namespace
+
+int attention_forward(const AttnArgs* a, void* out, void* lse) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "attention_forward";
+  FwdParams P{};
+  DR_CUDA_TRY(common_params(name, *a, P));
+  P.out = out;
+  P.lse = static_cast<float*>(lse);
+  P.scale2 = a->scale * kLog2e;
+  const int64_t BH = a->B * a->Hq;
+  if (BH == 0 || P.n == 0) return 0;
+  return with_query_check(name, *a, [&] { return launch_fwd<false>(P, a->dtype, BH, name); });
+  DR_CUDA_ENTRY_END("attention_forward")
+}
+
+int attention_backward(const AttnArgs* a, const void* out, const void* dout, const void* lse, void* dq, void* dk,
+                       void* dv) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "attention_backward";
+  BwdParams P{};
+  DR_CUDA_TRY(common_params(name, *a, P));
+  P.out = out;
+  P.dout = dout;
+  P.lse = static_cast<const float*>(lse);
+  P.dq = static_cast<float*>(dq);
+  P.dk = static_cast<float*>(dk);
+  P.dv = static_cast<float*>(dv);
+  P.scale = a->scale;
+  const int64_t BKV = a->B * a->Hkv;
+  if (BKV == 0 || a->Sk == 0 || P.n == 0 || a->D == 0 || a->Hq == 0) return 0;
+  if (static_cast<DType>(a->dtype) == DType::BF16) return launch_bwd<bf16_t>(P, BKV, name);
+  return launch_bwd<float>(P, BKV, name);
+  DR_CUDA_ENTRY_END("attention_backward")
+}
+
+int dual_attention_forward(const DualArgs* d, void* out, void* out_local, void* out_global, void* lse_local,
+                           void* lse_global) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "dual_attention_forward";
+  const AttnArgs& a = d->a;
+  if (a.query_index) return set_error("dual_attention_forward: query_index is not supported here");
+  FwdParams P{};
+  DR_CUDA_TRY(common_params(name, a, P));
+  P.out = out_local;
+  P.lse = static_cast<float*>(lse_local);
+  P.out_mix = out;
+  P.out_g = out_global;
+  P.lse_g = static_cast<float*>(lse_global);
+  P.gates = d->gates;
+  P.gates_per_head = d->gates_per_head ? 1 : 0;
+  P.global_rows = d->global_rows;
+  P.scale2 = a.scale * kLog2e;
+  const int64_t BH = a.B * a.Hq;
+  if (BH == 0 || P.n == 0) return 0;
+  return launch_fwd<true>(P, a.dtype, BH, name);
+  DR_CUDA_ENTRY_END("dual_attention_forward")
+}
+
+int rope(const View* out, const View* x, const View* positions, double base, int32_t inverse) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "rope";
+  DR_CUDA_TRY(dtype_check(name, x->dtype));
+  if (out->dtype != x->dtype) return set_error("rope: out and x must have the same dtype");
+  if (static_cast<DType>(positions->dtype) != DType::I32) return set_error("rope: positions must be int32");
+  if (x->ndim != 4) return set_error("rope: x must be [B, H, S, D]");
+  const int64_t B = x->shape[0], H = x->shape[1], S = x->shape[2], D = x->shape[3];
+  if (D % 2 != 0) return set_error("rope: the head dim must be even");
+  const int pos_2d = positions->ndim == 1 ? 0 : 1;
+  if (pos_2d && (positions->ndim != 2 || positions->shape[0] != B || positions->shape[1] != S))
+    return set_error("rope: positions must be [S] or [B, S]");
+  if (!pos_2d && positions->shape[0] != S) return set_error("rope: positions must be [S] or [B, S]");
+  const int64_t rows = B * H * S;
+  const int64_t total = rows * (D / 2);
+  if (total == 0) return 0;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, int64_t(multiprocessor_count()) * 32);
+  const int32_t* pos = static_cast<const int32_t*>(positions->data);
+  if (static_cast<DType>(x->dtype) == DType::BF16)
+    rope_kernel<bf16_t><<<static_cast<unsigned>(std::max<int64_t>(1, blocks)), threads, 0, stream()>>>(
+        static_cast<bf16_t*>(out->data), static_cast<const bf16_t*>(x->data), pos, rows, H, S, D, pos_2d, base,
+        inverse);
+  else
+    rope_kernel<float><<<static_cast<unsigned>(std::max<int64_t>(1, blocks)), threads, 0, stream()>>>(
+        static_cast<float*>(out->data), static_cast<const float*>(x->data), pos, rows, H, S, D, pos_2d, base,
+        inverse);
+  return check_launch(name);
+  DR_CUDA_ENTRY_END("rope")
+}
+
+}  // namespace cuda
+}  // namespace dualroute

@@ -1,0 +1,251 @@
+// Attention against a straightforward float64 reference with materialised scores.
+import * as dr from '../../lib';
+import { expectClose } from '../helpers';
+import { randArray } from '../reference';
+
+type Mode = 'global' | 'sliding' | 'block';
+interface RefOpts { mode: Mode; causal: boolean; window: number; scale: number; pad?: boolean[][]; rows?: number[][] }
+
+function visible(mode: Mode, causal: boolean, w: number, p: number, j: number): boolean {
+  if (causal && j > p) return false;
+  if (mode === 'sliding') return causal ? j > p - w : Math.abs(p - j) < w;
+  if (mode === 'block') return Math.floor(j / w) === Math.floor(p / w);
+  return true;
+}
+
+/** out [B,Hq,n,D] and lse [B,Hq,n] in float64 from the formula. */
+function attnRef(q: Float64Array, k: Float64Array, v: Float64Array, [B, Hq, Sq, D]: number[], Hkv: number, Sk: number, o: RefOpts) {
+  const G = Hq / Hkv;
+  const n = o.rows ? o.rows[0].length : Sq;
+  const out = new Float64Array(B * Hq * n * D);
+  const lse = new Float64Array(B * Hq * n);
+  for (let b = 0; b < B; ++b)
+    for (let h = 0; h < Hq; ++h)
+      for (let r = 0; r < n; ++r) {
+        const i = o.rows ? o.rows[b][r] : r;
+        const p = i + Sk - Sq;
+        const kh = Math.floor(h / G);
+        const s: number[] = [];
+        const idx: number[] = [];
+        for (let j = 0; j < Sk; ++j) {
+          if (!visible(o.mode, o.causal, o.window, p, j) || (o.pad && o.pad[b][j])) continue;
+          let dot = 0;
+          for (let d = 0; d < D; ++d) dot += q[((b * Hq + h) * Sq + i) * D + d] * k[((b * Hkv + kh) * Sk + j) * D + d];
+          s.push(dot * o.scale);
+          idx.push(j);
+        }
+        const row = (b * Hq + h) * n + r;
+        if (!s.length) {
+          lse[row] = -Infinity;
+          continue;
+        }
+        const m = Math.max(...s);
+        const e = s.map((x) => Math.exp(x - m));
+        const z = e.reduce((a, x) => a + x, 0);
+        lse[row] = m + Math.log(z);
+        for (let t = 0; t < idx.length; ++t)
+          for (let d = 0; d < D; ++d) out[row * D + d] += (e[t] / z) * v[((b * Hkv + kh) * Sk + idx[t]) * D + d];
+      }
+  return { out, lse };
+}
+
+function make(shape: number[], seed: number, dtype: dr.DType = 'float32') {
+  const raw = randArray(shape.reduce((a, b) => a * b, 1), seed, -1.5, 1.5);
+  const t = dr.tensor(raw, shape, { dtype });
+  return { t, data: Float64Array.from(t.dataSync()) };
+}
+
+const cases: Array<{ B: number; Hq: number; Hkv: number; Sq: number; Sk: number; D: number }> = [
+  { B: 1, Hq: 1, Hkv: 1, Sq: 1, Sk: 1, D: 1 },
+  { B: 2, Hq: 3, Hkv: 3, Sq: 7, Sk: 7, D: 5 },
+  { B: 1, Hq: 6, Hkv: 2, Sq: 33, Sk: 50, D: 32 },
+  { B: 1, Hq: 4, Hkv: 1, Sq: 130, Sk: 130, D: 64 },
+  { B: 2, Hq: 2, Hkv: 1, Sq: 1, Sk: 257, D: 128 },
+];
+
+describe('attention forward against the float64 reference', () => {
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[]) {
+    for (const c of cases) {
+      test(`${dtype} B${c.B} Hq${c.Hq} Hkv${c.Hkv} Sq${c.Sq} Sk${c.Sk} D${c.D}`, () => {
+        dr.tidy(() => {
+          const q = make([c.B, c.Hq, c.Sq, c.D], 1, dtype);
+          const k = make([c.B, c.Hkv, c.Sk, c.D], 2, dtype);
+          const v = make([c.B, c.Hkv, c.Sk, c.D], 3, dtype);
+          // the kernels take the scale as a float32 (also for float64 inputs)
+          const scale = Math.fround(1 / Math.sqrt(c.D));
+          const budget = dtype === 'bfloat16' ? 'bfloat16' : dtype;
+          for (const causal of [false, true]) {
+            const g = dr.globalAttention(q.t, k.t, v.t, { causal, returnLse: true });
+            const want = attnRef(q.data, k.data, v.data, [c.B, c.Hq, c.Sq, c.D], c.Hkv, c.Sk, { mode: 'global', causal, window: 1, scale });
+            expectClose(g.out, want.out, budget);
+            expectClose(g.lse, want.lse, dtype === 'float64' ? 'float64' : 'float32', dtype === 'bfloat16' ? 100 : 1);
+            for (const window of [1, 3, 16, c.Sk + 5]) {
+              for (const mode of ['sliding', 'block'] as const) {
+                const got = dr.localAttention(q.t, k.t, v.t, { window, causal, mode });
+                const ref = attnRef(q.data, k.data, v.data, [c.B, c.Hq, c.Sq, c.D], c.Hkv, c.Sk, { mode, causal, window, scale });
+                expectClose(got, ref.out, budget);
+              }
+            }
+          }
+        });
+      });
+    }
+  }
+
+  test('window >= Sk equals global attention exactly', () => {
+    dr.tidy(() => {
+      const q = make([1, 2, 40, 16], 4).t;
+      const k = make([1, 2, 40, 16], 5).t;
+      const v = make([1, 2, 40, 16], 6).t;
+      for (const causal of [false, true]) {
+        expect(dr.localAttention(q, k, v, { window: 40, causal }).dataSync()).toEqual(dr.globalAttention(q, k, v, { causal }).dataSync());
+        expect(dr.localAttention(q, k, v, { window: 1000, causal, mode: 'block' }).dataSync()).toEqual(dr.globalAttention(q, k, v, { causal }).dataSync());
+      }
+    });
+  });
+
+  test('key padding masks and fully masked rows (zeros, lse -inf)', () => {
+    dr.tidy(() => {
+      const B = 2, H = 2, S = 9, D = 8;
+      const q = make([B, H, S, D], 7), k = make([B, H, S, D], 8), v = make([B, H, S, D], 9);
+      const pad = [[false, true, false, false, true, false, false, false, true], [true, true, true, false, false, false, false, false, false]];
+      const mask = dr.tensor(pad.flat(), [B, S]);
+      const got = dr.globalAttention(q.t, k.t, v.t, { causal: true, keyPaddingMask: mask, returnLse: true });
+      const want = attnRef(q.data, k.data, v.data, [B, H, S, D], H, S, { mode: 'global', causal: true, window: 1, scale: Math.fround(1 / Math.sqrt(D)), pad });
+      expectClose(got.out, want.out);
+      const lse = got.lse.dataSync();
+      // batch 1's first three rows see only padding
+      expect(lse[(1 * H + 0) * S + 0]).toBe(-Infinity);
+      expect(Array.from(got.out.dataSync().slice(((1 * H) * S) * D, ((1 * H) * S + 1) * D))).toEqual(new Array(D).fill(0));
+    });
+  });
+
+  test('queryIndex computes only the listed rows, in order, repeats allowed', () => {
+    dr.tidy(() => {
+      const B = 2, H = 2, S = 20, D = 16;
+      const q = make([B, H, S, D], 10), k = make([B, H, S, D], 11), v = make([B, H, S, D], 12);
+      const rows = [[19, 3, 3, 0, 7], [5, 5, 18, 1, 2]];
+      const got = dr.globalAttention(q.t, k.t, v.t, { causal: true, queryIndex: dr.tensor(new Int32Array(rows.flat()), [B, 5]) });
+      expect(got.shape).toEqual([B, H, 5, D]);
+      expectClose(got, attnRef(q.data, k.data, v.data, [B, H, S, D], H, S, { mode: 'global', causal: true, window: 1, scale: 0.25, rows }).out);
+      expect(() => dr.globalAttention(q.t, k.t, v.t, { queryIndex: dr.tensor(new Int32Array([0, 20]), [1, 2]).expand([2, 2]).contiguous() })).toThrow(dr.RangeError);
+    });
+  });
+
+  test('decode: Sq = 1 against a long key sequence is the last row of the full call', () => {
+    dr.tidy(() => {
+      const q = make([1, 4, 300, 32], 13), k = make([1, 2, 300, 32], 14), v = make([1, 2, 300, 32], 15);
+      const full = dr.localAttention(q.t, k.t, v.t, { window: 64, causal: true });
+      const last = dr.localAttention(q.t.narrow(2, 299, 1), k.t, v.t, { window: 64, causal: true });
+      expectClose(last, full.narrow(2, 299, 1).contiguous().dataSync());
+    });
+  });
+});
+
+describe('dualAttention', () => {
+  for (const perHead of [false, true]) {
+    test(`equals g_local * local + g_global * global (${perHead ? 'per-head' : 'shared'} gates), with and without queryIndex`, () => {
+      dr.tidy(() => {
+        const B = 2, H = 4, Hkv = 2, S = 37, D = 16, W = 8;
+        const q = make([B, H, S, D], 20), k = make([B, Hkv, S, D], 21), v = make([B, Hkv, S, D], 22);
+        const gshape = perHead ? [B, H, S, 2] : [B, S, 2];
+        const gates = make(gshape, 23);
+        const scale = 0.25;
+        const loc = attnRef(q.data, k.data, v.data, [B, H, S, D], Hkv, S, { mode: 'sliding', causal: true, window: W, scale }).out;
+        const glo = attnRef(q.data, k.data, v.data, [B, H, S, D], Hkv, S, { mode: 'global', causal: true, window: 1, scale }).out;
+        const sel = [[0, 5, 36, 5], [10, 11, 12, 13]];
+        for (const withIndex of [false, true]) {
+          const got = dr.dualAttention(q.t, k.t, v.t, {
+            window: W, causal: true, gates: gates.t,
+            ...(withIndex ? { queryIndex: dr.tensor(new Int32Array(sel.flat()), [B, 4]) } : {}),
+          });
+          const want = new Float64Array(loc.length);
+          for (let b = 0; b < B; ++b)
+            for (let h = 0; h < H; ++h)
+              for (let i = 0; i < S; ++i) {
+                const gi = perHead ? ((b * H + h) * S + i) * 2 : (b * S + i) * 2;
+                const onGlobal = !withIndex || sel[b].includes(i);
+                for (let d = 0; d < D; ++d) {
+                  const o = ((b * H + h) * S + i) * D + d;
+                  want[o] = gates.data[gi] * loc[o] + (onGlobal ? gates.data[gi + 1] * glo[o] : 0);
+                }
+              }
+          expectClose(got, want);
+        }
+        const sumForm = dr.dualAttention(q.t, k.t, v.t, { window: W, causal: true, gates: dr.ones(gshape) });
+        expectClose(sumForm, Array.from(loc, (x, i) => x + glo[i]));
+      });
+    });
+  }
+});
+
+describe('rope', () => {
+  test('rotate-half against the formula; inverse undoes it', () => {
+    dr.tidy(() => {
+      for (const dtype of ['float32', 'float64'] as dr.DType[]) {
+        const B = 2, H = 3, S = 5, D = 8;
+        const x = make([B, H, S, D], 30, dtype);
+        const pos = [[0, 1, 2, 100, 7], [3, 3, 9, 4000, 0]];
+        const got = dr.rope(x.t, dr.tensor(new Int32Array(pos.flat()), [B, S]), { base: 10000 });
+        const want = new Float64Array(x.data.length);
+        for (let b = 0; b < B; ++b)
+          for (let h = 0; h < H; ++h)
+            for (let s = 0; s < S; ++s)
+              for (let i = 0; i < D / 2; ++i) {
+                const th = pos[b][s] * Math.pow(10000, (-2 * i) / D);
+                const o = ((b * H + h) * S + s) * D;
+                want[o + i] = x.data[o + i] * Math.cos(th) - x.data[o + i + D / 2] * Math.sin(th);
+                want[o + i + D / 2] = x.data[o + i + D / 2] * Math.cos(th) + x.data[o + i] * Math.sin(th);
+              }
+          expectClose(got, want, dtype);
+        const shared = dr.rope(x.t, dr.tensor(new Int32Array([0, 1, 2, 3, 4])));
+        expect(shared.shape).toEqual([B, H, S, D]);
+      }
+    });
+  });
+});
+
+describe('argument checks', () => {
+  test('shapes, heads, windows and dtypes are named', () => {
+    dr.tidy(() => {
+      const q = dr.zeros([1, 4, 8, 16]), k = dr.zeros([1, 3, 8, 16]);
+      expect(() => dr.globalAttention(q, k, k)).toThrow(/multiple of the key\/value heads/);
+      expect(() => dr.localAttention(q, q, q, { window: 0 })).toThrow(/window >= 1/);
+      expect(() => dr.localAttention(q, q, q, { window: 2, mode: 'ring' as never })).toThrow(/'sliding' or 'block'/);
+      expect(() => dr.globalAttention(q, dr.zeros([1, 4, 4, 16]), dr.zeros([1, 4, 4, 16]))).toThrow(/Sk 4 >= Sq 8/);
+      expect(() => dr.globalAttention(q, q.to('float64'), q)).toThrow(dr.DTypeError);
+      expect(() => dr.dualAttention(q, q, q, { window: 2, gates: dr.zeros([1, 8, 3]) })).toThrow(/Expected gates of shape/);
+      expect(() => dr.rope(dr.zeros([1, 1, 2, 3]), dr.tensor(new Int32Array([0, 1])))).toThrow(/even headDim/);
+    });
+  });
+
+  test('memory stays linear in the sequence length (no S x S buffer)', () => {
+    dr.tidy(() => {
+      const S = 2048, D = 32;
+      const q = dr.randn([1, 2, S, D]);
+      const before = dr.memory().cpu.bytes;
+      const out = dr.localAttention(q, q, q, { window: 64, causal: true });
+      // exactly the output was allocated: q, k, v are contiguous and no scores were stored
+      expect(dr.memory().cpu.bytes - before).toBe(out.byteSize);
+      const g = dr.globalAttention(q, q, q, { causal: true });
+      expect(dr.memory().cpu.bytes - before).toBe(out.byteSize + g.byteSize);
+    });
+  });
+});
+
+describe('gradients', () => {
+  const f64 = (shape: number[], seed: number) => dr.tensor(randArray(shape.reduce((a, b) => a * b, 1), seed, -1, 1), shape, { dtype: 'float64' }).requiresGrad_();
+  const check = (name: string, fn: (...xs: dr.Tensor[]) => dr.Tensor, inputs: () => dr.Tensor[]) =>
+    test(name, () => dr.tidy(() => expect(dr.gradcheck(fn, inputs()).ok).toBe(true)));
+  check('globalAttention causal, GQA', (q, k, v) => dr.globalAttention(q, k, v, { causal: true }), () => [f64([1, 4, 5, 3], 1), f64([1, 2, 7, 3], 2), f64([1, 2, 7, 3], 3)]);
+  check('globalAttention with queryIndex and padding', (q, k, v) => dr.globalAttention(q, k, v, {
+    queryIndex: dr.tensor(new Int32Array([2, 0, 2]), [1, 3]), keyPaddingMask: dr.tensor([[false, true, false, false]]),
+  }), () => [f64([1, 2, 4, 3], 4), f64([1, 2, 4, 3], 5), f64([1, 2, 4, 3], 6)]);
+  check('localAttention sliding, window 2', (q, k, v) => dr.localAttention(q, k, v, { window: 2, causal: true }), () => [f64([2, 2, 6, 4], 7), f64([2, 2, 6, 4], 8), f64([2, 2, 6, 4], 9)]);
+  check('localAttention block, non-causal', (q, k, v) => dr.localAttention(q, k, v, { window: 3, mode: 'block' }), () => [f64([1, 1, 7, 2], 10), f64([1, 1, 7, 2], 11), f64([1, 1, 7, 2], 12)]);
+  check('dualAttention with gates and queryIndex', (q, k, v, g) => dr.dualAttention(q, k, v, {
+    window: 2, causal: true, gates: g, queryIndex: dr.tensor(new Int32Array([1, 4]), [1, 2]),
+  }), () => [f64([1, 2, 5, 3], 13), f64([1, 1, 5, 3], 14), f64([1, 1, 5, 3], 15), f64([1, 5, 2], 16)]);
+  check('dualAttention per-head gates', (q, k, v, g) => dr.dualAttention(q, k, v, { window: 3, gates: g }), () => [f64([1, 2, 4, 2], 17), f64([1, 2, 4, 2], 18), f64([1, 2, 4, 2], 19), f64([1, 2, 4, 2], 20)]);
+  check('rope', (x) => dr.rope(x, dr.tensor(new Int32Array([0, 3, 11]))), () => [f64([1, 2, 3, 4], 21)]);
+});
