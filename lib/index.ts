@@ -29,3 +29,5 @@ export type { SafetensorsHeader, SafetensorsEntry } from './train/safetensors';
 export { saveCheckpoint, saveCheckpointSync, loadCheckpoint, loadCheckpointSync } from './train/checkpoint';
 export type { CheckpointContents } from './train/checkpoint';
 export * from './ops/attention';
+export { RingKVCache } from './serve/kv_cache';
+export type { RingKVCacheOptions } from './serve/kv_cache';

@@ -1,0 +1,95 @@
+// KV caches for decoding.
+//
+// RingKVCache keeps the keys and values of the last `window` positions of a local (sliding-
+// window) attention layer in a fixed-size ring: position t lives in slot t % window, so memory
+// stays [batch, heads, window, headDim] however long generation runs, and appending a token
+// writes one slot (no shifting). For a decode step (one new query at the newest position) every
+// cached key is inside the window, and attention does not depend on the order of its keys (RoPE
+// has already rotated each key by its own position), so the step attends over the ring as it
+// is, with the slots not yet written masked as padding: the kernel reads the ring buffer
+// directly.
+import { DType } from '../dtype';
+import { Device } from '../device';
+import { ShapeError, ValueError, describe } from '../errors';
+import { native } from '../native';
+import { Tensor, untracked } from '../tensor';
+import { globalAttention } from '../ops/attention';
+import { full, zeros } from '../ops/creation';
+import { narrow } from '../ops/shape';
+import { nat } from '../ops/util';
+
+export interface RingKVCacheOptions {
+  batch: number;
+  /** Key/value heads. */
+  heads: number;
+  headDim: number;
+  window: number;
+  dtype?: DType;
+  device?: Device;
+}
+
+export class RingKVCache {
+  readonly k: Tensor;
+  readonly v: Tensor;
+  /** true where a slot holds no position yet (a key padding mask). */
+  private empty: Tensor;
+  /** Positions appended so far. */
+  length = 0;
+  readonly window: number;
+
+  constructor(readonly o: RingKVCacheOptions) {
+    for (const n of ['batch', 'heads', 'headDim', 'window'] as const) {
+      if (!Number.isInteger(o?.[n]) || o[n] < 1) throw new ValueError(`RingKVCache: Expected a positive integer for ${n} but received ${describe(o?.[n])}`);
+    }
+    this.window = o.window;
+    const shape = [o.batch, o.heads, o.window, o.headDim];
+    const opts = { dtype: o.dtype ?? 'float32', device: o.device };
+    [this.k, this.v, this.empty] = untracked(() => [zeros(shape, opts), zeros(shape, opts), full([o.batch, o.window], true, { device: o.device })]);
+  }
+
+  /** Appends keys and values [batch, heads, n, headDim] (already rotated by RoPE); keeps the last `window`. */
+  append(k: Tensor, v: Tensor): void {
+    const [B, H, n, D] = k.shape;
+    if (k.ndim !== 4 || B !== this.o.batch || H !== this.o.heads || D !== this.o.headDim || v.shape.some((d, i) => d !== k.shape[i])) {
+      throw new ShapeError(`RingKVCache.append: Expected k and v of shape [${this.o.batch}, ${this.o.heads}, n, ${this.o.headDim}] but received ${describe(k)} and ${describe(v)}`);
+    }
+    const start = Math.max(0, n - this.window);  // only the last `window` positions can ever be seen
+    for (let i = start; i < n; ) {
+      const pos = this.length + i;
+      const slot = pos % this.window;
+      const len = Math.min(n - i, this.window - slot);  // a run of consecutive slots
+      untracked(() => {
+        const pairs: Array<[Tensor, Tensor]> = [[this.k, k], [this.v, v]];
+        for (const [dst, src] of pairs) {
+          const d = narrow(dst, 2, slot, len);
+          const s = narrow(src, 2, i, len);
+          nat(() => native.copy(d.handle, s.handle));
+          d.dispose();
+          s.dispose();
+        }
+        const e = narrow(this.empty, 1, slot, len);
+        nat(() => native.fill(e.handle, 0));
+        e.dispose();
+      });
+      i += len;
+    }
+    this.length += n;
+  }
+
+  /**
+   * Attention of one new query per sequence, q [batch, qHeads, 1, headDim], against the cached
+   * window (the query is the newest appended position). Equals localAttention(..., {window,
+   * causal: true}) at that position.
+   */
+  attend(q: Tensor, options: { scale?: number } = {}): Tensor {
+    if (q.ndim !== 4 || q.shape[2] !== 1) throw new ShapeError(`RingKVCache.attend: Expected one query per sequence [batch, heads, 1, headDim] but received ${describe(q)}`);
+    if (this.length === 0) throw new ValueError('RingKVCache.attend: the cache is empty; append the step\'s key and value first');
+    return globalAttention(q, this.k, this.v, { keyPaddingMask: this.empty, scale: options.scale });
+  }
+
+  dispose(): void {
+    this.k.dispose();
+    this.v.dispose();
+    this.empty.dispose();
+  }
+}
