@@ -17,6 +17,11 @@
 //  2. attn_fwd_warp<T, DPL, DUAL> (float32, other head dims up to 512): one warp per output
 //     row, D spread over lanes (DPL values each), keys streamed from L2 one at a time. Simple
 //     and exact; the float32 path is not the one that has to be fast.
+//  2b. attn_fwd_split<T, DPL> + attn_split_merge<T> (forward only, any dtype / head dim):
+//     flash-decoding for few query rows (n <= 16) over a long visible span (>= 1024 keys) when
+//     the kernels above would launch fewer than 2 blocks per SM: each row's key interval is cut
+//     into chunks, one block each, writing float partials (m, l, acc[D]) to scratch memory that
+//     a second kernel merges into out and lse.
 //  3. attn_bwd_warp<T, DPL>: one block per (b, kv head, tile of KT keys) holding K, V, dK, dV
 //     of its keys in float shared memory; its warps walk the query rows (of every query head of
 //     the group) that can see the tile, recompute P = exp(s - lse), add dV, dK in shared memory
@@ -29,30 +34,20 @@
 #include <string>
 
 #include "../core/attention.h"
-#include "common.cuh"
+#include "device.cuh"
 
 namespace dualroute {
 namespace cuda {
+
+// backend.cu: temporary device memory from the caching allocator (flash-decoding partials).
+// Release may follow the launches that use the block at once (all work is on one stream).
+int scratch_alloc(void** ptr, size_t bytes);
+int scratch_release(void* ptr);
+
 namespace {
 
-using bf16_t = __nv_bfloat16;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ float ld(bf16_t v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T st(float v);
-template <>
-__device__ __forceinline__ float st<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ bf16_t st<bf16_t>(float v) { return __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
 
 // First bad query_index position (b * n + r), ~0 if none. One slot, guarded by the mutex from
 // reset to read-back, as in index.cu.
@@ -124,7 +119,7 @@ __device__ __forceinline__ int query_of(const FwdParams& P, int b, int r, bool r
   const long long pos = static_cast<long long>(b) * P.n + r;
   const int qi = P.qidx[pos];
   if (qi < 0 || qi >= P.Sq) {
-    if (record) atomicMin(&g_attn_bad, static_cast<unsigned long long>(pos));
+    if (record) record_bad(&g_attn_bad, pos);
     return -1;
   }
   return qi;
@@ -582,6 +577,146 @@ __global__ void __launch_bounds__(kWarpRows * 32) attn_fwd_warp(FwdParams P) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 2b. Flash-decoding forward (few query rows, long key span)
+// ---------------------------------------------------------------------------------------------
+// With n <= 16 rows per (b, h) the kernels above launch too few blocks to fill the GPU when
+// the visible span is long. attn_fwd_split cuts each row's visible interval [lo, hi] into S
+// equal chunks, one block of kSplitWarps warps per (b, h, row, chunk); warp w takes the chunk's
+// keys w, w + kSplitWarps, ... with its own online softmax, the warps are combined in shared
+// memory and the block writes one float partial: m (log2 domain), l = sum 2^(s - m), and
+// acc[D] = sum 2^(s - m) v (unnormalised). An empty chunk writes m = -inf, l = 0, acc = 0.
+// attn_split_merge (one warp per row) combines a row's S partials:
+//   M = max m_s, L = sum l_s 2^(m_s - M), out = sum acc_s 2^(m_s - M) / L, lse = (M + log2 L) ln 2
+// and a row with L = 0 (no visible, unpadded key) gets out = 0 and lse = -inf.
+// Scratch layout for R = B * Hq * n rows: [R * S][2] (m, l) followed by [R * S][D] (acc).
+constexpr int kSplitWarps = 8;
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kSplitWarps * 32) attn_fwd_split(FwdParams P, float* part, int S) {
+  __shared__ float sm_m[kSplitWarps], sm_l[kSplitWarps];
+  __shared__ float sm_o[kSplitWarps][DPL * 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int s = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
+  const long long row = blockIdx.x / static_cast<unsigned>(S);  // bh * n + r
+  const int r = static_cast<int>(row % P.n);
+  const int bh = static_cast<int>(row / P.n);
+  const int b = bh / P.Hq, h = bh % P.Hq, hk = h / P.G;
+  const int D = P.D;
+  const int qi = query_of(P, b, r, s == 0 && threadIdx.x == 0);
+
+  float q[DPL], o[DPL];
+  int lo = 0, hi = -1;
+  if (qi >= 0) {
+    const T* qp = static_cast<const T*>(P.q) + (static_cast<long long>(bh) * P.Sq + qi) * D;
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) {
+      const int d = lane + 32 * k;
+      q[k] = d < D ? ld(qp[d]) * P.scale2 : 0.f;
+    }
+    key_range(P.mask, P.causal, P.window, static_cast<long long>(qi) + P.Sk - P.Sq, P.Sk, lo, hi);
+  }
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) o[k] = 0.f;
+  // This block's chunk [a, z] of [lo, hi].
+  int a = 0, z = -1;
+  if (lo <= hi) {
+    const long long len = static_cast<long long>(hi) - lo + 1;
+    const long long chunk = (len + S - 1) / S;
+    const long long a0 = lo + s * chunk;
+    if (a0 <= hi) {
+      a = static_cast<int>(a0);
+      z = static_cast<int>(min(static_cast<long long>(hi), a0 + chunk - 1));
+    }
+  }
+
+  float m = -INFINITY, l = 0.f;
+  const T* Kp = static_cast<const T*>(P.k) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
+  const T* Vp = static_cast<const T*>(P.v) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
+  const uint8_t* pad = P.pad ? P.pad + static_cast<long long>(b) * P.Sk : nullptr;
+  // Two keys per iteration: both keys' loads are in flight before the first reduction.
+  for (int j = a + warp; j <= z; j += 2 * kSplitWarps) {
+    const int j2 = j + kSplitWarps;
+    const bool ok1 = !(pad && pad[j]);
+    const bool ok2 = j2 <= z && !(pad && pad[j2]);
+    const T* k1 = Kp + static_cast<long long>(j) * D;
+    const T* v1 = Vp + static_cast<long long>(j) * D;
+    const T* k2 = Kp + static_cast<long long>(ok2 ? j2 : j) * D;
+    const T* v2 = Vp + static_cast<long long>(ok2 ? j2 : j) * D;
+    float d1 = 0.f, d2 = 0.f, x1[DPL], x2[DPL];
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) {
+      const int d = lane + 32 * k;
+      d1 += d < D ? q[k] * ld(k1[d]) : 0.f;
+      d2 += d < D ? q[k] * ld(k2[d]) : 0.f;
+      x1[k] = d < D ? ld(v1[d]) : 0.f;
+      x2[k] = d < D ? ld(v2[d]) : 0.f;
+    }
+    const float s1 = warp_sum(d1), s2 = warp_sum(d2);
+    if (ok1) online_step<DPL>(m, l, o, s1, x1);
+    if (ok2) online_step<DPL>(m, l, o, s2, x2);
+  }
+
+  if (lane == 0) {
+    sm_m[warp] = m;
+    sm_l[warp] = l;
+  }
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) sm_o[warp][lane + 32 * k] = o[k];
+  __syncthreads();
+  float M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kSplitWarps; ++w) M = fmaxf(M, sm_m[w]);
+  const long long idx = static_cast<long long>(blockIdx.x);  // row * S + s
+  float* acc = part + 2LL * gridDim.x + idx * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float x = 0.f;
+#pragma unroll
+    for (int w = 0; w < kSplitWarps; ++w)
+      if (sm_m[w] != -INFINITY) x += sm_o[w][d] * exp2f(sm_m[w] - M);
+    acc[d] = x;
+  }
+  if (threadIdx.x == 0) {
+    float L = 0.f;
+#pragma unroll
+    for (int w = 0; w < kSplitWarps; ++w)
+      if (sm_m[w] != -INFINITY) L += sm_l[w] * exp2f(sm_m[w] - M);
+    part[2 * idx] = M;
+    part[2 * idx + 1] = L;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kWarpRows * 32) attn_split_merge(FwdParams P, const float* part, int S,
+                                                                   long long rows) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const long long row = static_cast<long long>(blockIdx.x) * kWarpRows + warp;
+  if (row >= rows) return;
+  const int D = P.D;
+  const float* ml = part + 2 * row * S;
+  const float* acc = part + 2 * rows * S + row * S * D;
+  float M = -INFINITY;
+  for (int s = lane; s < S; s += 32) M = fmaxf(M, ml[2 * s]);
+  M = warp_max(M);
+  float L = 0.f;
+  for (int s = lane; s < S; s += 32) {
+    const float ms = ml[2 * s];
+    if (ms != -INFINITY) L += ml[2 * s + 1] * exp2f(ms - M);
+  }
+  L = warp_sum(L);
+  const float inv = L > 0.f ? 1.f / L : 0.f;
+  T* out = static_cast<T*>(P.out) + row * D;
+  for (int d = lane; d < D; d += 32) {
+    float x = 0.f;
+    for (int s = 0; s < S; ++s) {
+      const float ms = ml[2 * s];
+      if (ms != -INFINITY) x += acc[static_cast<long long>(s) * D + d] * exp2f(ms - M);
+    }
+    out[d] = st<T>(x * inv);
+  }
+  if (lane == 0 && P.lse) P.lse[row] = L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY;
+}
+
+// ---------------------------------------------------------------------------------------------
 // 3. Backward
 // ---------------------------------------------------------------------------------------------
 struct BwdParams {
@@ -719,8 +854,7 @@ __global__ void rope_kernel(T* __restrict__ out, const T* x, const int32_t* __re
                             int64_t H, int64_t S, int64_t D, int pos_2d, double base, int inverse) {
   const int64_t half = D / 2;
   const int64_t total = rows * half;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t e = gtid(); e < total; e += gstride()) {
     const int64_t row = e / half, i = e % half;
     const int64_t s = row % S;
     const int64_t b = row / S / H;
@@ -787,8 +921,8 @@ int common_params(const char* name, const AttnArgs& a, Params& P) {
   return 0;
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-bool aligned4(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3) == 0; }
+bool aligned16(const void* p) { return aligned(p, 16); }
+bool aligned4(const void* p) { return aligned(p, 4); }
 
 template <int D, bool DUAL>
 int launch_mma(const FwdParams& P0, int64_t BH, const char* name) {
@@ -835,22 +969,77 @@ int launch_fwd(const FwdParams& P, int32_t dtype, int64_t BH, const char* name) 
   return bf ? launch_warp_d<bf16_t, DUAL>(P, BH, name) : launch_warp_d<float, DUAL>(P, BH, name);
 }
 
+// Flash-decoding: the number of key chunks per row, or 1 when the plain kernels are used. It
+// applies to the forward (not dual) with n <= 16 rows per (b, h) whose visible span can reach
+// kSplitMinSpan keys, when the plain grid (one block per (b, h, row) at best) would leave the
+// GPU short of 2 blocks per multiprocessor. Chunks hold at least kSplitMinChunk keys.
+constexpr int kSplitMaxRows = 16;
+constexpr long long kSplitMinSpan = 1024, kSplitMinChunk = 256, kSplitMaxChunks = 1024;
+
+int split_count(const FwdParams& P, int64_t BH) {
+  if (P.n > kSplitMaxRows || P.Sk < kSplitMinSpan) return 1;
+  long long span = P.Sk;  // the longest visible interval any row can have
+  if (P.mask == static_cast<int>(AttnMask::Sliding))
+    span = std::min<long long>(span, P.causal ? P.window : 2 * P.window - 1);
+  else if (P.mask == static_cast<int>(AttnMask::Block))
+    span = std::min<long long>(span, P.window);
+  if (span < kSplitMinSpan) return 1;
+  const long long rows = static_cast<long long>(BH) * P.n;
+  const long long target = 2LL * multiprocessor_count();
+  long long S = (target + rows - 1) / rows;
+  S = std::min({S, span / kSplitMinChunk, kSplitMaxChunks});
+  return S >= 2 ? static_cast<int>(S) : 1;
+}
+
+template <typename T, int DPL>
+int launch_split_t(const FwdParams& P, int64_t BH, int S, const char* name) {
+  const long long rows = static_cast<long long>(BH) * P.n;
+  const long long blocks = rows * S;
+  if (blocks > INT_MAX) return set_error(std::string(name) + ": too many blocks");
+  void* scratch = nullptr;
+  DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(blocks) * (2 + static_cast<size_t>(P.D)) * sizeof(float)));
+  float* part = static_cast<float*>(scratch);
+  attn_fwd_split<T, DPL><<<static_cast<unsigned>(blocks), kSplitWarps * 32, 0, stream()>>>(P, part, S);
+  int status = check_launch(name);
+  if (status == 0) {
+    const long long mblocks = (rows + kWarpRows - 1) / kWarpRows;
+    attn_split_merge<T><<<static_cast<unsigned>(mblocks), kWarpRows * 32, 0, stream()>>>(P, part, S, rows);
+    status = check_launch(name);
+  }
+  // Stream order: the next user of this block runs after the merge.
+  const int rel = scratch_release(scratch);
+  return status ? status : rel;
+}
+
+template <typename T>
+int launch_split(const FwdParams& P, int64_t BH, int S, const char* name) {
+  if (P.D <= 32) return launch_split_t<T, 1>(P, BH, S, name);
+  if (P.D <= 64) return launch_split_t<T, 2>(P, BH, S, name);
+  if (P.D <= 128) return launch_split_t<T, 4>(P, BH, S, name);
+  if (P.D <= 256) return launch_split_t<T, 8>(P, BH, S, name);
+  return launch_split_t<T, 16>(P, BH, S, name);
+}
+
+int launch_forward(const FwdParams& P, int32_t dtype, int64_t BH, const char* name) {
+  const int S = split_count(P, BH);
+  if (S < 2) return launch_fwd<false>(P, dtype, BH, name);
+  if (static_cast<DType>(dtype) == DType::BF16) return launch_split<bf16_t>(P, BH, S, name);
+  return launch_split<float>(P, BH, S, name);
+}
+
 // Launch, then (with query_index) wait and turn a recorded bad index into a RangeError.
 template <typename Launch>
 int with_query_check(const char* name, const AttnArgs& a, Launch&& launch) {
   if (!a.query_index) return launch();
   std::lock_guard<std::mutex> lock(g_attn_mutex);
   void* slot = nullptr;
-  DR_CUDA_TRY(check(cudaGetSymbolAddress(&slot, g_attn_bad), name));
-  DR_CUDA_TRY(check(cudaMemsetAsync(slot, 0xff, sizeof(unsigned long long), stream()), name));
+  DR_CUDA_TRY(bad_slot_reset(g_attn_bad, &slot, name, name));
   DR_CUDA_TRY(launch());
   unsigned long long bad = 0;
-  DR_CUDA_TRY(check(cudaMemcpyAsync(&bad, slot, sizeof(bad), cudaMemcpyDeviceToHost, stream()), name));
-  DR_CUDA_TRY(check(cudaStreamSynchronize(stream()), name));
+  DR_CUDA_TRY(bad_slot_read(slot, &bad, name));
   if (bad == ~0ull) return 0;
   int32_t v = 0;
-  DR_CUDA_TRY(check(cudaMemcpyAsync(&v, a.query_index + bad, sizeof(v), cudaMemcpyDeviceToHost, stream()), name));
-  DR_CUDA_TRY(check(cudaStreamSynchronize(stream()), name));
+  DR_CUDA_TRY(read_index(a.query_index + bad, &v, name));
   const long long pos = static_cast<long long>(bad);
   return set_error("RangeError: attention: query_index " + std::to_string(v) + " at [" + std::to_string(pos / a.n) +
                    ", " + std::to_string(pos % a.n) + "] is outside [0, " + std::to_string(a.Sq) + ")");
@@ -893,7 +1082,7 @@ int attention_forward(const AttnArgs* a, void* out, void* lse) {
   P.scale2 = a->scale * kLog2e;
   const int64_t BH = a->B * a->Hq;
   if (BH == 0 || P.n == 0) return 0;
-  return with_query_check(name, *a, [&] { return launch_fwd<false>(P, a->dtype, BH, name); });
+  return with_query_check(name, *a, [&] { return launch_forward(P, a->dtype, BH, name); });
   DR_CUDA_ENTRY_END("attention_forward")
 }
 
@@ -956,17 +1145,16 @@ int rope(const View* out, const View* x, const View* positions, double base, int
   const int64_t rows = B * H * S;
   const int64_t total = rows * (D / 2);
   if (total == 0) return 0;
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, int64_t(multiprocessor_count()) * 32);
+  const int blocks = grid_for(total);
   const int32_t* pos = static_cast<const int32_t*>(positions->data);
   if (static_cast<DType>(x->dtype) == DType::BF16)
-    rope_kernel<bf16_t><<<static_cast<unsigned>(std::max<int64_t>(1, blocks)), threads, 0, stream()>>>(
-        static_cast<bf16_t*>(out->data), static_cast<const bf16_t*>(x->data), pos, rows, H, S, D, pos_2d, base,
-        inverse);
+    rope_kernel<bf16_t><<<blocks, kThreads, 0, stream()>>>(static_cast<bf16_t*>(out->data),
+                                                          static_cast<const bf16_t*>(x->data), pos, rows, H, S, D,
+                                                          pos_2d, base, inverse);
   else
-    rope_kernel<float><<<static_cast<unsigned>(std::max<int64_t>(1, blocks)), threads, 0, stream()>>>(
-        static_cast<float*>(out->data), static_cast<const float*>(x->data), pos, rows, H, S, D, pos_2d, base,
-        inverse);
+    rope_kernel<float><<<blocks, kThreads, 0, stream()>>>(static_cast<float*>(out->data),
+                                                         static_cast<const float*>(x->data), pos, rows, H, S, D,
+                                                         pos_2d, base, inverse);
   return check_launch(name);
   DR_CUDA_ENTRY_END("rope")
 }
