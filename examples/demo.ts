@@ -48,6 +48,16 @@ function main(): void {
     const targets = dr.randint(0, 1024, [4096], { device, generator: g });
     const ce = time(() => dr.crossEntropy(x, targets), 10);
     rows.push(['crossEntropy', '4096x1024 float32', ce.ms, `loss ${ce.out.item().toFixed(3)} (about ln 1024 + 0.5 = ${(Math.log(1024) + 0.5).toFixed(3)})`]);
+    const [H, S, D, W] = device === 'cuda' ? [16, 4096, 64, 256] : [8, 2048, 64, 256];
+    const q = dr.randn([1, H, S, D], { device, dtype, generator: g });
+    const kv = dr.randn([1, H, S, D], { device, dtype, generator: g });
+    let keys = 0;
+    for (let p = 0; p < S; ++p) keys += Math.min(W, p + 1);
+    const la = time(() => dr.localAttention(q, kv, kv, { window: W, causal: true }), 5);
+    rows.push(['localAttention', `B1 H${H} S${S} D${D} W${W} ${dtype}`, la.ms, `${((4 * H * keys * D) / la.ms / 1e6).toFixed(1)} GFLOP/s`]);
+    const gates = dr.rand([1, S, 2], { device, dtype, generator: g });
+    const da = time(() => dr.dualAttention(q, kv, kv, { window: W, causal: true, gates }), 3);
+    rows.push(['dualAttention', `B1 H${H} S${S} D${D} W${W} ${dtype}`, da.ms, 'local + global paths in one pass']);
     const table = dr.randn([32000, 512], { device, generator: g });
     const ids = dr.randint(0, 32000, [8, 512], { device, generator: g });
     const em = time(() => dr.embedding(ids, table), 10);
