@@ -396,6 +396,67 @@ struct FwdScratch {
   Buf<C> qt, ot, st, kb, vb, ot2, st2;
 };
 
+// Decode split ("split-K"): when a call has few query rows per (b, head) (n <= 16) and too
+// few (b, head, tile) tasks to occupy the pool (fewer than 2 per thread), each tile whose key
+// hull spans at least kSplitMinKeys keys is cut into runs of whole kBN chunks (the same chunk
+// boundaries as the unsplit walk), each run a task of its own producing a partial (m, l, Ot).
+// The partials of a tile are then merged per row:
+//   m = max_s m_s, l = sum_s l_s e^(m_s - m), out = sum_s Ot_s e^(m_s - m) / l, lse = m + log l
+// (a partial that saw no visible key has m_s = -inf, l_s = 0 and Ot_s = 0, so it adds nothing).
+constexpr int64_t kSplitMaxRows = 16;
+constexpr int64_t kSplitMinKeys = 512;
+constexpr int64_t kSplitMinRun = 4 * kBN;  // keys per split task, at least
+
+// One tile's rows: validity, query rows and per-lane key intervals.
+template <typename C>
+void fwd_tile_setup(const AttnArgs& a, int64_t b, int64_t t, Lanes<C>& ln, int64_t* qrow, bool* valid) {
+  constexpr int BM = Lanes<C>::BM;
+  const int64_t n = a.n, r0 = t * BM;
+  for (int i = 0; i < BM; ++i) {
+    const int64_t r = r0 + i;
+    valid[i] = r < n;
+    qrow[i] = !valid[i] ? -1 : a.query_index ? a.query_index[b * n + r] : r;
+    int64_t lo = 0, hi = 0;
+    if (valid[i]) key_interval(a, a.mask, qrow[i] + a.Sk - a.Sq, lo, hi);
+    ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+    ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+  }
+  ln.finish(valid);
+}
+
+// Online softmax of a tile over keys [j_begin, j_end) (whole chunks from the hull's start, or
+// the hull's end): Qt packed from the query rows, m = -inf, l = 0, Ot = 0 on entry.
+template <typename T, int DC>
+void fwd_tile_keys(const AttnArgs& a, const T* qh, const T* kh, const T* vh, const uint8_t* pad, const Lanes<typename Num<T>::acc>& ln,
+                   const int64_t* qrow, const bool* valid, int64_t j_begin, int64_t j_end, FwdScratch<typename Num<T>::acc>& w,
+                   typename Num<T>::acc* m, typename Num<T>::acc* l, typename Num<T>::acc* Ot) {
+  using C = typename Num<T>::acc;
+  constexpr int BM = Lanes<C>::BM;
+  const int64_t D = DC ? DC : a.D;
+  const C scale = static_cast<C>(a.scale);
+  const C ninf = -std::numeric_limits<C>::infinity();
+  C* Qt = w.qt.get(static_cast<size_t>(D * BM));
+  C* St = w.st.get(static_cast<size_t>(kBN * BM));
+  alignas(64) C alpha[BM];
+  for (int i = 0; i < BM; ++i) {
+    m[i] = ninf;
+    l[i] = 0;
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int i = 0; i < BM; ++i) Qt[d * BM + i] = valid[i] ? scale * wid(qh[qrow[i] * D + d]) : C(0);
+  std::fill(Ot, Ot + D * BM, C(0));
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += kBN) {
+    const int64_t nk = std::min<int64_t>(kBN, j_end - j0);
+    int64_t ldk, ldvv;
+    const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
+    const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+    scores<C, DC>(nk, D, Kc, ldk, Qt, St);
+    if (!ln.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, ln, pad, ninf);
+    softmax_step<C>(St, nk, m, l, alpha);
+    gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldvv, St, BM, Ot, BM, kScaleAdd, alpha);
+  }
+}
+
 template <typename T, int DC>
 void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
   using C = typename Num<T>::acc;
@@ -405,49 +466,105 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
-  const C scale = static_cast<C>(a.scale);
   const C ninf = -std::numeric_limits<C>::infinity();
+  const int threads = num_threads();
+  const int64_t ntasks = a.B * a.Hq * ntile;
 
-  run_tasks<FwdScratch<C>>(a.B * a.Hq * ntile, [&](int64_t task, FwdScratch<C>& w) {
+  if (n <= kSplitMaxRows && threads > 1 && ntasks < 2 * threads && a.Sk >= kSplitMinKeys) {
+    // Plan: per (b, tile) its lanes; per (b, head, tile) its runs of keys.
+    const int64_t nbt = a.B * ntile;
+    std::vector<Lanes<C>> lanes(static_cast<size_t>(nbt));
+    std::vector<int64_t> qrows(static_cast<size_t>(nbt * BM));
+    std::vector<uint8_t> valids(static_cast<size_t>(nbt * BM));
+    std::vector<int64_t> nsplit(static_cast<size_t>(nbt)), run(static_cast<size_t>(nbt));
+    const int64_t want = (4 * threads + ntasks - 1) / ntasks;  // runs per task for ~4 per thread
+    for (int64_t bt = 0; bt < nbt; ++bt) {
+      bool vb[BM];
+      fwd_tile_setup<C>(a, bt / ntile, bt % ntile, lanes[bt], &qrows[bt * BM], vb);
+      for (int i = 0; i < BM; ++i) valids[bt * BM + i] = vb[i];
+      const int64_t width = lanes[bt].hull_hi - lanes[bt].hull_lo;
+      const int64_t chunks = (width + kBN - 1) / kBN;
+      int64_t ns = 1;
+      if (width >= kSplitMinKeys) ns = std::max<int64_t>(1, std::min(want, width / kSplitMinRun));
+      const int64_t per = (chunks + ns - 1) / ns;  // chunks per run
+      ns = per > 0 ? (chunks + per - 1) / per : 1;
+      nsplit[bt] = ns;
+      run[bt] = per * kBN;
+    }
+    // Task list: (bh, tile, s); partial results at a fixed offset per task.
+    std::vector<int64_t> tb(static_cast<size_t>(a.B * a.Hq * ntile + 1));
+    tb[0] = 0;
+    for (int64_t x = 0; x < a.B * a.Hq * ntile; ++x) {
+      const int64_t bh = x / ntile, t = x % ntile, b = bh / a.Hq;
+      tb[x + 1] = tb[x] + nsplit[b * ntile + t];
+    }
+    const int64_t nparts = tb.back(), stride = 2 * BM + D * BM;
+    std::vector<C> parts(static_cast<size_t>(nparts * stride));
+    run_tasks<FwdScratch<C>>(nparts, [&](int64_t p, FwdScratch<C>& w) {
+      const int64_t x = std::upper_bound(tb.begin(), tb.end(), p) - tb.begin() - 1;
+      const int64_t s = p - tb[x], bh = x / ntile, t = x % ntile, b = bh / a.Hq, h = bh % a.Hq, hk = h / G;
+      const int64_t bt = b * ntile + t;
+      const Lanes<C>& ln = lanes[bt];
+      bool vb[BM];
+      for (int i = 0; i < BM; ++i) vb[i] = valids[bt * BM + i] != 0;
+      const int64_t j_begin = std::min(ln.hull_hi, ln.hull_lo + s * run[bt]);
+      const int64_t j_end = std::min(ln.hull_hi, j_begin + run[bt]);
+      C* pm = parts.data() + p * stride;
+      fwd_tile_keys<T, DC>(a, q + bh * a.Sq * D, k + (b * a.Hkv + hk) * a.Sk * D, v + (b * a.Hkv + hk) * a.Sk * D,
+                           a.key_padding ? a.key_padding + b * a.Sk : nullptr, ln, &qrows[bt * BM], vb, j_begin, j_end,
+                           w, pm, pm + BM, pm + 2 * BM);
+    });
+    // Merge: one (bh, tile) at a time (small: nsplit * D * BM).
+    run_tasks<int>(a.B * a.Hq * ntile, [&](int64_t x, int&) {
+      const int64_t bh = x / ntile, t = x % ntile, r0 = t * BM;
+      const int64_t p0 = tb[x], np = tb[x + 1] - tb[x];
+      for (int i = 0; i < BM; ++i) {
+        const int64_t r = r0 + i;
+        if (r >= n) break;
+        C mx = ninf;
+        for (int64_t s = 0; s < np; ++s) mx = std::max(mx, parts[(p0 + s) * stride + i]);
+        T* o = out + (bh * n + r) * D;
+        C lsum = 0;
+        if (mx != ninf)
+          for (int64_t s = 0; s < np; ++s) {
+            const C* pm = parts.data() + (p0 + s) * stride;
+            lsum += pm[BM + i] * std::exp(pm[i] - mx);
+          }
+        if (lsum > 0) {
+          const C inv = C(1) / lsum;
+          for (int64_t d = 0; d < D; ++d) {
+            C acc = 0;
+            for (int64_t s = 0; s < np; ++s) {
+              const C* pm = parts.data() + (p0 + s) * stride;
+              acc += pm[2 * BM + d * BM + i] * std::exp(pm[i] - mx);
+            }
+            o[d] = Num<T>::store(acc * inv);
+          }
+          if (lse) lse[bh * n + r] = mx + std::log(lsum);
+        } else {
+          for (int64_t d = 0; d < D; ++d) o[d] = Num<T>::store(C(0));
+          if (lse) lse[bh * n + r] = ninf;
+        }
+      }
+    });
+    return;
+  }
+
+  run_tasks<FwdScratch<C>>(ntasks, [&](int64_t task, FwdScratch<C>& w) {
     const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq, h = bh % a.Hq;
     const int64_t hk = h / G;
     const T* qh = q + bh * a.Sq * D;
     const T* kh = k + (b * a.Hkv + hk) * a.Sk * D;
     const T* vh = v + (b * a.Hkv + hk) * a.Sk * D;
     const uint8_t* pad = a.key_padding ? a.key_padding + b * a.Sk : nullptr;
-    C* Qt = w.qt.get(static_cast<size_t>(D * BM));
     C* Ot = w.ot.get(static_cast<size_t>(D * BM));
-    C* St = w.st.get(static_cast<size_t>(kBN * BM));
-    alignas(64) C m[BM], l[BM], alpha[BM];
+    alignas(64) C m[BM], l[BM];
     int64_t qrow[BM];
     bool valid[BM];
     Lanes<C> ln;
     const int64_t r0 = t * BM;
-    for (int i = 0; i < BM; ++i) {
-      const int64_t r = r0 + i;
-      valid[i] = r < n;
-      qrow[i] = !valid[i] ? -1 : a.query_index ? a.query_index[b * n + r] : r;
-      int64_t lo = 0, hi = 0;
-      if (valid[i]) key_interval(a, a.mask, qrow[i] + a.Sk - a.Sq, lo, hi);
-      ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
-      ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
-      m[i] = ninf;
-      l[i] = 0;
-    }
-    ln.finish(valid);
-    for (int64_t d = 0; d < D; ++d)
-      for (int i = 0; i < BM; ++i) Qt[d * BM + i] = valid[i] ? scale * wid(qh[qrow[i] * D + d]) : C(0);
-    std::fill(Ot, Ot + D * BM, C(0));
-    for (int64_t j0 = ln.hull_lo; j0 < ln.hull_hi; j0 += kBN) {
-      const int64_t nk = std::min<int64_t>(kBN, ln.hull_hi - j0);
-      int64_t ldk, ldvv;
-      const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
-      const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
-      scores<C, DC>(nk, D, Kc, ldk, Qt, St);
-      if (!ln.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, ln, pad, ninf);
-      softmax_step<C>(St, nk, m, l, alpha);
-      gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldvv, St, BM, Ot, BM, kScaleAdd, alpha);
-    }
+    fwd_tile_setup<C>(a, b, t, ln, qrow, valid);
+    fwd_tile_keys<T, DC>(a, qh, kh, vh, pad, ln, qrow, valid, ln.hull_lo, ln.hull_hi, w, m, l, Ot);
     for (int i = 0; i < BM; ++i) {
       if (!valid[i]) continue;
       const int64_t r = r0 + i;

@@ -132,6 +132,22 @@ describe('attention forward against the float64 reference', () => {
     });
   });
 
+  test('decode with the keys split across threads (few heads, long Sk) matches the reference', () => {
+    dr.tidy(() => {
+      for (const [mode, causal, window] of [['global', false, 1], ['sliding', true, 700], ['block', false, 600]] as const) {
+        const Sk = 2000, D = 64;
+        const q = make([1, 1, 1, D], 16), k = make([1, 1, Sk, D], 17), v = make([1, 1, Sk, D], 18);
+        const pad = [Array.from({ length: Sk }, (_, j) => j % 7 === 3)];
+        const kp = dr.tensor(pad.flat(), [1, Sk]);
+        const got = mode === 'global' ? dr.globalAttention(q.t, k.t, v.t, { causal, keyPaddingMask: kp, returnLse: true })
+          : dr.localAttention(q.t, k.t, v.t, { window, causal, mode, keyPaddingMask: kp, returnLse: true });
+        const want = attnRef(q.data, k.data, v.data, [1, 1, 1, D], 1, Sk, { mode, causal, window, scale: Math.fround(1 / 8), pad });
+        expectClose(got.out, want.out);
+        expectClose(got.lse, want.lse);
+      }
+    });
+  });
+
   test('decode: Sq = 1 against a long key sequence is the last row of the full call', () => {
     dr.tidy(() => {
       const q = make([1, 4, 300, 32], 13), k = make([1, 2, 300, 32], 14), v = make([1, 2, 300, 32], 15);
