@@ -25,16 +25,17 @@
 // With window >= Sk the sliding hull and intervals equal the global ones exactly, so the
 // arithmetic (and the result) is bit-identical to Global.
 //
-// Backward (FA2): one task per (b, kv head) owns that head's dk/dv and the dq of its G query
-// heads, so accumulation is race-free and deterministic without atomics. Inside a task the
-// query tiles are the outer loop; per key chunk of the tile's hull it forms, all as the same
-// micro-kernel,
+// Backward (FA2): P and dS are rebuilt from the saved lse per (query tile, key chunk), all as
+// the same micro-kernel,
 //   St = K Qt, dPt = V dOt, dSt = scale * P (dPt - Dr)       (key rows, query lanes)
 //   dV[j] += sum_i P[j][i] dO[i]   dK[j] += sum_i dS[j][i] Q[i]  (rows of d in lanes)
 //   dQtile[i] += sum_j dS[j][i] K[j]
-// dK/dV accumulate in a task-local [Sk, Dp] buffer (Dp = D padded to a vector) that is added
-// into dk/dv once at the end; each dq tile is added into dq rows when the tile is done
-// (query_index rows may repeat; they add sequentially within the owning task).
+// Every output element has one owning task, so accumulation is race-free and deterministic
+// without atomics. Fused form: one task per (b, kv head) owns that head's dk/dv (a task-local
+// [Sk, Dp] buffer, Dp = D padded to a vector, added once at the end) and the dq of its G
+// query heads (query_index rows may repeat; they add sequentially within the task). When
+// B x Hkv tasks cannot fill the pool, the split form runs two passes instead: one over runs
+// of keys (dK, dV) and one over query tiles (dQ), forming P and dS in both.
 //
 // Dual: one pass over the hull of the global path (or of the local path when no row of the
 // tile is global). Each chunk's scores are computed once; chunks that touch the local hull
@@ -48,6 +49,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -693,126 +696,263 @@ struct BwdScratch {
   Buf<C> qt, qr, dot, dor, st, dpt, kb, vb, dqt, dkacc, dvacc;
 };
 
+// One query tile of the backward: its key geometry, lse and Dr = rowsum(dO * O) per lane,
+// Q packed twice (Qt[d][i] pre-scaled for the scores, Qr[i][d] for dK) and dO likewise.
+template <typename C>
+struct BwdTile {
+  static constexpr int BM = Lanes<C>::BM;
+  Lanes<C> ln;
+  alignas(64) C lse[BM], Dr[BM];
+  int64_t qrow[BM];
+  bool valid[BM];
+  C *Qt, *Qr, *dOt, *dOr;
+};
+
+// The key geometry of tile t of query head (b, h); false when no lane sees any key (rows
+// past n, skipped rows with lse = -inf and empty intervals alike).
+template <typename T>
+bool bwd_tile_geometry(const AttnArgs& a, const typename Num<T>::acc* lse, int64_t b, int64_t h, int64_t t,
+                       BwdTile<typename Num<T>::acc>& tl) {
+  using C = typename Num<T>::acc;
+  constexpr int BM = Lanes<C>::BM;
+  const C ninf = -std::numeric_limits<C>::infinity();
+  const int64_t n = a.n, bh = b * a.Hq + h, r0 = t * BM;
+  bool any = false;
+  for (int i = 0; i < BM; ++i) {
+    const int64_t r = r0 + i;
+    tl.valid[i] = r < n;
+    tl.qrow[i] = !tl.valid[i] ? -1 : a.query_index ? a.query_index[b * n + r] : r;
+    int64_t lo = 0, hi = 0;
+    C ls = 0;
+    if (tl.valid[i]) {
+      ls = lse[bh * n + r];
+      if (ls == ninf)
+        ls = 0;  // skipped row: empty interval, so P = 0 everywhere
+      else
+        key_interval(a, a.mask, tl.qrow[i] + a.Sk - a.Sq, lo, hi);
+    }
+    any = any || lo < hi;
+    tl.ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+    tl.ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+    tl.lse[i] = ls;
+  }
+  if (any) tl.ln.finish(tl.valid);
+  return any;
+}
+
+// Packs the tile's Q and dO (both layouts) and its Dr into the scratch.
+template <typename T>
+void bwd_tile_pack(const AttnArgs& a, int64_t D, const T* out, const T* dout, int64_t b, int64_t h, int64_t t,
+                   BwdTile<typename Num<T>::acc>& tl, BwdScratch<typename Num<T>::acc>& w) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const int64_t Dp = (D + L - 1) / L * L, bh = b * a.Hq + h, r0 = t * BM;
+  const T* qh = static_cast<const T*>(a.q) + bh * a.Sq * D;
+  const C scale = static_cast<C>(a.scale);
+  tl.Qt = w.qt.get(static_cast<size_t>(D * BM));
+  tl.Qr = w.qr.get(static_cast<size_t>(BM * Dp));
+  tl.dOt = w.dot.get(static_cast<size_t>(D * BM));
+  tl.dOr = w.dor.get(static_cast<size_t>(BM * Dp));
+  for (int i = 0; i < BM; ++i) {
+    const bool ok = tl.valid[i];
+    const bool live = ok && tl.ln.lo[i] < tl.ln.hi[i];
+    const T* qq = ok ? qh + tl.qrow[i] * D : nullptr;
+    const T* dd = ok ? dout + (bh * a.n + r0 + i) * D : nullptr;
+    const T* o = ok ? out + (bh * a.n + r0 + i) * D : nullptr;
+    C dr = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const C qv = ok ? wid(qq[d]) : C(0), dv_ = ok ? wid(dd[d]) : C(0);
+      if (live) dr += wid(o[d]) * dv_;
+      tl.Qt[d * BM + i] = scale * qv;
+      tl.Qr[i * Dp + d] = qv;
+      tl.dOt[d * BM + i] = dv_;
+      tl.dOr[i * Dp + d] = dv_;
+    }
+    for (int64_t d = D; d < Dp; ++d) tl.Qr[i * Dp + d] = tl.dOr[i * Dp + d] = C(0);
+    tl.Dr[i] = dr;
+  }
+}
+
+// For keys [j0, j0 + nk) of the tile: St = P (key rows, query lanes) and dPt = dS = scale *
+// P * (dP - Dr). Kc/Vc are the chunk's rows in compute type.
+template <typename C, int DC>
+void bwd_chunk(const BwdTile<C>& tl, int64_t D, C scale, const uint8_t* pad, int64_t j0, int64_t nk, const C* Kc,
+               int64_t ldk, const C* Vc, int64_t ldv_, C* St, C* dPt) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  scores<C, DC>(nk, D, Kc, ldk, tl.Qt, St);
+  scores<C, DC>(nk, D, Vc, ldv_, tl.dOt, dPt);
+  if (!tl.ln.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, tl.ln, pad, -std::numeric_limits<C>::infinity());
+  const V sc = splat<V>(scale);
+  for (int gq = 0; gq < kNVQ; ++gq) {
+    const V lv = ldv(tl.lse + gq * L), dr = ldv(tl.Dr + gq * L);
+    for (int64_t j = 0; j < nk; ++j) {
+      C* ps = St + j * BM + gq * L;
+      C* pd = dPt + j * BM + gq * L;
+      const V p = vexp_c(ldv(ps) - lv);  // exp(-inf) = 0 on masked keys
+      stv(ps, p);
+      stv(pd, sc * p * (ldv(pd) - dr));
+    }
+  }
+}
+
+// Adds the tile's dQ rows (dQt, rows of Dp) into dq.
+template <typename C>
+void bwd_store_dq(const AttnArgs& a, int64_t D, int64_t Dp, int64_t bh, const BwdTile<C>& tl, const C* dQt, C* dq) {
+  for (int i = 0; i < BwdTile<C>::BM; ++i) {
+    if (!tl.valid[i] || tl.ln.lo[i] >= tl.ln.hi[i]) continue;
+    C* o = dq + (bh * a.Sq + tl.qrow[i]) * D;
+    const C* s = dQt + i * Dp;
+    for (int64_t d = 0; d < D; ++d) o[d] += s[d];
+  }
+}
+
+// Keys per task of the split backward's dK/dV pass.
+constexpr int64_t kBwdKeyRun = 4 * kBN;
+
+// Whether the backward runs split (two passes) rather than fused: DUALROUTE_ATTN_BWD=split or
+// fused forces it (tests compare the two); by default it splits when the (b, kv head) tasks
+// of the fused form cannot occupy the pool.
+bool bwd_split(const AttnArgs& a) {
+  const char* env = std::getenv("DUALROUTE_ATTN_BWD");
+  if (env && std::strcmp(env, "split") == 0) return true;
+  if (env && std::strcmp(env, "fused") == 0) return false;
+  return a.B * a.Hkv < num_threads();
+}
+
 template <typename T, int DC>
 void backward_typed(const AttnArgs& a, const T* out, const T* dout, const typename Num<T>::acc* lse,
                     typename Num<T>::acc* dq, typename Num<T>::acc* dk, typename Num<T>::acc* dv) {
   using C = typename Num<T>::acc;
-  using V = typename VT<C>::V;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
   const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, n = a.n, Sk = a.Sk;
   const int64_t Dp = (D + L - 1) / L * L, NVd = Dp / L;
   const int64_t ntile = (n + BM - 1) / BM;
-  const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
   const C scale = static_cast<C>(a.scale);
-  const C ninf = -std::numeric_limits<C>::infinity();
 
-  run_tasks<BwdScratch<C>>(a.B * a.Hkv, [&](int64_t task, BwdScratch<C>& w) {
-    const int64_t b = task / a.Hkv, hk = task % a.Hkv;
-    const T* kh = k + task * Sk * D;
-    const T* vh = v + task * Sk * D;
+  if (!bwd_split(a)) {
+    // Fused: one task per (b, kv head), P and dS formed once per (tile, chunk).
+    run_tasks<BwdScratch<C>>(a.B * a.Hkv, [&](int64_t task, BwdScratch<C>& w) {
+      const int64_t b = task / a.Hkv, hk = task % a.Hkv;
+      const T* kh = k + task * Sk * D;
+      const T* vh = v + task * Sk * D;
+      const uint8_t* pad = a.key_padding ? a.key_padding + b * Sk : nullptr;
+      C* St = w.st.get(static_cast<size_t>(kBN * BM));
+      C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
+      C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
+      C* dKa = w.dkacc.get(static_cast<size_t>(Sk * Dp));
+      C* dVa = w.dvacc.get(static_cast<size_t>(Sk * Dp));
+      std::fill(dKa, dKa + Sk * Dp, C(0));
+      std::fill(dVa, dVa + Sk * Dp, C(0));
+      BwdTile<C> tl;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = hk * G + g;
+        for (int64_t t = 0; t < ntile; ++t) {
+          if (!bwd_tile_geometry<T>(a, lse, b, h, t, tl)) continue;
+          bwd_tile_pack<T>(a, D, out, dout, b, h, t, tl, w);
+          std::fill(dQt, dQt + BM * Dp, C(0));
+          for (int64_t j0 = tl.ln.hull_lo; j0 < tl.ln.hull_hi; j0 += kBN) {
+            const int64_t nk = std::min<int64_t>(kBN, tl.ln.hull_hi - j0);
+            int64_t ldk, ldvv;
+            const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.kb, ldk);
+            const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+            bwd_chunk<C, DC>(tl, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
+            // dV[j] += sum_i P[j][i] dO[i];  dK[j] += sum_i dS[j][i] Q[i]
+            gemm<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa + j0 * Dp, Dp, kAdd);
+            gemm<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa + j0 * Dp, Dp, kAdd);
+            // dQ[i] += sum_j dS[j][i] K[j] (Kc rows are Dp long: vector loads stay in bounds)
+            gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
+          }
+          bwd_store_dq(a, D, Dp, b * a.Hq + h, tl, dQt, dq);
+        }
+      }
+      C* dko = dk + task * Sk * D;
+      C* dvo = dv + task * Sk * D;
+      for (int64_t j = 0; j < Sk; ++j)
+        for (int64_t d = 0; d < D; ++d) {
+          dko[j * D + d] += dKa[j * Dp + d];
+          dvo[j * D + d] += dVa[j * Dp + d];
+        }
+    });
+    return;
+  }
+
+  // Split: pass A owns runs of kBwdKeyRun keys of one (b, kv head) and accumulates their dK
+  // and dV over every tile of the G query heads that sees them; pass B owns query tiles
+  // (whole (b, h) rows when query_index may repeat a row across tiles) and accumulates dQ.
+  // P and dS are formed in both passes (the scores twice: 7 products instead of 5), the
+  // price of parallelism beyond B x Hkv without atomics; each output element still has one
+  // owner, so the result is deterministic.
+  const int64_t nrun = (Sk + kBwdKeyRun - 1) / kBwdKeyRun;
+  run_tasks<BwdScratch<C>>(a.B * a.Hkv * nrun, [&](int64_t task, BwdScratch<C>& w) {
+    const int64_t bk = task / nrun, run = task % nrun;
+    const int64_t b = bk / a.Hkv, hk = bk % a.Hkv;
+    const int64_t K0 = run * kBwdKeyRun, K1 = std::min(Sk, K0 + kBwdKeyRun);
+    const T* kh = k + bk * Sk * D;
+    const T* vh = v + bk * Sk * D;
     const uint8_t* pad = a.key_padding ? a.key_padding + b * Sk : nullptr;
-    C* Qt = w.qt.get(static_cast<size_t>(D * BM));
-    C* Qr = w.qr.get(static_cast<size_t>(BM * Dp));
-    C* dOt = w.dot.get(static_cast<size_t>(D * BM));
-    C* dOr = w.dor.get(static_cast<size_t>(BM * Dp));
     C* St = w.st.get(static_cast<size_t>(kBN * BM));
     C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
-    C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
-    C* dKa = w.dkacc.get(static_cast<size_t>(Sk * Dp));
-    C* dVa = w.dvacc.get(static_cast<size_t>(Sk * Dp));
-    std::fill(dKa, dKa + Sk * Dp, C(0));
-    std::fill(dVa, dVa + Sk * Dp, C(0));
-    alignas(64) C lsev[BM], Dr[BM];
-    int64_t qrow[BM];
-    bool valid[BM];
+    C* dKa = w.dkacc.get(static_cast<size_t>(kBwdKeyRun * Dp));
+    C* dVa = w.dvacc.get(static_cast<size_t>(kBwdKeyRun * Dp));
+    std::fill(dKa, dKa + kBwdKeyRun * Dp, C(0));
+    std::fill(dVa, dVa + kBwdKeyRun * Dp, C(0));
+    BwdTile<C> tl;
     for (int64_t g = 0; g < G; ++g) {
-      const int64_t h = hk * G + g, bh = b * a.Hq + h;
-      const T* qh = q + bh * a.Sq * D;
+      const int64_t h = hk * G + g;
       for (int64_t t = 0; t < ntile; ++t) {
-        Lanes<C> ln;
-        const int64_t r0 = t * BM;
-        bool any = false;
-        for (int i = 0; i < BM; ++i) {
-          const int64_t r = r0 + i;
-          valid[i] = r < n;
-          qrow[i] = !valid[i] ? -1 : a.query_index ? a.query_index[b * n + r] : r;
-          int64_t lo = 0, hi = 0;
-          C ls = 0, dr = 0;
-          if (valid[i]) {
-            ls = lse[bh * n + r];
-            if (ls == ninf) {
-              ls = 0;  // skipped row: empty interval, so P = 0 everywhere
-            } else {
-              key_interval(a, a.mask, qrow[i] + a.Sk - a.Sq, lo, hi);
-              const T* o = out + (bh * n + r) * D;
-              const T* dd = dout + (bh * n + r) * D;
-              for (int64_t d = 0; d < D; ++d) dr += wid(o[d]) * wid(dd[d]);
-            }
-          }
-          any = any || lo < hi;
-          ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
-          ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
-          lsev[i] = ls;
-          Dr[i] = dr;
-        }
-        if (!any) continue;
-        ln.finish(valid);
-        for (int i = 0; i < BM; ++i) {
-          const bool ok = valid[i];
-          const T* qq = ok ? qh + qrow[i] * D : nullptr;
-          const T* dd = ok ? dout + (bh * n + r0 + i) * D : nullptr;
-          for (int64_t d = 0; d < D; ++d) {
-            const C qv = ok ? wid(qq[d]) : C(0), dv_ = ok ? wid(dd[d]) : C(0);
-            Qt[d * BM + i] = scale * qv;
-            Qr[i * Dp + d] = qv;
-            dOt[d * BM + i] = dv_;
-            dOr[i * Dp + d] = dv_;
-          }
-          for (int64_t d = D; d < Dp; ++d) Qr[i * Dp + d] = dOr[i * Dp + d] = C(0);
-        }
-        std::fill(dQt, dQt + BM * Dp, C(0));
-        for (int64_t j0 = ln.hull_lo; j0 < ln.hull_hi; j0 += kBN) {
-          const int64_t nk = std::min<int64_t>(kBN, ln.hull_hi - j0);
+        if (!bwd_tile_geometry<T>(a, lse, b, h, t, tl)) continue;
+        const int64_t lo = std::max(tl.ln.hull_lo, K0), hi = std::min(tl.ln.hull_hi, K1);
+        if (lo >= hi) continue;
+        bwd_tile_pack<T>(a, D, out, dout, b, h, t, tl, w);
+        for (int64_t j0 = lo; j0 < hi; j0 += kBN) {
+          const int64_t nk = std::min<int64_t>(kBN, hi - j0);
           int64_t ldk, ldvv;
-          const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.kb, ldk);
+          const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
           const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
-          scores<C, DC>(nk, D, Kc, ldk, Qt, St);
-          scores<C, DC>(nk, D, Vc, ldvv, dOt, dPt);
-          const bool full = ln.full(j0, nk, pad);
-          if (!full) apply_mask<C>(St, nk, j0, ln, pad, ninf);
-          for (int gq = 0; gq < kNVQ; ++gq) {
-            const V lv = ldv(lsev + gq * L), dr = ldv(Dr + gq * L), sc = splat<V>(scale);
-            for (int64_t j = 0; j < nk; ++j) {
-              C* ps = St + j * BM + gq * L;
-              C* pd = dPt + j * BM + gq * L;
-              const V p = vexp_c(ldv(ps) - lv);  // exp(-inf) = 0 on masked keys
-              stv(ps, p);
-              stv(pd, sc * p * (ldv(pd) - dr));
-            }
-          }
-          // dV[j] += sum_i P[j][i] dO[i];  dK[j] += sum_i dS[j][i] Q[i]
-          gemm<C>(nk, NVd, BM, St, BM, 1, dOr, Dp, dVa + j0 * Dp, Dp, kAdd);
-          gemm<C>(nk, NVd, BM, dPt, BM, 1, Qr, Dp, dKa + j0 * Dp, Dp, kAdd);
-          // dQ[i] += sum_j dS[j][i] K[j] (Kc rows are Dp long: vector loads stay in bounds)
-          gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
-        }
-        for (int i = 0; i < BM; ++i) {
-          if (!valid[i] || ln.lo[i] >= ln.hi[i]) continue;
-          C* o = dq + (bh * a.Sq + qrow[i]) * D;
-          const C* s = dQt + i * Dp;
-          for (int64_t d = 0; d < D; ++d) o[d] += s[d];
+          bwd_chunk<C, DC>(tl, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
+          gemm<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa + (j0 - K0) * Dp, Dp, kAdd);
+          gemm<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa + (j0 - K0) * Dp, Dp, kAdd);
         }
       }
     }
-    C* dko = dk + task * Sk * D;
-    C* dvo = dv + task * Sk * D;
-    for (int64_t j = 0; j < Sk; ++j)
+    C* dko = dk + bk * Sk * D;
+    C* dvo = dv + bk * Sk * D;
+    for (int64_t j = K0; j < K1; ++j)
       for (int64_t d = 0; d < D; ++d) {
-        dko[j * D + d] += dKa[j * Dp + d];
-        dvo[j * D + d] += dVa[j * Dp + d];
+        dko[j * D + d] += dKa[(j - K0) * Dp + d];
+        dvo[j * D + d] += dVa[(j - K0) * Dp + d];
       }
+  });
+
+  const int64_t per_row = a.query_index ? ntile : 1;  // tiles per pass-B task
+  const int64_t ntask_q = a.B * a.Hq * (ntile / per_row);
+  run_tasks<BwdScratch<C>>(ntask_q, [&](int64_t task, BwdScratch<C>& w) {
+    const int64_t bh = task / (ntile / per_row), t0 = (task % (ntile / per_row)) * per_row;
+    const int64_t b = bh / a.Hq, h = bh % a.Hq, hk = h / G;
+    const T* kh = k + (b * a.Hkv + hk) * Sk * D;
+    const T* vh = v + (b * a.Hkv + hk) * Sk * D;
+    const uint8_t* pad = a.key_padding ? a.key_padding + b * Sk : nullptr;
+    C* St = w.st.get(static_cast<size_t>(kBN * BM));
+    C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
+    C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
+    BwdTile<C> tl;
+    for (int64_t t = t0; t < t0 + per_row; ++t) {
+      if (!bwd_tile_geometry<T>(a, lse, b, h, t, tl)) continue;
+      bwd_tile_pack<T>(a, D, out, dout, b, h, t, tl, w);
+      std::fill(dQt, dQt + BM * Dp, C(0));
+      for (int64_t j0 = tl.ln.hull_lo; j0 < tl.ln.hull_hi; j0 += kBN) {
+        const int64_t nk = std::min<int64_t>(kBN, tl.ln.hull_hi - j0);
+        int64_t ldk, ldvv;
+        const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.kb, ldk);
+        const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+        bwd_chunk<C, DC>(tl, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
+        gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
+      }
+      bwd_store_dq(a, D, Dp, bh, tl, dQt, dq);
+    }
   });
 }
 

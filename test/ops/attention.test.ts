@@ -265,3 +265,97 @@ describe('gradients', () => {
   check('dualAttention per-head gates', (q, k, v, g) => dr.dualAttention(q, k, v, { window: 3, gates: g }), () => [f64([1, 2, 4, 2], 17), f64([1, 2, 4, 2], 18), f64([1, 2, 4, 2], 19), f64([1, 2, 4, 2], 20)]);
   check('rope', (x) => dr.rope(x, dr.tensor(new Int32Array([0, 3, 11]))), () => [f64([1, 2, 3, 4], 21)]);
 });
+
+/** dq, dk, dv of sum(out * W) in float64 from the formula (P materialised per row). */
+function attnGradRef(q: Float64Array, k: Float64Array, v: Float64Array, W: Float64Array, [B, Hq, Sq, D]: number[], Hkv: number, Sk: number, o: RefOpts) {
+  const G = Hq / Hkv;
+  const n = o.rows ? o.rows[0].length : Sq;
+  const dq = new Float64Array(q.length), dk = new Float64Array(k.length), dv = new Float64Array(v.length);
+  for (let b = 0; b < B; ++b)
+    for (let h = 0; h < Hq; ++h)
+      for (let r = 0; r < n; ++r) {
+        const i = o.rows ? o.rows[b][r] : r;
+        const p = i + Sk - Sq, kh = Math.floor(h / G);
+        const qo = ((b * Hq + h) * Sq + i) * D, wo = ((b * Hq + h) * n + r) * D;
+        const idx: number[] = [], s: number[] = [];
+        for (let j = 0; j < Sk; ++j) {
+          if (!visible(o.mode, o.causal, o.window, p, j) || (o.pad && o.pad[b][j])) continue;
+          let dot = 0;
+          for (let d = 0; d < D; ++d) dot += q[qo + d] * k[((b * Hkv + kh) * Sk + j) * D + d];
+          s.push(dot * o.scale);
+          idx.push(j);
+        }
+        if (!idx.length) continue;
+        const m = Math.max(...s);
+        const e = s.map((x) => Math.exp(x - m));
+        const z = e.reduce((a, x) => a + x, 0);
+        const P = e.map((x) => x / z);
+        const dP = idx.map((j) => {
+          let t = 0;
+          for (let d = 0; d < D; ++d) t += W[wo + d] * v[((b * Hkv + kh) * Sk + j) * D + d];
+          return t;
+        });
+        const Dr = P.reduce((a, x, t) => a + x * dP[t], 0);
+        idx.forEach((j, t) => {
+          const ko = ((b * Hkv + kh) * Sk + j) * D;
+          const ds = P[t] * (dP[t] - Dr) * o.scale;
+          for (let d = 0; d < D; ++d) {
+            dq[qo + d] += ds * k[ko + d];
+            dk[ko + d] += ds * q[qo + d];
+            dv[ko + d] += P[t] * W[wo + d];
+          }
+        });
+      }
+  return { dq, dk, dv };
+}
+
+describe('attention backward against the float64 reference gradient', () => {
+  // Shapes past a key run (256 keys) and several query tiles, so that both backward forms
+  // (fused per (b, kv head); split into key runs and query tiles) cut the work into pieces.
+  const shapes = [
+    { B: 1, Hq: 4, Hkv: 1, Sq: 301, Sk: 557, D: 64 },
+    { B: 2, Hq: 2, Hkv: 2, Sq: 70, Sk: 70, D: 37 },
+  ];
+  const modes: Array<{ mode: Mode; causal: boolean; window: number; rows?: boolean; pad?: boolean }> = [
+    { mode: 'global', causal: true, window: 0, pad: true },
+    { mode: 'sliding', causal: true, window: 100 },
+    { mode: 'sliding', causal: false, window: 33 },
+    { mode: 'block', causal: true, window: 64 },
+    { mode: 'global', causal: false, window: 0, rows: true },
+  ];
+  const saved = process.env.DUALROUTE_ATTN_BWD;
+  afterAll(() => {
+    if (saved === undefined) delete process.env.DUALROUTE_ATTN_BWD;
+    else process.env.DUALROUTE_ATTN_BWD = saved;
+  });
+  for (const s of shapes)
+    for (const md of modes)
+      test(`B${s.B} H${s.Hq}/${s.Hkv} S${s.Sq}/${s.Sk} D${s.D} ${md.mode} causal=${md.causal} w=${md.window}${md.rows ? ' queryIndex' : ''}${md.pad ? ' padding' : ''}`, () => {
+        const scale = Math.fround(1 / Math.sqrt(s.D));
+        const q = make([s.B, s.Hq, s.Sq, s.D], 101);
+        const k = make([s.B, s.Hkv, s.Sk, s.D], 102);
+        const v = make([s.B, s.Hkv, s.Sk, s.D], 103);
+        const rows = md.rows ? Array.from({ length: s.B }, (_, b) => [s.Sq - 1, 0, 5 % s.Sq, 5 % s.Sq, ...Array.from({ length: 40 }, (_, r) => (r * 7 + b) % s.Sq)]) : undefined;
+        const pad = md.pad ? Array.from({ length: s.B }, (_, b) => Array.from({ length: s.Sk }, (_, j) => (j * 13 + b) % 9 === 0)) : undefined;
+        const n = rows ? rows[0].length : s.Sq;
+        const Wt = make([s.B, s.Hq, n, s.D], 104);
+        const ref = attnGradRef(q.data, k.data, v.data, Wt.data, [s.B, s.Hq, s.Sq, s.D], s.Hkv, s.Sk, { mode: md.mode, causal: md.causal, window: md.window, scale, pad, rows });
+        for (const form of ['fused', 'split']) {
+          process.env.DUALROUTE_ATTN_BWD = form;
+          dr.tidy(() => {
+            const [qg, kg, vg] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
+            const opts = {
+              causal: md.causal, scale,
+              queryIndex: rows ? dr.tensor(Int32Array.from(rows.flat()), [s.B, n]) : undefined,
+              keyPaddingMask: pad ? dr.tensor(pad) : undefined,
+            };
+            const out = md.mode === 'global' ? dr.globalAttention(qg, kg, vg, opts)
+              : dr.localAttention(qg, kg, vg, { ...opts, window: md.window, mode: md.mode });
+            out.mul(Wt.t).sum().backward();
+            expectClose(qg.grad!.dataSync(), ref.dq, 'float32');
+            expectClose(kg.grad!.dataSync(), ref.dk, 'float32');
+            expectClose(vg.grad!.dataSync(), ref.dv, 'float32');
+          });
+        }
+      });
+});
