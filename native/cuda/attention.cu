@@ -34,6 +34,7 @@
 #include <string>
 
 #include "../core/attention.h"
+#include "attention.cuh"
 #include "device.cuh"
 #include "mma.cuh"
 
@@ -47,48 +48,10 @@ int scratch_release(void* ptr);
 
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
 // First bad query_index position (b * n + r), ~0 if none. One slot, guarded by the mutex from
 // reset to read-back, as in index.cu.
 __device__ unsigned long long g_attn_bad;
 std::mutex g_attn_mutex;
-
-// Keys visible to a query at position p, as an inclusive interval clipped to [0, Sk); empty
-// when lo > hi. window is clamped by the host to <= 2^40, which changes nothing (|p|, j < 2^31)
-// but keeps p +- window from overflowing. Block uses C++ truncating division, exactly the
-// contract's `j / window == p / window`.
-__device__ __forceinline__ void key_range(int mask, int causal, long long window, long long p, int Sk, int& lo,
-                                          int& hi) {
-  long long a, z;
-  if (mask == static_cast<int>(AttnMask::Sliding)) {
-    a = p - window + 1;
-    z = causal ? p : p + window - 1;
-  } else if (mask == static_cast<int>(AttnMask::Block)) {
-    const long long qb = p / window;
-    if (qb < 0) {
-      a = 1;
-      z = 0;
-    } else {
-      a = qb * window;
-      z = a + window - 1;
-      if (causal) z = min(z, p);
-    }
-  } else {
-    a = 0;
-    z = causal ? p : static_cast<long long>(Sk) - 1;
-  }
-  a = max(a, 0LL);
-  z = min(z, static_cast<long long>(Sk) - 1);
-  if (a > z) {
-    lo = 0;
-    hi = -1;
-  } else {
-    lo = static_cast<int>(a);
-    hi = static_cast<int>(z);
-  }
-}
 
 struct FwdParams {
   const void* q;
@@ -691,26 +654,6 @@ __global__ void __launch_bounds__(kWarpRows * 32) attn_split_merge(FwdParams P, 
 // ---------------------------------------------------------------------------------------------
 // 3. Backward
 // ---------------------------------------------------------------------------------------------
-struct BwdParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  const void* out;
-  const void* dout;
-  const float* lse;
-  float* dq;
-  float* dk;
-  float* dv;
-  int Hq, Hkv, G, Sq, Sk, n, D;
-  int causal, mask;
-  long long window;
-  float scale;
-  const uint8_t* pad;
-  const int32_t* qidx;
-  int KT;     // keys per block
-  int tiles;  // key tiles per (b, kv head)
-};
-
 constexpr int kBwdThreads = 256;
 
 template <typename T, int DPL>
