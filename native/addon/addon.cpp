@@ -552,7 +552,7 @@ ops::AttnOptions attn_options(const Napi::CallbackInfo& info, size_t i) {
   o.mask = static_cast<AttnMask>(m);
   o.causal = flag(info, i + 1);
   o.window = static_cast<int64_t>(num(info, i + 2, "window"));
-  o.scale = static_cast<float>(num(info, i + 3, "scale"));
+  o.scale = num(info, i + 3, "scale");
   o.key_padding = opt_tensor(info, i + 4, "keyPaddingMask");
   o.query_index = opt_tensor(info, i + 5, "queryIndex");
   return o;

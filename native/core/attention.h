@@ -28,7 +28,7 @@ struct AttnArgs {
   const void* q;
   const void* k;
   const void* v;
-  float scale;
+  double scale;  // kernels computing in float round it once; float64 kernels use it as is
   int32_t causal;
   int32_t mask;    // AttnMask
   int64_t window;  // >= 1; ignored for Global

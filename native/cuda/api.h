@@ -16,7 +16,7 @@
 
 namespace dualroute {
 
-constexpr int kCudaAbiVersion = 3;
+constexpr int kCudaAbiVersion = 4;
 
 struct CudaDeviceInfo {
   char name[256];

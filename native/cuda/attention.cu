@@ -994,7 +994,7 @@ int attention_forward(const AttnArgs* a, void* out, void* lse) {
   DR_CUDA_TRY(common_params(name, *a, P));
   P.out = out;
   P.lse = static_cast<float*>(lse);
-  P.scale2 = a->scale * kLog2e;
+  P.scale2 = static_cast<float>(a->scale * kLog2e);
   const int64_t BH = a->B * a->Hq;
   if (BH == 0 || P.n == 0) return 0;
   return with_query_check(name, *a, [&] { return launch_forward(P, a->dtype, BH, name); });
@@ -1013,7 +1013,7 @@ int attention_backward(const AttnArgs* a, const void* out, const void* dout, con
   P.dq = static_cast<float*>(dq);
   P.dk = static_cast<float*>(dk);
   P.dv = static_cast<float*>(dv);
-  P.scale = a->scale;
+  P.scale = static_cast<float>(a->scale);
   const int64_t BKV = a->B * a->Hkv;
   if (BKV == 0 || a->Sk == 0 || P.n == 0 || a->D == 0 || a->Hq == 0) return 0;
   if (static_cast<DType>(a->dtype) == DType::BF16) return launch_bwd<bf16_t>(P, BKV, name);
@@ -1037,7 +1037,7 @@ int dual_attention_forward(const DualArgs* d, void* out, void* out_local, void* 
   P.gates = d->gates;
   P.gates_per_head = d->gates_per_head ? 1 : 0;
   P.global_rows = d->global_rows;
-  P.scale2 = a.scale * kLog2e;
+  P.scale2 = static_cast<float>(a.scale * kLog2e);
   const int64_t BH = a.B * a.Hq;
   if (BH == 0 || P.n == 0) return 0;
   return launch_fwd<true>(P, a.dtype, BH, name);

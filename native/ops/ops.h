@@ -72,7 +72,7 @@ struct AttnOptions {
   AttnMask mask = AttnMask::Global;
   bool causal = false;
   int64_t window = 1;
-  float scale = 1.0f;
+  double scale = 1.0;
   const T* key_padding = nullptr;  // bool [B, Sk]
   const T* query_index = nullptr;  // int32 [B, n]
 };
