@@ -4,7 +4,7 @@
 // CPU run of the same op, so the harness itself can be exercised on a machine without a GPU.
 //
 //   node dist/test/backends.js [--device cuda|cpu] [--dtype float32,bfloat16] [--filter matmul]
-//                              [--seed N] [--json out.json] [--verbose] [--ref float64|same]
+//                              [--seed N] [--json out.json] [--verbose | --quiet] [--ref float64|same]
 //
 // --ref same with --device cpu compares the CPU with itself in the tested dtype: the code path of
 // a CUDA run (exact Philox draws, poisoning, same-dtype budgets), for smoke-testing the harness.
@@ -912,12 +912,14 @@ interface Args {
   seed: number;
   json: string | null;
   verbose: boolean;
+  /** --quiet: print only the cases that disagree, and the summary. */
+  quiet: boolean;
   /** --ref same: CPU against CPU in the same dtype, i.e. the code path of a device run (a smoke test without a GPU). */
   sameRef: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { device: 'cuda', dtypes: null, filter: null, seed: 1234, json: null, verbose: false, sameRef: false };
+  const a: Args = { device: 'cuda', dtypes: null, filter: null, seed: 1234, json: null, verbose: false, quiet: false, sameRef: false };
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i];
     const eq = k.indexOf('=');
@@ -953,6 +955,10 @@ function parseArgs(argv: string[]): Args {
       case '-v':
         a.verbose = true;
         break;
+      case '--quiet':
+      case '-q':
+        a.quiet = true;
+        break;
       case '--help':
       case '-h':
         usage();
@@ -966,7 +972,7 @@ function parseArgs(argv: string[]): Args {
 
 function usage(msg?: string): never {
   if (msg) console.error(msg);
-  console.error('usage: node dist/test/backends.js [--device cuda|cpu] [--dtype float32,bfloat16] [--filter op,...] [--seed N] [--json out.json] [--verbose] [--ref float64|same]');
+  console.error('usage: node dist/test/backends.js [--device cuda|cpu] [--dtype float32,bfloat16] [--filter op,...] [--seed N] [--json out.json] [--verbose | --quiet] [--ref float64|same]');
   process.exit(msg ? 1 : 0);
 }
 
@@ -1008,6 +1014,7 @@ export function main(argv = process.argv.slice(2)): void {
         const r = runCase(e, dtype, c, args.device, hash(`${args.seed}:${e.name}:${dtype}:${c.label}`) % 1_000_000_007, reference);
         results.push(r);
         const status = r.pass ? 'PASS' : r.error ? 'ERROR' : 'FAIL';
+        if (args.quiet && r.pass) continue;
         console.log(`${pad(r.op, W[0])} ${pad(r.dtype, W[1])} ${pad(r.shape, W[2])} ${pad(fmtRatio(r.ratio), W[3])} ${pad(status, W[4])} ${r.tol}${args.verbose ? `  ${r.ms.toFixed(0)}ms` : ''}`);
         if (r.error) console.log(`    ${r.error.split('\n')[0]}`);
         for (const m of r.mismatches ?? []) console.log(`    at [${m.coord.join(',')}] (flat ${m.index}): got ${m.got}, want ${m.want}`);
