@@ -832,50 +832,58 @@ void backward_typed(const AttnArgs& a, const T* out, const T* dout, const typena
   const T* v = static_cast<const T*>(a.v);
   const C scale = static_cast<C>(a.scale);
 
+  // Keys [K0, K1) of (b, kv head) bk: dK and dV over every tile of the G query heads that sees
+  // them, and (with_dq) each tile's dQ as well. With K0 = 0, K1 = Sk and with_dq this is the
+  // whole fused backward of one (b, kv head).
+  auto key_run = [&](int64_t bk, int64_t K0, int64_t K1, bool with_dq, BwdScratch<C>& w) {
+    const int64_t b = bk / a.Hkv, hk = bk % a.Hkv, nkeys = K1 - K0;
+    const T* kh = k + bk * Sk * D;
+    const T* vh = v + bk * Sk * D;
+    const uint8_t* pad = a.key_padding ? a.key_padding + b * Sk : nullptr;
+    C* St = w.st.get(static_cast<size_t>(kBN * BM));
+    C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
+    C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
+    C* dKa = w.dkacc.get(static_cast<size_t>(nkeys * Dp));
+    C* dVa = w.dvacc.get(static_cast<size_t>(nkeys * Dp));
+    std::fill(dKa, dKa + nkeys * Dp, C(0));
+    std::fill(dVa, dVa + nkeys * Dp, C(0));
+    BwdTile<C> tl;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = hk * G + g;
+      for (int64_t t = 0; t < ntile; ++t) {
+        if (!bwd_tile_geometry<T>(a, lse, b, h, t, tl)) continue;
+        const int64_t lo = std::max(tl.ln.hull_lo, K0), hi = std::min(tl.ln.hull_hi, K1);
+        if (lo >= hi) continue;
+        bwd_tile_pack<T>(a, D, out, dout, b, h, t, tl, w);
+        if (with_dq) std::fill(dQt, dQt + BM * Dp, C(0));
+        for (int64_t j0 = lo; j0 < hi; j0 += kBN) {
+          const int64_t nk = std::min<int64_t>(kBN, hi - j0);
+          int64_t ldk, ldvv;
+          // the dQ product reads Kc rows as whole vectors: pad them to Dp then
+          const C* Kc = rows_as<T, C>(kh, j0, nk, D, with_dq ? Dp : D, w.kb, ldk);
+          const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+          bwd_chunk<C, DC>(tl, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
+          // dV[j] += sum_i P[j][i] dO[i];  dK[j] += sum_i dS[j][i] Q[i]
+          gemm<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa + (j0 - K0) * Dp, Dp, kAdd);
+          gemm<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa + (j0 - K0) * Dp, Dp, kAdd);
+          // dQ[i] += sum_j dS[j][i] K[j]
+          if (with_dq) gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
+        }
+        if (with_dq) bwd_store_dq(a, D, Dp, b * a.Hq + h, tl, dQt, dq);
+      }
+    }
+    C* dko = dk + bk * Sk * D;
+    C* dvo = dv + bk * Sk * D;
+    for (int64_t j = K0; j < K1; ++j)
+      for (int64_t d = 0; d < D; ++d) {
+        dko[j * D + d] += dKa[(j - K0) * Dp + d];
+        dvo[j * D + d] += dVa[(j - K0) * Dp + d];
+      }
+  };
+
   if (!bwd_split(a)) {
     // Fused: one task per (b, kv head), P and dS formed once per (tile, chunk).
-    run_tasks<BwdScratch<C>>(a.B * a.Hkv, [&](int64_t task, BwdScratch<C>& w) {
-      const int64_t b = task / a.Hkv, hk = task % a.Hkv;
-      const T* kh = k + task * Sk * D;
-      const T* vh = v + task * Sk * D;
-      const uint8_t* pad = a.key_padding ? a.key_padding + b * Sk : nullptr;
-      C* St = w.st.get(static_cast<size_t>(kBN * BM));
-      C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
-      C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
-      C* dKa = w.dkacc.get(static_cast<size_t>(Sk * Dp));
-      C* dVa = w.dvacc.get(static_cast<size_t>(Sk * Dp));
-      std::fill(dKa, dKa + Sk * Dp, C(0));
-      std::fill(dVa, dVa + Sk * Dp, C(0));
-      BwdTile<C> tl;
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t h = hk * G + g;
-        for (int64_t t = 0; t < ntile; ++t) {
-          if (!bwd_tile_geometry<T>(a, lse, b, h, t, tl)) continue;
-          bwd_tile_pack<T>(a, D, out, dout, b, h, t, tl, w);
-          std::fill(dQt, dQt + BM * Dp, C(0));
-          for (int64_t j0 = tl.ln.hull_lo; j0 < tl.ln.hull_hi; j0 += kBN) {
-            const int64_t nk = std::min<int64_t>(kBN, tl.ln.hull_hi - j0);
-            int64_t ldk, ldvv;
-            const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.kb, ldk);
-            const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
-            bwd_chunk<C, DC>(tl, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
-            // dV[j] += sum_i P[j][i] dO[i];  dK[j] += sum_i dS[j][i] Q[i]
-            gemm<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa + j0 * Dp, Dp, kAdd);
-            gemm<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa + j0 * Dp, Dp, kAdd);
-            // dQ[i] += sum_j dS[j][i] K[j] (Kc rows are Dp long: vector loads stay in bounds)
-            gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
-          }
-          bwd_store_dq(a, D, Dp, b * a.Hq + h, tl, dQt, dq);
-        }
-      }
-      C* dko = dk + task * Sk * D;
-      C* dvo = dv + task * Sk * D;
-      for (int64_t j = 0; j < Sk; ++j)
-        for (int64_t d = 0; d < D; ++d) {
-          dko[j * D + d] += dKa[j * Dp + d];
-          dvo[j * D + d] += dVa[j * Dp + d];
-        }
-    });
+    run_tasks<BwdScratch<C>>(a.B * a.Hkv, [&](int64_t bk, BwdScratch<C>& w) { key_run(bk, 0, Sk, true, w); });
     return;
   }
 
@@ -887,44 +895,8 @@ void backward_typed(const AttnArgs& a, const T* out, const T* dout, const typena
   // owner, so the result is deterministic.
   const int64_t nrun = (Sk + kBwdKeyRun - 1) / kBwdKeyRun;
   run_tasks<BwdScratch<C>>(a.B * a.Hkv * nrun, [&](int64_t task, BwdScratch<C>& w) {
-    const int64_t bk = task / nrun, run = task % nrun;
-    const int64_t b = bk / a.Hkv, hk = bk % a.Hkv;
-    const int64_t K0 = run * kBwdKeyRun, K1 = std::min(Sk, K0 + kBwdKeyRun);
-    const T* kh = k + bk * Sk * D;
-    const T* vh = v + bk * Sk * D;
-    const uint8_t* pad = a.key_padding ? a.key_padding + b * Sk : nullptr;
-    C* St = w.st.get(static_cast<size_t>(kBN * BM));
-    C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
-    C* dKa = w.dkacc.get(static_cast<size_t>(kBwdKeyRun * Dp));
-    C* dVa = w.dvacc.get(static_cast<size_t>(kBwdKeyRun * Dp));
-    std::fill(dKa, dKa + kBwdKeyRun * Dp, C(0));
-    std::fill(dVa, dVa + kBwdKeyRun * Dp, C(0));
-    BwdTile<C> tl;
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t h = hk * G + g;
-      for (int64_t t = 0; t < ntile; ++t) {
-        if (!bwd_tile_geometry<T>(a, lse, b, h, t, tl)) continue;
-        const int64_t lo = std::max(tl.ln.hull_lo, K0), hi = std::min(tl.ln.hull_hi, K1);
-        if (lo >= hi) continue;
-        bwd_tile_pack<T>(a, D, out, dout, b, h, t, tl, w);
-        for (int64_t j0 = lo; j0 < hi; j0 += kBN) {
-          const int64_t nk = std::min<int64_t>(kBN, hi - j0);
-          int64_t ldk, ldvv;
-          const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
-          const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
-          bwd_chunk<C, DC>(tl, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
-          gemm<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa + (j0 - K0) * Dp, Dp, kAdd);
-          gemm<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa + (j0 - K0) * Dp, Dp, kAdd);
-        }
-      }
-    }
-    C* dko = dk + bk * Sk * D;
-    C* dvo = dv + bk * Sk * D;
-    for (int64_t j = K0; j < K1; ++j)
-      for (int64_t d = 0; d < D; ++d) {
-        dko[j * D + d] += dKa[(j - K0) * Dp + d];
-        dvo[j * D + d] += dVa[(j - K0) * Dp + d];
-      }
+    const int64_t run = task % nrun;
+    key_run(task / nrun, run * kBwdKeyRun, std::min(Sk, (run + 1) * kBwdKeyRun), false, w);
   });
 
   const int64_t per_row = a.query_index ? ntile : 1;  // tiles per pass-B task
