@@ -215,27 +215,33 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
       v.handle, gates.handle, mask, causal, options.window, p.scale, kp ? kp.handle : -1, rows ? rows.handle : -1));
   } catch (e) {
     [out, outL, outG, lseL, lseG].forEach((t) => t.dispose());
-    throw e;
-  } finally {
     rows?.dispose();
+    throw e;
   }
   if (needsGrad(q, k, v, gates)) {
-    const save = [q, k, v, outL, outG, lseL, lseG, gates, ...(kp ? [kp] : [])];
+    const save = [q, k, v, outL, outG, lseL, lseG, gates, ...(kp ? [kp] : []), ...(rows ? [rows] : [])];
     record(out, op, [q, k, v, gates], save, (g, s) => {
       const [sq, sk, sv, oL, oG, lL, lG, sg] = s;
       const skp = kp ? s[8] : undefined;
-      // gate columns shaped to broadcast over [B, H, Sq, D]
-      const col = (c: number) => (perHead ? narrow(sg, 3, c, 1) : reshape(narrow(sg, 2, c, 1), [p.B, 1, p.Sq, 1]));
+      const srows = rows ? s[kp ? 9 : 8] : undefined;
       const acc = statsDType(sq.dtype);
       const dq = zeros(sq.shape.slice(), { dtype: acc, device: sq.device });
       const dk = zeros(sk.shape.slice(), { dtype: acc, device: sq.device });
       const dv = zeros(sv.shape.slice(), { dtype: acc, device: sq.device });
-      const dL = mul(g, col(0));
-      const dG = mul(g, col(1));
-      nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, dL.handle,
-        lL.handle, mask, causal, options.window, p.scale, skp ? skp.handle : -1, -1));
-      nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oG.handle, dG.handle,
-        lG.handle, MASK.global, causal, 1, p.scale, skp ? skp.handle : -1, -1));
+      if (sq.device === 'cpu') {
+        // one pass: the scores and dout.v once for both paths
+        nat(() => native.dualAttentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, oG.handle,
+          g.handle, lL.handle, lG.handle, sg.handle, mask, causal, options.window, p.scale, skp ? skp.handle : -1, srows ? srows.handle : -1));
+      } else {
+        // each path's backward with its gated dout (rows off the global path have lse -inf: skipped)
+        const col = (c: number) => (perHead ? narrow(sg, 3, c, 1) : reshape(narrow(sg, 2, c, 1), [p.B, 1, p.Sq, 1]));
+        const dL = mul(g, col(0));
+        const dG = mul(g, col(1));
+        nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, dL.handle,
+          lL.handle, mask, causal, options.window, p.scale, skp ? skp.handle : -1, -1));
+        nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oG.handle, dG.handle,
+          lG.handle, MASK.global, causal, 1, p.scale, skp ? skp.handle : -1, -1));
+      }
       // d g_local = sum_d dout * out_local (summed over heads for shared gates)
       // in float32 at least: these sums cancel heavily, and bfloat16 products would lose them
       const g32 = g.dtype === 'bfloat16' ? g.to('float32') : g;
@@ -251,9 +257,11 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
     const parts = [reshape(lseL, [1, ...lseL.shape]), reshape(lseG, [1, ...lseG.shape])];
     const l = concat(parts, 0);
     [outL, outG, lseL, lseG, ...parts].forEach((t) => t.dispose());
+    rows?.dispose();
     return { out, lse: l };
   }
   [outL, outG, lseL, lseG].forEach((t) => t.dispose());
+  rows?.dispose();
   return out;
 }
 

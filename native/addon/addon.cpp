@@ -585,6 +585,20 @@ DR_FN(DualAttentionForward) {
     return info.Env().Undefined();
   })
 }
+// dualAttentionBackward(dq, dk, dv, q, k, v, outLocal, outGlobal, dout, lseLocal, lseGlobal, gates, mask, causal,
+//                       window, scale, keyPadding|-1, globalRows|-1)   (CPU)
+DR_FN(DualAttentionBackward) {
+  DR_BODY({
+    ops::AttnOptions o = attn_options(info, 12);
+    const TensorImpl* rows = o.query_index;
+    o.query_index = nullptr;
+    ops::dual_attention_backward(tensor(info, 0, "dq"), tensor(info, 1, "dk"), tensor(info, 2, "dv"), tensor(info, 3, "q"),
+                                 tensor(info, 4, "k"), tensor(info, 5, "v"), tensor(info, 6, "outLocal"),
+                                 tensor(info, 7, "outGlobal"), tensor(info, 8, "dout"), tensor(info, 9, "lseLocal"),
+                                 tensor(info, 10, "lseGlobal"), tensor(info, 11, "gates"), o, rows);
+    return info.Env().Undefined();
+  })
+}
 // rope(out, x, positions, base, inverse)
 DR_FN(Rope) {
   DR_BODY(ops::rope(tensor(info, 0, "out"), tensor(info, 1, "x"), tensor(info, 2, "positions"), num(info, 3, "base"),
@@ -615,7 +629,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"layerNormBackward", LayerNormBackward}, {"crossEntropyBackward", CrossEntropyBackward},
       {"unaryBackward", UnaryBackward}, {"swigluBackward", SwigluBackward},
       {"adamwStep", AdamwStep}, {"sgdStep", SgdStep}, {"attentionForward", AttentionForward}, {"attentionBackward", AttentionBackward},
-      {"dualAttentionForward", DualAttentionForward}, {"rope", Rope},
+      {"dualAttentionForward", DualAttentionForward},
+      {"dualAttentionBackward", DualAttentionBackward}, {"rope", Rope},
   };
   for (const Entry& e : entries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   return exports;

@@ -696,53 +696,97 @@ struct BwdScratch {
   Buf<C> qt, qr, dot, dor, st, dpt, kb, vb, dqt, dkacc, dvacc;
 };
 
+// What a backward reads besides q, k, v. Plain attention: out, dout, lse. Dual (dual != null):
+// out is the local path's output and lse its lse, out_g / lse_g the global path's, and dout
+// the gradient of the gated mix; the gates enter per row.
+template <typename T>
+struct BwdIn {
+  const T* out;
+  const T* dout;
+  const typename Num<T>::acc* lse;
+  const DualArgs* dual = nullptr;
+  const T* out_g = nullptr;
+  const typename Num<T>::acc* lse_g = nullptr;
+};
+
 // One query tile of the backward: its key geometry, lse and Dr = rowsum(dO * O) per lane,
-// Q packed twice (Qt[d][i] pre-scaled for the scores, Qr[i][d] for dK) and dO likewise.
+// Q packed twice (Qt[d][i] pre-scaled for the scores, Qr[i][d] for dK) and dO likewise. Dual
+// tiles also carry the global path's geometry (lg), lse and Dr, and the two gates per lane
+// (Dr then includes the gate: Dr = g * rowsum(dout * out_path)). hull_lo/hull_hi span the
+// keys any lane needs; live says whether a lane sees any key at all.
 template <typename C>
 struct BwdTile {
   static constexpr int BM = Lanes<C>::BM;
-  Lanes<C> ln;
-  alignas(64) C lse[BM], Dr[BM];
+  Lanes<C> ln, lg;
+  alignas(64) C lse[BM], Dr[BM], lse_g[BM], Dr_g[BM], gl[BM], gg[BM];
   int64_t qrow[BM];
-  bool valid[BM];
+  bool valid[BM], live[BM];
+  int64_t hull_lo, hull_hi;
   C *Qt, *Qr, *dOt, *dOr;
 };
+
+// Fills a lane's interval for a row with lse ls (or nothing when the row saw no key: lse =
+// -inf, then the lane keeps lse 0 and an empty interval so that P = 0 everywhere).
+template <typename C>
+void bwd_lane(const AttnArgs& a, int32_t mask, bool on, C ls, int64_t qrow, Lanes<C>& ln, C* lse, int i) {
+  int64_t lo = 0, hi = 0;
+  if (on && ls != -std::numeric_limits<C>::infinity())
+    key_interval(a, mask, qrow + a.Sk - a.Sq, lo, hi);
+  else
+    ls = 0;
+  ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+  ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+  lse[i] = ls;
+}
 
 // The key geometry of tile t of query head (b, h); false when no lane sees any key (rows
 // past n, skipped rows with lse = -inf and empty intervals alike).
 template <typename T>
-bool bwd_tile_geometry(const AttnArgs& a, const typename Num<T>::acc* lse, int64_t b, int64_t h, int64_t t,
+bool bwd_tile_geometry(const AttnArgs& a, const BwdIn<T>& in, int64_t b, int64_t h, int64_t t,
                        BwdTile<typename Num<T>::acc>& tl) {
   using C = typename Num<T>::acc;
   constexpr int BM = Lanes<C>::BM;
-  const C ninf = -std::numeric_limits<C>::infinity();
   const int64_t n = a.n, bh = b * a.Hq + h, r0 = t * BM;
+  const DualArgs* du = in.dual;
+  const T* gates = du ? static_cast<const T*>(du->gates) : nullptr;
   bool any = false;
   for (int i = 0; i < BM; ++i) {
     const int64_t r = r0 + i;
-    tl.valid[i] = r < n;
-    tl.qrow[i] = !tl.valid[i] ? -1 : a.query_index ? a.query_index[b * n + r] : r;
-    int64_t lo = 0, hi = 0;
-    C ls = 0;
-    if (tl.valid[i]) {
-      ls = lse[bh * n + r];
-      if (ls == ninf)
-        ls = 0;  // skipped row: empty interval, so P = 0 everywhere
-      else
-        key_interval(a, a.mask, tl.qrow[i] + a.Sk - a.Sq, lo, hi);
+    const bool ok = r < n;
+    tl.valid[i] = ok;
+    tl.qrow[i] = !ok ? -1 : a.query_index ? a.query_index[b * n + r] : r;
+    bwd_lane<C>(a, a.mask, ok, ok ? in.lse[bh * n + r] : C(0), tl.qrow[i], tl.ln, tl.lse, i);
+    bool live = tl.ln.lo[i] < tl.ln.hi[i];
+    if (du) {
+      const bool glob = ok && (!du->global_rows || du->global_rows[b * n + r] != 0);
+      bwd_lane<C>(a, static_cast<int32_t>(AttnMask::Global), glob, glob ? in.lse_g[bh * n + r] : C(0), tl.qrow[i],
+                  tl.lg, tl.lse_g, i);
+      live = live || tl.lg.lo[i] < tl.lg.hi[i];
+      const int64_t gi = ok ? (du->gates_per_head ? bh * n + r : b * n + r) * 2 : 0;
+      tl.gl[i] = ok ? wid(gates[gi]) : C(0);
+      tl.gg[i] = ok ? wid(gates[gi + 1]) : C(0);
     }
-    any = any || lo < hi;
-    tl.ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
-    tl.ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
-    tl.lse[i] = ls;
+    tl.live[i] = live;
+    any = any || live;
   }
-  if (any) tl.ln.finish(tl.valid);
-  return any;
+  if (!any) return false;
+  tl.ln.finish(tl.valid);
+  tl.hull_lo = tl.ln.hull_lo;
+  tl.hull_hi = tl.ln.hull_hi;
+  if (du) {
+    tl.lg.finish(tl.valid);
+    if (tl.lg.hull_lo < tl.lg.hull_hi) {
+      const bool local_empty = tl.ln.hull_lo >= tl.ln.hull_hi;
+      tl.hull_lo = local_empty ? tl.lg.hull_lo : std::min(tl.hull_lo, tl.lg.hull_lo);
+      tl.hull_hi = local_empty ? tl.lg.hull_hi : std::max(tl.hull_hi, tl.lg.hull_hi);
+    }
+  }
+  return true;
 }
 
 // Packs the tile's Q and dO (both layouts) and its Dr into the scratch.
 template <typename T>
-void bwd_tile_pack(const AttnArgs& a, int64_t D, const T* out, const T* dout, int64_t b, int64_t h, int64_t t,
+void bwd_tile_pack(const AttnArgs& a, int64_t D, const BwdIn<T>& in, int64_t b, int64_t h, int64_t t,
                    BwdTile<typename Num<T>::acc>& tl, BwdScratch<typename Num<T>::acc>& w) {
   using C = typename Num<T>::acc;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
@@ -755,43 +799,95 @@ void bwd_tile_pack(const AttnArgs& a, int64_t D, const T* out, const T* dout, in
   tl.dOr = w.dor.get(static_cast<size_t>(BM * Dp));
   for (int i = 0; i < BM; ++i) {
     const bool ok = tl.valid[i];
-    const bool live = ok && tl.ln.lo[i] < tl.ln.hi[i];
+    const bool live = ok && tl.live[i];
+    const int64_t row = (bh * a.n + r0 + i) * D;
     const T* qq = ok ? qh + tl.qrow[i] * D : nullptr;
-    const T* dd = ok ? dout + (bh * a.n + r0 + i) * D : nullptr;
-    const T* o = ok ? out + (bh * a.n + r0 + i) * D : nullptr;
-    C dr = 0;
+    const T* dd = ok ? in.dout + row : nullptr;
+    C dr = 0, drg = 0;
     for (int64_t d = 0; d < D; ++d) {
       const C qv = ok ? wid(qq[d]) : C(0), dv_ = ok ? wid(dd[d]) : C(0);
-      if (live) dr += wid(o[d]) * dv_;
+      if (live) {
+        dr += wid(in.out[row + d]) * dv_;
+        if (in.dual) drg += wid(in.out_g[row + d]) * dv_;
+      }
       tl.Qt[d * BM + i] = scale * qv;
       tl.Qr[i * Dp + d] = qv;
       tl.dOt[d * BM + i] = dv_;
       tl.dOr[i * Dp + d] = dv_;
     }
     for (int64_t d = D; d < Dp; ++d) tl.Qr[i * Dp + d] = tl.dOr[i * Dp + d] = C(0);
-    tl.Dr[i] = dr;
+    tl.Dr[i] = in.dual ? tl.gl[i] * dr : dr;
+    tl.Dr_g[i] = in.dual ? tl.gg[i] * drg : C(0);
   }
 }
 
 // For keys [j0, j0 + nk) of the tile: St = P (key rows, query lanes) and dPt = dS = scale *
-// P * (dP - Dr). Kc/Vc are the chunk's rows in compute type.
+// P * (dP - Dr). Kc/Vc are the chunk's rows in compute type. Dual tiles form both paths'
+// P from the same scores and dP = V dout, and leave
+//   St = gl P_l + gg P_g   (so that dV += St^T dout)
+//   dS = scale * (P_l (gl dP - Dr_l) + P_g (gg dP - Dr_g))
 template <typename C, int DC>
-void bwd_chunk(const BwdTile<C>& tl, int64_t D, C scale, const uint8_t* pad, int64_t j0, int64_t nk, const C* Kc,
-               int64_t ldk, const C* Vc, int64_t ldv_, C* St, C* dPt) {
+void bwd_chunk(const BwdTile<C>& tl, bool dual, int64_t D, C scale, const uint8_t* pad, int64_t j0, int64_t nk,
+               const C* Kc, int64_t ldk, const C* Vc, int64_t ldv_, C* St, C* dPt) {
   using V = typename VT<C>::V;
+  using I = typename VT<C>::I;
+  using Is = typename VT<C>::Is;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
   scores<C, DC>(nk, D, Kc, ldk, tl.Qt, St);
   scores<C, DC>(nk, D, Vc, ldv_, tl.dOt, dPt);
-  if (!tl.ln.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, tl.ln, pad, -std::numeric_limits<C>::infinity());
   const V sc = splat<V>(scale);
+  if (!dual) {
+    if (!tl.ln.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, tl.ln, pad, -std::numeric_limits<C>::infinity());
+    for (int gq = 0; gq < kNVQ; ++gq) {
+      const V lv = ldv(tl.lse + gq * L), dr = ldv(tl.Dr + gq * L);
+      for (int64_t j = 0; j < nk; ++j) {
+        C* ps = St + j * BM + gq * L;
+        C* pd = dPt + j * BM + gq * L;
+        const V p = vexp_c(ldv(ps) - lv);  // exp(-inf) = 0 on masked keys
+        stv(ps, p);
+        stv(pd, sc * p * (ldv(pd) - dr));
+      }
+    }
+    return;
+  }
+  if (j0 >= tl.ln.hull_hi || j0 + nk <= tl.ln.hull_lo) {
+    // outside every lane's local interval (most chunks of a long global span): the global
+    // path alone, masked only where the chunk leaves the global core
+    if (!tl.lg.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, tl.lg, pad, -std::numeric_limits<C>::infinity());
+    for (int gq = 0; gq < kNVQ; ++gq) {
+      const V lv = ldv(tl.lse_g + gq * L), dr = ldv(tl.Dr_g + gq * L), gg = ldv(tl.gg + gq * L);
+      for (int64_t j = 0; j < nk; ++j) {
+        C* ps = St + j * BM + gq * L;
+        C* pd = dPt + j * BM + gq * L;
+        const V p = vexp_c(ldv(ps) - lv);
+        stv(ps, gg * p);
+        stv(pd, sc * p * (gg * ldv(pd) - dr));
+      }
+    }
+    return;
+  }
+  const V zero = V{};
   for (int gq = 0; gq < kNVQ; ++gq) {
-    const V lv = ldv(tl.lse + gq * L), dr = ldv(tl.Dr + gq * L);
+    const int o = gq * L;
+    const V lsl = ldv(tl.lse + o), lsg = ldv(tl.lse_g + o), drl = ldv(tl.Dr + o), drg = ldv(tl.Dr_g + o);
+    const V gl = ldv(tl.gl + o), gg = ldv(tl.gg + o);
+    const I lol = ldi<C>(tl.ln.lo + o), hil = ldi<C>(tl.ln.hi + o), log_ = ldi<C>(tl.lg.lo + o),
+            hig = ldi<C>(tl.lg.hi + o);
     for (int64_t j = 0; j < nk; ++j) {
-      C* ps = St + j * BM + gq * L;
-      C* pd = dPt + j * BM + gq * L;
-      const V p = vexp_c(ldv(ps) - lv);  // exp(-inf) = 0 on masked keys
-      stv(ps, p);
-      stv(pd, sc * p * (ldv(pd) - dr));
+      C* ps = St + j * BM + o;
+      C* pd = dPt + j * BM + o;
+      if (pad && pad[j0 + j]) {
+        stv(ps, zero);
+        stv(pd, zero);
+        continue;
+      }
+      const I jv = splat<I>(static_cast<Is>(j0 + j));
+      const V s = ldv(ps), dp = ldv(pd);
+      // invisible lanes may overflow exp; the selects drop them
+      const V pl = ((jv >= lol) & (jv < hil)) ? vexp_c(s - lsl) : zero;
+      const V pg = ((jv >= log_) & (jv < hig)) ? vexp_c(s - lsg) : zero;
+      stv(ps, gl * pl + gg * pg);
+      stv(pd, sc * (pl * (gl * dp - drl) + pg * (gg * dp - drg)));
     }
   }
 }
@@ -800,7 +896,7 @@ void bwd_chunk(const BwdTile<C>& tl, int64_t D, C scale, const uint8_t* pad, int
 template <typename C>
 void bwd_store_dq(const AttnArgs& a, int64_t D, int64_t Dp, int64_t bh, const BwdTile<C>& tl, const C* dQt, C* dq) {
   for (int i = 0; i < BwdTile<C>::BM; ++i) {
-    if (!tl.valid[i] || tl.ln.lo[i] >= tl.ln.hi[i]) continue;
+    if (!tl.valid[i] || !tl.live[i]) continue;
     C* o = dq + (bh * a.Sq + tl.qrow[i]) * D;
     const C* s = dQt + i * Dp;
     for (int64_t d = 0; d < D; ++d) o[d] += s[d];
@@ -821,8 +917,8 @@ bool bwd_split(const AttnArgs& a) {
 }
 
 template <typename T, int DC>
-void backward_typed(const AttnArgs& a, const T* out, const T* dout, const typename Num<T>::acc* lse,
-                    typename Num<T>::acc* dq, typename Num<T>::acc* dk, typename Num<T>::acc* dv) {
+void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc* dq, typename Num<T>::acc* dk,
+                    typename Num<T>::acc* dv) {
   using C = typename Num<T>::acc;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
   const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, n = a.n, Sk = a.Sk;
@@ -851,10 +947,10 @@ void backward_typed(const AttnArgs& a, const T* out, const T* dout, const typena
     for (int64_t g = 0; g < G; ++g) {
       const int64_t h = hk * G + g;
       for (int64_t t = 0; t < ntile; ++t) {
-        if (!bwd_tile_geometry<T>(a, lse, b, h, t, tl)) continue;
-        const int64_t lo = std::max(tl.ln.hull_lo, K0), hi = std::min(tl.ln.hull_hi, K1);
+        if (!bwd_tile_geometry<T>(a, in, b, h, t, tl)) continue;
+        const int64_t lo = std::max(tl.hull_lo, K0), hi = std::min(tl.hull_hi, K1);
         if (lo >= hi) continue;
-        bwd_tile_pack<T>(a, D, out, dout, b, h, t, tl, w);
+        bwd_tile_pack<T>(a, D, in, b, h, t, tl, w);
         if (with_dq) std::fill(dQt, dQt + BM * Dp, C(0));
         for (int64_t j0 = lo; j0 < hi; j0 += kBN) {
           const int64_t nk = std::min<int64_t>(kBN, hi - j0);
@@ -862,7 +958,7 @@ void backward_typed(const AttnArgs& a, const T* out, const T* dout, const typena
           // the dQ product reads Kc rows as whole vectors: pad them to Dp then
           const C* Kc = rows_as<T, C>(kh, j0, nk, D, with_dq ? Dp : D, w.kb, ldk);
           const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
-          bwd_chunk<C, DC>(tl, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
+          bwd_chunk<C, DC>(tl, in.dual != nullptr, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
           // dV[j] += sum_i P[j][i] dO[i];  dK[j] += sum_i dS[j][i] Q[i]
           gemm<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa + (j0 - K0) * Dp, Dp, kAdd);
           gemm<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa + (j0 - K0) * Dp, Dp, kAdd);
@@ -912,15 +1008,15 @@ void backward_typed(const AttnArgs& a, const T* out, const T* dout, const typena
     C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
     BwdTile<C> tl;
     for (int64_t t = t0; t < t0 + per_row; ++t) {
-      if (!bwd_tile_geometry<T>(a, lse, b, h, t, tl)) continue;
-      bwd_tile_pack<T>(a, D, out, dout, b, h, t, tl, w);
+      if (!bwd_tile_geometry<T>(a, in, b, h, t, tl)) continue;
+      bwd_tile_pack<T>(a, D, in, b, h, t, tl, w);
       std::fill(dQt, dQt + BM * Dp, C(0));
-      for (int64_t j0 = tl.ln.hull_lo; j0 < tl.ln.hull_hi; j0 += kBN) {
-        const int64_t nk = std::min<int64_t>(kBN, tl.ln.hull_hi - j0);
+      for (int64_t j0 = tl.hull_lo; j0 < tl.hull_hi; j0 += kBN) {
+        const int64_t nk = std::min<int64_t>(kBN, tl.hull_hi - j0);
         int64_t ldk, ldvv;
         const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.kb, ldk);
         const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
-        bwd_chunk<C, DC>(tl, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
+        bwd_chunk<C, DC>(tl, in.dual != nullptr, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
         gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
       }
       bwd_store_dq(a, D, Dp, bh, tl, dQt, dq);
@@ -1022,9 +1118,22 @@ void attention_backward(const AttnArgs& a, const void* out, const void* dout, co
     using C = typename Num<T>::acc;
     check_query_index(a);
     if (a.B <= 0 || a.Hq <= 0 || a.n <= 0 || a.D <= 0 || a.Sk <= 0) return;
-    backward_typed<T, decltype(dc)::value>(a, static_cast<const T*>(out), static_cast<const T*>(dout),
-                                           static_cast<const C*>(lse), static_cast<C*>(dq), static_cast<C*>(dk),
-                                           static_cast<C*>(dv));
+    BwdIn<T> in{static_cast<const T*>(out), static_cast<const T*>(dout), static_cast<const C*>(lse)};
+    backward_typed<T, decltype(dc)::value>(a, in, static_cast<C*>(dq), static_cast<C*>(dk), static_cast<C*>(dv));
+  });
+}
+
+void dual_attention_backward(const DualArgs& d, const void* out_local, const void* out_global, const void* dout,
+                             const void* lse_local, const void* lse_global, void* dq, void* dk, void* dv) {
+  const AttnArgs& a = d.a;
+  if (a.query_index) fail(ErrorCode::Value, "dual_attention_backward: query_index is not supported");
+  dispatch_attn(a.dtype, a.D, "dual_attention_backward", [&](auto tv, auto dc) {
+    using T = decltype(tv);
+    using C = typename Num<T>::acc;
+    if (a.B <= 0 || a.Hq <= 0 || a.Sq <= 0 || a.D <= 0 || a.Sk <= 0) return;
+    BwdIn<T> in{static_cast<const T*>(out_local), static_cast<const T*>(dout), static_cast<const C*>(lse_local), &d,
+                static_cast<const T*>(out_global), static_cast<const C*>(lse_global)};
+    backward_typed<T, decltype(dc)::value>(a, in, static_cast<C*>(dq), static_cast<C*>(dk), static_cast<C*>(dv));
   });
 }
 

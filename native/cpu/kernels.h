@@ -110,6 +110,11 @@ namespace cpu {
   X(void, dual_attention_forward, (const DualArgs& d, void* out, void* out_local, void* out_global, \
                                    void* lse_local, void* lse_global),                        \
     (d, out, out_local, out_global, lse_local, lse_global))                                    \
+  /* the dual forward's backward in one pass: adds into dq, dk, dv (gate gradients aside) */  \
+  X(void, dual_attention_backward, (const DualArgs& d, const void* out_local, const void* out_global, \
+                                    const void* dout, const void* lse_local, const void* lse_global, void* dq, \
+                                    void* dk, void* dv),                                      \
+    (d, out_local, out_global, dout, lse_local, lse_global, dq, dk, dv))                       \
   /* rotary embedding, rotate-half: x, out [B,H,S,D]; positions int32 [S] or [B,S] */         \
   X(void, rope, (const View& out, const View& x, const View& positions, double base, bool inverse), \
     (out, x, positions, base, inverse))

@@ -112,37 +112,78 @@ void attention_backward(const T& dq, const T& dk, const T& dv, const T& q, const
   DR_RUN(dq, cpu::attention_backward(a, po, pd, pl, pq, pk, pv), attention_backward, &a, po, pd, pl, pq, pk, pv);
 }
 
-void dual_attention_forward(const T& out, const T& out_local, const T& out_global, const T& lse_local,
-                            const T& lse_global, const T& q, const T& k, const T& v, const T& gates,
-                            const AttnOptions& o, const T* global_rows) {
+namespace {
+
+// The dual op's arguments: the local path's AttnArgs, the gates and the global rows, with the
+// contiguous copies they point into.
+struct PreparedDual {
+  Prepared p;
+  DualArgs d{};
+  std::shared_ptr<const T> gates, rows;
+};
+
+PreparedDual prepare_dual(const T& q, const T& k, const T& v, const T& gates, const AttnOptions& o, const T* global_rows) {
   DR_CHECK(o.mask != AttnMask::Global, Value, "dualAttention: the local path needs a sliding or block mask");
   DR_CHECK(!o.query_index, Value, "dualAttention: pass the global rows as a mask, not a query index");
-  Prepared p = prepare(q, k, v, o);
-  DualArgs d{};
-  d.a = p.a;
-  const AttnArgs& a = p.a;
-  same_device("dualAttention", {&out, &out_local, &out_global, &lse_local, &lse_global, &gates, global_rows, &q});
-  for (const T* t : {&out, &out_local, &out_global}) check_contig(*t, "out", {a.B, a.Hq, a.Sq, a.D}, q.dtype);
-  for (const T* t : {&lse_local, &lse_global}) check_contig(*t, "lse", {a.B, a.Hq, a.Sq}, stats_dtype(q.dtype));
+  PreparedDual pd;
+  pd.p = prepare(q, k, v, o);
+  const AttnArgs& a = pd.p.a;
+  pd.d.a = a;
+  same_device("dualAttention", {&gates, global_rows, &q});
   DR_CHECK(gates.dtype == q.dtype, DType, "dualAttention: gates must be ", dtype_name(q.dtype), ", got ",
            dtype_name(gates.dtype));
   const bool per_head = gates.ndim == 4;
   DR_CHECK(per_head ? same_shape(gates, {a.B, a.Hq, a.Sq, 2}) : same_shape(gates, {a.B, a.Sq, 2}), Shape,
            "dualAttention: gates must be [", a.B, ", ", a.Sq, ", 2] or [", a.B, ", ", a.Hq, ", ", a.Sq, ", 2], got ",
            gates.shape_string());
-  auto gc = contiguous(gates);
-  d.gates = gc->data();
-  d.gates_per_head = per_head ? 1 : 0;
-  std::shared_ptr<const T> rows;
+  pd.gates = contiguous(gates);
+  pd.d.gates = pd.gates->data();
+  pd.d.gates_per_head = per_head ? 1 : 0;
   if (global_rows) {
     DR_CHECK(global_rows->dtype == DType::Bool && same_shape(*global_rows, {a.B, a.Sq}), Shape,
              "dualAttention: global rows must be bool [", a.B, ", ", a.Sq, "]");
-    rows = contiguous(*global_rows);
-    d.global_rows = static_cast<const uint8_t*>(rows->data());
+    pd.rows = contiguous(*global_rows);
+    pd.d.global_rows = static_cast<const uint8_t*>(pd.rows->data());
   }
+  return pd;
+}
+
+}  // namespace
+
+void dual_attention_forward(const T& out, const T& out_local, const T& out_global, const T& lse_local,
+                            const T& lse_global, const T& q, const T& k, const T& v, const T& gates,
+                            const AttnOptions& o, const T* global_rows) {
+  PreparedDual pd = prepare_dual(q, k, v, gates, o, global_rows);
+  const DualArgs& d = pd.d;
+  const AttnArgs& a = d.a;
+  same_device("dualAttention", {&out, &out_local, &out_global, &lse_local, &lse_global, &q});
+  for (const T* t : {&out, &out_local, &out_global}) check_contig(*t, "out", {a.B, a.Hq, a.Sq, a.D}, q.dtype);
+  for (const T* t : {&lse_local, &lse_global}) check_contig(*t, "lse", {a.B, a.Hq, a.Sq}, stats_dtype(q.dtype));
   void *po = out.data(), *pl = out_local.data(), *pg = out_global.data(), *sl = lse_local.data(),
        *sg = lse_global.data();
   DR_RUN(out, cpu::dual_attention_forward(d, po, pl, pg, sl, sg), dual_attention_forward, &d, po, pl, pg, sl, sg);
+}
+
+void dual_attention_backward(const T& dq, const T& dk, const T& dv, const T& q, const T& k, const T& v,
+                             const T& out_local, const T& out_global, const T& dout, const T& lse_local,
+                             const T& lse_global, const T& gates, const AttnOptions& o, const T* global_rows) {
+  PreparedDual pd = prepare_dual(q, k, v, gates, o, global_rows);
+  const DualArgs& d = pd.d;
+  const AttnArgs& a = d.a;
+  same_device("dualAttention", {&dq, &dk, &dv, &out_local, &out_global, &dout, &lse_local, &lse_global, &q});
+  DR_CHECK(on_cpu(q), Device, "dualAttention backward: the one-pass kernel runs on the CPU; on CUDA the gradient is ",
+           "two attention backward calls");
+  const DType acc = stats_dtype(q.dtype);
+  check_contig(dq, "dq", {a.B, a.Hq, a.Sq, a.D}, acc);
+  check_contig(dk, "dk", {a.B, a.Hkv, a.Sk, a.D}, acc);
+  check_contig(dv, "dv", {a.B, a.Hkv, a.Sk, a.D}, acc);
+  for (const T* t : {&lse_local, &lse_global}) check_contig(*t, "lse", {a.B, a.Hq, a.Sq}, acc);
+  auto ol = contiguous(out_local);
+  auto og = contiguous(out_global);
+  auto dc = contiguous(dout);
+  for (const T* t : {ol.get(), og.get(), dc.get()}) check_contig(*t, "out", {a.B, a.Hq, a.Sq, a.D}, q.dtype);
+  cpu::dual_attention_backward(d, ol->data(), og->data(), dc->data(), lse_local.data(), lse_global.data(), dq.data(),
+                               dk.data(), dv.data());
 }
 
 void rope(const T& out, const T& x, const T& positions, double base, bool inverse) {

@@ -359,3 +359,59 @@ describe('attention backward against the float64 reference gradient', () => {
         }
       });
 });
+
+describe('dualAttention backward (one pass on the CPU) against the float64 reference gradient', () => {
+  const saved = process.env.DUALROUTE_ATTN_BWD;
+  afterAll(() => {
+    if (saved === undefined) delete process.env.DUALROUTE_ATTN_BWD;
+    else process.env.DUALROUTE_ATTN_BWD = saved;
+  });
+  const shapes = [
+    { B: 1, Hq: 4, Hkv: 1, Sq: 301, Sk: 301, D: 64, window: 40, mode: 'sliding' as Mode, perHead: false, rows: true, pad: true },
+    { B: 2, Hq: 2, Hkv: 2, Sq: 45, Sk: 70, D: 37, window: 16, mode: 'block' as Mode, perHead: true, rows: false, pad: false },
+  ];
+  for (const s of shapes)
+    test(`B${s.B} H${s.Hq}/${s.Hkv} S${s.Sq}/${s.Sk} D${s.D} ${s.mode} w=${s.window}${s.perHead ? ' per-head gates' : ''}${s.rows ? ' queryIndex' : ''}${s.pad ? ' padding' : ''}`, () => {
+      const scale = Math.fround(1 / Math.sqrt(s.D));
+      const q = make([s.B, s.Hq, s.Sq, s.D], 201);
+      const k = make([s.B, s.Hkv, s.Sk, s.D], 202);
+      const v = make([s.B, s.Hkv, s.Sk, s.D], 203);
+      const gShape = s.perHead ? [s.B, s.Hq, s.Sq, 2] : [s.B, s.Sq, 2];
+      const gates = make(gShape, 204);
+      const Wt = make([s.B, s.Hq, s.Sq, s.D], 205);
+      const rows = s.rows ? Array.from({ length: s.B }, (_, b) => Array.from({ length: 60 }, (_, r) => (r * 11 + 3 * b) % s.Sq)) : undefined;
+      const isGlobal = rows ? rows.map((rs) => { const f = new Array(s.Sq).fill(false); rs.forEach((r) => { f[r] = true; }); return f; }) : undefined;
+      const pad = s.pad ? Array.from({ length: s.B }, (_, b) => Array.from({ length: s.Sk }, (_, j) => (j * 7 + b) % 10 === 0)) : undefined;
+      // W scaled per row by a gate column: the gradient of g_path * path is the path's gradient under W * g_path
+      const gated = (c: number, onlyGlobal: boolean) => {
+        const w = Float64Array.from(Wt.data);
+        for (let b = 0; b < s.B; ++b)
+          for (let h = 0; h < s.Hq; ++h)
+            for (let i = 0; i < s.Sq; ++i) {
+              let gv = gates.data[(s.perHead ? (b * s.Hq + h) * s.Sq + i : b * s.Sq + i) * 2 + c];
+              if (onlyGlobal && isGlobal && !isGlobal[b][i]) gv = 0;
+              for (let d = 0; d < s.D; ++d) w[((b * s.Hq + h) * s.Sq + i) * s.D + d] *= gv;
+            }
+        return w;
+      };
+      const dims = [s.B, s.Hq, s.Sq, s.D];
+      const loc = attnGradRef(q.data, k.data, v.data, gated(0, false), dims, s.Hkv, s.Sk, { mode: s.mode, causal: true, window: s.window, scale, pad });
+      const glo = attnGradRef(q.data, k.data, v.data, gated(1, true), dims, s.Hkv, s.Sk, { mode: 'global', causal: true, window: 0, scale, pad });
+      const sumOf = (x: Float64Array, y: Float64Array) => x.map((a, i) => a + y[i]);
+      for (const form of ['fused', 'split']) {
+        process.env.DUALROUTE_ATTN_BWD = form;
+        dr.tidy(() => {
+          const [qg, kg, vg] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
+          const out = dr.dualAttention(qg, kg, vg, {
+            window: s.window, mode: s.mode, causal: true, gates: gates.t, scale,
+            queryIndex: rows ? dr.tensor(Int32Array.from(rows.flat()), [s.B, rows[0].length]) : undefined,
+            keyPaddingMask: pad ? dr.tensor(pad) : undefined,
+          });
+          out.mul(Wt.t).sum().backward();
+          expectClose(qg.grad!.dataSync(), sumOf(loc.dq, glo.dq), 'float32');
+          expectClose(kg.grad!.dataSync(), sumOf(loc.dk, glo.dk), 'float32');
+          expectClose(vg.grad!.dataSync(), sumOf(loc.dv, glo.dv), 'float32');
+        });
+      }
+    });
+});
