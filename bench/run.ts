@@ -88,7 +88,7 @@ function visited(S: number, window: number | null): number {
  * Attention at [B, H, S, D], causal. FLOPs: 4 B H (keys visited) D forward (QK^T and PV), and
  * 2.5x that again for the backward; dual counts both paths.
  */
-function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number, S: number, D: number, window: number, dtype: DType, backward: boolean): Bench {
+function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number, S: number, D: number, window: number, dtype: DType, backward: boolean, Hkv = H): Bench {
   const keys = kind === 'local' ? visited(S, window) : kind === 'global' ? visited(S, null) : visited(S, window) + visited(S, null);
   const fwd = 4 * B * H * keys * D;
   const run = (xs: Tensor[]): Tensor => {
@@ -110,11 +110,11 @@ function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number,
   };
   return {
     op: `${kind}Attn${backward ? '+bwd' : ''}`,
-    shape: `B${B} H${H} S${S} D${D}${kind === 'global' ? '' : ` W${window}`}`,
+    shape: `B${B} H${H}${Hkv !== H ? `/${Hkv}` : ''} S${S} D${D}${kind === 'global' ? '' : ` W${window}`}`,
     dtype,
     make: (device, d, gen) => {
-      const mk = () => dr.randn([B, H, S, D], { device, dtype: d, generator: gen });
-      const xs = [mk(), mk(), mk()];
+      const mk = (h = H) => dr.randn([B, h, S, D], { device, dtype: d, generator: gen });
+      const xs = [mk(), mk(Hkv), mk(Hkv)];
       if (kind === 'dual') xs.push(dr.rand([B, S, 2], { device, dtype: d, generator: gen }));
       if (backward) {
         xs.forEach((t) => t.requiresGrad_());
@@ -153,8 +153,12 @@ function benches(device: Device, quick: boolean): Bench[] {
     out.push(attentionBench('local', 1, H, S, 64, 256, 'float32', false));
     out.push(attentionBench('local', 1, H, S, 64, 256, 'float32', true));
     if (!quick) {
-      out.push(attentionBench('global', 1, H, S, 64, 0, 'float32', false));
-      out.push(attentionBench('dual', 1, H, S, 64, 256, 'float32', false));
+      for (const bwd of [false, true]) {
+        out.push(attentionBench('global', 1, H, S, 64, 0, 'float32', bwd));
+        out.push(attentionBench('dual', 1, H, S, 64, 256, 'float32', bwd));
+      }
+      // grouped-query attention with one kv head: the backward's split form
+      out.push(attentionBench('local', 1, H, S, 64, 256, 'float32', true, 1));
     }
   }
   return out;
