@@ -22,10 +22,12 @@
 //     the kernels above would launch fewer than 2 blocks per SM: each row's key interval is cut
 //     into chunks, one block each, writing float partials (m, l, acc[D]) to scratch memory that
 //     a second kernel merges into out and lse.
-//  3. attn_bwd_warp<T, DPL>: one block per (b, kv head, tile of KT keys) holding K, V, dK, dV
-//     of its keys in float shared memory; its warps walk the query rows (of every query head of
-//     the group) that can see the tile, recompute P = exp(s - lse), add dV, dK in shared memory
-//     and dQ in registers, flushed to global memory with atomicAdd once per row and tile.
+//  3. attn_bwd_warp<T, DPL>: the generic backward (float32; bf16 at head dims other than 32, 64,
+//     128, which take the tensor-core backward of attention_bwd.cu). One block per (b, kv head,
+//     tile of KT keys) holds K, V, dK, dV of its keys in float shared memory; its warps walk the
+//     query rows (of every query head of the group) that can see the tile, recompute
+//     P = exp(s - lse), add dV, dK in shared memory and dQ in registers, flushed to global
+//     memory with atomicAdd once per row and tile.
 //  4. rope_kernel<T>: rotate-half RoPE in double, like the CPU kernel.
 #include <algorithm>
 #include <climits>
@@ -1016,6 +1018,8 @@ int attention_backward(const AttnArgs* a, const void* out, const void* dout, con
   P.scale = static_cast<float>(a->scale);
   const int64_t BKV = a->B * a->Hkv;
   if (BKV == 0 || a->Sk == 0 || P.n == 0 || a->D == 0 || a->Hq == 0) return 0;
+  // bf16 with head dim 32/64/128: the tensor-core kernel (attention_bwd.cu); else the generic one
+  if (bwd_mma_supported(P, a->dtype)) return launch_bwd_mma(P, BKV, name);
   if (static_cast<DType>(a->dtype) == DType::BF16) return launch_bwd<bf16_t>(P, BKV, name);
   return launch_bwd<float>(P, BKV, name);
   DR_CUDA_ENTRY_END("attention_backward")

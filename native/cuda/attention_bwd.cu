@@ -1,0 +1,588 @@
+// bf16 tensor-core backward of fused attention (FlashAttention-2 style), head dims 32, 64, 128,
+// sm_80+. Same contract as attn_bwd_warp in attention.cu (native/core/attention.h): row r of
+// (b, h) reads query qi = query_index[b, r] (or r) at position p = qi + Sk - Sq and sees the keys
+// of key_range(p) that are not padded; P = exp(scale q.k - lse), Dr = dout . out,
+// dS = P (dout.v - Dr); dv += P^T dout, dk += scale dS^T q, dq += scale dS k. dq, dk, dv are
+// float32 accumulators the caller has zeroed; this file adds into them.
+//
+// Kernels:
+//  1. attn_bwd_dot<D>: Dr[bh * n + r] = sum_d dout[d] out[d] in float into scratch memory, D/8
+//     lanes (16 bytes each) per row.
+//  2. attn_bwd_mma<D>: one block of 4 warps per (b, kv head, tile of kBN = 64 keys); warp w owns
+//     keys 16w..16w+15 of the tile. K and V are staged once in shared memory (cp.async, pitch
+//     D + 8 bf16: the 8 rows of an ldmatrix hit distinct banks); dK, dV of the warp's keys live
+//     in mma.m16n8k16 f32 accumulator fragments for the whole kernel. The block walks the query
+//     tiles (kBM = 64 rows) of every query head of its group that can see its keys. Per tile:
+//     Q rows (gathered by qi) and dout rows go to shared memory, with each row's lse * log2(e),
+//     Dr and visibility mask (64 bits, one per key of the tile: its interval clipped to the
+//     tile, less padded keys and keys >= Sk). Invalid rows, -inf-lse rows and rows that see no
+//     key of the tile get mask 0, zero-filled Q / dout and no dq update. Each warp, per pass of
+//     QC queries:
+//        S^T = K_w Q^T, then dP^T = V_w dO^T      (16 keys x QC queries, f32 fragments)
+//        P^T = exp2(S^T scale log2e - lse2) where the mask bit is set, else 0 (a select: no
+//        NaN from -inf); dS^T = P^T (dP^T - Dr) in float
+//        dV_w += P^T dO, dK_w += dS^T Q          (P^T, dS^T re-packed to bf16 A fragments)
+//     and writes dS^T as bf16 to sdS[key][query]. After a barrier warp w computes dQ for the
+//     tile's query rows 16w..16w+15, dQ = dS K (A = dS read transposed from sdS), and adds
+//     scale * dQ into dq with atomics. The next active tile's Q / dout copies are issued before
+//     that dQ step (the dQ step reads only sdS and K), so they overlap it.
+//     Ownership: the (b, kv head, key tile) of a block is written by no other block (all query
+//     heads of the group and all query rows are walked inside it), so dk, dv are updated with
+//     plain read-add-write at the end. dq rows are shared by every key tile (and by repeated
+//     query_index rows), so dq takes float atomics.
+//     Fragment layouts (PTX m16n8k16, g = lane / 4, t = lane % 4): A (16 x 16, row) holds
+//     a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 8+2t..), a3 (g+8, 8+2t..); B (16 x 8) holds
+//     b0 (k 2t..2t+1, n g), b1 (k 8+2t.., n g); C (16 x 8) holds c0 c1 (g, 2t..2t+1), c2 c3
+//     (g+8, 2t..). Two C fragments of adjacent 8-column blocks are, packed to bf16, one A
+//     fragment of the next product (as the forward's P V). Operands:
+//        K_w, V_w [key][d]   : A, row-major, plain ldmatrix
+//        Q, dO [query][d]    : B of S^T, dP^T ("n x k" storage), plain ldmatrix;
+//                              B of dK, dV ("k x n" storage), ldmatrix.trans
+//        sdS [key][query]    : A of dQ = dS K (the transpose of the stored tile), ldmatrix.trans
+//        K [key][d]          : B of dQ ("k x n" storage), ldmatrix.trans
+//     Tile range: without query_index a row's interval [lo, hi] has lo and hi nondecreasing in
+//     the row and the empty rows form a prefix (p <= Sk - 1 always), so the rows that meet
+//     the key tile are one run, found by two binary searches; with query_index every tile is
+//     examined. A tile with no active row is skipped after one barrier.
+// Tile sizes: kBN = 64 keys (16 per warp) for every D. For D = 128 the dK, dV fragments take
+// 128 registers per thread, so a warp handles its 64 query rows in two passes of QC = 32
+// (S^T, dP^T 32 registers) and computes dQ in two halves of 64 columns; D <= 64 does one pass
+// of 64 and keeps K_w, V_w A fragments in registers. Shared memory: 4 tiles of 64 x (D + 8)
+// bf16 (K, V, Q, dout), dS 64 x 72 bf16, two sets of per-row data (mask, lse2, Dr, qi):
+// 32 256 / 48 640 / 81 408 dynamic bytes for D = 32 / 64 / 128, plus 8 static. With 128
+// threads of <= 255 registers that is 2 blocks per SM on A100 and H100 for every D; 32-key
+// tiles for D = 128 would leave 2 warps per block (or split dK, dV across warps) and read
+// every query tile twice as often for the same registers. The row data sets alternate by
+// tile, so the next tile's data can be written while this tile's dQ step reads its qi.
+// bwd_mma_supported also asks for 16-byte aligned q, k, v, out, dout (cp.async, 16-byte loads)
+// and 8-byte aligned dq, dk, dv (float2 updates); DUALROUTE_CUDA_ATTN_BWD=generic turns it off.
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "../core/attention.h"
+#include "attention.cuh"
+#include "device.cuh"
+#include "mma.cuh"
+
+namespace dualroute {
+namespace cuda {
+
+// backend.cu: temporary device memory from the caching allocator (here: Dr). Release may follow
+// the launches that use the block at once (all work is on one stream).
+int scratch_alloc(void** ptr, size_t bytes);
+int scratch_release(void* ptr);
+
+namespace {
+
+constexpr int kBM = 64;  // query rows per tile
+constexpr int kBN = 64;  // keys per block (16 per warp)
+constexpr int kBwdThreads = 128;
+constexpr int kDotThreads = 256;
+constexpr int kSP = kBM + 8;  // sdS pitch (bf16)
+
+template <int D>
+constexpr int bwd_smem_bytes() {
+  // K, V, Q, dout tiles; sdS; two sets of per-row data: 2 mask words, lse2, Dr, qi.
+  return (2 * kBN + 2 * kBM) * (D + 8) * 2 + kBN * kSP * 2 + 2 * kBM * (2 + 2 + 1) * 4;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Dr = rowsum(dout * out)
+// ---------------------------------------------------------------------------------------------
+template <int D>
+__global__ void __launch_bounds__(kDotThreads) attn_bwd_dot(const bf16_t* __restrict__ out,
+                                                          const bf16_t* __restrict__ dout, float* __restrict__ Dr,
+                                                          long long rows) {
+  constexpr int CH = D / 8, RPW = 32 / CH;  // 16-byte chunks per row, rows per warp
+  const int lane = threadIdx.x & 31;
+  const long long row =
+      (static_cast<long long>(blockIdx.x) * (kDotThreads / 32) + (threadIdx.x >> 5)) * RPW + lane / CH;
+  const int c = lane % CH;
+  float v = 0.f;
+  if (row < rows) {
+    const uint4 a = *reinterpret_cast<const uint4*>(out + row * D + c * 8);
+    const uint4 d = *reinterpret_cast<const uint4*>(dout + row * D + c * 8);
+    const __nv_bfloat162* pa = reinterpret_cast<const __nv_bfloat162*>(&a);
+    const __nv_bfloat162* pd = reinterpret_cast<const __nv_bfloat162*>(&d);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 fa = __bfloat1622float2(pa[k]), fd = __bfloat1622float2(pd[k]);
+      v = fmaf(fa.x, fd.x, v);
+      v = fmaf(fa.y, fd.y, v);
+    }
+  }
+#pragma unroll
+  for (int m = CH / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);  // within the row's lanes
+  if (row < rows && c == 0) Dr[row] = v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Main kernel
+// ---------------------------------------------------------------------------------------------
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address / lower k)
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Rows [rb, re) whose key interval meets [j0, j1], without query_index (qi = r < Sq, so
+// p <= Sk - 1). Over the rows, every mask's lo and hi are nondecreasing where the interval is
+// nonempty, and the empty rows come first (p < 0 or p <= -window: the interval only empties at
+// the low end because p <= Sk - 1), so "nonempty and hi >= j0" holds on a suffix of the rows and
+// "nonempty and lo > j1" on a later suffix; the rows between meet the tile, no other row does.
+__device__ __forceinline__ void row_span(const BwdParams& P, int j0, int j1, int& rb, int& re) {
+  const int rows = min(P.n, P.Sq);
+  int a = 0, z = rows;
+  while (a < z) {
+    const int m = (a + z) >> 1;
+    int lo, hi;
+    key_range(P.mask, P.causal, P.window, static_cast<long long>(m) + P.Sk - P.Sq, P.Sk, lo, hi);
+    if (lo <= hi && hi >= j0)
+      z = m;
+    else
+      a = m + 1;
+  }
+  rb = a;
+  z = rows;
+  while (a < z) {
+    const int m = (a + z) >> 1;
+    int lo, hi;
+    key_range(P.mask, P.causal, P.window, static_cast<long long>(m) + P.Sk - P.Sq, P.Sk, lo, hi);
+    if (lo <= hi && lo > j1)
+      z = m;
+    else
+      a = m + 1;
+  }
+  re = a;
+}
+#endif
+
+template <int D>
+__global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const float* __restrict__ Dr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int PITCH = D + 8;
+  constexpr int CH = D / 8;                // 16-byte chunks per row
+  constexpr int KS = D / 16;               // k-steps over d
+  constexpr int DF = D / 8;                // dK / dV fragments per warp (16 x D)
+  constexpr int QC = D <= 64 ? 64 : 32;    // query rows per warp pass
+  constexpr int NQ = QC / 8;               // S^T / dP^T fragments per pass (16 x QC)
+  constexpr int DQC = D <= 64 ? D : 64;    // dQ columns per step
+  constexpr bool KVREG = D <= 64;          // K_w, V_w A fragments kept in registers
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* sK = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* sV = sK + kBN * PITCH;
+  bf16_t* sQ = sV + kBN * PITCH;
+  bf16_t* sdO = sQ + kBM * PITCH;
+  bf16_t* sdS = sdO + kBM * PITCH;                                  // [key][query], pitch kSP
+  uint32_t* sMask = reinterpret_cast<uint32_t*>(sdS + kBN * kSP);  // [2][2][kBM]: set, key word, row
+  float* sLD = reinterpret_cast<float*>(sMask + 2 * 2 * kBM);        // [2][kBM][lse2, Dr]
+  int* sQi = reinterpret_cast<int*>(sLD + 2 * kBM * 2);              // [2][kBM]
+  __shared__ uint32_t sKok[2];  // bit jl: key j0 + jl exists (< Sk) and is not padded
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3, mat = lane >> 3, r8 = lane & 7;
+  const int kt = blockIdx.x % P.tiles;
+  const int bk = blockIdx.x / P.tiles;  // b * Hkv + kv head
+  const int b = bk / P.Hkv, hk = bk % P.Hkv;
+  const int Sk = P.Sk, Sq = P.Sq, n = P.n;
+  const int j0 = kt * kBN;
+  const int j1 = min(j0 + kBN, Sk) - 1;
+
+  bool okj = false;
+  if (tid < kBN) {
+    const int j = j0 + tid;
+    okj = j < Sk && !(P.pad && P.pad[static_cast<long long>(b) * Sk + j]);
+    const uint32_t w = __ballot_sync(0xffffffffu, okj);
+    if (lane == 0) sKok[warp] = w;
+  }
+  if (!__syncthreads_or(okj)) return;  // every key padded: nothing to add
+
+  // Shared-memory addresses as one base plus constants.
+  const uint32_t aK = smem_addr(smem_raw);
+  const uint32_t aV = aK + kBN * PITCH * 2, aQ = aV + kBN * PITCH * 2, adO = aQ + kBM * PITCH * 2;
+  const uint32_t aS = adO + kBM * PITCH * 2;
+  {
+    const long long kvrow0 = static_cast<long long>(bk) * Sk + j0;
+    const bf16_t* K = static_cast<const bf16_t*>(P.k) + kvrow0 * D;
+    const bf16_t* V = static_cast<const bf16_t*>(P.v) + kvrow0 * D;
+    for (int c = tid; c < kBN * CH; c += kBwdThreads) {
+      const int row = c / CH, col = (c % CH) * 8;
+      const bool ok = j0 + row < Sk;  // keys past Sk: zero rows
+      const long long o = ok ? static_cast<long long>(row) * D + col : 0;
+      cp_async16(aK + (row * PITCH + col) * 2, K + o, ok);
+      cp_async16(aV + (row * PITCH + col) * 2, V + o, ok);
+    }
+    cp_async_commit();
+  }
+
+  // Query tiles [tb, te) of each query head of the group.
+  int tb = 0, te = (n + kBM - 1) / kBM;
+  if (!P.qidx) {
+    int rb, re;
+    row_span(P, j0, j1, rb, re);
+    tb = rb / kBM;
+    te = rb < re ? (re - 1) / kBM + 1 : tb;
+  }
+  const int ntl = te - tb;
+  const int total = P.G * ntl;  // (query head, tile) pairs, head-major
+
+  const float scale2 = P.scale * kLog2e;
+
+  // Row data of candidate `it` (query head it / ntl, tile tb + it % ntl) into set `buf`; true
+  // (for all threads) if some row is active: a valid query that sees an unpadded key of the
+  // tile and whose lse is not -inf.
+  auto prepare = [&](int it, int buf) -> bool {
+    bool active = false;
+    if (tid < kBM) {
+      const int h = hk * P.G + it / ntl;
+      const long long bh = static_cast<long long>(b) * P.Hq + h;
+      const int r = (tb + it % ntl) * kBM + tid;
+      int qi = -1;
+      unsigned long long m = 0;
+      float lse2 = 0.f, dr = 0.f;
+      if (r < n) {
+        qi = P.qidx ? P.qidx[static_cast<long long>(b) * n + r] : r;
+        if (qi < 0 || qi >= Sq) qi = -1;  // the forward has reported it
+      }
+      if (qi >= 0) {
+        int lo, hi;
+        key_range(P.mask, P.causal, P.window, static_cast<long long>(qi) + Sk - Sq, Sk, lo, hi);
+        lo = max(lo, j0);
+        hi = min(hi, j1);
+        if (lo <= hi) {  // bits lo-j0 .. hi-j0, less the padded keys
+          const unsigned long long kok = sKok[0] | static_cast<unsigned long long>(sKok[1]) << 32;
+          m = (((~0ull) >> (63 - (hi - lo))) << (lo - j0)) & kok;
+        }
+        const float lse = P.lse[bh * n + r];
+        active = m != 0 && lse != -INFINITY;
+        if (active) {
+          lse2 = lse * kLog2e;
+          dr = Dr[bh * n + r];
+        }
+      }
+      if (!active) {
+        qi = -1;
+        m = 0;
+      }
+      sQi[buf * kBM + tid] = qi;
+      sMask[(buf * 2) * kBM + tid] = static_cast<uint32_t>(m);
+      sMask[(buf * 2 + 1) * kBM + tid] = static_cast<uint32_t>(m >> 32);
+      *reinterpret_cast<float2*>(sLD + (buf * kBM + tid) * 2) = make_float2(lse2, dr);
+    }
+    return __syncthreads_or(active) != 0;
+  };
+  // Q rows (gathered by qi) and dout rows of candidate `it`; inactive rows are zero-filled.
+  auto issue = [&](int it, int buf) {
+    const long long bh = static_cast<long long>(b) * P.Hq + hk * P.G + it / ntl;
+    const int r0 = (tb + it % ntl) * kBM;
+    const bf16_t* Qh = static_cast<const bf16_t*>(P.q) + bh * Sq * D;
+    const bf16_t* dOh = static_cast<const bf16_t*>(P.dout) + (bh * n + r0) * D;
+    const int* qib = sQi + buf * kBM;
+    for (int c = tid; c < kBM * CH; c += kBwdThreads) {
+      const int row = c / CH, col = (c % CH) * 8;
+      const int qi = qib[row];
+      const bool ok = qi >= 0;
+      cp_async16(aQ + (row * PITCH + col) * 2, Qh + (ok ? static_cast<long long>(qi) * D + col : 0), ok);
+      cp_async16(adO + (row * PITCH + col) * 2, dOh + (ok ? static_cast<long long>(row) * D + col : 0), ok);
+    }
+    cp_async_commit();
+  };
+
+  int it = 0, buf = 0;
+  bool have = false;
+  for (; it < total; ++it)
+    if (prepare(it, buf)) {
+      have = true;
+      break;
+    }
+  if (have) issue(it, buf);
+  cp_async_wait<0>();
+  __syncthreads();
+  if (!have) return;  // no query sees these keys
+
+  // Per-lane ldmatrix offsets (bytes); mat = lane / 8 picks the 8x8 matrix a lane addresses.
+  //  a_off : A [row][k] rows warp*16.., matrices (rows 0-7, k 0-7) (8-15, 0-7) (0-7, 8-15) (8-15, 8-15)
+  //  bn_off: B stored [n][k], matrices (n 0-7, k 0-7) (n 0-7, k 8-15) (n 8-15, k 0-7) (n 8-15, k 8-15):
+  //          registers 0, 1 = b0, b1 of n-block 0; 2, 3 = b0, b1 of n-block 1 (plain)
+  //  bk_off: B stored [k][n], matrices (k 0-7, n 0-7) (k 8-15, n 0-7) (k 0-7, n 8-15) (k 8-15, n 8-15),
+  //          same register order (.trans)
+  //  ds_off: A = dS [query][key] from sdS [key][query] (.trans): stored blocks (keys 0-7, queries
+  //          0-7) -> a0, (keys 0-7, queries 8-15) -> a1, (keys 8-15, queries 0-7) -> a2, (8-15, 8-15) -> a3
+  const uint32_t a_off = ((warp * 16 + (lane & 15)) * PITCH + (lane >> 4) * 8) * 2;
+  const uint32_t bn_off = ((r8 + (mat >> 1) * 8) * PITCH + (mat & 1) * 8) * 2;
+  const uint32_t bk_off = ((r8 + (mat & 1) * 8) * PITCH + (mat >> 1) * 8) * 2;
+  const uint32_t ds_off = ((r8 + (mat >> 1) * 8) * kSP + warp * 16 + (mat & 1) * 8) * 2;
+  const int kb = (warp & 1) * 16 + g;  // bit of key row warp*16 + g in its 32-bit mask word
+
+  uint32_t kf[KVREG ? KS : 1][4], vf[KVREG ? KS : 1][4];
+  if (KVREG) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      ldmatrix_x4(kf[KVREG ? ks : 0], aK + a_off + ks * 32);
+      ldmatrix_x4(vf[KVREG ? ks : 0], aV + a_off + ks * 32);
+    }
+  }
+
+  float dk[DF][4], dv[DF][4];
+#pragma unroll
+  for (int f = 0; f < DF; ++f)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      dk[f][e] = 0.f;
+      dv[f][e] = 0.f;
+    }
+
+  while (have) {
+    const uint32_t* msk = sMask + (buf * 2 + (warp >> 1)) * kBM;  // the word of this warp's keys
+    const float* lds = sLD + buf * kBM * 2;
+
+    // ---- S^T, dP^T, P^T, dS^T; dV, dK; dS^T to sdS ----
+#pragma unroll 1
+    for (int qb = 0; qb < kBM; qb += QC) {
+      float s[NQ][4], dp[NQ][4];
+#pragma unroll
+      for (int i = 0; i < NQ; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[i][e] = 0.f;
+          dp[i][e] = 0.f;
+        }
+      // S^T first, then dP^T: one A operand live at a time.
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t ka[4];
+        if (KVREG) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) ka[e] = kf[KVREG ? ks : 0][e];
+        } else {
+          ldmatrix_x4(ka, aK + a_off + ks * 32);
+        }
+#pragma unroll
+        for (int nq = 0; nq < QC / 16; ++nq) {
+          uint32_t qm[4];
+          ldmatrix_x4(qm, aQ + bn_off + ((qb + nq * 16) * PITCH + ks * 16) * 2);
+          mma_bf16(s[2 * nq], ka, qm[0], qm[1]);
+          mma_bf16(s[2 * nq + 1], ka, qm[2], qm[3]);
+        }
+      }
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t va[4];
+        if (KVREG) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) va[e] = vf[KVREG ? ks : 0][e];
+        } else {
+          ldmatrix_x4(va, aV + a_off + ks * 32);
+        }
+#pragma unroll
+        for (int nq = 0; nq < QC / 16; ++nq) {
+          uint32_t om[4];
+          ldmatrix_x4(om, adO + bn_off + ((qb + nq * 16) * PITCH + ks * 16) * 2);
+          mma_bf16(dp[2 * nq], va, om[0], om[1]);
+          mma_bf16(dp[2 * nq + 1], va, om[2], om[3]);
+        }
+      }
+      // Element (i, e): key row warp*16 + g + 8 (e >> 1) of the tile, i.e. bit kb + 8 (e >> 1) of
+      // the mask word, and tile query qb + 8 i + 2 t + (e & 1).
+#pragma unroll
+      for (int i = 0; i < NQ; ++i) {
+        const int c0 = qb + i * 8 + 2 * t;
+        const uint2 mw = *reinterpret_cast<const uint2*>(msk + c0);         // masks of c0, c0 + 1
+        const float4 lv = *reinterpret_cast<const float4*>(lds + 2 * c0);   // lse2, Dr of c0, c0 + 1
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hf = e >> 1, c = e & 1;
+          const bool vis = (((c ? mw.y : mw.x) >> (kb + 8 * hf)) & 1u) != 0;
+          const float l2 = c ? lv.z : lv.x, dr = c ? lv.w : lv.y;
+          const float p = vis ? exp2f(fmaf(s[i][e], scale2, -l2)) : 0.f;
+          s[i][e] = p;
+          dp[i][e] = p * (dp[i][e] - dr);
+        }
+      }
+      // dV_w += P^T dO, dK_w += dS^T Q over the pass's queries, 16 per k-step. A fragment x of
+      // k-step kk is C fragment 2kk + (x >> 1), row half x & 1 (a0 a1 a2 a3 = (g, 2t) (g+8, 2t)
+      // (g, 8+2t) (g+8, 8+2t)).
+#pragma unroll
+      for (int kk = 0; kk < QC / 16; ++kk) {
+        uint32_t pa[4], da[4];
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const int i = 2 * kk + (x >> 1), hf = x & 1;
+          pa[x] = pack2(s[i][2 * hf], s[i][2 * hf + 1]);
+          da[x] = pack2(dp[i][2 * hf], dp[i][2 * hf + 1]);
+          // dS^T (key warp*16 + g + 8hf, query qb + 16kk + 8(x >> 1) + 2t .. +1)
+          *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8 * hf) * kSP + qb + 16 * kk + 8 * (x >> 1) + 2 * t) =
+              da[x];
+        }
+#pragma unroll
+        for (int nd = 0; nd < KS; ++nd) {
+          const uint32_t off = bk_off + ((qb + 16 * kk) * PITCH + nd * 16) * 2;
+          uint32_t om[4], qm[4];
+          ldmatrix_x4_trans(om, adO + off);
+          mma_bf16(dv[2 * nd], pa, om[0], om[1]);
+          mma_bf16(dv[2 * nd + 1], pa, om[2], om[3]);
+          ldmatrix_x4_trans(qm, aQ + off);
+          mma_bf16(dk[2 * nd], da, qm[0], qm[1]);
+          mma_bf16(dk[2 * nd + 1], da, qm[2], qm[3]);
+        }
+      }
+    }
+
+    // ---- next active tile: its row data into the other set (the barrier inside prepare also
+    // completes sdS), its Q / dout copies issued now (no warp reads sQ, sdO any more) ----
+    int nit = it + 1;
+    bool nhave = false;
+    if (nit >= total) __syncthreads();  // no candidate left: the barrier for sdS
+    for (; nit < total; ++nit)
+      if (prepare(nit, buf ^ 1)) {
+        nhave = true;
+        break;
+      }
+    if (nhave) issue(nit, buf ^ 1);
+
+    // ---- dQ rows 16w..16w+15 of the tile: dQ = dS K, scaled, added with atomics ----
+    {
+      const long long bh = static_cast<long long>(b) * P.Hq + hk * P.G + it / ntl;
+      float* dqh = P.dq + bh * Sq * D;
+      const int* qib = sQi + buf * kBM;
+      int qr[2];
+      qr[0] = qib[warp * 16 + g];
+      qr[1] = qib[warp * 16 + g + 8];
+#pragma unroll
+      for (int dc = 0; dc < D; dc += DQC) {
+        float acc[DQC / 8][4];
+#pragma unroll
+        for (int f = 0; f < DQC / 8; ++f)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[f][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < kBN / 16; ++kk) {
+          uint32_t a[4];
+          ldmatrix_x4_trans(a, aS + ds_off + kk * 16 * kSP * 2);
+#pragma unroll
+          for (int nd = 0; nd < DQC / 16; ++nd) {
+            uint32_t km[4];
+            ldmatrix_x4_trans(km, aK + bk_off + (kk * 16 * PITCH + dc + nd * 16) * 2);
+            mma_bf16(acc[2 * nd], a, km[0], km[1]);
+            mma_bf16(acc[2 * nd + 1], a, km[2], km[3]);
+          }
+        }
+        // acc (f, e): query row warp*16 + g + 8 (e >> 1), column dc + 8 f + 2 t + (e & 1)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          if (qr[hf] < 0) continue;
+          float* row = dqh + static_cast<long long>(qr[hf]) * D + dc + 2 * t;
+#pragma unroll
+          for (int f = 0; f < DQC / 8; ++f) {
+            const float x0 = P.scale * acc[f][2 * hf], x1 = P.scale * acc[f][2 * hf + 1];
+#if __CUDA_ARCH__ >= 900
+            atomicAdd(reinterpret_cast<float2*>(row + f * 8), make_float2(x0, x1));
+#else
+            atomicAdd(row + f * 8, x0);
+            atomicAdd(row + f * 8 + 1, x1);
+#endif
+          }
+        }
+      }
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();  // next tile's Q, dout landed; every warp is done with sdS and this row set
+    it = nit;
+    buf ^= 1;
+    have = nhave;
+  }
+
+  // ---- dK, dV of the warp's keys: this block is their only writer ----
+  const long long kvrow0 = static_cast<long long>(bk) * Sk + j0;
+  float* dkp = P.dk + kvrow0 * D;
+  float* dvp = P.dv + kvrow0 * D;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int jl = warp * 16 + g + 8 * hf;
+    if (j0 + jl >= Sk) continue;
+#pragma unroll
+    for (int f = 0; f < DF; ++f) {
+      const long long o = static_cast<long long>(jl) * D + f * 8 + 2 * t;
+      float2 x = *reinterpret_cast<float2*>(dkp + o);
+      x.x += P.scale * dk[f][2 * hf];
+      x.y += P.scale * dk[f][2 * hf + 1];
+      *reinterpret_cast<float2*>(dkp + o) = x;
+      float2 y = *reinterpret_cast<float2*>(dvp + o);
+      y.x += dv[f][2 * hf];
+      y.y += dv[f][2 * hf + 1];
+      *reinterpret_cast<float2*>(dvp + o) = y;
+    }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
+int device_major() {
+  static const int major = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
+      return v;
+    return 0;
+  }();
+  return major;
+}
+
+bool aligned_to(const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
+
+template <int D>
+int launch_t(const BwdParams& P0, int64_t BKV, const char* name) {
+  BwdParams P = P0;
+  P.KT = kBN;
+  P.tiles = (P.Sk + kBN - 1) / kBN;
+  const int64_t blocks = BKV * P.tiles;
+  const long long rows = static_cast<long long>(BKV) * P.G * P.n;  // B * Hq * n
+  constexpr int rows_per_block = (kDotThreads / 32) * (32 / (D / 8));
+  const long long dot_blocks = (rows + rows_per_block - 1) / rows_per_block;
+  if (blocks > INT_MAX || dot_blocks > INT_MAX) return set_error(std::string(name) + ": too many blocks");
+  constexpr int smem = bwd_smem_bytes<D>();
+  DR_CUDA_TRY(check(cudaFuncSetAttribute(attn_bwd_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), name));
+
+  void* scratch = nullptr;
+  DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(rows) * sizeof(float)));
+  float* dr = static_cast<float*>(scratch);
+  attn_bwd_dot<D><<<static_cast<unsigned>(dot_blocks), kDotThreads, 0, stream()>>>(
+      static_cast<const bf16_t*>(P.out), static_cast<const bf16_t*>(P.dout), dr, rows);
+  int status = check_launch(name);
+  if (status == 0) {
+    attn_bwd_mma<D><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P, dr);
+    status = check_launch(name);
+  }
+  // Stream order: the next user of this block runs after the main kernel.
+  const int rel = scratch_release(scratch);
+  return status ? status : rel;
+}
+
+}  // namespace
+
+bool bwd_mma_supported(const BwdParams& P, int32_t dtype) {
+  if (static_cast<DType>(dtype) != DType::BF16) return false;
+  if (P.D != 32 && P.D != 64 && P.D != 128) return false;
+  const char* env = std::getenv("DUALROUTE_CUDA_ATTN_BWD");
+  if (env && std::strcmp(env, "generic") == 0) return false;
+  // cp.async / uint4 loads of q, k, v, out, dout rows (16 bytes), float2 updates of dq, dk, dv.
+  if (!aligned_to(P.q, 16) || !aligned_to(P.k, 16) || !aligned_to(P.v, 16) || !aligned_to(P.out, 16) ||
+      !aligned_to(P.dout, 16) || !aligned_to(P.dq, 8) || !aligned_to(P.dk, 8) || !aligned_to(P.dv, 8))
+    return false;
+  return device_major() >= 8;
+}
+
+int launch_bwd_mma(const BwdParams& P, int64_t BKV, const char* name) {
+  if (BKV <= 0 || P.Sk <= 0 || P.n <= 0 || P.G <= 0) return 0;
+  if (P.D == 32) return launch_t<32>(P, BKV, name);
+  if (P.D == 64) return launch_t<64>(P, BKV, name);
+  if (P.D == 128) return launch_t<128>(P, BKV, name);
+  return set_error(std::string(name) + ": the tensor-core backward takes head dims 32, 64, 128");
+}
+
+}  // namespace cuda
+}  // namespace dualroute
