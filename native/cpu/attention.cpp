@@ -34,8 +34,10 @@
 // without atomics. Fused form: one task per (b, kv head) owns that head's dk/dv (a task-local
 // [Sk, Dp] buffer, Dp = D padded to a vector, added once at the end) and the dq of its G
 // query heads (query_index rows may repeat; they add sequentially within the task). When
-// B x Hkv tasks cannot fill the pool, the split form runs two passes instead: one over runs
-// of keys (dK, dV) and one over query tiles (dQ), forming P and dS in both.
+// B x Hkv tasks cannot fill the pool, grouped heads are dealt out in chunks with private
+// dK/dV partials summed afterwards in a fixed order (the heads form), and when even B x Hq
+// cannot, the split form runs two passes: one over runs of keys (dK, dV) and one over query
+// tiles (dQ), forming P and dS in both.
 //
 // Dual: one pass over the hull of the global path (or of the local path when no row of the
 // tile is global). Each chunk's scores are computed once; chunks that touch the local hull
@@ -906,14 +908,27 @@ void bwd_store_dq(const AttnArgs& a, int64_t D, int64_t Dp, int64_t bh, const Bw
 // Keys per task of the split backward's dK/dV pass.
 constexpr int64_t kBwdKeyRun = 4 * kBN;
 
-// Whether the backward runs split (two passes) rather than fused: DUALROUTE_ATTN_BWD=split or
-// fused forces it (tests compare the two); by default it splits when the (b, kv head) tasks
-// of the fused form cannot occupy the pool.
-bool bwd_split(const AttnArgs& a) {
+// How the backward shares the work among threads. Fused: one task per (b, kv head). Heads:
+// the G query heads of a kv head in `chunks` groups, each task with private dK/dV partials
+// that a second pass adds up in a fixed order (no recomputation; partial memory
+// B x Hkv x chunks x Sk x D x 2). Split: key runs own dK/dV and query tiles own dQ (P and dS
+// formed twice). DUALROUTE_ATTN_BWD=fused|heads|split forces one (tests compare them; heads
+// then takes one chunk per query head). By default: fused while B x Hkv tasks fill the pool,
+// else heads while B x Hq does, else split.
+enum class BwdForm { Fused, Heads, Split };
+BwdForm bwd_form(const AttnArgs& a, int64_t& chunks) {
+  const int64_t G = a.Hq / a.Hkv, threads = num_threads(), bkv = a.B * a.Hkv;
+  chunks = G;
   const char* env = std::getenv("DUALROUTE_ATTN_BWD");
-  if (env && std::strcmp(env, "split") == 0) return true;
-  if (env && std::strcmp(env, "fused") == 0) return false;
-  return a.B * a.Hkv < num_threads();
+  if (env && std::strcmp(env, "split") == 0) return BwdForm::Split;
+  if (env && std::strcmp(env, "fused") == 0) return BwdForm::Fused;
+  if (env && std::strcmp(env, "heads") == 0) return G > 1 ? BwdForm::Heads : BwdForm::Fused;
+  if (bkv >= threads) return BwdForm::Fused;
+  if (bkv * G >= threads) {
+    chunks = std::min(G, (threads + bkv - 1) / bkv);
+    return BwdForm::Heads;
+  }
+  return BwdForm::Split;
 }
 
 template <typename T, int DC>
@@ -931,7 +946,8 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
   // Keys [K0, K1) of (b, kv head) bk: dK and dV over every tile of the G query heads that sees
   // them, and (with_dq) each tile's dQ as well. With K0 = 0, K1 = Sk and with_dq this is the
   // whole fused backward of one (b, kv head).
-  auto key_run = [&](int64_t bk, int64_t K0, int64_t K1, bool with_dq, BwdScratch<C>& w) {
+  auto key_run = [&](int64_t bk, int64_t K0, int64_t K1, bool with_dq, int64_t g0, int64_t g1, C* dko, C* dvo,
+                     BwdScratch<C>& w) {
     const int64_t b = bk / a.Hkv, hk = bk % a.Hkv, nkeys = K1 - K0;
     const T* kh = k + bk * Sk * D;
     const T* vh = v + bk * Sk * D;
@@ -944,7 +960,7 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
     std::fill(dKa, dKa + nkeys * Dp, C(0));
     std::fill(dVa, dVa + nkeys * Dp, C(0));
     BwdTile<C> tl;
-    for (int64_t g = 0; g < G; ++g) {
+    for (int64_t g = g0; g < g1; ++g) {
       const int64_t h = hk * G + g;
       for (int64_t t = 0; t < ntile; ++t) {
         if (!bwd_tile_geometry<T>(a, in, b, h, t, tl)) continue;
@@ -968,8 +984,6 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
         if (with_dq) bwd_store_dq(a, D, Dp, b * a.Hq + h, tl, dQt, dq);
       }
     }
-    C* dko = dk + bk * Sk * D;
-    C* dvo = dv + bk * Sk * D;
     for (int64_t j = K0; j < K1; ++j)
       for (int64_t d = 0; d < D; ++d) {
         dko[j * D + d] += dKa[(j - K0) * Dp + d];
@@ -977,9 +991,41 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
       }
   };
 
-  if (!bwd_split(a)) {
-    // Fused: one task per (b, kv head), P and dS formed once per (tile, chunk).
-    run_tasks<BwdScratch<C>>(a.B * a.Hkv, [&](int64_t bk, BwdScratch<C>& w) { key_run(bk, 0, Sk, true, w); });
+  int64_t chunks = 1;
+  const BwdForm form = bwd_form(a, chunks);
+  if (form == BwdForm::Fused) {
+    // one task per (b, kv head), P and dS formed once per (tile, chunk)
+    run_tasks<BwdScratch<C>>(a.B * a.Hkv, [&](int64_t bk, BwdScratch<C>& w) {
+      key_run(bk, 0, Sk, true, 0, G, dk + bk * Sk * D, dv + bk * Sk * D, w);
+    });
+    return;
+  }
+  if (form == BwdForm::Heads) {
+    // task (bk, c): query heads [c G / chunks, (c + 1) G / chunks) of kv head bk, its dK/dV in
+    // slot c of the partials; then each (bk, key run) adds its slots in order
+    const int64_t slot = Sk * D;
+    std::vector<C> part(static_cast<size_t>(a.B * a.Hkv * chunks * slot * 2), C(0));
+    C* pk = part.data();
+    C* pv = pk + a.B * a.Hkv * chunks * slot;
+    run_tasks<BwdScratch<C>>(a.B * a.Hkv * chunks, [&](int64_t task, BwdScratch<C>& w) {
+      const int64_t bk = task / chunks, c = task % chunks;
+      key_run(bk, 0, Sk, true, c * G / chunks, (c + 1) * G / chunks, pk + task * slot, pv + task * slot, w);
+    });
+    const int64_t nrun = (Sk + kBwdKeyRun - 1) / kBwdKeyRun;
+    run_tasks<BwdScratch<C>>(a.B * a.Hkv * nrun, [&](int64_t task, BwdScratch<C>&) {
+      const int64_t bk = task / nrun, run = task % nrun;
+      const int64_t e0 = run * kBwdKeyRun * D, e1 = std::min(Sk, (run + 1) * kBwdKeyRun) * D;
+      C* ko = dk + bk * slot;
+      C* vo = dv + bk * slot;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const C* ks = pk + (bk * chunks + c) * slot;
+        const C* vs = pv + (bk * chunks + c) * slot;
+        for (int64_t e = e0; e < e1; ++e) {
+          ko[e] += ks[e];
+          vo[e] += vs[e];
+        }
+      }
+    });
     return;
   }
 
@@ -992,7 +1038,9 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
   const int64_t nrun = (Sk + kBwdKeyRun - 1) / kBwdKeyRun;
   run_tasks<BwdScratch<C>>(a.B * a.Hkv * nrun, [&](int64_t task, BwdScratch<C>& w) {
     const int64_t run = task % nrun;
-    key_run(task / nrun, run * kBwdKeyRun, std::min(Sk, (run + 1) * kBwdKeyRun), false, w);
+    const int64_t bk = task / nrun;
+    key_run(bk, run * kBwdKeyRun, std::min(Sk, (run + 1) * kBwdKeyRun), false, 0, G, dk + bk * Sk * D,
+            dv + bk * Sk * D, w);
   });
 
   const int64_t per_row = a.query_index ? ntile : 1;  // tiles per pass-B task

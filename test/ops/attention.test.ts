@@ -310,8 +310,9 @@ function attnGradRef(q: Float64Array, k: Float64Array, v: Float64Array, W: Float
 }
 
 describe('attention backward against the float64 reference gradient', () => {
-  // Shapes past a key run (256 keys) and several query tiles, so that both backward forms
-  // (fused per (b, kv head); split into key runs and query tiles) cut the work into pieces.
+  // Shapes past a key run (256 keys) and several query tiles, so that every backward form
+  // (fused per (b, kv head); heads in chunks with partials; split into key runs and query
+  // tiles) cuts the work into pieces.
   const shapes = [
     { B: 1, Hq: 4, Hkv: 1, Sq: 301, Sk: 557, D: 64 },
     { B: 2, Hq: 2, Hkv: 2, Sq: 70, Sk: 70, D: 37 },
@@ -340,7 +341,7 @@ describe('attention backward against the float64 reference gradient', () => {
         const n = rows ? rows[0].length : s.Sq;
         const Wt = make([s.B, s.Hq, n, s.D], 104);
         const ref = attnGradRef(q.data, k.data, v.data, Wt.data, [s.B, s.Hq, s.Sq, s.D], s.Hkv, s.Sk, { mode: md.mode, causal: md.causal, window: md.window, scale, pad, rows });
-        for (const form of ['fused', 'split']) {
+        for (const form of ['fused', 'heads', 'split']) {
           process.env.DUALROUTE_ATTN_BWD = form;
           dr.tidy(() => {
             const [qg, kg, vg] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
@@ -398,7 +399,7 @@ describe('dualAttention backward (one pass on the CPU) against the float64 refer
       const loc = attnGradRef(q.data, k.data, v.data, gated(0, false), dims, s.Hkv, s.Sk, { mode: s.mode, causal: true, window: s.window, scale, pad });
       const glo = attnGradRef(q.data, k.data, v.data, gated(1, true), dims, s.Hkv, s.Sk, { mode: 'global', causal: true, window: 0, scale, pad });
       const sumOf = (x: Float64Array, y: Float64Array) => x.map((a, i) => a + y[i]);
-      for (const form of ['fused', 'split']) {
+      for (const form of ['fused', 'heads', 'split']) {
         process.env.DUALROUTE_ATTN_BWD = form;
         dr.tidy(() => {
           const [qg, kg, vg] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
