@@ -50,6 +50,7 @@ int scratch_release(void* ptr);
 
 namespace {
 
+// emu:begin fwd (test/cuda_emu runs the code up to emu:end in a warp emulator)
 // First bad query_index position (b * n + r), ~0 if none. One slot, guarded by the mutex from
 // reset to read-back, as in index.cu.
 __device__ unsigned long long g_attn_bad;
@@ -408,6 +409,7 @@ __global__ void __launch_bounds__(kMmaThreads) attn_fwd_mma(FwdParams P) {
   }
 #endif
 }
+// emu:end fwd
 
 // ---------------------------------------------------------------------------------------------
 // 2. Generic forward: one warp per output row

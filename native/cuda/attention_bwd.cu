@@ -76,6 +76,7 @@ int scratch_release(void* ptr);
 
 namespace {
 
+// emu:begin bwd (test/cuda_emu runs the code up to emu:end in a warp emulator)
 constexpr int kBM = 64;  // query rows per tile
 constexpr int kBN = 64;  // keys per block (16 per warp)
 constexpr int kBwdThreads = 128;
@@ -518,6 +519,7 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
   }
 #endif
 }
+// emu:end bwd
 
 // ---------------------------------------------------------------------------------------------
 // Host side

@@ -1,0 +1,246 @@
+// attn_bwd_dot<D> and attn_bwd_mma<D> (native/cuda/attention_bwd.cu), run block by block in the
+// emulator against a float64 reference of the attention backward (native/core/attention.h):
+//   P = exp(scale q.k - lse) over the visible, unpadded keys, Dr = dout . out,
+//   dS = P (dout.v - Dr), dv = P^T dout, dk = scale dS^T q, dq = scale dS k,
+// with out (bf16) and lse (float) from a float64 forward. dq, dk, dv start at 0.25: the kernel
+// adds into them. Launch as launch_t does (extract.js checks those host lines).
+#include "attn_bwd_kernel.inc"
+#include "harness.h"
+
+using namespace dualroute::cuda;  // BwdParams, attn_bwd_dot, attn_bwd_mma, kBN, kBwdThreads, kDotThreads, bwd_smem_bytes
+using harness::Buf;
+using harness::fmt;
+
+namespace {
+
+// Built twice: as sm_80 and (-D__CUDA_ARCH__=900) as sm_90, whose dq update is a float2 atomicAdd.
+#if __CUDA_ARCH__ >= 900
+constexpr const char* kPrefix = "bwd-sm90";
+#else
+constexpr const char* kPrefix = "bwd";
+#endif
+
+struct Shape {
+  const char* tag;
+  int B, Hq, Hkv, Sq, Sk;
+  int mask, causal;
+  long long window;
+  int pad;  // 0 none; 1 a random quarter of the keys; 2 keys [0, 70); 3 every key of batch 0
+  int n;    // > 0: query_index of n rows (repeats, out-of-range entries)
+  double sc = 1;  // scale = sc * 2 / sqrt(D)
+};
+
+std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t seed) {
+  emu::clear_globals();
+  std::mt19937 r(seed);
+  const int B = s.B, Hq = s.Hq, Hkv = s.Hkv, Sq = s.Sq, Sk = s.Sk, G = Hq / Hkv;
+  const int n = s.n ? s.n : Sq;
+  const double scale = s.sc * 2.0 / std::sqrt(double(D));
+  const size_t rows = size_t(B) * Hq * n;
+  Buf<uint16_t> q("q", size_t(B) * Hq * Sq * D, 0), k("k", size_t(B) * Hkv * Sk * D, 0),
+      v("v", size_t(B) * Hkv * Sk * D, 0), dout("dout", rows * D, 0), out("out", rows * D, 0);
+  Buf<float> lse("lse", rows, -INFINITY);
+  Buf<uint8_t> pad("key_padding", s.pad ? size_t(B) * Sk : 0, 0);
+  Buf<int32_t> qidx("query_index", s.n ? size_t(B) * n : 0, 0);
+  harness::random_bf16(q, r, -1.f, 1.f);
+  harness::random_bf16(k, r, -1.f, 1.f);
+  harness::random_bf16(v, r, -1.f, 1.f);
+  harness::random_bf16(dout, r, -1.f, 1.f);
+  for (int b = 0; b < B && s.pad; ++b)
+    for (int j = 0; j < Sk; ++j) {
+      uint8_t& p = pad[size_t(b) * Sk + j];
+      if (s.pad == 1) p = r() % 4 == 0;
+      if (s.pad == 2) p = j < 70;
+      if (s.pad == 3) p = b == 0 || r() % 5 == 0;
+    }
+  for (size_t i = 0; i < qidx.size(); ++i) qidx[i] = static_cast<int32_t>(r() % (Sq + 4)) - 2;
+
+  auto qrow = [&](int b, int h, int qi) { return ((size_t(b) * Hq + h) * Sq + qi) * D; };
+  auto krow = [&](int b, int h, int j) { return ((size_t(b) * Hkv + h / G) * Sk + j) * D; };
+  auto query = [&](int b, int rr) { return s.n ? qidx[size_t(b) * n + rr] : rr; };
+  auto keys = [&](int b, int qi) {  // visible, unpadded keys of query qi
+    std::vector<int> js;
+    if (qi < 0 || qi >= Sq) return js;
+    const long long p = static_cast<long long>(qi) + Sk - Sq;
+    for (int j = 0; j < Sk; ++j)
+      if (!(s.pad && pad[size_t(b) * Sk + j]) && harness::visible(s.mask, s.causal, s.window, p, j)) js.push_back(j);
+    return js;
+  };
+  auto dot = [&](const Buf<uint16_t>& x, size_t xo, const Buf<uint16_t>& y, size_t yo) {
+    double d = 0;
+    for (int i = 0; i < D; ++i) d += double(bf2f(x[xo + i])) * bf2f(y[yo + i]);
+    return d;
+  };
+
+  // Forward in float64, stored as the kernel reads it: out in bf16, lse in float.
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < Hq; ++h)
+      for (int rr = 0; rr < n; ++rr) {
+        const size_t orow = (size_t(b) * Hq + h) * n + rr;
+        const int qi = query(b, rr);
+        const std::vector<int> js = keys(b, qi);
+        if (js.empty()) continue;
+        std::vector<double> sc;
+        double m = -INFINITY, l = 0;
+        for (int j : js) {
+          sc.push_back(scale * dot(q, qrow(b, h, qi), k, krow(b, h, j)));
+          m = std::max(m, sc.back());
+        }
+        for (double x : sc) l += std::exp(x - m);
+        lse[orow] = static_cast<float>(m + std::log(l));
+        for (int x = 0; x < D; ++x) {
+          double o = 0;
+          for (size_t i = 0; i < js.size(); ++i) o += std::exp(sc[i] - m) / l * bf2f(v[krow(b, h, js[i]) + x]);
+          out[orow * D + x] = f2bf(static_cast<float>(o));
+        }
+      }
+  // Backward reference.
+  std::vector<double> rdq(q.size(), 0), rdk(k.size(), 0), rdv(v.size(), 0), rDr(rows, 0);
+  std::vector<char> tq(q.size() / D, 0), tkv(k.size() / D, 0);  // rows some (query, key) pair reaches
+  double mag[3] = {0, 0, 0};  // largest sum of |terms| of an element of dq, dk, dv
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < Hq; ++h)
+      for (int rr = 0; rr < n; ++rr) {
+        const size_t orow = (size_t(b) * Hq + h) * n + rr;
+        const double dr = dot(dout, orow * D, out, orow * D);
+        rDr[orow] = dr;
+        const int qi = query(b, rr);
+        if (lse[orow] == -INFINITY) continue;
+        for (int j : keys(b, qi)) {
+          const size_t qo = qrow(b, h, qi), ko = krow(b, h, j);
+          tq[qo / D] = tkv[ko / D] = 1;
+          const double p = std::exp(scale * dot(q, qo, k, ko) - lse[orow]);
+          const double dp = dot(dout, orow * D, v, ko), ds = p * (dp - dr), dsa = p * (std::fabs(dp) + std::fabs(dr));
+          mag[0] = std::max(mag[0], scale * dsa);  // |k|, |q|, |dout| <= 1
+          mag[1] = std::max(mag[1], scale * dsa);
+          mag[2] = std::max(mag[2], p);
+          for (int x = 0; x < D; ++x) {
+            rdv[ko + x] += p * bf2f(dout[orow * D + x]);
+            rdk[ko + x] += scale * ds * bf2f(q[qo + x]);
+            rdq[qo + x] += scale * ds * bf2f(k[ko + x]);
+          }
+        }
+      }
+
+  const float base = 0.25f;
+  Buf<float> dq("dq", q.size(), base), dk("dk", k.size(), base), dv("dv", v.size(), base), Dr("Dr", rows, NAN);
+  BwdParams P{};
+  P.q = q.data();
+  P.k = k.data();
+  P.v = v.data();
+  P.out = out.data();
+  P.dout = dout.data();
+  P.lse = lse.data();
+  P.dq = dq.data();
+  P.dk = dk.data();
+  P.dv = dv.data();
+  P.Hq = Hq;
+  P.Hkv = Hkv;
+  P.G = G;
+  P.Sq = Sq;
+  P.Sk = Sk;
+  P.n = n;
+  P.D = D;
+  P.causal = s.causal;
+  P.mask = s.mask;
+  P.window = s.mask == 0 ? 1 : s.window;
+  P.scale = static_cast<float>(scale);
+  P.pad = s.pad ? pad.data() : nullptr;
+  P.qidx = s.n ? qidx.data() : nullptr;
+  // launch_t
+  P.KT = kBN;
+  P.tiles = (Sk + kBN - 1) / kBN;
+  const int rows_per_block = (kDotThreads / 32) * (32 / (D / 8));
+  emu::LaunchCfg dot_cfg, cfg;
+  dot_cfg.kernel = "attn_bwd_dot";
+  dot_cfg.grid = static_cast<unsigned>((static_cast<long long>(rows) + rows_per_block - 1) / rows_per_block);
+  dot_cfg.block = kDotThreads;
+  cfg.kernel = "attn_bwd_mma";
+  cfg.grid = static_cast<unsigned>(size_t(B) * Hkv * P.tiles);
+  cfg.block = kBwdThreads;
+  cfg.dyn_smem = D == 32 ? bwd_smem_bytes<32>() : D == 64 ? bwd_smem_bytes<64>() : bwd_smem_bytes<128>();
+  dot_cfg.sched = cfg.sched = mode.sched;
+  dot_cfg.cp = cfg.cp = mode.cp;
+  dot_cfg.seed = cfg.seed = seed * 31 + static_cast<uint32_t>(mode.sched) * 7 + static_cast<uint32_t>(mode.cp);
+  const bf16_t* o = reinterpret_cast<const bf16_t*>(out.data());
+  const bf16_t* d = reinterpret_cast<const bf16_t*>(dout.data());
+  float* dr = Dr.data();
+  const long long nrows = static_cast<long long>(rows);
+  if (D == 32) {
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<32>(o, d, dr, nrows); });
+    emu::launch(cfg, [&] { attn_bwd_mma<32>(P, dr); });
+  } else if (D == 64) {
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<64>(o, d, dr, nrows); });
+    emu::launch(cfg, [&] { attn_bwd_mma<64>(P, dr); });
+  } else {
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<128>(o, d, dr, nrows); });
+    emu::launch(cfg, [&] { attn_bwd_mma<128>(P, dr); });
+  }
+
+  for (const std::string& g : {dq.guards(), dk.guards(), dv.guards(), Dr.guards()})
+    if (!g.empty()) return g;
+  for (size_t i = 0; i < rows; ++i)
+    if (!(std::fabs(Dr[i] - rDr[i]) <= 1e-4 * (1 + std::fabs(rDr[i]))))
+      return fmt("Dr: row %zu got %.7g want %.7g", i, Dr[i], rDr[i]);
+  const double tol = 2e-2;
+  std::string e = harness::compare_acc("dq", dq.data(), base, rdq, tq, D, tol, 1e-2 * mag[0]);
+  if (e.empty()) e = harness::compare_acc("dk", dk.data(), base, rdk, tkv, D, tol, 1e-2 * mag[1]);
+  if (e.empty()) e = harness::compare_acc("dv", dv.data(), base, rdv, tkv, D, tol, 1e-2 * mag[2]);
+  return e;
+}
+
+// clang-format off
+const Shape kShapes[] = {
+  // tag                    B Hq Hkv  Sq   Sk mask causal window pad  n    sc
+  {"global-causal-g2",      1, 2, 1, 150, 151, 0, 1,  1, 0,   0},
+  {"global-pad-sq<sk",      2, 2, 2, 100, 129, 0, 0,  1, 1,   0},  // last key tile: one key
+  {"global-causal-sq>sk",   1, 4, 2, 200,  90, 0, 1,  1, 0,   0},  // -inf rows
+  {"sliding-causal-pad",    1, 1, 1, 260, 260, 1, 1, 37, 1,   0},
+  {"sliding-g2",            1, 2, 1, 190, 200, 1, 0, 50, 0,   0},
+  {"block",                 1, 2, 2, 170, 170, 2, 0, 48, 0,   0},
+  {"block-causal-pad",      1, 1, 1, 210, 180, 2, 1, 70, 1,   0},
+  {"qidx-causal-g2",        2, 2, 1, 120, 140, 0, 1,  1, 1, 150},
+  {"qidx-sliding",          1, 2, 2,  90, 200, 1, 1, 40, 0,  70},
+  {"padded-prefix",         1, 1, 1, 130, 150, 0, 0,  1, 2,   0},  // fully padded key tile
+  {"padded-prefix-causal",  1, 1, 1, 130, 150, 0, 1,  1, 2,   0},  // rows that see only padding
+  {"padded-batch",          2, 2, 1,  70,  90, 0, 0,  1, 3,   0},  // batch 0: every key padded
+  {"decode",                1, 1, 1,   5, 300, 0, 1,  1, 0,   0},
+  {"block-sq>sk",           1, 2, 1, 300, 200, 2, 0, 64, 0,   0},  // p < 0
+  {"sliding-narrow-pad",    1, 1, 1, 400, 400, 1, 0, 20, 1,   0},
+  {"qidx-g4-repeats",       1, 4, 1,  64,  64, 0, 0,  1, 0, 200},
+  {"sliding-w2-tile-edges", 1, 1, 1, 260, 260, 1, 0,  2, 0,   0},  // rows [64t - 1, 64t + 64] meet key tile t
+  {"exact-tiles",           1, 2, 2, 128, 128, 1, 1, 64, 0,   0},
+  {"sliding-window1",       1, 1, 1, 100, 100, 1, 1,  1, 0,   0},
+  {"block-window1-sq<sk",   1, 1, 1,  80, 100, 2, 0,  1, 0,   0},
+  {"sliding-window-2^40",   1, 2, 1,  70, 150, 1, 0, 1LL << 40, 1, 0},
+  {"tiny",                  3, 2, 1,   1,   1, 0, 1,  1, 0,   0},
+  {"peaky-scores",          1, 2, 1, 150, 200, 0, 1,  1, 1,   0, 8},
+  {"long-decode",           1, 1, 1,   3, 1100, 1, 1, 700, 0, 0},
+};
+// clang-format on
+
+std::vector<harness::Case> cases() {
+  std::vector<harness::Case> out;
+  const int Ds[] = {32, 64, 128};
+  int si = 0;
+  for (const Shape& s : kShapes) {
+    for (int di = 0; di < 3; ++di) {
+      const int D = Ds[di];
+      const uint32_t seed = 1u + 17u * static_cast<uint32_t>(si) + static_cast<uint32_t>(D);
+      const int n = s.n ? s.n : s.Sq;
+      const double cost = double(s.B) * s.Hq * ((n + 63) / 64) * ((s.Sk + 63) / 64) * (D + 32) * 2.5;
+      for (int mi = 0; mi < 3; ++mi) {
+        const harness::Mode m = harness::kModes[mi];
+        // --quick: one mode per (shape, D), rotating
+        out.push_back({fmt("%s/d%d/%s/%s", kPrefix, D, s.tag, harness::mode_name(m).c_str()),
+                       mi == (si + di) % 3, cost, [s, D, m, seed] { return run_case(s, D, m, seed); }});
+      }
+    }
+    ++si;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return harness::main(argc, argv, cases()); }

@@ -1,0 +1,210 @@
+// Shared by the emulator tests: the case registry and command line, scheduling modes, guarded
+// global buffers, random bf16 data, the contract's visibility rule and the comparisons.
+//
+// A test binary lists its cases (--list: index, in-quick flag, cost estimate, name), runs one
+// (--run I: exit 0 if it passes, else 1 with one line on stdout; an emulator error exits 2 with
+// its message on stderr), or runs them all in-process (--all [--quick] [--filter S], for
+// debugging; an emulator error ends the run).
+#pragma once
+#include <algorithm>
+#include <cstdarg>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "emu.h"
+
+namespace harness {
+
+struct Mode {
+  emu::Sched sched;
+  emu::CpTiming cp;
+};
+// The orders every shape runs under: lockstep with copies at issue; warps one after another
+// with copies at the wait; random thread order with copies at the wait.
+inline const Mode kModes[] = {
+    {emu::Sched::RoundRobin, emu::CpTiming::Eager},
+    {emu::Sched::WarpGreedy, emu::CpTiming::Late},
+    {emu::Sched::Shuffle, emu::CpTiming::Late},
+};
+inline std::string mode_name(const Mode& m) { return std::string(emu::sched_name(m.sched)) + "/" + emu::cp_name(m.cp); }
+
+struct Case {
+  std::string name;
+  bool quick;
+  double cost;                       // relative run time, for scheduling
+  std::function<std::string()> run;  // "" on success, else a one-line failure summary
+};
+
+inline std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+inline std::string fmt(const char* f, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, f);
+  vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  return buf;
+}
+
+inline int main(int argc, char** argv, const std::vector<Case>& cases) {
+  const std::string cmd = argc > 1 ? argv[1] : "";
+  if (cmd == "--list") {
+    for (size_t i = 0; i < cases.size(); ++i)
+      printf("%zu\t%d\t%.0f\t%s\n", i, cases[i].quick ? 1 : 0, cases[i].cost, cases[i].name.c_str());
+    return 0;
+  }
+  if (cmd == "--run" && argc > 2) {
+    const size_t i = strtoull(argv[2], nullptr, 10);
+    if (i >= cases.size()) {
+      fprintf(stderr, "no case %zu\n", i);
+      return 2;
+    }
+    const std::string r = cases[i].run();
+    if (!r.empty()) printf("%s\n", r.c_str());
+    return r.empty() ? 0 : 1;
+  }
+  if (cmd == "--all") {
+    bool quick = false;
+    std::string filter;
+    for (int a = 2; a < argc; ++a) {
+      if (std::string(argv[a]) == "--quick") quick = true;
+      if (std::string(argv[a]) == "--filter" && a + 1 < argc) filter = argv[++a];
+    }
+    int n = 0, failed = 0;
+    for (const Case& c : cases) {
+      if ((quick && !c.quick) || c.name.find(filter) == std::string::npos) continue;
+      ++n;
+      const std::string r = c.run();
+      if (!r.empty()) {
+        ++failed;
+        printf("FAIL %s: %s\n", c.name.c_str(), r.c_str());
+        fflush(stdout);
+      }
+    }
+    printf("%d cases, %d failed\n", n, failed);
+    return failed ? 1 : 0;
+  }
+  fprintf(stderr, "usage: %s --list | --run I | --all [--quick] [--filter S]\n", argv[0]);
+  return 2;
+}
+
+// ---- global memory -----------------------------------------------------------------------------
+// n elements, 256-byte aligned like cudaMalloc, between guard zones that must stay untouched;
+// registered as a buffer cp.async may read.
+template <class T>
+class Buf {
+ public:
+  Buf(const char* name, size_t n, T fill) : name_(name), n_(n), raw_(n * sizeof(T) + 3 * kGuard, kPattern) {
+    const uintptr_t a = (reinterpret_cast<uintptr_t>(raw_.data()) + kGuard + 255) & ~uintptr_t(255);
+    p_ = reinterpret_cast<T*>(a);
+    std::fill_n(p_, n, fill);
+    emu::register_global(p_, n * sizeof(T), name);
+  }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) { return p_[i]; }
+  const T& operator[](size_t i) const { return p_[i]; }
+  // "" if both guard zones are intact.
+  std::string guards() const {
+    const unsigned char* lo = reinterpret_cast<const unsigned char*>(p_);
+    const unsigned char* hi = lo + n_ * sizeof(T);
+    for (const unsigned char* c = raw_.data(); c < raw_.data() + raw_.size(); ++c)
+      if ((c < lo || c >= hi) && *c != kPattern)
+        return c < lo ? fmt("%s: byte %td before the buffer was written", name_, lo - c)
+                      : fmt("%s: byte %td past the end of the buffer was written", name_, c - hi + 1);
+    return "";
+  }
+
+ private:
+  static constexpr size_t kGuard = 512;
+  static constexpr unsigned char kPattern = 0xa5;
+  const char* name_;
+  size_t n_;
+  std::vector<unsigned char> raw_;
+  T* p_;
+};
+
+inline void random_bf16(Buf<uint16_t>& b, std::mt19937& r, float lo, float hi) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = f2bf(u(r));
+}
+
+// ---- the contract (native/core/attention.h) ------------------------------------------------
+// Key j is visible to a query at position p (mask: 0 Global, 1 Sliding, 2 Block).
+inline bool visible(int mask, bool causal, long long window, long long p, long long j) {
+  if (mask == 0) return !causal || j <= p;
+  if (mask == 1) return causal ? (p - window < j && j <= p) : (p - j < window && j - p < window);
+  return j / window == p / window && (!causal || j <= p);
+}
+
+// ---- comparisons ---------------------------------------------------------------------------
+// rows x cols values (got(i) as float) against ref: no NaN (unwritten outputs hold a NaN),
+// exact zeros on rows marked empty (no visible key), and max |got - ref| <= tol * max |ref|.
+template <class Get>
+std::string compare(const char* what, size_t rows, size_t cols, Get got, const std::vector<double>& ref,
+                    const std::vector<char>& empty, double tol) {
+  double mx = 0, err = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < rows * cols; ++i) {
+    const float g = got(i);
+    if (std::isnan(g)) return fmt("%s: NaN (unwritten?) at row %zu col %zu", what, i / cols, i % cols);
+    if (empty[i / cols] && g != 0.f)
+      return fmt("%s: row %zu has no visible key but col %zu = %g (want 0)", what, i / cols, i % cols, g);
+    mx = std::max(mx, std::fabs(ref[i]));
+    const double e = std::fabs(g - ref[i]);
+    if (e > err) {
+      err = e;
+      at = i;
+    }
+  }
+  if (err > tol * mx)
+    return fmt("%s: max error %.3g (%.3g of max |ref| %.3g) at row %zu col %zu: got %.6g want %.6g", what, err,
+               err / mx, mx, at / cols, at % cols, got(at), ref[at]);
+  return "";
+}
+
+// Float accumulators the kernel adds into (each started at base), rows x cols, against ref: no
+// NaN, exactly base on the rows nothing reaches (touched[row] == 0), and
+// max |got - base - ref| <= tol * max(max |ref|, floor). floor covers sums that cancel to ~0
+// (a query seeing one key has dS = 0 exactly; the kernel leaves float rounding there).
+inline std::string compare_acc(const char* what, const float* got, float base, const std::vector<double>& ref,
+                               const std::vector<char>& touched, size_t cols, double tol, double floor) {
+  double mx = 0, err = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::isnan(got[i])) return fmt("%s: NaN at row %zu col %zu", what, i / cols, i % cols);
+    if (!touched[i / cols] && got[i] != base)
+      return fmt("%s: row %zu col %zu changed by %g, but no visible key / query reaches it", what, i / cols, i % cols,
+                 got[i] - base);
+    mx = std::max(mx, std::fabs(ref[i]));
+    const double e = std::fabs(double(got[i]) - base - ref[i]);
+    if (e > err) {
+      err = e;
+      at = i;
+    }
+  }
+  if (err > tol * std::max(mx, floor))
+    return fmt("%s: max error %.3g (%.3g of max |ref| %.3g, floor %.3g) at row %zu col %zu: got %.6g want %.6g", what,
+               err, err / mx, mx, floor, at / cols, at % cols, double(got[at]) - base, ref[at]);
+  return "";
+}
+
+// Log-sum-exp values: -inf exactly where ref is -inf, else |got - ref| <= tol (1 + |ref|).
+inline std::string compare_lse(const char* what, const float* got, const std::vector<double>& ref, double tol) {
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = got[i];
+    if (std::isnan(g)) return fmt("%s: NaN (unwritten?) at row %zu", what, i);
+    if (std::isinf(ref[i]) || std::isinf(g)) {
+      if (g != ref[i]) return fmt("%s: row %zu got %g want %g", what, i, g, ref[i]);
+    } else if (std::fabs(g - ref[i]) > tol * (1 + std::fabs(ref[i]))) {
+      return fmt("%s: row %zu got %.7g want %.7g", what, i, g, ref[i]);
+    }
+  }
+  return "";
+}
+
+}  // namespace harness
