@@ -371,6 +371,19 @@ void check_query_index(const AttnArgs& a) {
     }
 }
 
+// The q rows of query head bh = b * Hq + h, and the k, v rows and padding flags of its kv head.
+template <typename T>
+struct HeadRows {
+  const T *q, *k, *v;
+  const uint8_t* pad;
+};
+template <typename T>
+HeadRows<T> head_rows(const AttnArgs& a, int64_t bh) {
+  const int64_t b = bh / a.Hq, bk = b * a.Hkv + (bh % a.Hq) / (a.Hq / a.Hkv);
+  return {static_cast<const T*>(a.q) + bh * a.Sq * a.D, static_cast<const T*>(a.k) + bk * a.Sk * a.D,
+          static_cast<const T*>(a.v) + bk * a.Sk * a.D, a.key_padding ? a.key_padding + b * a.Sk : nullptr};
+}
+
 // Returns K/V rows [j0, j0 + nk) of one head as compute-type rows of stride ld: the memory
 // itself when the stored type is the compute type (and no padding is needed), else a
 // converted copy in buf with rows padded to ldp (zeros beyond D).
@@ -556,12 +569,10 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
   }
 
   run_tasks<FwdScratch<C>>(ntasks, [&](int64_t task, FwdScratch<C>& w) {
-    const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq, h = bh % a.Hq;
-    const int64_t hk = h / G;
-    const T* qh = q + bh * a.Sq * D;
-    const T* kh = k + (b * a.Hkv + hk) * a.Sk * D;
-    const T* vh = v + (b * a.Hkv + hk) * a.Sk * D;
-    const uint8_t* pad = a.key_padding ? a.key_padding + b * a.Sk : nullptr;
+    const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq;
+    const HeadRows<T> hr = head_rows<T>(a, bh);
+    const T *qh = hr.q, *kh = hr.k, *vh = hr.v;
+    const uint8_t* pad = hr.pad;
     C* Ot = w.ot.get(static_cast<size_t>(D * BM));
     alignas(64) C m[BM], l[BM];
     int64_t qrow[BM];
@@ -595,23 +606,18 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
   using C = typename Num<T>::acc;
   constexpr int BM = Lanes<C>::BM;
   const AttnArgs& a = da.a;
-  const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, n = a.Sq;
+  const int64_t D = DC ? DC : a.D, n = a.Sq;
   const int64_t ntile = (n + BM - 1) / BM;
-  const T* q = static_cast<const T*>(a.q);
-  const T* k = static_cast<const T*>(a.k);
-  const T* v = static_cast<const T*>(a.v);
   const T* gates = static_cast<const T*>(da.gates);
   const C scale = static_cast<C>(a.scale);
   const C ninf = -std::numeric_limits<C>::infinity();
   const int32_t gmask = static_cast<int32_t>(AttnMask::Global);
 
   run_tasks<FwdScratch<C>>(a.B * a.Hq * ntile, [&](int64_t task, FwdScratch<C>& w) {
-    const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq, h = bh % a.Hq;
-    const int64_t hk = h / G;
-    const T* qh = q + bh * a.Sq * D;
-    const T* kh = k + (b * a.Hkv + hk) * a.Sk * D;
-    const T* vh = v + (b * a.Hkv + hk) * a.Sk * D;
-    const uint8_t* pad = a.key_padding ? a.key_padding + b * a.Sk : nullptr;
+    const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq;
+    const HeadRows<T> hr = head_rows<T>(a, bh);
+    const T *qh = hr.q, *kh = hr.k, *vh = hr.v;
+    const uint8_t* pad = hr.pad;
     C* Qt = w.qt.get(static_cast<size_t>(D * BM));
     C* Ol = w.ot.get(static_cast<size_t>(D * BM));
     C* Og = w.ot2.get(static_cast<size_t>(D * BM));
@@ -1047,10 +1053,10 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
   const int64_t ntask_q = a.B * a.Hq * (ntile / per_row);
   run_tasks<BwdScratch<C>>(ntask_q, [&](int64_t task, BwdScratch<C>& w) {
     const int64_t bh = task / (ntile / per_row), t0 = (task % (ntile / per_row)) * per_row;
-    const int64_t b = bh / a.Hq, h = bh % a.Hq, hk = h / G;
-    const T* kh = k + (b * a.Hkv + hk) * Sk * D;
-    const T* vh = v + (b * a.Hkv + hk) * Sk * D;
-    const uint8_t* pad = a.key_padding ? a.key_padding + b * Sk : nullptr;
+    const int64_t b = bh / a.Hq, h = bh % a.Hq;
+    const HeadRows<T> hr = head_rows<T>(a, bh);
+    const T *kh = hr.k, *vh = hr.v;
+    const uint8_t* pad = hr.pad;
     C* St = w.st.get(static_cast<size_t>(kBN * BM));
     C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
     C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
