@@ -410,6 +410,7 @@ __global__ void __launch_bounds__(kMmaThreads) attn_fwd_mma(FwdParams P) {
 #endif
 }
 // emu:end fwd
+// emu:begin simt (attn_fwd_warp, attn_fwd_split, attn_split_merge, attn_bwd_warp, rope_kernel)
 
 // ---------------------------------------------------------------------------------------------
 // 2. Generic forward: one warp per output row
@@ -788,6 +789,7 @@ __global__ void rope_kernel(T* __restrict__ out, const T* x, const int32_t* __re
     out[o1] = st<T>(static_cast<float>(x1 * cs + x0 * sn));
   }
 }
+// emu:end simt
 
 // ---------------------------------------------------------------------------------------------
 // Host side

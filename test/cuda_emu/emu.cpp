@@ -23,7 +23,7 @@ std::vector<long long> g_bad;
 namespace {
 
 constexpr size_t kStack = 256 * 1024;   // per fiber, below a guard page
-constexpr size_t kStaticSmem = 4096;    // room for the static __shared__ arrays
+constexpr size_t kStaticSmem = 48 * 1024;  // room for the static __shared__ arrays (the CUDA limit)
 constexpr size_t kSmemGuard = 1024;     // bytes after the dynamic shared memory that must stay intact
 constexpr unsigned char kGuardByte = 0xa5;
 

@@ -1,18 +1,21 @@
 #!/usr/bin/env node
-// Extracts the device code of the tensor-core attention kernels from the real sources into
+// Extracts the device code of the attention kernels (tensor-core and SIMT) from the real sources into
 // includes the emulator tests compile, so they always run the code as it is in the repository.
 //
 //   node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--out DIR]
 //
-// --fwd-src replaces native/cuda/attention.cu, --bwd-src native/cuda/attention_bwd.cu (a mutated
-// copy, say); headers always come from the repository. Output (default build/cuda_emu/gen):
-// attn_fwd_kernel.inc, attn_bwd_kernel.inc. A file is rewritten only when its text changes.
+// --fwd-src replaces native/cuda/attention.cu (regions fwd and simt), --bwd-src
+// native/cuda/attention_bwd.cu (a mutated copy, say); headers always come from the repository.
+// Output (default build/cuda_emu/gen): attn_fwd_kernel.inc, attn_simt_kernel.inc (which also
+// carries device.cuh's device helpers), attn_bwd_kernel.inc. A file is rewritten only when its
+// text changes.
 //
 // Per source: the lines between "// emu:begin <tag>" and "// emu:end <tag>" (inside the file's
 // anonymous namespace), wrapped in the same namespaces, with a #line directive so that compiler
 // messages and the emulator's reports name the real file and line. One-line substitutions:
-//   extern __shared__ ... unsigned char NAME[];   ->  unsigned char* NAME = ::emu::dyn_smem();
-//   __shared__ TYPE NAME[N];                      ->  TYPE* NAME = ::emu::static_smem<TYPE>(N);
+//   extern __shared__ ... TYPE NAME[];   ->  TYPE* NAME = reinterpret_cast<TYPE*>(::emu::dyn_smem());
+//   __shared__ TYPE A[N], B[M][K];       ->  TYPE* A = ::emu::static_smem<TYPE>(N);
+//                                            TYPE (*B)[K] = ::emu::static_smem<TYPE[K]>(M);
 // The file's <system> includes are kept; "device.cuh" and "mma.cuh" are replaced by emu.h; any
 // other quoted include is an error. The host code the tests mirror (launch geometry, parameter
 // set-up) is checked for the exact statements they assume. Anything missing: exit 1.
@@ -60,9 +63,36 @@ const HOST_BWD = [
   'attn_bwd_mma<D><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P, dr);',
 ];
 
+// The SIMT kernels' launches (launch_warp*, launch_split*, launch_bwd*, rope).
+const HOST_SIMT = [
+  'P.tiles = (P.n + kWarpRows - 1) / kWarpRows;',
+  'attn_fwd_warp<T, DPL, DUAL><<<static_cast<unsigned>(blocks), kWarpRows * 32, 0, stream()>>>(P);',
+  'if (P.D <= 32) return launch_warp<T, 1, DUAL>(P, BH, name);',
+  'if (P.D <= 64) return launch_warp<T, 2, DUAL>(P, BH, name);',
+  'if (P.D <= 128) return launch_warp<T, 4, DUAL>(P, BH, name);',
+  'if (P.D <= 256) return launch_warp<T, 8, DUAL>(P, BH, name);',
+  'return launch_warp<T, 16, DUAL>(P, BH, name);',
+  'if (P.D <= 256) return launch_split_t<T, 8>(P, BH, S, name);',
+  'if (P.D <= 256) return launch_bwd_t<T, 8>(P, BKV, name);',
+  'const long long blocks = rows * S;',
+  'DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(blocks) * (2 + static_cast<size_t>(P.D)) * sizeof(float)));',
+  'attn_fwd_split<T, DPL><<<static_cast<unsigned>(blocks), kSplitWarps * 32, 0, stream()>>>(P, part, S);',
+  'const long long mblocks = (rows + kWarpRows - 1) / kWarpRows;',
+  'attn_split_merge<T><<<static_cast<unsigned>(mblocks), kWarpRows * 32, 0, stream()>>>(P, part, S, rows);',
+  'P.KT = P.D <= 256 ? 32 : 16;',
+  'P.tiles = (P.Sk + P.KT - 1) / P.KT;',
+  'const int64_t blocks = BKV * P.tiles;',
+  'const size_t smem = static_cast<size_t>(4) * P.KT * P.D * sizeof(float) + P.KT;',
+  'attn_bwd_warp<T, DPL><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P);',
+  'const int64_t rows = B * H * S;',
+  'const int blocks = grid_for(total);',
+  'rope_kernel<float><<<blocks, kThreads, 0, stream()>>>(static_cast<float*>(out->data), static_cast<const float*>(x->data), pos, rows, H, S, D, pos_2d, base, inverse);',
+];
+
 const KERNELS = [
   {
     tag: 'fwd',
+    src: 'fwd',
     def: path.join(CUDA, 'attention.cu'),
     out: 'attn_fwd_kernel.inc',
     host: HOST_FWD,
@@ -70,7 +100,22 @@ const KERNELS = [
     shared: { dynamic: 1, static: 1 },
   },
   {
+    tag: 'simt',
+    src: 'fwd',
+    def: path.join(CUDA, 'attention.cu'),
+    out: 'attn_simt_kernel.inc',
+    host: HOST_SIMT,
+    needs: [/template <typename T, int DPL, bool DUAL>\s*__global__ void __launch_bounds__\(kWarpRows \* 32\) attn_fwd_warp\(FwdParams P\)/,
+      /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSplitWarps \* 32\) attn_fwd_split\(FwdParams P, float\* part, int S\)/,
+      /template <typename T>\s*__global__ void __launch_bounds__\(kWarpRows \* 32\) attn_split_merge\(FwdParams P, const float\* part, int S,\s*long long rows\)/,
+      /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kBwdThreads\) attn_bwd_warp\(BwdParams P\)/,
+      /template <typename T>\s*__global__ void rope_kernel\(T\* __restrict__ out, const T\* x, const int32_t\* __restrict__ pos, int64_t rows,\s*int64_t H, int64_t S, int64_t D, int pos_2d, double base, int inverse\)/],
+    shared: { dynamic: 1, static: 3 },
+    helpers: true,
+  },
+  {
     tag: 'bwd',
+    src: 'bwd',
     def: path.join(CUDA, 'attention_bwd.cu'),
     out: 'attn_bwd_kernel.inc',
     host: HOST_BWD,
@@ -120,15 +165,24 @@ function extractOne(k, src) {
   let dyn = 0;
   let stat = 0;
   region = region.map((l) => {
-    let m = /^(\s*)extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?unsigned\s+char\s+(\w+)\s*\[\s*\]\s*;(.*)$/.exec(l);
+    let m = /^(\s*)extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+)\s*\[\s*\]\s*;(.*)$/.exec(l);
     if (m) {
       ++dyn;
-      return `${m[1]}unsigned char* ${m[2]} = ::emu::dyn_smem();${m[3]}`;
+      return `${m[1]}${m[2]}* ${m[3]} = reinterpret_cast<${m[2]}*>(::emu::dyn_smem());${m[4]}`;
     }
-    m = /^(\s*)__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+)\s*\[([^\]]+)\]\s*;(.*)$/.exec(l);
+    // __shared__ T a[N], b[M][K];  ->  one pointer per declarator (to rows for 2-D arrays)
+    m = /^(\s*)__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+\s*(?:\[[^\]]+\]\s*)+(?:,\s*\w+\s*(?:\[[^\]]+\]\s*)+)*);(.*)$/.exec(l);
     if (m) {
-      ++stat;
-      return `${m[1]}${m[2]}* ${m[3]} = ::emu::static_smem<${m[2]}>(${m[4]});${m[5]}`;
+      const decls = m[3].split(/,(?![^\[]*\])/).map((d) => {
+        ++stat;
+        const dm = /^\s*(\w+)\s*((?:\[[^\]]+\]\s*)+)$/.exec(d);
+        const dims = [...dm[2].matchAll(/\[([^\]]+)\]/g)].map((x) => x[1].trim());
+        if (dims.length > 2) throw new ExtractError(`${file}: __shared__ ${dm[1]} has more than 2 dimensions`);
+        return dims.length === 1
+          ? `${m[2]}* ${dm[1]} = ::emu::static_smem<${m[2]}>(${dims[0]});`
+          : `${m[2]} (*${dm[1]})[${dims[1]}] = ::emu::static_smem<${m[2]}[${dims[1]}]>(${dims[0]});`;
+      });
+      return `${m[1]}${decls.join(' ')}${m[4]}`;
     }
     return l;
   });
@@ -153,6 +207,29 @@ function checkHost(k, all) {
   }
 }
 
+// device.cuh's device helpers (gtid, ld, st, warp_sum, warp_max, block_sum, ...): the lines from
+// its "// ---- device: indexing" section to its "// ---- bad-index slot" section (record_bad is
+// emu.h's), for the SIMT kernels.
+function deviceHelpers() {
+  const file = path.join(CUDA, 'device.cuh');
+  const lines = fs.readFileSync(file, 'utf8').split('\n');
+  const at = (p) => {
+    const i = lines.findIndex((l) => l.startsWith(p));
+    if (i < 0) throw new ExtractError(`${file}: no line starting "${p}" (update extract.js)`);
+    return i;
+  };
+  const b = at('// ---- device: indexing');
+  const e = at('// ---- bad-index slot');
+  const body = lines.slice(b, e).join('\n');
+  for (const f of ['warp_sum', 'warp_max', 'gtid', 'gstride', 'ld', 'st'])
+    if (!new RegExp(`\\b${f}\\(`).test(body)) throw new ExtractError(`${file}: ${f}() is not between the device markers`);
+  if (/\basm\b/.test(body)) throw new ExtractError(`${file}: inline asm in the device helpers`);
+  if (!lines.some((l) => l.trim() === 'constexpr int kThreads = 256;'))  // rope's block size, mirrored by the test
+    throw new ExtractError(`${file}: "constexpr int kThreads = 256;" not found (update attn_simt_test.cpp)`);
+  return ['namespace dualroute {', 'namespace cuda {', `#line ${b + 1} "${file}"`, body, '}  // namespace cuda',
+    '}  // namespace dualroute'];
+}
+
 function render(k, g) {
   const inc = (p) => `#include "${p}"`;
   return [
@@ -161,6 +238,7 @@ function render(k, g) {
     '#include "emu.h"',
     inc(path.join(ROOT, 'native', 'core', 'attention.h')),
     inc(path.join(CUDA, 'attention.cuh')),
+    ...(k.helpers ? deviceHelpers() : []),
     'namespace dualroute {',
     'namespace cuda {',
     'namespace {',
@@ -173,11 +251,11 @@ function render(k, g) {
   ].join('\n');
 }
 
-// Returns { fwd: path, bwd: path }; throws ExtractError.
+// Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc || KERNELS[0].def, bwd: opts.bwdSrc || KERNELS[1].def };
-  const got = KERNELS.map((k) => extractOne(k, srcs[k.tag]));
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc };
+  const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
   const res = {};
@@ -220,7 +298,7 @@ if (require.main === module) {
   }
   try {
     const r = extract(opts);
-    console.log(`extract.js: wrote ${r.fwd} and ${r.bwd}`);
+    console.log(`extract.js: wrote ${Object.values(r).join(', ')}`);
   } catch (e) {
     if (!(e instanceof ExtractError)) throw e;
     console.error(`extract.js: ${e.message}`);

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Builds and runs the CUDA emulator tests of the tensor-core attention kernels (no GPU needed).
+// Builds and runs the CUDA emulator tests of the attention kernels (no GPU needed).
 //
 //   node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose]
 //                             [--fwd-src FILE] [--bwd-src FILE] [--build-dir DIR] [--timeout S]
@@ -10,7 +10,7 @@
 // first. --quick runs each (kernel, shape, head dim) under one scheduling mode instead of three.
 // Prints one line per failed case, then `cuda-emu: N cases, M failed` (a test binary that fails
 // to build counts as one failed case). Exit 0: all passed; 1: a failure; 3: no compiler.
-// --fwd-src / --bwd-src test another copy of attention.cu / attention_bwd.cu (a mutant, say);
+// --fwd-src (mma and SIMT kernels) / --bwd-src test another copy of attention.cu / attention_bwd.cu (a mutant, say);
 // give such runs their own --build-dir.
 'use strict';
 const fs = require('fs');
@@ -24,9 +24,10 @@ const HERE = __dirname;
 // Test binaries: source, extra flags, generated kernel include. The backward is built twice: its
 // dq update differs for __CUDA_ARCH__ >= 900 (float2 atomicAdd on H100).
 const TESTS = [
-  { name: 'attn_fwd_test', src: 'attn_fwd_test.cpp', flags: [], inc: 'attn_fwd_kernel.inc' },
-  { name: 'attn_bwd_test', src: 'attn_bwd_test.cpp', flags: [], inc: 'attn_bwd_kernel.inc' },
-  { name: 'attn_bwd_test_sm90', src: 'attn_bwd_test.cpp', flags: ['-D__CUDA_ARCH__=900'], inc: 'attn_bwd_kernel.inc' },
+  { name: 'attn_fwd_test', src: 'attn_fwd_test.cpp', flags: [], inc: ['attn_fwd_kernel.inc'] },
+  { name: 'attn_bwd_test', src: 'attn_bwd_test.cpp', flags: [], inc: ['attn_bwd_kernel.inc'] },
+  { name: 'attn_bwd_test_sm90', src: 'attn_bwd_test.cpp', flags: ['-D__CUDA_ARCH__=900'], inc: ['attn_bwd_kernel.inc'] },
+  { name: 'attn_simt_test', src: 'attn_simt_test.cpp', flags: ['-Wno-maybe-uninitialized'], inc: ['attn_fwd_kernel.inc', 'attn_simt_kernel.inc'] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
 
@@ -82,8 +83,8 @@ async function build(cxx, cxxVersion, t, gen, dir, verbose) {
   const srcs = [path.join(HERE, 'emu.cpp'), path.join(HERE, t.src)];
   const inputs = [...srcs, path.join(HERE, 'emu.h'), path.join(HERE, 'harness.h')];
   if (t.inc)
-    inputs.push(path.join(HERE, 'include', 'cuda_runtime.h'), path.join(gen, t.inc), path.join(ROOT, 'native', 'core', 'attention.h'),
-      path.join(ROOT, 'native', 'cuda', 'attention.cuh'));
+    inputs.push(path.join(HERE, 'include', 'cuda_runtime.h'), ...t.inc.map((f) => path.join(gen, f)),
+      path.join(ROOT, 'native', 'core', 'attention.h'), path.join(ROOT, 'native', 'cuda', 'attention.cuh'));
   const h = crypto.createHash('sha256');
   h.update(`${cxx}\n${cxxVersion}\n${flags.join(' ')}\n`);
   for (const f of inputs) h.update(`${f}\n`).update(fs.readFileSync(f));
