@@ -79,7 +79,7 @@ export interface Native {
   dualAttentionForward(out: Handle, outLocal: Handle, outGlobal: Handle, lseLocal: Handle, lseGlobal: Handle, q: Handle,
                        k: Handle, v: Handle, gates: Handle, mask: number, causal: boolean, window: number, scale: number,
                        keyPadding: Handle, globalRows: Handle): void;
-  /** CPU: the dual forward's q/k/v gradient in one pass, added into dq, dk, dv. */
+  /** The dual forward's q/k/v gradient, added into dq, dk, dv. */
   dualAttentionBackward(dq: Handle, dk: Handle, dv: Handle, q: Handle, k: Handle, v: Handle, outLocal: Handle, outGlobal: Handle,
                         dout: Handle, lseLocal: Handle, lseGlobal: Handle, gates: Handle, mask: number, causal: boolean,
                         window: number, scale: number, keyPadding: Handle, globalRows: Handle): void;

@@ -13,7 +13,7 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import { needsGrad, record } from '../autograd/engine';
-import { concat, reshape, narrow } from './shape';
+import { concat, reshape } from './shape';
 import { mul } from './elementwise';
 import { sum } from './reduce';
 import { zeros } from './creation';
@@ -228,20 +228,10 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
       const dq = zeros(sq.shape.slice(), { dtype: acc, device: sq.device });
       const dk = zeros(sk.shape.slice(), { dtype: acc, device: sq.device });
       const dv = zeros(sv.shape.slice(), { dtype: acc, device: sq.device });
-      if (sq.device === 'cpu') {
-        // one pass: the scores and dout.v once for both paths
-        nat(() => native.dualAttentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, oG.handle,
-          g.handle, lL.handle, lG.handle, sg.handle, mask, causal, options.window, p.scale, skp ? skp.handle : -1, srows ? srows.handle : -1));
-      } else {
-        // each path's backward with its gated dout (rows off the global path have lse -inf: skipped)
-        const col = (c: number) => (perHead ? narrow(sg, 3, c, 1) : reshape(narrow(sg, 2, c, 1), [p.B, 1, p.Sq, 1]));
-        const dL = mul(g, col(0));
-        const dG = mul(g, col(1));
-        nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, dL.handle,
-          lL.handle, mask, causal, options.window, p.scale, skp ? skp.handle : -1, -1));
-        nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oG.handle, dG.handle,
-          lG.handle, MASK.global, causal, 1, p.scale, skp ? skp.handle : -1, -1));
-      }
+      // one pass over K/V for both paths (CPU; CUDA bf16 head dims 32/64/128), else the two
+      // paths' backwards with gate-scaled douts inside the CUDA backend
+      nat(() => native.dualAttentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, oG.handle,
+        g.handle, lL.handle, lG.handle, sg.handle, mask, causal, options.window, p.scale, skp ? skp.handle : -1, srows ? srows.handle : -1));
       // d g_local = sum_d dout * out_local (summed over heads for shared gates)
       // in float32 at least: these sums cancel heavily, and bfloat16 products would lose them
       const g32 = g.dtype === 'bfloat16' ? g.to('float32') : g;

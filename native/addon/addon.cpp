@@ -586,7 +586,7 @@ DR_FN(DualAttentionForward) {
   })
 }
 // dualAttentionBackward(dq, dk, dv, q, k, v, outLocal, outGlobal, dout, lseLocal, lseGlobal, gates, mask, causal,
-//                       window, scale, keyPadding|-1, globalRows|-1)   (CPU)
+//                       window, scale, keyPadding|-1, globalRows|-1)
 DR_FN(DualAttentionBackward) {
   DR_BODY({
     ops::AttnOptions o = attn_options(info, 12);

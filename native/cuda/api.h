@@ -16,7 +16,7 @@
 
 namespace dualroute {
 
-constexpr int kCudaAbiVersion = 4;
+constexpr int kCudaAbiVersion = 5;
 
 struct CudaDeviceInfo {
   char name[256];
@@ -102,6 +102,8 @@ struct CudaApi {
                             void* dv);
   int (*dual_attention_forward)(const DualArgs* d, void* out, void* out_local, void* out_global, void* lse_local,
                                 void* lse_global);
+  int (*dual_attention_backward)(const DualArgs* d, const void* out_local, const void* out_global, const void* dout,
+                                 const void* lse_local, const void* lse_global, void* dq, void* dk, void* dv);
   int (*rope)(const View* out, const View* x, const View* positions, double base, int32_t inverse);
 };
 

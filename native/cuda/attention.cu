@@ -791,6 +791,20 @@ __global__ void rope_kernel(T* __restrict__ out, const T* x, const int32_t* __re
 }
 // emu:end simt
 
+// The composed dual backward's douts: dl = g_local * dout and dg = g_global * dout per row
+// (gates [B, Sq, 2], or [B, Hq, Sq, 2] when per_head), rounded to T as the forward's outputs are.
+template <typename T>
+__global__ void dual_gate_dout(T* __restrict__ dl, T* __restrict__ dg, const T* __restrict__ dout,
+                               const T* __restrict__ gates, int per_head, int Hq, int Sq, int D, long long total) {
+  for (long long e = gtid(); e < total; e += gstride()) {
+    const long long row = e / D;  // (b * Hq + h) * Sq + r
+    const long long gi = per_head ? row : (row / (static_cast<long long>(Hq) * Sq)) * Sq + row % Sq;
+    const float d = ld(dout[e]);
+    dl[e] = st<T>(d * ld(gates[2 * gi]));
+    dg[e] = st<T>(d * ld(gates[2 * gi + 1]));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------------------------
@@ -1050,6 +1064,67 @@ int dual_attention_forward(const DualArgs* d, void* out, void* out_local, void* 
   if (BH == 0 || P.n == 0) return 0;
   return launch_fwd<true>(P, a.dtype, BH, name);
   DR_CUDA_ENTRY_END("dual_attention_forward")
+}
+
+int dual_attention_backward(const DualArgs* d, const void* out_local, const void* out_global, const void* dout,
+                            const void* lse_local, const void* lse_global, void* dq, void* dk, void* dv) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "dual_attention_backward";
+  const AttnArgs& a = d->a;
+  if (a.query_index) return set_error("dual_attention_backward: query_index is not supported here");
+  BwdParams P{};
+  DR_CUDA_TRY(common_params(name, a, P));
+  P.out = out_local;
+  P.dout = dout;
+  P.lse = static_cast<const float*>(lse_local);
+  P.dq = static_cast<float*>(dq);
+  P.dk = static_cast<float*>(dk);
+  P.dv = static_cast<float*>(dv);
+  P.scale = static_cast<float>(a.scale);
+  P.out_g = out_global;
+  P.lse_g = static_cast<const float*>(lse_global);
+  P.gates = d->gates;
+  P.gates_per_head = d->gates_per_head ? 1 : 0;
+  P.global_rows = d->global_rows;
+  const int64_t BKV = a.B * a.Hkv;
+  if (BKV == 0 || a.Sk == 0 || P.n == 0 || a.D == 0 || a.Hq == 0) return 0;
+  // bf16 with head dim 32/64/128: one pass over K/V for both paths (attention_bwd.cu)
+  if (bwd_mma_supported(P, a.dtype)) return launch_bwd_mma_dual(P, BKV, name);
+  // otherwise each path's backward with its gate-scaled dout (rows off the global path have
+  // lse_global = -inf and are skipped)
+  const bool bf = static_cast<DType>(a.dtype) == DType::BF16;
+  const size_t esize = bf ? sizeof(bf16_t) : sizeof(float);
+  const long long total = static_cast<long long>(a.B) * a.Hq * a.Sq * a.D;
+  void* scratch = nullptr;
+  DR_CUDA_TRY(scratch_alloc(&scratch, 2 * static_cast<size_t>(total) * esize));
+  char* dl = static_cast<char*>(scratch);
+  char* dg = dl + static_cast<size_t>(total) * esize;
+  const int Hq = static_cast<int>(a.Hq), Sq = static_cast<int>(a.Sq), D = static_cast<int>(a.D);
+  if (bf)
+    dual_gate_dout<bf16_t><<<grid_for(total), kThreads, 0, stream()>>>(
+        reinterpret_cast<bf16_t*>(dl), reinterpret_cast<bf16_t*>(dg), static_cast<const bf16_t*>(dout),
+        static_cast<const bf16_t*>(d->gates), P.gates_per_head, Hq, Sq, D, total);
+  else
+    dual_gate_dout<float><<<grid_for(total), kThreads, 0, stream()>>>(
+        reinterpret_cast<float*>(dl), reinterpret_cast<float*>(dg), static_cast<const float*>(dout),
+        static_cast<const float*>(d->gates), P.gates_per_head, Hq, Sq, D, total);
+  int status = check_launch(name);
+  if (status == 0) {
+    P.dout = dl;
+    status = bf ? launch_bwd<bf16_t>(P, BKV, name) : launch_bwd<float>(P, BKV, name);
+  }
+  if (status == 0) {
+    BwdParams Pg = P;
+    Pg.mask = static_cast<int32_t>(AttnMask::Global);
+    Pg.window = 1;
+    Pg.out = out_global;
+    Pg.dout = dg;
+    Pg.lse = static_cast<const float*>(lse_global);
+    status = bf ? launch_bwd<bf16_t>(Pg, BKV, name) : launch_bwd<float>(Pg, BKV, name);
+  }
+  const int rel = scratch_release(scratch);  // stream order: later users run after these kernels
+  return status ? status : rel;
+  DR_CUDA_ENTRY_END("dual_attention_backward")
 }
 
 int rope(const View* out, const View* x, const View* positions, double base, int32_t inverse) {

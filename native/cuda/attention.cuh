@@ -66,6 +66,13 @@ struct BwdParams {
   const int32_t* qidx;
   int KT;     // keys per block
   int tiles;  // key tiles per (b, kv head)
+  // Dual backward only (qidx null, n == Sq): out/lse above are the local path's, these the
+  // global path's; gates [B, Sq, 2] or [B, Hq, Sq, 2] (dtype of q); global_rows [B, Sq] or null.
+  const void* out_g;
+  const float* lse_g;
+  const void* gates;
+  int gates_per_head;
+  const uint8_t* global_rows;
 };
 
 // attention_bwd.cu: the bf16 tensor-core backward (FlashAttention-2 style) for head dims 32,
@@ -73,6 +80,10 @@ struct BwdParams {
 // it for BKV = B * Hkv (kv heads) and returns 0 or an error code set with set_error.
 bool bwd_mma_supported(const BwdParams& P, int32_t dtype);
 int launch_bwd_mma(const BwdParams& P, int64_t BKV, const char* name);
+// The dual backward in one pass (both paths' P and dS from one S and one dP per tile): adds
+// into dq, dk, dv what the two attention backwards with gate-scaled douts would. Same support
+// rule as bwd_mma_supported (out_g must be 16-byte aligned too).
+int launch_bwd_mma_dual(const BwdParams& P, int64_t BKV, const char* name);
 
 }  // namespace cuda
 }  // namespace dualroute

@@ -5,10 +5,10 @@
 // dS = P (dout.v - Dr); dv += P^T dout, dk += scale dS^T q, dq += scale dS k. dq, dk, dv are
 // float32 accumulators the caller has zeroed; this file adds into them.
 //
-// Kernels:
-//  1. attn_bwd_dot<D>: Dr[bh * n + r] = sum_d dout[d] out[d] in float into scratch memory, D/8
-//     lanes (16 bytes each) per row.
-//  2. attn_bwd_mma<D>: one block of 4 warps per (b, kv head, tile of kBN = 64 keys); warp w owns
+// Kernels (DUAL = false; the dual form is described below):
+//  1. attn_bwd_dot<D, DUAL>: Dr[bh * n + r] = sum_d dout[d] out[d] in float into scratch memory,
+//     D/8 lanes (16 bytes each) per row.
+//  2. attn_bwd_mma<D, DUAL>: one block of 4 warps per (b, kv head, tile of kBN = 64 keys); warp w owns
 //     keys 16w..16w+15 of the tile. K and V are staged once in shared memory (cp.async, pitch
 //     D + 8 bf16: the 8 rows of an ldmatrix hit distinct banks); dK, dV of the warp's keys live
 //     in mma.m16n8k16 f32 accumulator fragments for the whole kernel. The block walks the query
@@ -54,8 +54,26 @@
 // tiles for D = 128 would leave 2 warps per block (or split dK, dV across warps) and read
 // every query tile twice as often for the same registers. The row data sets alternate by
 // tile, so the next tile's data can be written while this tile's dQ step reads its qi.
-// bwd_mma_supported also asks for 16-byte aligned q, k, v, out, dout (cp.async, 16-byte loads)
-// and 8-byte aligned dq, dk, dv (float2 updates); DUALROUTE_CUDA_ATTN_BWD=generic turns it off.
+// bwd_mma_supported also asks for 16-byte aligned q, k, v, out, dout, out_g when set (cp.async,
+// 16-byte loads) and 8-byte aligned dq, dk, dv (float2 updates); DUALROUTE_CUDA_ATTN_BWD=generic
+// turns it off.
+//
+// Dual backward (launch_bwd_mma_dual, DUAL = true; no query_index, n = Sq): the gradient of
+// out = g_l out_l + g_g out_g in one pass. out / lse are the local path's (P.mask, P.window),
+// out_g / lse_g the global path's (Global, same causal; only rows with global_rows null or
+// nonzero). attn_bwd_dot writes Dr_l = g_l dout.out_l and Dr_g = g_g dout.out_g (two arrays in
+// the scratch). attn_bwd_mma computes S^T and dP^T once per tile as above; each row carries a
+// local and a global visibility mask (each 0 where its lse is -inf; the global one 0 off the
+// global path), and the element step forms
+//   P_l = exp2(S scale log2e - lse2_l) [local bit], P_g likewise [global bit],
+//   P^T <- g_l P_l + g_g P_g (for dV), dS^T <- P_l (g_l dP - Dr_l) + P_g (g_g dP - Dr_g),
+// the rest (dV, dK, sdS, dQ) unchanged. A row is active when either mask is nonzero; the
+// query tiles walked are the hull of the two masks' row spans. Row data: one set of the two
+// paths' masks, lse2, Dr and the gates, written after prepare()'s barrier (which ends every
+// warp's reads of the set; the loop's closing barrier publishes it), qi still double-buffered:
+// 32 768 / 49 152 / 81 920 dynamic bytes for D = 32 / 64 / 128 (2 blocks per SM on A100 too).
+// For registers the passes are smaller: QC = 64 / 32 / 16 for D = 32 / 64 / 128 (K_w, V_w in
+// registers for D <= 64); no spills.
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -83,25 +101,29 @@ constexpr int kBwdThreads = 128;
 constexpr int kDotThreads = 256;
 constexpr int kSP = kBM + 8;  // sdS pitch (bf16)
 
-template <int D>
+template <int D, bool DUAL>
 constexpr int bwd_smem_bytes() {
-  // K, V, Q, dout tiles; sdS; two sets of per-row data: 2 mask words, lse2, Dr, qi.
-  return (2 * kBN + 2 * kBM) * (D + 8) * 2 + kBN * kSP * 2 + 2 * kBM * (2 + 2 + 1) * 4;
+  // K, V, Q, dout tiles; sdS; per-row data. Plain: two sets of (2 mask words, lse2, Dr, qi).
+  // Dual: one set of (2 + 2 mask words, lse2 and Dr of both paths, 2 gates) and two of qi.
+  return (2 * kBN + 2 * kBM) * (D + 8) * 2 + kBN * kSP * 2 +
+         (DUAL ? kBM * (4 + 4 + 2) * 4 + 2 * kBM * 4 : 2 * kBM * (2 + 2 + 1) * 4);
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. Dr = rowsum(dout * out)
+// 1. Dr = rowsum(dout * out); dual: Dr = g_l rowsum(dout * out), Dr_g = g_g rowsum(dout * out_g)
 // ---------------------------------------------------------------------------------------------
-template <int D>
+template <int D, bool DUAL>
 __global__ void __launch_bounds__(kDotThreads) attn_bwd_dot(const bf16_t* __restrict__ out,
                                                           const bf16_t* __restrict__ dout, float* __restrict__ Dr,
-                                                          long long rows) {
+                                                          long long rows, const bf16_t* __restrict__ out_g,
+                                                          const bf16_t* __restrict__ gates, float* __restrict__ Dr_g,
+                                                          int gates_per_head, int Hq, int Sq) {
   constexpr int CH = D / 8, RPW = 32 / CH;  // 16-byte chunks per row, rows per warp
   const int lane = threadIdx.x & 31;
   const long long row =
       (static_cast<long long>(blockIdx.x) * (kDotThreads / 32) + (threadIdx.x >> 5)) * RPW + lane / CH;
   const int c = lane % CH;
-  float v = 0.f;
+  float v = 0.f, vg = 0.f;
   if (row < rows) {
     const uint4 a = *reinterpret_cast<const uint4*>(out + row * D + c * 8);
     const uint4 d = *reinterpret_cast<const uint4*>(dout + row * D + c * 8);
@@ -113,10 +135,32 @@ __global__ void __launch_bounds__(kDotThreads) attn_bwd_dot(const bf16_t* __rest
       v = fmaf(fa.x, fd.x, v);
       v = fmaf(fa.y, fd.y, v);
     }
+    if (DUAL) {
+      const uint4 ag = *reinterpret_cast<const uint4*>(out_g + row * D + c * 8);
+      const __nv_bfloat162* pg = reinterpret_cast<const __nv_bfloat162*>(&ag);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 fa = __bfloat1622float2(pg[k]), fd = __bfloat1622float2(pd[k]);
+        vg = fmaf(fa.x, fd.x, vg);
+        vg = fmaf(fa.y, fd.y, vg);
+      }
+    }
   }
 #pragma unroll
-  for (int m = CH / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);  // within the row's lanes
-  if (row < rows && c == 0) Dr[row] = v;
+  for (int m = CH / 2; m > 0; m >>= 1) {  // within the row's lanes
+    v += __shfl_xor_sync(0xffffffffu, v, m);
+    if (DUAL) vg += __shfl_xor_sync(0xffffffffu, vg, m);
+  }
+  if (row < rows && c == 0) {
+    if (DUAL) {  // row = (b Hq + h) Sq + r; gates [B, Sq, 2] or [B, Hq, Sq, 2]
+      const long long HS = static_cast<long long>(Hq) * Sq;
+      const long long gi = gates_per_head ? row : row / HS * Sq + row % Sq;
+      Dr[row] = __bfloat162float(gates[2 * gi]) * v;
+      Dr_g[row] = __bfloat162float(gates[2 * gi + 1]) * vg;
+    } else {
+      Dr[row] = v;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,18 +172,19 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// Rows [rb, re) whose key interval meets [j0, j1], without query_index (qi = r < Sq, so
-// p <= Sk - 1). Over the rows, every mask's lo and hi are nondecreasing where the interval is
+// Rows [rb, re) whose key interval under (mask, window) meets [j0, j1], without query_index
+// (qi = r < Sq, so p <= Sk - 1). Over the rows, every mask's lo and hi are nondecreasing where the interval is
 // nonempty, and the empty rows come first (p < 0 or p <= -window: the interval only empties at
 // the low end because p <= Sk - 1), so "nonempty and hi >= j0" holds on a suffix of the rows and
 // "nonempty and lo > j1" on a later suffix; the rows between meet the tile, no other row does.
-__device__ __forceinline__ void row_span(const BwdParams& P, int j0, int j1, int& rb, int& re) {
+__device__ __forceinline__ void row_span(const BwdParams& P, int mask, long long window, int j0, int j1, int& rb,
+                                         int& re) {
   const int rows = min(P.n, P.Sq);
   int a = 0, z = rows;
   while (a < z) {
     const int m = (a + z) >> 1;
     int lo, hi;
-    key_range(P.mask, P.causal, P.window, static_cast<long long>(m) + P.Sk - P.Sq, P.Sk, lo, hi);
+    key_range(mask, P.causal, window, static_cast<long long>(m) + P.Sk - P.Sq, P.Sk, lo, hi);
     if (lo <= hi && hi >= j0)
       z = m;
     else
@@ -150,7 +195,7 @@ __device__ __forceinline__ void row_span(const BwdParams& P, int j0, int j1, int
   while (a < z) {
     const int m = (a + z) >> 1;
     int lo, hi;
-    key_range(P.mask, P.causal, P.window, static_cast<long long>(m) + P.Sk - P.Sq, P.Sk, lo, hi);
+    key_range(mask, P.causal, window, static_cast<long long>(m) + P.Sk - P.Sq, P.Sk, lo, hi);
     if (lo <= hi && lo > j1)
       z = m;
     else
@@ -160,14 +205,16 @@ __device__ __forceinline__ void row_span(const BwdParams& P, int j0, int j1, int
 }
 #endif
 
-template <int D>
-__global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const float* __restrict__ Dr) {
+template <int D, bool DUAL>
+__global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const float* __restrict__ Dr,
+                                                          const float* __restrict__ Dr_g) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int PITCH = D + 8;
   constexpr int CH = D / 8;                // 16-byte chunks per row
   constexpr int KS = D / 16;               // k-steps over d
   constexpr int DF = D / 8;                // dK / dV fragments per warp (16 x D)
-  constexpr int QC = D <= 64 ? 64 : 32;    // query rows per warp pass
+  // Query rows per warp pass (dual: smaller passes, so that both paths' values fit in registers).
+  constexpr int QC = DUAL ? (D <= 32 ? 64 : D <= 64 ? 32 : 16) : D <= 64 ? 64 : 32;
   constexpr int NQ = QC / 8;               // S^T / dP^T fragments per pass (16 x QC)
   constexpr int DQC = D <= 64 ? D : 64;    // dQ columns per step
   constexpr bool KVREG = D <= 64;          // K_w, V_w A fragments kept in registers
@@ -177,9 +224,13 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
   bf16_t* sQ = sV + kBN * PITCH;
   bf16_t* sdO = sQ + kBM * PITCH;
   bf16_t* sdS = sdO + kBM * PITCH;                                  // [key][query], pitch kSP
-  uint32_t* sMask = reinterpret_cast<uint32_t*>(sdS + kBN * kSP);  // [2][2][kBM]: set, key word, row
-  float* sLD = reinterpret_cast<float*>(sMask + 2 * 2 * kBM);        // [2][kBM][lse2, Dr]
-  int* sQi = reinterpret_cast<int*>(sLD + 2 * kBM * 2);              // [2][kBM]
+  // Plain: sMask [2][2][kBM] (set, key word, row), sLD [2][kBM][lse2, Dr]. Dual: one set,
+  // sMask [2][2][kBM] (path: local, global; key word; row), sLD [kBM][lse2_l, Dr_l, lse2_g, Dr_g],
+  // sGt [kBM][g_l, g_g]. sQi [2][kBM] in both.
+  uint32_t* sMask = reinterpret_cast<uint32_t*>(sdS + kBN * kSP);
+  float* sLD = reinterpret_cast<float*>(sMask + 2 * 2 * kBM);
+  float* sGt = sLD + (DUAL ? kBM * 4 : 0);
+  int* sQi = reinterpret_cast<int*>(sLD + (DUAL ? kBM * 6 : 2 * kBM * 2));
   __shared__ uint32_t sKok[2];  // bit jl: key j0 + jl exists (< Sk) and is not padded
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -222,7 +273,15 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
   int tb = 0, te = (n + kBM - 1) / kBM;
   if (!P.qidx) {
     int rb, re;
-    row_span(P, j0, j1, rb, re);
+    row_span(P, P.mask, P.window, j0, j1, rb, re);
+    if (DUAL) {  // the hull with the global path's span
+      int gb, ge;
+      row_span(P, static_cast<int>(AttnMask::Global), 1, j0, j1, gb, ge);
+      if (gb < ge) {
+        rb = rb < re ? min(rb, gb) : gb;
+        re = max(re, ge);
+      }
+    }
     tb = rb / kBM;
     te = rb < re ? (re - 1) / kBM + 1 : tb;
   }
@@ -236,6 +295,63 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
   // tile and whose lse is not -inf.
   auto prepare = [&](int it, int buf) -> bool {
     bool active = false;
+    if constexpr (DUAL) {
+      // Row r is query r (no query_index). The mask words, lse2, Dr and gates are written after
+      // the barrier: that barrier also ends every warp's reads of the single set (the S^T, dP^T
+      // phase), and the next reads follow the loop's closing barrier. qi is double-buffered:
+      // issue() reads it right after the barrier, the dQ step of the current tile still later.
+      unsigned long long ml = 0, mg = 0;
+      float4 ld = make_float4(0.f, 0.f, 0.f, 0.f);
+      float2 gt = make_float2(0.f, 0.f);
+      if (tid < kBM) {
+        const int h = hk * P.G + it / ntl;
+        const long long bh = static_cast<long long>(b) * P.Hq + h;
+        const int r = (tb + it % ntl) * kBM + tid;
+        if (r < n) {
+          const unsigned long long kok = sKok[0] | static_cast<unsigned long long>(sKok[1]) << 32;
+          const long long p = static_cast<long long>(r) + Sk - Sq;
+          int lo, hi;
+          key_range(P.mask, P.causal, P.window, p, Sk, lo, hi);
+          lo = max(lo, j0);
+          hi = min(hi, j1);
+          const float lse = P.lse[bh * n + r];
+          if (lo <= hi && lse != -INFINITY) ml = (((~0ull) >> (63 - (hi - lo))) << (lo - j0)) & kok;
+          float lse_g = -INFINITY;
+          if (!P.global_rows || P.global_rows[static_cast<long long>(b) * Sq + r] != 0) {
+            key_range(static_cast<int>(AttnMask::Global), P.causal, 1, p, Sk, lo, hi);
+            lo = max(lo, j0);
+            hi = min(hi, j1);
+            lse_g = P.lse_g[bh * n + r];
+            if (lo <= hi && lse_g != -INFINITY) mg = (((~0ull) >> (63 - (hi - lo))) << (lo - j0)) & kok;
+          }
+          active = (ml | mg) != 0;
+          if (active) {
+            if (ml) {
+              ld.x = lse * kLog2e;
+              ld.y = Dr[bh * n + r];
+            }
+            if (mg) {
+              ld.z = lse_g * kLog2e;
+              ld.w = Dr_g[bh * n + r];
+            }
+            const bf16_t* gp = static_cast<const bf16_t*>(P.gates) +
+                               (P.gates_per_head ? bh * Sq + r : static_cast<long long>(b) * Sq + r) * 2;
+            gt = make_float2(__bfloat162float(gp[0]), __bfloat162float(gp[1]));
+          }
+        }
+        sQi[buf * kBM + tid] = active ? r : -1;
+      }
+      const bool any = __syncthreads_or(active) != 0;
+      if (tid < kBM) {
+        sMask[tid] = static_cast<uint32_t>(ml);
+        sMask[kBM + tid] = static_cast<uint32_t>(ml >> 32);
+        sMask[2 * kBM + tid] = static_cast<uint32_t>(mg);
+        sMask[3 * kBM + tid] = static_cast<uint32_t>(mg >> 32);
+        *reinterpret_cast<float4*>(sLD + tid * 4) = ld;
+        *reinterpret_cast<float2*>(sGt + tid * 2) = gt;
+      }
+      return any;
+    }
     if (tid < kBM) {
       const int h = hk * P.G + it / ntl;
       const long long bh = static_cast<long long>(b) * P.Hq + h;
@@ -336,8 +452,9 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
     }
 
   while (have) {
-    const uint32_t* msk = sMask + (buf * 2 + (warp >> 1)) * kBM;  // the word of this warp's keys
-    const float* lds = sLD + buf * kBM * 2;
+    // The word of this warp's keys (dual: of the local path; the global path's is 2 kBM on).
+    const uint32_t* msk = sMask + ((DUAL ? 0 : buf * 2) + (warp >> 1)) * kBM;
+    const float* lds = sLD + (DUAL ? 0 : buf * kBM * 2);
 
     // ---- S^T, dP^T, P^T, dS^T; dV, dK; dS^T to sdS ----
 #pragma unroll 1
@@ -388,7 +505,32 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
       // Element (i, e): key row warp*16 + g + 8 (e >> 1) of the tile, i.e. bit kb + 8 (e >> 1) of
       // the mask word, and tile query qb + 8 i + 2 t + (e & 1).
 #pragma unroll
-      for (int i = 0; i < NQ; ++i) {
+      for (int i = 0; i < NQ && DUAL; ++i) {
+        // Dual: P_l, P_g from the one S^T; P^T <- g_l P_l + g_g P_g (for dV),
+        // dS^T <- P_l (g_l dP - Dr_l) + P_g (g_g dP - Dr_g).
+        const int c0 = qb + i * 8 + 2 * t;
+        const uint2 wl = *reinterpret_cast<const uint2*>(msk + c0);           // local masks of c0, c0 + 1
+        const uint2 wg = *reinterpret_cast<const uint2*>(msk + 2 * kBM + c0);  // global masks
+        const float4 la = *reinterpret_cast<const float4*>(lds + 4 * c0);      // lse2_l, Dr_l, lse2_g, Dr_g of c0
+        const float4 lb = *reinterpret_cast<const float4*>(lds + 4 * c0 + 4);  // of c0 + 1
+        const float4 gv = *reinterpret_cast<const float4*>(sGt + 2 * c0);      // g_l, g_g of c0, c0 + 1
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int sh = kb + 8 * (e >> 1), c = e & 1;
+          const bool vl = (((c ? wl.y : wl.x) >> sh) & 1u) != 0;
+          const bool vg = (((c ? wg.y : wg.x) >> sh) & 1u) != 0;
+          const float4 lv = c ? lb : la;
+          const float gl = c ? gv.z : gv.x, gg = c ? gv.w : gv.y;
+          const float d = dp[i][e];
+          const float pl = vl ? exp2f(fmaf(s[i][e], scale2, -lv.x)) : 0.f;
+          const float pg = vg ? exp2f(fmaf(s[i][e], scale2, -lv.z)) : 0.f;
+          const float pt = fmaf(gl, pl, gg * pg);
+          s[i][e] = pt;
+          dp[i][e] = fmaf(d, pt, -fmaf(pl, lv.y, pg * lv.w));  // = P_l (g_l dP - Dr_l) + P_g (g_g dP - Dr_g)
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < NQ && !DUAL; ++i) {
         const int c0 = qb + i * 8 + 2 * t;
         const uint2 mw = *reinterpret_cast<const uint2*>(msk + c0);         // masks of c0, c0 + 1
         const float4 lv = *reinterpret_cast<const float4*>(lds + 2 * c0);   // lse2, Dr of c0, c0 + 1
@@ -536,7 +678,7 @@ int device_major() {
 
 bool aligned_to(const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
 
-template <int D>
+template <int D, bool DUAL>
 int launch_t(const BwdParams& P0, int64_t BKV, const char* name) {
   BwdParams P = P0;
   P.KT = kBN;
@@ -546,17 +688,20 @@ int launch_t(const BwdParams& P0, int64_t BKV, const char* name) {
   constexpr int rows_per_block = (kDotThreads / 32) * (32 / (D / 8));
   const long long dot_blocks = (rows + rows_per_block - 1) / rows_per_block;
   if (blocks > INT_MAX || dot_blocks > INT_MAX) return set_error(std::string(name) + ": too many blocks");
-  constexpr int smem = bwd_smem_bytes<D>();
-  DR_CUDA_TRY(check(cudaFuncSetAttribute(attn_bwd_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), name));
+  constexpr int smem = bwd_smem_bytes<D, DUAL>();
+  DR_CUDA_TRY(
+      check(cudaFuncSetAttribute(attn_bwd_mma<D, DUAL>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), name));
 
-  void* scratch = nullptr;
-  DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(rows) * sizeof(float)));
+  void* scratch = nullptr;  // Dr (dual: Dr_l, then Dr_g)
+  DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(rows) * (DUAL ? 2 : 1) * sizeof(float)));
   float* dr = static_cast<float*>(scratch);
-  attn_bwd_dot<D><<<static_cast<unsigned>(dot_blocks), kDotThreads, 0, stream()>>>(
-      static_cast<const bf16_t*>(P.out), static_cast<const bf16_t*>(P.dout), dr, rows);
+  float* dr_g = DUAL ? dr + rows : nullptr;
+  attn_bwd_dot<D, DUAL><<<static_cast<unsigned>(dot_blocks), kDotThreads, 0, stream()>>>(
+      static_cast<const bf16_t*>(P.out), static_cast<const bf16_t*>(P.dout), dr, rows,
+      static_cast<const bf16_t*>(P.out_g), static_cast<const bf16_t*>(P.gates), dr_g, P.gates_per_head, P.Hq, P.Sq);
   int status = check_launch(name);
   if (status == 0) {
-    attn_bwd_mma<D><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P, dr);
+    attn_bwd_mma<D, DUAL><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P, dr, dr_g);
     status = check_launch(name);
   }
   // Stream order: the next user of this block runs after the main kernel.
@@ -575,14 +720,25 @@ bool bwd_mma_supported(const BwdParams& P, int32_t dtype) {
   if (!aligned_to(P.q, 16) || !aligned_to(P.k, 16) || !aligned_to(P.v, 16) || !aligned_to(P.out, 16) ||
       !aligned_to(P.dout, 16) || !aligned_to(P.dq, 8) || !aligned_to(P.dk, 8) || !aligned_to(P.dv, 8))
     return false;
+  if (P.out_g && !aligned_to(P.out_g, 16)) return false;  // the dual backward's global output
   return device_major() >= 8;
 }
 
 int launch_bwd_mma(const BwdParams& P, int64_t BKV, const char* name) {
   if (BKV <= 0 || P.Sk <= 0 || P.n <= 0 || P.G <= 0) return 0;
-  if (P.D == 32) return launch_t<32>(P, BKV, name);
-  if (P.D == 64) return launch_t<64>(P, BKV, name);
-  if (P.D == 128) return launch_t<128>(P, BKV, name);
+  if (P.D == 32) return launch_t<32, false>(P, BKV, name);
+  if (P.D == 64) return launch_t<64, false>(P, BKV, name);
+  if (P.D == 128) return launch_t<128, false>(P, BKV, name);
+  return set_error(std::string(name) + ": the tensor-core backward takes head dims 32, 64, 128");
+}
+
+int launch_bwd_mma_dual(const BwdParams& P, int64_t BKV, const char* name) {
+  if (BKV <= 0 || P.Sk <= 0 || P.n <= 0 || P.G <= 0) return 0;
+  if (P.qidx || P.n != P.Sq || !P.out_g || !P.lse_g || !P.gates)
+    return set_error(std::string(name) + ": the dual backward needs out_g, lse_g, gates, no query_index, n == Sq");
+  if (P.D == 32) return launch_t<32, true>(P, BKV, name);
+  if (P.D == 64) return launch_t<64, true>(P, BKV, name);
+  if (P.D == 128) return launch_t<128, true>(P, BKV, name);
   return set_error(std::string(name) + ": the tensor-core backward takes head dims 32, 64, 128");
 }
 

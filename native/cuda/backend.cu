@@ -71,6 +71,8 @@ int attention_backward(const AttnArgs* a, const void* out, const void* dout, con
                        void* dv);
 int dual_attention_forward(const DualArgs* d, void* out, void* out_local, void* out_global, void* lse_local,
                            void* lse_global);
+int dual_attention_backward(const DualArgs* d, const void* out_local, const void* out_global, const void* dout,
+                            const void* lse_local, const void* lse_global, void* dq, void* dk, void* dv);
 int rope(const View* out, const View* x, const View* positions, double base, int32_t inverse);
 
 namespace {
@@ -331,6 +333,7 @@ CudaApi make_api() {
   a.attention_forward = attention_forward;
   a.attention_backward = attention_backward;
   a.dual_attention_forward = dual_attention_forward;
+  a.dual_attention_backward = dual_attention_backward;
   a.rope = rope;
   return a;
 }

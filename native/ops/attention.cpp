@@ -171,8 +171,6 @@ void dual_attention_backward(const T& dq, const T& dk, const T& dv, const T& q, 
   const DualArgs& d = pd.d;
   const AttnArgs& a = d.a;
   same_device("dualAttention", {&dq, &dk, &dv, &out_local, &out_global, &dout, &lse_local, &lse_global, &q});
-  DR_CHECK(on_cpu(q), Device, "dualAttention backward: the one-pass kernel runs on the CPU; on CUDA the gradient is ",
-           "two attention backward calls");
   const DType acc = stats_dtype(q.dtype);
   check_contig(dq, "dq", {a.B, a.Hq, a.Sq, a.D}, acc);
   check_contig(dk, "dk", {a.B, a.Hkv, a.Sk, a.D}, acc);
@@ -182,8 +180,10 @@ void dual_attention_backward(const T& dq, const T& dk, const T& dv, const T& q, 
   auto og = contiguous(out_global);
   auto dc = contiguous(dout);
   for (const T* t : {ol.get(), og.get(), dc.get()}) check_contig(*t, "out", {a.B, a.Hq, a.Sq, a.D}, q.dtype);
-  cpu::dual_attention_backward(d, ol->data(), og->data(), dc->data(), lse_local.data(), lse_global.data(), dq.data(),
-                               dk.data(), dv.data());
+  const void *pl = ol->data(), *pg = og->data(), *pdo = dc->data(), *sl = lse_local.data(), *sg = lse_global.data();
+  void *pq = dq.data(), *pk = dk.data(), *pv = dv.data();
+  DR_RUN(dq, cpu::dual_attention_backward(d, pl, pg, pdo, sl, sg, pq, pk, pv), dual_attention_backward, &d, pl, pg,
+         pdo, sl, sg, pq, pk, pv);
 }
 
 void rope(const T& out, const T& x, const T& positions, double base, bool inverse) {

@@ -83,7 +83,8 @@ void attention_backward(const T& dq, const T& dk, const T& dv, const T& q, const
 void dual_attention_forward(const T& out, const T& out_local, const T& out_global, const T& lse_local,
                             const T& lse_global, const T& q, const T& k, const T& v, const T& gates,
                             const AttnOptions& o, const T* global_rows);
-// CPU only: the dual forward's gradient w.r.t. q, k, v in one pass (added into dq, dk, dv).
+// The dual forward's gradient w.r.t. q, k, v (added into dq, dk, dv): one pass over K/V on the CPU
+// and, for bf16 head dims 32/64/128, on CUDA; otherwise two attention backwards on CUDA.
 void dual_attention_backward(const T& dq, const T& dk, const T& dv, const T& q, const T& k, const T& v,
                              const T& out_local, const T& out_global, const T& dout, const T& lse_local,
                              const T& lse_global, const T& gates, const AttnOptions& o, const T* global_rows);

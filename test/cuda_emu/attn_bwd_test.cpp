@@ -158,7 +158,7 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   cfg.kernel = "attn_bwd_mma";
   cfg.grid = static_cast<unsigned>(size_t(B) * Hkv * P.tiles);
   cfg.block = kBwdThreads;
-  cfg.dyn_smem = D == 32 ? bwd_smem_bytes<32>() : D == 64 ? bwd_smem_bytes<64>() : bwd_smem_bytes<128>();
+  cfg.dyn_smem = D == 32 ? bwd_smem_bytes<32, false>() : D == 64 ? bwd_smem_bytes<64, false>() : bwd_smem_bytes<128, false>();
   dot_cfg.sched = cfg.sched = mode.sched;
   dot_cfg.cp = cfg.cp = mode.cp;
   dot_cfg.seed = cfg.seed = seed * 31 + static_cast<uint32_t>(mode.sched) * 7 + static_cast<uint32_t>(mode.cp);
@@ -167,14 +167,14 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   float* dr = Dr.data();
   const long long nrows = static_cast<long long>(rows);
   if (D == 32) {
-    emu::launch(dot_cfg, [&] { attn_bwd_dot<32>(o, d, dr, nrows); });
-    emu::launch(cfg, [&] { attn_bwd_mma<32>(P, dr); });
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<32, false>(o, d, dr, nrows, nullptr, nullptr, nullptr, 0, Hq, Sq); });
+    emu::launch(cfg, [&] { attn_bwd_mma<32, false>(P, dr, nullptr); });
   } else if (D == 64) {
-    emu::launch(dot_cfg, [&] { attn_bwd_dot<64>(o, d, dr, nrows); });
-    emu::launch(cfg, [&] { attn_bwd_mma<64>(P, dr); });
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<64, false>(o, d, dr, nrows, nullptr, nullptr, nullptr, 0, Hq, Sq); });
+    emu::launch(cfg, [&] { attn_bwd_mma<64, false>(P, dr, nullptr); });
   } else {
-    emu::launch(dot_cfg, [&] { attn_bwd_dot<128>(o, d, dr, nrows); });
-    emu::launch(cfg, [&] { attn_bwd_mma<128>(P, dr); });
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<128, false>(o, d, dr, nrows, nullptr, nullptr, nullptr, 0, Hq, Sq); });
+    emu::launch(cfg, [&] { attn_bwd_mma<128, false>(P, dr, nullptr); });
   }
 
   for (const std::string& g : {dq.guards(), dk.guards(), dv.guards(), Dr.guards()})
@@ -188,6 +188,218 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   if (e.empty()) e = harness::compare_acc("dv", dv.data(), base, rdv, tkv, D, tol, 1e-2 * mag[2]);
   return e;
 }
+
+// ---- dual (local + global path) backward: attn_bwd_dot<D, true> and attn_bwd_mma<D, true> ------
+// Per row r of (b, h), gates g_l, g_g (bf16): P_l over the local mask's visible unpadded keys
+// (lse_l), P_g over the global (Global, same causal) ones for rows on the global path (lse_g);
+// Dr_l = g_l dout . out_l, Dr_g = g_g dout . out_g, dS = P_l (g_l dP - Dr_l) + P_g (g_g dP - Dr_g),
+// dv = (g_l P_l + g_g P_g)^T dout, dk = scale dS^T q, dq = scale dS k. Rows off the global path
+// carry a real global out / lse in the buffers (the kernel must ignore them for those rows).
+struct DualShape {
+  const char* tag;
+  int B, Hq, Hkv, Sq, Sk;
+  int mask, causal;  // local mask: 1 Sliding, 2 Block
+  long long window;
+  int pad;       // 0 none; 1 a random quarter of the keys; 2 keys [0, 70)
+  int per_head;  // gates [B, Hq, Sq, 2] instead of [B, Sq, 2]
+  int grows;     // global_rows: 0 null; 1 random (about 2/3 on); 2 all off
+};
+
+std::string run_dual_case(const DualShape& s, int D, const harness::Mode& mode, uint32_t seed) {
+  emu::clear_globals();
+  std::mt19937 r(seed);
+  const int B = s.B, Hq = s.Hq, Hkv = s.Hkv, Sq = s.Sq, Sk = s.Sk, G = Hq / Hkv, n = Sq;
+  const double scale = 2.0 / std::sqrt(double(D));
+  const size_t rows = size_t(B) * Hq * n;
+  Buf<uint16_t> q("q", size_t(B) * Hq * Sq * D, 0), k("k", size_t(B) * Hkv * Sk * D, 0),
+      v("v", size_t(B) * Hkv * Sk * D, 0), dout("dout", rows * D, 0), out_l("out_l", rows * D, 0),
+      out_g("out_g", rows * D, 0), gates("gates", (s.per_head ? rows : size_t(B) * Sq) * 2, 0);
+  Buf<float> lse_l("lse_l", rows, -INFINITY), lse_g("lse_g", rows, -INFINITY);
+  Buf<uint8_t> pad("key_padding", s.pad ? size_t(B) * Sk : 0, 0);
+  Buf<uint8_t> grows("global_rows", s.grows ? size_t(B) * Sq : 0, 0);
+  harness::random_bf16(q, r, -1.f, 1.f);
+  harness::random_bf16(k, r, -1.f, 1.f);
+  harness::random_bf16(v, r, -1.f, 1.f);
+  harness::random_bf16(dout, r, -1.f, 1.f);
+  harness::random_bf16(gates, r, -1.f, 1.5f);
+  for (size_t i = 0; i < gates.size(); ++i)
+    if (r() % 8 == 0) gates[i] = 0;  // zero gates (and, by chance, rows with both zero)
+  for (int b = 0; b < B && s.pad; ++b)
+    for (int j = 0; j < Sk; ++j) pad[size_t(b) * Sk + j] = s.pad == 1 ? r() % 4 == 0 : j < 70;
+  for (size_t i = 0; i < grows.size(); ++i) grows[i] = s.grows == 1 && r() % 3 != 0 ? uint8_t(1 + r() % 255) : 0;
+
+  auto qrow = [&](int b, int h, int qi) { return ((size_t(b) * Hq + h) * Sq + qi) * D; };
+  auto krow = [&](int b, int h, int j) { return ((size_t(b) * Hkv + h / G) * Sk + j) * D; };
+  auto on_global = [&](int b, int rr) { return !s.grows || grows[size_t(b) * Sq + rr] != 0; };
+  auto keys = [&](int b, int rr, int mask, long long window) {  // visible, unpadded keys of row rr
+    std::vector<int> js;
+    const long long p = static_cast<long long>(rr) + Sk - Sq;
+    for (int j = 0; j < Sk; ++j)
+      if (!(s.pad && pad[size_t(b) * Sk + j]) && harness::visible(mask, s.causal, window, p, j)) js.push_back(j);
+    return js;
+  };
+  auto dot = [&](const Buf<uint16_t>& x, size_t xo, const Buf<uint16_t>& y, size_t yo) {
+    double d = 0;
+    for (int i = 0; i < D; ++i) d += double(bf2f(x[xo + i])) * bf2f(y[yo + i]);
+    return d;
+  };
+  auto gate = [&](int b, int h, int rr, int path) {
+    const size_t gi = s.per_head ? (size_t(b) * Hq + h) * Sq + rr : size_t(b) * Sq + rr;
+    return double(bf2f(gates[gi * 2 + path]));
+  };
+
+  // Both paths' forward in float64, stored as the kernel reads it (bf16 out, float lse).
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < Hq; ++h)
+      for (int rr = 0; rr < n; ++rr) {
+        const size_t orow = (size_t(b) * Hq + h) * n + rr;
+        for (int path = 0; path < 2; ++path) {
+          const std::vector<int> js = path ? keys(b, rr, 0, 1) : keys(b, rr, s.mask, s.window);
+          if (js.empty()) continue;
+          Buf<uint16_t>& o = path ? out_g : out_l;
+          std::vector<double> sc;
+          double m = -INFINITY, l = 0;
+          for (int j : js) {
+            sc.push_back(scale * dot(q, qrow(b, h, rr), k, krow(b, h, j)));
+            m = std::max(m, sc.back());
+          }
+          for (double x : sc) l += std::exp(x - m);
+          (path ? lse_g : lse_l)[orow] = static_cast<float>(m + std::log(l));
+          for (int x = 0; x < D; ++x) {
+            double a = 0;
+            for (size_t i = 0; i < js.size(); ++i) a += std::exp(sc[i] - m) / l * bf2f(v[krow(b, h, js[i]) + x]);
+            o[orow * D + x] = f2bf(static_cast<float>(a));
+          }
+        }
+      }
+  // Backward reference.
+  std::vector<double> rdq(q.size(), 0), rdk(k.size(), 0), rdv(v.size(), 0), rDl(rows, 0), rDg(rows, 0);
+  std::vector<char> tq(q.size() / D, 0), tkv(k.size() / D, 0);
+  double mag[3] = {0, 0, 0};
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < Hq; ++h)
+      for (int rr = 0; rr < n; ++rr) {
+        const size_t orow = (size_t(b) * Hq + h) * n + rr;
+        const double gl = gate(b, h, rr, 0), gg = gate(b, h, rr, 1);
+        const double drl = gl * dot(dout, orow * D, out_l, orow * D), drg = gg * dot(dout, orow * D, out_g, orow * D);
+        rDl[orow] = drl;
+        rDg[orow] = drg;
+        const bool lon = lse_l[orow] != -INFINITY, gon = on_global(b, rr) && lse_g[orow] != -INFINITY;
+        const std::vector<int> jl = keys(b, rr, s.mask, s.window), jg = keys(b, rr, 0, 1);
+        for (int j = 0; j < Sk; ++j) {
+          const bool vl = lon && std::find(jl.begin(), jl.end(), j) != jl.end();
+          const bool vg = gon && std::find(jg.begin(), jg.end(), j) != jg.end();
+          if (!vl && !vg) continue;
+          const size_t qo = qrow(b, h, rr), ko = krow(b, h, j);
+          tq[qo / D] = tkv[ko / D] = 1;
+          const double sc = scale * dot(q, qo, k, ko), dp = dot(dout, orow * D, v, ko);
+          const double pl = vl ? std::exp(sc - lse_l[orow]) : 0, pg = vg ? std::exp(sc - lse_g[orow]) : 0;
+          const double ds = pl * (gl * dp - drl) + pg * (gg * dp - drg), pt = gl * pl + gg * pg;
+          const double dsa = pl * (std::fabs(gl * dp) + std::fabs(drl)) + pg * (std::fabs(gg * dp) + std::fabs(drg));
+          mag[0] = std::max(mag[0], scale * dsa);
+          mag[1] = std::max(mag[1], scale * dsa);
+          mag[2] = std::max(mag[2], std::fabs(gl) * pl + std::fabs(gg) * pg);
+          for (int x = 0; x < D; ++x) {
+            rdv[ko + x] += pt * bf2f(dout[orow * D + x]);
+            rdk[ko + x] += scale * ds * bf2f(q[qo + x]);
+            rdq[qo + x] += scale * ds * bf2f(k[ko + x]);
+          }
+        }
+      }
+
+  const float base = 0.25f;
+  Buf<float> dq("dq", q.size(), base), dk("dk", k.size(), base), dv("dv", v.size(), base), Dr("Dr", 2 * rows, NAN);
+  BwdParams P{};
+  P.q = q.data();
+  P.k = k.data();
+  P.v = v.data();
+  P.out = out_l.data();
+  P.dout = dout.data();
+  P.lse = lse_l.data();
+  P.dq = dq.data();
+  P.dk = dk.data();
+  P.dv = dv.data();
+  P.Hq = Hq;
+  P.Hkv = Hkv;
+  P.G = G;
+  P.Sq = Sq;
+  P.Sk = Sk;
+  P.n = n;
+  P.D = D;
+  P.causal = s.causal;
+  P.mask = s.mask;
+  P.window = s.window;
+  P.scale = static_cast<float>(scale);
+  P.pad = s.pad ? pad.data() : nullptr;
+  P.qidx = nullptr;
+  P.out_g = out_g.data();
+  P.lse_g = lse_g.data();
+  P.gates = gates.data();
+  P.gates_per_head = s.per_head;
+  P.global_rows = s.grows ? grows.data() : nullptr;
+  // launch_t<D, true>
+  P.KT = kBN;
+  P.tiles = (Sk + kBN - 1) / kBN;
+  const int rows_per_block = (kDotThreads / 32) * (32 / (D / 8));
+  emu::LaunchCfg dot_cfg, cfg;
+  dot_cfg.kernel = "attn_bwd_dot<D, true>";
+  dot_cfg.grid = static_cast<unsigned>((static_cast<long long>(rows) + rows_per_block - 1) / rows_per_block);
+  dot_cfg.block = kDotThreads;
+  cfg.kernel = "attn_bwd_mma<D, true>";
+  cfg.grid = static_cast<unsigned>(size_t(B) * Hkv * P.tiles);
+  cfg.block = kBwdThreads;
+  cfg.dyn_smem = D == 32 ? bwd_smem_bytes<32, true>() : D == 64 ? bwd_smem_bytes<64, true>() : bwd_smem_bytes<128, true>();
+  dot_cfg.sched = cfg.sched = mode.sched;
+  dot_cfg.cp = cfg.cp = mode.cp;
+  dot_cfg.seed = cfg.seed = seed * 31 + static_cast<uint32_t>(mode.sched) * 7 + static_cast<uint32_t>(mode.cp);
+  const bf16_t* ol = reinterpret_cast<const bf16_t*>(out_l.data());
+  const bf16_t* og = reinterpret_cast<const bf16_t*>(out_g.data());
+  const bf16_t* gt = reinterpret_cast<const bf16_t*>(gates.data());
+  const bf16_t* d = reinterpret_cast<const bf16_t*>(dout.data());
+  float* dr = Dr.data();
+  float* dr_g = dr + rows;
+  const long long nrows = static_cast<long long>(rows);
+  const int ph = s.per_head;
+  if (D == 32) {
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<32, true>(ol, d, dr, nrows, og, gt, dr_g, ph, Hq, Sq); });
+    emu::launch(cfg, [&] { attn_bwd_mma<32, true>(P, dr, dr_g); });
+  } else if (D == 64) {
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<64, true>(ol, d, dr, nrows, og, gt, dr_g, ph, Hq, Sq); });
+    emu::launch(cfg, [&] { attn_bwd_mma<64, true>(P, dr, dr_g); });
+  } else {
+    emu::launch(dot_cfg, [&] { attn_bwd_dot<128, true>(ol, d, dr, nrows, og, gt, dr_g, ph, Hq, Sq); });
+    emu::launch(cfg, [&] { attn_bwd_mma<128, true>(P, dr, dr_g); });
+  }
+
+  for (const std::string& g : {dq.guards(), dk.guards(), dv.guards(), Dr.guards()})
+    if (!g.empty()) return g;
+  for (size_t i = 0; i < 2 * rows; ++i) {
+    const double want = i < rows ? rDl[i] : rDg[i - rows];
+    if (!(std::fabs(Dr[i] - want) <= 1e-4 * (1 + std::fabs(want))))
+      return fmt("%s: row %zu got %.7g want %.7g", i < rows ? "Dr_l" : "Dr_g", i % rows, Dr[i], want);
+  }
+  const double tol = 2e-2;
+  std::string e = harness::compare_acc("dq", dq.data(), base, rdq, tq, D, tol, 1e-2 * mag[0]);
+  if (e.empty()) e = harness::compare_acc("dk", dk.data(), base, rdk, tkv, D, tol, 1e-2 * mag[1]);
+  if (e.empty()) e = harness::compare_acc("dv", dv.data(), base, rdv, tkv, D, tol, 1e-2 * mag[2]);
+  return e;
+}
+
+// clang-format off
+const DualShape kDualShapes[] = {
+  // tag                      B Hq Hkv  Sq   Sk mask causal window pad head grows
+  {"sliding-causal-g2",       1, 2, 1, 150, 150, 1, 1, 37, 0, 0, 0},
+  {"sliding-pad-sk>sq",       1, 2, 2, 130, 161, 1, 0, 40, 1, 1, 1},  // non-causal: keys past p, global causal
+  {"block-causal-g2",         1, 2, 1, 140, 140, 2, 1, 48, 0, 1, 1},
+  {"block-pad-sk>sq",         2, 2, 2,  70, 135, 2, 0, 50, 1, 0, 1},
+  {"padded-prefix-causal",    1, 1, 1, 130, 150, 1, 1, 30, 2, 0, 0},  // rows that see only padding
+  {"padded-prefix-g2",        1, 2, 1, 100, 150, 1, 0, 25, 2, 1, 1},
+  {"sq>sk-odd",               1, 2, 1,  97,  61, 1, 1, 20, 0, 0, 1},  // p < 0: -inf on both paths
+  {"decode-g2",               1, 2, 1,   3, 200, 1, 1, 50, 1, 1, 0},  // global span past the window
+  {"no-global-rows",          1, 1, 1, 100, 100, 2, 0, 32, 0, 0, 2},
+  {"window1-tiny-rows",       2, 2, 1,  65,  66, 1, 1,  1, 0, 1, 1},
+};
+// clang-format on
 
 // clang-format off
 const Shape kShapes[] = {
@@ -234,6 +446,20 @@ std::vector<harness::Case> cases() {
         // --quick: one mode per (shape, D), rotating
         out.push_back({fmt("%s/d%d/%s/%s", kPrefix, D, s.tag, harness::mode_name(m).c_str()),
                        mi == (si + di) % 3, cost, [s, D, m, seed] { return run_case(s, D, m, seed); }});
+      }
+    }
+    ++si;
+  }
+  si = 0;
+  for (const DualShape& s : kDualShapes) {
+    for (int di = 0; di < 3; ++di) {
+      const int D = Ds[di];
+      const uint32_t seed = 7u + 31u * static_cast<uint32_t>(si) + static_cast<uint32_t>(D);
+      const double cost = double(s.B) * s.Hq * ((s.Sq + 63) / 64) * ((s.Sk + 63) / 64) * (D + 32) * 4;
+      for (int mi = 0; mi < 3; ++mi) {
+        const harness::Mode m = harness::kModes[mi];
+        out.push_back({fmt("%s-dual/d%d/%s/%s", kPrefix, D, s.tag, harness::mode_name(m).c_str()),
+                       mi == (si + di) % 3, cost, [s, D, m, seed] { return run_dual_case(s, D, m, seed); }});
       }
     }
     ++si;

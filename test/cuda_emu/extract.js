@@ -58,9 +58,14 @@ const HOST_BWD = [
   'const long long rows = static_cast<long long>(BKV) * P.G * P.n;',
   'constexpr int rows_per_block = (kDotThreads / 32) * (32 / (D / 8));',
   'const long long dot_blocks = (rows + rows_per_block - 1) / rows_per_block;',
-  'constexpr int smem = bwd_smem_bytes<D>();',
-  'attn_bwd_dot<D><<<static_cast<unsigned>(dot_blocks), kDotThreads, 0, stream()>>>(',
-  'attn_bwd_mma<D><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P, dr);',
+  'constexpr int smem = bwd_smem_bytes<D, DUAL>();',
+  'DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(rows) * (DUAL ? 2 : 1) * sizeof(float)));',
+  'float* dr_g = DUAL ? dr + rows : nullptr;',
+  'attn_bwd_dot<D, DUAL><<<static_cast<unsigned>(dot_blocks), kDotThreads, 0, stream()>>>(',
+  'static_cast<const bf16_t*>(P.out), static_cast<const bf16_t*>(P.dout), dr, rows, static_cast<const bf16_t*>(P.out_g), static_cast<const bf16_t*>(P.gates), dr_g, P.gates_per_head, P.Hq, P.Sq);',
+  'attn_bwd_mma<D, DUAL><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P, dr, dr_g);',
+  'if (P.D == 32) return launch_t<32, false>(P, BKV, name);',
+  'if (P.D == 32) return launch_t<32, true>(P, BKV, name);',
 ];
 
 // The SIMT kernels' launches (launch_warp*, launch_split*, launch_bwd*, rope).
@@ -119,8 +124,8 @@ const KERNELS = [
     def: path.join(CUDA, 'attention_bwd.cu'),
     out: 'attn_bwd_kernel.inc',
     host: HOST_BWD,
-    needs: [/__global__ void __launch_bounds__\(kBwdThreads\) attn_bwd_mma\(BwdParams P, const float\* __restrict__ Dr\)/,
-      /__global__ void __launch_bounds__\(kDotThreads\) attn_bwd_dot\(/],
+    needs: [/template <int D, bool DUAL>\s*__global__ void __launch_bounds__\(kBwdThreads\) attn_bwd_mma\(BwdParams P, const float\* __restrict__ Dr,\s*const float\* __restrict__ Dr_g\)/,
+      /template <int D, bool DUAL>\s*__global__ void __launch_bounds__\(kDotThreads\) attn_bwd_dot\(/],
     shared: { dynamic: 1, static: 1 },
   },
 ];
