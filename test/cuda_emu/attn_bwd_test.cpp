@@ -30,6 +30,54 @@ struct Shape {
   double sc = 1;  // scale = sc * 2 / sqrt(D)
 };
 
+// BwdParams as launch_t's callers fill them (out / lse: the local path's for the dual), and
+// launch_t's KT, tiles and launch configurations of attn_bwd_dot (dot_cfg) and attn_bwd_mma (cfg).
+template <class S>
+BwdParams bwd_params(const S& s, int n, int D, double scale, const Buf<uint16_t>& q, const Buf<uint16_t>& k,
+                     const Buf<uint16_t>& v, const Buf<uint16_t>& out, const Buf<uint16_t>& dout, const Buf<float>& lse,
+                     Buf<float>& dq, Buf<float>& dk, Buf<float>& dv, const Buf<uint8_t>& pad) {
+  BwdParams P{};
+  P.q = q.data();
+  P.k = k.data();
+  P.v = v.data();
+  P.out = out.data();
+  P.dout = dout.data();
+  P.lse = lse.data();
+  P.dq = dq.data();
+  P.dk = dk.data();
+  P.dv = dv.data();
+  P.Hq = s.Hq;
+  P.Hkv = s.Hkv;
+  P.G = s.Hq / s.Hkv;
+  P.Sq = s.Sq;
+  P.Sk = s.Sk;
+  P.n = n;
+  P.D = D;
+  P.causal = s.causal;
+  P.mask = s.mask;
+  P.window = s.mask == 0 ? 1 : s.window;
+  P.scale = static_cast<float>(scale);
+  P.pad = s.pad ? pad.data() : nullptr;
+  P.qidx = nullptr;
+  return P;
+}
+void launch_t_cfgs(BwdParams& P, int B, size_t rows, const char* dot_name, const char* name, size_t smem,
+                   const harness::Mode& mode, uint32_t seed, emu::LaunchCfg& dot_cfg, emu::LaunchCfg& cfg) {
+  P.KT = kBN;
+  P.tiles = (P.Sk + kBN - 1) / kBN;
+  const int rows_per_block = (kDotThreads / 32) * (32 / (P.D / 8));
+  dot_cfg.kernel = dot_name;
+  dot_cfg.grid = static_cast<unsigned>((static_cast<long long>(rows) + rows_per_block - 1) / rows_per_block);
+  dot_cfg.block = kDotThreads;
+  cfg.kernel = name;
+  cfg.grid = static_cast<unsigned>(size_t(B) * P.Hkv * P.tiles);
+  cfg.block = kBwdThreads;
+  cfg.dyn_smem = smem;
+  dot_cfg.sched = cfg.sched = mode.sched;
+  dot_cfg.cp = cfg.cp = mode.cp;
+  dot_cfg.seed = cfg.seed = seed * 31 + static_cast<uint32_t>(mode.sched) * 7 + static_cast<uint32_t>(mode.cp);
+}
+
 std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t seed) {
   emu::clear_globals();
   std::mt19937 r(seed);
@@ -124,44 +172,13 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
 
   const float base = 0.25f;
   Buf<float> dq("dq", q.size(), base), dk("dk", k.size(), base), dv("dv", v.size(), base), Dr("Dr", rows, NAN);
-  BwdParams P{};
-  P.q = q.data();
-  P.k = k.data();
-  P.v = v.data();
-  P.out = out.data();
-  P.dout = dout.data();
-  P.lse = lse.data();
-  P.dq = dq.data();
-  P.dk = dk.data();
-  P.dv = dv.data();
-  P.Hq = Hq;
-  P.Hkv = Hkv;
-  P.G = G;
-  P.Sq = Sq;
-  P.Sk = Sk;
-  P.n = n;
-  P.D = D;
-  P.causal = s.causal;
-  P.mask = s.mask;
-  P.window = s.mask == 0 ? 1 : s.window;
-  P.scale = static_cast<float>(scale);
-  P.pad = s.pad ? pad.data() : nullptr;
+  BwdParams P = bwd_params(s, n, D, scale, q, k, v, out, dout, lse, dq, dk, dv, pad);
   P.qidx = s.n ? qidx.data() : nullptr;
   // launch_t
-  P.KT = kBN;
-  P.tiles = (Sk + kBN - 1) / kBN;
-  const int rows_per_block = (kDotThreads / 32) * (32 / (D / 8));
   emu::LaunchCfg dot_cfg, cfg;
-  dot_cfg.kernel = "attn_bwd_dot";
-  dot_cfg.grid = static_cast<unsigned>((static_cast<long long>(rows) + rows_per_block - 1) / rows_per_block);
-  dot_cfg.block = kDotThreads;
-  cfg.kernel = "attn_bwd_mma";
-  cfg.grid = static_cast<unsigned>(size_t(B) * Hkv * P.tiles);
-  cfg.block = kBwdThreads;
-  cfg.dyn_smem = D == 32 ? bwd_smem_bytes<32, false>() : D == 64 ? bwd_smem_bytes<64, false>() : bwd_smem_bytes<128, false>();
-  dot_cfg.sched = cfg.sched = mode.sched;
-  dot_cfg.cp = cfg.cp = mode.cp;
-  dot_cfg.seed = cfg.seed = seed * 31 + static_cast<uint32_t>(mode.sched) * 7 + static_cast<uint32_t>(mode.cp);
+  launch_t_cfgs(P, B, rows, "attn_bwd_dot", "attn_bwd_mma",
+                D == 32 ? bwd_smem_bytes<32, false>() : D == 64 ? bwd_smem_bytes<64, false>() : bwd_smem_bytes<128, false>(),
+                mode, seed, dot_cfg, cfg);
   const bf16_t* o = reinterpret_cast<const bf16_t*>(out.data());
   const bf16_t* d = reinterpret_cast<const bf16_t*>(dout.data());
   float* dr = Dr.data();
@@ -183,10 +200,7 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
     if (!(std::fabs(Dr[i] - rDr[i]) <= 1e-4 * (1 + std::fabs(rDr[i]))))
       return fmt("Dr: row %zu got %.7g want %.7g", i, Dr[i], rDr[i]);
   const double tol = 2e-2;
-  std::string e = harness::compare_acc("dq", dq.data(), base, rdq, tq, D, tol, 1e-2 * mag[0]);
-  if (e.empty()) e = harness::compare_acc("dk", dk.data(), base, rdk, tkv, D, tol, 1e-2 * mag[1]);
-  if (e.empty()) e = harness::compare_acc("dv", dv.data(), base, rdv, tkv, D, tol, 1e-2 * mag[2]);
-  return e;
+  return harness::check_grads(dq.data(), dk.data(), dv.data(), base, rdq, rdk, rdv, tq, tkv, D, tol, mag);
 }
 
 // ---- dual (local + global path) backward: attn_bwd_dot<D, true> and attn_bwd_mma<D, true> ------
@@ -309,49 +323,17 @@ std::string run_dual_case(const DualShape& s, int D, const harness::Mode& mode, 
 
   const float base = 0.25f;
   Buf<float> dq("dq", q.size(), base), dk("dk", k.size(), base), dv("dv", v.size(), base), Dr("Dr", 2 * rows, NAN);
-  BwdParams P{};
-  P.q = q.data();
-  P.k = k.data();
-  P.v = v.data();
-  P.out = out_l.data();
-  P.dout = dout.data();
-  P.lse = lse_l.data();
-  P.dq = dq.data();
-  P.dk = dk.data();
-  P.dv = dv.data();
-  P.Hq = Hq;
-  P.Hkv = Hkv;
-  P.G = G;
-  P.Sq = Sq;
-  P.Sk = Sk;
-  P.n = n;
-  P.D = D;
-  P.causal = s.causal;
-  P.mask = s.mask;
-  P.window = s.window;
-  P.scale = static_cast<float>(scale);
-  P.pad = s.pad ? pad.data() : nullptr;
-  P.qidx = nullptr;
+  BwdParams P = bwd_params(s, n, D, scale, q, k, v, out_l, dout, lse_l, dq, dk, dv, pad);  // local mask: window > 0
   P.out_g = out_g.data();
   P.lse_g = lse_g.data();
   P.gates = gates.data();
   P.gates_per_head = s.per_head;
   P.global_rows = s.grows ? grows.data() : nullptr;
   // launch_t<D, true>
-  P.KT = kBN;
-  P.tiles = (Sk + kBN - 1) / kBN;
-  const int rows_per_block = (kDotThreads / 32) * (32 / (D / 8));
   emu::LaunchCfg dot_cfg, cfg;
-  dot_cfg.kernel = "attn_bwd_dot<D, true>";
-  dot_cfg.grid = static_cast<unsigned>((static_cast<long long>(rows) + rows_per_block - 1) / rows_per_block);
-  dot_cfg.block = kDotThreads;
-  cfg.kernel = "attn_bwd_mma<D, true>";
-  cfg.grid = static_cast<unsigned>(size_t(B) * Hkv * P.tiles);
-  cfg.block = kBwdThreads;
-  cfg.dyn_smem = D == 32 ? bwd_smem_bytes<32, true>() : D == 64 ? bwd_smem_bytes<64, true>() : bwd_smem_bytes<128, true>();
-  dot_cfg.sched = cfg.sched = mode.sched;
-  dot_cfg.cp = cfg.cp = mode.cp;
-  dot_cfg.seed = cfg.seed = seed * 31 + static_cast<uint32_t>(mode.sched) * 7 + static_cast<uint32_t>(mode.cp);
+  launch_t_cfgs(P, B, rows, "attn_bwd_dot<D, true>", "attn_bwd_mma<D, true>",
+                D == 32 ? bwd_smem_bytes<32, true>() : D == 64 ? bwd_smem_bytes<64, true>() : bwd_smem_bytes<128, true>(),
+                mode, seed, dot_cfg, cfg);
   const bf16_t* ol = reinterpret_cast<const bf16_t*>(out_l.data());
   const bf16_t* og = reinterpret_cast<const bf16_t*>(out_g.data());
   const bf16_t* gt = reinterpret_cast<const bf16_t*>(gates.data());
@@ -379,10 +361,7 @@ std::string run_dual_case(const DualShape& s, int D, const harness::Mode& mode, 
       return fmt("%s: row %zu got %.7g want %.7g", i < rows ? "Dr_l" : "Dr_g", i % rows, Dr[i], want);
   }
   const double tol = 2e-2;
-  std::string e = harness::compare_acc("dq", dq.data(), base, rdq, tq, D, tol, 1e-2 * mag[0]);
-  if (e.empty()) e = harness::compare_acc("dk", dk.data(), base, rdk, tkv, D, tol, 1e-2 * mag[1]);
-  if (e.empty()) e = harness::compare_acc("dv", dv.data(), base, rdv, tkv, D, tol, 1e-2 * mag[2]);
-  return e;
+  return harness::check_grads(dq.data(), dk.data(), dv.data(), base, rdq, rdk, rdv, tq, tkv, D, tol, mag);
 }
 
 // clang-format off
@@ -433,37 +412,17 @@ const Shape kShapes[] = {
 
 std::vector<harness::Case> cases() {
   std::vector<harness::Case> out;
-  const int Ds[] = {32, 64, 128};
-  int si = 0;
-  for (const Shape& s : kShapes) {
-    for (int di = 0; di < 3; ++di) {
-      const int D = Ds[di];
-      const uint32_t seed = 1u + 17u * static_cast<uint32_t>(si) + static_cast<uint32_t>(D);
-      const int n = s.n ? s.n : s.Sq;
-      const double cost = double(s.B) * s.Hq * ((n + 63) / 64) * ((s.Sk + 63) / 64) * (D + 32) * 2.5;
-      for (int mi = 0; mi < 3; ++mi) {
-        const harness::Mode m = harness::kModes[mi];
-        // --quick: one mode per (shape, D), rotating
-        out.push_back({fmt("%s/d%d/%s/%s", kPrefix, D, s.tag, harness::mode_name(m).c_str()),
-                       mi == (si + di) % 3, cost, [s, D, m, seed] { return run_case(s, D, m, seed); }});
-      }
-    }
-    ++si;
-  }
-  si = 0;
-  for (const DualShape& s : kDualShapes) {
-    for (int di = 0; di < 3; ++di) {
-      const int D = Ds[di];
-      const uint32_t seed = 7u + 31u * static_cast<uint32_t>(si) + static_cast<uint32_t>(D);
-      const double cost = double(s.B) * s.Hq * ((s.Sq + 63) / 64) * ((s.Sk + 63) / 64) * (D + 32) * 4;
-      for (int mi = 0; mi < 3; ++mi) {
-        const harness::Mode m = harness::kModes[mi];
-        out.push_back({fmt("%s-dual/d%d/%s/%s", kPrefix, D, s.tag, harness::mode_name(m).c_str()),
-                       mi == (si + di) % 3, cost, [s, D, m, seed] { return run_dual_case(s, D, m, seed); }});
-      }
-    }
-    ++si;
-  }
+  harness::add_cases(
+      out, kShapes, kPrefix, 1u, 17u,
+      [](const Shape& s, int D) {
+        const int n = s.n ? s.n : s.Sq;
+        return double(s.B) * s.Hq * ((n + 63) / 64) * ((s.Sk + 63) / 64) * (D + 32) * 2.5;
+      },
+      run_case);
+  harness::add_cases(
+      out, kDualShapes, std::string(kPrefix) + "-dual", 7u, 31u,
+      [](const DualShape& s, int D) { return double(s.B) * s.Hq * ((s.Sq + 63) / 64) * ((s.Sk + 63) / 64) * (D + 32) * 4; },
+      run_dual_case);
   return out;
 }
 

@@ -9,6 +9,7 @@
 // mma_smem_bytes<D>() bytes of dynamic shared memory (extract.js checks those host lines).
 #include "attn_fwd_kernel.inc"
 #include "harness.h"
+#include "reference.h"
 
 using namespace dualroute::cuda;  // FwdParams, attn_fwd_mma, kBM, kMmaThreads, mma_smem_bytes, g_attn_bad
 using harness::Buf;
@@ -29,118 +30,8 @@ struct Shape {
   double sc = 1;  // scale = sc * 2 / sqrt(D)
 };
 
-// The inputs and the reference of one case.
-struct Problem {
-  Shape s;
-  int D, n, G;
-  double scale;
-  Buf<uint16_t> q, k, v;
-  Buf<uint8_t> pad, grows;
-  Buf<int32_t> qidx;
-  Buf<uint16_t> gates;
-  // reference per output row (b, h, r); mix = out for the forward
-  std::vector<double> out, lse, out_g, lse_g, mix;
-  std::vector<char> empty, empty_g, empty_mix;
-  std::vector<long long> bad;  // b * n + r with query_index[b, r] outside [0, Sq)
-
-  Problem(const Shape& sh, int D_, std::mt19937& r)
-      : s(sh),
-        D(D_),
-        n(sh.n ? sh.n : sh.Sq),
-        G(sh.Hq / sh.Hkv),
-        scale(sh.sc * 2.0 / std::sqrt(static_cast<double>(D_))),
-        q("q", size_t(sh.B) * sh.Hq * sh.Sq * D_, 0),
-        k("k", size_t(sh.B) * sh.Hkv * sh.Sk * D_, 0),
-        v("v", size_t(sh.B) * sh.Hkv * sh.Sk * D_, 0),
-        pad("key_padding", sh.pad ? size_t(sh.B) * sh.Sk : 0, 0),
-        grows("global_rows", sh.grows ? size_t(sh.B) * sh.Sq : 0, 1),
-        qidx("query_index", sh.n ? size_t(sh.B) * sh.n : 0, 0),
-        gates("gates", sh.dual == 1 ? size_t(sh.B) * sh.Sq * 2 : sh.dual == 2 ? size_t(sh.B) * sh.Hq * sh.Sq * 2 : 0, 0) {
-    harness::random_bf16(q, r, -1.f, 1.f);
-    harness::random_bf16(k, r, -1.f, 1.f);
-    harness::random_bf16(v, r, -1.f, 1.f);
-    harness::random_bf16(gates, r, -1.f, 1.5f);
-    for (int b = 0; b < s.B && s.pad; ++b)
-      for (int j = 0; j < s.Sk; ++j) {
-        uint8_t& p = pad[size_t(b) * s.Sk + j];
-        if (s.pad == 1) p = r() % 4 == 0;
-        if (s.pad == 2) p = j < 70;
-        if (s.pad == 3) p = b == 0 || r() % 5 == 0;
-      }
-    for (size_t i = 0; i < grows.size(); ++i) grows[i] = r() % 2;
-    for (size_t i = 0; i < qidx.size(); ++i) {
-      qidx[i] = static_cast<int32_t>(r() % (s.Sq + 6)) - 3;  // repeats, and -3..-1, Sq..Sq+2
-      if (qidx[i] < 0 || qidx[i] >= s.Sq) bad.push_back(static_cast<long long>(i));
-    }
-    reference();
-  }
-
-  // One path of one row: o[D] and the lse, or -inf (o = 0) when no key is visible.
-  double attend(int b, int h, int qi, int mask, int causal, long long window, double* o) const {
-    const int hk = h / G;
-    const long long p = static_cast<long long>(qi) + s.Sk - s.Sq;
-    std::vector<double> sc;
-    std::vector<int> js;
-    double m = -INFINITY;
-    for (int j = 0; j < s.Sk; ++j) {
-      if (!visible_key(b, mask, causal, window, p, j)) continue;
-      double d = 0;
-      for (int x = 0; x < D; ++x)
-        d += double(bf2f(q[((size_t(b) * s.Hq + h) * s.Sq + qi) * D + x])) *
-             bf2f(k[((size_t(b) * s.Hkv + hk) * s.Sk + j) * D + x]);
-      sc.push_back(scale * d);
-      js.push_back(j);
-      m = std::max(m, scale * d);
-    }
-    for (int x = 0; x < D; ++x) o[x] = 0;
-    if (js.empty()) return -INFINITY;
-    double l = 0;
-    for (double x : sc) l += std::exp(x - m);
-    for (size_t i = 0; i < js.size(); ++i) {
-      const double w = std::exp(sc[i] - m) / l;
-      for (int x = 0; x < D; ++x) o[x] += w * bf2f(v[((size_t(b) * s.Hkv + hk) * s.Sk + js[i]) * D + x]);
-    }
-    return m + std::log(l);
-  }
-  bool visible_key(int b, int mask, int causal, long long window, long long p, int j) const {
-    if (s.pad && pad[size_t(b) * s.Sk + j]) return false;
-    return harness::visible(mask, causal, window, p, j);
-  }
-
-  void reference() {
-    const size_t rows = size_t(s.B) * s.Hq * n;
-    out.assign(rows * D, 0);
-    out_g.assign(rows * D, 0);
-    mix.assign(rows * D, 0);
-    lse.assign(rows, -INFINITY);
-    lse_g.assign(rows, -INFINITY);
-    empty.assign(rows, 1);
-    empty_g.assign(rows, 1);
-    empty_mix.assign(rows, 1);
-    for (int b = 0; b < s.B; ++b)
-      for (int h = 0; h < s.Hq; ++h)
-        for (int rr = 0; rr < n; ++rr) {
-          const size_t row = (size_t(b) * s.Hq + h) * n + rr;
-          const int qi = s.n ? qidx[size_t(b) * n + rr] : rr;
-          if (qi < 0 || qi >= s.Sq) continue;
-          lse[row] = attend(b, h, qi, s.mask, s.causal, s.window, &out[row * D]);
-          empty[row] = std::isinf(lse[row]);
-          if (!s.dual) {
-            std::copy(&out[row * D], &out[row * D] + D, &mix[row * D]);
-            empty_mix[row] = empty[row];
-            continue;
-          }
-          if (!s.grows || grows[size_t(b) * s.Sq + qi]) {
-            lse_g[row] = attend(b, h, qi, 0, s.causal, 1, &out_g[row * D]);
-            empty_g[row] = std::isinf(lse_g[row]);
-          }
-          const size_t gi = 2 * (s.dual == 2 ? row : size_t(b) * s.Sq + rr);
-          const double g0 = bf2f(gates[gi]), g1 = bf2f(gates[gi + 1]);
-          for (int x = 0; x < D; ++x) mix[row * D + x] = g0 * out[row * D + x] + g1 * out_g[row * D + x];
-          empty_mix[row] = empty[row] && empty_g[row];
-        }
-  }
-};
+// The inputs and the reference of one case (reference.h).
+using Problem = harness::Problem<Shape, uint16_t>;
 
 template <int D, bool DUAL>
 void launch(const FwdParams& P, const emu::LaunchCfg& cfg) {
@@ -162,19 +53,7 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   P.q = pr.q.data();
   P.k = pr.k.data();
   P.v = pr.v.data();
-  if (s.dual) {
-    P.out = out_l.data();
-    P.lse = s.nolse ? nullptr : lse.data();
-    P.out_mix = out.data();
-    P.out_g = out_g.data();
-    P.lse_g = s.nolse ? nullptr : lse_g.data();
-    P.gates = pr.gates.data();
-    P.gates_per_head = s.dual == 2;
-    P.global_rows = s.grows ? pr.grows.data() : nullptr;
-  } else {
-    P.out = out.data();
-    P.lse = s.nolse ? nullptr : lse.data();
-  }
+  harness::set_fwd_outputs(P, pr, s.dual, out, out_l, out_g, lse, lse_g);
   P.Hq = s.Hq;
   P.Hkv = s.Hkv;
   P.G = pr.G;
@@ -208,32 +87,8 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
     if (!g.empty()) return g;
   const double tol = 2e-2, ltol = 1e-4;
   auto bf = [](const Buf<uint16_t>& b) { return [&b](size_t i) { return bf2f(b[i]); }; };
-  std::string e;
-  if (s.dual) {
-    e = harness::compare("out_local", rows, D, bf(out_l), pr.out, pr.empty, tol);
-    if (e.empty()) e = harness::compare("out_global", rows, D, bf(out_g), pr.out_g, pr.empty_g, tol);
-    if (e.empty()) e = harness::compare("out", rows, D, bf(out), pr.mix, pr.empty_mix, tol);
-    if (e.empty() && !s.nolse) e = harness::compare_lse("lse_local", lse.data(), pr.lse, ltol);
-    if (e.empty() && !s.nolse) e = harness::compare_lse("lse_global", lse_g.data(), pr.lse_g, ltol);
-  } else {
-    e = harness::compare("out", rows, D, bf(out), pr.out, pr.empty, tol);
-    if (e.empty() && !s.nolse) e = harness::compare_lse("lse", lse.data(), pr.lse, ltol);
-  }
-  if (!e.empty()) return e;
-  if (s.nolse)
-    for (size_t i = 0; i < rows; ++i)
-      if (!std::isnan(lse[i])) return fmt("lse is null but lse[%zu] was written", i);
-
-  // record_bad: called for exactly the out-of-range query_index positions; the slot keeps the smallest.
-  std::vector<long long> got = emu::g_bad;
-  std::sort(got.begin(), got.end());
-  got.erase(std::unique(got.begin(), got.end()), got.end());
-  if (got != pr.bad)
-    return fmt("record_bad: %zu positions recorded (first %lld), %zu bad query_index entries (first %lld)", got.size(),
-               got.empty() ? -1LL : got[0], pr.bad.size(), pr.bad.empty() ? -1LL : pr.bad[0]);
-  const unsigned long long want = pr.bad.empty() ? ~0ull : static_cast<unsigned long long>(pr.bad[0]);
-  if (g_attn_bad != want) return fmt("bad-index slot holds %llu, want %llu", g_attn_bad, want);
-  return "";
+  return harness::check_fwd(pr, s.dual, s.nolse, rows, D, bf(out), bf(out_l), bf(out_g), lse.data(), lse_g.data(), tol,
+                            ltol, g_attn_bad);
 }
 
 // clang-format off
@@ -278,23 +133,13 @@ const Shape kShapes[] = {
 
 std::vector<harness::Case> cases() {
   std::vector<harness::Case> out;
-  const int Ds[] = {32, 64, 128};
-  int si = 0;
-  for (const Shape& s : kShapes) {
-    for (int di = 0; di < 3; ++di) {
-      const int D = Ds[di];
-      const uint32_t seed = 1000u + 17u * static_cast<uint32_t>(si) + static_cast<uint32_t>(D);
-      const int n = s.n ? s.n : s.Sq;
-      const double cost = double(s.B) * s.Hq * ((n + 63) / 64) * ((s.Sk + 63) / 64) * (D + 32) * (s.dual ? 2 : 1);
-      for (int mi = 0; mi < 3; ++mi) {
-        const harness::Mode m = harness::kModes[mi];
-        // --quick: one mode per (shape, D), rotating
-        out.push_back({fmt("fwd/d%d/%s/%s", D, s.tag, harness::mode_name(m).c_str()),
-                       mi == (si + di) % 3, cost, [s, D, m, seed] { return run_case(s, D, m, seed); }});
-      }
-    }
-    ++si;
-  }
+  harness::add_cases(
+      out, kShapes, "fwd", 1000u, 17u,
+      [](const Shape& s, int D) {
+        const int n = s.n ? s.n : s.Sq;
+        return double(s.B) * s.Hq * ((n + 63) / 64) * ((s.Sk + 63) / 64) * (D + 32) * (s.dual ? 2 : 1);
+      },
+      run_case);
   return out;
 }
 

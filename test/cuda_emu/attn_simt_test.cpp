@@ -10,6 +10,7 @@
 #include "attn_fwd_kernel.inc"
 #include "attn_simt_kernel.inc"
 #include "harness.h"
+#include "reference.h"
 
 using namespace dualroute::cuda;
 using harness::Buf;
@@ -20,17 +21,9 @@ namespace {
 // Storage of a T tensor: float, or bf16 bits.
 template <class T> struct Store { using type = float; };
 template <> struct Store<bf16_t> { using type = uint16_t; };
-inline double val(float x) { return x; }
-inline double val(uint16_t x) { return bf2f(x); }
-template <class S> S enc(float x);
-template <> float enc<float>(float x) { return x; }
-template <> uint16_t enc<uint16_t>(float x) { return f2bf(x); }
-
-template <class S>
-void fill(Buf<S>& b, std::mt19937& r, float lo, float hi) {
-  std::uniform_real_distribution<float> u(lo, hi);
-  for (size_t i = 0; i < b.size(); ++i) b[i] = enc<S>(u(r));
-}
+using harness::enc;
+using harness::fill;
+using harness::val;
 
 // DPL of launch_warp_d / launch_split / launch_bwd.
 int dpl_for(int D) { return D <= 32 ? 1 : D <= 64 ? 2 : D <= 128 ? 4 : D <= 256 ? 8 : 16; }
@@ -63,121 +56,12 @@ struct Shape {
   int grows = 0;  // dual: random global_rows
   int nolse = 0;  // forward: lse pointers null
   int S = 0;      // split: chunks per row
+  double sc = 1;  // scale = sc * 2 / sqrt(D)
 };
 
 // Inputs and float64 forward reference of one attention case, T-stored.
 template <class T>
-struct Problem {
-  using St = typename Store<T>::type;
-  Shape s;
-  int D, n, G;
-  double scale;
-  Buf<St> q, k, v, gates;
-  Buf<uint8_t> pad, grows;
-  Buf<int32_t> qidx;
-  std::vector<double> out, lse, out_g, lse_g, mix;
-  std::vector<char> empty, empty_g, empty_mix;
-  std::vector<long long> bad;
-
-  Problem(const Shape& sh, int D_, std::mt19937& r)
-      : s(sh), D(D_), n(sh.n ? sh.n : sh.Sq), G(sh.Hq / sh.Hkv), scale(2.0 / std::sqrt(double(D_))),
-        q("q", size_t(sh.B) * sh.Hq * sh.Sq * D_, 0), k("k", size_t(sh.B) * sh.Hkv * sh.Sk * D_, 0),
-        v("v", size_t(sh.B) * sh.Hkv * sh.Sk * D_, 0),
-        gates("gates", sh.dual == 1 ? size_t(sh.B) * sh.Sq * 2 : sh.dual == 2 ? size_t(sh.B) * sh.Hq * sh.Sq * 2 : 0, 0),
-        pad("key_padding", sh.pad ? size_t(sh.B) * sh.Sk : 0, 0), grows("global_rows", sh.grows ? size_t(sh.B) * sh.Sq : 0, 1),
-        qidx("query_index", sh.n ? size_t(sh.B) * sh.n : 0, 0) {
-    fill(q, r, -1.f, 1.f);
-    fill(k, r, -1.f, 1.f);
-    fill(v, r, -1.f, 1.f);
-    fill(gates, r, -1.f, 1.5f);
-    for (int b = 0; b < s.B && s.pad; ++b)
-      for (int j = 0; j < s.Sk; ++j) {
-        uint8_t& p = pad[size_t(b) * s.Sk + j];
-        if (s.pad == 1) p = r() % 4 == 0;
-        if (s.pad == 2) p = j < 70;
-        if (s.pad == 3) p = b == 0 || r() % 5 == 0;
-      }
-    for (size_t i = 0; i < grows.size(); ++i) grows[i] = r() % 2;
-    for (size_t i = 0; i < qidx.size(); ++i) {
-      qidx[i] = static_cast<int32_t>(r() % (s.Sq + 6)) - 3;
-      if (qidx[i] < 0 || qidx[i] >= s.Sq) bad.push_back(static_cast<long long>(i));
-    }
-    reference();
-  }
-  size_t qrow(int b, int h, int qi) const { return ((size_t(b) * s.Hq + h) * s.Sq + qi) * D; }
-  size_t krow(int b, int h, int j) const { return ((size_t(b) * s.Hkv + h / G) * s.Sk + j) * D; }
-  int query(int b, int rr) const { return s.n ? qidx[size_t(b) * n + rr] : rr; }
-  bool vis(int b, int mask, int causal, long long window, long long p, int j) const {
-    return !(s.pad && pad[size_t(b) * s.Sk + j]) && harness::visible(mask, causal, window, p, j);
-  }
-  double dot(const Buf<St>& x, size_t xo, const Buf<St>& y, size_t yo) const {
-    double d = 0;
-    for (int i = 0; i < D; ++i) d += val(x[xo + i]) * val(y[yo + i]);
-    return d;
-  }
-  // One path of one row: o[D] and the lse (-inf, o = 0 when no key is visible).
-  double attend(int b, int h, int qi, int mask, int causal, long long window, double* o) const {
-    const long long p = static_cast<long long>(qi) + s.Sk - s.Sq;
-    std::vector<double> sc;
-    std::vector<int> js;
-    double m = -INFINITY, l = 0;
-    for (int j = 0; j < s.Sk; ++j)
-      if (vis(b, mask, causal, window, p, j)) {
-        sc.push_back(scale * dot(q, qrow(b, h, qi), k, krow(b, h, j)));
-        js.push_back(j);
-        m = std::max(m, sc.back());
-      }
-    std::fill(o, o + D, 0.0);
-    if (js.empty()) return -INFINITY;
-    for (double x : sc) l += std::exp(x - m);
-    for (size_t i = 0; i < js.size(); ++i)
-      for (int x = 0; x < D; ++x) o[x] += std::exp(sc[i] - m) / l * val(v[krow(b, h, js[i]) + x]);
-    return m + std::log(l);
-  }
-  void reference() {
-    const size_t rows = size_t(s.B) * s.Hq * n;
-    out.assign(rows * D, 0), out_g.assign(rows * D, 0), mix.assign(rows * D, 0);
-    lse.assign(rows, -INFINITY), lse_g.assign(rows, -INFINITY);
-    empty.assign(rows, 1), empty_g.assign(rows, 1), empty_mix.assign(rows, 1);
-    for (int b = 0; b < s.B; ++b)
-      for (int h = 0; h < s.Hq; ++h)
-        for (int rr = 0; rr < n; ++rr) {
-          const size_t row = (size_t(b) * s.Hq + h) * n + rr;
-          const int qi = query(b, rr);
-          if (qi < 0 || qi >= s.Sq) continue;
-          lse[row] = attend(b, h, qi, s.mask, s.causal, s.window, &out[row * D]);
-          empty[row] = std::isinf(lse[row]);
-          if (!s.dual) continue;
-          if (!s.grows || grows[size_t(b) * s.Sq + qi]) {
-            lse_g[row] = attend(b, h, qi, 0, s.causal, 1, &out_g[row * D]);
-            empty_g[row] = std::isinf(lse_g[row]);
-          }
-          const size_t gi = 2 * (s.dual == 2 ? row : size_t(b) * s.Sq + rr);
-          const double g0 = val(gates[gi]), g1 = val(gates[gi + 1]);
-          for (int x = 0; x < D; ++x) mix[row * D + x] = g0 * out[row * D + x] + g1 * out_g[row * D + x];
-          empty_mix[row] = empty[row] && empty_g[row];
-        }
-  }
-  // FwdParams / BwdParams fields common_params fills.
-  template <class P>
-  void common(P& p) const {
-    p.q = q.data();
-    p.k = k.data();
-    p.v = v.data();
-    p.Hq = s.Hq;
-    p.Hkv = s.Hkv;
-    p.G = G;
-    p.Sq = s.Sq;
-    p.Sk = s.Sk;
-    p.n = n;
-    p.D = D;
-    p.causal = s.causal;
-    p.mask = s.mask;
-    p.window = s.mask == 0 ? 1 : std::min<long long>(s.window, 1LL << 40);
-    p.pad = s.pad ? pad.data() : nullptr;
-    p.qidx = s.n ? qidx.data() : nullptr;
-  }
-};
+using Problem = harness::Problem<Shape, typename Store<T>::type>;
 
 emu::LaunchCfg cfg_of(const char* name, long long grid, int block, size_t smem, const harness::Mode& m, uint32_t seed) {
   emu::LaunchCfg c;
@@ -207,19 +91,7 @@ std::string run_fwd(const Shape& s, Kind kind, int D, const harness::Mode& mode,
   Buf<float> part("split_scratch", kind == Split ? rows * S * (2 + D) : 0, NAN);
   FwdParams P{};
   pr.common(P);
-  if (dual) {
-    P.out = out_l.data();
-    P.lse = s.nolse ? nullptr : lse.data();
-    P.out_mix = out.data();
-    P.out_g = out_g.data();
-    P.lse_g = s.nolse ? nullptr : lse_g.data();
-    P.gates = pr.gates.data();
-    P.gates_per_head = s.dual == 2;
-    P.global_rows = s.grows ? pr.grows.data() : nullptr;
-  } else {
-    P.out = out.data();
-    P.lse = s.nolse ? nullptr : lse.data();
-  }
+  harness::set_fwd_outputs(P, pr, dual, out, out_l, out_g, lse, lse_g);
   P.scale2 = static_cast<float>(pr.scale * kLog2e);
   g_attn_bad = ~0ull;
   emu::g_bad.clear();
@@ -245,30 +117,8 @@ std::string run_fwd(const Shape& s, Kind kind, int D, const harness::Mode& mode,
     if (!g.empty()) return g;
   const double tol = bf ? 1e-2 : 1e-5, ltol = 1e-5;
   auto get = [](const Buf<St>& b) { return [&b](size_t i) { return static_cast<float>(val(b[i])); }; };
-  std::string e;
-  if (dual) {
-    e = harness::compare("out_local", rows, D, get(out_l), pr.out, pr.empty, tol);
-    if (e.empty()) e = harness::compare("out_global", rows, D, get(out_g), pr.out_g, pr.empty_g, tol);
-    if (e.empty()) e = harness::compare("out", rows, D, get(out), pr.mix, pr.empty_mix, tol);
-    if (e.empty() && !s.nolse) e = harness::compare_lse("lse_local", lse.data(), pr.lse, ltol);
-    if (e.empty() && !s.nolse) e = harness::compare_lse("lse_global", lse_g.data(), pr.lse_g, ltol);
-  } else {
-    e = harness::compare("out", rows, D, get(out), pr.out, pr.empty, tol);
-    if (e.empty() && !s.nolse) e = harness::compare_lse("lse", lse.data(), pr.lse, ltol);
-  }
-  if (!e.empty()) return e;
-  if (s.nolse)
-    for (size_t i = 0; i < rows; ++i)
-      if (!std::isnan(lse[i])) return fmt("lse is null but lse[%zu] was written", i);
-  std::vector<long long> got = emu::g_bad;
-  std::sort(got.begin(), got.end());
-  got.erase(std::unique(got.begin(), got.end()), got.end());
-  if (got != pr.bad)
-    return fmt("record_bad: %zu positions recorded (first %lld), %zu bad query_index entries (first %lld)", got.size(),
-               got.empty() ? -1LL : got[0], pr.bad.size(), pr.bad.empty() ? -1LL : pr.bad[0]);
-  const unsigned long long want = pr.bad.empty() ? ~0ull : static_cast<unsigned long long>(pr.bad[0]);
-  if (g_attn_bad != want) return fmt("bad-index slot holds %llu, want %llu", g_attn_bad, want);
-  return "";
+  return harness::check_fwd(pr, dual, s.nolse, rows, D, get(out), get(out_l), get(out_g), lse.data(), lse_g.data(), tol,
+                            ltol, g_attn_bad);
 }
 
 template <class T>
@@ -334,10 +184,7 @@ std::string run_bwd(const Shape& s, int D, const harness::Mode& mode, uint32_t s
   for (const std::string& g : {dq.guards(), dk.guards(), dv.guards()})
     if (!g.empty()) return g;
   const double tol = 1e-3;
-  std::string e = harness::compare_acc("dq", dq.data(), base, rdq, tq, D, tol, 1e-2 * mag[0]);
-  if (e.empty()) e = harness::compare_acc("dk", dk.data(), base, rdk, tkv, D, tol, 1e-2 * mag[1]);
-  if (e.empty()) e = harness::compare_acc("dv", dv.data(), base, rdv, tkv, D, tol, 1e-2 * mag[2]);
-  return e;
+  return harness::check_grads(dq.data(), dk.data(), dv.data(), base, rdq, rdk, rdv, tq, tkv, D, tol, mag);
 }
 
 struct RopeShape {

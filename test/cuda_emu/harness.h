@@ -207,4 +207,97 @@ inline std::string compare_lse(const char* what, const float* got, const std::ve
   return "";
 }
 
+// ---- checks shared by the tests ----------------------------------------------------------------
+// FwdParams output fields as attention_forward / dual_attention_forward fill them (dual: out_l
+// the local path, out the gated mix; lse pointers null for s.nolse); pr: the tests' Problem.
+template <class Params, class Ref, class O>
+void set_fwd_outputs(Params& P, const Ref& pr, bool dual, Buf<O>& out, Buf<O>& out_l, Buf<O>& out_g, Buf<float>& lse,
+                     Buf<float>& lse_g) {
+  const auto& s = pr.s;
+  if (dual) {
+    P.out = out_l.data();
+    P.lse = s.nolse ? nullptr : lse.data();
+    P.out_mix = out.data();
+    P.out_g = out_g.data();
+    P.lse_g = s.nolse ? nullptr : lse_g.data();
+    P.gates = pr.gates.data();
+    P.gates_per_head = s.dual == 2;
+    P.global_rows = s.grows ? pr.grows.data() : nullptr;
+  } else {
+    P.out = out.data();
+    P.lse = s.nolse ? nullptr : lse.data();
+  }
+}
+
+// Forward outputs against a reference (pr: out, lse, out_g, lse_g, mix, empty, empty_g, empty_mix,
+// bad, as the tests' Problem): the compares (dual: out_local, out_global, the gated out, both lse),
+// unwritten lse when its pointer is null, and record_bad / the bad-index slot (bad_slot, the
+// kernel's g_attn_bad): called for exactly the out-of-range query_index positions, the slot
+// keeps the smallest. out / out_l / out_g: element i as float.
+template <class Ref, class Get>
+std::string check_fwd(const Ref& pr, bool dual, bool nolse, size_t rows, size_t D, Get out, Get out_l, Get out_g,
+                      const float* lse, const float* lse_g, double tol, double ltol, unsigned long long bad_slot) {
+  std::string e;
+  if (dual) {
+    e = compare("out_local", rows, D, out_l, pr.out, pr.empty, tol);
+    if (e.empty()) e = compare("out_global", rows, D, out_g, pr.out_g, pr.empty_g, tol);
+    if (e.empty()) e = compare("out", rows, D, out, pr.mix, pr.empty_mix, tol);
+    if (e.empty() && !nolse) e = compare_lse("lse_local", lse, pr.lse, ltol);
+    if (e.empty() && !nolse) e = compare_lse("lse_global", lse_g, pr.lse_g, ltol);
+  } else {
+    e = compare("out", rows, D, out, pr.out, pr.empty, tol);
+    if (e.empty() && !nolse) e = compare_lse("lse", lse, pr.lse, ltol);
+  }
+  if (!e.empty()) return e;
+  if (nolse)
+    for (size_t i = 0; i < rows; ++i)
+      if (!std::isnan(lse[i])) return fmt("lse is null but lse[%zu] was written", i);
+
+  std::vector<long long> got = emu::g_bad;
+  std::sort(got.begin(), got.end());
+  got.erase(std::unique(got.begin(), got.end()), got.end());
+  if (got != pr.bad)
+    return fmt("record_bad: %zu positions recorded (first %lld), %zu bad query_index entries (first %lld)", got.size(),
+               got.empty() ? -1LL : got[0], pr.bad.size(), pr.bad.empty() ? -1LL : pr.bad[0]);
+  const unsigned long long want = pr.bad.empty() ? ~0ull : static_cast<unsigned long long>(pr.bad[0]);
+  if (bad_slot != want) return fmt("bad-index slot holds %llu, want %llu", bad_slot, want);
+  return "";
+}
+
+// dq, dk, dv (accumulators started at base) against the backward reference: compare_acc with
+// floor 1e-2 mag[i] (mag: largest sum of |terms| of an element of dq, dk, dv).
+inline std::string check_grads(const float* dq, const float* dk, const float* dv, float base,
+                               const std::vector<double>& rdq, const std::vector<double>& rdk,
+                               const std::vector<double>& rdv, const std::vector<char>& tq,
+                               const std::vector<char>& tkv, size_t D, double tol, const double mag[3]) {
+  std::string e = compare_acc("dq", dq, base, rdq, tq, D, tol, 1e-2 * mag[0]);
+  if (e.empty()) e = compare_acc("dk", dk, base, rdk, tkv, D, tol, 1e-2 * mag[1]);
+  if (e.empty()) e = compare_acc("dv", dv, base, rdv, tkv, D, tol, 1e-2 * mag[2]);
+  return e;
+}
+
+// ---- case enumeration --------------------------------------------------------------------------
+// Every shape x head dims {32, 64, 128} x the three modes, named "<prefix>/d<D>/<tag>/<mode>";
+// seed = seed0 + step * (shape index) + D; --quick: one mode per (shape, D), rotating.
+// cost(s, D) and run(s, D, mode, seed) as in Case.
+template <class Shapes, class Cost, class Run>
+void add_cases(std::vector<Case>& out, const Shapes& shapes, const std::string& prefix, uint32_t seed0, uint32_t step,
+               Cost cost, Run run) {
+  const int Ds[] = {32, 64, 128};
+  int si = 0;
+  for (const auto& s : shapes) {
+    for (int di = 0; di < 3; ++di) {
+      const int D = Ds[di];
+      const uint32_t seed = seed0 + step * static_cast<uint32_t>(si) + static_cast<uint32_t>(D);
+      const double c = cost(s, D);
+      for (int mi = 0; mi < 3; ++mi) {
+        const Mode m = kModes[mi];
+        out.push_back({fmt("%s/d%d/%s/%s", prefix.c_str(), D, s.tag, mode_name(m).c_str()), mi == (si + di) % 3, c,
+                       [run, s, D, m, seed] { return run(s, D, m, seed); }});
+      }
+    }
+    ++si;
+  }
+}
+
 }  // namespace harness
