@@ -133,10 +133,7 @@ function attend(op: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask: 
       const [sq, sk, sv, so, sl] = s;
       const skp = kp ? s[5] : undefined;
       const sqi = qi ? s[kp ? 6 : 5] : undefined;
-      const acc = statsDType(sq.dtype);
-      const dq = zeros(sq.shape.slice(), { dtype: acc, device: sq.device });
-      const dk = zeros(sk.shape.slice(), { dtype: acc, device: sq.device });
-      const dv = zeros(sv.shape.slice(), { dtype: acc, device: sq.device });
+      const [dq, dk, dv] = gradAccumulators(sq, sk, sv);
       nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, so.handle, g.handle,
         sl.handle, mask, causal, window, p.scale, skp ? skp.handle : -1, sqi ? sqi.handle : -1));
       return [dq, dk, dv]; // the engine casts them to the inputs' dtype
@@ -147,6 +144,12 @@ function attend(op: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask: 
     return out;
   }
   return { out, lse: lse! };
+}
+
+/** Zeroed float32 (float64) dq, dk, dv that the attention backward kernels add into. */
+function gradAccumulators(q: Tensor, k: Tensor, v: Tensor): Tensor[] {
+  const dtype = statsDType(q.dtype);
+  return [q, k, v].map((t) => zeros(t.shape.slice(), { dtype, device: q.device }));
 }
 
 /** softmax(q k^T * scale + mask) v over all (or causally visible) keys. */
@@ -224,10 +227,7 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
       const [sq, sk, sv, oL, oG, lL, lG, sg] = s;
       const skp = kp ? s[8] : undefined;
       const srows = rows ? s[kp ? 9 : 8] : undefined;
-      const acc = statsDType(sq.dtype);
-      const dq = zeros(sq.shape.slice(), { dtype: acc, device: sq.device });
-      const dk = zeros(sk.shape.slice(), { dtype: acc, device: sq.device });
-      const dv = zeros(sv.shape.slice(), { dtype: acc, device: sq.device });
+      const [dq, dk, dv] = gradAccumulators(sq, sk, sv);
       // one pass over K/V for both paths (CPU; CUDA bf16 head dims 32/64/128), else the two
       // paths' backwards with gate-scaled douts inside the CUDA backend
       nat(() => native.dualAttentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, oG.handle,
