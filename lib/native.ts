@@ -1,6 +1,12 @@
-// Loads the addon and describes its surface. Only lib/ talks to it; every call site wraps
-// native errors with toTypedError.
-import bindings from 'bindings';
+// The addon's runtime surface: handles, reads, devices, memory, streams. The ops themselves are
+// declared once in native/optable.js; `op` (lib/generated/native_ops.ts, generated from it) calls
+// them with named arguments. Only lib/ talks to the addon; every call site maps native errors
+// with toTypedError (the op wrappers do it themselves).
+import { addon } from './addon';
+
+export * as op from './generated/native_ops';
+export { UNARY_OPS, BINARY_OPS, REDUCE_OPS, OP_NAMES, OP_TABLE, supports } from './generated/native_ops';
+export type { UnaryOp as UnaryName, BinaryOp as BinaryName, ReduceOp as ReduceName, OpName, OpDevice } from './generated/native_ops';
 
 export type Handle = number;
 
@@ -35,71 +41,17 @@ export interface Native {
   isLive(h: Handle): boolean;
   readSync(h: Handle): ArrayBuffer;
   read(h: Handle): Promise<ArrayBuffer>;
-  toDevice(h: Handle, device: number): Handle;
   devices(): NativeDevices;
   memory(): NativeMemory;
   numThreads(): number;
   setNumThreads(n: number): void;
+  /** Waits for every queued op (and the CUDA device); raises the first failure no read has raised. */
   synchronize(): void;
   emptyCache(): void;
-  opNames(): { unary: string[]; binary: string[] };
-  fill(out: Handle, value: number): void;
-  arange(out: Handle, start: number, step: number): void;
-  random(out: Handle, kind: number, seed: number, offset: number, a: number, b: number): void;
-  copy(out: Handle, x: Handle): void;
-  unary(op: number, out: Handle, x: Handle): void;
-  binary(op: number, out: Handle, a: Handle, b: Handle): void;
-  binaryScalar(op: number, out: Handle, a: Handle, s: number, scalarFirst: boolean): void;
-  where(out: Handle, cond: Handle, a: Handle, b: Handle): void;
-  reduce(op: number, out: Handle, x: Handle, axes: number[]): void;
-  argReduce(op: number, out: Handle, x: Handle, axis: number): void;
-  matmul(out: Handle, a: Handle, b: Handle, transA: boolean, transB: boolean, alpha: number, beta: number): void;
-  softmax(out: Handle, x: Handle, axis: number, log: boolean): void;
-  rmsNorm(out: Handle, x: Handle, weight: Handle, eps: number, rstd: Handle): void;
-  layerNorm(out: Handle, x: Handle, weight: Handle, bias: Handle, eps: number, mean: Handle, rstd: Handle): void;
-  swiglu(out: Handle, x: Handle): void;
-  embedding(out: Handle, ids: Handle, table: Handle): void;
-  gather(out: Handle, x: Handle, index: Handle, axis: number): void;
-  scatterAdd(out: Handle, index: Handle, src: Handle, axis: number): void;
-  crossEntropy(loss: Handle, logits: Handle, targets: Handle, ignoreIndex: number, smoothing: number, lse: Handle): void;
-  // Backward kernels and fused optimizer steps (optional tensors: -1). Statistics (rstd, mean,
-  // lse) and dloss are float32, float64 for float64 inputs.
-  softmaxBackward(dx: Handle, y: Handle, dy: Handle, axis: number, log: boolean): void;
-  rmsNormBackward(dx: Handle, dweight: Handle, x: Handle, weight: Handle, rstd: Handle, dy: Handle): void;
-  layerNormBackward(dx: Handle, dweight: Handle, dbias: Handle, x: Handle, weight: Handle, mean: Handle, rstd: Handle, dy: Handle): void;
-  crossEntropyBackward(dlogits: Handle, logits: Handle, targets: Handle, lse: Handle, dloss: Handle, ignoreIndex: number, smoothing: number): void;
-  unaryBackward(op: number, dx: Handle, x: Handle, dy: Handle): void;
-  swigluBackward(dx: Handle, x: Handle, dy: Handle): void;
-  adamwStep(param: Handle, grad: Handle, expAvg: Handle, expAvgSq: Handle, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradScale: number): void;
-  sgdStep(param: Handle, grad: Handle, momentumBuf: Handle, lr: number, momentum: number, dampening: number, weightDecay: number, nesterov: boolean, firstStep: boolean, gradScale: number): void;
-  attentionForward(out: Handle, lse: Handle, q: Handle, k: Handle, v: Handle, mask: number, causal: boolean, window: number,
-                   scale: number, keyPadding: Handle, queryIndex: Handle): void;
-  attentionBackward(dq: Handle, dk: Handle, dv: Handle, q: Handle, k: Handle, v: Handle, out: Handle, dout: Handle, lse: Handle,
-                    mask: number, causal: boolean, window: number, scale: number, keyPadding: Handle, queryIndex: Handle): void;
-  dualAttentionForward(out: Handle, outLocal: Handle, outGlobal: Handle, lseLocal: Handle, lseGlobal: Handle, q: Handle,
-                       k: Handle, v: Handle, gates: Handle, mask: number, causal: boolean, window: number, scale: number,
-                       keyPadding: Handle, globalRows: Handle): void;
-  /** The dual forward's q/k/v gradient, added into dq, dk, dv. */
-  dualAttentionBackward(dq: Handle, dk: Handle, dv: Handle, q: Handle, k: Handle, v: Handle, outLocal: Handle, outGlobal: Handle,
-                        dout: Handle, lseLocal: Handle, lseGlobal: Handle, gates: Handle, mask: number, causal: boolean,
-                        window: number, scale: number, keyPadding: Handle, globalRows: Handle): void;
-  rope(out: Handle, x: Handle, positions: Handle, base: number, inverse: boolean): void;
+  /** Resolves when every op queued so far is done; rejects with the first failure no read has raised. */
+  synchronizeAsync(): Promise<void>;
+  /** Ops queued and not finished, per device. */
+  pending(): { cpu: number; cuda: number };
 }
 
-// DUALROUTE_ADDON_DIR points at another build folder (a second build tree, a packed copy).
-export const native: Native = process.env.DUALROUTE_ADDON_DIR
-  ? require(require('path').resolve(process.env.DUALROUTE_ADDON_DIR, 'dualroute.node'))
-  : bindings('dualroute');
-
-/** Unary and binary op codes, in the order of native/core/ops.h (checked in a test). */
-export const UNARY_OPS = [
-  'neg', 'abs', 'exp', 'log', 'sqrt', 'rsqrt', 'sin', 'cos', 'tanh', 'sigmoid', 'relu', 'gelu', 'geluTanh',
-  'silu', 'square', 'reciprocal', 'floor', 'ceil', 'round', 'sign', 'erf', 'log1p', 'expm1', 'logicalNot',
-] as const;
-export type UnaryName = (typeof UNARY_OPS)[number];
-export const BINARY_OPS = [
-  'add', 'sub', 'mul', 'div', 'pow', 'maximum', 'minimum', 'eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd',
-  'logicalOr',
-] as const;
-export type BinaryName = (typeof BINARY_OPS)[number];
-export const REDUCE_OPS = { sum: 0, mean: 1, max: 2, min: 3 } as const;
+export const native = addon as Native;

@@ -122,6 +122,14 @@ export function sizeOf(shape: readonly number[]): number {
   return n;
 }
 
+/**
+ * @internal What every view of one storage shares: in-place ops bump `version`, so autograd can
+ * tell when a tensor it saved for a backward pass was overwritten afterwards.
+ */
+export class StorageRef {
+  version = 0;
+}
+
 export class Tensor {
   readonly shape: readonly number[];
   readonly dtype: DType;
@@ -132,17 +140,20 @@ export class Tensor {
   readonly offset: number;
   /** @internal the native handle */
   readonly handle: Handle;
+  /** @internal shared by the views of this tensor's storage */
+  readonly storage: StorageRef;
   private _disposed = false;
 
   /** @internal Use tensor(), zeros(), ... to make tensors. */
   constructor(handle: Handle, shape: readonly number[], strides: readonly number[], offset: number, dtype: DType,
-              device: Device) {
+              device: Device, storage?: StorageRef) {
     this.handle = handle;
     this.shape = Object.freeze(shape.slice());
     this.strides = Object.freeze(strides.slice());
     this.offset = offset;
     this.dtype = dtype;
     this.device = device;
+    this.storage = storage ?? new StorageRef();
     registry.register(this, handle, this);
     const scope = scopes[scopes.length - 1];
     if (scope && untrackedDepth === 0) scope.tensors.add(this);
@@ -191,7 +202,7 @@ export class Tensor {
     this.checkLive('alias');
     try {
       const h = native.view(this.handle, this.shape as number[], this.strides as number[], this.offset);
-      return new Tensor(h, this.shape, this.strides, this.offset, this.dtype, this.device);
+      return new Tensor(h, this.shape, this.strides, this.offset, this.dtype, this.device, this.storage);
     } catch (e) {
       throw toTypedError(e);
     }
@@ -243,6 +254,31 @@ export class Tensor {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+
+  /**
+   * @internal Makes this tensor take over src's data (handle, layout, dtype, device) and leaves
+   * src disposed. Module.to() uses it so a parameter keeps its identity when it is moved or
+   * cast, as in PyTorch: optimizers and user code holding it see the new data.
+   */
+  takeData(src: Tensor): void {
+    this.checkLive('takeData');
+    src.checkLive('takeData');
+    if (src === this) return;
+    registry.unregister(this);
+    native.release(this.handle);
+    registry.unregister(src);
+    const self = this as unknown as Record<string, unknown>;
+    self.handle = src.handle;
+    self.shape = src.shape;
+    self.strides = src.strides;
+    self.offset = src.offset;
+    self.dtype = src.dtype;
+    self.device = src.device;
+    self.storage = src.storage;
+    registry.register(this, this.handle, this);
+    src._disposed = true;  // the handle is ours now
+    for (const s of scopes) s.tensors.delete(src);
   }
 
   /** @internal Throws DisposedError when used after dispose(). */

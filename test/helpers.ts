@@ -28,3 +28,29 @@ export function input(shape: number[], seed: number, dtype: dr.DType = 'float32'
   const data = Float64Array.from(t.dataSync());
   return { t, data };
 }
+
+/**
+ * Expects every read of t to raise the failure of the queued op it depends on: an error of
+ * class `cls` whose message names `op` and matches `pattern` (when given), from dataSync() and
+ * from data() alike.
+ */
+export async function expectReadFails(t: dr.Tensor, cls: new (...a: never[]) => Error, op: string, pattern?: RegExp): Promise<void> {
+  const check = (e: unknown) => {
+    expect(e).toBeInstanceOf(cls);
+    const msg = (e as Error).message;
+    expect(msg.startsWith(`${op} failed: `)).toBe(true);
+    if (pattern) expect(msg).toMatch(pattern);
+  };
+  let syncError: unknown = null;
+  try {
+    t.dataSync();
+  } catch (e) {
+    syncError = e;
+  }
+  expect(syncError).not.toBeNull();
+  check(syncError);
+  let asyncError: unknown = null;
+  await t.data().catch((e) => (asyncError = e));
+  expect(asyncError).not.toBeNull();
+  check(asyncError);
+}

@@ -13,6 +13,9 @@ describe('memory', () => {
       const v = r.T;
       for (const t of [a, b, c, d, e, r, v]) t.dispose();
     }
+    expect(dr.memory().cpu.tensors).toBe(start.cpu.tensors);
+    // buffers that queued ops still read are freed as those ops finish
+    dr.synchronize();
     const end = dr.memory();
     expect(end.cpu.tensors).toBe(start.cpu.tensors);
     expect(end.cpu.bytes).toBe(start.cpu.bytes);

@@ -4,9 +4,9 @@
 import { DType } from '../dtype';
 import { Device } from '../device';
 import { ShapeError, ValueError, DTypeError, describe } from '../errors';
-import { native } from '../native';
 import { Tensor, untracked } from '../tensor';
-import { nat } from '../ops/util';
+import { noGrad } from '../autograd/engine';
+import { copy_ } from '../ops/inplace';
 
 const parameters = new WeakSet<Tensor>();
 
@@ -120,13 +120,8 @@ export abstract class Module {
     for (const [k, p] of own) {
       const t = state[k];
       if (!t) continue;
-      // copy converts dtype; a tensor on another device goes through the host
-      const src = t.device === p.device ? t : untracked(() => t.to(p.device));
-      try {
-        nat(() => native.copy(p.handle, src.handle));
-      } finally {
-        if (src !== t) src.dispose();
-      }
+      // copy_ converts dtype and device
+      noGrad(() => copy_(p, t));
     }
     return { missing, unexpected };
   }

@@ -10,7 +10,7 @@
 //   dualAttention:  g_local * local + g_global * global, both paths in one kernel pass
 import { DType, isFloat } from '../dtype';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
-import { native } from '../native';
+import { op } from '../native';
 import { Tensor } from '../tensor';
 import { needsGrad, record } from '../autograd/engine';
 import { concat, reshape } from './shape';
@@ -18,11 +18,11 @@ import { mul } from './elementwise';
 import { sum } from './reduce';
 import { zeros } from './creation';
 import { scatterAdd } from './indexing';
-import { checkTensor, empty, nat, sameDevice } from './util';
+import { checkTensor, empty, sameDevice } from './util';
 import { full } from './creation';
 import { gt } from './elementwise';
 
-const MASK = { global: 0, sliding: 1, block: 2 } as const;
+type Mask = 'global' | 'sliding' | 'block';
 
 export interface AttentionOptions {
   /** Key j is visible to the query at position p only when j <= p. Default false. */
@@ -95,11 +95,11 @@ function check(op: string, q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions)
   return { B, Hq, Sq, Sk, D, scale };
 }
 
-function checkWindow(op: string, o: LocalAttentionOptions): number {
-  if (!Number.isInteger(o?.window) || o.window < 1) throw new ValueError(`${op}: Expected an integer window >= 1 but received ${describe(o?.window)}`);
+function checkWindow(name: string, o: LocalAttentionOptions): Mask {
+  if (!Number.isInteger(o?.window) || o.window < 1) throw new ValueError(`${name}: Expected an integer window >= 1 but received ${describe(o?.window)}`);
   const mode = o.mode ?? 'sliding';
-  if (mode !== 'sliding' && mode !== 'block') throw new ValueError(`${op}: Expected 'sliding' or 'block' for mode but received ${describe(mode)}`);
-  return mode === 'block' ? MASK.block : MASK.sliding;
+  if (mode !== 'sliding' && mode !== 'block') throw new ValueError(`${name}: Expected 'sliding' or 'block' for mode but received ${describe(mode)}`);
+  return mode;
 }
 
 function checkQueryIndex(op: string, qi: Tensor | undefined, B: number, q: Tensor): number | undefined {
@@ -113,15 +113,14 @@ function checkQueryIndex(op: string, qi: Tensor | undefined, B: number, q: Tenso
 const statsDType = (d: DType): DType => (d === 'float64' ? 'float64' : 'float32');
 
 // One fused call, recorded for autograd.
-function attend(op: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask: number, causal: boolean, window: number,
+function attend(name: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask: Mask, causal: boolean, window: number,
                 kp: Tensor | undefined, qi: Tensor | undefined, wantLse: boolean): AttentionResult | Tensor {
   const n = qi ? qi.shape[1] : p.Sq;
   const out = empty([p.B, p.Hq, n, p.D], q.dtype, q.device);
   const grad = needsGrad(q, k, v);
   const lse = wantLse || grad ? empty([p.B, p.Hq, n], statsDType(q.dtype), q.device) : null;
   try {
-    nat(() => native.attentionForward(out.handle, lse ? lse.handle : -1, q.handle, k.handle, v.handle, mask, causal, window,
-      p.scale, kp ? kp.handle : -1, qi ? qi.handle : -1));
+    op.attentionForward({ out, lse, q, k, v, mask, causal, window, scale: p.scale, keyPadding: kp, queryIndex: qi });
   } catch (e) {
     out.dispose();
     lse?.dispose();
@@ -129,13 +128,13 @@ function attend(op: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask: 
   }
   if (grad) {
     const save = [q, k, v, out, lse!, ...(kp ? [kp] : []), ...(qi ? [qi] : [])];
-    record(out, op, [q, k, v], save, (g, s) => {
+    record(out, name, [q, k, v], save, (g, s) => {
       const [sq, sk, sv, so, sl] = s;
       const skp = kp ? s[5] : undefined;
       const sqi = qi ? s[kp ? 6 : 5] : undefined;
       const [dq, dk, dv] = gradAccumulators(sq, sk, sv);
-      nat(() => native.attentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, so.handle, g.handle,
-        sl.handle, mask, causal, window, p.scale, skp ? skp.handle : -1, sqi ? sqi.handle : -1));
+      op.attentionBackward({ dq, dk, dv, q: sq, k: sk, v: sv, out: so, dout: g, lse: sl, mask, causal, window, scale: p.scale,
+        keyPadding: skp, queryIndex: sqi });
       return [dq, dk, dv]; // the engine casts them to the inputs' dtype
     });
   }
@@ -158,7 +157,7 @@ export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options?: Globa
 export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options: GlobalAttentionOptions = {}): Tensor | AttentionResult {
   const p = check('globalAttention', q, k, v, options);
   checkQueryIndex('globalAttention', options.queryIndex, p.B, q);
-  return attend('globalAttention', q, k, v, p, MASK.global, !!options.causal, 1, options.keyPaddingMask, options.queryIndex, !!options.returnLse);
+  return attend('globalAttention', q, k, v, p, 'global', !!options.causal, 1, options.keyPaddingMask, options.queryIndex, !!options.returnLse);
 }
 
 /** Sliding-window or blocked local attention; invisible key blocks are skipped, not masked. */
@@ -178,18 +177,18 @@ export function localAttention(q: Tensor, k: Tensor, v: Tensor, options: LocalAt
 export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAttentionOptions & { returnLse: true }): AttentionResult;
 export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAttentionOptions): Tensor;
 export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAttentionOptions): Tensor | AttentionResult {
-  const op = 'dualAttention';
-  const p = check(op, q, k, v, options ?? ({} as DualAttentionOptions));
-  const mask = checkWindow(op, options);
-  const gates = checkTensor(options.gates, op, 'gates');
+  const name = 'dualAttention';
+  const p = check(name, q, k, v, options ?? ({} as DualAttentionOptions));
+  const mask = checkWindow(name, options);
+  const gates = checkTensor(options.gates, name, 'gates');
   const perHead = gates.ndim === 4;
   const want = perHead ? [p.B, p.Hq, p.Sq, 2] : [p.B, p.Sq, 2];
   if (gates.ndim !== want.length || gates.shape.some((d, i) => d !== want[i])) {
-    throw new ShapeError(`${op}: Expected gates of shape [${p.B}, ${p.Sq}, 2] or [${p.B}, ${p.Hq}, ${p.Sq}, 2] but received ${describe(gates)}`);
+    throw new ShapeError(`${name}: Expected gates of shape [${p.B}, ${p.Sq}, 2] or [${p.B}, ${p.Hq}, ${p.Sq}, 2] but received ${describe(gates)}`);
   }
-  if (gates.dtype !== q.dtype) throw new DTypeError(`${op}: Expected gates of dtype ${q.dtype} but received ${describe(gates)}`);
-  sameDevice(op, q, gates);
-  checkQueryIndex(op, options.queryIndex, p.B, q);
+  if (gates.dtype !== q.dtype) throw new DTypeError(`${name}: Expected gates of dtype ${q.dtype} but received ${describe(gates)}`);
+  sameDevice(name, q, gates);
+  checkQueryIndex(name, options.queryIndex, p.B, q);
   const causal = !!options.causal;
   const kp = options.keyPaddingMask;
   // the router's selection as a per-row flag (repeated indices select a row once)
@@ -214,8 +213,8 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
   const lseL = empty([p.B, p.Hq, p.Sq], sd, q.device);
   const lseG = empty([p.B, p.Hq, p.Sq], sd, q.device);
   try {
-    nat(() => native.dualAttentionForward(out.handle, outL.handle, outG.handle, lseL.handle, lseG.handle, q.handle, k.handle,
-      v.handle, gates.handle, mask, causal, options.window, p.scale, kp ? kp.handle : -1, rows ? rows.handle : -1));
+    op.dualAttentionForward({ out, outLocal: outL, outGlobal: outG, lseLocal: lseL, lseGlobal: lseG, q, k, v, gates, mask, causal,
+      window: options.window, scale: p.scale, keyPadding: kp, globalRows: rows });
   } catch (e) {
     [out, outL, outG, lseL, lseG].forEach((t) => t.dispose());
     rows?.dispose();
@@ -223,15 +222,15 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
   }
   if (needsGrad(q, k, v, gates)) {
     const save = [q, k, v, outL, outG, lseL, lseG, gates, ...(kp ? [kp] : []), ...(rows ? [rows] : [])];
-    record(out, op, [q, k, v, gates], save, (g, s) => {
+    record(out, name, [q, k, v, gates], save, (g, s) => {
       const [sq, sk, sv, oL, oG, lL, lG, sg] = s;
       const skp = kp ? s[8] : undefined;
       const srows = rows ? s[kp ? 9 : 8] : undefined;
       const [dq, dk, dv] = gradAccumulators(sq, sk, sv);
       // one pass over K/V for both paths (CPU; CUDA bf16 head dims 32/64/128), else the two
       // paths' backwards with gate-scaled douts inside the CUDA backend
-      nat(() => native.dualAttentionBackward(dq.handle, dk.handle, dv.handle, sq.handle, sk.handle, sv.handle, oL.handle, oG.handle,
-        g.handle, lL.handle, lG.handle, sg.handle, mask, causal, options.window, p.scale, skp ? skp.handle : -1, srows ? srows.handle : -1));
+      op.dualAttentionBackward({ dq, dk, dv, q: sq, k: sk, v: sv, outLocal: oL, outGlobal: oG, dout: g, lseLocal: lL, lseGlobal: lG,
+        gates: sg, mask, causal, window: options.window, scale: p.scale, keyPadding: skp, globalRows: srows });
       // d g_local = sum_d dout * out_local (summed over heads for shared gates)
       // in float32 at least: these sums cancel heavily, and bfloat16 products would lose them
       const g32 = g.dtype === 'bfloat16' ? g.to('float32') : g;
@@ -273,10 +272,10 @@ export function rope(x: Tensor, positions: Tensor, options: { base?: number } = 
   const base = options.base ?? 10000;
   if (typeof base !== 'number' || !(base > 0) || !Number.isFinite(base)) throw new ValueError(`rope: Expected a finite base > 0 but received ${describe(base)}`);
   const out = empty(x.shape, x.dtype, x.device);
-  nat(() => native.rope(out.handle, x.handle, positions.handle, base, false));
+  op.rope({ out, x, positions, base, inverse: false });
   return record(out, 'rope', [x], [positions], (g, [pos]) => {
     const dx = empty(g.shape, g.dtype, g.device);
-    nat(() => native.rope(dx.handle, g.handle, pos.handle, base, true));
+    op.rope({ out: dx, x: g, positions: pos, base, inverse: true });
     return [dx];
   });
 }

@@ -2,7 +2,7 @@
 import { DType, DTYPE_CODE, encode, isFloat } from '../dtype';
 import { DEVICE_CODE, Device } from '../device';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
-import { native } from '../native';
+import { native, op } from '../native';
 import { Generator, defaultGenerator } from '../random';
 import { NestedArray, Tensor, contiguousStrides, sizeOf } from '../tensor';
 import { checkShape, empty, nat, resolveDType, resolveDevice } from './util';
@@ -98,7 +98,7 @@ export function scalar(value: number | boolean, options: CreateOptions = {}): Te
 export function full(shape: number[], value: number | boolean, options: CreateOptions = {}): Tensor {
   const s = checkShape(shape, 'full');
   const t = empty(s, resolveDType(options.dtype, typeof value === 'boolean' ? 'bool' : 'float32'), resolveDevice(options.device));
-  nat(() => native.fill(t.handle, Number(value)));
+  op.fill({ out: t, value: Number(value) });
   return t;
 }
 export function zeros(shape: number[], options: CreateOptions = {}): Tensor {
@@ -133,35 +133,36 @@ export function arange(start: number, stop?: number, step = 1, options: CreateOp
   const count = Math.max(0, Math.ceil((stop - start) / step));
   const allInt = Number.isInteger(start) && Number.isInteger(stop) && Number.isInteger(step);
   const t = empty([count], resolveDType(options.dtype, allInt ? 'int32' : 'float32'), resolveDevice(options.device));
-  nat(() => native.arange(t.handle, start, step));
+  op.arange({ out: t, start, step });
   return t;
 }
 
-function randomDraw(op: string, shape: number[], kind: 0 | 1, a: number, b: number, options: RandomOptions, natural: DType): Tensor {
-  const s = checkShape(shape, op);
+function randomDraw(name: string, shape: number[], kind: 'uniform' | 'normal', a: number, b: number, options: RandomOptions,
+                    natural: DType): Tensor {
+  const s = checkShape(shape, name);
   const dtype = resolveDType(options.dtype, natural);
-  if (kind === 1 && !isFloat(dtype)) throw new DTypeError(`${op}: Expected a float dtype but received ${dtype}`);
-  if (dtype === 'bool') throw new DTypeError(`${op}: bool is not a random dtype`);
+  if (kind === 'normal' && !isFloat(dtype)) throw new DTypeError(`${name}: Expected a float dtype but received ${dtype}`);
+  if (dtype === 'bool') throw new DTypeError(`${name}: bool is not a random dtype`);
   const gen = options.generator ?? defaultGenerator;
   const n = sizeOf(s);
-  const offset = gen.take(kind === 1 ? 2 * n : n);
+  const offset = gen.take(kind === 'normal' ? 2 * n : n);
   const t = empty(s, dtype, resolveDevice(options.device));
-  nat(() => native.random(t.handle, kind, gen.seed, offset, a, b));
+  op.random({ out: t, kind, seed: gen.seed, offset, a, b });
   return t;
 }
 
 /** Uniform in [low, high) (default [0, 1)). */
 export function rand(shape: number[], options: RandomOptions & { low?: number; high?: number } = {}): Tensor {
-  return randomDraw('rand', shape, 0, options.low ?? 0, options.high ?? 1, options, 'float32');
+  return randomDraw('rand', shape, 'uniform', options.low ?? 0, options.high ?? 1, options, 'float32');
 }
 /** Normal with the given mean and std (default 0, 1). */
 export function randn(shape: number[], options: RandomOptions & { mean?: number; std?: number } = {}): Tensor {
-  return randomDraw('randn', shape, 1, options.mean ?? 0, options.std ?? 1, options, 'float32');
+  return randomDraw('randn', shape, 'normal', options.mean ?? 0, options.std ?? 1, options, 'float32');
 }
 /** Integers uniform in [low, high), int32 by default. */
 export function randint(low: number, high: number, shape: number[], options: RandomOptions = {}): Tensor {
   if (!Number.isInteger(low) || !Number.isInteger(high) || high <= low) {
     throw new ValueError(`randint: Expected integers low < high but received ${describe(low)} and ${describe(high)}`);
   }
-  return randomDraw('randint', shape, 0, low, high, options, 'int32');
+  return randomDraw('randint', shape, 'uniform', low, high, options, 'int32');
 }

@@ -2,17 +2,15 @@
 // clamp. dtypes promote as in PyTorch: bool < int32 < bfloat16 < float32 < float64; division
 // and pow of integers give float32; comparisons give bool.
 import { DType, isFloat, promote } from '../dtype';
-import { BINARY_OPS, BinaryName, UNARY_OPS, UnaryName, native } from '../native';
+import { BinaryName, UnaryName, op } from '../native';
 import { DTypeError, ValueError, describe } from '../errors';
 import { Tensor } from '../tensor';
 import { cast } from './shape';
 import { needsGrad, record } from '../autograd/engine';
 import { sumToShape } from '../autograd/grad_utils';
 import { unaryBackward } from './grad_kernels';
-import { broadcastShapes, checkTensor, empty, nat, sameDevice } from './util';
+import { broadcastShapes, checkTensor, empty, sameDevice } from './util';
 
-const UNARY_CODE = Object.fromEntries(UNARY_OPS.map((n, i) => [n, i])) as Record<UnaryName, number>;
-const BINARY_CODE = Object.fromEntries(BINARY_OPS.map((n, i) => [n, i])) as Record<BinaryName, number>;
 const INT_UNARY = new Set<UnaryName>(['neg', 'abs', 'square', 'sign']);
 const COMPARE = new Set<BinaryName>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr']);
 
@@ -23,14 +21,14 @@ export function unary(name: UnaryName, x: Tensor): Tensor {
   checkTensor(x, name, 'x');
   if (name === 'logicalNot') {
     const out = empty(x.shape, 'bool', x.device);
-    nat(() => native.unary(UNARY_CODE[name], out.handle, x.handle));
+    op.unary({ op: name, out, x });
     return out;
   }
   let src = x;
   if (x.dtype === 'bool' || (x.dtype === 'int32' && !INT_UNARY.has(name))) src = cast(x, x.dtype === 'bool' && INT_UNARY.has(name) ? 'int32' : 'float32');
   try {
     const out = empty(src.shape, src.dtype, src.device);
-    nat(() => native.unary(UNARY_CODE[name], out.handle, src.handle));
+    op.unary({ op: name, out, x: src });
     return record(out, name, [src], [src], (g, [xs]) => [unaryBackward(name, xs, g)]);
   } finally {
     if (src !== x) src.dispose();
@@ -61,7 +59,7 @@ export function binary(name: BinaryName, a: TensorOrScalar, b: TensorOrScalar): 
     const src = d === t.dtype ? t : cast(t, d);
     try {
       const out = empty(src.shape, COMPARE.has(name) ? 'bool' : d, src.device);
-      nat(() => native.binaryScalar(BINARY_CODE[name], out.handle, src.handle, s, typeof a === 'number'));
+      op.binaryScalar({ op: name, out, a: src, scalar: s, scalarFirst: typeof a === 'number' });
       if (COMPARE.has(name) || !needsGrad(src)) return out;
       return record(out, name, [src], [src, out], (g, [x, y]) => [scalarGrad(name, g, x, y, s, typeof a === 'number')]);
     } finally {
@@ -75,7 +73,7 @@ export function binary(name: BinaryName, a: TensorOrScalar, b: TensorOrScalar): 
   const cb = b.dtype === d ? b : cast(b, d);
   try {
     const out = empty(shape, COMPARE.has(name) ? 'bool' : d, device);
-    nat(() => native.binary(BINARY_CODE[name], out.handle, ca.handle, cb.handle));
+    op.binary({ op: name, out, a: ca, b: cb });
     if (COMPARE.has(name) || !needsGrad(ca, cb)) return out;
     return record(out, name, [ca, cb], [ca, cb, out], (g, [x, y, o]) => binaryGrads(name, g, x, y, o));
   } finally {
@@ -140,7 +138,7 @@ export function where(cond: Tensor, a: TensorOrScalar, b: TensorOrScalar): Tenso
   const asT = (v: TensorOrScalar, d: DType): Tensor => {
     if (typeof v === 'number') {
       const t = empty([], d, dev);
-      nat(() => native.fill(t.handle, v));
+      op.fill({ out: t, value: v });
       tmp.push(t);
       return t;
     }
@@ -161,7 +159,7 @@ export function where(cond: Tensor, a: TensorOrScalar, b: TensorOrScalar): Tenso
     sameDevice('where', cond, ta, tb);
     const shape = broadcastShapes('where', broadcastShapes('where', cond.shape, ta.shape, 'cond', 'a'), tb.shape, 'cond/a', 'b');
     const out = empty(shape, d, dev);
-    nat(() => native.where(out.handle, cond.handle, ta.handle, tb.handle));
+    op.where({ out, cond, a: ta, b: tb });
     return record(out, 'where', [null, ta, tb], [cond, ta, tb], (g, [c, x, y]) => [
       null,
       sumToShape(where(c, g, 0), x.shape),

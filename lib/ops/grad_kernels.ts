@@ -7,11 +7,10 @@
 // converted first (the conversion is a temporary, disposed here).
 import { DType, isFloat } from '../dtype';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
-import { UNARY_OPS, UnaryName, native } from '../native';
+import { UNARY_OPS, UnaryName, op as nop } from '../native';
 import { Tensor } from '../tensor';
-import { checkTensor, empty, nat, normAxis, sameDevice } from './util';
+import { checkTensor, empty, normAxis, sameDevice } from './util';
 
-const UNARY_CODE = Object.fromEntries(UNARY_OPS.map((n, i) => [n, i])) as Record<UnaryName, number>;
 
 /** The dtype of saved statistics and of per-row losses for an input dtype. */
 export function statsDType(d: DType): DType {
@@ -48,7 +47,7 @@ function withDType<R>(t: Tensor, dtype: DType, fn: (c: Tensor) => R): R {
   if (t.dtype === dtype) return fn(t);
   const c = empty(t.shape, dtype, t.device);
   try {
-    nat(() => native.copy(c.handle, t.handle));
+    nop.copy({ out: c, x: t });
     return fn(c);
   } finally {
     c.dispose();
@@ -72,7 +71,7 @@ export function softmaxBackward(y: Tensor, dy: Tensor, axis: number, log: boolea
   const a = normAxis(axis, y.ndim, op);
   const dx = empty(y.shape, y.dtype, y.device);
   try {
-    withDType(dy, y.dtype, (g) => nat(() => native.softmaxBackward(dx.handle, y.handle, g.handle, a, !!log)));
+    withDType(dy, y.dtype, (g) => nop.softmaxBackward({ dx, y, dy: g, axis: a, log: !!log }));
   } catch (e) {
     dx.dispose();
     throw e;
@@ -115,7 +114,7 @@ export function rmsNormBackward(x: Tensor, weight: Tensor | null, rstd: Tensor, 
   const dweight = weight && needWeightGrad ? empty([cols], x.dtype, x.device) : null;
   try {
     withDType(dy, x.dtype, (g) =>
-      nat(() => native.rmsNormBackward(dx.handle, dweight ? dweight.handle : -1, x.handle, weight ? weight.handle : -1, rstd.handle, g.handle)));
+      nop.rmsNormBackward({ dx, dweight, x, weight, rstd, dy: g }));
   } catch (e) {
     disposeAll([dx, dweight]);
     throw e;
@@ -134,8 +133,7 @@ export function layerNormBackward(x: Tensor, weight: Tensor | null, mean: Tensor
   const dbias = needBiasGrad ? empty([cols], x.dtype, x.device) : null;
   try {
     withDType(dy, x.dtype, (g) =>
-      nat(() => native.layerNormBackward(dx.handle, dweight ? dweight.handle : -1, dbias ? dbias.handle : -1, x.handle,
-        weight ? weight.handle : -1, mean.handle, rstd.handle, g.handle)));
+      nop.layerNormBackward({ dx, dweight, dbias, x, weight, mean, rstd, dy: g }));
   } catch (e) {
     disposeAll([dx, dweight, dbias]);
     throw e;
@@ -173,7 +171,7 @@ export function crossEntropyBackward(logits2d: Tensor, targets1d: Tensor, lse: T
   const dx = empty(logits2d.shape, logits2d.dtype, logits2d.device);
   try {
     withDType(dloss, sd, (g) =>
-      nat(() => native.crossEntropyBackward(dx.handle, logits2d.handle, targets1d.handle, lse.handle, g.handle, ignoreIndex, smoothing)));
+      nop.crossEntropyBackward({ dlogits: dx, logits: logits2d, targets: targets1d, lse, dloss: g, ignoreIndex, smoothing }));
   } catch (e) {
     dx.dispose();
     throw e;
@@ -184,7 +182,7 @@ export function crossEntropyBackward(logits2d: Tensor, targets1d: Tensor, lse: T
 /** dy * f'(x) for a unary op (logicalNot has no gradient). */
 export function unaryBackward(op: UnaryName, x: Tensor, dy: Tensor): Tensor {
   const name = 'unaryBackward';
-  if (!(op in UNARY_CODE)) throw new ValueError(`${name}: unknown op ${describe(op)}`);
+  if (!(UNARY_OPS as readonly string[]).includes(op)) throw new ValueError(`${name}: unknown op ${describe(op)}`);
   if (op === 'logicalNot') throw new ValueError(`${name}: logicalNot has no gradient`);
   floatArg(name, x, 'x');
   checkTensor(dy, name, 'dy');
@@ -192,7 +190,7 @@ export function unaryBackward(op: UnaryName, x: Tensor, dy: Tensor): Tensor {
   shapeOf(name, dy, 'dy', x.shape, 'the shape of x');
   const dx = empty(x.shape, x.dtype, x.device);
   try {
-    withDType(dy, x.dtype, (g) => nat(() => native.unaryBackward(UNARY_CODE[op], dx.handle, x.handle, g.handle)));
+    withDType(dy, x.dtype, (g) => nop.unaryBackward({ op, dx, x, dy: g }));
   } catch (e) {
     dx.dispose();
     throw e;
@@ -211,7 +209,7 @@ export function swigluBackward(x: Tensor, dy: Tensor): Tensor {
   shapeOf(op, dy, 'dy', [...x.shape.slice(0, -1), d / 2], 'x with the last axis halved');
   const dx = empty(x.shape, x.dtype, x.device);
   try {
-    withDType(dy, x.dtype, (g) => nat(() => native.swigluBackward(dx.handle, x.handle, g.handle)));
+    withDType(dy, x.dtype, (g) => nop.swigluBackward({ dx, x, dy: g }));
   } catch (e) {
     dx.dispose();
     throw e;
@@ -262,7 +260,7 @@ export function adamwStep(param: Tensor, grad: Tensor, expAvg: Tensor, expAvgSq:
   const wd = finite(op, 'weightDecay', o.weightDecay);
   if (!Number.isInteger(o.step) || o.step < 1) throw new ValueError(`${op}: Expected an integer step >= 1 but received ${describe(o.step)}`);
   const scale = finite(op, 'gradScale', o.gradScale ?? 1);
-  nat(() => native.adamwStep(param.handle, grad.handle, expAvg.handle, expAvgSq.handle, lr, b1, b2, eps, wd, o.step, scale));
+  nop.adamwStep({ param, grad, expAvg, expAvgSq, lr, beta1: b1, beta2: b2, eps, weightDecay: wd, step: o.step, gradScale: scale });
 }
 
 /**
@@ -281,7 +279,7 @@ export function sgdStep(param: Tensor, grad: Tensor, momentumBuf: Tensor | null,
   const scale = finite(op, 'gradScale', o.gradScale ?? 1);
   if (momentumBuf !== null && momentumBuf !== undefined) checkState(op, momentumBuf, 'momentumBuf', param);
   else if (momentum !== 0) throw new ValueError(`${op}: momentum ${momentum} needs a momentum buffer`);
-  nat(() => native.sgdStep(param.handle, grad.handle, momentumBuf ? momentumBuf.handle : -1, lr, momentum, dampening, wd, !!o.nesterov, !!o.firstStep, scale));
+  nop.sgdStep({ param, grad, momentumBuf, lr, momentum, dampening, weightDecay: wd, nesterov: !!o.nesterov, firstStep: !!o.firstStep, gradScale: scale });
 }
 
 // ---- forward ops with their saved statistics -----------------------------------------------------
@@ -306,7 +304,7 @@ export function rmsNormWithStats(x: Tensor, weight: Tensor | null, eps: number):
   const y = empty(x.shape, x.dtype, x.device);
   const rstd = empty(x.shape.slice(0, -1), statsDType(x.dtype), x.device);
   try {
-    nat(() => native.rmsNorm(y.handle, x.handle, weight ? weight.handle : -1, eps, rstd.handle));
+    nop.rmsNorm({ out: y, x, weight, eps, rstd });
   } catch (e) {
     disposeAll([y, rstd]);
     throw e;
@@ -322,7 +320,7 @@ export function layerNormWithStats(x: Tensor, weight: Tensor | null, bias: Tenso
   const mean = empty(x.shape.slice(0, -1), sd, x.device);
   const rstd = empty(x.shape.slice(0, -1), sd, x.device);
   try {
-    nat(() => native.layerNorm(y.handle, x.handle, weight ? weight.handle : -1, bias ? bias.handle : -1, eps, mean.handle, rstd.handle));
+    nop.layerNorm({ out: y, x, weight, bias, eps, mean, rstd });
   } catch (e) {
     disposeAll([y, mean, rstd]);
     throw e;
@@ -338,7 +336,7 @@ export function crossEntropyWithLse(logits2d: Tensor, targets1d: Tensor, ignoreI
   const loss = empty([rows], sd, logits2d.device);
   const lse = empty([rows], sd, logits2d.device);
   try {
-    nat(() => native.crossEntropy(loss.handle, logits2d.handle, targets1d.handle, ignoreIndex, smoothing, lse.handle));
+    nop.crossEntropy({ loss, logits: logits2d, targets: targets1d, ignoreIndex, smoothing, lse });
   } catch (e) {
     disposeAll([loss, lse]);
     throw e;

@@ -1,12 +1,13 @@
 // Index ops: embedding lookup, gather and scatter-add along an axis (torch semantics).
-// Indices are int32 and checked natively before anything is read through them.
+// Indices are int32 and checked by the kernels before anything is read through them: a bad
+// one fails the op, and the next read of its result raises a RangeError naming it.
 import { DTypeError, ShapeError, describe } from '../errors';
-import { native } from '../native';
+import { op } from '../native';
 import { Tensor } from '../tensor';
 import { expand, reshape } from './shape';
 import { record } from '../autograd/engine';
 import { zeros } from './creation';
-import { checkTensor, empty, nat, normAxis, sameDevice } from './util';
+import { checkTensor, empty, normAxis, sameDevice } from './util';
 
 /** Rows of table [vocab, dim] for int32 ids of any shape: [...ids.shape, dim]. */
 export function embedding(ids: Tensor, table: Tensor): Tensor {
@@ -16,7 +17,7 @@ export function embedding(ids: Tensor, table: Tensor): Tensor {
   if (table.ndim !== 2) throw new ShapeError(`embedding: Expected a [vocab, dim] table but received ${describe(table)}`);
   sameDevice('embedding', ids, table);
   const out = empty([...ids.shape, table.shape[1]], table.dtype, table.device);
-  nat(() => native.embedding(out.handle, ids.handle, table.handle));
+  op.embedding({ out, ids, table });
   return record(out, 'embedding', [null, table], [ids], (g, [i]) => {
     // the rows each id read receive its gradient (repeated ids accumulate)
     const [V, D] = table.shape;
@@ -43,7 +44,7 @@ function checkIndex(op: string, x: Tensor, index: Tensor, axis: number): number 
 export function gather(x: Tensor, axis: number, index: Tensor): Tensor {
   const a = checkIndex('gather', x, index, axis);
   const out = empty(index.shape, x.dtype, x.device);
-  nat(() => native.gather(out.handle, x.handle, index.handle, a));
+  op.gather({ out, x, index, axis: a });
   const xshape = x.shape.slice();
   return record(out, 'gather', [x, null], [index], (g, [i]) => [
     scatterAdd(zeros(xshape, { dtype: x.dtype, device: x.device }), a, i, g),
@@ -61,7 +62,7 @@ export function scatterAdd(x: Tensor, axis: number, index: Tensor, src: Tensor):
   }
   sameDevice('scatterAdd', x, src);
   const out = empty(x.shape, x.dtype, x.device);
-  nat(() => native.copy(out.handle, x.handle));
-  nat(() => native.scatterAdd(out.handle, index.handle, src.handle, a));
+  op.copy({ out, x });
+  op.scatterAdd({ out, index, src, axis: a });
   return record(out, 'scatterAdd', [x, null, src], [index], (g, [i]) => [g.alias(), null, gather(g, a, i)]);
 }

@@ -2,10 +2,10 @@
 // dimension removed again; batch dimensions broadcast. Transposes are flags, not copies.
 import { isFloat, promote } from '../dtype';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
-import { native } from '../native';
+import { op } from '../native';
 import { Tensor } from '../tensor';
 import { cast, reshape, unsqueeze } from './shape';
-import { broadcastShapes, checkTensor, empty, nat, sameDevice } from './util';
+import { broadcastShapes, checkTensor, empty, sameDevice } from './util';
 import { needsGrad, record } from '../autograd/engine';
 import { sumToShape } from '../autograd/grad_utils';
 
@@ -47,7 +47,7 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
     }
     const batch = broadcastShapes('matmul (batch dims)', A.shape.slice(0, -2), B.shape.slice(0, -2));
     const out = empty([...batch, m, n], d, device);
-    nat(() => native.matmul(out.handle, A.handle, B.handle, transA, transB, alpha, 0));
+    op.matmul({ out, a: A, b: B, transA, transB, alpha, beta: 0 });
     if (needsGrad(A, B)) {
       record(out, 'matmul', [A, B], [A, B], (g, [sa, sb]) => {
         // out = alpha op(A) op(B): d op(A) = alpha g op(B)^T, d op(B) = alpha op(A)^T g, and a

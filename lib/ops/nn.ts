@@ -2,7 +2,7 @@
 // cross-entropy. Each is one native kernel (no chains of small ops).
 import { isFloat } from '../dtype';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
-import { BINARY_OPS, native } from '../native';
+import { op } from '../native';
 import { Tensor } from '../tensor';
 import { reshape } from './shape';
 import { needsGrad, record } from '../autograd/engine';
@@ -12,7 +12,7 @@ import {
   crossEntropyBackward, crossEntropyWithLse, layerNormBackward, layerNormWithStats, rmsNormBackward, rmsNormWithStats,
   softmaxBackward, swigluBackward,
 } from './grad_kernels';
-import { checkTensor, empty, nat, normAxis, sameDevice } from './util';
+import { checkTensor, empty, normAxis, sameDevice } from './util';
 
 function floatInput(op: string, x: Tensor, arg = 'x'): void {
   checkTensor(x, op, arg);
@@ -24,7 +24,7 @@ export function softmax(x: Tensor, axis = -1): Tensor {
   floatInput('softmax', x);
   const a = normAxis(axis, x.ndim, 'softmax');
   const out = empty(x.shape, x.dtype, x.device);
-  nat(() => native.softmax(out.handle, x.handle, a, false));
+  op.softmax({ out, x, axis: a, log: false });
   return record(out, 'softmax', [x], [out], (g, [y]) => [softmaxBackward(y, g, a, false)]);
 }
 
@@ -33,7 +33,7 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
   floatInput('logSoftmax', x);
   const a = normAxis(axis, x.ndim, 'logSoftmax');
   const out = empty(x.shape, x.dtype, x.device);
-  nat(() => native.softmax(out.handle, x.handle, a, true));
+  op.softmax({ out, x, axis: a, log: true });
   return record(out, 'logSoftmax', [x], [out], (g, [y]) => [softmaxBackward(y, g, a, true)]);
 }
 
@@ -67,7 +67,7 @@ export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
     return rec;
   }
   const out = empty(x.shape, x.dtype, x.device);
-  nat(() => native.rmsNorm(out.handle, x.handle, weight ? weight.handle : -1, eps, -1));
+  op.rmsNorm({ out, x, weight, eps });
   return out;
 }
 
@@ -91,7 +91,7 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
     return rec;
   }
   const out = empty(x.shape, x.dtype, x.device);
-  nat(() => native.layerNorm(out.handle, x.handle, weight ? weight.handle : -1, bias ? bias.handle : -1, eps, -1, -1));
+  op.layerNorm({ out, x, weight, bias, eps });
   return out;
 }
 
@@ -101,7 +101,7 @@ export function swiglu(x: Tensor): Tensor {
   const d = x.ndim ? x.shape[x.ndim - 1] : 0;
   if (x.ndim === 0 || d % 2 !== 0) throw new ShapeError(`swiglu: the last axis must have even size, received ${describe(x)}`);
   const out = empty([...x.shape.slice(0, -1), d / 2], x.dtype, x.device);
-  nat(() => native.swiglu(out.handle, x.handle));
+  op.swiglu({ out, x });
   return record(out, 'swiglu', [x], [x], (g, [xs]) => [swigluBackward(xs, g)]);
 }
 
@@ -142,7 +142,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options: CrossEntr
   const lossDType = logits.dtype === 'float64' ? 'float64' : 'float32';
   const loss = empty([rows], lossDType, logits.device);
   try {
-    nat(() => native.crossEntropy(loss.handle, x2.handle, t1.handle, ignoreIndex, smoothing, -1));
+    op.crossEntropy({ loss, logits: x2, targets: t1, ignoreIndex, smoothing });
   } finally {
     x2.dispose();
     t1.dispose();
@@ -155,30 +155,30 @@ export function crossEntropy(logits: Tensor, targets: Tensor, options: CrossEntr
     }
   }
   const total = empty([], lossDType, logits.device);
-  nat(() => native.reduce(0, total.handle, loss.handle, [0]));
+  op.reduce({ op: 'sum', out: total, x: loss, axes: [0] });
   loss.dispose();
   if (reduction === 'sum') return total;
-  // mean over the rows that are not ignored
-  const counted = countNotIgnored(targets, ignoreIndex);
+  // mean over the rows that are not ignored (NaN when every row is, as in PyTorch)
+  const counted = countNotIgnored(targets, ignoreIndex, lossDType);
   const out = empty([], lossDType, logits.device);
-  nat(() => native.binaryScalar(BINARY_OPS.indexOf('div'), out.handle, total.handle, counted, false));
+  op.binary({ op: 'div', out, a: total, b: counted });
   total.dispose();
+  counted.dispose();
   return out;
 }
 
-function countNotIgnored(targets: Tensor, ignoreIndex: number): number {
-  if (targets.size === 0) return 0;
+// The number of targets that are not ignoreIndex, as a scalar tensor of the loss dtype: it
+// stays on the device, so the mean needs no read (nothing waits for the computation).
+function countNotIgnored(targets: Tensor, ignoreIndex: number, dtype: 'float32' | 'float64'): Tensor {
   const mask = empty(targets.shape, 'bool', targets.device);
-  nat(() => native.binaryScalar(BINARY_OPS.indexOf('ne'), mask.handle, targets.handle, ignoreIndex, false));
-  const asInt = empty(targets.shape, 'int32', targets.device);
-  nat(() => native.copy(asInt.handle, mask.handle));
+  op.binaryScalar({ op: 'ne', out: mask, a: targets, scalar: ignoreIndex, scalarFirst: false });
+  const asFloat = empty(targets.shape, dtype, targets.device);
+  op.copy({ out: asFloat, x: mask });
   mask.dispose();
-  const c = empty([], 'int32', targets.device);
-  nat(() => native.reduce(0, c.handle, asInt.handle, targets.shape.map((_, i) => i)));
-  asInt.dispose();
-  const n = new Int32Array(native.readSync(c.handle))[0];
-  c.dispose();
-  return n;
+  const c = empty([], dtype, targets.device);
+  op.reduce({ op: 'sum', out: c, x: asFloat, axes: targets.shape.map((_, i) => i) });
+  asFloat.dispose();
+  return c;
 }
 
 // crossEntropy with autograd: the fused per-row kernel records its own backward (which reuses
@@ -198,10 +198,12 @@ function crossEntropyGrad(logits: Tensor, targets: Tensor, rows: number, C: numb
     if (reduction === 'none') return reshape(loss, lead);
     const total = sumOp(loss);
     if (reduction === 'sum') return total;
+    const counted = countNotIgnored(targets, ignoreIndex, loss.dtype === 'float64' ? 'float64' : 'float32');
     try {
-      return divOp(total, countNotIgnored(targets, ignoreIndex));
+      return divOp(total, counted);
     } finally {
       total.dispose();
+      counted.dispose();
     }
   } finally {
     loss.dispose();

@@ -1,11 +1,11 @@
 // Reductions: sum, mean, max, min over axes (all by default), argmax/argmin over one axis.
-import { REDUCE_OPS, native } from '../native';
+import { ReduceName, op } from '../native';
 import { DTypeError, ShapeError, ValueError } from '../errors';
 import { Tensor } from '../tensor';
 import { cast, expand, reshape } from './shape';
 import { record } from '../autograd/engine';
 import { div as divOp, eq as eqOp, mul as mulOp, where as whereOp } from './elementwise';
-import { checkTensor, empty, nat, normAxis } from './util';
+import { checkTensor, empty, normAxis } from './util';
 
 export interface ReduceOptions {
   /** Keep reduced axes as size 1. */
@@ -20,7 +20,7 @@ function axesOf(op: string, x: Tensor, axis?: number | number[]): number[] {
   return x.ndim === 0 ? [] : r;
 }
 
-function reduceOp(kind: keyof typeof REDUCE_OPS, x: Tensor, axis?: number | number[], options: ReduceOptions = {}): Tensor {
+function reduceOp(kind: ReduceName, x: Tensor, axis?: number | number[], options: ReduceOptions = {}): Tensor {
   checkTensor(x, kind, 'x');
   const axes = axesOf(kind, x, axis);
   const shape = options.keepDims
@@ -34,7 +34,7 @@ function reduceOp(kind: keyof typeof REDUCE_OPS, x: Tensor, axis?: number | numb
   else if (x.dtype === 'int32' && kind === 'mean') src = cast(x, 'float32');
   try {
     const out = empty(shape, src.dtype, src.device);
-    nat(() => native.reduce(REDUCE_OPS[kind], out.handle, src.handle, axes));
+    op.reduce({ op: kind, out, x: src, axes });
     return record(out, kind, [src], [src, out], (g, [xs, o]) => [reduceGrad(kind, g, xs, o, axes)]);
   } finally {
     if (src !== x) src.dispose();
@@ -46,29 +46,29 @@ export const mean = (x: Tensor, axis?: number | number[], options?: ReduceOption
 export const max = (x: Tensor, axis?: number | number[], options?: ReduceOptions) => reduceOp('max', x, axis, options);
 export const min = (x: Tensor, axis?: number | number[], options?: ReduceOptions) => reduceOp('min', x, axis, options);
 
-function argOp(op: 'argmax' | 'argmin', x: Tensor, axis?: number, options: ReduceOptions = {}): Tensor {
-  checkTensor(x, op, 'x');
-  if (x.dtype === 'bool') throw new DTypeError(`${op}: bool tensors are not supported; cast to int32 first`);
+function argOp(name: 'argmax' | 'argmin', x: Tensor, axis?: number, options: ReduceOptions = {}): Tensor {
+  checkTensor(x, name, 'x');
+  if (x.dtype === 'bool') throw new DTypeError(`${name}: bool tensors are not supported; cast to int32 first`);
   let src = x;
   let a: number;
   if (axis === undefined) {
     src = reshape(x, [-1]);
     a = 0;
   } else {
-    a = normAxis(axis, x.ndim, op);
+    a = normAxis(axis, x.ndim, name);
   }
   try {
     if (src.ndim === 0) {
       const z = empty([], 'int32', x.device);
-      nat(() => native.fill(z.handle, 0));
+      op.fill({ out: z, value: 0 });
       return z;
     }
-    if (src.shape[a] === 0) throw new ShapeError(`${op}: axis ${a} is empty`);
+    if (src.shape[a] === 0) throw new ShapeError(`${name}: axis ${a} is empty`);
     const shape = options.keepDims && axis !== undefined
       ? src.shape.map((d, i) => (i === a ? 1 : d))
       : src.shape.filter((_, i) => i !== a);
     const out = empty(shape, 'int32', x.device);
-    nat(() => native.argReduce(op === 'argmax' ? 0 : 1, out.handle, src.handle, a));
+    op.argReduce({ op: name, out, x: src, axis: a });
     return out;
   } finally {
     if (src !== x) src.dispose();
@@ -80,7 +80,7 @@ export const argmax = (x: Tensor, axis?: number, options?: ReduceOptions) => arg
 export const argmin = (x: Tensor, axis?: number, options?: ReduceOptions) => argOp('argmin', x, axis, options);
 
 // The gradient of a reduction, broadcast back over the reduced axes.
-function reduceGrad(kind: keyof typeof REDUCE_OPS, g: Tensor, x: Tensor, out: Tensor, axes: number[]): Tensor {
+function reduceGrad(kind: ReduceName, g: Tensor, x: Tensor, out: Tensor, axes: number[]): Tensor {
   const kept = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
   const back = (t: Tensor) => expand(reshape(t, kept), x.shape.slice()).contiguous();
   const count = axes.reduce((n, a) => n * x.shape[a], 1);

@@ -2,20 +2,20 @@
 // split, contiguous, and moving between devices and dtypes. Views share storage (no copy);
 // ops that need contiguous memory copy only when the layout asks for it.
 import { DType, checkDType } from '../dtype';
-import { DEVICE_CODE, Device, checkDevice, requireCuda } from '../device';
+import { Device, checkDevice, requireCuda } from '../device';
 import { DTypeError, DeviceError, ShapeError, ValueError, describe } from '../errors';
-import { native } from '../native';
+import { op } from '../native';
 import { Tensor, contiguousStrides, sizeOf } from '../tensor';
-import { checkShape, checkTensor, empty, nat, normAxis, viewOf } from './util';
+import { checkShape, checkTensor, empty, normAxis, viewOf } from './util';
 import { record } from '../autograd/engine';
 import { sumToShape } from '../autograd/grad_utils';
 
 // The gradient of a box view: zeros of the source's shape with g copied into the box.
 function boxGrad(x: Tensor, g: Tensor, begin: number[]): Tensor {
   const z = empty(x.shape, g.dtype, g.device);
-  nat(() => native.fill(z.handle, 0));
+  op.fill({ out: z, value: 0 });
   const box = slice(z, begin, g.shape.slice());
-  nat(() => native.copy(box.handle, g.handle));
+  op.copy({ out: box, x: g });
   box.dispose();
   return z;
 }
@@ -34,7 +34,7 @@ export function contiguous(x: Tensor): Tensor {
     out = viewOf(x, x.shape, contiguousStrides(x.shape), x.offset);
   } else {
     out = empty(x.shape, x.dtype, x.device);
-    nat(() => native.copy(out.handle, x.handle));
+    op.copy({ out, x });
   }
   return record(out, 'contiguous', [x], [], (g) => [g.alias()]);
 }
@@ -43,7 +43,7 @@ export function contiguous(x: Tensor): Tensor {
 export function clone(x: Tensor): Tensor {
   checkTensor(x, 'clone', 'x');
   const out = empty(x.shape, x.dtype, x.device);
-  nat(() => native.copy(out.handle, x.handle));
+  op.copy({ out, x });
   return record(out, 'clone', [x], [], (g) => [g.alias()]);
 }
 
@@ -237,7 +237,7 @@ export function concat(tensors: Tensor[], axis = 0): Tensor {
   for (const t of tensors) {
     const part = viewOf(out, t.shape.map((d, k) => (k === a ? t.shape[a] : d)), out.strides, at * out.strides[a]);
     try {
-      nat(() => native.copy(part.handle, t.handle));
+      op.copy({ out: part, x: t });
     } finally {
       part.dispose();
     }
@@ -295,15 +295,15 @@ export function to(x: Tensor, target: Device | DType | { device?: Device; dtype?
   let owned = false;
   if (dtype !== undefined && dtype !== cur.dtype) {
     const out = empty(cur.shape, dtype, cur.device);
-    nat(() => native.copy(out.handle, cur.handle));
+    op.copy({ out, x: cur });
     cur = out;
     owned = true;
   }
   if (device !== undefined && device !== cur.device) {
     if (device === 'cuda') requireCuda();
     const src = cur;
-    const h = nat(() => native.toDevice(src.handle, DEVICE_CODE[device!]));
-    cur = new Tensor(h, src.shape, contiguousStrides(src.shape), 0, src.dtype, device);
+    cur = empty(src.shape, src.dtype, device);
+    op.transfer({ out: cur, x: src });
     if (owned) src.dispose();
     owned = true;
   }

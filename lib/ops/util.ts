@@ -25,7 +25,7 @@ export function empty(shape: readonly number[], dtype: DType = 'float32', device
 export function viewOf(t: Tensor, shape: readonly number[], strides: readonly number[], offset: number): Tensor {
   t.checkLive();
   const h = nat(() => native.view(t.handle, shape as number[], strides as number[], offset));
-  return new Tensor(h, shape, strides, offset, t.dtype, t.device);
+  return new Tensor(h, shape, strides, offset, t.dtype, t.device, t.storage);
 }
 
 export function checkTensor(x: unknown, op: string, arg: string): Tensor {

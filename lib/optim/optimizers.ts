@@ -2,14 +2,14 @@
 // fused native update kernels, gradient clipping by global norm, and mixed precision: a
 // bfloat16 parameter is updated through a float32 master copy kept by the optimizer.
 import { DTypeError, ValueError, describe } from '../errors';
-import { native } from '../native';
 import { Tensor, untracked } from '../tensor';
 import { noGrad } from '../autograd/engine';
 import { zeros } from '../ops/creation';
-import { nat } from '../ops/util';
 import { adamwStep, sgdStep } from '../ops/grad_kernels';
-import { BINARY_OPS, REDUCE_OPS } from '../native';
-import { empty } from '../ops/util';
+import { add, minimum, reciprocal, sqrt, square } from '../ops/elementwise';
+import { sum } from '../ops/reduce';
+import { cast, to } from '../ops/shape';
+import { add_, copy_, mul_ } from '../ops/inplace';
 
 function checkParams(op: string, params: Tensor[]): Tensor[] {
   if (!Array.isArray(params) || params.length === 0) throw new ValueError(`${op}: Expected a non-empty array of parameters but received ${describe(params)}`);
@@ -67,16 +67,30 @@ export abstract class Optimizer {
           if (!p.grad) return;
           const target = this.master(i);
           this.update(i, target, p.grad, scale);
-          if (target !== p) nat(() => native.copy(p.handle, target.handle)); // master -> bfloat16
+          if (target !== p) copy_(p, target); // master -> bfloat16
         });
       }),
     );
   }
 
+  // The tensor the update is applied to: the parameter, or its float32 master copy when the
+  // parameter is bfloat16. A parameter moved or cast since (Module.to keeps its identity) takes
+  // its master along, or drops it when it is no longer bfloat16.
   protected master(i: number): Tensor {
     const p = this.params[i];
-    if (p.dtype !== 'bfloat16') return p;
     let m = this.masters.get(i);
+    if (p.dtype !== 'bfloat16') {
+      if (m) {
+        m.dispose();
+        this.masters.delete(i);
+      }
+      return p;
+    }
+    if (m && m.device !== p.device) {
+      const moved = to(m, p.device);
+      m.dispose();
+      this.masters.set(i, (m = moved));
+    }
     if (!m) {
       m = p.detach().to('float32');
       this.masters.set(i, m);
@@ -84,8 +98,15 @@ export abstract class Optimizer {
     return m;
   }
 
+  // Per-parameter state of the update target's shape, dtype and device (state made before the
+  // parameter was moved or cast follows it).
   protected slot(name: string, i: number, like: Tensor, store: Map<number, Tensor>): Tensor {
     let t = store.get(i);
+    if (t && (t.device !== like.device || t.dtype !== like.dtype)) {
+      const moved = untracked(() => to(t!, { device: like.device, dtype: like.dtype }));
+      t.dispose();
+      store.set(i, (t = moved));
+    }
     if (!t) {
       t = untracked(() => zeros(like.shape.slice(), { dtype: like.dtype, device: like.device }));
       store.set(i, t);
@@ -210,32 +231,35 @@ export class AdamW extends Optimizer {
 }
 
 /**
- * Scales the gradients so their global L2 norm is at most maxNorm (in place); returns the norm
- * before clipping. Parameters without gradients are skipped.
+ * Scales the gradients in place so their global L2 norm is at most maxNorm, and returns the
+ * norm before clipping as a scalar tensor (float32; float64 when a gradient is), as PyTorch's
+ * clip_grad_norm_ does. Everything stays on the device: nothing waits for the computation (read
+ * the norm with `await norm.item()` ... or `dataSync()` when you need it). Parameters without
+ * gradients are skipped.
  */
-export function clipGradNorm(params: Tensor[], maxNorm: number): number {
+export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
   positive('clipGradNorm', 'maxNorm', maxNorm);
-  return noGrad(() =>
-    untracked(() => {
-      let total = 0;
-      const grads = params.map((p) => p.grad).filter((g): g is Tensor => !!g);
-      for (const g of grads) {
-        const sq = empty(g.shape, g.dtype === 'float64' ? 'float64' : 'float32', g.device);
-        const src = g.dtype === sq.dtype ? g : g.to(sq.dtype);
-        nat(() => native.binary(BINARY_OPS.indexOf('mul'), sq.handle, src.handle, src.handle));
-        if (src !== g) src.dispose();
-        const s = empty([], sq.dtype, g.device);
-        nat(() => native.reduce(REDUCE_OPS.sum, s.handle, sq.handle, g.shape.map((_, k) => k)));
-        total += s.item();
-        sq.dispose();
-        s.dispose();
-      }
-      const norm = Math.sqrt(total);
-      const coef = maxNorm / (norm + 1e-6);
-      if (coef < 1) {
-        for (const g of grads) nat(() => native.binaryScalar(BINARY_OPS.indexOf('mul'), g.handle, g.handle, coef, false));
-      }
-      return norm;
-    }),
-  );
+  return noGrad(() => {
+    const grads = params.map((p) => p.grad).filter((g): g is Tensor => !!g);
+    const acc = grads.some((g) => g.dtype === 'float64') ? 'float64' : 'float32';
+    const device = grads.length ? grads[0].device : undefined;
+    const total = zeros([], { dtype: acc, device });
+    for (const g of grads) {
+      const g32 = g.dtype === acc ? g : cast(g, acc);
+      const sq = square(g32);
+      const s = sum(sq);
+      add_(total, s);
+      [sq, s].forEach((t) => t.dispose());
+      if (g32 !== g) g32.dispose();
+    }
+    const norm = sqrt(total);
+    total.dispose();
+    // coef = min(maxNorm / (norm + 1e-6), 1): multiplying by it is a no-op below the limit
+    const denom = add(norm, 1e-6);
+    const ratio = reciprocal(denom);
+    const coef = minimum(mul_(ratio, maxNorm), 1);
+    for (const g of grads) mul_(g, coef);
+    [denom, ratio, coef].forEach((t) => t.dispose());
+    return norm;
+  });
 }

@@ -11,12 +11,12 @@
 import { DType } from '../dtype';
 import { Device } from '../device';
 import { ShapeError, ValueError, describe } from '../errors';
-import { native } from '../native';
 import { Tensor, untracked } from '../tensor';
 import { globalAttention } from '../ops/attention';
 import { full, zeros } from '../ops/creation';
 import { narrow } from '../ops/shape';
-import { nat } from '../ops/util';
+import { copy_, fill_ } from '../ops/inplace';
+import { noGrad } from '../autograd/engine';
 
 export interface RingKVCacheOptions {
   batch: number;
@@ -58,19 +58,19 @@ export class RingKVCache {
       const pos = this.length + i;
       const slot = pos % this.window;
       const len = Math.min(n - i, this.window - slot);  // a run of consecutive slots
-      untracked(() => {
+      noGrad(() => untracked(() => {
         const pairs: Array<[Tensor, Tensor]> = [[this.k, k], [this.v, v]];
         for (const [dst, src] of pairs) {
           const d = narrow(dst, 2, slot, len);
           const s = narrow(src, 2, i, len);
-          nat(() => native.copy(d.handle, s.handle));
+          copy_(d, s);
           d.dispose();
           s.dispose();
         }
         const e = narrow(this.empty, 1, slot, len);
-        nat(() => native.fill(e.handle, 0));
+        fill_(e, false);
         e.dispose();
-      });
+      }));
       i += len;
     }
     this.length += n;

@@ -1,20 +1,32 @@
-// The N-API surface: unwraps handles, reads arguments, calls the dispatchers in native/ops,
-// and turns dualroute::Error into a JS Error whose `code` lib/errors.ts maps to a typed
-// class. No math here.
+// The N-API surface: tensor handles, argument reading, the op entries generated from the op
+// table, the streams that run them, reads, and the mapping of dualroute::Error to JS errors
+// (whose `code` lib/errors.ts maps to a typed class). No math here.
 //
 // Tensors cross into JS as numeric handles (slot index + generation, exact in a double) into
 // a per-instance table, so the addon is context-aware and each worker_thread has its own
-// tensors. A released or never-issued handle throws DisposedError instead of touching memory.
+// tensors and its own streams. A released or never-issued handle throws DisposedError instead
+// of touching memory.
+//
+// An op call (op_entry below): read the positional arguments into the op's argument struct,
+// check devices and the dtype support table, ops::check() the shapes and values, queue
+// ops::run() on the stream of the op's device, return. Errors of the first three are thrown
+// at the call; errors while running fail the op (core/stream.h) and surface at a read.
 #include <napi.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../core/cuda_backend.h"
 #include "../core/error.h"
+#include "../core/op_args.h"
 #include "../core/parallel.h"
+#include "../core/stream.h"
 #include "../cpu/kernels.h"
 #include "../ops/ops.h"
 
@@ -22,6 +34,27 @@ namespace dualroute {
 namespace {
 
 constexpr double kSlotSpace = 16777216.0;  // 2^24 slots; the generation counts above that
+constexpr double kMaxSafeInteger = 9007199254740992.0;
+// Reads of at most this many bytes from an idle stream are copied at once on the JavaScript
+// thread; larger ones, or reads behind queued work, run on the stream.
+constexpr size_t kInlineReadBytes = size_t(1) << 20;
+
+// What a read raises for a failure: the failing op named, the reason its own words.
+Error failure_error(const OpFailure& f, const char* where) {
+  f.reported.store(true);
+  std::string msg = f.message;
+  const std::string prefix = f.op + ": ";
+  if (msg.compare(0, prefix.size(), prefix) == 0) msg.erase(0, prefix.size());
+  return Error(f.code, f.op + " failed: " + msg + " (raised at " + where + ": the op ran earlier, queued, and " +
+                           "this result depends on it)");
+}
+
+// ---- the instance: handles, streams, pending reads ------------------------------------------
+
+struct Completion {
+  uint64_t id;
+  std::shared_ptr<const OpFailure> failure;
+};
 
 struct Instance {
   struct Slot {
@@ -31,6 +64,18 @@ struct Instance {
   std::vector<Slot> slots;
   std::vector<uint32_t> free_slots;
   int64_t live[2] = {0, 0};
+
+  std::unique_ptr<Stream> streams[2];
+  // Reads (and synchronizeAsync calls) whose promise is pending: the stream thread posts
+  // their completion through `completions`, which runs on the JavaScript thread.
+  struct Pending {
+    Napi::Promise::Deferred deferred;
+    Napi::Reference<Napi::ArrayBuffer> buffer;  // empty for synchronizeAsync
+  };
+  std::unordered_map<uint64_t, Pending> pending;
+  uint64_t next_id = 1;
+  Napi::ThreadSafeFunction completions;
+  bool closed = false;
 
   double add(std::unique_ptr<TensorImpl> t) {
     uint32_t i;
@@ -57,9 +102,9 @@ struct Instance {
     return &slots[i];
   }
 
-  TensorImpl& get(double id, const char* arg) {
+  TensorImpl& get(double id, const char* op, const char* arg) {
     Slot* s = find(id);
-    if (!s) fail(ErrorCode::Disposed, arg, ": the tensor was disposed (or is not a tensor handle)");
+    if (!s) fail(ErrorCode::Disposed, op, ": ", arg, ": the tensor was disposed (or is not a tensor handle)");
     return *s->t;
   }
 
@@ -72,9 +117,59 @@ struct Instance {
     free_slots.push_back(static_cast<uint32_t>(s - slots.data()));
     return true;
   }
+
+  Stream& stream(DeviceKind d) {
+    DR_CHECK(!closed, Internal, "the addon instance is shutting down");
+    auto& s = streams[static_cast<int>(d)];
+    if (!s) s = std::make_unique<Stream>(d);
+    return *s;
+  }
+  Stream* existing(DeviceKind d) { return streams[static_cast<int>(d)].get(); }
+
+  // Queues a task on device d's stream. A task touching another device too (a transfer) waits
+  // for the work queued there, and that stream waits for it in turn, so both orders hold.
+  void submit(std::unique_ptr<Task> task, DeviceKind d, const DeviceKind* other = nullptr) {
+    Stream& s = stream(d);
+    Stream* o = other && *other != d ? &stream(*other) : nullptr;
+    if (o) {
+      task->after = o;
+      task->after_seq = o->submitted();
+    }
+    const uint64_t seq = s.submit(std::move(task));
+    if (o) {
+      struct Fence final : Task {
+        const char* name() const override { return "fence"; }
+        void run() override {}
+      };
+      auto fence = std::make_unique<Fence>();
+      fence->after = &s;
+      fence->after_seq = seq;
+      o->submit(std::move(fence));
+    }
+  }
+
+  void add_pending(Napi::Env env, uint64_t id, Pending p) {
+    if (pending.empty()) completions.Ref(env);
+    pending.emplace(id, std::move(p));
+  }
+
+  // Ends every stream (letting running tasks finish) and forgets pending promises. Runs at
+  // environment teardown (a worker ending, the process exiting) before N-API goes away.
+  void close() {
+    if (closed) return;
+    closed = true;
+    for (auto& s : streams)
+      if (s) s->shutdown();
+    for (auto& kv : pending) kv.second.buffer.Reset();
+    pending.clear();
+    completions.Release();
+  }
+
+  ~Instance() { close(); }
 };
 
-Instance& inst(const Napi::CallbackInfo& info) { return *info.Env().GetInstanceData<Instance>(); }
+Instance& inst(Napi::Env env) { return *env.GetInstanceData<Instance>(); }
+Instance& inst(const Napi::CallbackInfo& info) { return inst(info.Env()); }
 
 void sync_external_memory(Napi::Env env) {
   int64_t d = memory_counters().pending_external.exchange(0);
@@ -111,22 +206,266 @@ Napi::Value guarded(const Napi::CallbackInfo& info, F&& body) {
 #define DR_FN(name) Napi::Value name(const Napi::CallbackInfo& info)
 #define DR_BODY(...) return guarded(info, [&]() -> Napi::Value { __VA_ARGS__ });
 
+std::string describe(const Napi::Value& v) {
+  switch (v.Type()) {
+    case napi_undefined: return "undefined";
+    case napi_null: return "null";
+    case napi_boolean: return std::string("a boolean (") + (v.As<Napi::Boolean>().Value() ? "true" : "false") + ")";
+    case napi_number: {
+      std::ostringstream os;
+      os << "the number " << v.As<Napi::Number>().DoubleValue();
+      return os.str();
+    }
+    case napi_string: return "a string";
+    case napi_object: return v.IsArray() ? "an array" : "an object";
+    default: return "a value of another type";
+  }
+}
+
+// Reads an op's positional arguments, in the order of its op table entry, naming the op and
+// the argument in every error.
+class ArgReader {
+ public:
+  ArgReader(const Napi::CallbackInfo& info, Instance& in, const char* op) : info_(info), in_(in), op_(op) {}
+
+  void tensor(TensorImpl& dst, const char* name) { dst = in_.get(number(name, "a tensor handle"), op_, name); }
+  void opt_tensor(OptTensor& dst, const char* name) {
+    Napi::Value v = next();
+    if (v.IsUndefined() || v.IsNull()) return;
+    if (!v.IsNumber()) bad(name, "a tensor handle or null", v);
+    double id = v.As<Napi::Number>().DoubleValue();
+    if (id < 0) return;
+    dst.reset(in_.get(id, op_, name));
+  }
+  void f64(double& dst, const char* name) { dst = number(name, "a number"); }
+  void f32(float& dst, const char* name) { dst = static_cast<float>(number(name, "a number")); }
+  void i32(int32_t& dst, const char* name) { dst = static_cast<int32_t>(integer(name, -2147483648.0, 2147483647.0)); }
+  void i64(int64_t& dst, const char* name) { dst = static_cast<int64_t>(integer(name, -kMaxSafeInteger, kMaxSafeInteger)); }
+  void u64(uint64_t& dst, const char* name) { dst = static_cast<uint64_t>(integer(name, 0, kMaxSafeInteger)); }
+  void boolean(bool& dst, const char* name) {
+    Napi::Value v = next();
+    if (!v.IsBoolean()) bad(name, "a boolean", v);
+    dst = v.As<Napi::Boolean>().Value();
+  }
+  void int_list(std::vector<int>& dst, const char* name) {
+    Napi::Value v = next();
+    if (!v.IsArray()) bad(name, "an array of integers", v);
+    Napi::Array a = v.As<Napi::Array>();
+    dst.resize(a.Length());
+    for (uint32_t k = 0; k < a.Length(); ++k) {
+      Napi::Value e = a.Get(k);
+      double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : NAN;
+      if (!(d == std::floor(d) && std::fabs(d) <= 2147483647.0)) {
+        fail(ErrorCode::Value, op_, ": Expected an integer for ", name, "[", k, "] but received ", describe(e));
+      }
+      dst[k] = static_cast<int>(d);
+    }
+  }
+  template <typename E>
+  void enumeration(E& dst, const char* name) {
+    dst = static_cast<E>(integer(name, 0, static_cast<double>(static_cast<int>(E::Count) - 1)));
+  }
+  void finish(size_t count) {
+    if (info_.Length() > count) {
+      fail(ErrorCode::Value, op_, ": Expected ", count, " arguments but received ", info_.Length());
+    }
+  }
+
+ private:
+  Napi::Value next() { return i_ < info_.Length() ? info_[i_++] : (++i_, info_.Env().Undefined()); }
+  [[noreturn]] void bad(const char* name, const char* want, const Napi::Value& v) {
+    fail(ErrorCode::Value, op_, ": Expected ", want, " for ", name, " but received ", describe(v));
+  }
+  double number(const char* name, const char* want) {
+    Napi::Value v = next();
+    if (!v.IsNumber()) bad(name, want, v);
+    return v.As<Napi::Number>().DoubleValue();
+  }
+  double integer(const char* name, double lo, double hi) {
+    Napi::Value v = next();
+    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+    if (!(d == std::floor(d) && d >= lo && d <= hi)) {
+      fail(ErrorCode::Value, op_, ": Expected an integer in [", lo, ", ", hi, "] for ", name, " but received ",
+           describe(v));
+    }
+    return d;
+  }
+
+  const Napi::CallbackInfo& info_;
+  Instance& in_;
+  const char* op_;
+  size_t i_ = 0;
+};
+
+#include "../generated/bindings.inc"
+
+// ---- ops -------------------------------------------------------------------------------------
+
+template <typename A>
+class OpTask final : public Task {
+ public:
+  A args;
+  const char* name() const override { return A::name; }
+  void run() override { ops::run(args); }
+  void collect() {
+    args.for_each_tensor([&](const TensorImpl& t, Access access, const char*) {
+      if (access != Access::Out) reads.push_back(t.storage.get());
+      if (access != Access::In) writes.push_back(t.storage.get());
+    });
+  }
+};
+
+// One device for every tensor (except across a transfer), and a dtype the backend computes.
+template <typename A>
+void check_common(const A& a, DeviceKind* run_on, DeviceKind* other) {
+  const TensorImpl& d = a.dtype_tensor();
+  const DeviceKind dev = d.device();
+  *run_on = dev;
+  *other = dev;
+  a.for_each_tensor([&](const TensorImpl& t, Access access, const char* name) {
+    if (t.device() == dev) return;
+    if (!A::cross_device) {
+      fail(ErrorCode::Device, A::name, ": Expected every tensor on ", device_name(dev), " but ", name, " is on ",
+           device_name(t.device()));
+    }
+    if (access != Access::In) *run_on = t.device();
+    *other = t.device();
+  });
+  if (*other == *run_on) *other = dev;
+  if (!supports(A::id, d.dtype, dev)) {
+    fail(ErrorCode::DType, A::name, ": ", dtype_name(d.dtype), " is not supported on ", device_name(dev),
+         " (supported: ", supported_dtypes(A::id, dev), ")");
+  }
+  if (dev == DeviceKind::CUDA || *other == DeviceKind::CUDA || *run_on == DeviceKind::CUDA) cuda_required();
+}
+
+template <typename A>
+Napi::Value op_entry(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Instance& in = inst(info);
+    auto task = std::make_unique<OpTask<A>>();
+    ArgReader r(info, in, A::name);
+    read_args(r, task->args);
+    DeviceKind run_on, other;
+    check_common(task->args, &run_on, &other);
+    ops::check(task->args);
+    task->collect();
+    in.submit(std::move(task), run_on, &other);
+    return info.Env().Undefined();
+  });
+}
+
+// ---- reads -----------------------------------------------------------------------------------
+
+// Copies a tensor's elements, in order, into host memory the caller keeps alive.
+class ReadTask final : public Task {
+ public:
+  ReadTask(const TensorImpl& src, void* dst) : src_(src), dst_(dst) { reads.push_back(src_.storage.get()); }
+  const char* name() const override { return "read"; }
+  void run() override { ops::read_bytes(src_, dst_); }
+  void finish(const std::shared_ptr<const OpFailure>& failure) noexcept override {
+    if (on_done) on_done(failure);
+  }
+  std::function<void(const std::shared_ptr<const OpFailure>&)> on_done;
+
+ private:
+  TensorImpl src_;
+  void* dst_;
+};
+
+size_t byte_size(const TensorImpl& t) { return static_cast<size_t>(t.numel()) * dtype_size(t.dtype); }
+
+// True when the tensor's stream has nothing queued: it may be read at once on this thread.
+bool readable_now(Instance& in, const TensorImpl& t) {
+  Stream* s = in.existing(t.device());
+  return !s || s->idle();
+}
+
+void read_now(const TensorImpl& t, void* dst, const char* where) {
+  if (auto f = t.storage->poison()) throw failure_error(*f, where);
+  ops::read_bytes(t, dst);
+}
+
+DR_FN(ReadSync) {
+  DR_BODY({
+    Instance& in = inst(info);
+    TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, "dataSync()", "tensor");
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(info.Env(), byte_size(t));
+    if (readable_now(in, t)) {
+      read_now(t, ab.Data(), "dataSync()");
+      return ab;
+    }
+    auto result = std::make_shared<std::shared_ptr<const OpFailure>>();
+    auto task = std::make_unique<ReadTask>(t, ab.Data());
+    task->on_done = [result](const std::shared_ptr<const OpFailure>& f) { *result = f; };
+    Stream& s = in.stream(t.device());
+    const uint64_t seq = s.submit(std::move(task));
+    s.wait(seq);
+    if (*result) throw failure_error(**result, "dataSync()");
+    return ab;
+  })
+}
+
+void settle(Napi::Env env, Napi::Function, Completion* c) {
+  std::unique_ptr<Completion> owned(c);
+  if (!env) return;
+  Instance& in = inst(env);
+  auto it = in.pending.find(c->id);
+  if (it == in.pending.end()) return;
+  Instance::Pending p = std::move(it->second);
+  in.pending.erase(it);
+  if (in.pending.empty()) in.completions.Unref(env);
+  Napi::HandleScope scope(env);
+  if (c->failure) {
+    Error e = failure_error(*c->failure, p.buffer.IsEmpty() ? "synchronizeAsync()" : "data()");
+    p.deferred.Reject(to_js(env, e.code(), e.what()).Value());
+  } else if (p.buffer.IsEmpty()) {
+    p.deferred.Resolve(env.Undefined());
+  } else {
+    p.deferred.Resolve(p.buffer.Value());
+  }
+  sync_external_memory(env);
+}
+
+// Posts a completion to the JavaScript thread; dropped when the environment is going away.
+void post(Instance& in, uint64_t id, const std::shared_ptr<const OpFailure>& failure) {
+  auto* c = new Completion{id, failure};
+  if (in.completions.NonBlockingCall(c, settle) != napi_ok) delete c;
+}
+
+DR_FN(Read) {
+  DR_BODY({
+    Napi::Env env = info.Env();
+    Instance& in = inst(info);
+    TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, "data()", "tensor");
+    const size_t bytes = byte_size(t);
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes);
+    auto deferred = Napi::Promise::Deferred::New(env);
+    Napi::Promise promise = deferred.Promise();
+    if (bytes <= kInlineReadBytes && readable_now(in, t)) {
+      try {
+        read_now(t, ab.Data(), "data()");
+        deferred.Resolve(ab);
+      } catch (const Error& e) {
+        deferred.Reject(to_js(env, e.code(), e.what()).Value());
+      }
+      return promise;
+    }
+    const uint64_t id = in.next_id++;
+    auto task = std::make_unique<ReadTask>(t, ab.Data());
+    Instance* self = &in;
+    task->on_done = [self, id](const std::shared_ptr<const OpFailure>& f) { post(*self, id, f); };
+    in.add_pending(env, id, Instance::Pending{deferred, Napi::Persistent(ab)});
+    in.stream(t.device()).submit(std::move(task));
+    return promise;
+  })
+}
+
+// ---- tensors -------------------------------------------------------------------------------
+
 double num(const Napi::CallbackInfo& info, size_t i, const char* what) {
   if (i >= info.Length() || !info[i].IsNumber()) fail(ErrorCode::Value, "expected a number for ", what);
   return info[i].As<Napi::Number>().DoubleValue();
-}
-int32_t i32(const Napi::CallbackInfo& info, size_t i, const char* what) { return static_cast<int32_t>(num(info, i, what)); }
-bool flag(const Napi::CallbackInfo& info, size_t i) { return i < info.Length() && info[i].ToBoolean().Value(); }
-
-TensorImpl& tensor(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  return inst(info).get(num(info, i, what), what);
-}
-// -1 (or undefined) means "none".
-TensorImpl* opt_tensor(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return nullptr;
-  double id = num(info, i, what);
-  if (id < 0) return nullptr;
-  return &inst(info).get(id, what);
 }
 
 std::vector<int64_t> int_list(const Napi::CallbackInfo& info, size_t i, const char* what) {
@@ -144,35 +483,58 @@ std::vector<int64_t> int_list(const Napi::CallbackInfo& info, size_t i, const ch
 }
 
 DType dtype_arg(const Napi::CallbackInfo& info, size_t i) {
-  int32_t d = i32(info, i, "dtype");
-  DR_CHECK(d >= 0 && d < kNumDTypes, DType, "unknown dtype code ", d);
-  return static_cast<DType>(d);
+  double d = num(info, i, "dtype");
+  DR_CHECK(d >= 0 && d < kNumDTypes && d == std::floor(d), DType, "unknown dtype code ", d);
+  return static_cast<DType>(static_cast<int>(d));
 }
 DeviceKind device_arg(const Napi::CallbackInfo& info, size_t i) {
-  int32_t d = i32(info, i, "device");
+  double d = num(info, i, "device");
   DR_CHECK(d == 0 || d == 1, Device, "unknown device code ", d);
-  return static_cast<DeviceKind>(d);
+  return static_cast<DeviceKind>(static_cast<int>(d));
 }
 
 Napi::Number handle(const Napi::CallbackInfo& info, std::unique_ptr<TensorImpl> t) {
   return Napi::Number::New(info.Env(), inst(info).add(std::move(t)));
 }
 
-// ---- tensors -------------------------------------------------------------------------------
-
 DR_FN(Empty) {
-  DR_BODY(return handle(info, make_tensor(int_list(info, 0, "shape"), dtype_arg(info, 1), device_arg(info, 2)));)
+  DR_BODY({
+    DeviceKind dev = device_arg(info, 2);
+    if (dev == DeviceKind::CUDA) cuda_required();
+    return handle(info, make_tensor(int_list(info, 0, "shape"), dtype_arg(info, 1), dev));
+  })
 }
+
+// Fills a new CUDA tensor from host bytes, in stream order (the block may be one that queued
+// kernels were using a moment ago).
+class UploadTask final : public Task {
+ public:
+  UploadTask(const TensorImpl& t, const uint8_t* src, size_t n) : t_(t), bytes_(src, src + n) {
+    writes.push_back(t_.storage.get());
+  }
+  const char* name() const override { return "tensor upload"; }
+  void run() override { ops::write_bytes(t_, bytes_.data()); }
+
+ private:
+  TensorImpl t_;
+  std::vector<uint8_t> bytes_;
+};
 
 // fromBytes(bytes: Uint8Array, shape, dtype, device)
 DR_FN(FromBytes) {
   DR_BODY({
     if (!info[0].IsTypedArray()) fail(ErrorCode::Value, "fromBytes: expected a Uint8Array");
     Napi::Uint8Array bytes = info[0].As<Napi::Uint8Array>();
-    auto t = make_tensor(int_list(info, 1, "shape"), dtype_arg(info, 2), device_arg(info, 3));
-    size_t need = static_cast<size_t>(t->numel()) * dtype_size(t->dtype);
+    DeviceKind dev = device_arg(info, 3);
+    if (dev == DeviceKind::CUDA) cuda_required();
+    auto t = make_tensor(int_list(info, 1, "shape"), dtype_arg(info, 2), dev);
+    size_t need = byte_size(*t);
     DR_CHECK(bytes.ByteLength() == need, Shape, "data has ", bytes.ByteLength(), " bytes, the shape needs ", need);
-    ops::write_bytes(*t, bytes.Data());
+    if (dev == DeviceKind::CPU) {
+      ops::write_bytes(*t, bytes.Data());  // a fresh storage: nothing queued can touch it yet
+    } else if (need > 0) {
+      inst(info).submit(std::make_unique<UploadTask>(*t, bytes.Data(), need), dev);
+    }
     return handle(info, std::move(t));
   })
 }
@@ -180,7 +542,7 @@ DR_FN(FromBytes) {
 // view(id, shape, strides, offset): a new handle on the same storage.
 DR_FN(ViewOf) {
   DR_BODY({
-    TensorImpl& src = tensor(info, 0, "tensor");
+    TensorImpl& src = inst(info).get(num(info, 0, "tensor"), "view", "tensor");
     auto shape = int_list(info, 1, "shape");
     auto strides = int_list(info, 2, "strides");
     double offset = num(info, 3, "offset");
@@ -213,63 +575,85 @@ DR_FN(Release) {
 
 DR_FN(IsLive) { DR_BODY(return Napi::Boolean::New(info.Env(), inst(info).find(num(info, 0, "tensor")) != nullptr);) }
 
-DR_FN(ReadSync) {
+// ---- streams ---------------------------------------------------------------------------------
+
+void raise_unreported(Instance& in) {
+  for (auto& s : in.streams)
+    if (s)
+      if (auto f = s->take_unreported()) throw failure_error(*f, "synchronize()");
+}
+
+// Waits for every queued op, then raises the first failure that no read has raised.
+DR_FN(Synchronize) {
   DR_BODY({
-    TensorImpl& t = tensor(info, 0, "tensor");
-    size_t bytes = static_cast<size_t>(t.numel()) * dtype_size(t.dtype);
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(info.Env(), bytes);
-    ops::read_bytes(t, ab.Data());
-    return ab;
+    Instance& in = inst(info);
+    for (auto& s : in.streams)
+      if (s) s->wait_all();
+    if (in.existing(DeviceKind::CUDA)) cuda_check(cuda_required().synchronize(), "synchronize");
+    raise_unreported(in);
+    return info.Env().Undefined();
   })
 }
 
-// Copies a tensor to a new ArrayBuffer on a libuv worker; the storage is kept alive by the
-// worker's own reference, so disposing the tensor meanwhile is safe.
-class ReadWorker : public Napi::AsyncWorker {
- public:
-  ReadWorker(Napi::Env env, const TensorImpl& t, Napi::ArrayBuffer ab)
-      : Napi::AsyncWorker(env, "dualroute.read"), t_(t), deferred_(Napi::Promise::Deferred::New(env)) {
-    ab_ = Napi::Persistent(ab);
-    dst_ = ab.Data();
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
-  void Execute() override {
-    try {
-      ops::read_bytes(t_, dst_);
-    } catch (const Error& e) {
-      code_ = e.code();
-      SetError(e.what());
-    } catch (const std::exception& e) {
-      code_ = ErrorCode::Internal;
-      SetError(e.what());
+// The same without blocking: a promise settled when the work queued so far is done.
+DR_FN(SynchronizeAsync) {
+  DR_BODY({
+    Napi::Env env = info.Env();
+    Instance& in = inst(info);
+    auto deferred = Napi::Promise::Deferred::New(env);
+    Napi::Promise promise = deferred.Promise();
+    Stream* cuda = in.existing(DeviceKind::CUDA);
+    Stream* cpu = in.existing(DeviceKind::CPU);
+    if ((!cuda || cuda->idle()) && (!cpu || cpu->idle())) {
+      try {
+        raise_unreported(in);
+        deferred.Resolve(env.Undefined());
+      } catch (const Error& e) {
+        deferred.Reject(to_js(env, e.code(), e.what()).Value());
+      }
+      return promise;
     }
-  }
-  void OnOK() override { deferred_.Resolve(ab_.Value()); }
-  void OnError(const Napi::Error& e) override {
-    deferred_.Reject(to_js(Env(), code_, e.Message()).Value());
-  }
-
- private:
-  TensorImpl t_;  // a copy: shares the storage
-  Napi::Promise::Deferred deferred_;
-  Napi::Reference<Napi::ArrayBuffer> ab_;
-  void* dst_;
-  ErrorCode code_ = ErrorCode::Internal;
-};
-
-DR_FN(Read) {
-  DR_BODY({
-    TensorImpl& t = tensor(info, 0, "tensor");
-    size_t bytes = static_cast<size_t>(t.numel()) * dtype_size(t.dtype);
-    auto* w = new ReadWorker(info.Env(), t, Napi::ArrayBuffer::New(info.Env(), bytes));
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
+    // a barrier on the CPU stream that waits for the CUDA stream (and the device) as well
+    struct Barrier final : Task {
+      bool cuda = false;
+      Instance* in = nullptr;
+      std::vector<Stream*> streams;
+      uint64_t id = 0;
+      const char* name() const override { return "synchronizeAsync"; }
+      void run() override {
+        if (cuda) cuda_check(cuda_required().synchronize(), "synchronize");
+      }
+      void finish(const std::shared_ptr<const OpFailure>& f) noexcept override {
+        std::shared_ptr<const OpFailure> first = f;
+        for (Stream* s : streams)
+          if (!first) first = s->take_unreported();
+        post(*in, id, first);
+      }
+    };
+    auto task = std::make_unique<Barrier>();
+    task->cuda = cuda != nullptr;
+    task->in = &in;
+    task->streams.push_back(&in.stream(DeviceKind::CPU));
+    if (cuda) task->streams.push_back(cuda);
+    task->id = in.next_id++;
+    in.add_pending(env, task->id, Instance::Pending{deferred, Napi::Reference<Napi::ArrayBuffer>()});
+    const DeviceKind other = DeviceKind::CUDA;
+    in.submit(std::move(task), DeviceKind::CPU, cuda ? &other : nullptr);
+    return promise;
   })
 }
 
-DR_FN(ToDevice) {
-  DR_BODY(return handle(info, ops::to_device(tensor(info, 0, "tensor"), device_arg(info, 1)));)
+// Ops queued and not yet finished, per device.
+DR_FN(PendingOps) {
+  DR_BODY({
+    Instance& in = inst(info);
+    Napi::Object r = Napi::Object::New(info.Env());
+    for (int d = 0; d < 2; ++d) {
+      Stream* s = in.streams[d].get();
+      r.Set(d == 0 ? "cpu" : "cuda", static_cast<double>(s ? s->submitted() - s->completed() : 0));
+    }
+    return r;
+  })
 }
 
 // ---- introspection -------------------------------------------------------------------------
@@ -351,15 +735,9 @@ DR_FN(Memory) {
 DR_FN(NumThreads) { DR_BODY(return Napi::Number::New(info.Env(), num_threads());) }
 DR_FN(SetNumThreads) {
   DR_BODY({
-    int n = i32(info, 0, "threads");
-    DR_CHECK(n >= 1 && n <= 1024, Value, "setNumThreads: expected 1..1024, got ", n);
-    set_num_threads(n);
-    return info.Env().Undefined();
-  })
-}
-DR_FN(Synchronize) {
-  DR_BODY({
-    if (const CudaApi* api = cuda_backend()) cuda_check(api->synchronize(), "synchronize");
+    double n = num(info, 0, "threads");
+    DR_CHECK(n >= 1 && n <= 1024 && n == std::floor(n), Value, "setNumThreads: Expected an integer in 1..1024 but received ", n);
+    set_num_threads(static_cast<int>(n));
     return info.Env().Undefined();
   })
 }
@@ -371,268 +749,33 @@ DR_FN(EmptyCache) {
   })
 }
 
-// The op names in enum order, so lib/ checks its tables against the native ones.
-#define DR_NAME(name, str) str,
-const char* const kUnaryNames[] = {DR_UNARY_OPS(DR_NAME)};
-const char* const kBinaryNames[] = {DR_BINARY_OPS(DR_NAME)};
-#undef DR_NAME
-
-DR_FN(OpNames) {
-  DR_BODY({
-    Napi::Env env = info.Env();
-    Napi::Object r = Napi::Object::New(env);
-    Napi::Array u = Napi::Array::New(env), b = Napi::Array::New(env);
-    for (uint32_t i = 0; i < static_cast<uint32_t>(UnaryOp::Count); ++i) u.Set(i, kUnaryNames[i]);
-    for (uint32_t i = 0; i < static_cast<uint32_t>(BinaryOp::Count); ++i) b.Set(i, kBinaryNames[i]);
-    r.Set("unary", u);
-    r.Set("binary", b);
-    return r;
-  })
-}
-
-// ---- ops -------------------------------------------------------------------------------------
-
-DR_FN(Fill) { DR_BODY(ops::fill(tensor(info, 0, "out"), num(info, 1, "value")); return info.Env().Undefined();) }
-DR_FN(Arange) {
-  DR_BODY(ops::arange(tensor(info, 0, "out"), num(info, 1, "start"), num(info, 2, "step")); return info.Env().Undefined();)
-}
-// random(out, kind, seed, offset, a, b); seed and offset are integers below 2^53
-DR_FN(Random) {
-  DR_BODY({
-    ops::random(tensor(info, 0, "out"), static_cast<RandomKind>(i32(info, 1, "kind")),
-                static_cast<uint64_t>(num(info, 2, "seed")), static_cast<uint64_t>(num(info, 3, "offset")),
-                num(info, 4, "a"), num(info, 5, "b"));
-    return info.Env().Undefined();
-  })
-}
-DR_FN(Copy) { DR_BODY(ops::copy(tensor(info, 0, "out"), tensor(info, 1, "x")); return info.Env().Undefined();) }
-DR_FN(Unary) {
-  DR_BODY(ops::unary(static_cast<UnaryOp>(i32(info, 0, "op")), tensor(info, 1, "out"), tensor(info, 2, "x"));
-          return info.Env().Undefined();)
-}
-DR_FN(Binary) {
-  DR_BODY(ops::binary(static_cast<BinaryOp>(i32(info, 0, "op")), tensor(info, 1, "out"), tensor(info, 2, "a"),
-                      tensor(info, 3, "b"));
-          return info.Env().Undefined();)
-}
-DR_FN(BinaryScalar) {
-  DR_BODY(ops::binary_scalar(static_cast<BinaryOp>(i32(info, 0, "op")), tensor(info, 1, "out"), tensor(info, 2, "a"),
-                             num(info, 3, "scalar"), flag(info, 4));
-          return info.Env().Undefined();)
-}
-DR_FN(Where) {
-  DR_BODY(ops::where(tensor(info, 0, "out"), tensor(info, 1, "cond"), tensor(info, 2, "a"), tensor(info, 3, "b"));
-          return info.Env().Undefined();)
-}
-DR_FN(Reduce) {
-  DR_BODY({
-    auto axes64 = int_list(info, 3, "axes");
-    std::vector<int> axes(axes64.begin(), axes64.end());
-    ops::reduce(static_cast<ReduceOp>(i32(info, 0, "op")), tensor(info, 1, "out"), tensor(info, 2, "x"), axes);
-    return info.Env().Undefined();
-  })
-}
-DR_FN(ArgReduce) {
-  DR_BODY(ops::arg_reduce(static_cast<ArgReduceOp>(i32(info, 0, "op")), tensor(info, 1, "out"), tensor(info, 2, "x"),
-                          i32(info, 3, "axis"));
-          return info.Env().Undefined();)
-}
-// matmul(out, a, b, transA, transB, alpha, beta)
-DR_FN(Matmul) {
-  DR_BODY(ops::matmul(tensor(info, 0, "out"), tensor(info, 1, "a"), tensor(info, 2, "b"), flag(info, 3), flag(info, 4),
-                      static_cast<float>(num(info, 5, "alpha")), static_cast<float>(num(info, 6, "beta")));
-          return info.Env().Undefined();)
-}
-DR_FN(Softmax) {
-  DR_BODY(ops::softmax(tensor(info, 0, "out"), tensor(info, 1, "x"), i32(info, 2, "axis"), flag(info, 3));
-          return info.Env().Undefined();)
-}
-// rmsNorm(out, x, weight|-1, eps, rstd|-1)
-DR_FN(RmsNorm) {
-  DR_BODY(ops::rms_norm(tensor(info, 0, "out"), tensor(info, 1, "x"), opt_tensor(info, 2, "weight"),
-                        static_cast<float>(num(info, 3, "eps")), opt_tensor(info, 4, "rstd"));
-          return info.Env().Undefined();)
-}
-// layerNorm(out, x, weight|-1, bias|-1, eps, mean|-1, rstd|-1)
-DR_FN(LayerNorm) {
-  DR_BODY(ops::layer_norm(tensor(info, 0, "out"), tensor(info, 1, "x"), opt_tensor(info, 2, "weight"),
-                          opt_tensor(info, 3, "bias"), static_cast<float>(num(info, 4, "eps")),
-                          opt_tensor(info, 5, "mean"), opt_tensor(info, 6, "rstd"));
-          return info.Env().Undefined();)
-}
-DR_FN(Swiglu) { DR_BODY(ops::swiglu(tensor(info, 0, "out"), tensor(info, 1, "x")); return info.Env().Undefined();) }
-DR_FN(Embedding) {
-  DR_BODY(ops::embedding(tensor(info, 0, "out"), tensor(info, 1, "ids"), tensor(info, 2, "table"));
-          return info.Env().Undefined();)
-}
-DR_FN(Gather) {
-  DR_BODY(ops::gather(tensor(info, 0, "out"), tensor(info, 1, "x"), tensor(info, 2, "index"), i32(info, 3, "axis"));
-          return info.Env().Undefined();)
-}
-DR_FN(ScatterAdd) {
-  DR_BODY(ops::scatter_add(tensor(info, 0, "out"), tensor(info, 1, "index"), tensor(info, 2, "src"),
-                           i32(info, 3, "axis"));
-          return info.Env().Undefined();)
-}
-// crossEntropy(loss, logits, targets, ignoreIndex, smoothing, lse|-1)
-DR_FN(CrossEntropy) {
-  DR_BODY(ops::cross_entropy(tensor(info, 0, "loss"), tensor(info, 1, "logits"), tensor(info, 2, "targets"),
-                             i32(info, 3, "ignoreIndex"), static_cast<float>(num(info, 4, "smoothing")),
-                             opt_tensor(info, 5, "lse"));
-          return info.Env().Undefined();)
-}
-
-// ---- backward kernels and optimizer steps ---------------------------------------------------
-
-// softmaxBackward(dx, y, dy, axis, log)
-DR_FN(SoftmaxBackward) {
-  DR_BODY(ops::softmax_backward(tensor(info, 0, "dx"), tensor(info, 1, "y"), tensor(info, 2, "dy"),
-                                i32(info, 3, "axis"), flag(info, 4));
-          return info.Env().Undefined();)
-}
-// rmsNormBackward(dx, dweight|-1, x, weight|-1, rstd, dy)
-DR_FN(RmsNormBackward) {
-  DR_BODY(ops::rms_norm_backward(tensor(info, 0, "dx"), opt_tensor(info, 1, "dweight"), tensor(info, 2, "x"),
-                                 opt_tensor(info, 3, "weight"), tensor(info, 4, "rstd"), tensor(info, 5, "dy"));
-          return info.Env().Undefined();)
-}
-// layerNormBackward(dx, dweight|-1, dbias|-1, x, weight|-1, mean, rstd, dy)
-DR_FN(LayerNormBackward) {
-  DR_BODY(ops::layer_norm_backward(tensor(info, 0, "dx"), opt_tensor(info, 1, "dweight"), opt_tensor(info, 2, "dbias"),
-                                   tensor(info, 3, "x"), opt_tensor(info, 4, "weight"), tensor(info, 5, "mean"),
-                                   tensor(info, 6, "rstd"), tensor(info, 7, "dy"));
-          return info.Env().Undefined();)
-}
-// crossEntropyBackward(dlogits, logits, targets, lse, dloss, ignoreIndex, smoothing)
-DR_FN(CrossEntropyBackward) {
-  DR_BODY(ops::cross_entropy_backward(tensor(info, 0, "dlogits"), tensor(info, 1, "logits"), tensor(info, 2, "targets"),
-                                      tensor(info, 3, "lse"), tensor(info, 4, "dloss"), i32(info, 5, "ignoreIndex"),
-                                      static_cast<float>(num(info, 6, "smoothing")));
-          return info.Env().Undefined();)
-}
-// unaryBackward(op, dx, x, dy)
-DR_FN(UnaryBackward) {
-  DR_BODY(ops::unary_backward(static_cast<UnaryOp>(i32(info, 0, "op")), tensor(info, 1, "dx"), tensor(info, 2, "x"),
-                              tensor(info, 3, "dy"));
-          return info.Env().Undefined();)
-}
-// swigluBackward(dx, x, dy)
-DR_FN(SwigluBackward) {
-  DR_BODY(ops::swiglu_backward(tensor(info, 0, "dx"), tensor(info, 1, "x"), tensor(info, 2, "dy"));
-          return info.Env().Undefined();)
-}
-// adamwStep(param, grad, expAvg, expAvgSq, lr, beta1, beta2, eps, weightDecay, step, gradScale)
-DR_FN(AdamwStep) {
-  DR_BODY({
-    const double step = num(info, 9, "step");
-    DR_CHECK(step >= 1 && step <= 9007199254740992.0 && step == static_cast<double>(static_cast<int64_t>(step)), Value,
-             "adamwStep: step must be an integer >= 1, got ", step);
-    ops::adamw_step(tensor(info, 0, "param"), tensor(info, 1, "grad"), tensor(info, 2, "expAvg"),
-                    tensor(info, 3, "expAvgSq"), num(info, 4, "lr"), num(info, 5, "beta1"), num(info, 6, "beta2"),
-                    num(info, 7, "eps"), num(info, 8, "weightDecay"), static_cast<int64_t>(step),
-                    num(info, 10, "gradScale"));
-    return info.Env().Undefined();
-  })
-}
-// sgdStep(param, grad, momentumBuf|-1, lr, momentum, dampening, weightDecay, nesterov, firstStep, gradScale)
-DR_FN(SgdStep) {
-  DR_BODY(ops::sgd_step(tensor(info, 0, "param"), tensor(info, 1, "grad"), opt_tensor(info, 2, "momentumBuf"),
-                        num(info, 3, "lr"), num(info, 4, "momentum"), num(info, 5, "dampening"),
-                        num(info, 6, "weightDecay"), flag(info, 7), flag(info, 8), num(info, 9, "gradScale"));
-          return info.Env().Undefined();)
-}
-
-// ---- attention ---------------------------------------------------------------------------------
-
-ops::AttnOptions attn_options(const Napi::CallbackInfo& info, size_t i) {
-  // (mask, causal, window, scale, keyPadding|-1, queryIndex|-1) starting at argument i
-  ops::AttnOptions o;
-  int32_t m = i32(info, i, "mask");
-  DR_CHECK(m >= 0 && m <= 2, Value, "attention: unknown mask code ", m);
-  o.mask = static_cast<AttnMask>(m);
-  o.causal = flag(info, i + 1);
-  o.window = static_cast<int64_t>(num(info, i + 2, "window"));
-  o.scale = num(info, i + 3, "scale");
-  o.key_padding = opt_tensor(info, i + 4, "keyPaddingMask");
-  o.query_index = opt_tensor(info, i + 5, "queryIndex");
-  return o;
-}
-
-// attentionForward(out, lse|-1, q, k, v, mask, causal, window, scale, keyPadding|-1, queryIndex|-1)
-DR_FN(AttentionForward) {
-  DR_BODY(ops::attention_forward(tensor(info, 0, "out"), opt_tensor(info, 1, "lse"), tensor(info, 2, "q"),
-                                 tensor(info, 3, "k"), tensor(info, 4, "v"), attn_options(info, 5));
-          return info.Env().Undefined();)
-}
-// attentionBackward(dq, dk, dv, q, k, v, out, dout, lse, mask, causal, window, scale, keyPadding|-1, queryIndex|-1)
-DR_FN(AttentionBackward) {
-  DR_BODY(ops::attention_backward(tensor(info, 0, "dq"), tensor(info, 1, "dk"), tensor(info, 2, "dv"),
-                                  tensor(info, 3, "q"), tensor(info, 4, "k"), tensor(info, 5, "v"),
-                                  tensor(info, 6, "out"), tensor(info, 7, "dout"), tensor(info, 8, "lse"),
-                                  attn_options(info, 9));
-          return info.Env().Undefined();)
-}
-// dualAttentionForward(out, outLocal, outGlobal, lseLocal, lseGlobal, q, k, v, gates, mask, causal, window,
-//                      scale, keyPadding|-1, globalRows|-1)
-DR_FN(DualAttentionForward) {
-  DR_BODY({
-    ops::AttnOptions o = attn_options(info, 9);
-    const TensorImpl* rows = o.query_index;
-    o.query_index = nullptr;
-    ops::dual_attention_forward(tensor(info, 0, "out"), tensor(info, 1, "outLocal"), tensor(info, 2, "outGlobal"),
-                                tensor(info, 3, "lseLocal"), tensor(info, 4, "lseGlobal"), tensor(info, 5, "q"),
-                                tensor(info, 6, "k"), tensor(info, 7, "v"), tensor(info, 8, "gates"), o, rows);
-    return info.Env().Undefined();
-  })
-}
-// dualAttentionBackward(dq, dk, dv, q, k, v, outLocal, outGlobal, dout, lseLocal, lseGlobal, gates, mask, causal,
-//                       window, scale, keyPadding|-1, globalRows|-1)
-DR_FN(DualAttentionBackward) {
-  DR_BODY({
-    ops::AttnOptions o = attn_options(info, 12);
-    const TensorImpl* rows = o.query_index;
-    o.query_index = nullptr;
-    ops::dual_attention_backward(tensor(info, 0, "dq"), tensor(info, 1, "dk"), tensor(info, 2, "dv"), tensor(info, 3, "q"),
-                                 tensor(info, 4, "k"), tensor(info, 5, "v"), tensor(info, 6, "outLocal"),
-                                 tensor(info, 7, "outGlobal"), tensor(info, 8, "dout"), tensor(info, 9, "lseLocal"),
-                                 tensor(info, 10, "lseGlobal"), tensor(info, 11, "gates"), o, rows);
-    return info.Env().Undefined();
-  })
-}
-// rope(out, x, positions, base, inverse)
-DR_FN(Rope) {
-  DR_BODY(ops::rope(tensor(info, 0, "out"), tensor(info, 1, "x"), tensor(info, 2, "positions"), num(info, 3, "base"),
-                    flag(info, 4));
-          return info.Env().Undefined();)
-}
-
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  env.SetInstanceData<Instance>(new Instance());
+  auto* in = new Instance();
+  env.SetInstanceData<Instance>(in);
+  // Completions of reads arrive through this; it keeps the event loop alive only while a read
+  // is pending (Ref/Unref in add_pending/settle).
+  in->completions = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                                  "dualroute.stream", 0, 1);
+  in->completions.Unref(env);
+  // Added after the completions function, so it runs before N-API tears that down: the
+  // streams stop (the running task finishes) and nothing is posted afterwards.
+  env.AddCleanupHook([in]() { in->close(); });
+
   struct Entry {
     const char* name;
     Napi::Value (*fn)(const Napi::CallbackInfo&);
   };
-  static const Entry entries[] = {
+  static const Entry runtime[] = {
       {"empty", Empty},         {"fromBytes", FromBytes},     {"view", ViewOf},
       {"release", Release},     {"isLive", IsLive},           {"readSync", ReadSync},
-      {"read", Read},           {"toDevice", ToDevice},       {"devices", Devices},
-      {"memory", Memory},       {"numThreads", NumThreads},   {"setNumThreads", SetNumThreads},
-      {"synchronize", Synchronize}, {"emptyCache", EmptyCache}, {"opNames", OpNames},
-      {"fill", Fill},           {"arange", Arange},           {"random", Random},
-      {"copy", Copy},           {"unary", Unary},             {"binary", Binary},
-      {"binaryScalar", BinaryScalar}, {"where", Where},       {"reduce", Reduce},
-      {"argReduce", ArgReduce}, {"matmul", Matmul},           {"softmax", Softmax},
-      {"rmsNorm", RmsNorm},     {"layerNorm", LayerNorm},     {"swiglu", Swiglu},
-      {"embedding", Embedding}, {"gather", Gather},           {"scatterAdd", ScatterAdd},
-      {"crossEntropy", CrossEntropy},
-      {"softmaxBackward", SoftmaxBackward}, {"rmsNormBackward", RmsNormBackward},
-      {"layerNormBackward", LayerNormBackward}, {"crossEntropyBackward", CrossEntropyBackward},
-      {"unaryBackward", UnaryBackward}, {"swigluBackward", SwigluBackward},
-      {"adamwStep", AdamwStep}, {"sgdStep", SgdStep}, {"attentionForward", AttentionForward}, {"attentionBackward", AttentionBackward},
-      {"dualAttentionForward", DualAttentionForward},
-      {"dualAttentionBackward", DualAttentionBackward}, {"rope", Rope},
+      {"read", Read},           {"devices", Devices},         {"memory", Memory},
+      {"numThreads", NumThreads}, {"setNumThreads", SetNumThreads}, {"synchronize", Synchronize},
+      {"synchronizeAsync", SynchronizeAsync}, {"pending", PendingOps}, {"emptyCache", EmptyCache},
   };
-  for (const Entry& e : entries) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
+  for (const Entry& e : runtime) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
+#define DR_EXPORT_OP(js, Args) exports.Set(#js, Napi::Function::New(env, op_entry<ops::Args>, #js));
+  DR_OPS(DR_EXPORT_OP)
+#undef DR_EXPORT_OP
   return exports;
 }
 

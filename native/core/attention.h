@@ -18,9 +18,9 @@
 #pragma once
 #include <cstdint>
 
-namespace dualroute {
+#include "../generated/enums.h"
 
-enum class AttnMask : int32_t { Global = 0, Sliding = 1, Block = 2 };
+namespace dualroute {
 
 struct AttnArgs {
   int32_t dtype;  // DType of q, k, v, out (and dout/dq/dk/dv in the backward)

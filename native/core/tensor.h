@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dtype.h"
+#include "error.h"
 #include "view.h"
 
 namespace dualroute {
@@ -31,6 +32,17 @@ MemoryCounters& memory_counters();
 int64_t cpu_cached_bytes();
 void cpu_empty_cache();
 
+// What went wrong in a queued op (core/stream.h): the op's name, the error's code and message.
+// Every storage that op wrote, and every storage computed from those, carries it ("poisoned"),
+// so a read of any of them raises it instead of returning garbage.
+struct OpFailure {
+  ErrorCode code;
+  std::string op;
+  std::string message;
+  mutable std::atomic<bool> reported{false};  // raised at a read (synchronize() raises the unreported)
+  OpFailure(ErrorCode c, std::string o, std::string m) : code(c), op(std::move(o)), message(std::move(m)) {}
+};
+
 class Storage {
  public:
   Storage(DeviceKind device, size_t bytes);  // uninitialised; throws MemoryError / DeviceError
@@ -42,7 +54,12 @@ class Storage {
   size_t bytes() const { return bytes_; }
   DeviceKind device() const { return device_; }
 
+  // The failure this storage's contents depend on, or null. Set and read on stream threads.
+  std::shared_ptr<const OpFailure> poison() const { return std::atomic_load(&poison_); }
+  void set_poison(std::shared_ptr<const OpFailure> f) { std::atomic_store(&poison_, std::move(f)); }
+
  private:
+  std::shared_ptr<const OpFailure> poison_;
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
   DeviceKind device_;

@@ -31,49 +31,10 @@
 namespace dualroute {
 namespace cuda {
 
-// The kernel entries defined in the other sources of this library.
-int fill(const View* out, double value);
-int arange(const View* out, double start, double step);
-int random(const View* out, int32_t kind, uint64_t seed, uint64_t offset, double a, double b);
-int copy(const View* out, const View* in);
-int unary(int32_t op, const View* out, const View* x);
-int binary(int32_t op, const View* out, const View* a, const View* b);
-int binary_scalar(int32_t op, const View* out, const View* a, double s, int32_t scalar_first);
-int where(const View* out, const View* cond, const View* a, const View* b);
-int reduce(int32_t op, const View* out, const View* x, int32_t nreduce);
-int arg_reduce(int32_t op, const View* out, const View* x);
-int softmax(const View* out, const View* x, int64_t outer, int64_t dim, int64_t inner, int32_t log);
-int rms_norm(const View* out, const View* x, const View* w, float eps, const View* rstd);
-int layer_norm(const View* out, const View* x, const View* w, const View* b, float eps, const View* mean,
-               const View* rstd);
-int swiglu(const View* out, const View* x);
-int embedding(const View* out, const View* ids, const View* table);
-int gather(const View* out, const View* x, const View* index, int32_t axis);
-int scatter_add(const View* out, const View* index, const View* src, int32_t axis);
-int cross_entropy(const View* loss, const View* logits, const View* targets, int32_t ignore_index,
-                  float smoothing, const View* lse);
-// backward.cu, optim.cu (ABI 2)
-int softmax_backward(const View* dx, const View* y, const View* dy, int64_t outer, int64_t dim, int64_t inner,
-                     int32_t log);
-int rms_norm_backward(const View* dx, const View* dw, const View* x, const View* w, const View* rstd, const View* dy);
-int layer_norm_backward(const View* dx, const View* dw, const View* db, const View* x, const View* w, const View* mean,
-                        const View* rstd, const View* dy);
-int cross_entropy_backward(const View* dlogits, const View* logits, const View* targets, const View* lse,
-                           const View* dloss, int32_t ignore_index, float smoothing);
-int unary_backward(int32_t op, const View* dx, const View* x, const View* dy);
-int swiglu_backward(const View* dx, const View* x, const View* dy);
-int adamw_step(const View* param, const View* grad, const View* exp_avg, const View* exp_avg_sq, double lr,
-               double beta1, double beta2, double eps, double weight_decay, int64_t step, double grad_scale);
-int sgd_step(const View* param, const View* grad, const View* buf, double lr, double momentum, double dampening,
-             double weight_decay, int32_t nesterov, int32_t first_step, double grad_scale);
-int attention_forward(const AttnArgs* a, void* out, void* lse);
-int attention_backward(const AttnArgs* a, const void* out, const void* dout, const void* lse, void* dq, void* dk,
-                       void* dv);
-int dual_attention_forward(const DualArgs* d, void* out, void* out_local, void* out_global, void* lse_local,
-                           void* lse_global);
-int dual_attention_backward(const DualArgs* d, const void* out_local, const void* out_global, const void* dout,
-                            const void* lse_local, const void* lse_global, void* dq, void* dk, void* dv);
-int rope(const View* out, const View* x, const View* positions, double base, int32_t inverse);
+// The kernel entries, defined in the other sources of this library (declared from the op table).
+#define DR_CUDA_DECLARE(name, params) int name params;
+DR_CUDA_KERNELS(DR_CUDA_DECLARE)
+#undef DR_CUDA_DECLARE
 
 namespace {
 
@@ -303,38 +264,9 @@ CudaApi make_api() {
   a.copy_d2h = api_copy_d2h;
   a.copy_d2d = api_copy_d2d;
   a.synchronize = api_synchronize;
-  a.fill = fill;
-  a.arange = arange;
-  a.random = random;
-  a.copy = copy;
-  a.unary = unary;
-  a.binary = binary;
-  a.binary_scalar = binary_scalar;
-  a.where = where;
-  a.reduce = reduce;
-  a.arg_reduce = arg_reduce;
-  a.matmul = matmul;
-  a.softmax = softmax;
-  a.rms_norm = rms_norm;
-  a.layer_norm = layer_norm;
-  a.swiglu = swiglu;
-  a.embedding = embedding;
-  a.gather = gather;
-  a.scatter_add = scatter_add;
-  a.cross_entropy = cross_entropy;
-  a.softmax_backward = softmax_backward;
-  a.rms_norm_backward = rms_norm_backward;
-  a.layer_norm_backward = layer_norm_backward;
-  a.cross_entropy_backward = cross_entropy_backward;
-  a.unary_backward = unary_backward;
-  a.swiglu_backward = swiglu_backward;
-  a.adamw_step = adamw_step;
-  a.sgd_step = sgd_step;
-  a.attention_forward = attention_forward;
-  a.attention_backward = attention_backward;
-  a.dual_attention_forward = dual_attention_forward;
-  a.dual_attention_backward = dual_attention_backward;
-  a.rope = rope;
+#define DR_CUDA_SET(name, params) a.name = name;
+  DR_CUDA_KERNELS(DR_CUDA_SET)
+#undef DR_CUDA_SET
   return a;
 }
 

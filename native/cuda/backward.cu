@@ -376,7 +376,7 @@ int launch_unary_bw(int32_t op, const View& dx, const View& x, const View& dy) {
   case static_cast<int32_t>(UnaryOp::name):                                                                  \
     unary_bw_kernel<T, static_cast<int>(UnaryOp::name)><<<blocks, 256, 0, stream()>>>(o, px, pg, n);         \
     break;
-    DR_UNARY_OPS(DR_UNARY_BW_CASE)
+    DR_UNARY_OP_VALUES(DR_UNARY_BW_CASE)
 #undef DR_UNARY_BW_CASE
     default: return set_error("unary_backward: unknown op " + std::to_string(op));
   }

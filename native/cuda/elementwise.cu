@@ -432,7 +432,7 @@ int unary_float(UnaryOp op, const View& out, const View& x) {
   case UnaryOp::name:            \
     return run_map1<T, T>("unary " str, out, x, UnaryFloat<T, UnaryOp::name>{});
   switch (op) {
-    DR_UNARY_OPS(DR_UNARY_CASE)
+    DR_UNARY_OP_VALUES(DR_UNARY_CASE)
     default: return set_error("unary: unknown op " + std::to_string(static_cast<int>(op)));
   }
 #undef DR_UNARY_CASE

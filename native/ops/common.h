@@ -1,4 +1,4 @@
-// Helpers for the dispatchers.
+// Helpers for the dispatchers' run() functions.
 #pragma once
 #include "../core/cuda_backend.h"
 #include "../core/error.h"
@@ -10,10 +10,8 @@ namespace ops {
 
 inline bool on_cpu(const T& t) { return t.device() == DeviceKind::CPU; }
 
-// x's view broadcast to `shape` (right-aligned, stride 0 where x has size 1 or lacks the dim).
-View broadcast_to(const T& x, const T& shape_of, const char* op, const char* arg);
-
 inline View opt_view(const T* t) { return t ? t->view() : null_view(); }
+inline View opt_view(const OptTensor& t) { return t ? t->view() : null_view(); }
 
 // Calls the CPU kernel or the CUDA entry of the same name.
 #define DR_RUN(device_of, cpu_call, cuda_name, ...)                                   \

@@ -35,27 +35,44 @@ bool as_matrix(const View& v, int64_t rows, int64_t cols, bool logical_trans, Ma
 
 }  // namespace
 
-void matmul(const T& out, const T& a_in, const T& b_in, bool trans_a, bool trans_b, float alpha, float beta) {
-  same_device("matmul", {&out, &a_in, &b_in});
-  DR_CHECK(a_in.dtype == b_in.dtype && out.dtype == a_in.dtype, DType, "matmul: dtypes differ (",
-           dtype_name(a_in.dtype), ", ", dtype_name(b_in.dtype), ", out ", dtype_name(out.dtype), ")");
-  DR_CHECK(dtype_is_float(a_in.dtype), DType, "matmul: expected a float dtype, got ", dtype_name(a_in.dtype));
-  DR_CHECK(a_in.ndim >= 2 && b_in.ndim >= 2 && out.ndim >= 2 && out.contiguous(), Shape,
-           "matmul: operands need at least 2 dimensions");
+void check(const Matmul& p) {
+  const T &out = p.out, &a = p.a, &b = p.b;
+  DR_CHECK(b.dtype == a.dtype && out.dtype == a.dtype, DType, "matmul: Expected one dtype for a, b and out but received ",
+           dtype_name(a.dtype), ", ", dtype_name(b.dtype), ", ", dtype_name(out.dtype));
+  DR_CHECK(a.ndim >= 2 && b.ndim >= 2 && out.ndim >= 2, Shape, "matmul: operands need at least 2 dimensions, received ",
+           a.shape_string(), ", ", b.shape_string(), " and out ", out.shape_string());
+  require_contiguous("matmul", "out", out);
   const int on = out.ndim;
   const int64_t m = out.shape[on - 2], n = out.shape[on - 1];
-  // logical shapes: op(a) is [.., m, k] where a stored [.., m, k] or [.., k, m] when trans_a
-  const int64_t k = trans_a ? a_in.shape[a_in.ndim - 2] : a_in.shape[a_in.ndim - 1];
-  const int64_t am = trans_a ? a_in.shape[a_in.ndim - 1] : a_in.shape[a_in.ndim - 2];
-  const int64_t bk = trans_b ? b_in.shape[b_in.ndim - 1] : b_in.shape[b_in.ndim - 2];
-  const int64_t bn = trans_b ? b_in.shape[b_in.ndim - 2] : b_in.shape[b_in.ndim - 1];
-  DR_CHECK(am == m && bn == n && bk == k, Shape, "matmul: shapes ", a_in.shape_string(), " and ",
-           b_in.shape_string(), " do not give ", out.shape_string());
+  const int64_t k = p.transA ? a.shape[a.ndim - 2] : a.shape[a.ndim - 1];
+  const int64_t am = p.transA ? a.shape[a.ndim - 1] : a.shape[a.ndim - 2];
+  const int64_t bk = p.transB ? b.shape[b.ndim - 1] : b.shape[b.ndim - 2];
+  const int64_t bn = p.transB ? b.shape[b.ndim - 2] : b.shape[b.ndim - 1];
+  DR_CHECK(am == m && bn == n && bk == k, Shape, "matmul: shapes ", a.shape_string(), " and ", b.shape_string(),
+           " do not give ", out.shape_string());
+  const int nb = on - 2;
+  DR_CHECK(a.ndim - 2 <= nb && b.ndim - 2 <= nb, Shape, "matmul: operands have more batch dims than the output");
+  for (int d = 0; d < nb; ++d) {
+    const int da = d - (nb - (a.ndim - 2)), db = d - (nb - (b.ndim - 2));
+    DR_CHECK(da < 0 || a.shape[da] == out.shape[d] || a.shape[da] == 1, Shape, "matmul: batch dims of a ",
+             a.shape_string(), " do not broadcast to ", out.shape_string());
+    DR_CHECK(db < 0 || b.shape[db] == out.shape[d] || b.shape[db] == 1, Shape, "matmul: batch dims of b ",
+             b.shape_string(), " do not broadcast to ", out.shape_string());
+  }
+}
+
+void run(const Matmul& p) {
+  const T& out = p.out;
+  const bool trans_a = p.transA, trans_b = p.transB;
+  const float alpha = p.alpha, beta = p.beta;
+  const int on = out.ndim;
+  const int64_t m = out.shape[on - 2], n = out.shape[on - 1];
+  const int64_t k = trans_a ? p.a.shape[p.a.ndim - 2] : p.a.shape[p.a.ndim - 1];
 
   // Operands whose matrix part is neither row- nor column-contiguous are copied.
   std::shared_ptr<const T> a_keep, b_keep;
-  const T* a = &a_in;
-  const T* b = &b_in;
+  const T* a = &p.a;
+  const T* b = &p.b;
   Mat ma{}, mb{};
   View va = a->view(), vb = b->view();
   // stored dims: rows x cols of the stored matrix
@@ -86,17 +103,12 @@ void matmul(const T& out, const T& a_in, const T& b_in, bool trans_a, bool trans
     so[d] = bo.strides[d];
     int da = d - (nb - (a->ndim - 2)), db = d - (nb - (b->ndim - 2));
     if (da >= 0) {
-      DR_CHECK(a->shape[da] == bshape[d] || a->shape[da] == 1, Shape, "matmul: batch dims of a ",
-               a->shape_string(), " do not broadcast to ", out.shape_string());
       sa[d] = a->shape[da] == 1 ? 0 : va.strides[da];
     }
     if (db >= 0) {
-      DR_CHECK(b->shape[db] == bshape[d] || b->shape[db] == 1, Shape, "matmul: batch dims of b ",
-               b->shape_string(), " do not broadcast to ", out.shape_string());
       sb[d] = b->shape[db] == 1 ? 0 : vb.strides[db];
     }
   }
-  DR_CHECK(a->ndim - 2 <= nb && b->ndim - 2 <= nb, Shape, "matmul: operands have more batch dims than the output");
   // Collapse batch dims from the inside while every operand stays a single stride.
   int inner = nb;  // dims [inner, nb) collapse into one batch of `count` with strides s*
   int64_t count = 1, csa = 0, csb = 0, cso = 0;

@@ -1,20 +1,18 @@
+// The reduce family: sum/mean/max/min over axes, argmax/argmin along one axis.
 #include <algorithm>
 
 #include "common.h"
 
 namespace dualroute {
 namespace ops {
+namespace {
 
 // x with the kept axes first (in order) and the reduced axes after them: a view, no copy.
-static View permuted(const T& x, const std::vector<int>& axes, int* nreduce) {
+View permuted(const T& x, const std::vector<int>& axes) {
   View v = x.view();
   View r = v;
   std::vector<bool> red(x.ndim, false);
-  for (int a : axes) {
-    DR_CHECK(a >= 0 && a < x.ndim, Range, "reduce: axis ", a, " is outside [0, ", x.ndim, ")");
-    DR_CHECK(!red[a], Value, "reduce: axis ", a, " is repeated");
-    red[a] = true;
-  }
+  for (int a : axes) red[a] = true;
   int k = 0;
   for (int pass = 0; pass < 2; ++pass)
     for (int d = 0; d < x.ndim; ++d)
@@ -23,32 +21,53 @@ static View permuted(const T& x, const std::vector<int>& axes, int* nreduce) {
         r.strides[k] = v.strides[d];
         ++k;
       }
-  *nreduce = static_cast<int>(axes.size());
   return r;
 }
 
-void reduce(ReduceOp op, const T& out, const T& x, const std::vector<int>& axes) {
-  same_device("reduce", {&out, &x});
-  DR_CHECK(op < ReduceOp::Count, Value, "reduce: unknown op");
-  DR_CHECK(out.contiguous() && out.dtype == x.dtype, Internal, "reduce: output must be contiguous of x's dtype");
-  int nreduce = 0;
-  View vx = permuted(x, axes, &nreduce);
-  int64_t kept = 1;
-  for (int d = 0; d < x.ndim - nreduce; ++d) kept *= vx.shape[d];
-  DR_CHECK(kept == out.numel(), Shape, "reduce: output has ", out.numel(), " elements, expected ", kept);
-  View vo = out.view();
-  DR_RUN(out, cpu::reduce(op, vo, vx, nreduce), reduce, static_cast<int32_t>(op), &vo, &vx, nreduce);
+void check_axes(const char* op, const T& x, const std::vector<int>& axes) {
+  std::vector<bool> seen(x.ndim, false);
+  for (int a : axes) {
+    DR_CHECK(a >= 0 && a < x.ndim, Range, op, ": axis ", a, " is outside [0, ", x.ndim, ")");
+    DR_CHECK(!seen[a], Value, op, ": axis ", a, " is repeated");
+    seen[a] = true;
+  }
 }
 
-void arg_reduce(ArgReduceOp op, const T& out, const T& x, int axis) {
-  same_device("argmax", {&out, &x});
-  DR_CHECK(out.contiguous() && out.dtype == DType::I32, Internal, "argmax: output must be contiguous int32");
-  int nreduce = 0;
-  View vx = permuted(x, {axis}, &nreduce);
-  DR_CHECK(x.shape[axis] > 0, Shape, "argmax/argmin: axis ", axis, " has size 0");
-  DR_CHECK(out.numel() * x.shape[axis] == x.numel(), Shape, "argmax: output size mismatch");
-  View vo = out.view();
-  DR_RUN(out, cpu::arg_reduce(op, vo, vx), arg_reduce, static_cast<int32_t>(op), &vo, &vx);
+}  // namespace
+
+void check(const Reduce& a) {
+  const char* op = enum_name(a.op);
+  check_axes(op, a.x, a.axes);
+  DR_CHECK(!(a.x.dtype == DType::I32 && a.op == ReduceOp::Mean), DType, op,
+           ": int32 tensors need a cast to a float dtype first");
+  require_dtype(op, "out", a.out, a.x.dtype);
+  require_contiguous(op, "out", a.out);
+  int64_t kept = 1;
+  std::vector<bool> red(a.x.ndim, false);
+  for (int ax : a.axes) red[ax] = true;
+  for (int d = 0; d < a.x.ndim; ++d)
+    if (!red[d]) kept *= a.x.shape[d];
+  DR_CHECK(kept == a.out.numel(), Shape, op, ": out has ", a.out.numel(), " elements, the kept dims of ",
+           a.x.shape_string(), " have ", kept);
+}
+void run(const Reduce& a) {
+  View vx = permuted(a.x, a.axes), vo = a.out.view();
+  const int nreduce = static_cast<int>(a.axes.size());
+  DR_RUN(a.out, cpu::reduce(a.op, vo, vx, nreduce), reduce, static_cast<int32_t>(a.op), &vo, &vx, nreduce);
+}
+
+void check(const ArgReduce& a) {
+  const char* op = enum_name(a.op);
+  check_axes(op, a.x, {a.axis});
+  require_dtype(op, "out", a.out, DType::I32);
+  require_contiguous(op, "out", a.out);
+  DR_CHECK(a.x.shape[a.axis] > 0, Shape, op, ": axis ", a.axis, " of ", a.x.shape_string(), " has size 0");
+  DR_CHECK(a.out.numel() * a.x.shape[a.axis] == a.x.numel(), Shape, op, ": out has ", a.out.numel(),
+           " elements, expected ", a.x.numel() / a.x.shape[a.axis]);
+}
+void run(const ArgReduce& a) {
+  View vx = permuted(a.x, {a.axis}), vo = a.out.view();
+  DR_RUN(a.out, cpu::arg_reduce(a.op, vo, vx), arg_reduce, static_cast<int32_t>(a.op), &vo, &vx);
 }
 
 }  // namespace ops

@@ -80,6 +80,8 @@ describe('autograd engine', () => {
       });
     }
     expect(dr.memory().tensors).toBe(start.tensors);
+    // buffers that queued ops still read are freed as those ops finish
+    dr.synchronize();
     expect(dr.memory().bytes).toBe(start.bytes);
     dr.dispose([w, x, t]);
   });

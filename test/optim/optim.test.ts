@@ -61,10 +61,15 @@ describe('optimizers', () => {
     a.grad = dr.tensor([3, 0]);
     b.grad = dr.tensor([4]);
     const n = optim.clipGradNorm([a, b], 1);
-    expect(n).toBeCloseTo(5, 5);
+    expect(n.shape).toEqual([]);
+    expect(n.item()).toBeCloseTo(5, 5);
     expect(a.grad.dataSync()[0]).toBeCloseTo(0.6, 5);
     expect(b.grad.dataSync()[0]).toBeCloseTo(0.8, 5);
-    dr.dispose([a, b]);
+    // below the limit the gradients stay as they are
+    const m = optim.clipGradNorm([a, b], 10);
+    expect(m.item()).toBeCloseTo(1, 5);
+    expect(a.grad.dataSync()[0]).toBeCloseTo(0.6, 5);
+    dr.dispose([a, b, n, m]);
   });
 
   test('schedules: warm-up and cosine', () => {

@@ -1,0 +1,160 @@
+#include "stream.h"
+
+#include <chrono>
+#include <new>
+#include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define DR_CPU_RELAX() _mm_pause()
+#else
+#define DR_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace dualroute {
+namespace {
+
+// A thread that just ran out of work, or a reader waiting on a short op, spins this long
+// before sleeping: a JavaScript thread issuing a chain of small ops keeps the stream fed
+// without a futex wake-up per op (a few microseconds each).
+constexpr auto kSpin = std::chrono::microseconds(50);
+constexpr size_t kMaxUnreported = 16;
+
+template <typename Pred>
+bool spin_until(Pred&& done) {
+  const auto end = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= end) return false;
+    DR_CPU_RELAX();
+  }
+}
+
+}  // namespace
+
+Stream::Stream(DeviceKind device) : device_(device) {}
+
+Stream::~Stream() { shutdown(); }
+
+uint64_t Stream::submit(std::unique_ptr<Task> task) {
+  std::unique_lock<std::mutex> lk(mu_);
+  DR_CHECK(!quit_, Internal, "a stream was used after it shut down");
+  if (!started_) {
+    started_ = true;
+    thread_ = std::thread([this] { loop(); });
+  }
+  space_cv_.wait(lk, [&] { return quit_ || queue_.size() < kMaxQueued; });
+  DR_CHECK(!quit_, Internal, "a stream was used after it shut down");
+  queue_.push_back(std::move(task));
+  queued_.fetch_add(1, std::memory_order_release);
+  const uint64_t seq = submitted_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  const bool wake = sleeping_;
+  lk.unlock();
+  if (wake) work_cv_.notify_one();
+  return seq;
+}
+
+void Stream::wait(uint64_t seq) {
+  if (completed() >= seq) return;
+  if (spin_until([&] { return completed() >= seq; })) return;
+  std::unique_lock<std::mutex> lk(mu_);
+  ++waiters_;
+  done_cv_.wait(lk, [&] { return completed() >= seq || (quit_ && queue_.empty() && !started_); });
+  --waiters_;
+}
+
+std::shared_ptr<const OpFailure> Stream::take_unreported() {
+  std::lock_guard<std::mutex> lk(failures_mu_);
+  std::shared_ptr<const OpFailure> first;
+  for (auto& f : unreported_) {
+    if (!f->reported.exchange(true) && !first) first = f;
+  }
+  unreported_.clear();
+  return first;
+}
+
+void Stream::shutdown() {
+  std::deque<std::unique_ptr<Task>> dropped;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (quit_ && !thread_.joinable()) return;
+    quit_ = true;
+    dropped.swap(queue_);
+    queued_.store(0);
+  }
+  work_cv_.notify_all();
+  space_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    started_ = false;
+    // the dropped tasks count as done, so no waiter hangs
+    completed_.store(submitted_.load());
+  }
+  done_cv_.notify_all();
+  dropped.clear();  // frees their arguments (storages) outside the lock
+}
+
+void Stream::loop() {
+  for (;;) {
+    std::unique_ptr<Task> task;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (queue_.empty() && !quit_) {
+        lk.unlock();
+        spin_until([&] { return queued_.load(std::memory_order_acquire) != 0; });
+        lk.lock();
+        sleeping_ = true;
+        work_cv_.wait(lk, [&] { return quit_ || !queue_.empty(); });
+        sleeping_ = false;
+      }
+      if (quit_) return;
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      queued_.fetch_sub(1, std::memory_order_release);
+      if (queue_.size() + 1 == kMaxQueued) space_cv_.notify_one();
+    }
+    if (task->after) task->after->wait(task->after_seq);
+    execute(*task);
+    task.reset();  // frees what only this task still held (before the completion is visible)
+    completed_.fetch_add(1, std::memory_order_acq_rel);
+    std::lock_guard<std::mutex> lk(mu_);
+    if (waiters_) done_cv_.notify_all();
+  }
+}
+
+void Stream::execute(Task& t) {
+  std::shared_ptr<const OpFailure> failure;
+  for (Storage* s : t.reads) {
+    if (auto f = s->poison()) {
+      failure = std::move(f);
+      break;
+    }
+  }
+  if (!failure) {
+    std::shared_ptr<OpFailure> own;
+    try {
+      t.run();
+    } catch (const Error& e) {
+      own = std::make_shared<OpFailure>(e.code(), t.name(), e.what());
+    } catch (const std::bad_alloc&) {
+      own = std::make_shared<OpFailure>(ErrorCode::Memory, t.name(), "out of memory");
+    } catch (const std::exception& e) {
+      own = std::make_shared<OpFailure>(ErrorCode::Internal, t.name(), std::string("internal error: ") + e.what());
+    } catch (...) {
+      own = std::make_shared<OpFailure>(ErrorCode::Internal, t.name(), "internal error: unknown exception");
+    }
+    if (own) {
+      std::lock_guard<std::mutex> lk(failures_mu_);
+      if (unreported_.size() == kMaxUnreported) unreported_.pop_front();
+      unreported_.push_back(own);
+      failure = std::move(own);
+    }
+  }
+  if (failure) {
+    for (Storage* s : t.writes) s->set_poison(failure);
+  }
+  t.finish(failure);
+}
+
+}  // namespace dualroute

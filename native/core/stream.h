@@ -1,0 +1,101 @@
+// Streams: the in-order work queues behind every op (the model PyTorch uses for CUDA, applied
+// to both backends). An op is checked on the JavaScript thread, then queued as a Task on the
+// stream of its device and the call returns; the stream's own native thread runs the tasks in
+// the order they were queued (a CPU task may use the whole thread pool; a CUDA task launches
+// kernels on the CUDA stream). Reads are tasks too, so a read sees exactly the writes queued
+// before it and none queued after it.
+//
+// Each addon instance (the main thread, every worker_thread) has its own streams, one per
+// device, started on first use.
+//
+// Failures: an op that throws while running marks every storage it writes as poisoned with an
+// OpFailure naming it; a task reading a poisoned storage is skipped and passes the failure on
+// to what it writes; a read of a poisoned storage raises the failure. Nothing computed from a
+// failed op is ever returned as data. Failures that no read has raised are kept for
+// synchronize() to raise.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "tensor.h"
+
+namespace dualroute {
+
+class Stream;
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  // The op's name, for failures.
+  virtual const char* name() const = 0;
+  // The work. Throws dualroute::Error (or any std::exception) on failure.
+  virtual void run() = 0;
+  // Called on the stream thread after run() with null, or instead of it with the failure of
+  // an input, or after a throwing run() with its failure. Never throws.
+  virtual void finish(const std::shared_ptr<const OpFailure>& failure) noexcept {}
+
+  // Storages this task reads and writes (valid while the task lives: it holds its arguments).
+  std::vector<Storage*> reads, writes;
+  // Before running, wait until `after` has completed its task number `after_seq` (work queued
+  // on another device that this task depends on).
+  Stream* after = nullptr;
+  uint64_t after_seq = 0;
+};
+
+class Stream {
+ public:
+  explicit Stream(DeviceKind device);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  DeviceKind device() const { return device_; }
+
+  // Queues a task and returns its number (1, 2, ...). Blocks while kMaxQueued tasks wait, so
+  // a program that issues work faster than it runs cannot fill memory with pending results.
+  uint64_t submit(std::unique_ptr<Task> task);
+  // The number of the last task queued (0: none yet).
+  uint64_t submitted() const { return submitted_.load(std::memory_order_acquire); }
+  uint64_t completed() const { return completed_.load(std::memory_order_acquire); }
+  // True when every queued task has completed: the caller may touch memory directly.
+  bool idle() const { return completed() == submitted(); }
+  // Blocks until task number `seq` has completed.
+  void wait(uint64_t seq);
+  void wait_all() { wait(submitted()); }
+  // The oldest failure that no read has raised, marking every pending one as raised; null
+  // when there is none.
+  std::shared_ptr<const OpFailure> take_unreported();
+  // Lets the running task finish, drops the queued ones (their finish() is not called) and
+  // joins the thread. Idempotent; submit() afterwards throws.
+  void shutdown();
+
+  static constexpr size_t kMaxQueued = 1024;
+
+ private:
+  void loop();
+  void execute(Task& t);
+
+  const DeviceKind device_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable work_cv_;   // the stream thread waits for work
+  std::condition_variable space_cv_;  // a submitter waits for room in the queue
+  std::condition_variable done_cv_;   // waiters wait for completions
+  std::deque<std::unique_ptr<Task>> queue_;
+  std::atomic<size_t> queued_{0};
+  std::atomic<uint64_t> submitted_{0}, completed_{0};
+  bool sleeping_ = false;  // the thread is blocked on work_cv_
+  int waiters_ = 0;        // threads blocked on done_cv_
+  bool quit_ = false;
+  bool started_ = false;
+  std::mutex failures_mu_;
+  std::deque<std::shared_ptr<const OpFailure>> unreported_;
+};
+
+}  // namespace dualroute

@@ -1,0 +1,246 @@
+// The op table: every native op and every backend kernel is declared here, once.
+//
+// scripts/gen-ops.js turns it into (all generated at build time, never committed):
+//   native/generated/optable.h     OpId, the argument struct of each op (its "baton"), the
+//                                  dtype/device support table behind supports(), and the
+//                                  declarations of ops::check(args) / ops::run(args), which
+//                                  every op's dispatcher defines (a missing one fails the link)
+//   native/generated/bindings.inc  the N-API entry of each op: reads the positional arguments
+//                                  the TypeScript wrapper passes into the baton, checking each
+//   native/generated/kernels.h     the kernel lists: the CPU declarations (per ISA variant),
+//                                  the CUDA backend's table (api.h) and its ABI hash
+//   lib/generated/native_ops.ts    a TypeScript function per op taking named arguments, the
+//                                  enum name lists, and supports(op, dtype, device)
+// Adding an op: one entry in `ops` (and in `kernels` if it needs a new kernel), its check()/run()
+// in native/ops/<family>.cpp, its kernels in native/cpu/<family>.cpp and native/cuda/<family>.cu,
+// its lib/ops function, its backward rule in lib/autograd/rules, its tests.
+//
+// An op's arguments, in the order the wrapper passes them:
+//   Tensor name         read
+//   out Tensor name     written whole (outputs)
+//   inout Tensor name   read and updated in place (accumulators, optimizer state)
+//   Tensor? name        optional (absent: null/undefined on the TypeScript side)
+//   bool, int (int32), int64, uint64 (both integers below 2^53), float (float32 in C++),
+//   double, int[] (a list of int32), or an enum below
+// `dtypeOf` names the tensor whose dtype the support table is about (default: the first
+// tensor argument); every tensor argument must be on one device unless `crossDevice`.
+// `dtypes` lists the dtypes each backend supports for that tensor; the dispatcher's check()
+// adds the finer rules (int32 only for some unary ops, and so on).
+'use strict';
+
+const FLOAT = ['float32', 'bfloat16', 'float64'];
+const FLOAT_GPU = ['float32', 'bfloat16'];
+const ALL = ['float32', 'bfloat16', 'float64', 'int32', 'bool'];
+const ALL_GPU = ['float32', 'bfloat16', 'int32', 'bool'];
+const NUM = ['float32', 'bfloat16', 'float64', 'int32'];
+const NUM_GPU = ['float32', 'bfloat16', 'int32'];
+const floats = { cpu: FLOAT, cuda: FLOAT_GPU };
+
+// Enums cross the boundary as their index in `values`; TypeScript passes the name.
+const enums = {
+  UnaryOp: {
+    doc: 'element-wise unary ops',
+    values: ['neg', 'abs', 'exp', 'log', 'sqrt', 'rsqrt', 'sin', 'cos', 'tanh', 'sigmoid', 'relu', 'gelu', 'geluTanh',
+      'silu', 'square', 'reciprocal', 'floor', 'ceil', 'round', 'sign', 'erf', 'log1p', 'expm1', 'logicalNot'],
+  },
+  BinaryOp: {
+    doc: 'element-wise binary ops; eq..logicalOr give bool',
+    values: ['add', 'sub', 'mul', 'div', 'pow', 'maximum', 'minimum', 'eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd',
+      'logicalOr'],
+  },
+  ReduceOp: { doc: 'reductions', values: ['sum', 'mean', 'max', 'min'] },
+  ArgReduceOp: { doc: 'index reductions', values: ['argmax', 'argmin'] },
+  RandomKind: { doc: 'Philox draws', values: ['uniform', 'normal'] },
+  AttnMask: { doc: 'attention masks (core/attention.h)', values: ['global', 'sliding', 'block'] },
+};
+
+const attnOptions = 'AttnMask mask, bool causal, int64 window, double scale, Tensor? keyPadding';
+
+const ops = [
+  // ---- creation and copies ----
+  { name: 'fill', family: 'elementwise', args: 'out Tensor out, double value', dtypes: { cpu: ALL, cuda: ALL_GPU },
+    doc: 'out = value, any layout' },
+  { name: 'arange', family: 'elementwise', args: 'out Tensor out, double start, double step',
+    dtypes: { cpu: NUM, cuda: NUM_GPU }, doc: 'out[i] = start + i * step over the flat index; out contiguous' },
+  { name: 'random', family: 'elementwise',
+    args: 'out Tensor out, RandomKind kind, uint64 seed, uint64 offset, double a, double b',
+    dtypes: { cpu: NUM, cuda: NUM_GPU },
+    doc: 'Philox draws: uniform in [a, b) (integers floor(a + (b - a) u) for int32) or normal(a, b); element i uses stream index offset + i (2i, 2i+1 for normal); out contiguous' },
+  { name: 'copy', family: 'elementwise', args: 'out Tensor out, Tensor x', dtypeOf: 'x',
+    dtypes: { cpu: ALL, cuda: ALL_GPU }, doc: 'out = x cast to out\'s dtype, same shape, same device, any layouts' },
+  { name: 'transfer', family: 'elementwise', args: 'out Tensor out, Tensor x', dtypeOf: 'x', crossDevice: true,
+    dtypes: { cpu: ALL, cuda: ALL_GPU },
+    doc: 'out = x on another device (same shape and dtype; out contiguous); ordered after the work queued on both devices' },
+
+  // ---- element-wise ----
+  { name: 'unary', family: 'elementwise', args: 'UnaryOp op, out Tensor out, Tensor x', dtypeOf: 'x',
+    dtypes: { cpu: ALL, cuda: ALL_GPU },
+    doc: 'out = f(x), same shape; float x, or int32 for neg/abs/square/sign, any dtype for logicalNot (bool out)' },
+  { name: 'binary', family: 'elementwise', args: 'BinaryOp op, out Tensor out, Tensor a, Tensor b', dtypeOf: 'a',
+    dtypes: { cpu: ALL, cuda: ALL_GPU },
+    doc: 'out = a op b, a and b of one dtype broadcast to out\'s shape; comparisons write bool' },
+  { name: 'binaryScalar', family: 'elementwise',
+    args: 'BinaryOp op, out Tensor out, Tensor a, double scalar, bool scalarFirst', dtypeOf: 'a',
+    dtypes: { cpu: ALL, cuda: ALL_GPU }, doc: 'out = a op s (or s op a), the scalar taken in a\'s dtype' },
+  { name: 'where', family: 'elementwise', args: 'out Tensor out, Tensor cond, Tensor a, Tensor b', dtypeOf: 'a',
+    dtypes: { cpu: ALL, cuda: ALL_GPU }, doc: 'out = cond ? a : b, all broadcast to out\'s shape; cond bool' },
+  { name: 'swiglu', family: 'elementwise', args: 'out Tensor out, Tensor x', dtypes: floats,
+    doc: 'x [..., 2h] = [gate | up], out [..., h] = silu(gate) * up' },
+
+  // ---- reductions ----
+  { name: 'reduce', family: 'reduce', args: 'ReduceOp op, out Tensor out, Tensor x, int[] axes', dtypeOf: 'x',
+    dtypes: { cpu: NUM, cuda: NUM_GPU },
+    doc: 'sum/mean/max/min of x over axes; out contiguous with the kept dims\' element count' },
+  { name: 'argReduce', family: 'reduce', args: 'ArgReduceOp op, out Tensor out, Tensor x, int axis', dtypeOf: 'x',
+    dtypes: { cpu: NUM, cuda: NUM_GPU }, doc: 'argmax/argmin along axis into int32 out; the first index wins ties' },
+
+  // ---- matmul ----
+  { name: 'matmul', family: 'matmul',
+    args: 'out Tensor out, Tensor a, Tensor b, bool transA, bool transB, float alpha, float beta', dtypeOf: 'a',
+    dtypes: floats,
+    doc: 'out = alpha op(a) @ op(b) + beta out over broadcast batch dims; out contiguous' },
+
+  // ---- row-wise nn ops ----
+  { name: 'softmax', family: 'rows', args: 'out Tensor out, Tensor x, int axis, bool log', dtypeOf: 'x',
+    dtypes: floats, doc: 'softmax (log-softmax when log) along axis' },
+  { name: 'rmsNorm', family: 'rows', args: 'out Tensor out, Tensor x, Tensor? weight, float eps, out Tensor? rstd',
+    dtypeOf: 'x', dtypes: floats,
+    doc: 'RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight; rstd [rows] float32 (float64 for float64 x)' },
+  { name: 'layerNorm', family: 'rows',
+    args: 'out Tensor out, Tensor x, Tensor? weight, Tensor? bias, float eps, out Tensor? mean, out Tensor? rstd',
+    dtypeOf: 'x', dtypes: floats,
+    doc: 'LayerNorm over the last axis (biased variance); mean/rstd [rows] like rmsNorm\'s rstd' },
+  { name: 'crossEntropy', family: 'rows',
+    args: 'out Tensor loss, Tensor logits, Tensor targets, int ignoreIndex, float smoothing, out Tensor? lse',
+    dtypeOf: 'logits', dtypes: floats,
+    doc: 'per-row loss = lse - (1-s) x[t] - s/C sum_j x[j] (0 where t == ignoreIndex); logits [rows, C], targets int32 [rows]; a target outside [0, C) is a RangeError' },
+
+  // ---- indexing ----
+  { name: 'embedding', family: 'index', args: 'out Tensor out, Tensor ids, Tensor table', dtypeOf: 'table',
+    dtypes: floats, doc: 'out[..., :] = table[ids[...], :]; ids int32; an id outside [0, V) is a RangeError' },
+  { name: 'gather', family: 'index', args: 'out Tensor out, Tensor x, Tensor index, int axis', dtypeOf: 'x',
+    dtypes: { cpu: ALL, cuda: ALL_GPU }, doc: 'torch.gather along axis; index int32 of out\'s shape' },
+  { name: 'scatterAdd', family: 'index', args: 'inout Tensor out, Tensor index, Tensor src, int axis',
+    dtypeOf: 'out', dtypes: { cpu: NUM, cuda: NUM_GPU },
+    doc: 'out[..., index[..., j, ...], ...] += src[..., j, ...] along axis, in place; out contiguous' },
+
+  // ---- backward kernels ----
+  { name: 'softmaxBackward', family: 'backward', args: 'out Tensor dx, Tensor y, Tensor dy, int axis, bool log',
+    dtypeOf: 'y', dtypes: floats,
+    doc: 'softmax: dx = y (dy - sum(dy y)); log-softmax (y its output): dx = dy - exp(y) sum(dy)' },
+  { name: 'rmsNormBackward', family: 'backward',
+    args: 'out Tensor dx, out Tensor? dweight, Tensor x, Tensor? weight, Tensor rstd, Tensor dy', dtypeOf: 'x',
+    dtypes: floats, doc: 'xhat = x r, g = dy w: dx = r (g - xhat mean(g xhat)), dweight = sum_rows dy xhat' },
+  { name: 'layerNormBackward', family: 'backward',
+    args: 'out Tensor dx, out Tensor? dweight, out Tensor? dbias, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, Tensor dy',
+    dtypeOf: 'x', dtypes: floats,
+    doc: 'xhat = (x - mean) r: dx = r (g - mean(g) - xhat mean(g xhat)), dbias = sum_rows dy' },
+  { name: 'crossEntropyBackward', family: 'backward',
+    args: 'out Tensor dlogits, Tensor logits, Tensor targets, Tensor lse, Tensor dloss, int ignoreIndex, float smoothing',
+    dtypeOf: 'logits', dtypes: floats, doc: 'dlogits = dloss (softmax - (1-s) onehot(t) - s/C), 0 for ignored rows' },
+  { name: 'unaryBackward', family: 'backward', args: 'UnaryOp op, out Tensor dx, Tensor x, Tensor dy', dtypeOf: 'x',
+    dtypes: floats, doc: 'dx = dy f\'(x)' },
+  { name: 'swigluBackward', family: 'backward', args: 'out Tensor dx, Tensor x, Tensor dy', dtypeOf: 'x',
+    dtypes: floats, doc: 'x = [a | b], dy [rows, h]: da = dy b silu\'(a), db = dy silu(a)' },
+
+  // ---- optimizer steps ----
+  { name: 'adamwStep', family: 'optim',
+    args: 'inout Tensor param, Tensor grad, inout Tensor expAvg, inout Tensor expAvgSq, double lr, double beta1, double beta2, double eps, double weightDecay, int64 step, double gradScale',
+    dtypeOf: 'param', dtypes: { cpu: ['float32', 'float64'], cuda: ['float32'] },
+    doc: 'PyTorch AdamW in place with g = grad * gradScale; grad of param\'s dtype or bfloat16' },
+  { name: 'sgdStep', family: 'optim',
+    args: 'inout Tensor param, Tensor grad, inout Tensor? momentumBuf, double lr, double momentum, double dampening, double weightDecay, bool nesterov, bool firstStep, double gradScale',
+    dtypeOf: 'param', dtypes: { cpu: ['float32', 'float64'], cuda: ['float32'] },
+    doc: 'PyTorch SGD in place; firstStep sets buf = g instead of the momentum update' },
+
+  // ---- attention ----
+  { name: 'attentionForward', family: 'attention',
+    args: `out Tensor out, out Tensor? lse, Tensor q, Tensor k, Tensor v, ${attnOptions}, Tensor? queryIndex`,
+    dtypeOf: 'q', dtypes: floats, doc: 'fused attention (core/attention.h): out [B,Hq,n,D], lse [B,Hq,n]' },
+  { name: 'attentionBackward', family: 'attention',
+    args: `inout Tensor dq, inout Tensor dk, inout Tensor dv, Tensor q, Tensor k, Tensor v, Tensor out, Tensor dout, Tensor lse, ${attnOptions}, Tensor? queryIndex`,
+    dtypeOf: 'q', dtypes: floats, doc: 'adds into float32 (float64) accumulators dq, dk, dv' },
+  { name: 'dualAttentionForward', family: 'attention',
+    args: `out Tensor out, out Tensor outLocal, out Tensor outGlobal, out Tensor lseLocal, out Tensor lseGlobal, Tensor q, Tensor k, Tensor v, Tensor gates, ${attnOptions}, Tensor? globalRows`,
+    dtypeOf: 'q', dtypes: floats,
+    doc: 'g_local * local + g_global * global in one pass; mask is the local path\'s; globalRows bool [B, Sq]' },
+  { name: 'dualAttentionBackward', family: 'attention',
+    args: `inout Tensor dq, inout Tensor dk, inout Tensor dv, Tensor q, Tensor k, Tensor v, Tensor outLocal, Tensor outGlobal, Tensor dout, Tensor lseLocal, Tensor lseGlobal, Tensor gates, ${attnOptions}, Tensor? globalRows`,
+    dtypeOf: 'q', dtypes: floats, doc: 'the dual forward\'s q/k/v gradient, added into dq, dk, dv' },
+  { name: 'rope', family: 'attention', args: 'out Tensor out, Tensor x, Tensor positions, double base, bool inverse',
+    dtypeOf: 'x', dtypes: floats,
+    doc: 'rotary embedding, rotate-half: x [B,H,S,D]; positions int32 [S] or [B,S]; inverse undoes it' },
+];
+
+// Backend kernels: plain functions over Views (core/view.h) and argument structs, no tensors,
+// no allocation. Each line gives the CPU declaration `void name(const View& out, ...)` in
+// namespace cpu (and its ISA variants) and the CUDA table entry `int (*name)(const View* out,
+// ...)` (enums and bools cross the C ABI as int32). Types: View, MatmulArgs, AttnArgs,
+// DualArgs (by reference / pointer), ptr (void*), cptr (const void*), the enums above, bool,
+// int, int64, uint64, float, double. `cudaExtra` params exist on the CUDA side only.
+const kernels = [
+  { name: 'fill', params: 'View out, double value', doc: 'out = value (any dtype, any strides)' },
+  { name: 'arange', params: 'View out, double start, double step',
+    doc: 'out[i] = start + i * step over the flat index (contiguous out)' },
+  { name: 'random', params: 'View out, RandomKind kind, uint64 seed, uint64 offset, double a, double b',
+    doc: 'Philox draws, element i of the flat index uses stream index offset + i (see philox.h)' },
+  { name: 'copy', params: 'View out, View in', doc: 'out = in, same shape, any strides, dtype cast' },
+  { name: 'unary', params: 'UnaryOp op, View out, View x', doc: 'out = f(x), same shape; x any strides' },
+  { name: 'binary', params: 'BinaryOp op, View out, View a, View b',
+    doc: 'out = a op b; a and b already broadcast to out\'s shape (stride 0 where broadcast)' },
+  { name: 'binary_scalar', params: 'BinaryOp op, View out, View a, double s, bool scalar_first',
+    doc: 'out = a op s (s op a when scalar_first)' },
+  { name: 'where', params: 'View out, View cond, View a, View b',
+    doc: 'out = cond ? a : b; all broadcast to out\'s shape, cond is Bool' },
+  { name: 'reduce', params: 'ReduceOp op, View out, View x, int nreduce',
+    doc: 'x has out\'s dims followed by `nreduce` reduced dims; out contiguous' },
+  { name: 'arg_reduce', params: 'ArgReduceOp op, View out, View x',
+    doc: 'x has out\'s dims followed by one reduced dim; out int32 contiguous; first index wins ties' },
+  { name: 'matmul', params: 'MatmulArgs args', cudaExtra: 'int algo',
+    doc: 'C = alpha op(A) op(B) + beta C per batch (core/ops.h); CUDA algo: 0 fastest known, 1 own kernel, 2 cuBLASLt' },
+  { name: 'softmax', params: 'View out, View x, int64 outer, int64 dim, int64 inner, bool log',
+    doc: 'x, out contiguous [outer, dim, inner]; softmax (or log-softmax) over dim' },
+  { name: 'rms_norm', params: 'View out, View x, View w, float eps, View rstd',
+    doc: 'x, out contiguous [rows, cols]; w [cols] or data == nullptr; rstd [rows] float32 (float64 for float64 x) or null' },
+  { name: 'layer_norm', params: 'View out, View x, View w, View b, float eps, View mean, View rstd',
+    doc: 'as rms_norm plus bias b [cols] or null; mean/rstd [rows] outputs or null' },
+  { name: 'swiglu', params: 'View out, View x', doc: 'x contiguous [rows, 2*h], out [rows, h]: out = silu(x[:, :h]) * x[:, h:]' },
+  { name: 'embedding', params: 'View out, View ids, View table',
+    doc: 'ids int32 contiguous [n], table contiguous [V, D], out contiguous [n, D]; RangeError before reading anything when an id is outside [0, V) (CUDA: recorded on the device, reported after a stream wait)' },
+  { name: 'gather', params: 'View out, View x, View index, int axis',
+    doc: 'torch.gather along axis: out has index\'s shape; index int32; all contiguous' },
+  { name: 'scatter_add', params: 'View out, View index, View src, int axis',
+    doc: 'out[..., index[..., j, ...], ...] += src[..., j, ...] along axis, in place' },
+  { name: 'cross_entropy', params: 'View loss, View logits, View targets, int ignore_index, float smoothing, View lse',
+    doc: 'logits contiguous [rows, C]; targets int32 [rows]; loss [rows] (0 where ignored); lse [rows] or null; RangeError for a target outside [0, C) that is not ignore_index' },
+  { name: 'softmax_backward', params: 'View dx, View y, View dy, int64 outer, int64 dim, int64 inner, bool log',
+    doc: 'y, dy, dx [outer, dim, inner]; y the forward output (log-softmax output when log)' },
+  { name: 'rms_norm_backward', params: 'View dx, View dw, View x, View w, View rstd, View dy',
+    doc: 'x, dy, dx [rows, cols]; w [cols] or null; rstd [rows]; dw [cols] or null (overwritten)' },
+  { name: 'layer_norm_backward', params: 'View dx, View dw, View db, View x, View w, View mean, View rstd, View dy',
+    doc: 'as rms_norm_backward with mean; dw, db optional' },
+  { name: 'cross_entropy_backward',
+    params: 'View dlogits, View logits, View targets, View lse, View dloss, int ignore_index, float smoothing',
+    doc: 'dlogits = dloss (p - (1-s) onehot(t) - s/C), 0 for ignored rows; a bad target: RangeError (CUDA: NaN gradients, the forward has rejected it)' },
+  { name: 'unary_backward', params: 'UnaryOp op, View dx, View x, View dy', doc: 'dx = dy * f\'(x)' },
+  { name: 'swiglu_backward', params: 'View dx, View x, View dy', doc: 'x, dx [rows, 2h], dy [rows, h]' },
+  { name: 'adamw_step',
+    params: 'View param, View grad, View exp_avg, View exp_avg_sq, double lr, double beta1, double beta2, double eps, double weight_decay, int64 step, double grad_scale',
+    doc: 'in place, PyTorch AdamW with g = grad * grad_scale; all contiguous, same numel' },
+  { name: 'sgd_step',
+    params: 'View param, View grad, View buf, double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool first_step, double grad_scale',
+    doc: 'in place, PyTorch SGD; buf (param\'s dtype) or null when momentum == 0' },
+  { name: 'attention_forward', params: 'AttnArgs a, ptr out, ptr lse',
+    doc: 'fused attention (core/attention.h): out [B,Hq,n,D], lse [B,Hq,n] or null' },
+  { name: 'attention_backward', params: 'AttnArgs a, cptr out, cptr dout, cptr lse, ptr dq, ptr dk, ptr dv',
+    doc: 'adds into float32 (float64) accumulators dq [B,Hq,Sq,D], dk, dv [B,Hkv,Sk,D]' },
+  { name: 'dual_attention_forward', params: 'DualArgs d, ptr out, ptr out_local, ptr out_global, ptr lse_local, ptr lse_global',
+    doc: 'both paths in one pass (core/attention.h)' },
+  { name: 'dual_attention_backward',
+    params: 'DualArgs d, cptr out_local, cptr out_global, cptr dout, cptr lse_local, cptr lse_global, ptr dq, ptr dk, ptr dv',
+    doc: 'the dual forward\'s backward in one pass: adds into dq, dk, dv (gate gradients aside)' },
+  { name: 'rope', params: 'View out, View x, View positions, double base, bool inverse',
+    doc: 'rotary embedding, rotate-half: x, out [B,H,S,D]; positions int32 [S] or [B,S]' },
+];
+
+module.exports = { enums, ops, kernels };
