@@ -1,4 +1,5 @@
 // memory(): live tensors and bytes per device, as the addon counts them.
+import { toTypedError } from './errors';
 import { native } from './native';
 
 export interface MemoryInfo {
@@ -18,9 +19,32 @@ export function memory(): MemoryInfo {
   return { ...m, tensors: m.cpu.tensors + m.cuda.tensors, bytes: m.cpu.bytes + m.cuda.bytes };
 }
 
-/** Waits for queued CUDA work (no-op on CPU). */
+/**
+ * Waits, blocking, until every op queued so far has run (on every device), then raises the
+ * first failure of an op that no read has raised yet. Ops run on their device's stream off the
+ * JavaScript thread; a read (data(), item()) waits only for what it depends on, so scripts
+ * rarely need this; benchmarks and tests do.
+ */
 export function synchronize(): void {
-  native.synchronize();
+  try {
+    native.synchronize();
+  } catch (e) {
+    throw toTypedError(e);
+  }
+}
+
+/** synchronize() without blocking the event loop. */
+export async function synchronizeAsync(): Promise<void> {
+  try {
+    await native.synchronizeAsync();
+  } catch (e) {
+    throw toTypedError(e);
+  }
+}
+
+/** Ops queued and not yet finished, per device. */
+export function pendingOps(): { cpu: number; cuda: number } {
+  return native.pending();
 }
 
 /** Returns cached CUDA blocks to the driver. */

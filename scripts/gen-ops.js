@@ -86,9 +86,13 @@ function parseParams(k, text, enums) {
   });
 }
 
-function load() {
-  delete require.cache[require.resolve(TABLE)];
-  const t = require(TABLE);
+// Reads and checks a table (native/optable.js by default); throws TableError naming the fault.
+function load(table) {
+  let t = table;
+  if (!t) {
+    delete require.cache[require.resolve(TABLE)];
+    t = require(TABLE);
+  }
   const enums = t.enums;
   for (const [name, e] of Object.entries(enums)) {
     if (!Array.isArray(e.values) || e.values.length === 0) fail(`enum ${name} has no values`);
@@ -401,4 +405,4 @@ function main() {
 }
 
 if (require.main === module) main();
-module.exports = { load, outputs };
+module.exports = { load, outputs, TableError };

@@ -17,7 +17,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as dr from '../lib';
-import { UNARY_OPS, BINARY_OPS, UnaryName, BinaryName } from '../lib/native';
+import { UNARY_OPS, BINARY_OPS, UnaryName, BinaryName, OpName, supports } from '../lib/native';
 import { prng } from './reference';
 
 type DType = dr.DType;
@@ -66,13 +66,25 @@ export interface Case {
 
 export interface OpEntry {
   name: string;
-  /** dtypes under test ('T' inputs take each in turn). */
-  dtypes: DType[];
+  /**
+   * The native ops the entry runs (forward and backward). The dtypes under test ('T' inputs
+   * take each in turn) are those every one of them supports on the device under test and on
+   * the cpu, as the op table says (supports()): no per-entry list to fall out of date.
+   */
+  ops: OpName[];
+  /** Narrows the dtypes for what the public API means (rand draws floats; randint is its int32 form). */
+  accepts?: (dtype: DType) => boolean;
   cases: (dtype: DType, rnd: Rnd) => Case[];
   /** Runs the op on inputs already on ctx.device; returns one tensor (the others are disposed by the harness). */
   run: (xs: Tensor[], c: Case, ctx: Ctx) => Tensor;
   /** Default: close with the dtype's budget, scaled by sqrt(k); exact for int32/bool outputs. */
   tol?: (dtype: DType, c: Case, reference: boolean) => Tol;
+}
+
+/** The dtypes an entry tests on a device: what its ops support there and on the cpu (float64 is the reference). */
+export function dtypesOf(e: OpEntry, device: Device): DType[] {
+  const candidates: DType[] = ['float32', 'bfloat16', 'int32', 'bool'];
+  return candidates.filter((d) => e.ops.every((op) => supports(op, d, device) && supports(op, d, 'cpu')) && (!e.accepts || e.accepts(d)));
 }
 
 // ---- host-side inputs -------------------------------------------------------------------------
@@ -111,7 +123,7 @@ const I32 = (shape: number[], data: ArrayLike<number>): Input => ({ shape, data,
 const BOOL = (shape: number[], data: ArrayLike<number>): Input => ({ shape, data, dtype: 'bool' });
 const tr = (t: Tensor) => t.transpose(-2, -1);
 
-const FLOATS: DType[] = ['float32', 'bfloat16'];
+const isFloatDType = (d: DType) => d === 'float32' || d === 'bfloat16' || d === 'float64';
 const BASE_TOL: Record<string, [number, number]> = {
   float32: [1e-5, 1e-4],
   bfloat16: [2e-2, 2e-2],
@@ -140,7 +152,7 @@ export const REGISTRY: OpEntry[] = [];
 // fill / zeros / full
 REGISTRY.push({
   name: 'full',
-  dtypes: ['float32', 'bfloat16', 'int32', 'bool'],
+  ops: ['fill'],
   cases: (d) => {
     const vals = d === 'bool' ? [0, 1] : d === 'int32' ? [0, -7, 123456] : [0, 1.5, -3.25, 1e30, NaN, -Infinity];
     const shapes = [[1], [7], [129, 257], [3, 1, 1031]];
@@ -161,7 +173,7 @@ REGISTRY.push({
 // arange
 REGISTRY.push({
   name: 'arange',
-  dtypes: ['float32', 'bfloat16', 'int32'],
+  ops: ['arange'],
   cases: (d) => {
     const r: Array<[number, number, number]> = [[0, 1, 1], [0, 7, 1], [-5, 1026, 1], [0, 70001, 1], [10, -3, -3]];
     if (d !== 'int32') r.push([-3.5, 10, 0.25], [0, 1, 1 / 1031]);
@@ -177,7 +189,8 @@ REGISTRY.push({
 // rand / randn: the same (seed, offset) is the same Philox draw on every device
 REGISTRY.push({
   name: 'rand',
-  dtypes: FLOATS,
+  ops: ['random'],
+  accepts: isFloatDType,
   cases: () =>
     [[1], [7], [1031], [257, 129]].flatMap((s) => [
       { label: `${fmtShape(s)} U[0,1)`, inputs: [], p: { s, lo: 0, hi: 1 } },
@@ -194,7 +207,8 @@ REGISTRY.push({
 });
 REGISTRY.push({
   name: 'randn',
-  dtypes: FLOATS,
+  ops: ['random'],
+  accepts: isFloatDType,
   cases: () =>
     [[1], [7], [1031], [257, 129]].flatMap((s) => [
       { label: `${fmtShape(s)} N(0,1)`, inputs: [], p: { s, mean: 0, std: 1 } },
@@ -213,7 +227,7 @@ REGISTRY.push({
 const CAST_DTYPES: DType[] = ['float32', 'bfloat16', 'int32', 'bool'];
 REGISTRY.push({
   name: 'to(dtype)',
-  dtypes: CAST_DTYPES,
+  ops: ['copy'],
   cases: (d, rnd) => {
     const gen = (n: number) =>
       d === 'bool' ? rnd.ints(n, 0, 2) : d === 'int32' ? rnd.ints(n, -300, 300) : rnd.grid(n, -300, 300, 0.125).map((v, i) => (i % 5 === 0 ? rnd.uniform(1, -3, 3)[0] : i % 7 === 0 ? 0 : v));
@@ -233,7 +247,7 @@ REGISTRY.push({
 // contiguous of strided views
 REGISTRY.push({
   name: 'contiguous',
-  dtypes: ['float32', 'bfloat16', 'int32', 'bool'],
+  ops: ['copy'],
   cases: (d, rnd) => {
     const gen = (n: number) => (d === 'bool' ? rnd.ints(n, 0, 2) : d === 'int32' ? rnd.ints(n, -1000, 1000) : rnd.uniform(n));
     return [
@@ -255,7 +269,8 @@ for (const name of UNARY_OPS) {
   const intOk = ['neg', 'abs', 'square', 'sign'].includes(name);
   REGISTRY.push({
     name: `unary:${name}`,
-    dtypes: name === 'logicalNot' ? ['bool', 'float32'] : intOk ? ['float32', 'bfloat16', 'int32'] : FLOATS,
+    ops: ['unary'],
+    // int32 and bool inputs of float ops are promoted to float32 by the API (tested so too)
     cases: (d, rnd) => {
       const gen = (n: number): Float64Array => {
         if (d === 'bool') return rnd.ints(n, 0, 2);
@@ -283,7 +298,9 @@ const COMPARISONS = new Set<string>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logica
 for (const name of BINARY_OPS) {
   REGISTRY.push({
     name: `binary:${name}`,
-    dtypes: name === 'pow' || name === 'div' ? FLOATS : ['float32', 'bfloat16', 'int32'],
+    ops: ['binary', 'binaryScalar'],
+    // bool operands of arithmetic are promoted to int32 by the API; bool is tested by where/eq
+    accepts: (d) => d !== 'bool',
     cases: (d, rnd) => {
       // a: pow needs a positive base; b: div keeps away from 0; comparisons want ties and zeros
       const ga = (n: number) =>
@@ -316,7 +333,7 @@ for (const name of BINARY_OPS) {
 // where
 REGISTRY.push({
   name: 'where',
-  dtypes: ['float32', 'bfloat16', 'int32'],
+  ops: ['where'],
   cases: (d, rnd) => {
     const g = (n: number) => (d === 'int32' ? rnd.ints(n, -100, 100) : rnd.uniform(n));
     const m = (n: number) => rnd.ints(n, 0, 2);
@@ -347,7 +364,7 @@ REGISTRY.push({
 for (const kind of ['sum', 'mean', 'max', 'min'] as const) {
   REGISTRY.push({
     name: kind,
-    dtypes: kind === 'mean' ? FLOATS : ['float32', 'bfloat16', 'int32'],
+    ops: ['reduce'],
     cases: (d, rnd) => {
       const g = (n: number) => (d === 'int32' ? rnd.ints(n, -50, 50) : rnd.uniform(n));
       const sets: Array<[number[], number | number[] | undefined, boolean, boolean?]> = [
@@ -385,7 +402,7 @@ for (const kind of ['sum', 'mean', 'max', 'min'] as const) {
 for (const kind of ['argmax', 'argmin'] as const) {
   REGISTRY.push({
     name: kind,
-    dtypes: ['float32', 'bfloat16', 'int32'],
+    ops: ['argReduce'],
     cases: (d, rnd) => {
       const g = (n: number) => (d === 'int32' ? rnd.ints(n, -30, 30) : rnd.uniform(n));
       const sets: Array<[number[], number | undefined, boolean?]> = [
@@ -406,7 +423,7 @@ for (const kind of ['argmax', 'argmin'] as const) {
 // matmul
 REGISTRY.push({
   name: 'matmul',
-  dtypes: FLOATS,
+  ops: ['matmul'],
   cases: (d, rnd) => {
     const out: Case[] = [];
     const mm = (label: string, as: number[], bs: number[], k: number, p: Record<string, unknown> = {}, va?: (t: Tensor) => Tensor, vb?: (t: Tensor) => Tensor) =>
@@ -435,7 +452,7 @@ REGISTRY.push({
 for (const kind of ['softmax', 'logSoftmax'] as const) {
   REGISTRY.push({
     name: kind,
-    dtypes: FLOATS,
+    ops: ['softmax'],
     cases: (_d, rnd) => {
       const sets: Array<[number[], number]> = [
         [[7, 1], -1], [[33, 33], -1], [[16, 1000], -1], [[8, 5000], -1], [[2, 3, 1031], -1],
@@ -453,7 +470,7 @@ for (const kind of ['softmax', 'logSoftmax'] as const) {
 for (const kind of ['rmsNorm', 'layerNorm'] as const) {
   REGISTRY.push({
     name: kind,
-    dtypes: FLOATS,
+    ops: [kind],
     cases: (_d, rnd) => {
       const out: Case[] = [];
       for (const cols of [1, 7, 64, 1031, 4096]) {
@@ -477,7 +494,7 @@ for (const kind of ['rmsNorm', 'layerNorm'] as const) {
 // gelu (both forms) / silu / swiglu through the nn-level functions
 REGISTRY.push({
   name: 'gelu',
-  dtypes: FLOATS,
+  ops: ['unary'],
   cases: (_d, rnd) =>
     (['none', 'tanh'] as const).flatMap((approximate) => [
       { label: `[1031] ${approximate}`, inputs: [T([1031], rnd.uniform(1031, -6, 6))], p: { approximate } },
@@ -487,7 +504,7 @@ REGISTRY.push({
 });
 REGISTRY.push({
   name: 'silu',
-  dtypes: FLOATS,
+  ops: ['unary'],
   cases: (_d, rnd) => [
     { label: '[1]', inputs: [T([1], rnd.uniform(1, -6, 6))] },
     { label: '[4,33,257]', inputs: [T([4, 33, 257], rnd.uniform(4 * 33 * 257, -8, 8))] },
@@ -496,7 +513,7 @@ REGISTRY.push({
 });
 REGISTRY.push({
   name: 'swiglu',
-  dtypes: FLOATS,
+  ops: ['swiglu'],
   cases: (_d, rnd) =>
     [[7, 2], [33, 2062], [2, 3, 128], [1, 8192]].map((s) => ({ label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s), -5, 5))] })),
   run: (xs) => dr.swiglu(xs[0]),
@@ -505,7 +522,7 @@ REGISTRY.push({
 // embedding, gather, scatterAdd
 REGISTRY.push({
   name: 'embedding',
-  dtypes: ['float32', 'bfloat16'],
+  ops: ['embedding'],
   cases: (_d, rnd) => {
     const out: Case[] = [];
     for (const [V, D, ids] of [[1, 7, [1]], [50, 129, [3, 17]], [1031, 64, [2, 5, 7]], [10, 4096, [33]]] as Array<[number, number, number[]]>) {
@@ -522,7 +539,7 @@ REGISTRY.push({
 });
 REGISTRY.push({
   name: 'gather',
-  dtypes: ['float32', 'bfloat16', 'int32'],
+  ops: ['gather'],
   cases: (d, rnd) => {
     const g = (n: number) => (d === 'int32' ? rnd.ints(n, -1000, 1000) : rnd.uniform(n));
     const sets: Array<[number[], number, number[]]> = [[[7], 0, [7]], [[129, 257], 0, [33, 257]], [[129, 257], 1, [129, 300]], [[3, 33, 65], 2, [3, 20, 5]], [[3, 33, 65], 1, [1, 1, 1]]];
@@ -533,7 +550,7 @@ REGISTRY.push({
 });
 REGISTRY.push({
   name: 'scatterAdd',
-  dtypes: ['float32', 'bfloat16'],
+  ops: ['scatterAdd'],
   cases: (_d, rnd) => {
     // repeated indices accumulate in a device-dependent order: k = the most hits per target, roughly
     const sets: Array<[number[], number, number[]]> = [[[7], 0, [20]], [[33, 65], 0, [100, 65]], [[33, 65], 1, [33, 200]], [[3, 17, 129], 2, [3, 17, 1031]], [[1031, 64], 0, [4096, 64]]];
@@ -556,7 +573,7 @@ REGISTRY.push({
 // crossEntropy with ignored rows and label smoothing; the loss is float32 for float32/bfloat16 logits
 REGISTRY.push({
   name: 'crossEntropy',
-  dtypes: FLOATS,
+  ops: ['crossEntropy'],
   cases: (_d, rnd) => {
     const out: Case[] = [];
     // ignore: -100 (the default) or a real class (3), so both skip paths are covered
@@ -602,52 +619,53 @@ function gradRun(forward: (xs: Tensor[], c: Case) => Tensor) {
     });
 }
 
-function gradEntry(name: string, cases: (rnd: Rnd) => Array<{ label: string; inputs: Input[]; out: number[]; k?: number; p?: Record<string, unknown> }>,
+function gradEntry(name: string, ops: OpName[], cases: (rnd: Rnd) => Array<{ label: string; inputs: Input[]; out: number[]; k?: number; p?: Record<string, unknown> }>,
                    forward: (xs: Tensor[], c: Case) => Tensor): void {
   REGISTRY.push({
     name: `grad:${name}`,
-    dtypes: FLOATS,
+    ops,
+    accepts: isFloatDType,
     cases: (_d, rnd) => cases(rnd).map((c) => ({ label: c.label, p: c.p, k: c.k, inputs: [...c.inputs, T(c.out, rnd.uniform(numel(c.out), -1, 1))] })),
     run: gradRun(forward),
   });
 }
 
-gradEntry('matmul', (rnd) => [[3, 5, 7], [65, 127, 33], [1, 1, 1], [129, 64, 257]].flatMap(([m, k, n]) => [
+gradEntry('matmul', ['matmul'], (rnd) => [[3, 5, 7], [65, 127, 33], [1, 1, 1], [129, 64, 257]].flatMap(([m, k, n]) => [
   { label: `${m}x${k}x${n}`, inputs: [T([m, k], rnd.uniform(m * k)), T([k, n], rnd.uniform(k * n))], out: [m, n], k: Math.max(k, m, n) },
   { label: `${m}x${k}x${n} transA transB`, inputs: [T([k, m], rnd.uniform(m * k)), T([n, k], rnd.uniform(k * n))], out: [m, n], k: Math.max(k, m, n), p: { t: true } },
 ]), (xs, c) => dr.matmul(xs[0], xs[1], c.p?.t ? { transA: true, transB: true } : {}));
-gradEntry('matmul batched broadcast', (rnd) => [{ label: '[3,17,9]@[9,5]', inputs: [T([3, 17, 9], rnd.uniform(3 * 17 * 9)), T([9, 5], rnd.uniform(45))], out: [3, 17, 5], k: 51 }],
+gradEntry('matmul batched broadcast', ['matmul', 'reduce'], (rnd) => [{ label: '[3,17,9]@[9,5]', inputs: [T([3, 17, 9], rnd.uniform(3 * 17 * 9)), T([9, 5], rnd.uniform(45))], out: [3, 17, 5], k: 51 }],
   (xs) => dr.matmul(xs[0], xs[1]));
 for (const log of [false, true]) {
-  gradEntry(log ? 'logSoftmax' : 'softmax', (rnd) => [[1, 1], [7, 33], [4, 1000], [3, 5000]].map(([r, cc]) => (
+  gradEntry(log ? 'logSoftmax' : 'softmax', ['softmax', 'softmaxBackward'], (rnd) => [[1, 1], [7, 33], [4, 1000], [3, 5000]].map(([r, cc]) => (
     { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc, -4, 4))], out: [r, cc], k: cc })),
   (xs) => (log ? dr.logSoftmax(xs[0]) : dr.softmax(xs[0])));
 }
-gradEntry('rmsNorm', (rnd) => [[1, 1], [5, 7], [33, 64], [3, 1031], [2, 4096]].map(([r, cc]) => (
+gradEntry('rmsNorm', ['rmsNorm', 'rmsNormBackward'], (rnd) => [[1, 1], [5, 7], [33, 64], [3, 1031], [2, 4096]].map(([r, cc]) => (
   { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc)), T([cc], rnd.uniform(cc, 0.5, 1.5))], out: [r, cc], k: Math.max(r, cc) })),
 (xs) => dr.rmsNorm(xs[0], xs[1], 1e-5));
-gradEntry('layerNorm', (rnd) => [[1, 7], [5, 7], [33, 64], [3, 1031]].map(([r, cc]) => (
+gradEntry('layerNorm', ['layerNorm', 'layerNormBackward'], (rnd) => [[1, 7], [5, 7], [33, 64], [3, 1031]].map(([r, cc]) => (
   { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc)), T([cc], rnd.uniform(cc, 0.5, 1.5)), T([cc], rnd.uniform(cc))], out: [r, cc], k: Math.max(r, cc) })),
 (xs) => dr.layerNorm(xs[0], xs[1], xs[2], 1e-5));
-gradEntry('swiglu', (rnd) => [[1, 2], [7, 66], [33, 1030]].map(([r, cc]) => (
+gradEntry('swiglu', ['swiglu', 'swigluBackward'], (rnd) => [[1, 2], [7, 66], [33, 1030]].map(([r, cc]) => (
   { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc))], out: [r, cc / 2] })),
 (xs) => dr.swiglu(xs[0]));
 for (const op of ['exp', 'tanh', 'sigmoid', 'gelu', 'geluTanh', 'silu', 'relu', 'sqrt', 'log', 'erf', 'square'] as const) {
   const pos = op === 'sqrt' || op === 'log';
-  gradEntry(`unary ${op}`, (rnd) => [[1], [1031], [33, 129]].map((s) => (
+  gradEntry(`unary ${op}`, ['unary', 'unaryBackward'], (rnd) => [[1], [1031], [33, 129]].map((s) => (
     { label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s), pos ? 0.2 : -3, 3))], out: s })),
   (xs) => dr.unary(op, xs[0]));
 }
-gradEntry('mul/div broadcast', (rnd) => [{ label: '[5,1,7]x[3,7]', inputs: [T([5, 1, 7], rnd.uniform(35)), T([3, 7], rnd.uniform(21, 0.5, 2))], out: [5, 3, 7], k: 5 }],
+gradEntry('mul/div broadcast', ['binary', 'reduce'], (rnd) => [{ label: '[5,1,7]x[3,7]', inputs: [T([5, 1, 7], rnd.uniform(35)), T([3, 7], rnd.uniform(21, 0.5, 2))], out: [5, 3, 7], k: 5 }],
   (xs) => dr.div(dr.mul(xs[0], xs[1]), xs[1].add(1)));
-gradEntry('sum/max reductions', (rnd) => [{ label: '[9,129] axis 1', inputs: [T([9, 129], rnd.uniform(9 * 129))], out: [9], k: 129 }],
+gradEntry('sum/max reductions', ['reduce', 'where'], (rnd) => [{ label: '[9,129] axis 1', inputs: [T([9, 129], rnd.uniform(9 * 129))], out: [9], k: 129 }],
   (xs) => dr.add(dr.sum(xs[0], 1), dr.max(xs[0], 1)));
-gradEntry('crossEntropy', (rnd) => [[7, 33], [64, 1000], [16, 5000]].map(([r, C]) => {
+gradEntry('crossEntropy', ['crossEntropy', 'crossEntropyBackward'], (rnd) => [[7, 33], [64, 1000], [16, 5000]].map(([r, C]) => {
   const t = rnd.ints(r, 0, C);
   t[0] = -100;
   return { label: `[${r},${C}] ls0.1`, inputs: [T([r, C], rnd.uniform(r * C, -6, 6)), I32([r], t)], out: [r], k: C };
 }), (xs) => dr.crossEntropy(xs[0], xs[1], { reduction: 'none', labelSmoothing: 0.1 }));
-gradEntry('embedding', (rnd) => [{ label: 'V=37 D=19 n=64', inputs: [I32([64], rnd.ints(64, 0, 37)), T([37, 19], rnd.uniform(37 * 19))], out: [64, 19], k: 8 }],
+gradEntry('embedding', ['embedding', 'scatterAdd'], (rnd) => [{ label: 'V=37 D=19 n=64', inputs: [I32([64], rnd.ints(64, 0, 37)), T([37, 19], rnd.uniform(37 * 19))], out: [64, 19], k: 8 }],
   (xs) => dr.embedding(xs[0], xs[1]));
 
 // ---- attention ----------------------------------------------------------------------------------
@@ -674,13 +692,13 @@ function attnCases(rnd: Rnd, extra: (S: number) => Array<Record<string, unknown>
 }
 REGISTRY.push({
   name: 'globalAttention',
-  dtypes: FLOATS,
+  ops: ['attentionForward'],
   cases: (_d, rnd) => attnCases(rnd, () => [{ causal: false }, { causal: true }]),
   run: (xs, c) => dr.globalAttention(xs[0], xs[1], xs[2], { causal: c.p!.causal as boolean }),
 });
 REGISTRY.push({
   name: 'localAttention',
-  dtypes: FLOATS,
+  ops: ['attentionForward'],
   cases: (_d, rnd) => attnCases(rnd, (S) => [
     { window: 1, causal: true, mode: 'sliding' }, { window: 16, causal: true, mode: 'sliding' }, { window: 7, causal: false, mode: 'sliding' },
     { window: S + 3, causal: true, mode: 'sliding' }, { window: 64, causal: true, mode: 'block' }, { window: 5, causal: false, mode: 'block' },
@@ -689,20 +707,20 @@ REGISTRY.push({
 });
 REGISTRY.push({
   name: 'dualAttention',
-  dtypes: FLOATS,
+  ops: ['dualAttentionForward'],
   cases: (_d, rnd) => attnCases(rnd, () => [{ window: 16, causal: true, dual: 1 }, { window: 3, causal: false, dual: 1 }]),
   run: (xs, c) => dr.dualAttention(xs[0], xs[1], xs[2], { window: c.p!.window as number, causal: c.p!.causal as boolean, gates: xs[3] }),
 });
 REGISTRY.push({
   name: 'rope',
-  dtypes: FLOATS,
+  ops: ['rope'],
   cases: (_d, rnd) => [[1, 1, 1, 2], [2, 3, 37, 64], [1, 2, 129, 128]].map((s) => ({
     label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s))), I32([s[2]], rnd.ints(s[2], 0, 5000))],
   })),
   run: (xs) => dr.rope(xs[0], xs[1]),
 });
 for (const kind of ['global', 'local', 'dual'] as const) {
-  gradEntry(`${kind}Attention`, (rnd) => attnCases(rnd, () => [{ causal: true }]).filter((c) => c.inputs[0].shape[2] <= 130).map((c) => {
+  gradEntry(`${kind}Attention`, kind === 'dual' ? ['dualAttentionForward', 'dualAttentionBackward'] : ['attentionForward', 'attentionBackward'], (rnd) => attnCases(rnd, () => [{ causal: true }]).filter((c) => c.inputs[0].shape[2] <= 130).map((c) => {
     const [B, H, Sq, D] = c.inputs[0].shape;
     const extra = kind === 'dual' ? [T([B, Sq, 2], rnd.uniform(B * Sq * 2, 0, 1))] : [];
     // the gate gradients are sums over heads x headDim: that is their reduction length
@@ -711,13 +729,13 @@ for (const kind of ['global', 'local', 'dual'] as const) {
     : kind === 'local' ? dr.localAttention(xs[0], xs[1], xs[2], { window: 16, causal: true })
       : dr.dualAttention(xs[0], xs[1], xs[2], { window: 16, causal: true, gates: xs[3] }));
 }
-gradEntry('rope', (rnd) => [{ label: '[2,3,37,64]', inputs: [T([2, 3, 37, 64], rnd.uniform(2 * 3 * 37 * 64)), I32([37], rnd.ints(37, 0, 5000))], out: [2, 3, 37, 64] }],
+gradEntry('rope', ['rope'], (rnd) => [{ label: '[2,3,37,64]', inputs: [T([2, 3, 37, 64], rnd.uniform(2 * 3 * 37 * 64)), I32([37], rnd.ints(37, 0, 5000))], out: [2, 3, 37, 64] }],
   (xs) => dr.rope(xs[0], xs[1]));
 
 // optimizer updates: a few AdamW and SGD steps from the same state and gradients
 REGISTRY.push({
   name: 'optim:adamw+sgd',
-  dtypes: ['float32'],
+  ops: ['adamwStep', 'sgdStep'],
   cases: (_d, rnd) => [1, 1031, 70000].map((n) => ({ label: `[${n}] x3 steps`, inputs: [T([n], rnd.uniform(n)), T([3, n], rnd.uniform(3 * n))] })),
   run: (xs) => dr.tidy(() => {
     const n = xs[0].shape[0];
@@ -1006,7 +1024,7 @@ export function main(argv = process.argv.slice(2)): void {
   const results: Result[] = [];
   const t0 = Date.now();
   for (const e of entries) {
-    for (const dtype of e.dtypes) {
+    for (const dtype of dtypesOf(e, args.device)) {
       if (args.dtypes && !args.dtypes.includes(dtype)) continue;
       // every (op, dtype) gets its own input stream, so --filter does not change the inputs
       const rnd = new Rnd(hash(`${args.seed}:${e.name}:${dtype}`));

@@ -146,6 +146,29 @@ Object.defineProperty(Tensor.prototype, 'T', {
   },
 });
 
+// ---- in-place methods (x.add_(y).mul_(2)) ----
+import * as ip from './inplace';
+declare module '../tensor' {
+  interface Tensor {
+    copy_(src: Tensor): Tensor;
+    fill_(value: number | boolean): Tensor;
+    zero_(): Tensor;
+    add_(y: S, options?: { alpha?: number }): Tensor;
+    sub_(y: S, options?: { alpha?: number }): Tensor;
+    mul_(y: S): Tensor;
+    div_(y: S): Tensor;
+  }
+}
+Object.assign(P, {
+  copy_(this: Tensor, src: Tensor) { return ip.copy_(this, src); },
+  fill_(this: Tensor, v: number | boolean) { return ip.fill_(this, v); },
+  zero_(this: Tensor) { return ip.zero_(this); },
+  add_(this: Tensor, y: S, o?: { alpha?: number }) { return ip.add_(this, y, o); },
+  sub_(this: Tensor, y: S, o?: { alpha?: number }) { return ip.sub_(this, y, o); },
+  mul_(this: Tensor, y: S) { return ip.mul_(this, y); },
+  div_(this: Tensor, y: S) { return ip.div_(this, y); },
+});
+
 // ---- autograd methods ----
 import * as ag from '../autograd/engine';
 declare module '../tensor' {

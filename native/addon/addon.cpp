@@ -13,6 +13,7 @@
 // at the call; errors while running fail the op (core/stream.h) and surface at a read.
 #include <napi.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -149,7 +150,7 @@ struct Instance {
   }
 
   void add_pending(Napi::Env env, uint64_t id, Pending p) {
-    if (pending.empty()) completions.Ref(env);
+    if (pending.empty()) napi_ref_threadsafe_function(env, completions);
     pending.emplace(id, std::move(p));
   }
 
@@ -171,9 +172,25 @@ struct Instance {
 Instance& inst(Napi::Env env) { return *env.GetInstanceData<Instance>(); }
 Instance& inst(const Napi::CallbackInfo& info) { return inst(info.Env()); }
 
-void sync_external_memory(Napi::Env env) {
-  int64_t d = memory_counters().pending_external.exchange(0);
-  if (d != 0) Napi::MemoryManagement::AdjustExternalMemory(env, d);
+// Tells V8 how many native bytes tensors hold, so that its GC runs (and the FinalizationRegistry
+// frees undisposed tensors) when they grow. V8 answers a report of growth by starting a
+// collection, and with ops queued the JavaScript thread can allocate hundreds of outputs in a
+// few milliseconds: reported one by one, that was a collection every few ops. Reports are
+// therefore batched to at most one per kExternalReportMs (or at once past kExternalReportBytes).
+constexpr int64_t kExternalReportMs = 100;
+constexpr int64_t kExternalReportBytes = int64_t(1) << 30;
+
+void sync_external_memory(Napi::Env env, bool force = false) {
+  static thread_local int64_t last_ms = 0;
+  auto& pending = memory_counters().pending_external;
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  const int64_t d = pending.load(std::memory_order_relaxed);
+  if (d == 0) return;
+  if (!force && now - last_ms < kExternalReportMs && d < kExternalReportBytes && d > -kExternalReportBytes) return;
+  last_ms = now;
+  Napi::MemoryManagement::AdjustExternalMemory(env, pending.exchange(0));
 }
 
 Napi::Error to_js(Napi::Env env, ErrorCode code, const std::string& msg) {
@@ -408,23 +425,30 @@ DR_FN(ReadSync) {
 
 void settle(Napi::Env env, Napi::Function, Completion* c) {
   std::unique_ptr<Completion> owned(c);
-  if (!env) return;
-  Instance& in = inst(env);
-  auto it = in.pending.find(c->id);
-  if (it == in.pending.end()) return;
-  Instance::Pending p = std::move(it->second);
-  in.pending.erase(it);
-  if (in.pending.empty()) in.completions.Unref(env);
-  Napi::HandleScope scope(env);
-  if (c->failure) {
-    Error e = failure_error(*c->failure, p.buffer.IsEmpty() ? "synchronizeAsync()" : "data()");
-    p.deferred.Reject(to_js(env, e.code(), e.what()).Value());
-  } else if (p.buffer.IsEmpty()) {
-    p.deferred.Resolve(env.Undefined());
-  } else {
-    p.deferred.Resolve(p.buffer.Value());
+  if (!env) return;  // the environment is being torn down: nobody waits any more
+  // Runs from libuv, outside any JavaScript frame: nothing may throw past here. While a worker
+  // is terminating, N-API calls fail (JavaScript can no longer run); the promise is then
+  // dropped with the environment.
+  try {
+    Instance& in = inst(env);
+    if (in.closed) return;
+    auto it = in.pending.find(c->id);
+    if (it == in.pending.end()) return;
+    Instance::Pending p = std::move(it->second);
+    in.pending.erase(it);
+    if (in.pending.empty()) napi_unref_threadsafe_function(env, in.completions);
+    Napi::HandleScope scope(env);
+    if (c->failure) {
+      Error e = failure_error(*c->failure, p.buffer.IsEmpty() ? "synchronizeAsync()" : "data()");
+      p.deferred.Reject(to_js(env, e.code(), e.what()).Value());
+    } else if (p.buffer.IsEmpty()) {
+      p.deferred.Resolve(env.Undefined());
+    } else {
+      p.deferred.Resolve(p.buffer.Value());
+    }
+    sync_external_memory(env);
+  } catch (...) {
   }
-  sync_external_memory(env);
 }
 
 // Posts a completion to the JavaScript thread; dropped when the environment is going away.

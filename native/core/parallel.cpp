@@ -9,6 +9,12 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace dualroute {
 namespace {
 
@@ -108,6 +114,7 @@ class Pool {
   }
 
   void loop() {
+    lower_thread_priority();
     in_worker_ = true;
     uint64_t seen = 0;
     for (;;) {
@@ -145,6 +152,21 @@ Pool& pool() {
 }  // namespace
 
 int num_threads() { return pool().size(); }
+
+void lower_thread_priority() {
+#if defined(__linux__)
+  static const int nice = [] {
+    const char* s = std::getenv("DUALROUTE_COMPUTE_NICE");
+    int v = s ? std::atoi(s) : 5;
+    return std::max(0, std::min(v, 19));
+  }();
+  if (nice == 0) return;
+  // On Linux a thread is a task with its own nice value; raising it needs no privilege.
+  const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+  const int cur = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
+  setpriority(PRIO_PROCESS, static_cast<id_t>(tid), std::min(19, cur + nice));
+#endif
+}
 void set_num_threads(int n) { pool().resize(n); }
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   pool().run(n, grain, fn);

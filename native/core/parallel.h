@@ -10,6 +10,10 @@
 namespace dualroute {
 
 int num_threads();
+// Lowers the calling thread's scheduling priority to the compute level (DUALROUTE_COMPUTE_NICE,
+// default 5): stream threads and pool workers call it, so a JavaScript thread that wakes up (a
+// timer, a request, the next op to queue) gets a core at once even while every core computes.
+void lower_thread_priority();
 void set_num_threads(int n);  // n >= 1; restarts the workers
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 

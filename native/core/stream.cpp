@@ -1,5 +1,7 @@
 #include "stream.h"
 
+#include "parallel.h"
+
 #include <chrono>
 #include <new>
 #include <string>
@@ -96,6 +98,7 @@ void Stream::shutdown() {
 }
 
 void Stream::loop() {
+  lower_thread_priority();
   for (;;) {
     std::unique_ptr<Task> task;
     {

@@ -1,0 +1,176 @@
+// Execution on streams: ops return at once and run on native threads in call order; reads wait
+// for what they depend on, see the values as of their call, and raise failures of the ops
+// they depend on; the event loop keeps running meanwhile.
+import * as path from 'path';
+import * as dr from '../lib';
+import { expectReadFails } from './helpers';
+
+const DIST = path.resolve(__dirname, '../dist/lib');
+
+describe('streams', () => {
+  test('the event loop keeps running while seconds of matmuls and attention compute', async () => {
+    // the workload that kept a 10 ms timer from firing for 1.5 s when ops ran on the JS thread
+    const a = dr.randn([2048, 2048], { generator: new dr.Generator(1) });
+    const q = dr.randn([1, 4, 4096, 64], { generator: new dr.Generator(2) });
+    dr.matmul(a, a).dispose();
+    dr.synchronize();
+    let t0 = performance.now();
+    dr.matmul(a, a).dispose();
+    dr.synchronize();
+    const perMatmul = Math.max(performance.now() - t0, 1);
+    const n = Math.min(60, Math.max(4, Math.round(1800 / perMatmul)));
+
+    const gaps: number[] = [];
+    let last = performance.now();
+    const timer = setInterval(() => {
+      const now = performance.now();
+      gaps.push(now - last);
+      last = now;
+    }, 10);
+    await new Promise((r) => setTimeout(r, 30));
+    t0 = performance.now();
+    let acc = dr.globalAttention(q, q, q, { causal: true }).sum();
+    for (let i = 0; i < n; ++i) {
+      const p = dr.matmul(a, a, { alpha: 1 / 2048 });
+      const s = acc.add(p.sum());
+      p.dispose(); // queued work keeps what it reads alive
+      acc.dispose();
+      acc = s;
+    }
+    const issued = performance.now() - t0;
+    const value = (await acc.data())[0];
+    const total = performance.now() - t0;
+    await new Promise((r) => setTimeout(r, 30));
+    clearInterval(timer);
+    const worst = Math.max(...gaps);
+    // the work took a while, issuing it did not, and no timer tick waited for it
+    expect(total).toBeGreaterThan(1000);
+    expect(issued).toBeLessThan(total / 10);
+    expect(worst).toBeLessThan(30);
+    expect(Number.isFinite(value)).toBe(true);
+    dr.dispose([a, q, acc]);
+  }, 60000);
+
+  test('queued work survives dispose() of its inputs and outputs', async () => {
+    const x = dr.arange(0, 1000, 1, { dtype: 'float32' });
+    const keep: dr.Tensor[] = [];
+    let cur = x.mul(1);
+    for (let i = 0; i < 200; ++i) {
+      const next = cur.add(1);
+      cur.dispose();
+      cur = next;
+    }
+    x.dispose();
+    keep.push(cur);
+    const got = await cur.data();
+    expect(got[0]).toBe(200);
+    expect(got[999]).toBe(1199);
+    dr.dispose(keep);
+  });
+
+  test('data() is a snapshot: it resolves with the values as of its call', async () => {
+    const x = dr.zeros([200000]);
+    const reads: Array<Promise<unknown>> = [];
+    const expected: number[] = [];
+    for (let step = 1; step <= 5; ++step) {
+      dr.noGrad(() => x.add_(1));
+      reads.push(x.data());
+      expected.push(step);
+    }
+    dr.noGrad(() => x.fill_(-1));
+    const got = (await Promise.all(reads)) as Float32Array[];
+    got.forEach((g, i) => {
+      expect(g[0]).toBe(expected[i]);
+      expect(g[199999]).toBe(expected[i]);
+    });
+    expect(x.dataSync()[0]).toBe(-1);
+    x.dispose();
+  });
+
+  test('a failure surfaces at the reads that depend on it, naming the op; other reads are unaffected', async () => {
+    const table = dr.randn([8, 4]);
+    const bad = dr.embedding(dr.tensor(new Int32Array([3, 8])), table);
+    const downstream = bad.relu().sum();
+    const unrelated = table.mul(2);
+    await expectReadFails(bad, dr.RangeError, 'embedding', /token id 8 at position 1 is outside \[0, 8\)/);
+    await expectReadFails(downstream, dr.RangeError, 'embedding');
+    expect((await unrelated.data()).length).toBe(32);
+    // reported at a read, so synchronize() has nothing left to raise
+    expect(() => dr.synchronize()).not.toThrow();
+    dr.dispose([table, bad, downstream, unrelated]);
+  });
+
+  test('synchronize() raises a failure no read has raised, once', async () => {
+    const table = dr.randn([4, 2]);
+    dr.embedding(dr.tensor(new Int32Array([9])), table).dispose();
+    expect(() => dr.synchronize()).toThrow(/embedding failed: token id 9/);
+    expect(() => dr.synchronize()).not.toThrow();
+    dr.embedding(dr.tensor(new Int32Array([-2])), table).dispose();
+    await expect(dr.synchronizeAsync()).rejects.toThrow(dr.RangeError);
+    await expect(dr.synchronizeAsync()).resolves.toBeUndefined();
+    table.dispose();
+  });
+
+  test('shape, dtype and device errors are thrown at the call', () => {
+    const x = dr.zeros([2, 3]);
+    expect(() => dr.matmul(x, x)).toThrow(dr.ShapeError);
+    expect(() => dr.embedding(x, x)).toThrow(dr.DTypeError);
+    x.dispose();
+  });
+
+  test('more ops than the queue holds: the caller waits for room, nothing deadlocks', async () => {
+    let x = dr.zeros([64]);
+    for (let i = 0; i < 5000; ++i) {
+      const y = x.add(1);
+      x.dispose();
+      x = y;
+    }
+    expect((await x.data())[63]).toBe(5000);
+    x.dispose();
+  });
+
+  test('worker_threads run their own streams, concurrently', async () => {
+    const { Worker } = require('worker_threads');
+    const code = `
+      const dr = require(${JSON.stringify(DIST)});
+      const { parentPort, workerData } = require('worker_threads');
+      (async () => {
+        const a = dr.full([256, 256], workerData.v);
+        let acc = dr.zeros([256, 256]);
+        for (let i = 0; i < 20; ++i) { const p = dr.matmul(a, a); const s = acc.add(p); p.dispose(); acc.dispose(); acc = s; }
+        const d = await acc.data();
+        parentPort.postMessage([d[0], d[65535]]);
+      })();`;
+    const run = (v: number) =>
+      new Promise<number[]>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: { v } });
+        w.once('message', (m: number[]) => {
+          resolve(m);
+          void w.terminate();
+        });
+        w.once('error', reject);
+      });
+    const [r1, r2] = await Promise.all([run(1), run(2)]);
+    expect(r1).toEqual([20 * 256, 20 * 256]);
+    expect(r2).toEqual([20 * 256 * 4, 20 * 256 * 4]);
+  });
+
+  test('ending a worker with reads pending leaves the process running', async () => {
+    const { Worker } = require('worker_threads');
+    const code = `
+      const dr = require(${JSON.stringify(DIST)});
+      const { parentPort } = require('worker_threads');
+      const a = dr.randn([512, 512]);
+      for (let i = 0; i < 30; ++i) { const b = dr.matmul(a, a); b.data(); b.dispose(); }
+      parentPort.postMessage('queued');
+      setInterval(() => {}, 1000);`;
+    for (let i = 0; i < 6; ++i) {
+      const w = new Worker(code, { eval: true });
+      await new Promise((r) => w.once('message', r));
+      await new Promise((r) => setTimeout(r, i * 7));
+      await w.terminate();
+    }
+    // still alive, and still computing
+    expect((await dr.ones([3]).add(1).data())[0]).toBe(2);
+  });
+});
