@@ -66,6 +66,7 @@ describe('autograd engine', () => {
     const w = dr.randn([8, 4]).requiresGrad_();
     const x = dr.randn([16, 8]);
     const t = dr.tensor(new Int32Array(16).map((_, i) => i % 4));
+    dr.synchronize(); // what earlier tests queued is freed first
     const start = dr.memory();
     for (let i = 0; i < 50; ++i) {
       dr.tidy(() => {
