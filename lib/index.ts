@@ -1,5 +1,5 @@
 // dualroute: dual-level routing language models on a native C++/CUDA core.
-import './ops/methods';
+import './methods';
 
 export { Tensor, tidy, keep, dispose } from './tensor';
 export type { NestedArray } from './tensor';

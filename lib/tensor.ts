@@ -106,6 +106,12 @@ export function dispose(v: unknown): void {
 
 export type NestedArray = number | boolean | NestedArray[];
 
+/** @internal What a tensor knows of the tape node that made it (lib/tape.ts). */
+export interface GradNode {
+  readonly name: string;
+  onOutputDisposed(): void;
+}
+
 export function contiguousStrides(shape: readonly number[]): number[] {
   const s = new Array<number>(shape.length);
   let n = 1;
@@ -159,9 +165,9 @@ export class Tensor {
     if (scope && untrackedDepth === 0) scope.tensors.add(this);
   }
 
-  // ---- autograd state (lib/autograd/engine.ts) ----
+  // ---- autograd state (lib/tape.ts records, lib/autograd/engine.ts runs backward) ----
   private _requiresGrad = false;
-  private _gradFn: import('./autograd/engine').Node | null = null;
+  private _gradFn: GradNode | null = null;
   /** The accumulated gradient of a leaf tensor after backward(); null before. */
   grad: Tensor | null = null;
 
@@ -185,7 +191,7 @@ export class Tensor {
     return this;
   }
   /** The node that produced this tensor (null for leaves and tensors outside autograd). */
-  get gradFn(): import('./autograd/engine').Node | null {
+  get gradFn(): GradNode | null {
     return this._gradFn;
   }
   /** True for tensors not produced by a recorded op. */
@@ -193,7 +199,7 @@ export class Tensor {
     return this._gradFn === null;
   }
   /** @internal */
-  setGradFn(n: import('./autograd/engine').Node): void {
+  setGradFn(n: GradNode): void {
     this._gradFn = n;
     this._requiresGrad = true;
   }
@@ -240,8 +246,9 @@ export class Tensor {
   dispose(): void {
     if (this._disposed) return;
     this._disposed = true;
-    // The node stays: a tidied intermediate still links its inputs into the graph (its saved
-    // tensors are aliases, freed by backward() or by the GC).
+    // The node stays while a later node takes this tensor as an input (the graph still runs
+    // through it); otherwise its saved tensors are freed now (lib/tape.ts).
+    this._gradFn?.onOutputDisposed();
     if (this.grad) {
       this.grad.dispose();
       this.grad = null;

@@ -1,84 +1,25 @@
-// The autograd tape. An op that sees an input with requiresGrad records a Node on its output:
-// the inputs (for graph traversal and leaf accumulation), aliases of the tensors its backward
-// reads (so that disposing or tidying the originals does not free them), and the backward
-// function. backward() walks the nodes in reverse topological order under noGrad, accumulates
-// gradients per tensor, adds them into leaves' .grad, and frees the saved aliases.
-import { ValueError, DTypeError, ShapeError, describe } from '../errors';
+// The autograd engine: backward(). It walks the nodes the tape recorded (lib/tape.ts) in reverse
+// topological order under noGrad, runs each node's rule from the gradient registry
+// (lib/autograd/registry.ts, rules in ./rules), casts gradients back to each input's dtype and
+// device, sums the gradients of tensors used more than once, adds into leaves' .grad, and frees
+// the saved tensors. It calls ops as functions: nothing here relies on Tensor methods.
+import { DTypeError, ShapeError, ValueError, describe } from '../errors';
+import { Node, noGrad } from '../tape';
 import { Tensor, tidy, untracked } from '../tensor';
+import { full } from '../ops/creation';
+import { add } from '../ops/elementwise';
+import { contiguous, to } from '../ops/shape';
+import { gradientRule } from './registry';
+import './rules';
 
-let gradEnabled = true;
-
-/** True unless inside noGrad(). */
-export function isGradEnabled(): boolean {
-  return gradEnabled;
-}
-
-/** Runs fn without recording operations for autograd. */
-export function noGrad<T>(fn: () => T): T {
-  const prev = gradEnabled;
-  gradEnabled = false;
-  try {
-    return fn();
-  } finally {
-    gradEnabled = prev;
-  }
-}
-
-/** Runs fn with recording on (inside a noGrad block). */
-export function enableGrad<T>(fn: () => T): T {
-  const prev = gradEnabled;
-  gradEnabled = true;
-  try {
-    return fn();
-  } finally {
-    gradEnabled = prev;
-  }
-}
-
-export type BackwardFn = (grad: Tensor, saved: Tensor[]) => Array<Tensor | null | undefined>;
-
-export class Node {
-  released = false;
-  constructor(
-    readonly name: string,
-    /** One entry per differentiable input position (null where the input needs no gradient). */
-    readonly inputs: Array<Tensor | null>,
-    readonly saved: Tensor[],
-    readonly backward: BackwardFn,
-  ) {}
-
-  release(): void {
-    if (this.released) return;
-    this.released = true;
-    for (const t of this.saved) t.dispose();
-    this.saved.length = 0;
-  }
-}
-
-/** True when recording is on and some input requires a gradient. */
-export function needsGrad(...inputs: unknown[]): boolean {
-  if (!gradEnabled) return false;
-  for (const t of inputs) if (t instanceof Tensor && t.requiresGrad) return true;
-  return false;
-}
-
-/**
- * Records how out was made. `inputs` are the tensors gradients flow to (others may be passed
- * as null or numbers); `save` are the tensors backward reads; backward returns one gradient per
- * input (null for none). Gradients come back in each input's shape and dtype.
- */
-export function record(out: Tensor, name: string, inputs: unknown[], save: Tensor[], backward: BackwardFn): Tensor {
-  if (!needsGrad(...inputs)) return out;
-  const ins = inputs.map((t) => (t instanceof Tensor && t.requiresGrad ? t : null));
-  const saved = untracked(() => save.map((t) => t.alias()));
-  out.setGradFn(new Node(name, ins, saved, backward));
-  return out;
-}
+export { enableGrad, isGradEnabled, needsGrad, noGrad, record } from '../tape';
 
 export interface BackwardOptions {
   /** Keep the graph (saved tensors) for another backward through it. */
   retainGraph?: boolean;
 }
+
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 
 /**
  * Accumulates d(root)/d(leaf) into every leaf's .grad. `grad` is the gradient of the root
@@ -94,7 +35,7 @@ export function backward(root: Tensor, grad?: Tensor, options: BackwardOptions =
   }
   if (grad !== undefined) {
     if (!(grad instanceof Tensor)) throw new ValueError(`backward: Expected a Tensor for grad but received ${describe(grad)}`);
-    if (grad.shape.length !== root.shape.length || grad.shape.some((d, i) => d !== root.shape[i])) {
+    if (!sameShape(grad.shape, root.shape)) {
       throw new ShapeError(`backward: grad has shape [${grad.shape.join(', ')}], the output [${root.shape.join(', ')}]`);
     }
   }
@@ -111,70 +52,69 @@ export function backward(root: Tensor, grad?: Tensor, options: BackwardOptions =
     if (seen.has(t)) continue;
     seen.add(t);
     stack.push([t, true]);
-    const node = t.gradFn;
+    const node = t.gradFn as Node | null;
     if (node) {
       if (node.released) {
         throw new ValueError(`backward: the graph through ${node.name} was already freed; pass {retainGraph: true} to the first backward to go through it twice`);
       }
+      node.checkVersions();
       for (const i of node.inputs) if (i && !seen.has(i)) stack.push([i, false]);
     }
   }
   order.reverse();
   noGrad(() => {
     const grads = new Map<Tensor, Tensor>();
-    const seed = untracked(() => (grad ? grad.alias() : onesLikeOf(root)));
+    const seed = untracked(() => (grad ? grad.alias() : full(root.shape.slice(), 1, { dtype: root.dtype, device: root.device })));
     grads.set(root, seed);
     const nodes: Node[] = [];
-    for (const t of order) {
-      const g = grads.get(t);
-      if (!g) continue;
-      grads.delete(t);
-      const node = t.gradFn;
-      if (!node) {
-        if (t.requiresGrad) accumulateLeaf(t, g);
+    try {
+      for (const t of order) {
+        const g = grads.get(t);
+        if (!g) continue;
+        grads.delete(t);
+        const node = t.gradFn as Node | null;
+        if (!node) {
+          if (t.requiresGrad) accumulateLeaf(t, g);
+          g.dispose();
+          continue;
+        }
+        nodes.push(node);
+        const rule = gradientRule(node.name);
+        const needs = node.inputs.map((i) => i !== null);
+        // each rule runs in its own scope: its temporaries go, the gradients it returns stay
+        const ins = tidy(() => rule({ grad: g, saved: node.saved, attrs: node.attrs as Record<string, unknown>, needs }));
         g.dispose();
-        continue;
+        node.inputs.forEach((input, k) => {
+          let gk = ins[k];
+          if (!input || !gk) {
+            gk?.dispose();
+            return;
+          }
+          if (!sameShape(gk.shape, input.shape)) {
+            throw new ShapeError(`backward of ${node.name}: gradient for input ${k} has shape [${gk.shape.join(', ')}], expected [${input.shape.join(', ')}] (a bug in the backward rule)`);
+          }
+          if (gk.dtype !== input.dtype || gk.device !== input.device) {
+            // an input that was cast (or moved) inside the op gets its gradient back in its own dtype
+            const c = to(gk, { dtype: input.dtype, device: input.device });
+            gk.dispose();
+            gk = c;
+          }
+          const prev = grads.get(input);
+          if (prev) {
+            const s = add(prev, gk);
+            prev.dispose();
+            gk.dispose();
+            grads.set(input, s);
+          } else {
+            grads.set(input, gk);
+          }
+        });
       }
-      nodes.push(node);
-      // each rule runs in its own scope: its temporaries go, the gradients it returns stay
-      const ins = tidy(() => node.backward(g, node.saved));
-      g.dispose();
-      node.inputs.forEach((input, k) => {
-        const gi = ins[k];
-        if (!input || !gi) {
-          if (gi) gi.dispose();
-          return;
-        }
-        if (gi.shape.length !== input.shape.length || gi.shape.some((d, i) => d !== input.shape[i])) {
-          throw new ShapeError(`backward of ${node.name}: gradient for input ${k} has shape [${gi.shape.join(', ')}], expected [${input.shape.join(', ')}] (a bug in the backward rule)`);
-        }
-        if (gi.dtype !== input.dtype || gi.device !== input.device) {
-          // an input that was cast (or moved) inside the op gets its gradient back in its own dtype
-          const c = gi.to({ dtype: input.dtype, device: input.device });
-          gi.dispose();
-          ins[k] = c;
-        }
-        const gk = ins[k]!;
-        const prev = grads.get(input);
-        if (prev) {
-          const sum = prev.add(gk);
-          prev.dispose();
-          gk.dispose();
-          grads.set(input, sum);
-        } else {
-          grads.set(input, gk);
-        }
-      });
-      // gradients not consumed because a backward returned extra ones are freed above
+    } finally {
+      for (const g of grads.values()) g.dispose();
+      if (!options.retainGraph) for (const n of nodes) n.release();
     }
-    for (const g of grads.values()) g.dispose();
-    if (!options.retainGraph) for (const n of nodes) n.release();
   });
-}
-
-function onesLikeOf(t: Tensor): Tensor {
-  const { full } = require('../ops/creation') as typeof import('../ops/creation');
-  return full(t.shape.slice(), 1, { dtype: t.dtype, device: t.device });
 }
 
 function accumulateLeaf(t: Tensor, g: Tensor): void {
@@ -182,16 +122,16 @@ function accumulateLeaf(t: Tensor, g: Tensor): void {
     // leaves get contiguous gradients of their own dtype (optimizers update them in place)
     let gg: Tensor;
     if (g.dtype === t.dtype && g.device === t.device) {
-      gg = g.contiguous();
+      gg = contiguous(g);
     } else {
-      const c = g.to({ dtype: t.dtype, device: t.device });
-      gg = c.contiguous();
+      const c = to(g, { dtype: t.dtype, device: t.device });
+      gg = contiguous(c);
       c.dispose();
     }
     if (t.grad) {
-      const sum = t.grad.add(gg);
+      const s = add(t.grad, gg);
       gg.dispose();
-      gg = sum;
+      gg = s;
       t.grad.dispose();
     }
     t.grad = gg;

@@ -5,7 +5,7 @@ import { DType } from '../dtype';
 import { Device } from '../device';
 import { ShapeError, ValueError, DTypeError, describe } from '../errors';
 import { Tensor, untracked } from '../tensor';
-import { noGrad } from '../autograd/engine';
+import { noGrad } from '../tape';
 import { copy_ } from '../ops/inplace';
 
 const parameters = new WeakSet<Tensor>();

@@ -12,15 +12,12 @@ import { DType, isFloat } from '../dtype';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor } from '../tensor';
-import { needsGrad, record } from '../autograd/engine';
+import { needsGrad, record } from '../tape';
 import { concat, reshape } from './shape';
-import { mul } from './elementwise';
-import { sum } from './reduce';
-import { zeros } from './creation';
+import { full, zeros } from './creation';
+import { gt } from './elementwise';
 import { scatterAdd } from './indexing';
 import { checkTensor, empty, sameDevice } from './util';
-import { full } from './creation';
-import { gt } from './elementwise';
 
 type Mask = 'global' | 'sliding' | 'block';
 
@@ -128,27 +125,13 @@ function attend(name: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask
   }
   if (grad) {
     const save = [q, k, v, out, lse!, ...(kp ? [kp] : []), ...(qi ? [qi] : [])];
-    record(out, name, [q, k, v], save, (g, s) => {
-      const [sq, sk, sv, so, sl] = s;
-      const skp = kp ? s[5] : undefined;
-      const sqi = qi ? s[kp ? 6 : 5] : undefined;
-      const [dq, dk, dv] = gradAccumulators(sq, sk, sv);
-      op.attentionBackward({ dq, dk, dv, q: sq, k: sk, v: sv, out: so, dout: g, lse: sl, mask, causal, window, scale: p.scale,
-        keyPadding: skp, queryIndex: sqi });
-      return [dq, dk, dv]; // the engine casts them to the inputs' dtype
-    });
+    record(out, name, [q, k, v], save, { mask, causal, window, scale: p.scale, hasKeyPadding: !!kp, hasQueryIndex: !!qi });
   }
   if (!wantLse) {
     lse?.dispose();
     return out;
   }
   return { out, lse: lse! };
-}
-
-/** Zeroed float32 (float64) dq, dk, dv that the attention backward kernels add into. */
-function gradAccumulators(q: Tensor, k: Tensor, v: Tensor): Tensor[] {
-  const dtype = statsDType(q.dtype);
-  return [q, k, v].map((t) => zeros(t.shape.slice(), { dtype, device: q.device }));
 }
 
 /** softmax(q k^T * scale + mask) v over all (or causally visible) keys. */
@@ -222,25 +205,8 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
   }
   if (needsGrad(q, k, v, gates)) {
     const save = [q, k, v, outL, outG, lseL, lseG, gates, ...(kp ? [kp] : []), ...(rows ? [rows] : [])];
-    record(out, name, [q, k, v, gates], save, (g, s) => {
-      const [sq, sk, sv, oL, oG, lL, lG, sg] = s;
-      const skp = kp ? s[8] : undefined;
-      const srows = rows ? s[kp ? 9 : 8] : undefined;
-      const [dq, dk, dv] = gradAccumulators(sq, sk, sv);
-      // one pass over K/V for both paths (CPU; CUDA bf16 head dims 32/64/128), else the two
-      // paths' backwards with gate-scaled douts inside the CUDA backend
-      op.dualAttentionBackward({ dq, dk, dv, q: sq, k: sk, v: sv, outLocal: oL, outGlobal: oG, dout: g, lseLocal: lL, lseGlobal: lG,
-        gates: sg, mask, causal, window: options.window, scale: p.scale, keyPadding: skp, globalRows: srows });
-      // d g_local = sum_d dout * out_local (summed over heads for shared gates)
-      // in float32 at least: these sums cancel heavily, and bfloat16 products would lose them
-      const g32 = g.dtype === 'bfloat16' ? g.to('float32') : g;
-      const gsum = (o: Tensor) => {
-        const t = sum(mul(g32, o.dtype === 'bfloat16' ? o.to('float32') : o), perHead ? [3] : [1, 3], { keepDims: true });
-        return perHead ? t : reshape(t, [p.B, p.Sq, 1]);
-      };
-      const dgates = concat([gsum(oL), gsum(oG)], perHead ? 3 : 2);
-      return [dq, dk, dv, dgates];
-    });
+    record(out, name, [q, k, v, gates], save, { mask, causal, window: options.window, scale: p.scale, hasKeyPadding: !!kp,
+      hasRows: !!rows, perHead });
   }
   if (options.returnLse) {
     const parts = [reshape(lseL, [1, ...lseL.shape]), reshape(lseG, [1, ...lseG.shape])];
@@ -273,10 +239,6 @@ export function rope(x: Tensor, positions: Tensor, options: { base?: number } = 
   if (typeof base !== 'number' || !(base > 0) || !Number.isFinite(base)) throw new ValueError(`rope: Expected a finite base > 0 but received ${describe(base)}`);
   const out = empty(x.shape, x.dtype, x.device);
   op.rope({ out, x, positions, base, inverse: false });
-  return record(out, 'rope', [x], [positions], (g, [pos]) => {
-    const dx = empty(g.shape, g.dtype, g.device);
-    op.rope({ out: dx, x: g, positions: pos, base, inverse: true });
-    return [dx];
-  });
+  return record(out, 'rope', [x], [positions], { base });
 }
 

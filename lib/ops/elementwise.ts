@@ -6,9 +6,7 @@ import { BinaryName, UnaryName, op } from '../native';
 import { DTypeError, ValueError, describe } from '../errors';
 import { Tensor } from '../tensor';
 import { cast } from './shape';
-import { needsGrad, record } from '../autograd/engine';
-import { sumToShape } from '../autograd/grad_utils';
-import { unaryBackward } from './grad_kernels';
+import { needsGrad, record } from '../tape';
 import { broadcastShapes, checkTensor, empty, sameDevice } from './util';
 
 const INT_UNARY = new Set<UnaryName>(['neg', 'abs', 'square', 'sign']);
@@ -29,7 +27,7 @@ export function unary(name: UnaryName, x: Tensor): Tensor {
   try {
     const out = empty(src.shape, src.dtype, src.device);
     op.unary({ op: name, out, x: src });
-    return record(out, name, [src], [src], (g, [xs]) => [unaryBackward(name, xs, g)]);
+    return record(out, name, [src], [src]);
   } finally {
     if (src !== x) src.dispose();
   }
@@ -61,7 +59,7 @@ export function binary(name: BinaryName, a: TensorOrScalar, b: TensorOrScalar): 
       const out = empty(src.shape, COMPARE.has(name) ? 'bool' : d, src.device);
       op.binaryScalar({ op: name, out, a: src, scalar: s, scalarFirst: typeof a === 'number' });
       if (COMPARE.has(name) || !needsGrad(src)) return out;
-      return record(out, name, [src], [src, out], (g, [x, y]) => [scalarGrad(name, g, x, y, s, typeof a === 'number')]);
+      return record(out, `${name}Scalar`, [src], [src, out], { scalar: s, scalarFirst: typeof a === 'number' });
     } finally {
       if (src !== t) src.dispose();
     }
@@ -75,7 +73,7 @@ export function binary(name: BinaryName, a: TensorOrScalar, b: TensorOrScalar): 
     const out = empty(shape, COMPARE.has(name) ? 'bool' : d, device);
     op.binary({ op: name, out, a: ca, b: cb });
     if (COMPARE.has(name) || !needsGrad(ca, cb)) return out;
-    return record(out, name, [ca, cb], [ca, cb, out], (g, [x, y, o]) => binaryGrads(name, g, x, y, o));
+    return record(out, name, [ca, cb], [ca, cb, out]);
   } finally {
     if (ca !== a) ca.dispose();
     if (cb !== b) cb.dispose();
@@ -160,11 +158,7 @@ export function where(cond: Tensor, a: TensorOrScalar, b: TensorOrScalar): Tenso
     const shape = broadcastShapes('where', broadcastShapes('where', cond.shape, ta.shape, 'cond', 'a'), tb.shape, 'cond/a', 'b');
     const out = empty(shape, d, dev);
     op.where({ out, cond, a: ta, b: tb });
-    return record(out, 'where', [null, ta, tb], [cond, ta, tb], (g, [c, x, y]) => [
-      null,
-      sumToShape(where(c, g, 0), x.shape),
-      sumToShape(where(c, 0, g), y.shape),
-    ]);
+    return record(out, 'where', [null, ta, tb], [cond, ta, tb]);
   } finally {
     tmp.forEach((t) => t.dispose());
   }
@@ -183,71 +177,4 @@ export function clamp(x: Tensor, min?: number, max?: number): Tensor {
     }
   }
   return min !== undefined ? maximum(x, min) : minimum(x, max!);
-}
-
-// ---- gradients ------------------------------------------------------------------------------------
-
-// d(a op b)/da and /db times g, summed back to each operand's shape.
-function binaryGrads(name: BinaryName, g: Tensor, a: Tensor, b: Tensor, out: Tensor): Array<Tensor | null> {
-  let ga: Tensor | null = null;
-  let gb: Tensor | null = null;
-  switch (name) {
-    case 'add':
-      ga = g;
-      gb = g;
-      break;
-    case 'sub':
-      ga = g;
-      gb = neg(g);
-      break;
-    case 'mul':
-      ga = mul(g, b);
-      gb = mul(g, a);
-      break;
-    case 'div':
-      ga = div(g, b);
-      gb = neg(div(mul(g, out), b));
-      break;
-    case 'pow':
-      // d/da a^b = b a^(b-1); d/db a^b = a^b log a (0 where a = 0 and the term would be 0 * -inf)
-      ga = mul(g, mul(b, pow(a, sub(b, 1))));
-      gb = where(eq(a, 0), 0, mul(g, mul(out, log(a))));
-      break;
-    case 'maximum':
-    case 'minimum': {
-      // the larger (smaller) side takes the gradient; ties split it evenly, as in PyTorch
-      const win = name === 'maximum' ? gt(a, b) : lt(a, b);
-      const tie = eq(a, b);
-      const half = mul(g, 0.5);
-      ga = where(win, g, where(tie, half, 0));
-      gb = where(win, 0, where(tie, half, g));
-      break;
-    }
-    default:
-      return [null, null];
-  }
-  return [sumToShape(ga, a.shape), sumToShape(gb, b.shape)];
-}
-
-function scalarGrad(name: BinaryName, g: Tensor, x: Tensor, out: Tensor, s: number, scalarFirst: boolean): Tensor | null {
-  switch (name) {
-    case 'add':
-      return g.alias();
-    case 'sub':
-      return scalarFirst ? neg(g) : g.alias();
-    case 'mul':
-      return mul(g, s);
-    case 'div':
-      return scalarFirst ? neg(div(mul(g, out), x)) : mul(g, 1 / s);
-    case 'pow':
-      // x^s: s x^(s-1); s^x: s^x log s
-      return scalarFirst ? mul(g, mul(out, Math.log(s))) : mul(g, mul(pow(x, s - 1), s));
-    case 'maximum':
-    case 'minimum': {
-      const win = name === 'maximum' ? gt(x, s) : lt(x, s);
-      return where(win, g, where(eq(x, s), mul(g, 0.5), 0));
-    }
-    default:
-      return null;
-  }
 }

@@ -4,9 +4,7 @@
 import { DTypeError, ShapeError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor } from '../tensor';
-import { expand, reshape } from './shape';
-import { record } from '../autograd/engine';
-import { zeros } from './creation';
+import { record } from '../tape';
 import { checkTensor, empty, normAxis, sameDevice } from './util';
 
 /** Rows of table [vocab, dim] for int32 ids of any shape: [...ids.shape, dim]. */
@@ -18,13 +16,7 @@ export function embedding(ids: Tensor, table: Tensor): Tensor {
   sameDevice('embedding', ids, table);
   const out = empty([...ids.shape, table.shape[1]], table.dtype, table.device);
   op.embedding({ out, ids, table });
-  return record(out, 'embedding', [null, table], [ids], (g, [i]) => {
-    // the rows each id read receive its gradient (repeated ids accumulate)
-    const [V, D] = table.shape;
-    const n = i.size;
-    const idx = expand(reshape(i, [n, 1]), [n, D]).contiguous();
-    return [null, scatterAdd(zeros([V, D], { dtype: table.dtype, device: table.device }), 0, idx, reshape(g, [n, D]))];
-  });
+  return record(out, 'embedding', [null, table], [ids], { vocab: table.shape[0], dim: table.shape[1], dtype: table.dtype, device: table.device });
 }
 
 function checkIndex(op: string, x: Tensor, index: Tensor, axis: number): number {
@@ -45,11 +37,7 @@ export function gather(x: Tensor, axis: number, index: Tensor): Tensor {
   const a = checkIndex('gather', x, index, axis);
   const out = empty(index.shape, x.dtype, x.device);
   op.gather({ out, x, index, axis: a });
-  const xshape = x.shape.slice();
-  return record(out, 'gather', [x, null], [index], (g, [i]) => [
-    scatterAdd(zeros(xshape, { dtype: x.dtype, device: x.device }), a, i, g),
-    null,
-  ]);
+  return record(out, 'gather', [x, null], [index], { axis: a, shape: x.shape.slice(), dtype: x.dtype, device: x.device });
 }
 
 /** A copy of x with src added at the indexed positions along axis: out[..index[p]..] += src[p]. */
@@ -64,5 +52,5 @@ export function scatterAdd(x: Tensor, axis: number, index: Tensor, src: Tensor):
   const out = empty(x.shape, x.dtype, x.device);
   op.copy({ out, x });
   op.scatterAdd({ out, index, src, axis: a });
-  return record(out, 'scatterAdd', [x, null, src], [index], (g, [i]) => [g.alias(), null, gather(g, a, i)]);
+  return record(out, 'scatterAdd', [x, null, src], [index], { axis: a });
 }

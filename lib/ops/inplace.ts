@@ -9,8 +9,8 @@ import { isFloat } from '../dtype';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor } from '../tensor';
-import { isGradEnabled } from '../autograd/engine';
-import { cast, expand, to } from './shape';
+import { isGradEnabled } from '../tape';
+import { cast, clone, expand, to } from './shape';
 import { broadcastShapes, checkTensor, empty } from './util';
 
 function target(name: string, x: unknown): Tensor {
@@ -38,7 +38,7 @@ function operand(name: string, x: Tensor, src: Tensor, tmp: Tensor[]): Tensor {
   }
   // an operand overlapping x (other than x itself) is read before anything is written
   if (s.storage === x.storage && !(s.offset === x.offset && s.strides.every((v, i) => v === x.strides[i]) && s.ndim === x.ndim)) {
-    tmp.push((s = s.contiguous().clone()));
+    tmp.push((s = clone(s)));
   }
   return s;
 }
@@ -62,7 +62,7 @@ export function copy_(x: Tensor, src: Tensor): Tensor {
       throw new ShapeError(`copy_: src of shape [${src.shape.join(', ')}] does not broadcast to x's shape [${t.shape.join(', ')}]`);
     }
     if (s.shape.length !== t.ndim || s.shape.some((d, i) => d !== t.shape[i])) tmp.push((s = expand(s, t.shape.slice())));
-    if (s.storage === t.storage && s !== t) tmp.push((s = s.clone()));
+    if (s.storage === t.storage && s !== t) tmp.push((s = clone(s)));
     op.copy({ out: t, x: s });
   } finally {
     tmp.forEach((v) => v.dispose());

@@ -6,8 +6,7 @@ import { op } from '../native';
 import { Tensor } from '../tensor';
 import { cast, reshape, unsqueeze } from './shape';
 import { broadcastShapes, checkTensor, empty, sameDevice } from './util';
-import { needsGrad, record } from '../autograd/engine';
-import { sumToShape } from '../autograd/grad_utils';
+import { record } from '../tape';
 
 export interface MatmulOptions {
   /** Use a's last two dims transposed. */
@@ -48,19 +47,7 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
     const batch = broadcastShapes('matmul (batch dims)', A.shape.slice(0, -2), B.shape.slice(0, -2));
     const out = empty([...batch, m, n], d, device);
     op.matmul({ out, a: A, b: B, transA, transB, alpha, beta: 0 });
-    if (needsGrad(A, B)) {
-      record(out, 'matmul', [A, B], [A, B], (g, [sa, sb]) => {
-        // out = alpha op(A) op(B): d op(A) = alpha g op(B)^T, d op(B) = alpha op(A)^T g, and a
-        // stored-transposed operand gets the transposed product (computed as such, no copy).
-        const ga = transA
-          ? matmul(sb, g, { transA: transB, transB: true, alpha })
-          : matmul(g, sb, { transB: !transB, alpha });
-        const gb = transB
-          ? matmul(g, sa, { transA: true, transB: transA, alpha })
-          : matmul(sa, g, { transA: !transA, alpha });
-        return [sumToShape(ga, sa.shape), sumToShape(gb, sb.shape)];
-      });
-    }
+    record(out, 'matmul', [A, B], [A, B], { transA, transB, alpha });
     if (!vecA && !vecB) return out;
     const shape = [...batch, ...(vecA ? [] : [m]), ...(vecB ? [] : [n])];
     try {

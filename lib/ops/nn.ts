@@ -5,13 +5,10 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor } from '../tensor';
 import { reshape } from './shape';
-import { needsGrad, record } from '../autograd/engine';
+import { needsGrad, record } from '../tape';
 import { div as divOp } from './elementwise';
 import { sum as sumOp } from './reduce';
-import {
-  crossEntropyBackward, crossEntropyWithLse, layerNormBackward, layerNormWithStats, rmsNormBackward, rmsNormWithStats,
-  softmaxBackward, swigluBackward,
-} from './grad_kernels';
+import { crossEntropyWithLse, layerNormWithStats, rmsNormWithStats } from './grad_kernels';
 import { checkTensor, empty, normAxis, sameDevice } from './util';
 
 function floatInput(op: string, x: Tensor, arg = 'x'): void {
@@ -25,7 +22,7 @@ export function softmax(x: Tensor, axis = -1): Tensor {
   const a = normAxis(axis, x.ndim, 'softmax');
   const out = empty(x.shape, x.dtype, x.device);
   op.softmax({ out, x, axis: a, log: false });
-  return record(out, 'softmax', [x], [out], (g, [y]) => [softmaxBackward(y, g, a, false)]);
+  return record(out, 'softmax', [x], [out], { axis: a });
 }
 
 /** log(softmax(x)) along axis, computed stably in one pass. */
@@ -34,7 +31,7 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
   const a = normAxis(axis, x.ndim, 'logSoftmax');
   const out = empty(x.shape, x.dtype, x.device);
   op.softmax({ out, x, axis: a, log: true });
-  return record(out, 'logSoftmax', [x], [out], (g, [y]) => [softmaxBackward(y, g, a, true)]);
+  return record(out, 'logSoftmax', [x], [out], { axis: a });
 }
 
 function checkVec(op: string, arg: string, v: Tensor | undefined | null, x: Tensor): void {
@@ -59,10 +56,7 @@ export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
   if (needsGrad(x, weight)) {
     const { y, rstd } = rmsNormWithStats(x, weight ?? null, eps);
     const w = weight ?? null;
-    const rec = record(y, 'rmsNorm', [x, w], w ? [x, rstd, w] : [x, rstd], (g, [xs, r, ws]) => {
-      const { dx, dweight } = rmsNormBackward(xs, ws ?? null, r, g, !!w && w.requiresGrad);
-      return [dx, dweight];
-    });
+    const rec = record(y, 'rmsNorm', [x, w], w ? [x, rstd, w] : [x, rstd]);
     rstd.dispose();
     return rec;
   }
@@ -82,10 +76,7 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
     const w = weight ?? null;
     const b = bias ?? null;
     const { y, mean, rstd } = layerNormWithStats(x, w, b, eps);
-    const rec = record(y, 'layerNorm', [x, w, b], w ? [x, mean, rstd, w] : [x, mean, rstd], (g, [xs, m, r, ws]) => {
-      const res = layerNormBackward(xs, ws ?? null, m, r, g, !!w && w.requiresGrad, !!b && b.requiresGrad);
-      return [res.dx, res.dweight, res.dbias];
-    });
+    const rec = record(y, 'layerNorm', [x, w, b], w ? [x, mean, rstd, w] : [x, mean, rstd]);
     mean.dispose();
     rstd.dispose();
     return rec;
@@ -102,7 +93,7 @@ export function swiglu(x: Tensor): Tensor {
   if (x.ndim === 0 || d % 2 !== 0) throw new ShapeError(`swiglu: the last axis must have even size, received ${describe(x)}`);
   const out = empty([...x.shape.slice(0, -1), d / 2], x.dtype, x.device);
   op.swiglu({ out, x });
-  return record(out, 'swiglu', [x], [x], (g, [xs]) => [swigluBackward(xs, g)]);
+  return record(out, 'swiglu', [x], [x]);
 }
 
 export interface CrossEntropyOptions {
@@ -188,9 +179,7 @@ function crossEntropyGrad(logits: Tensor, targets: Tensor, rows: number, C: numb
   const x2 = reshape(logits, [rows, C]);
   const t1 = reshape(targets, [rows]);
   const { loss, lse } = crossEntropyWithLse(x2, t1, ignoreIndex, smoothing);
-  record(loss, 'crossEntropy', [x2], [x2, t1, lse], (g, [xs, ts, l]) => [
-    crossEntropyBackward(xs, ts, l, g, ignoreIndex, smoothing),
-  ]);
+  record(loss, 'crossEntropy', [x2], [x2, t1, lse], { ignoreIndex, smoothing });
   x2.dispose();
   t1.dispose();
   lse.dispose();

@@ -2,9 +2,8 @@
 import { ReduceName, op } from '../native';
 import { DTypeError, ShapeError, ValueError } from '../errors';
 import { Tensor } from '../tensor';
-import { cast, expand, reshape } from './shape';
-import { record } from '../autograd/engine';
-import { div as divOp, eq as eqOp, mul as mulOp, where as whereOp } from './elementwise';
+import { cast, reshape } from './shape';
+import { record } from '../tape';
 import { checkTensor, empty, normAxis } from './util';
 
 export interface ReduceOptions {
@@ -35,7 +34,7 @@ function reduceOp(kind: ReduceName, x: Tensor, axis?: number | number[], options
   try {
     const out = empty(shape, src.dtype, src.device);
     op.reduce({ op: kind, out, x: src, axes });
-    return record(out, kind, [src], [src, out], (g, [xs, o]) => [reduceGrad(kind, g, xs, o, axes)]);
+    return record(out, kind, [src], [src, out], { axes });
   } finally {
     if (src !== x) src.dispose();
   }
@@ -78,16 +77,3 @@ function argOp(name: 'argmax' | 'argmin', x: Tensor, axis?: number, options: Red
 /** Index of the largest value along axis (of the flattened tensor when omitted); first wins ties, NaN counts as largest. */
 export const argmax = (x: Tensor, axis?: number, options?: ReduceOptions) => argOp('argmax', x, axis, options);
 export const argmin = (x: Tensor, axis?: number, options?: ReduceOptions) => argOp('argmin', x, axis, options);
-
-// The gradient of a reduction, broadcast back over the reduced axes.
-function reduceGrad(kind: ReduceName, g: Tensor, x: Tensor, out: Tensor, axes: number[]): Tensor {
-  const kept = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
-  const back = (t: Tensor) => expand(reshape(t, kept), x.shape.slice()).contiguous();
-  const count = axes.reduce((n, a) => n * x.shape[a], 1);
-  if (kind === 'sum') return back(g);
-  if (kind === 'mean') return back(mulOp(g, 1 / Math.max(count, 1)));
-  // max/min: the positions that hold the extreme share the gradient equally
-  const hit = eqOp(x, back(out));
-  const hits = sum(whereOp(hit, 1, 0), axes, { keepDims: true });
-  return whereOp(hit, divOp(back(g), expand(hits, x.shape.slice())), 0);
-}

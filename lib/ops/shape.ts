@@ -7,23 +7,11 @@ import { DTypeError, DeviceError, ShapeError, ValueError, describe } from '../er
 import { op } from '../native';
 import { Tensor, contiguousStrides, sizeOf } from '../tensor';
 import { checkShape, checkTensor, empty, normAxis, viewOf } from './util';
-import { record } from '../autograd/engine';
-import { sumToShape } from '../autograd/grad_utils';
-
-// The gradient of a box view: zeros of the source's shape with g copied into the box.
-function boxGrad(x: Tensor, g: Tensor, begin: number[]): Tensor {
-  const z = empty(x.shape, g.dtype, g.device);
-  op.fill({ out: z, value: 0 });
-  const box = slice(z, begin, g.shape.slice());
-  op.copy({ out: box, x: g });
-  box.dispose();
-  return z;
-}
+import { record } from '../tape';
 
 // reshape-like views: the gradient takes the source's shape back.
 function asShapeOf(out: Tensor, x: Tensor, name: string): Tensor {
-  const shape = x.shape.slice();
-  return record(out, name, [x], [], (g) => [reshape(g, shape)]);
+  return record(out, name, [x], [], { shape: x.shape.slice() });
 }
 
 /** A copy with contiguous layout, or the tensor itself (a new handle) when already contiguous. */
@@ -36,7 +24,7 @@ export function contiguous(x: Tensor): Tensor {
     out = empty(x.shape, x.dtype, x.device);
     op.copy({ out, x });
   }
-  return record(out, 'contiguous', [x], [], (g) => [g.alias()]);
+  return record(out, 'contiguous', [x], []);
 }
 
 /** A copy that owns its storage. */
@@ -44,7 +32,7 @@ export function clone(x: Tensor): Tensor {
   checkTensor(x, 'clone', 'x');
   const out = empty(x.shape, x.dtype, x.device);
   op.copy({ out, x });
-  return record(out, 'clone', [x], [], (g) => [g.alias()]);
+  return record(out, 'clone', [x], []);
 }
 
 function resolveShape(op: string, shape: number[], size: number): number[] {
@@ -104,7 +92,7 @@ export function permute(x: Tensor, dims: number[]): Tensor {
   const out = viewOf(x, d.map((i) => x.shape[i]), d.map((i) => x.strides[i]), x.offset);
   const inverse = new Array<number>(d.length);
   d.forEach((v, i) => (inverse[v] = i));
-  return record(out, 'permute', [x], [], (g) => [permute(g, inverse)]);
+  return record(out, 'permute', [x], [], { inverse });
 }
 
 /** Swaps two dimensions (default the last two). A view. */
@@ -166,8 +154,7 @@ export function expand(x: Tensor, shape: number[]): Tensor {
       throw new ShapeError(`expand: cannot expand [${x.shape.join(', ')}] to [${shape.join(', ')}] (dimension ${i})`);
     }
   }
-  const xshape = x.shape.slice();
-  return record(viewOf(x, s, st, x.offset), 'expand', [x], [], (g) => [sumToShape(g, xshape)]);
+  return record(viewOf(x, s, st, x.offset), 'expand', [x], [], { shape: x.shape.slice() });
 }
 export const broadcastTo = expand;
 
@@ -184,7 +171,7 @@ export function narrow(x: Tensor, axis: number, start: number, length: number): 
   const shape = x.shape.slice();
   shape[a] = length;
   const begin = x.shape.map((_, i) => (i === a ? s0 : 0));
-  return record(viewOf(x, shape, x.strides, x.offset + s0 * x.strides[a]), 'narrow', [x], [], (g) => [boxGrad(x, g, begin)]);
+  return record(viewOf(x, shape, x.strides, x.offset + s0 * x.strides[a]), 'narrow', [x], [], { shape: x.shape.slice(), begin });
 }
 
 /**
@@ -211,7 +198,7 @@ export function slice(x: Tensor, begin: number[] | number, size?: number[] | num
     offset += s * x.strides[i];
     starts.push(s);
   }
-  return record(viewOf(x, shape, x.strides, offset), 'slice', [x], [], (g) => [boxGrad(x, g, starts)]);
+  return record(viewOf(x, shape, x.strides, offset), 'slice', [x], [], { shape: x.shape.slice(), begin: starts });
 }
 
 /** Joins tensors along an existing axis. */
@@ -244,7 +231,7 @@ export function concat(tensors: Tensor[], axis = 0): Tensor {
     starts.push(at);
     at += t.shape[a];
   }
-  return record(out, 'concat', tensors, [], (g) => tensors.map((t, i) => narrow(g, a, starts[i], t.shape[a]).contiguous()));
+  return record(out, 'concat', tensors, [], { axis: a, starts, sizes: tensors.map((t) => t.shape[a]) });
 }
 
 /** Joins tensors along a new axis. */
@@ -309,7 +296,7 @@ export function to(x: Tensor, target: Device | DType | { device?: Device; dtype?
   }
   if (!owned) cur = viewOf(x, x.shape, x.strides, x.offset);
   // the engine casts/moves the gradient back to x's dtype and device
-  return record(cur, 'to', [x], [], (g) => [g.alias()]);
+  return record(cur, 'to', [x], []);
 }
 
 export function cast(x: Tensor, dtype: DType): Tensor {

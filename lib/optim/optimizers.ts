@@ -3,7 +3,7 @@
 // bfloat16 parameter is updated through a float32 master copy kept by the optimizer.
 import { DTypeError, ValueError, describe } from '../errors';
 import { Tensor, untracked } from '../tensor';
-import { noGrad } from '../autograd/engine';
+import { noGrad } from '../tape';
 import { zeros } from '../ops/creation';
 import { adamwStep, sgdStep } from '../ops/grad_kernels';
 import { add, minimum, reciprocal, sqrt, square } from '../ops/elementwise';
@@ -92,7 +92,7 @@ export abstract class Optimizer {
       this.masters.set(i, (m = moved));
     }
     if (!m) {
-      m = p.detach().to('float32');
+      m = to(p, 'float32');
       this.masters.set(i, m);
     }
     return m;

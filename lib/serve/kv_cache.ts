@@ -16,7 +16,7 @@ import { globalAttention } from '../ops/attention';
 import { full, zeros } from '../ops/creation';
 import { narrow } from '../ops/shape';
 import { copy_, fill_ } from '../ops/inplace';
-import { noGrad } from '../autograd/engine';
+import { noGrad } from '../tape';
 
 export interface RingKVCacheOptions {
   batch: number;

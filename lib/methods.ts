@@ -1,18 +1,20 @@
-// Every op is also a method: a.add(b), x.softmax(-1), x.to('cuda'). The methods forward to
-// the functions of the same name.
-import { DType } from '../dtype';
-import { Device } from '../device';
-import { Tensor } from '../tensor';
-import * as ew from './elementwise';
-import * as idx from './indexing';
-import * as la from './linalg';
-import * as nn from './nn';
-import * as red from './reduce';
-import * as sh from './shape';
+// Every op is also a method: a.add(b), x.softmax(-1), x.to('cuda'), x.add_(1), y.backward().
+// The methods forward to the functions of the same name. This is the library's top layer, for
+// users: nothing inside lib/ calls ops as methods (the autograd engine and the rules call the
+// functions), so the engine works whether or not this file was loaded.
+import { DType } from './dtype';
+import { Device } from './device';
+import { Tensor } from './tensor';
+import * as ew from './ops/elementwise';
+import * as idx from './ops/indexing';
+import * as la from './ops/linalg';
+import * as nn from './ops/nn';
+import * as red from './ops/reduce';
+import * as sh from './ops/shape';
 
 type S = ew.TensorOrScalar;
 
-declare module '../tensor' {
+declare module './tensor' {
   interface Tensor {
     add(b: S): Tensor;
     sub(b: S): Tensor;
@@ -147,8 +149,8 @@ Object.defineProperty(Tensor.prototype, 'T', {
 });
 
 // ---- in-place methods (x.add_(y).mul_(2)) ----
-import * as ip from './inplace';
-declare module '../tensor' {
+import * as ip from './ops/inplace';
+declare module './tensor' {
   interface Tensor {
     copy_(src: Tensor): Tensor;
     fill_(value: number | boolean): Tensor;
@@ -170,8 +172,8 @@ Object.assign(P, {
 });
 
 // ---- autograd methods ----
-import * as ag from '../autograd/engine';
-declare module '../tensor' {
+import * as ag from './autograd/engine';
+declare module './tensor' {
   interface Tensor {
     /** Accumulates gradients of this tensor into the leaves' .grad (see autograd). */
     backward(grad?: Tensor, options?: ag.BackwardOptions): void;
@@ -185,8 +187,8 @@ Object.assign(P, {
 });
 
 // ---- attention methods (q.localAttention(k, v, {window})) ----
-import * as at from './attention';
-declare module '../tensor' {
+import * as at from './ops/attention';
+declare module './tensor' {
   interface Tensor {
     globalAttention(k: Tensor, v: Tensor, options?: at.GlobalAttentionOptions): Tensor;
     localAttention(k: Tensor, v: Tensor, options: at.LocalAttentionOptions): Tensor;

@@ -1,0 +1,8 @@
+// Registers every backward rule (imported by the engine before the first backward pass).
+import './elementwise';
+import './reduce';
+import './shape';
+import './linalg';
+import './nn';
+import './indexing';
+import './attention';
