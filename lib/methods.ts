@@ -84,6 +84,7 @@ declare module './tensor' {
     narrow(axis: number, start: number, length: number): Tensor;
     slice(begin: number[] | number, size?: number[] | number): Tensor;
     split(sizes: number | number[], axis?: number): Tensor[];
+    chunk(n: number, axis?: number): Tensor[];
     concat(others: Tensor[], axis?: number): Tensor;
     contiguous(): Tensor;
     clone(): Tensor;
@@ -136,6 +137,7 @@ Object.assign(P, {
   narrow(this: Tensor, a: number, s: number, l: number) { return sh.narrow(this, a, s, l); },
   slice(this: Tensor, b: number[] | number, s?: number[] | number) { return sh.slice(this, b, s); },
   split(this: Tensor, s: number | number[], a?: number) { return sh.split(this, s, a); },
+  chunk(this: Tensor, n: number, a?: number) { return sh.chunk(this, n, a); },
   concat(this: Tensor, others: Tensor[], a?: number) { return sh.concat([this, ...others], a); },
   contiguous(this: Tensor) { return sh.contiguous(this); },
   clone(this: Tensor) { return sh.clone(this); },

@@ -193,3 +193,16 @@ describe('views and layout', () => {
     y.dispose();
   });
 });
+
+describe('split and chunk follow PyTorch', () => {
+  test('split(n) gives pieces of size n; chunk(n) gives n pieces', () => {
+    const x = dr.arange(0, 5);
+    expect(x.split(2).map((t) => t.arraySync())).toEqual([[0, 1], [2, 3], [4]]);
+    expect(x.split([1, 4]).map((t) => t.shape[0])).toEqual([1, 4]);
+    expect(x.chunk(2).map((t) => t.arraySync())).toEqual([[0, 1, 2], [3, 4]]);
+    expect(dr.arange(0, 4).chunk(3).map((t) => t.shape[0])).toEqual([2, 2]);
+    expect(dr.arange(0, 6).reshape([2, 3]).chunk(3, 1).map((t) => t.shape)).toEqual([[2, 1], [2, 1], [2, 1]]);
+    expect(() => x.split(0)).toThrow(/to cut into n pieces, use chunk/);
+    expect(() => x.split([2, 2])).toThrow(/do not add up to 5/);
+  });
+});

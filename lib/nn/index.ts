@@ -1,5 +1,5 @@
 // nn: modules for building models (new nn.Linear(8, 4)).
-export { Module, asParameter, isParameter } from './module';
+export { Module, ModuleList, ModuleDict, ParameterList, asParameter, isParameter } from './module';
 export type { LoadOptions } from './module';
 export { Linear, Embedding, RMSNorm, LayerNorm, Dropout, Sequential, MLP } from './layers';
 export type { InitOptions } from './layers';

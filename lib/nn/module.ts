@@ -1,12 +1,19 @@
-// Module: the base of every layer. Parameters are tensors made with this.param(...); sub-modules
-// are fields holding Modules (or arrays of them). Names follow the field path, as in PyTorch:
-// "layers.0.weight". stateDict() names are stable and documented in docs/weights.md.
+// Module: the base of every layer. Parameters are tensors made with this.param(...) (or any
+// leaf tensor that requires grad held in a field); sub-modules are fields holding Modules, arrays
+// of Modules, or the containers ModuleList, ModuleDict and ParameterList. Names follow the field
+// path, as in PyTorch: "layers.0.weight". stateDict() names are stable and documented in
+// docs/weights.md. A parameter or module the Module cannot see (inside a plain object, a Map, an
+// array of tensors) is an error naming the field, never a silent omission.
+//
+// Modules are not callable: call model.forward(x) (a JavaScript class instance cannot be a
+// function without a Proxy on every call).
 import { DType } from '../dtype';
 import { Device } from '../device';
 import { ShapeError, ValueError, DTypeError, describe } from '../errors';
 import { Tensor, untracked } from '../tensor';
 import { noGrad } from '../tape';
 import { copy_ } from '../ops/inplace';
+import { to } from '../ops/shape';
 
 const parameters = new WeakSet<Tensor>();
 
@@ -18,6 +25,27 @@ export function asParameter(t: Tensor): Tensor {
 }
 export function isParameter(t: unknown): t is Tensor {
   return t instanceof Tensor && parameters.has(t);
+}
+
+// A field value the Module takes as a parameter: a registered parameter, or a leaf tensor that
+// requires grad (registered on first sight, as if made with this.param()).
+function isParameterLike(v: unknown): v is Tensor {
+  return v instanceof Tensor && !v.isDisposed && (parameters.has(v) || (v.requiresGrad && v.isLeaf));
+}
+
+// Fields that hold parameters or modules where the Module does not look: refused, naming the
+// field and the container to use instead.
+function checkHidden(owner: Module, field: string, v: unknown): void {
+  if (v === null || typeof v !== 'object' || v instanceof Tensor) return;
+  const values = Array.isArray(v) ? v : v instanceof Map ? [...v.values()] : Object.getPrototypeOf(v) === Object.prototype ? Object.values(v as object) : null;
+  if (!values) return;
+  const hasModule = values.some((x) => x instanceof Module);
+  const hasParam = values.some((x) => isParameterLike(x));
+  if (!hasModule && !hasParam) return;
+  const kind = Array.isArray(v) ? 'an array' : v instanceof Map ? 'a Map' : 'a plain object';
+  const what = hasModule && hasParam ? 'modules and parameters' : hasModule ? 'modules' : 'parameters';
+  const use = hasParam && !hasModule ? 'nn.ParameterList' : Array.isArray(v) ? 'nn.ModuleList (an array of modules only)' : 'nn.ModuleDict';
+  throw new ValueError(`${owner.constructor.name}: field '${field}' is ${kind} holding ${what}, which the module cannot register; use ${use}`);
 }
 
 export interface LoadOptions {
@@ -41,15 +69,22 @@ export abstract class Module {
     const out: Array<[string, Module]> = [];
     for (const [k, v] of Object.entries(this)) {
       if (v instanceof Module) out.push([k, v]);
-      else if (Array.isArray(v)) v.forEach((m, i) => m instanceof Module && out.push([`${k}.${i}`, m]));
+      else if (Array.isArray(v) && v.length && v.every((m) => m instanceof Module)) v.forEach((m, i) => out.push([`${k}.${i}`, m]));
+      else checkHidden(this, k, v);
     }
+    return out;
+  }
+
+  /** [name, parameter] directly held by this module (not its children). */
+  protected ownParameters(): Array<[string, Tensor]> {
+    const out: Array<[string, Tensor]> = [];
+    for (const [k, v] of Object.entries(this)) if (isParameterLike(v)) out.push([k, asParameter(v)]);
     return out;
   }
 
   /** [name, parameter] for this module and every descendant ("block.0.attn.weight"). */
   namedParameters(prefix = ''): Array<[string, Tensor]> {
-    const out: Array<[string, Tensor]> = [];
-    for (const [k, v] of Object.entries(this)) if (isParameter(v)) out.push([prefix + k, v]);
+    const out: Array<[string, Tensor]> = this.ownParameters().map(([k, p]) => [prefix + k, p]);
     for (const [k, m] of this.namedChildren()) out.push(...m.namedParameters(`${prefix}${k}.`));
     return out;
   }
@@ -126,29 +161,130 @@ export abstract class Module {
     return { missing, unexpected };
   }
 
-  /** Moves (or casts) every parameter; parameters are replaced by new tensors. */
+  /**
+   * Moves (or casts) every parameter in place, as PyTorch's Module.to does: each parameter keeps
+   * its identity (an optimizer made before still updates it; its state follows on the next
+   * step), and gradients are moved along.
+   */
   to(target: Device | DType): this {
-    for (const m of this.modules()) {
-      for (const [k, v] of Object.entries(m)) {
-        if (!isParameter(v)) continue;
-        if (typeof target === 'string' && target !== 'cpu' && target !== 'cuda' && target !== 'float32' && target !== 'float64' && target !== 'bfloat16') {
-          throw new DTypeError(`Module.to: parameters must stay float, received ${target}`);
-        }
-        const moved = untracked(() => {
-          const d = v.detach();
-          const r = d.to(target);
-          d.dispose();
-          return r;
-        });
-        v.dispose();
-        (m as unknown as Record<string, Tensor>)[k] = asParameter(moved);
-      }
+    if (target !== 'cpu' && target !== 'cuda' && target !== 'float32' && target !== 'float64' && target !== 'bfloat16') {
+      throw new DTypeError(`Module.to: Expected a device ('cpu', 'cuda') or a float dtype but received ${describe(target)}`);
     }
+    noGrad(() =>
+      untracked(() => {
+        for (const [, p] of this.namedParameters()) {
+          p.takeData(to(p, target));
+          if (p.grad) {
+            const g = to(p.grad, target);
+            p.grad.dispose();
+            p.grad = g;
+          }
+        }
+      }),
+    );
     return this;
   }
 
   /** Frees every parameter. */
   dispose(): void {
     for (const p of this.parameters()) p.dispose();
+  }
+}
+
+/** Modules in a list, registered as children named 0, 1, ... (PyTorch's ModuleList). */
+export class ModuleList extends Module {
+  private readonly items: Module[];
+  constructor(modules: Iterable<Module> = []) {
+    super();
+    this.items = [];
+    for (const m of modules) this.push(m);
+  }
+  push(m: Module): this {
+    if (!(m instanceof Module)) throw new ValueError(`ModuleList.push: Expected a Module but received ${describe(m)}`);
+    this.items.push(m);
+    return this;
+  }
+  get(i: number): Module {
+    const m = this.items[i < 0 ? this.items.length + i : i];
+    if (!m) throw new ValueError(`ModuleList.get: index ${i} is outside [0, ${this.items.length})`);
+    return m;
+  }
+  get length(): number {
+    return this.items.length;
+  }
+  [Symbol.iterator](): Iterator<Module> {
+    return this.items[Symbol.iterator]();
+  }
+  namedChildren(): Array<[string, Module]> {
+    return this.items.map((m, i) => [String(i), m]);
+  }
+  forward(): never {
+    throw new ValueError('ModuleList has no forward(); call its modules');
+  }
+}
+
+/** Modules by name, registered as children under those names (PyTorch's ModuleDict). */
+export class ModuleDict extends Module {
+  private readonly items = new Map<string, Module>();
+  constructor(modules: Record<string, Module> = {}) {
+    super();
+    for (const [k, m] of Object.entries(modules)) this.set(k, m);
+  }
+  set(name: string, m: Module): this {
+    if (!(m instanceof Module)) throw new ValueError(`ModuleDict.set: Expected a Module for ${name} but received ${describe(m)}`);
+    if (!/^[A-Za-z0-9_]+$/.test(name)) throw new ValueError(`ModuleDict.set: names are letters, digits and _, received ${describe(name)}`);
+    this.items.set(name, m);
+    return this;
+  }
+  get(name: string): Module {
+    const m = this.items.get(name);
+    if (!m) throw new ValueError(`ModuleDict.get: no module named ${JSON.stringify(name)} (have ${[...this.items.keys()].join(', ')})`);
+    return m;
+  }
+  has(name: string): boolean {
+    return this.items.has(name);
+  }
+  keys(): string[] {
+    return [...this.items.keys()];
+  }
+  namedChildren(): Array<[string, Module]> {
+    return [...this.items.entries()];
+  }
+  forward(): never {
+    throw new ValueError('ModuleDict has no forward(); call its modules');
+  }
+}
+
+/** Parameters in a list, registered as 0, 1, ... (PyTorch's ParameterList). */
+export class ParameterList extends Module {
+  private readonly items: Tensor[] = [];
+  constructor(params: Iterable<Tensor> = []) {
+    super();
+    for (const p of params) this.push(p);
+  }
+  push(p: Tensor): this {
+    if (!(p instanceof Tensor)) throw new ValueError(`ParameterList.push: Expected a Tensor but received ${describe(p)}`);
+    this.items.push(asParameter(p));
+    return this;
+  }
+  get(i: number): Tensor {
+    const p = this.items[i < 0 ? this.items.length + i : i];
+    if (!p) throw new ValueError(`ParameterList.get: index ${i} is outside [0, ${this.items.length})`);
+    return p;
+  }
+  get length(): number {
+    return this.items.length;
+  }
+  [Symbol.iterator](): Iterator<Tensor> {
+    return this.items[Symbol.iterator]();
+  }
+  protected ownParameters(): Array<[string, Tensor]> {
+    return this.items.map((p, i) => [String(i), p]);
+  }
+  namedChildren(): Array<[string, Module]> {
+    return [];
+  }
+  forward(): never {
+    throw new ValueError('ParameterList has no forward(); use its tensors');
   }
 }

@@ -245,19 +245,7 @@ export function stack(tensors: Tensor[], axis = 0): Tensor {
   }
 }
 
-/** Splits along axis into pieces of the given sizes, or into n equal pieces. Views. */
-export function split(x: Tensor, sizes: number | number[], axis = 0): Tensor[] {
-  checkTensor(x, 'split', 'x');
-  const a = normAxis(axis, x.ndim, 'split');
-  const n = x.shape[a];
-  let list: number[];
-  if (typeof sizes === 'number') {
-    if (!Number.isInteger(sizes) || sizes <= 0 || n % sizes !== 0) throw new ShapeError(`split: axis ${a} of size ${n} does not split into ${sizes} equal parts`);
-    list = new Array(sizes).fill(n / sizes);
-  } else {
-    list = sizes;
-    if (list.reduce((s, v) => s + v, 0) !== n) throw new ShapeError(`split: sizes [${list.join(', ')}] do not add up to ${n}`);
-  }
+function pieces(x: Tensor, a: number, list: number[]): Tensor[] {
   const r: Tensor[] = [];
   let at = 0;
   for (const s of list) {
@@ -265,6 +253,38 @@ export function split(x: Tensor, sizes: number | number[], axis = 0): Tensor[] {
     at += s;
   }
   return r;
+}
+
+/**
+ * Splits along axis as torch.split does: into pieces of `size` (the last one smaller when the
+ * axis does not divide), or of the listed sizes, which must add up to the axis. Views. To cut
+ * into n pieces, use chunk(x, n).
+ */
+export function split(x: Tensor, sizes: number | number[], axis = 0): Tensor[] {
+  checkTensor(x, 'split', 'x');
+  const a = normAxis(axis, x.ndim, 'split');
+  const n = x.shape[a];
+  if (typeof sizes === 'number') {
+    if (!Number.isInteger(sizes) || sizes <= 0) throw new ValueError(`split: Expected a positive integer piece size but received ${describe(sizes)} (to cut into n pieces, use chunk)`);
+    const list: number[] = [];
+    for (let at = 0; at < n; at += sizes) list.push(Math.min(sizes, n - at));
+    return pieces(x, a, list);
+  }
+  if (!Array.isArray(sizes) || sizes.some((v) => !Number.isInteger(v) || v < 0)) throw new ValueError(`split: Expected a size or a list of sizes but received ${describe(sizes)}`);
+  if (sizes.reduce((s, v) => s + v, 0) !== n) throw new ShapeError(`split: sizes [${sizes.join(', ')}] do not add up to ${n}, the size of axis ${a}`);
+  return pieces(x, a, sizes);
+}
+
+/**
+ * Cuts along axis into n pieces as torch.chunk does: each of ceil(size / n) (the last one
+ * smaller, and fewer than n pieces when the axis is too short to give n). Views.
+ */
+export function chunk(x: Tensor, n: number, axis = 0): Tensor[] {
+  checkTensor(x, 'chunk', 'x');
+  if (!Number.isInteger(n) || n <= 0) throw new ValueError(`chunk: Expected a positive integer number of chunks but received ${describe(n)}`);
+  const a = normAxis(axis, x.ndim, 'chunk');
+  const len = x.shape[a];
+  return split(x, Math.max(1, Math.ceil(len / n)), a);
 }
 
 /** A copy on another device, or with another dtype (a new handle on the same data when nothing changes). */

@@ -109,3 +109,96 @@ describe('Module', () => {
     });
   });
 });
+
+describe('Module: what a new user hit', () => {
+  test('module.to() after the optimizer was made: parameters keep their identity, training goes on', () => {
+    const g = new dr.Generator(3);
+    const model = new nn.Sequential(new nn.Linear(4, 8, { generator: g }), new nn.Linear(8, 2, { generator: g }));
+    const before = model.parameters();
+    const opt = new dr.optim.AdamW(before, { lr: 0.05, weightDecay: 0 });
+    const x = dr.randn([32, 4], { generator: g, dtype: 'float64' });
+    const xs = x.dataSync();
+    const t = dr.tensor(new Int32Array(32).map((_, i) => (xs[4 * i] + xs[4 * i + 1] > 0 ? 1 : 0)));
+    model.to('float64');
+    const after = model.parameters();
+    after.forEach((p, i) => {
+      expect(p).toBe(before[i]);
+      expect(p.dtype).toBe('float64');
+    });
+    const losses: number[] = [];
+    for (let i = 0; i < 30; ++i) {
+      const loss = dr.tidy(() => {
+        opt.zeroGrad();
+        const l = dr.crossEntropy(model.forward(x), t);
+        l.backward();
+        opt.step();
+        return l;
+      });
+      losses.push(loss.item());
+      loss.dispose();
+    }
+    expect(losses[29]).toBeLessThan(losses[0] * 0.5);
+    // cast to bfloat16: updates go through float32 master copies, and still move the loss
+    model.to('bfloat16');
+    expect(model.parameters()[0].dtype).toBe('bfloat16');
+    const xb = x.to('bfloat16');
+    const lossAt = () => dr.tidy(() => dr.crossEntropy(model.forward(xb), t).item());
+    const l0 = lossAt();
+    for (let i = 0; i < 20; ++i) {
+      dr.tidy(() => {
+        opt.zeroGrad();
+        dr.crossEntropy(model.forward(xb), t).backward();
+        opt.step();
+      });
+    }
+    expect(lossAt()).toBeLessThan(l0);
+    dr.dispose([x, t, xb]);
+    opt.dispose();
+    model.dispose();
+  });
+
+  test('ModuleList, ModuleDict and ParameterList register what they hold', () => {
+    class Net extends nn.Module {
+      blocks = new nn.ModuleList([new nn.Linear(2, 2, { bias: false }), new nn.Linear(2, 3, { bias: false })]);
+      heads = new nn.ModuleDict({ a: new nn.Linear(3, 1, { bias: false }) });
+      scales = new nn.ParameterList([dr.ones([3]), dr.ones([1])]);
+      forward(x: dr.Tensor): dr.Tensor {
+        return x;
+      }
+    }
+    const n = new Net();
+    expect(n.namedParameters().map(([k]) => k)).toEqual(['blocks.0.weight', 'blocks.1.weight', 'heads.a.weight', 'scales.0', 'scales.1']);
+    expect(n.parameters().every((p) => p.requiresGrad)).toBe(true);
+    expect(n.blocks.length).toBe(2);
+    expect([...n.blocks].length).toBe(2);
+    expect(n.heads.get('a')).toBeInstanceOf(nn.Linear);
+    expect(() => n.heads.get('b')).toThrow(/no module named "b" \(have a\)/);
+    n.dispose();
+  });
+
+  test('parameters a Module cannot see are an error naming the field, never silence', () => {
+    class ArrayOfParams extends nn.Module {
+      ws = [dr.ones([2]).requiresGrad_(), dr.ones([2]).requiresGrad_(), dr.ones([2]).requiresGrad_()];
+      forward(): void {}
+    }
+    class ObjectOfModules extends nn.Module {
+      layers = { a: new nn.Linear(2, 2), b: new nn.Linear(2, 2) };
+      forward(): void {}
+    }
+    class MapOfModules extends nn.Module {
+      layers = new Map([['a', new nn.Linear(2, 2)]]);
+      forward(): void {}
+    }
+    class LooseLeaf extends nn.Module {
+      w = dr.ones([2]).requiresGrad_();
+      forward(): void {}
+    }
+    expect(() => new ArrayOfParams().parameters()).toThrow(/ArrayOfParams: field 'ws' is an array holding parameters, .* use nn.ParameterList/);
+    expect(() => new ObjectOfModules().parameters()).toThrow(/field 'layers' is a plain object holding modules, .* use nn.ModuleDict/);
+    expect(() => new MapOfModules().parameters()).toThrow(/field 'layers' is a Map holding modules/);
+    // a leaf tensor that requires grad in a field is taken as a parameter
+    const l = new LooseLeaf();
+    expect(l.namedParameters().map(([k]) => k)).toEqual(['w']);
+    l.dispose();
+  });
+});

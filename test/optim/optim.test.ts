@@ -127,7 +127,7 @@ describe('training', () => {
     const full = Float64Array.from(w.grad!.dataSync());
     w.grad!.dispose();
     w.grad = null;
-    for (const half of x.split(2, 0)) dr.tidy(() => half.matmul(w).square().mean().mul(0.5).backward());
+    for (const half of x.chunk(2, 0)) dr.tidy(() => half.matmul(w).square().mean().mul(0.5).backward());
     Array.from(w.grad!.dataSync()).forEach((v, i) => expect(v).toBeCloseTo(full[i], 12));
     dr.dispose([x, w]);
   });
