@@ -26,6 +26,10 @@
 // tensor argument); every tensor argument must be on one device unless `crossDevice`.
 // `dtypes` lists the dtypes each backend supports for that tensor; the dispatcher's check()
 // adds the finer rules (int32 only for some unary ops, and so on).
+// `inline`: on the CPU, an op whose tensors hold at most this many elements in all runs at once
+// on the calling thread when its stream is idle (a thread hand-off costs more than the work).
+// Default by family: work linear in the elements (element-wise, rows, index, backward, optim)
+// 262144; matmul and attention, whose work grows faster than their tensors, 16384.
 'use strict';
 
 const FLOAT = ['float32', 'bfloat16', 'float64'];

@@ -116,7 +116,10 @@ function load(table) {
     }
     const outs = tensors.filter((a) => a.access !== 'in');
     if (!outs.length) fail(`${op.name}: an op writes at least one tensor (out or inout)`);
-    return { ...op, args, tensors, dtypeOf, cpp: pascal(op.name) };
+    const superlinear = op.family === 'matmul' || op.family === 'attention';
+    const inline = op.inline ?? (superlinear ? 16384 : 262144);
+    if (!Number.isInteger(inline) || inline < 0) fail(`${op.name}: inline must be a non-negative integer`);
+    return { ...op, args, tensors, dtypeOf, inline, cpp: pascal(op.name) };
   });
   const knames = new Set();
   const kernels = t.kernels.map((k) => {
@@ -221,6 +224,8 @@ namespace ops {
     s += `  static constexpr OpId id = OpId::${o.cpp};\n`;
     s += `  static constexpr const char* name = "${o.name}";\n`;
     s += `  static constexpr bool cross_device = ${o.crossDevice ? 'true' : 'false'};\n`;
+    s += `  // at most this many elements over all tensors: run at once when the CPU stream is idle\n`;
+    s += `  static constexpr int64_t inline_elements = ${o.inline};\n`;
     for (const a of o.args) {
       const note = a.kind === 'tensor' ? (a.access === 'out' ? '  // written' : a.access === 'inout' ? '  // updated in place' : '') : '';
       const init = a.kind === 'tensor' ? '' : a.kind === 'enum' ? `{}` : a.type === 'int[]' ? '' : '{}';

@@ -356,6 +356,21 @@ void check_common(const A& a, DeviceKind* run_on, DeviceKind* other) {
   if (dev == DeviceKind::CUDA || *other == DeviceKind::CUDA || *run_on == DeviceKind::CUDA) cuda_required();
 }
 
+// Small ops (A::inline_elements over all their tensors, from the op table) run at once on the
+// JavaScript thread when their stream is idle: a thread hand-off costs more than the work, a
+// queued output buffer goes cold in cache, and nothing is queued that the op could overtake.
+// Larger ops, and any op behind queued work, go to the stream.
+
+template <typename A>
+bool run_inline(Instance& in, const A& a, DeviceKind run_on) {
+  if (A::cross_device || run_on != DeviceKind::CPU) return false;
+  Stream* s = in.existing(DeviceKind::CPU);
+  if (s && !s->idle()) return false;
+  int64_t elements = 0;
+  a.for_each_tensor([&](const TensorImpl& t, Access, const char*) { elements += t.numel(); });
+  return elements <= A::inline_elements;
+}
+
 template <typename A>
 Napi::Value op_entry(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -367,7 +382,11 @@ Napi::Value op_entry(const Napi::CallbackInfo& info) {
     check_common(task->args, &run_on, &other);
     ops::check(task->args);
     task->collect();
-    in.submit(std::move(task), run_on, &other);
+    if (run_inline(in, task->args, run_on)) {
+      in.stream(run_on).run_now(*task);
+    } else {
+      in.submit(std::move(task), run_on, &other);
+    }
     return info.Env().Undefined();
   });
 }

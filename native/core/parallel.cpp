@@ -9,6 +9,15 @@
 #include <thread>
 #include <vector>
 
+#include <chrono>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define DR_POOL_RELAX() _mm_pause()
+#else
+#define DR_POOL_RELAX() std::this_thread::yield()
+#endif
+
 #if defined(__linux__)
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -25,6 +34,21 @@ int default_threads() {
   }
   unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(hc);
+}
+
+// Workers that just finished a region, and a caller waiting for the last chunks, spin this long
+// before sleeping: back-to-back small regions (a chain of element-wise ops) then cost no futex
+// round trip each.
+constexpr auto kPoolSpin = std::chrono::microseconds(50);
+
+template <typename Pred>
+bool spin_for(Pred&& done) {
+  const auto end = std::chrono::steady_clock::now() + kPoolSpin;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= end) return false;
+    DR_POOL_RELAX();
+  }
 }
 
 class Pool {
@@ -53,6 +77,7 @@ class Pool {
     int64_t chunks = std::min<int64_t>(max_chunks, static_cast<int64_t>(size_) * 4);
     int64_t chunk = (n + chunks - 1) / chunks;
     chunks = (n + chunk - 1) / chunk;
+    bool wake;
     {
       std::lock_guard<std::mutex> lk(mu_);
       job_ = &fn;
@@ -61,12 +86,17 @@ class Pool {
       job_chunks_ = chunks;
       next_.store(0);
       done_.store(0);
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
+      wake = sleepers_ > 0;
     }
-    cv_.notify_all();
+    if (wake) cv_.notify_all();
     work();
+    const int64_t all = chunks;
+    if (!spin_for([&] { return done_.load(std::memory_order_acquire) == all; })) {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, [&] { return done_.load() == all; });
+    }
     std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [&] { return done_.load() == job_chunks_; });
     job_ = nullptr;
     std::exception_ptr err;
     {
@@ -87,6 +117,7 @@ class Pool {
     {
       std::lock_guard<std::mutex> lk(mu_);
       quit_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     for (auto& t : threads_) t.join();
@@ -116,13 +147,19 @@ class Pool {
   void loop() {
     lower_thread_priority();
     in_worker_ = true;
-    uint64_t seen = 0;
+    uint64_t seen = generation_.load(std::memory_order_acquire);
     for (;;) {
-      {
+      if (!spin_for([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return quit_ || (generation_ != seen && job_ != nullptr); });
+        ++sleepers_;
+        cv_.wait(lk, [&] { return quit_ || generation_.load() != seen; });
+        --sleepers_;
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu_);
         if (quit_) return;
-        seen = generation_;
+        seen = generation_.load();
+        if (!job_) continue;  // that region is over already
       }
       work();
     }
@@ -137,7 +174,8 @@ class Pool {
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0, job_chunk_ = 0, job_chunks_ = 0;
   std::atomic<int64_t> next_{0}, done_{0};
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  int sleepers_ = 0;  // workers blocked on cv_ (under mu_)
   bool quit_ = false;
   static thread_local bool in_worker_;
 };

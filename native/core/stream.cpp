@@ -3,6 +3,7 @@
 #include "parallel.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <new>
 #include <string>
 
@@ -34,7 +35,19 @@ bool spin_until(Pred&& done) {
 
 }  // namespace
 
-Stream::Stream(DeviceKind device) : device_(device) {}
+// How far the JavaScript thread may run ahead before submit() waits for room (1024 ops; the
+// outputs of queued CPU ops take memory only when they run, see Storage). DUALROUTE_QUEUE_DEPTH
+// overrides it.
+static size_t default_depth(DeviceKind device) {
+  if (const char* s = std::getenv("DUALROUTE_QUEUE_DEPTH")) {
+    long v = std::atol(s);
+    if (v >= 1) return static_cast<size_t>(v);
+  }
+  (void)device;
+  return 1024;
+}
+
+Stream::Stream(DeviceKind device, size_t depth) : device_(device), depth_(depth ? depth : default_depth(device)) {}
 
 Stream::~Stream() { shutdown(); }
 
@@ -45,7 +58,7 @@ uint64_t Stream::submit(std::unique_ptr<Task> task) {
     started_ = true;
     thread_ = std::thread([this] { loop(); });
   }
-  space_cv_.wait(lk, [&] { return quit_ || queue_.size() < kMaxQueued; });
+  space_cv_.wait(lk, [&] { return quit_ || queue_.size() < depth_; });
   DR_CHECK(!quit_, Internal, "a stream was used after it shut down");
   queue_.push_back(std::move(task));
   queued_.fetch_add(1, std::memory_order_release);
@@ -115,7 +128,7 @@ void Stream::loop() {
       task = std::move(queue_.front());
       queue_.pop_front();
       queued_.fetch_sub(1, std::memory_order_release);
-      if (queue_.size() + 1 == kMaxQueued) space_cv_.notify_one();
+      if (queue_.size() + 1 == depth_) space_cv_.notify_one();
     }
     if (task->after) task->after->wait(task->after_seq);
     execute(*task);

@@ -50,15 +50,16 @@ class Task {
 
 class Stream {
  public:
-  explicit Stream(DeviceKind device);
+  // depth: the most tasks that may wait (submit() blocks beyond it); 0 takes the device's default.
+  explicit Stream(DeviceKind device, size_t depth = 0);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
   DeviceKind device() const { return device_; }
 
-  // Queues a task and returns its number (1, 2, ...). Blocks while kMaxQueued tasks wait, so
-  // a program that issues work faster than it runs cannot fill memory with pending results.
+  // Queues a task and returns its number (1, 2, ...). Blocks while depth() tasks wait, so a
+  // program that issues work faster than it runs cannot fill memory with pending results.
   uint64_t submit(std::unique_ptr<Task> task);
   // The number of the last task queued (0: none yet).
   uint64_t submitted() const { return submitted_.load(std::memory_order_acquire); }
@@ -71,17 +72,21 @@ class Stream {
   // The oldest failure that no read has raised, marking every pending one as raised; null
   // when there is none.
   std::shared_ptr<const OpFailure> take_unreported();
+  // Runs a task at once on the calling thread, with the same failure handling as a queued one.
+  // Only while idle() (nothing queued may run before it), by the thread that submits.
+  void run_now(Task& t) { execute(t); }
   // Lets the running task finish, drops the queued ones (their finish() is not called) and
   // joins the thread. Idempotent; submit() afterwards throws.
   void shutdown();
 
-  static constexpr size_t kMaxQueued = 1024;
+  size_t depth() const { return depth_; }
 
  private:
   void loop();
   void execute(Task& t);
 
   const DeviceKind device_;
+  const size_t depth_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable work_cv_;   // the stream thread waits for work

@@ -86,40 +86,65 @@ HostCache& host_cache() {
 void cpu_empty_cache() { host_cache().clear(); }
 int64_t cpu_cached_bytes() { return static_cast<int64_t>(host_cache().cached()); }
 
-Storage::Storage(DeviceKind device, size_t bytes) : bytes_(bytes), device_(device) {
-  size_t alloc = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // 64-byte aligned, padded to a cache line
-  if (device == DeviceKind::CPU) {
-    alloc = HostCache::round(alloc);
-    ptr_ = host_cache().take(alloc);
-    if (!ptr_) ptr_ = std::aligned_alloc(64, alloc);
-    if (!ptr_) {
-      host_cache().clear();
-      ptr_ = std::aligned_alloc(64, alloc);
-    }
-    if (!ptr_) fail(ErrorCode::Memory, "out of host memory allocating ", bytes, " bytes");
-  } else {
-    const CudaApi& api = cuda_required();
-    cuda_check(api.alloc(&ptr_, alloc), "cuda allocation");
-  }
+namespace {
+
+size_t alloc_size(size_t bytes) {
+  return bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // 64-byte aligned, padded to a cache line
+}
+
+void count(DeviceKind device, int64_t bytes, int64_t buffers) {
   auto& c = memory_counters();
-  int d = static_cast<int>(device);
-  c.bytes[d] += static_cast<int64_t>(bytes);
-  c.buffers[d] += 1;
-  c.pending_external += static_cast<int64_t>(bytes);
+  const int d = static_cast<int>(device);
+  c.bytes[d] += bytes;
+  c.buffers[d] += buffers;
+  c.pending_external += bytes;
+}
+
+}  // namespace
+
+Storage::Storage(DeviceKind device, size_t bytes) : bytes_(bytes), device_(device) {
+  if (device == DeviceKind::CPU) {
+    // the memory comes on first use (materialize); limits are checked now, at the call
+    DR_CHECK(bytes <= (size_t(1) << 50), Memory, "out of host memory: ", bytes, " bytes requested");
+    return;
+  }
+  void* p = nullptr;
+  const CudaApi& api = cuda_required();
+  cuda_check(api.alloc(&p, alloc_size(bytes)), "cuda allocation");
+  ptr_.store(p);
+  count(device, static_cast<int64_t>(bytes), 1);
+}
+
+void* Storage::materialize() const {
+  if (device_ != DeviceKind::CPU) return nullptr;  // an empty CUDA buffer owns no memory
+  const size_t alloc = HostCache::round(alloc_size(bytes_));
+  void* p = host_cache().take(alloc);
+  if (!p) p = std::aligned_alloc(64, alloc);
+  if (!p) {
+    host_cache().clear();
+    p = std::aligned_alloc(64, alloc);
+  }
+  if (!p) fail(ErrorCode::Memory, "out of host memory allocating ", bytes_, " bytes");
+  void* expected = nullptr;
+  if (!ptr_.compare_exchange_strong(expected, p, std::memory_order_acq_rel)) {
+    // another thread got there first (a transfer reading a never-written tensor, say)
+    if (!host_cache().give(p, alloc)) std::free(p);
+    return expected;
+  }
+  count(device_, static_cast<int64_t>(bytes_), 1);
+  return p;
 }
 
 Storage::~Storage() {
+  void* p = ptr_.load();
   if (device_ == DeviceKind::CPU) {
-    size_t alloc = HostCache::round(bytes_ == 0 ? 64 : (bytes_ + 63) / 64 * 64);
-    if (!host_cache().give(ptr_, alloc)) std::free(ptr_);
+    if (!p) return;  // never used: nothing was allocated or counted
+    const size_t alloc = HostCache::round(alloc_size(bytes_));
+    if (!host_cache().give(p, alloc)) std::free(p);
   } else if (const CudaApi* api = cuda_backend()) {
-    api->release(ptr_);  // returns the block to the caching allocator; cannot fail usefully here
+    api->release(p);  // returns the block to the caching allocator; cannot fail usefully here
   }
-  auto& c = memory_counters();
-  int d = static_cast<int>(device_);
-  c.bytes[d] -= static_cast<int64_t>(bytes_);
-  c.buffers[d] -= 1;
-  c.pending_external -= static_cast<int64_t>(bytes_);
+  count(device_, -static_cast<int64_t>(bytes_), -1);
 }
 
 std::string TensorImpl::shape_string() const {

@@ -43,6 +43,13 @@ struct OpFailure {
   OpFailure(ErrorCode c, std::string o, std::string m) : code(c), op(std::move(o)), message(std::move(m)) {}
 };
 
+// A buffer on one device. CPU memory is allocated on first access to data(), which for an op's
+// output is when the op runs on its stream, not when JavaScript queued it: buffers are then
+// taken and given back in the order the ops run (a chain of ops reuses one warm buffer, as it
+// did when ops ran at the call), and queued work holds no memory for outputs it has not made
+// yet. This is the CPU side of stream-ordered allocation (CUDA's caching allocator is already
+// stream-ordered: one CUDA stream). Only the thread running the storage's ops (its stream, or
+// the JavaScript thread while that stream is idle) touches data().
 class Storage {
  public:
   Storage(DeviceKind device, size_t bytes);  // uninitialised; throws MemoryError / DeviceError
@@ -50,7 +57,10 @@ class Storage {
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
 
-  void* data() const { return ptr_; }
+  void* data() const {
+    void* p = ptr_.load(std::memory_order_acquire);
+    return p ? p : materialize();
+  }
   size_t bytes() const { return bytes_; }
   DeviceKind device() const { return device_; }
 
@@ -60,7 +70,8 @@ class Storage {
 
  private:
   std::shared_ptr<const OpFailure> poison_;
-  void* ptr_ = nullptr;
+  void* materialize() const;  // allocates (CPU), throws MemoryError
+  mutable std::atomic<void*> ptr_{nullptr};
   size_t bytes_ = 0;
   DeviceKind device_;
 };
