@@ -13,6 +13,9 @@ export interface MemoryInfo {
 /**
  * Live tensor handles and allocated bytes per device. `buffers` counts storages (views share
  * one); cpu.cachedBytes and cuda.reservedBytes are blocks held for reuse (emptyCache() frees them).
+ * Ops run on their device's stream after the call returns: a CPU op's output is allocated when
+ * the op runs, and a buffer that queued ops still read is freed when they have run, so call
+ * synchronize() first for figures that include everything issued so far.
  */
 export function memory(): MemoryInfo {
   const m = native.memory();

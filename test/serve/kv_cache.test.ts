@@ -15,6 +15,7 @@ describe('RingKVCache', () => {
       const cache = new dr.RingKVCache({ batch: B, heads: Hkv, headDim: D, window: W });
       // a prefill of 5 positions, then one token at a time
       cache.append(kr.narrow(2, 0, 5), v.narrow(2, 0, 5));
+      dr.synchronize(); // outputs of queued ops take memory when they run
       const bytes = dr.memory().cpu.bytes;
       for (let t = 5; t < S; ++t) {
         dr.tidy(() => {
