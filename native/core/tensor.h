@@ -65,11 +65,18 @@ class Storage {
   DeviceKind device() const { return device_; }
 
   // The failure this storage's contents depend on, or null. Set and read on stream threads.
-  std::shared_ptr<const OpFailure> poison() const { return std::atomic_load(&poison_); }
-  void set_poison(std::shared_ptr<const OpFailure> f) { std::atomic_store(&poison_, std::move(f)); }
+  std::shared_ptr<const OpFailure> poison() const {
+    if (!poisoned_.load(std::memory_order_acquire)) return nullptr;  // the common case, no lock
+    return std::atomic_load(&poison_);
+  }
+  void set_poison(std::shared_ptr<const OpFailure> f) {
+    std::atomic_store(&poison_, std::move(f));
+    poisoned_.store(true, std::memory_order_release);
+  }
 
  private:
   std::shared_ptr<const OpFailure> poison_;
+  std::atomic<bool> poisoned_{false};
   void* materialize() const;  // allocates (CPU), throws MemoryError
   mutable std::atomic<void*> ptr_{nullptr};
   size_t bytes_ = 0;
