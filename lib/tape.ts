@@ -21,10 +21,9 @@ export function isGradEnabled(): boolean {
   return gradEnabled;
 }
 
-/** Runs fn without recording operations for autograd. */
-export function noGrad<T>(fn: () => T): T {
+function withGradMode<T>(enabled: boolean, fn: () => T): T {
   const prev = gradEnabled;
-  gradEnabled = false;
+  gradEnabled = enabled;
   try {
     return fn();
   } finally {
@@ -32,16 +31,11 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+/** Runs fn without recording operations for autograd. */
+export const noGrad = <T>(fn: () => T): T => withGradMode(false, fn);
+
 /** Runs fn with recording on (inside a noGrad block). */
-export function enableGrad<T>(fn: () => T): T {
-  const prev = gradEnabled;
-  gradEnabled = true;
-  try {
-    return fn();
-  } finally {
-    gradEnabled = prev;
-  }
-}
+export const enableGrad = <T>(fn: () => T): T => withGradMode(true, fn);
 
 export class Node implements GradNode {
   released = false;

@@ -13,9 +13,9 @@
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
-#define DR_POOL_RELAX() _mm_pause()
+#define DR_CPU_RELAX() _mm_pause()
 #else
-#define DR_POOL_RELAX() std::this_thread::yield()
+#define DR_CPU_RELAX() std::this_thread::yield()
 #endif
 
 #if defined(__linux__)
@@ -34,21 +34,6 @@ int default_threads() {
   }
   unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(hc);
-}
-
-// Workers that just finished a region, and a caller waiting for the last chunks, spin this long
-// before sleeping: back-to-back small regions (a chain of element-wise ops) then cost no futex
-// round trip each.
-constexpr auto kPoolSpin = std::chrono::microseconds(50);
-
-template <typename Pred>
-bool spin_for(Pred&& done) {
-  const auto end = std::chrono::steady_clock::now() + kPoolSpin;
-  for (int i = 0;; ++i) {
-    if (done()) return true;
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= end) return false;
-    DR_POOL_RELAX();
-  }
 }
 
 class Pool {
@@ -92,7 +77,7 @@ class Pool {
     if (wake) cv_.notify_all();
     work();
     const int64_t all = chunks;
-    if (!spin_for([&] { return done_.load(std::memory_order_acquire) == all; })) {
+    if (!spin_briefly([&] { return done_.load(std::memory_order_acquire) == all; })) {
       std::unique_lock<std::mutex> lk(mu_);
       done_cv_.wait(lk, [&] { return done_.load() == all; });
     }
@@ -149,7 +134,7 @@ class Pool {
     in_worker_ = true;
     uint64_t seen = generation_.load(std::memory_order_acquire);
     for (;;) {
-      if (!spin_for([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
+      if (!spin_briefly([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
         std::unique_lock<std::mutex> lk(mu_);
         ++sleepers_;
         cv_.wait(lk, [&] { return quit_ || generation_.load() != seen; });
@@ -188,6 +173,15 @@ Pool& pool() {
 }
 
 }  // namespace
+
+bool spin_briefly(const std::function<bool()>& done) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(50);
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= end) return false;
+    DR_CPU_RELAX();
+  }
+}
 
 int num_threads() { return pool().size(); }
 

@@ -9,6 +9,12 @@
 
 namespace dualroute {
 
+// Spins (with a pause instruction) until done() holds or about 50 us have passed; returns
+// whether it held. Threads that just ran out of work, or that wait for a short one, call it
+// before sleeping on a condition variable: back-to-back small tasks then cost no futex round
+// trip each.
+bool spin_briefly(const std::function<bool()>& done);
+
 int num_threads();
 // Lowers the calling thread's scheduling priority to the compute level (DUALROUTE_COMPUTE_NICE,
 // default 5): stream threads and pool workers call it, so a JavaScript thread that wakes up (a

@@ -7,31 +7,10 @@
 #include <new>
 #include <string>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define DR_CPU_RELAX() _mm_pause()
-#else
-#define DR_CPU_RELAX() std::this_thread::yield()
-#endif
-
 namespace dualroute {
 namespace {
 
-// A thread that just ran out of work, or a reader waiting on a short op, spins this long
-// before sleeping: a JavaScript thread issuing a chain of small ops keeps the stream fed
-// without a futex wake-up per op (a few microseconds each).
-constexpr auto kSpin = std::chrono::microseconds(50);
 constexpr size_t kMaxUnreported = 16;
-
-template <typename Pred>
-bool spin_until(Pred&& done) {
-  const auto end = std::chrono::steady_clock::now() + kSpin;
-  for (int i = 0;; ++i) {
-    if (done()) return true;
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= end) return false;
-    DR_CPU_RELAX();
-  }
-}
 
 }  // namespace
 
@@ -71,7 +50,7 @@ uint64_t Stream::submit(std::unique_ptr<Task> task) {
 
 void Stream::wait(uint64_t seq) {
   if (completed() >= seq) return;
-  if (spin_until([&] { return completed() >= seq; })) return;
+  if (spin_briefly([&] { return completed() >= seq; })) return;
   std::unique_lock<std::mutex> lk(mu_);
   ++waiters_;
   done_cv_.wait(lk, [&] { return completed() >= seq || (quit_ && queue_.empty() && !started_); });
@@ -118,7 +97,7 @@ void Stream::loop() {
       std::unique_lock<std::mutex> lk(mu_);
       if (queue_.empty() && !quit_) {
         lk.unlock();
-        spin_until([&] { return queued_.load(std::memory_order_acquire) != 0; });
+        spin_briefly([&] { return queued_.load(std::memory_order_acquire) != 0; });
         lk.lock();
         sleeping_ = true;
         work_cv_.wait(lk, [&] { return quit_ || !queue_.empty(); });

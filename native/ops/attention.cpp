@@ -58,6 +58,17 @@ int64_t check_qkv(const T& q, const T& k, const T& v, const Opts& o) {
   return Sq;
 }
 
+// dq [B, Hq, Sq, D], dk and dv [B, Hkv, Sk, D]: contiguous float32 (float64) accumulators.
+template <typename A>
+void check_accumulators(const A& a) {
+  const int64_t B = a.q.shape[0], Hq = a.q.shape[1], Sq = a.q.shape[2], D = a.q.shape[3];
+  const int64_t Hkv = a.k.shape[1], Sk = a.k.shape[2];
+  const DType acc = stats_dtype(a.q.dtype);
+  check_shaped(a.dq, "dq", {B, Hq, Sq, D}, acc, true);
+  check_shaped(a.dk, "dk", {B, Hkv, Sk, D}, acc, true);
+  check_shaped(a.dv, "dv", {B, Hkv, Sk, D}, acc, true);
+}
+
 // The kernel arguments, with the contiguous copies they point into.
 struct Prepared {
   AttnArgs a{};
@@ -114,13 +125,9 @@ void run(const AttentionForward& a) {
 
 void check(const AttentionBackward& a) {
   const int64_t n = check_qkv(a.q, a.k, a.v, opts_of(a, a.queryIndex.get()));
-  const int64_t B = a.q.shape[0], Hq = a.q.shape[1], Sq = a.q.shape[2], D = a.q.shape[3];
-  const int64_t Hkv = a.k.shape[1], Sk = a.k.shape[2];
-  const DType acc = stats_dtype(a.q.dtype);
-  check_shaped(a.dq, "dq", {B, Hq, Sq, D}, acc, true);
-  check_shaped(a.dk, "dk", {B, Hkv, Sk, D}, acc, true);
-  check_shaped(a.dv, "dv", {B, Hkv, Sk, D}, acc, true);
-  check_shaped(a.lse, "lse", {B, Hq, n}, acc, false);
+  check_accumulators(a);
+  const int64_t B = a.q.shape[0], Hq = a.q.shape[1], D = a.q.shape[3];
+  check_shaped(a.lse, "lse", {B, Hq, n}, stats_dtype(a.q.dtype), false);
   check_shaped(a.out, "out", {B, Hq, n, D}, a.q.dtype, false);
   check_shaped(a.dout, "dout", {B, Hq, n, D}, a.q.dtype, false);
 }
@@ -193,12 +200,9 @@ void run(const DualAttentionForward& a) {
 
 void check(const DualAttentionBackward& a) {
   check_dual_inputs(a);
+  check_accumulators(a);
   const int64_t B = a.q.shape[0], Hq = a.q.shape[1], Sq = a.q.shape[2], D = a.q.shape[3];
-  const int64_t Hkv = a.k.shape[1], Sk = a.k.shape[2];
   const DType acc = stats_dtype(a.q.dtype);
-  check_shaped(a.dq, "dq", {B, Hq, Sq, D}, acc, true);
-  check_shaped(a.dk, "dk", {B, Hkv, Sk, D}, acc, true);
-  check_shaped(a.dv, "dv", {B, Hkv, Sk, D}, acc, true);
   for (const T* t : {&a.lseLocal, &a.lseGlobal}) check_shaped(*t, "lse", {B, Hq, Sq}, acc, false);
   for (const T* t : {&a.outLocal, &a.outGlobal, &a.dout}) check_shaped(*t, "out", {B, Hq, Sq, D}, a.q.dtype, false);
 }
