@@ -119,13 +119,20 @@ describe('streams', () => {
   });
 
   test('more ops than the queue holds: the caller waits for room, nothing deadlocks', async () => {
-    let x = dr.zeros([64]);
-    for (let i = 0; i < 5000; ++i) {
+    // big enough to be queued (not run at once), cheap enough to run 1500 of them
+    let x = dr.zeros([300000]);
+    let most = 0;
+    for (let i = 0; i < 1500; ++i) {
       const y = x.add(1);
       x.dispose();
       x = y;
+      if (i % 50 === 0) most = Math.max(most, dr.pendingOps().cpu);
     }
-    expect((await x.data())[63]).toBe(5000);
+    expect(most).toBeGreaterThan(100); // the JavaScript thread ran ahead of the stream
+    expect(most).toBeLessThanOrEqual(1025); // by at most the queue's depth (and the running op)
+    const got = await x.data();
+    expect(got[0]).toBe(1500);
+    expect(got[299999]).toBe(1500);
     x.dispose();
   });
 
@@ -155,22 +162,29 @@ describe('streams', () => {
     expect(r2).toEqual([20 * 256 * 4, 20 * 256 * 4]);
   });
 
-  test('ending a worker with reads pending leaves the process running', async () => {
+  test('ending a worker with reads pending (terminate() or process.exit() inside it) leaves the process running', async () => {
     const { Worker } = require('worker_threads');
-    const code = `
-      const dr = require(${JSON.stringify(DIST)});
-      const { parentPort } = require('worker_threads');
-      const a = dr.randn([512, 512]);
-      for (let i = 0; i < 30; ++i) { const b = dr.matmul(a, a); b.data(); b.dispose(); }
-      parentPort.postMessage('queued');
-      setInterval(() => {}, 1000);`;
-    for (let i = 0; i < 6; ++i) {
+    for (let i = 0; i < 8; ++i) {
+      const code = `
+        const dr = require(${JSON.stringify(DIST)});
+        const { parentPort } = require('worker_threads');
+        const a = dr.randn([384, 384]);
+        for (let j = 0; j < 20; ++j) { const b = dr.matmul(a, a); b.data(); b.dispose(); }
+        dr.synchronizeAsync();
+        parentPort.postMessage('queued');
+        ${i % 2 ? 'setTimeout(() => process.exit(0), ' + i + ');' : 'setInterval(() => {}, 1000);'}`;
       const w = new Worker(code, { eval: true });
+      const exited = new Promise((r) => w.once('exit', r));
       await new Promise((r) => w.once('message', r));
-      await new Promise((r) => setTimeout(r, i * 7));
-      await w.terminate();
+      if (i % 2 === 0) {
+        await new Promise((r) => setTimeout(r, i * 3));
+        await w.terminate();
+      }
+      await exited;
     }
     // still alive, and still computing
-    expect((await dr.ones([3]).add(1).data())[0]).toBe(2);
+    const t = dr.ones([3]).add(1);
+    expect((await t.data())[0]).toBe(2);
+    t.dispose();
   });
 });
