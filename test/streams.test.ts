@@ -87,6 +87,28 @@ describe('streams', () => {
     x.dispose();
   });
 
+  test('a read waits only for the work it depends on, not for unrelated work queued before it', async () => {
+    const a = dr.randn([1536, 1536], { generator: new dr.Generator(5) });
+    const x0 = dr.randn([1000, 1000], { generator: new dr.Generator(6) });
+    dr.synchronize();
+    const t0 = performance.now();
+    const x = x0.mul(2); // queued (1M elements)
+    const big = dr.matmul(a, a); // queued after x, tens of milliseconds each
+    const big2 = dr.matmul(big, a);
+    let tx = 0;
+    let tb = 0;
+    await Promise.all([
+      big2.data().then(() => (tb = performance.now() - t0)),
+      x.data().then((d) => {
+        tx = performance.now() - t0;
+        expect(d[0]).toBeCloseTo(2 * x0.dataSync()[0], 5);
+      }),
+    ]);
+    // x's read ran right after x was computed, ahead of the two matmuls queued before the read
+    expect(tx).toBeLessThan(tb / 2);
+    dr.dispose([a, x0, x, big, big2]);
+  });
+
   test('a failure surfaces at the reads that depend on it, naming the op; other reads are unaffected', async () => {
     const table = dr.randn([8, 4]);
     const bad = dr.embedding(dr.tensor(new Int32Array([3, 8])), table);

@@ -136,7 +136,9 @@ struct Instance {
       task->after = o;
       task->after_seq = o->submitted();
     }
+    std::vector<Storage*> writes = task->writes;
     const uint64_t seq = s.submit(std::move(task));
+    for (Storage* w : writes) w->set_last_write(seq);
     if (o) {
       struct Fence final : Task {
         const char* name() const override { return "fence"; }
@@ -411,10 +413,20 @@ class ReadTask final : public Task {
 
 size_t byte_size(const TensorImpl& t) { return static_cast<size_t>(t.numel()) * dtype_size(t.dtype); }
 
-// True when the tensor's stream has nothing queued: it may be read at once on this thread.
+// True when every queued task that writes the tensor's storage has run: it may be read at once
+// on this thread (later queued tasks do not write it, nor may they until this call returns).
+// CUDA tensors are read by their stream (the copy has to follow the launches on the device).
 bool readable_now(Instance& in, const TensorImpl& t) {
   Stream* s = in.existing(t.device());
-  return !s || s->idle();
+  if (!s) return true;
+  if (t.device() != DeviceKind::CPU) return s->idle();
+  return s->completed() >= t.storage->last_write();
+}
+
+// The task number a read of t waits for: the last queued write of its storage (CPU), or
+// everything queued (CUDA).
+uint64_t read_after(Stream& s, const TensorImpl& t) {
+  return t.device() == DeviceKind::CPU ? t.storage->last_write() : s.submitted();
 }
 
 void read_now(const TensorImpl& t, void* dst, const char* where) {
@@ -431,13 +443,20 @@ DR_FN(ReadSync) {
       read_now(t, ab.Data(), "dataSync()");
       return ab;
     }
-    auto result = std::make_shared<std::shared_ptr<const OpFailure>>();
+    struct Result {
+      std::shared_ptr<const OpFailure> failure;
+      std::atomic<bool> done{false};
+    };
+    auto result = std::make_shared<Result>();
     auto task = std::make_unique<ReadTask>(t, ab.Data());
-    task->on_done = [result](const std::shared_ptr<const OpFailure>& f) { *result = f; };
+    task->on_done = [result](const std::shared_ptr<const OpFailure>& f) {
+      result->failure = f;
+      result->done.store(true, std::memory_order_release);
+    };
     Stream& s = in.stream(t.device());
-    const uint64_t seq = s.submit(std::move(task));
-    s.wait(seq);
-    if (*result) throw failure_error(**result, "dataSync()");
+    s.submit_read(std::move(task), read_after(s, t));
+    s.wait_until([&] { return result->done.load(std::memory_order_acquire); });
+    if (result->failure) throw failure_error(*result->failure, "dataSync()");
     return ab;
   })
 }
@@ -499,7 +518,8 @@ DR_FN(Read) {
     Instance* self = &in;
     task->on_done = [self, id](const std::shared_ptr<const OpFailure>& f) { post(*self, id, f); };
     in.add_pending(env, id, Instance::Pending{deferred, Napi::Persistent(ab)});
-    in.stream(t.device()).submit(std::move(task));
+    Stream& s = in.stream(t.device());
+    s.submit_read(std::move(task), read_after(s, t));
     return promise;
   })
 }

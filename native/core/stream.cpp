@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <new>
 #include <string>
+#include <vector>
 
 namespace dualroute {
 namespace {
@@ -49,12 +50,30 @@ uint64_t Stream::submit(std::unique_ptr<Task> task) {
 }
 
 void Stream::wait(uint64_t seq) {
-  if (completed() >= seq) return;
-  if (spin_briefly([&] { return completed() >= seq; })) return;
+  wait_until([&] { return completed() >= seq; });
+}
+
+void Stream::wait_until(const std::function<bool()>& pred) {
+  if (pred()) return;
+  if (spin_briefly(pred)) return;
   std::unique_lock<std::mutex> lk(mu_);
   ++waiters_;
-  done_cv_.wait(lk, [&] { return completed() >= seq || (quit_ && queue_.empty() && !started_); });
+  done_cv_.wait(lk, [&] { return pred() || (quit_ && !started_); });
   --waiters_;
+}
+
+void Stream::submit_read(std::unique_ptr<Task> read, uint64_t after) {
+  std::unique_lock<std::mutex> lk(mu_);
+  DR_CHECK(!quit_, Internal, "a stream was used after it shut down");
+  if (!started_) {
+    started_ = true;
+    thread_ = std::thread([this] { loop(); });
+  }
+  waiting_reads_.emplace(after, std::move(read));
+  reads_.fetch_add(1, std::memory_order_release);
+  const bool wake = sleeping_;
+  lk.unlock();
+  if (wake) work_cv_.notify_one();
 }
 
 std::shared_ptr<const OpFailure> Stream::take_unreported() {
@@ -69,12 +88,15 @@ std::shared_ptr<const OpFailure> Stream::take_unreported() {
 
 void Stream::shutdown() {
   std::deque<std::unique_ptr<Task>> dropped;
+  std::multimap<uint64_t, std::unique_ptr<Task>> dropped_reads;
   {
     std::lock_guard<std::mutex> lk(mu_);
     if (quit_ && !thread_.joinable()) return;
     quit_ = true;
     dropped.swap(queue_);
+    dropped_reads.swap(waiting_reads_);
     queued_.store(0);
+    reads_.store(0);
   }
   work_cv_.notify_all();
   space_cv_.notify_all();
@@ -87,32 +109,53 @@ void Stream::shutdown() {
   }
   done_cv_.notify_all();
   dropped.clear();  // frees their arguments (storages) outside the lock
+  dropped_reads.clear();
 }
 
 void Stream::loop() {
   lower_thread_priority();
   for (;;) {
     std::unique_ptr<Task> task;
+    std::vector<std::unique_ptr<Task>> reads;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      if (queue_.empty() && !quit_) {
+      if (queue_.empty() && waiting_reads_.empty() && !quit_) {
         lk.unlock();
-        spin_briefly([&] { return queued_.load(std::memory_order_acquire) != 0; });
+        spin_briefly([&] {
+          return queued_.load(std::memory_order_acquire) != 0 || reads_.load(std::memory_order_acquire) != 0;
+        });
         lk.lock();
         sleeping_ = true;
-        work_cv_.wait(lk, [&] { return quit_ || !queue_.empty(); });
+        work_cv_.wait(lk, [&] { return quit_ || !queue_.empty() || !waiting_reads_.empty(); });
         sleeping_ = false;
       }
       if (quit_) return;
-      task = std::move(queue_.front());
-      queue_.pop_front();
-      queued_.fetch_sub(1, std::memory_order_release);
-      if (queue_.size() + 1 == depth_) space_cv_.notify_one();
+      // reads whose task is done go first: they wait for nothing else
+      const uint64_t done = completed_.load(std::memory_order_acquire);
+      while (!waiting_reads_.empty() && waiting_reads_.begin()->first <= done) {
+        reads.push_back(std::move(waiting_reads_.begin()->second));
+        waiting_reads_.erase(waiting_reads_.begin());
+      }
+      if (reads.empty()) {
+        if (queue_.empty()) continue;  // (defensive: a waiting read is always ready here)
+        task = std::move(queue_.front());
+        queue_.pop_front();
+        queued_.fetch_sub(1, std::memory_order_release);
+        if (queue_.size() + 1 == depth_) space_cv_.notify_one();
+      }
     }
-    if (task->after) task->after->wait(task->after_seq);
-    execute(*task);
-    task.reset();  // frees what only this task still held (before the completion is visible)
-    completed_.fetch_add(1, std::memory_order_acq_rel);
+    if (!reads.empty()) {
+      for (auto& r : reads) {
+        execute(*r);
+        r.reset();
+        reads_.fetch_sub(1, std::memory_order_acq_rel);
+      }
+    } else {
+      if (task->after) task->after->wait(task->after_seq);
+      execute(*task);
+      task.reset();  // frees what only this task still held (before the completion is visible)
+      completed_.fetch_add(1, std::memory_order_acq_rel);
+    }
     std::lock_guard<std::mutex> lk(mu_);
     if (waiters_) done_cv_.notify_all();
   }

@@ -8,6 +8,11 @@
 // Each addon instance (the main thread, every worker_thread) has its own streams, one per
 // device, started on first use.
 //
+// Reads wait only for the work they depend on: each storage remembers the number of the last
+// queued task that writes it, and a read runs on the stream thread right after that task,
+// ahead of queued work it does not depend on (a later write to the same storage was queued
+// after the read, so the read still sees the values as of its call).
+//
 // Failures: an op that throws while running marks every storage it writes as poisoned with an
 // OpFailure naming it; a task reading a poisoned storage is skipped and passes the failure on
 // to what it writes; a read of a poisoned storage raises the failure. Nothing computed from a
@@ -18,6 +23,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -64,10 +71,15 @@ class Stream {
   // The number of the last task queued (0: none yet).
   uint64_t submitted() const { return submitted_.load(std::memory_order_acquire); }
   uint64_t completed() const { return completed_.load(std::memory_order_acquire); }
-  // True when every queued task has completed: the caller may touch memory directly.
-  bool idle() const { return completed() == submitted(); }
+  // True when every queued task and read has completed: the caller may touch memory directly.
+  bool idle() const { return completed() == submitted() && reads_.load(std::memory_order_acquire) == 0; }
   // Blocks until task number `seq` has completed.
   void wait(uint64_t seq);
+  // Runs a read as soon as task number `after` has completed, before any task queued after
+  // that one runs. Reads do not count in submitted()/completed().
+  void submit_read(std::unique_ptr<Task> read, uint64_t after);
+  // Blocks until pred() holds; pred must turn true through a task's or a read's finish().
+  void wait_until(const std::function<bool()>& pred);
   void wait_all() { wait(submitted()); }
   // The oldest failure that no read has raised, marking every pending one as raised; null
   // when there is none.
@@ -94,6 +106,8 @@ class Stream {
   std::condition_variable done_cv_;   // waiters wait for completions
   std::deque<std::unique_ptr<Task>> queue_;
   std::atomic<size_t> queued_{0};
+  std::multimap<uint64_t, std::unique_ptr<Task>> waiting_reads_;  // by the task they follow
+  std::atomic<size_t> reads_{0};                                   // waiting_reads_.size()
   std::atomic<uint64_t> submitted_{0}, completed_{0};
   bool sleeping_ = false;  // the thread is blocked on work_cv_
   int waiters_ = 0;        // threads blocked on done_cv_

@@ -64,6 +64,11 @@ class Storage {
   size_t bytes() const { return bytes_; }
   DeviceKind device() const { return device_; }
 
+  // The number (on its device's stream) of the last queued task that writes this storage; a
+  // read needs that task done, and nothing else. Set on the thread that queues.
+  uint64_t last_write() const { return last_write_.load(std::memory_order_acquire); }
+  void set_last_write(uint64_t seq) { last_write_.store(seq, std::memory_order_release); }
+
   // The failure this storage's contents depend on, or null. Set and read on stream threads.
   std::shared_ptr<const OpFailure> poison() const {
     if (!poisoned_.load(std::memory_order_acquire)) return nullptr;  // the common case, no lock
@@ -77,6 +82,7 @@ class Storage {
  private:
   std::shared_ptr<const OpFailure> poison_;
   std::atomic<bool> poisoned_{false};
+  std::atomic<uint64_t> last_write_{0};
   void* materialize() const;  // allocates (CPU), throws MemoryError
   mutable std::atomic<void*> ptr_{nullptr};
   size_t bytes_ = 0;
