@@ -13,7 +13,8 @@
 // Plain node only (the GPU machine has no npm, jest or ts-node), so it imports nothing but lib/
 // and test/reference.ts.
 //
-// Adding an op: push one OpEntry onto REGISTRY (name, dtypes, case generator, run, tolerance).
+// Adding an op: push one OpEntry onto REGISTRY (name, the native ops it runs, case generator, run,
+// tolerance); the dtypes it is tested in come from supports() (the op table), not from the entry.
 import * as fs from 'fs';
 import * as path from 'path';
 import * as dr from '../lib';
