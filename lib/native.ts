@@ -39,8 +39,9 @@ export interface Native {
   view(h: Handle, shape: number[], strides: number[], offset: number): Handle;
   release(h: Handle): boolean;
   isLive(h: Handle): boolean;
-  readSync(h: Handle): ArrayBuffer;
-  read(h: Handle): Promise<ArrayBuffer>;
+  /** Copies the tensor's elements, in order, into `into` (exactly its size) and returns it. */
+  readSync(h: Handle, into: ArrayBuffer): ArrayBuffer;
+  read(h: Handle, into: ArrayBuffer): Promise<ArrayBuffer>;
   devices(): NativeDevices;
   memory(): NativeMemory;
   numThreads(): number;

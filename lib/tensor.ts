@@ -2,10 +2,11 @@
 // Views (reshape, transpose, slice, ...) share storage; the buffer is freed when the last
 // tensor on it is disposed. Ops are attached as methods by lib/ops (every op is both a
 // function and a method).
-import { DType, DTYPE_SIZE, TypedArray, decode } from './dtype';
+import { DType, DTYPE_CODE, DTYPE_SIZE, TypedArray, decode } from './dtype';
 import { Device } from './device';
-import { DTypeError, DisposedError, ShapeError, ValueError, toTypedError } from './errors';
-import { Handle, native } from './native';
+import { DTypeError, DisposedError, MemoryError, ShapeError, ValueError, toTypedError } from './errors';
+import { MAX_ARRAY_ELEMENTS, readBuffer } from './limits';
+import { Handle, native, op } from './native';
 
 // `using t = ...` needs Symbol.dispose; Node 20 defines it only in some contexts (not in vm
 // contexts such as jest's), so use Node's registered symbol where it is missing.
@@ -293,31 +294,49 @@ export class Tensor {
     if (this._disposed) throw new DisposedError(`${what}: the tensor was disposed`);
   }
 
-  /** The elements in row-major order, copied off the device on a worker (does not block the event loop). */
+  private readInto(op: string): ArrayBuffer {
+    this.checkLive(op);
+    const bytes = this.size * DTYPE_SIZE[this.dtype];
+    return readBuffer(op, bytes, this.dtype === 'bfloat16' ? 2 * bytes : bytes);
+  }
+
+  /**
+   * The elements in row-major order, as of this call (later in-place updates do not show). Waits
+   * without blocking the event loop for the ops this tensor depends on, and raises the failure of
+   * one of them. At most MAX_READ_BYTES (4 GiB) per read.
+   */
   async data(): Promise<TypedArray> {
-    this.checkLive('data()');
+    const into = this.readInto('data()');
     try {
-      return decode(await native.read(this.handle), this.dtype);
+      return decode(await native.read(this.handle, into), this.dtype);
     } catch (e) {
       throw toTypedError(e);
     }
   }
 
-  /** The elements in row-major order, synchronously (waits for the device). */
+  /** The elements in row-major order, synchronously (waits for the ops this tensor depends on). */
   dataSync(): TypedArray {
-    this.checkLive('dataSync()');
+    const into = this.readInto('dataSync()');
     try {
-      return decode(native.readSync(this.handle), this.dtype);
+      return decode(native.readSync(this.handle, into), this.dtype);
     } catch (e) {
       throw toTypedError(e);
     }
   }
 
-  /** The elements as nested arrays. */
+  private checkArraySize(op: string): void {
+    if (this.size > MAX_ARRAY_ELEMENTS) {
+      throw new MemoryError(`${op}: ${this.size} elements are too many for nested JavaScript arrays (at most ${MAX_ARRAY_ELEMENTS}); use data()`);
+    }
+  }
+
+  /** The elements as nested arrays (at most MAX_ARRAY_ELEMENTS of them). */
   async array(): Promise<NestedArray> {
+    this.checkArraySize('array()');
     return nest(await this.data(), this.shape, this.dtype);
   }
   arraySync(): NestedArray {
+    this.checkArraySize('arraySync()');
     return nest(this.dataSync(), this.shape, this.dtype);
   }
 
@@ -351,14 +370,57 @@ function nest(data: TypedArray, shape: readonly number[], dtype: DType): NestedA
   return build(0);
 }
 
+const EDGE = 3;
+
+// The elements printing shows, as a small contiguous tensor: along each dimension longer than
+// 2 * EDGE only the first and last EDGE entries (copied block by block), so printing a huge
+// tensor reads a few hundred elements, not all of it.
+function summaryData(t: Tensor): TypedArray {
+  const big = t.shape.map((n) => n > 2 * EDGE);
+  if (!big.some(Boolean)) return t.dataSync();
+  const small = t.shape.map((n, d) => (big[d] ? 2 * EDGE : n));
+  const temps: Tensor[] = [];
+  const wrap = (h: Handle, shape: number[], strides: readonly number[], offset: number) => {
+    const v = untracked(() => new Tensor(h, shape, strides, offset, t.dtype, t.device));
+    temps.push(v);
+    return v;
+  };
+  const out = wrap(native.empty(small, DTYPE_CODE[t.dtype], t.device === 'cpu' ? 0 : 1), small, contiguousStrides(small), 0);
+  try {
+    const dims = t.shape.map((_, d) => d).filter((d) => big[d]);
+    const outStrides = contiguousStrides(small);
+    for (let mask = 0; mask < 1 << dims.length; ++mask) {
+      // block `mask`: the tail along dims whose bit is set, the head along the others
+      let srcOffset = t.offset;
+      let dstOffset = 0;
+      const shape = small.slice();
+      dims.forEach((d, i) => {
+        shape[d] = EDGE;
+        if (mask & (1 << i)) {
+          srcOffset += (t.shape[d] - EDGE) * t.strides[d];
+          dstOffset += EDGE * outStrides[d];
+        }
+      });
+      const src = wrap(native.view(t.handle, shape, t.strides as number[], srcOffset), shape, t.strides, srcOffset);
+      const dst = wrap(native.view(out.handle, shape, outStrides, dstOffset), shape, outStrides, dstOffset);
+      op.copy({ out: dst, x: src });
+    }
+    return out.dataSync();
+  } finally {
+    for (const v of temps) v.dispose();
+  }
+}
+
 // Readable printing: at most 6 entries per dimension (first 3 and last 3).
 function formatTensor(t: Tensor): string {
-  const data = t.dataSync();
+  const data = summaryData(t);
   const isInt = t.dtype === 'int32' || t.dtype === 'bool';
   const fmt = (v: number) =>
     t.dtype === 'bool' ? (v ? 'true' : 'false') : isInt ? String(v) : Number.isInteger(v) && Math.abs(v) < 1e6 ? v.toFixed(1) : Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(4) : v.toFixed(4);
-  const strides = contiguousStrides(t.shape);
-  const edge = 3;
+  // indices into the summary: along a long dimension 0..EDGE-1, then "...", then EDGE..2*EDGE-1
+  const small = t.shape.map((n) => (n > 2 * EDGE ? 2 * EDGE : n));
+  const strides = contiguousStrides(small);
+  const edge = EDGE;
   const rec = (d: number, base: number, indent: string): string => {
     if (t.shape.length === 0) return fmt(data[0]);
     const n = t.shape[d];
@@ -366,7 +428,7 @@ function formatTensor(t: Tensor): string {
     if (n > 2 * edge) {
       for (let k = 0; k < edge; ++k) idx.push(k);
       idx.push(null);
-      for (let k = n - edge; k < n; ++k) idx.push(k);
+      for (let k = edge; k < 2 * edge; ++k) idx.push(k);
     } else {
       for (let k = 0; k < n; ++k) idx.push(k);
     }

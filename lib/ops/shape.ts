@@ -7,6 +7,7 @@ import { DTypeError, DeviceError, ShapeError, ValueError, describe } from '../er
 import { op } from '../native';
 import { Tensor, contiguousStrides, sizeOf } from '../tensor';
 import { checkShape, checkTensor, empty, normAxis, viewOf } from './util';
+import { checkElements } from '../limits';
 import { record } from '../tape';
 
 // reshape-like views: the gradient takes the source's shape back.
@@ -154,6 +155,7 @@ export function expand(x: Tensor, shape: number[]): Tensor {
       throw new ShapeError(`expand: cannot expand [${x.shape.join(', ')}] to [${shape.join(', ')}] (dimension ${i})`);
     }
   }
+  checkElements('expand', s);
   return record(viewOf(x, s, st, x.offset), 'expand', [x], [], { shape: x.shape.slice() });
 }
 export const broadcastTo = expand;

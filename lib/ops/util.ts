@@ -4,6 +4,7 @@ import { DEVICE_CODE, Device, checkDevice, defaultDevice } from '../device';
 import { DeviceError, RangeError, ShapeError, ValueError, describe, toTypedError } from '../errors';
 import { native } from '../native';
 import { Tensor, contiguousStrides } from '../tensor';
+import { checkElements } from '../limits';
 
 /** Runs a native call, mapping its errors to typed ones. */
 export function nat<T>(fn: () => T): T {
@@ -16,6 +17,7 @@ export function nat<T>(fn: () => T): T {
 
 /** A new uninitialised contiguous tensor. */
 export function empty(shape: readonly number[], dtype: DType = 'float32', device?: Device): Tensor {
+  checkElements('empty', shape);
   const dev = device ?? defaultDevice();
   const h = nat(() => native.empty(shape as number[], DTYPE_CODE[dtype], DEVICE_CODE[dev]));
   return new Tensor(h, shape, contiguousStrides(shape), 0, dtype, dev);
@@ -24,6 +26,7 @@ export function empty(shape: readonly number[], dtype: DType = 'float32', device
 /** A tensor on the same storage with another shape/strides/offset. */
 export function viewOf(t: Tensor, shape: readonly number[], strides: readonly number[], offset: number): Tensor {
   t.checkLive();
+  checkElements('view', shape);
   const h = nat(() => native.view(t.handle, shape as number[], strides as number[], offset));
   return new Tensor(h, shape, strides, offset, t.dtype, t.device, t.storage);
 }
@@ -39,6 +42,7 @@ export function checkShape(shape: unknown, op: string, arg = 'shape'): number[] 
     throw new ShapeError(`${op}: Expected an array of non-negative integers for ${arg} but received ${describe(shape)}${Array.isArray(shape) ? ` [${shape.join(', ')}]` : ''}`);
   }
   if (shape.length > 8) throw new ShapeError(`${op}: tensors have at most 8 dimensions, ${arg} has ${shape.length}`);
+  checkElements(op, shape);
   return shape.slice();
 }
 

@@ -11,6 +11,7 @@
 import * as fs from 'fs';
 import * as nodePath from 'path';
 import { randomBytes } from 'crypto';
+import { threadId } from 'worker_threads';
 import { DType, DTYPE_SIZE } from '../dtype';
 import { Device } from '../device';
 import { FormatError, ValueError, describe } from '../errors';
@@ -100,6 +101,10 @@ function parseHeaderJson(json: Uint8Array, headerLen: number, dataLength: number
     throw new FormatError(`${src}: the header is not valid JSON (${(e as Error).message}): ${JSON.stringify(head)}`);
   }
   if (!isObject(parsed)) throw new FormatError(`${src}: the header must be a JSON object but is ${describe(parsed)}`);
+  // JSON.parse keeps the last of repeated keys; the format forbids repeats, and another reader
+  // keeping the first would see different tensors in the same file
+  const repeated = firstRepeatedKey(text);
+  if (repeated !== null) throw new FormatError(`${src}: the header names ${JSON.stringify(repeated)} twice (names must be unique)`);
 
   const metadata: Array<[string, string]> = [];
   const entries: SafetensorsEntry[] = [];
@@ -163,6 +168,33 @@ function parseHeaderJson(json: Uint8Array, headerLen: number, dataLength: number
   }
   // fromEntries defines own properties, so a key such as "__proto__" stays plain data
   return { headerLength: headerLen, dataStart: 8 + headerLen, metadata: Object.fromEntries(metadata), entries };
+}
+
+/** The first top-level key of a JSON object text that appears twice, or null. */
+function firstRepeatedKey(text: string): string | null {
+  const seen = new Set<string>();
+  let depth = 0;
+  for (let i = 0; i < text.length; ++i) {
+    const c = text[i];
+    if (c === '{' || c === '[') ++depth;
+    else if (c === '}' || c === ']') --depth;
+    else if (c === '"') {
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      if (depth === 1) {
+        // a key when a colon follows
+        let k = j + 1;
+        while (k < text.length && /\s/.test(text[k])) ++k;
+        if (text[k] === ':') {
+          const key = JSON.parse(text.slice(i, j + 1)) as string;
+          if (seen.has(key)) return key;
+          seen.add(key);
+        }
+      }
+      i = j;
+    }
+  }
+  return null;
 }
 
 /**
@@ -249,6 +281,37 @@ async function readFullyAsync(fh: fs.promises.FileHandle, into: Uint8Array, posi
   }
 }
 
+/** A FormatError naming the path for a file that cannot be opened (missing, a dangling link, a link loop, ...). */
+function openError(path: string, e: unknown): FormatError {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  const why: Record<string, string> = {
+    ENOENT: 'no such file (or a symbolic link to nothing)',
+    ELOOP: 'a loop of symbolic links',
+    EACCES: 'permission denied',
+    ENOTDIR: 'a part of the path is not a folder',
+    ENAMETOOLONG: 'the name is too long',
+  };
+  return new FormatError(`${path}: cannot open: ${(code && why[code]) ?? (e as Error)?.message ?? String(e)}`);
+}
+
+// Non-blocking, so that a FIFO or a device does not wait forever for a writer; the type check
+// below then refuses anything but a regular file.
+function openForReading(path: string): number {
+  try {
+    return fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    throw openError(path, e);
+  }
+}
+
+function regularFileSize(st: fs.Stats, path: string): number {
+  if (!st.isFile()) {
+    const kind = st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : 'not a regular file';
+    throw new FormatError(`${path}: not a safetensors file: ${kind}`);
+  }
+  return st.size;
+}
+
 /**
  * Reads a safetensors file into tensors on options.device (default: the default device).
  * Every malformed header or data layout is a FormatError naming the file and the tensor.
@@ -256,9 +319,9 @@ async function readFullyAsync(fh: fs.promises.FileHandle, into: Uint8Array, posi
 export function loadSafetensorsSync(path: string, options: LoadOptions = {}): Loaded {
   checkPath(path, 'loadSafetensors');
   const device = resolveDevice(options?.device);
-  const fd = fs.openSync(path, 'r');
+  const fd = openForReading(path);
   try {
-    const size = fs.fstatSync(fd).size;
+    const size = regularFileSize(fs.fstatSync(fd), path);
     const prefix = new Uint8Array(8);
     if (size >= 8) readFully(fd, prefix, 0, path);
     const n = headerLength(prefix, size, path);
@@ -281,9 +344,14 @@ export function loadSafetensorsSync(path: string, options: LoadOptions = {}): Lo
 export async function loadSafetensors(path: string, options: LoadOptions = {}): Promise<Loaded> {
   checkPath(path, 'loadSafetensors');
   const device = resolveDevice(options?.device);
-  const fh = await fs.promises.open(path, 'r');
+  let fh: fs.promises.FileHandle;
   try {
-    const size = (await fh.stat()).size;
+    fh = await fs.promises.open(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    throw openError(path, e);
+  }
+  try {
+    const size = regularFileSize(await fh.stat(), path);
     const prefix = new Uint8Array(8);
     if (size >= 8) await readFullyAsync(fh, prefix, 0, path);
     const n = headerLength(prefix, size, path);
@@ -376,8 +444,52 @@ function fileBytes(t: Tensor, data: ArrayLike<number> & ArrayBufferView): Uint8A
   return bytes;
 }
 
+// Temporary files: <target>.tmp-<pid>-<thread>-<12 hex>. A save killed part-way (kill -9, a
+// power cut) leaves its file behind; the next save of the same target removes those whose
+// writer is gone: another process that no longer runs, or this thread when it is not writing
+// that file now. Other threads' files of this process are left alone.
+const activeTemps = new Set<string>();
+const TEMP_RE = /^(\d+)-(\d+)-[0-9a-f]{12}$/;
+
 function tempName(path: string): string {
-  return `${path}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`;
+  removeStaleTemps(path);
+  const name = `${path}.tmp-${process.pid}-${threadId}-${randomBytes(6).toString('hex')}`;
+  activeTemps.add(name);
+  return name;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function removeStaleTemps(path: string): void {
+  const dir = nodePath.dirname(path);
+  const prefix = `${nodePath.basename(path)}.tmp-`;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return; // the save itself will report an unusable folder
+  }
+  for (const n of names) {
+    if (!n.startsWith(prefix)) continue;
+    const m = TEMP_RE.exec(n.slice(prefix.length));
+    if (!m) continue;
+    const full = nodePath.join(dir, n);
+    const pid = Number(m[1]);
+    const ours = pid === process.pid;
+    if (ours ? Number(m[2]) !== threadId || activeTemps.has(full) : processAlive(pid)) continue;
+    try {
+      fs.unlinkSync(full);
+    } catch {
+      // gone already, or not ours to remove
+    }
+  }
 }
 
 /** Makes the rename itself durable; some platforms cannot open a folder, which is not fatal. */
@@ -428,6 +540,8 @@ export function saveSafetensorsSync(path: string, tensors: Record<string, Tensor
     }
     try { fs.unlinkSync(tmp); } catch { /* already failing */ }
     throw e;
+  } finally {
+    activeTemps.delete(tmp);
   }
   syncDir(path);
 }
@@ -436,14 +550,24 @@ export function saveSafetensorsSync(path: string, tensors: Record<string, Tensor
 export async function saveSafetensors(path: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): Promise<void> {
   checkPath(path, 'saveSafetensors');
   const { header, order } = plan('saveSafetensors', tensors, metadata);
+  // every read is issued now, before anything is awaited: the file holds the values as of this
+  // call, even if training updates the tensors in place while it is written
+  const reads = order.map(([, t]) => t.data());
+  reads.forEach((r) => r.catch(() => undefined)); // the first failure is the one awaited below
   const tmp = tempName(path);
-  const fh = await fs.promises.open(tmp, 'wx');
+  let fh: fs.promises.FileHandle;
+  try {
+    fh = await fs.promises.open(tmp, 'wx');
+  } catch (e) {
+    activeTemps.delete(tmp);
+    throw e;
+  }
   let open = true;
   try {
     let pos = await writeAt(fh, header, 0);
-    for (const [, t] of order) {
-      const data = (await t.data()) as ArrayLike<number> & ArrayBufferView;
-      pos = await writeAt(fh, fileBytes(t, data), pos);
+    for (let i = 0; i < order.length; ++i) {
+      const data = (await reads[i]) as ArrayLike<number> & ArrayBufferView;
+      pos = await writeAt(fh, fileBytes(order[i][1], data), pos);
     }
     await fh.sync();
     open = false;
@@ -453,6 +577,8 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
     if (open) await fh.close().catch(() => undefined);
     await fs.promises.unlink(tmp).catch(() => undefined);
     throw e;
+  } finally {
+    activeTemps.delete(tmp);
   }
   syncDir(path);
 }

@@ -434,11 +434,22 @@ void read_now(const TensorImpl& t, void* dst, const char* where) {
   ops::read_bytes(t, dst);
 }
 
+// The destination of a read: an ArrayBuffer JavaScript allocated (where a failed allocation is
+// a catchable error, not a fatal one), of exactly the tensor's size.
+Napi::ArrayBuffer destination(const Napi::CallbackInfo& info, const TensorImpl& t, const char* where) {
+  if (info.Length() < 2 || !info[1].IsArrayBuffer()) fail(ErrorCode::Value, where, ": expected an ArrayBuffer to read into");
+  Napi::ArrayBuffer ab = info[1].As<Napi::ArrayBuffer>();
+  DR_CHECK(ab.ByteLength() == byte_size(t), Value, where, ": the buffer has ", ab.ByteLength(), " bytes, the tensor ",
+           byte_size(t));
+  return ab;
+}
+
+// readSync(handle, arrayBuffer) -> arrayBuffer
 DR_FN(ReadSync) {
   DR_BODY({
     Instance& in = inst(info);
     TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, "dataSync()", "tensor");
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(info.Env(), byte_size(t));
+    Napi::ArrayBuffer ab = destination(info, t, "dataSync()");
     if (readable_now(in, t)) {
       read_now(t, ab.Data(), "dataSync()");
       return ab;
@@ -495,13 +506,14 @@ void post(Instance& in, uint64_t id, const std::shared_ptr<const OpFailure>& fai
   if (in.completions.NonBlockingCall(c, settle) != napi_ok) delete c;
 }
 
+// read(handle, arrayBuffer) -> Promise<arrayBuffer>
 DR_FN(Read) {
   DR_BODY({
     Napi::Env env = info.Env();
     Instance& in = inst(info);
     TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, "data()", "tensor");
     const size_t bytes = byte_size(t);
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes);
+    Napi::ArrayBuffer ab = destination(info, t, "data()");
     auto deferred = Napi::Promise::Deferred::New(env);
     Napi::Promise promise = deferred.Promise();
     if (bytes <= kInlineReadBytes && readable_now(in, t)) {
@@ -611,6 +623,7 @@ DR_FN(ViewOf) {
     double offset = num(info, 3, "offset");
     DR_CHECK(shape.size() == strides.size() && shape.size() <= static_cast<size_t>(kMaxDims), Shape,
              "view: shape and strides must have the same length (at most ", kMaxDims, ")");
+    check_elements(shape.data(), static_cast<int>(shape.size()));
     auto t = std::make_unique<TensorImpl>();
     t->storage = src.storage;
     t->dtype = src.dtype;

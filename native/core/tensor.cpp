@@ -155,18 +155,33 @@ std::string TensorImpl::shape_string() const {
   return os.str();
 }
 
+int64_t check_elements(const int64_t* shape, int ndim) {
+  bool zero = false;
+  for (int i = 0; i < ndim; ++i) {
+    DR_CHECK(shape[i] >= 0 && shape[i] <= kMaxElements, Shape, "dimension ", i, " (", shape[i],
+             ") is outside [0, 2^36]: tensors have at most 2^36 elements");
+    zero = zero || shape[i] == 0;
+  }
+  if (zero) return 0;
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) {
+    DR_CHECK(n <= kMaxElements / shape[i], Shape, "a shape with more than 2^36 elements");
+    n *= shape[i];
+  }
+  return n;
+}
+
 std::unique_ptr<TensorImpl> make_tensor(const std::vector<int64_t>& shape, DType dtype, DeviceKind device) {
   DR_CHECK(shape.size() <= static_cast<size_t>(kMaxDims), Shape, "tensors have at most ", kMaxDims,
            " dimensions, got ", shape.size());
   auto t = std::make_unique<TensorImpl>();
   t->dtype = dtype;
   t->ndim = static_cast<int>(shape.size());
+  check_elements(shape.data(), t->ndim);
   int64_t n = 1;
   for (int i = t->ndim - 1; i >= 0; --i) {
-    DR_CHECK(shape[i] >= 0, Shape, "dimension ", i, " must be >= 0, got ", shape[i]);
     t->shape[i] = shape[i];
     t->strides[i] = n;
-    DR_CHECK(shape[i] == 0 || n <= (int64_t(1) << 50) / shape[i], Memory, "tensor of shape too large");
     n *= shape[i];
   }
   t->storage = std::make_shared<Storage>(device, static_cast<size_t>(n) * dtype_size(dtype));

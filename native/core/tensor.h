@@ -121,6 +121,13 @@ struct TensorImpl {
   std::string shape_string() const;
 };
 
+// The most elements a tensor or view may have, and the largest dimension (lib/limits.ts says
+// the same): past it, a ShapeError at the call.
+constexpr int64_t kMaxElements = int64_t(1) << 36;
+// The element count of a shape; a ShapeError when a dimension is negative or past kMaxElements,
+// or the product passes it.
+int64_t check_elements(const int64_t* shape, int ndim);
+
 // A new contiguous tensor (uninitialised).
 std::unique_ptr<TensorImpl> make_tensor(const std::vector<int64_t>& shape, DType dtype, DeviceKind device);
 

@@ -5,6 +5,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { tensor } from '../../lib/ops/creation';
+import { fill_ } from '../../lib/ops/inplace';
 import { viewOf } from '../../lib/ops/util';
 import { cudaAvailable } from '../../lib/device';
 import { DeviceError, FormatError, ValueError } from '../../lib/errors';
@@ -345,8 +346,35 @@ describe('malformed files', () => {
     await rejects(craft({ w: entry('F32', [0, 2 ** 60], [0, 0]) }, 0), /tensor "w": dimension 1152921504606847000 is larger than dualroute supports/);
   });
 
-  test('a missing file is the ordinary ENOENT error', () => {
-    expect(() => loadSafetensorsSync(path.join(dir, 'nope.safetensors'))).toThrow(/ENOENT/);
+  test('a name given twice is refused, even when one of the two entries is valid (the format forbids repeats)', async () => {
+    // JSON.parse would keep the last; another reader might keep the first
+    const valid = '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}';
+    await rejects(craft(`{"a":{"dtype":"X","shape":[],"data_offsets":[0,0]},${valid.slice(1)}`, 4), /names "a" twice/);
+    await rejects(craft(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}, "a" :{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`, 4), /names "a" twice/);
+    // escapes name the same key; keys inside an entry are not top-level names
+    await rejects(craft(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"\\u0061":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}`, 8), /names "a" twice/);
+    expect(() => loadSafetensorsSync(craft(valid, 4), { device: 'cpu' })).not.toThrow();
+  });
+
+  test('a folder, a FIFO, a link loop and a dangling link are FormatErrors naming the path, and nothing hangs', async () => {
+    const folder = path.join(dir, 'a-folder.safetensors');
+    fs.mkdirSync(folder);
+    await rejects(folder, /not a safetensors file: a folder/);
+    const fifo = path.join(dir, 'a-fifo.safetensors');
+    require('child_process').execFileSync('mkfifo', [fifo]);
+    await rejects(fifo, /not a safetensors file: a FIFO/);
+    const loop = path.join(dir, 'loop.safetensors');
+    fs.symlinkSync(loop, loop);
+    await rejects(loop, /cannot open: a loop of symbolic links/);
+    const dangling = path.join(dir, 'dangling.safetensors');
+    fs.symlinkSync(path.join(dir, 'nothing-here'), dangling);
+    await rejects(dangling, /cannot open: no such file/);
+  });
+
+  test('a missing file is a FormatError naming the path', () => {
+    const p = path.join(dir, 'nope.safetensors');
+    expect(() => loadSafetensorsSync(p)).toThrow(FormatError);
+    expect(() => loadSafetensorsSync(p)).toThrow(`${p}: cannot open: no such file`);
   });
 });
 
@@ -361,7 +389,14 @@ describe('saving', () => {
       throw new Error('read failed');
     };
     Object.defineProperty(t, 'dataSync', { value: boom });
-    Object.defineProperty(t, 'data', { value: async () => boom() });
+    // the async save issues every read before it opens the file: this one fails a little later
+    Object.defineProperty(t, 'data', { value: async () => new Promise((_, reject) => setTimeout(() => {
+      try {
+        boom();
+      } catch (e) {
+        reject(e);
+      }
+    }, 30)) });
     return t;
   }
 
@@ -384,6 +419,36 @@ describe('saving', () => {
     expect(fs.readFileSync(f).equals(before)).toBe(true);
     expect(loadSafetensorsSync(f, { device: 'cpu' }).metadata).toEqual({ v: '1' });
     dispose([good, bad]);
+  });
+
+  test('temp files of saves killed part-way are removed by the next save of the same target', async () => {
+    const f = file('stale');
+    const t = tensor([1, 2], [2], { device: 'cpu' });
+    const dead = 2 ** 22 + 12345; // above the default pid_max: no such process
+    const { threadId } = require('worker_threads');
+    const stale = [`${f}.tmp-${dead}-0-0123456789ab`, `${f}.tmp-${process.pid}-${threadId}-ba9876543210`];
+    // a live writer's (this process, another thread) and another target's are left alone
+    const kept = [`${f}.tmp-${process.pid}-${threadId + 1000}-aaaaaaaaaaaa`, `${f}x.tmp-${dead}-0-0123456789ab`];
+    for (const p of [...stale, ...kept]) fs.writeFileSync(p, 'partial');
+    saveSafetensorsSync(f, { t });
+    for (const p of stale) expect(fs.existsSync(p)).toBe(false);
+    for (const p of kept) expect(fs.existsSync(p)).toBe(true);
+    fs.writeFileSync(stale[0], 'partial');
+    await saveSafetensors(f, { t });
+    expect(fs.existsSync(stale[0])).toBe(false);
+    for (const p of kept) fs.unlinkSync(p);
+    t.dispose();
+  });
+
+  test('an async save holds the values as of its call, not of updates made while it writes', async () => {
+    const f = file('snapshot');
+    const ws = [1, 2, 3].map((v) => tensor(new Float32Array(300000).fill(v), [300000], { device: 'cpu' }));
+    const saving = saveSafetensors(f, { a: ws[0], b: ws[1], c: ws[2] });
+    for (const w of ws) fill_(w, -1); // a training step landing during the save
+    await saving;
+    const { tensors } = loadSafetensorsSync(f, { device: 'cpu' });
+    expect([tensors.a, tensors.b, tensors.c].map((t) => t.dataSync()[299999])).toEqual([1, 2, 3]);
+    dispose([...ws, tensors]);
   });
 
   test('a successful save replaces the file', async () => {
