@@ -1,5 +1,6 @@
 // Devices: which backends exist, which one is the default, and what they report.
-import { DeviceError, describe } from './errors';
+import { isMainThread } from 'worker_threads';
+import { DeviceError, ValueError, describe, toTypedError } from './errors';
 import { native, NativeDevices } from './native';
 
 export type Device = 'cpu' | 'cuda';
@@ -86,7 +87,19 @@ export function requireCuda(): void {
 export function numThreads(): number {
   return native.numThreads();
 }
+/**
+ * Sets the CPU threads the kernels use. The thread pool is shared by the whole process (every
+ * worker_thread included), so this may be called only from the main thread.
+ */
 export function setNumThreads(n: number): void {
-  native.setNumThreads(n);
+  if (!Number.isInteger(n) || n < 1 || n > 1024) throw new ValueError(`setNumThreads: Expected an integer in 1..1024 but received ${describe(n)}`);
+  if (!isMainThread) {
+    throw new ValueError('setNumThreads: the CPU thread pool is shared by the whole process; set it from the main thread (or with DUALROUTE_NUM_THREADS)');
+  }
+  try {
+    native.setNumThreads(n);
+  } catch (e) {
+    throw toTypedError(e);
+  }
   cachedDevices = undefined;
 }

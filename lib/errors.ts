@@ -13,8 +13,11 @@ export class ShapeError extends DualrouteError {}
 export class DTypeError extends DualrouteError {}
 /** A device that is missing, mismatched, or failed (CUDA errors name the kernel). */
 export class DeviceError extends DualrouteError {}
-/** An index or value out of range (token ids, axes, indices). */
-export class RangeError extends DualrouteError {}
+/**
+ * An index or value out of range (token ids, axes, indices, values an int32 cannot hold). Not
+ * named RangeError, so that it does not shadow the built-in one: both can be caught apart.
+ */
+export class OutOfRangeError extends DualrouteError {}
 /** A malformed file or buffer. */
 export class FormatError extends DualrouteError {}
 /** An invalid argument value. */
@@ -30,7 +33,7 @@ const byCode: Record<string, new (m: string) => DualrouteError> = {
   ShapeError,
   DTypeError,
   DeviceError,
-  RangeError,
+  OutOfRangeError,
   FormatError,
   ValueError,
   DisposedError,

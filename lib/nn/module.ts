@@ -132,15 +132,20 @@ export abstract class Module {
    * default: a missing, unexpected or mis-shaped key is an error that lists them all.
    */
   loadStateDict(state: Record<string, Tensor>, options: LoadOptions = {}): { missing: string[]; unexpected: string[] } {
+    if (!state || typeof state !== 'object' || Array.isArray(state)) throw new ValueError(`loadStateDict: Expected an object of name -> Tensor but received ${describe(state)}`);
+    if (typeof options !== 'object' || options === null) throw new ValueError(`loadStateDict: Expected an options object but received ${describe(options)}`);
     const strict = options.strict ?? true;
     const own = new Map(this.namedParameters());
-    const missing = [...own.keys()].filter((k) => !(k in state));
+    // every value must be a live tensor: a 0 or NaN is not "missing", it is wrong
+    for (const [k, t] of Object.entries(state)) {
+      if (!(t instanceof Tensor) || t.isDisposed) throw new ValueError(`loadStateDict: Expected a live Tensor for ${k} but received ${describe(t)}`);
+    }
+    const missing = [...own.keys()].filter((k) => !Object.prototype.hasOwnProperty.call(state, k));
     const unexpected = Object.keys(state).filter((k) => !own.has(k));
     const misshaped: string[] = [];
     for (const [k, p] of own) {
       const t = state[k];
       if (!t) continue;
-      if (!(t instanceof Tensor)) throw new ValueError(`loadStateDict: Expected a Tensor for ${k} but received ${describe(t)}`);
       if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) {
         misshaped.push(`${k}: expected [${p.shape.join(', ')}], got [${t.shape.join(', ')}]`);
       }

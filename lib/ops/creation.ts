@@ -5,7 +5,7 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { native, op } from '../native';
 import { Generator, defaultGenerator } from '../random';
 import { NestedArray, Tensor, contiguousStrides, sizeOf } from '../tensor';
-import { checkShape, empty, nat, resolveDType, resolveDevice } from './util';
+import { checkInt32, checkInt32Data, checkShape, empty, nat, resolveDType, resolveDevice } from './util';
 
 export interface CreateOptions {
   dtype?: DType;
@@ -85,6 +85,7 @@ export function tensor(data: Data, shape?: number[], options: CreateOptions = {}
     // plain numbers
     flat = Array.from(data);
   }
+  if (dtype === 'int32') checkInt32Data('tensor', flat);
   const bytes = encode(flat, dtype);
   const h = nat(() => native.fromBytes(bytes, finalShape, DTYPE_CODE[dtype], DEVICE_CODE[device]));
   return new Tensor(h, finalShape, contiguousStrides(finalShape), 0, dtype, device);
@@ -97,7 +98,10 @@ export function scalar(value: number | boolean, options: CreateOptions = {}): Te
 
 export function full(shape: number[], value: number | boolean, options: CreateOptions = {}): Tensor {
   const s = checkShape(shape, 'full');
-  const t = empty(s, resolveDType(options.dtype, typeof value === 'boolean' ? 'bool' : 'float32'), resolveDevice(options.device));
+  if (typeof value !== 'number' && typeof value !== 'boolean') throw new ValueError(`full: Expected a number or boolean for value but received ${describe(value)}`);
+  const dtype = resolveDType(options.dtype, typeof value === 'boolean' ? 'bool' : 'float32');
+  if (dtype === 'int32') checkInt32('full', 'value', Number(value));
+  const t = empty(s, dtype, resolveDevice(options.device));
   op.fill({ out: t, value: Number(value) });
   return t;
 }
@@ -132,7 +136,12 @@ export function arange(start: number, stop?: number, step = 1, options: CreateOp
   if (step === 0) throw new ValueError('arange: step must not be 0');
   const count = Math.max(0, Math.ceil((stop - start) / step));
   const allInt = Number.isInteger(start) && Number.isInteger(stop) && Number.isInteger(step);
-  const t = empty([count], resolveDType(options.dtype, allInt ? 'int32' : 'float32'), resolveDevice(options.device));
+  const dtype = resolveDType(options.dtype, allInt ? 'int32' : 'float32');
+  if (dtype === 'int32' && count > 0) {
+    checkInt32('arange', 'start', start);
+    checkInt32('arange', 'the last value', start + (count - 1) * step);
+  }
+  const t = empty([count], dtype, resolveDevice(options.device));
   op.arange({ out: t, start, step });
   return t;
 }
@@ -143,7 +152,17 @@ function randomDraw(name: string, shape: number[], kind: 'uniform' | 'normal', a
   const dtype = resolveDType(options.dtype, natural);
   if (kind === 'normal' && !isFloat(dtype)) throw new DTypeError(`${name}: Expected a float dtype but received ${dtype}`);
   if (dtype === 'bool') throw new DTypeError(`${name}: bool is not a random dtype`);
+  for (const [v, n] of [[a, kind === 'normal' ? 'mean' : 'low'], [b, kind === 'normal' ? 'std' : 'high']] as const) {
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new ValueError(`${name}: Expected a finite number for ${n} but received ${describe(v)}`);
+  }
+  if (kind === 'normal' && b < 0) throw new ValueError(`${name}: Expected std >= 0 but received ${b}`);
+  if (kind === 'uniform' && b < a) throw new ValueError(`${name}: Expected low <= high but received ${a} and ${b}`);
+  if (dtype === 'int32') {
+    checkInt32(name, 'low', a);
+    checkInt32(name, 'high - 1', b - 1);
+  }
   const gen = options.generator ?? defaultGenerator;
+  if (!(gen instanceof Generator)) throw new ValueError(`${name}: Expected a Generator for generator but received ${describe(gen)}`);
   const n = sizeOf(s);
   const offset = gen.take(kind === 'normal' ? 2 * n : n);
   const t = empty(s, dtype, resolveDevice(options.device));

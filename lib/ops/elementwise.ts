@@ -7,7 +7,7 @@ import { DTypeError, ValueError, describe } from '../errors';
 import { Tensor } from '../tensor';
 import { cast } from './shape';
 import { needsGrad, record } from '../tape';
-import { broadcastShapes, checkTensor, empty, sameDevice } from './util';
+import { broadcastShapes, checkInt32, checkTensor, empty, sameDevice } from './util';
 
 const INT_UNARY = new Set<UnaryName>(['neg', 'abs', 'square', 'sign']);
 const COMPARE = new Set<BinaryName>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr']);
@@ -54,6 +54,8 @@ export function binary(name: BinaryName, a: TensorOrScalar, b: TensorOrScalar): 
     let d = t.dtype;
     if (!isFloat(d) && !Number.isInteger(s)) d = 'float32';
     d = arithDType(name, d);
+    // an integer scalar meets an int32 tensor as an int32 (comparisons too): it must fit
+    if (d === 'int32' || (COMPARE.has(name) && t.dtype === 'int32' && Number.isInteger(s))) checkInt32(name, 'the scalar', s);
     const src = d === t.dtype ? t : cast(t, d);
     try {
       const out = empty(src.shape, COMPARE.has(name) ? 'bool' : d, src.device);
@@ -135,6 +137,7 @@ export function where(cond: Tensor, a: TensorOrScalar, b: TensorOrScalar): Tenso
   const tmp: Tensor[] = [];
   const asT = (v: TensorOrScalar, d: DType): Tensor => {
     if (typeof v === 'number') {
+      if (d === 'int32') checkInt32('where', 'the scalar', v);
       const t = empty([], d, dev);
       op.fill({ out: t, value: v });
       tmp.push(t);

@@ -1,6 +1,6 @@
 // Index ops: embedding lookup, gather and scatter-add along an axis (torch semantics).
 // Indices are int32 and checked by the kernels before anything is read through them: a bad
-// one fails the op, and the next read of its result raises a RangeError naming it.
+// one fails the op, and the next read of its result raises an OutOfRangeError naming it.
 import { DTypeError, ShapeError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor } from '../tensor';

@@ -11,7 +11,7 @@ import { op } from '../native';
 import { Tensor } from '../tensor';
 import { isGradEnabled } from '../tape';
 import { cast, clone, expand, to } from './shape';
-import { broadcastShapes, checkTensor, empty } from './util';
+import { broadcastShapes, checkInt32, checkTensor, empty } from './util';
 
 function target(name: string, x: unknown): Tensor {
   const t = checkTensor(x, name, 'x');
@@ -74,6 +74,7 @@ export function copy_(x: Tensor, src: Tensor): Tensor {
 export function fill_(x: Tensor, value: number | boolean): Tensor {
   const t = target('fill_', x);
   if (typeof value !== 'number' && typeof value !== 'boolean') throw new ValueError(`fill_: Expected a number or boolean for value but received ${describe(value)}`);
+  if (t.dtype === 'int32') checkInt32('fill_', 'value', Number(value));
   op.fill({ out: t, value: Number(value) });
   return bump(t);
 }
@@ -92,6 +93,7 @@ function arith_(name: string, kind: Arith, x: Tensor, y: Tensor | number, alpha 
   if (typeof alpha !== 'number' || !Number.isFinite(alpha)) throw new ValueError(`${name}: Expected a finite number for alpha but received ${describe(alpha)}`);
   if (typeof y === 'number') {
     if (!isFloat(t.dtype) && !Number.isInteger(y * alpha)) throw new DTypeError(`${name}: ${y} cannot be applied in place to an ${t.dtype} tensor`);
+    if (t.dtype === 'int32') checkInt32(name, 'the scalar', kind === 'add' || kind === 'sub' ? y * alpha : y);
     op.binaryScalar({ op: kind, out: t, a: t, scalar: kind === 'add' || kind === 'sub' ? y * alpha : y, scalarFirst: false });
     return bump(t);
   }

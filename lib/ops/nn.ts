@@ -107,7 +107,7 @@ export interface CrossEntropyOptions {
 
 /**
  * Cross-entropy of logits [..., C] against int32 class targets [...], fused (log-softmax and
- * the pick in one kernel). Out-of-range targets are a RangeError.
+ * the pick in one kernel). An out-of-range target fails the op: its read raises OutOfRangeError.
  */
 export function crossEntropy(logits: Tensor, targets: Tensor, options: CrossEntropyOptions = {}): Tensor {
   floatInput('crossEntropy', logits, 'logits');

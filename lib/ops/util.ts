@@ -1,7 +1,7 @@
 // Helpers shared by the op modules: output allocation, argument checks, broadcasting.
 import { DType, DTYPE_CODE, checkDType } from '../dtype';
 import { DEVICE_CODE, Device, checkDevice, defaultDevice } from '../device';
-import { DeviceError, RangeError, ShapeError, ValueError, describe, toTypedError } from '../errors';
+import { DeviceError, OutOfRangeError, ShapeError, ValueError, describe, toTypedError } from '../errors';
 import { native } from '../native';
 import { Tensor, contiguousStrides } from '../tensor';
 import { checkElements } from '../limits';
@@ -49,7 +49,7 @@ export function checkShape(shape: unknown, op: string, arg = 'shape'): number[] 
 /** Normalises an axis (negative counts from the end). */
 export function normAxis(axis: number, ndim: number, op: string, arg = 'axis'): number {
   if (!Number.isInteger(axis) || axis < -Math.max(ndim, 1) || axis >= Math.max(ndim, 1)) {
-    throw new RangeError(`${op}: Expected an integer in [${-Math.max(ndim, 1)}, ${Math.max(ndim, 1) - 1}] for ${arg} but received ${describe(axis)}`);
+    throw new OutOfRangeError(`${op}: Expected an integer in [${-Math.max(ndim, 1)}, ${Math.max(ndim, 1) - 1}] for ${arg} but received ${describe(axis)}`);
   }
   return axis < 0 ? axis + Math.max(ndim, 1) : axis;
 }
@@ -77,6 +77,26 @@ export function broadcastShapes(op: string, a: readonly number[], b: readonly nu
     r[i] = da === 1 ? db : da;
   }
   return r;
+}
+
+export const INT32_MIN = -(2 ** 31);
+export const INT32_MAX = 2 ** 31 - 1;
+
+/** Refuses a value an int32 tensor cannot hold (it would be clamped or wrapped). */
+export function checkInt32(op: string, arg: string, v: number): number {
+  if (!(v >= INT32_MIN && v <= INT32_MAX)) {
+    throw new OutOfRangeError(`${op}: ${arg} ${describe(v)} does not fit in int32 [${INT32_MIN}, ${INT32_MAX}]`);
+  }
+  return v;
+}
+
+/** checkInt32 over data bound for an int32 tensor (checks the extremes, then reports the first offender). */
+export function checkInt32Data(op: string, data: ArrayLike<number> | ArrayLike<boolean>): void {
+  if (data instanceof Int32Array || data instanceof Uint8Array || data instanceof Int16Array || data instanceof Int8Array || data instanceof Uint16Array) return;
+  for (let i = 0; i < data.length; ++i) {
+    const v = Number(data[i]);
+    if (!(v >= INT32_MIN && v <= INT32_MAX)) checkInt32(op, `data[${i}]`, v);
+  }
 }
 
 export function resolveDevice(d: unknown): Device {

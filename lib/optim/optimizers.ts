@@ -1,7 +1,7 @@
 // Optimizers: SGD (momentum, Nesterov, weight decay) and AdamW (decoupled weight decay) with
 // fused native update kernels, gradient clipping by global norm, and mixed precision: a
 // bfloat16 parameter is updated through a float32 master copy kept by the optimizer.
-import { DTypeError, ValueError, describe } from '../errors';
+import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { Tensor, untracked } from '../tensor';
 import { noGrad } from '../tape';
 import { zeros } from '../ops/creation';
@@ -65,6 +65,10 @@ export abstract class Optimizer {
         this.stepCount += 1;
         this.params.forEach((p, i) => {
           if (!p.grad) return;
+          if (!(p.grad instanceof Tensor) || p.grad.isDisposed) throw new ValueError(`step: params[${i}].grad is ${describe(p.grad)}, not a live Tensor`);
+          if (p.grad.shape.length !== p.shape.length || p.grad.shape.some((d, k) => d !== p.shape[k])) {
+            throw new ShapeError(`step: params[${i}] has shape [${p.shape.join(', ')}] but its grad [${p.grad.shape.join(', ')}]`);
+          }
           const target = this.master(i);
           this.update(i, target, p.grad, scale);
           if (target !== p) copy_(p, target); // master -> bfloat16
@@ -129,7 +133,13 @@ export abstract class Optimizer {
 
   /** Restores a stateDict() (values are copied into fresh tensors). */
   loadStateDict(state: OptimizerState): void {
-    if (!state || typeof state.step !== 'number') throw new ValueError(`loadStateDict: Expected an optimizer state but received ${describe(state)}`);
+    if (!state || typeof state !== 'object') throw new ValueError(`loadStateDict: Expected an optimizer state {step, lr, slots} but received ${describe(state)}`);
+    if (!Number.isInteger(state.step) || state.step < 0) throw new ValueError(`loadStateDict: Expected an integer step >= 0 but received ${describe(state.step)}`);
+    positive('loadStateDict', 'lr', state.lr);
+    if (!state.slots || typeof state.slots !== 'object') throw new ValueError(`loadStateDict: Expected an object of state tensors for slots but received ${describe(state.slots)}`);
+    for (const [key, t] of Object.entries(state.slots)) {
+      if (!(t instanceof Tensor) || t.isDisposed) throw new ValueError(`loadStateDict: Expected a live Tensor for slot ${key} but received ${describe(t)}`);
+    }
     this.stepCount = state.step;
     this.lr = state.lr;
     const stores = { ...this.slotStores(), master: this.masters };

@@ -40,18 +40,31 @@ export function cosine(o: { lr: number; totalSteps: number; warmupSteps?: number
 export class LRScheduler {
   private at = 0;
   constructor(readonly optimizer: Optimizer, readonly schedule: Schedule) {
-    optimizer.lr = schedule(0);
+    if (!(optimizer instanceof Optimizer)) throw new ValueError(`LRScheduler: Expected an Optimizer but received ${describe(optimizer)}`);
+    if (typeof schedule !== 'function') throw new ValueError(`LRScheduler: Expected a schedule function (step -> lr) but received ${describe(schedule)}`);
+    optimizer.lr = this.lrAt(0);
+  }
+  // the schedule's lr at a step, refused unless a finite number >= 0
+  private lrAt(step: number): number {
+    const lr = this.schedule(step);
+    if (typeof lr !== 'number' || !Number.isFinite(lr) || lr < 0) {
+      throw new ValueError(`LRScheduler: the schedule gave ${describe(lr)} at step ${step}; expected a finite number >= 0`);
+    }
+    return lr;
   }
   step(): number {
+    const lr = this.lrAt(this.at + 1);
     this.at += 1;
-    this.optimizer.lr = this.schedule(this.at);
-    return this.optimizer.lr;
+    this.optimizer.lr = lr;
+    return lr;
   }
   get lastStep(): number {
     return this.at;
   }
   set lastStep(s: number) {
+    if (!Number.isInteger(s) || s < 0) throw new ValueError(`LRScheduler: Expected an integer >= 0 for lastStep but received ${describe(s)}`);
+    const lr = this.lrAt(s);
     this.at = s;
-    this.optimizer.lr = this.schedule(s);
+    this.optimizer.lr = lr;
   }
 }

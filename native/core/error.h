@@ -25,7 +25,7 @@ inline const char* error_code_name(ErrorCode c) {
     case ErrorCode::Shape: return "ShapeError";
     case ErrorCode::DType: return "DTypeError";
     case ErrorCode::Device: return "DeviceError";
-    case ErrorCode::Range: return "RangeError";
+    case ErrorCode::Range: return "OutOfRangeError";
     case ErrorCode::Format: return "FormatError";
     case ErrorCode::Value: return "ValueError";
     case ErrorCode::Disposed: return "DisposedError";

@@ -160,7 +160,7 @@ describe('crossEntropy', () => {
       const bad = dr.tensor(new Int32Array([0, 1, 7, 3, 0, 1]), [2, 3]);
       return [dr.crossEntropy(logits, bad), logits];
     });
-    await expectReadFails(lossBad, dr.RangeError, 'crossEntropy', /target 7 at row 2 is outside \[0, 4\)/);
+    await expectReadFails(lossBad, dr.OutOfRangeError, 'crossEntropy', /target 7 at row 2 is outside \[0, 4\)/);
     dr.dispose([lossBad, logits]);
   });
 });
