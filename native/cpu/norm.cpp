@@ -4,6 +4,9 @@
 //          y = (x - mean) * rstd * w + b
 // Statistics accumulate in float (double for float64); the variance is two-pass, which is
 // exact enough for rows that fit in cache and avoids the cancellation of E[x^2] - E[x]^2.
+// A row whose statistics left the accumulator's range (squares of |x| past ~1e19 overflow a
+// float, squares below ~1e-19 underflow it) is redone in long double, whose range holds any
+// float's or double's square: layerNorm([1e20, -1e20]) is [1, -1], not [0, 0].
 // mean/rstd are written (float32, float64 for float64 x) when asked, for the backward pass.
 #include <cmath>
 
@@ -14,6 +17,38 @@ namespace dualroute {
 namespace cpu {
 namespace DR_ISA {
 namespace {
+
+// The smallest mean square the fast path trusts: below it the squares may have lost bits.
+template <typename A>
+constexpr A tiny_mean_square() {
+  return std::is_same_v<A, double> ? A(1e-290) : A(1e-30);
+}
+
+// One row in long double (the slow path above); returns mean and rstd in the accumulator type.
+template <typename T>
+void norm_row_wide(bool layer, const T* xr, T* yr, const T* pw, const T* pb, int64_t cols, float eps,
+                   typename Num<T>::acc* mean_out, typename Num<T>::acc* rstd_out) {
+  using A = typename Num<T>::acc;
+  using L = long double;
+  L mean = 0, ss = 0;
+  if (layer) {
+    for (int64_t j = 0; j < cols; ++j) mean += static_cast<L>(Num<T>::load(xr[j]));
+    mean /= static_cast<L>(cols);
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    const L d = static_cast<L>(Num<T>::load(xr[j])) - mean;
+    ss += d * d;
+  }
+  const L rstd = 1.0L / std::sqrt(ss / static_cast<L>(cols) + static_cast<L>(eps));
+  for (int64_t j = 0; j < cols; ++j) {
+    L y = (static_cast<L>(Num<T>::load(xr[j])) - mean) * rstd;
+    if (pw) y *= static_cast<L>(Num<T>::load(pw[j]));
+    if (pb) y += static_cast<L>(Num<T>::load(pb[j]));
+    yr[j] = Num<T>::store(static_cast<A>(y));
+  }
+  *mean_out = static_cast<A>(mean);
+  *rstd_out = static_cast<A>(rstd);
+}
 
 template <typename T>
 void norm_typed(bool layer, const View& out, const View& x, const View& w, const View& b, float eps,
@@ -59,6 +94,14 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
           A d = Num<T>::load(xr[j]) - mean;
           ss += d * d;
         }
+      }
+      if (!(ss >= tiny_mean_square<A>() * static_cast<A>(cols)) || !std::isfinite(ss) || !std::isfinite(mean)) {
+        // out of the accumulator's range (or NaN/inf in the row, which the wide pass keeps)
+        A wm, wr;
+        norm_row_wide<T>(layer, xr, yr, pw, pb, cols, eps, &wm, &wr);
+        if (pmean) pmean[r] = static_cast<S>(wm);
+        if (prstd) prstd[r] = static_cast<S>(wr);
+        continue;
       }
       A rstd = A(1) / std::sqrt(ss / static_cast<A>(cols) + static_cast<A>(eps));
       if (pmean) pmean[r] = static_cast<S>(mean);

@@ -7,6 +7,10 @@
 // [rows] are optional float32 outputs kept for the backward pass. x and out are float32 or
 // bfloat16 and accumulate in float.
 //
+// A row whose float statistics left float's range (squares of |x| past ~1e19 overflow, below
+// ~1e-19 underflow) is redone in double, as on the CPU: layer_norm([1e20, -1e20]) is [1, -1].
+// The test is on the reduced sum, the same in every lane of the row, so the branch is uniform.
+//
 // Launch layouts:
 //  - cols <= 1024: one warp per row, 8 rows per 256-thread block. The row is held in
 //    registers (K values per lane, K = cols/32 rounded up to a power of two, a template), so
@@ -88,6 +92,24 @@ __device__ __forceinline__ void store_row(T* __restrict__ p, const float (&v)[K]
   }
 }
 
+constexpr float kTinyMeanSquare = 1e-30f;  // below it the float squares may have lost bits
+
+__device__ __forceinline__ bool stats_out_of_range(float ss, float mean, int64_t cols) {
+  return !(ss >= kTinyMeanSquare * static_cast<float>(cols)) || !isfinite(ss) || !isfinite(mean);
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024) in double.
+__device__ double block_sum_d(double v) {
+  __shared__ double part[32];
+  v = warp_sum(v);
+  const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+  __syncthreads();
+  if (l == 0) part[w] = v;
+  __syncthreads();
+  v = l < static_cast<int>(blockDim.x >> 5) ? part[l] : 0.0;
+  return warp_sum(v);
+}
+
 // LAYER: layer norm (mean subtracted, bias) else RMS norm.
 template <typename T, int K, bool VEC, bool LAYER>
 __global__ void norm_warp(T* __restrict__ out, const T* __restrict__ x, Param w, Param b, float eps,
@@ -113,7 +135,39 @@ __global__ void norm_warp(T* __restrict__ out, const T* __restrict__ x, Param w,
 #pragma unroll
       for (int k = 0; k < K; ++k) ss += v[k] * v[k];
     }
-    const float rstd = 1.0f / sqrtf(warp_sum(ss) / static_cast<float>(cols) + eps);
+    const float tot = warp_sum(ss);
+    if (stats_out_of_range(tot, mean, cols)) {
+      // the wide path: double statistics of the row held in registers
+      double dm = 0.0, dss = 0.0;
+      if (LAYER) {
+        double s = 0.0;
+#pragma unroll
+        for (int k = 0; k < K; ++k) s += static_cast<double>(v[k]);
+        dm = warp_sum(s) / static_cast<double>(cols);
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const double d = static_cast<double>(v[k]) - dm;
+        if (col_of<V, VEC>(k, lane) < cols) dss += d * d;
+      }
+      const double dr = 1.0 / sqrt(warp_sum(dss) / static_cast<double>(cols) + static_cast<double>(eps));
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int j = col_of<V, VEC>(k, lane);
+        if (j < cols) {
+          double y = (static_cast<double>(v[k]) - dm) * dr * param_at(w, j, 1.0f);
+          if (LAYER) y += param_at(b, j, 0.0f);
+          v[k] = static_cast<float>(y);
+        }
+      }
+      store_row<T, K, VEC>(out + r * cols, v, cols, lane);
+      if (lane == 0) {
+        if (rstd_out) rstd_out[r] = static_cast<float>(dr);
+        if (LAYER && mean_out) mean_out[r] = static_cast<float>(dm);
+      }
+      continue;
+    }
+    const float rstd = 1.0f / sqrtf(tot / static_cast<float>(cols) + eps);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int j = col_of<V, VEC>(k, lane);
@@ -149,7 +203,33 @@ __global__ void norm_block(T* __restrict__ out, const T* __restrict__ x, Param w
       const float d = ld(px[j]) - mean;
       ss += d * d;
     }
-    const float rstd = 1.0f / sqrtf(block_sum(ss, smem) / static_cast<float>(cols) + eps);
+    const float tot = block_sum(ss, smem);
+    if (stats_out_of_range(tot, mean, cols)) {
+      // the wide path: the row again, in double
+      double dm = 0.0;
+      if (LAYER) {
+        double s = 0.0;
+        for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += static_cast<double>(ld(px[j]));
+        dm = block_sum_d(s) / static_cast<double>(cols);
+      }
+      double dss = 0.0;
+      for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+        const double d = static_cast<double>(ld(px[j])) - dm;
+        dss += d * d;
+      }
+      const double dr = 1.0 / sqrt(block_sum_d(dss) / static_cast<double>(cols) + static_cast<double>(eps));
+      for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+        double y = (static_cast<double>(ld(px[j])) - dm) * dr * param_at(w, j, 1.0f);
+        if (LAYER) y += param_at(b, j, 0.0f);
+        po[j] = st<T>(static_cast<float>(y));
+      }
+      if (threadIdx.x == 0) {
+        if (rstd_out) rstd_out[r] = static_cast<float>(dr);
+        if (LAYER && mean_out) mean_out[r] = static_cast<float>(dm);
+      }
+      continue;
+    }
+    const float rstd = 1.0f / sqrtf(tot / static_cast<float>(cols) + eps);
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
       float y = (ld(px[j]) - mean) * rstd * param_at(w, j, 1.0f);
       if (LAYER) y += param_at(b, j, 0.0f);

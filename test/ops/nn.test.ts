@@ -164,3 +164,41 @@ describe('crossEntropy', () => {
     dr.dispose([lossBad, logits]);
   });
 });
+
+describe('norms at the edges of the float range', () => {
+  // the exact result, computed scaled so that the reference itself cannot overflow
+  function normRef(row: number[], layer: boolean, eps: number): number[] {
+    const m = layer ? row.reduce((a, b) => a + b / row.length, 0) : 0;
+    const dev = row.map((v) => v - m);
+    const amax = Math.max(...dev.map(Math.abs));
+    if (amax === 0) return row.map(() => 0);
+    const q = dev.reduce((a, d) => a + (d / amax) ** 2, 0) / row.length;
+    return dev.map((d) => (d / amax) / Math.sqrt(q + eps / (amax * amax)));
+  }
+  const rows: Array<[number[], number]> = [
+    [[1e20, -1e20], 1e-5], [[3e38, -3e38, 1e38], 1e-5], [[3e38, 3e38, 1], 1e-5], [[1e-30, -1e-30, 3e-30], 0],
+    [[1e-40, -2e-40], 0], [[1e19, 2e19, -3e19, 5e18], 1e-6], [[0, 0, 0], 1e-5],
+  ];
+  for (const dtype of ['float32', 'bfloat16'] as const) {
+    test(`layerNorm and rmsNorm rows whose squares leave ${dtype}'s float range are computed exactly`, () => {
+      for (const [row, eps] of rows) {
+        if (dtype === 'bfloat16' && Math.max(...row.map(Math.abs)) < 1e-38) continue; // below bf16's normals
+        dr.tidy(() => {
+          const x = dr.tensor([row], undefined, { dtype });
+          const xs = Array.from(x.dataSync());
+          const tol = dtype === 'bfloat16' ? 'bfloat16' : 'float32';
+          expectClose(dr.layerNorm(x, null, null, eps), normRef(xs, true, eps), tol);
+          expectClose(dr.rmsNorm(x, null, eps), normRef(xs, false, eps), tol);
+        });
+      }
+    });
+  }
+  test('float64 rows past 1e154 (squares overflow a double) too, and NaN still propagates', () => {
+    dr.tidy(() => {
+      const x = dr.tensor([[1e200, -1e200, 3e199]], undefined, { dtype: 'float64' });
+      expectClose(dr.layerNorm(x, null, null, 1e-5), normRef([1e200, -1e200, 3e199], true, 1e-5), 'float64');
+      expect(Array.from(dr.layerNorm(dr.tensor([[NaN, 1, 2]])).dataSync()).every(Number.isNaN)).toBe(true);
+      expect(Array.from(dr.rmsNorm(dr.tensor([[Infinity, 1]])).dataSync()).some(Number.isNaN)).toBe(true);
+    });
+  });
+});
