@@ -3,7 +3,8 @@
 
 export class DualrouteError extends Error {
   constructor(message: string) {
-    super(message);
+    // a message that is not a string (or cannot be made one) is described, never a TypeError
+    super(typeof message === 'string' ? message : describe(message));
     this.name = new.target.name;
   }
 }
@@ -61,13 +62,15 @@ export function describe(v: unknown): string {
   if (Array.isArray(v)) return `an array of length ${v.length}`;
   if (ArrayBuffer.isView(v)) return `a ${v.constructor.name} of length ${(v as unknown as { length: number }).length}`;
   if (typeof v === 'object') {
-    const name = (v as object).constructor?.name;
+    const name = Object.getPrototypeOf(v) === null ? 'null prototype' : (v as object).constructor?.name;
     if (name === 'Tensor') {
       const t = v as { shape: number[]; dtype: string; device: string };
       return `a ${t.dtype} tensor of shape [${t.shape.join(', ')}] on ${t.device}`;
     }
     return `an object (${name ?? 'Object'})`;
   }
-  if (typeof v === 'string') return `the string ${JSON.stringify(v)}`;
+  if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 80 ? v.slice(0, 80) + '...' : v)}`;
+  if (typeof v === 'symbol') return 'a symbol';
+  if (typeof v === 'function') return 'a function';
   return `${typeof v} ${String(v)}`;
 }

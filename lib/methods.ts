@@ -138,7 +138,7 @@ Object.assign(P, {
   slice(this: Tensor, b: number[] | number, s?: number[] | number) { return sh.slice(this, b, s); },
   split(this: Tensor, s: number | number[], a?: number) { return sh.split(this, s, a); },
   chunk(this: Tensor, n: number, a?: number) { return sh.chunk(this, n, a); },
-  concat(this: Tensor, others: Tensor[], a?: number) { return sh.concat([this, ...others], a); },
+  concat(this: Tensor, others: Tensor[], a?: number) { return sh.concat([this, ...(Array.isArray(others) ? others : [others])], a); },
   contiguous(this: Tensor) { return sh.contiguous(this); },
   clone(this: Tensor) { return sh.clone(this); },
   to(this: Tensor, t: Device | DType | { device?: Device; dtype?: DType }) { return sh.to(this, t); },

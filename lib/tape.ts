@@ -11,7 +11,7 @@
 // tensor is disposed and no later node takes it as an input (the count of such consumers falls
 // to zero as they are released in turn). A forward pass under tidy() that never calls
 // backward() therefore frees its saved tensors when the scope ends, not at garbage collection.
-import { ValueError } from './errors';
+import { ValueError, describe } from './errors';
 import { GradNode, Tensor, untracked } from './tensor';
 
 let gradEnabled = true;
@@ -22,6 +22,7 @@ export function isGradEnabled(): boolean {
 }
 
 function withGradMode<T>(enabled: boolean, fn: () => T): T {
+  if (typeof fn !== 'function') throw new ValueError(`${enabled ? 'enableGrad' : 'noGrad'}: Expected a function but received ${describe(fn)}`);
   const prev = gradEnabled;
   gradEnabled = enabled;
   try {

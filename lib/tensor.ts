@@ -4,7 +4,7 @@
 // function and a method).
 import { DType, DTYPE_CODE, DTYPE_SIZE, TypedArray, decode } from './dtype';
 import { Device } from './device';
-import { DTypeError, DisposedError, MemoryError, ShapeError, ValueError, toTypedError } from './errors';
+import { DTypeError, DisposedError, MemoryError, ShapeError, ValueError, describe, toTypedError } from './errors';
 import { MAX_ARRAY_ELEMENTS, readBuffer } from './limits';
 import { Handle, native, op } from './native';
 
@@ -49,7 +49,10 @@ const registry = new FinalizationRegistry<Handle>((h) => {
 export function tidy<T>(fn: () => T): T;
 export function tidy<T>(name: string, fn: () => T): T;
 export function tidy<T>(a: string | (() => T), b?: () => T): T {
-  const fn = typeof a === 'function' ? a : b!;
+  const fn = typeof a === 'function' ? a : b;
+  if (typeof fn !== 'function' || (typeof a !== 'function' && typeof a !== 'string')) {
+    throw new ValueError(`tidy: Expected a function (optionally after a name) but received ${describe(a)}${b === undefined ? '' : ` and ${describe(b)}`}`);
+  }
   const scope: Scope = { tensors: new Set() };
   scopes.push(scope);
   let result: T;
@@ -92,6 +95,7 @@ function collectTensors(v: unknown, out: Set<Tensor>, depth = 0): void {
 
 /** Marks a tensor to outlive every enclosing tidy() (it must then be disposed by hand). */
 export function keep<T extends Tensor>(t: T): T {
+  if (!(t instanceof Tensor)) throw new ValueError(`keep: Expected a Tensor but received ${describe(t)}`);
   kept.add(t);
   return t;
 }
@@ -154,6 +158,9 @@ export class Tensor {
   /** @internal Use tensor(), zeros(), ... to make tensors. */
   constructor(handle: Handle, shape: readonly number[], strides: readonly number[], offset: number, dtype: DType,
               device: Device, storage?: StorageRef) {
+    if (typeof handle !== 'number' || !Array.isArray(shape) || !Array.isArray(strides) || typeof offset !== 'number') {
+      throw new ValueError('Tensor: tensors are made by tensor(), zeros(), randn() and the ops, not by new Tensor()');
+    }
     this.handle = handle;
     this.shape = Object.freeze(shape.slice());
     this.strides = Object.freeze(strides.slice());

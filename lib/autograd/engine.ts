@@ -26,7 +26,9 @@ const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b
  * (required unless the root has one element, where it defaults to 1).
  */
 export function backward(root: Tensor, grad?: Tensor, options: BackwardOptions = {}): void {
+  if (!(root instanceof Tensor)) throw new ValueError(`backward: Expected a Tensor but received ${describe(root)}`);
   root.checkLive('backward');
+  if (options === null || typeof options !== 'object') throw new ValueError(`backward: Expected an object for options but received ${describe(options)}`);
   if (!root.requiresGrad) {
     throw new ValueError('backward: the tensor does not require grad and has no grad_fn (did an input set requiresGrad?)');
   }

@@ -2,7 +2,7 @@
 // L = sum(fn(inputs) * v) for a fixed random v (so every output element matters); for each
 // element x_i of each input, dL/dx_i is estimated as (L(x_i + eps) - L(x_i - eps)) / (2 eps)
 // and compared with the backward pass. Inputs must be float64 CPU tensors.
-import { DTypeError, DeviceError, ValueError } from '../errors';
+import { DTypeError, DeviceError, ValueError, describe } from '../errors';
 import { Tensor, tidy } from '../tensor';
 import { tensor } from '../ops/creation';
 import { backward, noGrad } from './engine';
@@ -43,6 +43,11 @@ type Fn = (...xs: Tensor[]) => Tensor;
  * inputs without requiresGrad (indices, masks) are passed through unchanged.
  */
 export function gradcheck(fn: Fn, inputs: Tensor[], options: GradcheckOptions = {}): GradcheckReport {
+  if (typeof fn !== 'function') throw new ValueError(`gradcheck: Expected a function for fn but received ${describe(fn)}`);
+  if (!Array.isArray(inputs) || inputs.some((x) => !(x instanceof Tensor) || x.isDisposed)) {
+    throw new ValueError(`gradcheck: Expected an array of live tensors for inputs but received ${describe(inputs)}`);
+  }
+  if (options === null || typeof options !== 'object') throw new ValueError(`gradcheck: Expected an object for options but received ${describe(options)}`);
   const eps = options.eps ?? 1e-6;
   const atol = options.atol ?? 1e-5;
   const rtol = options.rtol ?? 1e-4;

@@ -11,6 +11,7 @@ import { matmul } from '../ops/linalg';
 import { layerNorm, rmsNorm, swiglu } from '../ops/nn';
 import { embedding } from '../ops/indexing';
 import { Module } from './module';
+import { checkTensor } from '../ops/util';
 
 export interface InitOptions {
   dtype?: DType;
@@ -37,6 +38,7 @@ export class Linear extends Module {
     this.bias = options.bias === false ? null : this.param(() => rand([outFeatures], o));
   }
   forward(x: Tensor): Tensor {
+    checkTensor(x, `Linear(${this.inFeatures}, ${this.outFeatures})`, 'x');
     if (x.shape[x.ndim - 1] !== this.inFeatures) {
       throw new ShapeError(`Linear(${this.inFeatures}, ${this.outFeatures}): Expected input with last dimension ${this.inFeatures} but received ${describe(x)}`);
     }
@@ -97,6 +99,7 @@ export class Dropout extends Module {
     if (!(p >= 0 && p < 1)) throw new ValueError(`Dropout: Expected p in [0, 1) but received ${describe(p)}`);
   }
   forward(x: Tensor): Tensor {
+    checkTensor(x, 'Dropout', 'x');
     if (!this.training || this.p === 0) return x.alias();
     const u = rand(x.shape.slice(), { device: x.device, generator: this.generator });
     const keep = lt(u, 1 - this.p);

@@ -19,6 +19,7 @@ const parameters = new WeakSet<Tensor>();
 
 /** Marks t as a trainable parameter (requiresGrad, outside tidy scopes' reach). */
 export function asParameter(t: Tensor): Tensor {
+  if (!(t instanceof Tensor) || t.isDisposed) throw new ValueError(`asParameter: Expected a live Tensor but received ${describe(t)}`);
   parameters.add(t);
   t.requiresGrad = true;
   return t;
@@ -202,6 +203,9 @@ export class ModuleList extends Module {
   constructor(modules: Iterable<Module> = []) {
     super();
     this.items = [];
+    if (modules === null || typeof (modules as Iterable<Module>)[Symbol.iterator] !== 'function') {
+      throw new ValueError(`ModuleList: Expected an iterable of modules but received ${describe(modules)}`);
+    }
     for (const m of modules) this.push(m);
   }
   push(m: Module): this {
@@ -233,6 +237,7 @@ export class ModuleDict extends Module {
   private readonly items = new Map<string, Module>();
   constructor(modules: Record<string, Module> = {}) {
     super();
+    if (modules === null || typeof modules !== 'object') throw new ValueError(`ModuleDict: Expected an object of name -> module but received ${describe(modules)}`);
     for (const [k, m] of Object.entries(modules)) this.set(k, m);
   }
   set(name: string, m: Module): this {
@@ -265,6 +270,9 @@ export class ParameterList extends Module {
   private readonly items: Tensor[] = [];
   constructor(params: Iterable<Tensor> = []) {
     super();
+    if (params === null || typeof (params as Iterable<Tensor>)[Symbol.iterator] !== 'function') {
+      throw new ValueError(`ParameterList: Expected an iterable of tensors but received ${describe(params)}`);
+    }
     for (const p of params) this.push(p);
   }
   push(p: Tensor): this {

@@ -5,7 +5,7 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { native, op } from '../native';
 import { Generator, defaultGenerator } from '../random';
 import { NestedArray, Tensor, contiguousStrides, sizeOf } from '../tensor';
-import { checkInt32, checkInt32Data, checkShape, empty, nat, resolveDType, resolveDevice } from './util';
+import { checkInt32, checkInt32Data, checkOptions, checkShape, checkTensor, empty, nat, resolveDType, resolveDevice } from './util';
 
 export interface CreateOptions {
   dtype?: DType;
@@ -111,14 +111,19 @@ export function zeros(shape: number[], options: CreateOptions = {}): Tensor {
 export function ones(shape: number[], options: CreateOptions = {}): Tensor {
   return full(shape, 1, options);
 }
-export function zerosLike(t: Tensor, options: CreateOptions = {}): Tensor {
-  return full(t.shape.slice(), 0, { dtype: t.dtype, device: t.device, ...options });
+export function zerosLike(t: Tensor, options?: CreateOptions): Tensor {
+  return fullLikeOf('zerosLike', t, 0, options);
 }
-export function onesLike(t: Tensor, options: CreateOptions = {}): Tensor {
-  return full(t.shape.slice(), 1, { dtype: t.dtype, device: t.device, ...options });
+export function onesLike(t: Tensor, options?: CreateOptions): Tensor {
+  return fullLikeOf('onesLike', t, 1, options);
 }
-export function fullLike(t: Tensor, value: number, options: CreateOptions = {}): Tensor {
-  return full(t.shape.slice(), value, { dtype: t.dtype, device: t.device, ...options });
+export function fullLike(t: Tensor, value: number, options?: CreateOptions): Tensor {
+  return fullLikeOf('fullLike', t, value, options);
+}
+function fullLikeOf(op: string, t: Tensor, value: number, options?: CreateOptions): Tensor {
+  checkTensor(t, op, 't');
+  const o = checkOptions<CreateOptions>(options, op);
+  return full(t.shape.slice(), value, { dtype: t.dtype, device: t.device, ...o });
 }
 
 /**

@@ -2,12 +2,12 @@
 // clamp. dtypes promote as in PyTorch: bool < int32 < bfloat16 < float32 < float64; division
 // and pow of integers give float32; comparisons give bool.
 import { DType, isFloat, promote } from '../dtype';
-import { BinaryName, UnaryName, op } from '../native';
+import { BINARY_OPS, BinaryName, UNARY_OPS, UnaryName, op } from '../native';
 import { DTypeError, ValueError, describe } from '../errors';
 import { Tensor } from '../tensor';
 import { cast } from './shape';
 import { needsGrad, record } from '../tape';
-import { broadcastShapes, checkInt32, checkTensor, empty, sameDevice } from './util';
+import { broadcastShapes, checkInt32, checkOptions, checkTensor, empty, sameDevice } from './util';
 
 const INT_UNARY = new Set<UnaryName>(['neg', 'abs', 'square', 'sign']);
 const COMPARE = new Set<BinaryName>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr']);
@@ -16,6 +16,7 @@ export type TensorOrScalar = Tensor | number;
 
 /** Applies a unary op; integer inputs of float-only ops are promoted to float32. */
 export function unary(name: UnaryName, x: Tensor): Tensor {
+  if (!(UNARY_OPS as readonly unknown[]).includes(name)) throw new ValueError(`unary: Expected one of ${UNARY_OPS.join(', ')} for name but received ${describe(name)}`);
   checkTensor(x, name, 'x');
   if (name === 'logicalNot') {
     const out = empty(x.shape, 'bool', x.device);
@@ -42,6 +43,7 @@ function arithDType(name: BinaryName, d: DType): DType {
 
 /** Applies a binary op with broadcasting and dtype promotion. Either side may be a number. */
 export function binary(name: BinaryName, a: TensorOrScalar, b: TensorOrScalar): Tensor {
+  if (!(BINARY_OPS as readonly unknown[]).includes(name)) throw new ValueError(`binary: Expected one of ${BINARY_OPS.join(', ')} for name but received ${describe(name)}`);
   if (typeof a === 'number' && typeof b === 'number') {
     throw new ValueError(`${name}: Expected at least one Tensor but received two numbers`);
   }
@@ -122,8 +124,8 @@ export const expm1 = (x: Tensor) => unary('expm1', x);
 export const logicalNot = (x: Tensor) => unary('logicalNot', x);
 
 /** GELU: exact (erf) by default, or the tanh approximation with {approximate: 'tanh'}. */
-export function gelu(x: Tensor, options: { approximate?: 'none' | 'tanh' } = {}): Tensor {
-  const a = options.approximate ?? 'none';
+export function gelu(x: Tensor, options?: { approximate?: 'none' | 'tanh' }): Tensor {
+  const a = checkOptions<{ approximate?: 'none' | 'tanh' }>(options, 'gelu').approximate ?? 'none';
   if (a !== 'none' && a !== 'tanh') throw new ValueError(`gelu: Expected 'none' or 'tanh' for approximate but received ${describe(a)}`);
   return unary(a === 'tanh' ? 'geluTanh' : 'gelu', x);
 }

@@ -134,6 +134,7 @@ export function squeeze(x: Tensor, axes?: number | number[]): Tensor {
 /** Broadcasts to a larger shape without copying (stride 0 on repeated dimensions). */
 export function expand(x: Tensor, shape: number[]): Tensor {
   checkTensor(x, 'expand', 'x');
+  if (!Array.isArray(shape)) throw new ShapeError(`expand: Expected an array of sizes for shape but received ${describe(shape)}`);
   checkShape(shape.map((d) => (d === -1 ? 0 : d)), 'expand');
   if (shape.length < x.ndim) throw new ShapeError(`expand: cannot expand [${x.shape.join(', ')}] to fewer dimensions [${shape.join(', ')}]`);
   const off = shape.length - x.ndim;
@@ -184,6 +185,10 @@ export function slice(x: Tensor, begin: number[] | number, size?: number[] | num
   checkTensor(x, 'slice', 'x');
   const b = Array.isArray(begin) ? begin : [begin];
   const sz = size === undefined ? [] : Array.isArray(size) ? size : [size];
+  for (const [list, arg] of [[b, 'begin'], [sz, 'size']] as const) {
+    const bad = list.find((v) => !Number.isInteger(v));
+    if (bad !== undefined) throw new ShapeError(`slice: Expected integers for ${arg} but received ${describe(bad)}`);
+  }
   if (b.length > x.ndim) throw new ShapeError(`slice: begin has ${b.length} entries for a ${x.ndim}-d tensor`);
   const shape = x.shape.slice();
   let offset = x.offset;

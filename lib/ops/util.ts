@@ -17,7 +17,9 @@ export function nat<T>(fn: () => T): T {
 
 /** A new uninitialised contiguous tensor. */
 export function empty(shape: readonly number[], dtype: DType = 'float32', device?: Device): Tensor {
-  checkElements('empty', shape);
+  checkShape(shape, 'empty');
+  checkDType(dtype, 'dtype');
+  if (device !== undefined) checkDevice(device);
   const dev = device ?? defaultDevice();
   const h = nat(() => native.empty(shape as number[], DTYPE_CODE[dtype], DEVICE_CODE[dev]));
   return new Tensor(h, shape, contiguousStrides(shape), 0, dtype, dev);
@@ -39,11 +41,24 @@ export function checkTensor(x: unknown, op: string, arg: string): Tensor {
 
 export function checkShape(shape: unknown, op: string, arg = 'shape'): number[] {
   if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) {
-    throw new ShapeError(`${op}: Expected an array of non-negative integers for ${arg} but received ${describe(shape)}${Array.isArray(shape) ? ` [${shape.join(', ')}]` : ''}`);
+    const shown = Array.isArray(shape) ? ` [${shape.map((d) => (typeof d === 'number' ? String(d) : describe(d))).join(', ')}]` : '';
+    throw new ShapeError(`${op}: Expected an array of non-negative integers for ${arg} but received ${describe(shape)}${shown}`);
   }
   if (shape.length > 8) throw new ShapeError(`${op}: tensors have at most 8 dimensions, ${arg} has ${shape.length}`);
   checkElements(op, shape);
   return shape.slice();
+}
+
+/** Refuses a callback that is not a function. */
+export function checkFunction(v: unknown, op: string, arg: string): void {
+  if (typeof v !== 'function') throw new ValueError(`${op}: Expected a function for ${arg} but received ${describe(v)}`);
+}
+
+/** An options argument: undefined (none) or a plain object. */
+export function checkOptions<T extends object>(v: unknown, op: string, arg = 'options'): T {
+  if (v === undefined) return {} as T;
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ValueError(`${op}: Expected an object for ${arg} but received ${describe(v)}`);
+  return v as T;
 }
 
 /** Normalises an axis (negative counts from the end). */

@@ -248,6 +248,7 @@ export class AdamW extends Optimizer {
  * gradients are skipped.
  */
 export function clipGradNorm(params: Tensor[], maxNorm: number): Tensor {
+  if (!Array.isArray(params) || params.some((p) => !(p instanceof Tensor))) throw new ValueError(`clipGradNorm: Expected an array of tensors for params but received ${describe(params)}`);
   positive('clipGradNorm', 'maxNorm', maxNorm);
   return noGrad(() => {
     const grads = params.map((p) => p.grad).filter((g): g is Tensor => !!g);

@@ -22,6 +22,7 @@ export function linearWarmup(lr: number, warmupSteps: number): Schedule {
 
 /** Linear warm-up, then cosine decay from lr to minLr at totalSteps (minLr after). */
 export function cosine(o: { lr: number; totalSteps: number; warmupSteps?: number; minLr?: number }): Schedule {
+  if (o === null || typeof o !== 'object') throw new ValueError(`cosine: Expected {lr, totalSteps, warmupSteps?, minLr?} but received ${describe(o)}`);
   const warm = o.warmupSteps ?? 0;
   const min = o.minLr ?? 0;
   check('lr', o.lr);

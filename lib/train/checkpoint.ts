@@ -30,7 +30,7 @@ interface Meta {
 }
 
 function collect(c: CheckpointContents): { tensors: Record<string, Tensor>; metadata: Record<string, string>; temps: Tensor[] } {
-  if (!(c?.model instanceof Module)) throw new ValueError(`saveCheckpoint: Expected a Module for model but received ${describe(c?.model)}`);
+  checkContents('saveCheckpoint', c);
   const tensors: Record<string, Tensor> = {};
   const temps: Tensor[] = [];
   for (const [k, t] of Object.entries(c.model.stateDict())) {
@@ -105,11 +105,20 @@ function restore(path: string, loaded: { tensors: Record<string, Tensor>; metada
 }
 
 /** Restores a checkpoint into model (and optimizer, generators); returns the step and config. */
+function checkContents(op: string, c: CheckpointContents): void {
+  if (!c || typeof c !== 'object') throw new ValueError(`${op}: Expected {model, optimizer?, generators?} to restore into but received ${describe(c)}`);
+  if (!(c.model instanceof Module)) throw new ValueError(`${op}: Expected a Module for model but received ${describe(c.model)}`);
+  if (c.optimizer !== undefined && !(c.optimizer instanceof Optimizer)) throw new ValueError(`${op}: Expected an Optimizer for optimizer but received ${describe(c.optimizer)}`);
+  if (c.generators !== undefined && (c.generators === null || typeof c.generators !== 'object')) throw new ValueError(`${op}: Expected an object of generators but received ${describe(c.generators)}`);
+}
+
 export async function loadCheckpoint(path: string, c: CheckpointContents): Promise<{ step: number; config?: unknown }> {
+  checkContents('loadCheckpoint', c);
   const device = c.model.parameters()[0]?.device;
   return restore(path, await loadSafetensors(path, device ? { device } : {}), c);
 }
 export function loadCheckpointSync(path: string, c: CheckpointContents): { step: number; config?: unknown } {
+  checkContents('loadCheckpoint', c);
   const device = c.model.parameters()[0]?.device;
   return restore(path, loadSafetensorsSync(path, device ? { device } : {}), c);
 }

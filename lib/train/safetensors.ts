@@ -202,6 +202,8 @@ function firstRepeatedKey(text: string): string | null {
  * FormatError on anything malformed. `source` names the file in messages.
  */
 export function parseSafetensorsHeader(buf: Uint8Array, source = '<buffer>'): SafetensorsHeader {
+  if (!(buf instanceof Uint8Array)) throw new ValueError(`parseSafetensorsHeader: Expected a Uint8Array (a Buffer) but received ${describe(buf)}`);
+  if (typeof source !== 'string') throw new ValueError(`parseSafetensorsHeader: Expected a string for source but received ${describe(source)}`);
   const n = headerLength(buf, buf.length, source);
   return parseHeaderJson(buf.subarray(8, 8 + n), n, buf.length - 8 - n, source);
 }
