@@ -317,7 +317,7 @@ function genTs(t) {
 /* eslint-disable */
 import type { Tensor } from '../tensor';
 import { addon } from '../addon';
-import { ValueError, toTypedError } from '../errors';
+import { ValueError, describe, toTypedError } from '../errors';
 
 type Native = Record<string, (...args: unknown[]) => unknown>;
 const native = addon as unknown as Native;
@@ -325,7 +325,7 @@ const native = addon as unknown as Native;
 function code(values: Record<string, number>, v: unknown, op: string, arg: string): number {
   const c = typeof v === 'string' ? values[v] : undefined;
   if (c === undefined) {
-    throw new ValueError(\`\${op}: Expected one of \${Object.keys(values).join(', ')} for \${arg} but received \${JSON.stringify(v)}\`);
+    throw new ValueError(\`\${op}: Expected one of \${Object.keys(values).join(', ')} for \${arg} but received \${describe(v)}\`);
   }
   return c;
 }

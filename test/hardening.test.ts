@@ -95,3 +95,26 @@ describe('arguments that were accepted and silently did something else', () => {
     await w.terminate();
   });
 });
+
+describe('empty tensors', () => {
+  // ops whose outputs are empty are checked, then skipped: kernels never see a zero-size output
+  // (swiglu on [0] divided by its half-width before this)
+  test('ops on tensors with a zero-size axis return empty results of the right shape', () => {
+    for (const shape of [[0], [2, 0], [0, 4], [1, 2, 0, 8]]) {
+      const x = dr.zeros(shape);
+      const d = shape[shape.length - 1];
+      if (d % 2 === 0) expect(dr.swiglu(x).shape).toEqual([...shape.slice(0, -1), d / 2]);
+      expect(dr.softmax(x, -1).shape).toEqual(shape);
+      expect(dr.rmsNorm(x, dr.ones([d])).shape).toEqual(shape);
+      expect(dr.gelu(x).shape).toEqual(shape);
+      expect(dr.add(x, x).shape).toEqual(shape);
+      expect(dr.matmul(x, dr.zeros([d, 3])).shape).toEqual([...shape.slice(0, -1), 3]);
+    }
+  });
+  test('reductions and products over an empty axis give their identities', () => {
+    expect(Array.from(dr.sum(dr.zeros([2, 0]), -1).dataSync())).toEqual([0, 0]);
+    expect(Array.from(dr.matmul(dr.zeros([2, 0]), dr.zeros([0, 3])).dataSync())).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(Array.from(dr.mean(dr.zeros([2, 0]), -1).dataSync()).every(Number.isNaN)).toBe(true);
+    expect(() => dr.max(dr.zeros([2, 0]), -1)).toThrow(dr.ShapeError);
+  });
+});

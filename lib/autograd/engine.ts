@@ -11,6 +11,7 @@ import { add } from '../ops/elementwise';
 import { contiguous, to } from '../ops/shape';
 import { gradientRule } from './registry';
 import './rules';
+import { checkOptions } from '../ops/util';
 
 export { enableGrad, isGradEnabled, needsGrad, noGrad, record } from '../tape';
 
@@ -26,6 +27,7 @@ const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b
  * (required unless the root has one element, where it defaults to 1).
  */
 export function backward(root: Tensor, grad?: Tensor, options: BackwardOptions = {}): void {
+  options = checkOptions(options, 'backward');
   if (!(root instanceof Tensor)) throw new ValueError(`backward: Expected a Tensor but received ${describe(root)}`);
   root.checkLive('backward');
   if (options === null || typeof options !== 'object') throw new ValueError(`backward: Expected an object for options but received ${describe(options)}`);

@@ -6,6 +6,7 @@ import { DTypeError, DeviceError, ValueError, describe } from '../errors';
 import { Tensor, tidy } from '../tensor';
 import { tensor } from '../ops/creation';
 import { backward, noGrad } from './engine';
+import { checkOptions } from '../ops/util';
 
 export interface GradcheckOptions {
   eps?: number;
@@ -43,6 +44,7 @@ type Fn = (...xs: Tensor[]) => Tensor;
  * inputs without requiresGrad (indices, masks) are passed through unchanged.
  */
 export function gradcheck(fn: Fn, inputs: Tensor[], options: GradcheckOptions = {}): GradcheckReport {
+  options = checkOptions(options, 'gradcheck');
   if (typeof fn !== 'function') throw new ValueError(`gradcheck: Expected a function for fn but received ${describe(fn)}`);
   if (!Array.isArray(inputs) || inputs.some((x) => !(x instanceof Tensor) || x.isDisposed)) {
     throw new ValueError(`gradcheck: Expected an array of live tensors for inputs but received ${describe(inputs)}`);

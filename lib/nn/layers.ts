@@ -11,7 +11,7 @@ import { matmul } from '../ops/linalg';
 import { layerNorm, rmsNorm, swiglu } from '../ops/nn';
 import { embedding } from '../ops/indexing';
 import { Module } from './module';
-import { checkTensor } from '../ops/util';
+import { checkOptions, checkTensor } from '../ops/util';
 
 export interface InitOptions {
   dtype?: DType;
@@ -30,6 +30,7 @@ export class Linear extends Module {
   bias: Tensor | null;
   constructor(readonly inFeatures: number, readonly outFeatures: number, options: InitOptions & { bias?: boolean } = {}) {
     super();
+    options = checkOptions(options, 'Linear');
     checkDim('inFeatures', inFeatures);
     checkDim('outFeatures', outFeatures);
     const k = 1 / Math.sqrt(inFeatures);
@@ -57,6 +58,7 @@ export class Embedding extends Module {
   weight: Tensor;
   constructor(readonly numEmbeddings: number, readonly dim: number, options: InitOptions = {}) {
     super();
+    options = checkOptions(options, 'Embedding');
     checkDim('numEmbeddings', numEmbeddings);
     checkDim('dim', dim);
     this.weight = this.param(() => randn([numEmbeddings, dim], options));
@@ -70,6 +72,7 @@ export class RMSNorm extends Module {
   weight: Tensor;
   constructor(readonly dim: number, readonly eps = 1e-6, options: InitOptions = {}) {
     super();
+    options = checkOptions(options, 'RMSNorm');
     checkDim('dim', dim);
     this.weight = this.param(() => ones([dim], options));
   }
@@ -83,6 +86,7 @@ export class LayerNorm extends Module {
   bias: Tensor;
   constructor(readonly dim: number, readonly eps = 1e-5, options: InitOptions = {}) {
     super();
+    options = checkOptions(options, 'LayerNorm');
     checkDim('dim', dim);
     this.weight = this.param(() => ones([dim], options));
     this.bias = this.param(() => zeros([dim], options));
@@ -96,7 +100,7 @@ export class LayerNorm extends Module {
 export class Dropout extends Module {
   constructor(readonly p = 0.5, readonly generator?: Generator) {
     super();
-    if (!(p >= 0 && p < 1)) throw new ValueError(`Dropout: Expected p in [0, 1) but received ${describe(p)}`);
+    if (typeof p !== 'number' || !(p >= 0 && p < 1)) throw new ValueError(`Dropout: Expected p in [0, 1) but received ${describe(p)}`);
   }
   forward(x: Tensor): Tensor {
     checkTensor(x, 'Dropout', 'x');
@@ -144,6 +148,7 @@ export class MLP extends Module {
   down: Linear;
   constructor(readonly dim: number, readonly hidden: number, readonly activation: 'gelu' | 'swiglu' = 'gelu', options: InitOptions & { bias?: boolean } = {}) {
     super();
+    options = checkOptions(options, 'MLP');
     if (activation !== 'gelu' && activation !== 'swiglu') throw new ValueError(`MLP: Expected 'gelu' or 'swiglu' for activation but received ${describe(activation)}`);
     this.up = new Linear(dim, activation === 'swiglu' ? 2 * hidden : hidden, options);
     this.down = new Linear(hidden, dim, options);

@@ -14,6 +14,7 @@ import { Tensor, untracked } from '../tensor';
 import { noGrad } from '../tape';
 import { copy_ } from '../ops/inplace';
 import { to } from '../ops/shape';
+import { checkOptions } from '../ops/util';
 
 const parameters = new WeakSet<Tensor>();
 
@@ -85,6 +86,7 @@ export abstract class Module {
 
   /** [name, parameter] for this module and every descendant ("block.0.attn.weight"). */
   namedParameters(prefix = ''): Array<[string, Tensor]> {
+    if (typeof prefix !== 'string') throw new ValueError(`${this.constructor.name}.namedParameters: Expected a string for prefix but received ${describe(prefix)}`);
     const out: Array<[string, Tensor]> = this.ownParameters().map(([k, p]) => [prefix + k, p]);
     for (const [k, m] of this.namedChildren()) out.push(...m.namedParameters(`${prefix}${k}.`));
     return out;
@@ -133,6 +135,7 @@ export abstract class Module {
    * default: a missing, unexpected or mis-shaped key is an error that lists them all.
    */
   loadStateDict(state: Record<string, Tensor>, options: LoadOptions = {}): { missing: string[]; unexpected: string[] } {
+    options = checkOptions(options, 'Module.loadStateDict');
     if (!state || typeof state !== 'object' || Array.isArray(state)) throw new ValueError(`loadStateDict: Expected an object of name -> Tensor but received ${describe(state)}`);
     if (typeof options !== 'object' || options === null) throw new ValueError(`loadStateDict: Expected an options object but received ${describe(options)}`);
     const strict = options.strict ?? true;

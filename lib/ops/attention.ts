@@ -17,7 +17,7 @@ import { concat, reshape } from './shape';
 import { full, zeros } from './creation';
 import { gt } from './elementwise';
 import { scatterAdd } from './indexing';
-import { checkTensor, empty, sameDevice } from './util';
+import { checkOptions, checkTensor, empty, sameDevice } from './util';
 
 type Mask = 'global' | 'sliding' | 'block';
 
@@ -138,6 +138,7 @@ function attend(name: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask
 export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options: GlobalAttentionOptions & { returnLse: true }): AttentionResult;
 export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options?: GlobalAttentionOptions): Tensor;
 export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options: GlobalAttentionOptions = {}): Tensor | AttentionResult {
+  options = checkOptions(options, 'globalAttention');
   const p = check('globalAttention', q, k, v, options);
   checkQueryIndex('globalAttention', options.queryIndex, p.B, q);
   return attend('globalAttention', q, k, v, p, 'global', !!options.causal, 1, options.keyPaddingMask, options.queryIndex, !!options.returnLse);
@@ -226,6 +227,7 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
  * backward (the inverse rotation).
  */
 export function rope(x: Tensor, positions: Tensor, options: { base?: number } = {}): Tensor {
+  options = checkOptions(options, 'rope');
   checkTensor(x, 'rope', 'x');
   checkTensor(positions, 'rope', 'positions');
   if (x.ndim !== 4 || x.shape[3] % 2 !== 0) throw new ShapeError(`rope: Expected x of shape [batch, heads, seq, headDim] with an even headDim but received ${describe(x)}`);

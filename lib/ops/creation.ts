@@ -49,6 +49,7 @@ function flatten(data: unknown, shape: number[], d: number, out: Array<number | 
  *   tensor(data, [2, 3], { dtype: 'bfloat16', device: 'cuda' })
  */
 export function tensor(data: Data, shape?: number[], options: CreateOptions = {}): Tensor {
+  options = checkOptions(options, 'tensor');
   if (shape !== undefined && !Array.isArray(shape) && typeof shape === 'object') {
     options = shape as CreateOptions;
     shape = undefined;
@@ -93,10 +94,12 @@ export function tensor(data: Data, shape?: number[], options: CreateOptions = {}
 
 /** A scalar (0-d) tensor. */
 export function scalar(value: number | boolean, options: CreateOptions = {}): Tensor {
+  options = checkOptions(options, 'scalar');
   return tensor(value, [], options);
 }
 
 export function full(shape: number[], value: number | boolean, options: CreateOptions = {}): Tensor {
+  options = checkOptions(options, 'full');
   const s = checkShape(shape, 'full');
   if (typeof value !== 'number' && typeof value !== 'boolean') throw new ValueError(`full: Expected a number or boolean for value but received ${describe(value)}`);
   const dtype = resolveDType(options.dtype, typeof value === 'boolean' ? 'bool' : 'float32');
@@ -106,9 +109,11 @@ export function full(shape: number[], value: number | boolean, options: CreateOp
   return t;
 }
 export function zeros(shape: number[], options: CreateOptions = {}): Tensor {
+  options = checkOptions(options, 'zeros');
   return full(shape, 0, options);
 }
 export function ones(shape: number[], options: CreateOptions = {}): Tensor {
+  options = checkOptions(options, 'ones');
   return full(shape, 1, options);
 }
 export function zerosLike(t: Tensor, options?: CreateOptions): Tensor {
@@ -131,6 +136,7 @@ function fullLikeOf(op: string, t: Tensor, value: number, options?: CreateOption
  * dtype defaults to int32 when all arguments are integers, else float32.
  */
 export function arange(start: number, stop?: number, step = 1, options: CreateOptions = {}): Tensor {
+  options = checkOptions(options, 'arange');
   if (stop === undefined) {
     stop = start;
     start = 0;
@@ -177,14 +183,17 @@ function randomDraw(name: string, shape: number[], kind: 'uniform' | 'normal', a
 
 /** Uniform in [low, high) (default [0, 1)). */
 export function rand(shape: number[], options: RandomOptions & { low?: number; high?: number } = {}): Tensor {
+  options = checkOptions(options, 'rand');
   return randomDraw('rand', shape, 'uniform', options.low ?? 0, options.high ?? 1, options, 'float32');
 }
 /** Normal with the given mean and std (default 0, 1). */
 export function randn(shape: number[], options: RandomOptions & { mean?: number; std?: number } = {}): Tensor {
+  options = checkOptions(options, 'randn');
   return randomDraw('randn', shape, 'normal', options.mean ?? 0, options.std ?? 1, options, 'float32');
 }
 /** Integers uniform in [low, high), int32 by default. */
 export function randint(low: number, high: number, shape: number[], options: RandomOptions = {}): Tensor {
+  options = checkOptions(options, 'randint');
   if (!Number.isInteger(low) || !Number.isInteger(high) || high <= low) {
     throw new ValueError(`randint: Expected integers low < high but received ${describe(low)} and ${describe(high)}`);
   }

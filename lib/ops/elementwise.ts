@@ -134,6 +134,8 @@ export function gelu(x: Tensor, options?: { approximate?: 'none' | 'tanh' }): Te
 export function where(cond: Tensor, a: TensorOrScalar, b: TensorOrScalar): Tensor {
   checkTensor(cond, 'where', 'cond');
   if (cond.dtype !== 'bool') throw new DTypeError(`where: Expected a bool tensor for cond but received ${describe(cond)}`);
+  if (typeof a !== 'number') checkTensor(a, 'where', 'a');
+  if (typeof b !== 'number') checkTensor(b, 'where', 'b');
   const like = (typeof a === 'number' ? b : a) as Tensor | number;
   const dev = cond.device;
   const tmp: Tensor[] = [];

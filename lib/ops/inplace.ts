@@ -11,7 +11,7 @@ import { op } from '../native';
 import { Tensor } from '../tensor';
 import { isGradEnabled } from '../tape';
 import { cast, clone, expand, to } from './shape';
-import { broadcastShapes, checkInt32, checkTensor, empty } from './util';
+import { broadcastShapes, checkInt32, checkOptions, checkTensor, empty } from './util';
 
 function target(name: string, x: unknown): Tensor {
   const t = checkTensor(x, name, 'x');
@@ -116,10 +116,12 @@ function arith_(name: string, kind: Arith, x: Tensor, y: Tensor | number, alpha 
 
 /** x += alpha * y (y a tensor broadcasting to x, or a number). Returns x. */
 export function add_(x: Tensor, y: Tensor | number, options: { alpha?: number } = {}): Tensor {
+  options = checkOptions(options, 'add_');
   return arith_('add_', 'add', x, y, options.alpha ?? 1);
 }
 /** x -= alpha * y. Returns x. */
 export function sub_(x: Tensor, y: Tensor | number, options: { alpha?: number } = {}): Tensor {
+  options = checkOptions(options, 'sub_');
   return arith_('sub_', 'sub', x, y, options.alpha ?? 1);
 }
 /** x *= y. Returns x. */

@@ -5,7 +5,7 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor } from '../tensor';
 import { cast, reshape, unsqueeze } from './shape';
-import { broadcastShapes, checkTensor, empty, sameDevice } from './util';
+import { broadcastShapes, checkOptions, checkTensor, empty, sameDevice } from './util';
 import { record } from '../tape';
 
 export interface MatmulOptions {
@@ -19,6 +19,7 @@ export interface MatmulOptions {
 
 /** a @ b with batch broadcasting: [..., m, k] @ [..., k, n] -> [..., m, n]. */
 export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
+  options = checkOptions(options, 'matmul');
   checkTensor(a, 'matmul', 'a');
   checkTensor(b, 'matmul', 'b');
   const device = sameDevice('matmul', a, b);

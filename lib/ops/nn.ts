@@ -9,7 +9,7 @@ import { needsGrad, record } from '../tape';
 import { div as divOp } from './elementwise';
 import { sum as sumOp } from './reduce';
 import { crossEntropyWithLse, layerNormWithStats, rmsNormWithStats } from './grad_kernels';
-import { checkTensor, empty, normAxis, sameDevice } from './util';
+import { checkOptions, checkTensor, empty, normAxis, sameDevice } from './util';
 
 function floatInput(op: string, x: Tensor, arg = 'x'): void {
   checkTensor(x, op, arg);
@@ -110,6 +110,7 @@ export interface CrossEntropyOptions {
  * the pick in one kernel). An out-of-range target fails the op: its read raises OutOfRangeError.
  */
 export function crossEntropy(logits: Tensor, targets: Tensor, options: CrossEntropyOptions = {}): Tensor {
+  options = checkOptions(options, 'crossEntropy');
   floatInput('crossEntropy', logits, 'logits');
   checkTensor(targets, 'crossEntropy', 'targets');
   if (targets.dtype !== 'int32') throw new DTypeError(`crossEntropy: Expected int32 targets but received ${describe(targets)}`);

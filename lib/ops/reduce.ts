@@ -4,7 +4,7 @@ import { DTypeError, ShapeError, ValueError } from '../errors';
 import { Tensor } from '../tensor';
 import { cast, reshape } from './shape';
 import { record } from '../tape';
-import { checkTensor, empty, normAxis } from './util';
+import { checkOptions, checkTensor, empty, normAxis } from './util';
 
 export interface ReduceOptions {
   /** Keep reduced axes as size 1. */
@@ -20,6 +20,7 @@ function axesOf(op: string, x: Tensor, axis?: number | number[]): number[] {
 }
 
 function reduceOp(kind: ReduceName, x: Tensor, axis?: number | number[], options: ReduceOptions = {}): Tensor {
+  options = checkOptions(options, kind);
   checkTensor(x, kind, 'x');
   const axes = axesOf(kind, x, axis);
   const shape = options.keepDims
@@ -46,6 +47,7 @@ export const max = (x: Tensor, axis?: number | number[], options?: ReduceOptions
 export const min = (x: Tensor, axis?: number | number[], options?: ReduceOptions) => reduceOp('min', x, axis, options);
 
 function argOp(name: 'argmax' | 'argmin', x: Tensor, axis?: number, options: ReduceOptions = {}): Tensor {
+  options = checkOptions(options, name);
   checkTensor(x, name, 'x');
   if (x.dtype === 'bool') throw new DTypeError(`${name}: bool tensors are not supported; cast to int32 first`);
   let src = x;

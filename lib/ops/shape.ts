@@ -166,10 +166,10 @@ export function narrow(x: Tensor, axis: number, start: number, length: number): 
   checkTensor(x, 'narrow', 'x');
   const a = normAxis(axis, x.ndim, 'narrow');
   const n = x.shape[a];
-  if (!Number.isInteger(start) || start < -n || start > n) throw new ShapeError(`narrow: start ${start} is outside [${-n}, ${n}] for axis ${a} of size ${n}`);
+  if (!Number.isInteger(start) || start < -n || start > n) throw new ShapeError(`narrow: start ${describe(start)} is outside [${-n}, ${n}] for axis ${a} of size ${n}`);
   const s0 = start < 0 ? start + n : start;
   if (!Number.isInteger(length) || length < 0 || s0 + length > n) {
-    throw new ShapeError(`narrow: length ${length} from ${s0} exceeds axis ${a} of size ${n}`);
+    throw new ShapeError(`narrow: length ${describe(length)} from ${s0} exceeds axis ${a} of size ${n}`);
   }
   const shape = x.shape.slice();
   shape[a] = length;

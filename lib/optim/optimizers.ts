@@ -10,6 +10,7 @@ import { add, minimum, reciprocal, sqrt, square } from '../ops/elementwise';
 import { sum } from '../ops/reduce';
 import { cast, to } from '../ops/shape';
 import { add_, copy_, mul_ } from '../ops/inplace';
+import { checkOptions } from '../ops/util';
 
 function checkParams(op: string, params: Tensor[]): Tensor[] {
   if (!Array.isArray(params) || params.length === 0) throw new ValueError(`${op}: Expected a non-empty array of parameters but received ${describe(params)}`);
@@ -43,6 +44,7 @@ export abstract class Optimizer {
   protected masters = new Map<number, Tensor>();
 
   constructor(op: string, params: Tensor[], lr: number) {
+    if (typeof op !== 'string') throw new ValueError(`Optimizer: Expected a string for op but received ${describe(op)}`);
     this.params = checkParams(op, params);
     this.lr = positive(op, 'lr', lr);
   }
@@ -59,6 +61,7 @@ export abstract class Optimizer {
 
   /** Applies one update from the current gradients (parameters without a gradient are skipped). */
   step(options: { gradScale?: number } = {}): void {
+    options = checkOptions(options, `${this.constructor.name}.step`);
     const scale = options.gradScale ?? 1;
     noGrad(() =>
       untracked(() => {
@@ -186,7 +189,7 @@ export class SGD extends Optimizer {
   nesterov: boolean;
   private bufs = new Map<number, Tensor>();
   constructor(params: Tensor[], options: SGDOptions) {
-    super('SGD', params, options?.lr);
+    super('SGD', params, checkOptions<SGDOptions>(options, 'SGD').lr);
     this.momentum = positive('SGD', 'momentum', options.momentum ?? 0);
     this.dampening = positive('SGD', 'dampening', options.dampening ?? 0);
     this.weightDecay = positive('SGD', 'weightDecay', options.weightDecay ?? 0);
@@ -219,7 +222,7 @@ export class AdamW extends Optimizer {
   private m = new Map<number, Tensor>();
   private v = new Map<number, Tensor>();
   constructor(params: Tensor[], options: AdamWOptions) {
-    super('AdamW', params, options?.lr);
+    super('AdamW', params, checkOptions<AdamWOptions>(options, 'AdamW').lr);
     const [b1, b2] = options.betas ?? [0.9, 0.999];
     if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1)) throw new ValueError(`AdamW: Expected betas in [0, 1) but received ${describe(options.betas)}`);
     this.beta1 = b1;

@@ -17,6 +17,7 @@ import { full, zeros } from '../ops/creation';
 import { narrow } from '../ops/shape';
 import { copy_, fill_ } from '../ops/inplace';
 import { noGrad } from '../tape';
+import { checkOptions } from '../ops/util';
 
 export interface RingKVCacheOptions {
   batch: number;
@@ -82,6 +83,7 @@ export class RingKVCache {
    * causal: true}) at that position.
    */
   attend(q: Tensor, options: { scale?: number } = {}): Tensor {
+    options = checkOptions(options, 'RingKVCache.attend');
     if (q.ndim !== 4 || q.shape[2] !== 1) throw new ShapeError(`RingKVCache.attend: Expected one query per sequence [batch, heads, 1, headDim] but received ${describe(q)}`);
     if (this.length === 0) throw new ValueError('RingKVCache.attend: the cache is empty; append the step\'s key and value first');
     return globalAttention(q, this.k, this.v, { keyPaddingMask: this.empty, scale: options.scale });

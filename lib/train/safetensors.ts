@@ -16,7 +16,7 @@ import { DType, DTYPE_SIZE } from '../dtype';
 import { Device } from '../device';
 import { FormatError, ValueError, describe } from '../errors';
 import { tensor } from '../ops/creation';
-import { resolveDevice } from '../ops/util';
+import { checkOptions, resolveDevice } from '../ops/util';
 import { Tensor } from '../tensor';
 
 /** Same limit as the reference implementation: a larger header is treated as corruption. */
@@ -319,6 +319,7 @@ function regularFileSize(st: fs.Stats, path: string): number {
  * Every malformed header or data layout is a FormatError naming the file and the tensor.
  */
 export function loadSafetensorsSync(path: string, options: LoadOptions = {}): Loaded {
+  options = checkOptions(options, 'loadSafetensorsSync');
   checkPath(path, 'loadSafetensors');
   const device = resolveDevice(options?.device);
   const fd = openForReading(path);
@@ -344,6 +345,7 @@ export function loadSafetensorsSync(path: string, options: LoadOptions = {}): Lo
 
 /** loadSafetensorsSync without blocking the event loop on file reads. */
 export async function loadSafetensors(path: string, options: LoadOptions = {}): Promise<Loaded> {
+  options = checkOptions(options, 'loadSafetensors');
   checkPath(path, 'loadSafetensors');
   const device = resolveDevice(options?.device);
   let fh: fs.promises.FileHandle;

@@ -373,6 +373,17 @@ bool run_inline(Instance& in, const A& a, DeviceKind run_on) {
   return elements <= A::inline_elements;
 }
 
+// An op whose every written tensor is empty has nothing to do once its arguments are checked:
+// it is not queued (kernels may then assume at least one output element, and divide by sizes).
+template <typename A>
+bool writes_nothing(const A& a) {
+  bool nothing = true;
+  a.for_each_tensor([&](const TensorImpl& t, Access access, const char*) {
+    if (access != Access::In && t.numel() != 0) nothing = false;
+  });
+  return nothing;
+}
+
 template <typename A>
 Napi::Value op_entry(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
@@ -384,6 +395,7 @@ Napi::Value op_entry(const Napi::CallbackInfo& info) {
     check_common(task->args, &run_on, &other);
     ops::check(task->args);
     task->collect();
+    if (writes_nothing(task->args)) return info.Env().Undefined();
     if (run_inline(in, task->args, run_on)) {
       in.stream(run_on).run_now(*task);
     } else {

@@ -8,7 +8,10 @@
 //   hang     the call ran past --call-timeout seconds: a fault
 //
 //   node test/fuzz/fuzz.js [--seconds 60] [--seed 1] [--children 2] [--call-timeout 20]
-//                          [--json out.json] [--verbose]
+//                          [--json out.json] [--verbose] [--canary]
+//
+// --canary replaces the targets with three that misbehave on purpose (a TypeError, an abort, a
+// hang), to show that each kind of fault is caught and counted.
 //
 // The parent splits a deterministic sequence of calls among children; a child reports each call
 // before making it, so a crash or a hang is pinned to the call, and the parent starts a new
@@ -42,10 +45,11 @@ function prng(seed) {
 const SKIP_METHODS = new Set(['constructor', 'setGradFn', 'takeData', 'checkLive', 'readInto', 'checkArraySize']);
 const SKIP_EXPORTS = new Set(['toTypedError', 'describe']);
 
-function child(seed, from, to, memoryGb) {
+function child(seed, from, to, canary) {
   const dr = require(DIST);
   const rnd = prng(seed);
   const pick = (a) => a[Math.floor(rnd() * a.length)];
+  const out = (line) => fs.writeSync(1, line + '\n');
   const live = [];
   const keep = (t) => {
     live.push(t);
@@ -57,7 +61,8 @@ function child(seed, from, to, memoryGb) {
       dr.zeros([2, 3]), dr.ones([3]), dr.scalar(1.5), dr.zeros([0]), dr.zeros([1, 1, 1]),
       dr.tensor(new Int32Array([0, 1, 2]), [3]), dr.tensor([true, false]), dr.zeros([2, 2], { dtype: 'bfloat16' }),
       dr.zeros([2, 2], { dtype: 'float64' }), dr.randn([2, 3, 4, 8]), dr.ones([4]).expand([3, 4]), dr.arange(0, 6).reshape([2, 3]).T,
-      dr.tensor([NaN, Infinity, -Infinity]), dr.ones([2]).requiresGrad_(),
+      dr.tensor([NaN, Infinity, -Infinity]), dr.ones([2]).requiresGrad_(), dr.zeros([2, 0]), dr.zeros([0, 4]),
+      dr.zeros([1, 2, 0, 8]),
     ];
     const gone = dr.zeros([2]);
     gone.dispose();
@@ -110,8 +115,14 @@ function child(seed, from, to, memoryGb) {
   }
   const opt = new dr.optim.AdamW(lin.parameters(), { lr: 0.1 });
   for (const k of ['step', 'loadStateDict', 'zeroGrad', 'stateDict']) add(`AdamW.${k}`, (...a) => opt[k](...a));
+  if (canary) {
+    targets.length = 0;
+    add('canary.untyped', () => null.x);
+    add('canary.abort', () => process.abort());
+    add('canary.hang', () => { for (;;); });
+  }
+  out(`targets ${targets.length}`);
 
-  const out = (line) => fs.writeSync(1, line + '\n');
   const isTyped = (e) => e instanceof dr.DualrouteError;
   const describeValue = (v) => {
     if (v instanceof dr.Tensor) return v.isDisposed ? 'Tensor(disposed)' : `Tensor(${v.dtype}[${v.shape}])`;
@@ -141,7 +152,8 @@ function child(seed, from, to, memoryGb) {
         if (r && typeof r.then === 'function') r = await r;
         dr.dispose(r);
       } catch (e) {
-        outcome = isTyped(e) ? 'typed' : 'untyped';
+        // the user callback's own error passes through unchanged, as it should
+        outcome = isTyped(e) || (e instanceof Error && e.message === 'user fn') ? 'typed' : 'untyped';
         if (outcome === 'untyped') detail = `${e && e.constructor ? e.constructor.name : typeof e}: ${String(e && e.message !== undefined ? e.message : e).slice(0, 200)}`;
       }
       out(`done ${call} ${outcome}${detail ? ' ' + detail.replace(/\n/g, ' ') : ''}`);
@@ -168,6 +180,7 @@ function parseArgs(argv) {
     else if (a === '--memory-gb') o.memoryGb = Number(val());
     else if (a === '--json') o.json = val();
     else if (a === '--verbose') o.verbose = true;
+    else if (a === '--canary') o.canary = true;
     else if (a === '--child') o.child = [Number(val()), Number(val()), Number(val())];
     else throw new Error(`unknown argument ${a}`);
   }
@@ -177,9 +190,9 @@ function parseArgs(argv) {
 function runSlice(o, from, to, cwd) {
   return new Promise((resolve) => {
     // the address-space cap turns an impossible allocation into a MemoryError
-    const cmd = `ulimit -v ${Math.round(o.memoryGb * 1024 * 1024)} && exec "${process.execPath}" "${__filename}" --child ${o.seed} ${from} ${to}`;
+    const cmd = `ulimit -v ${Math.round(o.memoryGb * 1024 * 1024)} && exec "${process.execPath}" "${__filename}" --child ${o.seed} ${from} ${to}${o.canary ? ' --canary' : ''}`;
     const p = spawn('bash', ['-c', cmd], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DUALROUTE_NUM_THREADS: '1' } });
-    const res = { calls: [], crash: null };
+    const res = { calls: [], crash: null, targets: 0 };
     let buf = '';
     let current = null;
     let timer = null;
@@ -199,7 +212,9 @@ function runSlice(o, from, to, cwd) {
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        if (line.startsWith('call ')) {
+        if (line.startsWith('targets ')) {
+          res.targets = Number(line.slice(8));
+        } else if (line.startsWith('call ')) {
           current = line.slice(5);
           arm();
         } else if (line.startsWith('done ')) {
@@ -220,6 +235,7 @@ function runSlice(o, from, to, cwd) {
 async function parent(o) {
   const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'dr-fuzz-'));
   const counts = { ok: 0, typed: 0, untyped: 0, abort: 0, hang: 0 };
+  let targets = 0;
   const faults = [];
   const deadline = Date.now() + o.seconds * 1000;
   let next = 0;
@@ -231,6 +247,7 @@ async function parent(o) {
       let at = from;
       while (at < to && Date.now() < deadline) {
         const r = await runSlice(o, at, to, cwd);
+        targets = Math.max(targets, r.targets);
         for (const c of r.calls) {
           counts[c.outcome] += 1;
           if (c.outcome === 'untyped') faults.push({ kind: 'untyped', what: c.what, detail: c.detail });
@@ -257,11 +274,11 @@ async function parent(o) {
   for (const [k, n] of [...byWhat.entries()].sort((a, b) => b[1] - a[1]).slice(0, o.verbose ? 200 : 40)) console.log(`  ${n}x ${k}`);
   if (o.verbose) for (const f of faults.slice(0, 50)) console.log(`  ${f.kind}: ${f.what} -> ${f.detail}`);
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
-  if (o.json) fs.writeFileSync(o.json, JSON.stringify({ seconds: o.seconds, seed: o.seed, total, counts, faults: faults.slice(0, 500) }, null, 2));
-  console.log(`fuzz: ${total} calls: ${counts.ok} returned, ${counts.typed} typed errors, ${counts.untyped} untyped errors, ${counts.abort} aborts, ${counts.hang} hangs`);
+  if (o.json) fs.writeFileSync(o.json, JSON.stringify({ seconds: o.seconds, seed: o.seed, targets, total, counts, faults: faults.slice(0, 500) }, null, 2));
+  console.log(`fuzz: ${targets} targets, ${total} calls: ${counts.ok} returned, ${counts.typed} typed errors, ${counts.untyped} untyped errors, ${counts.abort} aborts, ${counts.hang} hangs`);
   process.exit(counts.untyped + counts.abort + counts.hang === 0 ? 0 : 1);
 }
 
 const opts = parseArgs(process.argv.slice(2));
-if (opts.child) child(...opts.child, opts.memoryGb);
+if (opts.child) child(...opts.child, !!opts.canary);
 else parent(opts);
