@@ -44,7 +44,7 @@ describe('the op table', () => {
     expect(() => op.rmsNorm({ out, x, eps: 'tiny' as unknown as number })).toThrow(dr.ValueError);
     expect(() => op.rmsNorm({ out, x, eps: 'tiny' as unknown as number })).toThrow(/rmsNorm: Expected a number for eps but received a string/);
     expect(() => op.softmax({ out, x, axis: 1.5, log: false })).toThrow(/softmax: Expected an integer in .* for axis but received the number 1.5/);
-    expect(() => op.unary({ op: 'cube' as never, out, x })).toThrow(/unary: Expected one of neg, abs, .* for op but received "cube"/);
+    expect(() => op.unary({ op: 'cube' as never, out, x })).toThrow(/unary: Expected one of neg, abs, .* for op but received the string "cube"/);
     expect(() => op.copy({ out, x: { handle: -5 } as unknown as dr.Tensor })).toThrow(/copy: x: the tensor was disposed/);
     // and the addon refuses an extra positional argument (a wrapper out of step with the table)
     expect(() => (addon as Record<string, (...a: unknown[]) => void>).fill(out.handle, 1, 2)).toThrow(/fill: Expected 2 arguments but received 3/);
