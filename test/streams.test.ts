@@ -209,4 +209,43 @@ describe('streams', () => {
     expect((await t.data())[0]).toBe(2);
     t.dispose();
   });
+
+  test('ending a worker with an async saveCheckpoint pending leaves the process running and the target intact', async () => {
+    const { Worker } = require('worker_threads');
+    const fs = require('fs');
+    const os = require('os');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dr-save-end-'));
+    const target = path.join(dir, 'model.safetensors');
+    // a checkpoint saved before: whatever the ended worker was doing, it must still load
+    const m0 = new dr.nn.Linear(8, 8);
+    dr.saveCheckpointSync(target, { model: m0 });
+    for (let i = 0; i < 8; ++i) {
+      const code = `
+        const dr = require(${JSON.stringify(DIST)});
+        const { parentPort } = require('worker_threads');
+        const m = new dr.nn.Linear(1024, 1024);
+        const busy = dr.randn([512, 512]);
+        for (let j = 0; j < 10; ++j) dr.matmul(busy, busy).dispose();
+        dr.saveCheckpoint(${JSON.stringify(target)}, { model: m }).catch(() => {});
+        parentPort.postMessage('saving');
+        ${i % 2 ? 'setTimeout(() => process.exit(0), ' + i + ');' : 'setInterval(() => {}, 1000);'}`;
+      const w = new Worker(code, { eval: true });
+      const exited = new Promise((r) => w.once('exit', r));
+      await new Promise((r) => w.once('message', r));
+      if (i % 2 === 0) {
+        await new Promise((r) => setTimeout(r, i * 2));
+        await w.terminate();
+      }
+      await exited;
+      // the target is either the old checkpoint or a complete new one
+      const loaded = dr.loadSafetensorsSync(target);
+      expect(Object.keys(loaded.tensors).sort()).toEqual(['model.bias', 'model.weight']);
+      expect([8, 1024]).toContain(loaded.tensors['model.weight'].shape[0]);
+      dr.dispose(loaded.tensors);
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+    const t = dr.ones([3]).add(1);
+    expect((await t.data())[0]).toBe(2);
+    t.dispose();
+  });
 });
