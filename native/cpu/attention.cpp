@@ -53,6 +53,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -299,7 +300,9 @@ void apply_mask(C* St, int64_t nk, int64_t j0, const Lanes<C>& ln, const uint8_t
 // Online-softmax step over a chunk of scores St (masked entries -inf): updates the running
 // max m and sum l per lane, overwrites St with P = exp(St - m_new) and leaves the rescale
 // factor of the old accumulator in alpha. A lane that has seen only -inf keeps m = -inf and
-// subtracts 0 instead, so that exp gives 0 rather than NaN.
+// subtracts 0 instead, so that exp gives 0 rather than NaN. The max propagates NaN (a NaN
+// score makes the lane's m, l and output NaN, as the materialised softmax does); a lane whose
+// visible keys all score -inf ends with l = 0, which the finalisation turns into NaN.
 template <typename C>
 void softmax_step(C* St, int64_t nk, C* m, C* l, C* alpha) {
   using V = typename VT<C>::V;
@@ -309,10 +312,10 @@ void softmax_step(C* St, int64_t nk, C* m, C* l, C* alpha) {
     V mx = ninf;
     for (int64_t j = 0; j < nk; ++j) {
       const V s = ldv(St + j * BM + g * L);
-      mx = s > mx ? s : mx;
+      mx = (s > mx) | (s != s) ? s : mx;
     }
     const V mo = ldv(m + g * L);
-    const V mn = mx > mo ? mx : mo;
+    const V mn = (mx > mo) | (mx != mx) ? mx : mo;
     const V mu = mn == ninf ? V{} : mn;
     stv(alpha + g * L, vexp_c(mo - mu));
     V sum = V{};
@@ -325,6 +328,99 @@ void softmax_step(C* St, int64_t nk, C* m, C* l, C* alpha) {
     stv(l + g * L, ldv(l + g * L) * ldv(alpha + g * L) + sum);
     stv(m + g * L, mn);
   }
+}
+
+// True when some element of rows x cols (row stride ld) is NaN or infinite: the largest
+// magnitude bit pattern reaches the exponent's all-ones (an integer max, which vectorises).
+template <typename C>
+bool any_nonfinite(const C* x, int64_t rows, int64_t cols, int64_t ld) {
+  using U = typename std::conditional<sizeof(C) == 4, uint32_t, uint64_t>::type;
+  constexpr U kAbs = ~U(0) >> 1;
+  constexpr U kExp = sizeof(C) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U mx = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const C* row = x + r * ld;
+    for (int64_t c = 0; c < cols; ++c) {
+      U b;
+      std::memcpy(&b, row + c, sizeof(b));
+      b &= kAbs;
+      mx = b > mx ? b : mx;
+    }
+  }
+  return mx >= kExp;
+}
+
+// Whether lane i of a tile sees key j (its interval, and not padding).
+template <typename C>
+inline bool lane_sees(const Lanes<C>& ln, int i, int64_t j, const uint8_t* pad) {
+  return j >= ln.lo[i] && j < ln.hi[i] && !(pad && pad[j]);
+}
+
+// Ot = alpha Ot + V^T P for a masked chunk whose V rows hold a NaN or an infinity: each lane
+// adds only the keys it sees. (The product over the whole chunk would add 0 * NaN = NaN from
+// keys a lane cannot see: values must never leak into queries that do not attend to them.)
+template <typename C>
+void pv_visible(int64_t D, int64_t nk, const C* Vc, int64_t ldv_, const C* P, C* Ot, const C* alpha, int64_t j0,
+                const Lanes<C>& ln, const uint8_t* pad) {
+  constexpr int BM = Lanes<C>::BM;
+  for (int64_t d = 0; d < D; ++d)
+    for (int i = 0; i < BM; ++i) Ot[d * BM + i] *= alpha[i];
+  for (int64_t j = 0; j < nk; ++j)
+    for (int i = 0; i < BM; ++i) {
+      if (!lane_sees(ln, i, j0 + j, pad)) continue;
+      const C p = P[j * BM + i];
+      for (int64_t d = 0; d < D; ++d) Ot[d * BM + i] += p * Vc[j * ldv_ + d];
+    }
+}
+
+// Ot = alpha Ot + V^T P over a chunk: the micro-kernel product, or pv_visible when the chunk
+// is masked and its values are not all finite.
+template <typename C>
+void pv_chunk(bool full, int64_t D, int64_t nk, const C* Vc, int64_t ldv_, const C* P, C* Ot, const C* alpha,
+              int64_t j0, const Lanes<C>& ln, const uint8_t* pad) {
+  constexpr int BM = Lanes<C>::BM;
+  if (!full && any_nonfinite(Vc, nk, D, ldv_)) return pv_visible<C>(D, nk, Vc, ldv_, P, Ot, alpha, j0, ln, pad);
+  gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldv_, P, BM, Ot, BM, kScaleAdd, alpha);
+}
+
+// Per batch, the count of padded keys before each key (Sk + 1 entries per batch): a row has a
+// visible key when its interval holds fewer padded keys than keys.
+struct PadCount {
+  std::vector<int32_t> c;
+  int64_t Sk = 0;
+  PadCount(const AttnArgs& a) : Sk(a.Sk) {
+    if (!a.key_padding) return;
+    c.resize(static_cast<size_t>(a.B * (Sk + 1)));
+    for (int64_t b = 0; b < a.B; ++b) {
+      int32_t* o = c.data() + b * (Sk + 1);
+      o[0] = 0;
+      for (int64_t j = 0; j < Sk; ++j) o[j + 1] = o[j] + (a.key_padding[b * Sk + j] != 0);
+    }
+  }
+  bool has_key(int64_t b, int64_t lo, int64_t hi) const {
+    if (hi <= lo) return false;
+    if (c.empty()) return true;
+    const int32_t* o = c.data() + b * (Sk + 1);
+    return o[hi] - o[lo] < hi - lo;
+  }
+};
+
+// A query row's factor on its accumulated Ot and its lse, from its softmax state: no visible
+// key gives factor 0 (Ot is 0 then) and lse -inf; otherwise out = Ot / l and lse = m + log l,
+// where l = 0 (every visible score -inf) or NaN gives NaN, as the materialised softmax does.
+template <typename C>
+inline C row_inv(bool has_key, C l) {
+  return !has_key ? C(0) : l > 0 ? C(1) / l : std::numeric_limits<C>::quiet_NaN();
+}
+template <typename C>
+inline C row_lse(bool has_key, C m, C l) {
+  return !has_key ? -std::numeric_limits<C>::infinity() : l > 0 ? m + std::log(l) : std::numeric_limits<C>::quiet_NaN();
+}
+template <typename T, typename C>
+void finish_row(bool has_key, int64_t D, const C* Ot, int64_t ld, C m, C l, T* o, C* lse) {
+  const C inv = row_inv(has_key, l);
+  for (int64_t d = 0; d < D; ++d) o[d] = Num<T>::store(has_key ? Ot[d * ld] * inv : C(0));
+  if (lse) *lse = row_lse(has_key, m, l);
 }
 
 // St (nk x BM) = Kc (nk x D, row stride ldk) times Qt (D x BM), with D fixed when DC > 0.
@@ -469,9 +565,10 @@ void fwd_tile_keys(const AttnArgs& a, const T* qh, const T* kh, const T* vh, con
     const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
     const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
     scores<C, DC>(nk, D, Kc, ldk, Qt, St);
-    if (!ln.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, ln, pad, ninf);
+    const bool full = ln.full(j0, nk, pad);
+    if (!full) apply_mask<C>(St, nk, j0, ln, pad, ninf);
     softmax_step<C>(St, nk, m, l, alpha);
-    gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldvv, St, BM, Ot, BM, kScaleAdd, alpha);
+    pv_chunk<C>(full, D, nk, Vc, ldvv, St, Ot, alpha, j0, ln, pad);
   }
 }
 
@@ -487,6 +584,7 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
   const C ninf = -std::numeric_limits<C>::infinity();
   const int threads = num_threads();
   const int64_t ntasks = a.B * a.Hq * ntile;
+  const PadCount pads(a);
 
   if (n <= kSplitMaxRows && threads > 1 && ntasks < 2 * threads && a.Sk >= kSplitMinKeys) {
     // Plan: per (b, tile) its lanes; per (b, head, tile) its runs of keys.
@@ -532,37 +630,31 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
                            a.key_padding ? a.key_padding + b * a.Sk : nullptr, ln, &qrows[bt * BM], vb, j_begin, j_end,
                            w, pm, pm + BM, pm + 2 * BM);
     });
-    // Merge: one (bh, tile) at a time (small: nsplit * D * BM).
+    // Merge: one (bh, tile) at a time (small: nsplit * D * BM). The max propagates NaN.
     run_tasks<int>(a.B * a.Hq * ntile, [&](int64_t x, int&) {
-      const int64_t bh = x / ntile, t = x % ntile, r0 = t * BM;
+      const int64_t bh = x / ntile, t = x % ntile, r0 = t * BM, b = bh / a.Hq;
+      const Lanes<C>& ln = lanes[b * ntile + t];
       const int64_t p0 = tb[x], np = tb[x + 1] - tb[x];
+      std::vector<C> Om(static_cast<size_t>(D));
       for (int i = 0; i < BM; ++i) {
         const int64_t r = r0 + i;
         if (r >= n) break;
         C mx = ninf;
-        for (int64_t s = 0; s < np; ++s) mx = std::max(mx, parts[(p0 + s) * stride + i]);
-        T* o = out + (bh * n + r) * D;
+        for (int64_t s = 0; s < np; ++s) {
+          const C ms = parts[(p0 + s) * stride + i];
+          mx = ms > mx || ms != ms ? ms : mx;
+        }
         C lsum = 0;
+        std::fill(Om.begin(), Om.end(), C(0));
         if (mx != ninf)
           for (int64_t s = 0; s < np; ++s) {
             const C* pm = parts.data() + (p0 + s) * stride;
-            lsum += pm[BM + i] * std::exp(pm[i] - mx);
+            const C e = std::exp(pm[i] - mx);
+            lsum += pm[BM + i] * e;
+            for (int64_t d = 0; d < D; ++d) Om[d] += pm[2 * BM + d * BM + i] * e;
           }
-        if (lsum > 0) {
-          const C inv = C(1) / lsum;
-          for (int64_t d = 0; d < D; ++d) {
-            C acc = 0;
-            for (int64_t s = 0; s < np; ++s) {
-              const C* pm = parts.data() + (p0 + s) * stride;
-              acc += pm[2 * BM + d * BM + i] * std::exp(pm[i] - mx);
-            }
-            o[d] = Num<T>::store(acc * inv);
-          }
-          if (lse) lse[bh * n + r] = mx + std::log(lsum);
-        } else {
-          for (int64_t d = 0; d < D; ++d) o[d] = Num<T>::store(C(0));
-          if (lse) lse[bh * n + r] = ninf;
-        }
+        finish_row<T, C>(pads.has_key(b, ln.lo[i], ln.hi[i]), D, Om.data(), 1, mx, lsum, out + (bh * n + r) * D,
+                         lse ? lse + bh * n + r : nullptr);
       }
     });
     return;
@@ -584,15 +676,8 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
     for (int i = 0; i < BM; ++i) {
       if (!valid[i]) continue;
       const int64_t r = r0 + i;
-      T* o = out + (bh * n + r) * D;
-      if (l[i] > 0) {
-        const C inv = C(1) / l[i];
-        for (int64_t d = 0; d < D; ++d) o[d] = Num<T>::store(Ot[d * BM + i] * inv);
-        if (lse) lse[bh * n + r] = m[i] + std::log(l[i]);
-      } else {
-        for (int64_t d = 0; d < D; ++d) o[d] = Num<T>::store(C(0));
-        if (lse) lse[bh * n + r] = ninf;
-      }
+      finish_row<T, C>(pads.has_key(b, ln.lo[i], ln.hi[i]), D, Ot + i, BM, m[i], l[i], out + (bh * n + r) * D,
+                       lse ? lse + bh * n + r : nullptr);
     }
   });
 }
@@ -612,6 +697,7 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
   const C scale = static_cast<C>(a.scale);
   const C ninf = -std::numeric_limits<C>::infinity();
   const int32_t gmask = static_cast<int32_t>(AttnMask::Global);
+  const PadCount pads(a);
 
   run_tasks<FwdScratch<C>>(a.B * a.Hq * ntile, [&](int64_t task, FwdScratch<C>& w) {
     const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq;
@@ -664,14 +750,16 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
       scores<C, DC>(nk, D, Kc, ldk, Qt, Sg);
       if (j0 < lnl.hull_hi && j0 + nk > lnl.hull_lo) {
         std::memcpy(Sl, Sg, sizeof(C) * nk * BM);
-        if (!lnl.full(j0, nk, pad)) apply_mask<C>(Sl, nk, j0, lnl, pad, ninf);
+        const bool full = lnl.full(j0, nk, pad);
+        if (!full) apply_mask<C>(Sl, nk, j0, lnl, pad, ninf);
         softmax_step<C>(Sl, nk, ml, ll, alpha);
-        gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldvv, Sl, BM, Ol, BM, kScaleAdd, alpha);
+        pv_chunk<C>(full, D, nk, Vc, ldvv, Sl, Ol, alpha, j0, lnl, pad);
       }
       if (any_global && j0 < lng.hull_hi && j0 + nk > lng.hull_lo) {
-        if (!lng.full(j0, nk, pad)) apply_mask<C>(Sg, nk, j0, lng, pad, ninf);
+        const bool full = lng.full(j0, nk, pad);
+        if (!full) apply_mask<C>(Sg, nk, j0, lng, pad, ninf);
         softmax_step<C>(Sg, nk, mg, lg, alpha);
-        gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldvv, Sg, BM, Og, BM, kScaleAdd, alpha);
+        pv_chunk<C>(full, D, nk, Vc, ldvv, Sg, Og, alpha, j0, lng, pad);
       }
     }
     for (int i = 0; i < BM; ++i) {
@@ -679,19 +767,19 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
       const int64_t r = r0 + i, row = bh * n + r;
       const T* gp = da.gates_per_head ? gates + row * 2 : gates + (b * n + r) * 2;
       const C g0 = wid(gp[0]), g1 = wid(gp[1]);
-      const C il = ll[i] > 0 ? C(1) / ll[i] : C(0);
-      const C ig = lg[i] > 0 && glob[i] ? C(1) / lg[i] : C(0);
       T* o = out + row * D;
       T* ol = out_l + row * D;
       T* og = out_g + row * D;
+      const bool hl = pads.has_key(b, lnl.lo[i], lnl.hi[i]), hg = glob[i] && pads.has_key(b, lng.lo[i], lng.hi[i]);
+      const C il = row_inv(hl, ll[i]), ig = row_inv(hg, lg[i]);
       for (int64_t d = 0; d < D; ++d) {
-        const C xl = Ol[d * BM + i] * il, xg = Og[d * BM + i] * ig;
+        const C xl = hl ? Ol[d * BM + i] * il : C(0), xg = hg ? Og[d * BM + i] * ig : C(0);
         ol[d] = Num<T>::store(xl);
         og[d] = Num<T>::store(xg);
         o[d] = Num<T>::store(glob[i] ? g0 * xl + g1 * xg : g0 * xl);
       }
-      lse_l[row] = ll[i] > 0 ? ml[i] + std::log(ll[i]) : ninf;
-      lse_g[row] = glob[i] && lg[i] > 0 ? mg[i] + std::log(lg[i]) : ninf;
+      lse_l[row] = row_lse(hl, ml[i], ll[i]);
+      lse_g[row] = row_lse(hg, mg[i], lg[i]);
     }
   });
 }
@@ -729,6 +817,7 @@ struct BwdTile {
   alignas(64) C lse[BM], Dr[BM], lse_g[BM], Dr_g[BM], gl[BM], gg[BM];
   int64_t qrow[BM];
   bool valid[BM], live[BM];
+  bool bad;  // some live lane's q or dout row holds a NaN or an infinity
   int64_t hull_lo, hull_hi;
   C *Qt, *Qr, *dOt, *dOr;
 };
@@ -805,6 +894,7 @@ void bwd_tile_pack(const AttnArgs& a, int64_t D, const BwdIn<T>& in, int64_t b, 
   tl.Qr = w.qr.get(static_cast<size_t>(BM * Dp));
   tl.dOt = w.dot.get(static_cast<size_t>(D * BM));
   tl.dOr = w.dor.get(static_cast<size_t>(BM * Dp));
+  C probe = 0;  // x * 0 summed: NaN when some live q or dout element is not finite
   for (int i = 0; i < BM; ++i) {
     const bool ok = tl.valid[i];
     const bool live = ok && tl.live[i];
@@ -822,11 +912,53 @@ void bwd_tile_pack(const AttnArgs& a, int64_t D, const BwdIn<T>& in, int64_t b, 
       tl.Qr[i * Dp + d] = qv;
       tl.dOt[d * BM + i] = dv_;
       tl.dOr[i * Dp + d] = dv_;
+      if (live) probe += qv * C(0) + dv_ * C(0);
     }
     for (int64_t d = D; d < Dp; ++d) tl.Qr[i * Dp + d] = tl.dOr[i * Dp + d] = C(0);
     tl.Dr[i] = in.dual ? tl.gl[i] * dr : dr;
     tl.Dr_g[i] = in.dual ? tl.gg[i] * drg : C(0);
   }
+  tl.bad = probe != probe;
+}
+
+// Whether lane i of a backward tile sees key j on either path.
+template <typename C>
+inline bool tile_sees(const BwdTile<C>& tl, bool dual, int i, int64_t j, const uint8_t* pad) {
+  return lane_sees(tl.ln, i, j, pad) || (dual && lane_sees(tl.lg, i, j, pad));
+}
+
+// The chunk's products from St = P and dPt = dS (key rows, query lanes):
+//   dV[j] += sum_i P[j][i] dO[i],  dK[j] += sum_i dS[j][i] Q[i]   (with_kv, rows of Dp)
+//   dQ[i] += sum_j dS[j][i] K[j]                                   (with_dq)
+// as micro-kernel products, except in a masked chunk where a q or dout row of the tile, or a
+// key of the chunk, is not finite: there each lane adds only the keys it sees, since the
+// whole-chunk product would add 0 * NaN = NaN across the mask.
+template <typename C>
+void bwd_products(const BwdTile<C>& tl, bool dual, bool full, int64_t D, int64_t Dp, const uint8_t* pad, int64_t j0,
+                  int64_t nk, const C* St, const C* dPt, const C* Kc, int64_t ldk, bool with_kv, C* dVa, C* dKa,
+                  bool with_dq, C* dQt) {
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const int64_t NVd = Dp / L;
+  if (full || !(tl.bad || (with_dq && any_nonfinite(Kc, nk, D, ldk)))) {
+    if (with_kv) {
+      gemm<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa, Dp, kAdd);
+      gemm<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa, Dp, kAdd);
+    }
+    if (with_dq) gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
+    return;
+  }
+  for (int64_t j = 0; j < nk; ++j)
+    for (int i = 0; i < BM; ++i) {
+      if (!tl.valid[i] || !tile_sees(tl, dual, i, j0 + j, pad)) continue;
+      const C p = St[j * BM + i], ds = dPt[j * BM + i];
+      if (with_kv)
+        for (int64_t d = 0; d < D; ++d) {
+          dVa[j * Dp + d] += p * tl.dOr[i * Dp + d];
+          dKa[j * Dp + d] += ds * tl.Qr[i * Dp + d];
+        }
+      if (with_dq)
+        for (int64_t d = 0; d < D; ++d) dQt[i * Dp + d] += ds * Kc[j * ldk + d];
+    }
 }
 
 // For keys [j0, j0 + nk) of the tile: St = P (key rows, query lanes) and dPt = dS = scale *
@@ -844,24 +976,28 @@ void bwd_chunk(const BwdTile<C>& tl, bool dual, int64_t D, C scale, const uint8_
   scores<C, DC>(nk, D, Kc, ldk, tl.Qt, St);
   scores<C, DC>(nk, D, Vc, ldv_, tl.dOt, dPt);
   const V sc = splat<V>(scale);
+  // Masked entries are set to exactly 0 after the arithmetic (a select, not exp(-inf)): a row
+  // with lse NaN, or a key or value holding NaN, must leave P and dS 0 where the row cannot see.
   if (!dual) {
-    if (!tl.ln.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, tl.ln, pad, -std::numeric_limits<C>::infinity());
     for (int gq = 0; gq < kNVQ; ++gq) {
       const V lv = ldv(tl.lse + gq * L), dr = ldv(tl.Dr + gq * L);
       for (int64_t j = 0; j < nk; ++j) {
         C* ps = St + j * BM + gq * L;
         C* pd = dPt + j * BM + gq * L;
-        const V p = vexp_c(ldv(ps) - lv);  // exp(-inf) = 0 on masked keys
+        const V p = vexp_c(ldv(ps) - lv);
         stv(ps, p);
         stv(pd, sc * p * (ldv(pd) - dr));
       }
+    }
+    if (!tl.ln.full(j0, nk, pad)) {
+      apply_mask<C>(St, nk, j0, tl.ln, pad, C(0));
+      apply_mask<C>(dPt, nk, j0, tl.ln, pad, C(0));
     }
     return;
   }
   if (j0 >= tl.ln.hull_hi || j0 + nk <= tl.ln.hull_lo) {
     // outside every lane's local interval (most chunks of a long global span): the global
     // path alone, masked only where the chunk leaves the global core
-    if (!tl.lg.full(j0, nk, pad)) apply_mask<C>(St, nk, j0, tl.lg, pad, -std::numeric_limits<C>::infinity());
     for (int gq = 0; gq < kNVQ; ++gq) {
       const V lv = ldv(tl.lse_g + gq * L), dr = ldv(tl.Dr_g + gq * L), gg = ldv(tl.gg + gq * L);
       for (int64_t j = 0; j < nk; ++j) {
@@ -871,6 +1007,10 @@ void bwd_chunk(const BwdTile<C>& tl, bool dual, int64_t D, C scale, const uint8_
         stv(ps, gg * p);
         stv(pd, sc * p * (gg * ldv(pd) - dr));
       }
+    }
+    if (!tl.lg.full(j0, nk, pad)) {
+      apply_mask<C>(St, nk, j0, tl.lg, pad, C(0));
+      apply_mask<C>(dPt, nk, j0, tl.lg, pad, C(0));
     }
     return;
   }
@@ -891,13 +1031,21 @@ void bwd_chunk(const BwdTile<C>& tl, bool dual, int64_t D, C scale, const uint8_
       }
       const I jv = splat<I>(static_cast<Is>(j0 + j));
       const V s = ldv(ps), dp = ldv(pd);
-      // invisible lanes may overflow exp; the selects drop them
-      const V pl = ((jv >= lol) & (jv < hil)) ? vexp_c(s - lsl) : zero;
-      const V pg = ((jv >= log_) & (jv < hig)) ? vexp_c(s - lsg) : zero;
-      stv(ps, gl * pl + gg * pg);
-      stv(pd, sc * (pl * (gl * dp - drl) + pg * (gg * dp - drg)));
+      // each path's terms are selected by its own visibility: invisible lanes may overflow
+      // exp, and a NaN in a key, value or the other path must not reach a path that cannot see
+      const I vl = (jv >= lol) & (jv < hil), vg = (jv >= log_) & (jv < hig);
+      const V pl = vexp_c(s - lsl), pg = vexp_c(s - lsg);
+      stv(ps, (vl ? gl * pl : zero) + (vg ? gg * pg : zero));
+      stv(pd, sc * ((vl ? pl * (gl * dp - drl) : zero) + (vg ? pg * (gg * dp - drg) : zero)));
     }
   }
+}
+
+// True when every valid lane sees every key of the chunk (on the local path; dual tiles also
+// on the global one): no mask applies.
+template <typename C>
+inline bool chunk_full(const BwdTile<C>& tl, bool dual, int64_t j0, int64_t nk, const uint8_t* pad) {
+  return tl.ln.full(j0, nk, pad) || (dual && tl.lg.full(j0, nk, pad));
 }
 
 // Adds the tile's dQ rows (dQt, rows of Dp) into dq.
@@ -943,7 +1091,7 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
   using C = typename Num<T>::acc;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
   const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, n = a.n, Sk = a.Sk;
-  const int64_t Dp = (D + L - 1) / L * L, NVd = Dp / L;
+  const int64_t Dp = (D + L - 1) / L * L;
   const int64_t ntile = (n + BM - 1) / BM;
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
@@ -981,11 +1129,8 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
           const C* Kc = rows_as<T, C>(kh, j0, nk, D, with_dq ? Dp : D, w.kb, ldk);
           const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
           bwd_chunk<C, DC>(tl, in.dual != nullptr, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
-          // dV[j] += sum_i P[j][i] dO[i];  dK[j] += sum_i dS[j][i] Q[i]
-          gemm<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa + (j0 - K0) * Dp, Dp, kAdd);
-          gemm<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa + (j0 - K0) * Dp, Dp, kAdd);
-          // dQ[i] += sum_j dS[j][i] K[j]
-          if (with_dq) gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
+          bwd_products<C>(tl, in.dual != nullptr, chunk_full(tl, in.dual != nullptr, j0, nk, pad), D, Dp, pad, j0, nk,
+                          St, dPt, Kc, ldk, true, dVa + (j0 - K0) * Dp, dKa + (j0 - K0) * Dp, with_dq, dQt);
         }
         if (with_dq) bwd_store_dq(a, D, Dp, b * a.Hq + h, tl, dQt, dq);
       }
@@ -1071,7 +1216,8 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
         const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.kb, ldk);
         const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
         bwd_chunk<C, DC>(tl, in.dual != nullptr, D, scale, pad, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
-        gemm<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
+        bwd_products<C>(tl, in.dual != nullptr, chunk_full(tl, in.dual != nullptr, j0, nk, pad), D, Dp, pad, j0, nk,
+                        St, dPt, Kc, ldk, false, nullptr, nullptr, true, dQt);
       }
       bwd_store_dq(a, D, Dp, bh, tl, dQt, dq);
     }

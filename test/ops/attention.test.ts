@@ -421,3 +421,121 @@ describe('dualAttention backward (one pass on the CPU) against the float64 refer
       }
     });
 });
+
+describe('non-finite inputs: propagated as the materialised softmax(q k^T * scale) v does, and keys a query cannot see never touch it', () => {
+  type Poison = { what: 'q' | 'k' | 'v'; at: number[]; value: number; dim?: number };
+  const poisons: Array<[string, Poison[]]> = [
+    ['NaN query row', [{ what: 'q', at: [9], value: NaN }]],
+    ['NaN in one key', [{ what: 'k', at: [20], value: NaN, dim: 3 }]],
+    ['NaN values at the end', [{ what: 'v', at: [-4, -3, -2, -1], value: NaN }]],
+    ['+Inf in one key', [{ what: 'k', at: [5], value: Infinity, dim: 1 }]],
+    ['-Inf in one query element', [{ what: 'q', at: [-7], value: -Infinity, dim: 2 }]],
+  ];
+  const masks: Array<{ name: string; mode: Mode; causal: boolean; window: number; padTail?: boolean }> = [
+    { name: 'global', mode: 'global', causal: false, window: 0 },
+    { name: 'causal', mode: 'global', causal: true, window: 0 },
+    { name: 'sliding 16', mode: 'sliding', causal: true, window: 16 },
+    { name: 'block 64', mode: 'block', causal: true, window: 64 },
+    { name: 'tail padded', mode: 'global', causal: true, window: 0, padTail: true },
+  ];
+  const shapes = [{ S: 130, D: 64, H: 2, Hkv: 1 }, { S: 37, D: 5, H: 1, Hkv: 1 }];
+
+  function poisoned(shape: number[], seed: number, ps: Poison[], what: 'q' | 'k' | 'v', dtype: dr.DType) {
+    const raw = randArray(shape.reduce((a, b) => a * b, 1), seed, -1.5, 1.5);
+    const [B, H, S, D] = shape;
+    for (const p of ps) {
+      if (p.what !== what) continue;
+      for (const at of p.at) {
+        const row = at < 0 ? S + at : at;
+        for (let b = 0; b < B; ++b)
+          for (let h = 0; h < H; ++h)
+            for (let d = 0; d < D; ++d) if (p.dim === undefined || d === p.dim % D) raw[((b * H + h) * S + row) * D + d] = p.value;
+      }
+    }
+    const t = dr.tensor(raw, shape, { dtype });
+    return { t, data: Float64Array.from(t.dataSync()) };
+  }
+
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[])
+    for (const sh of shapes)
+      for (const m of masks)
+        test(`${dtype} S${sh.S} D${sh.D} ${m.name}: forward and backward`, () => {
+          const scale = dtype === 'float64' ? 1 / Math.sqrt(sh.D) : Math.fround(1 / Math.sqrt(sh.D));
+          const budget = dtype === 'bfloat16' ? 'bfloat16' : dtype;
+          for (const [, ps] of poisons) {
+            dr.tidy(() => {
+              const q = poisoned([1, sh.H, sh.S, sh.D], 301, ps, 'q', dtype);
+              const k = poisoned([1, sh.Hkv, sh.S, sh.D], 302, ps, 'k', dtype);
+              const v = poisoned([1, sh.Hkv, sh.S, sh.D], 303, ps, 'v', dtype);
+              const pad = m.padTail ? [Array.from({ length: sh.S }, (_, j) => j >= sh.S - 4)] : undefined;
+              const ref = { mode: m.mode, causal: m.causal, window: m.window, scale, pad };
+              const want = attnRef(q.data, k.data, v.data, [1, sh.H, sh.S, sh.D], sh.Hkv, sh.S, ref);
+              const opts = { causal: m.causal, scale, keyPaddingMask: pad ? dr.tensor(pad) : undefined, returnLse: true as const };
+              const got = m.mode === 'global' ? dr.globalAttention(q.t, k.t, v.t, opts)
+                : dr.localAttention(q.t, k.t, v.t, { ...opts, window: m.window, mode: m.mode });
+              expectClose(got.out, want.out, budget);
+              expectClose(got.lse, want.lse, dtype === 'float64' ? 'float64' : 'float32', dtype === 'bfloat16' ? 100 : 1);
+              if (dtype === 'bfloat16') return; // the gradients' NaN pattern is the same; their values are bf16-rough
+              const W = make([1, sh.H, sh.S, sh.D], 304, dtype);
+              const g = attnGradRef(q.data, k.data, v.data, W.data, [1, sh.H, sh.S, sh.D], sh.Hkv, sh.S, ref);
+              // every backward form: one task per kv head, heads in chunks, keys and queries split
+              for (const form of ['fused', 'heads', 'split']) {
+                process.env.DUALROUTE_ATTN_BWD = form;
+                const [qf, kf, vf] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
+                const o = m.mode === 'global' ? dr.globalAttention(qf, kf, vf, { ...opts, returnLse: false })
+                  : dr.localAttention(qf, kf, vf, { ...opts, returnLse: false, window: m.window, mode: m.mode });
+                o.mul(W.t).sum().backward();
+                expectClose(qf.grad!.dataSync(), g.dq, dtype, 4);
+                expectClose(kf.grad!.dataSync(), g.dk, dtype, 4);
+                expectClose(vf.grad!.dataSync(), g.dv, dtype, 4);
+              }
+              delete process.env.DUALROUTE_ATTN_BWD;
+            });
+          }
+        });
+  test('decode with the keys split across threads: NaN in keys or values the query cannot see never reaches it', () => {
+    dr.tidy(() => {
+      const Sk = 2000, D = 64, scale = Math.fround(1 / 8);
+      for (const [mode, causal, window] of [['global', true, 1], ['sliding', true, 700], ['block', false, 600]] as const)
+        for (const [what, at] of [['v', 3], ['k', 10], ['v', 1990], ['k', 1500]] as const) {
+          const q = make([1, 1, 1, D], 16);
+          const rk = Float64Array.from(make([1, 1, Sk, D], 17).data), rv = Float64Array.from(make([1, 1, Sk, D], 18).data);
+          (what === 'k' ? rk : rv)[at * D + 5] = NaN;
+          const k = dr.tensor(rk, [1, 1, Sk, D], { dtype: 'float32' }), v = dr.tensor(rv, [1, 1, Sk, D], { dtype: 'float32' });
+          // a decode query at the last position: the sliding window sees [1300, 2000), the block [1800, 2000)
+          const got = mode === 'global' ? dr.globalAttention(q.t, k, v, { causal, scale, returnLse: true })
+            : dr.localAttention(q.t, k, v, { window, causal, mode, scale, returnLse: true });
+          const want = attnRef(q.data, rk, rv, [1, 1, 1, D], 1, Sk, { mode, causal, window, scale });
+          expectClose(got.out, want.out);
+          expectClose(got.lse, want.lse);
+        }
+    });
+  });
+
+  test('dualAttention: each path propagates what it sees, and NaN beyond the local window stays out of the local path', () => {
+    dr.tidy(() => {
+      const B = 1, H = 2, Hkv = 1, S = 70, D = 16, W = 8, scale = 0.25;
+      const q = make([B, H, S, D], 40);
+      const rk = Float64Array.from(make([B, Hkv, S, D], 41).data), rv = Float64Array.from(make([B, Hkv, S, D], 42).data);
+      rv[3 * D + 1] = NaN; // key 3: inside every later row's global span, outside local windows past row 10
+      rk[50 * D + 2] = NaN;
+      const k = dr.tensor(rk, [B, Hkv, S, D], { dtype: 'float32' }), v = dr.tensor(rv, [B, Hkv, S, D], { dtype: 'float32' });
+      const gates = make([B, S, 2], 43);
+      const loc = attnRef(q.data, rk, rv, [B, H, S, D], Hkv, S, { mode: 'sliding', causal: true, window: W, scale }).out;
+      const glo = attnRef(q.data, rk, rv, [B, H, S, D], Hkv, S, { mode: 'global', causal: true, window: 1, scale }).out;
+      for (const rows of [undefined, [[0, 2, 20, 69]]]) {
+        const got = dr.dualAttention(q.t, k, v, { window: W, causal: true, gates: gates.t, scale, queryIndex: rows ? dr.tensor(Int32Array.from(rows.flat()), [1, 4]) : undefined });
+        const want = new Float64Array(loc.length);
+        for (let h = 0; h < H; ++h)
+          for (let i = 0; i < S; ++i) {
+            const onGlobal = !rows || rows[0].includes(i);
+            for (let d = 0; d < D; ++d) {
+              const o = (h * S + i) * D + d;
+              want[o] = gates.data[i * 2] * loc[o] + (onGlobal ? gates.data[i * 2 + 1] * glo[o] : 0);
+            }
+          }
+        expectClose(got, want);
+      }
+    });
+  });
+});
