@@ -36,6 +36,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #ifndef __CUDA_ARCH__
@@ -208,14 +209,20 @@ inline unsigned __ballot_sync(unsigned mask, int p, const emu_loc& w = emu_loc::
 }
 template <class T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const emu_loc& w = emu_loc::current()) {
-  static_assert(sizeof(T) == 4, "emu: 32-bit shuffles only");
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "emu: 32- and 64-bit shuffles only");
   if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: only the full mask is emulated");
   if (width != 32) emu::fail("__shfl_xor_sync: only width 32 is emulated");
-  memcpy(&emu::g_cur->val, &v, 4);
-  emu::g_cur->arg = lane_mask;
-  emu::park(emu::Op::Shfl, w);
+  // a 64-bit shuffle is two 32-bit ones, as the hardware does it
+  uint32_t words[2] = {0, 0};
+  memcpy(words, &v, sizeof(T));
+  for (size_t i = 0; i < sizeof(T) / 4; ++i) {
+    memcpy(&emu::g_cur->val, &words[i], 4);
+    emu::g_cur->arg = lane_mask;
+    emu::park(emu::Op::Shfl, w);
+    memcpy(&words[i], &emu::g_cur->r[0], 4);
+  }
   T out;
-  memcpy(&out, &emu::g_cur->r[0], 4);
+  memcpy(&out, words, sizeof(T));
   return out;
 }
 
