@@ -14,6 +14,10 @@
 //     premultiplied by scale*log2(e), exp2f) and P is re-packed from the S fragments into bf16
 //     A-fragments for O += P V without a trip through shared memory. DUAL keeps two (m, l, O)
 //     accumulators fed from the same S and V fragments: one pass over K/V for both paths.
+//     Non-finite inputs follow the materialised softmax(q k^T) v: row maxima propagate NaN, and
+//     a masked key tile (one that some row seeing keys does not see whole) whose values hold a
+//     NaN or an infinity sends the block to the exact per-row path (fwd_row), since P = 0 times
+//     such a value in the product would reach rows that cannot see it.
 //  2. attn_fwd_warp<T, DPL, DUAL> (float32, other head dims up to 512): one warp per output
 //     row, D spread over lanes (DPL values each), keys streamed from L2 one at a time. Simple
 //     and exact; the float32 path is not the one that has to be fast.
@@ -24,10 +28,10 @@
 //     a second kernel merges into out and lse.
 //  3. attn_bwd_warp<T, DPL>: the generic backward (float32; bf16 at head dims other than 32, 64,
 //     128, which take the tensor-core backward of attention_bwd.cu). One block per (b, kv head,
-//     tile of KT keys) holds K, V, dK, dV of its keys in float shared memory; its warps walk the
-//     query rows (of every query head of the group) that can see the tile, recompute
-//     P = exp(s - lse), add dV, dK in shared memory and dQ in registers, flushed to global
-//     memory with atomicAdd once per row and tile.
+//     tile of KT keys) runs bwd_key_run (attention_generic.cuh): K, V, dK, dV of its keys in
+//     float shared memory; its warps walk the query rows (of every query head of the group)
+//     that can see the tile, recompute P = exp(s - lse), add dV, dK in shared memory and dQ in
+//     registers, flushed to global memory with atomicAdd once per row and tile.
 //  4. rope_kernel<T>: rotate-half RoPE in double, like the CPU kernel.
 #include <algorithm>
 #include <climits>
@@ -38,6 +42,7 @@
 #include "../core/attention.h"
 #include "attention.cuh"
 #include "device.cuh"
+#include "attention_generic.cuh"
 #include "mma.cuh"
 
 namespace dualroute {
@@ -92,357 +97,30 @@ __device__ __forceinline__ int query_of(const FwdParams& P, int b, int r, bool r
   return qi;
 }
 
-// ---------------------------------------------------------------------------------------------
-// 1. bf16 tensor-core forward
-// ---------------------------------------------------------------------------------------------
-constexpr int kBM = 64, kBN = 64, kMmaThreads = 128;
-
-template <int D>
-constexpr int mma_smem_bytes() {
-  return 3 * kBM * (D + 8) * 2 + 5 * kBM * 4 + kBN;
-}
-
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address / lower k)
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-#endif
-
-// Fragment layout (m16n8): thread (g = lane/4, t = lane%4) holds c0 c1 at (row g, cols 2t, 2t+1)
-// and c2 c3 at row g+8; "half" hf = 0/1 below is row g / g+8.
-template <int D, bool DUAL>
-__global__ void __launch_bounds__(kMmaThreads) attn_fwd_mma(FwdParams P) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  constexpr int PITCH = D + 8;  // 16-byte row padding: the 8 rows of an ldmatrix hit distinct banks
-  constexpr int CH = D / 8;     // 16-byte chunks per row
-  constexpr int NF = kBN / 8;   // S fragments per warp (16 x 64)
-  constexpr int OF = D / 8;     // O fragments per warp (16 x D)
-  // Q fragments stay in registers except for the dual D = 128 variant, whose two O
-  // accumulators already take 128 registers; there they are re-read from shared memory.
-  constexpr bool QREG = !DUAL || D <= 64;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
-  bf16_t* sK = sQ + kBM * PITCH;
-  bf16_t* sV = sK + kBN * PITCH;
-  int* sLo = reinterpret_cast<int*>(sV + kBN * PITCH);
-  int* sHi = sLo + kBM;
-  int* sGlo = sHi + kBM;
-  int* sGhi = sGlo + kBM;
-  int* sQi = sGhi + kBM;
-  unsigned char* sOk = reinterpret_cast<unsigned char*>(sQi + kBM);
-  __shared__ int tl[4];  // block-wide min lo, max hi: local (or only) path, global path
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const int tile = blockIdx.x % P.tiles;
-  const int bh = blockIdx.x / P.tiles;
-  const int b = bh / P.Hq, h = bh % P.Hq, hk = h / P.G;
-  const int r0 = tile * kBM;
-
-  if (tid < 4) tl[tid] = (tid & 1) ? -1 : INT_MAX;
-  __syncthreads();
-  if (tid < kBM) {
-    const int qi = query_of(P, b, r0 + tid, true);
-    int lo = 0, hi = -1, glo = 0, ghi = -1;
-    if (qi >= 0) {
-      const long long p = static_cast<long long>(qi) + P.Sk - P.Sq;
-      key_range(P.mask, P.causal, P.window, p, P.Sk, lo, hi);
-      if (DUAL && (!P.global_rows || P.global_rows[static_cast<long long>(b) * P.Sq + qi]))
-        key_range(static_cast<int>(AttnMask::Global), P.causal, 1, p, P.Sk, glo, ghi);
-    }
-    sQi[tid] = qi;
-    sLo[tid] = lo;
-    sHi[tid] = hi;
-    sGlo[tid] = glo;
-    sGhi[tid] = ghi;
-    if (lo <= hi) {
-      atomicMin(&tl[0], lo);
-      atomicMax(&tl[1], hi);
-    }
-    if (DUAL && glo <= ghi) {
-      atomicMin(&tl[2], glo);
-      atomicMax(&tl[3], ghi);
-    }
-  }
-  __syncthreads();
-
-  const bf16_t* Q = static_cast<const bf16_t*>(P.q) + static_cast<long long>(bh) * P.Sq * D;
-  const bf16_t* K = static_cast<const bf16_t*>(P.k) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
-  const bf16_t* V = static_cast<const bf16_t*>(P.v) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
-  const uint32_t aQ = smem_addr(sQ), aK = smem_addr(sK), aV = smem_addr(sV);
-
-  for (int c = tid; c < kBM * CH; c += kMmaThreads) {
-    const int row = c / CH, col = (c % CH) * 8;
-    const int qi = sQi[row];
-    const bf16_t* src = qi >= 0 ? Q + static_cast<long long>(qi) * D + col : Q;
-    cp_async16(aQ + (row * PITCH + col) * 2, src, qi >= 0);
-  }
-  cp_async_commit();
-
-  // Per-lane ldmatrix offsets (bytes). Q [row][d] is the row-major A operand; K [key][d] is
-  // B stored n x k (plain ldmatrix); V [key][d] is B stored k x n (ldmatrix.trans).
-  const int mat = lane >> 3, r8 = lane & 7;
-  const uint32_t q_off = ((warp * 16 + (lane & 15)) * PITCH + (lane >> 4) * 8) * 2;
-  const uint32_t k_off = ((r8 + (mat >> 1) * 8) * PITCH + (mat & 1) * 8) * 2;
-  const uint32_t v_off = ((r8 + (mat & 1) * 8) * PITCH + (mat >> 1) * 8) * 2;
-
-  // Row key intervals: in registers, or (dual D = 128, short of registers) read from shared
-  // memory at each use.
-  constexpr bool RREG = QREG;
-  int lo_r[2], hi_r[2], glo_r[2], ghi_r[2];
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int row = warp * 16 + g + hf * 8;
-    lo_r[hf] = sLo[row];
-    hi_r[hf] = sHi[row];
-    glo_r[hf] = sGlo[row];
-    ghi_r[hf] = sGhi[row];
-  }
-  const int my_row = warp * 16 + g;
-  auto vis_l = [&](int hf, int j) {
-    return RREG ? (j >= lo_r[hf] && j <= hi_r[hf]) : (j >= sLo[my_row + 8 * hf] && j <= sHi[my_row + 8 * hf]);
-  };
-  auto vis_g = [&](int hf, int j) {
-    return RREG ? (j >= glo_r[hf] && j <= ghi_r[hf]) : (j >= sGlo[my_row + 8 * hf] && j <= sGhi[my_row + 8 * hf]);
-  };
-  const int llo = tl[0], lhi = tl[1], bglo = tl[2], bghi = tl[3];
-  int klo = llo, khi = lhi;
-  if (DUAL) {
-    klo = min(klo, bglo);
-    khi = max(khi, bghi);
-  }
-  const int t0 = klo <= khi ? klo / kBN : 0;
-  const int t1 = klo <= khi ? khi / kBN : -1;
-
-  float o[OF][4], og[DUAL ? OF : 1][4];
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  float mg[2] = {-INFINITY, -INFINITY}, lg[2] = {0.f, 0.f};
-#pragma unroll
-  for (int i = 0; i < OF; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      o[i][e] = 0.f;
-      if (DUAL) og[i][e] = 0.f;
-    }
-
-  cp_async_wait<0>();
-  __syncthreads();
-  uint32_t qf[QREG ? D / 16 : 1][4];
-  if (QREG) {
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[ks], aQ + q_off + ks * 32);
-  }
-
-  for (int kt = t0; kt <= t1; ++kt) {
-    const int j0 = kt * kBN;
-#pragma unroll 1
-    for (int pass = 0; pass < 2; ++pass) {
-      const bf16_t* src0 = pass ? V : K;
-      const uint32_t dst0 = pass ? aV : aK;
-      for (int c = tid; c < kBN * CH; c += kMmaThreads) {
-        const int row = c / CH, col = (c % CH) * 8;
-        const int j = j0 + row;
-        const bool ok = j < P.Sk;
-        cp_async16(dst0 + (row * PITCH + col) * 2, ok ? src0 + static_cast<long long>(j) * D + col : src0, ok);
-      }
-      cp_async_commit();
-    }
-    if (tid < kBN) {
-      const int j = j0 + tid;
-      sOk[tid] = j < P.Sk && !(P.pad && P.pad[static_cast<long long>(b) * P.Sk + j]);
-    }
-    const bool do_l = !DUAL || (llo <= lhi && j0 <= lhi && j0 + kBN - 1 >= llo);
-    const bool do_g = DUAL && bglo <= bghi && j0 <= bghi && j0 + kBN - 1 >= bglo;
-    cp_async_wait<1>();  // K landed (V may still be in flight)
-    __syncthreads();
-
-    float s[NF][4];
-#pragma unroll
-    for (int i = 0; i < NF; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t a[4];
-      if (QREG) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) a[e] = qf[QREG ? ks : 0][e];
-      } else {
-        ldmatrix_x4(a, aQ + q_off + ks * 32);
-      }
-#pragma unroll
-      for (int nj = 0; nj < kBN / 16; ++nj) {
-        uint32_t kb[4];
-        ldmatrix_x4(kb, aK + k_off + (nj * 16 * PITCH + ks * 16) * 2);
-        mma_bf16(s[2 * nj], a, kb[0], kb[1]);
-        mma_bf16(s[2 * nj + 1], a, kb[2], kb[3]);
-      }
-    }
-
-    // Scores to the log2 domain; row maxima over the visible keys of each path.
-    float mx[2] = {-INFINITY, -INFINITY}, mxg[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int i = 0; i < NF; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int hf = e >> 1, jj = i * 8 + 2 * t + (e & 1), j = j0 + jj;
-        s[i][e] *= P.scale2;
-        const bool ok = sOk[jj];
-        if (ok && vis_l(hf, j)) mx[hf] = fmaxf(mx[hf], s[i][e]);
-        if (DUAL && ok && vis_g(hf, j)) mxg[hf] = fmaxf(mxg[hf], s[i][e]);
-      }
-    float mu[2], mug[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
-      mx[hf] = fmaxf(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
-      const float mn = fmaxf(m[hf], mx[hf]);
-      mu[hf] = mn == -INFINITY ? 0.f : mn;  // no visible key yet: any finite reference works
-      const float alpha = exp2f(m[hf] - mu[hf]);
-      m[hf] = mn;
-      l[hf] *= alpha;
-#pragma unroll
-      for (int i = 0; i < OF; ++i) {
-        o[i][2 * hf] *= alpha;
-        o[i][2 * hf + 1] *= alpha;
-      }
-      if (DUAL) {
-        mxg[hf] = fmaxf(mxg[hf], __shfl_xor_sync(0xffffffffu, mxg[hf], 1));
-        mxg[hf] = fmaxf(mxg[hf], __shfl_xor_sync(0xffffffffu, mxg[hf], 2));
-        const float mgn = fmaxf(mg[hf], mxg[hf]);
-        mug[hf] = mgn == -INFINITY ? 0.f : mgn;
-        const float ag = exp2f(mg[hf] - mug[hf]);
-        mg[hf] = mgn;
-        lg[hf] *= ag;
-#pragma unroll
-        for (int i = 0; i < OF; ++i) {
-          og[i][2 * hf] *= ag;
-          og[i][2 * hf + 1] *= ag;
-        }
-      }
-    }
-
-    cp_async_wait<0>();
-    __syncthreads();
-
-    // O += P V, 16 keys per step. The S fragments of keys 16kk..16kk+15 (n-fragments 2kk and
-    // 2kk+1) are exactly the A fragment of P for that k-step once packed to bf16.
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t pa[4], pg[4];
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {  // a0: (g, k 2t) a1: (g+8, 2t) a2: (g, 8+2t) a3: (g+8, 8+2t)
-        const int i = 2 * kk + (x >> 1), hf = x & 1;
-        float pv[2], pgv[2];
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int jj = i * 8 + 2 * t + c, j = j0 + jj;
-          const float sv = s[i][2 * hf + c];
-          const bool ok = sOk[jj];
-          pv[c] = (ok && vis_l(hf, j)) ? exp2f(sv - mu[hf]) : 0.f;
-          l[hf] += pv[c];
-          if (DUAL) {
-            pgv[c] = (ok && vis_g(hf, j)) ? exp2f(sv - mug[hf]) : 0.f;
-            lg[hf] += pgv[c];
-          }
-        }
-        pa[x] = pack_bf16(pv[0], pv[1]);
-        if (DUAL) pg[x] = pack_bf16(pgv[0], pgv[1]);
-      }
-#pragma unroll
-      for (int nd = 0; nd < D / 16; ++nd) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, aV + v_off + (kk * 16 * PITCH + nd * 16) * 2);
-        if (do_l) {
-          mma_bf16(o[2 * nd], pa, vb[0], vb[1]);
-          mma_bf16(o[2 * nd + 1], pa, vb[2], vb[3]);
-        }
-        if (DUAL && do_g) {
-          mma_bf16(og[DUAL ? 2 * nd : 0], pg, vb[0], vb[1]);
-          mma_bf16(og[DUAL ? 2 * nd + 1 : 0], pg, vb[2], vb[3]);
-        }
-      }
-    }
-    __syncthreads();  // sK, sV, sOk are refilled next iteration
-  }
-
-  // Epilogue: finish the row sums across the 4 lanes of a row, normalise, store.
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 1);
-    l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 2);
-    if (DUAL) {
-      lg[hf] += __shfl_xor_sync(0xffffffffu, lg[hf], 1);
-      lg[hf] += __shfl_xor_sync(0xffffffffu, lg[hf], 2);
-    }
-    const int r = r0 + warp * 16 + g + hf * 8;
-    if (r >= P.n) continue;
-    const long long orow = (static_cast<long long>(bh) * P.n + r);
-    const float inv = l[hf] > 0.f ? 1.f / l[hf] : 0.f;
-    const float invg = DUAL && lg[hf] > 0.f ? 1.f / lg[hf] : 0.f;
-    float g0 = 0.f, g1 = 0.f;
-    if (DUAL) {
-      const bf16_t* gp = static_cast<const bf16_t*>(P.gates) +
-                         2 * (P.gates_per_head ? orow : static_cast<long long>(b) * P.Sq + r);
-      g0 = __bfloat162float(gp[0]);
-      g1 = __bfloat162float(gp[1]);
-    }
-    bf16_t* out = static_cast<bf16_t*>(P.out) + orow * D;
-#pragma unroll
-    for (int i = 0; i < OF; ++i) {
-      const int d = i * 8 + 2 * t;
-      const float a0 = o[i][2 * hf] * inv, a1 = o[i][2 * hf + 1] * inv;
-      *reinterpret_cast<__nv_bfloat162*>(out + d) = __floats2bfloat162_rn(a0, a1);
-      if (DUAL) {
-        const float b0 = og[i][2 * hf] * invg, b1 = og[i][2 * hf + 1] * invg;
-        *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16_t*>(P.out_g) + orow * D + d) =
-            __floats2bfloat162_rn(b0, b1);
-        *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16_t*>(P.out_mix) + orow * D + d) =
-            __floats2bfloat162_rn(g0 * a0 + g1 * b0, g0 * a1 + g1 * b1);
-      }
-    }
-    if (t == 0) {
-      if (P.lse) P.lse[orow] = l[hf] > 0.f ? (m[hf] + log2f(l[hf])) * kLn2 : -INFINITY;
-      if (DUAL && P.lse_g) P.lse_g[orow] = lg[hf] > 0.f ? (mg[hf] + log2f(lg[hf])) * kLn2 : -INFINITY;
-    }
-  }
-#endif
-}
-// emu:end fwd
-// emu:begin simt (attn_fwd_warp, attn_fwd_split, attn_split_merge, attn_bwd_warp, rope_kernel)
-
-// ---------------------------------------------------------------------------------------------
-// 2. Generic forward: one warp per output row
-// ---------------------------------------------------------------------------------------------
-constexpr int kWarpRows = 4;  // rows (warps) per block
-
-// Online softmax step for one key of score s (log2 domain) and value row vals.
+// Online softmax step for one key of score s (log2 domain) and value row vals. The running max
+// propagates NaN; while it is -inf, 0 is the reference point, so that exp2 gives 0, not NaN.
+// A +inf score gives NaN (2^(inf - inf)), as the materialised softmax does.
 template <int DPL>
 __device__ __forceinline__ void online_step(float& m, float& l, float (&o)[DPL], float s, const float (&vals)[DPL]) {
-  if (s > m) {
-    const float alpha = exp2f(m - s);
-    l = l * alpha + 1.f;
+  const float mn = nan_max(m, s);
+  const float mu = mn == -INFINITY ? 0.f : mn;
+  const float alpha = exp2f(m - mu), p = exp2f(s - mu);
+  l = l * alpha + p;
 #pragma unroll
-    for (int k = 0; k < DPL; ++k) o[k] = o[k] * alpha + vals[k];
-    m = s;
-  } else {
-    const float p = exp2f(s - m);
-    l += p;
-#pragma unroll
-    for (int k = 0; k < DPL; ++k) o[k] += p * vals[k];
-  }
+  for (int k = 0; k < DPL; ++k) o[k] = o[k] * alpha + p * vals[k];
+  m = mn;
 }
 
+// One output row r of (b, h) = bh by one warp (D spread over lanes, DPL values each; keys
+// streamed one at a time): the generic forward (attn_fwd_warp), and the exact path of the
+// tensor-core kernel for tiles it cannot take (values that are not finite). Every (row, key)
+// pair outside the mask is skipped, so nothing a row cannot see reaches it. record: report a
+// bad query_index (one lane, once per row).
 template <typename T, int DPL, bool DUAL>
-__global__ void __launch_bounds__(kWarpRows * 32) attn_fwd_warp(FwdParams P) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int bh = blockIdx.x / P.tiles;
-  const int r = (blockIdx.x % P.tiles) * kWarpRows + warp;
-  if (r >= P.n) return;
+__device__ __forceinline__ void fwd_row(const FwdParams& P, int bh, int r, int lane, bool record) {
   const int b = bh / P.Hq, h = bh % P.Hq, hk = h / P.G;
   const int D = P.D;
-  const int qi = query_of(P, b, r, lane == 0);
+  const int qi = query_of(P, b, r, record);
 
   float q[DPL], o[DPL], og[DPL];
   int lo = 0, hi = -1, glo = 0, ghi = -1;
@@ -488,9 +166,12 @@ __global__ void __launch_bounds__(kWarpRows * 32) attn_fwd_warp(FwdParams P) {
     if (DUAL && j >= glo && j <= ghi) online_step<DPL>(mg, lg, og, s, vals);
   }
 
+  // l and lg are the same in every lane, so the has-key tests are uniform across the warp
+  const bool has = l > 0.f || warp_has_key(pad, lo, hi, lane);
+  const bool has_g = DUAL && (lg > 0.f || warp_has_key(pad, glo, ghi, lane));
   const long long orow = static_cast<long long>(bh) * P.n + r;
-  const float inv = l > 0.f ? 1.f / l : 0.f;
-  const float invg = DUAL && lg > 0.f ? 1.f / lg : 0.f;
+  const float inv = row_inv(has, l);
+  const float invg = row_inv(has_g, lg);
   float g0 = 0.f, g1 = 0.f;
   if (DUAL) {
     const T* gp = static_cast<const T*>(P.gates) + 2 * (P.gates_per_head ? orow : static_cast<long long>(b) * P.Sq + r);
@@ -502,18 +183,398 @@ __global__ void __launch_bounds__(kWarpRows * 32) attn_fwd_warp(FwdParams P) {
   for (int k = 0; k < DPL; ++k) {
     const int d = lane + 32 * k;
     if (d >= D) continue;
-    const float a0 = o[k] * inv;
+    const float a0 = has ? o[k] * inv : 0.f;
     out[d] = st<T>(a0);
     if (DUAL) {
-      const float b0 = og[k] * invg;
+      const float b0 = has_g ? og[k] * invg : 0.f;
       static_cast<T*>(P.out_g)[orow * D + d] = st<T>(b0);
       static_cast<T*>(P.out_mix)[orow * D + d] = st<T>(g0 * a0 + g1 * b0);
     }
   }
   if (lane == 0) {
-    if (P.lse) P.lse[orow] = l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
-    if (DUAL && P.lse_g) P.lse_g[orow] = lg > 0.f ? (mg + log2f(lg)) * kLn2 : -INFINITY;
+    if (P.lse) P.lse[orow] = row_lse(has, m, l);
+    if (DUAL && P.lse_g) P.lse_g[orow] = row_lse(has_g, mg, lg);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. bf16 tensor-core forward
+// ---------------------------------------------------------------------------------------------
+constexpr int kBM = 64, kBN = 64, kMmaThreads = 128;
+
+template <int D>
+constexpr int mma_smem_bytes() {
+  return 3 * kBM * (D + 8) * 2 + 5 * kBM * 4 + kBN;
+}
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address / lower k)
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+#endif
+
+// Fragment layout (m16n8): thread (g = lane/4, t = lane%4) holds c0 c1 at (row g, cols 2t, 2t+1)
+// and c2 c3 at row g+8; "half" hf = 0/1 below is row g / g+8.
+template <int D, bool DUAL>
+__global__ void __launch_bounds__(kMmaThreads) attn_fwd_mma(FwdParams P) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int PITCH = D + 8;  // 16-byte row padding: the 8 rows of an ldmatrix hit distinct banks
+  constexpr int CH = D / 8;     // 16-byte chunks per row
+  constexpr int NF = kBN / 8;   // S fragments per warp (16 x 64)
+  constexpr int OF = D / 8;     // O fragments per warp (16 x D)
+  // Q fragments stay in registers except for the dual D = 128 variant, whose two O
+  // accumulators already take 128 registers; there they are re-read from shared memory.
+  constexpr bool QREG = !DUAL || D <= 64;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
+  bf16_t* sK = sQ + kBM * PITCH;
+  bf16_t* sV = sK + kBN * PITCH;
+  int* sLo = reinterpret_cast<int*>(sV + kBN * PITCH);
+  int* sHi = sLo + kBM;
+  int* sGlo = sHi + kBM;
+  int* sGhi = sGlo + kBM;
+  int* sQi = sGhi + kBM;
+  unsigned char* sOk = reinterpret_cast<unsigned char*>(sQi + kBM);
+  // block-wide min lo, max hi: local (or only) path, global path; then the core (max lo, min
+  // hi over the rows that see some key) of each path: a key tile inside both cores and free of
+  // padding is seen by every such row
+  __shared__ int tl[8];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int tile = blockIdx.x % P.tiles;
+  const int bh = blockIdx.x / P.tiles;
+  const int b = bh / P.Hq, h = bh % P.Hq, hk = h / P.G;
+  const int r0 = tile * kBM;
+
+  if (tid < 8) tl[tid] = (tid & 1) ? -1 : INT_MAX;
+  if (tid >= 4 && tid < 8) tl[tid] = (tid & 1) ? INT_MAX : -1;
+  __syncthreads();
+  if (tid < kBM) {
+    const int qi = query_of(P, b, r0 + tid, true);
+    int lo = 0, hi = -1, glo = 0, ghi = -1;
+    if (qi >= 0) {
+      const long long p = static_cast<long long>(qi) + P.Sk - P.Sq;
+      key_range(P.mask, P.causal, P.window, p, P.Sk, lo, hi);
+      if (DUAL && (!P.global_rows || P.global_rows[static_cast<long long>(b) * P.Sq + qi]))
+        key_range(static_cast<int>(AttnMask::Global), P.causal, 1, p, P.Sk, glo, ghi);
+    }
+    sQi[tid] = qi;
+    sLo[tid] = lo;
+    sHi[tid] = hi;
+    sGlo[tid] = glo;
+    sGhi[tid] = ghi;
+    if (lo <= hi) {
+      atomicMin(&tl[0], lo);
+      atomicMax(&tl[1], hi);
+      atomicMax(&tl[4], lo);
+      atomicMin(&tl[5], hi);
+    }
+    if (DUAL && glo <= ghi) {
+      atomicMin(&tl[2], glo);
+      atomicMax(&tl[3], ghi);
+      atomicMax(&tl[6], glo);
+      atomicMin(&tl[7], ghi);
+    }
+  }
+  __syncthreads();
+
+  const bf16_t* Q = static_cast<const bf16_t*>(P.q) + static_cast<long long>(bh) * P.Sq * D;
+  const bf16_t* K = static_cast<const bf16_t*>(P.k) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
+  const bf16_t* V = static_cast<const bf16_t*>(P.v) + (static_cast<long long>(b) * P.Hkv + hk) * P.Sk * D;
+  const uint32_t aQ = smem_addr(sQ), aK = smem_addr(sK), aV = smem_addr(sV);
+
+  for (int c = tid; c < kBM * CH; c += kMmaThreads) {
+    const int row = c / CH, col = (c % CH) * 8;
+    const int qi = sQi[row];
+    const bf16_t* src = qi >= 0 ? Q + static_cast<long long>(qi) * D + col : Q;
+    cp_async16(aQ + (row * PITCH + col) * 2, src, qi >= 0);
+  }
+  cp_async_commit();
+
+  // Per-lane ldmatrix offsets (bytes). Q [row][d] is the row-major A operand; K [key][d] is
+  // B stored n x k (plain ldmatrix); V [key][d] is B stored k x n (ldmatrix.trans).
+  const int mat = lane >> 3, r8 = lane & 7;
+  const uint32_t q_off = ((warp * 16 + (lane & 15)) * PITCH + (lane >> 4) * 8) * 2;
+  const uint32_t k_off = ((r8 + (mat >> 1) * 8) * PITCH + (mat & 1) * 8) * 2;
+  const uint32_t v_off = ((r8 + (mat & 1) * 8) * PITCH + (mat >> 1) * 8) * 2;
+
+  // Row key intervals: in registers, or (dual D = 128, short of registers) read from shared
+  // memory at each use.
+  constexpr bool RREG = QREG;
+  int lo_r[2], hi_r[2], glo_r[2], ghi_r[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int row = warp * 16 + g + hf * 8;
+    lo_r[hf] = sLo[row];
+    hi_r[hf] = sHi[row];
+    glo_r[hf] = sGlo[row];
+    ghi_r[hf] = sGhi[row];
+  }
+  const int my_row = warp * 16 + g;
+  auto vis_l = [&](int hf, int j) {
+    return RREG ? (j >= lo_r[hf] && j <= hi_r[hf]) : (j >= sLo[my_row + 8 * hf] && j <= sHi[my_row + 8 * hf]);
+  };
+  auto vis_g = [&](int hf, int j) {
+    return RREG ? (j >= glo_r[hf] && j <= ghi_r[hf]) : (j >= sGlo[my_row + 8 * hf] && j <= sGhi[my_row + 8 * hf]);
+  };
+  const int llo = tl[0], lhi = tl[1], bglo = tl[2], bghi = tl[3];
+  const int clo = tl[4], chi = tl[5], cglo = tl[6], cghi = tl[7];
+  bool bail = false;  // a masked tile holds values that are not finite: the exact path below
+  int klo = llo, khi = lhi;
+  if (DUAL) {
+    klo = min(klo, bglo);
+    khi = max(khi, bghi);
+  }
+  const int t0 = klo <= khi ? klo / kBN : 0;
+  const int t1 = klo <= khi ? khi / kBN : -1;
+
+  float o[OF][4], og[DUAL ? OF : 1][4];
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float mg[2] = {-INFINITY, -INFINITY}, lg[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < OF; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      o[i][e] = 0.f;
+      if (DUAL) og[i][e] = 0.f;
+    }
+
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qf[QREG ? D / 16 : 1][4];
+  if (QREG) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(qf[ks], aQ + q_off + ks * 32);
+  }
+
+  for (int kt = t0; kt <= t1; ++kt) {
+    const int j0 = kt * kBN;
+#pragma unroll 1
+    for (int pass = 0; pass < 2; ++pass) {
+      const bf16_t* src0 = pass ? V : K;
+      const uint32_t dst0 = pass ? aV : aK;
+      for (int c = tid; c < kBN * CH; c += kMmaThreads) {
+        const int row = c / CH, col = (c % CH) * 8;
+        const int j = j0 + row;
+        const bool ok = j < P.Sk;
+        cp_async16(dst0 + (row * PITCH + col) * 2, ok ? src0 + static_cast<long long>(j) * D + col : src0, ok);
+      }
+      cp_async_commit();
+    }
+    bool key_ok = true;
+    if (tid < kBN) {
+      const int j = j0 + tid;
+      key_ok = j < P.Sk && !(P.pad && P.pad[static_cast<long long>(b) * P.Sk + j]);
+      sOk[tid] = key_ok;
+    }
+    const bool do_l = !DUAL || (llo <= lhi && j0 <= lhi && j0 + kBN - 1 >= llo);
+    const bool do_g = DUAL && bglo <= bghi && j0 <= bghi && j0 + kBN - 1 >= bglo;
+    cp_async_wait<1>();  // K landed (V may still be in flight)
+    // masked: some row that sees keys does not see every key of this tile on a path it takes
+    const bool masked = __syncthreads_or(!key_ok) || (do_l && !(clo <= j0 && j0 + kBN - 1 <= chi)) ||
+                        (do_g && !(cglo <= j0 && j0 + kBN - 1 <= cghi));
+
+    float s[NF][4];
+#pragma unroll
+    for (int i = 0; i < NF; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[i][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t a[4];
+      if (QREG) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[e] = qf[QREG ? ks : 0][e];
+      } else {
+        ldmatrix_x4(a, aQ + q_off + ks * 32);
+      }
+#pragma unroll
+      for (int nj = 0; nj < kBN / 16; ++nj) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, aK + k_off + (nj * 16 * PITCH + ks * 16) * 2);
+        mma_bf16(s[2 * nj], a, kb[0], kb[1]);
+        mma_bf16(s[2 * nj + 1], a, kb[2], kb[3]);
+      }
+    }
+
+    // Scores to the log2 domain; row maxima over the visible keys of each path.
+    float mx[2] = {-INFINITY, -INFINITY}, mxg[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < NF; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int hf = e >> 1, jj = i * 8 + 2 * t + (e & 1), j = j0 + jj;
+        s[i][e] *= P.scale2;
+        const bool ok = sOk[jj];
+        if (ok && vis_l(hf, j)) mx[hf] = nan_max(mx[hf], s[i][e]);
+        if (DUAL && ok && vis_g(hf, j)) mxg[hf] = nan_max(mxg[hf], s[i][e]);
+      }
+    float mu[2], mug[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      mx[hf] = nan_max(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 1));
+      mx[hf] = nan_max(mx[hf], __shfl_xor_sync(0xffffffffu, mx[hf], 2));
+      const float mn = nan_max(m[hf], mx[hf]);
+      mu[hf] = mn == -INFINITY ? 0.f : mn;  // no visible key yet: any finite reference works
+      const float alpha = exp2f(m[hf] - mu[hf]);
+      m[hf] = mn;
+      l[hf] *= alpha;
+#pragma unroll
+      for (int i = 0; i < OF; ++i) {
+        o[i][2 * hf] *= alpha;
+        o[i][2 * hf + 1] *= alpha;
+      }
+      if (DUAL) {
+        mxg[hf] = nan_max(mxg[hf], __shfl_xor_sync(0xffffffffu, mxg[hf], 1));
+        mxg[hf] = nan_max(mxg[hf], __shfl_xor_sync(0xffffffffu, mxg[hf], 2));
+        const float mgn = nan_max(mg[hf], mxg[hf]);
+        mug[hf] = mgn == -INFINITY ? 0.f : mgn;
+        const float ag = exp2f(mg[hf] - mug[hf]);
+        mg[hf] = mgn;
+        lg[hf] *= ag;
+#pragma unroll
+        for (int i = 0; i < OF; ++i) {
+          og[i][2 * hf] *= ag;
+          og[i][2 * hf + 1] *= ag;
+        }
+      }
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();
+    if (masked) {
+      // P is 0 where a row cannot see a key, but 0 * NaN (or inf) in the product would still
+      // reach it: a masked tile whose values are not all finite sends the block to the exact path.
+      bool nonfinite = false;
+      for (int c = tid; c < kBN * CH; c += kMmaThreads) {
+        const int row = c / CH, col = (c % CH) * 8;
+        if (j0 + row >= P.Sk) continue;
+        const uint16_t* x = reinterpret_cast<const uint16_t*>(sV + row * PITCH + col);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) nonfinite = nonfinite || (x[e] & 0x7f80u) == 0x7f80u;
+      }
+      if (__syncthreads_or(nonfinite)) {
+        bail = true;
+        break;
+      }
+    }
+
+    // O += P V, 16 keys per step. The S fragments of keys 16kk..16kk+15 (n-fragments 2kk and
+    // 2kk+1) are exactly the A fragment of P for that k-step once packed to bf16.
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      uint32_t pa[4], pg[4];
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {  // a0: (g, k 2t) a1: (g+8, 2t) a2: (g, 8+2t) a3: (g+8, 8+2t)
+        const int i = 2 * kk + (x >> 1), hf = x & 1;
+        float pv[2], pgv[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int jj = i * 8 + 2 * t + c, j = j0 + jj;
+          const float sv = s[i][2 * hf + c];
+          const bool ok = sOk[jj];
+          pv[c] = (ok && vis_l(hf, j)) ? exp2f(sv - mu[hf]) : 0.f;
+          l[hf] += pv[c];
+          if (DUAL) {
+            pgv[c] = (ok && vis_g(hf, j)) ? exp2f(sv - mug[hf]) : 0.f;
+            lg[hf] += pgv[c];
+          }
+        }
+        pa[x] = pack_bf16(pv[0], pv[1]);
+        if (DUAL) pg[x] = pack_bf16(pgv[0], pgv[1]);
+      }
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, aV + v_off + (kk * 16 * PITCH + nd * 16) * 2);
+        if (do_l) {
+          mma_bf16(o[2 * nd], pa, vb[0], vb[1]);
+          mma_bf16(o[2 * nd + 1], pa, vb[2], vb[3]);
+        }
+        if (DUAL && do_g) {
+          mma_bf16(og[DUAL ? 2 * nd : 0], pg, vb[0], vb[1]);
+          mma_bf16(og[DUAL ? 2 * nd + 1 : 0], pg, vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();  // sK, sV, sOk are refilled next iteration
+  }
+
+  if (bail) {
+    // the exact path: each warp recomputes its 16 rows one at a time, skipping every (row, key)
+    // pair outside the mask
+    for (int x = 0; x < 16; ++x) {
+      const int r = r0 + warp * 16 + x;
+      if (r < P.n) fwd_row<bf16_t, D / 32, DUAL>(P, bh, r, lane, false);
+    }
+    return;
+  }
+
+  // Epilogue: finish the row sums across the 4 lanes of a row, normalise, store. A row whose
+  // sum is 0 either sees no key (out 0, lse -inf) or sees only -inf scores (NaN): has_key tells.
+  const uint8_t* padb = P.pad ? P.pad + static_cast<long long>(b) * P.Sk : nullptr;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 1);
+    l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 2);
+    if (DUAL) {
+      lg[hf] += __shfl_xor_sync(0xffffffffu, lg[hf], 1);
+      lg[hf] += __shfl_xor_sync(0xffffffffu, lg[hf], 2);
+    }
+    const int r = r0 + warp * 16 + g + hf * 8;
+    if (r >= P.n) continue;
+    const long long orow = (static_cast<long long>(bh) * P.n + r);
+    const int row = my_row + 8 * hf;
+    const bool has = l[hf] > 0.f || has_key(padb, RREG ? lo_r[hf] : sLo[row], RREG ? hi_r[hf] : sHi[row]);
+    const bool has_g =
+        DUAL && (lg[hf] > 0.f || has_key(padb, RREG ? glo_r[hf] : sGlo[row], RREG ? ghi_r[hf] : sGhi[row]));
+    const float inv = row_inv(has, l[hf]);
+    const float invg = row_inv(has_g, lg[hf]);
+    float g0 = 0.f, g1 = 0.f;
+    if (DUAL) {
+      const bf16_t* gp = static_cast<const bf16_t*>(P.gates) +
+                         2 * (P.gates_per_head ? orow : static_cast<long long>(b) * P.Sq + r);
+      g0 = __bfloat162float(gp[0]);
+      g1 = __bfloat162float(gp[1]);
+    }
+    bf16_t* out = static_cast<bf16_t*>(P.out) + orow * D;
+#pragma unroll
+    for (int i = 0; i < OF; ++i) {
+      const int d = i * 8 + 2 * t;
+      const float a0 = has ? o[i][2 * hf] * inv : 0.f, a1 = has ? o[i][2 * hf + 1] * inv : 0.f;
+      *reinterpret_cast<__nv_bfloat162*>(out + d) = __floats2bfloat162_rn(a0, a1);
+      if (DUAL) {
+        const float b0 = has_g ? og[i][2 * hf] * invg : 0.f, b1 = has_g ? og[i][2 * hf + 1] * invg : 0.f;
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16_t*>(P.out_g) + orow * D + d) =
+            __floats2bfloat162_rn(b0, b1);
+        *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16_t*>(P.out_mix) + orow * D + d) =
+            __floats2bfloat162_rn(g0 * a0 + g1 * b0, g0 * a1 + g1 * b1);
+      }
+    }
+    if (t == 0) {
+      if (P.lse) P.lse[orow] = row_lse(has, m[hf], l[hf]);
+      if (DUAL && P.lse_g) P.lse_g[orow] = row_lse(has_g, mg[hf], lg[hf]);
+    }
+  }
+#endif
+}
+// emu:end fwd
+// emu:begin simt (attn_fwd_warp, attn_fwd_split, attn_split_merge, attn_bwd_warp, rope_kernel)
+
+// ---------------------------------------------------------------------------------------------
+// 2. Generic forward: one warp per output row
+// ---------------------------------------------------------------------------------------------
+constexpr int kWarpRows = 4;  // rows (warps) per block
+
+template <typename T, int DPL, bool DUAL>
+__global__ void __launch_bounds__(kWarpRows * 32) attn_fwd_warp(FwdParams P) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int bh = blockIdx.x / P.tiles;
+  const int r = (blockIdx.x % P.tiles) * kWarpRows + warp;
+  if (r >= P.n) return;
+  fwd_row<T, DPL, DUAL>(P, bh, r, lane, lane == 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -527,7 +588,8 @@ __global__ void __launch_bounds__(kWarpRows * 32) attn_fwd_warp(FwdParams P) {
 // acc[D] = sum 2^(s - m) v (unnormalised). An empty chunk writes m = -inf, l = 0, acc = 0.
 // attn_split_merge (one warp per row) combines a row's S partials:
 //   M = max m_s, L = sum l_s 2^(m_s - M), out = sum acc_s 2^(m_s - M) / L, lse = (M + log2 L) ln 2
-// and a row with L = 0 (no visible, unpadded key) gets out = 0 and lse = -inf.
+// and a row with L = 0 gets out = 0 and lse = -inf when it sees no unpadded key, NaN when its
+// visible scores are all -inf (maxima propagate NaN throughout, as in the other kernels).
 // Scratch layout for R = B * Hq * n rows: [R * S][2] (m, l) followed by [R * S][D] (acc).
 constexpr int kSplitWarps = 8;
 
@@ -605,7 +667,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32) attn_fwd_split(FwdParams P, 
   __syncthreads();
   float M = -INFINITY;
 #pragma unroll
-  for (int w = 0; w < kSplitWarps; ++w) M = fmaxf(M, sm_m[w]);
+  for (int w = 0; w < kSplitWarps; ++w) M = nan_max(M, sm_m[w]);
   const long long idx = static_cast<long long>(blockIdx.x);  // row * S + s
   float* acc = part + 2LL * gridDim.x + idx * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
@@ -635,15 +697,24 @@ __global__ void __launch_bounds__(kWarpRows * 32) attn_split_merge(FwdParams P, 
   const float* ml = part + 2 * row * S;
   const float* acc = part + 2 * rows * S + row * S * D;
   float M = -INFINITY;
-  for (int s = lane; s < S; s += 32) M = fmaxf(M, ml[2 * s]);
-  M = warp_max(M);
+  for (int s = lane; s < S; s += 32) M = nan_max(M, ml[2 * s]);
+  M = warp_nan_max(M);
   float L = 0.f;
   for (int s = lane; s < S; s += 32) {
     const float ms = ml[2 * s];
     if (ms != -INFINITY) L += ml[2 * s + 1] * exp2f(ms - M);
   }
   L = warp_sum(L);
-  const float inv = L > 0.f ? 1.f / L : 0.f;
+  // L = 0: the row sees no unpadded key (out 0, lse -inf), or only -inf scores (NaN)
+  bool has = L > 0.f;
+  if (!has) {
+    const int bh = static_cast<int>(row / P.n), r = static_cast<int>(row % P.n), b = bh / P.Hq;
+    const int qi = query_of(P, b, r, false);
+    int lo = 0, hi = -1;
+    if (qi >= 0) key_range(P.mask, P.causal, P.window, static_cast<long long>(qi) + P.Sk - P.Sq, P.Sk, lo, hi);
+    has = warp_has_key(P.pad ? P.pad + static_cast<long long>(b) * P.Sk : nullptr, lo, hi, lane);
+  }
+  const float inv = row_inv(has, L);
   T* out = static_cast<T*>(P.out) + row * D;
   for (int d = lane; d < D; d += 32) {
     float x = 0.f;
@@ -651,9 +722,9 @@ __global__ void __launch_bounds__(kWarpRows * 32) attn_split_merge(FwdParams P, 
       const float ms = ml[2 * s];
       if (ms != -INFINITY) x += acc[static_cast<long long>(s) * D + d] * exp2f(ms - M);
     }
-    out[d] = st<T>(x * inv);
+    out[d] = st<T>(has ? x * inv : 0.f);
   }
-  if (lane == 0 && P.lse) P.lse[row] = L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY;
+  if (lane == 0 && P.lse) P.lse[row] = row_lse(has, M, L);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -664,106 +735,9 @@ constexpr int kBwdThreads = 256;
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kBwdThreads) attn_bwd_warp(BwdParams P) {
   extern __shared__ __align__(16) float bsm[];
-  const int D = P.D, KT = P.KT;
-  float* sK = bsm;
-  float* sV = sK + KT * D;
-  float* sdK = sV + KT * D;
-  float* sdV = sdK + KT * D;
-  unsigned char* sOk = reinterpret_cast<unsigned char*>(sdV + KT * D);
-
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int bk = blockIdx.x / P.tiles;  // b * Hkv + kv head
-  const int b = bk / P.Hkv, hk = bk % P.Hkv;
-  const int j0 = (blockIdx.x % P.tiles) * KT;
-  const int nk = min(KT, P.Sk - j0);
-  const long long kvbase = (static_cast<long long>(bk) * P.Sk + j0) * D;
-  for (int e = threadIdx.x; e < nk * D; e += blockDim.x) {
-    sK[e] = ld(static_cast<const T*>(P.k)[kvbase + e]);
-    sV[e] = ld(static_cast<const T*>(P.v)[kvbase + e]);
-    sdK[e] = 0.f;
-    sdV[e] = 0.f;
-  }
-  for (int e = threadIdx.x; e < nk; e += blockDim.x)
-    sOk[e] = !(P.pad && P.pad[static_cast<long long>(b) * P.Sk + j0 + e]);
-  __syncthreads();
-
-  const int j1 = j0 + nk - 1;
-  const long long rows = static_cast<long long>(P.G) * P.n;
-  for (long long w = warp; w < rows; w += nwarps) {
-    const int h = hk * P.G + static_cast<int>(w / P.n);
-    const int r = static_cast<int>(w % P.n);
-    int qi = r;
-    if (P.qidx) {
-      qi = P.qidx[static_cast<long long>(b) * P.n + r];
-      if (qi < 0 || qi >= P.Sq) continue;  // the forward has reported it
-    }
-    int lo, hi;
-    key_range(P.mask, P.causal, P.window, static_cast<long long>(qi) + P.Sk - P.Sq, P.Sk, lo, hi);
-    lo = max(lo, j0);
-    hi = min(hi, j1);
-    if (lo > hi) continue;
-    const long long bh = static_cast<long long>(b) * P.Hq + h;
-    const long long orow = bh * P.n + r;
-    const float lse = P.lse[orow];
-    if (lse == -INFINITY) continue;
-    const T* qp = static_cast<const T*>(P.q) + (bh * P.Sq + qi) * D;
-    const T* op = static_cast<const T*>(P.out) + orow * D;
-    const T* dop = static_cast<const T*>(P.dout) + orow * D;
-    float q[DPL], dO[DPL], dq[DPL], dr = 0.f;
-#pragma unroll
-    for (int k = 0; k < DPL; ++k) {
-      const int d = lane + 32 * k;
-      q[k] = d < D ? ld(qp[d]) : 0.f;
-      dO[k] = d < D ? ld(dop[d]) : 0.f;
-      dr += d < D ? dO[k] * ld(op[d]) : 0.f;
-      dq[k] = 0.f;
-    }
-    dr = warp_sum(dr);
-    bool any = false;
-    for (int j = lo; j <= hi; ++j) {
-      const int jj = j - j0;
-      if (!sOk[jj]) continue;
-      any = true;
-      const float* kr = sK + jj * D;
-      const float* vr = sV + jj * D;
-      float sdot = 0.f, pdot = 0.f;
-#pragma unroll
-      for (int k = 0; k < DPL; ++k) {
-        const int d = lane + 32 * k;
-        if (d < D) {
-          sdot += q[k] * kr[d];
-          pdot += dO[k] * vr[d];
-        }
-      }
-      const float s = warp_sum(sdot) * P.scale;
-      const float dp = warp_sum(pdot);
-      const float p = expf(s - lse);
-      const float ds = p * (dp - dr) * P.scale;
-#pragma unroll
-      for (int k = 0; k < DPL; ++k) {
-        const int d = lane + 32 * k;
-        if (d < D) {
-          atomicAdd(&sdV[jj * D + d], p * dO[k]);
-          atomicAdd(&sdK[jj * D + d], ds * q[k]);
-          dq[k] += ds * kr[d];
-        }
-      }
-    }
-    if (any) {
-      float* dqp = P.dq + (bh * P.Sq + qi) * D;
-#pragma unroll
-      for (int k = 0; k < DPL; ++k) {
-        const int d = lane + 32 * k;
-        if (d < D) atomicAdd(&dqp[d], dq[k]);
-      }
-    }
-  }
-  __syncthreads();
-  // The block owns these keys: plain read-modify-write adds into the caller's accumulators.
-  for (int e = threadIdx.x; e < nk * D; e += blockDim.x) {
-    P.dk[kvbase + e] += sdK[e];
-    P.dv[kvbase + e] += sdV[e];
-  }
+  const int j0 = (blockIdx.x % P.tiles) * P.KT;
+  bwd_key_run<T, DPL>(P, bk, j0, min(P.KT, P.Sk - j0), 0, bsm);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,6 +48,43 @@ __device__ __forceinline__ void key_range(int mask, int causal, long long window
   }
 }
 
+// Maximum that propagates NaN (fmaxf drops it): a NaN score makes its row NaN, as the
+// materialised softmax(q k^T) v does.
+__device__ __forceinline__ float nan_max(float a, float b) { return (b > a || b != b) ? b : a; }
+__device__ __forceinline__ float warp_nan_max(float v) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, m));
+  return v;
+}
+
+// Whether keys [lo, hi] hold one that is not padded (pad: the batch's flags, or null). Every
+// lane of the warp calls it with the same arguments. Used only where a row's softmax sum is 0,
+// to tell a row that sees no key (out 0, lse -inf) from one whose visible scores are all -inf
+// (out and lse NaN).
+__device__ __forceinline__ bool warp_has_key(const uint8_t* pad, int lo, int hi, int lane) {
+  if (lo > hi) return false;
+  if (!pad) return true;
+  bool any = false;
+  for (int j = lo + lane; j <= hi && !any; j += 32) any = pad[j] == 0;
+  return __ballot_sync(0xffffffffu, any) != 0u;
+}
+// The same for one thread alone.
+__device__ __forceinline__ bool has_key(const uint8_t* pad, int lo, int hi) {
+  if (lo > hi) return false;
+  if (!pad) return true;
+  for (int j = lo; j <= hi; ++j)
+    if (!pad[j]) return true;
+  return false;
+}
+
+// A row's output factor and lse (natural log) from its softmax state in the log2 domain (max
+// m, sum l): no visible key gives factor 0 and lse -inf; otherwise 1 / l and (m + log2 l) ln 2,
+// where l = 0 (every visible score -inf) or NaN gives NaN.
+__device__ __forceinline__ float row_inv(bool has, float l) { return !has ? 0.f : l > 0.f ? 1.f / l : NAN; }
+__device__ __forceinline__ float row_lse(bool has, float m, float l) {
+  return !has ? -INFINITY : l > 0.f ? (m + log2f(l)) * kLn2 : NAN;
+}
+
 struct BwdParams {
   const void* q;
   const void* k;
@@ -73,6 +110,9 @@ struct BwdParams {
   const void* gates;
   int gates_per_head;
   const uint8_t* global_rows;
+  // Tensor-core backward only: the key tiles it leaves to the exact path (attn_bwd_redo),
+  // redo[0] their count, then their block indices.
+  int* redo;
 };
 
 // attention_bwd.cu: the bf16 tensor-core backward (FlashAttention-2 style) for head dims 32,

@@ -54,6 +54,13 @@
 // tiles for D = 128 would leave 2 warps per block (or split dK, dV across warps) and read
 // every query tile twice as often for the same registers. The row data sets alternate by
 // tile, so the next tile's data can be written while this tile's dQ step reads its qi.
+// Non-finite inputs. P and dS are selects (0 outside the mask, whatever dP or lse hold), but the
+// products would still add 0 * NaN (or 0 * inf) from q, dout or k rows into gradients of pairs
+// outside the mask. So each block first checks its keys and the q and dout rows of the rows of
+// its walk that see part of its keys (rows that see all or none meet no mask); if any holds a
+// NaN or an infinity it adds nothing and appends its index to P.redo, and attn_bwd_redo (one
+// launch per path after the main kernel; its blocks exit at once when the list is empty) runs
+// the listed key tiles through bwd_key_run (attention_generic.cuh), the exact per-pair path.
 // bwd_mma_supported also asks for 16-byte aligned q, k, v, out, dout, out_g when set (cp.async,
 // 16-byte loads) and 8-byte aligned dq, dk, dv (float2 updates); DUALROUTE_CUDA_ATTN_BWD=generic
 // turns it off.
@@ -74,6 +81,7 @@
 // 32 768 / 49 152 / 81 920 dynamic bytes for D = 32 / 64 / 128 (2 blocks per SM on A100 too).
 // For registers the passes are smaller: QC = 64 / 32 / 16 for D = 32 / 64 / 128 (K_w, V_w in
 // registers for D <= 64); no spills.
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -82,6 +90,7 @@
 #include "../core/attention.h"
 #include "attention.cuh"
 #include "device.cuh"
+#include "attention_generic.cuh"
 #include "mma.cuh"
 
 namespace dualroute {
@@ -107,6 +116,15 @@ constexpr int bwd_smem_bytes() {
   // Dual: one set of (2 + 2 mask words, lse2 and Dr of both paths, 2 gates) and two of qi.
   return (2 * kBN + 2 * kBM) * (D + 8) * 2 + kBN * kSP * 2 +
          (DUAL ? kBM * (4 + 4 + 2) * 4 + 2 * kBM * 4 : 2 * kBM * (2 + 2 + 1) * 4);
+}
+
+// Whether 8 bf16 values (16 bytes) hold a NaN or an infinity (exponent bits all ones).
+__device__ __forceinline__ bool nonfinite8(const uint4 v) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  bool any = false;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) any = any || (w[i] & 0x7f80u) == 0x7f80u || (w[i] & 0x7f800000u) == 0x7f800000u;
+  return any;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -419,6 +437,49 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
   __syncthreads();
   if (!have) return;  // no query sees these keys
 
+  // ---- Non-finite inputs ----
+  // The tile products multiply P = 0 and dS = 0 (pairs outside a row's mask) by q, dout and k
+  // rows: 0 * NaN or 0 * inf would reach the gradients of keys or queries outside the pair's
+  // mask. So before adding anything the block checks its keys, and the q and dout rows of every
+  // row of its walk that meets only part of its keys (rows that see all of them, or none, meet
+  // no mask here); if one holds a NaN or an infinity, the block adds nothing and lists itself
+  // for attn_bwd_redo, the exact per-pair path.
+  if (P.redo) {
+    bool bad = false;
+    for (int c = tid; c < kBN * CH; c += kBwdThreads) {
+      const int row = c / CH, col = (c % CH) * 8;
+      if (j0 + row <= j1) bad = bad || nonfinite8(*reinterpret_cast<const uint4*>(sK + row * PITCH + col));
+    }
+    const bool all_keys = sKok[0] == ~0u && sKok[1] == ~0u;  // 64 keys below Sk, none padded
+    for (int x = tid; x < total * kBM && !bad; x += kBwdThreads) {
+      const int itx = x / kBM, rr = (tb + itx % ntl) * kBM + x % kBM;
+      if (rr >= n) continue;
+      int qi = rr;
+      if (P.qidx) {
+        qi = P.qidx[static_cast<long long>(b) * n + rr];
+        if (qi < 0 || qi >= Sq) continue;
+      }
+      const long long p = static_cast<long long>(qi) + Sk - Sq;
+      int lo, hi;
+      key_range(P.mask, P.causal, P.window, p, Sk, lo, hi);
+      bool meets = lo <= j1 && hi >= j0, whole = all_keys && lo <= j0 && hi >= j1;
+      if (DUAL && (!P.global_rows || P.global_rows[static_cast<long long>(b) * Sq + qi] != 0)) {
+        key_range(static_cast<int>(AttnMask::Global), P.causal, 1, p, Sk, lo, hi);
+        meets = meets || (lo <= j1 && hi >= j0);
+        whole = whole || (all_keys && lo <= j0 && hi >= j1);
+      }
+      if (!meets || whole) continue;
+      const long long bh = static_cast<long long>(b) * P.Hq + hk * P.G + itx / ntl;
+      const uint4* qr = reinterpret_cast<const uint4*>(static_cast<const bf16_t*>(P.q) + (bh * Sq + qi) * D);
+      const uint4* dr = reinterpret_cast<const uint4*>(static_cast<const bf16_t*>(P.dout) + (bh * n + rr) * D);
+      for (int c = 0; c < CH; ++c) bad = bad || nonfinite8(qr[c]) || nonfinite8(dr[c]);
+    }
+    if (__syncthreads_or(bad)) {
+      if (tid == 0) P.redo[1 + atomicAdd(P.redo, 1)] = blockIdx.x;
+      return;
+    }
+  }
+
   // Per-lane ldmatrix offsets (bytes); mat = lane / 8 picks the 8x8 matrix a lane addresses.
   //  a_off : A [row][k] rows warp*16.., matrices (rows 0-7, k 0-7) (8-15, 0-7) (0-7, 8-15) (8-15, 8-15)
   //  bn_off: B stored [n][k], matrices (n 0-7, k 0-7) (n 0-7, k 8-15) (n 8-15, k 0-7) (n 8-15, k 8-15):
@@ -524,9 +585,12 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
           const float d = dp[i][e];
           const float pl = vl ? exp2f(fmaf(s[i][e], scale2, -lv.x)) : 0.f;
           const float pg = vg ? exp2f(fmaf(s[i][e], scale2, -lv.z)) : 0.f;
-          const float pt = fmaf(gl, pl, gg * pg);
-          s[i][e] = pt;
-          dp[i][e] = fmaf(d, pt, -fmaf(pl, lv.y, pg * lv.w));  // = P_l (g_l dP - Dr_l) + P_g (g_g dP - Dr_g)
+          s[i][e] = fmaf(gl, pl, gg * pg);
+          // dS = P_l (g_l dP - Dr_l) + P_g (g_g dP - Dr_g) = dP P^T - (P_l Dr_l + P_g Dr_g), with the
+          // Dr of a path that cannot see the key selected away and dS 0 where neither path sees it:
+          // dP, or the other path's Dr, may be NaN there (a NaN value, a NaN row)
+          const float dl = vl ? lv.y : 0.f, dg = vg ? lv.w : 0.f;
+          dp[i][e] = (vl || vg) ? fmaf(d, s[i][e], -fmaf(pl, dl, pg * dg)) : 0.f;
         }
       }
 #pragma unroll
@@ -541,7 +605,7 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
           const float l2 = c ? lv.z : lv.x, dr = c ? lv.w : lv.y;
           const float p = vis ? exp2f(fmaf(s[i][e], scale2, -l2)) : 0.f;
           s[i][e] = p;
-          dp[i][e] = p * (dp[i][e] - dr);
+          dp[i][e] = vis ? p * (dp[i][e] - dr) : 0.f;  // a select: dP is NaN where v is, seen or not
         }
       }
       // dV_w += P^T dO, dK_w += dS^T Q over the pass's queries, 16 per k-step. A fragment x of
@@ -661,6 +725,26 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
   }
 #endif
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. The exact path: the key tiles attn_bwd_mma listed in P.redo (count, then block indices),
+//    one block each in turn, in runs of P.KT keys through bwd_key_run (attention_generic.cuh).
+//    path: 0 attention; the dual backward runs it twice, 1 (local) then 2 (global).
+// ---------------------------------------------------------------------------------------------
+constexpr int kRedoThreads = 256;
+constexpr int kRedoKeys = 32;  // keys per run: 4 float tiles of 32 x D in shared memory
+
+template <int DPL>
+__global__ void __launch_bounds__(kRedoThreads) attn_bwd_redo(BwdParams P, int path) {
+  extern __shared__ __align__(16) float rsm[];
+  const int count = P.redo[0];
+  for (int item = blockIdx.x; item < count; item += gridDim.x) {
+    const int blk = P.redo[1 + item];
+    const int bk = blk / P.tiles, jt = (blk % P.tiles) * kBN;
+    for (int j0 = jt; j0 < min(jt + kBN, P.Sk); j0 += P.KT)
+      bwd_key_run<bf16_t, DPL>(P, bk, j0, min(P.KT, P.Sk - j0), path, rsm);
+  }
+}
 // emu:end bwd
 
 // ---------------------------------------------------------------------------------------------
@@ -692,16 +776,31 @@ int launch_t(const BwdParams& P0, int64_t BKV, const char* name) {
   DR_CUDA_TRY(
       check(cudaFuncSetAttribute(attn_bwd_mma<D, DUAL>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), name));
 
-  void* scratch = nullptr;  // Dr (dual: Dr_l, then Dr_g)
-  DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(rows) * (DUAL ? 2 : 1) * sizeof(float)));
+  void* scratch = nullptr;  // Dr (dual: Dr_l, then Dr_g), then the redo list (count, block indices)
+  DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(rows) * (DUAL ? 2 : 1) * sizeof(float) +
+                                          static_cast<size_t>(blocks + 1) * sizeof(int)));
   float* dr = static_cast<float*>(scratch);
   float* dr_g = DUAL ? dr + rows : nullptr;
+  P.redo = reinterpret_cast<int*>(dr + rows * (DUAL ? 2 : 1));
   attn_bwd_dot<D, DUAL><<<static_cast<unsigned>(dot_blocks), kDotThreads, 0, stream()>>>(
       static_cast<const bf16_t*>(P.out), static_cast<const bf16_t*>(P.dout), dr, rows,
       static_cast<const bf16_t*>(P.out_g), static_cast<const bf16_t*>(P.gates), dr_g, P.gates_per_head, P.Hq, P.Sq);
   int status = check_launch(name);
+  if (status == 0) status = check(cudaMemsetAsync(P.redo, 0, sizeof(int), stream()), name);
   if (status == 0) {
     attn_bwd_mma<D, DUAL><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P, dr, dr_g);
+    status = check_launch(name);
+  }
+  // The exact path for the listed key tiles (none unless an input is not finite: then its blocks
+  // exit at once). Its grid covers the device twice; each block takes listed tiles in turn.
+  BwdParams Pr = P;
+  Pr.KT = kRedoKeys;
+  const unsigned redo_grid = static_cast<unsigned>(std::min<int64_t>(blocks, 2LL * multiprocessor_count()));
+  const int rsmem = 4 * kRedoKeys * D * static_cast<int>(sizeof(float)) + kRedoKeys;
+  if (status == 0)
+    status = check(cudaFuncSetAttribute(attn_bwd_redo<D / 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, rsmem), name);
+  for (int path = DUAL ? 1 : 0; status == 0 && path <= (DUAL ? 2 : 0); ++path) {
+    attn_bwd_redo<D / 32><<<redo_grid, kRedoThreads, rsmem, stream()>>>(Pr, path);
     status = check_launch(name);
   }
   // Stream order: the next user of this block runs after the main kernel.

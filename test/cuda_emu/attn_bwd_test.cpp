@@ -28,7 +28,38 @@ struct Shape {
   int pad;  // 0 none; 1 a random quarter of the keys; 2 keys [0, 70); 3 every key of batch 0
   int n;    // > 0: query_index of n rows (repeats, out-of-range entries)
   double sc = 1;  // scale = sc * 2 / sqrt(D)
+  int poison = 0; // non-finite inputs: see poison() (0 none)
 };
+
+// Non-finite inputs (every batch and head): 1 NaN values of the last 4 keys; 2 a NaN in key Sk/2
+// and a NaN query row Sq/3; 3 +inf in key Sk/3 and -inf in query row 2Sq/3; 4 +inf in the value
+// of key Sk/2 and NaN in that of key 1; 5 a NaN dout row (row n/2 of every head). The
+// references then give what the materialised softmax(q k^T) v and its backward give.
+void poison(int kind, int B, int Hq, int Hkv, int Sq, int Sk, int n, int D, Buf<uint16_t>& q, Buf<uint16_t>& k,
+            Buf<uint16_t>& v, Buf<uint16_t>& dout) {
+  auto set = [&](Buf<uint16_t>& x, int heads, int rows, int row, int d, float val) {
+    if (row < 0 || row >= rows) return;
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < heads; ++h)
+        for (int x0 = 0; x0 < D; ++x0)
+          if (d < 0 || x0 == d % D) x[((size_t(b) * heads + h) * rows + row) * D + x0] = f2bf(val);
+  };
+  if (kind == 1)
+    for (int j = Sk - 4; j < Sk; ++j) set(v, Hkv, Sk, j, -1, NAN);
+  if (kind == 2) {
+    set(k, Hkv, Sk, Sk / 2, 3, NAN);
+    set(q, Hq, Sq, Sq / 3, -1, NAN);
+  }
+  if (kind == 3) {
+    set(k, Hkv, Sk, Sk / 3, 1, INFINITY);
+    set(q, Hq, Sq, 2 * Sq / 3, 2, -INFINITY);
+  }
+  if (kind == 4) {
+    set(v, Hkv, Sk, Sk / 2, 0, INFINITY);
+    set(v, Hkv, Sk, 1, 5, NAN);
+  }
+  if (kind == 5) set(dout, Hq, n, n / 2, 4, NAN);
+}
 
 // BwdParams as launch_t's callers fill them (out / lse: the local path's for the dual), and
 // launch_t's KT, tiles and launch configurations of attn_bwd_dot (dot_cfg) and attn_bwd_mma (cfg).
@@ -62,7 +93,8 @@ BwdParams bwd_params(const S& s, int n, int D, double scale, const Buf<uint16_t>
   return P;
 }
 void launch_t_cfgs(BwdParams& P, int B, size_t rows, const char* dot_name, const char* name, size_t smem,
-                   const harness::Mode& mode, uint32_t seed, emu::LaunchCfg& dot_cfg, emu::LaunchCfg& cfg) {
+                   const harness::Mode& mode, uint32_t seed, emu::LaunchCfg& dot_cfg, emu::LaunchCfg& cfg,
+                   emu::LaunchCfg& redo_cfg) {
   P.KT = kBN;
   P.tiles = (P.Sk + kBN - 1) / kBN;
   const int rows_per_block = (kDotThreads / 32) * (32 / (P.D / 8));
@@ -76,6 +108,23 @@ void launch_t_cfgs(BwdParams& P, int B, size_t rows, const char* dot_name, const
   dot_cfg.sched = cfg.sched = mode.sched;
   dot_cfg.cp = cfg.cp = mode.cp;
   dot_cfg.seed = cfg.seed = seed * 31 + static_cast<uint32_t>(mode.sched) * 7 + static_cast<uint32_t>(mode.cp);
+  // attn_bwd_redo: a grid smaller than the list (blocks take listed tiles in turn), KT = kRedoKeys
+  redo_cfg = cfg;
+  redo_cfg.kernel = "attn_bwd_redo";
+  redo_cfg.grid = std::min<unsigned>(cfg.grid, 3u);
+  redo_cfg.block = kRedoThreads;
+  redo_cfg.dyn_smem = 4 * kRedoKeys * P.D * sizeof(float) + kRedoKeys;
+}
+
+// attn_bwd_redo<D / 32> for each path, as launch_t runs it after attn_bwd_mma.
+void launch_redo(const BwdParams& P, bool dual, const emu::LaunchCfg& redo_cfg) {
+  BwdParams Pr = P;
+  Pr.KT = kRedoKeys;
+  for (int path = dual ? 1 : 0; path <= (dual ? 2 : 0); ++path) {
+    if (P.D == 32) emu::launch(redo_cfg, [&] { attn_bwd_redo<1>(Pr, path); });
+    if (P.D == 64) emu::launch(redo_cfg, [&] { attn_bwd_redo<2>(Pr, path); });
+    if (P.D == 128) emu::launch(redo_cfg, [&] { attn_bwd_redo<4>(Pr, path); });
+  }
 }
 
 std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t seed) {
@@ -94,6 +143,7 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   harness::random_bf16(k, r, -1.f, 1.f);
   harness::random_bf16(v, r, -1.f, 1.f);
   harness::random_bf16(dout, r, -1.f, 1.f);
+  poison(s.poison, B, Hq, Hkv, Sq, Sk, n, D, q, k, v, dout);
   for (int b = 0; b < B && s.pad; ++b)
     for (int j = 0; j < Sk; ++j) {
       uint8_t& p = pad[size_t(b) * Sk + j];
@@ -175,10 +225,12 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   BwdParams P = bwd_params(s, n, D, scale, q, k, v, out, dout, lse, dq, dk, dv, pad);
   P.qidx = s.n ? qidx.data() : nullptr;
   // launch_t
-  emu::LaunchCfg dot_cfg, cfg;
+  emu::LaunchCfg dot_cfg, cfg, redo_cfg;
   launch_t_cfgs(P, B, rows, "attn_bwd_dot", "attn_bwd_mma",
                 D == 32 ? bwd_smem_bytes<32, false>() : D == 64 ? bwd_smem_bytes<64, false>() : bwd_smem_bytes<128, false>(),
-                mode, seed, dot_cfg, cfg);
+                mode, seed, dot_cfg, cfg, redo_cfg);
+  Buf<int> redo("redo", cfg.grid + 1, 0);
+  P.redo = redo.data();
   const bf16_t* o = reinterpret_cast<const bf16_t*>(out.data());
   const bf16_t* d = reinterpret_cast<const bf16_t*>(dout.data());
   float* dr = Dr.data();
@@ -193,11 +245,12 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
     emu::launch(dot_cfg, [&] { attn_bwd_dot<128, false>(o, d, dr, nrows, nullptr, nullptr, nullptr, 0, Hq, Sq); });
     emu::launch(cfg, [&] { attn_bwd_mma<128, false>(P, dr, nullptr); });
   }
+  launch_redo(P, false, redo_cfg);
 
   for (const std::string& g : {dq.guards(), dk.guards(), dv.guards(), Dr.guards()})
     if (!g.empty()) return g;
   for (size_t i = 0; i < rows; ++i)
-    if (!(std::fabs(Dr[i] - rDr[i]) <= 1e-4 * (1 + std::fabs(rDr[i]))))
+    if (const int nf = harness::nonfinite_agree(Dr[i], rDr[i]); nf < 0 || (nf == 0 && !(std::fabs(Dr[i] - rDr[i]) <= 1e-4 * (1 + std::fabs(rDr[i])))))
       return fmt("Dr: row %zu got %.7g want %.7g", i, Dr[i], rDr[i]);
   const double tol = 2e-2;
   return harness::check_grads(dq.data(), dk.data(), dv.data(), base, rdq, rdk, rdv, tq, tkv, D, tol, mag);
@@ -217,6 +270,7 @@ struct DualShape {
   int pad;       // 0 none; 1 a random quarter of the keys; 2 keys [0, 70)
   int per_head;  // gates [B, Hq, Sq, 2] instead of [B, Sq, 2]
   int grows;     // global_rows: 0 null; 1 random (about 2/3 on); 2 all off
+  int poison = 0;  // non-finite inputs: see poison()
 };
 
 std::string run_dual_case(const DualShape& s, int D, const harness::Mode& mode, uint32_t seed) {
@@ -236,6 +290,7 @@ std::string run_dual_case(const DualShape& s, int D, const harness::Mode& mode, 
   harness::random_bf16(v, r, -1.f, 1.f);
   harness::random_bf16(dout, r, -1.f, 1.f);
   harness::random_bf16(gates, r, -1.f, 1.5f);
+  poison(s.poison, B, Hq, Hkv, Sq, Sk, n, D, q, k, v, dout);
   for (size_t i = 0; i < gates.size(); ++i)
     if (r() % 8 == 0) gates[i] = 0;  // zero gates (and, by chance, rows with both zero)
   for (int b = 0; b < B && s.pad; ++b)
@@ -308,7 +363,9 @@ std::string run_dual_case(const DualShape& s, int D, const harness::Mode& mode, 
           tq[qo / D] = tkv[ko / D] = 1;
           const double sc = scale * dot(q, qo, k, ko), dp = dot(dout, orow * D, v, ko);
           const double pl = vl ? std::exp(sc - lse_l[orow]) : 0, pg = vg ? std::exp(sc - lse_g[orow]) : 0;
-          const double ds = pl * (gl * dp - drl) + pg * (gg * dp - drg), pt = gl * pl + gg * pg;
+          // each path's terms only where it sees the key (a path that cannot see may carry NaN)
+          const double ds = (vl ? pl * (gl * dp - drl) : 0) + (vg ? pg * (gg * dp - drg) : 0);
+          const double pt = (vl ? gl * pl : 0) + (vg ? gg * pg : 0);
           const double dsa = pl * (std::fabs(gl * dp) + std::fabs(drl)) + pg * (std::fabs(gg * dp) + std::fabs(drg));
           mag[0] = std::max(mag[0], scale * dsa);
           mag[1] = std::max(mag[1], scale * dsa);
@@ -330,10 +387,12 @@ std::string run_dual_case(const DualShape& s, int D, const harness::Mode& mode, 
   P.gates_per_head = s.per_head;
   P.global_rows = s.grows ? grows.data() : nullptr;
   // launch_t<D, true>
-  emu::LaunchCfg dot_cfg, cfg;
+  emu::LaunchCfg dot_cfg, cfg, redo_cfg;
   launch_t_cfgs(P, B, rows, "attn_bwd_dot<D, true>", "attn_bwd_mma<D, true>",
                 D == 32 ? bwd_smem_bytes<32, true>() : D == 64 ? bwd_smem_bytes<64, true>() : bwd_smem_bytes<128, true>(),
-                mode, seed, dot_cfg, cfg);
+                mode, seed, dot_cfg, cfg, redo_cfg);
+  Buf<int> redo("redo", cfg.grid + 1, 0);
+  P.redo = redo.data();
   const bf16_t* ol = reinterpret_cast<const bf16_t*>(out_l.data());
   const bf16_t* og = reinterpret_cast<const bf16_t*>(out_g.data());
   const bf16_t* gt = reinterpret_cast<const bf16_t*>(gates.data());
@@ -352,12 +411,13 @@ std::string run_dual_case(const DualShape& s, int D, const harness::Mode& mode, 
     emu::launch(dot_cfg, [&] { attn_bwd_dot<128, true>(ol, d, dr, nrows, og, gt, dr_g, ph, Hq, Sq); });
     emu::launch(cfg, [&] { attn_bwd_mma<128, true>(P, dr, dr_g); });
   }
+  launch_redo(P, true, redo_cfg);
 
   for (const std::string& g : {dq.guards(), dk.guards(), dv.guards(), Dr.guards()})
     if (!g.empty()) return g;
   for (size_t i = 0; i < 2 * rows; ++i) {
     const double want = i < rows ? rDl[i] : rDg[i - rows];
-    if (!(std::fabs(Dr[i] - want) <= 1e-4 * (1 + std::fabs(want))))
+    if (const int nf = harness::nonfinite_agree(Dr[i], want); nf < 0 || (nf == 0 && !(std::fabs(Dr[i] - want) <= 1e-4 * (1 + std::fabs(want)))))
       return fmt("%s: row %zu got %.7g want %.7g", i < rows ? "Dr_l" : "Dr_g", i % rows, Dr[i], want);
   }
   const double tol = 2e-2;
@@ -377,6 +437,12 @@ const DualShape kDualShapes[] = {
   {"decode-g2",               1, 2, 1,   3, 200, 1, 1, 50, 1, 1, 0},  // global span past the window
   {"no-global-rows",          1, 1, 1, 100, 100, 2, 0, 32, 0, 0, 2},
   {"window1-tiny-rows",       2, 2, 1,  65,  66, 1, 1,  1, 0, 1, 1},
+  // non-finite inputs: the blocks that meet them take the exact path (attn_bwd_redo)
+  {"nan-v-tail-sliding",      1, 2, 1, 150, 150, 1, 1, 37, 0, 0, 0, 1},
+  {"nan-qk-block-headgates",  1, 2, 2, 140, 140, 2, 1, 48, 0, 1, 1, 2},
+  {"inf-qk-sliding-pad",      1, 2, 1, 130, 161, 1, 0, 40, 1, 1, 1, 3},
+  {"inf-nan-v-block",         1, 1, 1, 140, 140, 2, 1, 48, 0, 0, 0, 4},
+  {"nan-dout-sliding",        1, 2, 1, 150, 150, 1, 1, 37, 0, 0, 1, 5},
 };
 // clang-format on
 
@@ -407,6 +473,13 @@ const Shape kShapes[] = {
   {"tiny",                  3, 2, 1,   1,   1, 0, 1,  1, 0,   0},
   {"peaky-scores",          1, 2, 1, 150, 200, 0, 1,  1, 1,   0, 8},
   {"long-decode",           1, 1, 1,   3, 1100, 1, 1, 700, 0, 0},
+  // non-finite inputs: the blocks that meet them take the exact path (attn_bwd_redo)
+  {"nan-v-tail-causal",     1, 2, 1, 150, 151, 0, 1,  1, 0,   0, 1, 1},
+  {"nan-qk-causal-g2",      1, 2, 1, 150, 151, 0, 1,  1, 0,   0, 1, 2},
+  {"inf-qk-sliding-pad",    1, 1, 1, 260, 260, 1, 1, 37, 1,   0, 1, 3},
+  {"inf-nan-v-block",       1, 2, 2, 170, 170, 2, 0, 48, 0,   0, 1, 4},
+  {"nan-dout-causal",       1, 2, 1, 150, 151, 0, 1,  1, 0,   0, 1, 5},
+  {"nan-qk-qidx",           2, 2, 1, 120, 140, 0, 1,  1, 1, 150, 1, 2},
 };
 // clang-format on
 

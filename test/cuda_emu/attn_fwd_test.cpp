@@ -28,6 +28,7 @@ struct Shape {
   int grows = 0;  // dual: global_rows null (0) or random (1)
   int nolse = 0;  // lse pointers null
   double sc = 1;  // scale = sc * 2 / sqrt(D)
+  int poison = 0; // non-finite inputs (reference.h, Problem::poison)
 };
 
 // The inputs and the reference of one case (reference.h).
@@ -43,10 +44,10 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   std::mt19937 r(seed);
   Problem pr(s, D, r);
   const size_t rows = size_t(s.B) * s.Hq * pr.n;
-  const uint16_t kNaN = 0x7fa1;  // unwritten outputs read as NaN
+  const uint16_t kNaN = harness::kUnwrittenBf16;  // unwritten outputs hold this NaN
   Buf<uint16_t> out("out", rows * D, kNaN), out_l("out_local", s.dual ? rows * D : 0, kNaN),
       out_g("out_global", s.dual ? rows * D : 0, kNaN);
-  Buf<float> lse("lse", rows, NAN), lse_g("lse_global", s.dual ? rows : 0, NAN);
+  Buf<float> lse("lse", rows, harness::unwritten_float()), lse_g("lse_global", s.dual ? rows : 0, harness::unwritten_float());
 
   // As attention_forward / dual_attention_forward and common_params fill them.
   FwdParams P{};
@@ -128,6 +129,18 @@ const Shape kShapes[] = {
   {"dual-peaky-exact",         1, 2, 1, 128, 192, 2, 1, 64,  0,   0, 2, 0, 0, 8},
   {"dual-window1-tiny",        2, 1, 1,   3,   5, 1, 1,  1,  1,   0, 1, 1, 0},
   {"dual-window-2^40",         1, 1, 1,  90,  90, 1, 0, 1LL << 40, 0, 0, 1, 1, 0},
+  // non-finite inputs: NaN and infinities reach exactly the rows that see them
+  {"nan-v-tail-causal",        1, 2, 1, 150, 150, 0, 1,  1,  0,   0, 0, 0, 0, 1, 1},  // masked tiles: exact path
+  {"nan-v-tail-sliding-pad",   1, 1, 1, 200, 200, 1, 1, 16,  1,   0, 0, 0, 0, 1, 1},
+  {"nan-v-tail-block",         1, 2, 2, 130, 130, 2, 1, 64,  0,   0, 0, 0, 0, 1, 1},
+  {"nan-v-tail-global",        1, 1, 1,  70, 130, 0, 0,  1,  0,   0, 0, 0, 0, 1, 1},  // every row sees them
+  {"nan-qk-causal-g2",         1, 2, 1, 150, 151, 0, 1,  1,  0,   0, 0, 0, 0, 1, 2},
+  {"inf-qk-sliding",           1, 1, 1, 200, 200, 1, 0, 40,  0,   0, 0, 0, 0, 1, 3},
+  {"inf-nan-v-qidx",           1, 2, 1, 100, 130, 0, 1,  1,  1,  90, 0, 0, 0, 1, 4},
+  {"dual-nan-v-tail",          1, 2, 1, 200, 200, 1, 1, 16,  0,   0, 1, 0, 0, 1, 1},
+  {"dual-nan-qk-headgates",    1, 2, 2, 150, 170, 2, 0, 48,  1,   0, 2, 1, 0, 1, 2},
+  {"dual-inf-qk",              1, 1, 1, 130, 130, 1, 1, 20,  0,   0, 1, 1, 0, 1, 3},
+  {"dual-inf-nan-v",           1, 2, 1, 140, 160, 2, 1, 64,  0,   0, 2, 0, 0, 1, 4},
 };
 // clang-format on
 

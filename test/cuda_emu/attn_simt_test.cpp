@@ -57,6 +57,7 @@ struct Shape {
   int nolse = 0;  // forward: lse pointers null
   int S = 0;      // split: chunks per row
   double sc = 1;  // scale = sc * 2 / sqrt(D)
+  int poison = 0; // non-finite inputs (reference.h, Problem::poison)
 };
 
 // Inputs and float64 forward reference of one attention case, T-stored.
@@ -84,9 +85,9 @@ std::string run_fwd(const Shape& s, Kind kind, int D, const harness::Mode& mode,
   Problem<T> pr(s, D, r);
   const size_t rows = size_t(s.B) * s.Hq * pr.n;
   const bool dual = kind == Dual;
-  const St kNaN = bf ? St(0x7fa1) : St(NAN);
+  const St kNaN = bf ? St(harness::kUnwrittenBf16) : St(harness::unwritten_float());
   Buf<St> out("out", rows * D, kNaN), out_l("out_local", dual ? rows * D : 0, kNaN), out_g("out_global", dual ? rows * D : 0, kNaN);
-  Buf<float> lse("lse", rows, NAN), lse_g("lse_global", dual ? rows : 0, NAN);
+  Buf<float> lse("lse", rows, harness::unwritten_float()), lse_g("lse_global", dual ? rows : 0, harness::unwritten_float());
   const int S = kind == Split ? s.S : 1;
   Buf<float> part("split_scratch", kind == Split ? rows * S * (2 + D) : 0, NAN);
   FwdParams P{};
@@ -253,6 +254,11 @@ const Shape kShapes[] = {
   {"window-2^40",            1, 2, 1,  15,  22, 1, 0, 1LL << 40, 1, 0},
   {"window1-odd",            3, 1, 1,   7,   9, 1, 1,  1, 0,   0},
   {"tiny",                   3, 2, 1,   1,   1, 0, 1,  1, 0,   0},
+  // non-finite inputs: NaN and infinities reach exactly the rows that see them
+  {"nan-v-tail-causal",      1, 2, 1,  37,  41, 0, 1,  1, 0,   0, 0, 0, 0, 0, 1, 1},
+  {"nan-qk-sliding-pad",     1, 2, 1,  45,  45, 1, 1,  7, 1,   0, 0, 0, 0, 0, 1, 2},
+  {"inf-qk-block",           1, 1, 1,  40,  40, 2, 1,  9, 0,   0, 0, 0, 0, 0, 1, 3},
+  {"inf-nan-v-qidx",         1, 2, 2,  25,  27, 0, 1,  1, 0,  31, 0, 0, 0, 0, 1, 4},
 };
 const Shape kDualShapes[] = {
   {"dual-sliding-causal-g2", 2, 2, 1,  30,  30, 1, 1,  6, 0,   0, 1, 0, 0},
@@ -260,6 +266,8 @@ const Shape kDualShapes[] = {
   {"dual-sliding-sq>sk",     1, 1, 1,  35,  24, 1, 0,  5, 0,   0, 1, 1, 0},
   {"dual-block-causal-nolse",1, 2, 1,  21,  80, 2, 1, 16, 2,   0, 2, 1, 1},
   {"dual-padded-batch-g4",   2, 4, 1,  10,  15, 1, 0,  3, 3,   0, 2, 1, 0},
+  {"dual-nan-v-tail",        1, 2, 1,  30,  30, 1, 1,  6, 0,   0, 1, 0, 0, 0, 1, 1},
+  {"dual-inf-qk-headgates",  1, 2, 2,  23,  27, 2, 0,  8, 1,   0, 2, 1, 0, 0, 1, 3},
 };
 // Flash-decoding: n <= 16 rows, spans of >= 1024 keys (chunks of >= 256: S <= span / 256).
 const Shape kSplitShapes[] = {
@@ -269,6 +277,9 @@ const Shape kSplitShapes[] = {
   {"split-qidx-repeats",     2, 1, 1,   9, 1030, 0, 1,   1, 2, 12, 0, 0, 0, 2},  // padded prefix, bad indices
   {"split-block-empty-chunks",1, 1, 1, 16, 1500, 2, 1, 1100, 0, 0, 0, 0, 0, 5},  // short rows: empty chunks
   {"split-padded-batch",     2, 1, 1,   2, 1024, 0, 0,   1, 3,  0, 0, 0, 0, 4},
+  {"split-nan-v-tail-sliding",1, 1, 1,  3, 1100, 1, 1, 1024, 0, 0, 0, 0, 0, 4, 1, 1},  // the last rows see them
+  {"split-nan-qk",           1, 2, 1,   4, 1100, 0, 1,   1, 0,  0, 0, 0, 0, 3, 1, 2},
+  {"split-inf-qk",           1, 1, 1,   3, 1100, 0, 0,   1, 0,  0, 0, 0, 0, 4, 1, 3},
 };
 const RopeShape kRope[] = {
   // tag             B  H   S   D  2d inv base     cap

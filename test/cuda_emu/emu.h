@@ -235,6 +235,7 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
   if (v < o) *p = v;
   return o;
 }
+inline int atomicAdd(int* p, int v) { const int o = *p; *p = o + v; return o; }
 inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; return o; }
 inline float2 atomicAdd(float2* p, float2 v) {
   if (reinterpret_cast<uintptr_t>(p) % 8 != 0) emu::fail("atomicAdd(float2*) on an address that is not 8-byte aligned");

@@ -6,8 +6,9 @@
 //
 // --fwd-src replaces native/cuda/attention.cu (regions fwd and simt), --bwd-src
 // native/cuda/attention_bwd.cu (a mutated copy, say); headers always come from the repository.
-// Output (default build/cuda_emu/gen): attn_fwd_kernel.inc, attn_simt_kernel.inc (which also
-// carries device.cuh's device helpers), attn_bwd_kernel.inc. A file is rewritten only when its
+// Output (default build/cuda_emu/gen): attn_fwd_kernel.inc (which also carries device.cuh's
+// device helpers, for the forward's exact path and the SIMT kernels after it),
+// attn_simt_kernel.inc (always included after attn_fwd_kernel.inc), attn_bwd_kernel.inc. A file is rewritten only when its
 // text changes.
 //
 // Per source: the lines between "// emu:begin <tag>" and "// emu:end <tag>" (inside the file's
@@ -59,11 +60,17 @@ const HOST_BWD = [
   'constexpr int rows_per_block = (kDotThreads / 32) * (32 / (D / 8));',
   'const long long dot_blocks = (rows + rows_per_block - 1) / rows_per_block;',
   'constexpr int smem = bwd_smem_bytes<D, DUAL>();',
-  'DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(rows) * (DUAL ? 2 : 1) * sizeof(float)));',
+  'DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(rows) * (DUAL ? 2 : 1) * sizeof(float) + static_cast<size_t>(blocks + 1) * sizeof(int)));',
   'float* dr_g = DUAL ? dr + rows : nullptr;',
   'attn_bwd_dot<D, DUAL><<<static_cast<unsigned>(dot_blocks), kDotThreads, 0, stream()>>>(',
   'static_cast<const bf16_t*>(P.out), static_cast<const bf16_t*>(P.dout), dr, rows, static_cast<const bf16_t*>(P.out_g), static_cast<const bf16_t*>(P.gates), dr_g, P.gates_per_head, P.Hq, P.Sq);',
   'attn_bwd_mma<D, DUAL><<<static_cast<unsigned>(blocks), kBwdThreads, smem, stream()>>>(P, dr, dr_g);',
+  'P.redo = reinterpret_cast<int*>(dr + rows * (DUAL ? 2 : 1));',
+  'if (status == 0) status = check(cudaMemsetAsync(P.redo, 0, sizeof(int), stream()), name);',
+  'Pr.KT = kRedoKeys;',
+  'const int rsmem = 4 * kRedoKeys * D * static_cast<int>(sizeof(float)) + kRedoKeys;',
+  'for (int path = DUAL ? 1 : 0; status == 0 && path <= (DUAL ? 2 : 0); ++path) {',
+  'attn_bwd_redo<D / 32><<<redo_grid, kRedoThreads, rsmem, stream()>>>(Pr, path);',
   'if (P.D == 32) return launch_t<32, false>(P, BKV, name);',
   'if (P.D == 32) return launch_t<32, true>(P, BKV, name);',
 ];
@@ -103,6 +110,7 @@ const KERNELS = [
     host: HOST_FWD,
     needs: [/template <int D, bool DUAL>\s*__global__ void __launch_bounds__\(kMmaThreads\) attn_fwd_mma\(FwdParams P\)/, /struct FwdParams \{/],
     shared: { dynamic: 1, static: 1 },
+    helpers: true,
   },
   {
     tag: 'simt',
@@ -116,7 +124,6 @@ const KERNELS = [
       /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kBwdThreads\) attn_bwd_warp\(BwdParams P\)/,
       /template <typename T>\s*__global__ void rope_kernel\(T\* __restrict__ out, const T\* x, const int32_t\* __restrict__ pos, int64_t rows,\s*int64_t H, int64_t S, int64_t D, int pos_2d, double base, int inverse\)/],
     shared: { dynamic: 1, static: 3 },
-    helpers: true,
   },
   {
     tag: 'bwd',
@@ -125,8 +132,10 @@ const KERNELS = [
     out: 'attn_bwd_kernel.inc',
     host: HOST_BWD,
     needs: [/template <int D, bool DUAL>\s*__global__ void __launch_bounds__\(kBwdThreads\) attn_bwd_mma\(BwdParams P, const float\* __restrict__ Dr,\s*const float\* __restrict__ Dr_g\)/,
-      /template <int D, bool DUAL>\s*__global__ void __launch_bounds__\(kDotThreads\) attn_bwd_dot\(/],
-    shared: { dynamic: 1, static: 1 },
+      /template <int D, bool DUAL>\s*__global__ void __launch_bounds__\(kDotThreads\) attn_bwd_dot\(/,
+      /template <int DPL>\s*__global__ void __launch_bounds__\(kRedoThreads\) attn_bwd_redo\(BwdParams P, int path\)/],
+    shared: { dynamic: 2, static: 1 },
+    helpers: true,
   },
 ];
 
@@ -162,7 +171,7 @@ function extractOne(k, src) {
     const m = /^\s*#\s*include\s*([<"])([^>"]+)[>"]/.exec(l);
     if (!m) continue;
     if (m[1] === '<') sys.push(`#include <${m[2]}>`);
-    else if (!['../core/attention.h', 'attention.cuh', 'device.cuh', 'mma.cuh'].includes(m[2]))
+    else if (!['../core/attention.h', 'attention.cuh', 'attention_generic.cuh', 'device.cuh', 'mma.cuh'].includes(m[2]))
       throw new ExtractError(`${file}: include "${m[2]}" is not known to the emulator (extend emu.h / extract.js)`);
   }
 
@@ -214,7 +223,7 @@ function checkHost(k, all) {
 
 // device.cuh's device helpers (gtid, ld, st, warp_sum, warp_max, block_sum, ...): the lines from
 // its "// ---- device: indexing" section to its "// ---- bad-index slot" section (record_bad is
-// emu.h's), for the SIMT kernels.
+// emu.h's), for the forward's exact path (fwd_row) and the SIMT kernels.
 function deviceHelpers() {
   const file = path.join(CUDA, 'device.cuh');
   const lines = fs.readFileSync(file, 'utf8').split('\n');
@@ -244,6 +253,7 @@ function render(k, g) {
     inc(path.join(ROOT, 'native', 'core', 'attention.h')),
     inc(path.join(CUDA, 'attention.cuh')),
     ...(k.helpers ? deviceHelpers() : []),
+    ...(k.helpers ? [inc(path.join(CUDA, 'attention_generic.cuh'))] : []),
     'namespace dualroute {',
     'namespace cuda {',
     'namespace {',

@@ -27,7 +27,8 @@ void fill(Buf<S>& b, std::mt19937& r, float lo, float hi) {
 // Inputs and reference of one forward case. Shape: tag, B, Hq, Hkv, Sq, Sk, mask, causal, window,
 // pad (0 none; 1 a random quarter of the keys; 2 keys [0, 70); 3 every key of batch 0), n (> 0:
 // query_index of n rows, with repeats and out-of-range entries), dual (1 gates per row, 2 per
-// head), grows (dual: random global_rows), sc (scale = sc * 2 / sqrt(D)). St: float or uint16_t.
+// head), grows (dual: random global_rows), sc (scale = sc * 2 / sqrt(D)), poison (non-finite
+// inputs, see poison()). St: float or uint16_t.
 //   out, lse per output row (b, h, r): softmax(scale q k^T over the visible, unpadded keys) v and
 //   log sum exp; 0 and -inf for a row with no such key or a bad query_index (listed in bad as
 //   b * n + r). Dual: out_g, lse_g the global path (0 / -inf off global_rows), mix the gated sum.
@@ -61,12 +62,46 @@ struct Problem {
         if (s.pad == 2) p = j < 70;
         if (s.pad == 3) p = b == 0 || r() % 5 == 0;
       }
+    poison();
     for (size_t i = 0; i < grows.size(); ++i) grows[i] = r() % 2;
     for (size_t i = 0; i < qidx.size(); ++i) {
       qidx[i] = static_cast<int32_t>(r() % (s.Sq + 6)) - 3;  // repeats, and -3..-1, Sq..Sq+2
       if (qidx[i] < 0 || qidx[i] >= s.Sq) bad.push_back(static_cast<long long>(i));
     }
     reference();
+  }
+  // Non-finite inputs (every batch and head), by s.poison: 1 NaN values of the last 4 keys (most
+  // rows cannot see them); 2 a NaN in key Sk/2 and a NaN query row Sq/3; 3 +inf in key Sk/3 and
+  // -inf in query row 2Sq/3; 4 +inf in the value of key Sk/2 and NaN in that of key 1. The
+  // reference then gives what the materialised softmax(q k^T) v gives (NaN rows, infinities).
+  void poison() {
+    const int Hk = s.Hkv;
+    auto setk = [&](Buf<St>& x, int heads, int rows, int row, int d, float v) {
+      if (row < 0 || row >= rows) return;
+      for (int b = 0; b < s.B; ++b)
+        for (int h = 0; h < heads; ++h)
+          for (int x0 = 0; x0 < D; ++x0)
+            if (d < 0 || x0 == d % D) x[((size_t(b) * heads + h) * rows + row) * D + x0] = enc<St>(v);
+    };
+    switch (s.poison) {
+      case 1:
+        for (int j = s.Sk - 4; j < s.Sk; ++j) setk(v, Hk, s.Sk, j, -1, NAN);
+        break;
+      case 2:
+        setk(k, Hk, s.Sk, s.Sk / 2, 3, NAN);
+        setk(q, s.Hq, s.Sq, s.Sq / 3, -1, NAN);
+        break;
+      case 3:
+        setk(k, Hk, s.Sk, s.Sk / 3, 1, INFINITY);
+        setk(q, s.Hq, s.Sq, 2 * s.Sq / 3, 2, -INFINITY);
+        break;
+      case 4:
+        setk(v, Hk, s.Sk, s.Sk / 2, 0, INFINITY);
+        setk(v, Hk, s.Sk, 1, 5, NAN);
+        break;
+      default:
+        break;
+    }
   }
   size_t qrow(int b, int h, int qi) const { return ((size_t(b) * s.Hq + h) * s.Sq + qi) * D; }
   size_t krow(int b, int h, int j) const { return ((size_t(b) * s.Hkv + h / G) * s.Sk + j) * D; }

@@ -17,7 +17,8 @@
 // before making it, so a crash or a hang is pinned to the call, and the parent starts a new
 // child after it. Children run in a temporary folder (saves write there) with their address
 // space capped (--memory-gb, default 6), so an allocation the machine cannot hold is a
-// MemoryError, not the kernel's OOM killer. Exit status: 0 when there is no fault.
+// MemoryError, not the kernel's OOM killer, and at nice 10, so that a fuzz run beside other
+// tests (npm test runs it in parallel with timing-sensitive ones) takes only idle CPU time. Exit status: 0 when there is no fault.
 // The last line is the count of each outcome.
 'use strict';
 const { spawn } = require('child_process');
@@ -190,7 +191,7 @@ function parseArgs(argv) {
 function runSlice(o, from, to, cwd) {
   return new Promise((resolve) => {
     // the address-space cap turns an impossible allocation into a MemoryError
-    const cmd = `ulimit -v ${Math.round(o.memoryGb * 1024 * 1024)} && exec "${process.execPath}" "${__filename}" --child ${o.seed} ${from} ${to}${o.canary ? ' --canary' : ''}`;
+    const cmd = `ulimit -v ${Math.round(o.memoryGb * 1024 * 1024)} && exec nice -n 10 "${process.execPath}" "${__filename}" --child ${o.seed} ${from} ${to}${o.canary ? ' --canary' : ''}`;
     const p = spawn('bash', ['-c', cmd], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, DUALROUTE_NUM_THREADS: '1' } });
     const res = { calls: [], crash: null, targets: 0 };
     let buf = '';

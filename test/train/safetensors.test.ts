@@ -184,7 +184,9 @@ describe('round trip', () => {
       await saveSafetensors(f, { t });
       const before = memory().tensors;
       await expect(loadSafetensors(f, { device: 'cuda' })).rejects.toThrow(DeviceError);
-      expect(memory().tensors).toBe(before);
+      // no more live tensors than before (the garbage collector may free earlier tests' tensors
+      // meanwhile, so the count can only be bounded, not matched)
+      expect(memory().tensors).toBeLessThanOrEqual(before);
       t.dispose();
       return;
     }
