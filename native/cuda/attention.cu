@@ -111,6 +111,17 @@ __device__ __forceinline__ void online_step(float& m, float& l, float (&o)[DPL],
   m = mn;
 }
 
+// Query row qi of (b, h) = bh, pre-scaled by scale * log2(e), D spread over the lanes.
+template <typename T, int DPL>
+__device__ __forceinline__ void load_query(const FwdParams& P, int bh, int qi, int lane, float (&q)[DPL]) {
+  const T* qp = static_cast<const T*>(P.q) + (static_cast<long long>(bh) * P.Sq + qi) * P.D;
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) {
+    const int d = lane + 32 * k;
+    q[k] = d < P.D ? ld(qp[d]) * P.scale2 : 0.f;
+  }
+}
+
 // One output row r of (b, h) = bh by one warp (D spread over lanes, DPL values each; keys
 // streamed one at a time): the generic forward (attn_fwd_warp), and the exact path of the
 // tensor-core kernel for tiles it cannot take (values that are not finite). Every (row, key)
@@ -125,12 +136,7 @@ __device__ __forceinline__ void fwd_row(const FwdParams& P, int bh, int r, int l
   float q[DPL], o[DPL], og[DPL];
   int lo = 0, hi = -1, glo = 0, ghi = -1;
   if (qi >= 0) {
-    const T* qp = static_cast<const T*>(P.q) + (static_cast<long long>(bh) * P.Sq + qi) * D;
-#pragma unroll
-    for (int k = 0; k < DPL; ++k) {
-      const int d = lane + 32 * k;
-      q[k] = d < D ? ld(qp[d]) * P.scale2 : 0.f;
-    }
+    load_query<T, DPL>(P, bh, qi, lane, q);
     const long long p = static_cast<long long>(qi) + P.Sk - P.Sq;
     key_range(P.mask, P.causal, P.window, p, P.Sk, lo, hi);
     if (DUAL && (!P.global_rows || P.global_rows[static_cast<long long>(b) * P.Sq + qi]))
@@ -609,12 +615,7 @@ __global__ void __launch_bounds__(kSplitWarps * 32) attn_fwd_split(FwdParams P, 
   float q[DPL], o[DPL];
   int lo = 0, hi = -1;
   if (qi >= 0) {
-    const T* qp = static_cast<const T*>(P.q) + (static_cast<long long>(bh) * P.Sq + qi) * D;
-#pragma unroll
-    for (int k = 0; k < DPL; ++k) {
-      const int d = lane + 32 * k;
-      q[k] = d < D ? ld(qp[d]) * P.scale2 : 0.f;
-    }
+    load_query<T, DPL>(P, bh, qi, lane, q);
     key_range(P.mask, P.causal, P.window, static_cast<long long>(qi) + P.Sk - P.Sq, P.Sk, lo, hi);
   }
 #pragma unroll
