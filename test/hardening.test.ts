@@ -118,3 +118,15 @@ describe('empty tensors', () => {
     expect(() => dr.max(dr.zeros([2, 0]), -1)).toThrow(dr.ShapeError);
   });
 });
+
+describe('faults the fuzzer found after the sweep', () => {
+  test('tensor(data, null) is a ShapeError, not a TypeError from reading null options', () => {
+    expect(() => dr.tensor(1.5, null as unknown as number[])).toThrow(dr.ShapeError);
+    expect(() => dr.tensor([1, 2], [2], null as unknown as dr.CreateOptions)).toThrow(dr.ValueError);
+  });
+  test('narrow with a symbol start or length is a ShapeError', () => {
+    const x = dr.zeros([4]);
+    expect(() => dr.narrow(x, 0, Symbol('s') as unknown as number, 1)).toThrow(dr.ShapeError);
+    expect(() => dr.narrow(x, 0, 0, Symbol('s') as unknown as number)).toThrow(dr.ShapeError);
+  });
+});

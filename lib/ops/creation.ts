@@ -50,8 +50,8 @@ function flatten(data: unknown, shape: number[], d: number, out: Array<number | 
  */
 export function tensor(data: Data, shape?: number[], options: CreateOptions = {}): Tensor {
   options = checkOptions(options, 'tensor');
-  if (shape !== undefined && !Array.isArray(shape) && typeof shape === 'object') {
-    options = shape as CreateOptions;
+  if (shape !== undefined && shape !== null && !Array.isArray(shape) && typeof shape === 'object') {
+    options = checkOptions(shape, 'tensor');
     shape = undefined;
   }
   let flat: ArrayLike<number> | ArrayLike<boolean>;
