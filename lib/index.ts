@@ -18,6 +18,7 @@ export * from './ops/linalg';
 export * from './ops/nn';
 export * from './ops/indexing';
 export * from './ops/inplace';
+export * from './ops/sort';
 export { empty } from './ops/util';
 export { noGrad, enableGrad, isGradEnabled, backward } from './autograd/engine';
 export type { BackwardOptions } from './autograd/engine';

@@ -11,6 +11,7 @@ import * as la from './ops/linalg';
 import * as nn from './ops/nn';
 import * as red from './ops/reduce';
 import * as sh from './ops/shape';
+import * as so from './ops/sort';
 
 type S = ew.TensorOrScalar;
 
@@ -62,6 +63,10 @@ declare module './tensor' {
     min(axis?: number | number[], options?: red.ReduceOptions): Tensor;
     argmax(axis?: number, options?: red.ReduceOptions): Tensor;
     argmin(axis?: number, options?: red.ReduceOptions): Tensor;
+    cumsum(axis: number, options?: so.CumsumOptions): Tensor;
+    topk(k: number, options?: so.TopkOptions): so.SortResult;
+    sort(options?: so.SortOptions): so.SortResult;
+    argsort(options?: so.SortOptions): Tensor;
     matmul(b: Tensor, options?: la.MatmulOptions): Tensor;
     softmax(axis?: number): Tensor;
     logSoftmax(axis?: number): Tensor;
@@ -116,6 +121,10 @@ Object.assign(P, {
   min(this: Tensor, a?: number | number[], o?: red.ReduceOptions) { return red.min(this, a, o); },
   argmax(this: Tensor, a?: number, o?: red.ReduceOptions) { return red.argmax(this, a, o); },
   argmin(this: Tensor, a?: number, o?: red.ReduceOptions) { return red.argmin(this, a, o); },
+  cumsum(this: Tensor, a: number, o?: so.CumsumOptions) { return so.cumsum(this, a, o); },
+  topk(this: Tensor, k: number, o?: so.TopkOptions) { return so.topk(this, k, o); },
+  sort(this: Tensor, o?: so.SortOptions) { return so.sort(this, o); },
+  argsort(this: Tensor, o?: so.SortOptions) { return so.argsort(this, o); },
   matmul(this: Tensor, b: Tensor, o?: la.MatmulOptions) { return la.matmul(this, b, o); },
   softmax(this: Tensor, a?: number) { return nn.softmax(this, a); },
   logSoftmax(this: Tensor, a?: number) { return nn.logSoftmax(this, a); },

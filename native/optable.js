@@ -98,6 +98,17 @@ const ops = [
   { name: 'argReduce', family: 'reduce', args: 'ArgReduceOp op, out Tensor out, Tensor x, int axis', dtypeOf: 'x',
     dtypes: { cpu: NUM, cuda: NUM_GPU }, doc: 'argmax/argmin along axis into int32 out; the first index wins ties' },
 
+  // ---- scans, selection, sorting ----
+  { name: 'cumsum', family: 'sort', args: 'out Tensor out, Tensor x, int axis, bool reverse, bool exclusive',
+    dtypeOf: 'x', dtypes: { cpu: NUM, cuda: NUM_GPU },
+    doc: 'running sum along axis (from the end when reverse; exclusive: each element left out of its own sum); int32 sums must stay in int32 (else a RangeError)' },
+  { name: 'topk', family: 'sort', args: 'out Tensor values, out Tensor indices, Tensor x, int k, bool largest',
+    dtypeOf: 'x', dtypes: { cpu: NUM, cuda: NUM_GPU }, inline: 16384,
+    doc: 'the k largest (smallest) of each row of x [rows, n] along the last axis, best first; indices int32; ties to the lower index; NaN counts as the largest value' },
+  { name: 'sort', family: 'sort', args: 'out Tensor values, out Tensor indices, Tensor x, bool descending',
+    dtypeOf: 'x', dtypes: { cpu: NUM, cuda: NUM_GPU }, inline: 16384,
+    doc: 'stable sort of each row of x [rows, n] along the last axis; indices int32; NaN counts as the largest value' },
+
   // ---- matmul ----
   { name: 'matmul', family: 'matmul',
     args: 'out Tensor out, Tensor a, Tensor b, bool transA, bool transB, float alpha, float beta', dtypeOf: 'a',
@@ -200,6 +211,12 @@ const kernels = [
     doc: 'x has out\'s dims followed by `nreduce` reduced dims; out contiguous' },
   { name: 'arg_reduce', params: 'ArgReduceOp op, View out, View x',
     doc: 'x has out\'s dims followed by one reduced dim; out int32 contiguous; first index wins ties' },
+  { name: 'cumsum', params: 'View out, View x, int64 outer, int64 dim, int64 inner, bool reverse, bool exclusive',
+    doc: 'x, out contiguous [outer, dim, inner]; running sums over dim; int32: RangeError when a sum leaves int32 (CUDA: recorded on the device, reported after a stream wait)' },
+  { name: 'topk', params: 'View values, View indices, View x, int k, bool largest',
+    doc: 'x contiguous [rows, n]; values [rows, k] (x\'s dtype), indices int32 [rows, k], contiguous; best first, ties to the lower index, NaN largest' },
+  { name: 'sort', params: 'View values, View indices, View x, bool descending',
+    doc: 'x contiguous [rows, n]; values, indices (int32) [rows, n] contiguous; stable; NaN largest' },
   { name: 'matmul', params: 'MatmulArgs args', cudaExtra: 'int algo',
     doc: 'C = alpha op(A) op(B) + beta C per batch (core/ops.h); CUDA algo: 0 fastest known, 1 own kernel, 2 cuBLASLt' },
   { name: 'softmax', params: 'View out, View x, int64 outer, int64 dim, int64 inner, bool log',

@@ -421,6 +421,67 @@ for (const kind of ['argmax', 'argmin'] as const) {
   });
 }
 
+// cumsum: k = the scanned length (the running sums' rounding grows with it)
+REGISTRY.push({
+  name: 'cumsum',
+  ops: ['cumsum'],
+  cases: (d, rnd) => {
+    const g = (n: number) => (d === 'int32' ? rnd.ints(n, -30, 30) : rnd.uniform(n));
+    const sets: Array<[number[], number, boolean, boolean, boolean?]> = [
+      [[1], 0, false, false], [[1031], 0, false, false], [[129, 257], 1, false, false], [[129, 257], 0, true, false],
+      [[3, 33, 65], 1, false, true], [[3, 33, 65], 2, true, true], [[4, 5000], 1, false, false], [[257, 129], 1, false, false, true],
+    ];
+    return sets.map(([s, axis, reverse, exclusive, transposed]) => ({
+      label: `${fmtShape(s)}${transposed ? 'T' : ''} axis=${axis}${reverse ? ' rev' : ''}${exclusive ? ' excl' : ''}`,
+      inputs: [T(s, g(numel(s)), transposed ? tr : undefined)],
+      p: { axis, reverse, exclusive },
+      k: s[axis],
+    }));
+  },
+  run: (xs, c) => dr.cumsum(xs[0], c.p!.axis as number, { reverse: c.p!.reverse as boolean, exclusive: c.p!.exclusive as boolean }),
+});
+
+// topk and sort: values on a grid every dtype holds exactly (ties included), so the orders, and
+// hence indices and values, are identical on every backend and dtype
+const sortCases = (d: DType, rnd: Rnd, withK: boolean): Case[] => {
+  const g = (n: number) => (d === 'int32' ? rnd.ints(n, -20, 20) : rnd.grid(n, -8, 8, 0.25));
+  const sets: Array<[number[], number, number, boolean]> = [
+    [[1], 0, 1, true], [[7], 0, 3, false], [[129, 257], 1, 8, true], [[129, 257], 0, 1, false], [[33, 5000], 1, 50, true],
+    [[3, 33, 65], 1, 33, false], [[2, 4097], 1, 4097, true], [[64, 9], 1, 2, true],
+  ];
+  return sets.map(([s, axis, k, flag]) => ({
+    label: `${fmtShape(s)} axis=${axis}${withK ? ` k=${k}` : ''}${flag ? (withK ? ' largest' : ' desc') : ''}`,
+    inputs: [T(s, g(numel(s)))],
+    p: { axis, k, flag },
+  }));
+};
+for (const part of ['values', 'indices'] as const) {
+  REGISTRY.push({
+    name: `topk ${part}`,
+    ops: ['topk'],
+    cases: (d, rnd) => sortCases(d, rnd, true),
+    run: (xs, c) => {
+      const r = dr.topk(xs[0], c.p!.k as number, { axis: c.p!.axis as number, largest: c.p!.flag as boolean });
+      const other = part === 'values' ? r.indices : r.values;
+      other.dispose();
+      return r[part];
+    },
+    tol: exact,
+  });
+  REGISTRY.push({
+    name: `sort ${part}`,
+    ops: ['sort'],
+    cases: (d, rnd) => sortCases(d, rnd, false),
+    run: (xs, c) => {
+      const r = dr.sort(xs[0], { axis: c.p!.axis as number, descending: c.p!.flag as boolean });
+      const other = part === 'values' ? r.indices : r.values;
+      other.dispose();
+      return r[part];
+    },
+    tol: exact,
+  });
+}
+
 // matmul
 REGISTRY.push({
   name: 'matmul',

@@ -70,6 +70,11 @@ inline float bf2f(uint16_t h) {
   return f;
 }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {f2bf(f)}; }
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  return u;
+}
 inline float __bfloat162float(__nv_bfloat16 v) { return bf2f(v.x); }
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {{f2bf(a)}, {f2bf(b)}}; }
 inline float2 __bfloat1622float2(__nv_bfloat162 v) { return {bf2f(v.x.x), bf2f(v.y.x)}; }

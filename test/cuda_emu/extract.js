@@ -101,6 +101,22 @@ const HOST_SIMT = [
   'rope_kernel<float><<<blocks, kThreads, 0, stream()>>>(static_cast<float*>(out->data), static_cast<const float*>(x->data), pos, rows, H, S, D, pos_2d, base, inverse);',
 ];
 
+// The scan and sort kernels' launches (sort.cu).
+const HOST_SORT = [
+  'cumsum_rows<T><<<grid_cap(outer), kScanThreads, 0, stream()>>>(out, x, outer, dim, reverse, exclusive);',
+  'cumsum_cols<T><<<grid_for(outer * inner), kThreads, 0, stream()>>>(out, x, outer, dim, inner, reverse, exclusive);',
+  'if (P <= kSmemSort) {',
+  'const int smem = static_cast<int>(P * sizeof(unsigned long long));',
+  'sort_rows_smem<T><<<grid_cap(rows), kSortThreads, smem, stream()>>>(values, indices, x, rows, static_cast<int>(n), static_cast<int>(P), static_cast<int>(count), desc);',
+  'sort_keys_init<T><<<grid, kThreads, 0, stream()>>>(keys, x, rows, n, P, desc);',
+  'for (int64_t k = 2; status == 0 && k <= P; k <<= 1)',
+  'for (int64_t j = k >> 1; status == 0 && j > 0; j >>= 1) {',
+  'sort_keys_stage<<<grid, kThreads, 0, stream()>>>(keys, rows, P, k, j);',
+  'sort_keys_emit<T><<<grid_for(rows * count), kThreads, 0, stream()>>>(values, indices, keys, x, rows, n, P, count);',
+  'return launch_sorted<T>(static_cast<T*>(values->data), static_cast<int32_t*>(indices->data), static_cast<const T*>(x->data), rows, n, k, largest, "topk");',
+  'return launch_sorted<T>(static_cast<T*>(values->data), static_cast<int32_t*>(indices->data), static_cast<const T*>(x->data), rows, n, n, descending, "sort");',
+];
+
 const KERNELS = [
   {
     tag: 'fwd',
@@ -135,6 +151,18 @@ const KERNELS = [
       /template <int D, bool DUAL>\s*__global__ void __launch_bounds__\(kDotThreads\) attn_bwd_dot\(/,
       /template <int DPL>\s*__global__ void __launch_bounds__\(kRedoThreads\) attn_bwd_redo\(BwdParams P, int path\)/],
     shared: { dynamic: 2, static: 1 },
+    helpers: true,
+  },
+  {
+    tag: 'sort',
+    src: 'sort',
+    def: path.join(CUDA, 'sort.cu'),
+    out: 'sort_kernel.inc',
+    host: HOST_SORT,
+    needs: [/template <typename T>\s*__global__ void cumsum_cols\(/, /template <typename T>\s*__global__ void __launch_bounds__\(kScanThreads\) cumsum_rows\(/,
+      /template <typename T>\s*__global__ void __launch_bounds__\(kSortThreads\) sort_rows_smem\(/,
+      /__global__ void sort_keys_stage\(/, /template <typename T>\s*__global__ void sort_keys_init\(/, /template <typename T>\s*__global__ void sort_keys_emit\(/],
+    shared: { dynamic: 1, static: 1 },
     helpers: true,
   },
 ];
@@ -269,7 +297,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -305,9 +333,10 @@ if (require.main === module) {
     };
     if (a === '--fwd-src') opts.fwdSrc = val();
     else if (a === '--bwd-src') opts.bwdSrc = val();
+    else if (a === '--sort-src') opts.sortSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
-      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--out DIR]`);
+      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--out DIR]`);
       process.exit(2);
     }
   }

@@ -2,7 +2,7 @@
 // Builds and runs the CUDA emulator tests of the attention kernels (no GPU needed).
 //
 //   node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose]
-//                             [--fwd-src FILE] [--bwd-src FILE] [--build-dir DIR] [--timeout S]
+//                             [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--build-dir DIR] [--timeout S]
 //
 // Extracts the kernels from the sources (extract.js), compiles the test binaries (TESTS below)
 // with g++ (or $CXX) into build/cuda_emu/ (again only when an input or the flags changed), and
@@ -10,7 +10,8 @@
 // first. --quick runs each (kernel, shape, head dim) under one scheduling mode instead of three.
 // Prints one line per failed case, then `cuda-emu: N cases, M failed` (a test binary that fails
 // to build counts as one failed case). Exit 0: all passed; 1: a failure; 3: no compiler.
-// --fwd-src (mma and SIMT kernels) / --bwd-src test another copy of attention.cu / attention_bwd.cu (a mutant, say);
+// --fwd-src (mma and SIMT kernels) / --bwd-src / --sort-src test another copy of attention.cu / attention_bwd.cu /
+// sort.cu (a mutant, say);
 // give such runs their own --build-dir.
 'use strict';
 const fs = require('fs');
@@ -28,6 +29,7 @@ const TESTS = [
   { name: 'attn_bwd_test', src: 'attn_bwd_test.cpp', flags: [], inc: ['attn_bwd_kernel.inc'] },
   { name: 'attn_bwd_test_sm90', src: 'attn_bwd_test.cpp', flags: ['-D__CUDA_ARCH__=900'], inc: ['attn_bwd_kernel.inc'] },
   { name: 'attn_simt_test', src: 'attn_simt_test.cpp', flags: ['-Wno-maybe-uninitialized'], inc: ['attn_fwd_kernel.inc', 'attn_simt_kernel.inc'] },
+  { name: 'sort_test', src: 'sort_test.cpp', flags: [], inc: ['sort_kernel.inc'] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
 
@@ -46,6 +48,7 @@ function parseArgs(argv) {
     else if (a === '--timeout') o.timeout = Number(val());
     else if (a === '--fwd-src') o.fwdSrc = path.resolve(val());
     else if (a === '--bwd-src') o.bwdSrc = path.resolve(val());
+    else if (a === '--sort-src') o.sortSrc = path.resolve(val());
     else if (a === '--build-dir') o.buildDir = path.resolve(val());
     else usage(`unknown argument ${a}`);
   }
@@ -55,7 +58,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`run.js: ${msg}\nusage: node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose] ` +
-    '[--fwd-src FILE] [--bwd-src FILE] [--build-dir DIR] [--timeout S]');
+    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--build-dir DIR] [--timeout S]');
   process.exit(2);
 }
 
@@ -150,7 +153,7 @@ async function main() {
   const gen = path.join(o.buildDir, 'gen');
   let extracted = true;
   try {
-    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, outDir: gen });
+    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, outDir: gen });
   } catch (e) {
     if (!(e instanceof ExtractError)) throw e;
     console.log(`FAIL extract.js: ${e.message}`);

@@ -6,3 +6,4 @@ import './linalg';
 import './nn';
 import './indexing';
 import './attention';
+import './sort';
