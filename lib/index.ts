@@ -19,6 +19,7 @@ export * from './ops/nn';
 export * from './ops/indexing';
 export * from './ops/inplace';
 export * from './ops/sort';
+export * from './ops/select';
 export { empty } from './ops/util';
 export { noGrad, enableGrad, isGradEnabled, backward } from './autograd/engine';
 export type { BackwardOptions } from './autograd/engine';

@@ -24,6 +24,8 @@ declare module './tensor' {
     pow(b: S): Tensor;
     maximum(b: S): Tensor;
     minimum(b: S): Tensor;
+    floorDiv(b: S): Tensor;
+    remainder(b: S): Tensor;
     eq(b: S): Tensor;
     ne(b: S): Tensor;
     lt(b: S): Tensor;
@@ -99,7 +101,7 @@ declare module './tensor' {
 }
 
 const P = Tensor.prototype as unknown as Record<string, unknown>;
-for (const name of ['add', 'sub', 'mul', 'div', 'pow', 'maximum', 'minimum', 'eq', 'ne', 'lt', 'le', 'gt', 'ge',
+for (const name of ['add', 'sub', 'mul', 'div', 'pow', 'maximum', 'minimum', 'floorDiv', 'remainder', 'eq', 'ne', 'lt', 'le', 'gt', 'ge',
   'logicalAnd', 'logicalOr'] as const) {
   P[name] = function (this: Tensor, b: S) {
     return ew.binary(name, this, b);

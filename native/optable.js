@@ -49,8 +49,8 @@ const enums = {
   },
   BinaryOp: {
     doc: 'element-wise binary ops; eq..logicalOr give bool',
-    values: ['add', 'sub', 'mul', 'div', 'pow', 'maximum', 'minimum', 'eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd',
-      'logicalOr'],
+    values: ['add', 'sub', 'mul', 'div', 'pow', 'maximum', 'minimum', 'floorDiv', 'remainder', 'eq', 'ne', 'lt', 'le', 'gt',
+      'ge', 'logicalAnd', 'logicalOr'],
   },
   ReduceOp: { doc: 'reductions', values: ['sum', 'mean', 'max', 'min'] },
   ArgReduceOp: { doc: 'index reductions', values: ['argmax', 'argmin'] },

@@ -296,6 +296,10 @@ for (const name of UNARY_OPS) {
 
 // every binary op, tensor-tensor with broadcasting and views, and tensor-scalar both ways
 const COMPARISONS = new Set<string>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr']);
+// floorDiv / remainder: quotients exact in every dtype (a on a grid, b a signed power of two), so
+// that floor() sees the same number on both sides; int32 divisors include 0 (defined as 0)
+const FLOORED = new Set<string>(['floorDiv', 'remainder']);
+const pow2 = (rnd: Rnd, n: number) => Float64Array.from({ length: n }, () => [0.5, 1, 2, 4][Math.floor(rnd.next() * 4)] * (rnd.next() < 0.5 ? -1 : 1));
 for (const name of BINARY_OPS) {
   REGISTRY.push({
     name: `binary:${name}`,
@@ -305,14 +309,16 @@ for (const name of BINARY_OPS) {
     cases: (d, rnd) => {
       // a: pow needs a positive base; b: div keeps away from 0; comparisons want ties and zeros
       const ga = (n: number) =>
-        d === 'int32' ? rnd.ints(n, -20, 20) : name === 'pow' ? rnd.uniform(n, 0.1, 3) : COMPARISONS.has(name) ? rnd.grid(n, -2, 2, 0.5) : rnd.uniform(n);
+        d === 'int32' ? rnd.ints(n, -20, 20) : name === 'pow' ? rnd.uniform(n, 0.1, 3) : COMPARISONS.has(name) ? rnd.grid(n, -2, 2, 0.5)
+          : FLOORED.has(name) ? rnd.grid(n, -8, 8, 0.25) : rnd.uniform(n);
       const gb = (n: number) => {
         if (d === 'int32') return rnd.ints(n, -20, 20);
+        if (FLOORED.has(name)) return pow2(rnd, n);
         if (name === 'div') return rnd.uniform(n, 0.5, 2).map((v, i) => (i % 2 ? -v : v));
         if (COMPARISONS.has(name)) return rnd.grid(n, -2, 2, 0.5);
         return rnd.uniform(n);
       };
-      const s = name === 'pow' ? 1.75 : name === 'div' ? -1.5 : COMPARISONS.has(name) ? 0.5 : d === 'int32' ? 3 : 0.75;
+      const s = name === 'pow' ? 1.75 : name === 'div' ? -1.5 : COMPARISONS.has(name) ? 0.5 : d === 'int32' ? 3 : FLOORED.has(name) ? -0.5 : 0.75;
       return [
         { label: '[1]+[1]', inputs: [T([1], ga(1)), T([1], gb(1))] },
         { label: '[1031]+[1031]', inputs: [T([1031], ga(1031)), T([1031], gb(1031))] },
@@ -321,7 +327,7 @@ for (const name of BINARY_OPS) {
         { label: '[3,1,65]+[7,65]', inputs: [T([3, 1, 65], ga(195)), T([7, 65], gb(455))] },
         { label: '[257,129]T+[129,257]', inputs: [T([257, 129], ga(257 * 129), tr), T([129, 257], gb(129 * 257))] },
         { label: `[1031]+${s}`, inputs: [T([1031], ga(1031))], p: { s, first: false } },
-        { label: `${name === 'pow' ? 1.5 : s}+[129,257]T`, inputs: [T([257, 129], name === 'div' ? gb(257 * 129) : ga(257 * 129), tr)], p: { s: name === 'pow' ? 1.5 : s, first: true } },
+        { label: `${name === 'pow' ? 1.5 : s}+[129,257]T`, inputs: [T([257, 129], name === 'div' || FLOORED.has(name) ? gb(257 * 129) : ga(257 * 129), tr)], p: { s: name === 'pow' ? 1.5 : s, first: true } },
       ];
     },
     run: (xs, c) => {
@@ -481,6 +487,38 @@ for (const part of ['values', 'indices'] as const) {
     tol: exact,
   });
 }
+
+// bincount (scatterAdd of ones, or of the weights) and nonzero (cumsum, scatterAdd, floorDiv, remainder)
+REGISTRY.push({
+  name: 'bincount',
+  ops: ['scatterAdd', 'fill'],
+  accepts: (d) => d !== 'bool',
+  cases: (d, rnd) =>
+    ([[1], [1031], [64, 33]] as number[][]).map((s) => ({
+      label: `${fmtShape(s)}${d === 'int32' ? '' : ' weighted'}`,
+      inputs: [I32(s, rnd.ints(numel(s), 0, 17)), T(s, d === 'int32' ? rnd.ints(numel(s), -5, 5) : rnd.uniform(numel(s)))],
+      k: numel(s) / 17,
+    })),
+  run: (xs, _c, ctx) => (ctx.testDtype === 'int32' ? dr.bincount(xs[0], { length: 17 }) : dr.bincount(xs[0], { length: 17, weights: xs[1] })),
+  // bfloat16 bins round after every add (scatterAdd's rule): the error grows with the hits
+  tol: (d, c) => {
+    if (d === 'int32') return exact();
+    const [atol, rtol] = BASE_TOL[d];
+    const s = Math.sqrt(c.k ?? 1);
+    return { kind: 'close', atol: atol * s, rtol: rtol * s };
+  },
+});
+REGISTRY.push({
+  name: 'nonzero',
+  ops: ['cumsum', 'scatterAdd', 'binary'],
+  cases: (d, rnd) =>
+    ([[1], [7], [33, 65], [3, 5, 129]] as number[][]).map((s) => ({
+      label: fmtShape(s),
+      inputs: [T(s, d === 'bool' ? rnd.ints(numel(s), 0, 2) : rnd.grid(numel(s), -1, 1, 0.5))],
+    })),
+  run: (xs) => dr.nonzeroSync(xs[0]),
+  tol: exact,
+});
 
 // matmul
 REGISTRY.push({

@@ -91,6 +91,10 @@ export const div = (a: TensorOrScalar, b: TensorOrScalar) => binary('div', a, b)
 export const pow = (a: TensorOrScalar, b: TensorOrScalar) => binary('pow', a, b);
 export const maximum = (a: TensorOrScalar, b: TensorOrScalar) => binary('maximum', a, b);
 export const minimum = (a: TensorOrScalar, b: TensorOrScalar) => binary('minimum', a, b);
+/** floor(a / b), as torch.floor_divide and Python's //; int32 stays int32 (x // 0 is 0, as int32 div). No gradient. */
+export const floorDiv = (a: TensorOrScalar, b: TensorOrScalar) => binary('floorDiv', a, b);
+/** a - b floor(a / b): the sign of b, as torch.remainder and Python's %; int32 x % 0 is 0. */
+export const remainder = (a: TensorOrScalar, b: TensorOrScalar) => binary('remainder', a, b);
 export const eq = (a: TensorOrScalar, b: TensorOrScalar) => binary('eq', a, b);
 export const ne = (a: TensorOrScalar, b: TensorOrScalar) => binary('ne', a, b);
 export const lt = (a: TensorOrScalar, b: TensorOrScalar) => binary('lt', a, b);

@@ -125,6 +125,13 @@ inline A binary_apply(BinaryOp op, A a, A b) {
     case BinaryOp::Pow: return std::pow(a, b);
     case BinaryOp::Maximum: return (a != a || b != b) ? a + b : (a > b ? a : b);
     case BinaryOp::Minimum: return (a != a || b != b) ? a + b : (a < b ? a : b);
+    case BinaryOp::FloorDiv: return std::floor(a / b);
+    case BinaryOp::Remainder: {
+      // Python's (and torch.remainder's) sign: that of the divisor
+      A r = std::fmod(a, b);
+      if (r != A(0) && ((r < A(0)) != (b < A(0)))) r += b;
+      return r;
+    }
     default: return A(0);
   }
 }
@@ -142,6 +149,18 @@ inline int32_t binary_int(BinaryOp op, int32_t a, int32_t b) {
     case BinaryOp::Pow: return from_double<int32_t>(std::pow(static_cast<double>(a), static_cast<double>(b)));
     case BinaryOp::Maximum: return a > b ? a : b;
     case BinaryOp::Minimum: return a < b ? a : b;
+    case BinaryOp::FloorDiv: {
+      // division by 0 gives 0, as Div does; the quotient rounds toward -inf
+      if (b == 0) return 0;
+      if (a == std::numeric_limits<int32_t>::min() && b == -1) return a;
+      const int32_t q = a / b;
+      return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+    }
+    case BinaryOp::Remainder: {
+      if (b == 0 || b == -1) return 0;
+      const int32_t r = a % b;
+      return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+    }
     default: return 0;
   }
 }
@@ -229,6 +248,8 @@ void binary_typed(BinaryOp op, const View& out, const View& a, const View& b) {
       case BinaryOp::Pow: return binary_arith_op<T, BinaryOp::Pow>(out, a, b);
       case BinaryOp::Maximum: return binary_arith_op<T, BinaryOp::Maximum>(out, a, b);
       case BinaryOp::Minimum: return binary_arith_op<T, BinaryOp::Minimum>(out, a, b);
+      case BinaryOp::FloorDiv: return binary_arith_op<T, BinaryOp::FloorDiv>(out, a, b);
+      case BinaryOp::Remainder: return binary_arith_op<T, BinaryOp::Remainder>(out, a, b);
       default: fail(ErrorCode::Value, "binary: unknown op ", static_cast<int>(op));
     }
   }

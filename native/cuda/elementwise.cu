@@ -449,6 +449,12 @@ __device__ __forceinline__ float binary_f(float a, float b) {
     case BinaryOp::Pow: return powf(a, b);
     case BinaryOp::Maximum: return (a != a || b != b) ? a + b : (a > b ? a : b);
     case BinaryOp::Minimum: return (a != a || b != b) ? a + b : (a < b ? a : b);
+    case BinaryOp::FloorDiv: return floorf(a / b);
+    case BinaryOp::Remainder: {
+      float r = fmodf(a, b);  // the sign of the divisor, as Python and torch.remainder
+      if (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) r += b;
+      return r;
+    }
     default: return 0.0f;
   }
 }
@@ -487,6 +493,17 @@ struct BinaryInt {
       case BinaryOp::Pow: return pow_int(a, b);
       case BinaryOp::Maximum: return a > b ? a : b;
       case BinaryOp::Minimum: return a < b ? a : b;
+      case BinaryOp::FloorDiv: {
+        if (b == 0) return 0;
+        if (a == INT_MIN && b == -1) return a;
+        const int32_t q = a / b;
+        return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+      }
+      case BinaryOp::Remainder: {
+        if (b == 0 || b == -1) return 0;
+        const int32_t r = a % b;
+        return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+      }
       default: return 0;
     }
   }
@@ -544,7 +561,7 @@ int binary_typed(const char* name, BinaryOp op, const View& out, const View* av,
   case BinaryOp::OPNAME: return run_map2<T, T>(name, out, av, aval, bv, bval, BinaryInt<BinaryOp::OPNAME>{});
     switch (op) {
       DR_BIN_INT(Add) DR_BIN_INT(Sub) DR_BIN_INT(Mul) DR_BIN_INT(Div) DR_BIN_INT(Pow) DR_BIN_INT(Maximum)
-      DR_BIN_INT(Minimum)
+      DR_BIN_INT(Minimum) DR_BIN_INT(FloorDiv) DR_BIN_INT(Remainder)
       default: return set_error(std::string(name) + ": unknown op " + std::to_string(static_cast<int>(op)));
     }
 #undef DR_BIN_INT
@@ -553,7 +570,7 @@ int binary_typed(const char* name, BinaryOp op, const View& out, const View* av,
   case BinaryOp::OPNAME: return run_map2<T, T>(name, out, av, aval, bv, bval, BinaryFloat<T, BinaryOp::OPNAME>{});
     switch (op) {
       DR_BIN_FLOAT(Add) DR_BIN_FLOAT(Sub) DR_BIN_FLOAT(Mul) DR_BIN_FLOAT(Div) DR_BIN_FLOAT(Pow)
-      DR_BIN_FLOAT(Maximum) DR_BIN_FLOAT(Minimum)
+      DR_BIN_FLOAT(Maximum) DR_BIN_FLOAT(Minimum) DR_BIN_FLOAT(FloorDiv) DR_BIN_FLOAT(Remainder)
       default: return set_error(std::string(name) + ": unknown op " + std::to_string(static_cast<int>(op)));
     }
 #undef DR_BIN_FLOAT

@@ -1,7 +1,7 @@
 // Backward rules of the element-wise ops (lib/ops/elementwise.ts).
 import { BINARY_OPS, BinaryName, UNARY_OPS } from '../../native';
 import { Tensor } from '../../tensor';
-import { div, eq, gt, log, lt, mul, neg, pow, sub, where } from '../../ops/elementwise';
+import { div, eq, floorDiv, gt, log, lt, mul, neg, pow, sub, where } from '../../ops/elementwise';
 import { unaryBackward } from '../../ops/grad_kernels';
 import { sumToShape } from '../grad_utils';
 import { registerGradient } from '../registry';
@@ -48,6 +48,11 @@ function binaryGrads(name: BinaryName, g: Tensor, a: Tensor, b: Tensor, out: Ten
       gb = where(win, 0, where(tie, half, g));
       break;
     }
+    case 'remainder':
+      // a - b floor(a / b): d/da = 1, d/db = -floor(a / b) (floorDiv itself is flat: no gradient)
+      ga = g.alias();
+      gb = neg(mul(g, floorDiv(a, b)));
+      break;
     default:
       return [null, null];
   }
@@ -73,6 +78,8 @@ function scalarGrad(name: BinaryName, g: Tensor, x: Tensor, out: Tensor, s: numb
       const win = name === 'maximum' ? gt(x, s) : lt(x, s);
       return where(win, g, where(eq(x, s), mul(g, 0.5), 0));
     }
+    case 'remainder':
+      return scalarFirst ? neg(mul(g, floorDiv(s, x))) : g.alias();
     default:
       return null;
   }
