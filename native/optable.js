@@ -170,10 +170,10 @@ const ops = [
 
   // ---- attention ----
   { name: 'attentionForward', family: 'attention',
-    args: `out Tensor out, out Tensor? lse, Tensor q, Tensor k, Tensor v, ${attnOptions}, Tensor? queryIndex`,
+    args: `out Tensor out, out Tensor? lse, Tensor q, Tensor k, Tensor v, ${attnOptions}, Tensor? queryIndex, Tensor? queryCount`,
     dtypeOf: 'q', dtypes: floats, doc: 'fused attention (core/attention.h): out [B,Hq,n,D], lse [B,Hq,n]' },
   { name: 'attentionBackward', family: 'attention',
-    args: `inout Tensor dq, inout Tensor dk, inout Tensor dv, Tensor q, Tensor k, Tensor v, Tensor out, Tensor dout, Tensor lse, ${attnOptions}, Tensor? queryIndex`,
+    args: `inout Tensor dq, inout Tensor dk, inout Tensor dv, Tensor q, Tensor k, Tensor v, Tensor out, Tensor dout, Tensor lse, ${attnOptions}, Tensor? queryIndex, Tensor? queryCount`,
     dtypeOf: 'q', dtypes: floats, doc: 'adds into float32 (float64) accumulators dq, dk, dv' },
   { name: 'dualAttentionForward', family: 'attention',
     args: `out Tensor out, out Tensor outLocal, out Tensor outGlobal, out Tensor lseLocal, out Tensor lseGlobal, Tensor q, Tensor k, Tensor v, Tensor gates, ${attnOptions}, Tensor? globalRows`,

@@ -797,6 +797,19 @@ REGISTRY.push({
   run: (xs, c) => dr.globalAttention(xs[0], xs[1], xs[2], { causal: c.p!.causal as boolean }),
 });
 REGISTRY.push({
+  name: 'globalAttention queryIndex (ragged)',
+  ops: ['attentionForward'],
+  cases: (_d, rnd) => attnCases(rnd, () => [{ causal: true }]).map((c) => {
+    const [B, , Sq] = c.inputs[0].shape;
+    const n = Math.max(1, Math.ceil(Sq / 3));
+    // batch 0 keeps about half its rows, batch 1 none; padding entries hold indices never read
+    const counts = Array.from({ length: B }, (_, b) => (b % 2 ? 0 : Math.ceil(n / 2)));
+    const idx = rnd.ints(B * n, 0, Sq).map((v, i) => (i % n < counts[Math.floor(i / n)] ? v : -7));
+    return { ...c, label: `${c.label} n=${n}`, inputs: [...c.inputs, I32([B, n], idx), I32([B], counts)] };
+  }),
+  run: (xs) => dr.globalAttention(xs[0], xs[1], xs[2], { causal: true, queryIndex: xs[3], queryCount: xs[4] }),
+});
+REGISTRY.push({
   name: 'localAttention',
   ops: ['attentionForward'],
   cases: (_d, rnd) => attnCases(rnd, (S) => [

@@ -11,11 +11,11 @@
 import { DType, isFloat } from '../dtype';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
-import { Tensor } from '../tensor';
+import { Tensor, tidy } from '../tensor';
 import { needsGrad, record } from '../tape';
-import { concat, reshape } from './shape';
-import { full, zeros } from './creation';
-import { gt } from './elementwise';
+import { cast, concat, reshape } from './shape';
+import { arange, full, zeros } from './creation';
+import { gt, lt, where } from './elementwise';
 import { scatterAdd } from './indexing';
 import { checkOptions, checkTensor, empty, sameDevice } from './util';
 
@@ -34,6 +34,12 @@ export interface AttentionOptions {
 export interface GlobalAttentionOptions extends AttentionOptions {
   /** int32 [batch, n]: compute only these query rows, written in this order (repeats allowed). */
   queryIndex?: Tensor;
+  /**
+   * int32 [batch], with queryIndex: the real rows of each batch row (a router keeps a different
+   * number of tokens in each sequence); rows r >= queryCount[b] are padding: their index is never
+   * read, their output is 0 (lse -inf) and they get no gradient.
+   */
+  queryCount?: Tensor;
 }
 export interface LocalAttentionOptions extends AttentionOptions {
   /** Keys seen per query (sliding) or the block length (block); >= 1. */
@@ -46,6 +52,8 @@ export interface DualAttentionOptions extends LocalAttentionOptions {
   gates: Tensor;
   /** int32 [batch, n]: the rows the global path is computed for (the router's selection); others get none. */
   queryIndex?: Tensor;
+  /** int32 [batch], with queryIndex: entries r >= queryCount[b] are padding and select nothing. */
+  queryCount?: Tensor;
 }
 
 export interface AttentionResult {
@@ -107,25 +115,33 @@ function checkQueryIndex(op: string, qi: Tensor | undefined, B: number, q: Tenso
   return qi.shape[1];
 }
 
+function checkQueryCount(op: string, qc: Tensor | undefined, qi: Tensor | undefined, B: number, q: Tensor): void {
+  if (qc === undefined) return;
+  checkTensor(qc, op, 'queryCount');
+  if (!qi) throw new ValueError(`${op}: queryCount counts the real rows of queryIndex; give a queryIndex too`);
+  if (qc.dtype !== 'int32' || qc.ndim !== 1 || qc.shape[0] !== B) throw new ShapeError(`${op}: Expected an int32 queryCount of shape [${B}] but received ${describe(qc)}`);
+  sameDevice(op, q, qc);
+}
+
 const statsDType = (d: DType): DType => (d === 'float64' ? 'float64' : 'float32');
 
 // One fused call, recorded for autograd.
 function attend(name: string, q: Tensor, k: Tensor, v: Tensor, p: Prepared, mask: Mask, causal: boolean, window: number,
-                kp: Tensor | undefined, qi: Tensor | undefined, wantLse: boolean): AttentionResult | Tensor {
+                kp: Tensor | undefined, qi: Tensor | undefined, wantLse: boolean, qc?: Tensor): AttentionResult | Tensor {
   const n = qi ? qi.shape[1] : p.Sq;
   const out = empty([p.B, p.Hq, n, p.D], q.dtype, q.device);
   const grad = needsGrad(q, k, v);
   const lse = wantLse || grad ? empty([p.B, p.Hq, n], statsDType(q.dtype), q.device) : null;
   try {
-    op.attentionForward({ out, lse, q, k, v, mask, causal, window, scale: p.scale, keyPadding: kp, queryIndex: qi });
+    op.attentionForward({ out, lse, q, k, v, mask, causal, window, scale: p.scale, keyPadding: kp, queryIndex: qi, queryCount: qc });
   } catch (e) {
     out.dispose();
     lse?.dispose();
     throw e;
   }
   if (grad) {
-    const save = [q, k, v, out, lse!, ...(kp ? [kp] : []), ...(qi ? [qi] : [])];
-    record(out, name, [q, k, v], save, { mask, causal, window, scale: p.scale, hasKeyPadding: !!kp, hasQueryIndex: !!qi });
+    const save = [q, k, v, out, lse!, ...(kp ? [kp] : []), ...(qi ? [qi] : []), ...(qc ? [qc] : [])];
+    record(out, name, [q, k, v], save, { mask, causal, window, scale: p.scale, hasKeyPadding: !!kp, hasQueryIndex: !!qi, hasQueryCount: !!qc });
   }
   if (!wantLse) {
     lse?.dispose();
@@ -141,7 +157,8 @@ export function globalAttention(q: Tensor, k: Tensor, v: Tensor, options: Global
   options = checkOptions(options, 'globalAttention');
   const p = check('globalAttention', q, k, v, options);
   checkQueryIndex('globalAttention', options.queryIndex, p.B, q);
-  return attend('globalAttention', q, k, v, p, 'global', !!options.causal, 1, options.keyPaddingMask, options.queryIndex, !!options.returnLse);
+  checkQueryCount('globalAttention', options.queryCount, options.queryIndex, p.B, q);
+  return attend('globalAttention', q, k, v, p, 'global', !!options.causal, 1, options.keyPaddingMask, options.queryIndex, !!options.returnLse, options.queryCount);
 }
 
 /** Sliding-window or blocked local attention; invisible key blocks are skipped, not masked. */
@@ -173,21 +190,21 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
   if (gates.dtype !== q.dtype) throw new DTypeError(`${name}: Expected gates of dtype ${q.dtype} but received ${describe(gates)}`);
   sameDevice(name, q, gates);
   checkQueryIndex(name, options.queryIndex, p.B, q);
+  checkQueryCount(name, options.queryCount, options.queryIndex, p.B, q);
   const causal = !!options.causal;
   const kp = options.keyPaddingMask;
   // the router's selection as a per-row flag (repeated indices select a row once)
   let rows: Tensor | undefined;
   if (options.queryIndex) {
-    const hits = zeros([p.B, p.Sq], { dtype: 'int32', device: q.device });
-    const ones = full(options.queryIndex.shape.slice(), 1, { dtype: 'int32', device: q.device });
-    try {
-      const added = scatterAdd(hits, 1, options.queryIndex, ones);
-      rows = gt(added, 0);
-      added.dispose();
-    } finally {
-      hits.dispose();
-      ones.dispose();
-    }
+    const qi = options.queryIndex, qc = options.queryCount;
+    rows = tidy(() => {
+      const hits = zeros([p.B, p.Sq], { dtype: 'int32', device: q.device });
+      if (!qc) return gt(scatterAdd(hits, 1, qi, full(qi.shape.slice(), 1, { dtype: 'int32', device: q.device })), 0);
+      // padding entries (r >= queryCount[b]) add nothing, at a harmless index
+      const r = arange(0, qi.shape[1], 1, { dtype: 'int32', device: q.device });
+      const real = lt(reshape(r, [1, qi.shape[1]]), reshape(qc, [p.B, 1]));
+      return gt(scatterAdd(hits, 1, where(real, qi, 0), cast(real, 'int32')), 0);
+    });
   }
   const shape = [p.B, p.Hq, p.Sq, p.D];
   const sd = statsDType(q.dtype);

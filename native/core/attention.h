@@ -4,7 +4,9 @@
 //                                                      query head h reads kv head h / G)
 //   out [B, Hq, n, D]        lse [B, Hq, n] (float32; float64 for float64 inputs)
 // n = Sq, or the length of query_index [B, n] when given: row r of the output is query
-// query_index[b, r] (repeats allowed). Query row i sits at absolute position p = i + (Sk - Sq)
+// query_index[b, r] (repeats allowed). query_count [B] (with query_index) makes the rows ragged:
+// rows r >= query_count[b] are padding (their index is never read; out = 0, lse = -inf, no
+// gradient), as when a router keeps a different number of tokens in each sequence. Query row i sits at absolute position p = i + (Sk - Sq)
 // (bottom-right alignment: a decode step with a KV cache is the same call).
 //
 // Visible keys j for a query at position p (and never a key whose key_padding byte is set):
@@ -35,7 +37,13 @@ struct AttnArgs {
   const uint8_t* key_padding;  // [B, Sk], nonzero = padding; or nullptr
   const int32_t* query_index;  // [B, n] or nullptr (then n == Sq)
   int64_t n;
+  const int32_t* query_count;  // [B] or nullptr: row r of batch b is padding when r >= query_count[b]
 };
+
+// Whether row r of batch b is a real row (not ragged padding).
+inline bool attn_row_valid(const AttnArgs& a, int64_t b, int64_t r) {
+  return r < a.n && !(a.query_count && r >= a.query_count[b]);
+}
 
 // Dual attention: the local path (args.mask = Sliding or Block, args.window) for every query
 // row and the global path (Global with args.causal) for the rows where global_rows[b, i] is

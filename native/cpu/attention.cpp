@@ -461,6 +461,7 @@ void check_query_index(const AttnArgs& a) {
   if (!a.query_index) return;
   for (int64_t b = 0; b < a.B; ++b)
     for (int64_t r = 0; r < a.n; ++r) {
+      if (!attn_row_valid(a, b, r)) continue;  // ragged padding: never read
       const int64_t v = a.query_index[b * a.n + r];
       if (v < 0 || v >= a.Sq)
         fail(ErrorCode::Range, "attention: query_index ", v, " at [", b, ", ", r, "] is outside [0, ", a.Sq, ")");
@@ -528,14 +529,17 @@ void fwd_tile_setup(const AttnArgs& a, int64_t b, int64_t t, Lanes<C>& ln, int64
   const int64_t n = a.n, r0 = t * BM;
   for (int i = 0; i < BM; ++i) {
     const int64_t r = r0 + i;
-    valid[i] = r < n;
-    qrow[i] = !valid[i] ? -1 : a.query_index ? a.query_index[b * n + r] : r;
+    valid[i] = r < n;  // written; ragged padding rows are written too (no keys: 0 and -inf)
+    qrow[i] = !attn_row_valid(a, b, r) ? -1 : a.query_index ? a.query_index[b * n + r] : r;
     int64_t lo = 0, hi = 0;
-    if (valid[i]) key_interval(a, a.mask, qrow[i] + a.Sk - a.Sq, lo, hi);
+    if (qrow[i] >= 0) key_interval(a, a.mask, qrow[i] + a.Sk - a.Sq, lo, hi);
     ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
     ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
   }
-  ln.finish(valid);
+  // the hull and core cover the real rows: padding rows' results are replaced by 0 and -inf
+  bool real[BM];
+  for (int i = 0; i < BM; ++i) real[i] = qrow[i] >= 0;
+  ln.finish(real);
 }
 
 // Online softmax of a tile over keys [j_begin, j_end) (whole chunks from the hull's start, or
@@ -557,7 +561,7 @@ void fwd_tile_keys(const AttnArgs& a, const T* qh, const T* kh, const T* vh, con
     l[i] = 0;
   }
   for (int64_t d = 0; d < D; ++d)
-    for (int i = 0; i < BM; ++i) Qt[d * BM + i] = valid[i] ? scale * wid(qh[qrow[i] * D + d]) : C(0);
+    for (int i = 0; i < BM; ++i) Qt[d * BM + i] = qrow[i] >= 0 ? scale * wid(qh[qrow[i] * D + d]) : C(0);
   std::fill(Ot, Ot + D * BM, C(0));
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBN) {
     const int64_t nk = std::min<int64_t>(kBN, j_end - j0);
@@ -849,7 +853,7 @@ bool bwd_tile_geometry(const AttnArgs& a, const BwdIn<T>& in, int64_t b, int64_t
   bool any = false;
   for (int i = 0; i < BM; ++i) {
     const int64_t r = r0 + i;
-    const bool ok = r < n;
+    const bool ok = attn_row_valid(a, b, r);  // ragged padding rows get no gradient
     tl.valid[i] = ok;
     tl.qrow[i] = !ok ? -1 : a.query_index ? a.query_index[b * n + r] : r;
     bwd_lane<C>(a, a.mask, ok, ok ? in.lse[bh * n + r] : C(0), tl.qrow[i], tl.ln, tl.lse, i);

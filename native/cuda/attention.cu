@@ -81,12 +81,14 @@ struct FwdParams {
   float scale2;  // scale * log2(e)
   const uint8_t* pad;
   const int32_t* qidx;
+  const int32_t* qcount;  // [B] or null: rows r >= qcount[b] are ragged padding (no query)
   int tiles;  // query tiles per (b, h) (mma kernel) or rows per block groups (warp kernel)
 };
 
-// Row r of (b, h): the query it reads, or -1 (past n, or a bad index, which is recorded).
+// Row r of (b, h): the query it reads, or -1 (past n, ragged padding, or a bad index, which is
+// recorded; padding is never read).
 __device__ __forceinline__ int query_of(const FwdParams& P, int b, int r, bool record) {
-  if (r >= P.n) return -1;
+  if (r >= P.n || (P.qcount && r >= P.qcount[b])) return -1;
   if (!P.qidx) return r;
   const long long pos = static_cast<long long>(b) * P.n + r;
   const int qi = P.qidx[pos];
@@ -828,6 +830,7 @@ int common_params(const char* name, const AttnArgs& a, Params& P) {
   P.window = a.mask == static_cast<int32_t>(AttnMask::Global) ? 1 : std::min<long long>(a.window, 1LL << 40);
   P.pad = a.key_padding;
   P.qidx = a.query_index;
+  P.qcount = a.query_count;
   return 0;
 }
 

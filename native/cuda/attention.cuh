@@ -101,6 +101,7 @@ struct BwdParams {
   float scale;
   const uint8_t* pad;
   const int32_t* qidx;
+  const int32_t* qcount;  // [B] or null: rows r >= qcount[b] are ragged padding (no gradient)
   int KT;     // keys per block
   int tiles;  // key tiles per (b, kv head)
   // Dual backward only (qidx null, n == Sq): out/lse above are the local path's, these the

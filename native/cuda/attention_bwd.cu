@@ -377,7 +377,7 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
       int qi = -1;
       unsigned long long m = 0;
       float lse2 = 0.f, dr = 0.f;
-      if (r < n) {
+      if (r < n && !(P.qcount && r >= P.qcount[b])) {  // ragged padding rows stay inactive
         qi = P.qidx ? P.qidx[static_cast<long long>(b) * n + r] : r;
         if (qi < 0 || qi >= Sq) qi = -1;  // the forward has reported it
       }
@@ -453,7 +453,7 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_mma(BwdParams P, const f
     const bool all_keys = sKok[0] == ~0u && sKok[1] == ~0u;  // 64 keys below Sk, none padded
     for (int x = tid; x < total * kBM && !bad; x += kBwdThreads) {
       const int itx = x / kBM, rr = (tb + itx % ntl) * kBM + x % kBM;
-      if (rr >= n) continue;
+      if (rr >= n || (P.qcount && rr >= P.qcount[b])) continue;
       int qi = rr;
       if (P.qidx) {
         qi = P.qidx[static_cast<long long>(b) * n + rr];

@@ -54,6 +54,7 @@ __device__ void bwd_key_run(const BwdParams& P, int bk, int j0, int nk, int path
   for (long long w = warp; w < rows; w += nwarps) {
     const int h = hk * P.G + static_cast<int>(w / P.n);
     const int r = static_cast<int>(w % P.n);
+    if (P.qcount && r >= P.qcount[b]) continue;  // ragged padding: no gradient, index never read
     int qi = r;
     if (P.qidx) {
       qi = P.qidx[static_cast<long long>(b) * P.n + r];

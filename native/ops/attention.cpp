@@ -16,11 +16,12 @@ struct Opts {
   double scale;
   const T* key_padding;
   const T* query_index;  // attention ops only; the dual op's global rows are separate
+  const T* query_count = nullptr;
 };
 
 template <typename A>
-Opts opts_of(const A& a, const T* query_index) {
-  return Opts{a.mask, a.causal, a.window, a.scale, a.keyPadding.get(), query_index};
+Opts opts_of(const A& a, const T* query_index, const T* query_count = nullptr) {
+  return Opts{a.mask, a.causal, a.window, a.scale, a.keyPadding.get(), query_index, query_count};
 }
 
 void check_shaped(const T& t, const char* arg, std::initializer_list<int64_t> shape, DType dtype, bool written) {
@@ -53,8 +54,14 @@ int64_t check_qkv(const T& q, const T& k, const T& v, const Opts& o) {
     DR_CHECK(o.query_index->dtype == DType::I32 && o.query_index->ndim == 2 && o.query_index->shape[0] == B, Shape,
              kOp, ": queryIndex must be int32 [", B, ", n], received ", dtype_name(o.query_index->dtype), " ",
              o.query_index->shape_string());
+    if (o.query_count) {
+      DR_CHECK(o.query_count->dtype == DType::I32 && has_shape(*o.query_count, {B}), Shape, kOp,
+               ": queryCount must be int32 [", B, "], received ", dtype_name(o.query_count->dtype), " ",
+               o.query_count->shape_string());
+    }
     return o.query_index->shape[1];
   }
+  DR_CHECK(!o.query_count, Value, kOp, ": queryCount needs a queryIndex (it counts the real rows of each)");
   return Sq;
 }
 
@@ -72,7 +79,7 @@ void check_accumulators(const A& a) {
 // The kernel arguments, with the contiguous copies they point into.
 struct Prepared {
   AttnArgs a{};
-  std::shared_ptr<const T> q, k, v, kp, qi;
+  std::shared_ptr<const T> q, k, v, kp, qi, qc;
 };
 
 Prepared prepare(const T& q, const T& k, const T& v, const Opts& o) {
@@ -105,26 +112,30 @@ Prepared prepare(const T& q, const T& k, const T& v, const Opts& o) {
     a.query_index = static_cast<const int32_t*>(p.qi->data());
     a.n = o.query_index->shape[1];
   }
+  if (o.query_count) {
+    p.qc = contiguous(*o.query_count);
+    a.query_count = static_cast<const int32_t*>(p.qc->data());
+  }
   return p;
 }
 
 }  // namespace
 
 void check(const AttentionForward& a) {
-  const int64_t n = check_qkv(a.q, a.k, a.v, opts_of(a, a.queryIndex.get()));
+  const int64_t n = check_qkv(a.q, a.k, a.v, opts_of(a, a.queryIndex.get(), a.queryCount.get()));
   const int64_t B = a.q.shape[0], H = a.q.shape[1], D = a.q.shape[3];
   check_shaped(a.out, "out", {B, H, n, D}, a.q.dtype, true);
   if (a.lse) check_shaped(*a.lse, "lse", {B, H, n}, stats_dtype(a.q.dtype), true);
 }
 void run(const AttentionForward& a) {
-  Prepared p = prepare(a.q, a.k, a.v, opts_of(a, a.queryIndex.get()));
+  Prepared p = prepare(a.q, a.k, a.v, opts_of(a, a.queryIndex.get(), a.queryCount.get()));
   void* po = a.out.data();
   void* pl = a.lse ? a.lse->data() : nullptr;
   DR_RUN(a.out, cpu::attention_forward(p.a, po, pl), attention_forward, &p.a, po, pl);
 }
 
 void check(const AttentionBackward& a) {
-  const int64_t n = check_qkv(a.q, a.k, a.v, opts_of(a, a.queryIndex.get()));
+  const int64_t n = check_qkv(a.q, a.k, a.v, opts_of(a, a.queryIndex.get(), a.queryCount.get()));
   check_accumulators(a);
   const int64_t B = a.q.shape[0], Hq = a.q.shape[1], D = a.q.shape[3];
   check_shaped(a.lse, "lse", {B, Hq, n}, stats_dtype(a.q.dtype), false);
@@ -132,7 +143,7 @@ void check(const AttentionBackward& a) {
   check_shaped(a.dout, "dout", {B, Hq, n, D}, a.q.dtype, false);
 }
 void run(const AttentionBackward& a) {
-  Prepared p = prepare(a.q, a.k, a.v, opts_of(a, a.queryIndex.get()));
+  Prepared p = prepare(a.q, a.k, a.v, opts_of(a, a.queryIndex.get(), a.queryCount.get()));
   auto oc = contiguous(a.out);
   auto dc = contiguous(a.dout);
   auto lc = contiguous(a.lse);

@@ -29,6 +29,8 @@ struct Shape {
   int n;    // > 0: query_index of n rows (repeats, out-of-range entries)
   double sc = 1;  // scale = sc * 2 / sqrt(D)
   int poison = 0; // non-finite inputs: see poison() (0 none)
+  int ragged = 0; // with n: query_count [B] (half the rows, none, all); padding rows hold valid
+                  // indices and a finite lse, so that only query_count keeps them out
 };
 
 // Non-finite inputs (every batch and head): 1 NaN values of the last 4 keys; 2 a NaN in key Sk/2
@@ -152,10 +154,16 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
       if (s.pad == 3) p = b == 0 || r() % 5 == 0;
     }
   for (size_t i = 0; i < qidx.size(); ++i) qidx[i] = static_cast<int32_t>(r() % (Sq + 4)) - 2;
+  Buf<int32_t> qcount("query_count", s.ragged ? size_t(B) : 0, 0);
+  for (int b = 0; b < B && s.ragged; ++b) {
+    qcount[b] = b % 3 == 0 ? n / 2 + 1 : b % 3 == 1 ? 0 : n;
+    for (int rr = qcount[b]; rr < n; ++rr) qidx[size_t(b) * n + rr] = rr % Sq;
+  }
+  auto padding = [&](int b, int rr) { return s.ragged && rr >= qcount[b]; };
 
   auto qrow = [&](int b, int h, int qi) { return ((size_t(b) * Hq + h) * Sq + qi) * D; };
   auto krow = [&](int b, int h, int j) { return ((size_t(b) * Hkv + h / G) * Sk + j) * D; };
-  auto query = [&](int b, int rr) { return s.n ? qidx[size_t(b) * n + rr] : rr; };
+  auto query = [&](int b, int rr) { return padding(b, rr) ? -1 : s.n ? qidx[size_t(b) * n + rr] : rr; };
   auto keys = [&](int b, int qi) {  // visible, unpadded keys of query qi
     std::vector<int> js;
     if (qi < 0 || qi >= Sq) return js;
@@ -192,6 +200,10 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
           out[orow * D + x] = f2bf(static_cast<float>(o));
         }
       }
+  // padding rows: a finite lse, as if the caller's lse held anything there (the kernel must still skip them)
+  for (int b = 0; b < B && s.ragged; ++b)
+    for (int h = 0; h < Hq; ++h)
+      for (int rr = qcount[b]; rr < n; ++rr) lse[(size_t(b) * Hq + h) * n + rr] = 0.5f;
   // Backward reference.
   std::vector<double> rdq(q.size(), 0), rdk(k.size(), 0), rdv(v.size(), 0), rDr(rows, 0);
   std::vector<char> tq(q.size() / D, 0), tkv(k.size() / D, 0);  // rows some (query, key) pair reaches
@@ -203,7 +215,7 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
         const double dr = dot(dout, orow * D, out, orow * D);
         rDr[orow] = dr;
         const int qi = query(b, rr);
-        if (lse[orow] == -INFINITY) continue;
+        if (lse[orow] == -INFINITY || qi < 0) continue;
         for (int j : keys(b, qi)) {
           const size_t qo = qrow(b, h, qi), ko = krow(b, h, j);
           tq[qo / D] = tkv[ko / D] = 1;
@@ -224,6 +236,7 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   Buf<float> dq("dq", q.size(), base), dk("dk", k.size(), base), dv("dv", v.size(), base), Dr("Dr", rows, NAN);
   BwdParams P = bwd_params(s, n, D, scale, q, k, v, out, dout, lse, dq, dk, dv, pad);
   P.qidx = s.n ? qidx.data() : nullptr;
+  P.qcount = s.ragged ? qcount.data() : nullptr;
   // launch_t
   emu::LaunchCfg dot_cfg, cfg, redo_cfg;
   launch_t_cfgs(P, B, rows, "attn_bwd_dot", "attn_bwd_mma",
@@ -480,6 +493,8 @@ const Shape kShapes[] = {
   {"inf-nan-v-block",       1, 2, 2, 170, 170, 2, 0, 48, 0,   0, 1, 4},
   {"nan-dout-causal",       1, 2, 1, 150, 151, 0, 1,  1, 0,   0, 1, 5},
   {"nan-qk-qidx",           2, 2, 1, 120, 140, 0, 1,  1, 1, 150, 1, 2},
+  {"ragged-qidx-causal",    3, 2, 1, 120, 140, 0, 1,  1, 1, 150, 1, 0, 1},
+  {"ragged-qidx-sliding",   3, 2, 2,  90, 200, 1, 1, 40, 0,  70, 1, 0, 1},
 };
 // clang-format on
 

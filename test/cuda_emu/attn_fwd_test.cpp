@@ -29,6 +29,7 @@ struct Shape {
   int nolse = 0;  // lse pointers null
   double sc = 1;  // scale = sc * 2 / sqrt(D)
   int poison = 0; // non-finite inputs (reference.h, Problem::poison)
+  int ragged = 0; // with n: query_count per batch row (reference.h)
 };
 
 // The inputs and the reference of one case (reference.h).
@@ -68,6 +69,7 @@ std::string run_case(const Shape& s, int D, const harness::Mode& mode, uint32_t 
   P.scale2 = static_cast<float>(pr.scale * kLog2e);
   P.pad = s.pad ? pr.pad.data() : nullptr;
   P.qidx = s.n ? pr.qidx.data() : nullptr;
+  P.qcount = s.ragged ? pr.qcount.data() : nullptr;
   // launch_mma
   P.tiles = (P.n + kBM - 1) / kBM;
   emu::LaunchCfg cfg;
@@ -141,6 +143,9 @@ const Shape kShapes[] = {
   {"dual-nan-qk-headgates",    1, 2, 2, 150, 170, 2, 0, 48,  1,   0, 2, 1, 0, 1, 2},
   {"dual-inf-qk",              1, 1, 1, 130, 130, 1, 1, 20,  0,   0, 1, 1, 0, 1, 3},
   {"dual-inf-nan-v",           1, 2, 1, 140, 160, 2, 1, 64,  0,   0, 2, 0, 0, 1, 4},
+  // ragged query rows: batch b keeps qcount[b] rows (half, none, all); padding is never read
+  {"ragged-qidx-causal",       3, 2, 1, 120, 140, 0, 1,  1,  0, 150, 0, 0, 0, 1, 0, 1},
+  {"ragged-qidx-sliding-pad",  3, 2, 2,  90, 200, 1, 1, 40,  1,  70, 0, 0, 0, 1, 0, 1},
 };
 // clang-format on
 

@@ -58,6 +58,7 @@ struct Shape {
   int S = 0;      // split: chunks per row
   double sc = 1;  // scale = sc * 2 / sqrt(D)
   int poison = 0; // non-finite inputs (reference.h, Problem::poison)
+  int ragged = 0; // with n: query_count per batch row (reference.h)
 };
 
 // Inputs and float64 forward reference of one attention case, T-stored.
@@ -259,6 +260,8 @@ const Shape kShapes[] = {
   {"nan-qk-sliding-pad",     1, 2, 1,  45,  45, 1, 1,  7, 1,   0, 0, 0, 0, 0, 1, 2},
   {"inf-qk-block",           1, 1, 1,  40,  40, 2, 1,  9, 0,   0, 0, 0, 0, 0, 1, 3},
   {"inf-nan-v-qidx",         1, 2, 2,  25,  27, 0, 1,  1, 0,  31, 0, 0, 0, 0, 1, 4},
+  {"ragged-qidx-causal",     3, 2, 1,  25,  27, 0, 1,  1, 1,  31, 0, 0, 0, 0, 1, 0, 1},
+  {"ragged-qidx-sliding",    3, 2, 2,  18,  40, 1, 1,  5, 0,  23, 0, 0, 0, 0, 1, 0, 1},
 };
 const Shape kDualShapes[] = {
   {"dual-sliding-causal-g2", 2, 2, 1,  30,  30, 1, 1,  6, 0,   0, 1, 0, 0},
@@ -280,6 +283,7 @@ const Shape kSplitShapes[] = {
   {"split-nan-v-tail-sliding",1, 1, 1,  3, 1100, 1, 1, 1024, 0, 0, 0, 0, 0, 4, 1, 1},  // the last rows see them
   {"split-nan-qk",           1, 2, 1,   4, 1100, 0, 1,   1, 0,  0, 0, 0, 0, 3, 1, 2},
   {"split-inf-qk",           1, 1, 1,   3, 1100, 0, 0,   1, 0,  0, 0, 0, 0, 4, 1, 3},
+  {"split-ragged-qidx",      3, 1, 1,   9, 1030, 0, 1,   1, 2, 12, 0, 0, 0, 2, 1, 0, 1},
 };
 const RopeShape kRope[] = {
   // tag             B  H   S   D  2d inv base     cap

@@ -39,7 +39,7 @@ struct Problem {
   double scale;
   Buf<St> q, k, v, gates;
   Buf<uint8_t> pad, grows;
-  Buf<int32_t> qidx;
+  Buf<int32_t> qidx, qcount;  // qcount: s.ragged, the real rows of each batch row
   std::vector<double> out, lse, out_g, lse_g, mix;  // mix: dual only
   std::vector<char> empty, empty_g, empty_mix;
   std::vector<long long> bad;
@@ -50,7 +50,8 @@ struct Problem {
         v("v", size_t(sh.B) * sh.Hkv * sh.Sk * D_, 0),
         gates("gates", sh.dual == 1 ? size_t(sh.B) * sh.Sq * 2 : sh.dual == 2 ? size_t(sh.B) * sh.Hq * sh.Sq * 2 : 0, 0),
         pad("key_padding", sh.pad ? size_t(sh.B) * sh.Sk : 0, 0), grows("global_rows", sh.grows ? size_t(sh.B) * sh.Sq : 0, 1),
-        qidx("query_index", sh.n ? size_t(sh.B) * sh.n : 0, 0) {
+        qidx("query_index", sh.n ? size_t(sh.B) * sh.n : 0, 0),
+        qcount("query_count", sh.ragged ? size_t(sh.B) : 0, 0) {
     fill(q, r, -1.f, 1.f);
     fill(k, r, -1.f, 1.f);
     fill(v, r, -1.f, 1.f);
@@ -66,6 +67,13 @@ struct Problem {
     for (size_t i = 0; i < grows.size(); ++i) grows[i] = r() % 2;
     for (size_t i = 0; i < qidx.size(); ++i) {
       qidx[i] = static_cast<int32_t>(r() % (s.Sq + 6)) - 3;  // repeats, and -3..-1, Sq..Sq+2
+    }
+    // ragged: batch b keeps rows [0, qcount[b]) (0, all, or some); the padding's entries (often
+    // out of range) must never be read or reported
+    for (int b = 0; b < s.B && s.ragged; ++b) qcount[b] = b % 3 == 0 ? n / 2 + 1 : b % 3 == 1 ? 0 : n;
+    for (size_t i = 0; i < qidx.size(); ++i) {
+      const int rr = static_cast<int>(i % size_t(n)), b = static_cast<int>(i / size_t(n));
+      if (s.ragged && rr >= qcount[b]) continue;
       if (qidx[i] < 0 || qidx[i] >= s.Sq) bad.push_back(static_cast<long long>(i));
     }
     reference();
@@ -142,6 +150,7 @@ struct Problem {
       for (int h = 0; h < s.Hq; ++h)
         for (int rr = 0; rr < n; ++rr) {
           const size_t row = (size_t(b) * s.Hq + h) * n + rr;
+          if (s.ragged && rr >= qcount[b]) continue;  // padding: out 0, lse -inf
           const int qi = query(b, rr);
           if (qi < 0 || qi >= s.Sq) continue;
           lse[row] = attend(b, h, qi, s.mask, s.causal, s.window, &out[row * D]);
@@ -175,6 +184,7 @@ struct Problem {
     p.window = s.mask == 0 ? 1 : std::min<long long>(s.window, 1LL << 40);
     p.pad = s.pad ? pad.data() : nullptr;
     p.qidx = s.n ? qidx.data() : nullptr;
+    p.qcount = s.ragged ? qcount.data() : nullptr;
   }
 };
 

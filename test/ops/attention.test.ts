@@ -539,3 +539,64 @@ describe('non-finite inputs: propagated as the materialised softmax(q k^T * scal
     });
   });
 });
+
+describe('ragged queryIndex (queryCount)', () => {
+  test('rows past each batch row\'s count are padding: never read, 0 and lse -inf, no gradient', () => {
+    dr.tidy(() => {
+      const B = 3, H = 2, Hkv = 1, S = 40, D = 16, n = 9;
+      const counts = [9, 4, 0];
+      const rows = [
+        [39, 0, 5, 5, 17, 33, 2, 38, 20],
+        [7, 30, 1, 12, -5, 999, 40, -1, 3], // padding holds garbage: never read
+        [100, 100, 100, 100, 100, 100, 100, 100, 100],
+      ];
+      const q = make([B, H, S, D], 501), k = make([B, Hkv, S, D], 502), v = make([B, Hkv, S, D], 503);
+      const qi = dr.tensor(Int32Array.from(rows.flat()), [B, n]);
+      const qc = dr.tensor(Int32Array.from(counts), [B]);
+      const scale = 0.25;
+      const got = dr.globalAttention(q.t, k.t, v.t, { causal: true, scale, queryIndex: qi, queryCount: qc, returnLse: true });
+      // the reference: the real rows of each batch row, clamped to a valid index for the padding
+      const safe = rows.map((r, b) => r.map((x, i) => (i < counts[b] ? x : 0)));
+      const want = attnRef(q.data, k.data, v.data, [B, H, S, D], Hkv, S, { mode: 'global', causal: true, window: 1, scale, rows: safe });
+      for (let b = 0; b < B; ++b)
+        for (let h = 0; h < H; ++h)
+          for (let r = counts[b]; r < n; ++r) {
+            const row = (b * H + h) * n + r;
+            want.lse[row] = -Infinity;
+            want.out.fill(0, row * D, row * D + D);
+          }
+      expectClose(got.out, want.out);
+      expectClose(got.lse, want.lse);
+      // gradients: those of the real rows alone (dout of the padding rows must not matter)
+      const W = make([B, H, n, D], 504);
+      const [qg, kg, vg] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
+      dr.globalAttention(qg, kg, vg, { causal: true, scale, queryIndex: qi, queryCount: qc }).mul(W.t).sum().backward();
+      const Wm = Float64Array.from(W.data);
+      for (let b = 0; b < B; ++b)
+        for (let h = 0; h < H; ++h)
+          for (let r = counts[b]; r < n; ++r) Wm.fill(0, ((b * H + h) * n + r) * D, ((b * H + h) * n + r + 1) * D);
+      const g = attnGradRef(q.data, k.data, v.data, Wm, [B, H, S, D], Hkv, S, { mode: 'global', causal: true, window: 1, scale, rows: safe });
+      expectClose(qg.grad!.dataSync(), g.dq, 'float32');
+      expectClose(kg.grad!.dataSync(), g.dk, 'float32');
+      expectClose(vg.grad!.dataSync(), g.dv, 'float32');
+      // dual: padding entries select no row for the global path
+      const gates = make([B, S, 2], 505);
+      const withCount = dr.dualAttention(q.t, k.t, v.t, { window: 5, causal: true, gates: gates.t, scale, queryIndex: qi, queryCount: qc });
+      const loc = attnRef(q.data, k.data, v.data, [B, H, S, D], Hkv, S, { mode: 'sliding', causal: true, window: 5, scale }).out;
+      const glo = attnRef(q.data, k.data, v.data, [B, H, S, D], Hkv, S, { mode: 'global', causal: true, window: 1, scale }).out;
+      const wantDual = new Float64Array(loc.length);
+      for (let b = 0; b < B; ++b)
+        for (let h = 0; h < H; ++h)
+          for (let i = 0; i < S; ++i) {
+            const on = rows[b].slice(0, counts[b]).includes(i);
+            for (let d = 0; d < D; ++d) {
+              const o = ((b * H + h) * S + i) * D + d;
+              wantDual[o] = gates.data[(b * S + i) * 2] * loc[o] + (on ? gates.data[(b * S + i) * 2 + 1] * glo[o] : 0);
+            }
+          }
+      expectClose(withCount, wantDual);
+      expect(() => dr.globalAttention(q.t, k.t, v.t, { queryCount: qc })).toThrow(/give a queryIndex too/);
+      expect(() => dr.globalAttention(q.t, k.t, v.t, { queryIndex: qi, queryCount: dr.tensor([1, 2, 3]) })).toThrow(dr.ShapeError);
+    });
+  });
+});

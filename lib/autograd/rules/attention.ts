@@ -26,15 +26,17 @@ function gradAccumulators(q: Tensor, k: Tensor, v: Tensor): Tensor[] {
   return [q, k, v].map((t) => zeros(t.shape.slice(), { dtype, device: q.device }));
 }
 
-// saved: q, k, v, out, lse[, keyPadding][, queryIndex]; the engine casts dq/dk/dv to the inputs' dtype
+// saved: q, k, v, out, lse[, keyPadding][, queryIndex][, queryCount]; the engine casts dq/dk/dv to the inputs' dtype
 for (const name of ['globalAttention', 'localAttention']) {
-  registerGradient<AttnAttrs & { hasQueryIndex: boolean }>(name, ({ grad, saved, attrs }) => {
+  registerGradient<AttnAttrs & { hasQueryIndex: boolean; hasQueryCount: boolean }>(name, ({ grad, saved, attrs }) => {
     const [q, k, v, out, lse] = saved;
-    const keyPadding = attrs.hasKeyPadding ? saved[5] : undefined;
-    const queryIndex = attrs.hasQueryIndex ? saved[attrs.hasKeyPadding ? 6 : 5] : undefined;
+    let at = 5;
+    const keyPadding = attrs.hasKeyPadding ? saved[at++] : undefined;
+    const queryIndex = attrs.hasQueryIndex ? saved[at++] : undefined;
+    const queryCount = attrs.hasQueryCount ? saved[at++] : undefined;
     const [dq, dk, dv] = gradAccumulators(q, k, v);
     op.attentionBackward({ dq, dk, dv, q, k, v, out, dout: grad, lse, mask: attrs.mask, causal: attrs.causal,
-      window: attrs.window, scale: attrs.scale, keyPadding, queryIndex });
+      window: attrs.window, scale: attrs.scale, keyPadding, queryIndex, queryCount });
     return [dq, dk, dv];
   });
 }
