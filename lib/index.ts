@@ -20,6 +20,7 @@ export * from './ops/indexing';
 export * from './ops/inplace';
 export * from './ops/sort';
 export * from './ops/select';
+export * from './ops/routing';
 export { empty } from './ops/util';
 export { noGrad, enableGrad, isGradEnabled, backward } from './autograd/engine';
 export type { BackwardOptions } from './autograd/engine';

@@ -56,6 +56,7 @@ const enums = {
   ArgReduceOp: { doc: 'index reductions', values: ['argmax', 'argmin'] },
   RandomKind: { doc: 'Philox draws', values: ['uniform', 'normal'] },
   AttnMask: { doc: 'attention masks (core/attention.h)', values: ['global', 'sliding', 'block'] },
+  RouterScore: { doc: 'router gate scores', values: ['softmax', 'sigmoid'] },
 };
 
 const attnOptions = 'AttnMask mask, bool causal, int64 window, double scale, Tensor? keyPadding';
@@ -108,6 +109,16 @@ const ops = [
   { name: 'sort', family: 'sort', args: 'out Tensor values, out Tensor indices, Tensor x, bool descending',
     dtypeOf: 'x', dtypes: { cpu: NUM, cuda: NUM_GPU }, inline: 16384,
     doc: 'stable sort of each row of x [rows, n] along the last axis; indices int32; NaN counts as the largest value' },
+
+  // ---- routing ----
+  { name: 'routerGate', family: 'routing',
+    args: 'out Tensor indices, out Tensor weights, out Tensor positions, out Tensor counts, out Tensor scores, Tensor logits, Tensor? bias, Tensor? noise, RouterScore score, int k, bool normalize, double routeScale, int groups, int topGroups, int capacity',
+    dtypeOf: 'logits', dtypes: floats,
+    doc: 'router gate over logits [T, E]: scores (softmax / sigmoid, float32; float64 for float64 logits) [T, E]; the top k of scores + bias + noise (within the best topGroups of groups when groups > 1) as int32 indices [T, k], weights (scores, normalised over the k when normalize, times routeScale) [T, k]; positions [T, k] int32: the entry\'s rank in its expert, first choices of all tokens before second choices, in token order, -1 past capacity (capacity 0: none); counts [E] int32 kept per expert' },
+  { name: 'routerGateBackward', family: 'routing',
+    args: 'out Tensor dlogits, Tensor scores, Tensor indices, Tensor dweights, RouterScore score, bool normalize, double routeScale',
+    dtypeOf: 'scores', dtypes: { cpu: ['float32', 'float64'], cuda: ['float32'] },
+    doc: 'dlogits [T, E] of the gate weights: through the normalisation and the softmax / sigmoid' },
 
   // ---- matmul ----
   { name: 'matmul', family: 'matmul',
@@ -217,6 +228,11 @@ const kernels = [
     doc: 'x contiguous [rows, n]; values [rows, k] (x\'s dtype), indices int32 [rows, k], contiguous; best first, ties to the lower index, NaN largest' },
   { name: 'sort', params: 'View values, View indices, View x, bool descending',
     doc: 'x contiguous [rows, n]; values, indices (int32) [rows, n] contiguous; stable; NaN largest' },
+  { name: 'router_gate',
+    params: 'View indices, View weights, View positions, View counts, View scores, View logits, View bias, View noise, RouterScore score, int k, bool normalize, double route_scale, int groups, int top_groups, int capacity',
+    doc: 'logits contiguous [T, E]; bias [E] / noise [T, E] (the scores\' dtype) or null; outputs contiguous (see the op)' },
+  { name: 'router_gate_backward', params: 'View dlogits, View scores, View indices, View dweights, RouterScore score, bool normalize, double route_scale',
+    doc: 'scores, dlogits [T, E]; indices, dweights [T, k]; all contiguous, the scores\' dtype' },
   { name: 'matmul', params: 'MatmulArgs args', cudaExtra: 'int algo',
     doc: 'C = alpha op(A) op(B) + beta C per batch (core/ops.h); CUDA algo: 0 fastest known, 1 own kernel, 2 cuBLASLt' },
   { name: 'softmax', params: 'View out, View x, int64 outer, int64 dim, int64 inner, bool log',

@@ -520,6 +520,44 @@ REGISTRY.push({
   tol: exact,
 });
 
+// routerGate: per-row permutations of a grid (well separated scores, so every dtype and device
+// makes the same choices)
+const T_ = T; // the tensor input helper, under another name where T counts tokens
+const gateLogits = (rnd: Rnd, T: number, E: number): Float64Array => {
+  const out = new Float64Array(T * E);
+  for (let t = 0; t < T; ++t) {
+    const perm = Array.from({ length: E }, (_, e) => e);
+    for (let i = E - 1; i > 0; --i) {
+      const j = Math.floor(rnd.next() * (i + 1));
+      [perm[i], perm[j]] = [perm[j], perm[i]];
+    }
+    perm.forEach((p, e) => (out[t * E + e] = (p - E / 2) * (4 / E)));
+  }
+  return out;
+};
+const GATE_CASES: Array<[number, number, number, Record<string, unknown>]> = [
+  [1, 1, 1, {}], [37, 8, 2, {}], [1031, 8, 2, { capacityFactor: 1.25 }], [300, 64, 6, { score: 'sigmoid', groups: 8, topGroups: 3, routeScale: 2.5 }],
+  [65, 100, 3, { normalize: true, capacityFactor: 0.5 }],
+];
+for (const part of ['indices', 'weights', 'positions', 'counts'] as const) {
+  REGISTRY.push({
+    name: `routerGate ${part}`,
+    ops: ['routerGate'],
+    cases: (_d, rnd) => GATE_CASES.map(([T, E, k, o]) => ({
+      label: `T${T} E${E} k${k}${Object.keys(o).length ? ' ' + Object.entries(o).map(([a, b]) => `${a}=${b}`).join(' ') : ''}`,
+      inputs: [T_([T, E], gateLogits(rnd, T, E))],
+      p: { k, ...o },
+    })),
+    run: (xs, c) => {
+      const { k, ...o } = c.p as Record<string, unknown>;
+      const r = dr.routerGate(xs[0], { topK: k as number, ...(o as dr.RouterGateOptions) });
+      for (const key of ['indices', 'weights', 'positions', 'counts', 'auxLoss', 'zLoss'] as const) if (key !== part) r[key].dispose();
+      return r[part];
+    },
+    tol: (d, c) => (part === 'weights' ? defaultTol('float32', c) : exact()),
+  });
+}
+
 // matmul
 REGISTRY.push({
   name: 'matmul',
@@ -844,6 +882,14 @@ for (const kind of ['global', 'local', 'dual'] as const) {
 }
 gradEntry('rope', ['rope'], (rnd) => [{ label: '[2,3,37,64]', inputs: [T([2, 3, 37, 64], rnd.uniform(2 * 3 * 37 * 64)), I32([37], rnd.ints(37, 0, 5000))], out: [2, 3, 37, 64] }],
   (xs) => dr.rope(xs[0], xs[1]));
+gradEntry('routerGate weights', ['routerGate', 'routerGateBackward'], (rnd) => GATE_CASES.slice(1).map(([T, E, k, o]) => ({
+  label: `T${T} E${E} k${k}`, inputs: [T_([T, E], gateLogits(rnd, T, E))], out: [T, k], p: { k, ...o },
+})), (xs, c) => {
+  const { k, ...o } = c.p as Record<string, unknown>;
+  const r = dr.routerGate(xs[0], { topK: k as number, ...(o as dr.RouterGateOptions) });
+  for (const key of ['indices', 'positions', 'counts', 'auxLoss', 'zLoss'] as const) r[key].dispose();
+  return r.weights;
+});
 
 // optimizer updates: a few AdamW and SGD steps from the same state and gradients
 REGISTRY.push({

@@ -117,6 +117,17 @@ const HOST_SORT = [
   'return launch_sorted<T>(static_cast<T*>(values->data), static_cast<int32_t*>(indices->data), static_cast<const T*>(x->data), rows, n, n, descending, "sort");',
 ];
 
+// The router gate's launches (routing.cu).
+const HOST_ROUTING = [
+  'const unsigned gblocks = static_cast<unsigned>((T + kGateWarps - 1) / kGateWarps);',
+  'router_select<float><<<gblocks, kGateWarps * 32, 0, stream()>>>(',
+  'const int nblocks = static_cast<int>((T + kPosTokens - 1) / kPosTokens);',
+  'router_block_counts<<<nblocks, kThreads, 0, stream()>>>(cnt, pi, T, e, k, nblocks);',
+  'router_scan<<<static_cast<unsigned>((E + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(cnt, pc, e, k, nblocks, capacity);',
+  'router_positions<<<nblocks, 32, 0, stream()>>>(static_cast<int32_t*>(positions->data), cnt, pi, T, e, k, nblocks, capacity);',
+  'router_gate_bwd<<<static_cast<unsigned>((T + kGateWarps - 1) / kGateWarps), kGateWarps * 32, 0, stream()>>>(',
+];
+
 const KERNELS = [
   {
     tag: 'fwd',
@@ -163,6 +174,17 @@ const KERNELS = [
       /template <typename T>\s*__global__ void __launch_bounds__\(kSortThreads\) sort_rows_smem\(/,
       /__global__ void sort_keys_stage\(/, /template <typename T>\s*__global__ void sort_keys_init\(/, /template <typename T>\s*__global__ void sort_keys_emit\(/],
     shared: { dynamic: 1, static: 1 },
+    helpers: true,
+  },
+  {
+    tag: 'routing',
+    src: 'routing',
+    def: path.join(CUDA, 'routing.cu'),
+    out: 'routing_kernel.inc',
+    host: HOST_ROUTING,
+    needs: [/template <typename T>\s*__global__ void __launch_bounds__\(kGateWarps \* 32\) router_select\(/, /__global__ void router_block_counts\(/,
+      /__global__ void router_scan\(/, /__global__ void router_positions\(/, /__global__ void __launch_bounds__\(kGateWarps \* 32\) router_gate_bwd\(/],
+    shared: { dynamic: 0, static: 1 },
     helpers: true,
   },
 ];
@@ -297,7 +319,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -334,6 +356,7 @@ if (require.main === module) {
     if (a === '--fwd-src') opts.fwdSrc = val();
     else if (a === '--bwd-src') opts.bwdSrc = val();
     else if (a === '--sort-src') opts.sortSrc = val();
+    else if (a === '--routing-src') opts.routingSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
       console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--out DIR]`);

@@ -7,3 +7,4 @@ import './nn';
 import './indexing';
 import './attention';
 import './sort';
+import './routing';

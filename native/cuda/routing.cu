@@ -1,0 +1,325 @@
+// The router gate on the GPU (float32 / bfloat16 logits; scores, weights and their gradients in
+// float32). Semantics as native/cpu/routing.cpp:
+//   scores  s = softmax(l) or sigmoid(l) per token (row of logits [T, E])
+//   select  the top k of s + bias + noise, ties to the lower expert, NaN the largest; with
+//           groups > 1 only among the best topGroups groups (a group scored by the sum of its two
+//           best values)
+//   weights routeScale * s[i_j] / (normalize ? sum_j' s[i_j'] : 1)
+//   positions the rank of entry (t, j) among its expert's entries in the order (j, t); -1 from
+//           capacity on (0: no limit); counts[e] the kept entries of e.
+//
+// router_select: one warp per token, the experts strided over the lanes. The j-th choice is the
+// best expert that comes after the (j-1)-th in the selection order (value, then index): k warp
+// reductions, no per-expert state. Group scores go through shared memory (groups <= 64, a bit
+// mask of the chosen ones).
+// Positions, in three steps over blocks of kPosTokens tokens: router_block_counts counts each
+// block's entries per (choice j, expert); router_scan turns them into each block's first rank,
+// in the order (j, block), one thread per expert; router_positions walks each block's tokens in
+// order with per-expert counters in shared memory (one thread per choice j: the walk is short).
+// router_gate_backward: one warp per token.
+#include <algorithm>
+#include <climits>
+#include <string>
+
+#include "device.cuh"
+
+namespace dualroute {
+namespace cuda {
+
+int scratch_alloc(void** ptr, size_t bytes);
+int scratch_release(void* ptr);
+
+namespace {
+
+// emu:begin routing (test/cuda_emu runs the code up to emu:end in a warp emulator)
+constexpr int kGateWarps = 4;       // tokens per router_select block
+constexpr int kMaxGroups = 64;
+constexpr int kPosTokens = 256;     // tokens per positions block
+
+// a before b in the selection order: larger first, NaN largest, then the lower index
+__device__ __forceinline__ bool sel_before(float a, int ia, float b, int ib) {
+  const bool na = a != a, nb = b != b;
+  if (na != nb) return na;
+  if (!na && a != b) return a > b;
+  return ia < ib;
+}
+
+// The best (value, index) of the warp in the selection order (index -1: none).
+__device__ __forceinline__ void warp_best(float& v, int& i) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, m);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, m);
+    if (oi >= 0 && (i < 0 || sel_before(ov, oi, v, i))) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGateWarps * 32) router_select(int32_t* __restrict__ indices, float* __restrict__ weights,
+                                                                float* __restrict__ scores, const T* __restrict__ logits,
+                                                                const float* __restrict__ bias,
+                                                                const float* __restrict__ noise, int64_t ntok, int E,
+                                                                int score, int k, int normalize, float route_scale,
+                                                                int groups, int top_groups) {
+  __shared__ float gs[kGateWarps][kMaxGroups];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kGateWarps + warp;
+  if (t >= ntok) return;  // whole warps: the warp reductions below see 32 lanes
+  const T* lr = logits + t * E;
+  float* sr = scores + t * E;
+  // scores
+  if (score == 0) {
+    float m = -INFINITY;
+    for (int x = lane; x < E; x += 32) {
+      const float v = ld(lr[x]);
+      m = (v > m || v != v) ? v : m;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float v = __shfl_xor_sync(0xffffffffu, m, o);
+      m = (v > m || v != v) ? v : m;
+    }
+    float sum = 0.f;
+    for (int x = lane; x < E; x += 32) sum += expf(ld(lr[x]) - m);
+    sum = warp_sum(sum);
+    const float inv = 1.f / sum;
+    for (int x = lane; x < E; x += 32) sr[x] = expf(ld(lr[x]) - m) * inv;
+  } else {
+    for (int x = lane; x < E; x += 32) sr[x] = 1.f / (1.f + expf(-ld(lr[x])));
+  }
+  __syncwarp();
+  auto sel = [&](int x) { return sr[x] + (bias ? bias[x] : 0.f) + (noise ? noise[t * E + x] : 0.f); };
+  // groups: the sum of each group's two best values; the best top_groups groups, as a bit mask
+  unsigned long long allowed = ~0ull;
+  const int gsize = E / groups;
+  if (groups > 1) {
+    for (int g = 0; g < groups; ++g) {
+      float v1 = 0.f, v2 = 0.f;
+      int i1 = -1, i2 = -1;
+      for (int x = g * gsize + lane; x < (g + 1) * gsize; x += 32) {
+        const float v = sel(x);
+        if (i1 < 0 || sel_before(v, x, v1, i1)) {
+          v2 = v1;
+          i2 = i1;
+          v1 = v;
+          i1 = x;
+        } else if (i2 < 0 || sel_before(v, x, v2, i2)) {
+          v2 = v;
+          i2 = x;
+        }
+      }
+      // the warp's best two: the best, then the best of the rest
+      float b1 = v1;
+      int j1 = i1;
+      warp_best(b1, j1);
+      float c = (i1 == j1) ? v2 : v1;
+      int ci = (i1 == j1) ? i2 : i1;
+      warp_best(c, ci);
+      if (lane == 0) gs[warp][g] = b1 + (ci >= 0 ? c : 0.f);
+    }
+    __syncwarp();
+    allowed = 0ull;
+    float pv = 0.f;
+    int pi = -1;
+    for (int j = 0; j < top_groups; ++j) {
+      float v = 0.f;
+      int i = -1;
+      for (int g = lane; g < groups; g += 32) {
+        const float gv = gs[warp][g];
+        if ((pi < 0 || sel_before(pv, pi, gv, g)) && (i < 0 || sel_before(gv, g, v, i))) {
+          v = gv;
+          i = g;
+        }
+      }
+      warp_best(v, i);
+      allowed |= 1ull << i;
+      pv = v;
+      pi = i;
+    }
+  }
+  // the k choices in selection order, each the best after the previous one
+  float pv = 0.f, total = 0.f;
+  int pi = -1;
+  int32_t* ir = indices + t * k;
+  float* wr = weights + t * k;
+  for (int j = 0; j < k; ++j) {
+    float v = 0.f;
+    int i = -1;
+    for (int x = lane; x < E; x += 32) {
+      if (groups > 1 && !((allowed >> (x / gsize)) & 1ull)) continue;
+      const float sv = sel(x);
+      if ((pi < 0 || sel_before(pv, pi, sv, x)) && (i < 0 || sel_before(sv, x, v, i))) {
+        v = sv;
+        i = x;
+      }
+    }
+    warp_best(v, i);
+    pv = v;
+    pi = i;
+    const float s = sr[i];
+    total += s;
+    if (lane == 0) {
+      ir[j] = i;
+      wr[j] = s;
+    }
+  }
+  __syncwarp();
+  const float f = route_scale / (normalize ? total : 1.f);
+  for (int j = lane; j < k; j += 32) wr[j] *= f;
+}
+
+// cnt[(j * nblocks + blk) * E + e]: entries (t in block blk, choice j) that chose e.
+__global__ void router_block_counts(int32_t* __restrict__ cnt, const int32_t* __restrict__ indices, int64_t ntok, int E,
+                                    int k, int nblocks) {
+  const int blk = blockIdx.x;
+  const int64_t t0 = static_cast<int64_t>(blk) * kPosTokens;
+  for (int j = 0; j < k; ++j) {
+    int32_t* c = cnt + (static_cast<int64_t>(j) * nblocks + blk) * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) c[e] = 0;
+    __syncthreads();
+    const int64_t t1 = t0 + kPosTokens < ntok ? t0 + kPosTokens : ntok;
+    for (int64_t t = t0 + threadIdx.x; t < t1; t += blockDim.x) atomicAdd(&c[indices[t * k + j]], 1);
+    __syncthreads();
+  }
+}
+
+// In place: cnt becomes each (j, block)'s first rank per expert; counts[e] the kept total.
+__global__ void router_scan(int32_t* __restrict__ cnt, int32_t* __restrict__ counts, int E, int k, int nblocks,
+                            int capacity) {
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < E; e += gridDim.x * blockDim.x) {
+    long long run = 0;
+    for (int r = 0; r < k * nblocks; ++r) {
+      int32_t* c = cnt + static_cast<int64_t>(r) * E + e;
+      const int32_t here = *c;
+      *c = static_cast<int32_t>(min(run, static_cast<long long>(INT_MAX)));
+      run += here;
+    }
+    counts[e] = static_cast<int32_t>(capacity > 0 ? min(run, static_cast<long long>(capacity)) : run);
+  }
+}
+
+// One block per token block; thread j walks choice j of the block's tokens in order.
+__global__ void router_positions(int32_t* __restrict__ positions, int32_t* __restrict__ cnt,
+                                 const int32_t* __restrict__ indices, int64_t ntok, int E, int k, int nblocks,
+                                 int capacity) {
+  const int blk = blockIdx.x;
+  const int64_t t0 = static_cast<int64_t>(blk) * kPosTokens, t1 = t0 + kPosTokens < ntok ? t0 + kPosTokens : ntok;
+  for (int j = threadIdx.x; j < k; j += blockDim.x) {
+    // this (j, block)'s first ranks, advanced in place (each (j, block) row is this thread's alone)
+    int32_t* base = cnt + (static_cast<int64_t>(j) * nblocks + blk) * E;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int e = indices[t * k + j];
+      const int32_t p = base[e]++;
+      positions[t * k + j] = capacity > 0 && p >= capacity ? -1 : p;
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kGateWarps * 32) router_gate_bwd(float* __restrict__ dlogits, const float* __restrict__ scores,
+                                                                  const int32_t* __restrict__ indices,
+                                                                  const float* __restrict__ dweights, int64_t ntok, int E,
+                                                                  int k, int score, int normalize, float route_scale) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kGateWarps + warp;
+  if (t >= ntok) return;
+  const float* s = scores + t * E;
+  const int32_t* idx = indices + t * k;
+  const float* dw = dweights + t * k;
+  float total = 0.f, dot = 0.f;
+  if (normalize)
+    for (int j = 0; j < k; ++j) {
+      total += s[idx[j]];
+      dot += dw[j] * s[idx[j]];
+    }
+  // ds[x]: the chosen experts' terms (k is small: each lane looks its experts up in the list)
+  auto ds = [&](int x) {
+    float v = 0.f;
+    for (int j = 0; j < k; ++j)
+      if (idx[j] == x) v += normalize ? route_scale * (dw[j] - dot / total) / total : route_scale * dw[j];
+    return v;
+  };
+  float* dl = dlogits + t * E;
+  if (score == 0) {
+    float d = 0.f;
+    for (int j = 0; j < k; ++j) d += ds(idx[j]) * s[idx[j]];  // ds is 0 off the chosen experts
+    for (int x = lane; x < E; x += 32) dl[x] = s[x] * (ds(x) - d);
+  } else {
+    for (int x = lane; x < E; x += 32) dl[x] = ds(x) * s[x] * (1.f - s[x]);
+  }
+}
+// emu:end routing
+
+}  // namespace
+
+int router_gate(const View* indices, const View* weights, const View* positions, const View* counts,
+                const View* scores, const View* logits, const View* bias, const View* noise, int32_t score, int32_t k,
+                int32_t normalize, double route_scale, int32_t groups, int32_t top_groups, int32_t capacity) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "routerGate";
+  const int64_t T = logits->shape[0], E = logits->shape[1];
+  if (groups > kMaxGroups) return set_error("routerGate: at most 64 groups on cuda");
+  if (E > INT_MAX / 2) return set_error("routerGate: too many experts");
+  int32_t* pc = static_cast<int32_t*>(counts->data);
+  if (T == 0) return check(cudaMemsetAsync(pc, 0, static_cast<size_t>(E) * sizeof(int32_t), stream()), name);
+  int32_t* pi = static_cast<int32_t*>(indices->data);
+  float* pw = static_cast<float*>(weights->data);
+  float* ps = static_cast<float*>(scores->data);
+  const float* pb = static_cast<const float*>(bias->data);
+  const float* pn = static_cast<const float*>(noise->data);
+  const unsigned gblocks = static_cast<unsigned>((T + kGateWarps - 1) / kGateWarps);
+  const int e = static_cast<int>(E);
+  const float rs = static_cast<float>(route_scale);
+  switch (dt(*logits)) {
+    case DType::F32:
+      router_select<float><<<gblocks, kGateWarps * 32, 0, stream()>>>(pi, pw, ps, static_cast<const float*>(logits->data),
+                                                                     pb, pn, T, e, score, k, normalize, rs, groups,
+                                                                     top_groups);
+      break;
+    case DType::BF16:
+      router_select<bf16_t><<<gblocks, kGateWarps * 32, 0, stream()>>>(pi, pw, ps, static_cast<const bf16_t*>(logits->data),
+                                                                      pb, pn, T, e, score, k, normalize, rs, groups,
+                                                                      top_groups);
+      break;
+    default: return dtype_error(name, *logits);
+  }
+  DR_CUDA_TRY(check_launch(name));
+  const int nblocks = static_cast<int>((T + kPosTokens - 1) / kPosTokens);
+  void* scratch = nullptr;
+  DR_CUDA_TRY(scratch_alloc(&scratch, static_cast<size_t>(k) * nblocks * E * sizeof(int32_t)));
+  int32_t* cnt = static_cast<int32_t*>(scratch);
+  router_block_counts<<<nblocks, kThreads, 0, stream()>>>(cnt, pi, T, e, k, nblocks);
+  int status = check_launch(name);
+  if (status == 0) {
+    router_scan<<<static_cast<unsigned>((E + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(cnt, pc, e, k, nblocks,
+                                                                                                capacity);
+    status = check_launch(name);
+  }
+  if (status == 0) {
+    router_positions<<<nblocks, 32, 0, stream()>>>(static_cast<int32_t*>(positions->data), cnt, pi, T, e, k, nblocks,
+                                                   capacity);
+    status = check_launch(name);
+  }
+  const int rel = scratch_release(scratch);  // stream order: later users run after these kernels
+  return status ? status : rel;
+  DR_CUDA_ENTRY_END("routerGate")
+}
+
+int router_gate_backward(const View* dlogits, const View* scores, const View* indices, const View* dweights,
+                         int32_t score, int32_t normalize, double route_scale) {
+  DR_CUDA_ENTRY_BEGIN
+  const int64_t T = scores->shape[0], E = scores->shape[1], K = indices->shape[1];
+  if (T == 0) return 0;
+  if (dt(*scores) != DType::F32) return dtype_error("routerGateBackward", *scores);
+  router_gate_bwd<<<static_cast<unsigned>((T + kGateWarps - 1) / kGateWarps), kGateWarps * 32, 0, stream()>>>(
+      static_cast<float*>(dlogits->data), static_cast<const float*>(scores->data),
+      static_cast<const int32_t*>(indices->data), static_cast<const float*>(dweights->data), T, static_cast<int>(E),
+      static_cast<int>(K), score, normalize, static_cast<float>(route_scale));
+  return check_launch("routerGateBackward");
+  DR_CUDA_ENTRY_END("routerGateBackward")
+}
+
+}  // namespace cuda
+}  // namespace dualroute

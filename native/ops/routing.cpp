@@ -1,0 +1,75 @@
+// The routing family: the router gate (scores, top-k selection with bias, noise and group
+// limits, capacity positions) and its backward. Kernels: native/cpu/routing.cpp,
+// native/cuda/routing.cu.
+#include "common.h"
+
+namespace dualroute {
+namespace ops {
+namespace {
+
+const char* kGate = "routerGate";
+
+void check_shape(const char* op, const char* arg, const T& t, std::initializer_list<int64_t> shape, DType dtype,
+                 bool written) {
+  DR_CHECK(has_shape(t, shape), Shape, op, ": ", arg, " has shape ", t.shape_string(), ", which does not fit");
+  require_dtype(op, arg, t, dtype);
+  if (written) require_contiguous(op, arg, t);
+}
+
+}  // namespace
+
+void check(const RouterGate& a) {
+  DR_CHECK(a.logits.ndim == 2, Shape, kGate, ": logits must be [tokens, experts], received ", a.logits.shape_string());
+  require_float(kGate, "logits", a.logits);
+  const int64_t T = a.logits.shape[0], E = a.logits.shape[1];
+  const DType sd = stats_dtype(a.logits.dtype);
+  DR_CHECK(E >= 1 && E <= 65536, Shape, kGate, ": Expected between 1 and 65536 experts, received ", E);
+  DR_CHECK(a.k >= 1 && a.k <= E, Range, kGate, ": Expected k in [1, ", E, "] but received ", a.k);
+  DR_CHECK(a.groups >= 1 && E % a.groups == 0, Value, kGate, ": groups (", a.groups, ") must divide the experts (", E,
+           ")");
+  DR_CHECK(a.topGroups >= 1 && a.topGroups <= a.groups, Range, kGate, ": Expected topGroups in [1, ", a.groups,
+           "] but received ", a.topGroups);
+  DR_CHECK(static_cast<int64_t>(a.topGroups) * (E / a.groups) >= a.k, Value, kGate, ": the best ", a.topGroups,
+           " groups hold ", a.topGroups * (E / a.groups), " experts, fewer than k = ", a.k);
+  DR_CHECK(a.capacity >= 0, Range, kGate, ": Expected capacity >= 0 but received ", a.capacity);
+  DR_CHECK(T * a.k <= INT32_MAX, Shape, kGate, ": ", T, " tokens x k = ", a.k, " is more entries than int32 positions");
+  check_shape(kGate, "indices", a.indices, {T, a.k}, DType::I32, true);
+  check_shape(kGate, "weights", a.weights, {T, a.k}, sd, true);
+  check_shape(kGate, "positions", a.positions, {T, a.k}, DType::I32, true);
+  check_shape(kGate, "counts", a.counts, {E}, DType::I32, true);
+  check_shape(kGate, "scores", a.scores, {T, E}, sd, true);
+  if (a.bias) check_shape(kGate, "bias", *a.bias, {E}, sd, false);
+  if (a.noise) check_shape(kGate, "noise", *a.noise, {T, E}, sd, false);
+}
+void run(const RouterGate& a) {
+  auto lc = contiguous(a.logits);
+  std::shared_ptr<const T> bc = a.bias ? contiguous(*a.bias) : nullptr, nc = a.noise ? contiguous(*a.noise) : nullptr;
+  View vi = a.indices.view(), vw = a.weights.view(), vp = a.positions.view(), vc = a.counts.view(),
+       vs = a.scores.view(), vl = lc->view(), vb = bc ? bc->view() : null_view(), vn = nc ? nc->view() : null_view();
+  DR_RUN(a.scores,
+         cpu::router_gate(vi, vw, vp, vc, vs, vl, vb, vn, a.score, a.k, a.normalize, a.routeScale, a.groups,
+                          a.topGroups, a.capacity),
+         router_gate, &vi, &vw, &vp, &vc, &vs, &vl, &vb, &vn, static_cast<int32_t>(a.score), a.k, a.normalize ? 1 : 0,
+         a.routeScale, a.groups, a.topGroups, a.capacity);
+}
+
+void check(const RouterGateBackward& a) {
+  const char* op = "routerGateBackward";
+  DR_CHECK(a.scores.ndim == 2 && a.indices.ndim == 2 && a.indices.shape[0] == a.scores.shape[0], Shape, op,
+           ": scores [T, E] and indices [T, k] do not fit: ", a.scores.shape_string(), ", ",
+           a.indices.shape_string());
+  const int64_t T = a.scores.shape[0], E = a.scores.shape[1], K = a.indices.shape[1];
+  check_shape(op, "scores", a.scores, {T, E}, a.scores.dtype, false);
+  check_shape(op, "indices", a.indices, {T, K}, DType::I32, false);
+  check_shape(op, "dweights", a.dweights, {T, K}, a.scores.dtype, false);
+  check_shape(op, "dlogits", a.dlogits, {T, E}, a.scores.dtype, true);
+}
+void run(const RouterGateBackward& a) {
+  auto sc = contiguous(a.scores), ic = contiguous(a.indices), dc = contiguous(a.dweights);
+  View vd = a.dlogits.view(), vs = sc->view(), vi = ic->view(), vw = dc->view();
+  DR_RUN(a.dlogits, cpu::router_gate_backward(vd, vs, vi, vw, a.score, a.normalize, a.routeScale),
+         router_gate_backward, &vd, &vs, &vi, &vw, static_cast<int32_t>(a.score), a.normalize ? 1 : 0, a.routeScale);
+}
+
+}  // namespace ops
+}  // namespace dualroute

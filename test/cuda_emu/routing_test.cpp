@@ -1,0 +1,240 @@
+// The router gate's kernels (native/cuda/routing.cu) in the emulator against a float64 reference
+// written from the definitions: scores (softmax / sigmoid), the top k of scores + bias + noise
+// (ties to the lower expert, NaN largest) within the best topGroups groups (a group scored by its
+// two best values), weights (normalised, scaled), positions (first choices of all tokens before
+// second ones, tokens in order; -1 past capacity) and counts; and router_gate_bwd against the
+// gradient of the weights. Launches as routing.cu's host code makes them (extract.js checks).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "routing_kernel.inc"
+#include "harness.h"
+
+using namespace dualroute::cuda;
+using harness::Buf;
+using harness::fmt;
+
+namespace {
+
+constexpr int kThreads = 256;  // device.cuh's (host part, not extracted)
+
+struct Shape {
+  const char* tag;
+  int T, E, k;
+  int score;  // 0 softmax, 1 sigmoid
+  int normalize;
+  float scale;
+  int groups, top_groups;
+  int capacity;
+  int bias, noise;
+  int bf = 0;   // bf16 logits
+  int nan = 0;  // a NaN logit in token 1
+  int ties = 0; // even tokens: every logit equal (the order is the experts' index order)
+};
+
+bool before(double a, int ia, double b, int ib) {
+  const bool na = a != a, nb = b != b;
+  if (na != nb) return na;
+  if (!na && a != b) return a > b;
+  return ia < ib;
+}
+
+emu::LaunchCfg cfg_of(const char* name, long long grid, int block, const harness::Mode& m, uint32_t seed) {
+  emu::LaunchCfg c;
+  c.kernel = name;
+  c.grid = static_cast<unsigned>(std::max(1LL, grid));
+  c.block = static_cast<unsigned>(block);
+  c.sched = m.sched;
+  c.cp = m.cp;
+  c.seed = seed * 31 + static_cast<uint32_t>(m.sched) * 7 + static_cast<uint32_t>(m.cp);
+  return c;
+}
+
+std::string run_case(const Shape& s, const harness::Mode& mode, uint32_t seed) {
+  emu::clear_globals();
+  std::mt19937 r(seed);
+  const int T = s.T, E = s.E, K = s.k;
+  Buf<float> lf("logits", s.bf ? 0 : size_t(T) * E, 0.f);
+  Buf<uint16_t> lb("logits_bf16", s.bf ? size_t(T) * E : 0, 0);
+  std::vector<double> l(size_t(T) * E);
+  // distinct values per row (a shuffled grid), so that float and double agree on every order
+  for (int t = 0; t < T; ++t) {
+    std::vector<int> perm(E);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), r);
+    for (int e = 0; e < E; ++e) {
+      float v = (perm[e] - E / 2) * (4.f / E) + 0.03f * (t % 3);
+      if (s.nan && t == 1 && e == E / 2) v = NAN;
+      if (s.ties && t % 2 == 0) v = 0.25f;
+      if (s.bf) {
+        lb[size_t(t) * E + e] = f2bf(v);
+        l[size_t(t) * E + e] = bf2f(lb[size_t(t) * E + e]);
+      } else {
+        lf[size_t(t) * E + e] = v;
+        l[size_t(t) * E + e] = v;
+      }
+    }
+  }
+  Buf<float> bias("bias", s.bias ? size_t(E) : 0, 0.f), noise("noise", s.noise ? size_t(T) * E : 0, 0.f);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = float((i * 7) % 5) * 0.01f;
+  for (size_t i = 0; i < noise.size(); ++i) noise[i] = float(r() % 1000) * 1e-4f;
+  // reference
+  std::vector<double> sc(size_t(T) * E);
+  std::vector<int> ridx(size_t(T) * K);
+  std::vector<double> rw(size_t(T) * K);
+  const int gsize = E / s.groups;
+  for (int t = 0; t < T; ++t) {
+    const double* lr = &l[size_t(t) * E];
+    double* sr = &sc[size_t(t) * E];
+    if (s.score == 0) {
+      double m = -INFINITY;
+      for (int e = 0; e < E; ++e) m = (lr[e] > m || lr[e] != lr[e]) ? lr[e] : m;
+      double z = 0;
+      for (int e = 0; e < E; ++e) z += std::exp(lr[e] - m);
+      for (int e = 0; e < E; ++e) sr[e] = std::exp(lr[e] - m) / z;
+    } else {
+      for (int e = 0; e < E; ++e) sr[e] = 1 / (1 + std::exp(-lr[e]));
+    }
+    std::vector<double> sel(E);
+    // the kernel adds in float: so does the reference (then orders in double: the sums are exact)
+    for (int e = 0; e < E; ++e)
+      sel[e] = double(float(float(sr[e]) + (s.bias ? bias[e] : 0.f)) + (s.noise ? noise[size_t(t) * E + e] : 0.f));
+    std::vector<int> allowed;
+    std::vector<int> gord(s.groups);
+    std::iota(gord.begin(), gord.end(), 0);
+    std::vector<double> gsc(s.groups);
+    for (int g = 0; g < s.groups; ++g) {
+      std::vector<int> m(gsize);
+      std::iota(m.begin(), m.end(), g * gsize);
+      std::sort(m.begin(), m.end(), [&](int a, int b) { return before(sel[a], a, sel[b], b); });
+      gsc[g] = double(float(sel[m[0]]) + (gsize > 1 ? float(sel[m[1]]) : 0.f));
+    }
+    std::sort(gord.begin(), gord.end(), [&](int a, int b) { return before(gsc[a], a, gsc[b], b); });
+    for (int e = 0; e < E; ++e)
+      if (s.groups == 1 || std::find(gord.begin(), gord.begin() + s.top_groups, e / gsize) != gord.begin() + s.top_groups)
+        allowed.push_back(e);
+    std::sort(allowed.begin(), allowed.end(), [&](int a, int b) { return before(sel[a], a, sel[b], b); });
+    double tot = 0;
+    for (int j = 0; j < K; ++j) tot += sr[allowed[j]];
+    for (int j = 0; j < K; ++j) {
+      ridx[size_t(t) * K + j] = allowed[j];
+      rw[size_t(t) * K + j] = s.scale * sr[allowed[j]] / (s.normalize ? tot : 1);
+    }
+  }
+  std::vector<int> rpos(size_t(T) * K), run(E, 0);
+  for (int j = 0; j < K; ++j)
+    for (int t = 0; t < T; ++t) {
+      const int e = ridx[size_t(t) * K + j];
+      const int p = run[e]++;
+      rpos[size_t(t) * K + j] = s.capacity > 0 && p >= s.capacity ? -1 : p;
+    }
+  // launch, as router_gate does
+  Buf<int32_t> idx("indices", size_t(T) * K, -9), pos("positions", size_t(T) * K, -9), counts("counts", size_t(E), -9);
+  Buf<float> w("weights", size_t(T) * K, NAN), scores("scores", size_t(T) * E, NAN);
+  const long long gblocks = (T + kGateWarps - 1) / kGateWarps;
+  const float* pb = s.bias ? bias.data() : nullptr;
+  const float* pn = s.noise ? noise.data() : nullptr;
+  if (s.bf)
+    emu::launch(cfg_of("router_select<bf16>", gblocks, kGateWarps * 32, mode, seed), [&] {
+      router_select<bf16_t>(idx.data(), w.data(), scores.data(), reinterpret_cast<const bf16_t*>(lb.data()), pb, pn, T, E,
+                            s.score, K, s.normalize, s.scale, s.groups, s.top_groups);
+    });
+  else
+    emu::launch(cfg_of("router_select", gblocks, kGateWarps * 32, mode, seed), [&] {
+      router_select<float>(idx.data(), w.data(), scores.data(), lf.data(), pb, pn, T, E, s.score, K, s.normalize, s.scale,
+                           s.groups, s.top_groups);
+    });
+  const int nblocks = (T + kPosTokens - 1) / kPosTokens;
+  Buf<int32_t> cnt("cnt", size_t(K) * nblocks * E, -9);
+  emu::launch(cfg_of("router_block_counts", nblocks, kThreads, mode, seed),
+              [&] { router_block_counts(cnt.data(), idx.data(), T, E, K, nblocks); });
+  emu::launch(cfg_of("router_scan", (E + kThreads - 1) / kThreads, kThreads, mode, seed),
+              [&] { router_scan(cnt.data(), counts.data(), E, K, nblocks, s.capacity); });
+  emu::launch(cfg_of("router_positions", nblocks, 32, mode, seed),
+              [&] { router_positions(pos.data(), cnt.data(), idx.data(), T, E, K, nblocks, s.capacity); });
+  for (const std::string& g : {idx.guards(), pos.guards(), counts.guards(), w.guards(), scores.guards(), cnt.guards()})
+    if (!g.empty()) return g;
+  for (size_t i = 0; i < ridx.size(); ++i) {
+    if (idx[i] != ridx[i]) return fmt("indices[%zu] = %d, want %d", i, idx[i], ridx[i]);
+    if (pos[i] != rpos[i]) return fmt("positions[%zu] = %d, want %d", i, pos[i], rpos[i]);
+    const int nf = harness::nonfinite_agree(w[i], rw[i]);
+    if (nf < 0 || (nf == 0 && std::fabs(w[i] - rw[i]) > 1e-5 * (1 + std::fabs(rw[i]))))
+      return fmt("weights[%zu] = %g, want %g", i, w[i], rw[i]);
+  }
+  for (int e = 0; e < E; ++e) {
+    const int want = s.capacity > 0 ? std::min(run[e], s.capacity) : run[e];
+    if (counts[e] != want) return fmt("counts[%d] = %d, want %d", e, counts[e], want);
+  }
+  for (size_t i = 0; i < sc.size(); ++i) {
+    const int nf = harness::nonfinite_agree(scores[i], sc[i]);
+    if (nf < 0 || (nf == 0 && std::fabs(scores[i] - sc[i]) > 1e-6)) return fmt("scores[%zu] = %g, want %g", i, scores[i], sc[i]);
+  }
+  // backward: dlogits of sum(dw * weights), from the kernel's own scores and indices
+  Buf<float> dw("dweights", size_t(T) * K, 0.f), dl("dlogits", size_t(T) * E, NAN);
+  for (size_t i = 0; i < dw.size(); ++i) dw[i] = float(int(r() % 200) - 100) * 0.01f;
+  emu::launch(cfg_of("router_gate_bwd", gblocks, kGateWarps * 32, mode, seed), [&] {
+    router_gate_bwd(dl.data(), scores.data(), idx.data(), dw.data(), T, E, K, s.score, s.normalize, s.scale);
+  });
+  if (!dl.guards().empty()) return dl.guards();
+  for (int t = 0; t < T; ++t) {
+    std::vector<double> ds(E, 0.0);
+    const double* sr = &sc[size_t(t) * E];
+    double tot = 0, dot = 0;
+    for (int j = 0; j < K; ++j) {
+      tot += sr[ridx[size_t(t) * K + j]];
+      dot += dw[size_t(t) * K + j] * sr[ridx[size_t(t) * K + j]];
+    }
+    for (int j = 0; j < K; ++j) {
+      const int e = ridx[size_t(t) * K + j];
+      ds[e] += s.normalize ? s.scale * (dw[size_t(t) * K + j] - dot / tot) / tot : s.scale * dw[size_t(t) * K + j];
+    }
+    double d = 0;
+    for (int e = 0; e < E; ++e) d += ds[e] * sr[e];
+    for (int e = 0; e < E; ++e) {
+      const double want = s.score == 0 ? sr[e] * (ds[e] - d) : ds[e] * sr[e] * (1 - sr[e]);
+      const float got = dl[size_t(t) * E + e];
+      const int nf = harness::nonfinite_agree(got, want);
+      if (nf < 0 || (nf == 0 && std::fabs(got - want) > 1e-5 * (1 + std::fabs(want))))
+        return fmt("dlogits[%d][%d] = %g, want %g", t, e, got, want);
+    }
+  }
+  return "";
+}
+
+// clang-format off
+const Shape kShapes[] = {
+  // tag                    T    E   k  score norm scale groups top cap bias noise bf nan
+  {"one",                   1,   1,  1, 0, 0, 1.0f,  1, 1,   0, 0, 0},
+  {"top2-softmax",         37,   8,  2, 0, 0, 1.0f,  1, 1,   0, 0, 0},
+  {"top2-capacity",        37,   8,  2, 0, 0, 1.0f,  1, 1,   5, 1, 0},
+  {"sigmoid-norm-scale",   50,  16,  4, 1, 1, 2.5f,  1, 1,   0, 1, 1},
+  {"groups-sigmoid",       33,  64,  6, 1, 1, 2.5f,  8, 3,   0, 1, 0},
+  {"groups-one-each",      20,  12,  2, 0, 1, 1.0f, 12, 4,   0, 0, 0},  // groups of one expert
+  {"experts-100",          41, 100,  3, 0, 1, 1.0f,  4, 2,   9, 0, 1},  // experts past 32 lanes, not a multiple
+  {"k-all",                 9,   5,  5, 0, 1, 1.0f,  1, 1,   0, 1, 0},
+  {"blocks-of-256",       600,   8,  2, 0, 0, 1.0f,  1, 1, 140, 0, 0},  // positions across token blocks
+  {"bf16",                 45,  32,  2, 1, 1, 1.0f,  1, 1,   0, 1, 0, 1},
+  {"nan-logit",            10,   8,  2, 0, 0, 1.0f,  1, 1,   0, 0, 0, 0, 1},
+  {"ties",                 12,  40,  3, 0, 1, 1.0f,  4, 2,   4, 0, 0, 0, 0, 1},
+  {"ties-sigmoid-groups",  12,  16,  2, 1, 1, 1.0f,  8, 3,   0, 0, 0, 0, 0, 1},
+};
+// clang-format on
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<harness::Case> cases;
+  int si = 0;
+  for (const Shape& s : kShapes) {
+    for (int mi = 0; mi < 3; ++mi) {
+      const harness::Mode m = harness::kModes[mi];
+      const uint32_t seed = 900u + 17u * static_cast<uint32_t>(si);
+      cases.push_back({fmt("routing/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
+                       double(s.T) * s.E * 0.01, [s, m, seed] { return run_case(s, m, seed); }});
+    }
+    ++si;
+  }
+  return harness::main(argc, argv, cases);
+}
