@@ -33,5 +33,6 @@ export type { SafetensorsHeader, SafetensorsEntry } from './train/safetensors';
 export { saveCheckpoint, saveCheckpointSync, loadCheckpoint, loadCheckpointSync } from './train/checkpoint';
 export type { CheckpointContents } from './train/checkpoint';
 export * from './ops/attention';
-export { RingKVCache } from './serve/kv_cache';
-export type { RingKVCacheOptions } from './serve/kv_cache';
+export * from './ops/segment';
+export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
+export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';

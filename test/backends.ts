@@ -870,6 +870,31 @@ REGISTRY.push({
   })),
   run: (xs) => dr.rope(xs[0], xs[1]),
 });
+// segment attention over a caller's selection: 3 entries per row in [-1, nseg) (repeats, and
+// segments after the query, included), segment 16; and the segment means
+function segCases(rnd: Rnd, causal: boolean) {
+  return attnCases(rnd, () => [{ causal }]).map((c) => {
+    const [B, Hq, Sq] = c.inputs[0].shape;
+    const nseg = Math.ceil(c.inputs[1].shape[2] / 16);
+    return { ...c, inputs: [...c.inputs, I32([B, Hq, Sq, 3], rnd.ints(B * Hq * Sq * 3, -1, nseg))] };
+  });
+}
+for (const causal of [true, false]) {
+  REGISTRY.push({
+    name: `segmentAttention causal=${causal}`,
+    ops: ['segmentAttentionForward'],
+    cases: (_d, rnd) => segCases(rnd, causal),
+    run: (xs) => dr.segmentAttention(xs[0], xs[1], xs[2], { segment: 16, causal, indices: xs[3] }),
+  });
+}
+REGISTRY.push({
+  name: 'segmentMean',
+  ops: ['segmentMean'],
+  cases: (_d, rnd) => [[1, 1, 1, 1, 1], [2, 3, 37, 64, 16], [1, 2, 129, 8, 200]].map(([b, h, S, D, seg]) => ({
+    label: `[${b},${h},${S},${D}] segment ${seg}`, inputs: [T([b, h, S, D], rnd.uniform(b * h * S * D))], p: { seg }, k: seg,
+  })),
+  run: (xs, c) => dr.segmentMean(xs[0], c.p!.seg as number),
+});
 for (const kind of ['global', 'local', 'dual'] as const) {
   gradEntry(`${kind}Attention`, kind === 'dual' ? ['dualAttentionForward', 'dualAttentionBackward'] : ['attentionForward', 'attentionBackward'], (rnd) => attnCases(rnd, () => [{ causal: true }]).filter((c) => c.inputs[0].shape[2] <= 130).map((c) => {
     const [B, H, Sq, D] = c.inputs[0].shape;
@@ -880,6 +905,12 @@ for (const kind of ['global', 'local', 'dual'] as const) {
     : kind === 'local' ? dr.localAttention(xs[0], xs[1], xs[2], { window: 16, causal: true })
       : dr.dualAttention(xs[0], xs[1], xs[2], { window: 16, causal: true, gates: xs[3] }));
 }
+gradEntry('segmentAttention', ['segmentAttentionForward', 'segmentAttentionBackward'], (rnd) => segCases(rnd, true).filter((c) => c.inputs[0].shape[2] <= 130).map((c) => {
+  const [B, H, Sq, D] = c.inputs[0].shape;
+  return { label: c.label, inputs: c.inputs, out: [B, H, Sq, D], k: c.k };
+}), (xs) => dr.segmentAttention(xs[0], xs[1], xs[2], { segment: 16, indices: xs[3] }));
+gradEntry('segmentMean', ['segmentMean'], (rnd) => [{ label: '[2,3,37,16] segment 5', inputs: [T([2, 3, 37, 16], rnd.uniform(2 * 3 * 37 * 16))], out: [2, 3, 8, 16], k: 5 }],
+  (xs) => dr.segmentMean(xs[0], 5));
 gradEntry('rope', ['rope'], (rnd) => [{ label: '[2,3,37,64]', inputs: [T([2, 3, 37, 64], rnd.uniform(2 * 3 * 37 * 64)), I32([37], rnd.ints(37, 0, 5000))], out: [2, 3, 37, 64] }],
   (xs) => dr.rope(xs[0], xs[1]));
 gradEntry('routerGate weights', ['routerGate', 'routerGateBackward'], (rnd) => GATE_CASES.slice(1).map(([T, E, k, o]) => ({

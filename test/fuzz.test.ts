@@ -29,7 +29,7 @@ function fuzz(args: string[]): { status: number | null; report: Report; stdout: 
 
 describe('fuzzing every export', () => {
   test('the canary targets are caught: an untyped error, an abort and a hang are each counted', () => {
-    const { status, report } = fuzz(['--canary', '--seconds', '4', '--call-timeout', '1']);
+    const { status, report } = fuzz(['--canary', '--seconds', '8', '--call-timeout', '1']);
     expect(status).toBe(1);
     expect(report.targets).toBe(3);
     expect(report.counts.untyped).toBeGreaterThan(0);

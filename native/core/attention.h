@@ -38,6 +38,7 @@ struct AttnArgs {
   const int32_t* query_index;  // [B, n] or nullptr (then n == Sq)
   int64_t n;
   const int32_t* query_count;  // [B] or nullptr: row r of batch b is padding when r >= query_count[b]
+  int64_t kv_head_stride;      // segment kernels only: elements between kv heads of k and v (0: Sk * D)
 };
 
 // Whether row r of batch b is a real row (not ragged padding).
@@ -61,4 +62,15 @@ struct DualArgs {
   const uint8_t* global_rows;  // [B, Sq] or nullptr
 };
 
+// Segment attention (segment_attention_forward/backward): AttnArgs with mask = Global, no
+// key_padding and no query_index (n == Sq), plus int32 indices [B, Hq, Sq, K] and a segment
+// length. The keys fall into nseg = ceil(Sk / segment) segments, segment s holding keys
+// [s * segment, min(Sk, (s + 1) * segment)). Row i (position p = i + Sk - Sq) of head h sees
+// key j when the segment of j is listed in indices[b, h, i, :] and, if causal, j <= p. Entries
+// -1 and repeats of an earlier entry of the row are ignored; others outside [0, nseg) are a
+// RangeError (CUDA: recorded on the device, reported after a stream wait). k and v may be views
+// whose rows are contiguous with a uniform head stride (kv_head_stride: a cache buffer's first Sk
+// positions, read in place). A row that sees no
+// key gets out = 0 and lse = -inf, as in attention. With every segment up to the query's own
+// listed, the result is causal global attention.
 }  // namespace dualroute

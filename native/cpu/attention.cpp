@@ -1228,6 +1228,305 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
   });
 }
 
+// ---------------------------------------------------------------------------------------
+// Segment attention (core/attention.h, SegmentArgs): every query attends to the keys of the
+// segments its row of `indices` lists. The walk is segment-major: a task owns a block of query
+// rows of one head, sorts the (row, segment) pairs of its rows by segment (a counting sort,
+// repeats and -1 dropped), and visits each listed segment once, with the rows that chose it
+// gathered into tiles of BM lanes. Each row's online-softmax state (m, l, O) lives in the
+// task's row-major scratch between its visits; a tile loads it into lanes, runs the segment's
+// key chunks through the same micro-kernels as the fused attention (per-lane intervals give
+// the causal cut inside a query's own segment), and stores it back. K and V are read in place:
+// no gathered copy of them ever exists, and a segment's keys serve every row that chose it
+// while they are in cache. Tile filling needs many rows per segment, so blocks are as long as
+// the pool allows (at most kSegRows rows: the scratch stays ~kSegRows x D floats per thread).
+constexpr int64_t kSegRows = 4096;
+
+// The rows of each segment for query rows [i0, i1) of one head: rows[start[s] .. start[s+1]).
+struct SegLists {
+  std::vector<int32_t> start, rows;
+  void build(const int32_t* idx, int64_t i0, int64_t i1, int64_t K, int64_t nseg) {
+    start.assign(static_cast<size_t>(nseg + 2), 0);
+    auto each = [&](auto&& f) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int32_t* r = idx + i * K;
+        for (int64_t x = 0; x < K; ++x) {
+          const int32_t s = r[x];
+          if (s < 0) continue;
+          bool dup = false;
+          for (int64_t y = 0; y < x && !dup; ++y) dup = r[y] == s;
+          if (!dup) f(s, i);
+        }
+      }
+    };
+    each([&](int32_t s, int64_t) { ++start[s + 2]; });
+    for (int64_t s = 0; s < nseg; ++s) start[s + 2] += start[s + 1];
+    rows.resize(static_cast<size_t>(start[nseg + 1]));
+    each([&](int32_t s, int64_t i) { rows[start[s + 1]++] = static_cast<int32_t>(i); });
+    // start[s + 1] is now the end of segment s, start[s] its beginning
+  }
+};
+
+// Key interval of a query at position p inside segment s: [s0, s1) cut at p + 1 when causal.
+inline void seg_interval(const AttnArgs& a, int64_t segment, int64_t s, int64_t p, int64_t& lo, int64_t& hi) {
+  lo = s * segment;
+  hi = std::min(a.Sk, lo + segment);
+  if (a.causal) hi = std::min(hi, p + 1);
+  if (hi < lo) hi = lo;
+}
+
+void check_segment_indices(const AttnArgs& a, const int32_t* idx, int64_t K, int64_t nseg) {
+  const int64_t n = a.B * a.Hq * a.Sq * K;
+  for (int64_t e = 0; e < n; ++e)
+    if (idx[e] < -1 || idx[e] >= nseg) {
+      const int64_t x = e % K, i = (e / K) % a.Sq, h = (e / K / a.Sq) % a.Hq, b = e / K / a.Sq / a.Hq;
+      fail(ErrorCode::Range, "segmentAttention: indices[", b, ", ", h, ", ", i, ", ", x, "] = ", idx[e],
+           " is outside [-1, ", nseg, ")");
+    }
+}
+
+// head_rows() with k and v at kv_head_stride (a cache buffer's view read in place).
+template <typename T>
+HeadRows<T> seg_head_rows(const AttnArgs& a, int64_t bh) {
+  const int64_t b = bh / a.Hq, bk = b * a.Hkv + (bh % a.Hq) / (a.Hq / a.Hkv);
+  const int64_t kvs = a.kv_head_stride ? a.kv_head_stride : a.Sk * a.D;
+  return {static_cast<const T*>(a.q) + bh * a.Sq * a.D, static_cast<const T*>(a.k) + bk * kvs,
+          static_cast<const T*>(a.v) + bk * kvs, nullptr};
+}
+
+template <typename C>
+struct SegFwdScratch {
+  FwdScratch<C> f;
+  Buf<C> m, l, o;
+  std::vector<uint8_t> seen;
+  SegLists lists;
+};
+
+template <typename T, int DC>
+void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int64_t segment, T* out,
+                           typename Num<T>::acc* lse) {
+  using C = typename Num<T>::acc;
+  constexpr int BM = Lanes<C>::BM;
+  const int64_t D = DC ? DC : a.D, Sq = a.Sq, nseg = (a.Sk + segment - 1) / segment;
+  const C scale = static_cast<C>(a.scale);
+  const C ninf = -std::numeric_limits<C>::infinity();
+  const int64_t nbh = a.B * a.Hq, threads = num_threads();
+  int64_t nblk = std::max<int64_t>(1, std::min((Sq + BM - 1) / BM, (4 * threads + nbh - 1) / nbh));
+  nblk = std::max(nblk, (Sq + kSegRows - 1) / kSegRows);
+  const int64_t QB = (Sq + nblk - 1) / nblk;
+  nblk = (Sq + QB - 1) / QB;
+  run_tasks<SegFwdScratch<C>>(nbh * nblk, [&](int64_t task, SegFwdScratch<C>& w) {
+    const int64_t bh = task / nblk, i0 = (task % nblk) * QB, i1 = std::min(Sq, i0 + QB), nr = i1 - i0;
+    const HeadRows<T> hr = seg_head_rows<T>(a, bh);
+    C* m = w.m.get(static_cast<size_t>(nr));
+    C* l = w.l.get(static_cast<size_t>(nr));
+    C* O = w.o.get(static_cast<size_t>(nr * D));
+    w.seen.assign(static_cast<size_t>(nr), 0);
+    std::fill(m, m + nr, ninf);
+    std::fill(l, l + nr, C(0));
+    std::fill(O, O + nr * D, C(0));
+    w.lists.build(idx + bh * Sq * K, i0, i1, K, nseg);
+    C* Qt = w.f.qt.get(static_cast<size_t>(D * BM));
+    C* Ot = w.f.ot.get(static_cast<size_t>(D * BM));
+    C* St = w.f.st.get(static_cast<size_t>(kBN * BM));
+    alignas(64) C mt[BM], lt[BM], alpha[BM];
+    int64_t row[BM];
+    bool valid[BM];
+    Lanes<C> ln;
+    for (int64_t s = 0; s < nseg; ++s) {
+      const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
+      const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
+      for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
+        for (int i = 0; i < BM; ++i) {
+          int64_t lo = 0, hi = 0;
+          valid[i] = t0 + i < cnt;
+          row[i] = valid[i] ? rs[t0 + i] : -1;
+          if (valid[i]) {
+            seg_interval(a, segment, s, row[i] + a.Sk - Sq, lo, hi);
+            if (lo < hi) w.seen[row[i] - i0] = 1;
+          }
+          ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+          ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+        }
+        ln.finish(valid);
+        if (ln.hull_lo >= ln.hull_hi) continue;
+        for (int i = 0; i < BM; ++i) {
+          const int64_t r = valid[i] ? row[i] - i0 : -1;
+          mt[i] = r >= 0 ? m[r] : ninf;
+          lt[i] = r >= 0 ? l[r] : C(0);
+          for (int64_t d = 0; d < D; ++d) {
+            Qt[d * BM + i] = r >= 0 ? scale * wid(hr.q[row[i] * D + d]) : C(0);
+            Ot[d * BM + i] = r >= 0 ? O[r * D + d] : C(0);
+          }
+        }
+        for (int64_t j0 = ln.hull_lo; j0 < ln.hull_hi; j0 += kBN) {
+          const int64_t nk = std::min<int64_t>(kBN, ln.hull_hi - j0);
+          int64_t ldk, ldvv;
+          const C* Kc = rows_as<T, C>(hr.k, j0, nk, D, D, w.f.kb, ldk);
+          const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, D, w.f.vb, ldvv);
+          scores<C, DC>(nk, D, Kc, ldk, Qt, St);
+          const bool full = ln.full(j0, nk, nullptr);
+          if (!full) apply_mask<C>(St, nk, j0, ln, nullptr, ninf);
+          softmax_step<C>(St, nk, mt, lt, alpha);
+          pv_chunk<C>(full, D, nk, Vc, ldvv, St, Ot, alpha, j0, ln, nullptr);
+        }
+        for (int i = 0; i < BM; ++i) {
+          if (!valid[i]) continue;
+          const int64_t r = row[i] - i0;
+          m[r] = mt[i];
+          l[r] = lt[i];
+          for (int64_t d = 0; d < D; ++d) O[r * D + d] = Ot[d * BM + i];
+        }
+      }
+    }
+    for (int64_t r = 0; r < nr; ++r)
+      finish_row<T, C>(w.seen[r] != 0, D, O + r * D, 1, m[r], l[r], out + (bh * Sq + i0 + r) * D,
+                       lse ? lse + bh * Sq + i0 + r : nullptr);
+  });
+}
+
+// Backward: one task per (b, kv head) owns that head's dK/dV (task-local [Sk, Dp] rows, added
+// once at the end) and the dQ rows of its G query heads; per query head the same segment-major
+// walk as the forward, with P and dS rebuilt from the saved lse (bwd_chunk / bwd_products, as
+// the fused backward forms them). Every output element has one owner: no atomics, and the
+// result does not depend on the thread count.
+template <typename T, int DC>
+void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int64_t segment, const BwdIn<T>& in,
+                            typename Num<T>::acc* dq, typename Num<T>::acc* dk, typename Num<T>::acc* dv) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, Sq = a.Sq, Sk = a.Sk;
+  const int64_t Dp = (D + L - 1) / L * L, nseg = (Sk + segment - 1) / segment;
+  const C scale = static_cast<C>(a.scale);
+  struct W {
+    BwdScratch<C> b;
+    Buf<C> dr;
+    SegLists lists;
+  };
+  run_tasks<W>(a.B * a.Hkv, [&](int64_t bk, W& w) {
+    const int64_t kvs = a.kv_head_stride ? a.kv_head_stride : Sk * D;
+    const T* kh = static_cast<const T*>(a.k) + bk * kvs;
+    const T* vh = static_cast<const T*>(a.v) + bk * kvs;
+    C* St = w.b.st.get(static_cast<size_t>(kBN * BM));
+    C* dPt = w.b.dpt.get(static_cast<size_t>(kBN * BM));
+    C* dQt = w.b.dqt.get(static_cast<size_t>(BM * Dp));
+    C* dKa = w.b.dkacc.get(static_cast<size_t>(Sk * Dp));
+    C* dVa = w.b.dvacc.get(static_cast<size_t>(Sk * Dp));
+    std::fill(dKa, dKa + Sk * Dp, C(0));
+    std::fill(dVa, dVa + Sk * Dp, C(0));
+    C* Dr = w.dr.get(static_cast<size_t>(Sq));
+    BwdTile<C> tl;
+    tl.Qt = w.b.qt.get(static_cast<size_t>(D * BM));
+    tl.Qr = w.b.qr.get(static_cast<size_t>(BM * Dp));
+    tl.dOt = w.b.dot.get(static_cast<size_t>(D * BM));
+    tl.dOr = w.b.dor.get(static_cast<size_t>(BM * Dp));
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t bh = (bk / a.Hkv) * a.Hq + (bk % a.Hkv) * G + g;
+      const T* qh = static_cast<const T*>(a.q) + bh * Sq * D;
+      const T* oh = in.out + bh * Sq * D;
+      const T* doh = in.dout + bh * Sq * D;
+      const C* lh = in.lse + bh * Sq;
+      for (int64_t i = 0; i < Sq; ++i) {
+        C s = 0;
+        for (int64_t d = 0; d < D; ++d) s += wid(oh[i * D + d]) * wid(doh[i * D + d]);
+        Dr[i] = s;
+      }
+      w.lists.build(idx + bh * Sq * K, 0, Sq, K, nseg);
+      for (int64_t s = 0; s < nseg; ++s) {
+        const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
+        const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
+        for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
+          bool any = false;
+          for (int i = 0; i < BM; ++i) {
+            const bool ok = t0 + i < cnt;
+            tl.valid[i] = ok;
+            tl.qrow[i] = ok ? rs[t0 + i] : -1;
+            int64_t lo = 0, hi = 0;
+            C ls = ok ? lh[tl.qrow[i]] : C(0);
+            if (ok && ls != -std::numeric_limits<C>::infinity())
+              seg_interval(a, segment, s, tl.qrow[i] + Sk - Sq, lo, hi);
+            else
+              ls = 0;
+            tl.ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+            tl.ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+            tl.lse[i] = ls;
+            tl.live[i] = lo < hi;
+            any = any || tl.live[i];
+          }
+          if (!any) continue;
+          tl.ln.finish(tl.valid);
+          // pack Q (pre-scaled, and as rows for dK), dO (both layouts) and Dr
+          C probe = 0;
+          for (int i = 0; i < BM; ++i) {
+            const bool live = tl.valid[i] && tl.live[i];
+            const T* qq = live ? qh + tl.qrow[i] * D : nullptr;
+            const T* dd = live ? doh + tl.qrow[i] * D : nullptr;
+            for (int64_t d = 0; d < D; ++d) {
+              const C qv = live ? wid(qq[d]) : C(0), dv_ = live ? wid(dd[d]) : C(0);
+              tl.Qt[d * BM + i] = scale * qv;
+              tl.Qr[i * Dp + d] = qv;
+              tl.dOt[d * BM + i] = dv_;
+              tl.dOr[i * Dp + d] = dv_;
+              probe += qv * C(0) + dv_ * C(0);
+            }
+            for (int64_t d = D; d < Dp; ++d) tl.Qr[i * Dp + d] = tl.dOr[i * Dp + d] = C(0);
+            tl.Dr[i] = live ? Dr[tl.qrow[i]] : C(0);
+          }
+          tl.bad = probe != probe;
+          std::fill(dQt, dQt + BM * Dp, C(0));
+          for (int64_t j0 = tl.ln.hull_lo; j0 < tl.ln.hull_hi; j0 += kBN) {
+            const int64_t nk = std::min<int64_t>(kBN, tl.ln.hull_hi - j0);
+            int64_t ldk, ldvv;
+            const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.b.kb, ldk);
+            const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.b.vb, ldvv);
+            bwd_chunk<C, DC>(tl, false, D, scale, nullptr, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
+            bwd_products<C>(tl, false, chunk_full(tl, false, j0, nk, nullptr), D, Dp, nullptr, j0, nk, St, dPt, Kc,
+                            ldk, true, dVa + j0 * Dp, dKa + j0 * Dp, true, dQt);
+          }
+          bwd_store_dq(a, D, Dp, bh, tl, dQt, dq);
+        }
+      }
+    }
+    C* dko = dk + bk * Sk * D;
+    C* dvo = dv + bk * Sk * D;
+    for (int64_t j = 0; j < Sk; ++j)
+      for (int64_t d = 0; d < D; ++d) {
+        dko[j * D + d] += dKa[j * Dp + d];
+        dvo[j * D + d] += dVa[j * Dp + d];
+      }
+  });
+}
+
+// Segment means: x [outer, S, D] -> out [outer, nseg, D], out[s] = mean of rows [s*seg, min(S,
+// (s+1)*seg)); summed in row order in the compute type (a running sum over arriving keys gives
+// the same bits). Backward: dx[j] = dout[seg(j)] / count(seg(j)).
+template <typename T>
+void segment_mean_typed(const View& out, const View& x, int64_t segment, bool backward) {
+  using C = typename Num<T>::acc;
+  const int64_t outer = backward ? out.shape[0] : x.shape[0];
+  const int64_t S = backward ? out.shape[1] : x.shape[1], D = x.shape[2];
+  const int64_t nseg = (S + segment - 1) / segment;
+  T* o = static_cast<T*>(out.data);
+  const T* xi = static_cast<const T*>(x.data);
+  parallel_for(outer * nseg, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<C> acc(static_cast<size_t>(D));
+    for (int64_t u = b0; u < b1; ++u) {
+      const int64_t ob = u / nseg, s = u % nseg, j0 = s * segment, j1 = std::min(S, j0 + segment);
+      const C inv = C(1) / static_cast<C>(j1 - j0);
+      if (backward) {
+        const T* g = xi + (ob * nseg + s) * D;
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t d = 0; d < D; ++d) o[(ob * S + j) * D + d] = Num<T>::store(wid(g[d]) * inv);
+        continue;
+      }
+      std::fill(acc.begin(), acc.end(), C(0));
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t d = 0; d < D; ++d) acc[d] += wid(xi[(ob * S + j) * D + d]);
+      for (int64_t d = 0; d < D; ++d) o[(ob * nseg + s) * D + d] = Num<T>::store(acc[d] * inv);
+    }
+  });
+}
+
 // Calls f(T{}, std::integral_constant<int, DC>{}) for the dtype and head dim.
 template <typename F>
 void dispatch_attn(int32_t dtype, int64_t D, const char* what, F&& f) {
@@ -1353,6 +1652,41 @@ void dual_attention_forward(const DualArgs& d, void* out, void* out_local, void*
                                        static_cast<T*>(out_global), static_cast<C*>(lse_local),
                                        static_cast<C*>(lse_global));
   });
+}
+
+void segment_attention_forward(const AttnArgs& a, const void* indices, int32_t topk, int64_t segment, void* out,
+                               void* lse) {
+  dispatch_attn(a.dtype, a.D, "segmentAttention", [&](auto tv, auto dc) {
+    using T = decltype(tv);
+    using C = typename Num<T>::acc;
+    if (a.B <= 0 || a.Hq <= 0 || a.Sq <= 0 || a.D <= 0) return;
+    const int32_t* idx = static_cast<const int32_t*>(indices);
+    check_segment_indices(a, idx, topk, a.Sk > 0 ? (a.Sk + segment - 1) / segment : 0);
+    segment_forward_typed<T, decltype(dc)::value>(a, idx, topk, segment, static_cast<T*>(out), static_cast<C*>(lse));
+  });
+}
+
+void segment_attention_backward(const AttnArgs& a, const void* indices, int32_t topk, int64_t segment, const void* out,
+                                const void* dout, const void* lse, void* dq, void* dk, void* dv) {
+  dispatch_attn(a.dtype, a.D, "segmentAttentionBackward", [&](auto tv, auto dc) {
+    using T = decltype(tv);
+    using C = typename Num<T>::acc;
+    if (a.B <= 0 || a.Hq <= 0 || a.Sq <= 0 || a.D <= 0 || a.Sk <= 0) return;
+    const int32_t* idx = static_cast<const int32_t*>(indices);
+    check_segment_indices(a, idx, topk, (a.Sk + segment - 1) / segment);
+    BwdIn<T> in{static_cast<const T*>(out), static_cast<const T*>(dout), static_cast<const C*>(lse)};
+    segment_backward_typed<T, decltype(dc)::value>(a, idx, topk, segment, in, static_cast<C*>(dq), static_cast<C*>(dk),
+                                                   static_cast<C*>(dv));
+  });
+}
+
+void segment_mean(const View& out, const View& x, int64_t segment) {
+  dispatch_float(dt(x), "segmentMean", [&](auto tv) { segment_mean_typed<decltype(tv)>(out, x, segment, false); });
+}
+
+void segment_mean_backward(const View& dx, const View& dout, int64_t segment) {
+  dispatch_float(dt(dout), "segmentMeanBackward",
+                 [&](auto tv) { segment_mean_typed<decltype(tv)>(dx, dout, segment, true); });
 }
 
 void rope(const View& out, const View& x, const View& positions, double base, bool inverse) {

@@ -230,6 +230,123 @@ void run(const DualAttentionBackward& a) {
          pg, pdo, sl, sg, pq, pk, pv);
 }
 
+namespace {
+
+// Segment attention: q, k, v as for attention (no padding, no query index), indices int32
+// [B, Hq, Sq, K] with entries in [-1, ceil(Sk / segment)) (the kernels report others).
+template <typename A>
+void check_segment_inputs(const A& a) {
+  const char* op = "segmentAttention";
+  check_qkv(a.q, a.k, a.v, Opts{AttnMask::Global, a.causal, 1, a.scale, nullptr, nullptr});
+  DR_CHECK(a.segment >= 1, Value, op, ": segment must be >= 1, received ", a.segment);
+  const T& ix = a.indices;
+  DR_CHECK(ix.dtype == DType::I32 && ix.ndim == 4 && ix.shape[0] == a.q.shape[0] && ix.shape[1] == a.q.shape[1] &&
+               ix.shape[2] == a.q.shape[2] && ix.shape[3] >= 1 && ix.shape[3] <= INT32_MAX,
+           Shape, op, ": indices must be int32 [", a.q.shape[0], ", ", a.q.shape[1], ", ", a.q.shape[2],
+           ", topK], received ", dtype_name(ix.dtype), " ", ix.shape_string());
+}
+
+// The elements between consecutive kv heads when k's rows are contiguous and its heads evenly
+// spaced (a view of a cache buffer's first Sk positions); 0 otherwise.
+int64_t head_stride(const T& k) {
+  const int64_t B = k.shape[0], H = k.shape[1], S = k.shape[2], D = k.shape[3];
+  if (k.contiguous()) return S * D;
+  if (!(k.strides[3] == 1 || D == 1) || !(k.strides[2] == D || S == 1)) return 0;
+  const int64_t hs = H > 1 ? k.strides[1] : B > 1 ? k.strides[0] : S * D;
+  if (B > 1 && k.strides[0] != H * hs) return 0;
+  return hs >= S * D ? hs : 0;
+}
+
+// Like prepare(), but k and v are read in place when they are such views.
+template <typename A>
+Prepared prepare_segment(const A& a, std::shared_ptr<const T>& ic) {
+  const int64_t hk = head_stride(a.k), hv = head_stride(a.v);
+  if (hk == 0 || hk != hv) {
+    Prepared p = prepare(a.q, a.k, a.v, Opts{AttnMask::Global, a.causal, 1, a.scale, nullptr, nullptr});
+    ic = contiguous(a.indices);
+    return p;
+  }
+  Prepared p = prepare(a.q, a.q, a.q, Opts{AttnMask::Global, a.causal, 1, a.scale, nullptr, nullptr});
+  p.k = std::shared_ptr<const T>(&a.k, [](const T*) {});
+  p.v = std::shared_ptr<const T>(&a.v, [](const T*) {});
+  AttnArgs& x = p.a;
+  x.Hkv = a.k.shape[1];
+  x.Sk = a.k.shape[2];
+  x.k = a.k.data();
+  x.v = a.v.data();
+  x.kv_head_stride = hk;
+  ic = contiguous(a.indices);
+  return p;
+}
+
+}  // namespace
+
+void check(const SegmentAttentionForward& a) {
+  check_segment_inputs(a);
+  const int64_t B = a.q.shape[0], H = a.q.shape[1], S = a.q.shape[2], D = a.q.shape[3];
+  check_shaped(a.out, "out", {B, H, S, D}, a.q.dtype, true);
+  if (a.lse) check_shaped(*a.lse, "lse", {B, H, S}, stats_dtype(a.q.dtype), true);
+}
+void run(const SegmentAttentionForward& a) {
+  std::shared_ptr<const T> ic;
+  Prepared p = prepare_segment(a, ic);
+  const void* pi = ic->data();
+  const int32_t K = static_cast<int32_t>(a.indices.shape[3]);
+  void* po = a.out.data();
+  void* pl = a.lse ? a.lse->data() : nullptr;
+  DR_RUN(a.out, cpu::segment_attention_forward(p.a, pi, K, a.segment, po, pl), segment_attention_forward, &p.a, pi, K,
+         a.segment, po, pl);
+}
+
+void check(const SegmentAttentionBackward& a) {
+  check_segment_inputs(a);
+  check_accumulators(a);
+  const int64_t B = a.q.shape[0], Hq = a.q.shape[1], S = a.q.shape[2], D = a.q.shape[3];
+  check_shaped(a.lse, "lse", {B, Hq, S}, stats_dtype(a.q.dtype), false);
+  check_shaped(a.out, "out", {B, Hq, S, D}, a.q.dtype, false);
+  check_shaped(a.dout, "dout", {B, Hq, S, D}, a.q.dtype, false);
+}
+void run(const SegmentAttentionBackward& a) {
+  std::shared_ptr<const T> ic;
+  Prepared p = prepare_segment(a, ic);
+  auto oc = contiguous(a.out);
+  auto dc = contiguous(a.dout);
+  auto lc = contiguous(a.lse);
+  const void *pi = ic->data(), *po = oc->data(), *pd = dc->data(), *pl = lc->data();
+  const int32_t K = static_cast<int32_t>(a.indices.shape[3]);
+  void *pq = a.dq.data(), *pk = a.dk.data(), *pv = a.dv.data();
+  DR_RUN(a.dq, cpu::segment_attention_backward(p.a, pi, K, a.segment, po, pd, pl, pq, pk, pv),
+         segment_attention_backward, &p.a, pi, K, a.segment, po, pd, pl, pq, pk, pv);
+}
+
+void check(const SegmentMean& a) {
+  const char* op = "segmentMean";
+  DR_CHECK(a.segment >= 1, Value, op, ": segment must be >= 1, received ", a.segment);
+  require_float(op, "x", a.x);
+  DR_CHECK(a.x.ndim == 3, Shape, op, ": x must be [outer, rows, dim], received ", a.x.shape_string());
+  const int64_t O = a.x.shape[0], D = a.x.shape[2];
+  if (!a.backward) {
+    const int64_t nseg = (a.x.shape[1] + a.segment - 1) / a.segment;
+    check_shaped(a.out, "out", {O, nseg, D}, a.x.dtype, true);
+  } else {
+    DR_CHECK(a.out.ndim == 3 && a.out.shape[0] == O && a.out.shape[2] == D &&
+                 (a.out.shape[1] + a.segment - 1) / a.segment == a.x.shape[1],
+             Shape, op, ": dx ", a.out.shape_string(), " does not fit dout ", a.x.shape_string(), " with segment ",
+             a.segment);
+    require_dtype(op, "dx", a.out, a.x.dtype);
+    require_contiguous(op, "dx", a.out);
+  }
+}
+void run(const SegmentMean& a) {
+  auto xc = contiguous(a.x);
+  View vo = a.out.view(), vx = xc->view();
+  if (a.backward) {
+    DR_RUN(a.out, cpu::segment_mean_backward(vo, vx, a.segment), segment_mean_backward, &vo, &vx, a.segment);
+  } else {
+    DR_RUN(a.out, cpu::segment_mean(vo, vx, a.segment), segment_mean, &vo, &vx, a.segment);
+  }
+}
+
 void check(const Rope& a) {
   const T &x = a.x, &positions = a.positions;
   DR_CHECK(x.ndim == 4 && x.shape[3] % 2 == 0, Shape,

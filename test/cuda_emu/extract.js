@@ -128,6 +128,18 @@ const HOST_ROUTING = [
   'router_gate_bwd<<<static_cast<unsigned>((T + kGateWarps - 1) / kGateWarps), kGateWarps * 32, 0, stream()>>>(',
 ];
 
+// The segment kernels' launches (segment.cu).
+const HOST_SEGMENT = [
+  'const long long blocks = (P.rows + kSegWarps - 1) / kSegWarps;',
+  'seg_bwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(P);',
+  'seg_fwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(P);',
+  'P.kv_stride = a.kv_head_stride ? a.kv_head_stride : a.Sk * a.D;',
+  'P.nseg = static_cast<int>((a.Sk + segment - 1) / segment);',
+  'P.scale = static_cast<float>(a.scale);',
+  'seg_mean_kernel<float><<<grid_for(total), kThreads, 0, stream()>>>(',
+  'seg_mean_bwd_kernel<float><<<grid_for(total), kThreads, 0, stream()>>>(',
+];
+
 const KERNELS = [
   {
     tag: 'fwd',
@@ -185,6 +197,18 @@ const KERNELS = [
     needs: [/template <typename T>\s*__global__ void __launch_bounds__\(kGateWarps \* 32\) router_select\(/, /__global__ void router_block_counts\(/,
       /__global__ void router_scan\(/, /__global__ void router_positions\(/, /__global__ void __launch_bounds__\(kGateWarps \* 32\) router_gate_bwd\(/],
     shared: { dynamic: 0, static: 1 },
+    helpers: true,
+  },
+  {
+    tag: 'segment',
+    src: 'segment',
+    def: path.join(CUDA, 'segment.cu'),
+    out: 'segment_kernel.inc',
+    host: HOST_SEGMENT,
+    needs: [/template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) seg_fwd_warp\(SegParams P\)/,
+      /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) seg_bwd_warp\(SegParams P\)/,
+      /template <typename T>\s*__global__ void seg_mean_kernel\(/, /template <typename T>\s*__global__ void seg_mean_bwd_kernel\(/],
+    shared: { dynamic: 0, static: 0 },
     helpers: true,
   },
 ];
@@ -319,7 +343,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -357,6 +381,7 @@ if (require.main === module) {
     else if (a === '--bwd-src') opts.bwdSrc = val();
     else if (a === '--sort-src') opts.sortSrc = val();
     else if (a === '--routing-src') opts.routingSrc = val();
+    else if (a === '--segment-src') opts.segmentSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
       console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--out DIR]`);

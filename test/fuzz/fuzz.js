@@ -197,14 +197,16 @@ function runSlice(o, from, to, cwd) {
     let buf = '';
     let current = null;
     let timer = null;
-    const arm = () => {
+    // a call gets callTimeout seconds; loading the library before the first call gets more (a
+    // loaded machine can take seconds to start node and the addon: that is no hang of a call)
+    const arm = (seconds = o.callTimeout) => {
       clearTimeout(timer);
       timer = setTimeout(() => {
         res.crash = { kind: 'hang', call: current };
         p.kill('SIGKILL');
-      }, o.callTimeout * 1000);
+      }, seconds * 1000);
     };
-    arm();
+    arm(Math.max(o.callTimeout, 60));
     let stderr = '';
     p.stderr.on('data', (d) => (stderr = (stderr + d).slice(-2000)));
     p.stdout.on('data', (d) => {
@@ -215,6 +217,7 @@ function runSlice(o, from, to, cwd) {
         buf = buf.slice(nl + 1);
         if (line.startsWith('targets ')) {
           res.targets = Number(line.slice(8));
+          arm();
         } else if (line.startsWith('call ')) {
           current = line.slice(5);
           arm();

@@ -6,5 +6,6 @@ import './linalg';
 import './nn';
 import './indexing';
 import './attention';
+import './segment';
 import './sort';
 import './routing';

@@ -1,0 +1,388 @@
+// Segment attention and segment means on the GPU (float32 / bfloat16; softmax state, lse and
+// gradients in float32). Semantics as core/attention.h and native/cpu/attention.cpp: row i of
+// head h sees the keys of the segments its row of indices [B, Hq, Sq, K] lists (-1 and repeats
+// ignored; others outside [0, nseg) recorded and reported as a RangeError), cut at its position
+// when causal.
+//
+// seg_fwd_warp / seg_bwd_warp: one warp per query row, the head dim strided over the lanes (DPL
+// values per lane). The forward walks the row's listed segments key by key with the online
+// softmax: a score is one warp sum, and only visible keys are ever touched, so a NaN or an
+// infinity in q, k or v reaches exactly the rows that attend to it. The backward rebuilds P from
+// the saved lse, keeps dq in registers and adds dk, dv with float atomics. These are the
+// correctness-first kernels: K/V are read once per (row, key) from L2, not shared between the
+// rows that chose a segment; a segment-major tensor-core kernel (a block per (kv head, segment)
+// over the rows that chose it, as the CPU walk is) is the next step. Not yet run on a GPU.
+// segment_mean(_backward): one thread per output element, rows summed in order (the CPU's order).
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <string>
+
+#include "../core/attention.h"
+#include "device.cuh"
+
+namespace dualroute {
+namespace cuda {
+namespace {
+
+// emu:begin segment (test/cuda_emu runs the code up to emu:end in a warp emulator)
+constexpr int kSegWarps = 4;  // query rows per block
+
+struct SegParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  const int32_t* idx;   // [B, Hq, Sq, K]
+  const void* out;      // backward: the forward's output
+  const void* dout;     // backward
+  void* o;              // forward output
+  float* lse;           // forward: written (may be null); backward: read
+  float *dq, *dk, *dv;  // backward accumulators
+  unsigned long long* bad;  // smallest flat position of an index outside [-1, nseg)
+  long long rows;           // B * Hq * Sq
+  long long kv_stride;      // elements between kv heads of k and v (dk, dv: Sk * D)
+  int Hq, Hkv, Sq, Sk, D, K, segment, nseg, causal;
+  float scale;
+};
+
+// Whether entry x of a row is a segment to visit (not -1, not a repeat, in range); records a bad one.
+__device__ __forceinline__ bool seg_entry(const SegParams& P, const int32_t* r, long long rowpos, int x, int& s) {
+  s = r[x];
+  if (s == -1) return false;
+  if (s < -1 || s >= P.nseg) {
+    record_bad(P.bad, rowpos * P.K + x);
+    return false;
+  }
+  for (int y = 0; y < x; ++y)
+    if (r[y] == s) return false;
+  return true;
+}
+
+// Keys [lo, hi) of segment s for a query at position p.
+__device__ __forceinline__ void seg_keys(const SegParams& P, int s, long long p, int& lo, int& hi) {
+  lo = s * P.segment;
+  hi = min(P.Sk, lo + P.segment);
+  if (P.causal && p + 1 < hi) hi = static_cast<int>(max(p + 1, static_cast<long long>(lo)));
+}
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kSegWarps * 32) seg_fwd_warp(SegParams P) {
+  const int lane = threadIdx.x & 31;
+  const long long row = static_cast<long long>(blockIdx.x) * kSegWarps + (threadIdx.x >> 5);
+  if (row >= P.rows) return;
+  const int D = P.D, G = P.Hq / P.Hkv;
+  const long long bh = row / P.Sq, i = row % P.Sq, b = bh / P.Hq, h = bh % P.Hq;
+  const long long kvbase = (b * P.Hkv + h / G) * P.kv_stride;
+  const T* qp = static_cast<const T*>(P.q) + row * D;
+  const T* kh = static_cast<const T*>(P.k) + kvbase;
+  const T* vh = static_cast<const T*>(P.v) + kvbase;
+  const int32_t* r = P.idx + row * P.K;
+  const long long p = i + P.Sk - P.Sq;
+  float q[DPL], acc[DPL];
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    q[c] = d < D ? ld(qp[d]) * P.scale : 0.f;
+    acc[c] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  bool seen = false;
+  for (int x = 0; x < P.K; ++x) {
+    int s, lo, hi;
+    if (!seg_entry(P, r, row, x, s)) continue;
+    seg_keys(P, s, p, lo, hi);
+    for (int j = lo; j < hi; ++j) {
+      seen = true;
+      const T* kr = kh + static_cast<long long>(j) * D;
+      float dot = 0.f;
+#pragma unroll
+      for (int c = 0; c < DPL; ++c) {
+        const int d = lane + 32 * c;
+        if (d < D) dot += q[c] * ld(kr[d]);
+      }
+      const float sc = warp_sum(dot);
+      // running max propagating NaN; a row that has seen only -inf subtracts 0 (exp gives 0)
+      const float mn = (sc > m || sc != sc) ? sc : m;
+      const float mu = mn == -INFINITY ? 0.f : mn;
+      const float alpha = expf(m - mu), pj = expf(sc - mu);
+      l = l * alpha + pj;
+      m = mn;
+      const T* vr = vh + static_cast<long long>(j) * D;
+#pragma unroll
+      for (int c = 0; c < DPL; ++c) {
+        const int d = lane + 32 * c;
+        if (d < D) acc[c] = acc[c] * alpha + pj * ld(vr[d]);
+      }
+    }
+  }
+  // no visible key: 0 and -inf; every visible score -inf (l = 0) or NaN: NaN, as attention does
+  const float inv = !seen ? 0.f : l > 0.f ? 1.f / l : NAN;
+  T* op = static_cast<T*>(P.o) + row * D;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) op[d] = st<T>(seen ? acc[c] * inv : 0.f);
+  }
+  if (P.lse && lane == 0) P.lse[row] = !seen ? -INFINITY : l > 0.f ? m + logf(l) : NAN;
+}
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kSegWarps * 32) seg_bwd_warp(SegParams P) {
+  const int lane = threadIdx.x & 31;
+  const long long row = static_cast<long long>(blockIdx.x) * kSegWarps + (threadIdx.x >> 5);
+  if (row >= P.rows) return;
+  const float lse = P.lse[row];
+  if (lse == -INFINITY) return;  // the row saw no key
+  const int D = P.D, G = P.Hq / P.Hkv;
+  const long long bh = row / P.Sq, i = row % P.Sq, b = bh / P.Hq, h = bh % P.Hq;
+  const long long kvbase = (b * P.Hkv + h / G) * P.kv_stride;
+  const long long gbase = (b * P.Hkv + h / G) * P.Sk * static_cast<long long>(D);  // dk, dv
+  const T* qp = static_cast<const T*>(P.q) + row * D;
+  const T* op = static_cast<const T*>(P.out) + row * D;
+  const T* dop = static_cast<const T*>(P.dout) + row * D;
+  const T* kh = static_cast<const T*>(P.k) + kvbase;
+  const T* vh = static_cast<const T*>(P.v) + kvbase;
+  const int32_t* r = P.idx + row * P.K;
+  const long long p = i + P.Sk - P.Sq;
+  float q[DPL], dO[DPL], dq[DPL], dr = 0.f;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    q[c] = d < D ? ld(qp[d]) : 0.f;
+    dO[c] = d < D ? ld(dop[d]) : 0.f;
+    dr += d < D ? dO[c] * ld(op[d]) : 0.f;
+    dq[c] = 0.f;
+  }
+  dr = warp_sum(dr);
+  for (int x = 0; x < P.K; ++x) {
+    int s, lo, hi;
+    if (!seg_entry(P, r, row, x, s)) continue;
+    seg_keys(P, s, p, lo, hi);
+    for (int j = lo; j < hi; ++j) {
+      const T* kr = kh + static_cast<long long>(j) * D;
+      const T* vr = vh + static_cast<long long>(j) * D;
+      float sdot = 0.f, pdot = 0.f;
+#pragma unroll
+      for (int c = 0; c < DPL; ++c) {
+        const int d = lane + 32 * c;
+        if (d < D) {
+          sdot += q[c] * ld(kr[d]);
+          pdot += dO[c] * ld(vr[d]);
+        }
+      }
+      const float pj = expf(warp_sum(sdot) * P.scale - lse);
+      const float ds = pj * (warp_sum(pdot) - dr) * P.scale;
+      float* dkr = P.dk + gbase + static_cast<long long>(j) * D;
+      float* dvr = P.dv + gbase + static_cast<long long>(j) * D;
+#pragma unroll
+      for (int c = 0; c < DPL; ++c) {
+        const int d = lane + 32 * c;
+        if (d < D) {
+          atomicAdd(&dvr[d], pj * dO[c]);
+          atomicAdd(&dkr[d], ds * q[c]);
+          dq[c] += ds * ld(kr[d]);
+        }
+      }
+    }
+  }
+  float* dqp = P.dq + row * D;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) dqp[d] += dq[c];  // this warp owns the row
+  }
+}
+
+// x [outer, S, D] -> out [outer, nseg, D]: element (o, s, d) sums rows s*seg .. in order.
+template <typename T>
+__global__ void seg_mean_kernel(T* __restrict__ out, const T* __restrict__ x, long long outer, int S, int D,
+                                int segment, int nseg) {
+  const long long total = outer * nseg * static_cast<long long>(D);
+  for (long long e = gtid(); e < total; e += gstride()) {
+    const int d = static_cast<int>(e % D);
+    const long long os = e / D;
+    const int s = static_cast<int>(os % nseg);
+    const long long o = os / nseg;
+    const int j0 = s * segment, j1 = min(S, j0 + segment);
+    float acc = 0.f;
+    for (int j = j0; j < j1; ++j) acc += ld(x[(o * S + j) * D + d]);
+    out[e] = st<T>(acc * (1.f / static_cast<float>(j1 - j0)));
+  }
+}
+
+// dout [outer, nseg, D] -> dx [outer, S, D]: dx[j] = dout[seg(j)] / count(seg(j)).
+template <typename T>
+__global__ void seg_mean_bwd_kernel(T* __restrict__ dx, const T* __restrict__ dout, long long outer, int S, int D,
+                                    int segment, int nseg) {
+  const long long total = outer * S * static_cast<long long>(D);
+  for (long long e = gtid(); e < total; e += gstride()) {
+    const int d = static_cast<int>(e % D);
+    const long long oj = e / D;
+    const int j = static_cast<int>(oj % S);
+    const long long o = oj / S;
+    const int s = j / segment, j0 = s * segment, j1 = min(S, j0 + segment);
+    dx[e] = st<T>(ld(dout[(o * nseg + s) * D + d]) * (1.f / static_cast<float>(j1 - j0)));
+  }
+}
+// emu:end segment
+
+__device__ unsigned long long g_seg_bad;  // smallest flat position of a bad index, ~0 if none
+std::mutex g_seg_mutex;
+
+int seg_params(const char* name, const AttnArgs& a, const void* indices, int32_t topk, int64_t segment, SegParams& P) {
+  if (a.D > 256) return set_error(std::string(name) + ": head dims above 256 are not supported on CUDA");
+  if (a.Sk > INT_MAX || a.Sq > INT_MAX || segment > INT_MAX) return set_error(std::string(name) + ": too many keys");
+  P.q = a.q;
+  P.k = a.k;
+  P.v = a.v;
+  P.idx = static_cast<const int32_t*>(indices);
+  P.rows = a.B * a.Hq * a.Sq;
+  P.kv_stride = a.kv_head_stride ? a.kv_head_stride : a.Sk * a.D;
+  P.Hq = static_cast<int>(a.Hq);
+  P.Hkv = static_cast<int>(a.Hkv);
+  P.Sq = static_cast<int>(a.Sq);
+  P.Sk = static_cast<int>(a.Sk);
+  P.D = static_cast<int>(a.D);
+  P.K = topk;
+  P.segment = static_cast<int>(segment);
+  P.nseg = static_cast<int>((a.Sk + segment - 1) / segment);
+  P.causal = a.causal ? 1 : 0;
+  P.scale = static_cast<float>(a.scale);
+  return 0;
+}
+
+// Runs launch(params) between a reset and a read-back of the bad-index slot.
+template <typename Launch>
+int with_seg_check(const char* name, const SegParams& P, Launch&& launch) {
+  std::lock_guard<std::mutex> lock(g_seg_mutex);
+  void* slot = nullptr;
+  DR_CUDA_TRY(bad_slot_reset(g_seg_bad, &slot, name, name));
+  SegParams Q = P;
+  Q.bad = static_cast<unsigned long long*>(slot);
+  DR_CUDA_TRY(launch(Q));
+  unsigned long long bad = 0;
+  DR_CUDA_TRY(bad_slot_read(slot, &bad, name));
+  if (bad == ~0ull) return 0;
+  int32_t v = 0;
+  DR_CUDA_TRY(read_index(P.idx + bad, &v, name));
+  const long long pos = static_cast<long long>(bad), K = P.K, S = P.Sq, H = P.Hq;
+  return set_error("RangeError: segmentAttention: indices[" + std::to_string(pos / K / S / H) + ", " +
+                   std::to_string(pos / K / S % H) + ", " + std::to_string(pos / K % S) + ", " +
+                   std::to_string(pos % K) + "] = " + std::to_string(v) + " is outside [-1, " +
+                   std::to_string(P.nseg) + ")");
+}
+
+template <typename T, bool BWD>
+int launch_seg_t(const SegParams& P, const char* name) {
+  const long long blocks = (P.rows + kSegWarps - 1) / kSegWarps;
+  if (blocks > INT_MAX) return set_error(std::string(name) + ": too many rows");
+  const unsigned g = static_cast<unsigned>(blocks);
+  const int dpl = (P.D + 31) / 32;
+#define DR_SEG_LAUNCH(N)                                                             \
+  if (dpl <= N) {                                                                    \
+    if (BWD)                                                                         \
+      seg_bwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(P);                     \
+    else                                                                             \
+      seg_fwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(P);                     \
+    return check_launch(name);                                                       \
+  }
+  DR_SEG_LAUNCH(1)
+  DR_SEG_LAUNCH(2)
+  DR_SEG_LAUNCH(4)
+  DR_SEG_LAUNCH(8)
+#undef DR_SEG_LAUNCH
+  return set_error(std::string(name) + ": head dim too large");
+}
+
+template <bool BWD>
+int launch_seg(const SegParams& P, int32_t dtype, const char* name) {
+  switch (static_cast<DType>(dtype)) {
+    case DType::F32: return launch_seg_t<float, BWD>(P, name);
+    case DType::BF16: return launch_seg_t<bf16_t, BWD>(P, name);
+    default: return set_error(std::string(name) + ": expected float32 or bfloat16");
+  }
+}
+
+}  // namespace
+
+int segment_attention_forward(const AttnArgs* a, const void* indices, int32_t topk, int64_t segment, void* out,
+                              void* lse) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "segment_attention_forward";
+  SegParams P{};
+  DR_CUDA_TRY(seg_params(name, *a, indices, topk, segment, P));
+  if (P.rows == 0 || a->D == 0) return 0;
+  P.o = out;
+  P.lse = static_cast<float*>(lse);
+  return with_seg_check(name, P, [&](const SegParams& Q) { return launch_seg<false>(Q, a->dtype, name); });
+  DR_CUDA_ENTRY_END("segment_attention_forward")
+}
+
+int segment_attention_backward(const AttnArgs* a, const void* indices, int32_t topk, int64_t segment, const void* out,
+                               const void* dout, const void* lse, void* dq, void* dk, void* dv) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "segment_attention_backward";
+  SegParams P{};
+  DR_CUDA_TRY(seg_params(name, *a, indices, topk, segment, P));
+  if (P.rows == 0 || a->D == 0 || a->Sk == 0) return 0;
+  P.out = out;
+  P.dout = dout;
+  P.lse = const_cast<float*>(static_cast<const float*>(lse));
+  P.dq = static_cast<float*>(dq);
+  P.dk = static_cast<float*>(dk);
+  P.dv = static_cast<float*>(dv);
+  return with_seg_check(name, P, [&](const SegParams& Q) { return launch_seg<true>(Q, a->dtype, name); });
+  DR_CUDA_ENTRY_END("segment_attention_backward")
+}
+
+namespace {
+template <bool BWD>
+int seg_mean_launch(const View* out, const View* in, int64_t segment, const char* name) {
+  // forward: in = x [outer, S, D], out [outer, nseg, D]; backward: in = dout, out = dx [outer, S, D]
+  const View& big = BWD ? *out : *in;
+  const int64_t outer = big.shape[0], S = big.shape[1], D = big.shape[2];
+  if (S > INT_MAX || D > INT_MAX || segment > INT_MAX) return set_error(std::string(name) + ": too large");
+  const int nseg = static_cast<int>((S + segment - 1) / segment);
+  const int64_t total = outer * (BWD ? S : nseg) * D;
+  if (total == 0) return 0;
+  switch (dt(*in)) {
+    case DType::F32:
+      if (BWD)
+        seg_mean_bwd_kernel<float><<<grid_for(total), kThreads, 0, stream()>>>(
+            static_cast<float*>(out->data), static_cast<const float*>(in->data), outer, static_cast<int>(S),
+            static_cast<int>(D), static_cast<int>(segment), nseg);
+      else
+        seg_mean_kernel<float><<<grid_for(total), kThreads, 0, stream()>>>(
+            static_cast<float*>(out->data), static_cast<const float*>(in->data), outer, static_cast<int>(S),
+            static_cast<int>(D), static_cast<int>(segment), nseg);
+      break;
+    case DType::BF16:
+      if (BWD)
+        seg_mean_bwd_kernel<bf16_t><<<grid_for(total), kThreads, 0, stream()>>>(
+            static_cast<bf16_t*>(out->data), static_cast<const bf16_t*>(in->data), outer, static_cast<int>(S),
+            static_cast<int>(D), static_cast<int>(segment), nseg);
+      else
+        seg_mean_kernel<bf16_t><<<grid_for(total), kThreads, 0, stream()>>>(
+            static_cast<bf16_t*>(out->data), static_cast<const bf16_t*>(in->data), outer, static_cast<int>(S),
+            static_cast<int>(D), static_cast<int>(segment), nseg);
+      break;
+    default: return dtype_error(name, *in);
+  }
+  return check_launch(name);
+}
+}  // namespace
+
+int segment_mean(const View* out, const View* x, int64_t segment) {
+  DR_CUDA_ENTRY_BEGIN
+  return seg_mean_launch<false>(out, x, segment, "segmentMean");
+  DR_CUDA_ENTRY_END("segmentMean")
+}
+
+int segment_mean_backward(const View* dx, const View* dout, int64_t segment) {
+  DR_CUDA_ENTRY_BEGIN
+  return seg_mean_launch<true>(dx, dout, segment, "segmentMeanBackward");
+  DR_CUDA_ENTRY_END("segmentMeanBackward")
+}
+
+}  // namespace cuda
+}  // namespace dualroute

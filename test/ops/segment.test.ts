@@ -1,0 +1,324 @@
+// Segment routing (segmentMean, segmentScores, segmentSelect, segmentAttention,
+// compressedAttention, SegmentCache) against float64 references written from the definitions in
+// lib/ops/segment.ts and core/attention.h, on awkward shapes (odd lengths, a short last segment,
+// segment 1 and segment >= S, topK >= the segments, GQA groups of 1, 3 and 8, queries shorter
+// than keys); gradient checks; the exact oracle (all segments kept = causal global attention);
+// bad options.
+import * as dr from '../../lib';
+import { expectClose, input } from '../helpers';
+
+type Arr = Float64Array;
+
+interface Dims { B: number; Hq: number; Hkv: number; Sq: number; Sk: number; D: number }
+
+function meanRef(x: Arr, outer: number, S: number, D: number, seg: number): Arr {
+  const ns = Math.ceil(S / seg);
+  const o = new Float64Array(outer * ns * D);
+  for (let b = 0; b < outer; ++b)
+    for (let s = 0; s < ns; ++s) {
+      const j0 = s * seg, j1 = Math.min(S, j0 + seg);
+      for (let d = 0; d < D; ++d) {
+        let a = 0;
+        for (let j = j0; j < j1; ++j) a += x[(b * S + j) * D + d];
+        o[(b * ns + s) * D + d] = a / (j1 - j0);
+      }
+    }
+  return o;
+}
+
+function scoresRef(q: Arr, k: Arr, d: Dims, seg: number, causal: boolean, scale: number): Arr {
+  const ns = Math.ceil(d.Sk / seg), G = d.Hq / d.Hkv;
+  const kbar = meanRef(k, d.B * d.Hkv, d.Sk, d.D, seg);
+  const o = new Float64Array(d.B * d.Hq * d.Sq * ns);
+  for (let b = 0; b < d.B; ++b)
+    for (let h = 0; h < d.Hq; ++h)
+      for (let i = 0; i < d.Sq; ++i) {
+        const p = i + d.Sk - d.Sq;
+        for (let s = 0; s < ns; ++s) {
+          let a = 0;
+          for (let x = 0; x < d.D; ++x) a += q[((b * d.Hq + h) * d.Sq + i) * d.D + x] * kbar[((b * d.Hkv + Math.floor(h / G)) * ns + s) * d.D + x];
+          o[((b * d.Hq + h) * d.Sq + i) * ns + s] = causal && s * seg > p ? -Infinity : scale * a;
+        }
+      }
+  return o;
+}
+
+// own segment first, then by score (ties to the lower index), -1 for -inf and padding
+function selectRef(sc: Arr, d: Dims, ns: number, topK: number, g: number, seg: number, keepOwn: boolean): { idx: number[]; w: number[] } {
+  const idx: number[] = [], w: number[] = [];
+  for (let b = 0; b < d.B; ++b)
+    for (let h = 0; h < d.Hq; ++h)
+      for (let i = 0; i < d.Sq; ++i) {
+        const row = new Array(ns).fill(0);
+        const h0 = Math.floor(h / g) * g;
+        for (let hh = h0; hh < h0 + g; ++hh) for (let s = 0; s < ns; ++s) row[s] += sc[((b * d.Hq + hh) * d.Sq + i) * ns + s];
+        const own = Math.floor((i + d.Sk - d.Sq) / seg);
+        const key = (s: number) => (keepOwn && s === own ? Infinity : row[s]);
+        const order = Array.from({ length: ns }, (_, s) => s).sort((a, c) => (key(a) !== key(c) ? key(c) - key(a) : a - c));
+        const kept = order.slice(0, topK).filter((s) => key(s) !== -Infinity);
+        const m = Math.max(...kept.map((s) => row[s]));
+        const z = kept.reduce((a, s) => a + Math.exp(row[s] - m), 0);
+        for (let x = 0; x < topK; ++x) {
+          idx.push(x < kept.length ? kept[x] : -1);
+          w.push(x < kept.length ? Math.exp(row[kept[x]] - m) / z : 0);
+        }
+      }
+  return { idx, w };
+}
+
+// token attention over the listed segments' keys (-1 and repeats ignored), cut at p when causal
+function attnRef(q: Arr, k: Arr, v: Arr, d: Dims, idx: ArrayLike<number>, K: number, seg: number, causal: boolean, scale: number): { out: Arr; lse: Arr } {
+  const G = d.Hq / d.Hkv;
+  const out = new Float64Array(d.B * d.Hq * d.Sq * d.D), lse = new Float64Array(d.B * d.Hq * d.Sq);
+  for (let b = 0; b < d.B; ++b)
+    for (let h = 0; h < d.Hq; ++h)
+      for (let i = 0; i < d.Sq; ++i) {
+        const r = (b * d.Hq + h) * d.Sq + i, p = i + d.Sk - d.Sq, kv = b * d.Hkv + Math.floor(h / G);
+        const segs = new Set<number>();
+        for (let x = 0; x < K; ++x) if (idx[r * K + x] >= 0) segs.add(idx[r * K + x]);
+        const keys: number[] = [];
+        for (const s of segs) for (let j = s * seg; j < Math.min(d.Sk, (s + 1) * seg); ++j) if (!causal || j <= p) keys.push(j);
+        if (keys.length === 0) {
+          lse[r] = -Infinity;
+          continue;
+        }
+        const sc = keys.map((j) => {
+          let a = 0;
+          for (let x = 0; x < d.D; ++x) a += q[r * d.D + x] * k[(kv * d.Sk + j) * d.D + x];
+          return scale * a;
+        });
+        const m = Math.max(...sc);
+        const e = sc.map((s) => Math.exp(s - m));
+        const z = e.reduce((a, c) => a + c, 0);
+        lse[r] = m + Math.log(z);
+        keys.forEach((j, n) => {
+          for (let x = 0; x < d.D; ++x) out[r * d.D + x] += (e[n] / z) * v[(kv * d.Sk + j) * d.D + x];
+        });
+      }
+  return { out, lse };
+}
+
+function qkv(d: Dims, seed: number, dtype: dr.DType) {
+  const q = input([d.B, d.Hq, d.Sq, d.D], seed, dtype);
+  const k = input([d.B, d.Hkv, d.Sk, d.D], seed + 1, dtype);
+  const v = input([d.B, d.Hkv, d.Sk, d.D], seed + 2, dtype);
+  return { q, k, v };
+}
+
+// random selections with -1, repeats and (when causal) segments after the query
+function randomIndices(d: Dims, ns: number, K: number, seed: number): Int32Array {
+  let s = seed * 7919 + 13;
+  const rnd = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+  const a = new Int32Array(d.B * d.Hq * d.Sq * K);
+  for (let e = 0; e < a.length; ++e) a[e] = Math.floor(rnd() * (ns + 1)) - 1;
+  return a;
+}
+
+const tolScale = (dtype: dr.DType) => (dtype === 'bfloat16' ? 4 : 1);
+
+describe('segmentMean', () => {
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[])
+    for (const [S, seg] of [[13, 4], [8, 8], [5, 9], [1, 1], [70, 1]])
+      test(`${dtype} S ${S} segment ${seg}`, () => dr.tidy(() => {
+        const x = input([2, 3, S, 5], 3, dtype);
+        expectClose(dr.segmentMean(x.t, seg), meanRef(x.data, 6, S, 5, seg), dtype);
+      }));
+  test('gradient (float64)', () => dr.tidy(() => {
+    const x = input([2, 11, 3], 4, 'float64');
+    const w = input([2, 3, 3], 5, 'float64').t;
+    expect(dr.gradcheck((a) => dr.segmentMean(a, 4).mul(w), [x.t.requiresGrad_()]).ok).toBe(true);
+  }));
+});
+
+describe('segmentScores and segmentSelect', () => {
+  const shapes: [Dims, number][] = [
+    [{ B: 2, Hq: 3, Hkv: 1, Sq: 13, Sk: 13, D: 5 }, 4],
+    [{ B: 1, Hq: 8, Hkv: 1, Sq: 9, Sk: 20, D: 4 }, 3],
+    [{ B: 1, Hq: 2, Hkv: 2, Sq: 7, Sk: 7, D: 3 }, 10],
+  ];
+  for (const [d, seg] of shapes)
+    for (const causal of [true, false])
+      test(`scores B${d.B} H${d.Hq}/${d.Hkv} Sq${d.Sq} Sk${d.Sk} seg ${seg} causal ${causal}`, () => dr.tidy(() => {
+        const { q, k } = qkv(d, 11, 'float64');
+        const sc = dr.segmentScores(q.t, k.t, { segment: seg, causal });
+        expect(sc.dtype).toBe('float64');
+        expectClose(sc, scoresRef(q.data, k.data, d, seg, causal, 1 / Math.sqrt(d.D)), 'float64');
+        const f = dr.segmentScores(dr.cast(q.t, 'bfloat16'), dr.cast(k.t, 'bfloat16'), { segment: seg, causal });
+        expect(f.dtype).toBe('float32');
+      }));
+  for (const [d, seg] of shapes)
+    for (const [topK, g] of [[1, 1], [2, 1], [3, d.Hq / d.Hkv], [50, 1]])
+      test(`select B${d.B} H${d.Hq} Sq${d.Sq} Sk${d.Sk} seg ${seg} topK ${topK} groupHeads ${g}`, () => dr.tidy(() => {
+        const { q, k } = qkv(d, 21, 'float64');
+        const sc = dr.segmentScores(q.t, k.t, { segment: seg });
+        const ns = Math.ceil(d.Sk / seg);
+        const sel = dr.segmentSelect(sc, { topK, groupHeads: g, segment: seg, keyLength: d.Sk });
+        const ref = selectRef(sc.dataSync() as Float64Array, d, ns, topK, g, seg, true);
+        expect(Array.from(sel.indices.dataSync())).toEqual(ref.idx);
+        expectClose(sel.weights, ref.w, 'float32');
+      }));
+  test('ties go to the lower segment', () => dr.tidy(() => {
+    const sc = dr.zeros([1, 1, 1, 6], { dtype: 'float32' });
+    const sel = dr.segmentSelect(sc, { topK: 3, keepOwn: false });
+    expect(Array.from(sel.indices.dataSync())).toEqual([0, 1, 2]);
+  }));
+  test('gradient of the scores (float64)', () => dr.tidy(() => {
+    const d = { B: 1, Hq: 2, Hkv: 1, Sq: 5, Sk: 7, D: 3 };
+    const { q, k } = qkv(d, 31, 'float64');
+    const w = input([1, 2, 5, 3], 32, 'float64').t;
+    expect(dr.gradcheck((a, b) => dr.segmentScores(a, b, { segment: 3, causal: false }).mul(w), [q.t.requiresGrad_(), k.t.requiresGrad_()]).ok).toBe(true);
+  }));
+});
+
+describe('segmentAttention', () => {
+  const cases: [string, Dims, number, number][] = [
+    ['G1 odd', { B: 2, Hq: 2, Hkv: 2, Sq: 37, Sk: 37, D: 5 }, 7, 3],
+    ['G3 Sq<Sk', { B: 1, Hq: 3, Hkv: 1, Sq: 19, Sk: 45, D: 8 }, 6, 4],
+    ['G8 D64', { B: 1, Hq: 8, Hkv: 1, Sq: 70, Sk: 70, D: 64 }, 16, 2],
+    ['segment 1', { B: 1, Hq: 1, Hkv: 1, Sq: 9, Sk: 9, D: 3 }, 1, 5],
+    ['segment >= S', { B: 1, Hq: 2, Hkv: 1, Sq: 11, Sk: 11, D: 4 }, 32, 2],
+    ['Sq 1 decode', { B: 2, Hq: 4, Hkv: 2, Sq: 1, Sk: 33, D: 32 }, 8, 3],
+    ['large tile', { B: 1, Hq: 2, Hkv: 1, Sq: 150, Sk: 150, D: 16 }, 70, 2],
+  ];
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[])
+    for (const [tag, d, seg, K] of cases)
+      for (const causal of [true, false])
+        test(`${dtype} ${tag} causal ${causal}: caller's indices (with -1, repeats, future segments)`, () => dr.tidy(() => {
+          const { q, k, v } = qkv(d, 41, dtype);
+          const ns = Math.ceil(d.Sk / seg);
+          const ia = randomIndices(d, ns, K, 5);
+          const indices = dr.tensor(ia, [d.B, d.Hq, d.Sq, K], { dtype: 'int32' });
+          const r = dr.segmentAttention(q.t, k.t, v.t, { segment: seg, causal, indices, returnIndices: true });
+          const ref = attnRef(q.data, k.data, v.data, d, ia, K, seg, causal, 1 / Math.sqrt(d.D));
+          expectClose(r.out, ref.out, dtype, tolScale(dtype));
+          const lse = r.lse.dataSync();
+          ref.lse.forEach((x, i) => {
+            if (x === -Infinity) expect(lse[i]).toBe(-Infinity);
+            else expect(Math.abs(lse[i] - x)).toBeLessThan(dtype === 'bfloat16' ? 0.05 : 1e-4);
+          });
+        }));
+
+  for (const [tag, d, seg, K] of cases)
+    test(`float64 ${tag}: the whole pipeline (scores, selection, attention)`, () => dr.tidy(() => {
+      const { q, k, v } = qkv(d, 51, 'float64');
+      const ns = Math.ceil(d.Sk / seg);
+      const scale = 1 / Math.sqrt(d.D);
+      const r = dr.segmentAttention(q.t, k.t, v.t, { segment: seg, topK: K, returnIndices: true });
+      const sel = selectRef(scoresRef(q.data, k.data, d, seg, true, scale), d, ns, K, 1, seg, true);
+      expect(Array.from(r.indices.dataSync())).toEqual(sel.idx);
+      expectClose(r.out, attnRef(q.data, k.data, v.data, d, sel.idx, K, seg, true, scale).out, 'float64');
+      // groupHeads: the heads of a kv head read one set of segments
+      const G = d.Hq / d.Hkv;
+      const rg = dr.segmentAttention(q.t, k.t, v.t, { segment: seg, topK: K, groupHeads: true, returnIndices: true });
+      const selg = selectRef(scoresRef(q.data, k.data, d, seg, true, scale), d, ns, K, G, seg, true);
+      expect(Array.from(rg.indices.dataSync())).toEqual(selg.idx);
+      expectClose(rg.out, attnRef(q.data, k.data, v.data, d, selg.idx, K, seg, true, scale).out, 'float64');
+    }));
+
+  for (const dtype of ['float32', 'bfloat16'] as dr.DType[])
+    for (const [S, Sq, seg, Hq, Hkv] of [[45, 45, 7, 3, 1], [64, 20, 16, 2, 2], [9, 9, 20, 1, 1]])
+      test(`${dtype} S ${S} Sq ${Sq} segment ${seg}: topK * segment >= Sk equals causal global attention`, () => dr.tidy(() => {
+        const d = { B: 2, Hq, Hkv, Sq, Sk: S, D: 16 };
+        const { q, k, v } = qkv(d, 61, dtype);
+        const topK = Math.ceil(S / seg);
+        const got = dr.segmentAttention(q.t, k.t, v.t, { segment: seg, topK });
+        const want = dr.globalAttention(q.t, k.t, v.t, { causal: true });
+        expectClose(got, Float64Array.from(want.dataSync()), dtype, tolScale(dtype));
+      }));
+
+  test('gradients to q, k, v (float64, caller\'s indices, GQA 3)', () => dr.tidy(() => {
+    const d = { B: 1, Hq: 3, Hkv: 1, Sq: 10, Sk: 13, D: 3 };
+    const { q, k, v } = qkv(d, 71, 'float64');
+    const indices = dr.tensor(randomIndices(d, 5, 3, 9), [1, 3, 10, 3], { dtype: 'int32' });
+    const w = input([1, 3, 10, 3], 72, 'float64').t;
+    expect(dr.gradcheck((a, b, c) => dr.segmentAttention(a, b, c, { segment: 3, indices }).mul(w), [q.t.requiresGrad_(), k.t.requiresGrad_(), v.t.requiresGrad_()]).ok).toBe(true);
+    expect(dr.gradcheck((a, b, c) => dr.segmentAttention(a, b, c, { segment: 3, indices, causal: false }).mul(w), [q.t, k.t, v.t]).ok).toBe(true);
+  }));
+
+  test('float32 gradients match the float64 reference gradients', () => dr.tidy(() => {
+    const d = { B: 2, Hq: 4, Hkv: 2, Sq: 40, Sk: 40, D: 16 };
+    const { q, k, v } = qkv(d, 81, 'float32');
+    const indices = dr.tensor(randomIndices(d, 6, 3, 4), [2, 4, 40, 3], { dtype: 'int32' });
+    const grads = (dtype: dr.DType) => {
+      const [a, b, c] = [q.t, k.t, v.t].map((t) => dr.cast(t, dtype).requiresGrad_());
+      dr.segmentAttention(a, b, c, { segment: 7, indices }).square().sum().backward();
+      return [a, b, c].map((t) => Float64Array.from(t.grad!.dataSync()));
+    };
+    const g32 = grads('float32'), g64 = grads('float64');
+    g32.forEach((g, i) => expectClose(g, g64[i], 'float32', 10));
+  }));
+
+  test('bad options get typed errors naming the argument', () => dr.tidy(() => {
+    const d = { B: 1, Hq: 2, Hkv: 1, Sq: 8, Sk: 8, D: 4 };
+    const { q, k, v } = qkv(d, 91, 'float32');
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 0, topK: 2 })).toThrow(/segment >= 1/);
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, topK: 0 })).toThrow(/topK >= 1/);
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, topK: 1, groupHeads: 3 })).toThrow(/groupHeads/);
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, indices: dr.zeros([1, 2, 8], { dtype: 'int32' }) })).toThrow(dr.ShapeError);
+    const bad = dr.full([1, 2, 8, 2], 3, { dtype: 'int32' });
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, indices: bad }).dataSync()).toThrow(/indices\[0, 0, 0, 0\] = 3 is outside \[-1, 3\)/);
+    expect(() => dr.segmentSelect(dr.zeros([1, 1, 4, 3]), { topK: 1 })).toThrow(/segment/);
+    expect(() => dr.segmentMean(dr.zeros([3, 4]), 0)).toThrow(dr.ValueError);
+  }));
+});
+
+describe('compressedAttention', () => {
+  // softmax over the segment means a query has fully passed (all of them when not causal)
+  function ref(q: Arr, k: Arr, v: Arr, d: Dims, seg: number, causal: boolean): Arr {
+    const ns = Math.ceil(d.Sk / seg), G = d.Hq / d.Hkv, scale = 1 / Math.sqrt(d.D);
+    const kb = meanRef(k, d.B * d.Hkv, d.Sk, d.D, seg), vb = meanRef(v, d.B * d.Hkv, d.Sk, d.D, seg);
+    const out = new Float64Array(d.B * d.Hq * d.Sq * d.D);
+    for (let b = 0; b < d.B; ++b)
+      for (let h = 0; h < d.Hq; ++h)
+        for (let i = 0; i < d.Sq; ++i) {
+          const r = (b * d.Hq + h) * d.Sq + i, p = i + d.Sk - d.Sq, kv = b * d.Hkv + Math.floor(h / G);
+          const vis = Array.from({ length: ns }, (_, s) => s).filter((s) => !causal || Math.min(d.Sk, (s + 1) * seg) - 1 <= p);
+          if (!vis.length) continue;
+          const sc = vis.map((s) => {
+            let a = 0;
+            for (let x = 0; x < d.D; ++x) a += q[r * d.D + x] * kb[(kv * ns + s) * d.D + x];
+            return a * scale;
+          });
+          const m = Math.max(...sc), e = sc.map((x) => Math.exp(x - m)), z = e.reduce((a, c) => a + c, 0);
+          vis.forEach((s, n) => {
+            for (let x = 0; x < d.D; ++x) out[r * d.D + x] += (e[n] / z) * vb[(kv * ns + s) * d.D + x];
+          });
+        }
+    return out;
+  }
+  for (const [d, seg] of [[{ B: 2, Hq: 3, Hkv: 1, Sq: 17, Sk: 17, D: 4 }, 5], [{ B: 1, Hq: 2, Hkv: 2, Sq: 6, Sk: 14, D: 3 }, 4], [{ B: 1, Hq: 1, Hkv: 1, Sq: 5, Sk: 5, D: 2 }, 8]] as [Dims, number][])
+    for (const causal of [true, false])
+      test(`H${d.Hq}/${d.Hkv} Sq${d.Sq} Sk${d.Sk} segment ${seg} causal ${causal}`, () => dr.tidy(() => {
+        const { q, k, v } = qkv(d, 101, 'float64');
+        expectClose(dr.compressedAttention(q.t, k.t, v.t, { segment: seg, causal }), ref(q.data, k.data, v.data, d, seg, causal), 'float64');
+        const w = input([d.B, d.Hq, d.Sq, d.D], 102, 'float64').t;
+        expect(dr.gradcheck((a, b, c) => dr.compressedAttention(a, b, c, { segment: seg, causal }).mul(w), [q.t.requiresGrad_(), k.t.requiresGrad_(), v.t.requiresGrad_()]).ok).toBe(true);
+      }));
+});
+
+describe('SegmentKVCache (decode)', () => {
+  for (const dtype of ['float64', 'float32', 'bfloat16'] as dr.DType[])
+    for (const [Hq, Hkv, seg, topK, S, chunk] of [[2, 1, 4, 2, 23, 1], [3, 3, 5, 3, 17, 1], [4, 2, 8, 2, 30, 3], [1, 1, 64, 1, 9, 1]])
+      test(`${dtype} H${Hq}/${Hkv} segment ${seg} topK ${topK}: token-by-token decode equals the full-sequence call (appends of ${chunk})`, () => dr.tidy(() => {
+        const d = { B: 2, Hq, Hkv, Sq: S, Sk: S, D: 8 };
+        const { q, k, v } = qkv(d, 111, dtype);
+        const full = dr.segmentAttention(q.t, k.t, v.t, { segment: seg, topK, groupHeads: Hq > Hkv });
+        const cache = new dr.SegmentKVCache({ batch: 2, heads: Hkv, headDim: 8, segment: seg, capacity: S + 5, dtype });
+        const want = full.dataSync();
+        const got = new Float64Array(want.length);
+        for (let t0 = 0; t0 < S; t0 += chunk) {
+          const n = Math.min(chunk, S - t0);
+          cache.append(dr.narrow(k.t, 2, t0, n), dr.narrow(v.t, 2, t0, n));
+          const o = cache.attend(dr.narrow(q.t, 2, t0, n), { topK, groupHeads: Hq > Hkv }).dataSync();
+          for (let b = 0; b < 2; ++b)
+            for (let h = 0; h < Hq; ++h)
+              for (let i = 0; i < n; ++i)
+                for (let x = 0; x < 8; ++x) got[(((b * Hq + h) * S) + t0 + i) * 8 + x] = o[(((b * Hq + h) * n) + i) * 8 + x];
+        }
+        expect(cache.length).toBe(S);
+        if (dtype === 'float64') expect(Array.from(got)).toEqual(Array.from(want));
+        else expectClose(got, Float64Array.from(want), dtype);
+        expect(() => cache.append(dr.narrow(k.t, 2, 0, 6), dr.narrow(v.t, 2, 0, 6))).toThrow(dr.OutOfRangeError);
+        cache.dispose();
+      }));
+});
