@@ -119,6 +119,16 @@ const ops = [
     args: 'out Tensor dlogits, Tensor scores, Tensor indices, Tensor dweights, RouterScore score, bool normalize, double routeScale',
     dtypeOf: 'scores', dtypes: { cpu: ['float32', 'float64'], cuda: ['float32'] },
     doc: 'dlogits [T, E] of the gate weights: through the normalisation and the softmax / sigmoid' },
+  // ---- random, hash and rule routing (issue 13 parts 3-4; native/*/route_rules.*) ----
+  { name: 'randomRoute', family: 'route_rules', args: 'out Tensor route, Tensor thresholds, uint64 seed, uint64 offset',
+    dtypeOf: 'route', dtypes: { cpu: ['int32'], cuda: ['int32'] },
+    doc: 'route[t] (int32 [T]) = the first p with (philox_u32(seed, offset + t) >> 1) <= thresholds[p]; thresholds int32 [P], non-decreasing, the last 2^31 - 1' },
+  { name: 'hashRoute', family: 'route_rules', args: 'out Tensor route, Tensor ids, int buckets, uint64 seed, int64 limit',
+    dtypeOf: 'ids', dtypes: { cpu: ['int32'], cuda: ['int32'] },
+    doc: 'route = (philox4x32(seed, id).v[0] * buckets) >> 32 per id (int32, any shape; route contiguous, ids\' shape); an id < 0 or >= limit (limit > 0) is a RangeError' },
+  { name: 'ruleRoute', family: 'route_rules', args: 'out Tensor route, Tensor ids, Tensor rules, Tensor? lut, int fallback, int64 limit',
+    dtypeOf: 'ids', dtypes: { cpu: ['int32'], cuda: ['int32'] },
+    doc: 'route = the route of the rule lo <= id <= last holding id (rules int32 [n, 3] rows lo, last, route, sorted and disjoint; or lut[id] when lut int32 [L] is given and id < L), else fallback; an id < 0 or >= limit (limit > 0) is a RangeError' },
 
   // ---- matmul ----
   { name: 'matmul', family: 'matmul',
@@ -243,6 +253,13 @@ const kernels = [
     doc: 'logits contiguous [T, E]; bias [E] / noise [T, E] (the scores\' dtype) or null; outputs contiguous (see the op)' },
   { name: 'router_gate_backward', params: 'View dlogits, View scores, View indices, View dweights, RouterScore score, bool normalize, double route_scale',
     doc: 'scores, dlogits [T, E]; indices, dweights [T, k]; all contiguous, the scores\' dtype' },
+  // ---- random, hash and rule routing (native/cpu/route_rules.cpp, native/cuda/route_rules.cu) ----
+  { name: 'route_random', params: 'View route, View thresholds, uint64 seed, uint64 offset',
+    doc: 'route int32 [T], thresholds int32 [P], contiguous: route[t] = first p with (philox_u32(seed, offset + t) >> 1) <= thresholds[p] (P - 1 if none)' },
+  { name: 'route_hash', params: 'View route, View ids, int buckets, uint64 seed, int64 limit',
+    doc: 'ids, route int32 contiguous, same numel: route = (philox4x32(seed, id).v[0] * buckets) >> 32; RangeError (first position) for id < 0 or id >= limit > 0 (CUDA: recorded on the device, reported after a stream wait)' },
+  { name: 'route_rules', params: 'View route, View ids, View rules, View lut, int fallback, int64 limit',
+    doc: 'ids, route int32 contiguous; rules int32 [n, 3] (lo, last inclusive, route) sorted, disjoint; lut int32 [L] or null (then used for id < L); else fallback; RangeError as route_hash' },
   { name: 'matmul', params: 'MatmulArgs args', cudaExtra: 'int algo',
     doc: 'C = alpha op(A) op(B) + beta C per batch (core/ops.h); CUDA algo: 0 fastest known, 1 own kernel, 2 cuBLASLt' },
   { name: 'softmax', params: 'View out, View x, int64 outer, int64 dim, int64 inner, bool log',

@@ -922,6 +922,56 @@ gradEntry('routerGate weights', ['routerGate', 'routerGateBackward'], (rnd) => G
   return r.weights;
 });
 
+// randomRoute, hashRoute, ruleRoute, layerDrop (lib/ops/route_rules.ts): integer arithmetic on
+// Philox draws and tables, so a device must give the CPU's routes exactly (the same seed and
+// generator offset); layerDrop's mask is rand()'s, its output one rounding of x / (1 - p).
+const ROUTE_PROBS: number[][] = [[1], [0.7, 0.3], [0.1, 0.25, 0, 0.4, 0.25], Array.from({ length: 100 }, (_, i) => (i % 7 === 3 ? 0 : 1 + (i % 5))).map((v, _, a) => v / a.reduce((x, y) => x + y, 0))];
+REGISTRY.push({
+  name: 'randomRoute',
+  ops: ['randomRoute'],
+  cases: () => [1, 7, 1031, 70001].flatMap((n) => ROUTE_PROBS.map((probs) => ({ label: `T${n} P${probs.length}`, inputs: [], p: { n, probs } }))),
+  run: (_, c, ctx) => {
+    const { n, probs } = c.p as { n: number; probs: number[] };
+    const g = new dr.Generator(ctx.seed + 2 ** 33);
+    g.take(13);  // offset 16: not the stream's start
+    const r = dr.randomRoute(n, probs, { generator: g, device: ctx.device });
+    r.weights.dispose();
+    return r.route;
+  },
+  tol: exact,
+});
+REGISTRY.push({
+  name: 'hashRoute',
+  ops: ['hashRoute'],
+  cases: (_d, rnd) => ([[1, 1], [7, 2], [1031, 13], [257, 2 ** 31 - 1], [70001, 64]] as Array<[number, number]>).map(([n, E]) => ({
+    label: `[${n}] E${E}`, inputs: [I32([n], rnd.ints(n, 0, 2 ** 31 - 1))], p: { E },
+  })),
+  run: (xs, c, ctx) => dr.hashRoute(xs[0], c.p!.E as number, { seed: ctx.seed }),
+  tol: exact,
+});
+const RULE_TABLE: dr.RouteRule[] = [{ ids: [0, 5, 9, 4095], route: 2 }, { range: [10, 100], route: 1 }, { range: [100, 2000], route: 3 }, { ids: [2001, 50000], route: 4 }, { range: [60000, 2 ** 31], route: 5 }];
+for (const lookup of ['dense', 'search'] as const) {
+  REGISTRY.push({
+    name: `ruleRoute ${lookup}`,
+    ops: ['ruleRoute'],
+    cases: (_d, rnd) => [[1], [7], [33, 65], [70001]].map((s) => ({
+      label: fmtShape(s), inputs: [I32(s, rnd.ints(numel(s), 0, lookup === 'dense' ? 5000 : 100000))],
+    })),
+    run: (xs) => dr.ruleRoute(xs[0], lookup === 'dense' ? RULE_TABLE.slice(0, 3) : RULE_TABLE, { default: 7, lookup }),
+    tol: exact,
+  });
+}
+REGISTRY.push({
+  name: 'layerDrop',
+  ops: ['random', 'binary', 'binaryScalar', 'copy'],
+  accepts: isFloatDType,
+  cases: (_d, rnd) => [[1, 3], [7, 5], [1031, 2, 3]].map((s) => ({ label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s)))] })),
+  run: (xs, _c, ctx) => dr.layerDrop(xs[0], 0.3, { generator: new dr.Generator(ctx.seed) }),
+});
+gradEntry('layerDrop', ['random', 'binary', 'binaryScalar', 'copy'], (rnd) => [[7, 5], [1031, 2, 3]].map((s) => ({
+  label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s)))], out: s,
+})), (xs) => dr.layerDrop(xs[0], 0.3, { generator: new dr.Generator(11) }));
+
 // optimizer updates: a few AdamW and SGD steps from the same state and gradients
 REGISTRY.push({
   name: 'optim:adamw+sgd',

@@ -140,6 +140,14 @@ const HOST_SEGMENT = [
   'seg_mean_bwd_kernel<float><<<grid_for(total), kThreads, 0, stream()>>>(',
 ];
 
+// Random / hash / rule routing's launches (route_rules.cu): grid_for(n) blocks of kThreads.
+const HOST_ROUTE_RULES = [
+  'route_random_kernel<<<grid_for(n), kThreads, 0, stream()>>>(static_cast<int32_t*>(route->data), static_cast<const int32_t*>(thresholds->data), static_cast<int>(P), n, seed, offset);',
+  'route_hash_kernel<<<grid_for(n), kThreads, 0, stream()>>>(static_cast<int32_t*>(route->data), pid, n, buckets, seed, limit);',
+  'route_rules_kernel<<<grid_for(n), kThreads, 0, stream()>>>(static_cast<int32_t*>(route->data), pid, n, static_cast<const int32_t*>(rules->data), static_cast<int>(nrules), pl, L, fallback, limit);',
+  'DR_CUDA_TRY(bad_slot_reset(g_route_bad, &slot, name, name));',
+];
+
 const KERNELS = [
   {
     tag: 'fwd',
@@ -211,6 +219,19 @@ const KERNELS = [
     shared: { dynamic: 0, static: 0 },
     helpers: true,
   },
+  {
+    tag: 'route_rules',
+    src: 'routeRules',
+    def: path.join(CUDA, 'route_rules.cu'),
+    out: 'route_rules_kernel.inc',
+    host: HOST_ROUTE_RULES,
+    needs: [/__global__ void route_random_kernel\(/, /__global__ void route_hash_kernel\(/, /__global__ void route_rules_kernel\(/,
+      /__device__ unsigned long long g_route_bad;/],
+    shared: { dynamic: 0, static: 0 },
+    helpers: true,
+    // quoted includes the region may use, included before it (philox.h is plain host/device C++)
+    includes: ['../core/philox.h'],
+  },
 ];
 
 function extractOne(k, src) {
@@ -245,7 +266,7 @@ function extractOne(k, src) {
     const m = /^\s*#\s*include\s*([<"])([^>"]+)[>"]/.exec(l);
     if (!m) continue;
     if (m[1] === '<') sys.push(`#include <${m[2]}>`);
-    else if (!['../core/attention.h', 'attention.cuh', 'attention_generic.cuh', 'device.cuh', 'mma.cuh'].includes(m[2]))
+    else if (!['../core/attention.h', 'attention.cuh', 'attention_generic.cuh', 'device.cuh', 'mma.cuh', ...(k.includes || [])].includes(m[2]))
       throw new ExtractError(`${file}: include "${m[2]}" is not known to the emulator (extend emu.h / extract.js)`);
   }
 
@@ -328,6 +349,7 @@ function render(k, g) {
     inc(path.join(CUDA, 'attention.cuh')),
     ...(k.helpers ? deviceHelpers() : []),
     ...(k.helpers ? [inc(path.join(CUDA, 'attention_generic.cuh'))] : []),
+    ...(k.includes || []).map((f) => inc(path.join(CUDA, f))),
     'namespace dualroute {',
     'namespace cuda {',
     'namespace {',
@@ -343,7 +365,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, routeRules: opts.routeRulesSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -382,9 +404,10 @@ if (require.main === module) {
     else if (a === '--sort-src') opts.sortSrc = val();
     else if (a === '--routing-src') opts.routingSrc = val();
     else if (a === '--segment-src') opts.segmentSrc = val();
+    else if (a === '--route-rules-src') opts.routeRulesSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
-      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--out DIR]`);
+      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--out DIR]`);
       process.exit(2);
     }
   }

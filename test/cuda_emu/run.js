@@ -10,8 +10,8 @@
 // first. --quick runs each (kernel, shape, head dim) under one scheduling mode instead of three.
 // Prints one line per failed case, then `cuda-emu: N cases, M failed` (a test binary that fails
 // to build counts as one failed case). Exit 0: all passed; 1: a failure; 3: no compiler.
-// --fwd-src (mma and SIMT kernels) / --bwd-src / --sort-src test another copy of attention.cu / attention_bwd.cu /
-// sort.cu (a mutant, say);
+// --fwd-src (mma and SIMT kernels) / --bwd-src / --sort-src / --routing-src / --route-rules-src test another copy of
+// attention.cu / attention_bwd.cu / sort.cu / routing.cu / route_rules.cu (a mutant, say);
 // give such runs their own --build-dir.
 'use strict';
 const fs = require('fs');
@@ -32,6 +32,7 @@ const TESTS = [
   { name: 'sort_test', src: 'sort_test.cpp', flags: [], inc: ['sort_kernel.inc'] },
   { name: 'routing_test', src: 'routing_test.cpp', flags: [], inc: ['routing_kernel.inc'] },
   { name: 'segment_test', src: 'segment_test.cpp', flags: [], inc: ['segment_kernel.inc'] },
+  { name: 'route_rules_test', src: 'route_rules_test.cpp', flags: [], inc: ['route_rules_kernel.inc'], deps: [path.join(ROOT, 'native', 'core', 'philox.h')] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
 
@@ -53,6 +54,7 @@ function parseArgs(argv) {
     else if (a === '--sort-src') o.sortSrc = path.resolve(val());
     else if (a === '--routing-src') o.routingSrc = path.resolve(val());
     else if (a === '--segment-src') o.segmentSrc = path.resolve(val());
+    else if (a === '--route-rules-src') o.routeRulesSrc = path.resolve(val());
     else if (a === '--build-dir') o.buildDir = path.resolve(val());
     else usage(`unknown argument ${a}`);
   }
@@ -62,7 +64,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`run.js: ${msg}\nusage: node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose] ` +
-    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--build-dir DIR] [--timeout S]');
+    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--build-dir DIR] [--timeout S]');
   process.exit(2);
 }
 
@@ -92,6 +94,7 @@ async function build(cxx, cxxVersion, t, gen, dir, verbose) {
   if (t.inc)
     inputs.push(path.join(HERE, 'include', 'cuda_runtime.h'), ...t.inc.map((f) => path.join(gen, f)),
       path.join(ROOT, 'native', 'core', 'attention.h'), path.join(ROOT, 'native', 'cuda', 'attention.cuh'));
+  if (t.deps) inputs.push(...t.deps);
   const h = crypto.createHash('sha256');
   h.update(`${cxx}\n${cxxVersion}\n${flags.join(' ')}\n`);
   for (const f of inputs) h.update(`${f}\n`).update(fs.readFileSync(f));
@@ -157,7 +160,7 @@ async function main() {
   const gen = path.join(o.buildDir, 'gen');
   let extracted = true;
   try {
-    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, outDir: gen });
+    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, routeRulesSrc: o.routeRulesSrc, outDir: gen });
   } catch (e) {
     if (!(e instanceof ExtractError)) throw e;
     console.log(`FAIL extract.js: ${e.message}`);
