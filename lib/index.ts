@@ -21,6 +21,7 @@ export * from './ops/inplace';
 export * from './ops/sort';
 export * from './ops/select';
 export * from './ops/routing';
+export * from './ops/moe';
 export { empty } from './ops/util';
 export { noGrad, enableGrad, isGradEnabled, backward } from './autograd/engine';
 export type { BackwardOptions } from './autograd/engine';

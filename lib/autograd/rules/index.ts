@@ -8,3 +8,4 @@ import './indexing';
 import './attention';
 import './sort';
 import './routing';
+import './moe';
