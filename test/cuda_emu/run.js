@@ -31,6 +31,7 @@ const TESTS = [
   { name: 'attn_simt_test', src: 'attn_simt_test.cpp', flags: ['-Wno-maybe-uninitialized'], inc: ['attn_fwd_kernel.inc', 'attn_simt_kernel.inc'] },
   { name: 'sort_test', src: 'sort_test.cpp', flags: [], inc: ['sort_kernel.inc'] },
   { name: 'routing_test', src: 'routing_test.cpp', flags: [], inc: ['routing_kernel.inc'] },
+  { name: 'moe_test', src: 'moe_test.cpp', flags: [], inc: ['moe_kernel.inc'] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
 
@@ -51,6 +52,7 @@ function parseArgs(argv) {
     else if (a === '--bwd-src') o.bwdSrc = path.resolve(val());
     else if (a === '--sort-src') o.sortSrc = path.resolve(val());
     else if (a === '--routing-src') o.routingSrc = path.resolve(val());
+    else if (a === '--moe-src') o.moeSrc = path.resolve(val());
     else if (a === '--build-dir') o.buildDir = path.resolve(val());
     else usage(`unknown argument ${a}`);
   }
@@ -60,7 +62,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`run.js: ${msg}\nusage: node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose] ` +
-    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--build-dir DIR] [--timeout S]');
+    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--moe-src FILE] [--build-dir DIR] [--timeout S]');
   process.exit(2);
 }
 
@@ -155,7 +157,7 @@ async function main() {
   const gen = path.join(o.buildDir, 'gen');
   let extracted = true;
   try {
-    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, outDir: gen });
+    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, moeSrc: o.moeSrc, outDir: gen });
   } catch (e) {
     if (!(e instanceof ExtractError)) throw e;
     console.log(`FAIL extract.js: ${e.message}`);
