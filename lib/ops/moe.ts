@@ -111,7 +111,10 @@ export function moePlan(indices: Tensor, positions: Tensor, options: MoeLayoutOp
 }
 
 // moePlan for `name` (the op whose options these are: errors name it)
-function makePlan(name: string, indices: Tensor, positions: Tensor, options: MoeLayoutOptions): MoePlan {
+function makePlan(name: string, indices: Tensor, positions: Tensor, options: MoeLayoutOptions,
+  before?: (layout: MoeLayout, E: number, C: number, N: number) => void): MoePlan {
+  // every check first (including the caller's, `before`), then the work: a call that throws
+  // leaves nothing queued (an unread failure of a queued plan would surface at a later synchronize)
   checkInt32Tensor(name, 'indices', indices, null, 2);
   const [T, K] = indices.shape;
   checkInt32Tensor(name, 'positions', positions, [T, K], 2);
@@ -122,7 +125,6 @@ function makePlan(name: string, indices: Tensor, positions: Tensor, options: Moe
   const device = indices.device;
   let E: number;
   let C = 0;
-  let offsets: Tensor;
   if (options.counts !== undefined) {
     checkInt32Tensor(name, 'counts', options.counts, null, 1);
     sameDevice(name, indices, options.counts);
@@ -135,17 +137,13 @@ function makePlan(name: string, indices: Tensor, positions: Tensor, options: Moe
     if (options.counts !== undefined) {
       E = options.counts.shape[0];
       if (E < 1) throw new ShapeError(`${name}: Expected counts of at least one expert but received ${describe(options.counts)}`);
-      const counts = options.counts;
-      offsets = tidy(() => concat([zeros([1], { dtype: 'int32', device }), cumsum(counts, 0)]));
     } else {
       const o = checkInt32Tensor(name, 'offsets', options.offsets, null, 1);
       sameDevice(name, indices, o);
       E = o.shape[0] - 1;
       if (E < 1) throw new ShapeError(`${name}: Expected offsets of shape [E + 1] with E >= 1 but received ${describe(o)}`);
-      offsets = o.clone();
     }
     if (options.experts !== undefined && options.experts !== E) {
-      offsets.dispose();
       throw new ShapeError(`${name}: experts = ${describe(options.experts)} but the ${options.counts ? 'counts' : 'offsets'} give ${E}`);
     }
   } else {
@@ -159,9 +157,13 @@ function makePlan(name: string, indices: Tensor, positions: Tensor, options: Moe
       throw new ShapeError(`${name}: experts = ${E} but counts has shape [${options.counts.shape[0]}]`);
     }
     if (E * C > INT32_MAX) throw new OutOfRangeError(`${name}: experts x capacity = ${E * C} rows do not fit int32`);
-    offsets = tidy(() => mul(arange(0, E + 1, 1, { dtype: 'int32', device }), C));
   }
   const N = layout === 'dropless' ? T * K : E * C;
+  before?.(layout, E, C, N);
+  const counts = options.counts;
+  const offsets = layout === 'capacity' ? tidy(() => mul(arange(0, E + 1, 1, { dtype: 'int32', device }), C))
+    : counts !== undefined ? tidy(() => concat([zeros([1], { dtype: 'int32', device }), cumsum(counts, 0)]))
+      : options.offsets!.clone();
   const rows = empty([T, K], 'int32', device);
   const sources = empty([N], 'int32', device);
   try {
@@ -234,13 +236,22 @@ export function moeCombine(y: Tensor, indices: Tensor, positions: Tensor, weight
     // capacity layout: experts and capacity from y's shape unless given
     opts = { ...options, layout: options.layout ?? 'capacity', experts: options.experts ?? (options.counts ? undefined : y.shape[0]), capacity: options.capacity ?? y.shape[1] };
   }
-  const ownPlan = options.plan === undefined;
-  const plan = ownPlan ? makePlan(name, indices, positions, opts) : checkPlan(name, options.plan, T, K);
-  try {
-    const want = plan.layout === 'capacity' ? [plan.experts, plan.capacity, -1] : [plan.sources.shape[0], -1];
+  // y must hold the layout's rows: checked before the plan is queued
+  const checkY = (layout: MoeLayout, E: number, C: number, N: number) => {
+    const want = layout === 'capacity' ? [E, C, -1] : [N, -1];
     if (y.ndim !== want.length || want.some((d, i) => d >= 0 && d !== y.shape[i])) {
-      throw new ShapeError(`${name}: Expected y of shape [${want.map((d) => (d < 0 ? 'D' : d)).join(', ')}] (the ${plan.layout} layout) but received ${describe(y)}`);
+      throw new ShapeError(`${name}: Expected y of shape [${want.map((d) => (d < 0 ? 'D' : d)).join(', ')}] (the ${layout} layout) but received ${describe(y)}`);
     }
+  };
+  const ownPlan = options.plan === undefined;
+  let plan: MoePlan;
+  if (ownPlan) {
+    plan = makePlan(name, indices, positions, opts, checkY);
+  } else {
+    plan = checkPlan(name, options.plan, T, K);
+    checkY(plan.layout, plan.experts, plan.capacity, plan.sources.shape[0]);
+  }
+  try {
     const D = y.shape[y.ndim - 1];
     const y2 = y.ndim === 3 ? reshape(y, [plan.sources.shape[0], D]) : y;
     const sd = statsDType(y.dtype);
