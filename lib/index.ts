@@ -22,6 +22,8 @@ export * from './ops/sort';
 export * from './ops/select';
 export * from './ops/routing';
 export * from './ops/route_rules';
+export { moePlan, moeDispatch, moeCombine, groupedMatmul, moeExpertFFN } from './ops/moe';
+export type { MoeLayout, MoePlan, MoeLayoutOptions, MoeDispatchResult, GroupedMatmulOptions, MoeExpertFFNOptions } from './ops/moe';
 export { empty } from './ops/util';
 export { noGrad, enableGrad, isGradEnabled, backward } from './autograd/engine';
 export type { BackwardOptions } from './autograd/engine';

@@ -558,6 +558,118 @@ for (const part of ['indices', 'weights', 'positions', 'counts'] as const) {
   });
 }
 
+// MoE: routings built here (distinct experts per token, slots first choices first, -1 past a
+// capacity), an expert without tokens; dispatch / combine in both layouts, the grouped GEMM, the
+// expert FFN, and their gradients (the plan, moePlan, is int32 and runs inside every entry).
+interface MoeRouting { T: number; E: number; K: number; cap: number; indices: Float64Array; positions: Float64Array; counts: Float64Array; offsets: number[] }
+const moeRouting = (rnd: Rnd, T: number, E: number, K: number, cap: number, skip: number): MoeRouting => {
+  const indices = new Float64Array(T * K), positions = new Float64Array(T * K), run = new Array(E).fill(0);
+  for (let t = 0; t < T; ++t) {
+    const pool = Array.from({ length: E }, (_, e) => e).filter((e) => e !== skip);
+    for (let i = pool.length - 1; i > 0; --i) {
+      const j = Math.floor(rnd.next() * (i + 1));
+      [pool[i], pool[j]] = [pool[j], pool[i]];
+    }
+    for (let k = 0; k < K; ++k) indices[t * K + k] = pool[k];
+  }
+  for (let k = 0; k < K; ++k)
+    for (let t = 0; t < T; ++t) {
+      const e = indices[t * K + k], q = run[e]++;
+      positions[t * K + k] = cap > 0 && q >= cap ? -1 : q;
+    }
+  const counts = Float64Array.from(run.map((c) => (cap > 0 ? Math.min(c, cap) : c)));
+  const offsets = [0];
+  counts.forEach((c, e) => offsets.push(offsets[e] + c));
+  return { T, E, K, cap, indices, positions, counts, offsets };
+};
+// T, E, K, capacity (0: dropless routing), expert without tokens
+const MOE_CASES: Array<[number, number, number, number, number]> = [[1, 1, 1, 0, -1], [37, 8, 2, 0, 3], [300, 8, 2, 60, -1], [65, 5, 5, 0, -1], [129, 16, 4, 40, 7]];
+const moeLabel = (R: MoeRouting, D: number, layout: string) => `T${R.T} E${R.E} K${R.K}${R.cap ? ` cap${R.cap}` : ''} D${D} ${layout}`;
+const moeOpts = (xs: Tensor[], c: Case): dr.MoeLayoutOptions =>
+  (c.p!.layout === 'dropless' ? { counts: xs[2] } : { capacity: c.p!.C as number, experts: c.p!.E as number });
+for (const layout of ['dropless', 'capacity'] as const) {
+  const capOf = (R: MoeRouting) => R.cap || Math.max(1, ...Array.from(R.counts));
+  REGISTRY.push({
+    name: `moeDispatch ${layout}`,
+    ops: ['moeGather'],
+    cases: (_d, rnd) => MOE_CASES.map(([T, E, K, cap, skip], i) => {
+      const R = moeRouting(rnd, T, E, K, cap, skip);
+      const D = [1, 33, 64, 7, 129][i];
+      return { label: moeLabel(R, D, layout), inputs: [I32([T, K], R.indices), I32([T, K], R.positions), I32([E], R.counts), T_([T, D], rnd.uniform(T * D))], p: { layout, C: capOf(R), E } };
+    }),
+    run: (xs, c) => {
+      const r = dr.moeDispatch(xs[3], xs[0], xs[1], moeOpts(xs, c));
+      [r.offsets, r.plan.rows, r.plan.sources].forEach((t) => t.dispose());
+      return r.buffer;
+    },
+    tol: exact,
+  });
+  REGISTRY.push({
+    name: `moeCombine ${layout}`,
+    ops: ['moeCombine'],
+    cases: (_d, rnd) => MOE_CASES.map(([T, E, K, cap, skip], i) => {
+      const R = moeRouting(rnd, T, E, K, cap, skip);
+      const D = [1, 33, 64, 7, 129][i];
+      const C = capOf(R);
+      const yshape = layout === 'dropless' ? [T * K, D] : [E, C, D];
+      return { label: moeLabel(R, D, layout), inputs: [I32([T, K], R.indices), I32([T, K], R.positions), I32([E], R.counts), T_(yshape, rnd.uniform(numel(yshape))), T_([T, K], rnd.uniform(T * K, 0, 1))], p: { layout, C, E }, k: K };
+    }),
+    run: (xs, c) => dr.moeCombine(xs[3], xs[0], xs[1], xs[4], moeOpts(xs, c)),
+  });
+}
+// grouped GEMM over offsets with an empty expert, an expert longer than a tile, rows after the last
+const GG_CASES: Array<[number, number, number, number[]]> = [[1, 1, 1, [0, 1]], [150, 33, 17, [0, 5, 5, 120, 131]], [300, 64, 129, [3, 100, 180, 180, 299]], [20, 8, 70, [2, 9, 9, 9, 18]]];
+REGISTRY.push({
+  name: 'groupedMatmul',
+  ops: ['groupedMatmul'],
+  cases: (_d, rnd) => GG_CASES.flatMap(([N, K, n, off]) => [false, true].map((tb) => {
+    const E = off.length - 1;
+    const b = tb ? [E, n, K] : [E, K, n];
+    return { label: `N${N} k${K} n${n} E${E}${tb ? ' transB' : ''}`, inputs: [T_([N, K], rnd.uniform(N * K)), T_(b, rnd.uniform(numel(b))), I32([E + 1], off)], p: { tb }, k: K };
+  })),
+  run: (xs, c) => dr.groupedMatmul(xs[0], xs[1], xs[2], { transB: c.p!.tb as boolean }),
+});
+// the expert FFN: [N, D] dropless with offsets, or [E, C, D]. bfloat16 against the float64
+// reference: the hidden layer and its activation are stored in bfloat16 (rounded twice between the
+// GEMMs, as in the capacity layout's plain matmuls), which the reference never rounds: a wider
+// budget there; CPU against CUDA keeps the default.
+const ffnTol = (d: DType, c: Case, reference: boolean): Tol =>
+  (reference && d === 'bfloat16' ? { kind: 'close', atol: 1e-1, rtol: 1e-1 } : defaultTol(d, c));
+const FFN_CASES: Array<[number, number, number, number[]]> = [[150, 33, 17, [0, 5, 5, 120, 131]], [64, 16, 40, [0, 30, 64]], [9, 8, 3, [0, 9]]];
+for (const act of ['swiglu', 'gelu'] as const) {
+  const F1 = (F: number) => (act === 'swiglu' ? 2 * F : F);
+  REGISTRY.push({
+    name: `moeExpertFFN ${act}`,
+    ops: ['groupedMatmul', 'matmul', act === 'swiglu' ? 'swiglu' : 'unary'],
+    cases: (_d, rnd) => FFN_CASES.flatMap(([N, D, F, off]) => {
+      const E = off.length - 1;
+      const w = [T_([E, D, F1(F)], rnd.uniform(E * D * F1(F), -0.5, 0.5)), T_([E, F, D], rnd.uniform(E * F * D, -0.5, 0.5))];
+      const C = Math.ceil(N / E);
+      return [
+        { label: `N${N} D${D} F${F} E${E} dropless`, inputs: [T_([N, D], rnd.uniform(N * D)), ...w, I32([E + 1], off)], k: D + F },
+        { label: `[${E},${C},${D}] F${F} capacity`, inputs: [T_([E, C, D], rnd.uniform(E * C * D)), ...w], k: D + F },
+      ];
+    }),
+    run: (xs) => dr.moeExpertFFN(xs[0], xs[1], xs[2], { activation: act, offsets: xs[3] }),
+    tol: ffnTol,
+  });
+}
+gradEntry('moeDispatch+moeCombine', ['moeGather', 'moeCombine', 'moeCombineWeightGrad'], (rnd) => MOE_CASES.slice(1).flatMap(([T, E, K, cap, skip]) => {
+  const R = moeRouting(rnd, T, E, K, cap, skip);
+  const D = 19;
+  // x -> dispatch -> scale by a fixed tensor -> combine with weights: gradients to x and the weights
+  return [{ label: moeLabel(R, D, 'dropless'), inputs: [T_([T, D], rnd.uniform(T * D)), T_([T * K, D], rnd.uniform(T * K * D)), T_([T, K], rnd.uniform(T * K, 0, 1)), I32([T, K], R.indices), I32([T, K], R.positions), I32([E], R.counts)], out: [T, D], k: Math.max(D, K) }];
+}), (xs) => {
+  const [x, s, w, ind, pos, counts] = xs;
+  const d = dr.moeDispatch(x, ind, pos, { counts });
+  return dr.moeCombine(dr.mul(d.buffer, s), ind, pos, w, { plan: d.plan });
+});
+gradEntry('moeExpertFFN swiglu dropless', ['groupedMatmul', 'groupedMatmulWeightGrad', 'swiglu', 'swigluBackward'], (rnd) => FFN_CASES.map(([N, D, F, off]) => {
+  const E = off.length - 1;
+  return { label: `N${N} D${D} F${F} E${E}`, inputs: [T_([N, D], rnd.uniform(N * D)), T_([E, D, 2 * F], rnd.uniform(E * D * 2 * F, -0.5, 0.5)), T_([E, F, D], rnd.uniform(E * F * D, -0.5, 0.5)), I32([E + 1], off)], out: [N, D], k: Math.max(N, D + F) };
+}), (xs) => dr.moeExpertFFN(xs[0], xs[1], xs[2], { offsets: xs[3] }));
+REGISTRY[REGISTRY.length - 1].tol = ffnTol;
+
 // matmul
 REGISTRY.push({
   name: 'matmul',

@@ -147,6 +147,21 @@ const HOST_ROUTE_RULES = [
   'route_rules_kernel<<<grid_for(n), kThreads, 0, stream()>>>(static_cast<int32_t*>(route->data), pid, n, static_cast<const int32_t*>(rules->data), static_cast<int>(nrules), pl, L, fallback, limit);',
   'DR_CUDA_TRY(bad_slot_reset(g_route_bad, &slot, name, name));',
 ];
+// The MoE kernels' launches (moe.cu).
+const HOST_MOE = [
+  'moe_plan_rows<<<grid_for(std::max<int64_t>(n, experts)), kThreads, 0, stream()>>>(pr, pi, pp, po, n, experts, capacity, N, bad);',
+  'if (N > 0) DR_CUDA_TRY(check(cudaMemsetAsync(ps, 0xff, static_cast<size_t>(N) * sizeof(int32_t), stream()), name));',
+  'moe_plan_sources<<<grid_for(n), kThreads, 0, stream()>>>(ps, pr, n);',
+  'moe_plan_verify<<<grid_for(n), kThreads, 0, stream()>>>(ps, pr, n, bad);',
+  'moe_gather_rows<float><<<blocks, kRowWarps * 32, 0, stream()>>>(static_cast<float*>(out->data), static_cast<const float*>(x->data), ps, pw, N, D, k, T * k);',
+  'moe_combine_rows<float><<<blocks, kRowWarps * 32, 0, stream()>>>(static_cast<float*>(out->data), static_cast<const float*>(y->data), pr, pw, T, K, D, N);',
+  'moe_weight_grad<float><<<blocks, kRowWarps * 32, 0, stream()>>>(pw, static_cast<const float*>(y->data), pr, static_cast<const float*>(dout->data), n, K, D, N);',
+  'const int64_t row_tiles = (N + kGB - 1) / kGB + E + 2;',
+  'const int64_t blocks = row_tiles * ((n + kGB - 1) / kGB);',
+  '#define DR_GG(T, TB) grouped_gemm<T, TB><<<grid, kGThreads, 0, stream()>>>(static_cast<T*>(out->data), static_cast<const T*>(a->data), static_cast<const T*>(b->data), po, e, N, kk, nn)',
+  'const int64_t blocks = E * ((K + kGB - 1) / kGB) * ((n + kGB - 1) / kGB);',
+  'grouped_gemm_wgrad<float><<<grid, kGThreads, 0, stream()>>>(static_cast<float*>(out->data), static_cast<const float*>(a->data), static_cast<const float*>(g->data), po, e, N, kk, nn);',
+];
 
 const KERNELS = [
   {
@@ -231,6 +246,21 @@ const KERNELS = [
     helpers: true,
     // quoted includes the region may use, included before it (philox.h is plain host/device C++)
     includes: ['../core/philox.h'],
+  },
+  {
+    tag: 'moe',
+    src: 'moe',
+    def: path.join(CUDA, 'moe.cu'),
+    out: 'moe_kernel.inc',
+    host: HOST_MOE,
+    needs: [/__global__ void moe_plan_rows\(/, /__global__ void moe_plan_sources\(/, /__global__ void moe_plan_verify\(/,
+      /template <typename T>\s*__global__ void __launch_bounds__\(kRowWarps \* 32\) moe_gather_rows\(/,
+      /template <typename T>\s*__global__ void __launch_bounds__\(kRowWarps \* 32\) moe_combine_rows\(/,
+      /template <typename T>\s*__global__ void __launch_bounds__\(kRowWarps \* 32\) moe_weight_grad\(/,
+      /template <typename T, bool TB>\s*__global__ void __launch_bounds__\(kGThreads\) grouped_gemm\(/,
+      /template <typename T>\s*__global__ void __launch_bounds__\(kGThreads\) grouped_gemm_wgrad\(/],
+    shared: { dynamic: 0, static: 6 },
+    helpers: true,
   },
 ];
 
@@ -365,7 +395,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, routeRules: opts.routeRulesSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -405,9 +435,10 @@ if (require.main === module) {
     else if (a === '--routing-src') opts.routingSrc = val();
     else if (a === '--segment-src') opts.segmentSrc = val();
     else if (a === '--route-rules-src') opts.routeRulesSrc = val();
+    else if (a === '--moe-src') opts.moeSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
-      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--out DIR]`);
+      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--out DIR]`);
       process.exit(2);
     }
   }

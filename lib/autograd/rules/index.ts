@@ -9,3 +9,4 @@ import './attention';
 import './segment';
 import './sort';
 import './routing';
+import './moe';
