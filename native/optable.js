@@ -119,6 +119,10 @@ const ops = [
     args: 'out Tensor dlogits, Tensor scores, Tensor indices, Tensor dweights, RouterScore score, bool normalize, double routeScale',
     dtypeOf: 'scores', dtypes: { cpu: ['float32', 'float64'], cuda: ['float32'] },
     doc: 'dlogits [T, E] of the gate weights: through the normalisation and the softmax / sigmoid' },
+  { name: 'segmentSelect', family: 'routing',
+    args: 'out Tensor indices, out Tensor weights, Tensor scores, int group, bool causal, bool keepOwn, int64 segment, int64 keyLength',
+    dtypeOf: 'scores', dtypes: { cpu: ['float32', 'float64'], cuda: ['float32'] },
+    doc: 'scores [B, H, Sq, nseg]; indices int32 and weights (the scores\' dtype) [B, H, Sq, K]: the top K segments per row (core/attention.h\'s segment routing; lib/ops/segment.ts)' },
   // ---- random, hash and rule routing (issue 13 parts 3-4; native/*/route_rules.*) ----
   { name: 'randomRoute', family: 'route_rules', args: 'out Tensor route, Tensor thresholds, uint64 seed, uint64 offset',
     dtypeOf: 'route', dtypes: { cpu: ['int32'], cuda: ['int32'] },
@@ -274,6 +278,8 @@ const kernels = [
     doc: 'logits contiguous [T, E]; bias [E] / noise [T, E] (the scores\' dtype) or null; outputs contiguous (see the op)' },
   { name: 'router_gate_backward', params: 'View dlogits, View scores, View indices, View dweights, RouterScore score, bool normalize, double route_scale',
     doc: 'scores, dlogits [T, E]; indices, dweights [T, k]; all contiguous, the scores\' dtype' },
+  { name: 'segment_select', params: 'View indices, View weights, View scores, int group, bool causal, bool keep_own, int64 segment, int64 key_length',
+    doc: 'scores contiguous [B, H, Sq, nseg] (rows of `group` heads summed); indices int32, weights [B, H, Sq, K] contiguous: own segment first (keep_own), then by score, ties to the lower index, NaN largest; causal: segments starting after the row\'s position are no candidates; -inf is no candidate; -1 pads' },
   // ---- random, hash and rule routing (native/cpu/route_rules.cpp, native/cuda/route_rules.cu) ----
   { name: 'route_random', params: 'View route, View thresholds, uint64 seed, uint64 offset',
     doc: 'route int32 [T], thresholds int32 [P], contiguous: route[t] = first p with (philox_u32(seed, offset + t) >> 1) <= thresholds[p] (P - 1 if none)' },

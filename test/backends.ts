@@ -999,6 +999,28 @@ for (const causal of [true, false]) {
     run: (xs) => dr.segmentAttention(xs[0], xs[1], xs[2], { segment: 16, causal, indices: xs[3] }),
   });
 }
+// segmentSelect over per-row permutations of a grid (well separated: every dtype picks alike)
+const SELECT_CASES: Array<[number, number, number, number, number, number]> = [
+  // H, Sq, Sk, segment, topK, groupHeads
+  [1, 1, 1, 1, 1, 1], [2, 13, 18, 2, 3, 1], [6, 9, 40, 4, 4, 3], [2, 33, 33, 1, 40, 1],
+];
+for (const part of ['indices', 'weights'] as const) {
+  REGISTRY.push({
+    name: `segmentSelect ${part}`,
+    ops: ['segmentSelect'],
+    cases: (_d, rnd) => SELECT_CASES.map(([H, Sq, Sk, seg, k, g]) => {
+      const nseg = Math.ceil(Sk / seg);
+      return { label: `H${H} Sq${Sq} Sk${Sk} segment ${seg} topK ${k} groupHeads ${g}`, inputs: [T_([1, H, Sq, nseg], gateLogits(rnd, H * Sq, nseg))], p: { Sk, seg, k, g } };
+    }),
+    run: (xs, c) => {
+      const p = c.p as Record<string, number>;
+      const r = dr.segmentSelect(xs[0], { topK: p.k, groupHeads: p.g, segment: p.seg, keyLength: p.Sk });
+      (part === 'indices' ? r.weights : r.indices).dispose();
+      return r[part];
+    },
+    tol: (d, c) => (part === 'weights' ? defaultTol('float32', c) : exact()),
+  });
+}
 REGISTRY.push({
   name: 'segmentMean',
   ops: ['segmentMean'],

@@ -102,7 +102,7 @@ describe('memory', () => {
     (() => {
       for (let i = 0; i < 200; ++i) dr.zeros([1000]);
     })();
-    for (let i = 0; i < 10 && dr.memory().cpu.tensors > start.cpu.tensors; ++i) {
+    for (let i = 0; i < 50 && dr.memory().cpu.tensors > start.cpu.tensors; ++i) {
       gc();
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -208,42 +208,20 @@ export function segmentSelect(scores: Tensor, options: SegmentSelectOptions): Se
     const z = [B, Hq, Sq, o.topK];
     return { indices: full(z, -1, { dtype: 'int32', device: scores.device }), weights: full(z, 0, { dtype: 'float32', device: scores.device }) };
   }
-  const kk = Math.min(o.topK, nseg);
-  return noGrad(() => tidy(() => {
-    const s32 = scores.dtype === 'bfloat16' ? cast(scores, 'float32') : scores;
-    const summed = g === 1 ? s32 : sum(reshape(s32, [B, Hq / g, g, Sq, nseg]), 2);
-    const own = keepOwn ? ownSegment(Sq, Sk, segment, scores.device) : null;
-    const sel = own ? maskedFill(summed, own, Infinity) : summed;
-    const top = topk(sel, kk);
-    const none = eq(top.values, -Infinity);
-    let idx = where(none, -1, top.indices);
-    // the weights from the kept scores themselves (the own segment's real score, not +inf)
-    const kept = gather(summed, 3, top.indices);
-    const w = softmax(maskedFill(kept, none, -Infinity), -1);
-    let weights = summed.dtype === 'float32' ? w : cast(w, 'float32');
-    if (g > 1) {
-      const up = (t: Tensor) => reshape(expand(reshape(t, [B, Hq / g, 1, Sq, kk]), [B, Hq / g, g, Sq, kk]), [B, Hq, Sq, kk]);
-      idx = up(idx);
-      weights = up(weights);
-    }
-    if (kk < o.topK) {
-      idx = concat([idx, full([B, Hq, Sq, o.topK - kk], -1, { dtype: 'int32', device: scores.device })], 3);
-      weights = concat([weights, full([B, Hq, Sq, o.topK - kk], 0, { dtype: 'float32', device: scores.device })], 3);
-    }
-    return { indices: idx, weights };
-  }));
+  return selectKernel(scores, o.topK, g, keepOwn, keepOwn ? segment : 1, Sk, keepOwn);
 }
 
-/** bool [Sq, nseg]: s is the segment holding the position of query row i. */
-function ownSegment(Sq: number, Sk: number, segment: number, device: Tensor['device']): Tensor {
-  return tidy(() => {
-    const nseg = Math.ceil(Sk / segment);
-    const pos = reshape(arange(Sk - Sq, Sk, 1, { dtype: 'int32', device }), [Sq, 1]);
-    const seg = reshape(arange(0, nseg, 1, { dtype: 'int32', device }), [1, nseg]);
-    // own = floor(p / segment): s * segment <= p < (s + 1) * segment
-    const starts = mul(seg, segment);
-    return logicalAnd(le(starts, pos), gt(add(starts, segment), pos));
-  });
+// The segment_select kernel over float32 / float64 scores; causal excludes the segments that start
+// after each row's position (segmentScores' -inf there excludes them all the same).
+function selectKernel(scores: Tensor, topK: number, group: number, keepOwn: boolean, segment: number, Sk: number, causal: boolean): SegmentSelection {
+  const [B, Hq, Sq] = scores.shape;
+  return noGrad(() => tidy(() => {
+    const sc = scores.dtype === 'float64' || scores.dtype === 'float32' ? scores : cast(scores, 'float32');
+    const indices = empty([B, Hq, Sq, topK], 'int32', scores.device);
+    const weights = empty([B, Hq, Sq, topK], sc.dtype, scores.device);
+    op.segmentSelect({ indices, weights, scores: sc, group, causal, keepOwn, segment, keyLength: Sk });
+    return { indices, weights };
+  }));
 }
 
 export interface SegmentAttentionOptions {
@@ -302,8 +280,9 @@ export function segmentAttention(q: Tensor, k: Tensor, v: Tensor, options: Segme
     const gh = o.groupHeads === undefined || o.groupHeads === false ? 1 : o.groupHeads === true ? G : o.groupHeads;
     if (!Number.isInteger(gh) || gh < 1 || G % gh !== 0) throw new ValueError(`${name}: Expected groupHeads true, false or an integer dividing the ${G} query heads per kv head, but received ${describe(o.groupHeads)}`);
     indices = noGrad(() => tidy(() => {
-      const scores = segmentScores(q, k, { segment, causal, scale: p.scale, summaries: o.summaries });
-      const sel = segmentSelect(scores, { topK: o.topK as number, groupHeads: gh, keepOwn: causal, segment, keyLength: p.Sk });
+      // unmasked scores: the selection kernel skips the segments after each query itself
+      const scores = segmentScores(q, k, { segment, causal: false, scale: p.scale, summaries: o.summaries });
+      const sel = selectKernel(scores, o.topK as number, gh, causal, segment, p.Sk, causal);
       return sel.indices;
     }));
   }

@@ -148,6 +148,101 @@ void gate_backward_typed(S* dlogits, const S* scores, const int32_t* indices, co
   });
 }
 
+// Segment selection (segmentSelect): per query row of scores [B, H, Sq, nseg] (rows of `group`
+// consecutive heads summed first), the top k segments: the own one (floor(p / segment), p = i +
+// Sk - Sq) first when keep_own, then by score (ties to the lower index, NaN largest); segments
+// that start after p are not candidates when causal, nor are -inf scores; -1 pads. weights =
+// softmax of the kept (summed) scores, 0 for padding. The same indices and weights for the
+// group's heads. A running top-k per row: a candidate is compared with the k-th best so far and
+// inserted only when it beats it (a few insertions per row on typical data).
+template <typename S>
+void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H, int64_t Sq, int64_t nseg, int64_t K,
+                          int64_t group, bool causal, bool keep_own, int64_t segment, int64_t Sk) {
+  const int64_t rows = B * (H / group) * Sq;
+  const S ninf = -std::numeric_limits<S>::infinity();
+  parallel_for(rows, 64, [&](int64_t r0, int64_t r1) {
+    std::vector<S> sum(static_cast<size_t>(nseg));
+    std::vector<S> bv(static_cast<size_t>(K));
+    std::vector<int32_t> bi(static_cast<size_t>(K));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i = r % Sq, bg = r / Sq, b = bg / (H / group), h0 = (bg % (H / group)) * group;
+      const int64_t p = i + Sk - Sq;
+      const int64_t own = p / segment;
+      const int64_t last = causal ? std::min(nseg - 1, own) : nseg - 1;  // candidates [0, last]
+      const S* row0 = sc + ((b * H + h0) * Sq + i) * nseg;
+      const S* vals = row0;
+      if (group > 1) {
+        for (int64_t s = 0; s <= last; ++s) sum[s] = row0[s];
+        for (int64_t g = 1; g < group; ++g) {
+          const S* rg = row0 + g * Sq * nseg;
+          for (int64_t s = 0; s <= last; ++s) sum[s] += rg[s];
+        }
+        vals = sum.data();
+      }
+      const bool force = keep_own && own <= last;
+      int64_t n = 0;  // kept so far, best first in bv/bi
+      if (force) {
+        bi[0] = static_cast<int32_t>(own);
+        bv[0] = vals[own];
+        n = 1;
+      }
+      const int64_t lo = force ? 1 : 0;  // the own segment's place is fixed
+      S thr = ninf;                       // the k-th best value once the list is full
+      auto consider = [&](int64_t s) {
+        const S v = vals[s];
+        // fast rejection: not above the k-th best (a later index never wins a tie), not NaN
+        if (n == K && !(v > thr) && v == v) return;
+        if ((force && s == own) || v == ninf) return;
+        if (n == K && !better(v, static_cast<int>(s), bv[K - 1], bi[K - 1])) return;
+        int64_t at = n < K ? n++ : K - 1;
+        if (v == v) {
+          // every kept index is lower than s (the own segment's slot is never compared), so a
+          // plain > orders ties; a NaN in the list stops it (NaN ranks above)
+          while (at > lo && v > bv[at - 1]) {
+            bv[at] = bv[at - 1];
+            bi[at] = bi[at - 1];
+            --at;
+          }
+        } else {
+          while (at > lo && better(v, static_cast<int>(s), bv[at - 1], bi[at - 1])) {
+            bv[at] = bv[at - 1];
+            bi[at] = bi[at - 1];
+            --at;
+          }
+        }
+        bv[at] = v;
+        bi[at] = static_cast<int32_t>(s);
+        if (n == K) thr = bv[K - 1];
+      };
+      const int64_t end = K - 1 < lo ? 0 : last + 1;  // K == 1 with the own segment kept: no scan
+      for (int64_t s0 = 0; s0 < end; s0 += 8) {
+        const int64_t s1 = std::min(end, s0 + 8);
+        if (n == K && s1 - s0 == 8) {
+          // a block of 8 with nothing above the k-th best and no NaN is passed whole: one
+          // well-predicted branch per 8 values once the list is full
+          bool any = false;
+          for (int j = 0; j < 8; ++j) any |= (vals[s0 + j] > thr) | (vals[s0 + j] != vals[s0 + j]);
+          if (!any) continue;
+        }
+        for (int64_t s = s0; s < s1; ++s) consider(s);
+      }
+      if (n > K) n = K;
+      // weights: softmax of the kept scores (NaN propagates)
+      S mx = ninf;
+      for (int64_t x = 0; x < n; ++x) mx = (bv[x] > mx || bv[x] != bv[x]) ? bv[x] : mx;
+      S z = 0;
+      for (int64_t x = 0; x < n; ++x) z += std::exp(bv[x] - mx);
+      for (int64_t g = 0; g < group; ++g) {
+        const int64_t o = ((b * H + h0 + g) * Sq + i) * K;
+        for (int64_t x = 0; x < K; ++x) {
+          idx[o + x] = x < n ? bi[x] : -1;
+          w[o + x] = x < n ? std::exp(bv[x] - mx) / z : S(0);
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void router_gate(const View& indices, const View& weights, const View& positions, const View& counts,
@@ -182,6 +277,24 @@ void router_gate_backward(const View& dlogits, const View& scores, const View& i
     gate_backward_typed<float>(static_cast<float*>(dlogits.data), static_cast<const float*>(scores.data),
                                static_cast<const int32_t*>(indices.data), static_cast<const float*>(dweights.data), T_, E,
                                K, score, normalize, route_scale);
+}
+
+void segment_select(const View& indices, const View& weights, const View& scores, int32_t group, bool causal,
+                    bool keep_own, int64_t segment, int64_t key_length) {
+  const int64_t B = scores.shape[0], H = scores.shape[1], Sq = scores.shape[2], nseg = scores.shape[3];
+  const int64_t K = indices.shape[3];
+  if (B * H * Sq == 0) return;
+  int32_t* pi = static_cast<int32_t*>(indices.data);
+  switch (dt(scores)) {
+    case DType::F32:
+      return segment_select_typed<float>(pi, static_cast<float*>(weights.data), static_cast<const float*>(scores.data),
+                                         B, H, Sq, nseg, K, group, causal, keep_own, segment, key_length);
+    case DType::F64:
+      return segment_select_typed<double>(pi, static_cast<double*>(weights.data),
+                                          static_cast<const double*>(scores.data), B, H, Sq, nseg, K, group, causal,
+                                          keep_own, segment, key_length);
+    default: fail(ErrorCode::DType, "segmentSelect: scores must be float32 or float64, got ", dtype_name(dt(scores)));
+  }
 }
 
 }  // namespace DR_ISA

@@ -250,6 +250,77 @@ __global__ void __launch_bounds__(kGateWarps * 32) router_gate_bwd(float* __rest
     for (int x = lane; x < E; x += 32) dl[x] = ds(x) * s[x] * (1.f - s[x]);
   }
 }
+// Segment selection (segmentSelect; semantics as native/cpu/routing.cpp): one warp per query row,
+// the segments strided over the lanes; the j-th pick is the best candidate that comes after the
+// (j-1)-th in the selection order (k warp reductions, as router_select), the own segment first
+// when kept. Lane 0 writes the picks, then their softmax weights, for each head of the group.
+__global__ void __launch_bounds__(kGateWarps * 32) segment_select_kernel(int32_t* __restrict__ idx, float* __restrict__ w,
+                                                                        const float* __restrict__ sc, long long rows,
+                                                                        int H, int Sq, int nseg, int K, int group,
+                                                                        int causal, int keep_own, long long segment,
+                                                                        long long Sk) {
+  const int lane = threadIdx.x & 31;
+  const long long row = static_cast<long long>(blockIdx.x) * kGateWarps + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int hg = H / group;
+  const long long i = row % Sq, bg = row / Sq, b = bg / hg, h0 = (bg % hg) * group;
+  const long long p = i + Sk - Sq, own = p / segment;
+  const int last = causal ? static_cast<int>(min(static_cast<long long>(nseg - 1), own)) : nseg - 1;
+  const long long plane = static_cast<long long>(Sq) * nseg;
+  const float* r0 = sc + ((b * H + h0) * Sq + i) * nseg;
+  auto val = [&](int s) {
+    float v = r0[s];
+    for (int g = 1; g < group; ++g) v += r0[g * plane + s];
+    return v;
+  };
+  const bool force = keep_own && own <= last;
+  const long long o0 = ((b * H + h0) * Sq + i) * K;
+  int n = 0;
+  if (force) {
+    if (lane == 0) {
+      idx[o0] = static_cast<int32_t>(own);
+      w[o0] = val(static_cast<int>(own));
+    }
+    n = 1;
+  }
+  float pv = 0.f;
+  int pi = -1;
+  for (; n < K; ++n) {
+    float bv = 0.f;
+    int bi = -1;
+    for (int s = lane; s <= last; s += 32) {
+      if (force && s == own) continue;
+      const float v = val(s);
+      if (v == -INFINITY) continue;
+      if (pi >= 0 && !sel_before(pv, pi, v, s)) continue;  // picked already, or before the last pick
+      if (bi < 0 || sel_before(v, s, bv, bi)) {
+        bv = v;
+        bi = s;
+      }
+    }
+    warp_best(bv, bi);
+    if (bi < 0) break;
+    if (lane == 0) {
+      idx[o0 + n] = bi;
+      w[o0 + n] = bv;
+    }
+    pv = bv;
+    pi = bi;
+  }
+  if (lane != 0) return;
+  float mx = -INFINITY;
+  for (int x = 0; x < n; ++x) mx = (w[o0 + x] > mx || w[o0 + x] != w[o0 + x]) ? w[o0 + x] : mx;
+  float z = 0.f;
+  for (int x = 0; x < n; ++x) z += expf(w[o0 + x] - mx);
+  for (int x = 0; x < K; ++x) {
+    const float wx = x < n ? expf(w[o0 + x] - mx) / z : 0.f;
+    const int32_t ix = x < n ? idx[o0 + x] : -1;
+    for (int g = 0; g < group; ++g) {
+      idx[o0 + g * static_cast<long long>(Sq) * K + x] = ix;
+      w[o0 + g * static_cast<long long>(Sq) * K + x] = wx;
+    }
+  }
+}
 // emu:end routing
 
 }  // namespace
@@ -319,6 +390,23 @@ int router_gate_backward(const View* dlogits, const View* scores, const View* in
       static_cast<int>(K), score, normalize, static_cast<float>(route_scale));
   return check_launch("routerGateBackward");
   DR_CUDA_ENTRY_END("routerGateBackward")
+}
+
+int segment_select(const View* indices, const View* weights, const View* scores, int32_t group, int32_t causal,
+                   int32_t keep_own, int64_t segment, int64_t key_length) {
+  DR_CUDA_ENTRY_BEGIN
+  const int64_t B = scores->shape[0], H = scores->shape[1], Sq = scores->shape[2], nseg = scores->shape[3];
+  const int64_t K = indices->shape[3];
+  if (dt(*scores) != DType::F32) return dtype_error("segmentSelect", *scores);
+  if (Sq > INT_MAX || nseg > INT_MAX || K > INT_MAX) return set_error("segmentSelect: too many rows or segments");
+  const long long rows = B * (H / group) * Sq;
+  if (rows == 0) return 0;
+  segment_select_kernel<<<static_cast<unsigned>((rows + kGateWarps - 1) / kGateWarps), kGateWarps * 32, 0, stream()>>>(
+      static_cast<int32_t*>(indices->data), static_cast<float*>(weights->data), static_cast<const float*>(scores->data),
+      rows, static_cast<int>(H), static_cast<int>(Sq), static_cast<int>(nseg), static_cast<int>(K), group, causal,
+      keep_own, segment, key_length);
+  return check_launch("segmentSelect");
+  DR_CUDA_ENTRY_END("segmentSelect")
 }
 
 }  // namespace cuda

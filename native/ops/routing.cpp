@@ -71,5 +71,30 @@ void run(const RouterGateBackward& a) {
          router_gate_backward, &vd, &vs, &vi, &vw, static_cast<int32_t>(a.score), a.normalize ? 1 : 0, a.routeScale);
 }
 
+void check(const SegmentSelect& a) {
+  const char* op = "segmentSelect";
+  DR_CHECK(a.scores.ndim == 4, Shape, op, ": scores must be [batch, heads, Sq, segments], received ", a.scores.shape_string());
+  DR_CHECK(a.scores.dtype == DType::F32 || a.scores.dtype == DType::F64, DType, op,
+           ": scores must be float32 or float64, received ", dtype_name(a.scores.dtype));
+  const int64_t B = a.scores.shape[0], H = a.scores.shape[1], Sq = a.scores.shape[2], nseg = a.scores.shape[3];
+  DR_CHECK(a.indices.ndim == 4 && a.indices.shape[3] >= 1, Shape, op, ": indices must be [", B, ", ", H, ", ", Sq,
+           ", topK], received ", a.indices.shape_string());
+  const int64_t K = a.indices.shape[3];
+  check_shape(op, "indices", a.indices, {B, H, Sq, K}, DType::I32, true);
+  check_shape(op, "weights", a.weights, {B, H, Sq, K}, a.scores.dtype, true);
+  DR_CHECK(a.group >= 1 && H % a.group == 0, Value, op, ": group (", a.group, ") must divide the heads (", H, ")");
+  DR_CHECK(a.segment >= 1, Value, op, ": segment must be >= 1, received ", a.segment);
+  DR_CHECK(a.keyLength >= Sq, Value, op, ": keyLength (", a.keyLength, ") must be >= Sq (", Sq, ")");
+  DR_CHECK(!(a.causal || a.keepOwn) || (a.keyLength + a.segment - 1) / a.segment == nseg, Shape, op, ": ",
+           a.keyLength, " keys in segments of ", a.segment, " make ", (a.keyLength + a.segment - 1) / a.segment,
+           " segments, but scores has ", nseg);
+}
+void run(const SegmentSelect& a) {
+  auto sc = contiguous(a.scores);
+  View vi = a.indices.view(), vw = a.weights.view(), vs = sc->view();
+  DR_RUN(a.indices, cpu::segment_select(vi, vw, vs, a.group, a.causal, a.keepOwn, a.segment, a.keyLength),
+         segment_select, &vi, &vw, &vs, a.group, a.causal ? 1 : 0, a.keepOwn ? 1 : 0, a.segment, a.keyLength);
+}
+
 }  // namespace ops
 }  // namespace dualroute

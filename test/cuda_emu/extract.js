@@ -126,6 +126,8 @@ const HOST_ROUTING = [
   'router_scan<<<static_cast<unsigned>((E + kThreads - 1) / kThreads), kThreads, 0, stream()>>>(cnt, pc, e, k, nblocks, capacity);',
   'router_positions<<<nblocks, 32, 0, stream()>>>(static_cast<int32_t*>(positions->data), cnt, pi, T, e, k, nblocks, capacity);',
   'router_gate_bwd<<<static_cast<unsigned>((T + kGateWarps - 1) / kGateWarps), kGateWarps * 32, 0, stream()>>>(',
+  'segment_select_kernel<<<static_cast<unsigned>((rows + kGateWarps - 1) / kGateWarps), kGateWarps * 32, 0, stream()>>>(',
+  'const long long rows = B * (H / group) * Sq;',
 ];
 
 // The segment kernels' launches (segment.cu).
@@ -218,7 +220,8 @@ const KERNELS = [
     out: 'routing_kernel.inc',
     host: HOST_ROUTING,
     needs: [/template <typename T>\s*__global__ void __launch_bounds__\(kGateWarps \* 32\) router_select\(/, /__global__ void router_block_counts\(/,
-      /__global__ void router_scan\(/, /__global__ void router_positions\(/, /__global__ void __launch_bounds__\(kGateWarps \* 32\) router_gate_bwd\(/],
+      /__global__ void router_scan\(/, /__global__ void router_positions\(/, /__global__ void __launch_bounds__\(kGateWarps \* 32\) router_gate_bwd\(/,
+      /__global__ void __launch_bounds__\(kGateWarps \* 32\) segment_select_kernel\(/],
     shared: { dynamic: 0, static: 1 },
     helpers: true,
   },

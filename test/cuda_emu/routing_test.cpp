@@ -203,6 +203,86 @@ std::string run_case(const Shape& s, const harness::Mode& mode, uint32_t seed) {
   return "";
 }
 
+// segment_select_kernel against the definition: per row, the group's summed scores; candidates
+// [0, own] (causal) or all, minus -inf; the own segment first when kept, then the selection
+// order; -1 pads; weights = softmax of the kept sums, written to every head of the group.
+struct SelShape {
+  const char* tag;
+  int B, H, Sq, Sk, segment, K, group, causal, keep_own;
+  int special = 0;  // 1: ties (equal scores), 2: NaN and -inf scores
+};
+
+std::string run_select(const SelShape& s, const harness::Mode& mode, uint32_t seed) {
+  emu::clear_globals();
+  std::mt19937 r(seed);
+  const int nseg = (s.Sk + s.segment - 1) / s.segment, K = s.K, G = s.group;
+  const size_t n = size_t(s.B) * s.H * s.Sq * nseg;
+  Buf<float> sc("scores", n, 0.f);
+  for (size_t i = 0; i < n; ++i) {
+    sc[i] = float(int(r() % 2001) - 1000) * 1e-3f;
+    if (s.special == 1) sc[i] = float(int(r() % 3));
+    if (s.special == 2 && i % 7 == 3) sc[i] = NAN;
+    if (s.special == 2 && i % 5 == 1) sc[i] = -INFINITY;
+  }
+  const size_t no = size_t(s.B) * s.H * s.Sq * K;
+  Buf<int32_t> idx("indices", no, -9);
+  Buf<float> w("weights", no, harness::unwritten_float());
+  const long long rows = (long long)s.B * (s.H / G) * s.Sq;
+  emu::launch(cfg_of("segment_select_kernel", (rows + kGateWarps - 1) / kGateWarps, kGateWarps * 32, mode, seed), [&] {
+    segment_select_kernel(idx.data(), w.data(), sc.data(), rows, s.H, s.Sq, nseg, K, G, s.causal, s.keep_own, s.segment,
+                          s.Sk);
+  });
+  for (const std::string& g : {idx.guards(), w.guards()})
+    if (!g.empty()) return g;
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.H; ++h)
+      for (int i = 0; i < s.Sq; ++i) {
+        const long long p = i + s.Sk - s.Sq, own = p / s.segment;
+        const int last = s.causal ? int(std::min<long long>(nseg - 1, own)) : nseg - 1;
+        const int h0 = h / G * G;
+        std::vector<double> sum(nseg, 0.0);
+        for (int g = 0; g < G; ++g)
+          for (int x = 0; x <= last; ++x) sum[x] = double(float(sum[x]) + sc[((size_t(b) * s.H + h0 + g) * s.Sq + i) * nseg + x]);
+        std::vector<int> cand;
+        const bool force = s.keep_own && own <= last;
+        for (int x = 0; x <= last; ++x)
+          if (!(force && x == own) && sum[x] != -INFINITY) cand.push_back(x);
+        std::sort(cand.begin(), cand.end(), [&](int a, int c) { return before(sum[a], a, sum[c], c); });
+        std::vector<int> pick;
+        if (force) pick.push_back(int(own));
+        for (int c : cand)
+          if (int(pick.size()) < K) pick.push_back(c);
+        double mx = -INFINITY;
+        for (int c : pick) mx = (sum[c] > mx || sum[c] != sum[c]) ? sum[c] : mx;
+        double z = 0;
+        for (int c : pick) z += std::exp(sum[c] - mx);
+        for (int x = 0; x < K; ++x) {
+          const size_t o = ((size_t(b) * s.H + h) * s.Sq + i) * K + x;
+          const int want = x < int(pick.size()) ? pick[x] : -1;
+          if (idx[o] != want) return fmt("indices[%d][%d][%d][%d] = %d, want %d", b, h, i, x, idx[o], want);
+          const double ww = x < int(pick.size()) ? std::exp(sum[pick[x]] - mx) / z : 0.0;
+          const int nf = harness::nonfinite_agree(w[o], ww);
+          if (nf < 0 || (nf == 0 && std::fabs(w[o] - ww) > 1e-5)) return fmt("weights[%d][%d][%d][%d] = %g, want %g", b, h, i, x, w[o], ww);
+        }
+      }
+  return "";
+}
+
+// clang-format off
+const SelShape kSelShapes[] = {
+  // tag            B  H  Sq  Sk seg  K  G causal own
+  {"one",           1, 1,  1,  1,  1, 1, 1, 1, 1},
+  {"causal",        2, 3, 13, 13,  4, 2, 1, 1, 1},
+  {"k1-own",        1, 2,  9, 20,  3, 1, 1, 1, 1},
+  {"group3",        1, 6, 11, 11,  2, 3, 3, 1, 1},
+  {"noncausal",     1, 2,  7,  7,  1, 4, 2, 0, 0},
+  {"k>nseg",        1, 1,  5,  9,  4, 8, 1, 1, 1},
+  {"many-segments", 1, 1,  3, 300, 1, 5, 1, 1, 1},
+  {"ties",          1, 2, 10, 10,  1, 3, 1, 1, 1, 1},
+  {"nan-inf",       1, 2, 10, 10,  2, 4, 2, 1, 1, 2},
+};
+// clang-format on
+
 // clang-format off
 const Shape kShapes[] = {
   // tag                    T    E   k  score norm scale groups top cap bias noise bf nan
@@ -233,6 +313,16 @@ int main(int argc, char** argv) {
       const uint32_t seed = 900u + 17u * static_cast<uint32_t>(si);
       cases.push_back({fmt("routing/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
                        double(s.T) * s.E * 0.01, [s, m, seed] { return run_case(s, m, seed); }});
+    }
+    ++si;
+  }
+  si = 0;
+  for (const SelShape& s : kSelShapes) {
+    for (int mi = 0; mi < 3; ++mi) {
+      const harness::Mode m = harness::kModes[mi];
+      const uint32_t seed = 2100u + 13u * static_cast<uint32_t>(si);
+      cases.push_back({fmt("routing/select/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
+                       double(s.B) * s.H * s.Sq * s.Sk * 0.01, [s, m, seed] { return run_select(s, m, seed); }});
     }
     ++si;
   }
