@@ -999,7 +999,8 @@ for (const causal of [true, false]) {
     run: (xs) => dr.segmentAttention(xs[0], xs[1], xs[2], { segment: 16, causal, indices: xs[3] }),
   });
 }
-// segmentSelect over per-row permutations of a grid (well separated: every dtype picks alike)
+// segmentSelect over per-row permutations of quarter integers (exact in every dtype, group sums
+// too: ties are true ties, and every dtype breaks them alike)
 const SELECT_CASES: Array<[number, number, number, number, number, number]> = [
   // H, Sq, Sk, segment, topK, groupHeads
   [1, 1, 1, 1, 1, 1], [2, 13, 18, 2, 3, 1], [6, 9, 40, 4, 4, 3], [2, 33, 33, 1, 40, 1],
@@ -1010,7 +1011,7 @@ for (const part of ['indices', 'weights'] as const) {
     ops: ['segmentSelect'],
     cases: (_d, rnd) => SELECT_CASES.map(([H, Sq, Sk, seg, k, g]) => {
       const nseg = Math.ceil(Sk / seg);
-      return { label: `H${H} Sq${Sq} Sk${Sk} segment ${seg} topK ${k} groupHeads ${g}`, inputs: [T_([1, H, Sq, nseg], gateLogits(rnd, H * Sq, nseg))], p: { Sk, seg, k, g } };
+      return { label: `H${H} Sq${Sq} Sk${Sk} segment ${seg} topK ${k} groupHeads ${g}`, inputs: [T_([1, H, Sq, nseg], gateLogits(rnd, H * Sq, nseg).map((x) => Math.round(x * nseg) / 4))], p: { Sk, seg, k, g } };
     }),
     run: (xs, c) => {
       const p = c.p as Record<string, number>;
