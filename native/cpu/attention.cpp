@@ -1296,91 +1296,158 @@ HeadRows<T> seg_head_rows(const AttnArgs& a, int64_t bh) {
 
 template <typename C>
 struct SegFwdScratch {
-  FwdScratch<C> f;
-  Buf<C> m, l, o;
+  Buf<C> m, l, o, qg, og, st, kt, vb, alpha;
   std::vector<uint8_t> seen;
   SegLists lists;
 };
+
+// Row-wise online-softmax step over St (rows of stride ld, n columns, a multiple of the vector
+// width; masked and padding columns -inf):
+// per row the running max m and sum l, St overwritten with P = exp(St - m_new), alpha the old
+// accumulator's factor. The max propagates NaN; a row that has seen only -inf subtracts 0.
+template <typename C>
+void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L;
+  const C ninf = -std::numeric_limits<C>::infinity();
+  for (int i = 0; i < rows; ++i) {
+    C* row = St + i * ld;
+    V mv = splat<V>(ninf);
+    for (int64_t j = 0; j < n; j += L) {
+      const V x = ldv(row + j);
+      mv = (x > mv) | (x != x) ? x : mv;
+    }
+    C mx = ninf;
+    for (int x = 0; x < L; ++x) mx = (mv[x] > mx || mv[x] != mv[x]) ? mv[x] : mx;
+    const C mn = (mx > m[i] || mx != mx) ? mx : m[i];
+    const C mu = mn == ninf ? C(0) : mn;
+    alpha[i] = std::exp(m[i] - mu);
+    const V mus = splat<V>(mu);
+    V sv = V{};
+    for (int64_t j = 0; j < n; j += L) {
+      const V e = vexp_c(ldv(row + j) - mus);
+      stv(row + j, e);
+      sv += e;
+    }
+    C sum = 0;
+    for (int x = 0; x < L; ++x) sum += sv[x];
+    l[i] = l[i] * alpha[i] + sum;
+    m[i] = mn;
+  }
+}
+
+// The forward walk, with query rows in the rows of the micro-kernel products (keys, then the
+// head dim, in vector lanes): a tile gathers up to kSegTile query rows that chose the segment
+// (their scaled Q rows, and their O rows, m and l from the task's scratch) as plain row copies,
+// and for each chunk of the segment's keys
+//   S = Qg Kt            (Kt: the chunk's keys transposed, once per segment for all its tiles)
+//   P = exp(S - m_new)   (row-wise online softmax; the causal cut of a row's own segment and the
+//                          padding columns are -inf)
+//   Og = alpha Og + P V  (V rows read in place)
+// then copies the O rows back. Per (row, segment) visit the tile moves ~3 D values, against
+// 4 D x segment flops.
+constexpr int kSegTile = 16;
 
 template <typename T, int DC>
 void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int64_t segment, T* out,
                            typename Num<T>::acc* lse) {
   using C = typename Num<T>::acc;
-  constexpr int BM = Lanes<C>::BM;
+  constexpr int L = VT<C>::L, TM = kSegTile;
   const int64_t D = DC ? DC : a.D, Sq = a.Sq, nseg = (a.Sk + segment - 1) / segment;
+  const int64_t Dp = (D + L - 1) / L * L;
   const C scale = static_cast<C>(a.scale);
   const C ninf = -std::numeric_limits<C>::infinity();
   const int64_t nbh = a.B * a.Hq, threads = num_threads();
-  int64_t nblk = std::max<int64_t>(1, std::min((Sq + BM - 1) / BM, (4 * threads + nbh - 1) / nbh));
+  int64_t nblk = std::max<int64_t>(1, std::min((Sq + TM - 1) / TM, (4 * threads + nbh - 1) / nbh));
   nblk = std::max(nblk, (Sq + kSegRows - 1) / kSegRows);
   const int64_t QB = (Sq + nblk - 1) / nblk;
   nblk = (Sq + QB - 1) / QB;
+  const int64_t seg_chunks = (segment + kBN - 1) / kBN;
   run_tasks<SegFwdScratch<C>>(nbh * nblk, [&](int64_t task, SegFwdScratch<C>& w) {
     const int64_t bh = task / nblk, i0 = (task % nblk) * QB, i1 = std::min(Sq, i0 + QB), nr = i1 - i0;
     const HeadRows<T> hr = seg_head_rows<T>(a, bh);
     C* m = w.m.get(static_cast<size_t>(nr));
     C* l = w.l.get(static_cast<size_t>(nr));
-    C* O = w.o.get(static_cast<size_t>(nr * D));
+    C* O = w.o.get(static_cast<size_t>(nr * Dp));
     w.seen.assign(static_cast<size_t>(nr), 0);
     std::fill(m, m + nr, ninf);
     std::fill(l, l + nr, C(0));
-    std::fill(O, O + nr * D, C(0));
+    std::fill(O, O + nr * Dp, C(0));
     w.lists.build(idx + bh * Sq * K, i0, i1, K, nseg);
-    C* Qt = w.f.qt.get(static_cast<size_t>(D * BM));
-    C* Ot = w.f.ot.get(static_cast<size_t>(D * BM));
-    C* St = w.f.st.get(static_cast<size_t>(kBN * BM));
-    alignas(64) C mt[BM], lt[BM], alpha[BM];
-    int64_t row[BM];
-    bool valid[BM];
-    Lanes<C> ln;
+    C* Qg = w.qg.get(static_cast<size_t>(TM * D));
+    C* Og = w.og.get(static_cast<size_t>(TM * Dp));
+    C* St = w.st.get(static_cast<size_t>(TM * kBN));
+    C* Kt = w.kt.get(static_cast<size_t>(seg_chunks * D * kBN));
+    C* al = w.alpha.get(static_cast<size_t>(TM));
+    alignas(64) C mt[TM], lt[TM];
+    int64_t row[TM], lo[TM], hi[TM];
     for (int64_t s = 0; s < nseg; ++s) {
       const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
       const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
-      for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
-        for (int i = 0; i < BM; ++i) {
-          int64_t lo = 0, hi = 0;
-          valid[i] = t0 + i < cnt;
-          row[i] = valid[i] ? rs[t0 + i] : -1;
-          if (valid[i]) {
-            seg_interval(a, segment, s, row[i] + a.Sk - Sq, lo, hi);
-            if (lo < hi) w.seen[row[i] - i0] = 1;
+      if (cnt == 0) continue;
+      const int64_t s0 = s * segment, s1 = std::min(a.Sk, s0 + segment);
+      // the segment's keys transposed, chunk by chunk: Kt[c][d][j] (columns past the chunk's keys 0)
+      for (int64_t c = 0; c * kBN < s1 - s0; ++c) {
+        const int64_t j0 = s0 + c * kBN, nk = std::min<int64_t>(kBN, s1 - j0);
+        C* kt = Kt + c * D * kBN;
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t j = nk; j < kBN; ++j) kt[d * kBN + j] = C(0);
+        for (int64_t j = 0; j < nk; ++j) {
+          const T* kr = hr.k + (j0 + j) * D;
+          for (int64_t d = 0; d < D; ++d) kt[d * kBN + j] = wid(kr[d]);
+        }
+      }
+      for (int64_t t0 = 0; t0 < cnt; t0 += TM) {
+        const int tm = static_cast<int>(std::min<int64_t>(TM, cnt - t0));
+        int64_t hull = s0;  // the last key any row of the tile sees, plus one
+        for (int i = 0; i < tm; ++i) {
+          row[i] = rs[t0 + i];
+          seg_interval(a, segment, s, row[i] + a.Sk - Sq, lo[i], hi[i]);
+          hull = std::max(hull, hi[i]);
+          const int64_t r = row[i] - i0;
+          if (lo[i] < hi[i]) w.seen[r] = 1;
+          mt[i] = m[r];
+          lt[i] = l[r];
+          const T* qr = hr.q + row[i] * D;
+          for (int64_t d = 0; d < D; ++d) Qg[i * D + d] = scale * wid(qr[d]);
+          std::memcpy(Og + i * Dp, O + r * Dp, static_cast<size_t>(Dp) * sizeof(C));
+        }
+        for (int64_t j0 = s0; j0 < hull; j0 += kBN) {
+          const int64_t nk = std::min<int64_t>(kBN, hull - j0), nkp = (nk + L - 1) / L * L;
+          gemm<C>(tm, nkp / L, D, Qg, D, 1, Kt + ((j0 - s0) / kBN) * D * kBN, kBN, St, kBN, kSet);
+          bool masked = false;
+          for (int i = 0; i < tm; ++i) {
+            C* sr = St + i * kBN;
+            const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
+            if (vis < nk) masked = true;
+            for (int64_t j = vis; j < nkp; ++j) sr[j] = ninf;
           }
-          ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
-          ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
-        }
-        ln.finish(valid);
-        if (ln.hull_lo >= ln.hull_hi) continue;
-        for (int i = 0; i < BM; ++i) {
-          const int64_t r = valid[i] ? row[i] - i0 : -1;
-          mt[i] = r >= 0 ? m[r] : ninf;
-          lt[i] = r >= 0 ? l[r] : C(0);
-          for (int64_t d = 0; d < D; ++d) {
-            Qt[d * BM + i] = r >= 0 ? scale * wid(hr.q[row[i] * D + d]) : C(0);
-            Ot[d * BM + i] = r >= 0 ? O[r * D + d] : C(0);
+          softmax_rows<C>(St, tm, nkp, kBN, mt, lt, al);
+          // P = 0 past a row's cut: a non-finite value there must not reach the row (0 * NaN)
+          int64_t ldv_;
+          const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, Dp, w.vb, ldv_);
+          for (int i = 0; i < tm; ++i)
+            for (int64_t d = 0; d < Dp; ++d) Og[i * Dp + d] *= al[i];
+          if (masked && any_nonfinite(Vc, nk, D, ldv_)) {
+            for (int i = 0; i < tm; ++i) {
+              const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
+              for (int64_t j = 0; j < vis; ++j)
+                for (int64_t d = 0; d < D; ++d) Og[i * Dp + d] += St[i * kBN + j] * Vc[j * ldv_ + d];
+            }
+          } else {
+            gemm<C>(tm, Dp / L, nk, St, kBN, 1, Vc, ldv_, Og, Dp, kAdd);
           }
         }
-        for (int64_t j0 = ln.hull_lo; j0 < ln.hull_hi; j0 += kBN) {
-          const int64_t nk = std::min<int64_t>(kBN, ln.hull_hi - j0);
-          int64_t ldk, ldvv;
-          const C* Kc = rows_as<T, C>(hr.k, j0, nk, D, D, w.f.kb, ldk);
-          const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, D, w.f.vb, ldvv);
-          scores<C, DC>(nk, D, Kc, ldk, Qt, St);
-          const bool full = ln.full(j0, nk, nullptr);
-          if (!full) apply_mask<C>(St, nk, j0, ln, nullptr, ninf);
-          softmax_step<C>(St, nk, mt, lt, alpha);
-          pv_chunk<C>(full, D, nk, Vc, ldvv, St, Ot, alpha, j0, ln, nullptr);
-        }
-        for (int i = 0; i < BM; ++i) {
-          if (!valid[i]) continue;
+        for (int i = 0; i < tm; ++i) {
           const int64_t r = row[i] - i0;
           m[r] = mt[i];
           l[r] = lt[i];
-          for (int64_t d = 0; d < D; ++d) O[r * D + d] = Ot[d * BM + i];
+          std::memcpy(O + r * Dp, Og + i * Dp, static_cast<size_t>(Dp) * sizeof(C));
         }
       }
     }
     for (int64_t r = 0; r < nr; ++r)
-      finish_row<T, C>(w.seen[r] != 0, D, O + r * D, 1, m[r], l[r], out + (bh * Sq + i0 + r) * D,
+      finish_row<T, C>(w.seen[r] != 0, D, O + r * Dp, 1, m[r], l[r], out + (bh * Sq + i0 + r) * D,
                        lse ? lse + bh * Sq + i0 + r : nullptr);
   });
 }

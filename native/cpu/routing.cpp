@@ -91,11 +91,19 @@ void gate_typed(int32_t* indices, S* weights, int32_t* positions, int32_t* count
         for (int j = 0; j < top_groups; ++j)
           std::fill(allowed.begin() + gorder[j] * gsize, allowed.begin() + (gorder[j] + 1) * gsize, 1);
       }
+      // the k best allowed experts, best first: an insertion into a sorted list of k (k and E are
+      // small; a heap-based partial_sort costs more at E = 8)
       int n = 0;
-      for (int x = 0; x < static_cast<int>(E); ++x)
-        if (allowed[x]) order[n++] = x;
-      std::partial_sort(order.begin(), order.begin() + k, order.begin() + n,
-                        [&](int a, int c) { return better(sel[a], a, sel[c], c); });
+      for (int x = 0; x < static_cast<int>(E); ++x) {
+        if (!allowed[x]) continue;
+        if (n == k && !better(sel[x], x, sel[order[k - 1]], order[k - 1])) continue;
+        int at = n < k ? n++ : k - 1;
+        while (at > 0 && better(sel[x], x, sel[order[at - 1]], order[at - 1])) {
+          order[at] = order[at - 1];
+          --at;
+        }
+        order[at] = x;
+      }
       S total = 0;
       for (int j = 0; j < k; ++j) total += sr[order[j]];
       const S f = static_cast<S>(route_scale) / (normalize ? total : S(1));
