@@ -13,11 +13,12 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor, tidy } from '../tensor';
 import { needsGrad, record } from '../tape';
-import { cast, concat, reshape } from './shape';
+import { cast, concat, narrow, reshape, stack } from './shape';
 import { arange, full, zeros } from './creation';
-import { gt, lt, where } from './elementwise';
+import { add, gt, lt, mul, where } from './elementwise';
 import { scatterAdd } from './indexing';
 import { checkOptions, checkTensor, empty, sameDevice } from './util';
+import { segmentAttention } from './segment';
 
 type Mask = 'global' | 'sliding' | 'block';
 
@@ -54,6 +55,11 @@ export interface DualAttentionOptions extends LocalAttentionOptions {
   queryIndex?: Tensor;
   /** int32 [batch], with queryIndex: entries r >= queryCount[b] are padding and select nothing. */
   queryCount?: Tensor;
+  /**
+   * A segment-routed global path (segmentAttention: each query reads the keys of its topK
+   * segments of `segment` keys) instead of full global attention, for long inputs.
+   */
+  segment?: { segment: number; topK: number; groupHeads?: boolean | number };
 }
 
 export interface AttentionResult {
@@ -193,6 +199,7 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
   checkQueryCount(name, options.queryCount, options.queryIndex, p.B, q);
   const causal = !!options.causal;
   const kp = options.keyPaddingMask;
+  if (options.segment !== undefined) return dualSegment(q, k, v, options, p, mask, perHead);
   // the router's selection as a per-row flag (repeated indices select a row once)
   let rows: Tensor | undefined;
   if (options.queryIndex) {
@@ -236,6 +243,26 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
   [outL, outG, lseL, lseG].forEach((t) => t.dispose());
   rows?.dispose();
   return out;
+}
+
+// dualAttention with a segment-routed global path: the local path and segmentAttention, mixed by
+// the gates (two kernels, each reading only its keys; gradients through both and the gates).
+function dualSegment(q: Tensor, k: Tensor, v: Tensor, o: DualAttentionOptions, p: Prepared, mask: Mask, perHead: boolean): Tensor | AttentionResult {
+  const name = 'dualAttention';
+  const sg = o.segment!;
+  if (sg === null || typeof sg !== 'object') throw new ValueError(`${name}: Expected an object {segment, topK} for segment but received ${describe(sg)}`);
+  if (o.queryIndex !== undefined) throw new ValueError(`${name}: queryIndex selects rows for full global attention; the segment path routes every row by its segments (give one or the other)`);
+  if (o.keyPaddingMask !== undefined) throw new ValueError(`${name}: keyPaddingMask is not supported with the segment path`);
+  const causal = !!o.causal;
+  return tidy(() => {
+    const local = localAttention(q, k, v, { window: o.window, mode: mask as 'sliding' | 'block', causal, scale: p.scale, returnLse: true });
+    const glob = segmentAttention(q, k, v, { segment: sg.segment, topK: sg.topK, groupHeads: sg.groupHeads, causal, scale: p.scale, returnIndices: true });
+    const gshape = perHead ? [p.B, p.Hq, p.Sq, 1] : [p.B, 1, p.Sq, 1];
+    const gate = (i: number) => reshape(narrow(o.gates, -1, i, 1), gshape);
+    const out = add(mul(gate(0), local.out), mul(gate(1), glob.out));
+    if (!o.returnLse) return out;
+    return { out, lse: stack([local.lse, glob.lse], 0) };
+  });
 }
 
 /**

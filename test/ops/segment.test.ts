@@ -322,3 +322,46 @@ describe('SegmentKVCache (decode)', () => {
         cache.dispose();
       }));
 });
+
+describe('dualAttention with a segment-routed global path', () => {
+  const d = { B: 2, Hq: 4, Hkv: 2, Sq: 29, Sk: 29, D: 8 };
+  test('equals g_local * localAttention + g_global * segmentAttention (float64), per-row and per-head gates', () => dr.tidy(() => {
+    const { q, k, v } = qkv(d, 121, 'float64');
+    for (const perHead of [false, true]) {
+      const g = input(perHead ? [2, 4, 29, 2] : [2, 29, 2], 122, 'float64', 0, 1).t;
+      const got = dr.dualAttention(q.t, k.t, v.t, { window: 5, causal: true, gates: g, segment: { segment: 4, topK: 3 } });
+      const l = dr.localAttention(q.t, k.t, v.t, { window: 5, causal: true }).dataSync();
+      const s = dr.segmentAttention(q.t, k.t, v.t, { segment: 4, topK: 3 }).dataSync();
+      const gd = g.dataSync();
+      const want = new Float64Array(l.length);
+      for (let e = 0; e < want.length; ++e) {
+        const x = e % 8, i = Math.floor(e / 8) % 29, h = Math.floor(e / 8 / 29) % 4, b = Math.floor(e / 8 / 29 / 4);
+        const gi = perHead ? ((b * 4 + h) * 29 + i) * 2 : (b * 29 + i) * 2;
+        void x;
+        want[e] = gd[gi] * l[e] + gd[gi + 1] * s[e];
+      }
+      expectClose(got, want, 'float64');
+    }
+  }));
+  test('with every segment kept it equals the fused dual attention (float32)', () => dr.tidy(() => {
+    const { q, k, v } = qkv(d, 131, 'float32');
+    const g = input([2, 29, 2], 132, 'float32', 0, 1).t;
+    const got = dr.dualAttention(q.t, k.t, v.t, { window: 5, causal: true, gates: g, segment: { segment: 4, topK: 8 } });
+    const want = dr.dualAttention(q.t, k.t, v.t, { window: 5, causal: true, gates: g });
+    expectClose(got, Float64Array.from(want.dataSync()), 'float32');
+  }));
+  test('gradients to q, k, v and the gates (float64)', () => dr.tidy(() => {
+    const e = { B: 1, Hq: 2, Hkv: 1, Sq: 9, Sk: 9, D: 3 };
+    const { q, k, v } = qkv(e, 141, 'float64');
+    const g = input([1, 9, 2], 142, 'float64', 0, 1).t;
+    const w = input([1, 2, 9, 3], 143, 'float64').t;
+    const fn = (a: dr.Tensor, b: dr.Tensor, c: dr.Tensor, gg: dr.Tensor) => dr.dualAttention(a, b, c, { window: 3, causal: true, gates: gg, segment: { segment: 2, topK: 2 } }).mul(w);
+    expect(dr.gradcheck(fn, [q.t.requiresGrad_(), k.t.requiresGrad_(), v.t.requiresGrad_(), g.requiresGrad_()]).ok).toBe(true);
+  }));
+  test('queryIndex and keyPaddingMask are refused with the segment path', () => dr.tidy(() => {
+    const { q, k, v } = qkv(d, 151, 'float32');
+    const g = input([2, 29, 2], 152, 'float32', 0, 1).t;
+    expect(() => dr.dualAttention(q.t, k.t, v.t, { window: 5, gates: g, segment: { segment: 4, topK: 2 }, queryIndex: dr.zeros([2, 3], { dtype: 'int32' }) })).toThrow(dr.ValueError);
+    expect(() => dr.dualAttention(q.t, k.t, v.t, { window: 5, gates: g, segment: { segment: 0, topK: 2 } })).toThrow(/segment >= 1/);
+  }));
+});
