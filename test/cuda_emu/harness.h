@@ -30,6 +30,19 @@ inline const Mode kModes[] = {
 };
 inline std::string mode_name(const Mode& m) { return std::string(emu::sched_name(m.sched)) + "/" + emu::cp_name(m.cp); }
 
+// A launch under mode m: the kernel's name, its grid (at least 1) and block, and a seed mixed
+// with the mode (dynamic shared memory none: kernels that take some set c.smem).
+inline emu::LaunchCfg cfg_of(const char* name, long long grid, int block, const Mode& m, uint32_t seed) {
+  emu::LaunchCfg c;
+  c.kernel = name;
+  c.grid = static_cast<unsigned>(std::max(1LL, grid));
+  c.block = static_cast<unsigned>(block);
+  c.sched = m.sched;
+  c.cp = m.cp;
+  c.seed = seed * 31 + static_cast<uint32_t>(m.sched) * 7 + static_cast<uint32_t>(m.cp);
+  return c;
+}
+
 struct Case {
   std::string name;
   bool quick;

@@ -15,6 +15,7 @@
 
 using namespace dualroute::cuda;
 using harness::Buf;
+using harness::cfg_of;
 using harness::fmt;
 
 namespace {
@@ -31,17 +32,6 @@ struct Shape {
   int gemm_off;  // the grouped GEMM's offsets: 0 the plan's; 1 a gap, a decrease, an overrun; 2 the same ending early
   int dl = 0;    // dropless layout for a capacity routing (dropped entries: rows past offsets[E] stay empty)
 };
-
-emu::LaunchCfg cfg_of(const char* name, long long grid, int block, const harness::Mode& m, uint32_t seed) {
-  emu::LaunchCfg c;
-  c.kernel = name;
-  c.grid = static_cast<unsigned>(std::max(1LL, grid));
-  c.block = static_cast<unsigned>(block);
-  c.sched = m.sched;
-  c.cp = m.cp;
-  c.seed = seed * 31 + static_cast<uint32_t>(m.sched) * 7 + static_cast<uint32_t>(m.cp);
-  return c;
-}
 
 // grid_for / grid_cap with a tiny device: at most 3 blocks, so grid-stride loops wrap
 long long small_grid(long long items, int per_block) { return std::min(3LL, std::max(1LL, (items + per_block - 1) / per_block)); }

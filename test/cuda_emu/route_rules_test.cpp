@@ -21,22 +21,12 @@
 
 using namespace dualroute::cuda;
 using harness::Buf;
+using harness::cfg_of;
 using harness::fmt;
 
 namespace {
 
 constexpr int kThreads = 256;  // device.cuh's (host part, not extracted)
-
-emu::LaunchCfg cfg_of(const char* name, long long grid, int block, const harness::Mode& m, uint32_t seed) {
-  emu::LaunchCfg c;
-  c.kernel = name;
-  c.grid = static_cast<unsigned>(std::max(1LL, grid));
-  c.block = static_cast<unsigned>(block);
-  c.sched = m.sched;
-  c.cp = m.cp;
-  c.seed = seed * 31 + static_cast<uint32_t>(m.sched) * 7 + static_cast<uint32_t>(m.cp);
-  return c;
-}
 
 long long grid_of(long long n, bool small) { return small ? 2 : std::max(1LL, (n + kThreads - 1) / kThreads); }
 

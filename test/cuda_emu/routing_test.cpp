@@ -14,6 +14,7 @@
 
 using namespace dualroute::cuda;
 using harness::Buf;
+using harness::cfg_of;
 using harness::fmt;
 
 namespace {
@@ -39,17 +40,6 @@ bool before(double a, int ia, double b, int ib) {
   if (na != nb) return na;
   if (!na && a != b) return a > b;
   return ia < ib;
-}
-
-emu::LaunchCfg cfg_of(const char* name, long long grid, int block, const harness::Mode& m, uint32_t seed) {
-  emu::LaunchCfg c;
-  c.kernel = name;
-  c.grid = static_cast<unsigned>(std::max(1LL, grid));
-  c.block = static_cast<unsigned>(block);
-  c.sched = m.sched;
-  c.cp = m.cp;
-  c.seed = seed * 31 + static_cast<uint32_t>(m.sched) * 7 + static_cast<uint32_t>(m.cp);
-  return c;
 }
 
 std::string run_case(const Shape& s, const harness::Mode& mode, uint32_t seed) {

@@ -16,6 +16,7 @@
 
 using namespace dualroute::cuda;
 using harness::Buf;
+using harness::cfg_of;
 using harness::fmt;
 
 namespace {
@@ -30,17 +31,6 @@ struct Shape {
   int nan = 0;      // key 3 of every kv head is NaN
   int bad = 0;      // one index out of range
 };
-
-emu::LaunchCfg cfg_of(const char* name, long long grid, int block, const harness::Mode& m, uint32_t seed) {
-  emu::LaunchCfg c;
-  c.kernel = name;
-  c.grid = static_cast<unsigned>(std::max(1LL, grid));
-  c.block = static_cast<unsigned>(block);
-  c.sched = m.sched;
-  c.cp = m.cp;
-  c.seed = seed * 31 + static_cast<uint32_t>(m.sched) * 7 + static_cast<uint32_t>(m.cp);
-  return c;
-}
 
 template <int DPL>
 std::string run_dpl(const Shape& s, const harness::Mode& mode, uint32_t seed) {
