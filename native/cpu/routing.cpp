@@ -17,8 +17,10 @@
 // then softmax (dl = s (ds - sum_e ds_e s_e)) or sigmoid (dl = ds s (1 - s)).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -223,6 +225,52 @@ void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H,
         if (n == K) thr = bv[K - 1];
       };
       const int64_t end = K - 1 < lo ? 0 : last + 1;  // K == 1 with the own segment kept: no scan
+      if constexpr (std::is_same<S, float>::value) {
+        // A threshold first: lane j of a vector pass keeps the largest candidate at positions
+        // = j mod 8 (the own segment excluded). Those 8 values are candidates, so the (K - lo)-th
+        // largest of them, t0, is at most the (K - lo)-th largest candidate: anything below t0
+        // can never be kept, and the scan looks only at the blocks that reach it. (A NaN, or K -
+        // lo > 8, takes the plain scan below.)
+        typedef float v8 __attribute__((vector_size(32)));
+        typedef int32_t i8 __attribute__((vector_size(32)));
+        const int64_t need = K - lo, full = end / 8;
+        if (need >= 1 && need <= 8 && full >= 2) {
+          v8 mx;
+          for (int j = 0; j < 8; ++j) mx[j] = ninf;
+          i8 nan = i8{};
+          for (int64_t q = 0; q < full; ++q) {
+            v8 v;
+            std::memcpy(&v, vals + q * 8, sizeof(v));
+            if (force && own / 8 == q) v[own % 8] = ninf;
+            nan |= v != v;
+            mx = v > mx ? v : mx;
+          }
+          bool any_nan = false;
+          for (int j = 0; j < 8; ++j) any_nan |= nan[j] != 0;
+          if (!any_nan) {
+            float lm[8];
+            for (int j = 0; j < 8; ++j) lm[j] = mx[j];
+            std::sort(lm, lm + 8, [](float x, float y) { return x > y; });
+            const float t0 = lm[need - 1];
+            v8 tv;
+            for (int j = 0; j < 8; ++j) tv[j] = t0;
+            for (int64_t q = 0; q < full; ++q) {
+              v8 v;
+              std::memcpy(&v, vals + q * 8, sizeof(v));
+              const i8 hit = v >= tv;
+              int bits = 0;
+              for (int j = 0; j < 8; ++j) bits |= (hit[j] != 0) << j;
+              while (bits) {
+                const int j = __builtin_ctz(bits);
+                bits &= bits - 1;
+                consider(q * 8 + j);
+              }
+            }
+            for (int64_t x = full * 8; x < end; ++x) consider(x);
+            goto weights;
+          }
+        }
+      }
       for (int64_t s0 = 0; s0 < end; s0 += 8) {
         const int64_t s1 = std::min(end, s0 + 8);
         if (n == K && s1 - s0 == 8) {
@@ -234,6 +282,7 @@ void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H,
         }
         for (int64_t s = s0; s < s1; ++s) consider(s);
       }
+    weights:
       if (n > K) n = K;
       // weights: softmax of the kept scores (NaN propagates)
       S mx = ninf;

@@ -54,7 +54,15 @@ function selectRef(sc: Arr, d: Dims, ns: number, topK: number, g: number, seg: n
         for (let hh = h0; hh < h0 + g; ++hh) for (let s = 0; s < ns; ++s) row[s] += sc[((b * d.Hq + hh) * d.Sq + i) * ns + s];
         const own = Math.floor((i + d.Sk - d.Sq) / seg);
         const key = (s: number) => (keepOwn && s === own ? Infinity : row[s]);
-        const order = Array.from({ length: ns }, (_, s) => s).sort((a, c) => (key(a) !== key(c) ? key(c) - key(a) : a - c));
+        // NaN largest, then larger first, then the lower index
+        const cmp = (a: number, c: number) => {
+          if (keepOwn && (a === own || c === own)) return a === own ? -1 : 1;  // the own segment first, always
+          const ka = key(a), kc = key(c), na = Number.isNaN(ka), nc = Number.isNaN(kc);
+          if (na !== nc) return na ? -1 : 1;
+          if (!na && ka !== kc) return ka > kc ? -1 : 1;
+          return a - c;
+        };
+        const order = Array.from({ length: ns }, (_, s) => s).sort(cmp);
         const kept = order.slice(0, topK).filter((s) => key(s) !== -Infinity);
         const m = Math.max(...kept.map((s) => row[s]));
         const z = kept.reduce((a, s) => a + Math.exp(row[s] - m), 0);
@@ -157,6 +165,20 @@ describe('segmentScores and segmentSelect', () => {
         expect(Array.from(sel.indices.dataSync())).toEqual(ref.idx);
         expectClose(sel.weights, ref.w, 'float32');
       }));
+  for (const [topK, g, quant] of [[1, 1, false], [4, 1, true], [8, 2, false], [9, 1, true], [12, 1, false]] as [number, number, boolean][])
+    test(`select over 100 segments (the threshold path), topK ${topK} groupHeads ${g}${quant ? ', ties' : ''}, a NaN row, -inf scores`, () => dr.tidy(() => {
+      const d = { B: 1, Hq: 2, Hkv: 1, Sq: 200, Sk: 200, D: 4 };
+      const ns = 100;
+      const raw = input([1, 2, 200, ns], 61, 'float64').data.map((x, i) => (i % 97 === 5 ? -Infinity : quant ? Math.round(x * 2) / 2 : x));
+      for (let x = 0; x < ns; x += 7) raw[(150 * ns) + x] = NaN;  // head 0, row 150
+      // causal, as segmentScores gives them: segments starting after the row are -inf
+      for (let e = 0; e < raw.length; ++e) if ((e % ns) * 2 > Math.floor(e / ns) % 200) raw[e] = -Infinity;
+      const sc = dr.tensor(raw, [1, 2, 200, ns], { dtype: 'float32' });
+      const sel = dr.segmentSelect(sc, { topK, groupHeads: g, segment: 2, keyLength: 200 });
+      const ref = selectRef(Float64Array.from(sc.dataSync()), d, ns, topK, g, 2, true);
+      expect(Array.from(sel.indices.dataSync())).toEqual(ref.idx);
+      expectClose(sel.weights, ref.w, 'float32');
+    }));
   test('ties go to the lower segment', () => dr.tidy(() => {
     const sc = dr.zeros([1, 1, 1, 6], { dtype: 'float32' });
     const sel = dr.segmentSelect(sc, { topK: 3, keepOwn: false });
