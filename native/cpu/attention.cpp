@@ -1346,7 +1346,9 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
 //   Og = alpha Og + P V  (V rows read in place)
 // then copies the O rows back. Per (row, segment) visit the tile moves ~3 D values, against
 // 4 D x segment flops.
-constexpr int kSegTile = 16;
+// rows per tile: a whole number of the micro-kernel's row groups (15 = 5 x 3 with 16 registers,
+// 16 = 4 x 4 with AVX-512), so no product runs a one-row tail
+constexpr int kSegTile = mr_for(4) * (16 / mr_for(4));
 
 template <typename T, int DC>
 void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int64_t segment, T* out,

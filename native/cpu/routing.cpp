@@ -227,30 +227,34 @@ void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H,
       const int64_t end = K - 1 < lo ? 0 : last + 1;  // K == 1 with the own segment kept: no scan
       if constexpr (std::is_same<S, float>::value) {
         // A threshold first: lane j of a vector pass keeps the largest candidate at positions
-        // = j mod 8 (the own segment excluded). Those 8 values are candidates, so the (K - lo)-th
-        // largest of them, t0, is at most the (K - lo)-th largest candidate: anything below t0
-        // can never be kept, and the scan looks only at the blocks that reach it. (A NaN, or K -
-        // lo > 8, takes the plain scan below.)
+        // = j mod 16 (the own segment excluded). Those 16 values are candidates, so the (K -
+        // lo)-th largest of them, t0, is at most the (K - lo)-th largest candidate: anything
+        // below t0 can never be kept, and the scan looks only at the values that reach it. (A
+        // NaN, fewer than 32 candidates, or K - lo > 16 take the plain scan below.)
         typedef float v8 __attribute__((vector_size(32)));
         typedef int32_t i8 __attribute__((vector_size(32)));
         const int64_t need = K - lo, full = end / 8;
-        if (need >= 1 && need <= 8 && full >= 2) {
-          v8 mx;
-          for (int j = 0; j < 8; ++j) mx[j] = ninf;
+        if (need >= 1 && need <= 16 && full >= 4) {
+          // 16 lanes: even and odd blocks apart (a higher threshold than 8 maxima give)
+          v8 mx[2];
+          for (int j = 0; j < 8; ++j) mx[0][j] = mx[1][j] = ninf;
           i8 nan = i8{};
           for (int64_t q = 0; q < full; ++q) {
             v8 v;
             std::memcpy(&v, vals + q * 8, sizeof(v));
             if (force && own / 8 == q) v[own % 8] = ninf;
             nan |= v != v;
-            mx = v > mx ? v : mx;
+            mx[q & 1] = v > mx[q & 1] ? v : mx[q & 1];
           }
           bool any_nan = false;
           for (int j = 0; j < 8; ++j) any_nan |= nan[j] != 0;
           if (!any_nan) {
-            float lm[8];
-            for (int j = 0; j < 8; ++j) lm[j] = mx[j];
-            std::sort(lm, lm + 8, [](float x, float y) { return x > y; });
+            float lm[16];
+            for (int j = 0; j < 8; ++j) {
+              lm[j] = mx[0][j];
+              lm[8 + j] = mx[1][j];
+            }
+            std::nth_element(lm, lm + (need - 1), lm + 16, [](float x, float y) { return x > y; });
             const float t0 = lm[need - 1];
             v8 tv;
             for (int j = 0; j < 8; ++j) tv[j] = t0;
