@@ -152,16 +152,23 @@ export function routerGate(logits: Tensor, options: RouterGateOptions = {}): Rou
     selNoise?.dispose();
   }
   record(weights, name, [jittered], [scores, indices], { score, normalize, routeScale });
-  // losses, differentiable through the logits
-  const { auxLoss, zLoss } = tidy(() => {
-    const first = contiguous(narrow(indices, 1, 0, 1));
-    const f = mul(cast(bincount(first, { length: E }), sd), 1 / Math.max(T, 1));
-    const P = mean(tokenProbs(cast(jittered, sd), score), 0);
-    const aux = mul(sum(mul(f, P)), E);
-    const lse = logsumexp(cast(jittered, sd));
-    const z = mean(mul(lse, lse));
-    return { auxLoss: aux, zLoss: z };
-  });
+  // losses, differentiable through the logits: one fused op (routerLosses) for both
+  const lg = jittered.dtype === sd ? jittered : cast(jittered, sd);
+  const firstCol = contiguous(narrow(indices, 1, 0, 1));
+  const first = reshape(firstCol, [T]);
+  const auxLoss = empty([], sd, device), zLoss = empty([], sd, device);
+  const lse = empty([T], sd, device), f = empty([E], sd, device);
+  try {
+    op.routerLosses({ aux: auxLoss, zloss: zLoss, lse, fraction: f, logits: lg, first, score });
+  } finally {
+    first.dispose();
+    firstCol.dispose();
+  }
+  record(auxLoss, 'routerAuxLoss', [lg], [lg, lse, f], { score });
+  record(zLoss, 'routerZLoss', [lg], [lg, lse, f], { score });
+  lse.dispose();
+  f.dispose();
+  if (lg !== jittered) lg.dispose();
   if (jittered !== logits) jittered.dispose();
   scores.dispose();
   return { indices, weights, positions, counts, auxLoss, zLoss };

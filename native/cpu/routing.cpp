@@ -158,6 +158,93 @@ void gate_backward_typed(S* dlogits, const S* scores, const int32_t* indices, co
   });
 }
 
+// Router losses (routerGate's auxLoss and zLoss) over logits [T, E] (the stats dtype) and the
+// first choices [T]:
+//   p_t = softmax(l_t) (score softmax) or s_t / sum(s_t), s = sigmoid(l_t) (score sigmoid)
+//   f_e = #{t : first_t = e} / T      P_e = mean_t p_te      aux = E sum_e f_e P_e
+//   lse_t = log sum_e exp(l_te)       z = mean_t lse_t^2
+// lse [T] and f [E] are kept for the backward. Token blocks of kLossBlock give partial sums added
+// in block order: the result does not depend on the thread count.
+constexpr int64_t kLossBlock = 256;
+
+template <typename S>
+inline void token_probs(const S* l, int64_t E, RouterScore score, S* p, S& lse, S& ssum) {
+  S m = -std::numeric_limits<S>::infinity();
+  for (int64_t e = 0; e < E; ++e) m = (l[e] > m || l[e] != l[e]) ? l[e] : m;
+  S sum = 0;
+  for (int64_t e = 0; e < E; ++e) sum += std::exp(l[e] - m);
+  lse = m + std::log(sum);
+  ssum = 0;
+  if (score == RouterScore::Softmax) {
+    for (int64_t e = 0; e < E; ++e) p[e] = std::exp(l[e] - lse);
+  } else {
+    for (int64_t e = 0; e < E; ++e) ssum += (p[e] = S(1) / (S(1) + std::exp(-l[e])));
+    for (int64_t e = 0; e < E; ++e) p[e] /= ssum;
+  }
+}
+
+template <typename S>
+void losses_typed(S* aux, S* z, S* lse, S* f, const S* l, const int32_t* first, int64_t T_, int64_t E,
+                  RouterScore score) {
+  const int64_t nb = (T_ + kLossBlock - 1) / kLossBlock;
+  std::vector<S> part(static_cast<size_t>(nb * (E + 1)), S(0));
+  parallel_for(nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<S> p(static_cast<size_t>(E));
+    for (int64_t b = b0; b < b1; ++b) {
+      S* pp = part.data() + b * (E + 1);
+      for (int64_t t = b * kLossBlock; t < std::min(T_, (b + 1) * kLossBlock); ++t) {
+        S ls, ss;
+        token_probs(l + t * E, E, score, p.data(), ls, ss);
+        lse[t] = ls;
+        for (int64_t e = 0; e < E; ++e) pp[e] += p[e];
+        pp[E] += ls * ls;
+      }
+    }
+  });
+  std::vector<int64_t> cnt(static_cast<size_t>(E), 0);
+  for (int64_t t = 0; t < T_; ++t) {
+    const int32_t e = first[t];
+    if (e < 0 || e >= E) fail(ErrorCode::Range, "routerGate: first choice ", e, " of token ", t, " is outside [0, ", E, ")");
+    ++cnt[e];
+  }
+  S a = 0, zs = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    S P = 0;
+    for (int64_t b = 0; b < nb; ++b) P += part[b * (E + 1) + e];
+    P /= static_cast<S>(T_);  // 0 / 0 = NaN for no token, as a mean of nothing
+    f[e] = static_cast<S>(cnt[e]) / static_cast<S>(std::max<int64_t>(T_, 1));
+    a += f[e] * P;
+  }
+  for (int64_t b = 0; b < nb; ++b) zs += part[b * (E + 1) + E];
+  *aux = static_cast<S>(E) * a;
+  *z = zs / static_cast<S>(T_);
+}
+
+// dlogits_t = daux (E / T) J_t^T f + dz (2 / T) lse_t softmax(l_t), J_t = d p_t / d l_t:
+//   softmax: J^T f = p (f - <f, p>);  sigmoid: (J^T f)_j = s_j (1 - s_j) / sum(s) (f_j - <f, p>)
+template <typename S>
+void losses_backward_typed(S* dl, const S* l, const S* lse, const S* f, S daux, S dz, int64_t T_, int64_t E,
+                           RouterScore score) {
+  const S ca = daux * static_cast<S>(E) / static_cast<S>(T_), cz = dz * S(2) / static_cast<S>(T_);
+  parallel_for(T_, std::max<int64_t>(1, 4096 / std::max<int64_t>(E, 1)), [&](int64_t t0, int64_t t1) {
+    std::vector<S> p(static_cast<size_t>(E));
+    for (int64_t t = t0; t < t1; ++t) {
+      const S* lr = l + t * E;
+      S* d = dl + t * E;
+      S ls, ss;
+      token_probs(lr, E, score, p.data(), ls, ss);
+      S g = 0;
+      for (int64_t e = 0; e < E; ++e) g += f[e] * p[e];
+      for (int64_t e = 0; e < E; ++e) {
+        const S sm = std::exp(lr[e] - lse[t]);
+        const S ja = score == RouterScore::Softmax ? p[e] * (f[e] - g)
+                                                   : p[e] * ss * (S(1) - p[e] * ss) / ss * (f[e] - g);
+        d[e] = ca * ja + cz * lse[t] * sm;
+      }
+    }
+  });
+}
+
 // Segment selection (segmentSelect): per query row of scores [B, H, Sq, nseg] (rows of `group`
 // consecutive heads summed first), the top k segments: the own one (floor(p / segment), p = i +
 // Sk - Sq) first when keep_own, then by score (ties to the lower index, NaN largest); segments
@@ -286,7 +373,7 @@ void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H,
         }
         for (int64_t s = s0; s < s1; ++s) consider(s);
       }
-    weights:
+    weights: __attribute__((unused));  // (no goto reaches it for double)
       if (n > K) n = K;
       // weights: softmax of the kept scores (NaN propagates)
       S mx = ninf;
@@ -356,6 +443,34 @@ void segment_select(const View& indices, const View& weights, const View& scores
                                           keep_own, segment, key_length);
     default: fail(ErrorCode::DType, "segmentSelect: scores must be float32 or float64, got ", dtype_name(dt(scores)));
   }
+}
+
+void router_losses(const View& aux, const View& z, const View& lse, const View& f, const View& logits, const View& first,
+                   RouterScore score) {
+  const int64_t T_ = logits.shape[0], E = logits.shape[1];
+  const int32_t* pf = static_cast<const int32_t*>(first.data);
+  if (dt(logits) == DType::F64)
+    losses_typed<double>(static_cast<double*>(aux.data), static_cast<double*>(z.data), static_cast<double*>(lse.data),
+                         static_cast<double*>(f.data), static_cast<const double*>(logits.data), pf, T_, E, score);
+  else
+    losses_typed<float>(static_cast<float*>(aux.data), static_cast<float*>(z.data), static_cast<float*>(lse.data),
+                        static_cast<float*>(f.data), static_cast<const float*>(logits.data), pf, T_, E, score);
+}
+
+void router_losses_backward(const View& dlogits, const View& logits, const View& lse, const View& f, const View& daux,
+                            const View& dz, RouterScore score) {
+  const int64_t T_ = logits.shape[0], E = logits.shape[1];
+  if (T_ == 0) return;
+  if (dt(logits) == DType::F64)
+    losses_backward_typed<double>(static_cast<double*>(dlogits.data), static_cast<const double*>(logits.data),
+                                  static_cast<const double*>(lse.data), static_cast<const double*>(f.data),
+                                  *static_cast<const double*>(daux.data), *static_cast<const double*>(dz.data), T_, E,
+                                  score);
+  else
+    losses_backward_typed<float>(static_cast<float*>(dlogits.data), static_cast<const float*>(logits.data),
+                                 static_cast<const float*>(lse.data), static_cast<const float*>(f.data),
+                                 *static_cast<const float*>(daux.data), *static_cast<const float*>(dz.data), T_, E,
+                                 score);
 }
 
 }  // namespace DR_ISA

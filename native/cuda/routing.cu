@@ -19,6 +19,7 @@
 // router_gate_backward: one warp per token.
 #include <algorithm>
 #include <climits>
+#include <mutex>
 #include <string>
 
 #include "device.cuh"
@@ -250,6 +251,94 @@ __global__ void __launch_bounds__(kGateWarps * 32) router_gate_bwd(float* __rest
     for (int x = lane; x < E; x += 32) dl[x] = ds(x) * s[x] * (1.f - s[x]);
   }
 }
+// Router losses (routerGate's auxLoss and zLoss; semantics as native/cpu/routing.cpp), in three
+// steps with partial sums added in a fixed order (deterministic): router_loss_tokens, a thread per
+// token: lse_t and the sigmoid sum; router_loss_part, a thread per (block of kLossTokens tokens,
+// expert e): the block's sum of p_te (e == E: of lse_t^2); router_loss_final, one block: the first
+// choices counted, P and f per expert, aux and z. router_loss_bwd: a thread per token.
+constexpr int kLossTokens = 256;
+
+__device__ __forceinline__ float loss_prob(const float* l, int e, int score, float lse, float ssum) {
+  return score == 0 ? expf(l[e] - lse) : (1.f / (1.f + expf(-l[e]))) / ssum;
+}
+
+__global__ void router_loss_tokens(float* __restrict__ lse, float* __restrict__ ssum, const float* __restrict__ l,
+                                   long long T, int E, int score) {
+  for (long long t = gtid(); t < T; t += gstride()) {
+    const float* r = l + t * E;
+    float m = -INFINITY;
+    for (int e = 0; e < E; ++e) m = (r[e] > m || r[e] != r[e]) ? r[e] : m;
+    float sum = 0.f, ss = 0.f;
+    for (int e = 0; e < E; ++e) sum += expf(r[e] - m);
+    if (score != 0)
+      for (int e = 0; e < E; ++e) ss += 1.f / (1.f + expf(-r[e]));
+    lse[t] = m + logf(sum);
+    ssum[t] = ss;
+  }
+}
+
+__global__ void router_loss_part(float* __restrict__ part, const float* __restrict__ l, const float* __restrict__ lse,
+                                 const float* __restrict__ ssum, long long T, int E, int score, long long nb) {
+  for (long long x = gtid(); x < nb * (E + 1); x += gstride()) {
+    const long long b = x / (E + 1);
+    const int e = static_cast<int>(x % (E + 1));
+    const long long t1 = min(T, (b + 1) * kLossTokens);
+    float acc = 0.f;
+    for (long long t = b * kLossTokens; t < t1; ++t)
+      acc += e == E ? lse[t] * lse[t] : loss_prob(l + t * E, e, score, lse[t], ssum[t]);
+    part[x] = acc;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) router_loss_final(float* __restrict__ aux, float* __restrict__ z,
+                                                              float* __restrict__ f, int* __restrict__ cnt,
+                                                              const float* __restrict__ part,
+                                                              const int32_t* __restrict__ first, long long T, int E,
+                                                              long long nb, unsigned long long* bad) {
+  __shared__ float red[32];
+  for (long long t = threadIdx.x; t < T; t += blockDim.x) {
+    const int32_t e = first[t];
+    if (e < 0 || e >= E) record_bad(bad, t);
+    else atomicAdd(&cnt[e], 1);
+  }
+  __syncthreads();
+  float acc = 0.f;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    float P = 0.f;
+    for (long long b = 0; b < nb; ++b) P += part[b * (E + 1) + e];
+    P /= static_cast<float>(T);
+    const float fe = static_cast<float>(cnt[e]) / static_cast<float>(T > 1 ? T : 1);
+    f[e] = fe;
+    acc += fe * P;
+  }
+  acc = block_sum(acc, red);
+  if (threadIdx.x == 0) {
+    float zs = 0.f;
+    for (long long b = 0; b < nb; ++b) zs += part[b * (E + 1) + E];
+    *aux = static_cast<float>(E) * acc;
+    *z = zs / static_cast<float>(T);
+  }
+}
+
+__global__ void router_loss_bwd(float* __restrict__ dl, const float* __restrict__ l, const float* __restrict__ lse,
+                                const float* __restrict__ f, const float* __restrict__ daux,
+                                const float* __restrict__ dz, long long T, int E, int score) {
+  const float ca = *daux * static_cast<float>(E) / static_cast<float>(T), cz = *dz * 2.f / static_cast<float>(T);
+  for (long long t = gtid(); t < T; t += gstride()) {
+    const float* r = l + t * E;
+    float ss = 0.f;
+    if (score != 0)
+      for (int e = 0; e < E; ++e) ss += 1.f / (1.f + expf(-r[e]));
+    float g = 0.f;
+    for (int e = 0; e < E; ++e) g += f[e] * loss_prob(r, e, score, lse[t], ss);
+    for (int e = 0; e < E; ++e) {
+      const float p = loss_prob(r, e, score, lse[t], ss), sm = expf(r[e] - lse[t]);
+      const float ja = score == 0 ? p * (f[e] - g) : p * ss * (1.f - p * ss) / ss * (f[e] - g);
+      dl[t * E + e] = ca * ja + cz * lse[t] * sm;
+    }
+  }
+}
+
 // Segment selection (segmentSelect; semantics as native/cpu/routing.cpp): one warp per query row,
 // the segments strided over the lanes; the j-th pick is the best candidate that comes after the
 // (j-1)-th in the selection order (k warp reductions, as router_select), the own segment first
@@ -407,6 +496,75 @@ int segment_select(const View* indices, const View* weights, const View* scores,
       keep_own, segment, key_length);
   return check_launch("segmentSelect");
   DR_CUDA_ENTRY_END("segmentSelect")
+}
+
+namespace {
+__device__ unsigned long long g_loss_bad;  // smallest token with a first choice outside [0, E), ~0 if none
+std::mutex g_loss_mutex;
+}  // namespace
+
+int router_losses(const View* aux, const View* z, const View* lse, const View* f, const View* logits,
+                  const View* first, int32_t score) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "routerLosses";
+  const int64_t T = logits->shape[0], E = logits->shape[1];
+  if (dt(*logits) != DType::F32) return dtype_error(name, *logits);
+  if (E > INT_MAX - 1) return set_error(std::string(name) + ": too many experts");
+  const long long nb = (T + kLossTokens - 1) / kLossTokens;
+  std::lock_guard<std::mutex> lock(g_loss_mutex);
+  void* slot = nullptr;
+  DR_CUDA_TRY(bad_slot_reset(g_loss_bad, &slot, name, name));
+  void* scratch = nullptr;
+  const size_t bytes = (static_cast<size_t>(T) + static_cast<size_t>(nb) * (E + 1)) * sizeof(float) +
+                       static_cast<size_t>(E) * sizeof(int);
+  DR_CUDA_TRY(scratch_alloc(&scratch, bytes));
+  float* ssum = static_cast<float*>(scratch);
+  float* part = ssum + T;
+  int* cnt = reinterpret_cast<int*>(part + nb * (E + 1));
+  int status = check(cudaMemsetAsync(cnt, 0, static_cast<size_t>(E) * sizeof(int), stream()), name);
+  const float* pl = static_cast<const float*>(logits->data);
+  float* plse = static_cast<float*>(lse->data);
+  const int e = static_cast<int>(E);
+  if (status == 0 && T > 0) {
+    router_loss_tokens<<<grid_for(T), kThreads, 0, stream()>>>(plse, ssum, pl, T, e, score);
+    status = check_launch(name);
+  }
+  if (status == 0 && T > 0) {
+    router_loss_part<<<grid_for(nb * (E + 1)), kThreads, 0, stream()>>>(part, pl, plse, ssum, T, e, score, nb);
+    status = check_launch(name);
+  }
+  if (status == 0) {
+    router_loss_final<<<1, kThreads, 0, stream()>>>(static_cast<float*>(aux->data), static_cast<float*>(z->data),
+                                                    static_cast<float*>(f->data), cnt, part,
+                                                    static_cast<const int32_t*>(first->data), T, e, nb,
+                                                    static_cast<unsigned long long*>(slot));
+    status = check_launch(name);
+  }
+  const int rel = scratch_release(scratch);
+  if (status) return status;
+  if (rel) return rel;
+  unsigned long long badpos = 0;
+  DR_CUDA_TRY(bad_slot_read(slot, &badpos, name));
+  if (badpos == ~0ull) return 0;
+  int32_t v = 0;
+  DR_CUDA_TRY(read_index(static_cast<const int32_t*>(first->data) + badpos, &v, name));
+  return set_error("RangeError: routerGate: first choice " + std::to_string(v) + " of token " + std::to_string(badpos) +
+                   " is outside [0, " + std::to_string(E) + ")");
+  DR_CUDA_ENTRY_END("routerLosses")
+}
+
+int router_losses_backward(const View* dlogits, const View* logits, const View* lse, const View* f, const View* daux,
+                           const View* dz, int32_t score) {
+  DR_CUDA_ENTRY_BEGIN
+  const int64_t T = logits->shape[0], E = logits->shape[1];
+  if (T == 0) return 0;
+  if (dt(*logits) != DType::F32) return dtype_error("routerLossesBackward", *logits);
+  router_loss_bwd<<<grid_for(T), kThreads, 0, stream()>>>(
+      static_cast<float*>(dlogits->data), static_cast<const float*>(logits->data), static_cast<const float*>(lse->data),
+      static_cast<const float*>(f->data), static_cast<const float*>(daux->data), static_cast<const float*>(dz->data), T,
+      static_cast<int>(E), score);
+  return check_launch("routerLossesBackward");
+  DR_CUDA_ENTRY_END("routerLossesBackward")
 }
 
 }  // namespace cuda

@@ -96,5 +96,44 @@ void run(const SegmentSelect& a) {
          segment_select, &vi, &vw, &vs, a.group, a.causal ? 1 : 0, a.keepOwn ? 1 : 0, a.segment, a.keyLength);
 }
 
+void check(const RouterLosses& a) {
+  const char* op = "routerLosses";
+  DR_CHECK(a.logits.ndim == 2, Shape, op, ": logits must be [tokens, experts], received ", a.logits.shape_string());
+  DR_CHECK(a.logits.dtype == DType::F32 || a.logits.dtype == DType::F64, DType, op,
+           ": logits must be float32 or float64, received ", dtype_name(a.logits.dtype));
+  const int64_t T_ = a.logits.shape[0], E = a.logits.shape[1];
+  check_shape(op, "first", a.first, {T_}, DType::I32, false);
+  check_shape(op, "aux", a.aux, {}, a.logits.dtype, true);
+  check_shape(op, "zloss", a.zloss, {}, a.logits.dtype, true);
+  check_shape(op, "lse", a.lse, {T_}, a.logits.dtype, true);
+  check_shape(op, "fraction", a.fraction, {E}, a.logits.dtype, true);
+}
+void run(const RouterLosses& a) {
+  auto lc = contiguous(a.logits), fc = contiguous(a.first);
+  View va = a.aux.view(), vz = a.zloss.view(), vl = a.lse.view(), vf = a.fraction.view(), vx = lc->view(), vi = fc->view();
+  DR_RUN(a.aux, cpu::router_losses(va, vz, vl, vf, vx, vi, a.score), router_losses, &va, &vz, &vl, &vf, &vx, &vi,
+         static_cast<int32_t>(a.score));
+}
+
+void check(const RouterLossesBackward& a) {
+  const char* op = "routerLossesBackward";
+  DR_CHECK(a.logits.ndim == 2, Shape, op, ": logits must be [tokens, experts], received ", a.logits.shape_string());
+  const int64_t T_ = a.logits.shape[0], E = a.logits.shape[1];
+  const DType d = a.logits.dtype;
+  DR_CHECK(d == DType::F32 || d == DType::F64, DType, op, ": logits must be float32 or float64, received ", dtype_name(d));
+  check_shape(op, "lse", a.lse, {T_}, d, false);
+  check_shape(op, "fraction", a.fraction, {E}, d, false);
+  check_shape(op, "daux", a.daux, {}, d, false);
+  check_shape(op, "dz", a.dz, {}, d, false);
+  check_shape(op, "dlogits", a.dlogits, {T_, E}, d, true);
+}
+void run(const RouterLossesBackward& a) {
+  auto lc = contiguous(a.logits), sc = contiguous(a.lse), fc = contiguous(a.fraction), ac = contiguous(a.daux),
+       zc = contiguous(a.dz);
+  View vd = a.dlogits.view(), vx = lc->view(), vl = sc->view(), vf = fc->view(), va = ac->view(), vz = zc->view();
+  DR_RUN(a.dlogits, cpu::router_losses_backward(vd, vx, vl, vf, va, vz, a.score), router_losses_backward, &vd, &vx,
+         &vl, &vf, &va, &vz, static_cast<int32_t>(a.score));
+}
+
 }  // namespace ops
 }  // namespace dualroute

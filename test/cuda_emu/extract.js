@@ -128,6 +128,10 @@ const HOST_ROUTING = [
   'router_gate_bwd<<<static_cast<unsigned>((T + kGateWarps - 1) / kGateWarps), kGateWarps * 32, 0, stream()>>>(',
   'segment_select_kernel<<<static_cast<unsigned>((rows + kGateWarps - 1) / kGateWarps), kGateWarps * 32, 0, stream()>>>(',
   'const long long rows = B * (H / group) * Sq;',
+  'router_loss_tokens<<<grid_for(T), kThreads, 0, stream()>>>(plse, ssum, pl, T, e, score);',
+  'router_loss_part<<<grid_for(nb * (E + 1)), kThreads, 0, stream()>>>(part, pl, plse, ssum, T, e, score, nb);',
+  'router_loss_final<<<1, kThreads, 0, stream()>>>(static_cast<float*>(aux->data), static_cast<float*>(z->data),',
+  'router_loss_bwd<<<grid_for(T), kThreads, 0, stream()>>>(',
 ];
 
 // The segment kernels' launches (segment.cu).
@@ -221,8 +225,9 @@ const KERNELS = [
     host: HOST_ROUTING,
     needs: [/template <typename T>\s*__global__ void __launch_bounds__\(kGateWarps \* 32\) router_select\(/, /__global__ void router_block_counts\(/,
       /__global__ void router_scan\(/, /__global__ void router_positions\(/, /__global__ void __launch_bounds__\(kGateWarps \* 32\) router_gate_bwd\(/,
-      /__global__ void __launch_bounds__\(kGateWarps \* 32\) segment_select_kernel\(/],
-    shared: { dynamic: 0, static: 1 },
+      /__global__ void __launch_bounds__\(kGateWarps \* 32\) segment_select_kernel\(/, /__global__ void router_loss_tokens\(/, /__global__ void router_loss_part\(/,
+      /__global__ void __launch_bounds__\(kThreads\) router_loss_final\(/, /__global__ void router_loss_bwd\(/],
+    shared: { dynamic: 0, static: 2 },
     helpers: true,
   },
   {

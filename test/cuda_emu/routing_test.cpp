@@ -258,6 +258,96 @@ std::string run_select(const SelShape& s, const harness::Mode& mode, uint32_t se
   return "";
 }
 
+// router_loss_tokens / router_loss_part / router_loss_final and router_loss_bwd against the
+// definitions in float64 (p = softmax or normalised sigmoid; f from the first choices; aux, z and
+// their gradients); a first choice out of range is recorded at its token and never counted.
+struct LossShape {
+  const char* tag;
+  int T, E, score;
+  int bad = 0;  // token T / 2 gets first choice E
+};
+
+std::string run_losses(const LossShape& s, const harness::Mode& mode, uint32_t seed) {
+  emu::clear_globals();
+  std::mt19937 r(seed);
+  const int T = s.T, E = s.E;
+  Buf<float> l("logits", size_t(T) * E, 0.f);
+  Buf<int32_t> first("first", size_t(T), 0);
+  for (size_t i = 0; i < l.size(); ++i) l[i] = float(int(r() % 2001) - 1000) * 2e-3f;
+  for (int t = 0; t < T; ++t) first[t] = int(r() % E);
+  if (s.bad) first[T / 2] = E;
+  const long long nb = (T + kLossTokens - 1) / kLossTokens;
+  Buf<float> lse("lse", size_t(T), harness::unwritten_float()), ssum("ssum", size_t(T), harness::unwritten_float());
+  Buf<float> part("part", size_t(nb) * (E + 1), harness::unwritten_float()), f("f", size_t(E), harness::unwritten_float());
+  Buf<float> aux("aux", 1, harness::unwritten_float()), z("z", 1, harness::unwritten_float());
+  Buf<int> cnt("cnt", size_t(E), 0);
+  unsigned long long slot = ~0ull;
+  auto grid = [](long long n) { return std::max(1LL, (n + kThreads - 1) / kThreads); };
+  emu::launch(cfg_of("router_loss_tokens", grid(T), kThreads, mode, seed),
+              [&] { router_loss_tokens(lse.data(), ssum.data(), l.data(), T, E, s.score); });
+  emu::launch(cfg_of("router_loss_part", grid(nb * (E + 1)), kThreads, mode, seed),
+              [&] { router_loss_part(part.data(), l.data(), lse.data(), ssum.data(), T, E, s.score, nb); });
+  emu::launch(cfg_of("router_loss_final", 1, kThreads, mode, seed), [&] {
+    router_loss_final(aux.data(), z.data(), f.data(), cnt.data(), part.data(), first.data(), T, E, nb, &slot);
+  });
+  // reference
+  std::vector<double> P(E, 0.0), fr(E, 0.0), rl(T);
+  std::vector<std::vector<double>> p(T, std::vector<double>(E));
+  double zs = 0;
+  for (int t = 0; t < T; ++t) {
+    double m = -INFINITY, sum = 0, ss = 0;
+    for (int e = 0; e < E; ++e) m = std::max(m, double(l[size_t(t) * E + e]));
+    for (int e = 0; e < E; ++e) sum += std::exp(l[size_t(t) * E + e] - m);
+    rl[t] = m + std::log(sum);
+    for (int e = 0; e < E; ++e) ss += 1 / (1 + std::exp(-double(l[size_t(t) * E + e])));
+    for (int e = 0; e < E; ++e) {
+      const double x = l[size_t(t) * E + e];
+      p[t][e] = s.score == 0 ? std::exp(x - rl[t]) : (1 / (1 + std::exp(-x))) / ss;
+      P[e] += p[t][e] / T;
+    }
+    zs += rl[t] * rl[t];
+    if (first[t] >= 0 && first[t] < E) fr[first[t]] += 1.0 / T;
+  }
+  double ra = 0;
+  for (int e = 0; e < E; ++e) ra += fr[e] * P[e];
+  ra *= E;
+  const double rz = zs / T;
+  for (const std::string& g : {lse.guards(), part.guards(), f.guards(), aux.guards(), z.guards(), cnt.guards()})
+    if (!g.empty()) return g;
+  if (s.bad && slot != (unsigned long long)(T / 2)) return fmt("bad first choice slot %llu, want %d", slot, T / 2);
+  if (!s.bad && slot != ~0ull) return fmt("bad first choice recorded at %llu", slot);
+  if (std::fabs(aux[0] - ra) > 1e-4 * (1 + std::fabs(ra))) return fmt("aux = %g, want %g", aux[0], ra);
+  if (std::fabs(z[0] - rz) > 1e-4 * (1 + std::fabs(rz))) return fmt("z = %g, want %g", z[0], rz);
+  for (int e = 0; e < E; ++e)
+    if (std::fabs(f[e] - fr[e]) > 1e-6) return fmt("f[%d] = %g, want %g", e, f[e], fr[e]);
+  // backward
+  Buf<float> daux("daux", 1, 0.7f), dz("dz", 1, -1.3f), dl("dlogits", size_t(T) * E, harness::unwritten_float());
+  emu::launch(cfg_of("router_loss_bwd", grid(T), kThreads, mode, seed), [&] {
+    router_loss_bwd(dl.data(), l.data(), lse.data(), f.data(), daux.data(), dz.data(), T, E, s.score);
+  });
+  if (!dl.guards().empty()) return dl.guards();
+  for (int t = 0; t < T; ++t) {
+    double g = 0, ss = 0;
+    for (int e = 0; e < E; ++e) g += fr[e] * p[t][e];
+    for (int e = 0; e < E; ++e) ss += 1 / (1 + std::exp(-double(l[size_t(t) * E + e])));
+    for (int e = 0; e < E; ++e) {
+      const double x = l[size_t(t) * E + e], sg = 1 / (1 + std::exp(-x));
+      const double ja = s.score == 0 ? p[t][e] * (fr[e] - g) : sg * (1 - sg) / ss * (fr[e] - g);
+      const double want = 0.7 * E / T * ja + (-1.3) * 2.0 / T * rl[t] * std::exp(x - rl[t]);
+      const float got = dl[size_t(t) * E + e];
+      if (std::fabs(got - want) > 1e-5 * (1 + std::fabs(want))) return fmt("dlogits[%d][%d] = %g, want %g", t, e, got, want);
+    }
+  }
+  return "";
+}
+
+// clang-format off
+const LossShape kLossShapes[] = {
+  {"one", 1, 1, 0}, {"softmax", 37, 8, 0}, {"sigmoid", 45, 16, 1}, {"blocks-of-256", 600, 3, 0},
+  {"experts-300", 9, 300, 1}, {"bad-first", 20, 4, 0, 1},
+};
+// clang-format on
+
 // clang-format off
 const SelShape kSelShapes[] = {
   // tag            B  H  Sq  Sk seg  K  G causal own
@@ -313,6 +403,16 @@ int main(int argc, char** argv) {
       const uint32_t seed = 2100u + 13u * static_cast<uint32_t>(si);
       cases.push_back({fmt("routing/select/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
                        double(s.B) * s.H * s.Sq * s.Sk * 0.01, [s, m, seed] { return run_select(s, m, seed); }});
+    }
+    ++si;
+  }
+  si = 0;
+  for (const LossShape& s : kLossShapes) {
+    for (int mi = 0; mi < 3; ++mi) {
+      const harness::Mode m = harness::kModes[mi];
+      const uint32_t seed = 3100u + 11u * static_cast<uint32_t>(si);
+      cases.push_back({fmt("routing/losses/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
+                       double(s.T) * s.E * 0.01, [s, m, seed] { return run_losses(s, m, seed); }});
     }
     ++si;
   }
