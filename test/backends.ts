@@ -539,7 +539,7 @@ const GATE_CASES: Array<[number, number, number, Record<string, unknown>]> = [
   [1, 1, 1, {}], [37, 8, 2, {}], [1031, 8, 2, { capacityFactor: 1.25 }], [300, 64, 6, { score: 'sigmoid', groups: 8, topGroups: 3, routeScale: 2.5 }],
   [65, 100, 3, { normalize: true, capacityFactor: 0.5 }],
 ];
-for (const part of ['indices', 'weights', 'positions', 'counts'] as const) {
+for (const part of ['indices', 'weights', 'positions', 'counts', 'auxLoss', 'zLoss'] as const) {
   REGISTRY.push({
     name: `routerGate ${part}`,
     ops: ['routerGate'],
@@ -554,7 +554,7 @@ for (const part of ['indices', 'weights', 'positions', 'counts'] as const) {
       for (const key of ['indices', 'weights', 'positions', 'counts', 'auxLoss', 'zLoss'] as const) if (key !== part) r[key].dispose();
       return r[part];
     },
-    tol: (d, c) => (part === 'weights' ? defaultTol('float32', c) : exact()),
+    tol: (d, c) => (part === 'weights' || part === 'auxLoss' || part === 'zLoss' ? defaultTol('float32', c) : exact()),
   });
 }
 
@@ -1048,6 +1048,14 @@ gradEntry('segmentMean', ['segmentMean'], (rnd) => [{ label: '[2,3,37,16] segmen
   (xs) => dr.segmentMean(xs[0], 5));
 gradEntry('rope', ['rope'], (rnd) => [{ label: '[2,3,37,64]', inputs: [T([2, 3, 37, 64], rnd.uniform(2 * 3 * 37 * 64)), I32([37], rnd.ints(37, 0, 5000))], out: [2, 3, 37, 64] }],
   (xs) => dr.rope(xs[0], xs[1]));
+gradEntry('routerGate losses', ['routerLosses', 'routerLossesBackward'], (rnd) => GATE_CASES.slice(1).map(([T, E, k, o]) => ({
+  label: `T${T} E${E} k${k}`, inputs: [T_([T, E], gateLogits(rnd, T, E))], out: [], k: T, p: { k, ...o },
+})), (xs, c) => {
+  const { k, ...o } = c.p as Record<string, unknown>;
+  const r = dr.routerGate(xs[0], { topK: k as number, ...(o as dr.RouterGateOptions) });
+  for (const key of ['indices', 'weights', 'positions', 'counts'] as const) r[key].dispose();
+  return dr.add(r.auxLoss, dr.mul(r.zLoss, 0.5));
+});
 gradEntry('routerGate weights', ['routerGate', 'routerGateBackward'], (rnd) => GATE_CASES.slice(1).map(([T, E, k, o]) => ({
   label: `T${T} E${E} k${k}`, inputs: [T_([T, E], gateLogits(rnd, T, E))], out: [T, k], p: { k, ...o },
 })), (xs, c) => {
