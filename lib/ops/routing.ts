@@ -9,10 +9,9 @@ import { Generator } from '../random';
 import { Tensor, tidy, untracked } from '../tensor';
 import { noGrad, record } from '../tape';
 import { rand } from './creation';
-import { add, exp, log, mul, neg, sigmoid, sign, sub } from './elementwise';
+import { log, mul, neg, sigmoid, sign, sub } from './elementwise';
 import { add_ } from './inplace';
-import { bincount } from './select';
-import { max, mean, sum } from './reduce';
+import { mean } from './reduce';
 import { softmax } from './nn';
 import { cast, contiguous, narrow, reshape, transpose } from './shape';
 import { topk } from './sort';
@@ -71,19 +70,6 @@ function numOption(op: string, name: string, v: unknown, dflt: number, lo: numbe
   if (v === undefined) return dflt;
   if (typeof v !== 'number' || !Number.isFinite(v) || v < lo) throw new ValueError(`${op}: Expected a finite number >= ${lo} for ${name} but received ${describe(v)}`);
   return v;
-}
-
-// The per-token probabilities the auxiliary loss averages: softmax, or sigmoid normalised per token.
-function tokenProbs(logits: Tensor, score: 'softmax' | 'sigmoid'): Tensor {
-  if (score === 'softmax') return softmax(logits, -1);
-  const s = sigmoid(logits);
-  return mul(s, exp(neg(log(sum(s, -1, { keepDims: true })))));
-}
-
-/** logsumexp over the last axis (with its gradient, softmax). */
-function logsumexp(x: Tensor): Tensor {
-  const m = untracked(() => max(x, -1, { keepDims: true }));
-  return add(reshape(m, [x.shape[0]]), log(sum(exp(sub(x, m)), -1)));
 }
 
 /**

@@ -22,14 +22,11 @@ import { op } from '../native';
 import { Tensor, tidy } from '../tensor';
 import { needsGrad, noGrad, record } from '../tape';
 import { arange, full } from './creation';
-import { add, eq, ge, gt, le, logicalAnd, mul, where } from './elementwise';
-import { gather } from './indexing';
+import { add, ge, gt, logicalAnd, mul, where } from './elementwise';
 import { matmul } from './linalg';
 import { softmax } from './nn';
-import { sum } from './reduce';
 import { maskedFill } from './select';
-import { cast, concat, expand, reshape } from './shape';
-import { topk } from './sort';
+import { cast, reshape } from './shape';
 import { checkOptions, checkTensor, empty, sameDevice } from './util';
 
 const statsDType = (d: DType): DType => (d === 'float64' ? 'float64' : 'float32');
@@ -266,7 +263,6 @@ export function segmentAttention(q: Tensor, k: Tensor, v: Tensor, options: Segme
   const segment = checkSegment(name, o.segment);
   const causal = checkBool(name, 'causal', o.causal, true);
   const p = checkQk(name, q, k, v, o.scale);
-  const nseg = Math.ceil(p.Sk / segment);
   let indices = o.indices;
   if (indices !== undefined) {
     checkTensor(indices, name, 'indices');

@@ -944,18 +944,12 @@ int launch_forward(const FwdParams& P, int32_t dtype, int64_t BH, const char* na
 template <typename Launch>
 int with_query_check(const char* name, const AttnArgs& a, Launch&& launch) {
   if (!a.query_index) return launch();
-  std::lock_guard<std::mutex> lock(g_attn_mutex);
-  void* slot = nullptr;
-  DR_CUDA_TRY(bad_slot_reset(g_attn_bad, &slot, name, name));
-  DR_CUDA_TRY(launch());
-  unsigned long long bad = 0;
-  DR_CUDA_TRY(bad_slot_read(slot, &bad, name));
-  if (bad == ~0ull) return 0;
-  int32_t v = 0;
-  DR_CUDA_TRY(read_index(a.query_index + bad, &v, name));
-  const long long pos = static_cast<long long>(bad);
-  return set_error("RangeError: attention: query_index " + std::to_string(v) + " at [" + std::to_string(pos / a.n) +
-                   ", " + std::to_string(pos % a.n) + "] is outside [0, " + std::to_string(a.Sq) + ")");
+  return with_bad_slot(
+      g_attn_mutex, g_attn_bad, name, a.query_index, [&](unsigned long long*) { return launch(); },
+      [&](long long pos, int32_t v) {
+        return "RangeError: attention: query_index " + std::to_string(v) + " at [" + std::to_string(pos / a.n) + ", " +
+               std::to_string(pos % a.n) + "] is outside [0, " + std::to_string(a.Sq) + ")";
+      });
 }
 
 template <typename T, int DPL>

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <string>
 
+#include <mutex>
+
 #include "common.cuh"
 
 namespace dualroute {
@@ -133,6 +135,24 @@ inline int read_index(const int32_t* p, int32_t* v, const char* name) {
   *v = 0;
   DR_CUDA_TRY(check(cudaMemcpyAsync(v, p, sizeof(*v), cudaMemcpyDeviceToHost, stream()), name));
   return check(cudaStreamSynchronize(stream()), name);
+}
+
+// The whole round trip, for every entry that checks indices on the device: under `mu`, reset the
+// slot of `symbol`, launch(slot) (returns a status; kernels get the slot's device address or use
+// the symbol), wait, and turn a recorded position p into set_error(describe(p, indices[p])).
+template <typename Launch, typename Describe>
+int with_bad_slot(std::mutex& mu, const unsigned long long& symbol, const char* name, const int32_t* indices,
+                  Launch&& launch, Describe&& describe) {
+  std::lock_guard<std::mutex> lock(mu);
+  void* slot = nullptr;
+  DR_CUDA_TRY(bad_slot_reset(symbol, &slot, name, name));
+  DR_CUDA_TRY(launch(static_cast<unsigned long long*>(slot)));
+  unsigned long long bad = 0;
+  DR_CUDA_TRY(bad_slot_read(slot, &bad, name));
+  if (bad == ~0ull) return 0;
+  int32_t v = 0;
+  DR_CUDA_TRY(read_index(indices + bad, &v, name));
+  return set_error(describe(static_cast<long long>(bad), v));
 }
 
 }  // namespace cuda

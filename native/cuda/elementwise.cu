@@ -34,6 +34,7 @@ namespace dualroute {
 namespace cuda {
 namespace {
 
+// emu:begin ewconv (test/cuda_emu runs the code up to emu:end in a warp emulator)
 // ---- value conversions (device; ld / st<T> are in device.cuh) ----------------------------
 // The value an element compares as: float for the float types, int for the integer ones.
 __device__ __forceinline__ float num(float v) { return v; }
@@ -60,6 +61,7 @@ __device__ __forceinline__ int32_t from_d<int32_t>(double v) {
 }
 template <>
 __device__ __forceinline__ uint8_t from_d<uint8_t>(double v) { return v != 0.0 ? 1 : 0; }
+// emu:end ewconv
 
 // The same conversion on the host, bit for bit the CPU's from_double (bf16 through float).
 template <typename T>
@@ -439,6 +441,7 @@ int unary_float(UnaryOp op, const View& out, const View& x) {
 }
 
 // ---- binary ------------------------------------------------------------------------------
+// emu:begin ewbinary (the element functions of binary ops; test/cuda_emu/binary_test.cpp)
 template <BinaryOp OP>
 __device__ __forceinline__ float binary_f(float a, float b) {
   switch (OP) {
@@ -513,6 +516,7 @@ template <typename T, BinaryOp OP>
 struct BinaryFloat {
   __device__ __forceinline__ T operator()(T a, T b) const { return st<T>(binary_f<OP>(ld(a), ld(b))); }
 };
+// emu:end ewbinary
 
 template <typename T, BinaryOp OP>
 struct Compare {

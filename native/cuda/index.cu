@@ -30,23 +30,6 @@ namespace {
 __device__ unsigned long long g_bad_pos;  // smallest position with a bad index, ~0 if none
 std::mutex g_slot_mutex;                  // one slot: keep reset, launch and read-back together
 
-// Runs launch() between resetting the slot and reading it back. Returns 0, the launch's
-// error, or the RangeError built by describe(position, index value).
-template <typename Launch, typename Describe>
-int with_bad_slot(const char* name, const int32_t* indices, Launch&& launch, Describe&& describe) {
-  std::lock_guard<std::mutex> lock(g_slot_mutex);
-  void* slot = nullptr;
-  DR_CUDA_TRY(bad_slot_reset(g_bad_pos, &slot, name, name));
-  launch();
-  DR_CUDA_TRY(check_launch(name));
-  unsigned long long bad = 0;
-  DR_CUDA_TRY(bad_slot_read(slot, &bad, name));
-  if (bad == ~0ull) return 0;
-  int32_t v = 0;
-  DR_CUDA_TRY(read_index(indices + bad, &v, name));
-  return set_error(describe(static_cast<int64_t>(bad), v));
-}
-
 // ---- embedding ---------------------------------------------------------------------------
 // U: the unit moved per thread (16-byte uint4 when rows allow, else one element).
 template <typename U>
@@ -162,14 +145,15 @@ int embedding(const View* out, const View* ids, const View* table) {
   const int64_t row_bytes = D * dtype_size(dt(*table));
   const int32_t* pid = static_cast<const int32_t*>(ids->data);
   return with_bad_slot(
-      "embedding", pid,
-      [&] {
+      g_slot_mutex, g_bad_pos, "embedding", pid,
+      [&](unsigned long long*) {
         const bool vec = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(out->data) % 16 == 0 &&
                          reinterpret_cast<uintptr_t>(table->data) % 16 == 0;
         if (vec) launch_embedding<uint4>(out->data, pid, table->data, n, row_bytes / 16, vocab);
         else if (dtype_size(dt(*table)) == 4) launch_embedding<uint32_t>(out->data, pid, table->data, n, D, vocab);
         else if (dtype_size(dt(*table)) == 2) launch_embedding<uint16_t>(out->data, pid, table->data, n, D, vocab);
         else launch_embedding<uint8_t>(out->data, pid, table->data, n, D, vocab);
+        return check_launch("embedding");
       },
       [&](int64_t i, int32_t id) {
         return "RangeError: embedding: token id " + std::to_string(id) + " at position " + std::to_string(i) +
@@ -191,8 +175,8 @@ int gather(const View* out, const View* x, const View* index, int32_t axis) {
   const int32_t* pi = static_cast<const int32_t*>(index->data);
   const int size = dtype_size(dt(*x));
   return with_bad_slot(
-      "gather", pi,
-      [&] {
+      g_slot_mutex, g_bad_pos, "gather", pi,
+      [&](unsigned long long*) {
         if (size == 4)
           gather_kernel<uint32_t><<<grid_for(n), 256, 0, stream()>>>(
               static_cast<uint32_t*>(out->data), static_cast<const uint32_t*>(x->data), pi, A, n);
@@ -202,6 +186,7 @@ int gather(const View* out, const View* x, const View* index, int32_t axis) {
         else
           gather_kernel<uint8_t><<<grid_for(n), 256, 0, stream()>>>(
               static_cast<uint8_t*>(out->data), static_cast<const uint8_t*>(x->data), pi, A, n);
+        return check_launch("gather");
       },
       [&](int64_t p, int32_t v) { return bad_index_message("gather", p, v, A.limit); });
   DR_CUDA_ENTRY_END("gather")
@@ -220,8 +205,8 @@ int scatter_add(const View* out, const View* index, const View* src, int32_t axi
   if (n == 0) return 0;
   const int32_t* pi = static_cast<const int32_t*>(index->data);
   return with_bad_slot(
-      "scatter_add", pi,
-      [&] {
+      g_slot_mutex, g_bad_pos, "scatter_add", pi,
+      [&](unsigned long long*) {
         if (t == DType::F32)
           scatter_add_kernel<float><<<grid_for(n), 256, 0, stream()>>>(
               static_cast<float*>(out->data), pi, static_cast<const float*>(src->data), A, n);
@@ -231,6 +216,7 @@ int scatter_add(const View* out, const View* index, const View* src, int32_t axi
         else
           scatter_add_kernel<int32_t><<<grid_for(n), 256, 0, stream()>>>(
               static_cast<int32_t*>(out->data), pi, static_cast<const int32_t*>(src->data), A, n);
+        return check_launch("scatter_add");
       },
       [&](int64_t p, int32_t v) { return bad_index_message("scatter_add", p, v, A.limit); });
   DR_CUDA_ENTRY_END("scatter_add")

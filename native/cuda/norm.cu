@@ -28,6 +28,8 @@ namespace dualroute {
 namespace cuda {
 namespace {
 
+// emu:begin norm (test/cuda_emu runs the code up to emu:end in a warp emulator)
+
 // An optional per-column parameter (weight or bias) of either float dtype.
 struct Param {
   const void* p;  // nullptr: absent
@@ -98,9 +100,9 @@ __device__ __forceinline__ bool stats_out_of_range(float ss, float mean, int64_t
   return !(ss >= kTinyMeanSquare * static_cast<float>(cols)) || !isfinite(ss) || !isfinite(mean);
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024) in double.
-__device__ double block_sum_d(double v) {
-  __shared__ double part[32];
+// Sum over the block (blockDim.x a multiple of 32, at most 1024) in double; part: 32 doubles of
+// shared memory (the leading barrier protects them from their previous use).
+__device__ double block_sum_d(double v, double* part) {
   v = warp_sum(v);
   const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
   __syncthreads();
@@ -189,6 +191,7 @@ template <typename T, bool LAYER>
 __global__ void norm_block(T* __restrict__ out, const T* __restrict__ x, Param w, Param b, float eps,
                            float* __restrict__ mean_out, float* __restrict__ rstd_out, int64_t rows, int64_t cols) {
   __shared__ float smem[32];
+  __shared__ double dsmem[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* px = x + r * cols;
     T* po = out + r * cols;
@@ -210,14 +213,14 @@ __global__ void norm_block(T* __restrict__ out, const T* __restrict__ x, Param w
       if (LAYER) {
         double s = 0.0;
         for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += static_cast<double>(ld(px[j]));
-        dm = block_sum_d(s) / static_cast<double>(cols);
+        dm = block_sum_d(s, dsmem) / static_cast<double>(cols);
       }
       double dss = 0.0;
       for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
         const double d = static_cast<double>(ld(px[j])) - dm;
         dss += d * d;
       }
-      const double dr = 1.0 / sqrt(block_sum_d(dss) / static_cast<double>(cols) + static_cast<double>(eps));
+      const double dr = 1.0 / sqrt(block_sum_d(dss, dsmem) / static_cast<double>(cols) + static_cast<double>(eps));
       for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
         double y = (static_cast<double>(ld(px[j])) - dm) * dr * param_at(w, j, 1.0f);
         if (LAYER) y += param_at(b, j, 0.0f);
@@ -241,6 +244,8 @@ __global__ void norm_block(T* __restrict__ out, const T* __restrict__ x, Param w
     }
   }
 }
+
+// emu:end norm
 
 template <typename T, int K, bool LAYER>
 void launch_warp(bool vec, int blocks, T* o, const T* x, Param w, Param b, float eps, float* mean, float* rstd,

@@ -83,23 +83,21 @@ __global__ void route_rules_kernel(int32_t* __restrict__ route, const int32_t* _
 
 std::mutex g_route_mutex;  // one slot: keep reset, launch and read-back together
 
-// Runs launch() between resetting the slot and reading it back (as index.cu's with_bad_slot).
+// Runs launch() under the ids' bad-slot round trip (device.cuh's with_bad_slot).
 template <typename Launch>
 int with_route_slot(const char* name, const int32_t* ids, int64_t limit, Launch&& launch) {
-  std::lock_guard<std::mutex> lock(g_route_mutex);
-  void* slot = nullptr;
-  DR_CUDA_TRY(bad_slot_reset(g_route_bad, &slot, name, name));
-  launch();
-  DR_CUDA_TRY(check_launch(name));
-  unsigned long long bad = 0;
-  DR_CUDA_TRY(bad_slot_read(slot, &bad, name));
-  if (bad == ~0ull) return 0;
-  int32_t v = 0;
-  DR_CUDA_TRY(read_index(ids + bad, &v, name));
-  std::string msg = std::string("RangeError: ") + name + ": token id " + std::to_string(v) + " at position " +
-                    std::to_string(bad);
-  msg += v < 0 ? " is negative" : " is outside [0, " + std::to_string(limit) + ")";
-  return set_error(msg);
+  return with_bad_slot(
+      g_route_mutex, g_route_bad, name, ids,
+      [&](unsigned long long*) {
+        launch();
+        return check_launch(name);
+      },
+      [&](long long bad, int32_t v) {
+        std::string msg = std::string("RangeError: ") + name + ": token id " + std::to_string(v) + " at position " +
+                          std::to_string(bad);
+        msg += v < 0 ? " is negative" : " is outside [0, " + std::to_string(limit) + ")";
+        return msg;
+      });
 }
 
 int check_i32(const char* name, const View& v, const char* what) {

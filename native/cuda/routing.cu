@@ -511,45 +511,42 @@ int router_losses(const View* aux, const View* z, const View* lse, const View* f
   if (dt(*logits) != DType::F32) return dtype_error(name, *logits);
   if (E > INT_MAX - 1) return set_error(std::string(name) + ": too many experts");
   const long long nb = (T + kLossTokens - 1) / kLossTokens;
-  std::lock_guard<std::mutex> lock(g_loss_mutex);
-  void* slot = nullptr;
-  DR_CUDA_TRY(bad_slot_reset(g_loss_bad, &slot, name, name));
-  void* scratch = nullptr;
-  const size_t bytes = (static_cast<size_t>(T) + static_cast<size_t>(nb) * (E + 1)) * sizeof(float) +
-                       static_cast<size_t>(E) * sizeof(int);
-  DR_CUDA_TRY(scratch_alloc(&scratch, bytes));
-  float* ssum = static_cast<float*>(scratch);
-  float* part = ssum + T;
-  int* cnt = reinterpret_cast<int*>(part + nb * (E + 1));
-  int status = check(cudaMemsetAsync(cnt, 0, static_cast<size_t>(E) * sizeof(int), stream()), name);
-  const float* pl = static_cast<const float*>(logits->data);
-  float* plse = static_cast<float*>(lse->data);
-  const int e = static_cast<int>(E);
-  if (status == 0 && T > 0) {
-    router_loss_tokens<<<grid_for(T), kThreads, 0, stream()>>>(plse, ssum, pl, T, e, score);
-    status = check_launch(name);
-  }
-  if (status == 0 && T > 0) {
-    router_loss_part<<<grid_for(nb * (E + 1)), kThreads, 0, stream()>>>(part, pl, plse, ssum, T, e, score, nb);
-    status = check_launch(name);
-  }
-  if (status == 0) {
-    router_loss_final<<<1, kThreads, 0, stream()>>>(static_cast<float*>(aux->data), static_cast<float*>(z->data),
-                                                    static_cast<float*>(f->data), cnt, part,
-                                                    static_cast<const int32_t*>(first->data), T, e, nb,
-                                                    static_cast<unsigned long long*>(slot));
-    status = check_launch(name);
-  }
-  const int rel = scratch_release(scratch);
-  if (status) return status;
-  if (rel) return rel;
-  unsigned long long badpos = 0;
-  DR_CUDA_TRY(bad_slot_read(slot, &badpos, name));
-  if (badpos == ~0ull) return 0;
-  int32_t v = 0;
-  DR_CUDA_TRY(read_index(static_cast<const int32_t*>(first->data) + badpos, &v, name));
-  return set_error("RangeError: routerGate: first choice " + std::to_string(v) + " of token " + std::to_string(badpos) +
-                   " is outside [0, " + std::to_string(E) + ")");
+  const int32_t* pfirst = static_cast<const int32_t*>(first->data);
+  return with_bad_slot(
+      g_loss_mutex, g_loss_bad, name, pfirst,
+      [&](unsigned long long* slot) {
+        void* scratch = nullptr;
+        const size_t bytes = (static_cast<size_t>(T) + static_cast<size_t>(nb) * (E + 1)) * sizeof(float) +
+                             static_cast<size_t>(E) * sizeof(int);
+        DR_CUDA_TRY(scratch_alloc(&scratch, bytes));
+        float* ssum = static_cast<float*>(scratch);
+        float* part = ssum + T;
+        int* cnt = reinterpret_cast<int*>(part + nb * (E + 1));
+        int status = check(cudaMemsetAsync(cnt, 0, static_cast<size_t>(E) * sizeof(int), stream()), name);
+        const float* pl = static_cast<const float*>(logits->data);
+        float* plse = static_cast<float*>(lse->data);
+        const int e = static_cast<int>(E);
+        if (status == 0 && T > 0) {
+          router_loss_tokens<<<grid_for(T), kThreads, 0, stream()>>>(plse, ssum, pl, T, e, score);
+          status = check_launch(name);
+        }
+        if (status == 0 && T > 0) {
+          router_loss_part<<<grid_for(nb * (E + 1)), kThreads, 0, stream()>>>(part, pl, plse, ssum, T, e, score, nb);
+          status = check_launch(name);
+        }
+        if (status == 0) {
+          router_loss_final<<<1, kThreads, 0, stream()>>>(static_cast<float*>(aux->data), static_cast<float*>(z->data),
+                                                          static_cast<float*>(f->data), cnt, part, pfirst, T, e, nb,
+                                                          slot);
+          status = check_launch(name);
+        }
+        const int rel = scratch_release(scratch);  // stream order: later users run after these kernels
+        return status ? status : rel;
+      },
+      [&](long long t, int32_t v) {
+        return "RangeError: routerGate: first choice " + std::to_string(v) + " of token " + std::to_string(t) +
+               " is outside [0, " + std::to_string(E) + ")";
+      });
   DR_CUDA_ENTRY_END("routerLosses")
 }
 

@@ -251,25 +251,22 @@ int seg_params(const char* name, const AttnArgs& a, const void* indices, int32_t
   return 0;
 }
 
-// Runs launch(params) between a reset and a read-back of the bad-index slot.
+// Runs launch(params with the bad-index slot) and reports a recorded index as a RangeError.
 template <typename Launch>
 int with_seg_check(const char* name, const SegParams& P, Launch&& launch) {
-  std::lock_guard<std::mutex> lock(g_seg_mutex);
-  void* slot = nullptr;
-  DR_CUDA_TRY(bad_slot_reset(g_seg_bad, &slot, name, name));
-  SegParams Q = P;
-  Q.bad = static_cast<unsigned long long*>(slot);
-  DR_CUDA_TRY(launch(Q));
-  unsigned long long bad = 0;
-  DR_CUDA_TRY(bad_slot_read(slot, &bad, name));
-  if (bad == ~0ull) return 0;
-  int32_t v = 0;
-  DR_CUDA_TRY(read_index(P.idx + bad, &v, name));
-  const long long pos = static_cast<long long>(bad), K = P.K, S = P.Sq, H = P.Hq;
-  return set_error("RangeError: segmentAttention: indices[" + std::to_string(pos / K / S / H) + ", " +
-                   std::to_string(pos / K / S % H) + ", " + std::to_string(pos / K % S) + ", " +
-                   std::to_string(pos % K) + "] = " + std::to_string(v) + " is outside [-1, " +
-                   std::to_string(P.nseg) + ")");
+  return with_bad_slot(
+      g_seg_mutex, g_seg_bad, name, P.idx,
+      [&](unsigned long long* slot) {
+        SegParams Q = P;
+        Q.bad = slot;
+        return launch(Q);
+      },
+      [&](long long pos, int32_t v) {
+        const long long K = P.K, S = P.Sq, H = P.Hq;
+        return "RangeError: segmentAttention: indices[" + std::to_string(pos / K / S / H) + ", " +
+               std::to_string(pos / K / S % H) + ", " + std::to_string(pos / K % S) + ", " + std::to_string(pos % K) +
+               "] = " + std::to_string(v) + " is outside [-1, " + std::to_string(P.nseg) + ")";
+      });
 }
 
 template <typename T, bool BWD>

@@ -32,6 +32,9 @@
 #include <vector>
 
 // ---- language surface -------------------------------------------------------------------------
+// CUDA's math library names at global scope, as device code calls them
+using std::isfinite;
+using std::isnan;
 #define __global__
 #define __device__
 #define __host__

@@ -151,7 +151,7 @@ const HOST_ROUTE_RULES = [
   'route_random_kernel<<<grid_for(n), kThreads, 0, stream()>>>(static_cast<int32_t*>(route->data), static_cast<const int32_t*>(thresholds->data), static_cast<int>(P), n, seed, offset);',
   'route_hash_kernel<<<grid_for(n), kThreads, 0, stream()>>>(static_cast<int32_t*>(route->data), pid, n, buckets, seed, limit);',
   'route_rules_kernel<<<grid_for(n), kThreads, 0, stream()>>>(static_cast<int32_t*>(route->data), pid, n, static_cast<const int32_t*>(rules->data), static_cast<int>(nrules), pl, L, fallback, limit);',
-  'DR_CUDA_TRY(bad_slot_reset(g_route_bad, &slot, name, name));',
+  'g_route_mutex, g_route_bad, name, ids,',
 ];
 // The MoE kernels' launches (moe.cu).
 const HOST_MOE = [
@@ -167,6 +167,15 @@ const HOST_MOE = [
   '#define DR_GG(T, TB) grouped_gemm<T, TB><<<grid, kGThreads, 0, stream()>>>(static_cast<T*>(out->data), static_cast<const T*>(a->data), static_cast<const T*>(b->data), po, e, N, kk, nn)',
   'const int64_t blocks = E * ((K + kGB - 1) / kGB) * ((n + kGB - 1) / kGB);',
   'grouped_gemm_wgrad<float><<<grid, kGThreads, 0, stream()>>>(static_cast<float*>(out->data), static_cast<const float*>(a->data), static_cast<const float*>(g->data), po, e, N, kk, nn);',
+];
+
+// The norm kernels' launches (norm.cu).
+const HOST_NORM = [
+  'norm_warp<T, K, true, LAYER><<<blocks, 256, 0, stream()>>>(o, x, w, b, eps, mean, rstd, rows, cols);',
+  'norm_warp<T, K, false, LAYER><<<blocks, 256, 0, stream()>>>(o, x, w, b, eps, mean, rstd, rows, cols);',
+  'const int blocks = grid_cap((rows + 7) / 8);',
+  'norm_block<T, LAYER><<<grid_cap(rows), 512, 0, stream()>>>(o, px, w, b, eps, mean, rstd, rows, cols);',
+  'const bool vec = cols % V == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0 && reinterpret_cast<uintptr_t>(px) % 16 == 0;',
 ];
 
 const KERNELS = [
@@ -268,6 +277,37 @@ const KERNELS = [
       /template <typename T, bool TB>\s*__global__ void __launch_bounds__\(kGThreads\) grouped_gemm\(/,
       /template <typename T>\s*__global__ void __launch_bounds__\(kGThreads\) grouped_gemm_wgrad\(/],
     shared: { dynamic: 0, static: 6 },
+    helpers: true,
+  },
+  {
+    tag: 'ewconv',
+    src: 'elementwise',
+    def: path.join(CUDA, 'elementwise.cu'),
+    out: 'ewconv_kernel.inc',
+    host: [],
+    needs: [/__device__ __forceinline__ T from_d\(double v\);/],
+    shared: { dynamic: 0, static: 0 },
+    helpers: true,
+    includes: ['../core/philox.h'],
+  },
+  {
+    tag: 'ewbinary',
+    src: 'elementwise',
+    def: path.join(CUDA, 'elementwise.cu'),
+    out: 'ewbinary_kernel.inc',
+    host: ['DR_BIN_INT(Minimum) DR_BIN_INT(FloorDiv) DR_BIN_INT(Remainder)', 'DR_BIN_FLOAT(Maximum) DR_BIN_FLOAT(Minimum) DR_BIN_FLOAT(FloorDiv) DR_BIN_FLOAT(Remainder)'],
+    needs: [/__device__ __forceinline__ float binary_f\(float a, float b\)/, /struct BinaryInt \{/],
+    shared: { dynamic: 0, static: 0 },
+    includes: ['../core/philox.h'],
+  },
+  {
+    tag: 'norm',
+    src: 'norm',
+    def: path.join(CUDA, 'norm.cu'),
+    out: 'norm_kernel.inc',
+    host: HOST_NORM,
+    needs: [/template <typename T, int K, bool VEC, bool LAYER>\s*__global__ void norm_warp\(/, /template <typename T, bool LAYER>\s*__global__ void norm_block\(/],
+    shared: { dynamic: 0, static: 2 },
     helpers: true,
   },
 ];
@@ -403,7 +443,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, elementwise: opts.elementwiseSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -444,9 +484,11 @@ if (require.main === module) {
     else if (a === '--segment-src') opts.segmentSrc = val();
     else if (a === '--route-rules-src') opts.routeRulesSrc = val();
     else if (a === '--moe-src') opts.moeSrc = val();
+    else if (a === '--norm-src') opts.normSrc = val();
+    else if (a === '--elementwise-src') opts.elementwiseSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
-      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--out DIR]`);
+      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--out DIR]`);
       process.exit(2);
     }
   }

@@ -34,6 +34,8 @@ const TESTS = [
   { name: 'segment_test', src: 'segment_test.cpp', flags: [], inc: ['segment_kernel.inc'] },
   { name: 'route_rules_test', src: 'route_rules_test.cpp', flags: [], inc: ['route_rules_kernel.inc'], deps: [path.join(ROOT, 'native', 'core', 'philox.h')] },
   { name: 'moe_test', src: 'moe_test.cpp', flags: [], inc: ['moe_kernel.inc'] },
+  { name: 'norm_test', src: 'norm_test.cpp', flags: [], inc: ['norm_kernel.inc'] },
+  { name: 'binary_test', src: 'binary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewbinary_kernel.inc'] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
 
@@ -57,6 +59,8 @@ function parseArgs(argv) {
     else if (a === '--segment-src') o.segmentSrc = path.resolve(val());
     else if (a === '--route-rules-src') o.routeRulesSrc = path.resolve(val());
     else if (a === '--moe-src') o.moeSrc = path.resolve(val());
+    else if (a === '--norm-src') o.normSrc = path.resolve(val());
+    else if (a === '--elementwise-src') o.elementwiseSrc = path.resolve(val());
     else if (a === '--build-dir') o.buildDir = path.resolve(val());
     else usage(`unknown argument ${a}`);
   }
@@ -66,7 +70,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`run.js: ${msg}\nusage: node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose] ` +
-    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--build-dir DIR] [--timeout S]');
+    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--build-dir DIR] [--timeout S]');
   process.exit(2);
 }
 
@@ -162,7 +166,7 @@ async function main() {
   const gen = path.join(o.buildDir, 'gen');
   let extracted = true;
   try {
-    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, routeRulesSrc: o.routeRulesSrc, moeSrc: o.moeSrc, outDir: gen });
+    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, routeRulesSrc: o.routeRulesSrc, moeSrc: o.moeSrc, normSrc: o.normSrc, elementwiseSrc: o.elementwiseSrc, outDir: gen });
   } catch (e) {
     if (!(e instanceof ExtractError)) throw e;
     console.log(`FAIL extract.js: ${e.message}`);
