@@ -221,6 +221,29 @@ function selectKernel(scores: Tensor, topK: number, group: number, keepOwn: bool
   }));
 }
 
+/** What segmentAttention's own selection needs (options already checked). */
+export interface SelectSegmentsArgs {
+  segment: number;
+  topK: number;
+  /** Query heads sharing one selection (divides the query heads per kv head). */
+  group: number;
+  causal: boolean;
+  summaries?: Tensor;
+}
+
+/**
+ * The segments each query row attends to, as segmentAttention picks them when no indices are
+ * given: int32 [B, Hq, Sq, topK] (own segment first when causal, then by score, -1 padding).
+ * Not differentiable (a choice). Used by segmentAttention and dualAttention's segment path.
+ */
+export function selectSegments(q: Tensor, k: Tensor, p: { Sk: number; scale: number }, a: SelectSegmentsArgs): Tensor {
+  return noGrad(() => tidy(() => {
+    // unmasked scores: the selection kernel skips the segments after each query itself
+    const scores = segmentScores(q, k, { segment: a.segment, causal: false, scale: p.scale, summaries: a.summaries });
+    return selectKernel(scores, a.topK, a.group, a.causal, a.segment, p.Sk, a.causal).indices;
+  }));
+}
+
 export interface SegmentAttentionOptions {
   /** Keys per segment (>= 1). */
   segment: number;
@@ -275,12 +298,7 @@ export function segmentAttention(q: Tensor, k: Tensor, v: Tensor, options: Segme
     const G = p.Hq / p.Hkv;
     const gh = o.groupHeads === undefined || o.groupHeads === false ? 1 : o.groupHeads === true ? G : o.groupHeads;
     if (!Number.isInteger(gh) || gh < 1 || G % gh !== 0) throw new ValueError(`${name}: Expected groupHeads true, false or an integer dividing the ${G} query heads per kv head, but received ${describe(o.groupHeads)}`);
-    indices = noGrad(() => tidy(() => {
-      // unmasked scores: the selection kernel skips the segments after each query itself
-      const scores = segmentScores(q, k, { segment, causal: false, scale: p.scale, summaries: o.summaries });
-      const sel = selectKernel(scores, o.topK as number, gh, causal, segment, p.Sk, causal);
-      return sel.indices;
-    }));
+    indices = selectSegments(q, k, p, { segment, topK: o.topK as number, group: gh, causal, summaries: o.summaries });
   }
   const ownIndices = indices !== o.indices;
   const out = empty([p.B, p.Hq, p.Sq, p.D], q.dtype, q.device);
