@@ -10,6 +10,7 @@ import { add, gelu, lt, mul, where } from '../ops/elementwise';
 import { matmul } from '../ops/linalg';
 import { layerNorm, rmsNorm, swiglu } from '../ops/nn';
 import { embedding } from '../ops/indexing';
+import { contiguous, view } from '../ops/shape';
 import { Module } from './module';
 import { checkOptions, checkTensor } from '../ops/util';
 
@@ -17,6 +18,12 @@ export interface InitOptions {
   dtype?: DType;
   device?: Device;
   generator?: Generator;
+}
+
+// x unchanged as a new tensor that stays on the autograd tape (alias() would detach it: an
+// identity Dropout in eval, or p = 0, must still pass gradients through).
+function identity(x: Tensor): Tensor {
+  return x.isContiguous ? view(x, x.shape.slice()) : contiguous(x);
 }
 
 function checkDim(name: string, v: unknown): number {
@@ -104,7 +111,7 @@ export class Dropout extends Module {
   }
   forward(x: Tensor): Tensor {
     checkTensor(x, 'Dropout', 'x');
-    if (!this.training || this.p === 0) return x.alias();
+    if (!this.training || this.p === 0) return identity(x);
     const u = rand(x.shape.slice(), { device: x.device, generator: this.generator });
     const keep = lt(u, 1 - this.p);
     u.dispose();
@@ -135,7 +142,7 @@ export class Sequential extends Module {
       if (cur !== x) cur.dispose();
       cur = next;
     }
-    return cur === x ? x.alias() : cur;
+    return cur === x ? identity(x) : cur;
   }
 }
 

@@ -6,8 +6,8 @@ import { op } from '../native';
 import { Tensor } from '../tensor';
 import { reshape } from './shape';
 import { needsGrad, record } from '../tape';
-import { div as divOp } from './elementwise';
-import { sum as sumOp } from './reduce';
+import { div as divOp, square as squareOp, sub as subOp } from './elementwise';
+import { mean as meanOp, sum as sumOp } from './reduce';
 import { crossEntropyWithLse, layerNormWithStats, rmsNormWithStats } from './grad_kernels';
 import { checkOptions, checkTensor, empty, normAxis, sameDevice } from './util';
 
@@ -198,4 +198,28 @@ function crossEntropyGrad(logits: Tensor, targets: Tensor, rows: number, C: numb
   } finally {
     loss.dispose();
   }
+}
+
+/**
+ * Mean squared error: mean((input - target)^2) ('mean', default), the sum ('sum') or the
+ * per-element squares ('none'). Shapes must match (no silent broadcasting of a target).
+ */
+export function mseLoss(input: Tensor, target: Tensor, options: { reduction?: 'mean' | 'sum' | 'none' } = {}): Tensor {
+  options = checkOptions(options, 'mseLoss');
+  floatInput('mseLoss', input, 'input');
+  floatInput('mseLoss', target, 'target');
+  sameDevice('mseLoss', input, target);
+  if (input.dtype !== target.dtype) throw new DTypeError(`mseLoss: Expected target of dtype ${input.dtype} but received ${describe(target)}`);
+  if (input.ndim !== target.ndim || input.shape.some((d, i) => d !== target.shape[i])) {
+    throw new ShapeError(`mseLoss: Expected target of shape [${input.shape.join(', ')}] but received ${describe(target)}`);
+  }
+  const reduction = options.reduction ?? 'mean';
+  if (!['mean', 'sum', 'none'].includes(reduction)) throw new ValueError(`mseLoss: Expected 'mean', 'sum' or 'none' for reduction but received ${describe(reduction)}`);
+  const d = subOp(input, target);
+  const sq = squareOp(d);
+  d.dispose();
+  if (reduction === 'none') return sq;
+  const r = reduction === 'sum' ? sumOp(sq) : meanOp(sq);
+  sq.dispose();
+  return r;
 }

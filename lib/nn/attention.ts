@@ -1,0 +1,224 @@
+// Attention layers: MultiheadAttention (projections, grouped-query heads, RoPE, global or local
+// masks, self or cross attention), the pre-norm TransformerBlock, and positional embeddings.
+// Parameter names follow Hugging Face's Llama where there is a counterpart (q_proj, k_proj,
+// v_proj, o_proj; input_layernorm, post_attention_layernorm, mlp), so that weights map over
+// by name (docs/weights.md).
+import { ShapeError, ValueError, DTypeError, describe } from '../errors';
+import { Tensor, tidy } from '../tensor';
+import { arange } from '../ops/creation';
+import { add, cos, exp, mul, sin } from '../ops/elementwise';
+import { cast, concat, reshape, transpose, unsqueeze } from '../ops/shape';
+import { globalAttention, localAttention, rope } from '../ops/attention';
+import { checkOptions, checkTensor } from '../ops/util';
+import { Module } from './module';
+import { Dropout, InitOptions, Linear, MLP, RMSNorm } from './layers';
+
+function positiveInt(owner: string, name: string, v: unknown): number {
+  if (!Number.isInteger(v) || (v as number) < 1) throw new ValueError(`${owner}: Expected a positive integer for ${name} but received ${describe(v)}`);
+  return v as number;
+}
+
+export interface MultiheadAttentionOptions extends InitOptions {
+  /** Key/value heads (grouped-query attention); divides nHeads. Default nHeads. */
+  nKvHeads?: number;
+  /** Width of each head. Default dModel / nHeads. */
+  headDim?: number;
+  /** 'global' (every key, or every earlier key when causal) or 'local' (a window). Default 'global'. */
+  kind?: 'global' | 'local';
+  /** Keys after the query are invisible. Default true for self-attention, false for cross-attention. */
+  causal?: boolean;
+  /** Local attention: keys per query (sliding) or block length (block). */
+  window?: number;
+  mode?: 'sliding' | 'block';
+  /** Rotary position embedding of queries and keys (self-attention only). Default true. */
+  rope?: boolean;
+  ropeBase?: number;
+  /** Bias in the four projections. Default false (as Llama). */
+  bias?: boolean;
+  /** Cross-attention: keys and values come from a context of this width. */
+  dContext?: number;
+  /** Dropout on the output projection's result in training. Default 0. */
+  dropout?: number;
+}
+
+export interface AttentionForwardOptions {
+  /** Cross-attention: the states attended to, [batch, Sc, dContext]. */
+  context?: Tensor;
+  /** int32 [S] or [batch, S]: positions for RoPE. Default 0 .. S-1. */
+  positions?: Tensor;
+  /** bool [batch, Sk]: true marks a key as padding. */
+  keyPaddingMask?: Tensor;
+}
+
+/**
+ * Multi-head attention: q, k, v projections, optional RoPE, the fused global or local attention
+ * kernel, and the output projection. x [batch, S, dModel] -> [batch, S, dModel].
+ */
+export class MultiheadAttention extends Module {
+  q_proj: Linear;
+  k_proj: Linear;
+  v_proj: Linear;
+  o_proj: Linear;
+  dropout: Dropout;
+  readonly nKvHeads: number;
+  readonly headDim: number;
+  readonly kind: 'global' | 'local';
+  readonly causal: boolean;
+  readonly window: number;
+  readonly mode: 'sliding' | 'block';
+  readonly useRope: boolean;
+  readonly ropeBase: number;
+  readonly cross: boolean;
+
+  constructor(readonly dModel: number, readonly nHeads: number, options: MultiheadAttentionOptions = {}) {
+    super();
+    const name = 'MultiheadAttention';
+    const o = checkOptions<MultiheadAttentionOptions>(options, name);
+    positiveInt(name, 'dModel', dModel);
+    positiveInt(name, 'nHeads', nHeads);
+    this.nKvHeads = positiveInt(name, 'nKvHeads', o.nKvHeads ?? nHeads);
+    if (nHeads % this.nKvHeads !== 0) throw new ValueError(`${name}: Expected nKvHeads dividing nHeads (${nHeads}) but received ${describe(o.nKvHeads)}`);
+    if (o.headDim === undefined && dModel % nHeads !== 0) throw new ValueError(`${name}: dModel (${dModel}) is not a multiple of nHeads (${nHeads}); give headDim`);
+    this.headDim = positiveInt(name, 'headDim', o.headDim ?? dModel / nHeads);
+    this.kind = o.kind ?? 'global';
+    if (this.kind !== 'global' && this.kind !== 'local') throw new ValueError(`${name}: Expected 'global' or 'local' for kind but received ${describe(o.kind)}`);
+    this.cross = o.dContext !== undefined;
+    const dContext = this.cross ? positiveInt(name, 'dContext', o.dContext) : dModel;
+    this.causal = o.causal ?? !this.cross;
+    if (typeof this.causal !== 'boolean') throw new ValueError(`${name}: Expected a boolean for causal but received ${describe(o.causal)}`);
+    this.mode = o.mode ?? 'sliding';
+    if (this.mode !== 'sliding' && this.mode !== 'block') throw new ValueError(`${name}: Expected 'sliding' or 'block' for mode but received ${describe(o.mode)}`);
+    this.window = this.kind === 'local' ? positiveInt(name, 'window', o.window) : 0;
+    if (this.kind === 'global' && o.window !== undefined) throw new ValueError(`${name}: window applies to kind 'local' only (kind is 'global')`);
+    this.useRope = o.rope ?? !this.cross;
+    if (typeof this.useRope !== 'boolean') throw new ValueError(`${name}: Expected a boolean for rope but received ${describe(o.rope)}`);
+    if (this.useRope && this.cross) throw new ValueError(`${name}: rope applies to self-attention only (dContext is set)`);
+    if (this.useRope && this.headDim % 2 !== 0) throw new ValueError(`${name}: rope needs an even headDim but it is ${this.headDim}`);
+    this.ropeBase = o.ropeBase ?? 10000;
+    if (typeof this.ropeBase !== 'number' || !(this.ropeBase > 0) || !Number.isFinite(this.ropeBase)) throw new ValueError(`${name}: Expected a finite ropeBase > 0 but received ${describe(o.ropeBase)}`);
+    const p = o.dropout ?? 0;
+    const init = { dtype: o.dtype, device: o.device, generator: o.generator, bias: o.bias ?? false };
+    this.q_proj = new Linear(dModel, nHeads * this.headDim, init);
+    this.k_proj = new Linear(dContext, this.nKvHeads * this.headDim, init);
+    this.v_proj = new Linear(dContext, this.nKvHeads * this.headDim, init);
+    this.o_proj = new Linear(nHeads * this.headDim, dModel, init);
+    this.dropout = new Dropout(p, o.generator);
+  }
+
+  // [B, S, H * hd] -> [B, H, S, hd]
+  private heads(t: Tensor, H: number): Tensor {
+    const [B, S] = t.shape;
+    return transpose(reshape(t, [B, S, H, this.headDim]), 1, 2);
+  }
+
+  forward(x: Tensor, options: AttentionForwardOptions = {}): Tensor {
+    const name = 'MultiheadAttention';
+    const o = checkOptions<AttentionForwardOptions>(options, name);
+    checkTensor(x, name, 'x');
+    if (x.ndim !== 3 || x.shape[2] !== this.dModel) throw new ShapeError(`${name}: Expected x of shape [batch, seq, ${this.dModel}] but received ${describe(x)}`);
+    const [B, S] = x.shape;
+    let src = x;
+    if (this.cross) {
+      if (o.context === undefined) throw new ValueError(`${name}: cross-attention needs options.context [batch, Sc, ${this.k_proj.inFeatures}]`);
+      const c = checkTensor(o.context, name, 'context');
+      if (c.ndim !== 3 || c.shape[0] !== B || c.shape[2] !== this.k_proj.inFeatures) {
+        throw new ShapeError(`${name}: Expected context of shape [${B}, Sc, ${this.k_proj.inFeatures}] but received ${describe(c)}`);
+      }
+      src = c;
+    } else if (o.context !== undefined) {
+      throw new ValueError(`${name}: context is for cross-attention (construct with dContext)`);
+    }
+    return tidy(() => {
+      let q = this.heads(this.q_proj.forward(x), this.nHeads);
+      let k = this.heads(this.k_proj.forward(src), this.nKvHeads);
+      const v = this.heads(this.v_proj.forward(src), this.nKvHeads);
+      if (this.useRope) {
+        let pos = o.positions;
+        if (pos === undefined) pos = arange(0, S, 1, { dtype: 'int32', device: x.device });
+        else checkTensor(pos, name, 'positions');
+        // self-attention: the keys sit at the queries' positions
+        q = rope(q, pos, { base: this.ropeBase });
+        k = rope(k, pos, { base: this.ropeBase });
+      }
+      const common = { causal: this.causal, keyPaddingMask: o.keyPaddingMask };
+      const a = this.kind === 'local'
+        ? localAttention(q, k, v, { ...common, window: this.window, mode: this.mode })
+        : globalAttention(q, k, v, common);
+      const merged = reshape(transpose(a, 1, 2), [B, S, this.nHeads * this.headDim]);
+      return this.dropout.forward(this.o_proj.forward(merged));
+    });
+  }
+}
+
+export interface TransformerBlockOptions extends MultiheadAttentionOptions {
+  /** Hidden width of the feed-forward block. Default 4 dModel (gelu) or 8/3 dModel rounded (swiglu). */
+  ffnHidden?: number;
+  ffn?: 'swiglu' | 'gelu';
+  normEps?: number;
+}
+
+/**
+ * A pre-norm transformer block (as Llama): h = x + attn(norm(x)); out = h + mlp(norm(h)), with
+ * RMSNorm, the attention of MultiheadAttention and a SwiGLU or GELU feed-forward block.
+ */
+export class TransformerBlock extends Module {
+  input_layernorm: RMSNorm;
+  self_attn: MultiheadAttention;
+  post_attention_layernorm: RMSNorm;
+  mlp: MLP;
+  dropout: Dropout;
+
+  constructor(readonly dModel: number, readonly nHeads: number, options: TransformerBlockOptions = {}) {
+    super();
+    const name = 'TransformerBlock';
+    const o = checkOptions<TransformerBlockOptions>(options, name);
+    const { ffnHidden, ffn, normEps, ...attn } = o;
+    const kind = ffn ?? 'swiglu';
+    if (kind !== 'swiglu' && kind !== 'gelu') throw new ValueError(`${name}: Expected 'swiglu' or 'gelu' for ffn but received ${describe(ffn)}`);
+    positiveInt(name, 'dModel', dModel);
+    const hidden = ffnHidden ?? (kind === 'gelu' ? 4 * dModel : Math.max(1, Math.round((8 * dModel) / 3)));
+    positiveInt(name, 'ffnHidden', hidden);
+    const eps = normEps ?? 1e-6;
+    if (typeof eps !== 'number' || !(eps > 0)) throw new ValueError(`${name}: Expected normEps > 0 but received ${describe(normEps)}`);
+    const init = { dtype: o.dtype, device: o.device, generator: o.generator };
+    this.input_layernorm = new RMSNorm(dModel, eps, { dtype: o.dtype, device: o.device });
+    this.self_attn = new MultiheadAttention(dModel, nHeads, attn);
+    this.post_attention_layernorm = new RMSNorm(dModel, eps, { dtype: o.dtype, device: o.device });
+    this.mlp = new MLP(dModel, hidden, kind, { ...init, bias: o.bias ?? false });
+    this.dropout = new Dropout(o.dropout ?? 0, o.generator);
+  }
+
+  forward(x: Tensor, options: AttentionForwardOptions = {}): Tensor {
+    return tidy(() => {
+      const h = add(x, this.self_attn.forward(this.input_layernorm.forward(x), options));
+      return add(h, this.dropout.forward(this.mlp.forward(this.post_attention_layernorm.forward(h))));
+    });
+  }
+}
+
+/**
+ * The fixed sinusoidal position table of "Attention Is All You Need": pe[p, 2i] = sin(p w_i),
+ * pe[p, 2i+1] = cos(p w_i), w_i = base^(-2i / dim). forward(positions int32 [...]) -> [..., dim]
+ * (float32 unless dtype says otherwise); no parameters.
+ */
+export class SinusoidalPositionalEmbedding extends Module {
+  constructor(readonly dim: number, readonly base = 10000, readonly dtype: 'float32' | 'float64' = 'float32') {
+    super();
+    positiveInt('SinusoidalPositionalEmbedding', 'dim', dim);
+    if (dim % 2 !== 0) throw new ValueError(`SinusoidalPositionalEmbedding: Expected an even dim but received ${describe(dim)}`);
+    if (typeof base !== 'number' || !(base > 0)) throw new ValueError(`SinusoidalPositionalEmbedding: Expected base > 0 but received ${describe(base)}`);
+  }
+  forward(positions: Tensor): Tensor {
+    checkTensor(positions, 'SinusoidalPositionalEmbedding', 'positions');
+    if (positions.dtype !== 'int32') throw new DTypeError(`SinusoidalPositionalEmbedding: Expected int32 positions but received ${describe(positions)}`);
+    return tidy(() => {
+      const half = this.dim / 2;
+      const i = arange(0, half, 1, { dtype: this.dtype, device: positions.device });
+      const w = exp(mul(i, (-2 * Math.log(this.base)) / this.dim));
+      const p = unsqueeze(cast(positions, this.dtype), -1);
+      const ang = mul(p, w);  // [..., half]
+      const pair = concat([unsqueeze(sin(ang), -1), unsqueeze(cos(ang), -1)], -1);  // [..., half, 2]
+      return reshape(pair, [...positions.shape, this.dim]);
+    });
+  }
+}
