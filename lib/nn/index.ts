@@ -3,3 +3,6 @@ export { Module, ModuleList, ModuleDict, ParameterList, asParameter, isParameter
 export type { LoadOptions } from './module';
 export { Linear, Embedding, RMSNorm, LayerNorm, Dropout, Sequential, MLP } from './layers';
 export type { InitOptions } from './layers';
+export { ReLU, GELU, SiLU } from './activations';
+export { MultiheadAttention, TransformerBlock, SinusoidalPositionalEmbedding } from './attention';
+export type { MultiheadAttentionOptions, AttentionForwardOptions, TransformerBlockOptions } from './attention';
