@@ -6,3 +6,4 @@ export type { InitOptions } from './layers';
 export { ReLU, GELU, SiLU } from './activations';
 export { MultiheadAttention, TransformerBlock, SinusoidalPositionalEmbedding } from './attention';
 export type { MultiheadAttentionOptions, AttentionForwardOptions, TransformerBlockOptions } from './attention';
+export * from './routers';
