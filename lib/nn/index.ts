@@ -7,3 +7,5 @@ export { ReLU, GELU, SiLU } from './activations';
 export { MultiheadAttention, TransformerBlock, SinusoidalPositionalEmbedding } from './attention';
 export type { MultiheadAttentionOptions, AttentionForwardOptions, TransformerBlockOptions } from './attention';
 export * from './routers';
+export { Conv1d } from './conv';
+export type { Conv1dOptions } from './conv';
