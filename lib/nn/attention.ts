@@ -9,6 +9,7 @@ import { arange } from '../ops/creation';
 import { add, cos, exp, mul, sin } from '../ops/elementwise';
 import { cast, concat, reshape, transpose, unsqueeze } from '../ops/shape';
 import { globalAttention, localAttention, rope } from '../ops/attention';
+import { segmentAttention } from '../ops/segment';
 import { checkOptions, checkTensor } from '../ops/util';
 import { Module } from './module';
 import { Dropout, InitOptions, Linear, MLP, RMSNorm } from './layers';
@@ -23,8 +24,17 @@ export interface MultiheadAttentionOptions extends InitOptions {
   nKvHeads?: number;
   /** Width of each head. Default dModel / nHeads. */
   headDim?: number;
-  /** 'global' (every key, or every earlier key when causal) or 'local' (a window). Default 'global'. */
-  kind?: 'global' | 'local';
+  /**
+   * 'global' (every key, or every earlier key when causal), 'local' (a window) or 'segment'
+   * (each query reads the keys of its topK best segments of `segment` keys: segmentAttention).
+   * Default 'global'.
+   */
+  kind?: 'global' | 'local' | 'segment';
+  /** kind 'segment': keys per segment and segments kept per query (its own included). */
+  segment?: number;
+  topK?: number;
+  /** kind 'segment': the query heads of a kv head share one selection (as NSA). Default false. */
+  groupHeads?: boolean;
   /** Keys after the query are invisible. Default true for self-attention, false for cross-attention. */
   causal?: boolean;
   /** Local attention: keys per query (sliding) or block length (block). */
@@ -62,8 +72,11 @@ export class MultiheadAttention extends Module {
   dropout: Dropout;
   readonly nKvHeads: number;
   readonly headDim: number;
-  readonly kind: 'global' | 'local';
+  readonly kind: 'global' | 'local' | 'segment';
   readonly causal: boolean;
+  readonly segment: number;
+  readonly topK: number;
+  readonly groupHeads: boolean;
   readonly window: number;
   readonly mode: 'sliding' | 'block';
   readonly useRope: boolean;
@@ -81,7 +94,7 @@ export class MultiheadAttention extends Module {
     if (o.headDim === undefined && dModel % nHeads !== 0) throw new ValueError(`${name}: dModel (${dModel}) is not a multiple of nHeads (${nHeads}); give headDim`);
     this.headDim = positiveInt(name, 'headDim', o.headDim ?? dModel / nHeads);
     this.kind = o.kind ?? 'global';
-    if (this.kind !== 'global' && this.kind !== 'local') throw new ValueError(`${name}: Expected 'global' or 'local' for kind but received ${describe(o.kind)}`);
+    if (this.kind !== 'global' && this.kind !== 'local' && this.kind !== 'segment') throw new ValueError(`${name}: Expected 'global', 'local' or 'segment' for kind but received ${describe(o.kind)}`);
     this.cross = o.dContext !== undefined;
     const dContext = this.cross ? positiveInt(name, 'dContext', o.dContext) : dModel;
     this.causal = o.causal ?? !this.cross;
@@ -89,7 +102,13 @@ export class MultiheadAttention extends Module {
     this.mode = o.mode ?? 'sliding';
     if (this.mode !== 'sliding' && this.mode !== 'block') throw new ValueError(`${name}: Expected 'sliding' or 'block' for mode but received ${describe(o.mode)}`);
     this.window = this.kind === 'local' ? positiveInt(name, 'window', o.window) : 0;
-    if (this.kind === 'global' && o.window !== undefined) throw new ValueError(`${name}: window applies to kind 'local' only (kind is 'global')`);
+    if (this.kind !== 'local' && o.window !== undefined) throw new ValueError(`${name}: window applies to kind 'local' only (kind is '${this.kind}')`);
+    this.segment = this.kind === 'segment' ? positiveInt(name, 'segment', o.segment) : 0;
+    this.topK = this.kind === 'segment' ? positiveInt(name, 'topK', o.topK) : 0;
+    if (this.kind !== 'segment' && (o.segment !== undefined || o.topK !== undefined)) throw new ValueError(`${name}: segment and topK apply to kind 'segment' only (kind is '${this.kind}')`);
+    this.groupHeads = o.groupHeads ?? false;
+    if (typeof this.groupHeads !== 'boolean') throw new ValueError(`${name}: Expected a boolean for groupHeads but received ${describe(o.groupHeads)}`);
+    if (this.kind === 'segment' && this.cross) throw new ValueError(`${name}: kind 'segment' is self-attention (dContext is set)`);
     this.useRope = o.rope ?? !this.cross;
     if (typeof this.useRope !== 'boolean') throw new ValueError(`${name}: Expected a boolean for rope but received ${describe(o.rope)}`);
     if (this.useRope && this.cross) throw new ValueError(`${name}: rope applies to self-attention only (dContext is set)`);
@@ -141,9 +160,15 @@ export class MultiheadAttention extends Module {
         k = rope(k, pos, { base: this.ropeBase });
       }
       const common = { causal: this.causal, keyPaddingMask: o.keyPaddingMask };
-      const a = this.kind === 'local'
-        ? localAttention(q, k, v, { ...common, window: this.window, mode: this.mode })
-        : globalAttention(q, k, v, common);
+      let a: Tensor;
+      if (this.kind === 'segment') {
+        if (o.keyPaddingMask !== undefined) throw new ValueError(`${name}: kind 'segment' takes no keyPaddingMask`);
+        a = segmentAttention(q, k, v, { segment: this.segment, topK: this.topK, causal: this.causal, groupHeads: this.groupHeads });
+      } else if (this.kind === 'local') {
+        a = localAttention(q, k, v, { ...common, window: this.window, mode: this.mode });
+      } else {
+        a = globalAttention(q, k, v, common);
+      }
       const merged = reshape(transpose(a, 1, 2), [B, S, this.nHeads * this.headDim]);
       return this.dropout.forward(this.o_proj.forward(merged));
     });

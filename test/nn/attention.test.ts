@@ -169,6 +169,23 @@ describe('MultiheadAttention', () => {
     });
   });
 
+  test("kind 'segment' reads the top segments; with every segment kept it equals causal global attention", () => {
+    dr.tidy(() => {
+      const mk = (kind: 'global' | 'segment', topK?: number) => new nn.MultiheadAttention(8, 4, {
+        nKvHeads: 2, kind, dtype: 'float64', generator: new dr.Generator(12), ...(kind === 'segment' ? { segment: 3, topK } : {}),
+      });
+      const x = input([2, 10, 8], 13);
+      const g = mk('global'), all = mk('segment', 4), few = mk('segment', 1);
+      expectClose(all.forward(x.t), g.forward(x.t).dataSync(), 'float64');
+      // topK 1 keeps only the own segment: a block-local attention of block 3
+      const ref = mhaRef(few, x.data, 2, 10, { causal: true, kind: 'local', window: 3, mode: 'block', rope: true });
+      expectClose(few.forward(x.t), ref, 'float64');
+      expect(() => new nn.MultiheadAttention(8, 4, { kind: 'segment', segment: 4 })).toThrow(/positive integer for topK/);
+      expect(() => new nn.MultiheadAttention(8, 4, { segment: 4 })).toThrow(/apply to kind 'segment' only/);
+      [g, all, few].forEach((m) => m.dispose());
+    });
+  });
+
   test('parameter names follow Llama', () => {
     const m = new nn.MultiheadAttention(8, 4, { nKvHeads: 2 });
     expect(m.namedParameters().map(([n, p]) => `${n}:${p.shape.join('x')}`)).toEqual([
