@@ -39,3 +39,6 @@ export * from './ops/attention';
 export * from './ops/segment';
 export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
 export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';
+export * as models from './models';
+export { DualRouteLM } from './models';
+export type { DualRouteLMConfig, LayerConfig } from './models';

@@ -1,0 +1,237 @@
+// DualRouteLM: a decoder-only language model whose layers each run a cheap local path and an
+// expensive global path over the same normalised input and mix them by a router:
+//
+//   a = norm(x);  l = local(a);  g = global(a);  h = x + fuse(l, g | a, ids)
+//   out = h + ffn(norm(h))                              (ffn: SwiGLU, GELU or a token-choice MoE)
+//
+// Stochastic depth (layerDrop) drops a layer's two residual branches per sample in training.
+// Names follow Hugging Face's Llama where a part has a counterpart (embed_tokens, layers.N.
+// input_layernorm, ..., norm, lm_head); the paths are layers.N.local.* and layers.N.global.*.
+// After each forward every layer keeps its routing (mean gate per path, expert load) for logs,
+// plots and the server: model.routing().
+import { ShapeError, DTypeError, describe } from '../errors';
+import { Generator } from '../random';
+import { Tensor, tidy, keep } from '../tensor';
+import { add, mul } from '../ops/elementwise';
+import { full } from '../ops/creation';
+import { cast, concat, reshape } from '../ops/shape';
+import { matmul } from '../ops/linalg';
+import { mean } from '../ops/reduce';
+import { crossEntropy, softmax } from '../ops/nn';
+import { layerDrop } from '../ops/route_rules';
+import { Module } from '../nn/module';
+import { Dropout, Embedding, Linear, MLP, RMSNorm } from '../nn/layers';
+import { MultiheadAttention } from '../nn/attention';
+import { Conv1d } from '../nn/conv';
+import { SiLU } from '../nn/activations';
+import { RandomRouter, RuleRouter, SigmoidGates, SoftmaxGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
+import { DualRouteLMConfig, ResolvedConfig, ResolvedLayer, resolveConfig } from './config';
+import { checkTensor } from '../ops/util';
+import { noGrad } from '../tape';
+
+const asDType = (t: Tensor, d: Tensor['dtype']): Tensor => (t.dtype === d ? t : cast(t, d));
+
+/** The conv local path: a causal depthwise convolution, SiLU, then a projection (the low path). */
+export class ConvPath extends Module {
+  conv: Conv1d;
+  act = new SiLU();
+  proj: Linear;
+  constructor(d: number, kernel: number, init: { generator: Generator }) {
+    super();
+    this.conv = new Conv1d(d, d, kernel, { groups: d, causal: true, generator: init.generator });
+    this.proj = new Linear(d, d, { generator: init.generator, bias: false });
+  }
+  forward(x: Tensor): Tensor {
+    return tidy(() => this.proj.forward(this.act.forward(this.conv.forward(x))));
+  }
+}
+
+/** What a layer routed in its last forward (means over the batch and positions). */
+export interface LayerRouting {
+  /** Mean weight of (local, global) per token, when both paths run. */
+  gates: [number, number] | null;
+  /** Tokens (or token choices) per expert of the MoE feed-forward block. */
+  expertLoad: number[] | null;
+}
+
+/** One dual-routing layer (see the file's head). */
+export class DualRouteLayer extends Module {
+  input_layernorm: RMSNorm;
+  local: MultiheadAttention | ConvPath | null;
+  global: MultiheadAttention | null;
+  gate: SigmoidGates | SoftmaxGates | Linear | RuleRouter | RandomRouter | null = null;
+  post_attention_layernorm: RMSNorm;
+  mlp: MLP | TokenChoiceMoE;
+  dropout: Dropout;
+  private lastGates: Tensor | null = null;
+
+  constructor(readonly c: ResolvedConfig, readonly spec: ResolvedLayer, g: Generator) {
+    super();
+    const d = c.dModel;
+    this.input_layernorm = new RMSNorm(d, c.normEps);
+    this.post_attention_layernorm = new RMSNorm(d, c.normEps);
+    const attn = { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, causal: true };
+    this.local = spec.local === 'window'
+      ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'local', window: spec.window, mode: spec.windowMode })
+      : spec.local === 'conv' ? new ConvPath(d, spec.convKernel, { generator: g }) : null;
+    this.global = spec.global === 'full'
+      ? new MultiheadAttention(d, c.nHeads, attn)
+      : spec.global === 'segment' ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'segment', segment: spec.segment, topK: spec.topK }) : null;
+    if (this.local && this.global) {
+      const units = spec.gateUnits === 'channel' ? d : 1;
+      switch (spec.fusion) {
+        case 'gated': this.gate = new SigmoidGates(d, 2, { units, generator: g }); break;
+        case 'softmax': this.gate = new SoftmaxGates(d, 2, { units, generator: g }); break;
+        // weights from the two outputs themselves: a shared score of each path's output, softmax over the two
+        case 'attention': this.gate = new Linear(d, 1, { generator: g }); break;
+        case 'concat': this.gate = new Linear(2 * d, d, { generator: g, bias: false }); break;
+        case 'rule': this.gate = new RuleRouter(spec.rules, 2, { default: spec.ruleDefault, vocabSize: c.vocabSize }); break;
+        case 'random': this.gate = new RandomRouter(spec.randomProbs, { generator: g }); break;
+        case 'sum': break;
+      }
+    }
+    this.mlp = c.ffn === 'moe'
+      ? new TokenChoiceMoE(d, c.ffnHidden, { experts: c.moe!.experts, topK: c.moe!.topK, capacityFactor: c.moe!.capacityFactor, score: c.moe!.score,
+        auxLossWeight: c.moe!.auxLossWeight, zLossWeight: c.moe!.zLossWeight, generator: g })
+      : new MLP(d, c.ffnHidden, c.ffn, { generator: g, bias: false });
+    this.dropout = new Dropout(c.dropout, g);
+  }
+
+  // the mixed output of the two paths (a = the normalised input; ids for rule routing)
+  private fuse(l: Tensor, gl: Tensor, a: Tensor, ids: Tensor): Tensor {
+    const keepGates = (t: Tensor) => {
+      this.lastGates?.dispose();
+      this.lastGates = keep(t);
+      return t;
+    };
+    const gate = this.gate;
+    switch (this.spec.fusion) {
+      case 'sum': return add(l, gl);
+      case 'gated': case 'softmax': {
+        const gt = keepGates((gate as SigmoidGates | SoftmaxGates).forward(a));
+        return mixPaths([l, gl], gt);
+      }
+      case 'attention': {
+        const lin = gate as Linear;
+        const scores = concat([lin.forward(l), lin.forward(gl)], -1);  // [B, S, 2]
+        return mixPaths([l, gl], keepGates(softmax(scores, -1)));
+      }
+      case 'concat': return (gate as Linear).forward(concat([l, gl], -1));
+      // one-hot (or expected) gates come as float32: in the paths' dtype
+      case 'rule': return mixPaths([l, gl], keepGates(asDType((gate as RuleRouter).forward(ids), l.dtype)));
+      case 'random': {
+        // eval: the expectation, exact in the paths' dtype (the router's gates are float32)
+        if (this.training) return mixPaths([l, gl], keepGates(asDType((gate as RandomRouter).forward(ids), l.dtype)));
+        const [p0, p1] = this.spec.randomProbs;
+        const lead = l.shape.slice(0, -1);
+        return mixPaths([l, gl], keepGates(concat([full([...lead, 1], p0, { dtype: l.dtype, device: l.device }), full([...lead, 1], p1, { dtype: l.dtype, device: l.device })], -1)));
+      }
+    }
+  }
+
+  forward(x: Tensor, ids: Tensor): Tensor {
+    return tidy(() => {
+      const a = this.input_layernorm.forward(x);
+      const l = this.local ? this.local.forward(a) : null;
+      const gl = this.global ? this.global.forward(a) : null;
+      const mixed = l && gl ? this.fuse(l, gl, a, ids) : (l ?? gl)!;
+      const drop = (t: Tensor) => (this.c.layerDrop > 0 ? layerDrop(t, this.c.layerDrop, { training: this.training }) : t);
+      const h = add(x, drop(this.dropout.forward(mixed)));
+      return add(h, drop(this.dropout.forward(this.mlp.forward(this.post_attention_layernorm.forward(h)))));
+    });
+  }
+
+  /** The routing of the last forward (reads the device). */
+  routing(): LayerRouting {
+    let gates: [number, number] | null = null;
+    if (this.lastGates) {
+      const g = this.lastGates;
+      const m = tidy(() => {
+        // per-channel gates [B, S, 2, d]: their mean over channels too
+        const t = g.ndim === 4 ? mean(g, [0, 1, 3]) : mean(reshape(g, [-1, 2]), 0);
+        return Array.from(t.dataSync(), Number);
+      });
+      gates = [m[0], m[1]];
+    } else if (this.local && this.global && this.spec.fusion === 'sum') {
+      gates = [1, 1];
+    }
+    const expertLoad = this.mlp instanceof TokenChoiceMoE ? this.mlp.lastRouting?.counts ?? null : null;
+    return { gates, expertLoad };
+  }
+
+  dispose(): void {
+    this.lastGates?.dispose();
+    this.lastGates = null;
+    if (this.mlp instanceof TokenChoiceMoE) this.mlp.releaseRouting();
+    super.dispose();
+  }
+}
+
+export interface LMOutput {
+  /** [batch, seq, vocabSize] */
+  logits: Tensor;
+}
+
+/** The decoder-only dual-routing language model (see the file's head and lib/models/config.ts). */
+export class DualRouteLM extends Module {
+  readonly config: ResolvedConfig;
+  embed_tokens: Embedding;
+  layers: DualRouteLayer[];
+  norm: RMSNorm;
+  lm_head: Linear | null;
+
+  constructor(config: DualRouteLMConfig) {
+    super();
+    this.config = resolveConfig(config);
+    const c = this.config;
+    const g = new Generator(c.seed);
+    this.embed_tokens = new Embedding(c.vocabSize, c.dModel, { generator: g });
+    // a tied table is used as the output projection too: scale it as a projection (N(0, 1/d))
+    if (c.tieEmbeddings) {
+      const w = this.embed_tokens.weight;
+      this.embed_tokens.weight = this.param(() => noGrad(() => mul(w, 1 / Math.sqrt(c.dModel))));
+      w.dispose();
+    }
+    this.layers = c.layers.map((spec) => new DualRouteLayer(c, spec, g));
+    this.norm = new RMSNorm(c.dModel, c.normEps);
+    this.lm_head = c.tieEmbeddings ? null : new Linear(c.dModel, c.vocabSize, { generator: g, bias: false });
+  }
+
+  private checkIds(ids: Tensor): void {
+    checkTensor(ids, 'DualRouteLM', 'ids');
+    if (ids.dtype !== 'int32') throw new DTypeError(`DualRouteLM: Expected int32 token ids but received ${describe(ids)}`);
+    if (ids.ndim !== 2) throw new ShapeError(`DualRouteLM: Expected ids of shape [batch, seq] but received ${describe(ids)}`);
+    if (ids.shape[1] > this.config.maxSeq) throw new ShapeError(`DualRouteLM: Expected at most maxSeq (${this.config.maxSeq}) positions but received ${describe(ids)}`);
+  }
+
+  /** Logits [batch, seq, vocabSize] for token ids int32 [batch, seq]. */
+  forward(ids: Tensor): Tensor {
+    this.checkIds(ids);
+    return tidy(() => {
+      let h = this.embed_tokens.forward(ids);
+      for (const layer of this.layers) h = layer.forward(h, ids);
+      const n = this.norm.forward(h);
+      return this.lm_head ? this.lm_head.forward(n) : matmul(n, this.embed_tokens.weight, { transB: true });
+    });
+  }
+
+  /**
+   * Mean next-token cross-entropy of ids [batch, seq] against targets [batch, seq] (ignoreIndex
+   * -100 skips a position), plus the MoE layers' auxiliary losses. Returns the total (to
+   * differentiate) and the language-model loss alone.
+   */
+  loss(ids: Tensor, targets: Tensor): { loss: Tensor; lmLoss: Tensor } {
+    return tidy(() => {
+      const logits = this.forward(ids);
+      const lmLoss = crossEntropy(logits, targets);
+      let loss = lmLoss;
+      for (const l of this.layers) if (l.mlp instanceof TokenChoiceMoE) loss = add(loss, l.mlp.auxLoss());
+      return { loss, lmLoss };
+    });
+  }
+
+  /** Each layer's routing in the last forward. */
+  routing(): LayerRouting[] {
+    return this.layers.map((l) => l.routing());
+  }
+}
