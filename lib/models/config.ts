@@ -5,7 +5,7 @@ import { ValueError, describe } from '../errors';
 import type { RouteRule } from '../ops/route_rules';
 
 export type LocalKind = 'window' | 'conv' | 'none';
-export type GlobalKind = 'full' | 'segment' | 'none';
+export type GlobalKind = 'full' | 'segment' | 'routed' | 'none';
 export type FusionKind = 'sum' | 'gated' | 'softmax' | 'attention' | 'concat' | 'rule' | 'random';
 
 /** One layer's paths and how they are mixed. */
@@ -18,13 +18,16 @@ export interface LayerConfig {
   /** 'conv': kernel size. Default 4. */
   convKernel?: number;
   /**
-   * The expensive path: 'full' (causal attention), 'segment' (each query reads its topK segments)
-   * or 'none'.
+   * The expensive path: 'full' (causal attention), 'segment' (each query reads its topK segments),
+   * 'routed' (Mixture-of-Depths: only the top `capacity` fraction of tokens per sequence goes
+   * through attention; a causal predictor beside the router decides in eval and decode) or 'none'.
    */
   global?: GlobalKind;
   /** 'segment': keys per segment and segments per query. Defaults 64 and 8. */
   segment?: number;
   topK?: number;
+  /** 'routed': fraction of tokens sent through the global path, in (0, 1]. Default 0.25. */
+  capacity?: number;
   /** How the two paths' outputs are mixed (ignored when one path is 'none'). Default 'gated'. */
   fusion?: FusionKind;
   /** 'gated' / 'softmax': one gate per token (default) or per channel. */
@@ -82,7 +85,7 @@ export type ResolvedConfig = Required<Omit<DualRouteLMConfig, 'layer' | 'layers'
   layers: ResolvedLayer[];
 };
 
-const LAYER_KEYS = ['local', 'window', 'windowMode', 'convKernel', 'global', 'segment', 'topK', 'fusion', 'gateUnits', 'rules', 'ruleDefault', 'randomProbs'];
+const LAYER_KEYS = ['local', 'window', 'windowMode', 'convKernel', 'global', 'segment', 'topK', 'capacity', 'fusion', 'gateUnits', 'rules', 'ruleDefault', 'randomProbs'];
 const TOP_KEYS = ['vocabSize', 'dModel', 'nHeads', 'nKvHeads', 'nLayers', 'maxSeq', 'rope', 'ropeBase', 'normEps', 'tieEmbeddings', 'dropout', 'layerDrop', 'ffn', 'ffnHidden', 'moe', 'layer', 'layers', 'pattern', 'seed'];
 const MOE_KEYS = ['experts', 'topK', 'capacityFactor', 'score', 'auxLossWeight', 'zLossWeight'];
 
@@ -120,7 +123,7 @@ function resolveLayer(path: string, base: LayerConfig, own: unknown): ResolvedLa
   const get = (k: string) => (d[k] !== undefined ? d[k] : b[k]);
   const at = (k: string) => `${d[k] !== undefined ? path : 'layer'}.${k}`;
   const local = oneOf(at('local'), get('local') ?? 'window', ['window', 'conv', 'none'] as const);
-  const global = oneOf(at('global'), get('global') ?? 'full', ['full', 'segment', 'none'] as const);
+  const global = oneOf(at('global'), get('global') ?? 'full', ['full', 'segment', 'routed', 'none'] as const);
   if (local === 'none' && global === 'none') throw new ValueError(`DualRouteLM config: ${path}: local and global are both 'none'; a layer needs at least one path`);
   const fusion = oneOf(at('fusion'), get('fusion') ?? 'gated', ['sum', 'gated', 'softmax', 'attention', 'concat', 'rule', 'random'] as const);
   const rules = (get('rules') ?? []) as RouteRule[];
@@ -138,6 +141,7 @@ function resolveLayer(path: string, base: LayerConfig, own: unknown): ResolvedLa
     global,
     segment: int(at('segment'), get('segment') ?? 64, 1),
     topK: int(at('topK'), get('topK') ?? 8, 1),
+    capacity: num(at('capacity'), get('capacity') ?? 0.25, (x) => x > 0 && x <= 1, 'a fraction in (0, 1]'),
     fusion,
     gateUnits: oneOf(at('gateUnits'), get('gateUnits') ?? 'token', ['token', 'channel'] as const),
     rules,

@@ -22,6 +22,7 @@ import { layerDrop } from '../ops/route_rules';
 import { Module } from '../nn/module';
 import { Dropout, Embedding, Linear, MLP, RMSNorm } from '../nn/layers';
 import { MultiheadAttention } from '../nn/attention';
+import { RoutedAttention } from '../nn/routed';
 import { Conv1d } from '../nn/conv';
 import { SiLU } from '../nn/activations';
 import { RandomRouter, RuleRouter, SigmoidGates, SoftmaxGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
@@ -52,13 +53,15 @@ export interface LayerRouting {
   gates: [number, number] | null;
   /** Tokens (or token choices) per expert of the MoE feed-forward block. */
   expertLoad: number[] | null;
+  /** A 'routed' global path: the fraction of tokens it took, and (training) how often its causal predictor agreed. */
+  routed: { routed: number; agreement: number | null } | null;
 }
 
 /** One dual-routing layer (see the file's head). */
 export class DualRouteLayer extends Module {
   input_layernorm: RMSNorm;
   local: MultiheadAttention | ConvPath | null;
-  global: MultiheadAttention | null;
+  global: MultiheadAttention | RoutedAttention | null;
   gate: SigmoidGates | SoftmaxGates | Linear | RuleRouter | RandomRouter | null = null;
   post_attention_layernorm: RMSNorm;
   mlp: MLP | TokenChoiceMoE;
@@ -76,7 +79,8 @@ export class DualRouteLayer extends Module {
       : spec.local === 'conv' ? new ConvPath(d, spec.convKernel, { generator: g }) : null;
     this.global = spec.global === 'full'
       ? new MultiheadAttention(d, c.nHeads, attn)
-      : spec.global === 'segment' ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'segment', segment: spec.segment, topK: spec.topK }) : null;
+      : spec.global === 'segment' ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'segment', segment: spec.segment, topK: spec.topK })
+        : spec.global === 'routed' ? new RoutedAttention(d, c.nHeads, { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, capacity: spec.capacity }) : null;
     if (this.local && this.global) {
       const units = spec.gateUnits === 'channel' ? d : 1;
       switch (spec.fusion) {
@@ -156,7 +160,8 @@ export class DualRouteLayer extends Module {
       gates = [1, 1];
     }
     const expertLoad = this.mlp instanceof TokenChoiceMoE ? this.mlp.lastRouting?.counts ?? null : null;
-    return { gates, expertLoad };
+    const routed = this.global instanceof RoutedAttention ? this.global.routing() : null;
+    return { gates, expertLoad, routed };
   }
 
   dispose(): void {
@@ -218,14 +223,18 @@ export class DualRouteLM extends Module {
   /**
    * Mean next-token cross-entropy of ids [batch, seq] against targets [batch, seq] (ignoreIndex
    * -100 skips a position), plus the MoE layers' auxiliary losses. Returns the total (to
-   * differentiate) and the language-model loss alone.
+   * differentiate, with the routed paths' predictor losses) and the language-model loss alone.
    */
   loss(ids: Tensor, targets: Tensor): { loss: Tensor; lmLoss: Tensor } {
     return tidy(() => {
       const logits = this.forward(ids);
       const lmLoss = crossEntropy(logits, targets);
       let loss = lmLoss;
-      for (const l of this.layers) if (l.mlp instanceof TokenChoiceMoE) loss = add(loss, l.mlp.auxLoss());
+      for (const l of this.layers) {
+        if (l.mlp instanceof TokenChoiceMoE) loss = add(loss, l.mlp.auxLoss());
+        const p = l.global instanceof RoutedAttention ? l.global.predictorLoss() : null;
+        if (p) loss = add(loss, p);
+      }
       return { loss, lmLoss };
     });
   }

@@ -58,6 +58,13 @@ export interface AttentionForwardOptions {
   positions?: Tensor;
   /** bool [batch, Sk]: true marks a key as padding. */
   keyPaddingMask?: Tensor;
+  /**
+   * kind 'global': int32 [batch, n]: compute only these query rows (a router's choice), in this
+   * order, against every (visible) key: the output is [batch, n, dModel].
+   */
+  queryIndex?: Tensor;
+  /** int32 [batch], with queryIndex: the real rows of each batch row; the rest give 0. */
+  queryCount?: Tensor;
 }
 
 /**
@@ -147,6 +154,9 @@ export class MultiheadAttention extends Module {
     } else if (o.context !== undefined) {
       throw new ValueError(`${name}: context is for cross-attention (construct with dContext)`);
     }
+    if ((o.queryIndex !== undefined || o.queryCount !== undefined) && this.kind !== 'global') {
+      throw new ValueError(`${name}: queryIndex applies to kind 'global' only (kind is '${this.kind}')`);
+    }
     return tidy(() => {
       let q = this.heads(this.q_proj.forward(x), this.nHeads);
       let k = this.heads(this.k_proj.forward(src), this.nKvHeads);
@@ -167,9 +177,9 @@ export class MultiheadAttention extends Module {
       } else if (this.kind === 'local') {
         a = localAttention(q, k, v, { ...common, window: this.window, mode: this.mode });
       } else {
-        a = globalAttention(q, k, v, common);
+        a = globalAttention(q, k, v, { ...common, queryIndex: o.queryIndex, queryCount: o.queryCount });
       }
-      const merged = reshape(transpose(a, 1, 2), [B, S, this.nHeads * this.headDim]);
+      const merged = reshape(transpose(a, 1, 2), [B, a.shape[2], this.nHeads * this.headDim]);
       return this.dropout.forward(this.o_proj.forward(merged));
     });
   }

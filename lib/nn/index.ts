@@ -9,3 +9,5 @@ export type { MultiheadAttentionOptions, AttentionForwardOptions, TransformerBlo
 export * from './routers';
 export { Conv1d } from './conv';
 export type { Conv1dOptions } from './conv';
+export { RoutedAttention } from './routed';
+export type { RoutedAttentionOptions, RoutedStats } from './routed';

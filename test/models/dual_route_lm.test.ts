@@ -58,7 +58,7 @@ describe('DualRouteLM config', () => {
 
 describe('DualRouteLayer against its equation', () => {
   const locals = ['window', 'conv', 'none'] as const;
-  const globals = ['full', 'segment', 'none'] as const;
+  const globals = ['full', 'segment', 'routed', 'none'] as const;
   const fusions = ['sum', 'gated', 'softmax', 'attention', 'concat', 'rule', 'random'] as const;
   const combos: Array<{ local: typeof locals[number]; global: typeof globals[number]; fusion: typeof fusions[number] }> = [];
   for (const local of locals) for (const global of globals) if (local !== 'none' || global !== 'none') combos.push({ local, global, fusion: 'gated' });
@@ -105,6 +105,7 @@ describe('DualRouteLayer against its equation', () => {
         const r = L.routing();
         if (l && g && c.fusion !== 'concat') expect(r.gates).not.toBeNull();
         if (c.fusion === 'random') expectClose(r.gates!, [0.7, 0.3], 'float64');
+        if (c.global === 'routed') expect(r.routed!.routed).toBeGreaterThanOrEqual(0);
         m.dispose();
       });
     });
@@ -160,7 +161,7 @@ describe('DualRouteLM', () => {
   });
 
   test('a short training run lowers the loss, every parameter gets a gradient', () => {
-    const m = new dr.DualRouteLM({ ...base, nLayers: 2, pattern: [{ local: 'conv', global: 'none' }, { local: 'window', window: 4, global: 'full' }], seed: 9 });
+    const m = new dr.DualRouteLM({ ...base, nLayers: 3, pattern: [{ local: 'conv', global: 'none' }, { local: 'window', window: 4, global: 'full' }, { global: 'routed', capacity: 0.5 }], seed: 9 });
     const opt = new dr.optim.AdamW(m.parameters(), { lr: 0.02, weightDecay: 0 });
     // a repeating sequence: next token = (token + 1) % 23
     const seq = Int32Array.from({ length: 2 * 13 }, (_, i) => (i + Math.floor(i / 13) * 5) % 23);
@@ -179,6 +180,9 @@ describe('DualRouteLM', () => {
       losses.push(l);
     }
     expect(losses[39]).toBeLessThan(losses[0] * 0.3);
+    const routed = m.routing()[2].routed!;
+    expect(routed.routed).toBeCloseTo(0.5, 6);
+    expect(routed.agreement).toBeGreaterThan(0.5);
     [x, y].forEach((t) => t.dispose());
     m.dispose();
   });
