@@ -5,7 +5,7 @@ import { ValueError, describe } from '../errors';
 import type { RouteRule } from '../ops/route_rules';
 
 export type LocalKind = 'window' | 'conv' | 'none';
-export type GlobalKind = 'full' | 'segment' | 'routed' | 'none';
+export type GlobalKind = 'full' | 'segment' | 'routed' | 'nsa' | 'none';
 export type FusionKind = 'sum' | 'gated' | 'softmax' | 'attention' | 'concat' | 'rule' | 'random';
 
 /** One layer's paths and how they are mixed. */
@@ -20,7 +20,8 @@ export interface LayerConfig {
   /**
    * The expensive path: 'full' (causal attention), 'segment' (each query reads its topK segments),
    * 'routed' (Mixture-of-Depths: only the top `capacity` fraction of tokens per sequence goes
-   * through attention; a causal predictor beside the router decides in eval and decode) or 'none'.
+   * through attention; a causal predictor beside the router decides in eval and decode), 'nsa'
+   * (compressed + selected segments + a sliding window of `window`, three sigmoid gates) or 'none'.
    */
   global?: GlobalKind;
   /** 'segment': keys per segment and segments per query. Defaults 64 and 8. */
@@ -123,7 +124,7 @@ function resolveLayer(path: string, base: LayerConfig, own: unknown): ResolvedLa
   const get = (k: string) => (d[k] !== undefined ? d[k] : b[k]);
   const at = (k: string) => `${d[k] !== undefined ? path : 'layer'}.${k}`;
   const local = oneOf(at('local'), get('local') ?? 'window', ['window', 'conv', 'none'] as const);
-  const global = oneOf(at('global'), get('global') ?? 'full', ['full', 'segment', 'routed', 'none'] as const);
+  const global = oneOf(at('global'), get('global') ?? 'full', ['full', 'segment', 'routed', 'nsa', 'none'] as const);
   if (local === 'none' && global === 'none') throw new ValueError(`DualRouteLM config: ${path}: local and global are both 'none'; a layer needs at least one path`);
   const fusion = oneOf(at('fusion'), get('fusion') ?? 'gated', ['sum', 'gated', 'softmax', 'attention', 'concat', 'rule', 'random'] as const);
   const rules = (get('rules') ?? []) as RouteRule[];

@@ -23,6 +23,7 @@ import { Module } from '../nn/module';
 import { Dropout, Embedding, Linear, MLP, RMSNorm } from '../nn/layers';
 import { MultiheadAttention } from '../nn/attention';
 import { RoutedAttention } from '../nn/routed';
+import { NSAAttention } from '../nn/nsa';
 import { Conv1d } from '../nn/conv';
 import { SiLU } from '../nn/activations';
 import { RandomRouter, RuleRouter, SigmoidGates, SoftmaxGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
@@ -55,13 +56,15 @@ export interface LayerRouting {
   expertLoad: number[] | null;
   /** A 'routed' global path: the fraction of tokens it took, and (training) how often its causal predictor agreed. */
   routed: { routed: number; agreement: number | null } | null;
+  /** An 'nsa' global path: mean gate of its (compressed, selected, sliding) branches. */
+  nsaGates: [number, number, number] | null;
 }
 
 /** One dual-routing layer (see the file's head). */
 export class DualRouteLayer extends Module {
   input_layernorm: RMSNorm;
   local: MultiheadAttention | ConvPath | null;
-  global: MultiheadAttention | RoutedAttention | null;
+  global: MultiheadAttention | RoutedAttention | NSAAttention | null;
   gate: SigmoidGates | SoftmaxGates | Linear | RuleRouter | RandomRouter | null = null;
   post_attention_layernorm: RMSNorm;
   mlp: MLP | TokenChoiceMoE;
@@ -80,7 +83,9 @@ export class DualRouteLayer extends Module {
     this.global = spec.global === 'full'
       ? new MultiheadAttention(d, c.nHeads, attn)
       : spec.global === 'segment' ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'segment', segment: spec.segment, topK: spec.topK })
-        : spec.global === 'routed' ? new RoutedAttention(d, c.nHeads, { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, capacity: spec.capacity }) : null;
+        : spec.global === 'routed' ? new RoutedAttention(d, c.nHeads, { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, capacity: spec.capacity })
+          : spec.global === 'nsa' ? new NSAAttention(d, c.nHeads, { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, segment: spec.segment, topK: spec.topK, window: spec.window })
+            : null;
     if (this.local && this.global) {
       const units = spec.gateUnits === 'channel' ? d : 1;
       switch (spec.fusion) {
@@ -161,7 +166,8 @@ export class DualRouteLayer extends Module {
     }
     const expertLoad = this.mlp instanceof TokenChoiceMoE ? this.mlp.lastRouting?.counts ?? null : null;
     const routed = this.global instanceof RoutedAttention ? this.global.routing() : null;
-    return { gates, expertLoad, routed };
+    const nsaGates = this.global instanceof NSAAttention ? this.global.routing() : null;
+    return { gates, expertLoad, routed, nsaGates };
   }
 
   dispose(): void {

@@ -11,3 +11,5 @@ export { Conv1d } from './conv';
 export type { Conv1dOptions } from './conv';
 export { RoutedAttention } from './routed';
 export type { RoutedAttentionOptions, RoutedStats } from './routed';
+export { NSAAttention } from './nsa';
+export type { NSAAttentionOptions } from './nsa';

@@ -329,8 +329,8 @@ export interface CompressedAttentionOptions {
 
 /**
  * NSA's compressed branch: attention over the segment means of the keys and values. Causal: the
- * query at position p sees segment s only when its last key is at or before p; a query that
- * sees no segment gets 0. Composed of differentiable ops (scores [B, Hq, Sq, nseg] are formed:
+ * query at position p sees segment s only when the whole segment, (s + 1) * segment keys, lies at
+ * or before p (a short last segment is seen by no query); a query that sees no segment gets 0. Composed of differentiable ops (scores [B, Hq, Sq, nseg] are formed:
  * nseg = Sk / segment is small).
  */
 export function compressedAttention(q: Tensor, k: Tensor, v: Tensor, options: CompressedAttentionOptions): Tensor {
@@ -345,14 +345,16 @@ export function compressedAttention(q: Tensor, k: Tensor, v: Tensor, options: Co
     const kbar = segmentMean(k, segment), vbar = segmentMean(v, segment);
     const s = scaledScores(reshape(q, [p.B, p.Hkv, G * p.Sq, p.D]), kbar, p.scale);
     if (!causal) return reshape(matmul(softmax(s, -1), vbar), [p.B, p.Hq, p.Sq, p.D]);
-    // segment s ends at min((s + 1) * segment, Sk) - 1; hidden from positions before that
+    // segment s is whole once position (s + 1) * segment - 1 has passed; hidden before that. A
+    // short last segment is never whole: were it seen, a query's output would depend on how long
+    // the sequence is (the same position in a longer text, or in a decode, would not see it)
     const ends = reshape(arange(0, nseg, 1, { dtype: 'int32', device: q.device }), [1, nseg]);
-    const last = where(gt(mul(add(ends, 1), segment), p.Sk), p.Sk - 1, add(mul(ends, segment), segment - 1));
+    const last = add(mul(ends, segment), segment - 1);
     const pos = reshape(arange(p.Sk - p.Sq, p.Sk, 1, { dtype: 'int32', device: q.device }), [p.Sq, 1]);
     const hidden = gt(last, pos); // [Sq, nseg]
     // rows that see no segment yet (before the first segment's end) keep finite scores, and
     // their uniform softmax is multiplied by 0: neither the output nor the gradient meets a NaN
-    const rowSees = ge(pos, Math.min(segment, p.Sk) - 1); // [Sq, 1]
+    const rowSees = ge(pos, segment - 1); // [Sq, 1]
     const hideNow = logicalAnd(hidden, rowSees);
     const s4 = maskedFill(reshape(s, [p.B, p.Hq, p.Sq, nseg]), hideNow, -Infinity);
     const probs = mul(softmax(s4, -1), cast(rowSees, s4.dtype));

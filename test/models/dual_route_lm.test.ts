@@ -58,7 +58,7 @@ describe('DualRouteLM config', () => {
 
 describe('DualRouteLayer against its equation', () => {
   const locals = ['window', 'conv', 'none'] as const;
-  const globals = ['full', 'segment', 'routed', 'none'] as const;
+  const globals = ['full', 'segment', 'routed', 'nsa', 'none'] as const;
   const fusions = ['sum', 'gated', 'softmax', 'attention', 'concat', 'rule', 'random'] as const;
   const combos: Array<{ local: typeof locals[number]; global: typeof globals[number]; fusion: typeof fusions[number] }> = [];
   for (const local of locals) for (const global of globals) if (local !== 'none' || global !== 'none') combos.push({ local, global, fusion: 'gated' });
@@ -106,6 +106,7 @@ describe('DualRouteLayer against its equation', () => {
         if (l && g && c.fusion !== 'concat') expect(r.gates).not.toBeNull();
         if (c.fusion === 'random') expectClose(r.gates!, [0.7, 0.3], 'float64');
         if (c.global === 'routed') expect(r.routed!.routed).toBeGreaterThanOrEqual(0);
+        if (c.global === 'nsa') expect(r.nsaGates!.every((v) => v > 0 && v < 1)).toBe(true);
         m.dispose();
       });
     });

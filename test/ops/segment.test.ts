@@ -6,6 +6,7 @@
 // bad options.
 import * as dr from '../../lib';
 import { expectClose, input } from '../helpers';
+import { randArray } from '../reference';
 
 type Arr = Float64Array;
 
@@ -285,7 +286,20 @@ describe('segmentAttention', () => {
 });
 
 describe('compressedAttention', () => {
-  // softmax over the segment means a query has fully passed (all of them when not causal)
+  test('causal: a prefix gives the rows of the whole sequence (a short last segment is seen by no query)', () => {
+    dr.tidy(() => {
+      const [B, H, S, D, seg] = [1, 2, 11, 4, 3];
+      const mk = (sd: number) => dr.tensor(randArray(B * H * S * D, sd, -1, 1), [B, H, S, D], { dtype: 'float64' });
+      const q = mk(61), k = mk(62), v = mk(63);
+      const full = dr.compressedAttention(q, k, v, { segment: seg });
+      for (const p of [1, 3, 5, 7, 10]) {
+        const cut = (t: dr.Tensor) => dr.narrow(t, 2, 0, p);
+        expect(Array.from(dr.compressedAttention(cut(q), cut(k), cut(v), { segment: seg }).dataSync())).toEqual(Array.from(cut(full).contiguous().dataSync()));
+      }
+    });
+  });
+
+  // softmax over the whole segments a query has passed (all of them when not causal)
   function ref(q: Arr, k: Arr, v: Arr, d: Dims, seg: number, causal: boolean): Arr {
     const ns = Math.ceil(d.Sk / seg), G = d.Hq / d.Hkv, scale = 1 / Math.sqrt(d.D);
     const kb = meanRef(k, d.B * d.Hkv, d.Sk, d.D, seg), vb = meanRef(v, d.B * d.Hkv, d.Sk, d.D, seg);
@@ -294,7 +308,7 @@ describe('compressedAttention', () => {
       for (let h = 0; h < d.Hq; ++h)
         for (let i = 0; i < d.Sq; ++i) {
           const r = (b * d.Hq + h) * d.Sq + i, p = i + d.Sk - d.Sq, kv = b * d.Hkv + Math.floor(h / G);
-          const vis = Array.from({ length: ns }, (_, s) => s).filter((s) => !causal || Math.min(d.Sk, (s + 1) * seg) - 1 <= p);
+          const vis = Array.from({ length: ns }, (_, s) => s).filter((s) => !causal || (s + 1) * seg - 1 <= p);
           if (!vis.length) continue;
           const sc = vis.map((s) => {
             let a = 0;
