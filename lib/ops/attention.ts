@@ -92,8 +92,10 @@ function check(op: string, q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions)
     throw new ShapeError(`${op}: Expected k and v of shape [${B}, heads, Sk, ${D}] but received k ${describe(k)} and v ${describe(v)}`);
   }
   if (Hq % Hkv !== 0) throw new ShapeError(`${op}: the query heads (${Hq}) must be a multiple of the key/value heads (${Hkv})`);
-  if (Sk < Sq) throw new ShapeError(`${op}: Expected at least as many keys as queries (Sk ${Sk} >= Sq ${Sq})`);
   if (o.causal !== undefined && typeof o.causal !== 'boolean') throw new ValueError(`${op}: Expected a boolean for causal but received ${describe(o.causal)}`);
+  // fewer keys than queries is cross-attention (to a routed subset of encoder states, say); with
+  // causal the last query would sit before the first key's position, which means nothing here
+  if (Sk < Sq && o.causal) throw new ShapeError(`${op}: causal attention needs at least as many keys as queries (Sk ${Sk} >= Sq ${Sq}); without causal, fewer keys are allowed`);
   const scale = o.scale ?? 1 / Math.sqrt(D);
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new ValueError(`${op}: Expected a finite number for scale but received ${describe(scale)}`);
   if (o.keyPaddingMask !== undefined) {

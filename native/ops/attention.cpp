@@ -43,7 +43,10 @@ int64_t check_qkv(const T& q, const T& k, const T& v, const Opts& o) {
            ", heads, Sk, ", D, "] alike, received ", k.shape_string(), " and ", v.shape_string());
   DR_CHECK(Hkv >= 1 && Hq % Hkv == 0, Shape, kOp, ": query heads (", Hq, ") must be a multiple of key/value heads (",
            Hkv, ")");
-  DR_CHECK(Sk >= Sq, Shape, kOp, ": Sk (", Sk, ") must be >= Sq (", Sq, ")");
+  // fewer keys than queries is cross-attention (query i sits at position i + Sk - Sq, so the
+  // window masks still line up the newest query with the newest key); causal would leave the
+  // first queries before every key
+  DR_CHECK(Sk >= Sq || !o.causal, Shape, kOp, ": causal attention needs Sk (", Sk, ") >= Sq (", Sq, ")");
   DR_CHECK(o.mask == AttnMask::Global || o.window >= 1, Value, kOp, ": window must be >= 1, received ", o.window);
   if (o.key_padding) {
     DR_CHECK(o.key_padding->dtype == DType::Bool && has_shape(*o.key_padding, {B, Sk}), Shape, kOp,
@@ -238,6 +241,7 @@ template <typename A>
 void check_segment_inputs(const A& a) {
   const char* op = "segmentAttention";
   check_qkv(a.q, a.k, a.v, Opts{AttnMask::Global, a.causal, 1, a.scale, nullptr, nullptr});
+  DR_CHECK(a.k.shape[2] >= a.q.shape[2], Shape, op, ": Sk (", a.k.shape[2], ") must be >= Sq (", a.q.shape[2], ")");
   DR_CHECK(a.segment >= 1, Value, op, ": segment must be >= 1, received ", a.segment);
   const T& ix = a.indices;
   DR_CHECK(ix.dtype == DType::I32 && ix.ndim == 4 && ix.shape[0] == a.q.shape[0] && ix.shape[1] == a.q.shape[1] &&

@@ -92,6 +92,31 @@ describe('attention forward against the float64 reference', () => {
     }
   }
 
+  test('fewer keys than queries without causal (cross-attention to a routed subset); causal refuses', () => {
+    dr.tidy(() => {
+      for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[]) {
+        for (const [Sq, Sk, D] of [[9, 4, 8], [130, 1, 64], [5, 3, 37]]) {
+          const B = 2, Hq = 4, Hkv = 2;
+          const q = make([B, Hq, Sq, D], 40, dtype), k = make([B, Hkv, Sk, D], 41, dtype), v = make([B, Hkv, Sk, D], 42, dtype);
+          const scale = dtype === 'float64' ? 1 / Math.sqrt(D) : Math.fround(1 / Math.sqrt(D));
+          const budget = dtype === 'bfloat16' ? 'bfloat16' : dtype;
+          const g = dr.globalAttention(q.t, k.t, v.t, { returnLse: true });
+          const want = attnRef(q.data, k.data, v.data, [B, Hq, Sq, D], Hkv, Sk, { mode: 'global', causal: false, window: 1, scale });
+          expectClose(g.out, want.out, budget);
+          expectClose(g.lse, want.lse, dtype === 'float64' ? 'float64' : 'float32', dtype === 'bfloat16' ? 100 : 1);
+          for (const mode of ['sliding', 'block'] as const) {
+            const ref = attnRef(q.data, k.data, v.data, [B, Hq, Sq, D], Hkv, Sk, { mode, causal: false, window: 3, scale });
+            expectClose(dr.localAttention(q.t, k.t, v.t, { window: 3, mode }), ref.out, budget);
+          }
+          expect(() => dr.globalAttention(q.t, k.t, v.t, { causal: true })).toThrow(/causal attention needs at least as many keys/);
+        }
+      }
+      const f = (shape: number[], seed: number) => make(shape, seed, 'float64').t.requiresGrad_();
+      const ok = dr.gradcheck((a, b, c) => dr.globalAttention(a, b, c), [f([1, 2, 5, 3], 43), f([1, 1, 2, 3], 44), f([1, 1, 2, 3], 45)]).ok;
+      expect(ok).toBe(true);
+    });
+  });
+
   test('window >= Sk equals global attention exactly', () => {
     dr.tidy(() => {
       const q = make([1, 2, 40, 16], 4).t;
@@ -230,7 +255,7 @@ describe('argument checks', () => {
       expect(() => dr.globalAttention(q, k, k)).toThrow(/multiple of the key\/value heads/);
       expect(() => dr.localAttention(q, q, q, { window: 0 })).toThrow(/window >= 1/);
       expect(() => dr.localAttention(q, q, q, { window: 2, mode: 'ring' as never })).toThrow(/'sliding' or 'block'/);
-      expect(() => dr.globalAttention(q, dr.zeros([1, 4, 4, 16]), dr.zeros([1, 4, 4, 16]))).toThrow(/Sk 4 >= Sq 8/);
+      expect(() => dr.globalAttention(q, dr.zeros([1, 4, 4, 16]), dr.zeros([1, 4, 4, 16]), { causal: true })).toThrow(/Sk 4 >= Sq 8/);
       expect(() => dr.globalAttention(q, q.to('float64'), q)).toThrow(dr.DTypeError);
       expect(() => dr.dualAttention(q, q, q, { window: 2, gates: dr.zeros([1, 8, 3]) })).toThrow(/Expected gates of shape/);
       expect(() => dr.rope(dr.zeros([1, 1, 2, 3]), dr.tensor(new Int32Array([0, 1])))).toThrow(/even headDim/);
