@@ -123,19 +123,23 @@ inline VT<double>::V vexp_c(VT<double>::V x) {
   for (int i = 0; i < VT<double>::L; ++i) x[i] = std::exp(x[i]);
   return x;
 }
+// The online softmax's exp (arguments at most 0, -inf or NaN: see vexp_softmax).
+inline VT<float>::V vexp_sm(VT<float>::V x) { return vexp_softmax(x); }
+inline VT<double>::V vexp_sm(VT<double>::V x) { return vexp_c(x); }
 
 template <typename T>
 inline typename Num<T>::acc wid(T v) {
   return Num<T>::load(v);
 }
 
-enum Mode { kSet = 0, kAdd = 1, kScaleAdd = 2 };
+enum Mode { kSet = 0, kAdd = 1, kScaleAdd = 2, kRowScaleAdd = 3 };
 
 constexpr int mr_for(int nb) { return kAcc / nb > 0 ? kAcc / nb : 1; }
 
 // C[m][n] (mode) sum_k A(m, k) B[k][n] for an MR x NB-vector tile. A(m, k) = a[m*am + k*ak]
 // is broadcast, so A may be any strided view (a row-major K, a transposed P); B rows and C
-// rows are vectors. kScaleAdd first multiplies C by cs[n] (the online-softmax rescale).
+// rows are vectors. kScaleAdd first multiplies C by cs[n] (the online-softmax rescale of query
+// lanes), kRowScaleAdd by cs[m] (of query rows; cs then indexes this tile's rows).
 template <typename C, int MR, int NB, int KC>
 inline void mk(int64_t Kr, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c, int64_t ldc,
                int mode, const C* cs) {
@@ -158,6 +162,7 @@ inline void mk(int64_t Kr, const C* a, int64_t am, int64_t ak, const C* b, int64
       for (int n = 0; n < NB; ++n) {
         acc[m][n] = ldv(c + m * ldc + n * L);
         if (mode == kScaleAdd) acc[m][n] *= s[n];
+        if (mode == kRowScaleAdd) acc[m][n] *= splat<V>(cs[m]);
       }
   }
   for (int64_t k = 0; k < K; ++k) {
@@ -193,9 +198,12 @@ void gemm_nb(int64_t M, int64_t K, const C* a, int64_t am, int64_t ak, const C* 
              int mode, const C* cs) {
   constexpr int MR = mr_for(NB);
   int64_t m = 0;
-  for (; m + MR <= M; m += MR) mk<C, MR, NB, KC>(K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, mode, cs);
+  const bool rows = mode == kRowScaleAdd;
+  for (; m + MR <= M; m += MR)
+    mk<C, MR, NB, KC>(K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, mode, rows ? cs + m : cs);
   if (m < M)
-    mk_tail<C, NB, KC, MR - 1>(static_cast<int>(M - m), K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, mode, cs);
+    mk_tail<C, NB, KC, MR - 1>(static_cast<int>(M - m), K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, mode,
+                               rows ? cs + m : cs);
 }
 
 // Any number NV of column vectors, cut into groups of at most 4.
@@ -208,7 +216,7 @@ void gemm(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, 
     const int64_t left = NV - n0;
     const int nb = left >= 4 ? 4 : static_cast<int>(left);
     const int64_t o = n0 * L;
-    const C* cso = cs ? cs + o : nullptr;
+    const C* cso = cs ? (mode == kRowScaleAdd ? cs : cs + o) : nullptr;
     switch (nb) {
       case 4: gemm_nb<C, 4, 0>(M, K, a, am, ak, b + o, ldb, c + o, ldc, mode, cso); break;
       case 3: gemm_nb<C, 3, 0>(M, K, a, am, ak, b + o, ldb, c + o, ldc, mode, cso); break;
@@ -317,11 +325,11 @@ void softmax_step(C* St, int64_t nk, C* m, C* l, C* alpha) {
     const V mo = ldv(m + g * L);
     const V mn = (mx > mo) | (mx != mx) ? mx : mo;
     const V mu = mn == ninf ? V{} : mn;
-    stv(alpha + g * L, vexp_c(mo - mu));
+    stv(alpha + g * L, vexp_sm(mo - mu));
     V sum = V{};
     for (int64_t j = 0; j < nk; ++j) {
       C* p = St + j * BM + g * L;
-      const V e = vexp_c(ldv(p) - mu);
+      const V e = vexp_sm(ldv(p) - mu);
       stv(p, e);
       sum += e;
     }
@@ -1301,38 +1309,48 @@ struct SegFwdScratch {
   SegLists lists;
 };
 
-// Row-wise online-softmax step over St (rows of stride ld, n columns, a multiple of the vector
-// width; masked and padding columns -inf):
-// per row the running max m and sum l, St overwritten with P = exp(St - m_new), alpha the old
-// accumulator's factor. The max propagates NaN; a row that has seen only -inf subtracts 0.
+// Row-wise online-softmax step over St (rows <= kRowsMax of stride ld, n columns, a multiple of
+// the vector width; masked and padding columns -inf): per row the running max m and sum l, St
+// overwritten with P = exp(St - m_new), alpha the old accumulator's factor (computed for all
+// rows in vectors; alpha must hold the rows rounded up to whole vectors). The max skips NaN
+// scores: their P is NaN, which makes the row's l and output NaN, as the materialised softmax
+// does. A row that has seen only -inf subtracts 0 instead, so that exp gives 0.
+constexpr int kRowsMax = 32;
 template <typename C>
 void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) {
   using V = typename VT<C>::V;
   constexpr int L = VT<C>::L;
   const C ninf = -std::numeric_limits<C>::infinity();
+  alignas(64) C mu[kRowsMax], d[kRowsMax];
   for (int i = 0; i < rows; ++i) {
-    C* row = St + i * ld;
+    const C* row = St + i * ld;
     V mv = splat<V>(ninf);
     for (int64_t j = 0; j < n; j += L) {
       const V x = ldv(row + j);
-      mv = (x > mv) | (x != x) ? x : mv;
+      mv = x > mv ? x : mv;
     }
     C mx = ninf;
-    for (int x = 0; x < L; ++x) mx = (mv[x] > mx || mv[x] != mv[x]) ? mv[x] : mx;
-    const C mn = (mx > m[i] || mx != mx) ? mx : m[i];
-    const C mu = mn == ninf ? C(0) : mn;
-    alpha[i] = std::exp(m[i] - mu);
-    const V mus = splat<V>(mu);
+    for (int x = 0; x < L; ++x) mx = mv[x] > mx ? mv[x] : mx;
+    const C mn = mx > m[i] ? mx : m[i];
+    mu[i] = mn == ninf ? C(0) : mn;
+    d[i] = m[i] - mu[i];
+    m[i] = mn;
+  }
+  const int rp = (rows + L - 1) / L * L;
+  for (int i = rows; i < rp; ++i) d[i] = C(0);
+  for (int i = 0; i < rp; i += L) stv(alpha + i, vexp_sm(ldv(d + i)));
+  for (int i = 0; i < rows; ++i) {
+    C* row = St + i * ld;
+    const V mus = splat<V>(mu[i]);
     V sv = V{};
     for (int64_t j = 0; j < n; j += L) {
-      const V e = vexp_c(ldv(row + j) - mus);
+      const V e = vexp_sm(ldv(row + j) - mus);
       stv(row + j, e);
       sv += e;
     }
     C sum = 0;
     for (int x = 0; x < L; ++x) sum += sv[x];
     l[i] = l[i] * alpha[i] + sum;
-    m[i] = mn;
   }
 }
 
@@ -1349,6 +1367,7 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
 // rows per tile: a whole number of the micro-kernel's row groups (15 = 5 x 3 with 16 registers,
 // 16 = 4 x 4 with AVX-512), so no product runs a one-row tail
 constexpr int kSegTile = mr_for(4) * (16 / mr_for(4));
+static_assert(kSegTile <= kRowsMax, "softmax_rows keeps per-row state for at most kRowsMax rows");
 
 template <typename T, int DC>
 void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int64_t segment, T* out,
@@ -1380,7 +1399,7 @@ void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int
     C* Og = w.og.get(static_cast<size_t>(TM * Dp));
     C* St = w.st.get(static_cast<size_t>(TM * kBN));
     C* Kt = w.kt.get(static_cast<size_t>(seg_chunks * D * kBN));
-    C* al = w.alpha.get(static_cast<size_t>(TM));
+    C* al = w.alpha.get(static_cast<size_t>(kRowsMax));
     alignas(64) C mt[TM], lt[TM];
     int64_t row[TM], lo[TM], hi[TM];
     for (int64_t s = 0; s < nseg; ++s) {
@@ -1401,13 +1420,16 @@ void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int
       }
       for (int64_t t0 = 0; t0 < cnt; t0 += TM) {
         const int tm = static_cast<int>(std::min<int64_t>(TM, cnt - t0));
-        // the next tile's Q and O rows are scattered over the block (L2 or beyond): fetch them
-        // while this tile computes
-        for (int64_t x = t0 + TM; x < std::min(cnt, t0 + 2 * TM); ++x) {
-          const char* qn = reinterpret_cast<const char*>(hr.q + rs[x] * D);
-          const char* on = reinterpret_cast<const char*>(O + (rs[x] - i0) * Dp);
-          for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(T)); c += 64) __builtin_prefetch(qn + c);
-          for (int64_t c = 0; c < static_cast<int64_t>(Dp * sizeof(C)); c += 64) __builtin_prefetch(on + c, 1);
+        // the Q and O rows of the tile after next are scattered over the block (L3 at these
+        // sizes): fetch them into L2 while this tile computes (the list is flat across segments,
+        // so a segment's first tile is fetched too). Not into L1: a chunk's keys and values fill it.
+        const int64_t g0 = (rs - w.lists.rows.data()) + t0, gend = static_cast<int64_t>(w.lists.rows.size());
+        for (int64_t x = g0 + 2 * TM; x < std::min(gend, g0 + 3 * TM); ++x) {
+          const int32_t rx = w.lists.rows[static_cast<size_t>(x)];
+          const char* qn = reinterpret_cast<const char*>(hr.q + rx * D);
+          const char* on = reinterpret_cast<const char*>(O + (rx - i0) * Dp);
+          for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(T)); c += 64) __builtin_prefetch(qn + c, 0, 2);
+          for (int64_t c = 0; c < static_cast<int64_t>(Dp * sizeof(C)); c += 64) __builtin_prefetch(on + c, 1, 2);
         }
         int64_t hull = s0;  // the last key any row of the tile sees, plus one
         for (int i = 0; i < tm; ++i) {
@@ -1436,16 +1458,15 @@ void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int
           // P = 0 past a row's cut: a non-finite value there must not reach the row (0 * NaN)
           int64_t ldv_;
           const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, Dp, w.vb, ldv_);
-          for (int i = 0; i < tm; ++i)
-            for (int64_t d = 0; d < Dp; ++d) Og[i * Dp + d] *= al[i];
           if (masked && any_nonfinite(Vc, nk, D, ldv_)) {
             for (int i = 0; i < tm; ++i) {
+              for (int64_t d = 0; d < Dp; ++d) Og[i * Dp + d] *= al[i];
               const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
               for (int64_t j = 0; j < vis; ++j)
                 for (int64_t d = 0; d < D; ++d) Og[i * Dp + d] += St[i * kBN + j] * Vc[j * ldv_ + d];
             }
           } else {
-            gemm<C>(tm, Dp / L, nk, St, kBN, 1, Vc, ldv_, Og, Dp, kAdd);
+            gemm<C>(tm, Dp / L, nk, St, kBN, 1, Vc, ldv_, Og, Dp, kRowScaleAdd, al);
           }
         }
         for (int i = 0; i < tm; ++i) {
