@@ -38,9 +38,9 @@ export class ConvPath extends Module {
   conv: Conv1d;
   act = new SiLU();
   proj: Linear;
-  constructor(d: number, kernel: number, init: { generator: Generator }) {
+  constructor(d: number, kernel: number, init: { generator: Generator; causal?: boolean }) {
     super();
-    this.conv = new Conv1d(d, d, kernel, { groups: d, causal: true, generator: init.generator });
+    this.conv = new Conv1d(d, d, kernel, { groups: d, causal: init.causal ?? true, generator: init.generator });
     this.proj = new Linear(d, d, { generator: init.generator, bias: false });
   }
   forward(x: Tensor): Tensor {
@@ -69,17 +69,25 @@ export class DualRouteLayer extends Module {
   post_attention_layernorm: RMSNorm;
   mlp: MLP | TokenChoiceMoE;
   dropout: Dropout;
+  /** Decoder layers of a seq2seq model: cross-attention to the kept encoder states. */
+  cross_attn_layernorm: RMSNorm | null = null;
+  encoder_attn: MultiheadAttention | null = null;
   private lastGates: Tensor | null = null;
 
-  constructor(readonly c: ResolvedConfig, readonly spec: ResolvedLayer, g: Generator) {
+  /**
+   * options.causal false: a bidirectional (encoder) layer; options.cross: a decoder layer that
+   * also cross-attends to a context after its two paths.
+   */
+  constructor(readonly c: ResolvedConfig, readonly spec: ResolvedLayer, g: Generator, options: { causal?: boolean; cross?: boolean } = {}) {
     super();
     const d = c.dModel;
+    const causal = options.causal ?? true;
     this.input_layernorm = new RMSNorm(d, c.normEps);
     this.post_attention_layernorm = new RMSNorm(d, c.normEps);
-    const attn = { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, causal: true };
+    const attn = { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, causal };
     this.local = spec.local === 'window'
       ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'local', window: spec.window, mode: spec.windowMode })
-      : spec.local === 'conv' ? new ConvPath(d, spec.convKernel, { generator: g }) : null;
+      : spec.local === 'conv' ? new ConvPath(d, spec.convKernel, { generator: g, causal }) : null;
     this.global = spec.global === 'full'
       ? new MultiheadAttention(d, c.nHeads, attn)
       : spec.global === 'segment' ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'segment', segment: spec.segment, topK: spec.topK })
@@ -104,6 +112,10 @@ export class DualRouteLayer extends Module {
         auxLossWeight: c.moe!.auxLossWeight, zLossWeight: c.moe!.zLossWeight, generator: g })
       : new MLP(d, c.ffnHidden, c.ffn, { generator: g, bias: false });
     this.dropout = new Dropout(c.dropout, g);
+    if (options.cross) {
+      this.cross_attn_layernorm = new RMSNorm(d, c.normEps);
+      this.encoder_attn = new MultiheadAttention(d, c.nHeads, { nKvHeads: c.nKvHeads, dContext: d, generator: g });
+    }
   }
 
   // the mixed output of the two paths (a = the normalised input; ids for rule routing)
@@ -138,14 +150,19 @@ export class DualRouteLayer extends Module {
     }
   }
 
-  forward(x: Tensor, ids: Tensor): Tensor {
+  /** x [B, S, d], ids [B, S] (rule and random routing), context [B, Sc, d] for a decoder layer. */
+  forward(x: Tensor, ids: Tensor, context?: Tensor): Tensor {
     return tidy(() => {
       const a = this.input_layernorm.forward(x);
       const l = this.local ? this.local.forward(a) : null;
       const gl = this.global ? this.global.forward(a) : null;
       const mixed = l && gl ? this.fuse(l, gl, a, ids) : (l ?? gl)!;
       const drop = (t: Tensor) => (this.c.layerDrop > 0 ? layerDrop(t, this.c.layerDrop, { training: this.training }) : t);
-      const h = add(x, drop(this.dropout.forward(mixed)));
+      let h = add(x, drop(this.dropout.forward(mixed)));
+      if (this.encoder_attn) {
+        if (!context) throw new ShapeError('DualRouteLayer: a decoder layer needs the encoder context');
+        h = add(h, drop(this.dropout.forward(this.encoder_attn.forward(this.cross_attn_layernorm!.forward(h), { context }))));
+      }
       return add(h, drop(this.dropout.forward(this.mlp.forward(this.post_attention_layernorm.forward(h)))));
     });
   }
@@ -215,13 +232,20 @@ export class DualRouteLM extends Module {
     if (ids.shape[1] > this.config.maxSeq) throw new ShapeError(`DualRouteLM: Expected at most maxSeq (${this.config.maxSeq}) positions but received ${describe(ids)}`);
   }
 
-  /** Logits [batch, seq, vocabSize] for token ids int32 [batch, seq]. */
-  forward(ids: Tensor): Tensor {
+  /** The final normalised hidden states [batch, seq, dModel] (what a classification head pools). */
+  hidden(ids: Tensor): Tensor {
     this.checkIds(ids);
     return tidy(() => {
       let h = this.embed_tokens.forward(ids);
       for (const layer of this.layers) h = layer.forward(h, ids);
-      const n = this.norm.forward(h);
+      return this.norm.forward(h);
+    });
+  }
+
+  /** Logits [batch, seq, vocabSize] for token ids int32 [batch, seq]. */
+  forward(ids: Tensor): Tensor {
+    return tidy(() => {
+      const n = this.hidden(ids);
       return this.lm_head ? this.lm_head.forward(n) : matmul(n, this.embed_tokens.weight, { transB: true });
     });
   }
