@@ -41,5 +41,5 @@ export type { SegmentScoresOptions, SegmentSelectOptions, SegmentSelection, Segm
 export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
 export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';
 export * as models from './models';
-export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier } from './models';
+export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier, saveModel, loadModel } from './models';
 export type { DualRouteLMConfig, LayerConfig, DualRouteSeq2SeqConfig } from './models';

@@ -203,6 +203,8 @@ export interface LMOutput {
 /** The decoder-only dual-routing language model (see the file's head and lib/models/config.ts). */
 export class DualRouteLM extends Module {
   readonly config: ResolvedConfig;
+  /** The config as given (JSON), saved with the weights by saveModel. */
+  readonly source: DualRouteLMConfig;
   embed_tokens: Embedding;
   layers: DualRouteLayer[];
   norm: RMSNorm;
@@ -211,6 +213,7 @@ export class DualRouteLM extends Module {
   constructor(config: DualRouteLMConfig) {
     super();
     this.config = resolveConfig(config);
+    this.source = JSON.parse(JSON.stringify(config));
     const c = this.config;
     const g = new Generator(c.seed);
     this.embed_tokens = new Embedding(c.vocabSize, c.dModel, { generator: g });

@@ -5,3 +5,4 @@ export { resolveConfig } from './config';
 export type { DualRouteLMConfig, LayerConfig, MoEConfig, ResolvedConfig, ResolvedLayer, LocalKind, GlobalKind, FusionKind } from './config';
 export { DualRouteSeq2Seq, DualRouteClassifier } from './seq2seq';
 export type { DualRouteSeq2SeqConfig } from './seq2seq';
+export { saveModel, loadModel } from './io';

@@ -89,6 +89,8 @@ export class DualRouteSeq2Seq extends Module {
   readonly encoderConfig: ResolvedConfig;
   readonly decoderConfig: ResolvedConfig;
   readonly keep: number;
+  /** The config as given (JSON), saved with the weights by saveModel. */
+  readonly source: DualRouteSeq2SeqConfig;
   embed_tokens: Embedding;
   encoder: DualRouteLayer[];
   encoder_norm: RMSNorm;
@@ -100,6 +102,7 @@ export class DualRouteSeq2Seq extends Module {
   constructor(config: DualRouteSeq2SeqConfig) {
     super();
     const r = resolve(config);
+    this.source = JSON.parse(JSON.stringify(config));
     this.encoderConfig = r.enc;
     this.decoderConfig = r.dec;
     this.keep = r.keep;
