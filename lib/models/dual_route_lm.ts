@@ -28,6 +28,7 @@ import { Conv1d } from '../nn/conv';
 import { SiLU } from '../nn/activations';
 import { RandomRouter, RuleRouter, SigmoidGates, SoftmaxGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
 import { DualRouteLMConfig, ResolvedConfig, ResolvedLayer, resolveConfig } from './config';
+import { GenerateOptions, GeneratedToken, generate, generateTokens } from './generate';
 import { checkTensor } from '../ops/util';
 import { noGrad } from '../tape';
 
@@ -270,6 +271,16 @@ export class DualRouteLM extends Module {
       }
       return { loss, lmLoss };
     });
+  }
+
+  /** Tokens one at a time: see generate() in lib/models/generate.ts. */
+  generate(prompt: number[] | number[][], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+    return generate(this, prompt, options);
+  }
+
+  /** The generated tokens of each prompt, once all are done. */
+  generateTokens(prompt: number[] | number[][], options: GenerateOptions = {}): Promise<number[][]> {
+    return generateTokens(this, prompt, options);
   }
 
   /** Each layer's routing in the last forward. */

@@ -6,3 +6,5 @@ export type { DualRouteLMConfig, LayerConfig, MoEConfig, ResolvedConfig, Resolve
 export { DualRouteSeq2Seq, DualRouteClassifier } from './seq2seq';
 export type { DualRouteSeq2SeqConfig } from './seq2seq';
 export { saveModel, loadModel } from './io';
+export { generate, generateTokens, sampleToken } from './generate';
+export type { GenerateOptions, GeneratedToken } from './generate';

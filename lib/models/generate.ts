@@ -1,0 +1,153 @@
+// Text generation from DualRouteLM: an async iterator of tokens with temperature, top-k, top-p
+// (nucleus), stop sequences, a seed and an AbortSignal, for one prompt or a batch of prompts of
+// different lengths. The iterator yields to the event loop between steps, so a server stays
+// responsive and an abort takes effect at the next step.
+//
+// This version recomputes the whole prefix at every step (the reference that cached decoding,
+// per layer kind, must equal).
+import { ValueError, describe } from '../errors';
+import { Generator } from '../random';
+import { Tensor, tidy } from '../tensor';
+import { tensor, rand } from '../ops/creation';
+import { narrow } from '../ops/shape';
+import { noGrad } from '../tape';
+import { DualRouteLM } from './dual_route_lm';
+
+export interface GenerateOptions {
+  /** Tokens to generate per prompt (default 32). */
+  maxTokens?: number;
+  /** Softmax temperature; 0 picks the most likely token (default 1). */
+  temperature?: number;
+  /** Keep only the k most likely tokens (default: all). */
+  topK?: number;
+  /** Keep the smallest set of most likely tokens whose probability reaches p (default 1: all). */
+  topP?: number;
+  /** Token sequences that end a generation (not yielded). */
+  stop?: number[][];
+  /** Seeds the sampling (default: a fixed 0, so runs repeat). */
+  seed?: number;
+  signal?: AbortSignal;
+}
+
+export interface GeneratedToken {
+  /** Which prompt of the batch. */
+  index: number;
+  token: number;
+}
+
+function checkOptions(o: GenerateOptions, vocab: number): Required<Omit<GenerateOptions, 'signal'>> & { signal?: AbortSignal } {
+  if (o === null || typeof o !== 'object') throw new ValueError(`generate: Expected an options object but received ${describe(o)}`);
+  const known = ['maxTokens', 'temperature', 'topK', 'topP', 'stop', 'seed', 'signal'];
+  for (const k of Object.keys(o)) if (!known.includes(k)) throw new ValueError(`generate: unknown option '${k}' (known: ${known.join(', ')})`);
+  const maxTokens = o.maxTokens ?? 32;
+  if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new ValueError(`generate: Expected an integer maxTokens >= 0 but received ${describe(o.maxTokens)}`);
+  const temperature = o.temperature ?? 1;
+  if (typeof temperature !== 'number' || !(temperature >= 0) || !Number.isFinite(temperature)) throw new ValueError(`generate: Expected a finite temperature >= 0 but received ${describe(o.temperature)}`);
+  const topK = o.topK ?? vocab;
+  if (!Number.isInteger(topK) || topK < 1) throw new ValueError(`generate: Expected an integer topK >= 1 but received ${describe(o.topK)}`);
+  const topP = o.topP ?? 1;
+  if (typeof topP !== 'number' || !(topP > 0 && topP <= 1)) throw new ValueError(`generate: Expected topP in (0, 1] but received ${describe(o.topP)}`);
+  const stop = o.stop ?? [];
+  if (!Array.isArray(stop) || stop.some((s) => !Array.isArray(s) || s.length === 0 || s.some((t) => !Number.isInteger(t)))) {
+    throw new ValueError(`generate: Expected stop as an array of non-empty token id arrays but received ${describe(o.stop)}`);
+  }
+  const seed = o.seed ?? 0;
+  if (!Number.isInteger(seed) || seed < 0) throw new ValueError(`generate: Expected an integer seed >= 0 but received ${describe(o.seed)}`);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new ValueError(`generate: Expected an AbortSignal for signal but received ${describe(o.signal)}`);
+  return { maxTokens, temperature, topK: Math.min(topK, vocab), topP, stop, seed, signal: o.signal };
+}
+
+/**
+ * The next token from the logits of one position: greedy at temperature 0, else a draw u in
+ * [0, 1) from the tokens kept by topK and topP, with probabilities softmax(logits / T).
+ */
+export function sampleToken(logits: ArrayLike<number>, o: { temperature: number; topK: number; topP: number }, u: number): number {
+  const n = logits.length;
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
+  if (o.temperature === 0) return order[0];
+  const kept = order.slice(0, Math.max(1, Math.min(o.topK, n)));
+  const m = logits[kept[0]];
+  const w = kept.map((i) => Math.exp((logits[i] - m) / o.temperature));
+  const z = w.reduce((a, b) => a + b, 0);
+  // nucleus: the shortest prefix (most likely first) whose mass reaches topP
+  let mass = 0, cut = kept.length;
+  for (let i = 0; i < kept.length; ++i) {
+    mass += w[i] / z;
+    if (mass >= o.topP) {
+      cut = i + 1;
+      break;
+    }
+  }
+  const zz = w.slice(0, cut).reduce((a, b) => a + b, 0);
+  let acc = 0;
+  for (let i = 0; i < cut; ++i) {
+    acc += w[i] / zz;
+    if (u < acc) return kept[i];
+  }
+  return kept[cut - 1];
+}
+
+const endsWith = (seq: number[], tail: number[]) => tail.length <= seq.length && tail.every((t, i) => seq[seq.length - tail.length + i] === t);
+
+/**
+ * Generates from prompt(s) (token ids; a batch as an array of arrays of different lengths):
+ * yields {index, token} as each is chosen, prompts interleaved step by step. A generation ends
+ * after maxTokens, at a stop sequence (whose tokens already yielded are all but its last), or at
+ * the model's maxSeq.
+ */
+export async function* generate(model: DualRouteLM, prompt: number[] | number[][], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+  if (!(model instanceof DualRouteLM)) throw new ValueError(`generate: Expected a DualRouteLM but received ${describe(model)}`);
+  const o = checkOptions(options, model.config.vocabSize);
+  const batch = Array.isArray(prompt) && prompt.length > 0 && Array.isArray(prompt[0]) ? (prompt as number[][]) : [prompt as number[]];
+  batch.forEach((p, i) => {
+    if (!Array.isArray(p) || p.length === 0 || p.some((t) => !Number.isInteger(t) || t < 0 || t >= model.config.vocabSize)) {
+      throw new ValueError(`generate: Expected prompt ${i} as a non-empty array of token ids in [0, ${model.config.vocabSize}) but received ${describe(p)}`);
+    }
+  });
+  const gen = new Generator(o.seed);
+  const seqs = batch.map((p) => p.slice());
+  const done = batch.map(() => false);
+  const wasTraining = model.training;
+  model.eval();
+  try {
+    for (let step = 0; step < o.maxTokens; ++step) {
+      for (let b = 0; b < seqs.length; ++b) {
+        if (done[b]) continue;
+        if (o.signal?.aborted) return;
+        const seq = seqs[b];
+        if (seq.length >= model.config.maxSeq) {
+          done[b] = true;
+          continue;
+        }
+        const { logits, u } = noGrad(() => tidy(() => {
+          const ids = tensor(Int32Array.from(seq), [1, seq.length], { dtype: 'int32' });
+          const all = model.forward(ids);
+          const last = narrow(all, 1, seq.length - 1, 1).dataSync();
+          const draw = (rand([1], { generator: gen }) as Tensor).dataSync()[0];
+          return { logits: Float64Array.from(last), u: draw };
+        }));
+        const token = sampleToken(logits, o, u);
+        seq.push(token);
+        const stopped = o.stop.some((s) => endsWith(seq, s));
+        if (stopped) {
+          done[b] = true;
+          continue;
+        }
+        yield { index: b, token };
+      }
+      if (done.every(Boolean)) return;
+      // let the event loop run (requests, aborts) between steps
+      await new Promise((r) => setImmediate(r));
+    }
+  } finally {
+    if (wasTraining) model.train();
+  }
+}
+
+/** Generates and returns the new tokens of each prompt (see generate). */
+export async function generateTokens(model: DualRouteLM, prompt: number[] | number[][], options: GenerateOptions = {}): Promise<number[][]> {
+  const batch = Array.isArray(prompt) && prompt.length > 0 && Array.isArray(prompt[0]) ? (prompt as number[][]) : [prompt as number[]];
+  const out: number[][] = batch.map(() => []);
+  for await (const t of generate(model, prompt, options)) out[t.index].push(t.token);
+  return out;
+}
