@@ -9,6 +9,8 @@
 //   segmentSelect(scores, {topK})      int32 indices [B, Hq, Sq, topK] (own segment first, then
 //                                      by score, ties to the lower index, -1 for none) and the
 //                                      softmax weights of the kept scores
+//   selectSegments(q, k, ...)          segmentAttention's own selection: segmentSelect's indices over
+//                                      segmentScores, fused (the segmentTopk kernel: no score tensor)
 //   segmentAttention(q, k, v, {...})   the fused kernel over the kept segments (no gathered K/V)
 //   compressedAttention(q, k, v, ...)  attention over the segment means, a query seeing a
 //                                      segment only once the whole segment is at or before it
@@ -125,14 +127,7 @@ export function segmentScores(q: Tensor, k: Tensor, options: SegmentScoresOption
   const causal = checkBool(name, 'causal', o.causal, true);
   const p = checkQk(name, q, k, null, o.scale);
   const nseg = Math.ceil(p.Sk / segment);
-  if (o.summaries !== undefined) {
-    const s = checkTensor(o.summaries, name, 'summaries');
-    if (s.ndim !== 4 || s.shape[0] !== p.B || s.shape[1] !== p.Hkv || s.shape[2] !== nseg || s.shape[3] !== p.D) {
-      throw new ShapeError(`${name}: Expected summaries of shape [${p.B}, ${p.Hkv}, ${nseg}, ${p.D}] but received ${describe(s)}`);
-    }
-    if (!isFloat(s.dtype)) throw new DTypeError(`${name}: Expected float summaries but received ${describe(s)}`);
-    sameDevice(name, q, s);
-  }
+  if (o.summaries !== undefined) checkSummaries(name, q, o.summaries, p, nseg);
   const sd = statsDType(q.dtype);
   const G = p.Hq / p.Hkv;
   return tidy(() => {
@@ -143,6 +138,15 @@ export function segmentScores(q: Tensor, k: Tensor, options: SegmentScoresOption
     if (causal) s = maskedFill(s, segmentStartsAfter(p.Sq, p.Sk, segment, q.device), -Infinity);
     return s;
   });
+}
+
+function checkSummaries(name: string, q: Tensor, summaries: Tensor, p: Qkv, nseg: number): void {
+  const s = checkTensor(summaries, name, 'summaries');
+  if (s.ndim !== 4 || s.shape[0] !== p.B || s.shape[1] !== p.Hkv || s.shape[2] !== nseg || s.shape[3] !== p.D) {
+    throw new ShapeError(`${name}: Expected summaries of shape [${p.B}, ${p.Hkv}, ${nseg}, ${p.D}] but received ${describe(s)}`);
+  }
+  if (!isFloat(s.dtype)) throw new DTypeError(`${name}: Expected float summaries but received ${describe(s)}`);
+  sameDevice(name, q, s);
 }
 
 // scale * a b^T; matmul's alpha is a float, so float64 scales after the product
@@ -228,19 +232,31 @@ export interface SelectSegmentsArgs {
   /** Query heads sharing one selection (divides the query heads per kv head). */
   group: number;
   causal: boolean;
+  /** [B, Hkv, nseg, D] segment mean keys (checked here; errors name `op`). */
   summaries?: Tensor;
+  /** The caller's name for errors. Default 'segmentAttention'. */
+  op?: string;
 }
 
 /**
  * The segments each query row attends to, as segmentAttention picks them when no indices are
- * given: int32 [B, Hq, Sq, topK] (own segment first when causal, then by score, -1 padding).
- * Not differentiable (a choice). Used by segmentAttention and dualAttention's segment path.
+ * given: int32 [B, Hq, Sq, topK] (own segment first when causal, then by score, -1 padding),
+ * exactly segmentSelect over segmentScores (group heads summed), fused: the segmentTopk kernel
+ * scores blocks of rows against the segments they can see and selects at once, never forming
+ * the [B, Hq, Sq, nseg] scores. Not differentiable (a choice). Used by segmentAttention and
+ * dualAttention's segment path.
  */
 export function selectSegments(q: Tensor, k: Tensor, p: { Sk: number; scale: number }, a: SelectSegmentsArgs): Tensor {
+  const [B, Hq, Sq, D] = q.shape;
+  const nseg = Math.ceil(p.Sk / a.segment);
+  if (a.summaries !== undefined) checkSummaries(a.op ?? 'segmentAttention', q, a.summaries, { B, Hq, Hkv: k.shape[1], Sq, Sk: p.Sk, D, scale: p.scale }, nseg);
+  if (B * Hq * Sq === 0) return full([B, Hq, Sq, a.topK], -1, { dtype: 'int32', device: q.device });
   return noGrad(() => tidy(() => {
-    // unmasked scores: the selection kernel skips the segments after each query itself
-    const scores = segmentScores(q, k, { segment: a.segment, causal: false, scale: p.scale, summaries: a.summaries });
-    return selectKernel(scores, a.topK, a.group, a.causal, a.segment, p.Sk, a.causal).indices;
+    const sd = statsDType(q.dtype);
+    const kbar = a.summaries ?? segmentMean(k, a.segment);
+    const indices = empty([B, Hq, Sq, a.topK], 'int32', q.device);
+    op.segmentTopk({ indices, q, summaries: kbar.dtype === sd ? kbar : cast(kbar, sd), scale: p.scale, group: a.group, causal: a.causal, segment: a.segment, keyLength: p.Sk });
+    return indices;
   }));
 }
 
