@@ -251,6 +251,21 @@ void losses_backward_typed(S* dl, const S* l, const S* lse, const S* f, S daux, 
 // index, NaN largest); -inf is no candidate. Returns how many were kept (<= K). A running top-k:
 // a candidate is compared with the k-th best so far and inserted only when it beats it (a few
 // insertions per row on typical data).
+// The sign bits of 8 int32 lanes (all ones or zero): one movmskps with AVX.
+typedef int32_t i8v __attribute__((vector_size(32)));
+inline int mask8(i8v m) {
+#if defined(__AVX__)
+  typedef float f8v __attribute__((vector_size(32)));
+  f8v f;
+  std::memcpy(&f, &m, sizeof(f));
+  return __builtin_ia32_movmskps256(f);
+#else
+  int bits = 0;
+  for (int j = 0; j < 8; ++j) bits |= (m[j] != 0) << j;
+  return bits;
+#endif
+}
+
 template <typename S>
 int64_t select_row(const S* vals, int64_t last, int64_t own, bool force, int64_t K, S* bv, int32_t* bi) {
   const S ninf = -std::numeric_limits<S>::infinity();
@@ -310,24 +325,29 @@ int64_t select_row(const S* vals, int64_t last, int64_t own, bool force, int64_t
         nan |= v != v;
         mx[q & 1] = v > mx[q & 1] ? v : mx[q & 1];
       }
-      bool any_nan = false;
-      for (int j = 0; j < 8; ++j) any_nan |= nan[j] != 0;
+      const bool any_nan = mask8(nan) != 0;
       if (!any_nan) {
-        float lm[16];
-        for (int j = 0; j < 8; ++j) {
-          lm[j] = mx[0][j];
-          lm[8 + j] = mx[1][j];
+        // t0 = the need-th largest of the 16: the smallest value with fewer than `need` values
+        // above it (counted branch-free, a lane's count negative: true compares are -1)
+        i8 c0 = i8{}, c1 = i8{};
+        for (int j = 0; j < 16; ++j) {
+          const v8 x = v8{} + mx[j >> 3][j & 7];
+          c0 += x > mx[0];
+          c1 += x > mx[1];
         }
-        std::nth_element(lm, lm + (need - 1), lm + 16, [](float x, float y) { return x > y; });
-        const float t0 = lm[need - 1];
+        const int32_t lim = static_cast<int32_t>(1 - need);
+        const v8 pinf = v8{} + std::numeric_limits<float>::infinity();
+        const v8 m0 = c0 >= lim ? mx[0] : pinf, m1 = c1 >= lim ? mx[1] : pinf;
+        const v8 mm = m0 < m1 ? m0 : m1;
+        float t0 = mm[0];
+        for (int j = 1; j < 8; ++j) t0 = mm[j] < t0 ? mm[j] : t0;
         v8 tv;
         for (int j = 0; j < 8; ++j) tv[j] = t0;
         for (int64_t q = 0; q < full; ++q) {
           v8 v;
           std::memcpy(&v, vals + q * 8, sizeof(v));
           const i8 hit = v >= tv;
-          int bits = 0;
-          for (int j = 0; j < 8; ++j) bits |= (hit[j] != 0) << j;
+          int bits = mask8(hit);
           while (bits) {
             const int j = __builtin_ctz(bits);
             bits &= bits - 1;
@@ -442,13 +462,17 @@ void segment_topk_typed(int32_t* idx, const T* q, const S* kbar, int64_t B, int6
       const int64_t own_last = (i0 + rn - 1 + Sk - Sq) / segment;
       const int64_t nvis = causal ? std::min(nseg, own_last + 1) : nseg;
       // qt[d][r] = scale * sum_g q[b, h0 + g, i0 + r, d]; rows past Sq are 0
-      std::fill(qt.begin(), qt.end(), S(0));
-      for (int64_t g = 0; g < group; ++g) {
-        const T* qg = q + ((b * H + h0 + g) * Sq + i0) * D;
-        for (int64_t r = 0; r < rn; ++r)
-          for (int64_t d = 0; d < D; ++d) qt[d * R + r] += Num<T>::load(qg[r * D + d]);
+      for (int64_t r = 0; r < R; ++r) {
+        const T* qr = q + ((b * H + h0) * Sq + i0 + r) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          S a = 0;
+          if (r < rn) {
+            a = Num<T>::load(qr[d]);
+            for (int64_t g = 1; g < group; ++g) a += Num<T>::load(qr[g * Sq * D + d]);
+          }
+          qt[d * R + r] = a * scale;
+        }
       }
-      for (S& x : qt) x *= scale;
       const S* kb = kbar + (b * Hkv + h0 / G) * nseg * D;
       for (int64_t s0 = 0; s0 < nvis; s0 += kTileSeg) {
         // a short last tile reads the last segment again for its missing ones (not stored)
