@@ -420,89 +420,108 @@ void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H,
 }
 
 // Fused segment selection (segmentTopk): the scores of segmentSelect formed block by block and
-// never stored whole. A task is (b, selection head, block of kRows query rows): the group's
-// query heads summed and scaled (sum_g scale q_g . k = scale (sum_g q_g) . k: one product for
-// the group), packed transposed into qt[D][kRows] (bfloat16 widened), then scored against the
-// segments the block can see (causal: up to the last row's own segment; about half of them
-// over a causal sequence) in a register tile of kTileSeg segments x kRows rows: broadcasts of
-// the summaries against vectors of rows, the layout of the matmul micro-kernel (kRows = 2
-// vectors, 12 accumulators with AVX2). The tile goes to a per-thread scratch [kRows][nvis]
-// (kRows x nseg scores: 16 KB for 256 segments), from which select_row picks each row's
-// segments. Each row's scores depend only on its inputs: deterministic whatever the threads.
+// never stored whole. First the summaries are packed transposed, kt[b, kv][D][npad] (segments
+// contiguous, zero-padded to whole tiles; the size of the summaries, shared by the threads).
+// Then a task is (b, selection head, block of kRows query rows): the group's query heads summed
+// and scaled into a row-major block (sum_g scale q_g . k = scale (sum_g q_g) . k: one product for
+// the group; bfloat16 widened), scored against the segments each tile of kTileRows rows can see
+// (causal: up to its last row's own segment; about half of them over a causal sequence) in a
+// register tile of kTileRows rows x 2 vectors of segments, the matmul micro-kernel's layout
+// (broadcast query values, vector loads of kt; 12 accumulators with AVX2), stored row by row to
+// a per-thread scratch [kRows][npad] (24 KB for 256 segments), from which select_row picks each
+// row's segments. Each row's scores depend only on its inputs: deterministic whatever the threads.
 template <typename S>
 struct TopkVec {
   typedef S v __attribute__((vector_size(kVecBytes)));
   static constexpr int kLanes = kVecBytes / sizeof(S);
-  static constexpr int kRows = 2 * kLanes;
+  static constexpr int kSegs = 2 * kLanes;  // segments per tile
 };
-constexpr int kTileSeg = 6;
+constexpr int kTileRows = 6, kRows = 4 * kTileRows;
 
 template <typename T, typename S>
 void segment_topk_typed(int32_t* idx, const T* q, const S* kbar, int64_t B, int64_t H, int64_t Hkv, int64_t Sq,
                         int64_t D, int64_t nseg, int64_t K, int64_t group, bool causal, int64_t segment, int64_t Sk,
                         S scale) {
   using V = typename TopkVec<S>::v;
-  constexpr int L = TopkVec<S>::kLanes, R = TopkVec<S>::kRows;
+  constexpr int L = TopkVec<S>::kLanes, NS = TopkVec<S>::kSegs, R = kRows;
+  const int64_t npad = (nseg + NS - 1) / NS * NS;
+  std::vector<S> kt(static_cast<size_t>(B * Hkv * D * npad));
+  parallel_for(B * Hkv, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t bh = h0; bh < h1; ++bh) {
+      const S* src = kbar + bh * nseg * D;
+      S* dst = kt.data() + bh * D * npad;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t s = 0; s < nseg; ++s) dst[d * npad + s] = src[s * D + d];
+        for (int64_t s = nseg; s < npad; ++s) dst[d * npad + s] = S(0);
+      }
+    }
+  });
   const int64_t hs = H / group, G = H / Hkv, nblk = (Sq + R - 1) / R;
   const int64_t tasks = B * hs * nblk;
   // cost of a task ~ R x nseg x D multiply-adds: a few tasks per chunk when they are small
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, R * nseg * D));
-  const int64_t ld = (nseg + 7) / 8 * 8;  // row stride of the scratch (select_row reads 8 at a time)
   parallel_for(tasks, grain, [&](int64_t t0, int64_t t1) {
     // per-thread scratch, kept from call to call (a chunk is often a single task)
-    static thread_local std::vector<S> qt, sc, bv;
+    static thread_local std::vector<S> qp, sc, bv;
     static thread_local std::vector<int32_t> bi;
-    qt.resize(static_cast<size_t>(std::max<int64_t>(D, 1) * R));
-    sc.resize(static_cast<size_t>(R * ld));
+    qp.resize(static_cast<size_t>(R * D));
+    sc.resize(static_cast<size_t>(R * npad));
     bv.resize(static_cast<size_t>(K));
     bi.resize(static_cast<size_t>(K));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t blk = t % nblk, bh = t / nblk, b = bh / hs, h0 = (bh % hs) * group;
       const int64_t i0 = blk * R, rn = std::min<int64_t>(R, Sq - i0);
-      const int64_t own_last = (i0 + rn - 1 + Sk - Sq) / segment;
-      const int64_t nvis = causal ? std::min(nseg, own_last + 1) : nseg;
-      // qt[d][r] = scale * sum_g q[b, h0 + g, i0 + r, d]; rows past Sq are 0
+      // qp[r][d] = scale * sum_g q[b, h0 + g, i0 + r, d]; rows past Sq are 0
       for (int64_t r = 0; r < R; ++r) {
-        const T* qr = q + ((b * H + h0) * Sq + i0 + r) * D;
-        for (int64_t d = 0; d < D; ++d) {
-          S a = 0;
-          if (r < rn) {
-            a = Num<T>::load(qr[d]);
-            for (int64_t g = 1; g < group; ++g) a += Num<T>::load(qr[g * Sq * D + d]);
-          }
-          qt[d * R + r] = a * scale;
+        S* o = qp.data() + r * D;
+        if (r >= rn) {
+          std::fill(o, o + D, S(0));
+          continue;
         }
+        // plain loops over restrict pointers and a local scale: vectorised (a scalar loop with
+        // the scale reloaded after every store was a quarter of the op's time)
+        S* __restrict po = o;
+        const T* __restrict qr = q + ((b * H + h0) * Sq + i0 + r) * D;
+        const S sc1 = scale;
+        for (int64_t d = 0; d < D; ++d) po[d] = Num<T>::load(qr[d]);
+        for (int64_t g = 1; g < group; ++g) {
+          const T* __restrict qg = qr + g * Sq * D;
+          for (int64_t d = 0; d < D; ++d) po[d] += Num<T>::load(qg[d]);
+        }
+        for (int64_t d = 0; d < D; ++d) po[d] *= sc1;
       }
-      const S* kb = kbar + (b * Hkv + h0 / G) * nseg * D;
-      for (int64_t s0 = 0; s0 < nvis; s0 += kTileSeg) {
-        // a short last tile reads the last segment again for its missing ones (not stored)
-        const S* kr[kTileSeg];
-        for (int m = 0; m < kTileSeg; ++m) kr[m] = kb + std::min(s0 + m, nvis - 1) * D;
-        V acc[kTileSeg][2];
+      const S* kb = kt.data() + (b * Hkv + h0 / G) * D * npad;
+      for (int64_t r0 = 0; r0 < rn; r0 += kTileRows) {
+        const int64_t own_last = (i0 + std::min<int64_t>(rn, r0 + kTileRows) - 1 + Sk - Sq) / segment;
+        const int64_t nvis = causal ? std::min(nseg, own_last + 1) : nseg;
+        const S* qr = qp.data() + r0 * D;
+        for (int64_t s0 = 0; s0 < nvis; s0 += NS) {
+          V acc[kTileRows][2];
 #pragma GCC unroll 8
-        for (int m = 0; m < kTileSeg; ++m) acc[m][0] = acc[m][1] = V{};
-        for (int64_t d = 0; d < D; ++d) {
-          V a0, a1;
-          std::memcpy(&a0, &qt[d * R], sizeof(V));
-          std::memcpy(&a1, &qt[d * R + L], sizeof(V));
+          for (int m = 0; m < kTileRows; ++m) acc[m][0] = acc[m][1] = V{};
+          const S* kc = kb + s0;
+          for (int64_t d = 0; d < D; ++d) {
+            V k0, k1;
+            std::memcpy(&k0, kc + d * npad, sizeof(V));
+            std::memcpy(&k1, kc + d * npad + L, sizeof(V));
 #pragma GCC unroll 8
-          for (int m = 0; m < kTileSeg; ++m) {
-            const S k = kr[m][d];
-            acc[m][0] += a0 * k;
-            acc[m][1] += a1 * k;
+            for (int m = 0; m < kTileRows; ++m) {
+              const S a = qr[m * D + d];
+              acc[m][0] += k0 * a;
+              acc[m][1] += k1 * a;
+            }
+          }
+#pragma GCC unroll 8
+          for (int m = 0; m < kTileRows; ++m) {
+            std::memcpy(&sc[(r0 + m) * npad + s0], &acc[m][0], sizeof(V));
+            std::memcpy(&sc[(r0 + m) * npad + s0 + L], &acc[m][1], sizeof(V));
           }
         }
-        const int mn = static_cast<int>(std::min<int64_t>(kTileSeg, nvis - s0));
-        for (int m = 0; m < mn; ++m)
-          for (int l = 0; l < L; ++l) {
-            sc[l * ld + s0 + m] = acc[m][0][l];
-            sc[(L + l) * ld + s0 + m] = acc[m][1][l];
-          }
       }
       for (int64_t r = 0; r < rn; ++r) {
         const int64_t i = i0 + r, own = (i + Sk - Sq) / segment;
         const int64_t last = causal ? std::min(nseg - 1, own) : nseg - 1;
-        const int64_t n = select_row(&sc[r * ld], last, own, causal && own <= last, K, bv.data(), bi.data());
+        const int64_t n = select_row(&sc[r * npad], last, own, causal && own <= last, K, bv.data(), bi.data());
         for (int64_t g = 0; g < group; ++g) {
           int32_t* o = idx + ((b * H + h0 + g) * Sq + i) * K;
           for (int64_t x = 0; x < K; ++x) o[x] = x < n ? bi[x] : -1;
