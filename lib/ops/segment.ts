@@ -232,9 +232,9 @@ export interface SelectSegmentsArgs {
   /** Query heads sharing one selection (divides the query heads per kv head). */
   group: number;
   causal: boolean;
-  /** [B, Hkv, nseg, D] segment mean keys (checked here; errors name `op`). */
+  /** [B, Hkv, nseg, D] segment mean keys (checked here). */
   summaries?: Tensor;
-  /** The caller's name for errors. Default 'segmentAttention'. */
+  /** The caller's name for errors. Default 'selectSegments'. */
   op?: string;
 }
 
@@ -247,15 +247,26 @@ export interface SelectSegmentsArgs {
  * dualAttention's segment path.
  */
 export function selectSegments(q: Tensor, k: Tensor, p: { Sk: number; scale: number }, a: SelectSegmentsArgs): Tensor {
-  const [B, Hq, Sq, D] = q.shape;
-  const nseg = Math.ceil(p.Sk / a.segment);
-  if (a.summaries !== undefined) checkSummaries(a.op ?? 'segmentAttention', q, a.summaries, { B, Hq, Hkv: k.shape[1], Sq, Sk: p.Sk, D, scale: p.scale }, nseg);
-  if (B * Hq * Sq === 0) return full([B, Hq, Sq, a.topK], -1, { dtype: 'int32', device: q.device });
+  const ao = a !== null && typeof a === 'object' ? a : undefined;
+  const name = typeof ao?.op === 'string' ? ao.op : 'selectSegments';
+  if (a === undefined) throw new ValueError(`${name}: Expected an object for args but received ${describe(a)}`);
+  const o = checkOptions<SelectSegmentsArgs>(a, name, 'args');
+  const po = checkOptions<{ Sk: number; scale: number }>(p, name, 'p');
+  const d = checkQk(name, q, k, null, po.scale);
+  if (po.Sk !== d.Sk) throw new ValueError(`${name}: Expected Sk = ${d.Sk} (the keys) but received ${describe(po.Sk)}`);
+  const segment = checkSegment(name, o.segment);
+  if (!Number.isInteger(o.topK) || o.topK < 1) throw new ValueError(`${name}: Expected an integer topK >= 1 but received ${describe(o.topK)}`);
+  const G = d.Hq / d.Hkv;
+  if (!Number.isInteger(o.group) || o.group < 1 || G % o.group !== 0) throw new ValueError(`${name}: Expected group, an integer dividing the ${G} query heads per kv head, but received ${describe(o.group)}`);
+  const causal = checkBool(name, 'causal', o.causal, true);
+  const nseg = Math.ceil(d.Sk / segment);
+  if (o.summaries !== undefined) checkSummaries(name, q, o.summaries, d, nseg);
+  if (d.B * d.Hq * d.Sq === 0) return full([d.B, d.Hq, d.Sq, o.topK], -1, { dtype: 'int32', device: q.device });
   return noGrad(() => tidy(() => {
     const sd = statsDType(q.dtype);
-    const kbar = a.summaries ?? segmentMean(k, a.segment);
-    const indices = empty([B, Hq, Sq, a.topK], 'int32', q.device);
-    op.segmentTopk({ indices, q, summaries: kbar.dtype === sd ? kbar : cast(kbar, sd), scale: p.scale, group: a.group, causal: a.causal, segment: a.segment, keyLength: p.Sk });
+    const kbar = o.summaries ?? segmentMean(k, segment);
+    const indices = empty([d.B, d.Hq, d.Sq, o.topK], 'int32', q.device);
+    op.segmentTopk({ indices, q, summaries: kbar.dtype === sd ? kbar : cast(kbar, sd), scale: d.scale, group: o.group, causal, segment, keyLength: d.Sk });
     return indices;
   }));
 }
@@ -314,7 +325,7 @@ export function segmentAttention(q: Tensor, k: Tensor, v: Tensor, options: Segme
     const G = p.Hq / p.Hkv;
     const gh = o.groupHeads === undefined || o.groupHeads === false ? 1 : o.groupHeads === true ? G : o.groupHeads;
     if (!Number.isInteger(gh) || gh < 1 || G % gh !== 0) throw new ValueError(`${name}: Expected groupHeads true, false or an integer dividing the ${G} query heads per kv head, but received ${describe(o.groupHeads)}`);
-    indices = selectSegments(q, k, p, { segment, topK: o.topK as number, group: gh, causal, summaries: o.summaries });
+    indices = selectSegments(q, k, p, { segment, topK: o.topK as number, group: gh, causal, summaries: o.summaries, op: name });
   }
   const ownIndices = indices !== o.indices;
   const out = empty([p.B, p.Hq, p.Sq, p.D], q.dtype, q.device);

@@ -335,6 +335,11 @@ describe('selectSegments (the fused segmentTopk kernel)', () => {
     expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, topK: 2, summaries: dr.zeros([1, 1, 3, 5]) })).toThrow(/segmentAttention: Expected summaries of shape \[1, 1, 3, 4\]/);
     expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, topK: 2, summaries: dr.zeros([1, 1, 3, 4], { dtype: 'int32' }) })).toThrow(dr.DTypeError);
     expect(() => dr.selectSegments(q.t, k.t, { Sk: 8, scale: 1 }, { segment: 3, topK: 2, group: 1, causal: true, summaries: dr.zeros([1, 1, 3, 4], { dtype: 'bool' }), op: 'dualAttention' })).toThrow(/dualAttention: Expected float summaries/);
+    // selectSegments checks its own arguments (it is exported)
+    expect(() => dr.selectSegments(q.t, k.t, { Sk: 7, scale: 1 }, { segment: 3, topK: 2, group: 1, causal: true })).toThrow(/selectSegments: Expected Sk = 8/);
+    expect(() => dr.selectSegments(q.t, k.t, { Sk: 8, scale: 1 }, { segment: 3, topK: 0, group: 1, causal: true })).toThrow(dr.ValueError);
+    expect(() => dr.selectSegments(q.t, k.t, { Sk: 8, scale: 1 }, { segment: 3, topK: 2, group: 3, causal: true })).toThrow(/selectSegments: Expected group/);
+    expect(() => dr.selectSegments(q.t, dr.cast(k.t, 'float64'), { Sk: 8, scale: 1 }, { segment: 3, topK: 2, group: 1, causal: true })).toThrow(dr.DTypeError);
     // the op checks the summaries' dtype and shape itself
     const { op } = require('../../lib/native');
     const idx = dr.empty([1, 2, 8, 2], 'int32');
