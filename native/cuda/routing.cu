@@ -574,7 +574,7 @@ int segment_topk(const View* indices, const View* q, const View* summaries, doub
   // at most 48 KiB of shared memory (no opt-in), fewer warps per block for long rows
   const long long kSmem = 48 * 1024 / sizeof(float);
   const int cache = D + nseg <= kSmem ? 1 : 0;
-  const long long per_warp = D + (cache ? nseg : 0);
+  const long long per_warp = std::max<long long>(1, D + (cache ? nseg : 0));  // D 0: no division by 0
   if (per_warp > kSmem) return set_error("segmentTopk: head dim too large for shared memory on cuda");
   const int warps = static_cast<int>(std::min<long long>(kGateWarps, kSmem / per_warp));
   const size_t smem = static_cast<size_t>(warps * per_warp) * sizeof(float);

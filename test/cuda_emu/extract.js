@@ -130,7 +130,7 @@ const HOST_ROUTING = [
   'const long long rows = B * (H / group) * Sq;',
   'const long long kSmem = 48 * 1024 / sizeof(float);',
   'const int cache = D + nseg <= kSmem ? 1 : 0;',
-  'const long long per_warp = D + (cache ? nseg : 0);',
+  'const long long per_warp = std::max<long long>(1, D + (cache ? nseg : 0));',
   'const int warps = static_cast<int>(std::min<long long>(kGateWarps, kSmem / per_warp));',
   'const size_t smem = static_cast<size_t>(warps * per_warp) * sizeof(float);',
   'const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);',

@@ -301,7 +301,7 @@ std::string run_topk(const TopkShape& s, const harness::Mode& mode, uint32_t see
   // launch, as segment_topk does
   const long long kSmem = 48 * 1024 / sizeof(float);
   const int cache = D + nseg <= kSmem && !s.nocache ? 1 : 0;
-  const long long per_warp = D + (cache ? nseg : 0);
+  const long long per_warp = std::max<long long>(1, D + (cache ? nseg : 0));
   const int warps = static_cast<int>(std::min<long long>(kGateWarps, kSmem / per_warp));
   const long long rows = (long long)s.B * (s.H / G) * s.Sq;
   const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);
@@ -489,6 +489,7 @@ const TopkShape kTopkShapes[] = {
   {"nan-query",       1, 2, 2,   9,   9,  6,  2, 3, 2, 0, 0, 0, 0, 2},
   {"warps-2",         1, 1, 1,   5, 5000,  4,  1, 3, 1, 1},   // 5004 floats a warp: 2 warps a block
   {"uncached",        1, 1, 1,   2, 13000, 4,  1, 2, 1, 0},   // past 48 KiB a warp: rescoring
+  {"d0",              1, 2, 1,   5,   9,  0,  2, 3, 1, 1},   // head dim 0: every score 0, index order
 };
 // clang-format on
 
