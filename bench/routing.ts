@@ -17,7 +17,8 @@
 // one clone of a [T K, d] tensor: 2 x 4 T K d bytes.
 // Segment attention FLOPs: 4 D per (query, visible key) pair (QK^T and PV), counted exactly from
 // the causal geometry (a query at p keeps min(topK, p / segment + 1) segments; its own is cut at
-// p), plus the selection's scores (2 D per query and segment). Causal global attention: 4 D per
+// p), plus the selection's scores (2 D per query and segment it can see, its own and those
+// before: the fused selection scores no others). Causal global attention: 4 D per
 // pair, S (S + 1) / 2 pairs per head.
 import * as fs from 'fs';
 import * as dr from '../lib';
@@ -138,7 +139,10 @@ function segmentFigure(o: Opts): Record<string, unknown> {
   });
   const nseg = Math.ceil(S / seg);
   const attnFlops = 4 * D * B * H * segmentPairs(S, seg, topK);
-  const selFlops = 2 * D * B * H * S * nseg;
+  // the fused selection scores each query against the segments it can see (causal: up to its own)
+  let visible = 0;
+  for (let p = 0; p < S; ++p) visible += Math.min(nseg, Math.floor(p / seg) + 1);
+  const selFlops = 2 * D * B * H * visible;
   const globalFlops = 4 * D * B * H * (S * (S + 1)) / 2;
   const mmGflops = (2 * n * n * n) / (s.matmul.median * 1e6);
   const segGflops = (attnFlops + selFlops) / (s.segment.median * 1e6);

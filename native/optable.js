@@ -131,6 +131,10 @@ const ops = [
     args: 'out Tensor indices, out Tensor weights, Tensor scores, int group, bool causal, bool keepOwn, int64 segment, int64 keyLength',
     dtypeOf: 'scores', dtypes: { cpu: ['float32', 'float64'], cuda: ['float32'] },
     doc: 'scores [B, H, Sq, nseg]; indices int32 and weights (the scores\' dtype) [B, H, Sq, K]: the top K segments per row (core/attention.h\'s segment routing; lib/ops/segment.ts)' },
+  { name: 'segmentTopk', family: 'routing',
+    args: 'out Tensor indices, Tensor q, Tensor summaries, double scale, int group, bool causal, int64 segment, int64 keyLength',
+    dtypeOf: 'q', dtypes: floats,
+    doc: 'segmentSelect\'s indices [B, Hq, Sq, K] (int32) from q [B, Hq, Sq, D] and the segment summaries [B, Hkv, nseg, D] (float32; float64 for float64 q) without forming the scores: scale * (q . summary) summed over each `group` query heads, own segment first when causal (keepOwn = causal), segments after the row skipped when causal, -1 pads' },
   // ---- random, hash and rule routing (issue 13 parts 3-4; native/*/route_rules.*) ----
   { name: 'randomRoute', family: 'route_rules', args: 'out Tensor route, Tensor thresholds, uint64 seed, uint64 offset',
     dtypeOf: 'route', dtypes: { cpu: ['int32'], cuda: ['int32'] },
@@ -292,6 +296,8 @@ const kernels = [
     doc: 'dlogits, logits [T, E]; lse [T]; f [E]; daux, dz scalars (device memory)' },
   { name: 'segment_select', params: 'View indices, View weights, View scores, int group, bool causal, bool keep_own, int64 segment, int64 key_length',
     doc: 'scores contiguous [B, H, Sq, nseg] (rows of `group` heads summed); indices int32, weights [B, H, Sq, K] contiguous: own segment first (keep_own), then by score, ties to the lower index, NaN largest; causal: segments starting after the row\'s position are no candidates; -inf is no candidate; -1 pads' },
+  { name: 'segment_topk', params: 'View indices, View q, View summaries, double scale, int group, bool causal, int64 segment, int64 key_length',
+    doc: 'q contiguous [B, H, Sq, D], summaries contiguous [B, Hkv, nseg, D] (float32; float64 for float64 q), indices int32 [B, H, Sq, K] contiguous: segment_select\'s indices (keep_own = causal) of the scores scale * q . summaries (group heads summed), never stored whole' },
   // ---- random, hash and rule routing (native/cpu/route_rules.cpp, native/cuda/route_rules.cu) ----
   { name: 'route_random', params: 'View route, View thresholds, uint64 seed, uint64 offset',
     doc: 'route int32 [T], thresholds int32 [P], contiguous: route[t] = first p with (philox_u32(seed, offset + t) >> 1) <= thresholds[p] (P - 1 if none)' },

@@ -1022,6 +1022,29 @@ for (const part of ['indices', 'weights'] as const) {
     tol: (d, c) => (part === 'weights' ? defaultTol('float32', c) : exact()),
   });
 }
+// selectSegments (the fused segmentTopk) over quarter-grid q and k, segments of 2 or 4 keys
+// (power-of-two means), scale 1/2: the means and every score are exact in every dtype, so ties
+// are true ties and every dtype breaks them alike; one case with eighth-grid summaries given
+const TOPK_CASES: Array<[number, number, number, number, number, number, number, number, number, boolean, boolean]> = [
+  // B, Hq, Hkv, Sq, Sk, D, segment, topK, group, causal, summaries
+  [1, 1, 1, 1, 4, 4, 4, 1, 1, true, false], [2, 4, 2, 13, 24, 8, 4, 3, 2, true, false], [1, 6, 2, 9, 40, 16, 4, 4, 3, false, false],
+  [1, 8, 1, 33, 64, 16, 2, 40, 8, true, false], [1, 2, 2, 70, 200, 5, 2, 6, 1, true, false], [1, 4, 2, 17, 30, 8, 3, 5, 2, true, true],
+];
+REGISTRY.push({
+  name: 'selectSegments (segmentTopk)',
+  ops: ['segmentTopk', 'segmentMean'],
+  cases: (_d, rnd) => TOPK_CASES.map(([B, Hq, Hkv, Sq, Sk, D, seg, k, g, causal, sum]) => {
+    const nseg = Math.ceil(Sk / seg);
+    const inputs = [T([B, Hq, Sq, D], rnd.grid(B * Hq * Sq * D, -2, 2, 0.25)), T([B, Hkv, Sk, D], rnd.grid(B * Hkv * Sk * D, -2, 2, 0.25))];
+    if (sum) inputs.push(T([B, Hkv, nseg, D], rnd.grid(B * Hkv * nseg * D, -1, 1, 0.125)));
+    return { label: `B${B} H${Hq}/${Hkv} Sq${Sq} Sk${Sk} D${D} segment ${seg} topK ${k} group ${g}${causal ? ' causal' : ''}${sum ? ' summaries' : ''}`, inputs, p: { Sk, seg, k, g, causal } };
+  }),
+  run: (xs, c) => {
+    const p = c.p as { Sk: number; seg: number; k: number; g: number; causal: boolean };
+    return dr.selectSegments(xs[0], xs[1], { Sk: p.Sk, scale: 0.5 }, { segment: p.seg, topK: p.k, group: p.g, causal: p.causal, summaries: xs[2] });
+  },
+  tol: () => exact(),
+});
 REGISTRY.push({
   name: 'segmentMean',
   ops: ['segmentMean'],

@@ -9,6 +9,8 @@
 //   segmentSelect(scores, {topK})      int32 indices [B, Hq, Sq, topK] (own segment first, then
 //                                      by score, ties to the lower index, -1 for none) and the
 //                                      softmax weights of the kept scores
+//   selectSegments(q, k, ...)          segmentAttention's own selection: segmentSelect's indices over
+//                                      segmentScores, fused (the segmentTopk kernel: no score tensor)
 //   segmentAttention(q, k, v, {...})   the fused kernel over the kept segments (no gathered K/V)
 //   compressedAttention(q, k, v, ...)  attention over the segment means, a query seeing a
 //                                      segment only once the whole segment is at or before it
@@ -125,14 +127,7 @@ export function segmentScores(q: Tensor, k: Tensor, options: SegmentScoresOption
   const causal = checkBool(name, 'causal', o.causal, true);
   const p = checkQk(name, q, k, null, o.scale);
   const nseg = Math.ceil(p.Sk / segment);
-  if (o.summaries !== undefined) {
-    const s = checkTensor(o.summaries, name, 'summaries');
-    if (s.ndim !== 4 || s.shape[0] !== p.B || s.shape[1] !== p.Hkv || s.shape[2] !== nseg || s.shape[3] !== p.D) {
-      throw new ShapeError(`${name}: Expected summaries of shape [${p.B}, ${p.Hkv}, ${nseg}, ${p.D}] but received ${describe(s)}`);
-    }
-    if (!isFloat(s.dtype)) throw new DTypeError(`${name}: Expected float summaries but received ${describe(s)}`);
-    sameDevice(name, q, s);
-  }
+  if (o.summaries !== undefined) checkSummaries(name, q, o.summaries, p, nseg);
   const sd = statsDType(q.dtype);
   const G = p.Hq / p.Hkv;
   return tidy(() => {
@@ -143,6 +138,15 @@ export function segmentScores(q: Tensor, k: Tensor, options: SegmentScoresOption
     if (causal) s = maskedFill(s, segmentStartsAfter(p.Sq, p.Sk, segment, q.device), -Infinity);
     return s;
   });
+}
+
+function checkSummaries(name: string, q: Tensor, summaries: Tensor, p: Qkv, nseg: number): void {
+  const s = checkTensor(summaries, name, 'summaries');
+  if (s.ndim !== 4 || s.shape[0] !== p.B || s.shape[1] !== p.Hkv || s.shape[2] !== nseg || s.shape[3] !== p.D) {
+    throw new ShapeError(`${name}: Expected summaries of shape [${p.B}, ${p.Hkv}, ${nseg}, ${p.D}] but received ${describe(s)}`);
+  }
+  if (!isFloat(s.dtype)) throw new DTypeError(`${name}: Expected float summaries but received ${describe(s)}`);
+  sameDevice(name, q, s);
 }
 
 // scale * a b^T; matmul's alpha is a float, so float64 scales after the product
@@ -228,19 +232,42 @@ export interface SelectSegmentsArgs {
   /** Query heads sharing one selection (divides the query heads per kv head). */
   group: number;
   causal: boolean;
+  /** [B, Hkv, nseg, D] segment mean keys (checked here). */
   summaries?: Tensor;
+  /** The caller's name for errors. Default 'selectSegments'. */
+  op?: string;
 }
 
 /**
  * The segments each query row attends to, as segmentAttention picks them when no indices are
- * given: int32 [B, Hq, Sq, topK] (own segment first when causal, then by score, -1 padding).
- * Not differentiable (a choice). Used by segmentAttention and dualAttention's segment path.
+ * given: int32 [B, Hq, Sq, topK] (own segment first when causal, then by score, -1 padding),
+ * exactly segmentSelect over segmentScores (group heads summed), fused: the segmentTopk kernel
+ * scores blocks of rows against the segments they can see and selects at once, never forming
+ * the [B, Hq, Sq, nseg] scores. Not differentiable (a choice). Used by segmentAttention and
+ * dualAttention's segment path.
  */
 export function selectSegments(q: Tensor, k: Tensor, p: { Sk: number; scale: number }, a: SelectSegmentsArgs): Tensor {
+  const ao = a !== null && typeof a === 'object' ? a : undefined;
+  const name = typeof ao?.op === 'string' ? ao.op : 'selectSegments';
+  if (a === undefined) throw new ValueError(`${name}: Expected an object for args but received ${describe(a)}`);
+  const o = checkOptions<SelectSegmentsArgs>(a, name, 'args');
+  const po = checkOptions<{ Sk: number; scale: number }>(p, name, 'p');
+  const d = checkQk(name, q, k, null, po.scale);
+  if (po.Sk !== d.Sk) throw new ValueError(`${name}: Expected Sk = ${d.Sk} (the keys) but received ${describe(po.Sk)}`);
+  const segment = checkSegment(name, o.segment);
+  if (!Number.isInteger(o.topK) || o.topK < 1) throw new ValueError(`${name}: Expected an integer topK >= 1 but received ${describe(o.topK)}`);
+  const G = d.Hq / d.Hkv;
+  if (!Number.isInteger(o.group) || o.group < 1 || G % o.group !== 0) throw new ValueError(`${name}: Expected group, an integer dividing the ${G} query heads per kv head, but received ${describe(o.group)}`);
+  const causal = checkBool(name, 'causal', o.causal, true);
+  const nseg = Math.ceil(d.Sk / segment);
+  if (o.summaries !== undefined) checkSummaries(name, q, o.summaries, d, nseg);
+  if (d.B * d.Hq * d.Sq === 0) return full([d.B, d.Hq, d.Sq, o.topK], -1, { dtype: 'int32', device: q.device });
   return noGrad(() => tidy(() => {
-    // unmasked scores: the selection kernel skips the segments after each query itself
-    const scores = segmentScores(q, k, { segment: a.segment, causal: false, scale: p.scale, summaries: a.summaries });
-    return selectKernel(scores, a.topK, a.group, a.causal, a.segment, p.Sk, a.causal).indices;
+    const sd = statsDType(q.dtype);
+    const kbar = o.summaries ?? segmentMean(k, segment);
+    const indices = empty([d.B, d.Hq, d.Sq, o.topK], 'int32', q.device);
+    op.segmentTopk({ indices, q, summaries: kbar.dtype === sd ? kbar : cast(kbar, sd), scale: d.scale, group: o.group, causal, segment, keyLength: d.Sk });
+    return indices;
   }));
 }
 
@@ -298,7 +325,7 @@ export function segmentAttention(q: Tensor, k: Tensor, v: Tensor, options: Segme
     const G = p.Hq / p.Hkv;
     const gh = o.groupHeads === undefined || o.groupHeads === false ? 1 : o.groupHeads === true ? G : o.groupHeads;
     if (!Number.isInteger(gh) || gh < 1 || G % gh !== 0) throw new ValueError(`${name}: Expected groupHeads true, false or an integer dividing the ${G} query heads per kv head, but received ${describe(o.groupHeads)}`);
-    indices = selectSegments(q, k, p, { segment, topK: o.topK as number, group: gh, causal, summaries: o.summaries });
+    indices = selectSegments(q, k, p, { segment, topK: o.topK as number, group: gh, causal, summaries: o.summaries, op: name });
   }
   const ownIndices = indices !== o.indices;
   const out = empty([p.B, p.Hq, p.Sq, p.D], q.dtype, q.device);

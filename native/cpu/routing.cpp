@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common.h"
+#include "simd.h"
 
 namespace dualroute {
 namespace cpu {
@@ -245,13 +246,138 @@ void losses_backward_typed(S* dl, const S* l, const S* lse, const S* f, S daux, 
   });
 }
 
+// Segment selection, one row (segmentSelect and segmentTopk): the top K of vals[0, last] into
+// bv / bi, best first: the own segment first when `force`, then by score (ties to the lower
+// index, NaN largest); -inf is no candidate. Returns how many were kept (<= K). A running top-k:
+// a candidate is compared with the k-th best so far and inserted only when it beats it (a few
+// insertions per row on typical data).
+// The sign bits of 8 int32 lanes (all ones or zero): one movmskps with AVX.
+typedef int32_t i8v __attribute__((vector_size(32)));
+inline int mask8(i8v m) {
+#if defined(__AVX__)
+  typedef float f8v __attribute__((vector_size(32)));
+  f8v f;
+  std::memcpy(&f, &m, sizeof(f));
+  return __builtin_ia32_movmskps256(f);
+#else
+  int bits = 0;
+  for (int j = 0; j < 8; ++j) bits |= (m[j] != 0) << j;
+  return bits;
+#endif
+}
+
+template <typename S>
+int64_t select_row(const S* vals, int64_t last, int64_t own, bool force, int64_t K, S* bv, int32_t* bi) {
+  const S ninf = -std::numeric_limits<S>::infinity();
+  int64_t n = 0;  // kept so far, best first in bv/bi
+  if (force) {
+    bi[0] = static_cast<int32_t>(own);
+    bv[0] = vals[own];
+    n = 1;
+  }
+  const int64_t lo = force ? 1 : 0;  // the own segment's place is fixed
+  S thr = ninf;                       // the k-th best value once the list is full
+  auto consider = [&](int64_t s) {
+    const S v = vals[s];
+    // fast rejection: not above the k-th best (a later index never wins a tie), not NaN
+    if (n == K && !(v > thr) && v == v) return;
+    if ((force && s == own) || v == ninf) return;
+    if (n == K && !better(v, static_cast<int>(s), bv[K - 1], bi[K - 1])) return;
+    int64_t at = n < K ? n++ : K - 1;
+    if (v == v) {
+      // every kept index is lower than s (the own segment's slot is never compared), so a
+      // plain > orders ties; a NaN in the list stops it (NaN ranks above)
+      while (at > lo && v > bv[at - 1]) {
+        bv[at] = bv[at - 1];
+        bi[at] = bi[at - 1];
+        --at;
+      }
+    } else {
+      while (at > lo && better(v, static_cast<int>(s), bv[at - 1], bi[at - 1])) {
+        bv[at] = bv[at - 1];
+        bi[at] = bi[at - 1];
+        --at;
+      }
+    }
+    bv[at] = v;
+    bi[at] = static_cast<int32_t>(s);
+    if (n == K) thr = bv[K - 1];
+  };
+  const int64_t end = K - 1 < lo ? 0 : last + 1;  // K == 1 with the own segment kept: no scan
+  if constexpr (std::is_same<S, float>::value) {
+    // A threshold first: lane j of a vector pass keeps the largest candidate at positions
+    // = j mod 16 (the own segment excluded). Those 16 values are candidates, so the (K -
+    // lo)-th largest of them, t0, is at most the (K - lo)-th largest candidate: anything
+    // below t0 can never be kept, and the scan looks only at the values that reach it. (A
+    // NaN, fewer than 32 candidates, or K - lo > 16 take the plain scan below.)
+    typedef float v8 __attribute__((vector_size(32)));
+    typedef int32_t i8 __attribute__((vector_size(32)));
+    const int64_t need = K - lo, full = end / 8;
+    if (need >= 1 && need <= 16 && full >= 4) {
+      // 16 lanes: even and odd blocks apart (a higher threshold than 8 maxima give)
+      v8 mx[2];
+      for (int j = 0; j < 8; ++j) mx[0][j] = mx[1][j] = ninf;
+      i8 nan = i8{};
+      for (int64_t q = 0; q < full; ++q) {
+        v8 v;
+        std::memcpy(&v, vals + q * 8, sizeof(v));
+        if (force && own / 8 == q) v[own % 8] = ninf;
+        nan |= v != v;
+        mx[q & 1] = v > mx[q & 1] ? v : mx[q & 1];
+      }
+      const bool any_nan = mask8(nan) != 0;
+      if (!any_nan) {
+        // t0 = the need-th largest of the 16: the smallest value with fewer than `need` values
+        // above it (counted branch-free, a lane's count negative: true compares are -1)
+        i8 c0 = i8{}, c1 = i8{};
+        for (int j = 0; j < 16; ++j) {
+          const v8 x = v8{} + mx[j >> 3][j & 7];
+          c0 += x > mx[0];
+          c1 += x > mx[1];
+        }
+        const int32_t lim = static_cast<int32_t>(1 - need);
+        const v8 pinf = v8{} + std::numeric_limits<float>::infinity();
+        const v8 m0 = c0 >= lim ? mx[0] : pinf, m1 = c1 >= lim ? mx[1] : pinf;
+        const v8 mm = m0 < m1 ? m0 : m1;
+        float t0 = mm[0];
+        for (int j = 1; j < 8; ++j) t0 = mm[j] < t0 ? mm[j] : t0;
+        v8 tv;
+        for (int j = 0; j < 8; ++j) tv[j] = t0;
+        for (int64_t q = 0; q < full; ++q) {
+          v8 v;
+          std::memcpy(&v, vals + q * 8, sizeof(v));
+          const i8 hit = v >= tv;
+          int bits = mask8(hit);
+          while (bits) {
+            const int j = __builtin_ctz(bits);
+            bits &= bits - 1;
+            consider(q * 8 + j);
+          }
+        }
+        for (int64_t x = full * 8; x < end; ++x) consider(x);
+        return n;
+      }
+    }
+  }
+  for (int64_t s0 = 0; s0 < end; s0 += 8) {
+    const int64_t s1 = std::min(end, s0 + 8);
+    if (n == K && s1 - s0 == 8) {
+      // a block of 8 with nothing above the k-th best and no NaN is passed whole: one
+      // well-predicted branch per 8 values once the list is full
+      bool any = false;
+      for (int j = 0; j < 8; ++j) any |= (vals[s0 + j] > thr) | (vals[s0 + j] != vals[s0 + j]);
+      if (!any) continue;
+    }
+    for (int64_t s = s0; s < s1; ++s) consider(s);
+  }
+  return n;
+}
+
 // Segment selection (segmentSelect): per query row of scores [B, H, Sq, nseg] (rows of `group`
-// consecutive heads summed first), the top k segments: the own one (floor(p / segment), p = i +
-// Sk - Sq) first when keep_own, then by score (ties to the lower index, NaN largest); segments
-// that start after p are not candidates when causal, nor are -inf scores; -1 pads. weights =
-// softmax of the kept (summed) scores, 0 for padding. The same indices and weights for the
-// group's heads. A running top-k per row: a candidate is compared with the k-th best so far and
-// inserted only when it beats it (a few insertions per row on typical data).
+// consecutive heads summed first), the top k segments (select_row): the own one (floor(p /
+// segment), p = i + Sk - Sq) first when keep_own; segments that start after p are not
+// candidates when causal; -1 pads. weights = softmax of the kept (summed) scores, 0 for
+// padding. The same indices and weights for the group's heads.
 template <typename S>
 void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H, int64_t Sq, int64_t nseg, int64_t K,
                           int64_t group, bool causal, bool keep_own, int64_t segment, int64_t Sk) {
@@ -276,105 +402,7 @@ void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H,
         }
         vals = sum.data();
       }
-      const bool force = keep_own && own <= last;
-      int64_t n = 0;  // kept so far, best first in bv/bi
-      if (force) {
-        bi[0] = static_cast<int32_t>(own);
-        bv[0] = vals[own];
-        n = 1;
-      }
-      const int64_t lo = force ? 1 : 0;  // the own segment's place is fixed
-      S thr = ninf;                       // the k-th best value once the list is full
-      auto consider = [&](int64_t s) {
-        const S v = vals[s];
-        // fast rejection: not above the k-th best (a later index never wins a tie), not NaN
-        if (n == K && !(v > thr) && v == v) return;
-        if ((force && s == own) || v == ninf) return;
-        if (n == K && !better(v, static_cast<int>(s), bv[K - 1], bi[K - 1])) return;
-        int64_t at = n < K ? n++ : K - 1;
-        if (v == v) {
-          // every kept index is lower than s (the own segment's slot is never compared), so a
-          // plain > orders ties; a NaN in the list stops it (NaN ranks above)
-          while (at > lo && v > bv[at - 1]) {
-            bv[at] = bv[at - 1];
-            bi[at] = bi[at - 1];
-            --at;
-          }
-        } else {
-          while (at > lo && better(v, static_cast<int>(s), bv[at - 1], bi[at - 1])) {
-            bv[at] = bv[at - 1];
-            bi[at] = bi[at - 1];
-            --at;
-          }
-        }
-        bv[at] = v;
-        bi[at] = static_cast<int32_t>(s);
-        if (n == K) thr = bv[K - 1];
-      };
-      const int64_t end = K - 1 < lo ? 0 : last + 1;  // K == 1 with the own segment kept: no scan
-      if constexpr (std::is_same<S, float>::value) {
-        // A threshold first: lane j of a vector pass keeps the largest candidate at positions
-        // = j mod 16 (the own segment excluded). Those 16 values are candidates, so the (K -
-        // lo)-th largest of them, t0, is at most the (K - lo)-th largest candidate: anything
-        // below t0 can never be kept, and the scan looks only at the values that reach it. (A
-        // NaN, fewer than 32 candidates, or K - lo > 16 take the plain scan below.)
-        typedef float v8 __attribute__((vector_size(32)));
-        typedef int32_t i8 __attribute__((vector_size(32)));
-        const int64_t need = K - lo, full = end / 8;
-        if (need >= 1 && need <= 16 && full >= 4) {
-          // 16 lanes: even and odd blocks apart (a higher threshold than 8 maxima give)
-          v8 mx[2];
-          for (int j = 0; j < 8; ++j) mx[0][j] = mx[1][j] = ninf;
-          i8 nan = i8{};
-          for (int64_t q = 0; q < full; ++q) {
-            v8 v;
-            std::memcpy(&v, vals + q * 8, sizeof(v));
-            if (force && own / 8 == q) v[own % 8] = ninf;
-            nan |= v != v;
-            mx[q & 1] = v > mx[q & 1] ? v : mx[q & 1];
-          }
-          bool any_nan = false;
-          for (int j = 0; j < 8; ++j) any_nan |= nan[j] != 0;
-          if (!any_nan) {
-            float lm[16];
-            for (int j = 0; j < 8; ++j) {
-              lm[j] = mx[0][j];
-              lm[8 + j] = mx[1][j];
-            }
-            std::nth_element(lm, lm + (need - 1), lm + 16, [](float x, float y) { return x > y; });
-            const float t0 = lm[need - 1];
-            v8 tv;
-            for (int j = 0; j < 8; ++j) tv[j] = t0;
-            for (int64_t q = 0; q < full; ++q) {
-              v8 v;
-              std::memcpy(&v, vals + q * 8, sizeof(v));
-              const i8 hit = v >= tv;
-              int bits = 0;
-              for (int j = 0; j < 8; ++j) bits |= (hit[j] != 0) << j;
-              while (bits) {
-                const int j = __builtin_ctz(bits);
-                bits &= bits - 1;
-                consider(q * 8 + j);
-              }
-            }
-            for (int64_t x = full * 8; x < end; ++x) consider(x);
-            goto weights;
-          }
-        }
-      }
-      for (int64_t s0 = 0; s0 < end; s0 += 8) {
-        const int64_t s1 = std::min(end, s0 + 8);
-        if (n == K && s1 - s0 == 8) {
-          // a block of 8 with nothing above the k-th best and no NaN is passed whole: one
-          // well-predicted branch per 8 values once the list is full
-          bool any = false;
-          for (int j = 0; j < 8; ++j) any |= (vals[s0 + j] > thr) | (vals[s0 + j] != vals[s0 + j]);
-          if (!any) continue;
-        }
-        for (int64_t s = s0; s < s1; ++s) consider(s);
-      }
-    weights: __attribute__((unused));  // (no goto reaches it for double)
-      if (n > K) n = K;
+      const int64_t n = select_row(vals, last, own, keep_own && own <= last, K, bv.data(), bi.data());
       // weights: softmax of the kept scores (NaN propagates)
       S mx = ninf;
       for (int64_t x = 0; x < n; ++x) mx = (bv[x] > mx || bv[x] != bv[x]) ? bv[x] : mx;
@@ -385,6 +413,118 @@ void segment_select_typed(int32_t* idx, S* w, const S* sc, int64_t B, int64_t H,
         for (int64_t x = 0; x < K; ++x) {
           idx[o + x] = x < n ? bi[x] : -1;
           w[o + x] = x < n ? std::exp(bv[x] - mx) / z : S(0);
+        }
+      }
+    }
+  });
+}
+
+// Fused segment selection (segmentTopk): the scores of segmentSelect formed block by block and
+// never stored whole. First the summaries are packed transposed, kt[b, kv][D][npad] (segments
+// contiguous, zero-padded to whole tiles; the size of the summaries, shared by the threads).
+// Then a task is (b, selection head, block of kRows query rows): the group's query heads summed
+// and scaled into a row-major block (sum_g scale q_g . k = scale (sum_g q_g) . k: one product for
+// the group; bfloat16 widened), scored against the segments each tile of kTileRows rows can see
+// (causal: up to its last row's own segment; about half of them over a causal sequence) in a
+// register tile of kTileRows rows x 2 vectors of segments, the matmul micro-kernel's layout
+// (broadcast query values, vector loads of kt; 12 accumulators with AVX2), stored row by row to
+// a per-thread scratch [kRows][npad] (24 KB for 256 segments), from which select_row picks each
+// row's segments. Each row's scores depend only on its inputs: deterministic whatever the threads.
+template <typename S>
+struct TopkVec {
+  typedef S v __attribute__((vector_size(kVecBytes)));
+  static constexpr int kLanes = kVecBytes / sizeof(S);
+  static constexpr int kSegs = 2 * kLanes;  // segments per tile
+};
+constexpr int kTileRows = 6, kRows = 4 * kTileRows;
+
+template <typename T, typename S>
+void segment_topk_typed(int32_t* idx, const T* q, const S* kbar, int64_t B, int64_t H, int64_t Hkv, int64_t Sq,
+                        int64_t D, int64_t nseg, int64_t K, int64_t group, bool causal, int64_t segment, int64_t Sk,
+                        S scale) {
+  using V = typename TopkVec<S>::v;
+  constexpr int L = TopkVec<S>::kLanes, NS = TopkVec<S>::kSegs, R = kRows;
+  const int64_t npad = (nseg + NS - 1) / NS * NS;
+  std::vector<S> kt(static_cast<size_t>(B * Hkv * D * npad));
+  parallel_for(B * Hkv, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t bh = h0; bh < h1; ++bh) {
+      const S* src = kbar + bh * nseg * D;
+      S* dst = kt.data() + bh * D * npad;
+      for (int64_t d = 0; d < D; ++d) {
+        for (int64_t s = 0; s < nseg; ++s) dst[d * npad + s] = src[s * D + d];
+        for (int64_t s = nseg; s < npad; ++s) dst[d * npad + s] = S(0);
+      }
+    }
+  });
+  const int64_t hs = H / group, G = H / Hkv, nblk = (Sq + R - 1) / R;
+  const int64_t tasks = B * hs * nblk;
+  // cost of a task ~ R x nseg x D multiply-adds: a few tasks per chunk when they are small
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, R * nseg * D));
+  parallel_for(tasks, grain, [&](int64_t t0, int64_t t1) {
+    // per-thread scratch, kept from call to call (a chunk is often a single task)
+    static thread_local std::vector<S> qp, sc, bv;
+    static thread_local std::vector<int32_t> bi;
+    qp.resize(static_cast<size_t>(R * D));
+    sc.resize(static_cast<size_t>(R * npad));
+    bv.resize(static_cast<size_t>(K));
+    bi.resize(static_cast<size_t>(K));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t blk = t % nblk, bh = t / nblk, b = bh / hs, h0 = (bh % hs) * group;
+      const int64_t i0 = blk * R, rn = std::min<int64_t>(R, Sq - i0);
+      // qp[r][d] = scale * sum_g q[b, h0 + g, i0 + r, d]; rows past Sq are 0
+      for (int64_t r = 0; r < R; ++r) {
+        S* o = qp.data() + r * D;
+        if (r >= rn) {
+          std::fill(o, o + D, S(0));
+          continue;
+        }
+        // plain loops over restrict pointers and a local scale: vectorised (a scalar loop with
+        // the scale reloaded after every store was a quarter of the op's time)
+        S* __restrict po = o;
+        const T* __restrict qr = q + ((b * H + h0) * Sq + i0 + r) * D;
+        const S sc1 = scale;
+        for (int64_t d = 0; d < D; ++d) po[d] = Num<T>::load(qr[d]);
+        for (int64_t g = 1; g < group; ++g) {
+          const T* __restrict qg = qr + g * Sq * D;
+          for (int64_t d = 0; d < D; ++d) po[d] += Num<T>::load(qg[d]);
+        }
+        for (int64_t d = 0; d < D; ++d) po[d] *= sc1;
+      }
+      const S* kb = kt.data() + (b * Hkv + h0 / G) * D * npad;
+      for (int64_t r0 = 0; r0 < rn; r0 += kTileRows) {
+        const int64_t own_last = (i0 + std::min<int64_t>(rn, r0 + kTileRows) - 1 + Sk - Sq) / segment;
+        const int64_t nvis = causal ? std::min(nseg, own_last + 1) : nseg;
+        const S* qr = qp.data() + r0 * D;
+        for (int64_t s0 = 0; s0 < nvis; s0 += NS) {
+          V acc[kTileRows][2];
+#pragma GCC unroll 8
+          for (int m = 0; m < kTileRows; ++m) acc[m][0] = acc[m][1] = V{};
+          const S* kc = kb + s0;
+          for (int64_t d = 0; d < D; ++d) {
+            V k0, k1;
+            std::memcpy(&k0, kc + d * npad, sizeof(V));
+            std::memcpy(&k1, kc + d * npad + L, sizeof(V));
+#pragma GCC unroll 8
+            for (int m = 0; m < kTileRows; ++m) {
+              const S a = qr[m * D + d];
+              acc[m][0] += k0 * a;
+              acc[m][1] += k1 * a;
+            }
+          }
+#pragma GCC unroll 8
+          for (int m = 0; m < kTileRows; ++m) {
+            std::memcpy(&sc[(r0 + m) * npad + s0], &acc[m][0], sizeof(V));
+            std::memcpy(&sc[(r0 + m) * npad + s0 + L], &acc[m][1], sizeof(V));
+          }
+        }
+      }
+      for (int64_t r = 0; r < rn; ++r) {
+        const int64_t i = i0 + r, own = (i + Sk - Sq) / segment;
+        const int64_t last = causal ? std::min(nseg - 1, own) : nseg - 1;
+        const int64_t n = select_row(&sc[r * npad], last, own, causal && own <= last, K, bv.data(), bi.data());
+        for (int64_t g = 0; g < group; ++g) {
+          int32_t* o = idx + ((b * H + h0 + g) * Sq + i) * K;
+          for (int64_t x = 0; x < K; ++x) o[x] = x < n ? bi[x] : -1;
         }
       }
     }
@@ -443,6 +583,20 @@ void segment_select(const View& indices, const View& weights, const View& scores
                                           keep_own, segment, key_length);
     default: fail(ErrorCode::DType, "segmentSelect: scores must be float32 or float64, got ", dtype_name(dt(scores)));
   }
+}
+
+void segment_topk(const View& indices, const View& q, const View& summaries, double scale, int32_t group, bool causal,
+                  int64_t segment, int64_t key_length) {
+  const int64_t B = q.shape[0], H = q.shape[1], Sq = q.shape[2], D = q.shape[3];
+  const int64_t Hkv = summaries.shape[1], nseg = summaries.shape[2], K = indices.shape[3];
+  if (B * H * Sq == 0) return;
+  int32_t* pi = static_cast<int32_t*>(indices.data);
+  dispatch_float(dt(q), "segmentTopk", [&](auto tag) {
+    using T = decltype(tag);
+    using S = typename std::conditional<std::is_same_v<T, double>, double, float>::type;
+    segment_topk_typed<T, S>(pi, static_cast<const T*>(q.data), static_cast<const S*>(summaries.data), B, H, Hkv, Sq, D,
+                             nseg, K, group, causal, segment, key_length, static_cast<S>(scale));
+  });
 }
 
 void router_losses(const View& aux, const View& z, const View& lse, const View& f, const View& logits, const View& first,

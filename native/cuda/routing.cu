@@ -339,37 +339,18 @@ __global__ void router_loss_bwd(float* __restrict__ dl, const float* __restrict_
   }
 }
 
-// Segment selection (segmentSelect; semantics as native/cpu/routing.cpp): one warp per query row,
-// the segments strided over the lanes; the j-th pick is the best candidate that comes after the
-// (j-1)-th in the selection order (k warp reductions, as router_select), the own segment first
-// when kept. Lane 0 writes the picks, then their softmax weights, for each head of the group.
-__global__ void __launch_bounds__(kGateWarps * 32) segment_select_kernel(int32_t* __restrict__ idx, float* __restrict__ w,
-                                                                        const float* __restrict__ sc, long long rows,
-                                                                        int H, int Sq, int nseg, int K, int group,
-                                                                        int causal, int keep_own, long long segment,
-                                                                        long long Sk) {
+// Segment selection, one row per warp (segmentSelect and segmentTopk; semantics as
+// native/cpu/routing.cpp's select_row): the top K of val(s), s in [0, last], the segments
+// strided over the lanes; the j-th pick is the best candidate that comes after the (j-1)-th in
+// the selection order (k warp reductions, as router_select), the own segment first when
+// `force`; -inf is no candidate. pick(x, v, s) runs on every lane for the x-th pick; returns
+// the number of picks (<= K).
+template <typename F, typename P>
+__device__ __forceinline__ int warp_select(const F& val, int last, int own, bool force, int K, const P& pick) {
   const int lane = threadIdx.x & 31;
-  const long long row = static_cast<long long>(blockIdx.x) * kGateWarps + (threadIdx.x >> 5);
-  if (row >= rows) return;
-  const int hg = H / group;
-  const long long i = row % Sq, bg = row / Sq, b = bg / hg, h0 = (bg % hg) * group;
-  const long long p = i + Sk - Sq, own = p / segment;
-  const int last = causal ? static_cast<int>(min(static_cast<long long>(nseg - 1), own)) : nseg - 1;
-  const long long plane = static_cast<long long>(Sq) * nseg;
-  const float* r0 = sc + ((b * H + h0) * Sq + i) * nseg;
-  auto val = [&](int s) {
-    float v = r0[s];
-    for (int g = 1; g < group; ++g) v += r0[g * plane + s];
-    return v;
-  };
-  const bool force = keep_own && own <= last;
-  const long long o0 = ((b * H + h0) * Sq + i) * K;
   int n = 0;
   if (force) {
-    if (lane == 0) {
-      idx[o0] = static_cast<int32_t>(own);
-      w[o0] = val(static_cast<int>(own));
-    }
+    pick(0, val(own), own);
     n = 1;
   }
   float pv = 0.f;
@@ -389,13 +370,41 @@ __global__ void __launch_bounds__(kGateWarps * 32) segment_select_kernel(int32_t
     }
     warp_best(bv, bi);
     if (bi < 0) break;
-    if (lane == 0) {
-      idx[o0 + n] = bi;
-      w[o0 + n] = bv;
-    }
+    pick(n, bv, bi);
     pv = bv;
     pi = bi;
   }
+  return n;
+}
+
+// segmentSelect: one warp per query row of scores (the group's rows summed); lane 0 writes the
+// picks, then their softmax weights, for each head of the group.
+__global__ void __launch_bounds__(kGateWarps * 32) segment_select_kernel(int32_t* __restrict__ idx, float* __restrict__ w,
+                                                                        const float* __restrict__ sc, long long rows,
+                                                                        int H, int Sq, int nseg, int K, int group,
+                                                                        int causal, int keep_own, long long segment,
+                                                                        long long Sk) {
+  const int lane = threadIdx.x & 31;
+  const long long row = static_cast<long long>(blockIdx.x) * kGateWarps + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int hg = H / group;
+  const long long i = row % Sq, bg = row / Sq, b = bg / hg, h0 = (bg % hg) * group;
+  const long long p = i + Sk - Sq, own = p / segment;
+  const int last = causal ? static_cast<int>(min(static_cast<long long>(nseg - 1), own)) : nseg - 1;
+  const long long plane = static_cast<long long>(Sq) * nseg;
+  const float* r0 = sc + ((b * H + h0) * Sq + i) * nseg;
+  auto val = [&](int s) {
+    float v = r0[s];
+    for (int g = 1; g < group; ++g) v += r0[g * plane + s];
+    return v;
+  };
+  const long long o0 = ((b * H + h0) * Sq + i) * K;
+  const int n = warp_select(val, last, static_cast<int>(own), keep_own && own <= last, K, [&](int x, float v, int s) {
+    if (lane == 0) {
+      idx[o0 + x] = s;
+      w[o0 + x] = v;
+    }
+  });
   if (lane != 0) return;
   float mx = -INFINITY;
   for (int x = 0; x < n; ++x) mx = (w[o0 + x] > mx || w[o0 + x] != w[o0 + x]) ? w[o0 + x] : mx;
@@ -409,6 +418,59 @@ __global__ void __launch_bounds__(kGateWarps * 32) segment_select_kernel(int32_t
       w[o0 + g * static_cast<long long>(Sq) * K + x] = wx;
     }
   }
+}
+
+// segmentTopk, fused: one warp per (b, selection head, query row). The group's query heads are
+// summed and scaled into the warp's shared q (sum_g scale q_g . k = scale (sum_g q_g) . k), the
+// lanes score the visible segments (causal: up to the row's own; a lane a segment, reading its
+// summary row, which the block's other rows of the same head share through the caches) into the
+// warp's shared scores, and warp_select picks from them. Shared memory per warp: D + nseg floats
+// when `cache`; D floats otherwise (very many segments), and then every selection pass scores
+// the segments again. Lane 0 writes the picks to each head of the group, -1 after them.
+template <typename T>
+__global__ void __launch_bounds__(kGateWarps * 32) segment_topk_kernel(int32_t* __restrict__ idx, const T* __restrict__ q,
+                                                                      const float* __restrict__ kbar, long long rows, int H,
+                                                                      int Hkv, int Sq, int D, int nseg, int K, int group,
+                                                                      int causal, long long segment, long long Sk,
+                                                                      float scale, int cache) {
+  extern __shared__ float topk_smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x >> 5) + warp;
+  if (row >= rows) return;
+  const int hg = H / group;
+  const long long i = row % Sq, bg = row / Sq, b = bg / hg, h0 = (bg % hg) * group;
+  const long long p = i + Sk - Sq, own = p / segment;
+  const int last = causal ? static_cast<int>(min(static_cast<long long>(nseg - 1), own)) : nseg - 1;
+  float* qs = topk_smem + static_cast<long long>(warp) * (D + (cache ? nseg : 0));
+  float* ss = qs + D;
+  const T* q0 = q + ((b * H + h0) * Sq + i) * D;
+  for (int d = lane; d < D; d += 32) {
+    float a = 0.f;
+    for (int g = 0; g < group; ++g) a += ld(q0[static_cast<long long>(g) * Sq * D + d]);
+    qs[d] = a * scale;
+  }
+  __syncwarp();
+  const float* kb = kbar + (b * Hkv + h0 / (H / Hkv)) * static_cast<long long>(nseg) * D;
+  auto dot = [&](int s) {
+    const float* kr = kb + static_cast<long long>(s) * D;
+    float a = 0.f;
+    for (int d = 0; d < D; ++d) a += qs[d] * kr[d];
+    return a;
+  };
+  if (cache) {
+    for (int s = lane; s <= last; s += 32) ss[s] = dot(s);
+    __syncwarp();
+  }
+  const long long o0 = ((b * H + h0) * Sq + i) * K;
+  const long long hstride = static_cast<long long>(Sq) * K;
+  const int n = warp_select([&](int s) { return cache ? ss[s] : dot(s); }, last, static_cast<int>(own),
+                            causal && own <= last, K, [&](int x, float, int s) {
+                              if (lane == 0)
+                                for (int g = 0; g < group; ++g) idx[o0 + g * hstride + x] = s;
+                            });
+  if (lane == 0)
+    for (int x = n; x < K; ++x)
+      for (int g = 0; g < group; ++g) idx[o0 + g * hstride + x] = -1;
 }
 // emu:end routing
 
@@ -496,6 +558,45 @@ int segment_select(const View* indices, const View* weights, const View* scores,
       keep_own, segment, key_length);
   return check_launch("segmentSelect");
   DR_CUDA_ENTRY_END("segmentSelect")
+}
+
+int segment_topk(const View* indices, const View* q, const View* summaries, double scale, int32_t group, int32_t causal,
+                 int64_t segment, int64_t key_length) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "segmentTopk";
+  const int64_t B = q->shape[0], H = q->shape[1], Sq = q->shape[2], D = q->shape[3];
+  const int64_t Hkv = summaries->shape[1], nseg = summaries->shape[2], K = indices->shape[3];
+  if (dt(*summaries) != DType::F32) return dtype_error(name, *summaries);
+  if (Sq > INT_MAX || nseg > INT_MAX || K > INT_MAX || D > INT_MAX) return set_error("segmentTopk: too many rows or segments");
+  const long long rows = B * (H / group) * Sq;
+  if (rows == 0) return 0;
+  // per warp: the summed query (D floats) and, when they fit, the row's scores (nseg floats);
+  // at most 48 KiB of shared memory (no opt-in), fewer warps per block for long rows
+  const long long kSmem = 48 * 1024 / sizeof(float);
+  const int cache = D + nseg <= kSmem ? 1 : 0;
+  const long long per_warp = std::max<long long>(1, D + (cache ? nseg : 0));  // D 0: no division by 0
+  if (per_warp > kSmem) return set_error("segmentTopk: head dim too large for shared memory on cuda");
+  const int warps = static_cast<int>(std::min<long long>(kGateWarps, kSmem / per_warp));
+  const size_t smem = static_cast<size_t>(warps * per_warp) * sizeof(float);
+  const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);
+  int32_t* pi = static_cast<int32_t*>(indices->data);
+  const float* ps = static_cast<const float*>(summaries->data);
+  const float sc = static_cast<float>(scale);
+  switch (dt(*q)) {
+    case DType::F32:
+      segment_topk_kernel<float><<<blocks, warps * 32, smem, stream()>>>(pi, static_cast<const float*>(q->data), ps, rows,
+          static_cast<int>(H), static_cast<int>(Hkv), static_cast<int>(Sq), static_cast<int>(D), static_cast<int>(nseg),
+          static_cast<int>(K), group, causal, segment, key_length, sc, cache);
+      break;
+    case DType::BF16:
+      segment_topk_kernel<bf16_t><<<blocks, warps * 32, smem, stream()>>>(pi, static_cast<const bf16_t*>(q->data), ps, rows,
+          static_cast<int>(H), static_cast<int>(Hkv), static_cast<int>(Sq), static_cast<int>(D), static_cast<int>(nseg),
+          static_cast<int>(K), group, causal, segment, key_length, sc, cache);
+      break;
+    default: return dtype_error(name, *q);
+  }
+  return check_launch(name);
+  DR_CUDA_ENTRY_END("segmentTopk")
 }
 
 namespace {

@@ -1,6 +1,8 @@
 // The routing family: the router gate (scores, top-k selection with bias, noise and group
 // limits, capacity positions) and its backward. Kernels: native/cpu/routing.cpp,
 // native/cuda/routing.cu.
+#include <cmath>
+
 #include "common.h"
 
 namespace dualroute {
@@ -94,6 +96,35 @@ void run(const SegmentSelect& a) {
   View vi = a.indices.view(), vw = a.weights.view(), vs = sc->view();
   DR_RUN(a.indices, cpu::segment_select(vi, vw, vs, a.group, a.causal, a.keepOwn, a.segment, a.keyLength),
          segment_select, &vi, &vw, &vs, a.group, a.causal ? 1 : 0, a.keepOwn ? 1 : 0, a.segment, a.keyLength);
+}
+
+void check(const SegmentTopk& a) {
+  const char* op = "segmentTopk";
+  DR_CHECK(a.q.ndim == 4, Shape, op, ": q must be [batch, heads, Sq, headDim], received ", a.q.shape_string());
+  require_float(op, "q", a.q);
+  const int64_t B = a.q.shape[0], H = a.q.shape[1], Sq = a.q.shape[2], D = a.q.shape[3];
+  DR_CHECK(a.summaries.ndim == 4 && a.summaries.shape[0] == B && a.summaries.shape[1] >= 1 &&
+               H % a.summaries.shape[1] == 0 && a.summaries.shape[3] == D,
+           Shape, op, ": summaries must be [", B, ", kvHeads dividing ", H, ", segments, ", D, "], received ",
+           a.summaries.shape_string());
+  const int64_t Hkv = a.summaries.shape[1], nseg = a.summaries.shape[2];
+  check_shape(op, "summaries", a.summaries, {B, Hkv, nseg, D}, stats_dtype(a.q.dtype), false);
+  DR_CHECK(a.indices.ndim == 4 && a.indices.shape[3] >= 1, Shape, op, ": indices must be [", B, ", ", H, ", ", Sq,
+           ", topK], received ", a.indices.shape_string());
+  check_shape(op, "indices", a.indices, {B, H, Sq, a.indices.shape[3]}, DType::I32, true);
+  DR_CHECK(a.group >= 1 && (H / Hkv) % a.group == 0, Value, op, ": group (", a.group,
+           ") must divide the query heads per kv head (", H / Hkv, ")");
+  DR_CHECK(a.segment >= 1, Value, op, ": segment must be >= 1, received ", a.segment);
+  DR_CHECK(a.keyLength >= Sq, Value, op, ": keyLength (", a.keyLength, ") must be >= Sq (", Sq, ")");
+  DR_CHECK((a.keyLength + a.segment - 1) / a.segment == nseg, Shape, op, ": ", a.keyLength, " keys in segments of ",
+           a.segment, " make ", (a.keyLength + a.segment - 1) / a.segment, " segments, but summaries has ", nseg);
+  DR_CHECK(std::isfinite(a.scale), Value, op, ": scale must be finite, received ", a.scale);
+}
+void run(const SegmentTopk& a) {
+  auto qc = contiguous(a.q), sc = contiguous(a.summaries);
+  View vi = a.indices.view(), vq = qc->view(), vs = sc->view();
+  DR_RUN(a.indices, cpu::segment_topk(vi, vq, vs, a.scale, a.group, a.causal, a.segment, a.keyLength), segment_topk,
+         &vi, &vq, &vs, a.scale, a.group, a.causal ? 1 : 0, a.segment, a.keyLength);
 }
 
 void check(const RouterLosses& a) {

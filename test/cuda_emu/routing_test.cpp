@@ -3,7 +3,8 @@
 // (ties to the lower expert, NaN largest) within the best topGroups groups (a group scored by its
 // two best values), weights (normalised, scaled), positions (first choices of all tokens before
 // second ones, tokens in order; -1 past capacity) and counts; and router_gate_bwd against the
-// gradient of the weights. Launches as routing.cu's host code makes them (extract.js checks).
+// gradient of the weights. Also segment_select_kernel, the fused segment_topk_kernel and the
+// router losses. Launches as routing.cu's host code makes them (extract.js checks).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -258,6 +259,111 @@ std::string run_select(const SelShape& s, const harness::Mode& mode, uint32_t se
   return "";
 }
 
+// segment_topk_kernel (segmentTopk, the fused selection) against a float64 reference: per row
+// the scores scale * (sum of the group's q) . summary over the visible segments (causal: up to
+// the row's own), then the selection order of run_select (own segment first when causal; -inf
+// no candidate; -1 pads). Quantized inputs (quarters and eighths, scale 1/2) make every score
+// exact in float, ties true ties: indices must match exactly. Random inputs (`rnd`) may reorder
+// near-ties: there each pick is checked by its reference score (within 1e-5 of the wanted one).
+// The launch mirrors segment_topk's host code (warps per block from the shared memory, `cache`
+// off past 12288 floats per warp); `nocache` runs the kernel's rescoring path on a small shape.
+struct TopkShape {
+  const char* tag;
+  int B, H, Hkv, Sq, Sk, D, segment, K, group, causal;
+  int bf = 0, rnd = 0, nocache = 0;
+  int special = 0;  // 1: a NaN summary (segment 1 of every head); 2: a NaN query row (row 1)
+};
+
+std::string run_topk(const TopkShape& s, const harness::Mode& mode, uint32_t seed) {
+  emu::clear_globals();
+  std::mt19937 r(seed);
+  const int nseg = (s.Sk + s.segment - 1) / s.segment, K = s.K, G = s.group, D = s.D;
+  const size_t nq = size_t(s.B) * s.H * s.Sq * D, nk = size_t(s.B) * s.Hkv * nseg * D;
+  Buf<float> qf("q", s.bf ? 0 : nq, 0.f), kb("summaries", nk, 0.f);
+  Buf<uint16_t> qb("q_bf16", s.bf ? nq : 0, 0);
+  std::vector<double> qd(nq);
+  auto draw = [&](int den) { return s.rnd ? float(std::uniform_real_distribution<double>(-1, 1)(r)) : float(int(r() % 9) - 4) / den; };
+  for (size_t x = 0; x < nq; ++x) {
+    float v = draw(4);
+    if (s.special == 2 && (x / D) % s.Sq == 1) v = NAN;
+    if (s.bf) {
+      qb[x] = f2bf(v);
+      qd[x] = bf2f(qb[x]);
+    } else {
+      qf[x] = v;
+      qd[x] = v;
+    }
+  }
+  for (size_t x = 0; x < nk; ++x) kb[x] = draw(8);
+  if (s.special == 1 && nseg > 1)
+    for (int bh = 0; bh < s.B * s.Hkv; ++bh) kb[(size_t(bh) * nseg + 1) * D] = NAN;
+  const float scale = s.rnd ? 0.37f : 0.5f;
+  // launch, as segment_topk does
+  const long long kSmem = 48 * 1024 / sizeof(float);
+  const int cache = D + nseg <= kSmem && !s.nocache ? 1 : 0;
+  const long long per_warp = std::max<long long>(1, D + (cache ? nseg : 0));
+  const int warps = static_cast<int>(std::min<long long>(kGateWarps, kSmem / per_warp));
+  const long long rows = (long long)s.B * (s.H / G) * s.Sq;
+  const unsigned blocks = static_cast<unsigned>((rows + warps - 1) / warps);
+  Buf<int32_t> idx("indices", size_t(s.B) * s.H * s.Sq * K, -9);
+  emu::LaunchCfg c = cfg_of(s.bf ? "segment_topk_kernel<bf16>" : "segment_topk_kernel", blocks, warps * 32, mode, seed);
+  c.dyn_smem = static_cast<size_t>(warps * per_warp) * sizeof(float);
+  if (s.bf)
+    emu::launch(c, [&] {
+      segment_topk_kernel<bf16_t>(idx.data(), reinterpret_cast<const bf16_t*>(qb.data()), kb.data(), rows, s.H, s.Hkv, s.Sq, D,
+                                  nseg, K, G, s.causal, s.segment, s.Sk, scale, cache);
+    });
+  else
+    emu::launch(c, [&] {
+      segment_topk_kernel<float>(idx.data(), qf.data(), kb.data(), rows, s.H, s.Hkv, s.Sq, D, nseg, K, G, s.causal,
+                                 s.segment, s.Sk, scale, cache);
+    });
+  if (!idx.guards().empty()) return idx.guards();
+  const int Gkv = s.H / s.Hkv;
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.H; ++h)
+      for (int i = 0; i < s.Sq; ++i) {
+        const long long p = i + s.Sk - s.Sq, own = p / s.segment;
+        const int last = s.causal ? int(std::min<long long>(nseg - 1, own)) : nseg - 1;
+        const int h0 = h / G * G;
+        std::vector<double> sum(nseg, 0.0);
+        for (int x = 0; x <= last; ++x) {
+          double a = 0;
+          for (int d = 0; d < D; ++d) {
+            double qs = 0;
+            for (int g = 0; g < G; ++g) qs += qd[((size_t(b) * s.H + h0 + g) * s.Sq + i) * D + d];
+            a += qs * kb[((size_t(b) * s.Hkv + h0 / Gkv) * nseg + x) * D + d];
+          }
+          sum[x] = scale * a;
+        }
+        std::vector<int> cand;
+        const bool force = s.causal && own <= last;
+        for (int x = 0; x <= last; ++x)
+          if (!(force && x == own) && sum[x] != -INFINITY) cand.push_back(x);
+        std::sort(cand.begin(), cand.end(), [&](int a, int c2) { return before(sum[a], a, sum[c2], c2); });
+        std::vector<int> pick;
+        if (force) pick.push_back(int(own));
+        for (int c2 : cand)
+          if (int(pick.size()) < K) pick.push_back(c2);
+        std::vector<bool> seen(nseg, false);
+        for (int x = 0; x < K; ++x) {
+          const size_t o = ((size_t(b) * s.H + h) * s.Sq + i) * K + x;
+          const int want = x < int(pick.size()) ? pick[x] : -1, got = idx[o];
+          if (got == want) {
+            if (got >= 0) seen[got] = true;
+            continue;
+          }
+          // random inputs: a near-tie may come in either order; the pick must be a new candidate
+          // scoring (in float64) within 1e-5 of the wanted one
+          const bool ok = s.rnd && want >= 0 && got >= 0 && got <= last && !seen[got] && !(force && (x == 0 || got == own)) &&
+                          std::fabs(sum[got] - sum[want]) <= 1e-5 * (1 + std::fabs(sum[want]));
+          if (!ok) return fmt("indices[%d][%d][%d][%d] = %d, want %d", b, h, i, x, got, want);
+          seen[got] = true;
+        }
+      }
+  return "";
+}
+
 // router_loss_tokens / router_loss_part / router_loss_final and router_loss_bwd against the
 // definitions in float64 (p = softmax or normalised sigmoid; f from the first choices; aux, z and
 // their gradients); a first choice out of range is recorded at its token and never counted.
@@ -364,6 +470,30 @@ const SelShape kSelShapes[] = {
 // clang-format on
 
 // clang-format off
+const TopkShape kTopkShapes[] = {
+  // tag              B  H Hkv  Sq   Sk   D seg  K  G causal bf rnd nocache special
+  {"one",             1, 1, 1,   1,   1,  1,  1, 1, 1, 1},
+  {"causal",          2, 3, 3,  13,  13,  5,  4, 2, 1, 1},
+  {"sq<sk-k1",        1, 2, 1,   9,  20,  4,  3, 1, 1, 1},
+  {"gqa3-group3",     1, 6, 2,  11,  11, 37,  2, 3, 3, 1},
+  {"gqa8-group8",     1, 8, 1,   7,  40, 64,  5, 4, 8, 1},
+  {"gqa8-group2",     1, 8, 1,   7,  40, 33,  5, 4, 2, 1},
+  {"noncausal",       1, 2, 2,   7,   7,  3,  1, 4, 1, 0},
+  {"k>nseg",          1, 1, 1,   5,   9,  8,  4, 8, 1, 1},
+  {"seg>=S",          1, 2, 1,   6,   6,  4, 10, 2, 2, 1},
+  {"bf16",            2, 4, 2,  10,  17, 24,  3, 3, 1, 1, 1},
+  {"random",          1, 4, 2,  20,  50, 64,  2, 6, 2, 1, 0, 1},
+  {"random-bf16-nc",  1, 2, 1,  12,  30, 40,  3, 5, 1, 0, 1, 1},
+  {"nocache",         1, 4, 2,  15,  15, 12,  1, 3, 2, 1, 0, 0, 1},
+  {"nan-summary",     1, 2, 1,   9,   9,  6,  1, 4, 1, 1, 0, 0, 0, 1},
+  {"nan-query",       1, 2, 2,   9,   9,  6,  2, 3, 2, 0, 0, 0, 0, 2},
+  {"warps-2",         1, 1, 1,   5, 5000,  4,  1, 3, 1, 1},   // 5004 floats a warp: 2 warps a block
+  {"uncached",        1, 1, 1,   2, 13000, 4,  1, 2, 1, 0},   // past 48 KiB a warp: rescoring
+  {"d0",              1, 2, 1,   5,   9,  0,  2, 3, 1, 1},   // head dim 0: every score 0, index order
+};
+// clang-format on
+
+// clang-format off
 const Shape kShapes[] = {
   // tag                    T    E   k  score norm scale groups top cap bias noise bf nan
   {"one",                   1,   1,  1, 0, 0, 1.0f,  1, 1,   0, 0, 0},
@@ -403,6 +533,16 @@ int main(int argc, char** argv) {
       const uint32_t seed = 2100u + 13u * static_cast<uint32_t>(si);
       cases.push_back({fmt("routing/select/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
                        double(s.B) * s.H * s.Sq * s.Sk * 0.01, [s, m, seed] { return run_select(s, m, seed); }});
+    }
+    ++si;
+  }
+  si = 0;
+  for (const TopkShape& s : kTopkShapes) {
+    for (int mi = 0; mi < 3; ++mi) {
+      const harness::Mode m = harness::kModes[mi];
+      const uint32_t seed = 4100u + 19u * static_cast<uint32_t>(si);
+      cases.push_back({fmt("routing/topk/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
+                       double(s.B) * s.H * s.Sq * s.Sk * (s.D + 4) * 0.001, [s, m, seed] { return run_topk(s, m, seed); }});
     }
     ++si;
   }

@@ -193,6 +193,164 @@ describe('segmentScores and segmentSelect', () => {
   }));
 });
 
+// The fused selection (selectSegments: segmentTopk) against a plain float64 reference: per row
+// the scores scale * q_h . mean(k of s) summed over the group's heads, ranked as segmentSelect
+// ranks them (own segment first when causal, then by score, ties to the lower index, NaN
+// largest; segments after the query skipped when causal; -1 pads). The kernel scores in float
+// (double for float64) and sums differently, so two scores within rounding of each other may
+// come in either order: an entry that differs from the reference must then be a new, visible
+// segment whose reference score is within `tol` of the wanted one.
+function topkRef(q: Arr, kbar: Arr, d: Dims, seg: number, topK: number, g: number, causal: boolean, scale: number): { idx: number[]; sc: number[][] } {
+  const ns = Math.ceil(d.Sk / seg), G = d.Hq / d.Hkv;
+  const idx: number[] = [], sc: number[][] = [];
+  for (let b = 0; b < d.B; ++b)
+    for (let h = 0; h < d.Hq; ++h)
+      for (let i = 0; i < d.Sq; ++i) {
+        const p = i + d.Sk - d.Sq, own = Math.floor(p / seg), last = causal ? Math.min(ns - 1, own) : ns - 1;
+        const h0 = Math.floor(h / g) * g;
+        const row = new Array(ns).fill(0);
+        for (let hh = h0; hh < h0 + g; ++hh)
+          for (let s = 0; s <= last; ++s) {
+            let a = 0;
+            for (let x = 0; x < d.D; ++x) a += q[((b * d.Hq + hh) * d.Sq + i) * d.D + x] * kbar[((b * d.Hkv + Math.floor(hh / G)) * ns + s) * d.D + x];
+            row[s] += scale * a;
+          }
+        const cand: number[] = [];
+        for (let s = 0; s <= last; ++s) if (!(causal && s === own) && row[s] !== -Infinity) cand.push(s);
+        cand.sort((a, c) => {
+          const na = Number.isNaN(row[a]), nc = Number.isNaN(row[c]);
+          if (na !== nc) return na ? -1 : 1;
+          if (!na && row[a] !== row[c]) return row[a] > row[c] ? -1 : 1;
+          return a - c;
+        });
+        const kept = (causal ? [own] : []).concat(cand).slice(0, topK);
+        for (let x = 0; x < topK; ++x) idx.push(x < kept.length ? kept[x] : -1);
+        sc.push(row.map((v, s) => (s <= last ? v : NaN)));
+      }
+  return { idx, sc };
+}
+
+function expectSelection(got: ArrayLike<number>, ref: { idx: number[]; sc: number[][] }, topK: number, tol: number): void {
+  let nearTies = 0;
+  for (let r = 0; r < ref.sc.length; ++r) {
+    const row = ref.sc[r], seen = new Set<number>();
+    const rmax = Math.max(1, ...row.filter(Number.isFinite).map(Math.abs));
+    for (let x = 0; x < topK; ++x) {
+      const g = got[r * topK + x], w = ref.idx[r * topK + x];
+      if (g !== w) {
+        const same = (a: number, c: number) => (Number.isNaN(a) && Number.isNaN(c)) || Math.abs(a - c) <= tol * rmax;
+        const ok = w >= 0 && g >= 0 && g < row.length && !seen.has(g) && (!Number.isNaN(row[g]) || Number.isNaN(row[w])) && same(row[g], row[w]);
+        if (!ok) throw new Error(`row ${r} entry ${x}: got ${g} (score ${row[g]}), want ${w} (score ${row[w]}); row ${Array.from(got).slice(r * topK, (r + 1) * topK)} vs ${ref.idx.slice(r * topK, (r + 1) * topK)}`);
+        ++nearTies;
+      }
+      seen.add(g);
+    }
+  }
+  // near-ties are the exception: the rest agrees index for index
+  expect(nearTies).toBeLessThanOrEqual(Math.max(2, ref.idx.length / 50));
+}
+
+describe('selectSegments (the fused segmentTopk kernel)', () => {
+  const cases: [string, Dims, number, number][] = [
+    ['Sq 1 decode', { B: 2, Hq: 4, Hkv: 2, Sq: 1, Sk: 33, D: 8 }, 8, 3],
+    ['odd', { B: 2, Hq: 2, Hkv: 2, Sq: 37, Sk: 37, D: 5 }, 7, 3],
+    ['G3 Sq<Sk', { B: 1, Hq: 3, Hkv: 1, Sq: 19, Sk: 45, D: 8 }, 6, 4],
+    ['segment >= S', { B: 1, Hq: 2, Hkv: 1, Sq: 11, Sk: 11, D: 4 }, 32, 2],
+    ['topK >= nseg', { B: 1, Hq: 2, Hkv: 2, Sq: 9, Sk: 9, D: 3 }, 2, 10],
+    ['G8 D64', { B: 1, Hq: 8, Hkv: 1, Sq: 70, Sk: 70, D: 64 }, 16, 2],
+    ['100 segments', { B: 1, Hq: 2, Hkv: 1, Sq: 200, Sk: 203, D: 16 }, 2, 5],
+  ];
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[])
+    for (const [tag, d, seg, K] of cases)
+      for (const causal of [true, false]) {
+        const G = d.Hq / d.Hkv;
+        for (const g of Array.from(new Set([1, G, G === 8 ? 2 : 1])))
+          test(`${dtype} ${tag} causal ${causal} group ${g}`, () => dr.tidy(() => {
+            const { q, k } = qkv(d, 101 + d.Sq, dtype);
+            const scale = 1 / Math.sqrt(d.D);
+            // bfloat16: the means are bfloat16 too (segmentMean rounds them); read them back
+            const kbar = dtype === 'bfloat16' ? Float64Array.from(dr.segmentMean(k.t, seg).dataSync()) : meanRef(k.data, d.B * d.Hkv, d.Sk, d.D, seg);
+            const got = dr.selectSegments(q.t, k.t, { Sk: d.Sk, scale }, { segment: seg, topK: K, group: g, causal });
+            expect(got.dtype).toBe('int32');
+            expect(got.shape).toEqual([d.B, d.Hq, d.Sq, K]);
+            expectSelection(got.dataSync(), topkRef(q.data, kbar, d, seg, K, g, causal, scale), K, dtype === 'float64' ? 1e-12 : 1e-5);
+          }));
+      }
+
+  for (const [sdt, qdt] of [['float32', 'float32'], ['float64', 'bfloat16'], ['bfloat16', 'float64']] as [dr.DType, dr.DType][])
+    test(`given ${sdt} summaries with ${qdt} q (GQA 4, group 2, Sq < Sk): the caller's means are used, k is not read`, () => dr.tidy(() => {
+      const d = { B: 2, Hq: 4, Hkv: 1, Sq: 13, Sk: 40, D: 6 };
+      const seg = 5, K = 3, scale = 0.7;
+      const q = input([d.B, d.Hq, d.Sq, d.D], 111, qdt);
+      const sum = input([d.B, d.Hkv, 8, d.D], 112, sdt);
+      const k = dr.full([d.B, d.Hkv, d.Sk, d.D], NaN, { dtype: qdt });  // NaN keys: never read
+      // the kernel reads the summaries in the stats dtype
+      const kbar = Float64Array.from(dr.cast(sum.t, qdt === 'float64' ? 'float64' : 'float32').dataSync());
+      const got = dr.selectSegments(q.t, k, { Sk: d.Sk, scale }, { segment: seg, topK: K, group: 2, causal: true, summaries: sum.t });
+      expectSelection(got.dataSync(), topkRef(q.data, kbar, d, seg, K, 2, true, scale), K, qdt === 'float64' ? 1e-12 : 1e-5);
+      // segmentAttention passes them through
+      const r = dr.segmentAttention(q.t, dr.zeros([d.B, d.Hkv, d.Sk, d.D], { dtype: qdt }), dr.zeros([d.B, d.Hkv, d.Sk, d.D], { dtype: qdt }), { segment: seg, topK: K, groupHeads: 2, summaries: sum.t, scale, returnIndices: true });
+      expect(Array.from(r.indices.dataSync())).toEqual(Array.from(got.dataSync()));
+    }));
+
+  test('NaN: a NaN query row ranks every segment NaN (own first, then in index order); a NaN summary ranks first', () => dr.tidy(() => {
+    const d = { B: 1, Hq: 2, Hkv: 1, Sq: 9, Sk: 9, D: 3 };
+    const qa = input([1, 2, 9, 3], 121, 'float32').data;
+    qa[4 * 3 + 1] = NaN;  // head 0, row 4
+    const ka = input([1, 1, 9, 3], 122, 'float32').data;
+    const q = dr.tensor(qa, [1, 2, 9, 3], { dtype: 'float32' });
+    const k = dr.tensor(ka, [1, 1, 9, 3], { dtype: 'float32' });
+    const sum = dr.segmentMean(k, 2);
+    const sa = Float64Array.from(sum.dataSync());
+    sa[1 * 3 + 2] = NaN;  // segment 1
+    const summaries = dr.tensor(sa, [1, 1, 5, 3], { dtype: 'float32' });
+    for (const causal of [true, false]) {
+      const got = dr.selectSegments(q, k, { Sk: 9, scale: 0.5 }, { segment: 2, topK: 4, group: 1, causal, summaries });
+      const ref = topkRef(Float64Array.from(q.dataSync()), sa, d, 2, 4, 1, causal, 0.5);
+      expect(Array.from(got.dataSync())).toEqual(ref.idx);
+      expect(Array.from(got.dataSync()).slice(16, 20)).toEqual(causal ? [2, 0, 1, -1] : [0, 1, 2, 3]);
+    }
+  }));
+
+  test('the whole selection equals segmentSelect over segmentScores on exact inputs (ties included)', () => dr.tidy(() => {
+    // quarters and eighths, scale 1/2: every score is exact in float32, ties are true ties
+    const d = { B: 2, Hq: 6, Hkv: 2, Sq: 50, Sk: 64, D: 12 };
+    const quant = (x: Arr, den: number) => x.map((v) => Math.round(v * 2) / den);
+    const q = dr.tensor(quant(input([2, 6, 50, 12], 131).data, 4), [2, 6, 50, 12], { dtype: 'float32' });
+    const sum = dr.tensor(quant(input([2, 2, 16, 12], 132).data, 8), [2, 2, 16, 12], { dtype: 'float32' });
+    const k = dr.zeros([2, 2, 64, 12]);
+    for (const causal of [true, false])
+      for (const g of [1, 3]) {
+        const got = dr.selectSegments(q, k, { Sk: 64, scale: 0.5 }, { segment: 4, topK: 5, group: g, causal, summaries: sum });
+        const sc = dr.segmentScores(q, k, { segment: 4, causal, scale: 0.5, summaries: sum });
+        const want = causal ? dr.segmentSelect(sc, { topK: 5, groupHeads: g, segment: 4, keyLength: 64 }) : dr.segmentSelect(sc, { topK: 5, groupHeads: g, keepOwn: false });
+        expect(Array.from(got.dataSync())).toEqual(Array.from(want.indices.dataSync()));
+      }
+  }));
+
+  test('bad summaries get typed errors naming the argument', () => dr.tidy(() => {
+    const d = { B: 1, Hq: 2, Hkv: 1, Sq: 8, Sk: 8, D: 4 };
+    const { q, k, v } = qkv(d, 141, 'float32');
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, topK: 2, summaries: dr.zeros([1, 1, 2, 4]) })).toThrow(dr.ShapeError);
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, topK: 2, summaries: dr.zeros([1, 1, 3, 4]) })).not.toThrow();
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, topK: 2, summaries: dr.zeros([1, 1, 3, 5]) })).toThrow(/segmentAttention: Expected summaries of shape \[1, 1, 3, 4\]/);
+    expect(() => dr.segmentAttention(q.t, k.t, v.t, { segment: 3, topK: 2, summaries: dr.zeros([1, 1, 3, 4], { dtype: 'int32' }) })).toThrow(dr.DTypeError);
+    expect(() => dr.selectSegments(q.t, k.t, { Sk: 8, scale: 1 }, { segment: 3, topK: 2, group: 1, causal: true, summaries: dr.zeros([1, 1, 3, 4], { dtype: 'bool' }), op: 'dualAttention' })).toThrow(/dualAttention: Expected float summaries/);
+    // selectSegments checks its own arguments (it is exported)
+    expect(() => dr.selectSegments(q.t, k.t, { Sk: 7, scale: 1 }, { segment: 3, topK: 2, group: 1, causal: true })).toThrow(/selectSegments: Expected Sk = 8/);
+    expect(() => dr.selectSegments(q.t, k.t, { Sk: 8, scale: 1 }, { segment: 3, topK: 0, group: 1, causal: true })).toThrow(dr.ValueError);
+    expect(() => dr.selectSegments(q.t, k.t, { Sk: 8, scale: 1 }, { segment: 3, topK: 2, group: 3, causal: true })).toThrow(/selectSegments: Expected group/);
+    expect(() => dr.selectSegments(q.t, dr.cast(k.t, 'float64'), { Sk: 8, scale: 1 }, { segment: 3, topK: 2, group: 1, causal: true })).toThrow(dr.DTypeError);
+    // the op checks the summaries' dtype and shape itself
+    const { op } = require('../../lib/native');
+    const idx = dr.empty([1, 2, 8, 2], 'int32');
+    expect(() => op.segmentTopk({ indices: idx, q: q.t, summaries: dr.zeros([1, 1, 3, 4], { dtype: 'float64' }), scale: 1, group: 1, causal: true, segment: 3, keyLength: 8 })).toThrow(/segmentTopk.*summaries/);
+    expect(() => op.segmentTopk({ indices: idx, q: q.t, summaries: dr.zeros([1, 1, 4, 4]), scale: 1, group: 1, causal: true, segment: 3, keyLength: 8 })).toThrow(/segmentTopk.*summaries has 4/);
+    expect(() => op.segmentTopk({ indices: idx, q: q.t, summaries: dr.zeros([1, 1, 3, 4]), scale: 1, group: 3, causal: true, segment: 3, keyLength: 8 })).toThrow(/segmentTopk: group/);
+    expect(() => op.segmentTopk({ indices: dr.empty([1, 2, 8, 2]), q: q.t, summaries: dr.zeros([1, 1, 3, 4]), scale: 1, group: 1, causal: true, segment: 3, keyLength: 8 })).toThrow(/segmentTopk.*indices/);
+  }));
+});
+
 describe('segmentAttention', () => {
   const cases: [string, Dims, number, number][] = [
     ['G1 odd', { B: 2, Hq: 2, Hkv: 2, Sq: 37, Sk: 37, D: 5 }, 7, 3],
