@@ -18,6 +18,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as dr from '../lib';
+import { selectSegments } from '../lib/ops/segment';
 import { UNARY_OPS, BINARY_OPS, UnaryName, BinaryName, OpName, supports } from '../lib/native';
 import { prng } from './reference';
 
@@ -1041,7 +1042,7 @@ REGISTRY.push({
   }),
   run: (xs, c) => {
     const p = c.p as { Sk: number; seg: number; k: number; g: number; causal: boolean };
-    return dr.selectSegments(xs[0], xs[1], { Sk: p.Sk, scale: 0.5 }, { segment: p.seg, topK: p.k, group: p.g, causal: p.causal, summaries: xs[2] });
+    return selectSegments(xs[0], xs[1], { Sk: p.Sk, scale: 0.5 }, { segment: p.seg, topK: p.k, group: p.g, causal: p.causal, summaries: xs[2] });
   },
   tol: () => exact(),
 });

@@ -5,33 +5,7 @@ import * as dr from '../../lib';
 import { nn } from '../../lib';
 import { expectClose } from '../helpers';
 import { randArray } from '../reference';
-
-const arr = (t: dr.Tensor) => Float64Array.from(t.dataSync());
-
-// y[r, o] = sum_i x[r, i] W[o, i] + b[o]
-function linRef(x: Float64Array, rows: number, lin: nn.Linear): Float64Array {
-  const W = arr(lin.weight), b = lin.bias ? arr(lin.bias) : null;
-  const I = lin.inFeatures, O = lin.outFeatures;
-  const y = new Float64Array(rows * O);
-  for (let r = 0; r < rows; ++r)
-    for (let o = 0; o < O; ++o) {
-      let s = b ? b[o] : 0;
-      for (let i = 0; i < I; ++i) s += x[r * I + i] * W[o * I + i];
-      y[r * O + o] = s;
-    }
-  return y;
-}
-
-// rotate-half RoPE of a [S, hd] head slice at positions pos
-function ropeRef(x: Float64Array, off: number, hd: number, p: number, base: number): void {
-  const half = hd / 2;
-  for (let i = 0; i < half; ++i) {
-    const th = p * Math.pow(base, (-2 * i) / hd);
-    const a = x[off + i], c = x[off + i + half];
-    x[off + i] = a * Math.cos(th) - c * Math.sin(th);
-    x[off + i + half] = c * Math.cos(th) + a * Math.sin(th);
-  }
-}
+import { arr, linRef, ropeRef } from './ref';
 
 interface MhaRefOpts { causal: boolean; kind: 'global' | 'local'; window: number; mode: 'sliding' | 'block'; rope: boolean; pad?: boolean[][] }
 

@@ -5,27 +5,7 @@ import * as dr from '../../lib';
 import { nn } from '../../lib';
 import { expectClose } from '../helpers';
 import { randArray } from '../reference';
-
-const arr = (t: dr.Tensor) => Float64Array.from(t.dataSync());
-
-function lin(x: Float64Array, rows: number, W: Float64Array, I: number, O: number, b?: Float64Array): Float64Array {
-  const y = new Float64Array(rows * O);
-  for (let r = 0; r < rows; ++r)
-    for (let o = 0; o < O; ++o) {
-      let s = b ? b[o] : 0;
-      for (let i = 0; i < I; ++i) s += x[r * I + i] * W[o * I + i];
-      y[r * O + o] = s;
-    }
-  return y;
-}
-
-function rot(x: Float64Array, off: number, hd: number, p: number): void {
-  for (let i = 0; i < hd / 2; ++i) {
-    const th = p * Math.pow(10000, (-2 * i) / hd), a = x[off + i], c = x[off + i + hd / 2];
-    x[off + i] = a * Math.cos(th) - c * Math.sin(th);
-    x[off + i + hd / 2] = c * Math.cos(th) + a * Math.sin(th);
-  }
-}
+import { arr, lin, ropeRef as rot } from './ref';
 
 // softmax attention of one query over (key, value) lists
 function attend(q: number[], ks: number[][], vs: number[][], scale: number): number[] {
