@@ -37,5 +37,6 @@ export { saveCheckpoint, saveCheckpointSync, loadCheckpoint, loadCheckpointSync 
 export type { CheckpointContents } from './train/checkpoint';
 export * from './ops/attention';
 export * from './ops/segment';
+export * from './ops/rnn';
 export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
 export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';
