@@ -7,3 +7,4 @@ export { ReLU, GELU, SiLU } from './activations';
 export { MultiheadAttention, TransformerBlock, SinusoidalPositionalEmbedding } from './attention';
 export type { MultiheadAttentionOptions, AttentionForwardOptions, TransformerBlockOptions } from './attention';
 export * from './routers';
+export { LSTM, type LSTMOptions, type LSTMState, type LSTMOutput } from './rnn';
