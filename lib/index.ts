@@ -38,6 +38,7 @@ export type { CheckpointContents } from './train/checkpoint';
 export * from './ops/attention';
 export { segmentMean, segmentScores, segmentSelect, segmentAttention, compressedAttention } from './ops/segment';
 export type { SegmentScoresOptions, SegmentSelectOptions, SegmentSelection, SegmentAttentionOptions, SegmentAttentionResult, CompressedAttentionOptions } from './ops/segment';
+export * from './ops/rnn';
 export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
 export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';
 export * as models from './models';

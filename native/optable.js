@@ -253,6 +253,16 @@ const ops = [
   { name: 'rope', family: 'attention', args: 'out Tensor out, Tensor x, Tensor positions, double base, bool inverse',
     dtypeOf: 'x', dtypes: floats,
     doc: 'rotary embedding, rotate-half: x [B,H,S,D]; positions int32 [S] or [B,S]; inverse undoes it' },
+
+  // ---- recurrent layers (native/*/rnn.*) ----
+  { name: 'lstmForward', family: 'rnn',
+    args: 'out Tensor h, out Tensor hN, out Tensor cN, out Tensor saved, Tensor xw, Tensor whh, Tensor h0, Tensor c0',
+    dtypeOf: 'xw', dtypes: floats, inline: 16384,
+    doc: 'one LSTM layer over the sequence (gates i, f, g, o as PyTorch): xw [B, S, 4H] = x W_ih^T + b, whh [4H, H], h0, c0 [B, H]; h [B, S, H] every step, hN, cN [B, H] the last state; saved [B, S, 5H] (float32, float64 for float64 xw): the activated gates i, f, g, o and c of every step, for the backward' },
+  { name: 'lstmBackward', family: 'rnn',
+    args: 'out Tensor dxw, out Tensor dwhh, out Tensor dh0, out Tensor dc0, Tensor? dh, Tensor? dhN, Tensor? dcN, Tensor h, Tensor saved, Tensor whh, Tensor h0, Tensor c0',
+    dtypeOf: 'h', dtypes: floats, inline: 16384,
+    doc: 'lstmForward\'s backward through time: from dh [B, S, H], dhN, dcN [B, H] (absent: 0) and the forward\'s h, saved, whh, h0, c0: dxw [B, S, 4H], dwhh [4H, H], dh0, dc0 [B, H]' },
 ];
 
 // Backend kernels: plain functions over Views (core/view.h) and argument structs, no tensors,
@@ -371,6 +381,11 @@ const kernels = [
     doc: 'dout [outer, nseg, D], dx [outer, S, D]: dx[j] = dout[seg(j)] / count(seg(j))' },
   { name: 'rope', params: 'View out, View x, View positions, double base, bool inverse',
     doc: 'rotary embedding, rotate-half: x, out [B,H,S,D]; positions int32 [S] or [B,S]' },
+  { name: 'lstm_forward', params: 'View h, View h_n, View c_n, View saved, View xw, View whh, View h0, View c0',
+    doc: 'all contiguous: xw [B, S, 4H], whh [4H, H], h0, c0, h_n, c_n [B, H] and h [B, S, H] of one dtype; saved [B, S, 5H] stats dtype (i, f, g, o, c per step); S may be 0 (then h_n = h0, c_n = c0)' },
+  { name: 'lstm_backward',
+    params: 'View dxw, View dwhh, View dh0, View dc0, View dh, View dh_n, View dc_n, View h, View saved, View whh, View h0, View c0',
+    doc: 'contiguous, shapes as lstm_forward (dxw as xw, dwhh as whh); dh, dh_n, dc_n optional (null: 0); sums in the stats dtype' },
 ];
 
 module.exports = { enums, ops, kernels };

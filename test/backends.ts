@@ -1070,6 +1070,32 @@ gradEntry('segmentAttention', ['segmentAttentionForward', 'segmentAttentionBackw
 }), (xs) => dr.segmentAttention(xs[0], xs[1], xs[2], { segment: 16, indices: xs[3] }));
 gradEntry('segmentMean', ['segmentMean'], (rnd) => [{ label: '[2,3,37,16] segment 5', inputs: [T([2, 3, 37, 16], rnd.uniform(2 * 3 * 37 * 16))], out: [2, 3, 8, 16], k: 5 }],
   (xs) => dr.segmentMean(xs[0], 5));
+// lstm (lib/ops/rnn.ts): one fused layer, forward (h every step, last h and c, concatenated)
+// and backward to x, both weights, both biases, h0 and c0. Weights ~ U(-1/sqrt(H), 1/sqrt(H))
+// as initialised, so the gates are not saturated; H around the CPU vector width, the matmul's
+// tiles and the CUDA block (256 threads).
+const LSTM_CASES: Array<[number, number, number, number]> = [[1, 1, 1, 1], [3, 7, 5, 9], [2, 5, 33, 65], [4, 3, 8, 300]];
+function lstmInputs(rnd: Rnd, [B, S, I, H]: [number, number, number, number]): Input[] {
+  const k = 1 / Math.sqrt(H);
+  return [T([B, S, I], rnd.uniform(B * S * I, -1.5, 1.5)), T([4 * H, I], rnd.uniform(4 * H * I, -k, k)), T([4 * H, H], rnd.uniform(4 * H * H, -k, k)),
+    T([4 * H], rnd.uniform(4 * H, -k, k)), T([4 * H], rnd.uniform(4 * H, -k, k)), T([B, H], rnd.uniform(B * H, -1, 1)), T([B, H], rnd.uniform(B * H, -1, 1))];
+}
+function lstmRun(xs: Tensor[]): Tensor {
+  const r = dr.lstm(xs[0], { wIh: xs[1], wHh: xs[2], bIh: xs[3], bHh: xs[4] }, { h0: xs[5], c0: xs[6] });
+  return dr.tidy(() => dr.concat([r.out.reshape([-1]), r.h.reshape([-1]), r.c.reshape([-1])], 0));
+}
+const lstmLabel = ([B, S, I, H]: number[]) => `B${B} S${S} in${I} H${H}`;
+REGISTRY.push({
+  name: 'lstm',
+  ops: ['lstmForward', 'matmul', 'binary'],
+  // sums of the input and recurrent products, compounded over the steps
+  cases: (_d, rnd) => LSTM_CASES.map((c) => ({ label: lstmLabel(c), inputs: lstmInputs(rnd, c), k: c[2] + c[3] * c[1] })),
+  run: (xs) => lstmRun(xs),
+});
+gradEntry('lstm', ['lstmForward', 'lstmBackward', 'matmul', 'binary', 'reduce'], (rnd) => LSTM_CASES.map((c) => {
+  const [B, S, , H] = c;
+  return { label: lstmLabel(c), inputs: lstmInputs(rnd, c), out: [B * S * H + 2 * B * H], k: Math.max(B * S, 4 * H) * S };
+}), (xs) => lstmRun(xs));
 gradEntry('rope', ['rope'], (rnd) => [{ label: '[2,3,37,64]', inputs: [T([2, 3, 37, 64], rnd.uniform(2 * 3 * 37 * 64)), I32([37], rnd.ints(37, 0, 5000))], out: [2, 3, 37, 64] }],
   (xs) => dr.rope(xs[0], xs[1]));
 gradEntry('routerGate losses', ['routerLosses', 'routerLossesBackward'], (rnd) => GATE_CASES.slice(1).map(([T, E, k, o]) => ({

@@ -226,3 +226,41 @@ export function maxErrRatio(got: ArrayLike<number>, want: ArrayLike<number>, ato
   }
   return { ratio: worst, at };
 }
+
+/**
+ * One LSTM layer, batch first, from the equations (gates i, f, g, o as PyTorch): x [B, S, I],
+ * wih [4H, I], whh [4H, H], biases [4H] or null, h0 / c0 [B, H] or null (0). Returns h of every
+ * step [B, S, H] and the last h, c [B, H].
+ */
+export function lstmRef(x: ArrayLike<number>, B: number, S: number, I: number, H: number, wih: ArrayLike<number>, whh: ArrayLike<number>,
+  bih: ArrayLike<number> | null, bhh: ArrayLike<number> | null, h0: ArrayLike<number> | null, c0: ArrayLike<number> | null): { out: Arr; h: Arr; c: Arr } {
+  const sig = (v: number) => 1 / (1 + Math.exp(-v));
+  const out = new Float64Array(B * S * H), hN = new Float64Array(B * H), cN = new Float64Array(B * H);
+  for (let b = 0; b < B; ++b) {
+    let h = Array.from({ length: H }, (_, k) => (h0 ? h0[b * H + k] : 0));
+    let c = Array.from({ length: H }, (_, k) => (c0 ? c0[b * H + k] : 0));
+    for (let t = 0; t < S; ++t) {
+      const a = new Array<number>(4 * H);
+      for (let j = 0; j < 4 * H; ++j) {
+        let s = (bih ? bih[j] : 0) + (bhh ? bhh[j] : 0);
+        for (let p = 0; p < I; ++p) s += wih[j * I + p] * x[(b * S + t) * I + p];
+        for (let p = 0; p < H; ++p) s += whh[j * H + p] * h[p];
+        a[j] = s;
+      }
+      const nh = new Array<number>(H), nc = new Array<number>(H);
+      for (let k = 0; k < H; ++k) {
+        const i = sig(a[k]), f = sig(a[H + k]), g = Math.tanh(a[2 * H + k]), o = sig(a[3 * H + k]);
+        nc[k] = f * c[k] + i * g;
+        nh[k] = o * Math.tanh(nc[k]);
+        out[(b * S + t) * H + k] = nh[k];
+      }
+      h = nh;
+      c = nc;
+    }
+    for (let k = 0; k < H; ++k) {
+      hN[b * H + k] = h[k];
+      cN[b * H + k] = c[k];
+    }
+  }
+  return { out, h: hN, c: cN };
+}

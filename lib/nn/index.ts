@@ -13,3 +13,4 @@ export { RoutedAttention } from './routed';
 export type { RoutedAttentionOptions, RoutedStats } from './routed';
 export { NSAAttention } from './nsa';
 export type { NSAAttentionOptions } from './nsa';
+export { LSTM, type LSTMOptions, type LSTMState, type LSTMOutput } from './rnn';

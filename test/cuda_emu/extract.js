@@ -185,6 +185,15 @@ const HOST_NORM = [
   'const bool vec = cols % V == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0 && reinterpret_cast<uintptr_t>(px) % 16 == 0;',
 ];
 
+// The LSTM kernels' launches (rnn.cu).
+const HOST_RNN = [
+  'DR_CUDA_TRY(lstm_smem(lstm_fwd<T>, 5 * H, smem, name));',
+  'lstm_fwd<T><<<static_cast<unsigned>(B), kLstmThreads, smem, stream()>>>(',
+  'status = lstm_smem(lstm_bwd<T>, 6 * H, smem, name);',
+  'lstm_bwd<T><<<static_cast<unsigned>(B), kLstmThreads, smem, stream()>>>(',
+  'lstm_bwd_w<T><<<grid_for(4 * H * H), kThreads, 0, stream()>>>(',
+];
+
 const KERNELS = [
   {
     tag: 'fwd',
@@ -316,6 +325,17 @@ const KERNELS = [
     host: HOST_NORM,
     needs: [/template <typename T, int K, bool VEC, bool LAYER>\s*__global__ void norm_warp\(/, /template <typename T, bool LAYER>\s*__global__ void norm_block\(/],
     shared: { dynamic: 0, static: 2 },
+    helpers: true,
+  },
+  {
+    tag: 'rnn',
+    src: 'rnn',
+    def: path.join(CUDA, 'rnn.cu'),
+    out: 'rnn_kernel.inc',
+    host: HOST_RNN,
+    needs: [/constexpr int kLstmThreads = 256;/, /template <typename T>\s*__global__ void __launch_bounds__\(kLstmThreads\)\s*lstm_fwd\(/,
+      /template <typename T>\s*__global__ void __launch_bounds__\(kLstmThreads\)\s*lstm_bwd\(/, /template <typename T>\s*__global__ void lstm_bwd_w\(/],
+    shared: { dynamic: 2, static: 0 },
     helpers: true,
   },
 ];
@@ -451,7 +471,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, elementwise: opts.elementwiseSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, elementwise: opts.elementwiseSrc, rnn: opts.rnnSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -493,10 +513,11 @@ if (require.main === module) {
     else if (a === '--route-rules-src') opts.routeRulesSrc = val();
     else if (a === '--moe-src') opts.moeSrc = val();
     else if (a === '--norm-src') opts.normSrc = val();
+    else if (a === '--rnn-src') opts.rnnSrc = val();
     else if (a === '--elementwise-src') opts.elementwiseSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
-      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--out DIR]`);
+      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--out DIR]`);
       process.exit(2);
     }
   }

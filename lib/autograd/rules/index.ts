@@ -10,3 +10,4 @@ import './segment';
 import './sort';
 import './routing';
 import './moe';
+import './rnn';
