@@ -4,13 +4,16 @@
 import { ValueError, describe } from '../errors';
 import type { RouteRule } from '../ops/route_rules';
 
-export type LocalKind = 'window' | 'conv' | 'none';
+export type LocalKind = 'window' | 'conv' | 'lstm' | 'none';
 export type GlobalKind = 'full' | 'segment' | 'routed' | 'nsa' | 'none';
 export type FusionKind = 'sum' | 'gated' | 'softmax' | 'attention' | 'concat' | 'rule' | 'random';
 
 /** One layer's paths and how they are mixed. */
 export interface LayerConfig {
-  /** The cheap path: 'window' (local attention), 'conv' (causal depthwise conv + projection) or 'none'. */
+  /**
+   * The cheap path: 'window' (local attention), 'conv' (causal depthwise conv + projection),
+   * 'lstm' (a one-layer LSTM of width dModel: the low path of the classic dual-routing design) or 'none'.
+   */
   local?: LocalKind;
   /** 'window': keys per query (sliding) or block length (block). Default 64. */
   window?: number;
@@ -123,7 +126,7 @@ function resolveLayer(path: string, base: LayerConfig, own: unknown): ResolvedLa
   const b = base as Record<string, unknown>;
   const get = (k: string) => (d[k] !== undefined ? d[k] : b[k]);
   const at = (k: string) => `${d[k] !== undefined ? path : 'layer'}.${k}`;
-  const local = oneOf(at('local'), get('local') ?? 'window', ['window', 'conv', 'none'] as const);
+  const local = oneOf(at('local'), get('local') ?? 'window', ['window', 'conv', 'lstm', 'none'] as const);
   const global = oneOf(at('global'), get('global') ?? 'full', ['full', 'segment', 'routed', 'nsa', 'none'] as const);
   if (local === 'none' && global === 'none') throw new ValueError(`DualRouteLM config: ${path}: local and global are both 'none'; a layer needs at least one path`);
   const fusion = oneOf(at('fusion'), get('fusion') ?? 'gated', ['sum', 'gated', 'softmax', 'attention', 'concat', 'rule', 'random'] as const);

@@ -26,6 +26,7 @@ import { RoutedAttention } from '../nn/routed';
 import { NSAAttention } from '../nn/nsa';
 import { Conv1d } from '../nn/conv';
 import { SiLU } from '../nn/activations';
+import { LSTM } from '../nn/rnn';
 import { RandomRouter, RuleRouter, SigmoidGates, SoftmaxGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
 import { DualRouteLMConfig, ResolvedConfig, ResolvedLayer, resolveConfig } from './config';
 import { GenerateOptions, GeneratedToken, generate, generateTokens } from './generate';
@@ -49,6 +50,18 @@ export class ConvPath extends Module {
   }
 }
 
+/** The LSTM local path: a one-layer LSTM of width d over the normalised input (its output sequence). */
+export class LSTMPath extends Module {
+  lstm: LSTM;
+  constructor(d: number, init: { generator: Generator }) {
+    super();
+    this.lstm = new LSTM(d, d, { generator: init.generator });
+  }
+  forward(x: Tensor): Tensor {
+    return tidy(() => this.lstm.forward(x).out);
+  }
+}
+
 /** What a layer routed in its last forward (means over the batch and positions). */
 export interface LayerRouting {
   /** Mean weight of (local, global) per token, when both paths run. */
@@ -64,7 +77,7 @@ export interface LayerRouting {
 /** One dual-routing layer (see the file's head). */
 export class DualRouteLayer extends Module {
   input_layernorm: RMSNorm;
-  local: MultiheadAttention | ConvPath | null;
+  local: MultiheadAttention | ConvPath | LSTMPath | null;
   global: MultiheadAttention | RoutedAttention | NSAAttention | null;
   gate: SigmoidGates | SoftmaxGates | Linear | RuleRouter | RandomRouter | null = null;
   post_attention_layernorm: RMSNorm;
@@ -88,7 +101,8 @@ export class DualRouteLayer extends Module {
     const attn = { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, causal };
     this.local = spec.local === 'window'
       ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'local', window: spec.window, mode: spec.windowMode })
-      : spec.local === 'conv' ? new ConvPath(d, spec.convKernel, { generator: g, causal }) : null;
+      : spec.local === 'conv' ? new ConvPath(d, spec.convKernel, { generator: g, causal })
+        : spec.local === 'lstm' ? new LSTMPath(d, { generator: g }) : null;
     this.global = spec.global === 'full'
       ? new MultiheadAttention(d, c.nHeads, attn)
       : spec.global === 'segment' ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'segment', segment: spec.segment, topK: spec.topK })

@@ -71,6 +71,7 @@ function resolve(config: unknown): { enc: ResolvedConfig; dec: ResolvedConfig; k
   const dec = withPrefix('', () => resolveConfig(strip({ ...shared, nLayers: c.decoderLayers, maxSeq: c.maxTarget, layer: c.decoder })));
   for (const l of enc.layers) {
     if (l.global !== 'full' && l.global !== 'none') throw new ValueError(`DualRouteSeq2Seq config: encoder.global: Expected 'full' or 'none' (the encoder is bidirectional) but received '${l.global}'`);
+    if (l.local === 'lstm') throw new ValueError(`DualRouteSeq2Seq config: encoder.local: Expected 'window', 'conv' or 'none' (an LSTM reads one way; the encoder is bidirectional) but received 'lstm'`);
     if (l.local === 'conv' && l.convKernel % 2 === 0) throw new ValueError(`DualRouteSeq2Seq config: encoder.convKernel: Expected an odd kernel (a centred convolution) but received ${l.convKernel}`);
   }
   const keepFrac = c.keep ?? 0.5;

@@ -68,6 +68,20 @@ inline float hmax(vf v) {
   return m;
 }
 
+// e^(x - n ln2) for integral n with |x - n ln2| <= ln2/2: the Cody-Waite split of ln2 and a
+// degree-6 polynomial (shared by vexp and vexp_softmax).
+inline vf exp_reduced(vf x, vf n) {
+  vf r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = vset1(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r * r + r + 1.0f;
+}
+
 // exp(x) for float lanes, relative error about 2 ulp over the whole range: x = n ln2 + r with
 // |r| <= ln2/2 (Cody-Waite split of ln2), e^r by a degree-6 polynomial, then scaled by 2^n
 // through the exponent bits. Below -87.3 gives 0 (also for -inf), above 88.7 gives +inf,
@@ -80,15 +94,7 @@ inline vf vexp(vf x) {
   vf n = xc * 1.44269504088896341f;
   // round to nearest
   n = __builtin_convertvector(__builtin_convertvector(n + (n >= 0 ? vset1(0.5f) : vset1(-0.5f)), vi), vf);
-  vf r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = vset1(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const vf p = exp_reduced(xc, n);
   vi ni = __builtin_convertvector(n, vi);
   // 2^n split in two factors so that n = -127 or 128 does not overflow the exponent field
   vi n1 = ni >> 1, n2 = ni - n1;
@@ -113,15 +119,7 @@ inline vf vexp_softmax(vf x) {
   const vf xc = x < lo ? lo : x;  // a NaN compares false and stays
   const vf t = xc * 1.44269504088896341f + shifter;
   const vf n = t - shifter;
-  vf r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = vset1(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  const vf p = exp_reduced(xc, n);
   vi e;
   std::memcpy(&e, &t, sizeof(e));
   // the shifter's bits plus n in the low mantissa bits: n + 127 into the exponent field

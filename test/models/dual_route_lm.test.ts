@@ -37,7 +37,7 @@ describe('DualRouteLM config', () => {
     ['moe key', { ...base, ffn: 'moe', moe: { experts: 2, topk: 1 } }, /moe: unknown key 'topk'/],
     ['layers length', { ...base, layers: [{}] }, /layers: Expected an array of nLayers \(2\)/],
     ['layers and pattern', { ...base, layers: [{}, {}], pattern: [{}] }, /not both/],
-    ['local', { ...base, layers: [{}, { local: 'lstm2' }] }, /layers\[1\].local: Expected one of 'window', 'conv', 'none'/],
+    ['local', { ...base, layers: [{}, { local: 'lstm2' }] }, /layers\[1\].local: Expected one of 'window', 'conv', 'lstm', 'none'/],
     ['global', { ...base, pattern: [{ global: 'dense' }] }, /pattern\[0\].global: Expected one of/],
     ['both none', { ...base, layer: { local: 'none', global: 'none' } }, /both 'none'/],
     ['fusion', { ...base, layer: { fusion: 'max' } }, /layer.fusion: Expected one of/],
@@ -57,7 +57,7 @@ describe('DualRouteLM config', () => {
 });
 
 describe('DualRouteLayer against its equation', () => {
-  const locals = ['window', 'conv', 'none'] as const;
+  const locals = ['window', 'conv', 'lstm', 'none'] as const;
   const globals = ['full', 'segment', 'routed', 'nsa', 'none'] as const;
   const fusions = ['sum', 'gated', 'softmax', 'attention', 'concat', 'rule', 'random'] as const;
   const combos: Array<{ local: typeof locals[number]; global: typeof globals[number]; fusion: typeof fusions[number] }> = [];
@@ -114,7 +114,7 @@ describe('DualRouteLayer against its equation', () => {
 
   test('gradcheck of a layer through its input (window + full, gated; conv + segment, softmax per channel)', () => {
     dr.tidy(() => {
-      for (const layer of [{ local: 'window' as const, global: 'full' as const, fusion: 'gated' as const, window: 2 }, { local: 'conv' as const, global: 'segment' as const, fusion: 'softmax' as const, segment: 2, topK: 1, gateUnits: 'channel' as const }]) {
+      for (const layer of [{ local: 'window' as const, global: 'full' as const, fusion: 'gated' as const, window: 2 }, { local: 'lstm' as const, global: 'none' as const }, { local: 'conv' as const, global: 'segment' as const, fusion: 'softmax' as const, segment: 2, topK: 1, gateUnits: 'channel' as const }]) {
         const m = new dr.DualRouteLM({ ...base, nLayers: 1, layers: [layer], seed: 2 });
         m.to('float64');
         const t = ids(1, 5, 6);

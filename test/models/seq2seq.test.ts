@@ -18,6 +18,7 @@ describe('DualRouteSeq2Seq', () => {
       [{ ...cfg, encoder: { global: 'segment' } }, /encoder.global: Expected 'full' or 'none'/],
       [{ ...cfg, encoder: { local: 'conv', convKernel: 4 } }, /encoder.convKernel: Expected an odd kernel/],
       [{ ...cfg, encoderlayers: 2 }, /unknown key 'encoderlayers'/],
+      [{ ...cfg, encoder: { local: 'lstm' } }, /encoder.local: Expected 'window', 'conv' or 'none'/],
       [{ ...cfg, dModel: 7 }, /DualRouteSeq2Seq config: dModel: Expected a multiple of nHeads/],
       [{ ...cfg, decoder: { fusion: 'max' } }, /DualRouteSeq2Seq config: layer.fusion/],
     ];
