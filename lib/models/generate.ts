@@ -11,7 +11,6 @@ import { Tensor, tidy } from '../tensor';
 import { tensor, rand } from '../ops/creation';
 import { narrow } from '../ops/shape';
 import { noGrad } from '../tape';
-import { DualRouteLM } from './dual_route_lm';
 
 export interface GenerateOptions {
   /** Tokens to generate per prompt (default 32). */
@@ -87,6 +86,19 @@ export function sampleToken(logits: ArrayLike<number>, o: { temperature: number;
   return kept[cut - 1];
 }
 
+/** What generation needs of a model (DualRouteLM has it; no import of the model here, so no cycle). */
+export interface CausalLM {
+  readonly config: { vocabSize: number; maxSeq: number };
+  training: boolean;
+  forward(ids: Tensor): Tensor;
+  eval(): unknown;
+  train(mode?: boolean): unknown;
+}
+
+const isCausalLM = (m: unknown): m is CausalLM =>
+  m !== null && typeof m === 'object' && typeof (m as CausalLM).forward === 'function' &&
+  typeof (m as CausalLM).config?.vocabSize === 'number' && typeof (m as CausalLM).config?.maxSeq === 'number';
+
 const endsWith = (seq: number[], tail: number[]) => tail.length <= seq.length && tail.every((t, i) => seq[seq.length - tail.length + i] === t);
 
 /**
@@ -95,8 +107,8 @@ const endsWith = (seq: number[], tail: number[]) => tail.length <= seq.length &&
  * after maxTokens, at a stop sequence (whose tokens already yielded are all but its last), or at
  * the model's maxSeq.
  */
-export async function* generate(model: DualRouteLM, prompt: number[] | number[][], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
-  if (!(model instanceof DualRouteLM)) throw new ValueError(`generate: Expected a DualRouteLM but received ${describe(model)}`);
+export async function* generate(model: CausalLM, prompt: number[] | number[][], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
+  if (!isCausalLM(model)) throw new ValueError(`generate: Expected a DualRouteLM (a model with forward(ids) and config.vocabSize, maxSeq) but received ${describe(model)}`);
   const o = checkOptions(options, model.config.vocabSize);
   const batch = Array.isArray(prompt) && prompt.length > 0 && Array.isArray(prompt[0]) ? (prompt as number[][]) : [prompt as number[]];
   batch.forEach((p, i) => {
@@ -145,7 +157,7 @@ export async function* generate(model: DualRouteLM, prompt: number[] | number[][
 }
 
 /** Generates and returns the new tokens of each prompt (see generate). */
-export async function generateTokens(model: DualRouteLM, prompt: number[] | number[][], options: GenerateOptions = {}): Promise<number[][]> {
+export async function generateTokens(model: CausalLM, prompt: number[] | number[][], options: GenerateOptions = {}): Promise<number[][]> {
   const batch = Array.isArray(prompt) && prompt.length > 0 && Array.isArray(prompt[0]) ? (prompt as number[][]) : [prompt as number[]];
   const out: number[][] = batch.map(() => []);
   for await (const t of generate(model, prompt, options)) out[t.index].push(t.token);

@@ -2,10 +2,9 @@
 // docs/weights.md) and, in its metadata, the model's kind and JSON config, so that loadModel can
 // rebuild the model before filling it. Writes are atomic (saveCheckpoint writes a temporary file
 // and renames it): a crash never leaves a half-written checkpoint in place of a good one.
-import { readFile } from 'fs/promises';
 import { FormatError, ValueError, describe } from '../errors';
 import { loadCheckpoint, saveCheckpoint } from '../train/checkpoint';
-import { parseSafetensorsHeader } from '../train/safetensors';
+import { readSafetensorsHeader } from '../train/safetensors';
 import { DualRouteLM } from './dual_route_lm';
 import { DualRouteSeq2Seq } from './seq2seq';
 
@@ -27,9 +26,8 @@ export async function saveModel(path: string, model: Model): Promise<void> {
 
 /** Reads a model saved by saveModel (or a training checkpoint whose config is a saved model's). */
 export async function loadModel(path: string): Promise<Model> {
-  if (typeof path !== 'string') throw new ValueError(`loadModel: Expected a file path but received ${describe(path)}`);
-  const buf = await readFile(path);
-  const header = parseSafetensorsHeader(buf, path);
+  if (typeof path !== 'string' || path === '') throw new ValueError(`loadModel: Expected a file path but received ${describe(path)}`);
+  const header = await readSafetensorsHeader(path);
   let meta: { config?: Saved };
   try {
     meta = JSON.parse(header.metadata.dualroute ?? '{}');

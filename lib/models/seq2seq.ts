@@ -192,6 +192,7 @@ export class DualRouteClassifier extends Module {
   head: Linear;
   constructor(readonly backbone: DualRouteLM | DualRouteSeq2Seq, readonly numClasses: number, readonly pooling: 'mean' | 'last' = 'mean') {
     super();
+    if (!(backbone instanceof DualRouteLM) && !(backbone instanceof DualRouteSeq2Seq)) throw new ValueError(`DualRouteClassifier: Expected a DualRouteLM or DualRouteSeq2Seq backbone but received ${describe(backbone)}`);
     if (!Number.isInteger(numClasses) || numClasses < 1) throw new ValueError(`DualRouteClassifier: Expected a positive integer for numClasses but received ${describe(numClasses)}`);
     if (pooling !== 'mean' && pooling !== 'last') throw new ValueError(`DualRouteClassifier: Expected 'mean' or 'last' for pooling but received ${describe(pooling)}`);
     const d = backbone instanceof DualRouteLM ? backbone.config.dModel : backbone.encoderConfig.dModel;

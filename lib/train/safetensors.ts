@@ -343,6 +343,28 @@ export function loadSafetensorsSync(path: string, options: LoadOptions = {}): Lo
   }
 }
 
+/** The header of a safetensors file (entries and metadata), without reading the tensors' data. */
+export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
+  checkPath(path, 'readSafetensorsHeader');
+  let fh: fs.promises.FileHandle;
+  try {
+    fh = await fs.promises.open(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch (e) {
+    throw openError(path, e);
+  }
+  try {
+    const size = regularFileSize(await fh.stat(), path);
+    const prefix = new Uint8Array(8);
+    if (size >= 8) await readFullyAsync(fh, prefix, 0, path);
+    const n = headerLength(prefix, size, path);
+    const json = new Uint8Array(n);
+    await readFullyAsync(fh, json, 8, path);
+    return parseHeaderJson(json, n, size - 8 - n, path);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** loadSafetensorsSync without blocking the event loop on file reads. */
 export async function loadSafetensors(path: string, options: LoadOptions = {}): Promise<Loaded> {
   options = checkOptions(options, 'loadSafetensors');
