@@ -81,6 +81,7 @@ function checkInput(name: string, x: unknown, dModel: number): Tensor {
  * per token, broadcast over D) or [..., P, D] (a gate per channel). Differentiable in both.
  */
 export function mixPaths(paths: Tensor[], gates: Tensor, name = 'mixPaths'): Tensor {
+  if (typeof name !== 'string') name = 'mixPaths';  // the op name of errors: a caller's label, never trusted
   if (!Array.isArray(paths) || paths.length === 0) throw new ValueError(`${name}: Expected a non-empty array of tensors for paths but received ${describe(paths)}`);
   paths.forEach((p, i) => checkTensor(p, name, `paths[${i}]`));
   checkTensor(gates, name, 'gates');
