@@ -57,7 +57,8 @@ export interface DualAttentionOptions extends LocalAttentionOptions {
   queryCount?: Tensor;
   /**
    * A segment-routed global path (segmentAttention: each query reads the keys of its topK
-   * segments of `segment` keys) instead of full global attention, for long inputs.
+   * segments of `segment` keys, selected as segmentAttention selects them) instead of full
+   * global attention, for long inputs; both paths and the gates in one kernel pass each way.
    */
   segment?: { segment: number; topK: number; groupHeads?: boolean | number };
 }
