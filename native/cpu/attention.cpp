@@ -1624,6 +1624,13 @@ void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int6
     }
     for (int64_t t0 = 0; t0 < cnt; t0 += TM) {
       const int tm = static_cast<int>(std::min<int64_t>(TM, cnt - t0));
+      // the next tile's Q and O rows are scattered over the block: fetch them while this one computes
+      for (int64_t x = t0 + TM; x < std::min(cnt, t0 + 2 * TM); ++x) {
+        const char* qn = reinterpret_cast<const char*>(hr.q + rs[x] * D);
+        const char* on = reinterpret_cast<const char*>(O + (rs[x] - i0) * Dp);
+        for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(T)); c += 64) __builtin_prefetch(qn + c);
+        for (int64_t c = 0; c < static_cast<int64_t>(Dp * sizeof(C)); c += 64) __builtin_prefetch(on + c, 1);
+      }
       int64_t hull = s0;
       for (int i = 0; i < tm; ++i) {
         row[i] = rs[t0 + i];
