@@ -871,11 +871,11 @@ function gradRun(forward: (xs: Tensor[], c: Case) => Tensor) {
 }
 
 function gradEntry(name: string, ops: OpName[], cases: (rnd: Rnd) => Array<{ label: string; inputs: Input[]; out: number[]; k?: number; p?: Record<string, unknown> }>,
-                   forward: (xs: Tensor[], c: Case) => Tensor): void {
+                   forward: (xs: Tensor[], c: Case) => Tensor, accepts: (d: DType) => boolean = isFloatDType): void {
   REGISTRY.push({
     name: `grad:${name}`,
     ops,
-    accepts: isFloatDType,
+    accepts,
     cases: (_d, rnd) => cases(rnd).map((c) => ({ label: c.label, p: c.p, k: c.k, inputs: [...c.inputs, T(c.out, rnd.uniform(numel(c.out), -1, 1))] })),
     run: gradRun(forward),
   });
@@ -975,6 +975,24 @@ REGISTRY.push({
   cases: (_d, rnd) => attnCases(rnd, () => [{ window: 16, causal: true, dual: 1 }, { window: 3, causal: false, dual: 1 }]),
   run: (xs, c) => dr.dualAttention(xs[0], xs[1], xs[2], { window: c.p!.window as number, causal: c.p!.causal as boolean, gates: xs[3] }),
 });
+// the segment-routed global path, segment 16: 2 segments per row (own first when causal) in
+// float32 only (bfloat16's segment means round to bfloat16, so its selection may differ from
+// float64's where two segments score alike), and every segment kept in every dtype (one
+// selection); per-row gates, and per-head gates in block mode
+for (const [perHead, topK] of [[false, 2], [true, 2], [false, 1000], [true, 1000]] as const) {
+  REGISTRY.push({
+    name: `dualAttention segment topK ${topK} ${perHead ? 'per-head gates' : 'shared gates'}`,
+    ops: ['dualSegmentAttentionForward'],
+    accepts: (d) => topK > 2 || d === 'float32',
+    cases: (_d, rnd) => attnCases(rnd, () => (perHead ? [{ window: 5, causal: false, mode: 'block' }] : [{ window: 16, causal: true, mode: 'sliding' }, { window: 3, causal: false, mode: 'sliding' }])).map((c) => {
+      const [B, H, Sq] = c.inputs[0].shape;
+      const g = perHead ? [B, H, Sq, 2] : [B, Sq, 2];
+      return { ...c, inputs: [...c.inputs, T(g, rnd.uniform(numel(g), 0, 1))] };
+    }),
+    run: (xs, c) => dr.dualAttention(xs[0], xs[1], xs[2], { window: c.p!.window as number, causal: c.p!.causal as boolean, mode: c.p!.mode as 'sliding' | 'block',
+      gates: xs[3], segment: { segment: 16, topK } }),
+  });
+}
 REGISTRY.push({
   name: 'rope',
   ops: ['rope'],
@@ -1068,6 +1086,13 @@ gradEntry('segmentAttention', ['segmentAttentionForward', 'segmentAttentionBackw
   const [B, H, Sq, D] = c.inputs[0].shape;
   return { label: c.label, inputs: c.inputs, out: [B, H, Sq, D], k: c.k };
 }), (xs) => dr.segmentAttention(xs[0], xs[1], xs[2], { segment: 16, indices: xs[3] }));
+for (const topK of [2, 1000])
+  gradEntry(`dualAttention segment topK ${topK}`, ['dualSegmentAttentionForward', 'dualSegmentAttentionBackward'], (rnd) => attnCases(rnd, () => [{ causal: true }]).filter((c) => c.inputs[0].shape[2] <= 130).map((c) => {
+    const [B, H, Sq, D] = c.inputs[0].shape;
+    // the gate gradients are sums over heads x headDim: that is their reduction length
+    return { label: c.label, inputs: [...c.inputs, T([B, Sq, 2], rnd.uniform(B * Sq * 2, 0, 1))], out: [B, H, Sq, D], k: Math.max(c.k ?? 1, H * D) };
+  }), (xs) => dr.dualAttention(xs[0], xs[1], xs[2], { window: 16, causal: true, gates: xs[3], segment: { segment: 16, topK } }),
+  topK > 2 ? isFloatDType : (d) => d === 'float32');  // as the forward entries above
 gradEntry('segmentMean', ['segmentMean'], (rnd) => [{ label: '[2,3,37,16] segment 5', inputs: [T([2, 3, 37, 16], rnd.uniform(2 * 3 * 37 * 16))], out: [2, 3, 8, 16], k: 5 }],
   (xs) => dr.segmentMean(xs[0], 5));
 // lstm (lib/ops/rnn.ts): one fused layer, forward (h every step, last h and c, concatenated)

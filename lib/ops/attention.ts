@@ -13,12 +13,12 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor, tidy } from '../tensor';
 import { needsGrad, record } from '../tape';
-import { cast, concat, narrow, reshape, stack } from './shape';
+import { cast, concat, reshape } from './shape';
 import { arange, full, zeros } from './creation';
-import { add, gt, lt, mul, where } from './elementwise';
+import { gt, lt, where } from './elementwise';
 import { scatterAdd } from './indexing';
 import { checkOptions, checkTensor, empty, sameDevice } from './util';
-import { segmentAttention } from './segment';
+import { selectSegments } from './segment';
 
 type Mask = 'global' | 'sliding' | 'block';
 
@@ -57,7 +57,8 @@ export interface DualAttentionOptions extends LocalAttentionOptions {
   queryCount?: Tensor;
   /**
    * A segment-routed global path (segmentAttention: each query reads the keys of its topK
-   * segments of `segment` keys) instead of full global attention, for long inputs.
+   * segments of `segment` keys, selected as segmentAttention selects them) instead of full
+   * global attention, for long inputs; both paths and the gates in one kernel pass each way.
    */
   segment?: { segment: number; topK: number; groupHeads?: boolean | number };
 }
@@ -247,24 +248,51 @@ export function dualAttention(q: Tensor, k: Tensor, v: Tensor, options: DualAtte
   return out;
 }
 
-// dualAttention with a segment-routed global path: the local path and segmentAttention, mixed by
-// the gates (two kernels, each reading only its keys; gradients through both and the gates).
+// dualAttention with a segment-routed global path: the local path and segment attention over
+// the segments selectSegments picks (as segmentAttention would), mixed by the gates, in one
+// kernel pass per block of query rows; the backward is one op (dq, dk, dv of both paths and
+// the gates' gradient).
 function dualSegment(q: Tensor, k: Tensor, v: Tensor, o: DualAttentionOptions, p: Prepared, mask: Mask, perHead: boolean): Tensor | AttentionResult {
   const name = 'dualAttention';
   const sg = o.segment!;
   if (sg === null || typeof sg !== 'object') throw new ValueError(`${name}: Expected an object {segment, topK} for segment but received ${describe(sg)}`);
   if (o.queryIndex !== undefined) throw new ValueError(`${name}: queryIndex selects rows for full global attention; the segment path routes every row by its segments (give one or the other)`);
   if (o.keyPaddingMask !== undefined) throw new ValueError(`${name}: keyPaddingMask is not supported with the segment path`);
+  const segment = sg.segment;
+  if (!Number.isInteger(segment) || segment < 1) throw new ValueError(`${name}: Expected an integer segment >= 1 but received ${describe(segment)}`);
+  if (!Number.isInteger(sg.topK) || sg.topK < 1) throw new ValueError(`${name}: Expected an integer topK >= 1 but received ${describe(sg.topK)}`);
+  const G = p.Hq / k.shape[1];
+  const gh = sg.groupHeads === undefined || sg.groupHeads === false ? 1 : sg.groupHeads === true ? G : sg.groupHeads;
+  if (!Number.isInteger(gh) || gh < 1 || G % gh !== 0) throw new ValueError(`${name}: Expected groupHeads true, false or an integer dividing the ${G} query heads per kv head, but received ${describe(sg.groupHeads)}`);
   const causal = !!o.causal;
-  return tidy(() => {
-    const local = localAttention(q, k, v, { window: o.window, mode: mask as 'sliding' | 'block', causal, scale: p.scale, returnLse: true });
-    const glob = segmentAttention(q, k, v, { segment: sg.segment, topK: sg.topK, groupHeads: sg.groupHeads, causal, scale: p.scale, returnIndices: true });
-    const gshape = perHead ? [p.B, p.Hq, p.Sq, 1] : [p.B, 1, p.Sq, 1];
-    const gate = (i: number) => reshape(narrow(o.gates, -1, i, 1), gshape);
-    const out = add(mul(gate(0), local.out), mul(gate(1), glob.out));
-    if (!o.returnLse) return out;
-    return { out, lse: stack([local.lse, glob.lse], 0) };
-  });
+  const indices = selectSegments(q, k, p, { segment, topK: sg.topK, group: gh, causal });
+  const shape = [p.B, p.Hq, p.Sq, p.D];
+  const sd = statsDType(q.dtype);
+  const out = empty(shape, q.dtype, q.device);
+  const outL = empty(shape, q.dtype, q.device);
+  const outG = empty(shape, q.dtype, q.device);
+  const lseL = empty([p.B, p.Hq, p.Sq], sd, q.device);
+  const lseG = empty([p.B, p.Hq, p.Sq], sd, q.device);
+  try {
+    op.dualSegmentAttentionForward({ out, outLocal: outL, outGlobal: outG, lseLocal: lseL, lseGlobal: lseG, q, k, v, gates: o.gates,
+      indices, mask, causal, window: o.window, scale: p.scale, segment });
+  } catch (e) {
+    [out, outL, outG, lseL, lseG, indices].forEach((t) => t.dispose());
+    throw e;
+  }
+  if (needsGrad(q, k, v, o.gates)) {
+    record(out, 'dualSegmentAttention', [q, k, v, o.gates], [q, k, v, outL, outG, lseL, lseG, o.gates, indices],
+      { mask, causal, window: o.window, scale: p.scale, segment });
+  }
+  [outL, outG, indices].forEach((t) => t.dispose());
+  if (!o.returnLse) {
+    [lseL, lseG].forEach((t) => t.dispose());
+    return out;
+  }
+  const parts = [reshape(lseL, [1, ...lseL.shape]), reshape(lseG, [1, ...lseG.shape])];
+  const l = concat(parts, 0);
+  [lseL, lseG, ...parts].forEach((t) => t.dispose());
+  return { out, lse: l };
 }
 
 /**

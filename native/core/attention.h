@@ -73,4 +73,12 @@ struct DualArgs {
 // positions, read in place). A row that sees no
 // key gets out = 0 and lse = -inf, as in attention. With every segment up to the query's own
 // listed, the result is causal global attention.
+//
+// Dual attention with a segment-routed global path (dual_segment_attention_forward/backward):
+// DualArgs with the local path in d.a (mask Sliding or Block, window, causal; no key_padding,
+// query_index or global_rows) and segment attention (indices, segment, the same causal) as the
+// global path of every row: out = g_local * out_local + g_global * out_global, with out_local,
+// out_global, lse_local, lse_global written as by the dual kernel. The backward adds into dq, dk,
+// dv and writes dgates (float32; float64 for float64 inputs; the gates' shape) = (sum_d dout *
+// out_local, sum_d dout * out_global), summed over the heads for shared gates.
 }  // namespace dualroute

@@ -1595,6 +1595,365 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
   });
 }
 
+// ---------------------------------------------------------------------------------------
+// Dual attention with a segment-routed global path (dual_segment_attention_forward/backward):
+// the local path (a.mask, a.window) and segment attention (indices, segment; the causal cut of
+// a.causal) for every query row, mixed by the gates, in one task per block of query rows.
+
+// The segment-major walk of segment attention over query rows [i0, i1) of head bh (idx: that
+// head's [Sq, K] indices), as segment_forward_typed does it: each listed segment's keys are
+// transposed once for all its rows, the rows that chose it gathered into tiles of kSegTile.
+// Leaves each row's online-softmax state in the scratch: w.m, w.l, w.o (rows of Dp) and w.seen.
+template <typename T, int DC>
+void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int64_t K, int64_t segment, int64_t i0,
+              int64_t i1, SegFwdScratch<typename Num<T>::acc>& w) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, TM = kSegTile;
+  const int64_t D = DC ? DC : a.D, Sq = a.Sq, nseg = (a.Sk + segment - 1) / segment, nr = i1 - i0;
+  const int64_t Dp = (D + L - 1) / L * L, seg_chunks = (segment + kBN - 1) / kBN;
+  const C scale = static_cast<C>(a.scale);
+  const C ninf = -std::numeric_limits<C>::infinity();
+  C* m = w.m.get(static_cast<size_t>(nr));
+  C* l = w.l.get(static_cast<size_t>(nr));
+  C* O = w.o.get(static_cast<size_t>(nr * Dp));
+  w.seen.assign(static_cast<size_t>(nr), 0);
+  std::fill(m, m + nr, ninf);
+  std::fill(l, l + nr, C(0));
+  std::fill(O, O + nr * Dp, C(0));
+  w.lists.build(idx, i0, i1, K, nseg);
+  C* Qg = w.qg.get(static_cast<size_t>(TM * D));
+  C* Og = w.og.get(static_cast<size_t>(TM * Dp));
+  C* St = w.st.get(static_cast<size_t>(TM * kBN));
+  C* Kt = w.kt.get(static_cast<size_t>(std::min(seg_chunks, (a.Sk + kBN - 1) / kBN) * D * kBN));
+  C* al = w.alpha.get(static_cast<size_t>(TM));
+  alignas(64) C mt[TM], lt[TM];
+  int64_t row[TM], lo[TM], hi[TM];
+  for (int64_t s = 0; s < nseg; ++s) {
+    const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
+    const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
+    if (cnt == 0) continue;
+    const int64_t s0 = s * segment, s1 = std::min(a.Sk, s0 + segment);
+    for (int64_t c = 0; c * kBN < s1 - s0; ++c) {
+      const int64_t j0 = s0 + c * kBN, nk = std::min<int64_t>(kBN, s1 - j0);
+      C* kt = Kt + c * D * kBN;
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = nk; j < kBN; ++j) kt[d * kBN + j] = C(0);
+      for (int64_t j = 0; j < nk; ++j) {
+        const T* kr = hr.k + (j0 + j) * D;
+        for (int64_t d = 0; d < D; ++d) kt[d * kBN + j] = wid(kr[d]);
+      }
+    }
+    for (int64_t t0 = 0; t0 < cnt; t0 += TM) {
+      const int tm = static_cast<int>(std::min<int64_t>(TM, cnt - t0));
+      // the next tile's Q and O rows are scattered over the block: fetch them while this one computes
+      for (int64_t x = t0 + TM; x < std::min(cnt, t0 + 2 * TM); ++x) {
+        const char* qn = reinterpret_cast<const char*>(hr.q + rs[x] * D);
+        const char* on = reinterpret_cast<const char*>(O + (rs[x] - i0) * Dp);
+        for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(T)); c += 64) __builtin_prefetch(qn + c);
+        for (int64_t c = 0; c < static_cast<int64_t>(Dp * sizeof(C)); c += 64) __builtin_prefetch(on + c, 1);
+      }
+      int64_t hull = s0;
+      for (int i = 0; i < tm; ++i) {
+        row[i] = rs[t0 + i];
+        seg_interval(a, segment, s, row[i] + a.Sk - Sq, lo[i], hi[i]);
+        hull = std::max(hull, hi[i]);
+        const int64_t r = row[i] - i0;
+        if (lo[i] < hi[i]) w.seen[r] = 1;
+        mt[i] = m[r];
+        lt[i] = l[r];
+        const T* qr = hr.q + row[i] * D;
+        for (int64_t d = 0; d < D; ++d) Qg[i * D + d] = scale * wid(qr[d]);
+        std::memcpy(Og + i * Dp, O + r * Dp, static_cast<size_t>(Dp) * sizeof(C));
+      }
+      for (int64_t j0 = s0; j0 < hull; j0 += kBN) {
+        const int64_t nk = std::min<int64_t>(kBN, hull - j0), nkp = (nk + L - 1) / L * L;
+        gemm<C>(tm, nkp / L, D, Qg, D, 1, Kt + ((j0 - s0) / kBN) * D * kBN, kBN, St, kBN, kSet);
+        bool masked = false;
+        for (int i = 0; i < tm; ++i) {
+          C* sr = St + i * kBN;
+          const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
+          if (vis < nk) masked = true;
+          for (int64_t j = vis; j < nkp; ++j) sr[j] = ninf;
+        }
+        softmax_rows<C>(St, tm, nkp, kBN, mt, lt, al);
+        int64_t ldv_;
+        const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, Dp, w.vb, ldv_);
+        for (int i = 0; i < tm; ++i)
+          for (int64_t d = 0; d < Dp; ++d) Og[i * Dp + d] *= al[i];
+        if (masked && any_nonfinite(Vc, nk, D, ldv_)) {
+          // P = 0 past a row's cut: a non-finite value there must not reach the row (0 * NaN)
+          for (int i = 0; i < tm; ++i) {
+            const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
+            for (int64_t j = 0; j < vis; ++j)
+              for (int64_t d = 0; d < D; ++d) Og[i * Dp + d] += St[i * kBN + j] * Vc[j * ldv_ + d];
+          }
+        } else {
+          gemm<C>(tm, Dp / L, nk, St, kBN, 1, Vc, ldv_, Og, Dp, kAdd);
+        }
+      }
+      for (int i = 0; i < tm; ++i) {
+        const int64_t r = row[i] - i0;
+        m[r] = mt[i];
+        l[r] = lt[i];
+        std::memcpy(O + r * Dp, Og + i * Dp, static_cast<size_t>(Dp) * sizeof(C));
+      }
+    }
+  }
+}
+
+// The gates of row i of head bh = b * Hq + h.
+template <typename T>
+inline const T* gate_row(const DualArgs& d, int64_t b, int64_t bh, int64_t i) {
+  return static_cast<const T*>(d.gates) + (d.gates_per_head ? bh * d.a.Sq + i : b * d.a.Sq + i) * 2;
+}
+
+// Forward: a task owns a block of query rows of one head (whole BM tiles). It runs the segment
+// walk over the block (state per row), then each BM tile of the block through the local path's
+// key hull (fwd_tile_keys, as the fused forward), and mixes both paths per row while they are
+// in the task's scratch: out = g_l * out_l + g_g * out_g, with out_l, out_g, lse_l and lse_g
+// written for the backward.
+template <typename T, int DC>
+void dual_segment_typed(const DualArgs& da, const int32_t* idx, int64_t K, int64_t segment, T* out, T* out_l,
+                        T* out_g, typename Num<T>::acc* lse_l, typename Num<T>::acc* lse_g) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const AttnArgs& a = da.a;
+  const int64_t D = DC ? DC : a.D, Sq = a.Sq, Dp = (D + L - 1) / L * L;
+  const int64_t nbh = a.B * a.Hq, threads = num_threads();
+  // blocks as long as the pool allows (rows per segment fill the walk's tiles), whole tiles
+  const int64_t ntile = (Sq + BM - 1) / BM;
+  int64_t nblk = std::max<int64_t>(1, std::min(ntile, (4 * threads + nbh - 1) / nbh));
+  nblk = std::max(nblk, (Sq + kSegRows - 1) / kSegRows);
+  const int64_t TB = (ntile + nblk - 1) / nblk;  // tiles per block
+  nblk = (ntile + TB - 1) / TB;
+  struct W {
+    SegFwdScratch<C> s;
+    FwdScratch<C> f;
+  };
+  run_tasks<W>(nbh * nblk, [&](int64_t task, W& w) {
+    const int64_t bh = task / nblk, b = bh / a.Hq, t0 = (task % nblk) * TB, t1 = std::min(ntile, t0 + TB);
+    const int64_t i0 = t0 * BM, i1 = std::min(Sq, t1 * BM);
+    const HeadRows<T> hr = seg_head_rows<T>(a, bh);
+    seg_walk<T, DC>(a, hr, idx + bh * Sq * K, K, segment, i0, i1, w.s);
+    const C* mg = w.s.m.v.data();
+    const C* lg = w.s.l.v.data();
+    const C* Og = w.s.o.v.data();
+    C* Ol = w.f.ot.get(static_cast<size_t>(D * BM));
+    alignas(64) C ml[BM], ll[BM];
+    int64_t qrow[BM];
+    bool valid[BM];
+    Lanes<C> ln;
+    for (int64_t t = t0; t < t1; ++t) {
+      fwd_tile_setup<C>(a, b, t, ln, qrow, valid);
+      fwd_tile_keys<T, DC>(a, hr.q, hr.k, hr.v, nullptr, ln, qrow, valid, ln.hull_lo, ln.hull_hi, w.f, ml, ll, Ol);
+      for (int i = 0; i < BM; ++i) {
+        if (!valid[i]) continue;
+        const int64_t r = t * BM + i, x = r - i0, row = bh * Sq + r;
+        const T* gp = gate_row<T>(da, b, bh, r);
+        const C g0 = wid(gp[0]), g1 = wid(gp[1]);
+        const bool hl = ln.lo[i] < ln.hi[i], hg = w.s.seen[x] != 0;
+        const C il = row_inv(hl, ll[i]), ig = row_inv(hg, lg[x]);
+        T* o = out + row * D;
+        T* ol = out_l + row * D;
+        T* og = out_g + row * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const C xl = hl ? Ol[d * BM + i] * il : C(0), xg = hg ? Og[x * Dp + d] * ig : C(0);
+          ol[d] = Num<T>::store(xl);
+          og[d] = Num<T>::store(xg);
+          o[d] = Num<T>::store(g0 * xl + g1 * xg);
+        }
+        lse_l[row] = row_lse(hl, ml[i], ll[i]);
+        lse_g[row] = row_lse(hg, mg[x], lg[x]);
+      }
+    }
+  });
+}
+
+// Packs a backward tile's live lanes for one path of a gated mix: Q (pre-scaled, and as rows),
+// dO' = g dout (both layouts) and Dr' = g rowdot(dout, out_path), the plain backward of that
+// path then giving exactly the gated gradient (dP' = g dP, dV += P^T dO').
+template <typename T>
+void bwd_pack_gated(int64_t D, typename Num<T>::acc scale, const T* qh, const T* doh, const typename Num<T>::acc* rowdot,
+                    const typename Num<T>::acc* gate, BwdTile<typename Num<T>::acc>& tl) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const int64_t Dp = (D + L - 1) / L * L;
+  C probe = 0;  // x * 0 summed: NaN when some live q or dout element is not finite
+  for (int i = 0; i < BM; ++i) {
+    const bool live = tl.valid[i] && tl.live[i];
+    const int64_t r = live ? tl.qrow[i] : 0;
+    const C g = live ? gate[r] : C(0);
+    for (int64_t d = 0; d < D; ++d) {
+      const C qv = live ? wid(qh[r * D + d]) : C(0), dv_ = live ? g * wid(doh[r * D + d]) : C(0);
+      tl.Qt[d * BM + i] = scale * qv;
+      tl.Qr[i * Dp + d] = qv;
+      tl.dOt[d * BM + i] = dv_;
+      tl.dOr[i * Dp + d] = dv_;
+      probe += qv * C(0) + dv_ * C(0);
+    }
+    for (int64_t d = D; d < Dp; ++d) tl.Qr[i * Dp + d] = tl.dOr[i * Dp + d] = C(0);
+    tl.Dr[i] = live ? g * rowdot[r] : C(0);
+  }
+  tl.bad = probe != probe;
+}
+
+// A packed tile's backward over its lanes' key hull (tl.ln): dK, dV added into the task's rows
+// dKa, dVa (stride Dp, from key 0) and its dQ into dq.
+template <typename T, int DC>
+void bwd_tile_run(const AttnArgs& a, int64_t D, int64_t bh, const T* kh, const T* vh, BwdTile<typename Num<T>::acc>& tl,
+                  BwdScratch<typename Num<T>::acc>& w, typename Num<T>::acc* dKa, typename Num<T>::acc* dVa,
+                  typename Num<T>::acc* dq) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const int64_t Dp = (D + L - 1) / L * L;
+  C* St = w.st.get(static_cast<size_t>(kBN * BM));
+  C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
+  C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
+  std::fill(dQt, dQt + BM * Dp, C(0));
+  for (int64_t j0 = tl.ln.hull_lo; j0 < tl.ln.hull_hi; j0 += kBN) {
+    const int64_t nk = std::min<int64_t>(kBN, tl.ln.hull_hi - j0);
+    int64_t ldk, ldvv;
+    const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.kb, ldk);
+    const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+    bwd_chunk<C, DC>(tl, false, D, static_cast<C>(a.scale), nullptr, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
+    bwd_products<C>(tl, false, chunk_full(tl, false, j0, nk, nullptr), D, Dp, nullptr, j0, nk, St, dPt, Kc, ldk, true,
+                    dVa + j0 * Dp, dKa + j0 * Dp, true, dQt);
+  }
+  bwd_store_dq(a, D, Dp, bh, tl, dQt, dq);
+}
+
+// Backward: one task per (b, kv head) owns that head's dK/dV (task-local [Sk, Dp] rows, added
+// once at the end) and the dQ rows of its G query heads. Per query head, the local path's tiles
+// (bwd_tile_geometry over lse_l, as the fused backward) and then the segment path's tiles (the
+// segment-major walk over lse_g), each packed with its gate folded into dout. No atomics: the
+// result does not depend on the thread count. dgates (sum over d of dout * out_path, summed
+// over the heads for shared gates) is a separate pass over the rows, in a fixed order.
+template <typename T, int DC>
+void dual_segment_backward_typed(const DualArgs& da, const int32_t* idx, int64_t K, int64_t segment,
+                                 const BwdIn<T>& in, typename Num<T>::acc* dq, typename Num<T>::acc* dk,
+                                 typename Num<T>::acc* dv) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const AttnArgs& a = da.a;
+  const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, Sq = a.Sq, Sk = a.Sk;
+  const int64_t Dp = (D + L - 1) / L * L, nseg = (Sk + segment - 1) / segment, ntile = (Sq + BM - 1) / BM;
+  const C scale = static_cast<C>(a.scale);
+  const C ninf = -std::numeric_limits<C>::infinity();
+  const BwdIn<T> in_l{in.out, in.dout, in.lse};  // the local path alone, for bwd_tile_geometry
+  struct W {
+    BwdScratch<C> b;
+    Buf<C> rd;
+    SegLists lists;
+  };
+  run_tasks<W>(a.B * a.Hkv, [&](int64_t bk, W& w) {
+    const int64_t b = bk / a.Hkv;
+    const T* kh = static_cast<const T*>(a.k) + bk * Sk * D;
+    const T* vh = static_cast<const T*>(a.v) + bk * Sk * D;
+    C* dKa = w.b.dkacc.get(static_cast<size_t>(Sk * Dp));
+    C* dVa = w.b.dvacc.get(static_cast<size_t>(Sk * Dp));
+    std::fill(dKa, dKa + Sk * Dp, C(0));
+    std::fill(dVa, dVa + Sk * Dp, C(0));
+    // per row of the head: rowdot with out_l, out_g, and the two gates
+    C* rd = w.rd.get(static_cast<size_t>(4 * Sq));
+    C *rdl = rd, *rdg = rd + Sq, *gl = rd + 2 * Sq, *gg = rd + 3 * Sq;
+    BwdTile<C> tl;
+    tl.Qt = w.b.qt.get(static_cast<size_t>(D * BM));
+    tl.Qr = w.b.qr.get(static_cast<size_t>(BM * Dp));
+    tl.dOt = w.b.dot.get(static_cast<size_t>(D * BM));
+    tl.dOr = w.b.dor.get(static_cast<size_t>(BM * Dp));
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = (bk % a.Hkv) * G + g, bh = b * a.Hq + h;
+      const T* qh = static_cast<const T*>(a.q) + bh * Sq * D;
+      const T* doh = in.dout + bh * Sq * D;
+      for (int64_t i = 0; i < Sq; ++i) {
+        const T* ol = in.out + (bh * Sq + i) * D;
+        const T* og = in.out_g + (bh * Sq + i) * D;
+        const T* dd = doh + i * D;
+        C sl = 0, sg = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          sl += wid(ol[d]) * wid(dd[d]);
+          sg += wid(og[d]) * wid(dd[d]);
+        }
+        rdl[i] = sl;
+        rdg[i] = sg;
+        const T* gp = gate_row<T>(da, b, bh, i);
+        gl[i] = wid(gp[0]);
+        gg[i] = wid(gp[1]);
+      }
+      // local path
+      for (int64_t t = 0; t < ntile; ++t) {
+        if (!bwd_tile_geometry<T>(a, in_l, b, h, t, tl)) continue;
+        bwd_pack_gated<T>(D, scale, qh, doh, rdl, gl, tl);
+        bwd_tile_run<T, DC>(a, D, bh, kh, vh, tl, w.b, dKa, dVa, dq);
+      }
+      // segment path
+      const C* lh = in.lse_g + bh * Sq;
+      w.lists.build(idx + bh * Sq * K, 0, Sq, K, nseg);
+      for (int64_t s = 0; s < nseg; ++s) {
+        const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
+        const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
+        for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
+          bool any = false;
+          for (int i = 0; i < BM; ++i) {
+            const bool ok = t0 + i < cnt;
+            tl.valid[i] = ok;
+            tl.qrow[i] = ok ? rs[t0 + i] : -1;
+            int64_t lo = 0, hi = 0;
+            C ls = ok ? lh[tl.qrow[i]] : C(0);
+            if (ok && ls != ninf)
+              seg_interval(a, segment, s, tl.qrow[i] + Sk - Sq, lo, hi);
+            else
+              ls = 0;
+            tl.ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+            tl.ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+            tl.lse[i] = ls;
+            tl.live[i] = lo < hi;
+            any = any || tl.live[i];
+          }
+          if (!any) continue;
+          tl.ln.finish(tl.valid);
+          bwd_pack_gated<T>(D, scale, qh, doh, rdg, gg, tl);
+          bwd_tile_run<T, DC>(a, D, bh, kh, vh, tl, w.b, dKa, dVa, dq);
+        }
+      }
+    }
+    C* dko = dk + bk * Sk * D;
+    C* dvo = dv + bk * Sk * D;
+    for (int64_t j = 0; j < Sk; ++j)
+      for (int64_t d = 0; d < D; ++d) {
+        dko[j * D + d] += dKa[j * Dp + d];
+        dvo[j * D + d] += dVa[j * Dp + d];
+      }
+  });
+}
+
+// dgates [B, Sq, 2] or [B, Hq, Sq, 2] (compute type): (sum_d dout * out_l, sum_d dout * out_g),
+// summed over the heads in head order for shared gates.
+template <typename T>
+void dual_gate_grad(const DualArgs& da, const T* out_l, const T* out_g, const T* dout, typename Num<T>::acc* dgates) {
+  using C = typename Num<T>::acc;
+  const AttnArgs& a = da.a;
+  const int64_t D = a.D, Sq = a.Sq, heads = da.gates_per_head ? 1 : a.Hq;
+  const int64_t nrow = da.gates_per_head ? a.B * a.Hq * Sq : a.B * Sq;
+  parallel_for(nrow, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, D * heads)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      // rows of head h: per head, row r is (bh, i) itself; shared, r = (b, i) over heads b * Hq + h
+      const int64_t i = r % Sq, b0 = da.gates_per_head ? r / Sq : (r / Sq) * a.Hq;
+      C sl = 0, sg = 0;
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t e = ((b0 + h) * Sq + i) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const C g = wid(dout[e + d]);
+          sl += g * wid(out_l[e + d]);
+          sg += g * wid(out_g[e + d]);
+        }
+      }
+      dgates[r * 2] = sl;
+      dgates[r * 2 + 1] = sg;
+    }
+  });
+}
+
 // Segment means: x [outer, S, D] -> out [outer, nseg, D], out[s] = mean of rows [s*seg, min(S,
 // (s+1)*seg)); summed in row order in the compute type (a running sum over arriving keys gives
 // the same bits). Backward: dx[j] = dout[seg(j)] / count(seg(j)).
@@ -1775,6 +2134,42 @@ void segment_attention_backward(const AttnArgs& a, const void* indices, int32_t 
     BwdIn<T> in{static_cast<const T*>(out), static_cast<const T*>(dout), static_cast<const C*>(lse)};
     segment_backward_typed<T, decltype(dc)::value>(a, idx, topk, segment, in, static_cast<C*>(dq), static_cast<C*>(dk),
                                                    static_cast<C*>(dv));
+  });
+}
+
+void dual_segment_attention_forward(const DualArgs& d, const void* indices, int32_t topk, int64_t segment, void* out,
+                                    void* out_local, void* out_global, void* lse_local, void* lse_global) {
+  const AttnArgs& a = d.a;
+  dispatch_attn(a.dtype, a.D, "dualAttention", [&](auto tv, auto dc) {
+    using T = decltype(tv);
+    using C = typename Num<T>::acc;
+    if (a.B <= 0 || a.Hq <= 0 || a.Sq <= 0 || a.D <= 0) return;
+    const int32_t* idx = static_cast<const int32_t*>(indices);
+    check_segment_indices(a, idx, topk, a.Sk > 0 ? (a.Sk + segment - 1) / segment : 0);
+    dual_segment_typed<T, decltype(dc)::value>(d, idx, topk, segment, static_cast<T*>(out), static_cast<T*>(out_local),
+                                               static_cast<T*>(out_global), static_cast<C*>(lse_local),
+                                               static_cast<C*>(lse_global));
+  });
+}
+
+void dual_segment_attention_backward(const DualArgs& d, const void* indices, int32_t topk, int64_t segment,
+                                     const void* out_local, const void* out_global, const void* dout,
+                                     const void* lse_local, const void* lse_global, void* dq, void* dk, void* dv,
+                                     void* dgates) {
+  const AttnArgs& a = d.a;
+  dispatch_attn(a.dtype, a.D, "dualAttentionBackward", [&](auto tv, auto dc) {
+    using T = decltype(tv);
+    using C = typename Num<T>::acc;
+    if (a.B <= 0 || a.Hq <= 0 || a.Sq <= 0) return;
+    const T *ol = static_cast<const T*>(out_local), *og = static_cast<const T*>(out_global);
+    const T* dd = static_cast<const T*>(dout);
+    dual_gate_grad<T>(d, ol, og, dd, static_cast<C*>(dgates));
+    if (a.D <= 0 || a.Sk <= 0) return;
+    const int32_t* idx = static_cast<const int32_t*>(indices);
+    check_segment_indices(a, idx, topk, (a.Sk + segment - 1) / segment);
+    BwdIn<T> in{ol, dd, static_cast<const C*>(lse_local), &d, og, static_cast<const C*>(lse_global)};
+    dual_segment_backward_typed<T, decltype(dc)::value>(d, idx, topk, segment, in, static_cast<C*>(dq),
+                                                        static_cast<C*>(dk), static_cast<C*>(dv));
   });
 }
 

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "../core/attention.h"
+#include "attention.cuh"
 #include "device.cuh"
 
 namespace dualroute {
@@ -224,6 +225,234 @@ __global__ void seg_mean_bwd_kernel(T* __restrict__ dx, const T* __restrict__ do
     dx[e] = st<T>(ld(dout[(o * nseg + s) * D + d]) * (1.f / static_cast<float>(j1 - j0)));
   }
 }
+// ---- dual attention with a segment-routed global path ----------------------------------
+// dual_seg_fwd_warp / dual_seg_bwd_warp: one warp per query row, as seg_fwd_warp / seg_bwd_warp,
+// running both paths of the row: the local window (key_range of attention.cuh, mask and window
+// as the dual kernels take them) and the listed segments, mixed by the row's gates,
+//   out = g_l * out_l + g_g * out_g   (out_l, out_g, lse_l, lse_g written for the backward)
+// The backward folds each path's gate into dout (dP' = g dP, Dr' = g rowdot(dout, out_path)),
+// so one key step serves both paths; dk, dv by float atomics, dq in registers.
+// dual_gate_grad_warp: a warp per gate row, dgates = (sum dout * out_l, sum dout * out_g) summed
+// over the heads in order for shared gates (no atomics: deterministic).
+struct DualSegParams {
+  SegParams P;            // q, k, v, idx, dout, dq/dk/dv, bad, shape; P.o: the mixed output
+  void* out_l;            // forward: written; backward: read (out_local)
+  void* out_g;
+  float* lse_l;           // forward: written; backward: read
+  float* lse_g;
+  const void* gates;      // [B, Sq, 2] or [B, Hq, Sq, 2], dtype of q
+  float* dgates;          // gate_grad: the gates' shape, float32
+  long long window;
+  int mask, gates_per_head;
+};
+
+// One key of a row's online softmax: score, running max (NaN propagating), sum and accumulator.
+template <typename T, int DPL>
+__device__ __forceinline__ void dseg_fwd_key(const float (&q)[DPL], const T* kr, const T* vr, int D, int lane,
+                                             float& m, float& l, float (&acc)[DPL]) {
+  float dot = 0.f;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) dot += q[c] * ld(kr[d]);
+  }
+  const float sc = warp_sum(dot);
+  const float mn = (sc > m || sc != sc) ? sc : m;
+  const float mu = mn == -INFINITY ? 0.f : mn;
+  const float alpha = expf(m - mu), pj = expf(sc - mu);
+  l = l * alpha + pj;
+  m = mn;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) acc[c] = acc[c] * alpha + pj * ld(vr[d]);
+  }
+}
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kSegWarps * 32) dual_seg_fwd_warp(DualSegParams DP) {
+  const SegParams& P = DP.P;
+  const int lane = threadIdx.x & 31;
+  const long long row = static_cast<long long>(blockIdx.x) * kSegWarps + (threadIdx.x >> 5);
+  if (row >= P.rows) return;
+  const int D = P.D, G = P.Hq / P.Hkv;
+  const long long bh = row / P.Sq, i = row % P.Sq, b = bh / P.Hq, h = bh % P.Hq;
+  const long long kvbase = (b * P.Hkv + h / G) * P.kv_stride;
+  const T* qp = static_cast<const T*>(P.q) + row * D;
+  const T* kh = static_cast<const T*>(P.k) + kvbase;
+  const T* vh = static_cast<const T*>(P.v) + kvbase;
+  const int32_t* r = P.idx + row * P.K;
+  const long long p = i + P.Sk - P.Sq;
+  float q[DPL], al[DPL], ag[DPL];
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    q[c] = d < D ? ld(qp[d]) * P.scale : 0.f;
+    al[c] = ag[c] = 0.f;
+  }
+  float ml = -INFINITY, ll = 0.f, mg = -INFINITY, lg = 0.f;
+  int lo, hi;
+  key_range(DP.mask, P.causal, DP.window, p, P.Sk, lo, hi);
+  const bool seen_l = lo <= hi;
+  for (int j = lo; j <= hi; ++j)
+    dseg_fwd_key<T, DPL>(q, kh + static_cast<long long>(j) * D, vh + static_cast<long long>(j) * D, D, lane, ml, ll, al);
+  bool seen_g = false;
+  for (int x = 0; x < P.K; ++x) {
+    int s, slo, shi;
+    if (!seg_entry(P, r, row, x, s)) continue;
+    seg_keys(P, s, p, slo, shi);
+    for (int j = slo; j < shi; ++j) {
+      seen_g = true;
+      dseg_fwd_key<T, DPL>(q, kh + static_cast<long long>(j) * D, vh + static_cast<long long>(j) * D, D, lane, mg, lg,
+                           ag);
+    }
+  }
+  const T* gp = static_cast<const T*>(DP.gates) + (DP.gates_per_head ? row : b * P.Sq + i) * 2;
+  const float g0 = ld(gp[0]), g1 = ld(gp[1]);
+  const float il = !seen_l ? 0.f : ll > 0.f ? 1.f / ll : NAN, ig = !seen_g ? 0.f : lg > 0.f ? 1.f / lg : NAN;
+  T* op = static_cast<T*>(P.o) + row * D;
+  T* olp = static_cast<T*>(DP.out_l) + row * D;
+  T* ogp = static_cast<T*>(DP.out_g) + row * D;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) {
+      const float xl = seen_l ? al[c] * il : 0.f, xg = seen_g ? ag[c] * ig : 0.f;
+      olp[d] = st<T>(xl);
+      ogp[d] = st<T>(xg);
+      op[d] = st<T>(g0 * xl + g1 * xg);
+    }
+  }
+  if (lane == 0) {
+    DP.lse_l[row] = !seen_l ? -INFINITY : ll > 0.f ? ml + logf(ll) : NAN;
+    DP.lse_g[row] = !seen_g ? -INFINITY : lg > 0.f ? mg + logf(lg) : NAN;
+  }
+}
+
+// One key of a row's backward for one path, gate folded into dO and dr: P from the saved lse,
+// dS = scale P (dP - dr); dv, dk by atomics, dq in registers.
+template <typename T, int DPL>
+__device__ __forceinline__ void dseg_bwd_key(const SegParams& P, const float (&q)[DPL], const float (&dO)[DPL],
+                                             float (&dq)[DPL], const T* kr, const T* vr, float* dkr, float* dvr,
+                                             float lse, float dr, int lane) {
+  const int D = P.D;
+  float sdot = 0.f, pdot = 0.f;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) {
+      sdot += q[c] * ld(kr[d]);
+      pdot += dO[c] * ld(vr[d]);
+    }
+  }
+  const float pj = expf(warp_sum(sdot) * P.scale - lse);
+  const float ds = pj * (warp_sum(pdot) - dr) * P.scale;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) {
+      atomicAdd(&dvr[d], pj * dO[c]);
+      atomicAdd(&dkr[d], ds * q[c]);
+      dq[c] += ds * ld(kr[d]);
+    }
+  }
+}
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kSegWarps * 32) dual_seg_bwd_warp(DualSegParams DP) {
+  const SegParams& P = DP.P;
+  const int lane = threadIdx.x & 31;
+  const long long row = static_cast<long long>(blockIdx.x) * kSegWarps + (threadIdx.x >> 5);
+  if (row >= P.rows) return;
+  const int D = P.D, G = P.Hq / P.Hkv;
+  const long long bh = row / P.Sq, i = row % P.Sq, b = bh / P.Hq, h = bh % P.Hq;
+  const long long kvbase = (b * P.Hkv + h / G) * P.kv_stride;
+  const long long gbase = (b * P.Hkv + h / G) * P.Sk * static_cast<long long>(D);  // dk, dv
+  const T* qp = static_cast<const T*>(P.q) + row * D;
+  const T* olp = static_cast<const T*>(DP.out_l) + row * D;
+  const T* ogp = static_cast<const T*>(DP.out_g) + row * D;
+  const T* dop = static_cast<const T*>(P.dout) + row * D;
+  const T* kh = static_cast<const T*>(P.k) + kvbase;
+  const T* vh = static_cast<const T*>(P.v) + kvbase;
+  const int32_t* r = P.idx + row * P.K;
+  const long long p = i + P.Sk - P.Sq;
+  const T* gp = static_cast<const T*>(DP.gates) + (DP.gates_per_head ? row : b * P.Sq + i) * 2;
+  const float g0 = ld(gp[0]), g1 = ld(gp[1]);
+  const float lse_l = DP.lse_l[row], lse_g = DP.lse_g[row];
+  float q[DPL], dl[DPL], dg[DPL], dq[DPL], drl = 0.f, drg = 0.f;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    const float x = d < D ? ld(dop[d]) : 0.f;
+    q[c] = d < D ? ld(qp[d]) : 0.f;
+    dl[c] = g0 * x;
+    dg[c] = g1 * x;
+    drl += d < D ? dl[c] * ld(olp[d]) : 0.f;
+    drg += d < D ? dg[c] * ld(ogp[d]) : 0.f;
+    dq[c] = 0.f;
+  }
+  drl = warp_sum(drl);
+  drg = warp_sum(drg);
+  if (lse_l != -INFINITY) {  // a path that saw no key adds nothing
+    int lo, hi;
+    key_range(DP.mask, P.causal, DP.window, p, P.Sk, lo, hi);
+    for (int j = lo; j <= hi; ++j) {
+      const long long jo = static_cast<long long>(j) * D;
+      dseg_bwd_key<T, DPL>(P, q, dl, dq, kh + jo, vh + jo, P.dk + gbase + jo, P.dv + gbase + jo, lse_l, drl, lane);
+    }
+  }
+  if (lse_g != -INFINITY) {
+    for (int x = 0; x < P.K; ++x) {
+      int s, lo, hi;
+      if (!seg_entry(P, r, row, x, s)) continue;
+      seg_keys(P, s, p, lo, hi);
+      for (int j = lo; j < hi; ++j) {
+        const long long jo = static_cast<long long>(j) * D;
+        dseg_bwd_key<T, DPL>(P, q, dg, dq, kh + jo, vh + jo, P.dk + gbase + jo, P.dv + gbase + jo, lse_g, drg, lane);
+      }
+    }
+  }
+  float* dqp = P.dq + row * D;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) dqp[d] += dq[c];  // this warp owns the row
+  }
+}
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kSegWarps * 32) dual_gate_grad_warp(DualSegParams DP) {
+  const SegParams& P = DP.P;
+  const int lane = threadIdx.x & 31;
+  const long long grow = static_cast<long long>(blockIdx.x) * kSegWarps + (threadIdx.x >> 5);
+  const long long ngrow = DP.gates_per_head ? P.rows : P.rows / P.Hq;
+  if (grow >= ngrow) return;
+  const int D = P.D, heads = DP.gates_per_head ? 1 : P.Hq;
+  // per head, gate row = (bh, i); shared, (b, i) over the rows (b * Hq + h, i)
+  const long long i = grow % P.Sq, bh0 = DP.gates_per_head ? grow / P.Sq : (grow / P.Sq) * P.Hq;
+  float sl = 0.f, sg = 0.f;
+  for (int h = 0; h < heads; ++h) {
+    const long long e = ((bh0 + h) * P.Sq + i) * D;
+    const T* dop = static_cast<const T*>(P.dout) + e;
+    const T* olp = static_cast<const T*>(DP.out_l) + e;
+    const T* ogp = static_cast<const T*>(DP.out_g) + e;
+#pragma unroll
+    for (int c = 0; c < DPL; ++c) {
+      const int d = lane + 32 * c;
+      if (d < D) {
+        const float x = ld(dop[d]);
+        sl += x * ld(olp[d]);
+        sg += x * ld(ogp[d]);
+      }
+    }
+  }
+  sl = warp_sum(sl);
+  sg = warp_sum(sg);
+  if (lane == 0) {
+    DP.dgates[grow * 2] = sl;
+    DP.dgates[grow * 2 + 1] = sg;
+  }
+}
 // emu:end segment
 
 __device__ unsigned long long g_seg_bad;  // smallest flat position of a bad index, ~0 if none
@@ -300,6 +529,55 @@ int launch_seg(const SegParams& P, int32_t dtype, const char* name) {
   }
 }
 
+// The dual kernels over one DPL: 0 forward, 1 backward, 2 gate gradient.
+template <typename T, int KIND>
+int launch_dual_seg_t(const DualSegParams& DP, const char* name) {
+  const long long n = KIND == 2 && !DP.gates_per_head ? DP.P.rows / DP.P.Hq : DP.P.rows;
+  const long long blocks = (n + kSegWarps - 1) / kSegWarps;
+  if (blocks > INT_MAX) return set_error(std::string(name) + ": too many rows");
+  const unsigned g = static_cast<unsigned>(blocks);
+  const int dpl = (DP.P.D + 31) / 32;
+#define DR_DSEG_LAUNCH(N)                                                            \
+  if (dpl <= N) {                                                                    \
+    if (KIND == 0)                                                                   \
+      dual_seg_fwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);               \
+    else if (KIND == 1)                                                              \
+      dual_seg_bwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);               \
+    else                                                                             \
+      dual_gate_grad_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);             \
+    return check_launch(name);                                                       \
+  }
+  DR_DSEG_LAUNCH(1)
+  DR_DSEG_LAUNCH(2)
+  DR_DSEG_LAUNCH(4)
+  DR_DSEG_LAUNCH(8)
+#undef DR_DSEG_LAUNCH
+  return set_error(std::string(name) + ": head dim too large");
+}
+
+template <int KIND>
+int launch_dual_seg(const DualSegParams& DP, int32_t dtype, const char* name) {
+  switch (static_cast<DType>(dtype)) {
+    case DType::F32: return launch_dual_seg_t<float, KIND>(DP, name);
+    case DType::BF16: return launch_dual_seg_t<bf16_t, KIND>(DP, name);
+    default: return set_error(std::string(name) + ": expected float32 or bfloat16");
+  }
+}
+
+// The dual kernels' parameters: the segment ones plus the local path and the gates.
+int dual_seg_params(const char* name, const DualArgs& d, const void* indices, int32_t topk, int64_t segment,
+                    DualSegParams& DP) {
+  const AttnArgs& a = d.a;
+  if (a.query_index || a.key_padding || d.global_rows)
+    return set_error(std::string(name) + ": query_index, key_padding and global_rows are not supported here");
+  DR_CUDA_TRY(seg_params(name, a, indices, topk, segment, DP.P));
+  DP.gates = d.gates;
+  DP.gates_per_head = d.gates_per_head ? 1 : 0;
+  DP.mask = a.mask;
+  DP.window = std::min<long long>(a.window, 1LL << 40);
+  return 0;
+}
+
 }  // namespace
 
 int segment_attention_forward(const AttnArgs* a, const void* indices, int32_t topk, int64_t segment, void* out,
@@ -330,6 +608,54 @@ int segment_attention_backward(const AttnArgs* a, const void* indices, int32_t t
   P.dv = static_cast<float*>(dv);
   return with_seg_check(name, P, [&](const SegParams& Q) { return launch_seg<true>(Q, a->dtype, name); });
   DR_CUDA_ENTRY_END("segment_attention_backward")
+}
+
+int dual_segment_attention_forward(const DualArgs* d, const void* indices, int32_t topk, int64_t segment, void* out,
+                                   void* out_local, void* out_global, void* lse_local, void* lse_global) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "dual_segment_attention_forward";
+  DualSegParams DP{};
+  DR_CUDA_TRY(dual_seg_params(name, *d, indices, topk, segment, DP));
+  if (DP.P.rows == 0 || d->a.D == 0) return 0;
+  DP.P.o = out;
+  DP.out_l = out_local;
+  DP.out_g = out_global;
+  DP.lse_l = static_cast<float*>(lse_local);
+  DP.lse_g = static_cast<float*>(lse_global);
+  return with_seg_check(name, DP.P, [&](const SegParams& Q) {
+    DualSegParams X = DP;
+    X.P = Q;
+    return launch_dual_seg<0>(X, d->a.dtype, name);
+  });
+  DR_CUDA_ENTRY_END("dual_segment_attention_forward")
+}
+
+int dual_segment_attention_backward(const DualArgs* d, const void* indices, int32_t topk, int64_t segment,
+                                    const void* out_local, const void* out_global, const void* dout,
+                                    const void* lse_local, const void* lse_global, void* dq, void* dk, void* dv,
+                                    void* dgates) {
+  DR_CUDA_ENTRY_BEGIN
+  const char* name = "dual_segment_attention_backward";
+  DualSegParams DP{};
+  DR_CUDA_TRY(dual_seg_params(name, *d, indices, topk, segment, DP));
+  if (DP.P.rows == 0) return 0;
+  DP.P.dout = dout;
+  DP.P.dq = static_cast<float*>(dq);
+  DP.P.dk = static_cast<float*>(dk);
+  DP.P.dv = static_cast<float*>(dv);
+  DP.out_l = const_cast<void*>(out_local);
+  DP.out_g = const_cast<void*>(out_global);
+  DP.lse_l = const_cast<float*>(static_cast<const float*>(lse_local));
+  DP.lse_g = const_cast<float*>(static_cast<const float*>(lse_global));
+  DP.dgates = static_cast<float*>(dgates);
+  DR_CUDA_TRY(launch_dual_seg<2>(DP, d->a.dtype, name));  // dgates (D = 0: zeros)
+  if (d->a.D == 0 || d->a.Sk == 0) return 0;
+  return with_seg_check(name, DP.P, [&](const SegParams& Q) {
+    DualSegParams X = DP;
+    X.P = Q;
+    return launch_dual_seg<1>(X, d->a.dtype, name);
+  });
+  DR_CUDA_ENTRY_END("dual_segment_attention_backward")
 }
 
 namespace {

@@ -323,6 +323,79 @@ void run(const SegmentAttentionBackward& a) {
          segment_attention_backward, &p.a, pi, K, a.segment, po, pd, pl, pq, pk, pv);
 }
 
+namespace {
+
+// The segment dual ops: the dual op's q, k, v and gates (no padding, no global rows) and the
+// segment op's indices.
+template <typename A>
+void check_dual_segment_inputs(const A& a) {
+  DR_CHECK(a.mask != AttnMask::Global, Value, "dualAttention: the local path needs a sliding or block mask");
+  check_qkv(a.q, a.k, a.v, Opts{a.mask, a.causal, a.window, a.scale, nullptr, nullptr});
+  const int64_t B = a.q.shape[0], Hq = a.q.shape[1], Sq = a.q.shape[2];
+  require_dtype("dualAttention", "gates", a.gates, a.q.dtype);
+  DR_CHECK(a.gates.ndim == 4 ? has_shape(a.gates, {B, Hq, Sq, 2}) : has_shape(a.gates, {B, Sq, 2}), Shape,
+           "dualAttention: gates must be [", B, ", ", Sq, ", 2] or [", B, ", ", Hq, ", ", Sq, ", 2], received ",
+           a.gates.shape_string());
+  check_segment_inputs(a);
+}
+
+template <typename A>
+PreparedDual prepare_dual_segment(const A& a, std::shared_ptr<const T>& ic) {
+  PreparedDual pd;
+  pd.p = prepare(a.q, a.k, a.v, Opts{a.mask, a.causal, a.window, a.scale, nullptr, nullptr});
+  pd.d.a = pd.p.a;
+  pd.gates = contiguous(a.gates);
+  pd.d.gates = pd.gates->data();
+  pd.d.gates_per_head = a.gates.ndim == 4 ? 1 : 0;
+  ic = contiguous(a.indices);
+  return pd;
+}
+
+}  // namespace
+
+void check(const DualSegmentAttentionForward& a) {
+  check_dual_segment_inputs(a);
+  const int64_t B = a.q.shape[0], H = a.q.shape[1], S = a.q.shape[2], D = a.q.shape[3];
+  for (const T* t : {&a.out, &a.outLocal, &a.outGlobal}) check_shaped(*t, "out", {B, H, S, D}, a.q.dtype, true);
+  for (const T* t : {&a.lseLocal, &a.lseGlobal}) check_shaped(*t, "lse", {B, H, S}, stats_dtype(a.q.dtype), true);
+}
+void run(const DualSegmentAttentionForward& a) {
+  std::shared_ptr<const T> ic;
+  PreparedDual pd = prepare_dual_segment(a, ic);
+  const void* pi = ic->data();
+  const int32_t K = static_cast<int32_t>(a.indices.shape[3]);
+  void *po = a.out.data(), *pl = a.outLocal.data(), *pg = a.outGlobal.data(), *sl = a.lseLocal.data(),
+       *sg = a.lseGlobal.data();
+  DR_RUN(a.out, cpu::dual_segment_attention_forward(pd.d, pi, K, a.segment, po, pl, pg, sl, sg),
+         dual_segment_attention_forward, &pd.d, pi, K, a.segment, po, pl, pg, sl, sg);
+}
+
+void check(const DualSegmentAttentionBackward& a) {
+  check_dual_segment_inputs(a);
+  check_accumulators(a);
+  const int64_t B = a.q.shape[0], Hq = a.q.shape[1], Sq = a.q.shape[2], D = a.q.shape[3];
+  const DType acc = stats_dtype(a.q.dtype);
+  for (const T* t : {&a.lseLocal, &a.lseGlobal}) check_shaped(*t, "lse", {B, Hq, Sq}, acc, false);
+  for (const T* t : {&a.outLocal, &a.outGlobal, &a.dout}) check_shaped(*t, "out", {B, Hq, Sq, D}, a.q.dtype, false);
+  if (a.gates.ndim == 4) check_shaped(a.dgates, "dgates", {B, Hq, Sq, 2}, acc, true);
+  else check_shaped(a.dgates, "dgates", {B, Sq, 2}, acc, true);
+}
+void run(const DualSegmentAttentionBackward& a) {
+  std::shared_ptr<const T> ic;
+  PreparedDual pd = prepare_dual_segment(a, ic);
+  auto ol = contiguous(a.outLocal);
+  auto og = contiguous(a.outGlobal);
+  auto dc = contiguous(a.dout);
+  auto ll = contiguous(a.lseLocal);
+  auto lg = contiguous(a.lseGlobal);
+  const void *pi = ic->data(), *pl = ol->data(), *pg = og->data(), *pdo = dc->data(), *sl = ll->data(),
+             *sg = lg->data();
+  const int32_t K = static_cast<int32_t>(a.indices.shape[3]);
+  void *pq = a.dq.data(), *pk = a.dk.data(), *pv = a.dv.data(), *pgt = a.dgates.data();
+  DR_RUN(a.dq, cpu::dual_segment_attention_backward(pd.d, pi, K, a.segment, pl, pg, pdo, sl, sg, pq, pk, pv, pgt),
+         dual_segment_attention_backward, &pd.d, pi, K, a.segment, pl, pg, pdo, sl, sg, pq, pk, pv, pgt);
+}
+
 void check(const SegmentMean& a) {
   const char* op = "segmentMean";
   DR_CHECK(a.segment >= 1, Value, op, ": segment must be >= 1, received ", a.segment);

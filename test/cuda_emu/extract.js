@@ -151,6 +151,11 @@ const HOST_SEGMENT = [
   'P.scale = static_cast<float>(a.scale);',
   'seg_mean_kernel<float><<<grid_for(total), kThreads, 0, stream()>>>(',
   'seg_mean_bwd_kernel<float><<<grid_for(total), kThreads, 0, stream()>>>(',
+  'const long long n = KIND == 2 && !DP.gates_per_head ? DP.P.rows / DP.P.Hq : DP.P.rows;',
+  'dual_seg_fwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);',
+  'dual_seg_bwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);',
+  'dual_gate_grad_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);',
+  'DP.window = std::min<long long>(a.window, 1LL << 40);',
 ];
 
 // Random / hash / rule routing's launches (route_rules.cu): grid_for(n) blocks of kThreads.
@@ -264,7 +269,10 @@ const KERNELS = [
     host: HOST_SEGMENT,
     needs: [/template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) seg_fwd_warp\(SegParams P\)/,
       /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) seg_bwd_warp\(SegParams P\)/,
-      /template <typename T>\s*__global__ void seg_mean_kernel\(/, /template <typename T>\s*__global__ void seg_mean_bwd_kernel\(/],
+      /template <typename T>\s*__global__ void seg_mean_kernel\(/, /template <typename T>\s*__global__ void seg_mean_bwd_kernel\(/,
+      /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) dual_seg_fwd_warp\(DualSegParams DP\)/,
+      /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) dual_seg_bwd_warp\(DualSegParams DP\)/,
+      /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) dual_gate_grad_warp\(DualSegParams DP\)/],
     shared: { dynamic: 0, static: 0 },
     helpers: true,
   },

@@ -4,10 +4,12 @@
 // at the row's position, segments after it contributing nothing), with GQA, queries shorter than
 // keys, a short last segment, segment 1 and segment >= Sk, k/v at a head stride larger than
 // Sk * D (a cache buffer read in place), bf16, a NaN key and an index out of range (recorded,
-// never read); and seg_mean_kernel / seg_mean_bwd_kernel. Launches as segment.cu's host code
+// never read); seg_mean_kernel / seg_mean_bwd_kernel; and the dual kernels (local window +
+// segment path mixed by the gates, sliding and block, shared and per-head gates, dgates). Launches as segment.cu's host code
 // makes them (extract.js checks).
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 #include <set>
 
@@ -246,6 +248,245 @@ std::string run_dpl(const Shape& s, const harness::Mode& mode, uint32_t seed) {
   return "";
 }
 
+// ---- dual attention with a segment-routed global path ------------------------------------
+// dual_seg_fwd_warp (out, out_l, out_g, lse_l, lse_g), dual_seg_bwd_warp (dq, dk, dv added into
+// accumulators) and dual_gate_grad_warp (dgates) against the float64 definition: the local path
+// (harness::visible, the contract's rule), the segment path as above, the gated mix and its
+// gradients, each path's gate folded into its terms.
+struct DualShape {
+  const char* tag;
+  int B, Hq, Hkv, Sq, Sk, D, segment, K, causal, mask, window;
+  int per_head = 0;  // gates [B, Hq, Sq, 2] (else [B, Sq, 2])
+  int bf = 0;
+  int bad = 0;       // one index out of range
+};
+
+template <int DPL>
+std::string run_dual_dpl(const DualShape& s, const harness::Mode& mode, uint32_t seed) {
+  emu::clear_globals();
+  std::mt19937 r(seed);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const int B = s.B, Hq = s.Hq, Hkv = s.Hkv, Sq = s.Sq, Sk = s.Sk, D = s.D, K = s.K, G = Hq / Hkv;
+  const int nseg = (Sk + s.segment - 1) / s.segment;
+  const size_t nq = size_t(B) * Hq * Sq * D, nkv = size_t(B) * Hkv * Sk * D, rows = size_t(B) * Hq * Sq;
+  const size_t ngr = s.per_head ? rows : size_t(B) * Sq;
+  // stored values (float or bf16) and the reference's copies of them
+  struct In {
+    std::unique_ptr<Buf<float>> f32;
+    std::unique_ptr<Buf<uint16_t>> b16;
+  };
+  auto make = [&](const char* name, size_t n, std::vector<double>& ref, float lo = -1.f, float hi = 1.f) {
+    In in{std::make_unique<Buf<float>>(name, s.bf ? 0 : n, 0.f), std::make_unique<Buf<uint16_t>>(name, s.bf ? n : 0, 0)};
+    ref.resize(n);
+    std::uniform_real_distribution<float> w(lo, hi);
+    for (size_t i = 0; i < n; ++i) {
+      const float x = w(r);
+      if (s.bf) {
+        (*in.b16)[i] = f2bf(x);
+        ref[i] = bf2f((*in.b16)[i]);
+      } else {
+        (*in.f32)[i] = x;
+        ref[i] = x;
+      }
+    }
+    return in;
+  };
+  std::vector<double> q, k, v, dO, gt;
+  In qs = make("q", nq, q), ks = make("k", nkv, k), vs = make("v", nkv, v), ds = make("dout", nq, dO);
+  In gs = make("gates", ngr * 2, gt, -1.5f, 1.5f);
+  auto ptr = [&](In& in) -> void* { return s.bf ? static_cast<void*>(in.b16->data()) : in.f32->data(); };
+  Buf<int32_t> idx("indices", rows * K, 0);
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int32_t>(r() % (nseg + 1)) - 1;
+  size_t bad_at = ~size_t(0);
+  if (s.bad) {
+    bad_at = idx.size() / 2 + 1;
+    idx[bad_at] = nseg + 2;
+  }
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+
+  // reference forward: per row, each path's visible keys and materialised softmax
+  std::vector<std::vector<int>> vis[2];
+  vis[0].resize(rows);
+  vis[1].resize(rows);
+  std::vector<double> rout(nq, 0.0), rpath[2] = {std::vector<double>(nq, 0.0), std::vector<double>(nq, 0.0)};
+  std::vector<double> rlse[2] = {std::vector<double>(rows, -INFINITY), std::vector<double>(rows, -INFINITY)};
+  std::vector<char> empty[2] = {std::vector<char>(rows, 1), std::vector<char>(rows, 1)}, none(rows, 0);
+  auto gate = [&](size_t row, int path) {
+    const size_t bh = row / Sq, i = row % Sq, b = bh / Hq;
+    return gt[(s.per_head ? row : b * Sq + i) * 2 + path];
+  };
+  for (size_t row = 0; row < rows; ++row) {
+    const long long bh = row / Sq, i = row % Sq, b = bh / Hq, h = bh % Hq, p = i + Sk - Sq;
+    for (int j = 0; j < Sk; ++j)
+      if (harness::visible(s.mask, s.causal, s.window, p, j)) vis[0][row].push_back(j);
+    std::set<int> segs;
+    for (int x = 0; x < K; ++x) {
+      const int sg = idx[row * K + x];
+      if (sg >= 0 && sg < nseg) segs.insert(sg);
+    }
+    for (int sg : segs)
+      for (int j = sg * s.segment; j < std::min(Sk, (sg + 1) * s.segment); ++j)
+        if (!s.causal || j <= p) vis[1][row].push_back(j);
+    const long long kv = (b * Hkv + h / G) * Sk * D;
+    for (int path = 0; path < 2; ++path) {
+      if (vis[path][row].empty()) continue;
+      empty[path][row] = 0;
+      std::vector<double> sc;
+      double m = -INFINITY;
+      for (int j : vis[path][row]) {
+        double a = 0;
+        for (int d = 0; d < D; ++d) a += q[row * D + d] * k[kv + j * D + d];
+        sc.push_back(a * scale);
+        m = std::max(m, a * scale);
+      }
+      double z = 0;
+      for (double a : sc) z += std::exp(a - m);
+      rlse[path][row] = m + std::log(z);
+      for (size_t n = 0; n < sc.size(); ++n)
+        for (int d = 0; d < D; ++d)
+          rpath[path][row * D + d] += std::exp(sc[n] - rlse[path][row]) * v[kv + vis[path][row][n] * D + d];
+    }
+    for (int d = 0; d < D; ++d)
+      rout[row * D + d] = gate(row, 0) * rpath[0][row * D + d] + gate(row, 1) * rpath[1][row * D + d];
+  }
+
+  // forward launch, as dual_segment_attention_forward does
+  Buf<float> o32[3] = {Buf<float>("out", s.bf ? 0 : nq, harness::unwritten_float()),
+                       Buf<float>("out_l", s.bf ? 0 : nq, harness::unwritten_float()),
+                       Buf<float>("out_g", s.bf ? 0 : nq, harness::unwritten_float())};
+  Buf<uint16_t> o16[3] = {Buf<uint16_t>("out_bf16", s.bf ? nq : 0, harness::kUnwrittenBf16),
+                          Buf<uint16_t>("out_l_bf16", s.bf ? nq : 0, harness::kUnwrittenBf16),
+                          Buf<uint16_t>("out_g_bf16", s.bf ? nq : 0, harness::kUnwrittenBf16)};
+  Buf<float> lse_l("lse_l", rows, harness::unwritten_float()), lse_g("lse_g", rows, harness::unwritten_float());
+  auto optr = [&](int x) -> void* { return s.bf ? static_cast<void*>(o16[x].data()) : o32[x].data(); };
+  auto oget = [&](int x, size_t i) -> float { return s.bf ? bf2f(o16[x][i]) : o32[x][i]; };
+  unsigned long long slot = ~0ull;
+  DualSegParams DP{};
+  SegParams& P = DP.P;
+  P.q = ptr(qs);
+  P.k = ptr(ks);
+  P.v = ptr(vs);
+  P.idx = idx.data();
+  P.o = optr(0);
+  P.bad = &slot;
+  P.rows = static_cast<long long>(rows);
+  P.kv_stride = static_cast<long long>(Sk) * D;
+  P.Hq = Hq;
+  P.Hkv = Hkv;
+  P.Sq = Sq;
+  P.Sk = Sk;
+  P.D = D;
+  P.K = K;
+  P.segment = s.segment;
+  P.nseg = nseg;
+  P.causal = s.causal;
+  P.scale = scale;
+  DP.out_l = optr(1);
+  DP.out_g = optr(2);
+  DP.lse_l = lse_l.data();
+  DP.lse_g = lse_g.data();
+  DP.gates = ptr(gs);
+  DP.gates_per_head = s.per_head;
+  DP.mask = s.mask;
+  DP.window = s.window;
+  const long long blocks = (P.rows + kSegWarps - 1) / kSegWarps;
+  if (s.bf)
+    emu::launch(cfg_of("dual_seg_fwd_warp<bf16>", blocks, kSegWarps * 32, mode, seed),
+                [&] { dual_seg_fwd_warp<bf16_t, DPL>(DP); });
+  else
+    emu::launch(cfg_of("dual_seg_fwd_warp", blocks, kSegWarps * 32, mode, seed),
+                [&] { dual_seg_fwd_warp<float, DPL>(DP); });
+  for (int x = 0; x < 3; ++x)
+    for (const std::string& g : {o32[x].guards(), o16[x].guards()})
+      if (!g.empty()) return g;
+  for (const std::string& g : {lse_l.guards(), lse_g.guards(), idx.guards()})
+    if (!g.empty()) return g;
+  if (s.bad && slot != bad_at) return fmt("bad index slot %llu, want %zu", slot, bad_at);
+  if (!s.bad && slot != ~0ull) return fmt("bad index recorded at %llu, none expected", slot);
+  const double tol = s.bf ? 2e-2 : 2e-5;
+  std::string e = harness::compare("out", rows, size_t(D), [&](size_t i) { return oget(0, i); }, rout, none, tol);
+  if (e.empty()) e = harness::compare("out_l", rows, size_t(D), [&](size_t i) { return oget(1, i); }, rpath[0], empty[0], tol);
+  if (e.empty()) e = harness::compare("out_g", rows, size_t(D), [&](size_t i) { return oget(2, i); }, rpath[1], empty[1], tol);
+  if (e.empty()) e = harness::compare_lse("lse_l", lse_l.data(), rlse[0], 1e-5);
+  if (e.empty()) e = harness::compare_lse("lse_g", lse_g.data(), rlse[1], 1e-5);
+  if (!e.empty()) return e;
+
+  // backward from the stored path outputs and lse; accumulators start at base
+  std::vector<double> outs[2] = {std::vector<double>(nq), std::vector<double>(nq)};
+  for (int path = 0; path < 2; ++path)
+    for (size_t i = 0; i < nq; ++i) outs[path][i] = oget(1 + path, i);
+  const float base = 0.25f;
+  Buf<float> dq("dq", nq, base), dk("dk", nkv, base), dv("dv", nkv, base);
+  Buf<float> dg("dgates", ngr * 2, harness::unwritten_float());
+  std::vector<double> rdq(nq, 0.0), rdk(nkv, 0.0), rdv(nkv, 0.0), rdg(ngr * 2, 0.0);
+  std::vector<char> tq(rows, 0), tkv(size_t(B) * Hkv * Sk, 0);
+  for (size_t row = 0; row < rows; ++row) {
+    const long long bh = row / Sq, i = row % Sq, b = bh / Hq, h = bh % Hq;
+    const long long kv = (b * Hkv + h / G) * Sk * D, gk = (b * Hkv + h / G) * Sk;
+    for (int path = 0; path < 2; ++path) {
+      double dot = 0;
+      for (int d = 0; d < D; ++d) dot += dO[row * D + d] * outs[path][row * D + d];
+      rdg[(s.per_head ? row : b * Sq + i) * 2 + path] += dot;
+      const float ls = path ? lse_g[row] : lse_l[row];
+      if (ls == -INFINITY) continue;
+      const double g = gate(row, path), dr = g * dot;
+      for (int j : vis[path][row]) {
+        double sdot = 0, pdot = 0;
+        for (int d = 0; d < D; ++d) {
+          sdot += q[row * D + d] * k[kv + j * D + d];
+          pdot += dO[row * D + d] * v[kv + j * D + d];
+        }
+        const double pj = std::exp(sdot * scale - ls);
+        const double dsj = pj * (g * pdot - dr) * scale;
+        tq[row] = 1;
+        tkv[gk + j] = 1;
+        for (int d = 0; d < D; ++d) {
+          rdq[row * D + d] += dsj * k[kv + j * D + d];
+          rdk[(gk + j) * D + d] += dsj * q[row * D + d];
+          rdv[(gk + j) * D + d] += g * pj * dO[row * D + d];
+        }
+      }
+    }
+  }
+  P.dout = ptr(ds);
+  P.dq = dq.data();
+  P.dk = dk.data();
+  P.dv = dv.data();
+  DP.dgates = dg.data();
+  slot = ~0ull;
+  const long long gblocks = (static_cast<long long>(ngr) + kSegWarps - 1) / kSegWarps;
+  if (s.bf) {
+    emu::launch(cfg_of("dual_gate_grad_warp<bf16>", gblocks, kSegWarps * 32, mode, seed),
+                [&] { dual_gate_grad_warp<bf16_t, DPL>(DP); });
+    emu::launch(cfg_of("dual_seg_bwd_warp<bf16>", blocks, kSegWarps * 32, mode, seed),
+                [&] { dual_seg_bwd_warp<bf16_t, DPL>(DP); });
+  } else {
+    emu::launch(cfg_of("dual_gate_grad_warp", gblocks, kSegWarps * 32, mode, seed),
+                [&] { dual_gate_grad_warp<float, DPL>(DP); });
+    emu::launch(cfg_of("dual_seg_bwd_warp", blocks, kSegWarps * 32, mode, seed),
+                [&] { dual_seg_bwd_warp<float, DPL>(DP); });
+  }
+  for (const std::string& g : {dq.guards(), dk.guards(), dv.guards(), dg.guards()})
+    if (!g.empty()) return g;
+  if (s.bad && slot != bad_at && !(slot == ~0ull && lse_g[bad_at / K] == -INFINITY))
+    return fmt("backward: bad index slot %llu, want %zu", slot, bad_at);
+  const double btol = s.bf ? 3e-2 : 1e-4;
+  e = harness::compare_acc("dq", dq.data(), base, rdq, tq, size_t(D), btol, 1e-3);
+  if (e.empty()) e = harness::compare_acc("dk", dk.data(), base, rdk, tkv, size_t(D), btol, 1e-3);
+  if (e.empty()) e = harness::compare_acc("dv", dv.data(), base, rdv, tkv, size_t(D), btol, 1e-3);
+  if (e.empty())
+    e = harness::compare("dgates", ngr, 2, [&](size_t i) { return dg[i]; }, rdg, std::vector<char>(ngr, 0), 1e-5);
+  return e;
+}
+
+std::string run_dual_case(const DualShape& s, const harness::Mode& m, uint32_t seed) {
+  const int dpl = (s.D + 31) / 32;
+  if (dpl <= 1) return run_dual_dpl<1>(s, m, seed);
+  if (dpl <= 2) return run_dual_dpl<2>(s, m, seed);
+  if (dpl <= 4) return run_dual_dpl<4>(s, m, seed);
+  return run_dual_dpl<8>(s, m, seed);
+}
+
 std::string run_case(const Shape& s, const harness::Mode& m, uint32_t seed) {
   const int dpl = (s.D + 31) / 32;
   if (dpl <= 1) return run_dpl<1>(s, m, seed);
@@ -271,6 +512,22 @@ const Shape kShapes[] = {
   {"nan-key",          1, 2, 1,   12, 12,  8,  4,  3, 1, 0, 0, 1},
   {"bad-index",        1, 2, 1,    6,  6,  8,  2,  3, 1, 0, 0, 0, 1},
 };
+
+// mask 1 = sliding, 2 = block
+const DualShape kDualShapes[] = {
+  // tag               B  Hq Hkv  Sq  Sk   D  seg  K causal mask win perhead bf bad
+  {"one",              1, 1, 1,    1,  1,  1,  1,  1, 1,    1,  1},
+  {"g1-odd-slide",     2, 2, 2,   13, 13,  5,  4,  3, 1,    1,  3},
+  {"g3-sq<sk-block",   1, 3, 1,    7, 20, 40,  6,  3, 1,    2,  4,  1},
+  {"g8-d64",           1, 8, 1,    9,  9, 64,  3,  2, 1,    1,  1},
+  {"noncausal-slide",  1, 2, 1,   11, 11, 33,  5,  4, 0,    1,  4,  1},
+  {"noncausal-block",  2, 2, 2,    9, 12, 16,  4,  2, 0,    2,  5},
+  {"seg>=S-topk>=n",   1, 2, 1,    6,  6, 16, 32,  3, 1,    1,  2,  1},
+  {"win>=S",           1, 1, 1,    5,  9, 128, 4,  2, 1,    1, 50},
+  {"bf16",             1, 3, 1,   10, 10, 32,  4,  3, 1,    2,  3,  0, 1},
+  {"bf16-perhead",     1, 2, 2,    8, 11, 24,  3,  2, 0,    1,  2,  1, 1},
+  {"bad-index",        1, 2, 1,    6,  6,  8,  2,  3, 1,    1,  2,  0, 0, 1},
+};
 // clang-format on
 
 }  // namespace
@@ -284,6 +541,15 @@ int main(int argc, char** argv) {
       const uint32_t seed = 1300u + 17u * static_cast<uint32_t>(si);
       cases.push_back({fmt("segment/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
                        double(s.B) * s.Hq * s.Sq * s.Sk * s.D * 0.002, [s, m, seed] { return run_case(s, m, seed); }});
+    }
+    ++si;
+  }
+  for (const DualShape& s : kDualShapes) {
+    for (int mi = 0; mi < 3; ++mi) {
+      const harness::Mode m = harness::kModes[mi];
+      const uint32_t seed = 1700u + 17u * static_cast<uint32_t>(si);
+      cases.push_back({fmt("segment-dual/%s/%s", s.tag, harness::mode_name(m).c_str()), mi == si % 3,
+                       double(s.B) * s.Hq * s.Sq * s.Sk * s.D * 0.004, [s, m, seed] { return run_dual_case(s, m, seed); }});
     }
     ++si;
   }

@@ -552,6 +552,122 @@ describe('dualAttention with a segment-routed global path', () => {
     const fn = (a: dr.Tensor, b: dr.Tensor, c: dr.Tensor, gg: dr.Tensor) => dr.dualAttention(a, b, c, { window: 3, causal: true, gates: gg, segment: { segment: 2, topK: 2 } }).mul(w);
     expect(dr.gradcheck(fn, [q.t.requiresGrad_(), k.t.requiresGrad_(), v.t.requiresGrad_(), g.requiresGrad_()]).ok).toBe(true);
   }));
+
+  // The definition, in float64 plain loops: per row, the local window's softmax (sliding:
+  // p - w < j <= p causal, |p - j| < w not; block: floor(j / w) == floor(p / w), and j <= p when
+  // causal) and the softmax over the keys of the row's kept segments (cut at p when causal),
+  // mixed as g_local * local + g_global * global; lse of each path, -inf for a path with no key.
+  function dualRef(q: Arr, k: Arr, v: Arr, d: Dims, idx: ArrayLike<number>, K: number, seg: number, causal: boolean,
+                   mode: 'sliding' | 'block', w: number, gates: Arr, perHead: boolean): { out: Arr; lse: Arr } {
+    const G = d.Hq / d.Hkv, scale = 1 / Math.sqrt(d.D), rows = d.B * d.Hq * d.Sq;
+    const out = new Float64Array(rows * d.D), lse = new Float64Array(2 * rows);
+    for (let b = 0; b < d.B; ++b)
+      for (let h = 0; h < d.Hq; ++h)
+        for (let i = 0; i < d.Sq; ++i) {
+          const r = (b * d.Hq + h) * d.Sq + i, p = i + d.Sk - d.Sq, kv = b * d.Hkv + Math.floor(h / G);
+          const local: number[] = [];
+          for (let j = 0; j < d.Sk; ++j) {
+            const vis = mode === 'sliding' ? (causal ? p - w < j && j <= p : Math.abs(p - j) < w) : Math.floor(j / w) === Math.floor(p / w) && (!causal || j <= p);
+            if (vis) local.push(j);
+          }
+          const segs = new Set<number>();
+          for (let x = 0; x < K; ++x) if (idx[r * K + x] >= 0) segs.add(idx[r * K + x]);
+          const glob: number[] = [];
+          for (const s of segs) for (let j = s * seg; j < Math.min(d.Sk, (s + 1) * seg); ++j) if (!causal || j <= p) glob.push(j);
+          const gi = (perHead ? r : b * d.Sq + i) * 2;
+          [local, glob].forEach((keys, path) => {
+            if (!keys.length) {
+              lse[path * rows + r] = -Infinity;
+              return;
+            }
+            const sc = keys.map((j) => {
+              let a = 0;
+              for (let x = 0; x < d.D; ++x) a += q[r * d.D + x] * k[(kv * d.Sk + j) * d.D + x];
+              return scale * a;
+            });
+            const m = Math.max(...sc);
+            const z = sc.reduce((a, c) => a + Math.exp(c - m), 0);
+            lse[path * rows + r] = m + Math.log(z);
+            keys.forEach((j, n) => {
+              const pj = Math.exp(sc[n] - m) / z;
+              for (let x = 0; x < d.D; ++x) out[r * d.D + x] += gates[gi + path] * pj * v[(kv * d.Sk + j) * d.D + x];
+            });
+          });
+        }
+    return { out, lse };
+  }
+
+  // tag, dims, segment, topK, groupHeads, window, mode, per-head gates
+  const cases: [string, Dims, number, number, boolean | number, number, 'sliding' | 'block', boolean][] = [
+    ['Sq 1 decode', { B: 2, Hq: 4, Hkv: 2, Sq: 1, Sk: 33, D: 32 }, 8, 3, false, 5, 'sliding', false],
+    ['odd G1', { B: 2, Hq: 2, Hkv: 2, Sq: 37, Sk: 37, D: 5 }, 7, 3, false, 4, 'block', true],
+    ['G3 Sk > Sq window 1', { B: 1, Hq: 3, Hkv: 1, Sq: 19, Sk: 45, D: 8 }, 6, 4, true, 1, 'sliding', false],
+    ['G8 D64', { B: 1, Hq: 8, Hkv: 1, Sq: 70, Sk: 70, D: 64 }, 16, 2, 2, 9, 'block', true],
+    ['segment >= S', { B: 1, Hq: 2, Hkv: 1, Sq: 11, Sk: 11, D: 4 }, 32, 2, false, 3, 'sliding', true],
+    ['topK >= segments, block window 1', { B: 1, Hq: 2, Hkv: 1, Sq: 13, Sk: 20, D: 6 }, 3, 9, false, 1, 'block', false],
+    ['large tile', { B: 1, Hq: 2, Hkv: 1, Sq: 150, Sk: 150, D: 16 }, 70, 2, false, 20, 'sliding', true],
+  ];
+  for (const dtype of ['float32', 'float64', 'bfloat16'] as dr.DType[])
+    for (const [tag, e, seg, K, gh, W, mode, perHead] of cases)
+      for (const causal of [true, false])
+        test(`${dtype} ${tag} ${mode} causal ${causal}: the one-pass kernel against the float64 definition`, () => dr.tidy(() => {
+          const { q, k, v } = qkv(e, 161, dtype);
+          const g = input(perHead ? [e.B, e.Hq, e.Sq, 2] : [e.B, e.Sq, 2], 162, dtype, -1.5, 1.5);
+          const segment = { segment: seg, topK: K, groupHeads: gh };
+          const r = dr.dualAttention(q.t, k.t, v.t, { window: W, mode, causal, gates: g.t, segment, returnLse: true });
+          // the selection is segmentAttention's (tested above); the attention is checked here
+          const idx = dr.segmentAttention(q.t, k.t, v.t, { segment: seg, topK: K, groupHeads: gh, causal, returnIndices: true }).indices.dataSync();
+          const ref = dualRef(q.data, k.data, v.data, e, idx, K, seg, causal, mode, W, g.data, perHead);
+          expectClose(r.out, ref.out, dtype, tolScale(dtype));
+          expect(r.lse.shape).toEqual([2, e.B, e.Hq, e.Sq]);
+          const lse = r.lse.dataSync();
+          ref.lse.forEach((x, i) => {
+            if (x === -Infinity) expect(lse[i]).toBe(-Infinity);
+            else expect(Math.abs(lse[i] - x)).toBeLessThan(dtype === 'bfloat16' ? 0.05 : 1e-4);
+          });
+        }));
+
+  for (const [mode, causal, perHead, Hkv] of [['sliding', true, false, 1], ['block', false, true, 2], ['block', true, false, 2], ['sliding', false, true, 1]] as const)
+    test(`float64 gradcheck of q, k, v and the gates: ${mode} causal ${causal} ${perHead ? 'per-head' : 'shared'} gates, GQA ${4 / Hkv}`, () => dr.tidy(() => {
+      const e = { B: 2, Hq: 4, Hkv, Sq: 7, Sk: 10, D: 3 };
+      const { q, k, v } = qkv(e, 171, 'float64');
+      const g = input(perHead ? [2, 4, 7, 2] : [2, 7, 2], 172, 'float64', -1.5, 1.5).t;
+      const w = input([2, 4, 7, 3], 173, 'float64').t;
+      const fn = (a: dr.Tensor, b: dr.Tensor, c: dr.Tensor, gg: dr.Tensor) =>
+        dr.dualAttention(a, b, c, { window: 3, mode, causal, gates: gg, segment: { segment: 3, topK: 2 } }).mul(w);
+      expect(dr.gradcheck(fn, [q.t.requiresGrad_(), k.t.requiresGrad_(), v.t.requiresGrad_(), g.requiresGrad_()]).ok).toBe(true);
+    }));
+
+  test('float32 and bfloat16 gradients match the float64 ones (every segment kept: one selection for all dtypes)', () => dr.tidy(() => {
+    const e = { B: 2, Hq: 4, Hkv: 2, Sq: 40, Sk: 45, D: 16 };
+    const { q, k, v } = qkv(e, 181, 'float64');
+    const g = input([2, 40, 2], 182, 'float64', -1.5, 1.5).t;
+    const grads = (dtype: dr.DType) => {
+      const [a, b, c, gg] = [q.t, k.t, v.t, g].map((t) => dr.cast(t, dtype).requiresGrad_());
+      dr.dualAttention(a, b, c, { window: 6, mode: 'sliding', causal: true, gates: gg, segment: { segment: 7, topK: 7 } }).square().sum().backward();
+      return [a, b, c, gg].map((t) => Float64Array.from(t.grad!.dataSync()));
+    };
+    const g64 = grads('float64'), g32 = grads('float32'), g16 = grads('bfloat16');
+    g32.forEach((x, i) => expectClose(x, g64[i], 'float32', 10));
+    // bfloat16 rounds the inputs: compare relative to each gradient's largest element
+    g16.forEach((x, i) => {
+      const mx = Math.max(...g64[i].map(Math.abs));
+      x.forEach((y, j) => expect(Math.abs(y - g64[i][j])).toBeLessThan(0.08 * mx));
+    });
+  }));
+
+  test('the backward is deterministic (same bits on a rerun)', () => dr.tidy(() => {
+    const e = { B: 1, Hq: 6, Hkv: 2, Sq: 50, Sk: 50, D: 8 };
+    const { q, k, v } = qkv(e, 191, 'float32');
+    const g = input([1, 50, 2], 192, 'float32').t;
+    const run = () => {
+      const [a, b, c, gg] = [q.t, k.t, v.t, g].map((t) => dr.cast(t, 'float32').requiresGrad_());
+      dr.dualAttention(a, b, c, { window: 5, causal: true, gates: gg, segment: { segment: 8, topK: 3 } }).square().sum().backward();
+      return [a, b, c, gg].map((t) => Array.from(t.grad!.dataSync()));
+    };
+    expect(run()).toEqual(run());
+  }));
+
   test('queryIndex and keyPaddingMask are refused with the segment path', () => dr.tidy(() => {
     const { q, k, v } = qkv(d, 151, 'float32');
     const g = input([2, 29, 2], 152, 'float32', 0, 1).t;

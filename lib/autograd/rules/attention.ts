@@ -64,6 +64,17 @@ registerGradient<AttnAttrs & { hasRows: boolean; perHead: boolean }>('dualAttent
   return [dq, dk, dv, dgates];
 });
 
+// saved: q, k, v, outLocal, outGlobal, lseLocal, lseGlobal, gates, indices: one op gives dq, dk,
+// dv of both paths and dgates (float32 / float64, cast to the gates' dtype by the engine)
+registerGradient<{ mask: Mask; causal: boolean; window: number; scale: number; segment: number }>('dualSegmentAttention', ({ grad, saved, attrs }) => {
+  const [q, k, v, outLocal, outGlobal, lseLocal, lseGlobal, gates, indices] = saved;
+  const [dq, dk, dv] = gradAccumulators(q, k, v);
+  const dgates = empty(gates.shape.slice(), statsDType(q.dtype), q.device);
+  op.dualSegmentAttentionBackward({ dq, dk, dv, dgates, q, k, v, outLocal, outGlobal, dout: grad, lseLocal, lseGlobal, gates,
+    indices, mask: attrs.mask, causal: attrs.causal, window: attrs.window, scale: attrs.scale, segment: attrs.segment });
+  return [dq, dk, dv, dgates];
+});
+
 // the inverse rotation (saved: positions)
 registerGradient<{ base: number }>('rope', ({ grad, saved: [positions], attrs }) => {
   const dx = empty(grad.shape, grad.dtype, grad.device);
