@@ -1369,114 +1369,128 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
 constexpr int kSegTile = mr_for(4) * (16 / mr_for(4));
 static_assert(kSegTile <= kRowsMax, "softmax_rows keeps per-row state for at most kRowsMax rows");
 
+// The segment-major walk of segment attention over query rows [i0, i1) of head bh (idx: that
+// head's [Sq, K] indices), shared by segment_forward_typed and dual_segment_typed: each listed
+// segment's keys are transposed once for all its rows, the rows that chose it gathered into
+// tiles of kSegTile.
+// Leaves each row's online-softmax state in the scratch: w.m, w.l, w.o (rows of Dp) and w.seen.
+template <typename T, int DC>
+void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int64_t K, int64_t segment, int64_t i0,
+              int64_t i1, SegFwdScratch<typename Num<T>::acc>& w) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, TM = kSegTile;
+  const int64_t D = DC ? DC : a.D, Sq = a.Sq, nseg = (a.Sk + segment - 1) / segment, nr = i1 - i0;
+  const int64_t Dp = (D + L - 1) / L * L, seg_chunks = (segment + kBN - 1) / kBN;
+  const C scale = static_cast<C>(a.scale);
+  const C ninf = -std::numeric_limits<C>::infinity();
+  C* m = w.m.get(static_cast<size_t>(nr));
+  C* l = w.l.get(static_cast<size_t>(nr));
+  C* O = w.o.get(static_cast<size_t>(nr * Dp));
+  w.seen.assign(static_cast<size_t>(nr), 0);
+  std::fill(m, m + nr, ninf);
+  std::fill(l, l + nr, C(0));
+  std::fill(O, O + nr * Dp, C(0));
+  w.lists.build(idx, i0, i1, K, nseg);
+  C* Qg = w.qg.get(static_cast<size_t>(TM * D));
+  C* Og = w.og.get(static_cast<size_t>(TM * Dp));
+  C* St = w.st.get(static_cast<size_t>(TM * kBN));
+  C* Kt = w.kt.get(static_cast<size_t>(std::min(seg_chunks, (a.Sk + kBN - 1) / kBN) * D * kBN));
+  C* al = w.alpha.get(static_cast<size_t>(kRowsMax));
+  alignas(64) C mt[TM], lt[TM];
+  int64_t row[TM], lo[TM], hi[TM];
+  for (int64_t s = 0; s < nseg; ++s) {
+    const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
+    const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
+    if (cnt == 0) continue;
+    const int64_t s0 = s * segment, s1 = std::min(a.Sk, s0 + segment);
+    for (int64_t c = 0; c * kBN < s1 - s0; ++c) {
+      const int64_t j0 = s0 + c * kBN, nk = std::min<int64_t>(kBN, s1 - j0);
+      C* kt = Kt + c * D * kBN;
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = nk; j < kBN; ++j) kt[d * kBN + j] = C(0);
+      for (int64_t j = 0; j < nk; ++j) {
+        const T* kr = hr.k + (j0 + j) * D;
+        for (int64_t d = 0; d < D; ++d) kt[d * kBN + j] = wid(kr[d]);
+      }
+    }
+    for (int64_t t0 = 0; t0 < cnt; t0 += TM) {
+      const int tm = static_cast<int>(std::min<int64_t>(TM, cnt - t0));
+      // the Q and O rows of the tile after next are scattered over the block (L3 at long
+      // lengths): fetch them into L2 while this tile computes (the list is flat across segments,
+      // so a segment's first tile is fetched too). Not into L1: a chunk's keys and values fill it.
+      const int64_t g0 = (rs - w.lists.rows.data()) + t0, gend = static_cast<int64_t>(w.lists.rows.size());
+      for (int64_t x = g0 + 2 * TM; x < std::min(gend, g0 + 3 * TM); ++x) {
+        const int32_t rx = w.lists.rows[static_cast<size_t>(x)];
+        const char* qn = reinterpret_cast<const char*>(hr.q + rx * D);
+        const char* on = reinterpret_cast<const char*>(O + (rx - i0) * Dp);
+        for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(T)); c += 64) __builtin_prefetch(qn + c, 0, 2);
+        for (int64_t c = 0; c < static_cast<int64_t>(Dp * sizeof(C)); c += 64) __builtin_prefetch(on + c, 1, 2);
+      }
+      int64_t hull = s0;
+      for (int i = 0; i < tm; ++i) {
+        row[i] = rs[t0 + i];
+        seg_interval(a, segment, s, row[i] + a.Sk - Sq, lo[i], hi[i]);
+        hull = std::max(hull, hi[i]);
+        const int64_t r = row[i] - i0;
+        if (lo[i] < hi[i]) w.seen[r] = 1;
+        mt[i] = m[r];
+        lt[i] = l[r];
+        const T* qr = hr.q + row[i] * D;
+        for (int64_t d = 0; d < D; ++d) Qg[i * D + d] = scale * wid(qr[d]);
+        std::memcpy(Og + i * Dp, O + r * Dp, static_cast<size_t>(Dp) * sizeof(C));
+      }
+      for (int64_t j0 = s0; j0 < hull; j0 += kBN) {
+        const int64_t nk = std::min<int64_t>(kBN, hull - j0), nkp = (nk + L - 1) / L * L;
+        gemm<C>(tm, nkp / L, D, Qg, D, 1, Kt + ((j0 - s0) / kBN) * D * kBN, kBN, St, kBN, kSet);
+        bool masked = false;
+        for (int i = 0; i < tm; ++i) {
+          C* sr = St + i * kBN;
+          const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
+          if (vis < nk) masked = true;
+          for (int64_t j = vis; j < nkp; ++j) sr[j] = ninf;
+        }
+        softmax_rows<C>(St, tm, nkp, kBN, mt, lt, al);
+        int64_t ldv_;
+        const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, Dp, w.vb, ldv_);
+        if (masked && any_nonfinite(Vc, nk, D, ldv_)) {
+          // P = 0 past a row's cut: a non-finite value there must not reach the row (0 * NaN)
+          for (int i = 0; i < tm; ++i) {
+            for (int64_t d = 0; d < Dp; ++d) Og[i * Dp + d] *= al[i];
+            const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
+            for (int64_t j = 0; j < vis; ++j)
+              for (int64_t d = 0; d < D; ++d) Og[i * Dp + d] += St[i * kBN + j] * Vc[j * ldv_ + d];
+          }
+        } else {
+          gemm<C>(tm, Dp / L, nk, St, kBN, 1, Vc, ldv_, Og, Dp, kRowScaleAdd, al);
+        }
+      }
+      for (int i = 0; i < tm; ++i) {
+        const int64_t r = row[i] - i0;
+        m[r] = mt[i];
+        l[r] = lt[i];
+        std::memcpy(O + r * Dp, Og + i * Dp, static_cast<size_t>(Dp) * sizeof(C));
+      }
+    }
+  }
+}
+
 template <typename T, int DC>
 void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int64_t segment, T* out,
                            typename Num<T>::acc* lse) {
   using C = typename Num<T>::acc;
   constexpr int L = VT<C>::L, TM = kSegTile;
-  const int64_t D = DC ? DC : a.D, Sq = a.Sq, nseg = (a.Sk + segment - 1) / segment;
-  const int64_t Dp = (D + L - 1) / L * L;
-  const C scale = static_cast<C>(a.scale);
-  const C ninf = -std::numeric_limits<C>::infinity();
+  const int64_t D = DC ? DC : a.D, Sq = a.Sq, Dp = (D + L - 1) / L * L;
   const int64_t nbh = a.B * a.Hq, threads = num_threads();
   int64_t nblk = std::max<int64_t>(1, std::min((Sq + TM - 1) / TM, (4 * threads + nbh - 1) / nbh));
   nblk = std::max(nblk, (Sq + kSegRows - 1) / kSegRows);
   const int64_t QB = (Sq + nblk - 1) / nblk;
   nblk = (Sq + QB - 1) / QB;
-  const int64_t seg_chunks = (segment + kBN - 1) / kBN;
   run_tasks<SegFwdScratch<C>>(nbh * nblk, [&](int64_t task, SegFwdScratch<C>& w) {
     const int64_t bh = task / nblk, i0 = (task % nblk) * QB, i1 = std::min(Sq, i0 + QB), nr = i1 - i0;
-    const HeadRows<T> hr = seg_head_rows<T>(a, bh);
-    C* m = w.m.get(static_cast<size_t>(nr));
-    C* l = w.l.get(static_cast<size_t>(nr));
-    C* O = w.o.get(static_cast<size_t>(nr * Dp));
-    w.seen.assign(static_cast<size_t>(nr), 0);
-    std::fill(m, m + nr, ninf);
-    std::fill(l, l + nr, C(0));
-    std::fill(O, O + nr * Dp, C(0));
-    w.lists.build(idx + bh * Sq * K, i0, i1, K, nseg);
-    C* Qg = w.qg.get(static_cast<size_t>(TM * D));
-    C* Og = w.og.get(static_cast<size_t>(TM * Dp));
-    C* St = w.st.get(static_cast<size_t>(TM * kBN));
-    C* Kt = w.kt.get(static_cast<size_t>(seg_chunks * D * kBN));
-    C* al = w.alpha.get(static_cast<size_t>(kRowsMax));
-    alignas(64) C mt[TM], lt[TM];
-    int64_t row[TM], lo[TM], hi[TM];
-    for (int64_t s = 0; s < nseg; ++s) {
-      const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
-      const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
-      if (cnt == 0) continue;
-      const int64_t s0 = s * segment, s1 = std::min(a.Sk, s0 + segment);
-      // the segment's keys transposed, chunk by chunk: Kt[c][d][j] (columns past the chunk's keys 0)
-      for (int64_t c = 0; c * kBN < s1 - s0; ++c) {
-        const int64_t j0 = s0 + c * kBN, nk = std::min<int64_t>(kBN, s1 - j0);
-        C* kt = Kt + c * D * kBN;
-        for (int64_t d = 0; d < D; ++d)
-          for (int64_t j = nk; j < kBN; ++j) kt[d * kBN + j] = C(0);
-        for (int64_t j = 0; j < nk; ++j) {
-          const T* kr = hr.k + (j0 + j) * D;
-          for (int64_t d = 0; d < D; ++d) kt[d * kBN + j] = wid(kr[d]);
-        }
-      }
-      for (int64_t t0 = 0; t0 < cnt; t0 += TM) {
-        const int tm = static_cast<int>(std::min<int64_t>(TM, cnt - t0));
-        // the Q and O rows of the tile after next are scattered over the block (L3 at these
-        // sizes): fetch them into L2 while this tile computes (the list is flat across segments,
-        // so a segment's first tile is fetched too). Not into L1: a chunk's keys and values fill it.
-        const int64_t g0 = (rs - w.lists.rows.data()) + t0, gend = static_cast<int64_t>(w.lists.rows.size());
-        for (int64_t x = g0 + 2 * TM; x < std::min(gend, g0 + 3 * TM); ++x) {
-          const int32_t rx = w.lists.rows[static_cast<size_t>(x)];
-          const char* qn = reinterpret_cast<const char*>(hr.q + rx * D);
-          const char* on = reinterpret_cast<const char*>(O + (rx - i0) * Dp);
-          for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(T)); c += 64) __builtin_prefetch(qn + c, 0, 2);
-          for (int64_t c = 0; c < static_cast<int64_t>(Dp * sizeof(C)); c += 64) __builtin_prefetch(on + c, 1, 2);
-        }
-        int64_t hull = s0;  // the last key any row of the tile sees, plus one
-        for (int i = 0; i < tm; ++i) {
-          row[i] = rs[t0 + i];
-          seg_interval(a, segment, s, row[i] + a.Sk - Sq, lo[i], hi[i]);
-          hull = std::max(hull, hi[i]);
-          const int64_t r = row[i] - i0;
-          if (lo[i] < hi[i]) w.seen[r] = 1;
-          mt[i] = m[r];
-          lt[i] = l[r];
-          const T* qr = hr.q + row[i] * D;
-          for (int64_t d = 0; d < D; ++d) Qg[i * D + d] = scale * wid(qr[d]);
-          std::memcpy(Og + i * Dp, O + r * Dp, static_cast<size_t>(Dp) * sizeof(C));
-        }
-        for (int64_t j0 = s0; j0 < hull; j0 += kBN) {
-          const int64_t nk = std::min<int64_t>(kBN, hull - j0), nkp = (nk + L - 1) / L * L;
-          gemm<C>(tm, nkp / L, D, Qg, D, 1, Kt + ((j0 - s0) / kBN) * D * kBN, kBN, St, kBN, kSet);
-          bool masked = false;
-          for (int i = 0; i < tm; ++i) {
-            C* sr = St + i * kBN;
-            const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
-            if (vis < nk) masked = true;
-            for (int64_t j = vis; j < nkp; ++j) sr[j] = ninf;
-          }
-          softmax_rows<C>(St, tm, nkp, kBN, mt, lt, al);
-          // P = 0 past a row's cut: a non-finite value there must not reach the row (0 * NaN)
-          int64_t ldv_;
-          const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, Dp, w.vb, ldv_);
-          if (masked && any_nonfinite(Vc, nk, D, ldv_)) {
-            for (int i = 0; i < tm; ++i) {
-              for (int64_t d = 0; d < Dp; ++d) Og[i * Dp + d] *= al[i];
-              const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
-              for (int64_t j = 0; j < vis; ++j)
-                for (int64_t d = 0; d < D; ++d) Og[i * Dp + d] += St[i * kBN + j] * Vc[j * ldv_ + d];
-            }
-          } else {
-            gemm<C>(tm, Dp / L, nk, St, kBN, 1, Vc, ldv_, Og, Dp, kRowScaleAdd, al);
-          }
-        }
-        for (int i = 0; i < tm; ++i) {
-          const int64_t r = row[i] - i0;
-          m[r] = mt[i];
-          l[r] = lt[i];
-          std::memcpy(O + r * Dp, Og + i * Dp, static_cast<size_t>(Dp) * sizeof(C));
-        }
-      }
-    }
+    seg_walk<T, DC>(a, seg_head_rows<T>(a, bh), idx + bh * Sq * K, K, segment, i0, i1, w);
+    const C* m = w.m.v.data();
+    const C* l = w.l.v.data();
+    const C* O = w.o.v.data();
     for (int64_t r = 0; r < nr; ++r)
       finish_row<T, C>(w.seen[r] != 0, D, O + r * Dp, 1, m[r], l[r], out + (bh * Sq + i0 + r) * D,
                        lse ? lse + bh * Sq + i0 + r : nullptr);
@@ -1599,107 +1613,6 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
 // Dual attention with a segment-routed global path (dual_segment_attention_forward/backward):
 // the local path (a.mask, a.window) and segment attention (indices, segment; the causal cut of
 // a.causal) for every query row, mixed by the gates, in one task per block of query rows.
-
-// The segment-major walk of segment attention over query rows [i0, i1) of head bh (idx: that
-// head's [Sq, K] indices), as segment_forward_typed does it: each listed segment's keys are
-// transposed once for all its rows, the rows that chose it gathered into tiles of kSegTile.
-// Leaves each row's online-softmax state in the scratch: w.m, w.l, w.o (rows of Dp) and w.seen.
-template <typename T, int DC>
-void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int64_t K, int64_t segment, int64_t i0,
-              int64_t i1, SegFwdScratch<typename Num<T>::acc>& w) {
-  using C = typename Num<T>::acc;
-  constexpr int L = VT<C>::L, TM = kSegTile;
-  const int64_t D = DC ? DC : a.D, Sq = a.Sq, nseg = (a.Sk + segment - 1) / segment, nr = i1 - i0;
-  const int64_t Dp = (D + L - 1) / L * L, seg_chunks = (segment + kBN - 1) / kBN;
-  const C scale = static_cast<C>(a.scale);
-  const C ninf = -std::numeric_limits<C>::infinity();
-  C* m = w.m.get(static_cast<size_t>(nr));
-  C* l = w.l.get(static_cast<size_t>(nr));
-  C* O = w.o.get(static_cast<size_t>(nr * Dp));
-  w.seen.assign(static_cast<size_t>(nr), 0);
-  std::fill(m, m + nr, ninf);
-  std::fill(l, l + nr, C(0));
-  std::fill(O, O + nr * Dp, C(0));
-  w.lists.build(idx, i0, i1, K, nseg);
-  C* Qg = w.qg.get(static_cast<size_t>(TM * D));
-  C* Og = w.og.get(static_cast<size_t>(TM * Dp));
-  C* St = w.st.get(static_cast<size_t>(TM * kBN));
-  C* Kt = w.kt.get(static_cast<size_t>(std::min(seg_chunks, (a.Sk + kBN - 1) / kBN) * D * kBN));
-  C* al = w.alpha.get(static_cast<size_t>(TM));
-  alignas(64) C mt[TM], lt[TM];
-  int64_t row[TM], lo[TM], hi[TM];
-  for (int64_t s = 0; s < nseg; ++s) {
-    const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
-    const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
-    if (cnt == 0) continue;
-    const int64_t s0 = s * segment, s1 = std::min(a.Sk, s0 + segment);
-    for (int64_t c = 0; c * kBN < s1 - s0; ++c) {
-      const int64_t j0 = s0 + c * kBN, nk = std::min<int64_t>(kBN, s1 - j0);
-      C* kt = Kt + c * D * kBN;
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t j = nk; j < kBN; ++j) kt[d * kBN + j] = C(0);
-      for (int64_t j = 0; j < nk; ++j) {
-        const T* kr = hr.k + (j0 + j) * D;
-        for (int64_t d = 0; d < D; ++d) kt[d * kBN + j] = wid(kr[d]);
-      }
-    }
-    for (int64_t t0 = 0; t0 < cnt; t0 += TM) {
-      const int tm = static_cast<int>(std::min<int64_t>(TM, cnt - t0));
-      // the next tile's Q and O rows are scattered over the block: fetch them while this one computes
-      for (int64_t x = t0 + TM; x < std::min(cnt, t0 + 2 * TM); ++x) {
-        const char* qn = reinterpret_cast<const char*>(hr.q + rs[x] * D);
-        const char* on = reinterpret_cast<const char*>(O + (rs[x] - i0) * Dp);
-        for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(T)); c += 64) __builtin_prefetch(qn + c);
-        for (int64_t c = 0; c < static_cast<int64_t>(Dp * sizeof(C)); c += 64) __builtin_prefetch(on + c, 1);
-      }
-      int64_t hull = s0;
-      for (int i = 0; i < tm; ++i) {
-        row[i] = rs[t0 + i];
-        seg_interval(a, segment, s, row[i] + a.Sk - Sq, lo[i], hi[i]);
-        hull = std::max(hull, hi[i]);
-        const int64_t r = row[i] - i0;
-        if (lo[i] < hi[i]) w.seen[r] = 1;
-        mt[i] = m[r];
-        lt[i] = l[r];
-        const T* qr = hr.q + row[i] * D;
-        for (int64_t d = 0; d < D; ++d) Qg[i * D + d] = scale * wid(qr[d]);
-        std::memcpy(Og + i * Dp, O + r * Dp, static_cast<size_t>(Dp) * sizeof(C));
-      }
-      for (int64_t j0 = s0; j0 < hull; j0 += kBN) {
-        const int64_t nk = std::min<int64_t>(kBN, hull - j0), nkp = (nk + L - 1) / L * L;
-        gemm<C>(tm, nkp / L, D, Qg, D, 1, Kt + ((j0 - s0) / kBN) * D * kBN, kBN, St, kBN, kSet);
-        bool masked = false;
-        for (int i = 0; i < tm; ++i) {
-          C* sr = St + i * kBN;
-          const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
-          if (vis < nk) masked = true;
-          for (int64_t j = vis; j < nkp; ++j) sr[j] = ninf;
-        }
-        softmax_rows<C>(St, tm, nkp, kBN, mt, lt, al);
-        int64_t ldv_;
-        const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, Dp, w.vb, ldv_);
-        for (int i = 0; i < tm; ++i)
-          for (int64_t d = 0; d < Dp; ++d) Og[i * Dp + d] *= al[i];
-        if (masked && any_nonfinite(Vc, nk, D, ldv_)) {
-          // P = 0 past a row's cut: a non-finite value there must not reach the row (0 * NaN)
-          for (int i = 0; i < tm; ++i) {
-            const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
-            for (int64_t j = 0; j < vis; ++j)
-              for (int64_t d = 0; d < D; ++d) Og[i * Dp + d] += St[i * kBN + j] * Vc[j * ldv_ + d];
-          }
-        } else {
-          gemm<C>(tm, Dp / L, nk, St, kBN, 1, Vc, ldv_, Og, Dp, kAdd);
-        }
-      }
-      for (int i = 0; i < tm; ++i) {
-        const int64_t r = row[i] - i0;
-        m[r] = mt[i];
-        l[r] = lt[i];
-        std::memcpy(O + r * Dp, Og + i * Dp, static_cast<size_t>(Dp) * sizeof(C));
-      }
-    }
-  }
-}
 
 // The gates of row i of head bh = b * Hq + h.
 template <typename T>
