@@ -343,23 +343,31 @@ export function loadSafetensorsSync(path: string, options: LoadOptions = {}): Lo
   }
 }
 
-/** The header of a safetensors file (entries and metadata), without reading the tensors' data. */
-export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
-  checkPath(path, 'readSafetensorsHeader');
-  let fh: fs.promises.FileHandle;
+async function openAsync(path: string): Promise<fs.promises.FileHandle> {
   try {
-    fh = await fs.promises.open(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    return await fs.promises.open(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (e) {
     throw openError(path, e);
   }
+}
+
+// The parsed header of an open file (a regular file, checked here).
+async function headerOf(fh: fs.promises.FileHandle, path: string): Promise<SafetensorsHeader> {
+  const size = regularFileSize(await fh.stat(), path);
+  const prefix = new Uint8Array(8);
+  if (size >= 8) await readFullyAsync(fh, prefix, 0, path);
+  const n = headerLength(prefix, size, path);
+  const json = new Uint8Array(n);
+  await readFullyAsync(fh, json, 8, path);
+  return parseHeaderJson(json, n, size - 8 - n, path);
+}
+
+/** The header of a safetensors file (entries and metadata), without reading the tensors' data. */
+export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
+  checkPath(path, 'readSafetensorsHeader');
+  const fh = await openAsync(path);
   try {
-    const size = regularFileSize(await fh.stat(), path);
-    const prefix = new Uint8Array(8);
-    if (size >= 8) await readFullyAsync(fh, prefix, 0, path);
-    const n = headerLength(prefix, size, path);
-    const json = new Uint8Array(n);
-    await readFullyAsync(fh, json, 8, path);
-    return parseHeaderJson(json, n, size - 8 - n, path);
+    return await headerOf(fh, path);
   } finally {
     await fh.close();
   }
@@ -370,20 +378,9 @@ export async function loadSafetensors(path: string, options: LoadOptions = {}): 
   options = checkOptions(options, 'loadSafetensors');
   checkPath(path, 'loadSafetensors');
   const device = resolveDevice(options?.device);
-  let fh: fs.promises.FileHandle;
+  const fh = await openAsync(path);
   try {
-    fh = await fs.promises.open(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  } catch (e) {
-    throw openError(path, e);
-  }
-  try {
-    const size = regularFileSize(await fh.stat(), path);
-    const prefix = new Uint8Array(8);
-    if (size >= 8) await readFullyAsync(fh, prefix, 0, path);
-    const n = headerLength(prefix, size, path);
-    const json = new Uint8Array(n);
-    await readFullyAsync(fh, json, 8, path);
-    const h = parseHeaderJson(json, n, size - 8 - n, path);
+    const h = await headerOf(fh, path);
     checkLoadable(h, path);
     // read everything first (async), then build the tensors synchronously so that a failure
     // part-way can dispose what was made

@@ -1497,6 +1497,16 @@ void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int
   });
 }
 
+// Adds a task's dK, dV rows (stride Dp) into the kv head's outputs (stride D), once at the end.
+template <typename C>
+void add_kv_rows(C* dko, C* dvo, const C* dKa, const C* dVa, int64_t Sk, int64_t D, int64_t Dp) {
+  for (int64_t j = 0; j < Sk; ++j)
+    for (int64_t d = 0; d < D; ++d) {
+      dko[j * D + d] += dKa[j * Dp + d];
+      dvo[j * D + d] += dVa[j * Dp + d];
+    }
+}
+
 // Backward: one task per (b, kv head) owns that head's dK/dV (task-local [Sk, Dp] rows, added
 // once at the end) and the dQ rows of its G query heads; per query head the same segment-major
 // walk as the forward, with P and dS rebuilt from the saved lse (bwd_chunk / bwd_products, as
@@ -1599,13 +1609,7 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
         }
       }
     }
-    C* dko = dk + bk * Sk * D;
-    C* dvo = dv + bk * Sk * D;
-    for (int64_t j = 0; j < Sk; ++j)
-      for (int64_t d = 0; d < D; ++d) {
-        dko[j * D + d] += dKa[j * Dp + d];
-        dvo[j * D + d] += dVa[j * Dp + d];
-      }
+    add_kv_rows(dk + bk * Sk * D, dv + bk * Sk * D, dKa, dVa, Sk, D, Dp);
   });
 }
 
@@ -1830,13 +1834,7 @@ void dual_segment_backward_typed(const DualArgs& da, const int32_t* idx, int64_t
         }
       }
     }
-    C* dko = dk + bk * Sk * D;
-    C* dvo = dv + bk * Sk * D;
-    for (int64_t j = 0; j < Sk; ++j)
-      for (int64_t d = 0; d < D; ++d) {
-        dko[j * D + d] += dKa[j * Dp + d];
-        dvo[j * D + d] += dVa[j * Dp + d];
-      }
+    add_kv_rows(dk + bk * Sk * D, dv + bk * Sk * D, dKa, dVa, Sk, D, Dp);
   });
 }
 

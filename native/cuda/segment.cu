@@ -498,26 +498,30 @@ int with_seg_check(const char* name, const SegParams& P, Launch&& launch) {
       });
 }
 
+// Runs launch(std::integral_constant<int, N>) for the smallest N in {1, 2, 4, 8} >= dpl (values per
+// lane of a head row), then checks the launch; a wider head is an error.
+template <typename F>
+int by_dpl(int dpl, const char* name, F&& launch) {
+  if (dpl <= 1) launch(std::integral_constant<int, 1>{});
+  else if (dpl <= 2) launch(std::integral_constant<int, 2>{});
+  else if (dpl <= 4) launch(std::integral_constant<int, 4>{});
+  else if (dpl <= 8) launch(std::integral_constant<int, 8>{});
+  else return set_error(std::string(name) + ": head dim too large");
+  return check_launch(name);
+}
+
 template <typename T, bool BWD>
 int launch_seg_t(const SegParams& P, const char* name) {
   const long long blocks = (P.rows + kSegWarps - 1) / kSegWarps;
   if (blocks > INT_MAX) return set_error(std::string(name) + ": too many rows");
   const unsigned g = static_cast<unsigned>(blocks);
-  const int dpl = (P.D + 31) / 32;
-#define DR_SEG_LAUNCH(N)                                                             \
-  if (dpl <= N) {                                                                    \
-    if (BWD)                                                                         \
-      seg_bwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(P);                     \
-    else                                                                             \
-      seg_fwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(P);                     \
-    return check_launch(name);                                                       \
-  }
-  DR_SEG_LAUNCH(1)
-  DR_SEG_LAUNCH(2)
-  DR_SEG_LAUNCH(4)
-  DR_SEG_LAUNCH(8)
-#undef DR_SEG_LAUNCH
-  return set_error(std::string(name) + ": head dim too large");
+  return by_dpl((P.D + 31) / 32, name, [&](auto dpl) {
+    constexpr int N = decltype(dpl)::value;
+    if (BWD)
+      seg_bwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(P);
+    else
+      seg_fwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(P);
+  });
 }
 
 template <bool BWD>
@@ -536,23 +540,15 @@ int launch_dual_seg_t(const DualSegParams& DP, const char* name) {
   const long long blocks = (n + kSegWarps - 1) / kSegWarps;
   if (blocks > INT_MAX) return set_error(std::string(name) + ": too many rows");
   const unsigned g = static_cast<unsigned>(blocks);
-  const int dpl = (DP.P.D + 31) / 32;
-#define DR_DSEG_LAUNCH(N)                                                            \
-  if (dpl <= N) {                                                                    \
-    if (KIND == 0)                                                                   \
-      dual_seg_fwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);               \
-    else if (KIND == 1)                                                              \
-      dual_seg_bwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);               \
-    else                                                                             \
-      dual_gate_grad_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);             \
-    return check_launch(name);                                                       \
-  }
-  DR_DSEG_LAUNCH(1)
-  DR_DSEG_LAUNCH(2)
-  DR_DSEG_LAUNCH(4)
-  DR_DSEG_LAUNCH(8)
-#undef DR_DSEG_LAUNCH
-  return set_error(std::string(name) + ": head dim too large");
+  return by_dpl((DP.P.D + 31) / 32, name, [&](auto dpl) {
+    constexpr int N = decltype(dpl)::value;
+    if (KIND == 0)
+      dual_seg_fwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);
+    else if (KIND == 1)
+      dual_seg_bwd_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);
+    else
+      dual_gate_grad_warp<T, N><<<g, kSegWarps * 32, 0, stream()>>>(DP);
+  });
 }
 
 template <int KIND>
