@@ -3,8 +3,9 @@
 // different lengths. The iterator yields to the event loop between steps, so a server stays
 // responsive and an abort takes effect at the next step.
 //
-// This version recomputes the whole prefix at every step (the reference that cached decoding,
-// per layer kind, must equal).
+// With the model's decode caches (DualRouteLM.decodeCache, the default) a step feeds one token
+// through per-layer caches; `cache: false` recomputes the whole prefix at every step (the
+// reference the caches are tested against).
 import { ValueError, describe } from '../errors';
 import { Generator } from '../random';
 import { Tensor, tidy } from '../tensor';
@@ -25,6 +26,8 @@ export interface GenerateOptions {
   stop?: number[][];
   /** Seeds the sampling (default: a fixed 0, so runs repeat). */
   seed?: number;
+  /** Use the model's per-layer decode caches (default true when it has them); false recomputes the prefix each step. */
+  cache?: boolean;
   signal?: AbortSignal;
 }
 
@@ -36,7 +39,7 @@ export interface GeneratedToken {
 
 function checkOptions(o: GenerateOptions, vocab: number): Required<Omit<GenerateOptions, 'signal'>> & { signal?: AbortSignal } {
   if (o === null || typeof o !== 'object') throw new ValueError(`generate: Expected an options object but received ${describe(o)}`);
-  const known = ['maxTokens', 'temperature', 'topK', 'topP', 'stop', 'seed', 'signal'];
+  const known = ['maxTokens', 'temperature', 'topK', 'topP', 'stop', 'seed', 'signal', 'cache'];
   for (const k of Object.keys(o)) if (!known.includes(k)) throw new ValueError(`generate: unknown option '${k}' (known: ${known.join(', ')})`);
   const maxTokens = o.maxTokens ?? 32;
   if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new ValueError(`generate: Expected an integer maxTokens >= 0 but received ${describe(o.maxTokens)}`);
@@ -53,7 +56,9 @@ function checkOptions(o: GenerateOptions, vocab: number): Required<Omit<Generate
   const seed = o.seed ?? 0;
   if (!Number.isInteger(seed) || seed < 0) throw new ValueError(`generate: Expected an integer seed >= 0 but received ${describe(o.seed)}`);
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new ValueError(`generate: Expected an AbortSignal for signal but received ${describe(o.signal)}`);
-  return { maxTokens, temperature, topK: Math.min(topK, vocab), topP, stop, seed, signal: o.signal };
+  const cache = o.cache ?? true;
+  if (typeof cache !== 'boolean') throw new ValueError(`generate: Expected a boolean for cache but received ${describe(o.cache)}`);
+  return { maxTokens, temperature, topK: Math.min(topK, vocab), topP, stop, seed, cache, signal: o.signal };
 }
 
 /**
@@ -93,6 +98,8 @@ export interface CausalLM {
   forward(ids: Tensor): Tensor;
   eval(): unknown;
   train(mode?: boolean): unknown;
+  /** When the model has one, generation feeds one token per step through per-layer caches. */
+  decodeCache?(batch: number): { step(ids: number[]): Tensor; dispose(): void };
 }
 
 const isCausalLM = (m: unknown): m is CausalLM =>
@@ -121,6 +128,9 @@ export async function* generate(model: CausalLM, prompt: number[] | number[][], 
   const done = batch.map(() => false);
   const wasTraining = model.training;
   model.eval();
+  // one cache per prompt (rows decode at their own positions), fed the prompt up to its last token
+  const caches = o.cache && model.decodeCache ? seqs.map(() => model.decodeCache!(1)) : null;
+  const fed = seqs.map(() => 0);
   try {
     for (let step = 0; step < o.maxTokens; ++step) {
       for (let b = 0; b < seqs.length; ++b) {
@@ -132,9 +142,15 @@ export async function* generate(model: CausalLM, prompt: number[] | number[][], 
           continue;
         }
         const { logits, u } = noGrad(() => tidy(() => {
-          const ids = tensor(Int32Array.from(seq), [1, seq.length], { dtype: 'int32' });
-          const all = model.forward(ids);
-          const last = narrow(all, 1, seq.length - 1, 1).dataSync();
+          let last: ArrayLike<number>;
+          if (caches) {
+            let lg!: Tensor;
+            for (; fed[b] < seq.length; ++fed[b]) lg = caches[b].step([seq[fed[b]]]);
+            last = lg.dataSync();
+          } else {
+            const ids = tensor(Int32Array.from(seq), [1, seq.length], { dtype: 'int32' });
+            last = narrow(model.forward(ids), 1, seq.length - 1, 1).dataSync();
+          }
           const draw = (rand([1], { generator: gen }) as Tensor).dataSync()[0];
           return { logits: Float64Array.from(last), u: draw };
         }));
@@ -152,6 +168,7 @@ export async function* generate(model: CausalLM, prompt: number[] | number[][], 
       await new Promise((r) => setImmediate(r));
     }
   } finally {
+    caches?.forEach((c) => c.dispose());
     if (wasTraining) model.train();
   }
 }

@@ -8,3 +8,4 @@ export type { DualRouteSeq2SeqConfig } from './seq2seq';
 export { saveModel, loadModel } from './io';
 export { generate, generateTokens, sampleToken } from './generate';
 export type { GenerateOptions, GeneratedToken } from './generate';
+export { DecodeCache } from './decode';

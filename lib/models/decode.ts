@@ -1,0 +1,214 @@
+// Cached decoding of DualRouteLM: one token per step through every layer, each path keeping what
+// it needs of the past instead of recomputing the prefix:
+//   window attention (sliding)  a ring of the last `window` keys and values (RingKVCache): memory
+//                               flat however long the text
+//   full / segment / block-local / routed / NSA attention
+//                               a growing buffer of every key and value (capacity maxSeq); the
+//                               step is the same fused kernel with one query at the newest
+//                               position (segment selection over the means of whole keys so far)
+//   routed (Mixture-of-Depths)  the causal predictor decides for the new token, as in eval
+//   conv                        the last kernel - 1 inputs
+//   lstm                        h and c
+// Everything else (norms, gates, fusion, feed-forward) is per token. A step equals the full
+// forward in eval at that position (tested for every kind); an MoE feed-forward with a capacity
+// factor is the exception, since its drops depend on every token of the batch (dropless is exact).
+import { ValueError, describe } from '../errors';
+import { Tensor, tidy, untracked, keep } from '../tensor';
+import { add, gt, mul, sigmoid } from '../ops/elementwise';
+import { concat, narrow, reshape, transpose } from '../ops/shape';
+import { matmul } from '../ops/linalg';
+import { tensor, zeros } from '../ops/creation';
+import { copy_ } from '../ops/inplace';
+import { globalAttention, localAttention, rope } from '../ops/attention';
+import { compressedAttention, segmentAttention } from '../ops/segment';
+import { noGrad } from '../tape';
+import { RingKVCache } from '../serve/kv_cache';
+import { MultiheadAttention } from '../nn/attention';
+import { RoutedAttention } from '../nn/routed';
+import { NSAAttention } from '../nn/nsa';
+import { mixPaths } from '../nn/routers';
+import { ConvPath, DualRouteLayer, LSTMPath } from './layer';
+import type { ResolvedConfig } from './config';
+import type { Embedding, Linear, RMSNorm } from '../nn/layers';
+
+/** What a decode needs of the model (DualRouteLM; typed by shape so that the model file can use this one). */
+export interface DecodableLM {
+  readonly config: ResolvedConfig;
+  embed_tokens: Embedding;
+  layers: DualRouteLayer[];
+  norm: RMSNorm;
+  lm_head: Linear | null;
+}
+
+// Every key and value so far, [B, Hk, capacity, hd] buffers filled up to `length`.
+class KVBuffer {
+  readonly k: Tensor;
+  readonly v: Tensor;
+  length = 0;
+  constructor(B: number, Hk: number, capacity: number, hd: number, like: Tensor) {
+    [this.k, this.v] = untracked(() => [zeros([B, Hk, capacity, hd], { dtype: like.dtype, device: like.device }), zeros([B, Hk, capacity, hd], { dtype: like.dtype, device: like.device })]);
+  }
+  append(k: Tensor, v: Tensor): void {
+    noGrad(() => tidy(() => {
+      copy_(narrow(this.k, 2, this.length, 1), k);
+      copy_(narrow(this.v, 2, this.length, 1), v);
+    }));
+    this.length += 1;
+  }
+  // the keys and values so far (contiguous copies: the kernels take them as [B, Hk, len, hd])
+  prefix(): [Tensor, Tensor] {
+    return [narrow(this.k, 2, 0, this.length).contiguous(), narrow(this.v, 2, 0, this.length).contiguous()];
+  }
+  dispose(): void {
+    this.k.dispose();
+    this.v.dispose();
+  }
+}
+
+type PathState = KVBuffer | RingKVCache | { window: Tensor | null } | { h: Tensor; c: Tensor } | null;
+
+/** The per-layer state of one decode (batch rows decode together, one token each per step). */
+export class DecodeCache {
+  /** Positions decoded so far. */
+  position = 0;
+  private states = new Map<object, PathState>();
+
+  constructor(readonly model: DecodableLM, readonly batch = 1) {
+    if (!model || typeof model !== 'object' || !Array.isArray(model.layers) || !model.config) throw new ValueError(`DecodeCache: Expected a DualRouteLM but received ${describe(model)}`);
+    if (!Number.isInteger(batch) || batch < 1) throw new ValueError(`DecodeCache: Expected a positive integer batch but received ${describe(batch)}`);
+  }
+
+  /**
+   * Feeds one token per batch row (ids [batch]) at the next position and returns the logits of
+   * that position, [batch, vocabSize]. The model should be in eval mode.
+   */
+  step(ids: number[] | Int32Array): Tensor {
+    const m = this.model, c = m.config;
+    if (ids.length !== this.batch) throw new ValueError(`DecodeCache.step: Expected ${this.batch} token ids (one per batch row) but received ${describe(ids)}`);
+    if (this.position >= c.maxSeq) throw new ValueError(`DecodeCache.step: the model's maxSeq (${c.maxSeq}) positions are used up`);
+    const out = noGrad(() => tidy(() => {
+      const t = tensor(Int32Array.from(ids), [this.batch, 1], { dtype: 'int32' });
+      let h = m.embed_tokens.forward(t);
+      for (const layer of m.layers) h = this.layerStep(layer, h, t);
+      const n = m.norm.forward(h);
+      const logits = m.lm_head ? m.lm_head.forward(n) : matmul(n, m.embed_tokens.weight, { transB: true });
+      return reshape(logits, [this.batch, c.vocabSize]);
+    }));
+    this.position += 1;
+    return out;
+  }
+
+  private layerStep(L: DualRouteLayer, x: Tensor, ids: Tensor): Tensor {
+    const a = L.input_layernorm.forward(x);
+    const l = L.local ? this.pathStep(L.local, a) : null;
+    const g = L.global ? this.pathStep(L.global, a) : null;
+    const mixed = l && g ? L.fuse(l, g, a, ids) : (l ?? g)!;
+    const h = add(x, mixed);
+    return add(h, L.mlp.forward(L.post_attention_layernorm.forward(h)));
+  }
+
+  private state<T extends PathState>(key: object, make: () => T): T {
+    if (!this.states.has(key)) this.states.set(key, make());
+    return this.states.get(key) as T;
+  }
+
+  private pathStep(p: object, a: Tensor): Tensor {
+    if (p instanceof MultiheadAttention) return this.attnStep(p, a);
+    if (p instanceof ConvPath) {
+      const s = this.state(p, () => ({ window: null as Tensor | null }));
+      const k = p.conv.kernelSize;
+      const win = s.window ? concat([s.window, a], 1) : a;  // the last k inputs (fewer at the start)
+      const y = p.forward(win);
+      const last = narrow(y, 1, win.shape[1] - 1, 1);
+      const keepN = Math.min(k - 1, win.shape[1]);
+      const next = keepN > 0 ? keep(narrow(win, 1, win.shape[1] - keepN, keepN).contiguous()) : null;
+      s.window?.dispose();
+      s.window = next;
+      return last;
+    }
+    if (p instanceof LSTMPath) {
+      const s = this.state<{ h: Tensor; c: Tensor } | null>(p, () => null);
+      const r = p.lstm.forward(a, s ?? undefined);
+      if (s) [s.h, s.c].forEach((t) => t.dispose());
+      this.states.set(p, { h: keep(r.h), c: keep(r.c) });
+      return r.out;
+    }
+    if (p instanceof RoutedAttention) return this.routedStep(p, a);
+    if (p instanceof NSAAttention) return this.nsaStep(p, a);
+    throw new ValueError(`DecodeCache: no decode step for ${describe(p)}`);
+  }
+
+  // q, k, v of the new token, rotated at its position: q [B, H, 1, hd], k and v [B, Hk, 1, hd]
+  private qkv(proj: { q_proj: { forward(x: Tensor): Tensor }; k_proj: { forward(x: Tensor): Tensor }; v_proj: { forward(x: Tensor): Tensor } },
+    a: Tensor, H: number, Hk: number, hd: number, useRope: boolean, base: number): [Tensor, Tensor, Tensor] {
+    const B = a.shape[0];
+    const heads = (t: Tensor, n: number) => transpose(reshape(t, [B, 1, n, hd]), 1, 2).contiguous();
+    let q = heads(proj.q_proj.forward(a), H), k = heads(proj.k_proj.forward(a), Hk);
+    const v = heads(proj.v_proj.forward(a), Hk);
+    if (useRope) {
+      const pos = tensor(new Int32Array([this.position]), [1], { dtype: 'int32' });
+      q = rope(q, pos, { base });
+      k = rope(k, pos, { base });
+    }
+    return [q, k, v];
+  }
+
+  private merge(o: Tensor, m: { o_proj: { forward(x: Tensor): Tensor } }, width: number): Tensor {
+    return m.o_proj.forward(reshape(transpose(o, 1, 2), [o.shape[0], 1, width]));
+  }
+
+  private attnStep(p: MultiheadAttention, a: Tensor): Tensor {
+    const [q, k, v] = this.qkv(p, a, p.nHeads, p.nKvHeads, p.headDim, p.useRope, p.ropeBase);
+    let o: Tensor;
+    if (p.kind === 'local' && p.mode === 'sliding' && p.causal) {
+      const ring = this.state(p, () => new RingKVCache({ batch: this.batch, heads: p.nKvHeads, headDim: p.headDim, window: p.window, dtype: k.dtype, device: k.device }));
+      ring.append(k, v);
+      o = ring.attend(q);
+    } else {
+      const buf = this.state(p, () => new KVBuffer(this.batch, p.nKvHeads, this.model.config.maxSeq, p.headDim, k));
+      buf.append(k, v);
+      const [K, V] = buf.prefix();
+      if (p.kind === 'segment') o = segmentAttention(q, K, V, { segment: p.segment, topK: p.topK, causal: true, groupHeads: p.groupHeads });
+      else if (p.kind === 'local') o = localAttention(q, K, V, { window: p.window, mode: p.mode, causal: true });
+      else o = globalAttention(q, K, V, { causal: true });
+    }
+    return this.merge(o, p, p.nHeads * p.headDim);
+  }
+
+  private routedStep(p: RoutedAttention, a: Tensor): Tensor {
+    const at = p.attn;
+    const [q, k, v] = this.qkv(at, a, at.nHeads, at.nKvHeads, at.headDim, at.useRope, at.ropeBase);
+    // every token's key is kept: a routed token attends to all that came before it
+    const buf = this.state(p, () => new KVBuffer(this.batch, at.nKvHeads, this.model.config.maxSeq, at.headDim, k));
+    buf.append(k, v);
+    const [K, V] = buf.prefix();
+    const rows = this.merge(globalAttention(q, K, V, { causal: true }), at, at.nHeads * at.headDim);  // [B, 1, d]
+    const routed = gt(p.predictor.forward(a), 0);  // [B, 1, 1]
+    const w = mul(sigmoid(p.router.forward(a)), routed.dtype === rows.dtype ? routed : routed.to(rows.dtype));
+    return mul(rows, w);
+  }
+
+  private nsaStep(p: NSAAttention, a: Tensor): Tensor {
+    const [q, k, v] = this.qkv(p, a, p.nHeads, p.nKvHeads, p.headDim, p.useRope, p.ropeBase);
+    const buf = this.state(p, () => new KVBuffer(this.batch, p.nKvHeads, this.model.config.maxSeq, p.headDim, k));
+    buf.append(k, v);
+    const [K, V] = buf.prefix();
+    const d = p.dModel;
+    const merge = (o: Tensor) => reshape(transpose(o, 1, 2), [this.batch, 1, d]);
+    const cmp = merge(compressedAttention(q, K, V, { segment: p.segment }));
+    const sel = merge(segmentAttention(q, K, V, { segment: p.segment, topK: p.topK, groupHeads: true }));
+    const win = merge(localAttention(q, K, V, { window: p.window, causal: true }));
+    return p.o_proj.forward(mixPaths([cmp, sel, win], p.gate.forward(a)));
+  }
+
+  /** Frees every cache. */
+  dispose(): void {
+    for (const s of this.states.values()) {
+      if (!s) continue;
+      if (s instanceof KVBuffer || s instanceof RingKVCache) s.dispose();
+      else if ('window' in s) s.window?.dispose();
+      else [s.h, s.c].forEach((t) => t.dispose());
+    }
+    this.states.clear();
+  }
+}

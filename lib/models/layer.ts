@@ -1,0 +1,201 @@
+// One dual-routing layer (see lib/models/dual_route_lm.ts for the equation) and its local paths.
+import { ShapeError, DTypeError, describe } from '../errors';
+import { Generator } from '../random';
+import { Tensor, tidy, keep } from '../tensor';
+import { add, mul } from '../ops/elementwise';
+import { full } from '../ops/creation';
+import { cast, concat, reshape } from '../ops/shape';
+import { matmul } from '../ops/linalg';
+import { mean } from '../ops/reduce';
+import { crossEntropy, softmax } from '../ops/nn';
+import { layerDrop } from '../ops/route_rules';
+import { Module } from '../nn/module';
+import { Dropout, Embedding, Linear, MLP, RMSNorm } from '../nn/layers';
+import { MultiheadAttention } from '../nn/attention';
+import { RoutedAttention } from '../nn/routed';
+import { NSAAttention } from '../nn/nsa';
+import { Conv1d } from '../nn/conv';
+import { SiLU } from '../nn/activations';
+import { LSTM } from '../nn/rnn';
+import { RandomRouter, RuleRouter, SigmoidGates, SoftmaxGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
+import { DualRouteLMConfig, ResolvedConfig, ResolvedLayer, resolveConfig } from './config';
+import { checkTensor } from '../ops/util';
+import { noGrad } from '../tape';
+
+const asDType = (t: Tensor, d: Tensor['dtype']): Tensor => (t.dtype === d ? t : cast(t, d));
+
+/** The conv local path: a causal depthwise convolution, SiLU, then a projection (the low path). */
+export class ConvPath extends Module {
+  conv: Conv1d;
+  act = new SiLU();
+  proj: Linear;
+  constructor(d: number, kernel: number, init: { generator: Generator; causal?: boolean }) {
+    super();
+    this.conv = new Conv1d(d, d, kernel, { groups: d, causal: init.causal ?? true, generator: init.generator });
+    this.proj = new Linear(d, d, { generator: init.generator, bias: false });
+  }
+  forward(x: Tensor): Tensor {
+    return tidy(() => this.proj.forward(this.act.forward(this.conv.forward(x))));
+  }
+}
+
+/** The LSTM local path: a one-layer LSTM of width d over the normalised input (its output sequence). */
+export class LSTMPath extends Module {
+  lstm: LSTM;
+  constructor(d: number, init: { generator: Generator }) {
+    super();
+    this.lstm = new LSTM(d, d, { generator: init.generator });
+  }
+  forward(x: Tensor): Tensor {
+    return tidy(() => this.lstm.forward(x).out);
+  }
+}
+
+/** What a layer routed in its last forward (means over the batch and positions). */
+export interface LayerRouting {
+  /** Mean weight of (local, global) per token, when both paths run. */
+  gates: [number, number] | null;
+  /** Tokens (or token choices) per expert of the MoE feed-forward block. */
+  expertLoad: number[] | null;
+  /** A 'routed' global path: the fraction of tokens it took, and (training) how often its causal predictor agreed. */
+  routed: { routed: number; agreement: number | null } | null;
+  /** An 'nsa' global path: mean gate of its (compressed, selected, sliding) branches. */
+  nsaGates: [number, number, number] | null;
+}
+
+/** One dual-routing layer (see the file's head). */
+export class DualRouteLayer extends Module {
+  input_layernorm: RMSNorm;
+  local: MultiheadAttention | ConvPath | LSTMPath | null;
+  global: MultiheadAttention | RoutedAttention | NSAAttention | null;
+  gate: SigmoidGates | SoftmaxGates | Linear | RuleRouter | RandomRouter | null = null;
+  post_attention_layernorm: RMSNorm;
+  mlp: MLP | TokenChoiceMoE;
+  dropout: Dropout;
+  /** Decoder layers of a seq2seq model: cross-attention to the kept encoder states. */
+  cross_attn_layernorm: RMSNorm | null = null;
+  encoder_attn: MultiheadAttention | null = null;
+  private lastGates: Tensor | null = null;
+
+  /**
+   * options.causal false: a bidirectional (encoder) layer; options.cross: a decoder layer that
+   * also cross-attends to a context after its two paths.
+   */
+  constructor(readonly c: ResolvedConfig, readonly spec: ResolvedLayer, g: Generator, options: { causal?: boolean; cross?: boolean } = {}) {
+    super();
+    const d = c.dModel;
+    const causal = options.causal ?? true;
+    this.input_layernorm = new RMSNorm(d, c.normEps);
+    this.post_attention_layernorm = new RMSNorm(d, c.normEps);
+    const attn = { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, causal };
+    this.local = spec.local === 'window'
+      ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'local', window: spec.window, mode: spec.windowMode })
+      : spec.local === 'conv' ? new ConvPath(d, spec.convKernel, { generator: g, causal })
+        : spec.local === 'lstm' ? new LSTMPath(d, { generator: g }) : null;
+    this.global = spec.global === 'full'
+      ? new MultiheadAttention(d, c.nHeads, attn)
+      : spec.global === 'segment' ? new MultiheadAttention(d, c.nHeads, { ...attn, kind: 'segment', segment: spec.segment, topK: spec.topK })
+        : spec.global === 'routed' ? new RoutedAttention(d, c.nHeads, { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, capacity: spec.capacity })
+          : spec.global === 'nsa' ? new NSAAttention(d, c.nHeads, { nKvHeads: c.nKvHeads, rope: c.rope, ropeBase: c.ropeBase, generator: g, segment: spec.segment, topK: spec.topK, window: spec.window })
+            : null;
+    if (this.local && this.global) {
+      const units = spec.gateUnits === 'channel' ? d : 1;
+      switch (spec.fusion) {
+        case 'gated': this.gate = new SigmoidGates(d, 2, { units, generator: g }); break;
+        case 'softmax': this.gate = new SoftmaxGates(d, 2, { units, generator: g }); break;
+        // weights from the two outputs themselves: a shared score of each path's output, softmax over the two
+        case 'attention': this.gate = new Linear(d, 1, { generator: g }); break;
+        case 'concat': this.gate = new Linear(2 * d, d, { generator: g, bias: false }); break;
+        case 'rule': this.gate = new RuleRouter(spec.rules, 2, { default: spec.ruleDefault, vocabSize: c.vocabSize }); break;
+        case 'random': this.gate = new RandomRouter(spec.randomProbs, { generator: g }); break;
+        case 'sum': break;
+      }
+    }
+    this.mlp = c.ffn === 'moe'
+      ? new TokenChoiceMoE(d, c.ffnHidden, { experts: c.moe!.experts, topK: c.moe!.topK, capacityFactor: c.moe!.capacityFactor, score: c.moe!.score,
+        auxLossWeight: c.moe!.auxLossWeight, zLossWeight: c.moe!.zLossWeight, generator: g })
+      : new MLP(d, c.ffnHidden, c.ffn, { generator: g, bias: false });
+    this.dropout = new Dropout(c.dropout, g);
+    if (options.cross) {
+      this.cross_attn_layernorm = new RMSNorm(d, c.normEps);
+      this.encoder_attn = new MultiheadAttention(d, c.nHeads, { nKvHeads: c.nKvHeads, dContext: d, generator: g });
+    }
+  }
+
+  /** The mixed output of the two paths (a = the normalised input; ids for rule routing); keeps the gates for routing(). */
+  fuse(l: Tensor, gl: Tensor, a: Tensor, ids: Tensor): Tensor {
+    const keepGates = (t: Tensor) => {
+      this.lastGates?.dispose();
+      this.lastGates = keep(t);
+      return t;
+    };
+    const gate = this.gate;
+    switch (this.spec.fusion) {
+      case 'sum': return add(l, gl);
+      case 'gated': case 'softmax': {
+        const gt = keepGates((gate as SigmoidGates | SoftmaxGates).forward(a));
+        return mixPaths([l, gl], gt);
+      }
+      case 'attention': {
+        const lin = gate as Linear;
+        const scores = concat([lin.forward(l), lin.forward(gl)], -1);  // [B, S, 2]
+        return mixPaths([l, gl], keepGates(softmax(scores, -1)));
+      }
+      case 'concat': return (gate as Linear).forward(concat([l, gl], -1));
+      // one-hot (or expected) gates come as float32: in the paths' dtype
+      case 'rule': return mixPaths([l, gl], keepGates(asDType((gate as RuleRouter).forward(ids), l.dtype)));
+      case 'random': {
+        // eval: the expectation, exact in the paths' dtype (the router's gates are float32)
+        if (this.training) return mixPaths([l, gl], keepGates(asDType((gate as RandomRouter).forward(ids), l.dtype)));
+        const [p0, p1] = this.spec.randomProbs;
+        const lead = l.shape.slice(0, -1);
+        return mixPaths([l, gl], keepGates(concat([full([...lead, 1], p0, { dtype: l.dtype, device: l.device }), full([...lead, 1], p1, { dtype: l.dtype, device: l.device })], -1)));
+      }
+    }
+  }
+
+  /** x [B, S, d], ids [B, S] (rule and random routing), context [B, Sc, d] for a decoder layer. */
+  forward(x: Tensor, ids: Tensor, context?: Tensor): Tensor {
+    return tidy(() => {
+      const a = this.input_layernorm.forward(x);
+      const l = this.local ? this.local.forward(a) : null;
+      const gl = this.global ? this.global.forward(a) : null;
+      const mixed = l && gl ? this.fuse(l, gl, a, ids) : (l ?? gl)!;
+      const drop = (t: Tensor) => (this.c.layerDrop > 0 ? layerDrop(t, this.c.layerDrop, { training: this.training }) : t);
+      let h = add(x, drop(this.dropout.forward(mixed)));
+      if (this.encoder_attn) {
+        if (!context) throw new ShapeError('DualRouteLayer: a decoder layer needs the encoder context');
+        h = add(h, drop(this.dropout.forward(this.encoder_attn.forward(this.cross_attn_layernorm!.forward(h), { context }))));
+      }
+      return add(h, drop(this.dropout.forward(this.mlp.forward(this.post_attention_layernorm.forward(h)))));
+    });
+  }
+
+  /** The routing of the last forward (reads the device). */
+  routing(): LayerRouting {
+    let gates: [number, number] | null = null;
+    if (this.lastGates) {
+      const g = this.lastGates;
+      const m = tidy(() => {
+        // per-channel gates [B, S, 2, d]: their mean over channels too
+        const t = g.ndim === 4 ? mean(g, [0, 1, 3]) : mean(reshape(g, [-1, 2]), 0);
+        return Array.from(t.dataSync(), Number);
+      });
+      gates = [m[0], m[1]];
+    } else if (this.local && this.global && this.spec.fusion === 'sum') {
+      gates = [1, 1];
+    }
+    const expertLoad = this.mlp instanceof TokenChoiceMoE ? this.mlp.lastRouting?.counts ?? null : null;
+    const routed = this.global instanceof RoutedAttention ? this.global.routing() : null;
+    const nsaGates = this.global instanceof NSAAttention ? this.global.routing() : null;
+    return { gates, expertLoad, routed, nsaGates };
+  }
+
+  dispose(): void {
+    this.lastGates?.dispose();
+    this.lastGates = null;
+    if (this.mlp instanceof TokenChoiceMoE) this.mlp.releaseRouting();
+    super.dispose();
+  }
+}
+
