@@ -7,7 +7,7 @@
 //
 // Modules are not callable: call model.forward(x) (a JavaScript class instance cannot be a
 // function without a Proxy on every call).
-import { DType } from '../dtype';
+import { DType, isFloat } from '../dtype';
 import { Device } from '../device';
 import { ShapeError, ValueError, DTypeError, describe } from '../errors';
 import { Tensor, untracked } from '../tensor';
@@ -28,6 +28,11 @@ export function asParameter(t: Tensor): Tensor {
 export function isParameter(t: unknown): t is Tensor {
   return t instanceof Tensor && parameters.has(t);
 }
+
+// Buffers: state a module keeps that is not trained (a router's balancing bias, running
+// statistics) but belongs in its state dict, travels with to(device) and is freed with it.
+const buffers = new WeakSet<Tensor>();
+const isBufferField = (v: unknown): v is Tensor => v instanceof Tensor && !v.isDisposed && buffers.has(v);
 
 // A field value the Module takes as a parameter: a registered parameter, or a leaf tensor that
 // requires grad (registered on first sight, as if made with this.param()).
@@ -64,6 +69,20 @@ export abstract class Module {
   /** Makes a parameter from a tensor (created outside any tidy so it lives with the module). */
   protected param(make: () => Tensor): Tensor {
     return asParameter(untracked(make));
+  }
+
+  /** Makes a buffer (state saved in stateDict but not trained) from a tensor. */
+  protected buffer(make: () => Tensor): Tensor {
+    const t = untracked(make);
+    buffers.add(t);
+    return t;
+  }
+
+  /** [name, buffer] for this module and every descendant, named as parameters are. */
+  namedBuffers(prefix = ''): Array<[string, Tensor]> {
+    const out: Array<[string, Tensor]> = Object.entries(this).filter(([, v]) => isBufferField(v)).map(([k, v]) => [prefix + k, v as Tensor]);
+    for (const [k, m] of this.namedChildren()) out.push(...m.namedBuffers(`${prefix}${k}.`));
+    return out;
   }
 
   /** [name, module] for the direct children, in field order. */
@@ -123,10 +142,10 @@ export abstract class Module {
     }
   }
 
-  /** The parameters by name (aliases: they share storage with the module's tensors). */
+  /** The parameters and buffers by name (aliases: they share storage with the module's tensors). */
   stateDict(): Record<string, Tensor> {
     const out: Record<string, Tensor> = {};
-    for (const [k, p] of this.namedParameters()) out[k] = untracked(() => p.alias());
+    for (const [k, p] of [...this.namedParameters(), ...this.namedBuffers()]) out[k] = untracked(() => p.alias());
     return out;
   }
 
@@ -139,7 +158,7 @@ export abstract class Module {
     if (!state || typeof state !== 'object' || Array.isArray(state)) throw new ValueError(`loadStateDict: Expected an object of name -> Tensor but received ${describe(state)}`);
     if (typeof options !== 'object' || options === null) throw new ValueError(`loadStateDict: Expected an options object but received ${describe(options)}`);
     const strict = options.strict ?? true;
-    const own = new Map(this.namedParameters());
+    const own = new Map([...this.namedParameters(), ...this.namedBuffers()]);
     // every value must be a live tensor: a 0 or NaN is not "missing", it is wrong
     for (const [k, t] of Object.entries(state)) {
       if (!(t instanceof Tensor) || t.isDisposed) throw new ValueError(`loadStateDict: Expected a live Tensor for ${k} but received ${describe(t)}`);
@@ -173,7 +192,8 @@ export abstract class Module {
   /**
    * Moves (or casts) every parameter in place, as PyTorch's Module.to does: each parameter keeps
    * its identity (an optimizer made before still updates it; its state follows on the next
-   * step), and gradients are moved along.
+   * step), and gradients are moved along. Float buffers follow, except that a bfloat16 cast
+   * leaves them float32.
    */
   to(target: Device | DType): this {
     if (target !== 'cpu' && target !== 'cuda' && target !== 'float32' && target !== 'float64' && target !== 'bfloat16') {
@@ -189,14 +209,22 @@ export abstract class Module {
             p.grad = g;
           }
         }
+        // buffers follow a device move, and a cast to float32 or float64; under bfloat16 they
+        // stay float32 (statistics and balancing biases keep their precision)
+        for (const [, b] of this.namedBuffers()) {
+          if (!isFloat(b.dtype)) continue;
+          const want = target === 'bfloat16' ? 'float32' : target;
+          if (want !== b.dtype && want !== b.device) b.takeData(to(b, want));
+        }
       }),
     );
     return this;
   }
 
-  /** Frees every parameter. */
+  /** Frees every parameter and buffer. */
   dispose(): void {
     for (const p of this.parameters()) p.dispose();
+    for (const [, b] of this.namedBuffers()) b.dispose();
   }
 }
 

@@ -433,7 +433,8 @@ export class TokenChoiceMoE extends Module {
     this.router = new Linear(dModel, E, { ...init, bias: false });
     [this.w1, this.w2] = expertWeights(E, dModel, hidden, this.activation, init);
     // routerGate wants the bias in its statistics dtype; made outside any tidy: it lives with the module
-    this.routerBias = this.biasBalancing === null ? null : untracked(() => zeros([E], { dtype: statsDType(options.dtype), device: options.device }));
+    // a buffer: saved in stateDict (a resumed run keeps its balance), not trained
+    this.routerBias = this.biasBalancing === null ? null : this.buffer(() => zeros([E], { dtype: statsDType(options.dtype), device: options.device }));
   }
 
   forward(x: Tensor): Tensor {
@@ -494,20 +495,8 @@ export class TokenChoiceMoE extends Module {
     this.last = null;
   }
 
-  // the bias is state, not a parameter: moved and freed along with the parameters
-  to(target: Device | DType): this {
-    super.to(target);
-    const b = this.routerBias;
-    if (b) {
-      const want = target === 'cpu' || target === 'cuda' ? target : statsDType(target);
-      noGrad(() => untracked(() => b.takeData(to(b, want))));
-    }
-    return this;
-  }
-
   dispose(): void {
     this.releaseRouting();
-    this.routerBias?.dispose();
     super.dispose();
   }
 }

@@ -202,3 +202,57 @@ describe('Module: what a new user hit', () => {
     l.dispose();
   });
 });
+
+describe('buffers', () => {
+  class Stat extends nn.Module {
+    lin = new nn.Linear(2, 2, { generator: new dr.Generator(1) });
+    running: dr.Tensor;
+    constructor() {
+      super();
+      this.running = this.buffer(() => dr.tensor([1, 2, 3], [3]));
+    }
+    forward(x: dr.Tensor): dr.Tensor {
+      return this.lin.forward(x);
+    }
+  }
+
+  test('saved and loaded with the parameters, not trained, cast with float32/float64 but kept float32 under bfloat16, freed with the module', () => {
+    const m = new Stat();
+    expect(m.parameters().length).toBe(2);
+    expect(m.namedBuffers().map(([n]) => n)).toEqual(['running']);
+    const sd = m.stateDict();
+    expect(Object.keys(sd).sort()).toEqual(['lin.bias', 'lin.weight', 'running']);
+    Object.values(sd).forEach((t) => t.dispose());
+    const other = new Stat();
+    dr.noGrad(() => dr.tidy(() => other.running.copy_(dr.tensor([7, 8, 9], [3]))));
+    const sd2 = other.stateDict();
+    m.loadStateDict(sd2);
+    Object.values(sd2).forEach((t) => t.dispose());
+    expect(Array.from(m.running.dataSync())).toEqual([7, 8, 9]);
+    expect(() => m.loadStateDict({ 'lin.weight': m.lin.weight, 'lin.bias': m.lin.bias! })).toThrow(/missing keys: running/);
+    m.to('float64');
+    expect(m.running.dtype).toBe('float64');
+    m.to('bfloat16');
+    expect(m.running.dtype).toBe('float32');
+    const t = m.running;
+    m.dispose();
+    expect(t.isDisposed).toBe(true);
+    other.dispose();
+  });
+
+  test("a TokenChoiceMoE's balancing bias survives a checkpoint", async () => {
+    const fs = await import('fs'), os = await import('os'), path = await import('path');
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'dr-buf-')), 'moe.safetensors');
+    const m = new nn.TokenChoiceMoE(4, 3, { experts: 3, biasBalancing: 0.1, generator: new dr.Generator(2) });
+    dr.tidy(() => m.forward(dr.randn([2, 5, 4])));
+    m.updateBias();
+    const bias = Array.from(m.routerBias!.dataSync());
+    expect(bias.some((b) => b !== 0)).toBe(true);
+    await dr.saveCheckpoint(file, { model: m });
+    const back = new nn.TokenChoiceMoE(4, 3, { experts: 3, biasBalancing: 0.1, generator: new dr.Generator(9) });
+    await dr.loadCheckpoint(file, { model: back });
+    expect(Array.from(back.routerBias!.dataSync())).toEqual(bias);
+    m.dispose();
+    back.dispose();
+  });
+});
