@@ -1,16 +1,15 @@
 // One dual-routing layer (see lib/models/dual_route_lm.ts for the equation) and its local paths.
-import { ShapeError, DTypeError, describe } from '../errors';
+import { ShapeError } from '../errors';
 import { Generator } from '../random';
 import { Tensor, tidy, keep } from '../tensor';
-import { add, mul } from '../ops/elementwise';
+import { add } from '../ops/elementwise';
 import { full } from '../ops/creation';
 import { cast, concat, reshape } from '../ops/shape';
-import { matmul } from '../ops/linalg';
 import { mean } from '../ops/reduce';
-import { crossEntropy, softmax } from '../ops/nn';
+import { softmax } from '../ops/nn';
 import { layerDrop } from '../ops/route_rules';
 import { Module } from '../nn/module';
-import { Dropout, Embedding, Linear, MLP, RMSNorm } from '../nn/layers';
+import { Dropout, Linear, MLP, RMSNorm } from '../nn/layers';
 import { MultiheadAttention } from '../nn/attention';
 import { RoutedAttention } from '../nn/routed';
 import { NSAAttention } from '../nn/nsa';
@@ -18,9 +17,7 @@ import { Conv1d } from '../nn/conv';
 import { SiLU } from '../nn/activations';
 import { LSTM } from '../nn/rnn';
 import { RandomRouter, RuleRouter, SigmoidGates, SoftmaxGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
-import { DualRouteLMConfig, ResolvedConfig, ResolvedLayer, resolveConfig } from './config';
-import { checkTensor } from '../ops/util';
-import { noGrad } from '../tape';
+import { ResolvedConfig, ResolvedLayer } from './config';
 
 const asDType = (t: Tensor, d: Tensor['dtype']): Tensor => (t.dtype === d ? t : cast(t, d));
 

@@ -9,17 +9,15 @@
 //   ExpertChoiceMoE  the same
 //   RuleRouter, RandomRouter: none.
 import { DType, isFloat } from '../dtype';
-import { Device } from '../device';
 import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { Generator } from '../random';
 import { Tensor, keep, tidy, untracked } from '../tensor';
-import { noGrad } from '../tape';
 import { arange, rand, zeros } from '../ops/creation';
 import { add, eq, mul, sigmoid, sub } from '../ops/elementwise';
 import { matmul } from '../ops/linalg';
 import { softmax } from '../ops/nn';
 import { sum } from '../ops/reduce';
-import { cast, concat, contiguous, expand, reshape, stack, to, transpose, unsqueeze } from '../ops/shape';
+import { cast, concat, contiguous, expand, reshape, stack, transpose, unsqueeze } from '../ops/shape';
 import { scatterAdd } from '../ops/indexing';
 import { routerGate, expertChoice, updateRouterBias } from '../ops/routing';
 import { randomRoute, compileRuleTable, ruleRoute, PROB_SUM_TOLERANCE, CompiledRuleTable, RouteRule } from '../ops/route_rules';

@@ -24,7 +24,7 @@ import { op } from '../native';
 import { Tensor, tidy } from '../tensor';
 import { needsGrad, noGrad, record } from '../tape';
 import { arange, full } from './creation';
-import { add, ge, gt, logicalAnd, mul, where } from './elementwise';
+import { add, ge, gt, logicalAnd, mul } from './elementwise';
 import { matmul } from './linalg';
 import { softmax } from './nn';
 import { maskedFill } from './select';
