@@ -1507,6 +1507,34 @@ void add_kv_rows(C* dko, C* dvo, const C* dKa, const C* dVa, int64_t Sk, int64_t
     }
 }
 
+// The lanes of a segment-backward tile: rows rs[t0 ..] of segment s (at most BM of cnt), their
+// key intervals inside the segment and lse (a row without keys is not live). False when no lane
+// is live; else the lanes' hull and core are set.
+template <typename C>
+bool seg_bwd_lanes(const AttnArgs& a, int64_t segment, int64_t s, const int32_t* rs, int64_t cnt, int64_t t0,
+                   const C* lh, BwdTile<C>& tl) {
+  constexpr int BM = Lanes<C>::BM;
+  bool any = false;
+  for (int i = 0; i < BM; ++i) {
+    const bool ok = t0 + i < cnt;
+    tl.valid[i] = ok;
+    tl.qrow[i] = ok ? rs[t0 + i] : -1;
+    int64_t lo = 0, hi = 0;
+    C ls = ok ? lh[tl.qrow[i]] : C(0);
+    if (ok && ls != -std::numeric_limits<C>::infinity())
+      seg_interval(a, segment, s, tl.qrow[i] + a.Sk - a.Sq, lo, hi);
+    else
+      ls = 0;
+    tl.ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
+    tl.ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
+    tl.lse[i] = ls;
+    tl.live[i] = lo < hi;
+    any = any || tl.live[i];
+  }
+  if (any) tl.ln.finish(tl.valid);
+  return any;
+}
+
 // Backward: one task per (b, kv head) owns that head's dK/dV (task-local [Sk, Dp] rows, added
 // once at the end) and the dQ rows of its G query heads; per query head the same segment-major
 // walk as the forward, with P and dS rebuilt from the saved lse (bwd_chunk / bwd_products, as
@@ -1558,25 +1586,7 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
         const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
         const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
         for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
-          bool any = false;
-          for (int i = 0; i < BM; ++i) {
-            const bool ok = t0 + i < cnt;
-            tl.valid[i] = ok;
-            tl.qrow[i] = ok ? rs[t0 + i] : -1;
-            int64_t lo = 0, hi = 0;
-            C ls = ok ? lh[tl.qrow[i]] : C(0);
-            if (ok && ls != -std::numeric_limits<C>::infinity())
-              seg_interval(a, segment, s, tl.qrow[i] + Sk - Sq, lo, hi);
-            else
-              ls = 0;
-            tl.ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
-            tl.ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
-            tl.lse[i] = ls;
-            tl.live[i] = lo < hi;
-            any = any || tl.live[i];
-          }
-          if (!any) continue;
-          tl.ln.finish(tl.valid);
+          if (!seg_bwd_lanes(a, segment, s, rs, cnt, t0, lh, tl)) continue;
           // pack Q (pre-scaled, and as rows for dK), dO (both layouts) and Dr
           C probe = 0;
           for (int i = 0; i < BM; ++i) {
@@ -1755,7 +1765,6 @@ void dual_segment_backward_typed(const DualArgs& da, const int32_t* idx, int64_t
   const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, Sq = a.Sq, Sk = a.Sk;
   const int64_t Dp = (D + L - 1) / L * L, nseg = (Sk + segment - 1) / segment, ntile = (Sq + BM - 1) / BM;
   const C scale = static_cast<C>(a.scale);
-  const C ninf = -std::numeric_limits<C>::infinity();
   const BwdIn<T> in_l{in.out, in.dout, in.lse};  // the local path alone, for bwd_tile_geometry
   struct W {
     BwdScratch<C> b;
@@ -1810,25 +1819,7 @@ void dual_segment_backward_typed(const DualArgs& da, const int32_t* idx, int64_t
         const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
         const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
         for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
-          bool any = false;
-          for (int i = 0; i < BM; ++i) {
-            const bool ok = t0 + i < cnt;
-            tl.valid[i] = ok;
-            tl.qrow[i] = ok ? rs[t0 + i] : -1;
-            int64_t lo = 0, hi = 0;
-            C ls = ok ? lh[tl.qrow[i]] : C(0);
-            if (ok && ls != ninf)
-              seg_interval(a, segment, s, tl.qrow[i] + Sk - Sq, lo, hi);
-            else
-              ls = 0;
-            tl.ln.lo[i] = static_cast<typename VT<C>::Is>(lo);
-            tl.ln.hi[i] = static_cast<typename VT<C>::Is>(hi);
-            tl.lse[i] = ls;
-            tl.live[i] = lo < hi;
-            any = any || tl.live[i];
-          }
-          if (!any) continue;
-          tl.ln.finish(tl.valid);
+          if (!seg_bwd_lanes(a, segment, s, rs, cnt, t0, lh, tl)) continue;
           bwd_pack_gated<T>(D, scale, qh, doh, rdg, gg, tl);
           bwd_tile_run<T, DC>(a, D, bh, kh, vh, tl, w.b, dKa, dVa, dq);
         }
