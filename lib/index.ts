@@ -35,6 +35,8 @@ export { saveSafetensors, saveSafetensorsSync, loadSafetensors, loadSafetensorsS
 export type { SafetensorsHeader, SafetensorsEntry } from './train/safetensors';
 export { saveCheckpoint, saveCheckpointSync, loadCheckpoint, loadCheckpointSync } from './train/checkpoint';
 export type { CheckpointContents } from './train/checkpoint';
+export { Trainer, fit, classificationScores } from './train/trainer';
+export type { TrainerOptions, TrainerCallbacks, TrainSource, EvalSource, Batch, LMBatch, Seq2SeqBatch, ClassifyBatch, EvalMetrics, StepInfo, FitResult, Task } from './train/trainer';
 export * from './ops/attention';
 export { segmentMean, segmentScores, segmentSelect, selectSegments, segmentAttention, compressedAttention } from './ops/segment';
 export type { SegmentScoresOptions, SegmentSelectOptions, SegmentSelection, SelectSegmentsArgs, SegmentAttentionOptions, SegmentAttentionResult, CompressedAttentionOptions } from './ops/segment';

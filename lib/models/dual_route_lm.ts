@@ -37,6 +37,8 @@ export interface LMOutput {
 /** The decoder-only dual-routing language model (see the file's head and lib/models/config.ts). */
 export class DualRouteLM extends Module {
   readonly config: ResolvedConfig;
+  /** The generator of the model's own draws (dropout, random routing): saved with training checkpoints for an exact resume. */
+  readonly generator: Generator;
   /** The config as given (JSON), saved with the weights by saveModel. */
   readonly source: DualRouteLMConfig;
   embed_tokens: Embedding;
@@ -49,7 +51,7 @@ export class DualRouteLM extends Module {
     this.config = resolveConfig(config);
     this.source = JSON.parse(JSON.stringify(config));
     const c = this.config;
-    const g = new Generator(c.seed);
+    const g = (this.generator = new Generator(c.seed));
     this.embed_tokens = new Embedding(c.vocabSize, c.dModel, { generator: g });
     // a tied table is used as the output projection too: scale it as a projection (N(0, 1/d))
     if (c.tieEmbeddings) {

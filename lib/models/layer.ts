@@ -78,7 +78,7 @@ export class DualRouteLayer extends Module {
    * options.causal false: a bidirectional (encoder) layer; options.cross: a decoder layer that
    * also cross-attends to a context after its two paths.
    */
-  constructor(readonly c: ResolvedConfig, readonly spec: ResolvedLayer, g: Generator, options: { causal?: boolean; cross?: boolean } = {}) {
+  constructor(readonly c: ResolvedConfig, readonly spec: ResolvedLayer, private readonly g: Generator, options: { causal?: boolean; cross?: boolean } = {}) {
     super();
     const d = c.dModel;
     const causal = options.causal ?? true;
@@ -158,7 +158,7 @@ export class DualRouteLayer extends Module {
       const l = this.local ? this.local.forward(a) : null;
       const gl = this.global ? this.global.forward(a) : null;
       const mixed = l && gl ? this.fuse(l, gl, a, ids) : (l ?? gl)!;
-      const drop = (t: Tensor) => (this.c.layerDrop > 0 ? layerDrop(t, this.c.layerDrop, { training: this.training }) : t);
+      const drop = (t: Tensor) => (this.c.layerDrop > 0 ? layerDrop(t, this.c.layerDrop, { training: this.training, generator: this.g }) : t);
       let h = add(x, drop(this.dropout.forward(mixed)));
       if (this.encoder_attn) {
         if (!context) throw new ShapeError('DualRouteLayer: a decoder layer needs the encoder context');

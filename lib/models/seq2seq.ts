@@ -90,6 +90,8 @@ export class DualRouteSeq2Seq extends Module {
   readonly encoderConfig: ResolvedConfig;
   readonly decoderConfig: ResolvedConfig;
   readonly keep: number;
+  /** The generator of the model's own draws (dropout, random routing). */
+  readonly generator: Generator;
   /** The config as given (JSON), saved with the weights by saveModel. */
   readonly source: DualRouteSeq2SeqConfig;
   embed_tokens: Embedding;
@@ -108,7 +110,7 @@ export class DualRouteSeq2Seq extends Module {
     this.decoderConfig = r.dec;
     this.keep = r.keep;
     const c = r.enc;
-    const g = new Generator(c.seed);
+    const g = (this.generator = new Generator(c.seed));
     const table = new Embedding(c.vocabSize, c.dModel, { generator: g });
     // shared by source, target and output: scaled as a projection
     this.embed_tokens = table;
