@@ -73,6 +73,20 @@ describe('routingTrace: shapes and values per path kind', () => {
       m.eval();
       const pred = (m.layers[0].global as dr.nn.RoutedAttention).predictor.forward(layer0Input(m, t)).dataSync();
       expect(rows.flatMap((L) => L.routed!)).toEqual(Array.from(pred, (v) => v > 0));
+      // in training, routedMask is the router's top ceil(capacity * S) of each row
+      const ra = m.layers[0].global as dr.nn.RoutedAttention;
+      ra.train();
+      const a = layer0Input(m, t);
+      const mask = Array.from(ra.routedMask(a).dataSync(), (v) => v !== 0);
+      const score = ra.router.forward(a).dataSync();
+      for (const r of [0, 1]) {
+        const row = mask.slice(r * 12, (r + 1) * 12);
+        expect(row.filter(Boolean)).toHaveLength(6);
+        // the top 6 scores, ties to the lower position (layer 0's scores repeat with the tokens)
+        const sc = Array.from(score.subarray(r * 12, (r + 1) * 12));
+        const top = sc.map((v, i) => [v, i]).sort((x, y) => y[0] - x[0] || x[1] - y[1]).slice(0, 6).map(([, i]) => i);
+        expect(row).toEqual(sc.map((_, i) => top.includes(i)));
+      }
       m.dispose();
     });
   });
