@@ -37,6 +37,8 @@ export { saveCheckpoint, saveCheckpointSync, loadCheckpoint, loadCheckpointSync 
 export type { CheckpointContents } from './train/checkpoint';
 export { Trainer, fit, classificationScores } from './train/trainer';
 export type { TrainerOptions, TrainerCallbacks, TrainSource, EvalSource, Batch, LMBatch, Seq2SeqBatch, ClassifyBatch, EvalMetrics, StepInfo, FitResult, Task } from './train/trainer';
+export { renderSvg, svgToPng, lossCurvesSpec, routingHeatmapSpec, writePlots, plotRun, plotRouting, readLossRecords, LOSS_COLORS, MAX_PNG_SIDE } from './train/plots';
+export type { VegaLiteSpec, PngOptions, LossRecord, LossCurvesOptions, RoutingHeatmapOptions, WritePlotsOptions, PlotRunOptions } from './train/plots';
 export * from './ops/attention';
 export { segmentMean, segmentScores, segmentSelect, selectSegments, segmentAttention, compressedAttention } from './ops/segment';
 export type { SegmentScoresOptions, SegmentSelectOptions, SegmentSelection, SelectSegmentsArgs, SegmentAttentionOptions, SegmentAttentionResult, CompressedAttentionOptions } from './ops/segment';
@@ -45,4 +47,4 @@ export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
 export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';
 export * as models from './models';
 export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier, saveModel, loadModel } from './models';
-export type { DualRouteLMConfig, LayerConfig, DualRouteSeq2SeqConfig } from './models';
+export type { DualRouteLMConfig, LayerConfig, DualRouteSeq2SeqConfig, RoutingTrace, RoutingTraceOptions, LayerTrace } from './models';

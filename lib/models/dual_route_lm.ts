@@ -8,8 +8,9 @@
 // Names follow Hugging Face's Llama where a part has a counterpart (embed_tokens, layers.N.
 // input_layernorm, ..., norm, lm_head); the paths are layers.N.local.* and layers.N.global.*.
 // After each forward every layer keeps its routing (mean gate per path, expert load) for logs,
-// plots and the server: model.routing().
-import { ShapeError, DTypeError, describe } from '../errors';
+// plots and the server: model.routing(). model.routingTrace(ids) runs one eval forward and
+// reports the routing per layer and position of one row (lib/train/plots.ts draws it).
+import { ShapeError, DTypeError, OutOfRangeError, ValueError, describe } from '../errors';
 import { Generator } from '../random';
 import { Tensor, tidy } from '../tensor';
 import { add, mul } from '../ops/elementwise';
@@ -24,10 +25,24 @@ import { GenerateOptions, GeneratedToken, generate, generateTokens } from './gen
 import { checkTensor } from '../ops/util';
 import { noGrad } from '../tape';
 
-import { ConvPath, DualRouteLayer, LSTMPath, LayerRouting } from './layer';
+import { ConvPath, DualRouteLayer, LSTMPath, LayerRouting, LayerTrace } from './layer';
 import { DecodeCache } from './decode';
 export { ConvPath, DualRouteLayer, LSTMPath };
-export type { LayerRouting };
+export type { LayerRouting, LayerTrace };
+
+/** Per-position routing of one text (DualRouteLM.routingTrace): its token ids and every layer's trace. */
+export interface RoutingTrace {
+  /** The token ids of the traced row, one per position. */
+  tokens: number[];
+  /** One entry per layer, in order. */
+  layers: LayerTrace[];
+}
+
+/** Options of DualRouteLM.routingTrace. */
+export interface RoutingTraceOptions {
+  /** The batch row to report (default 0). */
+  row?: number;
+}
 
 export interface LMOutput {
   /** [batch, seq, vocabSize] */
@@ -121,6 +136,36 @@ export class DualRouteLM extends Module {
   /** The generated tokens of each prompt, once all are done. */
   generateTokens(prompt: number[] | number[][], options: GenerateOptions = {}): Promise<number[][]> {
     return generateTokens(this, prompt, options);
+  }
+
+  /**
+   * The routing of every layer at every position of one text: one forward of ids (int32 [1, S]
+   * or [batch, S]) in eval mode without recording gradients (each module's training mode is
+   * restored after), reported for batch row options.row (default 0): gates per path, routed
+   * tokens, experts, NSA gates and chosen segments (see LayerTrace). Like any forward it
+   * replaces what routing() reports, with this forward's (eval) routing.
+   */
+  routingTrace(ids: Tensor, options: RoutingTraceOptions = {}): RoutingTrace {
+    const name = 'DualRouteLM.routingTrace';
+    if (options === null || typeof options !== 'object') throw new ValueError(`${name}: Expected an options object { row? } but received ${describe(options)}`);
+    this.checkIds(ids);
+    const row = options.row ?? 0;
+    if (!Number.isInteger(row) || row < 0 || row >= ids.shape[0]) throw new OutOfRangeError(`${name}: Expected options.row, an integer in [0, ${ids.shape[0]}) (the batch of ids), but received ${describe(options.row)}`);
+    const modes = [...this.modules()].map((m) => [m, m.training] as const);
+    this.eval();
+    this.layers.forEach((l) => l.setTracing(true));
+    try {
+      return noGrad(() => {
+        tidy(() => {
+          this.hidden(ids);
+        });
+        const tokens = Array.from(ids.dataSync().subarray(row * ids.shape[1], (row + 1) * ids.shape[1]), Number);
+        return { tokens, layers: this.layers.map((l) => l.routingTrace(row)) };
+      });
+    } finally {
+      this.layers.forEach((l) => l.setTracing(false));
+      for (const [m, t] of modes) m.training = t;
+    }
   }
 
   /** Each layer's routing in the last forward. */

@@ -1,6 +1,6 @@
 // The dual-routing models.
 export { DualRouteLM, DualRouteLayer, ConvPath } from './dual_route_lm';
-export type { LayerRouting } from './dual_route_lm';
+export type { LayerRouting, LayerTrace, RoutingTrace, RoutingTraceOptions } from './dual_route_lm';
 export { resolveConfig } from './config';
 export type { DualRouteLMConfig, LayerConfig, MoEConfig, ResolvedConfig, ResolvedLayer, LocalKind, GlobalKind, FusionKind } from './config';
 export { DualRouteSeq2Seq, DualRouteClassifier } from './seq2seq';

@@ -1,10 +1,11 @@
 // One dual-routing layer (see lib/models/dual_route_lm.ts for the equation) and its local paths.
-import { ShapeError } from '../errors';
+import { OutOfRangeError, ShapeError, ValueError, describe } from '../errors';
 import { Generator } from '../random';
+import { noGrad } from '../tape';
 import { Tensor, tidy, keep } from '../tensor';
 import { add } from '../ops/elementwise';
 import { full } from '../ops/creation';
-import { cast, concat, reshape } from '../ops/shape';
+import { cast, concat, narrow, reshape } from '../ops/shape';
 import { mean } from '../ops/reduce';
 import { softmax } from '../ops/nn';
 import { layerDrop } from '../ops/route_rules';
@@ -17,7 +18,7 @@ import { Conv1d } from '../nn/conv';
 import { SiLU } from '../nn/activations';
 import { LSTM } from '../nn/rnn';
 import { RandomRouter, RuleRouter, SigmoidGates, SoftmaxGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
-import { ResolvedConfig, ResolvedLayer } from './config';
+import { FusionKind, GlobalKind, LocalKind, ResolvedConfig, ResolvedLayer } from './config';
 
 const asDType = (t: Tensor, d: Tensor['dtype']): Tensor => (t.dtype === d ? t : cast(t, d));
 
@@ -60,6 +61,29 @@ export interface LayerRouting {
   nsaGates: [number, number, number] | null;
 }
 
+/**
+ * What a layer routed at each position of one batch row (DualRouteLM.routingTrace); S positions.
+ * A field is null when the layer has no such routing.
+ */
+export interface LayerTrace {
+  /** The layer's paths and fusion (fusion null when only one path runs). */
+  local: LocalKind;
+  global: GlobalKind;
+  fusion: FusionKind | null;
+  /** [S][2]: the weight of (local, global) at each position; per-channel gates averaged over channels; 1, 1 for 'sum'. */
+  gates: number[][] | null;
+  /** A 'routed' global path: whether each position went through its attention. */
+  routed: boolean[] | null;
+  /** An MoE feed-forward block: the first-choice expert of each position (dropped by the capacity or not). */
+  expert: number[] | null;
+  /** An MoE feed-forward block: entries (position, choice) of this row kept per expert. */
+  expertLoad: number[] | null;
+  /** An 'nsa' global path: [S][3], the gates of its (compressed, selected, sliding) branches. */
+  nsaGates: number[][] | null;
+  /** A 'segment' or 'nsa' global path: the segments the position's query reads (head 0; own segment first, then by score). */
+  segments: number[][] | null;
+}
+
 /** One dual-routing layer (see the file's head). */
 export class DualRouteLayer extends Module {
   input_layernorm: RMSNorm;
@@ -73,6 +97,9 @@ export class DualRouteLayer extends Module {
   cross_attn_layernorm: RMSNorm | null = null;
   encoder_attn: MultiheadAttention | null = null;
   private lastGates: Tensor | null = null;
+  // set by setTracing: forward keeps its two normalised inputs for routingTrace()
+  private tracing = false;
+  private traced: { a: Tensor; m: Tensor } | null = null;
 
   /**
    * options.causal false: a bidirectional (encoder) layer; options.cross: a decoder layer that
@@ -164,8 +191,86 @@ export class DualRouteLayer extends Module {
         if (!context) throw new ShapeError('DualRouteLayer: a decoder layer needs the encoder context');
         h = add(h, drop(this.dropout.forward(this.encoder_attn.forward(this.cross_attn_layernorm!.forward(h), { context }))));
       }
-      return add(h, drop(this.dropout.forward(this.mlp.forward(this.post_attention_layernorm.forward(h)))));
+      const m = this.post_attention_layernorm.forward(h);
+      if (this.tracing) this.keepTraced(a, m);
+      return add(h, drop(this.dropout.forward(this.mlp.forward(m))));
     });
+  }
+
+  private keepTraced(a: Tensor, m: Tensor): void {
+    this.dropTraced();
+    this.traced = { a: keep(a.alias()), m: keep(m.alias()) };  // views without the graph
+  }
+
+  private dropTraced(): void {
+    this.traced?.a.dispose();
+    this.traced?.m.dispose();
+    this.traced = null;
+  }
+
+  /**
+   * While on, each forward keeps the layer's normalised inputs (of its paths and of its
+   * feed-forward block) for routingTrace(); off frees them. DualRouteLM.routingTrace sets it
+   * around its own forward, so that an ordinary forward keeps nothing more than routing() needs.
+   */
+  setTracing(on: boolean): void {
+    this.tracing = on;
+    if (!on) this.dropTraced();
+  }
+
+  /**
+   * Per-position routing of batch row `row` in the last forward run with setTracing(true): the
+   * kept gates, and the routed tokens, experts and segments recomputed from the kept inputs by
+   * the paths' own selection (in the current training mode). Reads the device.
+   */
+  routingTrace(row = 0): LayerTrace {
+    const name = 'DualRouteLayer.routingTrace';
+    const t = this.traced;
+    if (!t) throw new ValueError(`${name}: no traced forward to read (run a forward after setTracing(true), or use DualRouteLM.routingTrace)`);
+    const [B, S] = t.a.shape;
+    if (!Number.isInteger(row) || row < 0 || row >= B) throw new OutOfRangeError(`${name}: Expected row, an integer in [0, ${B}) (the batch), but received ${describe(row)}`);
+    const spec = this.spec;
+    const both = !!(this.local && this.global);
+    const out: LayerTrace = {
+      local: spec.local, global: spec.global, fusion: both ? spec.fusion : null,
+      gates: null, routed: null, expert: null, expertLoad: null, nsaGates: null, segments: null,
+    };
+    // rows [S][P] of a [B, S, P] tensor's batch row
+    const rows = (x: Tensor, P: number): number[][] => {
+      const v = narrow(x.dtype === 'float32' || x.dtype === 'float64' ? x : cast(x, 'float32'), 0, row, 1).dataSync();
+      return Array.from({ length: S }, (_, s) => Array.from({ length: P }, (_, p) => Number(v[s * P + p])));
+    };
+    noGrad(() => tidy(() => {
+      const g = this.lastGates;
+      if (g && g.shape[0] === B && g.shape[1] === S) out.gates = rows(g.ndim === 4 ? mean(g, 3) : g, 2);
+      else if (both && spec.fusion === 'sum') out.gates = Array.from({ length: S }, () => [1, 1]);
+      if (this.global instanceof RoutedAttention) {
+        out.routed = Array.from(narrow(this.global.routedMask(t.a), 0, row, 1).dataSync(), (v) => Number(v) !== 0);
+      }
+      if (this.global instanceof NSAAttention) out.nsaGates = rows(this.global.gate.forward(t.a), 3);
+      const sel = this.global instanceof NSAAttention || (this.global instanceof MultiheadAttention && this.global.kind === 'segment')
+        ? this.global.selectedSegments(t.a) : null;
+      if (sel) {
+        const K = sel.shape[3];
+        const v = narrow(narrow(sel, 0, row, 1), 1, 0, 1).dataSync();  // head 0: [S, K]
+        out.segments = Array.from({ length: S }, (_, s) => Array.from(v.subarray(s * K, (s + 1) * K), Number).filter((i) => i >= 0));
+      }
+      if (this.mlp instanceof TokenChoiceMoE) {
+        const K = this.mlp.topK, E = this.mlp.experts;
+        const r = this.mlp.route(t.m);
+        const idx = r.indices.dataSync(), pos = r.positions.dataSync();
+        const load = new Array<number>(E).fill(0);
+        const expert: number[] = [];
+        for (let s = 0; s < S; ++s) {
+          const base = (row * S + s) * K;
+          expert.push(Number(idx[base]));
+          for (let k = 0; k < K; ++k) if (Number(pos[base + k]) >= 0) load[Number(idx[base + k])] += 1;
+        }
+        out.expert = expert;
+        out.expertLoad = load;
+      }
+    }));
+    return out;
   }
 
   /** The routing of the last forward (reads the device). */
@@ -191,6 +296,7 @@ export class DualRouteLayer extends Module {
   dispose(): void {
     this.lastGates?.dispose();
     this.lastGates = null;
+    this.dropTraced();
     if (this.mlp instanceof TokenChoiceMoE) this.mlp.releaseRouting();
     super.dispose();
   }

@@ -9,7 +9,8 @@ import { arange } from '../ops/creation';
 import { add, cos, exp, mul, sin } from '../ops/elementwise';
 import { cast, concat, reshape, transpose, unsqueeze } from '../ops/shape';
 import { globalAttention, localAttention, rope } from '../ops/attention';
-import { segmentAttention } from '../ops/segment';
+import { segmentAttention, selectSegments } from '../ops/segment';
+import { noGrad } from '../tape';
 import { checkOptions, checkTensor } from '../ops/util';
 import { Module } from './module';
 import { Dropout, InitOptions, Linear, MLP, RMSNorm } from './layers';
@@ -182,6 +183,30 @@ export class MultiheadAttention extends Module {
       const merged = reshape(transpose(a, 1, 2), [B, a.shape[2], this.nHeads * this.headDim]);
       return this.dropout.forward(this.o_proj.forward(merged));
     });
+  }
+
+  /**
+   * kind 'segment': the segments each query row of x [batch, S, dModel] reads, as forward selects
+   * them (self-attention, positions 0 .. S-1): int32 [batch, nHeads, S, topK], the own segment
+   * first, then by score, -1 padding. Not differentiable (a choice); for inspection and plots.
+   */
+  selectedSegments(x: Tensor): Tensor {
+    const name = 'MultiheadAttention.selectedSegments';
+    if (this.kind !== 'segment') throw new ValueError(`${name}: Expected a kind 'segment' attention but this one is kind '${this.kind}'`);
+    checkTensor(x, name, 'x');
+    if (x.ndim !== 3 || x.shape[2] !== this.dModel) throw new ShapeError(`${name}: Expected x of shape [batch, seq, ${this.dModel}] but received ${describe(x)}`);
+    const S = x.shape[1];
+    return noGrad(() => tidy(() => {
+      let q = this.heads(this.q_proj.forward(x), this.nHeads);
+      let k = this.heads(this.k_proj.forward(x), this.nKvHeads);
+      if (this.useRope) {
+        const pos = arange(0, S, 1, { dtype: 'int32', device: x.device });
+        q = rope(q, pos, { base: this.ropeBase });
+        k = rope(k, pos, { base: this.ropeBase });
+      }
+      const G = this.nHeads / this.nKvHeads;
+      return selectSegments(q, k, { Sk: S, scale: 1 / Math.sqrt(this.headDim) }, { segment: this.segment, topK: this.topK, group: this.groupHeads ? G : 1, causal: this.causal, op: name });
+    }));
   }
 }
 

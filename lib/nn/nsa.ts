@@ -10,7 +10,8 @@ import { Tensor, keep, tidy } from '../tensor';
 import { arange } from '../ops/creation';
 import { reshape, transpose } from '../ops/shape';
 import { localAttention, rope } from '../ops/attention';
-import { compressedAttention, segmentAttention } from '../ops/segment';
+import { compressedAttention, segmentAttention, selectSegments } from '../ops/segment';
+import { noGrad } from '../tape';
 import { checkTensor } from '../ops/util';
 import { Module } from './module';
 import { InitOptions, Linear } from './layers';
@@ -103,6 +104,28 @@ export class NSAAttention extends Module {
     });
     this.lastGates = gates;
     return out;
+  }
+
+  /**
+   * The segments each query row of x [batch, S, dModel] reads in the selected branch, as forward
+   * selects them (one selection per kv head, shared by its query heads): int32 [batch, nHeads, S,
+   * topK], the own segment first, then by score, -1 padding. Not differentiable (a choice).
+   */
+  selectedSegments(x: Tensor): Tensor {
+    const name = 'NSAAttention.selectedSegments';
+    checkTensor(x, name, 'x');
+    if (x.ndim !== 3 || x.shape[2] !== this.dModel) throw new ShapeError(`${name}: Expected x of shape [batch, seq, ${this.dModel}] but received ${describe(x)}`);
+    const S = x.shape[1];
+    return noGrad(() => tidy(() => {
+      let q = this.heads(this.q_proj.forward(x), this.nHeads);
+      let k = this.heads(this.k_proj.forward(x), this.nKvHeads);
+      if (this.useRope) {
+        const pos = arange(0, S, 1, { dtype: 'int32', device: x.device });
+        q = rope(q, pos, { base: this.ropeBase });
+        k = rope(k, pos, { base: this.ropeBase });
+      }
+      return selectSegments(q, k, { Sk: S, scale: 1 / Math.sqrt(this.headDim) }, { segment: this.segment, topK: this.topK, group: this.nHeads / this.nKvHeads, causal: true, op: name });
+    }));
   }
 
   /** Mean gate of (compressed, selected, sliding) in the last forward. */

@@ -99,6 +99,24 @@ export class RoutedAttention extends Module {
   }
 
   /**
+   * Which tokens of x [batch, S, dModel] forward routes through attention in the current mode:
+   * bool [batch, S] (eval: the predictor's logit > 0; training: the router's top ceil(capacity * S)
+   * of each row). Not differentiable (a choice); for inspection and plots.
+   */
+  routedMask(x: Tensor): Tensor {
+    const name = 'RoutedAttention.routedMask';
+    checkTensor(x, name, 'x');
+    if (x.ndim !== 3 || x.shape[2] !== this.dModel) throw new ShapeError(`${name}: Expected x of shape [batch, seq, ${this.dModel}] but received ${describe(x)}`);
+    const [B, S] = x.shape;
+    return noGrad(() => tidy(() => {
+      if (!this.training) return gt(reshape(this.predictor.forward(x), [B, S]), 0);
+      const n = Math.max(1, Math.ceil(this.capacity * S));
+      const qi = topk(reshape(this.router.forward(x), [B, S]), n, { axis: 1 }).indices;
+      return gt(scatterAdd(zeros([B, S], { dtype: 'int32', device: x.device }), 1, qi, zerosLikeInt(qi, 1)), 0);
+    }));
+  }
+
+  /**
    * The predictor's binary cross-entropy of the last training forward, to add to the loss (owned
    * by the module: freed at the next forward; null in eval).
    */

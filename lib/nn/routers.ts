@@ -23,6 +23,7 @@ import { routerGate, expertChoice, updateRouterBias } from '../ops/routing';
 import { randomRoute, compileRuleTable, ruleRoute, PROB_SUM_TOLERANCE, CompiledRuleTable, RouteRule } from '../ops/route_rules';
 import { moeDispatch, moeCombine, moeExpertFFN } from '../ops/moe';
 import { checkOptions, checkTensor } from '../ops/util';
+import { noGrad } from '../tape';
 import { Module, asParameter } from './module';
 import { InitOptions, Linear } from './layers';
 
@@ -458,6 +459,24 @@ export class TokenChoiceMoE extends Module {
     this.releaseRouting();
     this.last = { counts: keep(r.counts), aux: keep(r.aux), z: keep(r.z), entries: T * K, read: null };
     return r.y;
+  }
+
+  /**
+   * The router's choice for x [..., dModel], as forward makes it (the same gate, bias and
+   * capacity over all of x's tokens): int32 indices [T, topK] (each token's experts, best first)
+   * and positions [T, topK] (slot in the expert, -1 when the capacity dropped the entry), T the
+   * tokens of x in order. Not differentiable; runs no expert. For inspection and plots.
+   */
+  route(x: Tensor): { indices: Tensor; positions: Tensor } {
+    const name = 'TokenChoiceMoE.route';
+    checkMoEInput(name, x, this.dModel, this.w1);
+    const T = x.size / this.dModel;
+    return noGrad(() => tidy(() => {
+      const g = routerGate(this.router.forward(reshape(x, [T, this.dModel])), {
+        topK: this.topK, score: this.score, normalize: this.normalize, capacityFactor: this.capacityFactor, bias: this.routerBias ?? undefined,
+      });
+      return { indices: g.indices, positions: g.positions };
+    }));
   }
 
   /** The routing of the last forward (null before the first); reading it waits for the router. */
