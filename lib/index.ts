@@ -44,3 +44,15 @@ export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache
 export * as models from './models';
 export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier, saveModel, loadModel } from './models';
 export type { DualRouteLMConfig, LayerConfig, DualRouteSeq2SeqConfig } from './models';
+export { ByteTokenizer, HFTokenizer, loadTokenizer, HF_MODEL_TYPES } from './train/tokenizers';
+export type { Tokenizer, TokenizerSpec, EncodeOptions, DecodeOptions, HFTokenizerOptions } from './train/tokenizers';
+export {
+  IGNORE_INDEX, readTextCorpus, tokenizeCorpus, splitTrainVal, LMBatcher, readJsonl, ClassificationDataset, PairDataset,
+  SyntheticTask, associativeRecall, longRangeCopy, localPattern, accuracy,
+} from './train/data';
+export type {
+  TextDocument, ReadTextCorpusOptions, TokenizeCorpusOptions, SplitOptions, LMBatch, LMBatcherOptions, LMBatcherState,
+  RecordDatasetOptions, RecordDatasetState, ClassificationRecord, ClassificationDatasetOptions, ClassificationBatch,
+  PairRecord, PairDatasetOptions, PairBatch, SyntheticTaskState, AssociativeRecallOptions, LongRangeCopyOptions,
+  LocalPatternOptions,
+} from './train/data';
