@@ -43,7 +43,7 @@ function read<T extends object>(batch: T): { [K in keyof T]: T[K] extends dr.Ten
   }
   return out as never;
 }
-function shapes(batch: object): Record<string, number[]> {
+function shapes(batch: object): Record<string, readonly number[]> {
   return Object.fromEntries(Object.entries(batch).filter(([, v]) => v instanceof dr.Tensor).map(([k, v]) => [k, (v as dr.Tensor).shape]));
 }
 
@@ -604,18 +604,18 @@ describe('synthetic tasks', () => {
 
 describe('accuracy', () => {
   test('argmax against targets over scored positions; the first maximum wins ties', () => {
-    const logits = dr.tensor([[[0, 2, 1], [5, 5, 0]], [[0, 0, 0], [1, -1, 3]]], { dtype: 'float32' });
+    const logits = dr.tensor([[[0, 2, 1], [5, 5, 0]], [[0, 0, 0], [1, -1, 3]]]);
     const targets = dr.tensor(Int32Array.from([1, 1, -100, 2]), [2, 2]);
     expect(accuracy(logits, targets)).toEqual({ correct: 2, total: 3, accuracy: 2 / 3 });
     const none = dr.tensor(Int32Array.from([-100, -100, -100, -100]), [2, 2]);
     expect(accuracy(logits, none).total).toBe(0);
     expect(accuracy(logits, none).accuracy).toBeNaN();
     // classification logits [B, C] against labels [B]
-    const cls = dr.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], { dtype: 'float32' });
+    const cls = dr.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]);
     expect(accuracy(cls, dr.tensor(Int32Array.from([1, 1, 1]), [3])).correct).toBe(2);
     expect(() => accuracy(logits, dr.tensor(Int32Array.from([1, 1]), [2]))).toThrow(ShapeError);
     expect(() => accuracy(logits, dr.tensor(Int32Array.from([1, 1, 1, 1]), [4]))).toThrow(/Expected targets of shape \[2, 2\]/);
-    expect(() => accuracy(logits, dr.tensor([[1, 1], [1, 1]], { dtype: 'float32' }))).toThrow(DTypeError);
+    expect(() => accuracy(logits, dr.tensor([[1, 1], [1, 1]]))).toThrow(DTypeError);
   });
 
   test('exported from the package root', () => {
@@ -623,5 +623,45 @@ describe('accuracy', () => {
     expect(dr.accuracy).toBe(accuracy);
     expect(dr.readTextCorpus).toBe(readTextCorpus);
     expect(dr.IGNORE_INDEX).toBe(-100);
+  });
+});
+
+describe('batches feed the models', () => {
+  test('LM windows, pair batches, classification batches and a synthetic task', () => {
+    const tokens = tokenizeCorpus(['the cat sat on the mat', 'a dog ran'], byte);
+    const lmData = new LMBatcher(tokens, { seqLen: 8, batchSize: 2, seed: 1 });
+    const lm = new dr.DualRouteLM({ vocabSize: byte.vocabSize, dModel: 16, nHeads: 2, nLayers: 1, maxSeq: 16, seed: 1 });
+    const batch = lmData.next();
+    const last = [...lmData.evalBatches()].pop()!; // padded with -100 targets
+    for (const b of [batch, last]) {
+      const { loss, lmLoss } = lm.loss(b.ids, b.targets);
+      expect(Number.isFinite(lmLoss.item())).toBe(true);
+      dr.dispose([loss, lmLoss, b.ids, b.targets]);
+    }
+
+    const pairs = new PairDataset([{ source: 'abc', target: 'xy' }, { source: 'de', target: 'uvw' }], byte, { sourceLen: 6, targetLen: 5, batchSize: 2 });
+    const s2s = new dr.DualRouteSeq2Seq({ vocabSize: byte.vocabSize, dModel: 16, nHeads: 2, encoderLayers: 1, decoderLayers: 1, maxSource: 6, maxTarget: 5, seed: 2 });
+    const p = pairs.next();
+    const loss = s2s.loss(p.src, p.tgt, p.targets);
+    expect(Number.isFinite(loss.item())).toBe(true);
+    dr.dispose([loss, p.src, p.tgt, p.targets, p.srcLengths]);
+
+    const cls = new ClassificationDataset([{ text: 'good', label: 'pos' }, { text: 'bad', label: 'neg' }], byte, { seqLen: 6, batchSize: 2, padSide: 'left' });
+    const head = new dr.DualRouteClassifier(lm, cls.numClasses, 'last');
+    const c = cls.next();
+    const logits = head.forward(c.ids);
+    expect(logits.shape).toEqual([2, 2]);
+    expect(accuracy(logits, c.labels).total).toBe(2);
+    dr.dispose([logits, c.ids, c.labels, c.lengths]);
+
+    const task = associativeRecall({ vocab: 12, pairs: 2, seqLen: 8, seed: 3 });
+    const small = new dr.DualRouteLM({ vocabSize: task.vocabSize, dModel: 16, nHeads: 2, nLayers: 1, maxSeq: 8, seed: 3 });
+    const t = task.next(4);
+    const out = small.forward(t.ids);
+    expect(accuracy(out, t.targets).total).toBe(4);
+    const l = small.loss(t.ids, t.targets);
+    expect(Number.isFinite(l.lmLoss.item())).toBe(true);
+    dr.dispose([out, l.loss, l.lmLoss, t.ids, t.targets]);
+    for (const m of [head, s2s, small]) m.dispose(); // head holds lm as its backbone
   });
 });
