@@ -36,7 +36,7 @@ export type { SafetensorsHeader, SafetensorsEntry } from './train/safetensors';
 export { saveCheckpoint, saveCheckpointSync, loadCheckpoint, loadCheckpointSync } from './train/checkpoint';
 export type { CheckpointContents } from './train/checkpoint';
 export { Trainer, fit, classificationScores } from './train/trainer';
-export type { TrainerOptions, TrainerCallbacks, TrainSource, EvalSource, Batch, LMBatch, Seq2SeqBatch, ClassifyBatch, EvalMetrics, StepInfo, FitResult, Task } from './train/trainer';
+export type { TrainerOptions, TrainerCallbacks, TrainSource, EvalSource, Batch, Seq2SeqBatch, ClassifyBatch, EvalMetrics, StepInfo, FitResult, Task } from './train/trainer';
 export { renderSvg, svgToPng, lossCurvesSpec, routingHeatmapSpec, writePlots, plotRun, plotRouting, readLossRecords, LOSS_COLORS, MAX_PNG_SIDE } from './train/plots';
 export type { VegaLiteSpec, PngOptions, LossRecord, LossCurvesOptions, RoutingHeatmapOptions, WritePlotsOptions, PlotRunOptions } from './train/plots';
 export * from './ops/attention';
@@ -48,3 +48,16 @@ export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache
 export * as models from './models';
 export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier, saveModel, loadModel } from './models';
 export type { DualRouteLMConfig, LayerConfig, DualRouteSeq2SeqConfig, RoutingTrace, RoutingTraceOptions, LayerTrace } from './models';
+export type { DualRouteLMConfig, LayerConfig, DualRouteSeq2SeqConfig } from './models';
+export { ByteTokenizer, HFTokenizer, loadTokenizer, HF_MODEL_TYPES } from './train/tokenizers';
+export type { Tokenizer, TokenizerSpec, EncodeOptions, DecodeOptions, HFTokenizerOptions } from './train/tokenizers';
+export {
+  IGNORE_INDEX, readTextCorpus, tokenizeCorpus, splitTrainVal, LMBatcher, readJsonl, ClassificationDataset, PairDataset,
+  SyntheticTask, associativeRecall, longRangeCopy, localPattern, accuracy,
+} from './train/data';
+export type {
+  TextDocument, ReadTextCorpusOptions, TokenizeCorpusOptions, SplitOptions, LMBatch, LMBatcherOptions, LMBatcherState,
+  RecordDatasetOptions, RecordDatasetState, ClassificationRecord, ClassificationDatasetOptions, ClassificationBatch,
+  PairRecord, PairDatasetOptions, PairBatch, SyntheticTaskState, AssociativeRecallOptions, LongRangeCopyOptions,
+  LocalPatternOptions,
+} from './train/data';

@@ -31,8 +31,8 @@ import { DualRouteClassifier, DualRouteSeq2Seq } from '../models/seq2seq';
 import { saveModel } from '../models/io';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 
-/** A language-model batch: ids and next-token targets (-100: not scored), int32 [B, S]. */
-export interface LMBatch { ids: Tensor; targets: Tensor }
+import type { LMBatch } from './data';
+export type { LMBatch };
 /** An encoder-decoder batch: source ids [B, Se], decoder input [B, St], targets [B, St]. */
 export interface Seq2SeqBatch { src: Tensor; tgt: Tensor; targets: Tensor }
 /** A classification batch: ids [B, S] and labels int32 [B]. */
