@@ -3,6 +3,7 @@
 // are in lib/cli/run.ts. Exit codes: 0 done, 1 bad flags (commander's message), 2 a CliError (a
 // missing file, a bad config: its message), 130 training interrupted (a checkpoint was written).
 import { Command, InvalidArgumentError, Option } from 'commander';
+import '../index';  // the whole library, Tensor methods included
 import { DualrouteError } from '../errors';
 import { CliError, evalCommand, inspectCommand, sampleCommand, trainCommand, TrainArgs } from './run';
 import { PRESETS } from './presets';

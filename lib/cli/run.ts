@@ -286,7 +286,8 @@ export async function trainCommand(a: TrainArgs, out: Out = stdout): Promise<Fit
   const p = prepare(a);
   writeJsonAtomic(runFile, p.info);
   const n = p.model.numParameters();
-  out(`dualroute train: ${p.info.kind} (${(n / 1e6).toFixed(2)} M parameters) on ${device}, task ${p.info.task}, data ${p.info.data.join(', ')}`);
+  const dataNote = p.info.data.length > 3 ? `${p.info.data.length} files (${p.info.data.slice(0, 2).join(', ')}, ...)` : p.info.data.join(', ');
+  out(`dualroute train: ${p.info.kind} (${(n / 1e6).toFixed(2)} M parameters) on ${device}, task ${p.info.task}, data ${dataNote}`);
   const trainer = new Trainer({
     model: p.model, train: p.train, val: p.val, steps: a.steps, lr: a.lr, warmupSteps: a.warmup, accumulate: a.accumulate, clip: a.clip,
     precision: a.precision, seed: a.seed, evalEvery: a.evalEvery ?? Math.max(1, Math.floor(a.steps / 5)), evalBatches: a.evalBatches,
@@ -359,6 +360,15 @@ export async function loadRun(target: string, tokenizerSpec?: string): Promise<L
       tokenizer = loadTokenizer(spec as never);
     } catch (e) {
       throw new CliError(`tokenizer: ${(e as Error).message}`);
+    }
+  }
+  // a run folder: the training step is the checkpoint's (model.safetensors says 0)
+  const ckpt = path.join(dir, 'checkpoint.safetensors');
+  if (file !== ckpt && fs.existsSync(ckpt)) {
+    try {
+      step = JSON.parse((await readSafetensorsHeader(ckpt)).metadata.dualroute ?? '{}').step ?? step;
+    } catch {
+      // an unreadable checkpoint beside the model changes nothing here
     }
   }
   return { model, info, tokenizer, step };

@@ -19,7 +19,7 @@ import * as path from 'path';
 import { ValueError, describe } from '../errors';
 import { Generator, defaultGenerator } from '../random';
 import { Tensor, tidy } from '../tensor';
-import { noGrad } from '../autograd/engine';
+import { backward, noGrad } from '../autograd/engine';
 import { mul } from '../ops/elementwise';
 import { crossEntropy } from '../ops/nn';
 import { topk } from '../ops/sort';
@@ -404,7 +404,7 @@ export class Trainer<B extends Batch = Batch> {
               tokens += r.tokens;
               return { loss: r.loss, t: accumulate > 1 ? mul(r.loss, 1 / accumulate) : r.loss };
             });
-            t.backward();
+            backward(t);
             stepLoss += Number((await loss.data())[0]) / accumulate;
             if (t !== loss) t.dispose();
             loss.dispose();
