@@ -81,8 +81,13 @@ class Pool {
       std::unique_lock<std::mutex> lk(mu_);
       done_cv_.wait(lk, [&] { return done_.load() == all; });
     }
+    // The region ends only when no worker is inside work() any more: a worker that claimed a
+    // chunk index past the end of this region must not compare it with the next region's
+    // counters (it would run a chunk of the next region twice, and count it twice, so the next
+    // caller could return early or wait forever for a count it has passed).
     std::unique_lock<std::mutex> lk(mu_);
     job_ = nullptr;
+    done_cv_.wait(lk, [&] { return active_ == 0; });
     std::exception_ptr err;
     {
       std::lock_guard<std::mutex> elk(err_mu_);
@@ -145,8 +150,13 @@ class Pool {
         if (quit_) return;
         seen = generation_.load();
         if (!job_) continue;  // that region is over already
+        ++active_;            // run() waits for this worker to leave the region
       }
       work();
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (--active_ == 0) done_cv_.notify_all();
+      }
     }
   }
 
@@ -161,6 +171,7 @@ class Pool {
   std::atomic<int64_t> next_{0}, done_{0};
   std::atomic<uint64_t> generation_{0};
   int sleepers_ = 0;  // workers blocked on cv_ (under mu_)
+  int active_ = 0;    // workers inside work() of the current region (under mu_)
   bool quit_ = false;
   static thread_local bool in_worker_;
 };
