@@ -277,13 +277,14 @@ function* mapIter<A, B>(it: Iterable<A>, f: (a: A) => B): Iterable<B> {
 /** `dualroute train`: trains a model into a run folder; returns the Trainer's result. */
 export async function trainCommand(a: TrainArgs, out: Out = stdout): Promise<FitResult> {
   const device = useDevice(a.device);
-  fs.mkdirSync(a.out, { recursive: true });
   const runFile = path.join(a.out, 'run.json');
   if (a.resume && fs.existsSync(runFile)) {
     const prev = readJsonFile(runFile, 'run.json') as RunInfo;
     if (prev.args && prev.args.steps !== undefined && prev.args.steps !== a.steps) out(`resuming with --steps ${a.steps} (the run was started with ${prev.args.steps})`);
   }
+  // everything is checked (data, config, tokenizer) before the run folder is made
   const p = prepare(a);
+  fs.mkdirSync(a.out, { recursive: true });
   writeJsonAtomic(runFile, p.info);
   const n = p.model.numParameters();
   const dataNote = p.info.data.length > 3 ? `${p.info.data.length} files (${p.info.data.slice(0, 2).join(', ')}, ...)` : p.info.data.join(', ');
