@@ -138,6 +138,19 @@ export class MultiheadAttention extends Module {
     return transpose(reshape(t, [B, S, H, this.headDim]), 1, 2);
   }
 
+  // the query heads of x and key heads of src, rotated at positions (default 0 .. S-1) when rope
+  // is on (self-attention: the keys sit at the queries' positions)
+  private projectQK(x: Tensor, src: Tensor, positions?: Tensor): { q: Tensor; k: Tensor } {
+    let q = this.heads(this.q_proj.forward(x), this.nHeads);
+    let k = this.heads(this.k_proj.forward(src), this.nKvHeads);
+    if (this.useRope) {
+      const pos = positions ?? arange(0, x.shape[1], 1, { dtype: 'int32', device: x.device });
+      q = rope(q, pos, { base: this.ropeBase });
+      k = rope(k, pos, { base: this.ropeBase });
+    }
+    return { q, k };
+  }
+
   forward(x: Tensor, options: AttentionForwardOptions = {}): Tensor {
     const name = 'MultiheadAttention';
     const o = checkOptions<AttentionForwardOptions>(options, name);
@@ -159,17 +172,9 @@ export class MultiheadAttention extends Module {
       throw new ValueError(`${name}: queryIndex applies to kind 'global' only (kind is '${this.kind}')`);
     }
     return tidy(() => {
-      let q = this.heads(this.q_proj.forward(x), this.nHeads);
-      let k = this.heads(this.k_proj.forward(src), this.nKvHeads);
+      if (o.positions !== undefined) checkTensor(o.positions, name, 'positions');
+      const { q, k } = this.projectQK(x, src, o.positions);
       const v = this.heads(this.v_proj.forward(src), this.nKvHeads);
-      if (this.useRope) {
-        let pos = o.positions;
-        if (pos === undefined) pos = arange(0, S, 1, { dtype: 'int32', device: x.device });
-        else checkTensor(pos, name, 'positions');
-        // self-attention: the keys sit at the queries' positions
-        q = rope(q, pos, { base: this.ropeBase });
-        k = rope(k, pos, { base: this.ropeBase });
-      }
       const common = { causal: this.causal, keyPaddingMask: o.keyPaddingMask };
       let a: Tensor;
       if (this.kind === 'segment') {
@@ -197,13 +202,7 @@ export class MultiheadAttention extends Module {
     if (x.ndim !== 3 || x.shape[2] !== this.dModel) throw new ShapeError(`${name}: Expected x of shape [batch, seq, ${this.dModel}] but received ${describe(x)}`);
     const S = x.shape[1];
     return noGrad(() => tidy(() => {
-      let q = this.heads(this.q_proj.forward(x), this.nHeads);
-      let k = this.heads(this.k_proj.forward(x), this.nKvHeads);
-      if (this.useRope) {
-        const pos = arange(0, S, 1, { dtype: 'int32', device: x.device });
-        q = rope(q, pos, { base: this.ropeBase });
-        k = rope(k, pos, { base: this.ropeBase });
-      }
+      const { q, k } = this.projectQK(x, x);
       const G = this.nHeads / this.nKvHeads;
       return selectSegments(q, k, { Sk: S, scale: 1 / Math.sqrt(this.headDim) }, { segment: this.segment, topK: this.topK, group: this.groupHeads ? G : 1, causal: this.causal, op: name });
     }));

@@ -77,6 +77,18 @@ export class NSAAttention extends Module {
     return transpose(reshape(t, [B, S, H, this.headDim]), 1, 2);
   }
 
+  // the query and key heads of x, rotated at positions 0 .. S-1 when rope is on
+  private projectQK(x: Tensor): { q: Tensor; k: Tensor } {
+    let q = this.heads(this.q_proj.forward(x), this.nHeads);
+    let k = this.heads(this.k_proj.forward(x), this.nKvHeads);
+    if (this.useRope) {
+      const pos = arange(0, x.shape[1], 1, { dtype: 'int32', device: x.device });
+      q = rope(q, pos, { base: this.ropeBase });
+      k = rope(k, pos, { base: this.ropeBase });
+    }
+    return { q, k };
+  }
+
   /** x [batch, S, dModel] -> [batch, S, dModel] (causal). */
   forward(x: Tensor): Tensor {
     const name = 'NSAAttention';
@@ -87,14 +99,8 @@ export class NSAAttention extends Module {
     this.lastGates = null;
     let gates!: Tensor;
     const out = tidy(() => {
-      let q = this.heads(this.q_proj.forward(x), this.nHeads);
-      let k = this.heads(this.k_proj.forward(x), this.nKvHeads);
+      const { q, k } = this.projectQK(x);
       const v = this.heads(this.v_proj.forward(x), this.nKvHeads);
-      if (this.useRope) {
-        const pos = arange(0, S, 1, { dtype: 'int32', device: x.device });
-        q = rope(q, pos, { base: this.ropeBase });
-        k = rope(k, pos, { base: this.ropeBase });
-      }
       const merge = (a: Tensor) => reshape(transpose(a, 1, 2), [B, S, this.dModel]);
       const cmp = merge(compressedAttention(q, k, v, { segment: this.segment }));
       const sel = merge(segmentAttention(q, k, v, { segment: this.segment, topK: this.topK, groupHeads: true }));
@@ -117,13 +123,7 @@ export class NSAAttention extends Module {
     if (x.ndim !== 3 || x.shape[2] !== this.dModel) throw new ShapeError(`${name}: Expected x of shape [batch, seq, ${this.dModel}] but received ${describe(x)}`);
     const S = x.shape[1];
     return noGrad(() => tidy(() => {
-      let q = this.heads(this.q_proj.forward(x), this.nHeads);
-      let k = this.heads(this.k_proj.forward(x), this.nKvHeads);
-      if (this.useRope) {
-        const pos = arange(0, S, 1, { dtype: 'int32', device: x.device });
-        q = rope(q, pos, { base: this.ropeBase });
-        k = rope(k, pos, { base: this.ropeBase });
-      }
+      const { q, k } = this.projectQK(x);
       return selectSegments(q, k, { Sk: S, scale: 1 / Math.sqrt(this.headDim) }, { segment: this.segment, topK: this.topK, group: this.nHeads / this.nKvHeads, causal: true, op: name });
     }));
   }
