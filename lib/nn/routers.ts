@@ -114,6 +114,9 @@ export interface GateOptions extends InitOptions {
 }
 
 const INIT_KEYS = ['dtype', 'device', 'generator'] as const;
+// a gate module makes a projection per path: a bound that no design reaches, so that a mistaken
+// count (2^31) is an error at once, not hours of module construction
+const MAX_PATHS = 4096;
 
 /**
  * Independent sigmoid gates, one per path, each from its own Linear(dModel -> units): gates in
@@ -130,6 +133,7 @@ export class SigmoidGates extends Module {
     checkKeys(name, options, [...INIT_KEYS, 'units', 'bias']);
     posInt(name, 'dModel', dModel);
     posInt(name, 'nPaths', nPaths);
+    if (nPaths > MAX_PATHS) throw new ValueError(`${name}: Expected at most ${MAX_PATHS} paths but received ${describe(nPaths)}`);
     this.units = units(name, options.units, dModel);
     if (options.bias !== undefined && typeof options.bias !== 'boolean') throw new ValueError(`${name}: Expected a boolean for bias but received ${describe(options.bias)}`);
     const o = { dtype: options.dtype, device: options.device, generator: options.generator, bias: options.bias };
@@ -174,6 +178,7 @@ export class SoftmaxGates extends Module {
     checkKeys(name, options, [...INIT_KEYS, 'units', 'bias', 'temperature']);
     posInt(name, 'dModel', dModel);
     posInt(name, 'nPaths', nPaths);
+    if (nPaths > MAX_PATHS) throw new ValueError(`${name}: Expected at most ${MAX_PATHS} paths but received ${describe(nPaths)}`);
     this.units = units(name, options.units, dModel);
     const t = options.temperature ?? 1;
     if (typeof t !== 'number' || !Number.isFinite(t) || t <= 0) throw new ValueError(`${name}: Expected a finite number > 0 for temperature but received ${describe(t)}`);
@@ -230,6 +235,7 @@ export class RuleRouter extends Module {
     options = checkOptions(options, name);
     checkKeys(name, options, ['default', 'vocabSize', 'lookup', 'dtype']);
     posInt(name, 'nPaths', nPaths);
+    if (nPaths > MAX_PATHS) throw new ValueError(`${name}: Expected at most ${MAX_PATHS} paths but received ${describe(nPaths)}`);
     this.dtype = floatDType(name, 'dtype', options.dtype, 'float32');
     this.vocabSize = options.vocabSize;
     // numRoutes: a rule (or the default) naming a path >= nPaths is refused now, not at the first batch

@@ -910,6 +910,7 @@ export abstract class SyntheticTask {
   private _step = 0;
 
   protected constructor(readonly name: string, protected readonly config: Record<string, number>, seed: unknown, seqLen: number, device: Device | undefined) {
+    if (typeof name !== 'string') throw new ValueError(`SyntheticTask: build a task with associativeRecall, longRangeCopy or localPattern (received a name ${describe(name)})`);
     this.gen = new Generator(checkSeed(name, seed));
     this.seqLen = seqLen;
     this.device = device;

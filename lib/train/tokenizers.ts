@@ -199,6 +199,8 @@ function tokenName(op: string, path: string, key: string, v: unknown): string | 
   throw new FormatError(`${op}: ${path}: Expected a string or {content} for ${key} but received ${describe(v)}`);
 }
 
+const CONSTRUCT = Symbol('HFTokenizer.construct');
+
 /**
  * A Hugging Face tokenizer (tokenizer.json) run by @huggingface/tokenizers. Build it with
  * HFTokenizer.fromFile. bos/eos/pad come from tokenizer_config.json when it names them, else
@@ -226,10 +228,12 @@ export class HFTokenizer implements Tokenizer {
   private readonly explicitConfig: boolean;
   private readonly specialIds: Set<number>;
 
-  private constructor(core: HFCore, info: {
+  private constructor(key: symbol, core: HFCore, info: {
     path: string; configPath: string | null; explicitConfig: boolean; modelType: string; chatTemplate: string | null;
     bos: string | null; eos: string | null; pad: string | null; vocabSize: number; specialIds: number[];
   }) {
+    // TypeScript's private does not stop JavaScript callers
+    if (key !== CONSTRUCT) throw new ValueError('HFTokenizer: build it with HFTokenizer.fromFile(path) (the constructor is internal)');
     this.core = core;
     this.path = info.path;
     this.configPath = info.configPath;
@@ -330,7 +334,7 @@ export class HFTokenizer implements Tokenizer {
       if (n !== undefined) return n;
       return GUESS[k].find((t) => core.token_to_id(t) !== undefined) ?? null;
     };
-    return new HFTokenizer(core, {
+    return new HFTokenizer(CONSTRUCT, core, {
       path: file, configPath, explicitConfig: o.configPath !== undefined, modelType: String(model.type ?? 'inferred'), chatTemplate,
       bos: pick('bos'), eos: pick('eos'), pad: pick('pad'), vocabSize, specialIds,
     });

@@ -488,6 +488,12 @@ function isSavable(m: Module): m is DualRouteLM | DualRouteSeq2Seq {
 
 /** Macro precision, recall and F1 over the classes that appear in targets or predictions. */
 export function classificationScores(pairs: ReadonlyArray<readonly [number, number]>): { precision: number; recall: number; f1: number } {
+  if (!Array.isArray(pairs)) throw new ValueError(`classificationScores: Expected an array of [target, prediction] pairs but received ${describe(pairs)}`);
+  pairs.forEach((p, i) => {
+    if (!Array.isArray(p) || p.length !== 2 || !Number.isInteger(p[0]) || !Number.isInteger(p[1])) {
+      throw new ValueError(`classificationScores: Expected pairs[${i}] to be [target, prediction] (two integers) but received ${describe(p)}`);
+    }
+  });
   const classes = new Set<number>();
   for (const [t, p] of pairs) {
     classes.add(t);
