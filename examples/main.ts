@@ -117,7 +117,7 @@ async function main(): Promise<void> {
   console.log(`\nrun folder ${o.out}:`);
   for (const run of runs) console.log(`  ${run.dir}: model.safetensors, checkpoint.safetensors, metrics.jsonl, loss.png`);
   console.log(`  routing heatmap: ${plot.png}`);
-  console.log(`  try: npx dualroute sample ${runs[0].dir} --prompt "export function "`);
+  console.log(`  try: npm run cli -- sample ${runs[0].dir} --prompt "export function "   (npx dualroute ... where dualroute is installed as a package)`);
   console.log(`\ndone in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   dual.dispose();
   local.dispose();
