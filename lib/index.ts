@@ -44,6 +44,8 @@ export { segmentMean, segmentScores, segmentSelect, selectSegments, segmentAtten
 export type { SegmentScoresOptions, SegmentSelectOptions, SegmentSelection, SelectSegmentsArgs, SegmentAttentionOptions, SegmentAttentionResult, CompressedAttentionOptions } from './ops/segment';
 export * from './ops/rnn';
 export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
+export { serve, buildApp } from './serve/server';
+export type { ServeOptions, ServeLimits, Server } from './serve/server';
 export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';
 export * as models from './models';
 export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier, saveModel, loadModel } from './models';

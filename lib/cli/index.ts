@@ -5,7 +5,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import '../index';  // the whole library, Tensor methods included
 import { DualrouteError } from '../errors';
-import { CliError, evalCommand, inspectCommand, sampleCommand, trainCommand, TrainArgs } from './run';
+import { CliError, evalCommand, inspectCommand, sampleCommand, serveCommand, trainCommand, TrainArgs } from './run';
 import { PRESETS } from './presets';
 
 function int(min: number) {
@@ -98,6 +98,20 @@ export function program(): Command {
     .addOption(device())
     .action(async (checkpoint, o) => {
       await inspectCommand({ checkpoint, ...o });
+    });
+  p.command('serve')
+    .description('an OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)')
+    .argument('<checkpoint>', 'a .safetensors file or a run folder')
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--port <n>', 'port', int(0), 8080)
+    .option('--model-name <name>', 'the model id clients name', 'dualroute')
+    .option('--concurrency <n>', 'requests generating at once', int(1), 4)
+    .option('--queue <n>', 'requests waiting (then 429)', int(0), 64)
+    .option('--max-tokens <n>', 'largest max_tokens', int(1), 1024)
+    .option('--tokenizer <spec>', 'override the run\'s tokenizer')
+    .addOption(device())
+    .action(async (checkpoint, o) => {
+      await serveCommand({ checkpoint, ...o });
     });
   return p;
 }

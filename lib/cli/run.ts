@@ -538,3 +538,38 @@ export async function inspectCommand(a: { checkpoint: string; text?: string; jso
     l.model.dispose();
   }
 }
+
+// ---- serve -----------------------------------------------------------------------------------
+
+export interface ServeArgs {
+  checkpoint: string;
+  host: string;
+  port: number;
+  modelName: string;
+  concurrency: number;
+  queue: number;
+  maxTokens: number;
+  tokenizer?: string;
+  device?: string;
+}
+
+/** `dualroute serve`: serves a language model until SIGINT / SIGTERM (then closes and returns). */
+export async function serveCommand(a: ServeArgs, out: Out = stdout): Promise<void> {
+  useDevice(a.device);
+  const l = await loadRun(a.checkpoint, a.tokenizer);
+  if (!(l.model instanceof DualRouteLM)) throw new CliError(`serve: ${a.checkpoint} holds a ${l.model.constructor.name}; serving needs a DualRouteLM`);
+  if (!l.tokenizer) throw new CliError(`serve: ${a.checkpoint} has no tokenizer (trained on synthetic ids); give --tokenizer`);
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { serve } = require('../serve/server') as typeof import('../serve/server');
+  const s = await serve({ model: l.model, tokenizer: l.tokenizer, host: a.host, port: a.port, modelName: a.modelName,
+    limits: { concurrency: a.concurrency, queue: a.queue, maxTokens: a.maxTokens } });
+  out(`dualroute serve: ${a.modelName} from ${a.checkpoint} at ${s.url}/v1 (health ${s.url}/health, metrics ${s.url}/metrics)`);
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  out('dualroute serve: closing (finishing the requests in flight)');
+  await s.close();
+  l.model.dispose();
+}

@@ -148,3 +148,28 @@ describe('dualroute train interrupted by SIGINT', () => {
     expect(b.equals(a)).toBe(true);
   });
 });
+
+describe('dualroute serve', () => {
+  test('serves a trained run over HTTP and closes on SIGTERM', async () => {
+    const out = path.join(dir, 'run');
+    expect(fs.existsSync(path.join(out, 'model.safetensors'))).toBe(true);  // trained by the test above
+    const { spawn } = await import('child_process');
+    const child = spawn(process.execPath, [CLI, 'serve', out, '--port', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout.on('data', (d) => (text += d));
+    const started = Date.now();
+    while (!/at (http:\/\/[\d.:]+)\/v1/.test(text)) {
+      if (Date.now() - started > 30_000 || child.exitCode !== null) throw new Error(`serve did not start: ${text}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const url = text.match(/at (http:\/\/[\d.:]+)\/v1/)![1];
+    const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'line 3', max_tokens: 5, temperature: 0 }) });
+    expect(r.status).toBe(200);
+    const body = await r.json();
+    expect(body.usage.completion_tokens).toBeGreaterThan(0);
+    child.kill('SIGTERM');
+    const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
+    expect(code).toBe(0);
+    expect(text).toContain('closing');
+  });
+});

@@ -1,0 +1,378 @@
+// An OpenAI-compatible HTTP server for a DualRouteLM (fastify): POST /v1/completions and
+// /v1/chat/completions (whole answers or server-sent events), GET /v1/models, GET /health and
+// GET /metrics (Prometheus, prom-client). Requests are checked field by field and refused with
+// OpenAI's error body and the right status (400 bad field, 404 unknown model, 413 body too large,
+// 429 queue full); a client that disconnects aborts its generation. Generation runs through the
+// model's decode caches; the kernels run off the JavaScript thread, so /health answers while
+// requests decode.
+//
+// This first version decodes each request on its own (up to `concurrency` at once, the rest
+// queued); continuous batching (shared decode steps) comes next.
+import { randomUUID } from 'crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { ValueError, describe } from '../errors';
+import { DualRouteLM } from '../models/dual_route_lm';
+import type { Tokenizer } from '../train/tokenizers';
+
+export interface ServeLimits {
+  /** Largest request body in bytes (default 1 MiB): past it, 413. */
+  bodyBytes?: number;
+  /** Longest prompt in tokens (default: the model's maxSeq - 1). */
+  promptTokens?: number;
+  /** Largest max_tokens (default 1024). */
+  maxTokens?: number;
+  /** Requests generating at once (default 4). */
+  concurrency?: number;
+  /** Requests waiting for a slot (default 64): past it, 429. */
+  queue?: number;
+}
+
+export interface ServeOptions {
+  model: DualRouteLM;
+  tokenizer: Tokenizer;
+  /** The model id clients name (default 'dualroute'). */
+  modelName?: string;
+  host?: string;
+  /** 0: any free port. Default 8080. */
+  port?: number;
+  limits?: ServeLimits;
+}
+
+export interface Server {
+  app: FastifyInstance;
+  /** http://host:port */
+  url: string;
+  close(): Promise<void>;
+}
+
+/** A request error: the status and OpenAI's error body. */
+class ApiError extends Error {
+  constructor(readonly status: number, message: string, readonly type: string, readonly param: string | null = null, readonly code: string | null = null) {
+    super(message);
+  }
+}
+
+const bad = (message: string, param: string | null = null) => new ApiError(400, message, 'invalid_request_error', param);
+
+const COMPLETION_KEYS = ['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'user', 'echo', 'presence_penalty', 'frequency_penalty', 'best_of', 'logit_bias', 'suffix'];
+const CHAT_KEYS = ['model', 'messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'top_logprobs', 'user', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'response_format'];
+
+interface Sampling {
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  n: number;
+  stop: string[];
+  seed: number | undefined;
+  stream: boolean;
+  includeUsage: boolean;
+}
+
+function checkObject(body: unknown, keys: string[]): Record<string, unknown> {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw bad(`Expected a JSON object as the request body but received ${describe(body)}`);
+  const b = body as Record<string, unknown>;
+  for (const k of Object.keys(b)) if (!keys.includes(k)) throw bad(`Unrecognized request argument supplied: ${k}`, k);
+  return b;
+}
+
+function numberIn(b: Record<string, unknown>, k: string, lo: number, hi: number, dflt: number, integer = false): number {
+  const v = b[k];
+  if (v === undefined || v === null) return dflt;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < lo || v > hi || (integer && !Number.isInteger(v))) {
+    throw bad(`Expected ${integer ? 'an integer' : 'a number'} in [${lo}, ${hi}] for '${k}' but received ${describe(v)}`, k);
+  }
+  return v;
+}
+
+function sampling(b: Record<string, unknown>, limits: Required<ServeLimits>, maxKey = 'max_tokens'): Sampling {
+  const maxTokens = numberIn(b, maxKey, 1, limits.maxTokens, Math.min(16, limits.maxTokens), true);
+  const temperature = numberIn(b, 'temperature', 0, 2, 1);
+  const topP = numberIn(b, 'top_p', 0, 1, 1);
+  if (b.top_p !== undefined && b.top_p !== null && topP === 0) throw bad(`Expected top_p in (0, 1] but received 0`, 'top_p');
+  const n = numberIn(b, 'n', 1, 8, 1, true);
+  let stop: string[] = [];
+  if (b.stop !== undefined && b.stop !== null) {
+    const s = typeof b.stop === 'string' ? [b.stop] : b.stop;
+    if (!Array.isArray(s) || s.length > 4 || s.some((x) => typeof x !== 'string' || x === '')) throw bad(`Expected a non-empty string or up to 4 of them for 'stop' but received ${describe(b.stop)}`, 'stop');
+    stop = s as string[];
+  }
+  let seed: number | undefined;
+  if (b.seed !== undefined && b.seed !== null) {
+    if (!Number.isSafeInteger(b.seed) || (b.seed as number) < 0) throw bad(`Expected a non-negative integer for 'seed' but received ${describe(b.seed)}`, 'seed');
+    seed = b.seed as number;
+  }
+  if (b.stream !== undefined && b.stream !== null && typeof b.stream !== 'boolean') throw bad(`Expected a boolean for 'stream' but received ${describe(b.stream)}`, 'stream');
+  const stream = b.stream === true;
+  let includeUsage = false;
+  if (b.stream_options !== undefined && b.stream_options !== null) {
+    const so = b.stream_options as Record<string, unknown>;
+    if (typeof so !== 'object' || Array.isArray(so) || Object.keys(so).some((k) => k !== 'include_usage') || (so.include_usage !== undefined && typeof so.include_usage !== 'boolean')) {
+      throw bad(`Expected {include_usage: boolean} for 'stream_options' but received ${describe(b.stream_options)}`, 'stream_options');
+    }
+    if (!stream) throw bad(`'stream_options' is only allowed when 'stream' is true`, 'stream_options');
+    includeUsage = so.include_usage === true;
+  }
+  for (const k of ['logprobs', 'top_logprobs', 'echo', 'best_of', 'suffix', 'logit_bias']) {
+    const v = b[k];
+    if (v !== undefined && v !== null && v !== false && !(k === 'best_of' && v === 1)) throw bad(`'${k}' is not supported by this server yet`, k);
+  }
+  for (const k of ['presence_penalty', 'frequency_penalty']) {
+    if (b[k] !== undefined && b[k] !== null && b[k] !== 0) throw bad(`'${k}' is not supported by this server yet (only 0)`, k);
+  }
+  return { maxTokens, temperature, topP, n, stop, seed, stream, includeUsage };
+}
+
+/** A slot gate: `concurrency` holders at once, `queue` waiters, then refusals. */
+class Slots {
+  private active = 0;
+  private waiting: Array<() => void> = [];
+  constructor(private readonly concurrency: number, private readonly queue: number) {}
+  get depth(): number {
+    return this.waiting.length;
+  }
+  get running(): number {
+    return this.active;
+  }
+  async acquire(signal: AbortSignal): Promise<void> {
+    if (this.active < this.concurrency) {
+      this.active++;
+      return;
+    }
+    if (this.waiting.length >= this.queue) throw new ApiError(429, `The server is at capacity (${this.concurrency} generating, ${this.queue} queued); retry later`, 'rate_limit_exceeded');
+    await new Promise<void>((resolve, reject) => {
+      const go = () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        this.waiting = this.waiting.filter((w) => w !== go);
+        reject(new ApiError(499, 'client closed the request', 'aborted'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiting.push(go);
+    });
+  }
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();  // the slot passes straight to the next waiter
+    else this.active--;
+  }
+}
+
+/** Builds the app (not listening); serve() listens. */
+export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance; slots: Slots }> {
+  if (!(o?.model instanceof DualRouteLM)) throw new ValueError(`serve: Expected a DualRouteLM for model but received ${describe(o?.model)}`);
+  if (!o.tokenizer || typeof o.tokenizer.encode !== 'function') throw new ValueError(`serve: Expected a tokenizer but received ${describe(o.tokenizer)}`);
+  if (o.tokenizer.vocabSize > o.model.config.vocabSize) {
+    throw new ValueError(`serve: the tokenizer's vocabulary (${o.tokenizer.vocabSize}) is larger than the model's (${o.model.config.vocabSize})`);
+  }
+  const model = o.model;
+  const tok = o.tokenizer;
+  const name = o.modelName ?? 'dualroute';
+  const l: Required<ServeLimits> = {
+    bodyBytes: o.limits?.bodyBytes ?? 1 << 20,
+    promptTokens: o.limits?.promptTokens ?? model.config.maxSeq - 1,
+    maxTokens: o.limits?.maxTokens ?? 1024,
+    concurrency: o.limits?.concurrency ?? 4,
+    queue: o.limits?.queue ?? 64,
+  };
+  for (const [k, v] of Object.entries(l)) {
+    if (!Number.isInteger(v) || v < (k === 'queue' ? 0 : 1)) throw new ValueError(`serve: Expected a positive integer for limits.${k} but received ${describe(v)}`);
+  }
+  model.eval();
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const Fastify = require('fastify') as typeof import('fastify');
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const prom = require('prom-client') as typeof import('prom-client');
+  const app = Fastify.default({ bodyLimit: l.bodyBytes, logger: false });
+  const slots = new Slots(l.concurrency, l.queue);
+
+  const registry = new prom.Registry();
+  const requests = new prom.Counter({ name: 'dualroute_requests_total', help: 'HTTP requests by route and status', labelNames: ['route', 'status'], registers: [registry] });
+  const tokens = new prom.Counter({ name: 'dualroute_tokens_total', help: 'Tokens by kind (prompt, generated)', labelNames: ['kind'], registers: [registry] });
+  new prom.Gauge({ name: 'dualroute_queue_depth', help: 'Requests waiting for a generation slot', registers: [registry], collect() { this.set(slots.depth); } });
+  new prom.Gauge({ name: 'dualroute_running', help: 'Requests generating', registers: [registry], collect() { this.set(slots.running); } });
+  const ttft = new prom.Histogram({ name: 'dualroute_time_to_first_token_seconds', help: 'Time from request to first generated token', buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [registry] });
+  const perToken = new prom.Histogram({ name: 'dualroute_time_per_output_token_seconds', help: 'Time between generated tokens', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers: [registry] });
+
+  const sendError = (reply: FastifyReply, e: ApiError) => {
+    reply.code(e.status).send({ error: { message: e.message, type: e.type, param: e.param, code: e.code } });
+  };
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
+    if (err instanceof ApiError) return sendError(reply, err);
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    const type = status === 413 ? 'request_too_large' : status < 500 ? 'invalid_request_error' : 'server_error';
+    const message = status === 413 ? `The request body is larger than ${l.bodyBytes} bytes` : err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? 'Expected Content-Type: application/json' : status < 500 ? `Invalid request: ${err.message}` : 'The server failed on this request';
+    sendError(reply, new ApiError(status, message, type));
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    requests.inc({ route: req.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
+  });
+
+  app.get('/health', async () => ({ status: 'ok', running: slots.running, queued: slots.depth }));
+  app.get('/v1/models', async () => ({ object: 'list', data: [{ id: name, object: 'model', created: 0, owned_by: 'dualroute' }] }));
+  app.get('/metrics', async (_req, reply) => {
+    reply.header('content-type', registry.contentType);
+    return registry.metrics();
+  });
+
+  // the prompt's ids, checked against the limits
+  const encode = (text: string, param: string): number[] => {
+    const ids = tok.encode(text);
+    if (ids.length === 0 && tok.bosId !== null) ids.push(tok.bosId);
+    if (ids.length === 0) throw bad(`Expected a non-empty prompt`, param);
+    if (ids.length > l.promptTokens) throw bad(`The prompt is ${ids.length} tokens long; at most ${l.promptTokens} are allowed`, param);
+    return ids;
+  };
+
+  interface Choice { text: string; finish: 'stop' | 'length'; tokens: number }
+
+  // one generation: streams text pieces to onText; stops at a stop string, eos, maxTokens or abort
+  const generate = async (prompt: number[], s: Sampling, seed: number | undefined, signal: AbortSignal, onText: (piece: string) => void, t0: number): Promise<Choice> => {
+    const ids: number[] = [];
+    let shown = 0;
+    let text = '';
+    let finish: Choice['finish'] = 'length';
+    const room = Math.min(s.maxTokens, model.config.maxSeq - prompt.length);
+    let last = t0;
+    const inner = new AbortController();
+    const onAbort = () => inner.abort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      if (room <= 0) return { text: '', finish: 'length', tokens: 0 };
+      for await (const t of model.generate(prompt, { maxTokens: room, temperature: s.temperature, topP: s.topP, seed, signal: inner.signal })) {
+        const now = performance.now();
+        if (ids.length === 0) ttft.observe((now - t0) / 1000);
+        else perToken.observe((now - last) / 1000);
+        last = now;
+        if (tok.eosId !== null && t.token === tok.eosId) {
+          finish = 'stop';
+          break;
+        }
+        ids.push(t.token);
+        text = tok.decode(ids);
+        // a stop string ends the text before it
+        let cut = -1;
+        for (const st of s.stop) {
+          const at = text.indexOf(st, Math.max(0, shown - st.length));
+          if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+        }
+        if (cut >= 0) {
+          text = text.slice(0, cut);
+          finish = 'stop';
+        }
+        // hold back what could still become a stop string or an incomplete character
+        let safe = text.length;
+        if (finish !== 'stop') {
+          if (text.endsWith('\uFFFD')) safe = text.lastIndexOf('\uFFFD');
+          for (const st of s.stop) for (let k = Math.min(st.length - 1, text.length); k > 0; --k) if (text.endsWith(st.slice(0, k))) safe = Math.min(safe, text.length - k);
+        }
+        if (safe > shown) {
+          onText(text.slice(shown, safe));
+          shown = safe;
+        }
+        if (finish === 'stop') {
+          inner.abort();
+          break;
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof Error && e.name === 'AbortError') && !signal.aborted && !inner.signal.aborted) throw e;
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+    if (text.length > shown) onText(text.slice(shown));
+    tokens.inc({ kind: 'generated' }, ids.length);
+    return { text, finish, tokens: ids.length };
+  };
+
+  const handle = (chat: boolean) => async (req: FastifyRequest, reply: FastifyReply) => {
+    const t0 = performance.now();
+    const b = checkObject(req.body, chat ? CHAT_KEYS : COMPLETION_KEYS);
+    if (b.model !== undefined && b.model !== name) throw new ApiError(404, `The model '${String(b.model)}' does not exist (this server serves '${name}')`, 'invalid_request_error', 'model', 'model_not_found');
+    let prompts: number[][];
+    if (chat) {
+      const msgs = b.messages;
+      if (!Array.isArray(msgs) || msgs.length === 0) throw bad(`Expected a non-empty array for 'messages' but received ${describe(msgs)}`, 'messages');
+      const lines = msgs.map((m, i) => {
+        if (m === null || typeof m !== 'object' || typeof (m as { role?: unknown }).role !== 'string' || typeof (m as { content?: unknown }).content !== 'string') {
+          throw bad(`Expected messages[${i}] to be {role, content} with string values but received ${describe(m)}`, `messages[${i}]`);
+        }
+        const { role, content } = m as { role: string; content: string };
+        if (!['system', 'user', 'assistant', 'developer'].includes(role)) throw bad(`Expected messages[${i}].role to be system, user, assistant or developer but received '${role}'`, `messages[${i}].role`);
+        return `${role}: ${content}\n`;
+      });
+      prompts = [encode(lines.join('') + 'assistant:', 'messages')];
+    } else {
+      const p = b.prompt;
+      if (typeof p === 'string') prompts = [encode(p, 'prompt')];
+      else if (Array.isArray(p) && p.length > 0 && p.length <= 16 && p.every((x) => typeof x === 'string')) prompts = (p as string[]).map((x, i) => encode(x, `prompt[${i}]`));
+      else throw bad(`Expected a string or an array of up to 16 strings for 'prompt' but received ${describe(p)}`, 'prompt');
+    }
+    const s = sampling(b, l, chat && b.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens');
+    const promptTokens = prompts.reduce((a, p) => a + p.length, 0);
+    const abort = new AbortController();
+    // a client that goes away aborts its generation (and frees its caches)
+    reply.raw.on('close', () => {
+      if (!reply.raw.writableFinished) abort.abort();
+    });
+    await slots.acquire(abort.signal);
+    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${randomUUID()}`;
+    const created = Math.floor(Date.now() / 1000);
+    const object = chat ? 'chat.completion' : 'text_completion';
+    tokens.inc({ kind: 'prompt' }, promptTokens * s.n);
+    try {
+      const jobs = prompts.flatMap((p, pi) => Array.from({ length: s.n }, (_, k) => ({ p, index: pi * s.n + k, seed: s.seed === undefined ? undefined : s.seed + k })));
+      if (!s.stream) {
+        const out: Choice[] = [];
+        for (const j of jobs) out.push(await generate(j.p, s, j.seed, abort.signal, () => undefined, t0));
+        const completion = out.reduce((a, c) => a + c.tokens, 0);
+        return {
+          id, object, created, model: name,
+          choices: out.map((c, i) => (chat
+            ? { index: i, message: { role: 'assistant', content: c.text }, finish_reason: c.finish, logprobs: null }
+            : { index: i, text: c.text, finish_reason: c.finish, logprobs: null })),
+          usage: { prompt_tokens: promptTokens * s.n, completion_tokens: completion, total_tokens: promptTokens * s.n + completion },
+        };
+      }
+      reply.hijack();
+      const raw = reply.raw;
+      raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+      const chunkType = chat ? 'chat.completion.chunk' : 'text_completion';
+      const send = (obj: object) => {
+        if (!raw.writableEnded && !raw.destroyed) raw.write(`data: ${JSON.stringify(obj)}\n\n`);
+      };
+      let completion = 0;
+      for (const j of jobs) {
+        if (chat) send({ id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: { role: 'assistant', content: '' }, finish_reason: null }] });
+        const c = await generate(j.p, s, j.seed, abort.signal, (piece) => send(chat
+          ? { id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: { content: piece }, finish_reason: null }] }
+          : { id, object: chunkType, created, model: name, choices: [{ index: j.index, text: piece, finish_reason: null, logprobs: null }] }), t0);
+        completion += c.tokens;
+        if (abort.signal.aborted) break;
+        send(chat
+          ? { id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: {}, finish_reason: c.finish }] }
+          : { id, object: chunkType, created, model: name, choices: [{ index: j.index, text: '', finish_reason: c.finish, logprobs: null }] });
+      }
+      if (s.includeUsage) send({ id, object: chunkType, created, model: name, choices: [], usage: { prompt_tokens: promptTokens * s.n, completion_tokens: completion, total_tokens: promptTokens * s.n + completion } });
+      if (!raw.writableEnded && !raw.destroyed) raw.end('data: [DONE]\n\n');
+      requests.inc({ route: chat ? '/v1/chat/completions' : '/v1/completions', status: '200' });
+      return reply;
+    } finally {
+      slots.release();
+    }
+  };
+  app.post('/v1/completions', handle(false));
+  app.post('/v1/chat/completions', handle(true));
+  return { app, slots };
+}
+
+/** Builds the app and listens on host:port (default 127.0.0.1:8080). */
+export async function serve(o: ServeOptions): Promise<Server> {
+  const { app } = await buildApp(o);
+  const host = o.host ?? '127.0.0.1';
+  await app.listen({ host, port: o.port ?? 8080 });
+  const addr = app.server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : o.port ?? 8080;
+  return { app, url: `http://${host}:${port}`, close: () => app.close() };
+}
