@@ -172,4 +172,37 @@ describe('dualroute serve', () => {
     expect(code).toBe(0);
     expect(text).toContain('closing');
   });
+
+  test('SIGTERM drains: a stream in flight finishes, new connections are refused, then exit 0', async () => {
+    const out = path.join(dir, 'run');
+    const { spawn } = await import('child_process');
+    const child = spawn(process.execPath, [CLI, 'serve', out, '--port', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout.on('data', (d) => (text += d));
+    const started = Date.now();
+    while (!/at (http:\/\/[\d.:]+)\/v1/.test(text)) {
+      if (Date.now() - started > 30_000 || child.exitCode !== null) throw new Error(`serve did not start: ${text}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const url = text.match(/at (http:\/\/[\d.:]+)\/v1/)![1];
+    const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'line', max_tokens: 25, temperature: 1, stream: true }) });
+    expect(r.status).toBe(200);
+    const reader = r.body!.getReader();
+    const first = await reader.read();  // the stream is under way
+    expect(first.done).toBe(false);
+    child.kill('SIGTERM');
+    await new Promise((res) => setTimeout(res, 100));
+    // no longer accepting: a new connection is refused, or a request on an open one gets 503
+    const h = await fetch(`${url}/health`).then((x) => x.status, () => 'refused');
+    expect(['refused', 503]).toContain(h);
+    let body = Buffer.from(first.value!).toString();
+    for (;;) {
+      const c = await reader.read();
+      if (c.done) break;
+      body += Buffer.from(c.value).toString();
+    }
+    expect(body.trim().endsWith('data: [DONE]')).toBe(true);  // the request in flight finished
+    const code = await new Promise<number | null>((res) => (child.exitCode !== null ? res(child.exitCode) : child.on('exit', (c) => res(c))));
+    expect(code).toBe(0);
+  });
 });
