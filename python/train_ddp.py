@@ -11,6 +11,7 @@ be at least 256), or --tokens FILE.safetensors holding an int32 'tokens' tensor 
 draws the same global batch of windows from a seeded generator and trains on its own rows of it.
 """
 import argparse
+import datetime
 import json
 import math
 import os
@@ -97,7 +98,8 @@ def main(argv=None):
         torch.cuda.set_device(device)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     if world > 1:
-        dist.init_process_group('nccl' if use_cuda else 'gloo')
+        # a peer that is gone fails the collectives within a minute instead of the store's 5 minutes
+        dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=datetime.timedelta(seconds=60))
     if args.batch % world:
         fail(f'--batch {args.batch} must be a multiple of the number of processes ({world})')
 
@@ -175,7 +177,7 @@ def main(argv=None):
                           'tokensPerSecond': round(args.steps * args.batch * args.seq / max(seconds, 1e-9), 1),
                           'replicaMaxDiff': diff, 'out': args.out}), flush=True)
     if world > 1:
-        dist.barrier()
+        # no barrier: every rank has passed the replica check (a collective) and only rank 0 writes
         dist.destroy_process_group()
     if not math.isfinite(last):
         fail(f'the loss is not finite ({last})')
