@@ -46,6 +46,24 @@ struct SegParams {
   float scale;
 };
 
+// Where a query row sits: row = (b * Hq + h) * Sq + i at position p = i + Sk - Sq; its kv head's
+// offset in k and v (kv_stride apart) and in the dense dk, dv ([B, Hkv, Sk, D])
+struct SegRow {
+  long long i, b, h, p, kvbase, gbase;
+};
+__device__ inline SegRow seg_row(const SegParams& P, long long row) {
+  SegRow r;
+  const long long bh = row / P.Sq;
+  r.i = row % P.Sq;
+  r.b = bh / P.Hq;
+  r.h = bh % P.Hq;
+  r.p = r.i + P.Sk - P.Sq;
+  const long long kvh = r.b * P.Hkv + r.h / (P.Hq / P.Hkv);
+  r.kvbase = kvh * P.kv_stride;
+  r.gbase = kvh * P.Sk * static_cast<long long>(P.D);
+  return r;
+}
+
 // Whether entry x of a row is a segment to visit (not -1, not a repeat, in range); records a bad one.
 __device__ __forceinline__ bool seg_entry(const SegParams& P, const int32_t* r, long long rowpos, int x, int& s) {
   s = r[x];
@@ -94,14 +112,13 @@ __global__ void __launch_bounds__(kSegWarps * 32) seg_fwd_warp(SegParams P) {
   const int lane = threadIdx.x & 31;
   const long long row = static_cast<long long>(blockIdx.x) * kSegWarps + (threadIdx.x >> 5);
   if (row >= P.rows) return;
-  const int D = P.D, G = P.Hq / P.Hkv;
-  const long long bh = row / P.Sq, i = row % P.Sq, b = bh / P.Hq, h = bh % P.Hq;
-  const long long kvbase = (b * P.Hkv + h / G) * P.kv_stride;
+  const int D = P.D;
+  const SegRow R = seg_row(P, row);
+  const long long i = R.i, b = R.b, p = R.p, kvbase = R.kvbase;
   const T* qp = static_cast<const T*>(P.q) + row * D;
   const T* kh = static_cast<const T*>(P.k) + kvbase;
   const T* vh = static_cast<const T*>(P.v) + kvbase;
   const int32_t* r = P.idx + row * P.K;
-  const long long p = i + P.Sk - P.Sq;
   float q[DPL], acc[DPL];
 #pragma unroll
   for (int c = 0; c < DPL; ++c) {
@@ -138,17 +155,16 @@ __global__ void __launch_bounds__(kSegWarps * 32) seg_bwd_warp(SegParams P) {
   if (row >= P.rows) return;
   const float lse = P.lse[row];
   if (lse == -INFINITY) return;  // the row saw no key
-  const int D = P.D, G = P.Hq / P.Hkv;
-  const long long bh = row / P.Sq, i = row % P.Sq, b = bh / P.Hq, h = bh % P.Hq;
-  const long long kvbase = (b * P.Hkv + h / G) * P.kv_stride;
-  const long long gbase = (b * P.Hkv + h / G) * P.Sk * static_cast<long long>(D);  // dk, dv
+  const int D = P.D;
+  const SegRow R = seg_row(P, row);
+  const long long i = R.i, b = R.b, p = R.p, kvbase = R.kvbase;
+  const long long gbase = R.gbase;  // dk, dv
   const T* qp = static_cast<const T*>(P.q) + row * D;
   const T* op = static_cast<const T*>(P.out) + row * D;
   const T* dop = static_cast<const T*>(P.dout) + row * D;
   const T* kh = static_cast<const T*>(P.k) + kvbase;
   const T* vh = static_cast<const T*>(P.v) + kvbase;
   const int32_t* r = P.idx + row * P.K;
-  const long long p = i + P.Sk - P.Sq;
   float q[DPL], dO[DPL], dq[DPL], dr = 0.f;
 #pragma unroll
   for (int c = 0; c < DPL; ++c) {
@@ -257,14 +273,13 @@ __global__ void __launch_bounds__(kSegWarps * 32) dual_seg_fwd_warp(DualSegParam
   const int lane = threadIdx.x & 31;
   const long long row = static_cast<long long>(blockIdx.x) * kSegWarps + (threadIdx.x >> 5);
   if (row >= P.rows) return;
-  const int D = P.D, G = P.Hq / P.Hkv;
-  const long long bh = row / P.Sq, i = row % P.Sq, b = bh / P.Hq, h = bh % P.Hq;
-  const long long kvbase = (b * P.Hkv + h / G) * P.kv_stride;
+  const int D = P.D;
+  const SegRow R = seg_row(P, row);
+  const long long i = R.i, b = R.b, p = R.p, kvbase = R.kvbase;
   const T* qp = static_cast<const T*>(P.q) + row * D;
   const T* kh = static_cast<const T*>(P.k) + kvbase;
   const T* vh = static_cast<const T*>(P.v) + kvbase;
   const int32_t* r = P.idx + row * P.K;
-  const long long p = i + P.Sk - P.Sq;
   float q[DPL], al[DPL], ag[DPL];
 #pragma unroll
   for (int c = 0; c < DPL; ++c) {
@@ -346,10 +361,10 @@ __global__ void __launch_bounds__(kSegWarps * 32) dual_seg_bwd_warp(DualSegParam
   const int lane = threadIdx.x & 31;
   const long long row = static_cast<long long>(blockIdx.x) * kSegWarps + (threadIdx.x >> 5);
   if (row >= P.rows) return;
-  const int D = P.D, G = P.Hq / P.Hkv;
-  const long long bh = row / P.Sq, i = row % P.Sq, b = bh / P.Hq, h = bh % P.Hq;
-  const long long kvbase = (b * P.Hkv + h / G) * P.kv_stride;
-  const long long gbase = (b * P.Hkv + h / G) * P.Sk * static_cast<long long>(D);  // dk, dv
+  const int D = P.D;
+  const SegRow R = seg_row(P, row);
+  const long long i = R.i, b = R.b, p = R.p, kvbase = R.kvbase;
+  const long long gbase = R.gbase;  // dk, dv
   const T* qp = static_cast<const T*>(P.q) + row * D;
   const T* olp = static_cast<const T*>(DP.out_l) + row * D;
   const T* ogp = static_cast<const T*>(DP.out_g) + row * D;
@@ -357,7 +372,6 @@ __global__ void __launch_bounds__(kSegWarps * 32) dual_seg_bwd_warp(DualSegParam
   const T* kh = static_cast<const T*>(P.k) + kvbase;
   const T* vh = static_cast<const T*>(P.v) + kvbase;
   const int32_t* r = P.idx + row * P.K;
-  const long long p = i + P.Sk - P.Sq;
   const T* gp = static_cast<const T*>(DP.gates) + (DP.gates_per_head ? row : b * P.Sq + i) * 2;
   const float g0 = ld(gp[0]), g1 = ld(gp[1]);
   const float lse_l = DP.lse_l[row], lse_g = DP.lse_g[row];

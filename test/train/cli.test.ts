@@ -149,20 +149,25 @@ describe('dualroute train interrupted by SIGINT', () => {
   });
 });
 
+// `dualroute serve RUN --port 0` in a child process; resolves once it prints its address
+async function startServe(runDir: string) {
+  const { spawn } = await import('child_process');
+  const child = spawn(process.execPath, [CLI, 'serve', runDir, '--port', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  let text = '';
+  child.stdout.on('data', (d) => (text += d));
+  const started = Date.now();
+  while (!/at (http:\/\/[\d.:]+)\/v1/.test(text)) {
+    if (Date.now() - started > 30_000 || child.exitCode !== null) throw new Error(`serve did not start: ${text}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { child, url: text.match(/at (http:\/\/[\d.:]+)\/v1/)![1], output: () => text };
+}
+
 describe('dualroute serve', () => {
   test('serves a trained run over HTTP and closes on SIGTERM', async () => {
     const out = path.join(dir, 'run');
     expect(fs.existsSync(path.join(out, 'model.safetensors'))).toBe(true);  // trained by the test above
-    const { spawn } = await import('child_process');
-    const child = spawn(process.execPath, [CLI, 'serve', out, '--port', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    let text = '';
-    child.stdout.on('data', (d) => (text += d));
-    const started = Date.now();
-    while (!/at (http:\/\/[\d.:]+)\/v1/.test(text)) {
-      if (Date.now() - started > 30_000 || child.exitCode !== null) throw new Error(`serve did not start: ${text}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    const url = text.match(/at (http:\/\/[\d.:]+)\/v1/)![1];
+    const { child, url, output } = await startServe(out);
     const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'line 3', max_tokens: 5, temperature: 0 }) });
     expect(r.status).toBe(200);
     const body = await r.json();
@@ -170,21 +175,12 @@ describe('dualroute serve', () => {
     child.kill('SIGTERM');
     const code = await new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
     expect(code).toBe(0);
-    expect(text).toContain('closing');
+    expect(output()).toContain('closing');
   });
 
   test('SIGTERM drains: a stream in flight finishes, new connections are refused, then exit 0', async () => {
     const out = path.join(dir, 'run');
-    const { spawn } = await import('child_process');
-    const child = spawn(process.execPath, [CLI, 'serve', out, '--port', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    let text = '';
-    child.stdout.on('data', (d) => (text += d));
-    const started = Date.now();
-    while (!/at (http:\/\/[\d.:]+)\/v1/.test(text)) {
-      if (Date.now() - started > 30_000 || child.exitCode !== null) throw new Error(`serve did not start: ${text}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    const url = text.match(/at (http:\/\/[\d.:]+)\/v1/)![1];
+    const { child, url, output } = await startServe(out);
     const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'line', max_tokens: 25, temperature: 1, stream: true }) });
     expect(r.status).toBe(200);
     const reader = r.body!.getReader();
