@@ -159,9 +159,14 @@ describe('serve: bad requests', () => {
 describe('serve: limits, health and metrics', () => {
   test('past the slots and the queue: 429', async () => {
     // 2 slots and 1 queue place: the fourth concurrent request is refused
-    const long = () => client.completions.create({ model: 'dualroute', prompt: 'q', max_tokens: 150, temperature: 1 });
+    const long = () => client.completions.create({ model: 'dualroute', prompt: 'q', max_tokens: 200, temperature: 1 });
     const running = [long(), long(), long()];
-    await new Promise((r) => setTimeout(r, 50));
+    // wait until two generate and one waits (a loaded machine takes a while to get there)
+    for (let i = 0; i < 500; ++i) {
+      const h = await (await fetch(`${server.url}/health`)).json();
+      if (h.running === 2 && h.queued === 1) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
     const r = await post('/v1/completions', JSON.stringify({ prompt: 'q', max_tokens: 5 }));
     expect(r.status).toBe(429);
     expect(r.json.error.type).toBe('rate_limit_exceeded');
