@@ -262,6 +262,16 @@ const ops = [
     dtypeOf: 'x', dtypes: floats,
     doc: 'rotary embedding, rotate-half: x [B,H,S,D]; positions int32 [S] or [B,S]; inverse undoes it' },
 
+  // ---- decode caches shared by many sequences (continuous batching; native/*/kvcache.*) ----
+  { name: 'kvCacheAppend', family: 'kvcache',
+    args: 'inout Tensor kCache, inout Tensor vCache, inout Tensor? means, Tensor k, Tensor v, Tensor lengths, Tensor slots, int64 segment',
+    dtypeOf: 'k', dtypes: floats,
+    doc: 'writes k, v [N,Hkv,Sq,D] at positions lengths[n] + i of cache slot slots[n] (caches [S,Hkv,C,D], position p at row p % C: a ring when C is short); means [S,Hkv,ceil(C/segment),D] (stats dtype): the touched segments\' mean keys recomputed (core/kvcache.h)' },
+  { name: 'kvCacheAttention', family: 'kvcache',
+    args: 'out Tensor out, Tensor q, Tensor kCache, Tensor vCache, Tensor lengths, Tensor slots, Tensor? means, AttnMask mask, int64 window, int64 segment, int topK, int group, double scale',
+    dtypeOf: 'q', dtypes: floats, inline: 0,
+    doc: 'causal attention of q [N,Hq,Sq,D] (the newest Sq positions of each sequence, lengths[n] in all) over cache slot slots[n]; sliding/block masks, or (means given) the top-K segments (core/kvcache.h)' },
+
   // ---- recurrent layers (native/*/rnn.*) ----
   { name: 'lstmForward', family: 'rnn',
     args: 'out Tensor h, out Tensor hN, out Tensor cN, out Tensor saved, Tensor xw, Tensor whh, Tensor h0, Tensor c0',
@@ -395,6 +405,11 @@ const kernels = [
     doc: 'dout [outer, nseg, D], dx [outer, S, D]: dx[j] = dout[seg(j)] / count(seg(j))' },
   { name: 'rope', params: 'View out, View x, View positions, double base, bool inverse',
     doc: 'rotary embedding, rotate-half: x, out [B,H,S,D]; positions int32 [S] or [B,S]' },
+  { name: 'kv_cache_append', params: 'View k_cache, View v_cache, View means, View k, View v, View lengths, View slots, int64 segment',
+    doc: 'see core/kvcache.h; means may be a null view' },
+  { name: 'kv_cache_attention',
+    params: 'View out, View q, View k_cache, View v_cache, View lengths, View slots, View means, AttnMask mask, int64 window, int64 segment, int topk, int group, double scale',
+    doc: 'see core/kvcache.h; means null unless segment routing' },
   { name: 'lstm_forward', params: 'View h, View h_n, View c_n, View saved, View xw, View whh, View h0, View c0',
     doc: 'all contiguous: xw [B, S, 4H], whh [4H, H], h0, c0, h_n, c_n [B, H] and h [B, S, H] of one dtype; saved [B, S, 5H] stats dtype (i, f, g, o, c per step); S may be 0 (then h_n = h0, c_n = c0)' },
   { name: 'lstm_backward',
