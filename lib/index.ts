@@ -22,6 +22,7 @@ export * from './ops/sort';
 export * from './ops/select';
 export * from './ops/routing';
 export * from './ops/route_rules';
+export * from './ops/kvcache';
 export { moePlan, moeDispatch, moeCombine, groupedMatmul, moeExpertFFN } from './ops/moe';
 export type { MoeLayout, MoePlan, MoeLayoutOptions, MoeDispatchResult, GroupedMatmulOptions, MoeExpertFFNOptions } from './ops/moe';
 export { empty } from './ops/util';
