@@ -146,6 +146,11 @@ export class DualRouteLayer extends Module {
     }
   }
 
+  /** The gates of the last fuse() ([B, S, 2], or [B, S, 2, d] per channel), null before one or for 'sum' / 'concat'. */
+  get fusedGates(): Tensor | null {
+    return this.lastGates;
+  }
+
   /** The mixed output of the two paths (a = the normalised input; ids for rule routing); keeps the gates for routing(). */
   fuse(l: Tensor, gl: Tensor, a: Tensor, ids: Tensor): Tensor {
     const keepGates = (t: Tensor) => {
