@@ -97,8 +97,9 @@ export interface EngineStats {
   steps: number;
   decodeSteps: number;
   prefillSteps: number;
-  /** Sequences in the last decode step. */
+  /** Sequences in the last decode step, and the most in any. */
   lastBatch: number;
+  peakBatch: number;
   tokens: number;
   /** Per layer: sums over the tokens whose routing was read. */
   layers: Array<{ tokens: number; gates: [number, number] | null; routed: number | null; experts: number[] | null }>;
@@ -161,7 +162,7 @@ export class BatchEngine {
     this.free = Array.from({ length: this.maxBatch }, (_, i) => this.maxBatch - 1 - i);
     model.eval();
     this.stats = {
-      steps: 0, decodeSteps: 0, prefillSteps: 0, lastBatch: 0, tokens: 0,
+      steps: 0, decodeSteps: 0, prefillSteps: 0, lastBatch: 0, peakBatch: 0, tokens: 0,
       layers: model.layers.map((L) => ({
         tokens: 0,
         gates: hasGates(L) ? [0, 0] : null,
@@ -353,6 +354,7 @@ export class BatchEngine {
         await this.step(decoding, decoding.map((s) => [s.last]), true);
         this.stats.decodeSteps++;
         this.stats.lastBatch = decoding.length;
+        this.stats.peakBatch = Math.max(this.stats.peakBatch, decoding.length);
       }
       // let the event loop run between steps
       await new Promise((r) => setImmediate(r));

@@ -6,12 +6,14 @@
 // model's decode caches; the kernels run off the JavaScript thread, so /health answers while
 // requests decode.
 //
-// This first version decodes each request on its own (up to `concurrency` at once, the rest
-// queued); continuous batching (shared decode steps) comes next.
-import { randomUUID } from 'crypto';
+// Generation runs through a BatchEngine (lib/serve/engine.ts): every choice of every request is
+// a sequence of one continuous batch, so concurrent requests share each decode step. Requests
+// past `concurrency` wait in a queue of `queue` places; past that, 429.
+import { randomInt, randomUUID } from 'crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ValueError, describe } from '../errors';
 import { DualRouteLM } from '../models/dual_route_lm';
+import { BatchEngine, EngineToken } from './engine';
 import type { Tokenizer } from '../train/tokenizers';
 
 export interface ServeLimits {
@@ -21,8 +23,10 @@ export interface ServeLimits {
   promptTokens?: number;
   /** Largest max_tokens (default 1024). */
   maxTokens?: number;
-  /** Requests generating at once (default 4). */
+  /** Requests generating at once (default 32). */
   concurrency?: number;
+  /** Sequences sharing a decode step (the engine's cache slots; default 16); more wait for a slot. */
+  batch?: number;
   /** Requests waiting for a slot (default 64): past it, 429. */
   queue?: number;
 }
@@ -40,6 +44,7 @@ export interface ServeOptions {
 
 export interface Server {
   app: FastifyInstance;
+  engine: BatchEngine;
   /** http://host:port */
   url: string;
   close(): Promise<void>;
@@ -66,6 +71,8 @@ interface Sampling {
   seed: number | undefined;
   stream: boolean;
   includeUsage: boolean;
+  /** null: no logprobs; else the number of alternatives per token (0: the token's own only). */
+  logprobs: number | null;
 }
 
 function checkObject(body: unknown, keys: string[]): Record<string, unknown> {
@@ -84,7 +91,8 @@ function numberIn(b: Record<string, unknown>, k: string, lo: number, hi: number,
   return v;
 }
 
-function sampling(b: Record<string, unknown>, limits: Required<ServeLimits>, maxKey = 'max_tokens'): Sampling {
+function sampling(b: Record<string, unknown>, limits: Required<ServeLimits>, chat: boolean): Sampling {
+  const maxKey = chat && b.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens';
   const maxTokens = numberIn(b, maxKey, 1, limits.maxTokens, Math.min(16, limits.maxTokens), true);
   const temperature = numberIn(b, 'temperature', 0, 2, 1);
   const topP = numberIn(b, 'top_p', 0, 1, 1);
@@ -112,14 +120,24 @@ function sampling(b: Record<string, unknown>, limits: Required<ServeLimits>, max
     if (!stream) throw bad(`'stream_options' is only allowed when 'stream' is true`, 'stream_options');
     includeUsage = so.include_usage === true;
   }
-  for (const k of ['logprobs', 'top_logprobs', 'echo', 'best_of', 'suffix', 'logit_bias']) {
+  // completions: logprobs = alternatives per token (0..5); chat: logprobs true, top_logprobs 0..20
+  let logprobs: number | null = null;
+  if (chat) {
+    if (b.logprobs !== undefined && b.logprobs !== null && typeof b.logprobs !== 'boolean') throw bad(`Expected a boolean for 'logprobs' but received ${describe(b.logprobs)}`, 'logprobs');
+    const top = numberIn(b, 'top_logprobs', 0, 20, 0, true);
+    if (b.top_logprobs !== undefined && b.top_logprobs !== null && b.logprobs !== true) throw bad(`'top_logprobs' needs 'logprobs' set to true`, 'top_logprobs');
+    if (b.logprobs === true) logprobs = top;
+  } else if (b.logprobs !== undefined && b.logprobs !== null) {
+    logprobs = numberIn(b, 'logprobs', 0, 5, 0, true);
+  }
+  for (const k of ['echo', 'best_of', 'suffix', 'logit_bias']) {
     const v = b[k];
     if (v !== undefined && v !== null && v !== false && !(k === 'best_of' && v === 1)) throw bad(`'${k}' is not supported by this server yet`, k);
   }
   for (const k of ['presence_penalty', 'frequency_penalty']) {
     if (b[k] !== undefined && b[k] !== null && b[k] !== 0) throw bad(`'${k}' is not supported by this server yet (only 0)`, k);
   }
-  return { maxTokens, temperature, topP, n, stop, seed, stream, includeUsage };
+  return { maxTokens, temperature, topP, n, stop, seed, stream, includeUsage, logprobs };
 }
 
 /** A slot gate: `concurrency` holders at once, `queue` waiters, then refusals. */
@@ -160,7 +178,7 @@ class Slots {
 }
 
 /** Builds the app (not listening); serve() listens. */
-export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance; slots: Slots }> {
+export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance; slots: Slots; engine: BatchEngine }> {
   if (!(o?.model instanceof DualRouteLM)) throw new ValueError(`serve: Expected a DualRouteLM for model but received ${describe(o?.model)}`);
   if (!o.tokenizer || typeof o.tokenizer.encode !== 'function') throw new ValueError(`serve: Expected a tokenizer but received ${describe(o.tokenizer)}`);
   if (o.tokenizer.vocabSize > o.model.config.vocabSize) {
@@ -173,7 +191,8 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     bodyBytes: o.limits?.bodyBytes ?? 1 << 20,
     promptTokens: o.limits?.promptTokens ?? model.config.maxSeq - 1,
     maxTokens: o.limits?.maxTokens ?? 1024,
-    concurrency: o.limits?.concurrency ?? 4,
+    concurrency: o.limits?.concurrency ?? 32,
+    batch: o.limits?.batch ?? 16,
     queue: o.limits?.queue ?? 64,
   };
   for (const [k, v] of Object.entries(l)) {
@@ -186,6 +205,10 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
   const prom = require('prom-client') as typeof import('prom-client');
   const app = Fastify.default({ bodyLimit: l.bodyBytes, logger: false });
   const slots = new Slots(l.concurrency, l.queue);
+  const engine = new BatchEngine(model, { maxBatch: l.batch, collectRouting: true });
+  app.addHook('onClose', async () => {
+    await engine.close();
+  });
 
   const registry = new prom.Registry();
   const requests = new prom.Counter({ name: 'dualroute_requests_total', help: 'HTTP requests by route and status', labelNames: ['route', 'status'], registers: [registry] });
@@ -194,6 +217,48 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
   new prom.Gauge({ name: 'dualroute_running', help: 'Requests generating', registers: [registry], collect() { this.set(slots.running); } });
   const ttft = new prom.Histogram({ name: 'dualroute_time_to_first_token_seconds', help: 'Time from request to first generated token', buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [registry] });
   const perToken = new prom.Histogram({ name: 'dualroute_time_per_output_token_seconds', help: 'Time between generated tokens', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers: [registry] });
+
+  // the engine: sequences, steps, cache bytes per path kind, and the routing seen per layer
+  new prom.Gauge({ name: 'dualroute_sequences', help: 'Sequences in the continuous batch (running) or waiting for a cache slot', labelNames: ['state'], registers: [registry],
+    collect() {
+      this.set({ state: 'running' }, engine.runningCount);
+      this.set({ state: 'waiting' }, engine.waitingCount);
+    } });
+  const seen = { decode: 0, prefill: 0 };
+  new prom.Counter({ name: 'dualroute_engine_steps_total', help: 'Engine steps: decode (every running sequence one token) and prefill (one prompt chunk)', labelNames: ['kind'], registers: [registry],
+    collect() {
+      this.inc({ kind: 'decode' }, engine.stats.decodeSteps - seen.decode);
+      this.inc({ kind: 'prefill' }, engine.stats.prefillSteps - seen.prefill);
+      seen.decode = engine.stats.decodeSteps;
+      seen.prefill = engine.stats.prefillSteps;
+    } });
+  new prom.Gauge({ name: 'dualroute_decode_batch', help: 'Sequences in the last decode step', registers: [registry], collect() { this.set(engine.stats.lastBatch); } });
+  new prom.Gauge({ name: 'dualroute_kv_cache_bytes', help: 'Decode cache bytes by path kind: allocated, and holding positions of running sequences (used)', labelNames: ['kind', 'state'], registers: [registry],
+    collect() {
+      for (const [kind, b] of Object.entries(engine.cacheBytes())) {
+        this.set({ kind, state: 'allocated' }, b.allocated);
+        this.set({ kind, state: 'used' }, b.used);
+      }
+    } });
+  const layerKinds = model.config.layers.map((c, i) => ({ layer: String(i), local: c.local, global: c.global }));
+  new prom.Gauge({ name: 'dualroute_gate_mean', help: 'Mean weight of each path per generated token, per layer (layers mixing two paths)', labelNames: ['layer', 'path'], registers: [registry],
+    collect() {
+      engine.stats.layers.forEach((st, i) => {
+        if (!st.gates || !st.tokens) return;
+        this.set({ layer: layerKinds[i].layer, path: 'local' }, st.gates[0] / st.tokens);
+        this.set({ layer: layerKinds[i].layer, path: 'global' }, st.gates[1] / st.tokens);
+      });
+    } });
+  new prom.Gauge({ name: 'dualroute_routed_fraction', help: 'Fraction of generated tokens a routed (Mixture-of-Depths) global path took, per layer', labelNames: ['layer'], registers: [registry],
+    collect() {
+      engine.stats.layers.forEach((st, i) => {
+        if (st.routed !== null && st.tokens) this.set({ layer: layerKinds[i].layer }, st.routed / st.tokens);
+      });
+    } });
+  new prom.Gauge({ name: 'dualroute_expert_tokens', help: 'Generated tokens whose first choice was each expert, per MoE layer', labelNames: ['layer', 'expert'], registers: [registry],
+    collect() {
+      engine.stats.layers.forEach((st, i) => st.experts?.forEach((c, e) => this.set({ layer: layerKinds[i].layer, expert: String(e) }, c)));
+    } });
 
   const sendError = (reply: FastifyReply, e: ApiError) => {
     reply.code(e.status).send({ error: { message: e.message, type: e.type, param: e.param, code: e.code } });
@@ -225,11 +290,26 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     return ids;
   };
 
-  interface Choice { text: string; finish: 'stop' | 'length'; tokens: number }
+  interface Choice { text: string; finish: 'stop' | 'length'; tokens: number; logprobs: TokenLogprob[] }
+  interface TokenLogprob { token: string; logprob: number; bytes: number[]; top: Array<{ token: string; logprob: number; bytes: number[] }>; offset: number }
 
-  // one generation: streams text pieces to onText; stops at a stop string, eos, maxTokens or abort
-  const generate = async (prompt: number[], s: Sampling, seed: number | undefined, signal: AbortSignal, onText: (piece: string) => void, t0: number): Promise<Choice> => {
+  const piece = (id: number) => tok.decode([id]);
+  const bytesOf = (t: string) => Array.from(Buffer.from(t, 'utf8'));
+  const entry = (t: EngineToken, offset: number): TokenLogprob => {
+    const text = piece(t.token);
+    return {
+      token: text, logprob: t.logprob ?? 0, bytes: bytesOf(text), offset,
+      top: (t.top ?? []).map((x) => ({ token: piece(x.token), logprob: x.logprob, bytes: bytesOf(piece(x.token)) })),
+    };
+  };
+
+  // one choice: streams text pieces (and the logprobs of the tokens they cover) to onText; stops
+  // at a stop string, eos, maxTokens or abort
+  const generate = async (prompt: number[], s: Sampling, seed: number, signal: AbortSignal,
+    onText: (piece: string, logprobs: TokenLogprob[]) => void, t0: number): Promise<Choice> => {
     const ids: number[] = [];
+    const logprobs: TokenLogprob[] = [];
+    let pending = 0;  // logprobs not yet sent with a piece
     let shown = 0;
     let text = '';
     let finish: Choice['finish'] = 'length';
@@ -238,9 +318,14 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     const inner = new AbortController();
     const onAbort = () => inner.abort();
     signal.addEventListener('abort', onAbort, { once: true });
+    const flush = (p: string) => {
+      onText(p, logprobs.slice(pending));
+      pending = logprobs.length;
+    };
     try {
-      if (room <= 0) return { text: '', finish: 'length', tokens: 0 };
-      for await (const t of model.generate(prompt, { maxTokens: room, temperature: s.temperature, topP: s.topP, seed, signal: inner.signal })) {
+      if (room <= 0) return { text: '', finish: 'length', tokens: 0, logprobs };
+      const it = engine.submit(prompt, { maxTokens: room, temperature: s.temperature, topP: s.topP, seed, signal: inner.signal, ...(s.logprobs !== null ? { logprobs: s.logprobs } : {}) });
+      for await (const t of it) {
         const now = performance.now();
         if (ids.length === 0) ttft.observe((now - t0) / 1000);
         else perToken.observe((now - last) / 1000);
@@ -250,6 +335,7 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
           break;
         }
         ids.push(t.token);
+        if (s.logprobs !== null) logprobs.push(entry(t, text.length));
         text = tok.decode(ids);
         // a stop string ends the text before it
         let cut = -1;
@@ -268,23 +354,33 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
           for (const st of s.stop) for (let k = Math.min(st.length - 1, text.length); k > 0; --k) if (text.endsWith(st.slice(0, k))) safe = Math.min(safe, text.length - k);
         }
         if (safe > shown) {
-          onText(text.slice(shown, safe));
+          flush(text.slice(shown, safe));
           shown = safe;
         }
-        if (finish === 'stop') {
-          inner.abort();
-          break;
-        }
+        if (finish === 'stop') break;
       }
     } catch (e) {
       if (!(e instanceof Error && e.name === 'AbortError') && !signal.aborted && !inner.signal.aborted) throw e;
     } finally {
+      inner.abort();
       signal.removeEventListener('abort', onAbort);
     }
-    if (text.length > shown) onText(text.slice(shown));
+    if (text.length > shown || pending < logprobs.length) flush(text.slice(shown));
     tokens.inc({ kind: 'generated' }, ids.length);
-    return { text, finish, tokens: ids.length };
+    return { text, finish, tokens: ids.length, logprobs };
   };
+
+  // OpenAI's logprobs objects: completions (tokens, token_logprobs, top_logprobs, text_offset) and chat (content)
+  const completionLogprobs = (lp: TokenLogprob[]) => ({
+    tokens: lp.map((e) => e.token),
+    token_logprobs: lp.map((e) => e.logprob),
+    top_logprobs: lp.map((e) => Object.fromEntries(e.top.map((x) => [x.token, x.logprob]))),
+    text_offset: lp.map((e) => e.offset),
+  });
+  const chatLogprobs = (lp: TokenLogprob[]) => ({
+    content: lp.map((e) => ({ token: e.token, logprob: e.logprob, bytes: e.bytes, top_logprobs: e.top })),
+    refusal: null,
+  });
 
   const handle = (chat: boolean) => async (req: FastifyRequest, reply: FastifyReply) => {
     const t0 = performance.now();
@@ -309,7 +405,7 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
       else if (Array.isArray(p) && p.length > 0 && p.length <= 16 && p.every((x) => typeof x === 'string')) prompts = (p as string[]).map((x, i) => encode(x, `prompt[${i}]`));
       else throw bad(`Expected a string or an array of up to 16 strings for 'prompt' but received ${describe(p)}`, 'prompt');
     }
-    const s = sampling(b, l, chat && b.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens');
+    const s = sampling(b, l, chat);
     const promptTokens = prompts.reduce((a, p) => a + p.length, 0);
     const abort = new AbortController();
     // a client that goes away aborts its generation (and frees its caches)
@@ -321,17 +417,20 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     const created = Math.floor(Date.now() / 1000);
     const object = chat ? 'chat.completion' : 'text_completion';
     tokens.inc({ kind: 'prompt' }, promptTokens * s.n);
+    // no seed: a fresh one per request (a given seed repeats the draws; choice k takes seed + k)
+    const base = s.seed ?? randomInt(0, 2 ** 31);
     try {
-      const jobs = prompts.flatMap((p, pi) => Array.from({ length: s.n }, (_, k) => ({ p, index: pi * s.n + k, seed: s.seed === undefined ? undefined : s.seed + k })));
+      const jobs = prompts.flatMap((p, pi) => Array.from({ length: s.n }, (_, k) => ({ p, index: pi * s.n + k, seed: base + k })));
+      const lpOf = (lp: TokenLogprob[]) => (s.logprobs === null ? null : chat ? chatLogprobs(lp) : completionLogprobs(lp));
       if (!s.stream) {
-        const out: Choice[] = [];
-        for (const j of jobs) out.push(await generate(j.p, s, j.seed, abort.signal, () => undefined, t0));
+        // every choice is a sequence of the batch: they decode together
+        const out = await Promise.all(jobs.map((j) => generate(j.p, s, j.seed, abort.signal, () => undefined, t0)));
         const completion = out.reduce((a, c) => a + c.tokens, 0);
         return {
           id, object, created, model: name,
           choices: out.map((c, i) => (chat
-            ? { index: i, message: { role: 'assistant', content: c.text }, finish_reason: c.finish, logprobs: null }
-            : { index: i, text: c.text, finish_reason: c.finish, logprobs: null })),
+            ? { index: i, message: { role: 'assistant', content: c.text }, finish_reason: c.finish, logprobs: lpOf(c.logprobs) }
+            : { index: i, text: c.text, finish_reason: c.finish, logprobs: lpOf(c.logprobs) })),
           usage: { prompt_tokens: promptTokens * s.n, completion_tokens: completion, total_tokens: promptTokens * s.n + completion },
         };
       }
@@ -342,18 +441,16 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
       const send = (obj: object) => {
         if (!raw.writableEnded && !raw.destroyed) raw.write(`data: ${JSON.stringify(obj)}\n\n`);
       };
-      let completion = 0;
-      for (const j of jobs) {
-        if (chat) send({ id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: { role: 'assistant', content: '' }, finish_reason: null }] });
-        const c = await generate(j.p, s, j.seed, abort.signal, (piece) => send(chat
-          ? { id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: { content: piece }, finish_reason: null }] }
-          : { id, object: chunkType, created, model: name, choices: [{ index: j.index, text: piece, finish_reason: null, logprobs: null }] }), t0);
-        completion += c.tokens;
-        if (abort.signal.aborted) break;
-        send(chat
-          ? { id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: {}, finish_reason: c.finish }] }
-          : { id, object: chunkType, created, model: name, choices: [{ index: j.index, text: '', finish_reason: c.finish, logprobs: null }] });
-      }
+      const chunk = (index: number, delta: { text?: string; role?: boolean; finish?: string }, lp: TokenLogprob[] | null) => (chat
+        ? { id, object: chunkType, created, model: name, choices: [{ index, delta: delta.role ? { role: 'assistant', content: '' } : delta.text !== undefined ? { content: delta.text } : {}, finish_reason: delta.finish ?? null, logprobs: lp && lp.length ? lpOf(lp) : null }] }
+        : { id, object: chunkType, created, model: name, choices: [{ index, text: delta.text ?? '', finish_reason: delta.finish ?? null, logprobs: lp && lp.length ? lpOf(lp) : null }] });
+      const results = await Promise.all(jobs.map(async (j) => {
+        if (chat) send(chunk(j.index, { role: true }, null));
+        const c = await generate(j.p, s, j.seed, abort.signal, (text, lp) => send(chunk(j.index, { text }, lp)), t0);
+        if (!abort.signal.aborted) send(chunk(j.index, { finish: c.finish }, null));
+        return c;
+      }));
+      const completion = results.reduce((a, c) => a + c.tokens, 0);
       if (s.includeUsage) send({ id, object: chunkType, created, model: name, choices: [], usage: { prompt_tokens: promptTokens * s.n, completion_tokens: completion, total_tokens: promptTokens * s.n + completion } });
       if (!raw.writableEnded && !raw.destroyed) raw.end('data: [DONE]\n\n');
       requests.inc({ route: chat ? '/v1/chat/completions' : '/v1/completions', status: '200' });
@@ -364,15 +461,15 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
   };
   app.post('/v1/completions', handle(false));
   app.post('/v1/chat/completions', handle(true));
-  return { app, slots };
+  return { app, slots, engine };
 }
 
 /** Builds the app and listens on host:port (default 127.0.0.1:8080). */
 export async function serve(o: ServeOptions): Promise<Server> {
-  const { app } = await buildApp(o);
+  const { app, engine } = await buildApp(o);
   const host = o.host ?? '127.0.0.1';
   await app.listen({ host, port: o.port ?? 8080 });
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : o.port ?? 8080;
-  return { app, url: `http://${host}:${port}`, close: () => app.close() };
+  return { app, engine, url: `http://${host}:${port}`, close: () => app.close() };
 }

@@ -189,11 +189,69 @@ describe('serve: limits, health and metrics', () => {
     expect(times[Math.floor(times.length / 2)]).toBeLessThan(50);
   });
 
+  test('logprobs: completions (alternatives per token) and chat (streamed), equal to the model\'s log-softmax', async () => {
+    const r = await client.completions.create({ model: 'dualroute', prompt: 'gates', max_tokens: 5, temperature: 0, logprobs: 2 });
+    const lp = r.choices[0].logprobs!;
+    expect(lp.tokens!.join('')).toBe(r.choices[0].text);
+    expect(lp.token_logprobs).toHaveLength(5);
+    expect(lp.text_offset![0]).toBe(0);
+    // the first token's log-probability from a full forward of the prompt
+    const ids = tok.encode('gates');
+    const row = dr.tidy(() => dr.logSoftmax(model.forward(dr.tensor(Int32Array.from(ids), [1, ids.length], { dtype: 'int32' })), -1).dataSync().slice((ids.length - 1) * model.config.vocabSize));
+    const first = tok.encode(r.choices[0].text)[0];
+    expect(lp.token_logprobs![0]).toBeCloseTo(row[first], 4);
+    lp.top_logprobs!.forEach((top, i) => {
+      expect(Object.keys(top).length).toBeGreaterThanOrEqual(1);
+      expect(Math.max(...Object.values(top))).toBeCloseTo(lp.token_logprobs![i], 5);  // greedy: the token is the best
+    });
+    const stream = await client.chat.completions.create({ model: 'dualroute', messages: [{ role: 'user', content: 'hi' }], max_tokens: 6, temperature: 0,
+      logprobs: true, top_logprobs: 3, stream: true, stream_options: { include_usage: true } });
+    const content: Array<{ token: string; logprob: number; top_logprobs: unknown[] }> = [];
+    let usage = 0;
+    for await (const c of stream) {
+      if (c.usage) usage = c.usage.completion_tokens;
+      for (const ch of c.choices) content.push(...((ch.logprobs?.content ?? []) as typeof content));
+    }
+    expect(content).toHaveLength(usage);
+    content.forEach((e) => {
+      expect(e.top_logprobs).toHaveLength(3);
+      expect(e.logprob).toBeLessThanOrEqual(0);
+    });
+    expect((await post('/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', content: 'x' }], top_logprobs: 2 }))).status).toBe(400);
+    expect((await post('/v1/completions', JSON.stringify({ prompt: 'x', logprobs: 6 }))).json.error.param).toBe('logprobs');
+  });
+
   test('/metrics in the Prometheus format', async () => {
     const text = await (await fetch(`${server.url}/metrics`)).text();
     expect(text).toMatch(/dualroute_requests_total\{route="\/v1\/completions",status="200"\} \d+/);
     expect(text).toMatch(/dualroute_tokens_total\{kind="generated"\} \d+/);
     expect(text).toMatch(/dualroute_time_to_first_token_seconds_bucket/);
     expect(text).toMatch(/dualroute_queue_depth 0/);
+    // the engine's and the router's figures
+    expect(text).toMatch(/dualroute_kv_cache_bytes\{kind="window",state="allocated"\} [1-9]\d*/);
+    expect(text).toMatch(/dualroute_kv_cache_bytes\{kind="full",state="used"\} 0/);  // nothing running now
+    expect(text).toMatch(/dualroute_engine_steps_total\{kind="decode"\} [1-9]\d*/);
+    const gl = Number(/dualroute_gate_mean\{layer="1",path="global"\} ([\d.e-]+)/.exec(text)![1]);
+    const lo = Number(/dualroute_gate_mean\{layer="1",path="local"\} ([\d.e-]+)/.exec(text)![1]);
+    expect(gl).toBeGreaterThan(0);
+    expect(gl).toBeLessThan(1);
+    expect(lo).toBeGreaterThan(0);
+    expect(text).not.toMatch(/dualroute_gate_mean\{layer="0"/);  // layer 0 has one path
+  });
+});
+
+describe('serve: continuous batching across requests', () => {
+  test('eight concurrent requests share decode steps; each equals its generation alone', async () => {
+    const srv = await serve({ model, tokenizer: tok, port: 0, limits: { concurrency: 8, batch: 8 } });
+    try {
+      const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const prompts = Array.from({ length: 8 }, (_, i) => 'prompt number ' + 'x'.repeat(i * 3));
+      const got = await Promise.all(prompts.map((p, i) => c.completions.create({ model: 'dualroute', prompt: p, max_tokens: 20 + i, temperature: 0 })));
+      for (let i = 0; i < prompts.length; ++i) expect(got[i].choices[0].text).toBe(await greedy(prompts[i], 20 + i));
+      expect(srv.engine.stats.peakBatch).toBeGreaterThanOrEqual(4);
+      expect(srv.engine.stats.decodeSteps).toBeLessThan(got.reduce((a, r) => a + r.usage!.completion_tokens, 0) / 2);
+    } finally {
+      await srv.close();
+    }
   });
 });
