@@ -14,6 +14,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ValueError, describe } from '../errors';
 import { DualRouteLM } from '../models/dual_route_lm';
 import { BatchEngine, EngineToken } from './engine';
+import { renderChat } from './chat';
 import type { Tokenizer } from '../train/tokenizers';
 
 export interface ServeLimits {
@@ -390,15 +391,22 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     if (chat) {
       const msgs = b.messages;
       if (!Array.isArray(msgs) || msgs.length === 0) throw bad(`Expected a non-empty array for 'messages' but received ${describe(msgs)}`, 'messages');
-      const lines = msgs.map((m, i) => {
+      const checked = msgs.map((m, i) => {
         if (m === null || typeof m !== 'object' || typeof (m as { role?: unknown }).role !== 'string' || typeof (m as { content?: unknown }).content !== 'string') {
           throw bad(`Expected messages[${i}] to be {role, content} with string values but received ${describe(m)}`, `messages[${i}]`);
         }
         const { role, content } = m as { role: string; content: string };
         if (!['system', 'user', 'assistant', 'developer'].includes(role)) throw bad(`Expected messages[${i}].role to be system, user, assistant or developer but received '${role}'`, `messages[${i}].role`);
-        return `${role}: ${content}\n`;
+        return { role, content };
       });
-      prompts = [encode(lines.join('') + 'assistant:', 'messages')];
+      // the tokenizer's chat template when it has one (a template refusing the conversation: 400)
+      let text: string;
+      try {
+        text = renderChat(tok, checked);
+      } catch (e) {
+        throw bad((e as Error).message, 'messages');
+      }
+      prompts = [encode(text, 'messages')];
     } else {
       const p = b.prompt;
       if (typeof p === 'string') prompts = [encode(p, 'prompt')];
