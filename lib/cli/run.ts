@@ -547,6 +547,8 @@ export interface ServeArgs {
   port: number;
   modelName: string;
   concurrency: number;
+  /** Sequences sharing each decode step (default 16). */
+  batch?: number;
   queue: number;
   maxTokens: number;
   tokenizer?: string;
@@ -562,7 +564,7 @@ export async function serveCommand(a: ServeArgs, out: Out = stdout): Promise<voi
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { serve } = require('../serve/server') as typeof import('../serve/server');
   const s = await serve({ model: l.model, tokenizer: l.tokenizer, host: a.host, port: a.port, modelName: a.modelName,
-    limits: { concurrency: a.concurrency, queue: a.queue, maxTokens: a.maxTokens } });
+    limits: { concurrency: a.concurrency, queue: a.queue, maxTokens: a.maxTokens, ...(a.batch !== undefined ? { batch: a.batch } : {}) } });
   out(`dualroute serve: ${a.modelName} from ${a.checkpoint} at ${s.url}/v1 (health ${s.url}/health, metrics ${s.url}/metrics)`);
   await new Promise<void>((resolve) => {
     const stop = () => resolve();

@@ -67,6 +67,15 @@ export interface EngineOptions {
   prefillChunk?: number;
   /** Read every step's per-layer routing (for metrics) even when no request asks for it (default false). */
   collectRouting?: boolean;
+  /** Called after each step with its kind, sequences, positions fed and wall time (queue to logits read). */
+  onStep?: (s: StepInfo) => void;
+}
+
+export interface StepInfo {
+  kind: 'prefill' | 'decode';
+  sequences: number;
+  positions: number;
+  ms: number;
 }
 
 export interface SubmitOptions {
@@ -138,6 +147,7 @@ export class BatchEngine {
   readonly maxBatch: number;
   readonly prefillChunk: number;
   private readonly collect: boolean;
+  private readonly onStep: ((s: StepInfo) => void) | null;
   private readonly free: number[];
   private waiting: Sequence[] = [];
   private active: Sequence[] = [];
@@ -150,7 +160,7 @@ export class BatchEngine {
   constructor(readonly model: DecodableLM & { eval(): unknown }, options: EngineOptions = {}) {
     if (!model || typeof model !== 'object' || !Array.isArray(model.layers) || !model.config) throw new ValueError(`BatchEngine: Expected a DualRouteLM but received ${describe(model)}`);
     if (options === null || typeof options !== 'object') throw new ValueError(`BatchEngine: Expected an options object but received ${describe(options)}`);
-    const known = ['maxBatch', 'prefillChunk', 'collectRouting'];
+    const known = ['maxBatch', 'prefillChunk', 'collectRouting', 'onStep'];
     for (const k of Object.keys(options)) if (!known.includes(k)) throw new ValueError(`BatchEngine: unknown option '${k}' (known: ${known.join(', ')})`);
     this.maxBatch = options.maxBatch ?? 16;
     this.prefillChunk = options.prefillChunk ?? 64;
@@ -159,6 +169,8 @@ export class BatchEngine {
     }
     if (options.collectRouting !== undefined && typeof options.collectRouting !== 'boolean') throw new ValueError(`BatchEngine: Expected a boolean for collectRouting but received ${describe(options.collectRouting)}`);
     this.collect = options.collectRouting ?? false;
+    if (options.onStep !== undefined && typeof options.onStep !== 'function') throw new ValueError(`BatchEngine: Expected a function for onStep but received ${describe(options.onStep)}`);
+    this.onStep = options.onStep ?? null;
     this.free = Array.from({ length: this.maxBatch }, (_, i) => this.maxBatch - 1 - i);
     model.eval();
     this.stats = {
@@ -346,13 +358,17 @@ export class BatchEngine {
         const n = Math.min(this.prefillChunk, filling.prompt.length - filling.fed);
         const ids = filling.prompt.slice(filling.fed, filling.fed + n);
         const last = filling.fed + n === filling.prompt.length;
+        const t0 = performance.now();
         await this.step([filling], [ids], last);
         this.stats.prefillSteps++;
+        this.onStep?.({ kind: 'prefill', sequences: 1, positions: n, ms: performance.now() - t0 });
       }
       const decoding = this.active.filter((s) => s.fed === s.prompt.length && s.last >= 0 && !s.done && !s.signal?.aborted);
       if (decoding.length) {
+        const t0 = performance.now();
         await this.step(decoding, decoding.map((s) => [s.last]), true);
         this.stats.decodeSteps++;
+        this.onStep?.({ kind: 'decode', sequences: decoding.length, positions: decoding.length, ms: performance.now() - t0 });
         this.stats.lastBatch = decoding.length;
         this.stats.peakBatch = Math.max(this.stats.peakBatch, decoding.length);
       }

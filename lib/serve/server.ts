@@ -206,12 +206,21 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
   const prom = require('prom-client') as typeof import('prom-client');
   const app = Fastify.default({ bodyLimit: l.bodyBytes, logger: false });
   const slots = new Slots(l.concurrency, l.queue);
-  const engine = new BatchEngine(model, { maxBatch: l.batch, collectRouting: true });
+  const registry = new prom.Registry();
+  const stepTime = new prom.Histogram({ name: 'dualroute_decode_step_seconds', help: 'Wall time of a decode step (every running sequence one token)', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5], registers: [registry] });
+  const batchSize = new prom.Histogram({ name: 'dualroute_decode_batch_size', help: 'Sequences sharing a decode step', buckets: [1, 2, 4, 8, 16, 32, 64, 128], registers: [registry] });
+  const engine = new BatchEngine(model, {
+    maxBatch: l.batch, collectRouting: true,
+    onStep: (st) => {
+      if (st.kind !== 'decode') return;
+      stepTime.observe(st.ms / 1000);
+      batchSize.observe(st.sequences);
+    },
+  });
   app.addHook('onClose', async () => {
     await engine.close();
   });
 
-  const registry = new prom.Registry();
   const requests = new prom.Counter({ name: 'dualroute_requests_total', help: 'HTTP requests by route and status', labelNames: ['route', 'status'], registers: [registry] });
   const tokens = new prom.Counter({ name: 'dualroute_tokens_total', help: 'Tokens by kind (prompt, generated)', labelNames: ['kind'], registers: [registry] });
   new prom.Gauge({ name: 'dualroute_queue_depth', help: 'Requests waiting for a generation slot', registers: [registry], collect() { this.set(slots.depth); } });
