@@ -50,6 +50,7 @@ export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache
 export * as models from './models';
 export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier, saveModel, loadModel } from './models';
 export type { DualRouteLMConfig, LayerConfig, DualRouteSeq2SeqConfig, RoutingTrace, RoutingTraceOptions, LayerTrace } from './models';
+export type { StepLayerRouting, TokenRouting } from './models';
 export { ByteTokenizer, HFTokenizer, loadTokenizer, HF_MODEL_TYPES } from './train/tokenizers';
 export type { Tokenizer, TokenizerSpec, EncodeOptions, DecodeOptions, HFTokenizerOptions } from './train/tokenizers';
 export {

@@ -146,6 +146,15 @@ export class DualRouteLayer extends Module {
     }
   }
 
+  /**
+   * The gates of the last fuse (a gated, softmax, attention, rule or random fusion): [B, S, 2], or
+   * [B, S, 2, d] per channel; null before the first and for 'sum' and 'concat'. Owned by the
+   * layer and freed at the next fuse: alias it to keep it (DecodeCache records a step's).
+   */
+  get fusionGates(): Tensor | null {
+    return this.lastGates;
+  }
+
   /** The mixed output of the two paths (a = the normalised input; ids for rule routing); keeps the gates for routing(). */
   fuse(l: Tensor, gl: Tensor, a: Tensor, ids: Tensor): Tensor {
     const keepGates = (t: Tensor) => {
