@@ -1,6 +1,8 @@
 // An OpenAI-compatible HTTP server for a DualRouteLM (fastify): POST /v1/completions and
 // /v1/chat/completions (whole answers or server-sent events), GET /v1/models, GET /health and
-// GET /metrics (Prometheus, prom-client). Requests are checked field by field and refused with
+// GET /metrics (Prometheus, prom-client); the routing view: `routing: true` on a completion adds
+// each generated token's per-layer routing, GET /v1/routing describes the layers and GET / serves
+// a page that streams a completion coloured by it (lib/serve/page.ts). Requests are checked field by field and refused with
 // OpenAI's error body and the right status (400 bad field, 404 unknown model, 413 body too large,
 // 429 queue full); a client that disconnects aborts its generation. Generation runs through the
 // model's decode caches; the kernels run off the JavaScript thread, so /health answers while
@@ -12,6 +14,8 @@ import { randomUUID } from 'crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ValueError, describe } from '../errors';
 import { DualRouteLM } from '../models/dual_route_lm';
+import type { StepLayerRouting } from '../models/decode';
+import { PAGE_HTML } from './page';
 import type { Tokenizer } from '../train/tokenizers';
 
 export interface ServeLimits {
@@ -54,8 +58,8 @@ class ApiError extends Error {
 
 const bad = (message: string, param: string | null = null) => new ApiError(400, message, 'invalid_request_error', param);
 
-const COMPLETION_KEYS = ['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'user', 'echo', 'presence_penalty', 'frequency_penalty', 'best_of', 'logit_bias', 'suffix'];
-const CHAT_KEYS = ['model', 'messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'top_logprobs', 'user', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'response_format'];
+const COMPLETION_KEYS = ['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'user', 'echo', 'presence_penalty', 'frequency_penalty', 'best_of', 'logit_bias', 'suffix', 'routing'];
+const CHAT_KEYS = ['model', 'messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'top_logprobs', 'user', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'response_format', 'routing'];
 
 interface Sampling {
   maxTokens: number;
@@ -66,6 +70,15 @@ interface Sampling {
   seed: number | undefined;
   stream: boolean;
   includeUsage: boolean;
+  routing: boolean;
+}
+
+/** With `routing: true`, each generated token's routing: its id, its own text and every layer's StepLayerRouting. */
+export interface TokenRoute {
+  token: number;
+  /** tokenizer.decode([token]) */
+  piece: string;
+  layers: StepLayerRouting[];
 }
 
 function checkObject(body: unknown, keys: string[]): Record<string, unknown> {
@@ -119,7 +132,8 @@ function sampling(b: Record<string, unknown>, limits: Required<ServeLimits>, max
   for (const k of ['presence_penalty', 'frequency_penalty']) {
     if (b[k] !== undefined && b[k] !== null && b[k] !== 0) throw bad(`'${k}' is not supported by this server yet (only 0)`, k);
   }
-  return { maxTokens, temperature, topP, n, stop, seed, stream, includeUsage };
+  if (b.routing !== undefined && b.routing !== null && typeof b.routing !== 'boolean') throw bad(`Expected a boolean for 'routing' but received ${describe(b.routing)}`, 'routing');
+  return { maxTokens, temperature, topP, n, stop, seed, stream, includeUsage, routing: b.routing === true };
 }
 
 /** A slot gate: `concurrency` holders at once, `queue` waiters, then refusals. */
@@ -211,6 +225,18 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
 
   app.get('/health', async () => ({ status: 'ok', running: slots.running, queued: slots.depth }));
   app.get('/v1/models', async () => ({ object: 'list', data: [{ id: name, object: 'model', created: 0, owned_by: 'dualroute' }] }));
+  // the routing view: the layers' paths, and the page
+  app.get('/v1/routing', async () => ({
+    model: name,
+    layers: model.config.layers.map((L, index) => ({
+      index, local: L.local, global: L.global, fusion: L.local !== 'none' && L.global !== 'none' ? L.fusion : null, moe: model.config.ffn === 'moe',
+    })),
+  }));
+  app.get('/', async (_req, reply) => {
+    reply.header('content-type', 'text/html; charset=utf-8');
+    reply.header('content-security-policy', "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'");
+    return PAGE_HTML;
+  });
   app.get('/metrics', async (_req, reply) => {
     reply.header('content-type', registry.contentType);
     return registry.metrics();
@@ -225,22 +251,24 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     return ids;
   };
 
-  interface Choice { text: string; finish: 'stop' | 'length'; tokens: number }
+  interface Choice { text: string; finish: 'stop' | 'length'; tokens: number; routing: TokenRoute[] | null }
 
-  // one generation: streams text pieces to onText; stops at a stop string, eos, maxTokens or abort
-  const generate = async (prompt: number[], s: Sampling, seed: number | undefined, signal: AbortSignal, onText: (piece: string) => void, t0: number): Promise<Choice> => {
+  // one generation: streams text pieces to onText (with s.routing: once per token, with its
+  // routing and the text it shows, maybe ''); stops at a stop string, eos, maxTokens or abort
+  const generate = async (prompt: number[], s: Sampling, seed: number | undefined, signal: AbortSignal, onText: (piece: string, route?: TokenRoute) => void, t0: number): Promise<Choice> => {
     const ids: number[] = [];
     let shown = 0;
     let text = '';
     let finish: Choice['finish'] = 'length';
+    const routes: TokenRoute[] | null = s.routing ? [] : null;
     const room = Math.min(s.maxTokens, model.config.maxSeq - prompt.length);
     let last = t0;
     const inner = new AbortController();
     const onAbort = () => inner.abort();
     signal.addEventListener('abort', onAbort, { once: true });
     try {
-      if (room <= 0) return { text: '', finish: 'length', tokens: 0 };
-      for await (const t of model.generate(prompt, { maxTokens: room, temperature: s.temperature, topP: s.topP, seed, signal: inner.signal })) {
+      if (room <= 0) return { text: '', finish: 'length', tokens: 0, routing: routes };
+      for await (const t of model.generate(prompt, { maxTokens: room, temperature: s.temperature, topP: s.topP, seed, signal: inner.signal, routing: s.routing })) {
         const now = performance.now();
         if (ids.length === 0) ttft.observe((now - t0) / 1000);
         else perToken.observe((now - last) / 1000);
@@ -267,9 +295,14 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
           if (text.endsWith('\uFFFD')) safe = text.lastIndexOf('\uFFFD');
           for (const st of s.stop) for (let k = Math.min(st.length - 1, text.length); k > 0; --k) if (text.endsWith(st.slice(0, k))) safe = Math.min(safe, text.length - k);
         }
-        if (safe > shown) {
-          onText(text.slice(shown, safe));
-          shown = safe;
+        const piece = safe > shown ? text.slice(shown, safe) : '';
+        shown = Math.max(shown, safe);
+        if (routes && t.routing) {
+          const r = { token: t.token, piece: tok.decode([t.token]), layers: t.routing.layers };
+          routes.push(r);
+          onText(piece, r);
+        } else if (piece) {
+          onText(piece);
         }
         if (finish === 'stop') {
           inner.abort();
@@ -283,7 +316,7 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     }
     if (text.length > shown) onText(text.slice(shown));
     tokens.inc({ kind: 'generated' }, ids.length);
-    return { text, finish, tokens: ids.length };
+    return { text, finish, tokens: ids.length, routing: routes };
   };
 
   const handle = (chat: boolean) => async (req: FastifyRequest, reply: FastifyReply) => {
@@ -329,9 +362,12 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
         const completion = out.reduce((a, c) => a + c.tokens, 0);
         return {
           id, object, created, model: name,
-          choices: out.map((c, i) => (chat
-            ? { index: i, message: { role: 'assistant', content: c.text }, finish_reason: c.finish, logprobs: null }
-            : { index: i, text: c.text, finish_reason: c.finish, logprobs: null })),
+          choices: out.map((c, i) => ({
+            ...(chat
+              ? { index: i, message: { role: 'assistant', content: c.text }, finish_reason: c.finish, logprobs: null }
+              : { index: i, text: c.text, finish_reason: c.finish, logprobs: null }),
+            ...(c.routing ? { routing: c.routing } : {}),
+          })),
           usage: { prompt_tokens: promptTokens * s.n, completion_tokens: completion, total_tokens: promptTokens * s.n + completion },
         };
       }
@@ -345,9 +381,9 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
       let completion = 0;
       for (const j of jobs) {
         if (chat) send({ id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: { role: 'assistant', content: '' }, finish_reason: null }] });
-        const c = await generate(j.p, s, j.seed, abort.signal, (piece) => send(chat
-          ? { id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: { content: piece }, finish_reason: null }] }
-          : { id, object: chunkType, created, model: name, choices: [{ index: j.index, text: piece, finish_reason: null, logprobs: null }] }), t0);
+        const c = await generate(j.p, s, j.seed, abort.signal, (piece, route) => send(chat
+          ? { id, object: chunkType, created, model: name, choices: [{ index: j.index, delta: { content: piece }, finish_reason: null, ...(route ? { routing: route } : {}) }] }
+          : { id, object: chunkType, created, model: name, choices: [{ index: j.index, text: piece, finish_reason: null, logprobs: null, ...(route ? { routing: route } : {}) }] }), t0);
         completion += c.tokens;
         if (abort.signal.aborted) break;
         send(chat
