@@ -46,6 +46,7 @@ export * from './ops/rnn';
 export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
 export { serve, buildApp } from './serve/server';
 export type { ServeOptions, ServeLimits, Server } from './serve/server';
+export type { TokenRoute } from './serve/server';
 export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';
 export * as models from './models';
 export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier, saveModel, loadModel } from './models';
