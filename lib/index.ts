@@ -47,10 +47,12 @@ export * from './ops/rnn';
 export { RingKVCache, SegmentKVCache } from './serve/kv_cache';
 export { serve, buildApp } from './serve/server';
 export type { ServeOptions, ServeLimits, Server } from './serve/server';
+export type { TokenRoute } from './serve/server';
 export type { RingKVCacheOptions, SegmentKVCacheOptions } from './serve/kv_cache';
 export * as models from './models';
 export { DualRouteLM, DualRouteSeq2Seq, DualRouteClassifier, saveModel, loadModel } from './models';
 export type { DualRouteLMConfig, LayerConfig, DualRouteSeq2SeqConfig, RoutingTrace, RoutingTraceOptions, LayerTrace } from './models';
+export type { StepLayerRouting, TokenRouting } from './models';
 export { ByteTokenizer, HFTokenizer, loadTokenizer, HF_MODEL_TYPES } from './train/tokenizers';
 export type { Tokenizer, TokenizerSpec, EncodeOptions, DecodeOptions, HFTokenizerOptions } from './train/tokenizers';
 export {

@@ -100,7 +100,7 @@ export function program(): Command {
       await inspectCommand({ checkpoint, ...o });
     });
   p.command('serve')
-    .description('an OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)')
+    .description('an OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics; the routing page at /)')
     .argument('<checkpoint>', 'a .safetensors file or a run folder')
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port', int(0), 8080)

@@ -565,7 +565,7 @@ export async function serveCommand(a: ServeArgs, out: Out = stdout): Promise<voi
   const { serve } = require('../serve/server') as typeof import('../serve/server');
   const s = await serve({ model: l.model, tokenizer: l.tokenizer, host: a.host, port: a.port, modelName: a.modelName,
     limits: { concurrency: a.concurrency, queue: a.queue, maxTokens: a.maxTokens, ...(a.batch !== undefined ? { batch: a.batch } : {}) } });
-  out(`dualroute serve: ${a.modelName} from ${a.checkpoint} at ${s.url}/v1 (health ${s.url}/health, metrics ${s.url}/metrics)`);
+  out(`dualroute serve: ${a.modelName} from ${a.checkpoint} at ${s.url}/v1 (health ${s.url}/health, metrics ${s.url}/metrics, routing page ${s.url}/)`);
   await new Promise<void>((resolve) => {
     const stop = () => resolve();
     process.once('SIGINT', stop);

@@ -12,10 +12,15 @@
 // Everything else (norms, gates, fusion, feed-forward) is per token. A step equals the full
 // forward in eval at that position (tested for every kind); an MoE feed-forward with a capacity
 // factor is the exception, since its drops depend on every token of the batch (dropless is exact).
-import { ValueError, describe } from '../errors';
+//
+// Each step also records how every layer routed the token it fed (lastRouting(row)): the fusion
+// gates, the routed path's choice, the MoE's first expert and the segments read. It keeps small
+// views of what the step computed anyway and reads them only when asked.
+import { OutOfRangeError, ValueError, describe } from '../errors';
 import { Tensor, tidy, untracked, keep } from '../tensor';
 import { add, gt, mul, sigmoid } from '../ops/elementwise';
-import { concat, narrow, reshape, transpose } from '../ops/shape';
+import { mean } from '../ops/reduce';
+import { cast, concat, narrow, reshape, transpose } from '../ops/shape';
 import { matmul } from '../ops/linalg';
 import { tensor, zeros } from '../ops/creation';
 import { copy_ } from '../ops/inplace';
@@ -26,7 +31,7 @@ import { RingKVCache } from '../serve/kv_cache';
 import { MultiheadAttention } from '../nn/attention';
 import { RoutedAttention } from '../nn/routed';
 import { NSAAttention } from '../nn/nsa';
-import { mixPaths } from '../nn/routers';
+import { TokenChoiceMoE, mixPaths } from '../nn/routers';
 import { ConvPath, DualRouteLayer, LSTMPath } from './layer';
 import type { ResolvedConfig } from './config';
 import type { Embedding, Linear, RMSNorm } from '../nn/layers';
@@ -65,6 +70,42 @@ class KVBuffer {
   }
 }
 
+/**
+ * How one layer routed one token in a decode step (DecodeCache.lastRouting); the same values as
+ * that position's LayerTrace (DualRouteLM.routingTrace). A field is null where the layer has no
+ * such routing.
+ */
+export interface StepLayerRouting {
+  /**
+   * The weight of (local, global) for this token: the fusion's gates (per-channel gates averaged
+   * over channels), [1, 1] for 'sum'; null when only one path runs or for 'concat'.
+   */
+  gates: [number, number] | null;
+  /** A 'routed' (Mixture-of-Depths) global path: whether this token went through its attention. */
+  routed: boolean | null;
+  /** An MoE feed-forward block: the token's first-choice expert. */
+  expert: number | null;
+  /** A 'segment' or 'nsa' global path: the segments head 0 of this token read, its own first, then by score. */
+  segments: number[] | null;
+}
+
+/** How every layer routed one token (one StepLayerRouting per layer, in order). */
+export interface TokenRouting {
+  layers: StepLayerRouting[];
+}
+
+// what a step kept of one layer's routing (views; read on demand)
+interface LayerRecord {
+  gates: Tensor | null;  // [B, 1, 2] or [B, 1, 2, d]
+  sum: boolean;  // 'sum' fusion: 1, 1
+  routed: Tensor | null;  // bool [B, 1, 1]
+  moe: TokenChoiceMoE | null;
+  moeInput: Tensor | null;  // [B, 1, d]: the MoE's input (its route is recomputed when read)
+  segments: Tensor | null;  // int32 [B, H, 1, topK]
+}
+
+const disposeRecord = (r: LayerRecord) => [r.gates, r.routed, r.moeInput, r.segments].forEach((t) => t?.dispose());
+
 type PathState = KVBuffer | RingKVCache | { window: Tensor | null } | { h: Tensor; c: Tensor } | null;
 
 /** The per-layer state of one decode (batch rows decode together, one token each per step). */
@@ -72,6 +113,10 @@ export class DecodeCache {
   /** Positions decoded so far. */
   position = 0;
   private states = new Map<object, PathState>();
+  // the routing of the last step: kept views per layer, then (once read) the values per row
+  private record: LayerRecord[] | null = null;
+  private building: LayerRecord[] | null = null;
+  private readRows: StepLayerRouting[][] | null = null;
 
   constructor(readonly model: DecodableLM, readonly batch = 1) {
     if (!model || typeof model !== 'object' || !Array.isArray(model.layers) || !model.config) throw new ValueError(`DecodeCache: Expected a DualRouteLM but received ${describe(model)}`);
@@ -86,25 +131,104 @@ export class DecodeCache {
     const m = this.model, c = m.config;
     if (ids.length !== this.batch) throw new ValueError(`DecodeCache.step: Expected ${this.batch} token ids (one per batch row) but received ${describe(ids)}`);
     if (this.position >= c.maxSeq) throw new ValueError(`DecodeCache.step: the model's maxSeq (${c.maxSeq}) positions are used up`);
-    const out = noGrad(() => tidy(() => {
-      const t = tensor(Int32Array.from(ids), [this.batch, 1], { dtype: 'int32' });
-      let h = m.embed_tokens.forward(t);
-      for (const layer of m.layers) h = this.layerStep(layer, h, t);
-      const n = m.norm.forward(h);
-      const logits = m.lm_head ? m.lm_head.forward(n) : matmul(n, m.embed_tokens.weight, { transB: true });
-      return reshape(logits, [this.batch, c.vocabSize]);
-    }));
+    this.dropRecord();
+    const built: LayerRecord[] = (this.building = []);
+    let out: Tensor;
+    try {
+      out = noGrad(() => tidy(() => {
+        const t = tensor(Int32Array.from(ids), [this.batch, 1], { dtype: 'int32' });
+        let h = m.embed_tokens.forward(t);
+        for (const layer of m.layers) h = this.layerStep(layer, h, t);
+        const n = m.norm.forward(h);
+        const logits = m.lm_head ? m.lm_head.forward(n) : matmul(n, m.embed_tokens.weight, { transB: true });
+        return reshape(logits, [this.batch, c.vocabSize]);
+      }));
+    } catch (e) {
+      built.forEach(disposeRecord);
+      throw e;
+    } finally {
+      this.building = null;
+    }
+    this.record = built;
     this.position += 1;
     return out;
   }
 
+  /**
+   * How every layer routed the token that batch row `row` fed in the last step (the position
+   * before `position`): the same values as that position of DualRouteLM.routingTrace over the
+   * text so far. Reads the device (once per step; a second row or call reuses the read).
+   */
+  lastRouting(row = 0): TokenRouting {
+    const name = 'DecodeCache.lastRouting';
+    if (!Number.isInteger(row) || row < 0 || row >= this.batch) throw new OutOfRangeError(`${name}: Expected row, an integer in [0, ${this.batch}) (the batch), but received ${describe(row)}`);
+    if (!this.record) throw new ValueError(`${name}: no step to report (run step() first)`);
+    if (!this.readRows) this.readRows = this.readRecord(this.record);
+    // copies: the caller may keep or change them
+    return { layers: this.readRows[row].map((r) => ({ gates: r.gates ? [r.gates[0], r.gates[1]] : null, routed: r.routed, expert: r.expert, segments: r.segments ? r.segments.slice() : null })) };
+  }
+
+  private readRecord(rec: LayerRecord[]): StepLayerRouting[][] {
+    const B = this.batch;
+    const rows: StepLayerRouting[][] = Array.from({ length: B }, () => []);
+    noGrad(() => tidy(() => {
+      const floats = (t: Tensor) => (t.dtype === 'float32' || t.dtype === 'float64' ? t : cast(t, 'float32')).dataSync();
+      for (const r of rec) {
+        let gates: ArrayLike<number> | null = null;
+        if (r.gates) gates = floats(r.gates.ndim === 4 ? mean(r.gates, 3) : r.gates);  // [B, 1, 2]
+        const routed = r.routed ? r.routed.dataSync() : null;
+        let expert: ArrayLike<number> | null = null, K = 1;
+        if (r.moe && r.moeInput) {
+          K = r.moe.topK;
+          expert = r.moe.route(r.moeInput).indices.dataSync();  // [B, topK]
+        }
+        let seg: ArrayLike<number> | null = null, H = 1, S = 1;
+        if (r.segments) {
+          [, H, , S] = r.segments.shape;
+          seg = r.segments.dataSync();  // [B, H, 1, topK]
+        }
+        for (let b = 0; b < B; ++b) {
+          rows[b].push({
+            gates: gates ? [Number(gates[b * 2]), Number(gates[b * 2 + 1])] : r.sum ? [1, 1] : null,
+            routed: routed ? Number(routed[b]) !== 0 : null,
+            expert: expert ? Number(expert[b * K]) : null,
+            segments: seg ? Array.from({ length: S }, (_, k) => Number(seg![b * H * S + k])).filter((i) => i >= 0) : null,
+          });
+        }
+      }
+    }));
+    return rows;
+  }
+
+  private dropRecord(): void {
+    this.record?.forEach(disposeRecord);
+    this.record = null;
+    this.readRows = null;
+  }
+
   private layerStep(L: DualRouteLayer, x: Tensor, ids: Tensor): Tensor {
+    const rec: LayerRecord = { gates: null, sum: false, routed: null, moe: null, moeInput: null, segments: null };
+    this.building?.push(rec);
     const a = L.input_layernorm.forward(x);
     const l = L.local ? this.pathStep(L.local, a) : null;
-    const g = L.global ? this.pathStep(L.global, a) : null;
-    const mixed = l && g ? L.fuse(l, g, a, ids) : (l ?? g)!;
+    const g = L.global ? this.pathStep(L.global, a, rec) : null;
+    let mixed: Tensor;
+    if (l && g) {
+      const before = L.fusionGates;
+      mixed = L.fuse(l, g, a, ids);
+      const gates = L.fusionGates;
+      if (gates && gates !== before) rec.gates = keep(gates.alias());  // the layer frees its own at the next fuse
+      rec.sum = L.spec.fusion === 'sum';
+    } else {
+      mixed = (l ?? g)!;
+    }
     const h = add(x, mixed);
-    return add(h, L.mlp.forward(L.post_attention_layernorm.forward(h)));
+    const m = L.post_attention_layernorm.forward(h);
+    if (L.mlp instanceof TokenChoiceMoE) {
+      rec.moe = L.mlp;
+      rec.moeInput = keep(m.alias());
+    }
+    return add(h, L.mlp.forward(m));
   }
 
   private state<T extends PathState>(key: object, make: () => T): T {
@@ -112,8 +236,9 @@ export class DecodeCache {
     return this.states.get(key) as T;
   }
 
-  private pathStep(p: object, a: Tensor): Tensor {
-    if (p instanceof MultiheadAttention) return this.attnStep(p, a);
+  // rec: the layer's routing record, for a global path's choices
+  private pathStep(p: object, a: Tensor, rec?: LayerRecord): Tensor {
+    if (p instanceof MultiheadAttention) return this.attnStep(p, a, rec);
     if (p instanceof ConvPath) {
       const s = this.state(p, () => ({ window: null as Tensor | null }));
       const k = p.conv.kernelSize;
@@ -133,8 +258,8 @@ export class DecodeCache {
       this.states.set(p, { h: keep(r.h), c: keep(r.c) });
       return r.out;
     }
-    if (p instanceof RoutedAttention) return this.routedStep(p, a);
-    if (p instanceof NSAAttention) return this.nsaStep(p, a);
+    if (p instanceof RoutedAttention) return this.routedStep(p, a, rec);
+    if (p instanceof NSAAttention) return this.nsaStep(p, a, rec);
     throw new ValueError(`DecodeCache: no decode step for ${describe(p)}`);
   }
 
@@ -157,7 +282,7 @@ export class DecodeCache {
     return m.o_proj.forward(reshape(transpose(o, 1, 2), [o.shape[0], 1, width]));
   }
 
-  private attnStep(p: MultiheadAttention, a: Tensor): Tensor {
+  private attnStep(p: MultiheadAttention, a: Tensor, rec?: LayerRecord): Tensor {
     const [q, k, v] = this.qkv(p, a, p.nHeads, p.nKvHeads, p.headDim, p.useRope, p.ropeBase);
     let o: Tensor;
     if (p.kind === 'local' && p.mode === 'sliding' && p.causal) {
@@ -168,14 +293,18 @@ export class DecodeCache {
       const buf = this.state(p, () => new KVBuffer(this.batch, p.nKvHeads, this.model.config.maxSeq, p.headDim, k));
       buf.append(k, v);
       const [K, V] = buf.prefix();
-      if (p.kind === 'segment') o = segmentAttention(q, K, V, { segment: p.segment, topK: p.topK, causal: true, groupHeads: p.groupHeads });
+      if (p.kind === 'segment') {
+        const r = segmentAttention(q, K, V, { segment: p.segment, topK: p.topK, causal: true, groupHeads: p.groupHeads, returnIndices: true });
+        o = r.out;
+        if (rec) rec.segments = keep(r.indices);
+      }
       else if (p.kind === 'local') o = localAttention(q, K, V, { window: p.window, mode: p.mode, causal: true });
       else o = globalAttention(q, K, V, { causal: true });
     }
     return this.merge(o, p, p.nHeads * p.headDim);
   }
 
-  private routedStep(p: RoutedAttention, a: Tensor): Tensor {
+  private routedStep(p: RoutedAttention, a: Tensor, rec?: LayerRecord): Tensor {
     const at = p.attn;
     const [q, k, v] = this.qkv(at, a, at.nHeads, at.nKvHeads, at.headDim, at.useRope, at.ropeBase);
     // every token's key is kept: a routed token attends to all that came before it
@@ -184,11 +313,12 @@ export class DecodeCache {
     const [K, V] = buf.prefix();
     const rows = this.merge(globalAttention(q, K, V, { causal: true }), at, at.nHeads * at.headDim);  // [B, 1, d]
     const routed = gt(p.predictor.forward(a), 0);  // [B, 1, 1]
+    if (rec) rec.routed = keep(routed.alias());
     const w = mul(sigmoid(p.router.forward(a)), routed.dtype === rows.dtype ? routed : routed.to(rows.dtype));
     return mul(rows, w);
   }
 
-  private nsaStep(p: NSAAttention, a: Tensor): Tensor {
+  private nsaStep(p: NSAAttention, a: Tensor, rec?: LayerRecord): Tensor {
     const [q, k, v] = this.qkv(p, a, p.nHeads, p.nKvHeads, p.headDim, p.useRope, p.ropeBase);
     const buf = this.state(p, () => new KVBuffer(this.batch, p.nKvHeads, this.model.config.maxSeq, p.headDim, k));
     buf.append(k, v);
@@ -196,13 +326,16 @@ export class DecodeCache {
     const d = p.dModel;
     const merge = (o: Tensor) => reshape(transpose(o, 1, 2), [this.batch, 1, d]);
     const cmp = merge(compressedAttention(q, K, V, { segment: p.segment }));
-    const sel = merge(segmentAttention(q, K, V, { segment: p.segment, topK: p.topK, groupHeads: true }));
+    const r = segmentAttention(q, K, V, { segment: p.segment, topK: p.topK, groupHeads: true, returnIndices: true });
+    if (rec) rec.segments = keep(r.indices);
+    const sel = merge(r.out);
     const win = merge(localAttention(q, K, V, { window: p.window, causal: true }));
     return p.o_proj.forward(mixPaths([cmp, sel, win], p.gate.forward(a)));
   }
 
   /** Frees every cache. */
   dispose(): void {
+    this.dropRecord();
     for (const s of this.states.values()) {
       if (!s) continue;
       if (s instanceof KVBuffer || s instanceof RingKVCache) s.dispose();

@@ -6,12 +6,18 @@
 // With the model's decode caches (DualRouteLM.decodeCache, the default) a step feeds one token
 // through per-layer caches; `cache: false` recomputes the whole prefix at every step (the
 // reference the caches are tested against).
+//
+// `routing: true` makes each yielded token carry how every layer routed it (DecodeCache's
+// lastRouting): the token is fed through the caches as soon as it is drawn (the step the next
+// draw needs anyway; one more step after the last token), so its routing is that of its own
+// position, as DualRouteLM.routingTrace reports it over the prompt and the tokens so far.
 import { ValueError, describe } from '../errors';
 import { Generator } from '../random';
 import { Tensor, tidy } from '../tensor';
 import { tensor, rand } from '../ops/creation';
 import { narrow } from '../ops/shape';
 import { noGrad } from '../tape';
+import type { TokenRouting } from './decode';
 
 export interface GenerateOptions {
   /** Tokens to generate per prompt (default 32). */
@@ -28,6 +34,8 @@ export interface GenerateOptions {
   seed?: number;
   /** Use the model's per-layer decode caches (default true when it has them); false recomputes the prefix each step. */
   cache?: boolean;
+  /** Each token carries its routing (GeneratedToken.routing; needs the decode caches). Default false. */
+  routing?: boolean;
   signal?: AbortSignal;
 }
 
@@ -35,11 +43,16 @@ export interface GeneratedToken {
   /** Which prompt of the batch. */
   index: number;
   token: number;
+  /**
+   * With options.routing: how every layer routed this token at its own position (fed as the
+   * input of the decode step after the one that drew it), as routingTrace over prompt + tokens.
+   */
+  routing?: TokenRouting;
 }
 
 function checkOptions(o: GenerateOptions, vocab: number): Required<Omit<GenerateOptions, 'signal'>> & { signal?: AbortSignal } {
   if (o === null || typeof o !== 'object') throw new ValueError(`generate: Expected an options object but received ${describe(o)}`);
-  const known = ['maxTokens', 'temperature', 'topK', 'topP', 'stop', 'seed', 'signal', 'cache'];
+  const known = ['maxTokens', 'temperature', 'topK', 'topP', 'stop', 'seed', 'signal', 'cache', 'routing'];
   for (const k of Object.keys(o)) if (!known.includes(k)) throw new ValueError(`generate: unknown option '${k}' (known: ${known.join(', ')})`);
   const maxTokens = o.maxTokens ?? 32;
   if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new ValueError(`generate: Expected an integer maxTokens >= 0 but received ${describe(o.maxTokens)}`);
@@ -58,7 +71,10 @@ function checkOptions(o: GenerateOptions, vocab: number): Required<Omit<Generate
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw new ValueError(`generate: Expected an AbortSignal for signal but received ${describe(o.signal)}`);
   const cache = o.cache ?? true;
   if (typeof cache !== 'boolean') throw new ValueError(`generate: Expected a boolean for cache but received ${describe(o.cache)}`);
-  return { maxTokens, temperature, topK: Math.min(topK, vocab), topP, stop, seed, cache, signal: o.signal };
+  const routing = o.routing ?? false;
+  if (typeof routing !== 'boolean') throw new ValueError(`generate: Expected a boolean for routing but received ${describe(o.routing)}`);
+  if (routing && !cache) throw new ValueError('generate: routing needs the decode caches (cache: true)');
+  return { maxTokens, temperature, topK: Math.min(topK, vocab), topP, stop, seed, cache, routing, signal: o.signal };
 }
 
 /**
@@ -99,7 +115,7 @@ export interface CausalLM {
   eval(): unknown;
   train(mode?: boolean): unknown;
   /** When the model has one, generation feeds one token per step through per-layer caches. */
-  decodeCache?(batch: number): { step(ids: number[]): Tensor; dispose(): void };
+  decodeCache?(batch: number): { step(ids: number[]): Tensor; dispose(): void; lastRouting?(row?: number): TokenRouting };
 }
 
 const isCausalLM = (m: unknown): m is CausalLM =>
@@ -130,7 +146,13 @@ export async function* generate(model: CausalLM, prompt: number[] | number[][], 
   model.eval();
   // one cache per prompt (rows decode at their own positions), fed the prompt up to its last token
   const caches = o.cache && model.decodeCache ? seqs.map(() => model.decodeCache!(1)) : null;
+  if (o.routing && !(caches && caches.every((c) => typeof c.lastRouting === 'function'))) {
+    caches?.forEach((c) => c.dispose());
+    throw new ValueError(`generate: routing needs a model with decode caches that report routing (DualRouteLM) but received ${describe(model)}`);
+  }
   const fed = seqs.map(() => 0);
+  // routing: the logits of a token fed as soon as it was drawn, for the next draw
+  const ahead: Array<Float64Array | null> = seqs.map(() => null);
   try {
     for (let step = 0; step < o.maxTokens; ++step) {
       for (let b = 0; b < seqs.length; ++b) {
@@ -143,7 +165,10 @@ export async function* generate(model: CausalLM, prompt: number[] | number[][], 
         }
         const { logits, u } = noGrad(() => tidy(() => {
           let last: ArrayLike<number>;
-          if (caches) {
+          if (ahead[b]) {
+            last = ahead[b]!;
+            ahead[b] = null;
+          } else if (caches) {
             let lg!: Tensor;
             for (; fed[b] < seq.length; ++fed[b]) lg = caches[b].step([seq[fed[b]]]);
             last = lg.dataSync();
@@ -161,7 +186,14 @@ export async function* generate(model: CausalLM, prompt: number[] | number[][], 
           done[b] = true;
           continue;
         }
-        yield { index: b, token };
+        if (o.routing) {
+          // feed the token now: its own position's routing; the logits wait for the next draw
+          ahead[b] = noGrad(() => tidy(() => Float64Array.from(caches![b].step([token]).dataSync())));
+          fed[b] += 1;
+          yield { index: b, token, routing: caches![b].lastRouting!(0) };
+        } else {
+          yield { index: b, token };
+        }
       }
       if (done.every(Boolean)) return;
       // let the event loop run (requests, aborts) between steps

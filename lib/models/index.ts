@@ -9,3 +9,4 @@ export { saveModel, loadModel } from './io';
 export { generate, generateTokens, sampleToken } from './generate';
 export type { GenerateOptions, GeneratedToken } from './generate';
 export { DecodeCache } from './decode';
+export type { StepLayerRouting, TokenRouting } from './decode';

@@ -146,8 +146,12 @@ export class DualRouteLayer extends Module {
     }
   }
 
-  /** The gates of the last fuse() ([B, S, 2], or [B, S, 2, d] per channel), null before one or for 'sum' / 'concat'. */
-  get fusedGates(): Tensor | null {
+  /**
+   * The gates of the last fuse (a gated, softmax, attention, rule or random fusion): [B, S, 2], or
+   * [B, S, 2, d] per channel; null before the first and for 'sum' and 'concat'. Owned by the
+   * layer and freed at the next fuse: alias it to keep it (DecodeCache records a step's).
+   */
+  get fusionGates(): Tensor | null {
     return this.lastGates;
   }
 

@@ -32,7 +32,7 @@ import { full, rand, tensor, zeros } from '../ops/creation';
 import { mean } from '../ops/reduce';
 import { logSoftmax } from '../ops/nn';
 import { rope, localAttention } from '../ops/attention';
-import { compressedAttention, segmentAttention } from '../ops/segment';
+import { compressedAttention, segmentAttention, selectSegments } from '../ops/segment';
 import { kvCacheAppend, kvCacheAttention } from '../ops/kvcache';
 import { noGrad } from '../tape';
 import { MultiheadAttention } from '../nn/attention';
@@ -40,25 +40,13 @@ import { RoutedAttention } from '../nn/routed';
 import { NSAAttention } from '../nn/nsa';
 import { TokenChoiceMoE, mixPaths } from '../nn/routers';
 import { ConvPath, DualRouteLayer, LSTMPath } from '../models/layer';
-import type { DecodableLM } from '../models/decode';
+import type { DecodableLM, StepLayerRouting, TokenRouting } from '../models/decode';
 import { sampleToken } from '../models/generate';
 
-/** The routing of one generated token in one layer (null where the layer has no such routing). */
-export interface StepLayerRouting {
-  /** Weight of (local, global) for this token (per-channel gates averaged over channels; [1, 1] for 'sum'). */
-  gates: [number, number] | null;
-  /** A 'routed' (Mixture-of-Depths) global path: whether this token went through its attention. */
-  routed: boolean | null;
-  /** An MoE feed-forward block: the token's first-choice expert. */
-  expert: number | null;
-  /** A 'segment' or 'nsa' global path: the segments this token's query read (not reported by the batched engine yet). */
-  segments: number[] | null;
-}
-
-/** The routing of one generated token, per layer. */
-export interface TokenRouting {
-  layers: StepLayerRouting[];
-}
+// A token's routing is how the layers treated that token (its own position, as
+// model.routingTrace reports it): known once the token has been fed, so a sequence asking for
+// routing holds each token back one step (and feeds its last token once more than it samples).
+export type { StepLayerRouting, TokenRouting };
 
 export interface EngineOptions {
   /** Sequences decoding at once (cache slots; default 16). */
@@ -111,7 +99,11 @@ export interface EngineStats {
   peakBatch: number;
   tokens: number;
   /** Per layer: sums over the tokens whose routing was read. */
-  layers: Array<{ tokens: number; gates: [number, number] | null; routed: number | null; experts: number[] | null }>;
+  layers: Array<{
+    tokens: number; gates: [number, number] | null; routed: number | null; experts: number[] | null;
+    /** segment / NSA paths: segments read besides the own one, and the sum of their distances (in segments) back from it */
+    segmentReads: number | null; segmentDistance: number | null;
+  }>;
 }
 
 interface Sequence {
@@ -126,6 +118,10 @@ interface Sequence {
   fed: number;
   generated: number;
   last: number;
+  /** routing: the newest token, pushed once the next step has fed it (and so routed it) */
+  held: EngineToken | null;
+  /** routing: the last token is being fed only for its routing; then the sequence ends */
+  flushing: boolean;
   // the consumer's side: tokens not yet taken, and a waiting consumer
   queue: EngineToken[];
   done: boolean;
@@ -136,6 +132,10 @@ interface Sequence {
 }
 
 type SlotCache = { k: Tensor; v: Tensor; means: Tensor | null; capacity: number; kind: string };
+
+// the segments per query of a segment or NSA global path (0 for other layers)
+const segmentTopK = (L: DualRouteLayer) => (L.global instanceof NSAAttention ? L.global.topK
+  : L.global instanceof MultiheadAttention && L.global.kind === 'segment' ? L.global.topK : 0);
 
 // a layer whose two paths are mixed by weights (every fusion but 'concat')
 const hasGates = (L: DualRouteLayer) => !!(L.local && L.global) && L.spec.fusion !== 'concat';
@@ -180,6 +180,8 @@ export class BatchEngine {
         gates: hasGates(L) ? [0, 0] : null,
         routed: L.global instanceof RoutedAttention ? 0 : null,
         experts: L.mlp instanceof TokenChoiceMoE ? new Array<number>(L.mlp.experts).fill(0) : null,
+        segmentReads: segmentTopK(L) ? 0 : null,
+        segmentDistance: segmentTopK(L) ? 0 : null,
       })),
     };
   }
@@ -244,7 +246,7 @@ export class BatchEngine {
     const seq: Sequence = {
       prompt: prompt.slice(),
       o: { maxTokens: Math.min(maxTokens, this.model.config.maxSeq - prompt.length), temperature, topK: Math.min(topK, V), topP, seed, routing: o.routing ?? false, logprobs: o.logprobs ?? null },
-      signal: o.signal, gen: new Generator(seed), slot: -1, length: 0, fed: 0, generated: 0, last: -1,
+      signal: o.signal, gen: new Generator(seed), slot: -1, length: 0, fed: 0, generated: 0, last: -1, held: null, flushing: false,
       queue: [], done: false, error: null, wake: null, state: new Map(),
     };
     if (seq.o.maxTokens === 0) seq.done = true;
@@ -410,8 +412,19 @@ export class BatchEngine {
       const [lg, lp, rt] = await Promise.all([out.logits!.data(), out.logp?.data(), out.routing?.data()]);
       const V = this.model.config.vocabSize;
       const routes = rt ? this.readRouting(rt, N) : null;
+      const maxSeq = this.model.config.maxSeq;
       seqs.forEach((s, i) => {
         if (s.done) return;
+        // the token this step fed has its routing now
+        if (s.held) {
+          if (routes) s.held.routing = routes[i];
+          this.push(s, s.held);
+          s.held = null;
+        }
+        if (s.flushing) {
+          this.finish(s);
+          return;
+        }
         const row = lg.subarray(i * V, (i + 1) * V) as ArrayLike<number>;
         const u = noGrad(() => tidy(() => (rand([1], { generator: s.gen }) as Tensor).dataSync()[0]));
         const token = sampleToken(Float64Array.from(row), s.o, u);
@@ -424,12 +437,23 @@ export class BatchEngine {
             t.top = order.slice(0, s.o.logprobs).map((j) => ({ token: j, logprob: Number(r[j]) }));
           }
         }
-        if (routes && s.o.routing) t.routing = routes[i];
         s.last = token;
         s.generated++;
         this.stats.tokens++;
-        this.push(s, t);
-        if (s.generated >= s.o.maxTokens || s.length + 1 > this.model.config.maxSeq) this.finish(s);
+        const ending = s.generated >= s.o.maxTokens || s.length + 1 > maxSeq;
+        if (!s.o.routing) {
+          this.push(s, t);
+          if (ending) this.finish(s);
+        } else if (!ending) {
+          s.held = t;
+        } else if (s.length + 1 <= maxSeq) {
+          // one more step feeds the last token for its routing
+          s.held = t;
+          s.flushing = true;
+        } else {
+          this.push(s, t);  // no position left to feed it: it goes without routing
+          this.finish(s);
+        }
       });
     } finally {
       out.logits?.dispose();
@@ -457,6 +481,14 @@ export class BatchEngine {
           r.routed = Number(v[at++]) > 0;
           st.routed! += r.routed ? 1 : 0;
         }
+        const K = segmentTopK(L);
+        if (K) {
+          r.segments = Array.from({ length: K }, (_, k) => Number(v[at + k])).filter((x) => x >= 0);
+          at += K;
+          // how far back the reads go: the own segment's distance to each other segment read
+          for (const sg of r.segments.slice(1)) st.segmentDistance! += r.segments[0] - sg;
+          st.segmentReads! += r.segments.length - 1;
+        }
         if (L.mlp instanceof TokenChoiceMoE) {
           r.expert = Number(v[at++]);
           st.experts![r.expert] += 1;
@@ -475,17 +507,20 @@ export class BatchEngine {
     const a = L.input_layernorm.forward(x);
     const l = L.local ? this.pathStep(L.local, a, pos, seqs) : null;
     this.routedMask = null;
+    this.segmentRows = null;
+    this.wantSegments = routing !== null;
     const g = L.global ? this.pathStep(L.global, a, pos, seqs) : null;
     let mixed: Tensor;
     if (l && g) {
       mixed = L.fuse(l, g, a, ids);
       // in readRouting's order: gates, routed, expert
       if (routing && hasGates(L)) {
-        const gates = L.fusedGates;
+        const gates = L.fusionGates;
         routing.push(gates ? reshape(lastCol(gates.ndim === 4 ? mean(gates, 3) : gates).to('float32'), [N, 2]) : full([N, 2], 1));
       }
     } else mixed = (l ?? g)!;
     if (routing && this.routedMask) routing.push(reshape(lastCol(this.routedMask).to('float32'), [N, 1]));
+    if (routing && this.segmentRows) routing.push(this.segmentRows);
     const h = add(x, mixed);
     const mIn = L.post_attention_layernorm.forward(h);
     if (routing && L.mlp instanceof TokenChoiceMoE) {
@@ -497,6 +532,23 @@ export class BatchEngine {
 
   // the routed path's mask [N, Sq, 1] of the layer being stepped
   private routedMask: Tensor | null = null;
+  // a segment or NSA path's selection for the last position of each sequence, head 0: float32 [N, topK] (-1 pads)
+  private segmentRows: Tensor | null = null;
+  private wantSegments = false;
+
+  // the segments head 0 of each sequence's last query reads, as segmentAttention selects them
+  private selectRows(q: Tensor, c: SlotCache, lengths: number[], seqs: Sequence[], segment: number, topK: number, group: number): Tensor {
+    const Sq = q.shape[2], D = q.shape[3];
+    const rows = seqs.map((s, i) => {
+      const len = lengths[i];
+      const K = narrow(narrow(c.k, 0, s.slot, 1), 2, 0, len).contiguous();
+      const qi = narrow(narrow(q, 0, i, 1), 2, Sq - 1, 1).contiguous();
+      const summaries = c.means ? narrow(narrow(c.means, 0, s.slot, 1), 2, 0, Math.ceil(len / segment)).contiguous() : undefined;
+      const idx = selectSegments(qi, K, { Sk: len, scale: 1 / Math.sqrt(D) }, { segment, topK, group, causal: true, ...(summaries ? { summaries } : {}) });
+      return reshape(narrow(idx, 1, 0, 1), [1, topK]);
+    });
+    return concat(rows, 0).to('float32');
+  }
 
   private cache(p: object, kind: string, Hk: number, hd: number, capacity: number, like: Tensor, segment = 0): SlotCache {
     let c = this.caches.get(p);
@@ -549,7 +601,9 @@ export class BatchEngine {
       } else if (p.kind === 'segment') {
         const c = this.cache(p, 'segment', p.nKvHeads, p.headDim, maxSeq, k, p.segment);
         const ix = this.append(c, k, v, seqs, p.segment);
-        o = kvCacheAttention(q, c.k, c.v, { ...ix, means: c.means!, segment: p.segment, topK: p.topK, group: p.groupHeads ? p.nHeads / p.nKvHeads : 1 });
+        const group = p.groupHeads ? p.nHeads / p.nKvHeads : 1;
+        o = kvCacheAttention(q, c.k, c.v, { ...ix, means: c.means!, segment: p.segment, topK: p.topK, group });
+        if (this.wantSegments) this.segmentRows = this.selectRows(q, c, ix.lengths, seqs, p.segment, p.topK, group);
       } else {
         const c = this.cache(p, 'full', p.nKvHeads, p.headDim, maxSeq, k);
         const ix = this.append(c, k, v, seqs);
@@ -581,6 +635,7 @@ export class BatchEngine {
         return [compressedAttention(qi, K, Vv, { segment: p.segment }), segmentAttention(qi, K, Vv, { segment: p.segment, topK: p.topK, groupHeads: true }),
           localAttention(qi, K, Vv, { window: p.window, causal: true })];
       });
+      if (this.wantSegments) this.segmentRows = this.selectRows(q, c, ix.lengths, seqs, p.segment, p.topK, p.nHeads / p.nKvHeads);
       const d = p.dModel;
       const branch = (b: number) => this.merge(concat(parts.map((x) => x[b]), 0), d);
       return p.o_proj.forward(mixPaths([branch(0), branch(1), branch(2)], p.gate.forward(a)));

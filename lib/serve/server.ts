@@ -1,6 +1,8 @@
 // An OpenAI-compatible HTTP server for a DualRouteLM (fastify): POST /v1/completions and
 // /v1/chat/completions (whole answers or server-sent events), GET /v1/models, GET /health and
-// GET /metrics (Prometheus, prom-client). Requests are checked field by field and refused with
+// GET /metrics (Prometheus, prom-client); the routing view: `routing: true` on a completion adds
+// each generated token's per-layer routing, GET /v1/routing describes the layers and GET / serves
+// a page that streams a completion coloured by it (lib/serve/page.ts). Requests are checked field by field and refused with
 // OpenAI's error body and the right status (400 bad field, 404 unknown model, 413 body too large,
 // 429 queue full); a client that disconnects aborts its generation. Generation runs through the
 // model's decode caches; the kernels run off the JavaScript thread, so /health answers while
@@ -15,6 +17,8 @@ import { ValueError, describe } from '../errors';
 import { DualRouteLM } from '../models/dual_route_lm';
 import { BatchEngine, EngineToken } from './engine';
 import { renderChat } from './chat';
+import { PAGE_HTML } from './page';
+import type { StepLayerRouting } from '../models/decode';
 import type { Tokenizer } from '../train/tokenizers';
 
 export interface ServeLimits {
@@ -60,8 +64,8 @@ class ApiError extends Error {
 
 const bad = (message: string, param: string | null = null) => new ApiError(400, message, 'invalid_request_error', param);
 
-const COMPLETION_KEYS = ['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'user', 'echo', 'presence_penalty', 'frequency_penalty', 'best_of', 'logit_bias', 'suffix'];
-const CHAT_KEYS = ['model', 'messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'top_logprobs', 'user', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'response_format'];
+const COMPLETION_KEYS = ['model', 'prompt', 'max_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'user', 'echo', 'presence_penalty', 'frequency_penalty', 'best_of', 'logit_bias', 'suffix', 'routing'];
+const CHAT_KEYS = ['model', 'messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p', 'n', 'stream', 'stream_options', 'stop', 'seed', 'logprobs', 'top_logprobs', 'user', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'response_format', 'routing'];
 
 interface Sampling {
   maxTokens: number;
@@ -74,6 +78,15 @@ interface Sampling {
   includeUsage: boolean;
   /** null: no logprobs; else the number of alternatives per token (0: the token's own only). */
   logprobs: number | null;
+  routing: boolean;
+}
+
+/** With `routing: true`, each generated token's routing: its id, its own text and every layer's StepLayerRouting. */
+export interface TokenRoute {
+  token: number;
+  /** tokenizer.decode([token]) */
+  piece: string;
+  layers: StepLayerRouting[];
 }
 
 function checkObject(body: unknown, keys: string[]): Record<string, unknown> {
@@ -138,7 +151,8 @@ function sampling(b: Record<string, unknown>, limits: Required<ServeLimits>, cha
   for (const k of ['presence_penalty', 'frequency_penalty']) {
     if (b[k] !== undefined && b[k] !== null && b[k] !== 0) throw bad(`'${k}' is not supported by this server yet (only 0)`, k);
   }
-  return { maxTokens, temperature, topP, n, stop, seed, stream, includeUsage, logprobs };
+  if (b.routing !== undefined && b.routing !== null && typeof b.routing !== 'boolean') throw bad(`Expected a boolean for 'routing' but received ${describe(b.routing)}`, 'routing');
+  return { maxTokens, temperature, topP, n, stop, seed, stream, includeUsage, logprobs, routing: b.routing === true };
 }
 
 /** A slot gate: `concurrency` holders at once, `queue` waiters, then refusals. */
@@ -265,6 +279,14 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
         if (st.routed !== null && st.tokens) this.set({ layer: layerKinds[i].layer }, st.routed / st.tokens);
       });
     } });
+  new prom.Gauge({ name: 'dualroute_segment_choice', help: 'Segment or NSA global paths, per layer: segments read per token besides its own (reads), and their mean distance back from it in segments (distance)', labelNames: ['layer', 'stat'], registers: [registry],
+    collect() {
+      engine.stats.layers.forEach((st, i) => {
+        if (st.segmentReads === null || !st.tokens) return;
+        this.set({ layer: layerKinds[i].layer, stat: 'reads' }, st.segmentReads / st.tokens);
+        this.set({ layer: layerKinds[i].layer, stat: 'distance' }, st.segmentReads ? st.segmentDistance! / st.segmentReads : 0);
+      });
+    } });
   new prom.Gauge({ name: 'dualroute_expert_tokens', help: 'Generated tokens whose first choice was each expert, per MoE layer', labelNames: ['layer', 'expert'], registers: [registry],
     collect() {
       engine.stats.layers.forEach((st, i) => st.experts?.forEach((c, e) => this.set({ layer: layerKinds[i].layer, expert: String(e) }, c)));
@@ -286,6 +308,18 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
 
   app.get('/health', async () => ({ status: 'ok', running: slots.running, queued: slots.depth }));
   app.get('/v1/models', async () => ({ object: 'list', data: [{ id: name, object: 'model', created: 0, owned_by: 'dualroute' }] }));
+  // the routing view: the layers' paths, and the page
+  app.get('/v1/routing', async () => ({
+    model: name,
+    layers: model.config.layers.map((L, index) => ({
+      index, local: L.local, global: L.global, fusion: L.local !== 'none' && L.global !== 'none' ? L.fusion : null, moe: model.config.ffn === 'moe',
+    })),
+  }));
+  app.get('/', async (_req, reply) => {
+    reply.header('content-type', 'text/html; charset=utf-8');
+    reply.header('content-security-policy', "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'");
+    return PAGE_HTML;
+  });
   app.get('/metrics', async (_req, reply) => {
     reply.header('content-type', registry.contentType);
     return registry.metrics();
@@ -300,7 +334,7 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     return ids;
   };
 
-  interface Choice { text: string; finish: 'stop' | 'length'; tokens: number; logprobs: TokenLogprob[] }
+  interface Choice { text: string; finish: 'stop' | 'length'; tokens: number; logprobs: TokenLogprob[]; routing: TokenRoute[] | null }
   interface TokenLogprob { token: string; logprob: number; bytes: number[]; top: Array<{ token: string; logprob: number; bytes: number[] }>; offset: number }
 
   const piece = (id: number) => tok.decode([id]);
@@ -313,12 +347,14 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     };
   };
 
-  // one choice: streams text pieces (and the logprobs of the tokens they cover) to onText; stops
-  // at a stop string, eos, maxTokens or abort
+  // one choice: streams text pieces (and the logprobs of the tokens they cover) to onText; with
+  // s.routing once per token, with its routing and the text it shows (maybe ''); stops at a stop
+  // string, eos, maxTokens or abort
   const generate = async (prompt: number[], s: Sampling, seed: number, signal: AbortSignal,
-    onText: (piece: string, logprobs: TokenLogprob[]) => void, t0: number): Promise<Choice> => {
+    onText: (piece: string, logprobs: TokenLogprob[], route?: TokenRoute) => void, t0: number): Promise<Choice> => {
     const ids: number[] = [];
     const logprobs: TokenLogprob[] = [];
+    const routes: TokenRoute[] | null = s.routing ? [] : null;
     let pending = 0;  // logprobs not yet sent with a piece
     let shown = 0;
     let text = '';
@@ -328,13 +364,13 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     const inner = new AbortController();
     const onAbort = () => inner.abort();
     signal.addEventListener('abort', onAbort, { once: true });
-    const flush = (p: string) => {
-      onText(p, logprobs.slice(pending));
+    const flush = (p: string, route?: TokenRoute) => {
+      onText(p, logprobs.slice(pending), route);
       pending = logprobs.length;
     };
     try {
-      if (room <= 0) return { text: '', finish: 'length', tokens: 0, logprobs };
-      const it = engine.submit(prompt, { maxTokens: room, temperature: s.temperature, topP: s.topP, seed, signal: inner.signal, ...(s.logprobs !== null ? { logprobs: s.logprobs } : {}) });
+      if (room <= 0) return { text: '', finish: 'length', tokens: 0, logprobs, routing: routes };
+      const it = engine.submit(prompt, { maxTokens: room, temperature: s.temperature, topP: s.topP, seed, signal: inner.signal, routing: s.routing, ...(s.logprobs !== null ? { logprobs: s.logprobs } : {}) });
       for await (const t of it) {
         const now = performance.now();
         if (ids.length === 0) ttft.observe((now - t0) / 1000);
@@ -363,9 +399,14 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
           if (text.endsWith('\uFFFD')) safe = text.lastIndexOf('\uFFFD');
           for (const st of s.stop) for (let k = Math.min(st.length - 1, text.length); k > 0; --k) if (text.endsWith(st.slice(0, k))) safe = Math.min(safe, text.length - k);
         }
-        if (safe > shown) {
-          flush(text.slice(shown, safe));
-          shown = safe;
+        const piece = safe > shown ? text.slice(shown, safe) : '';
+        shown = Math.max(shown, safe);
+        if (routes && t.routing) {
+          const r = { token: t.token, piece: tok.decode([t.token]), layers: t.routing.layers };
+          routes.push(r);
+          flush(piece, r);
+        } else if (piece) {
+          flush(piece);
         }
         if (finish === 'stop') break;
       }
@@ -377,7 +418,7 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
     }
     if (text.length > shown || pending < logprobs.length) flush(text.slice(shown));
     tokens.inc({ kind: 'generated' }, ids.length);
-    return { text, finish, tokens: ids.length, logprobs };
+    return { text, finish, tokens: ids.length, logprobs, routing: routes };
   };
 
   // OpenAI's logprobs objects: completions (tokens, token_logprobs, top_logprobs, text_offset) and chat (content)
@@ -445,9 +486,12 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
         const completion = out.reduce((a, c) => a + c.tokens, 0);
         return {
           id, object, created, model: name,
-          choices: out.map((c, i) => (chat
-            ? { index: i, message: { role: 'assistant', content: c.text }, finish_reason: c.finish, logprobs: lpOf(c.logprobs) }
-            : { index: i, text: c.text, finish_reason: c.finish, logprobs: lpOf(c.logprobs) })),
+          choices: out.map((c, i) => ({
+            ...(chat
+              ? { index: i, message: { role: 'assistant', content: c.text }, finish_reason: c.finish, logprobs: lpOf(c.logprobs) }
+              : { index: i, text: c.text, finish_reason: c.finish, logprobs: lpOf(c.logprobs) }),
+            ...(c.routing ? { routing: c.routing } : {}),
+          })),
           usage: { prompt_tokens: promptTokens * s.n, completion_tokens: completion, total_tokens: promptTokens * s.n + completion },
         };
       }
@@ -458,12 +502,12 @@ export async function buildApp(o: ServeOptions): Promise<{ app: FastifyInstance;
       const send = (obj: object) => {
         if (!raw.writableEnded && !raw.destroyed) raw.write(`data: ${JSON.stringify(obj)}\n\n`);
       };
-      const chunk = (index: number, delta: { text?: string; role?: boolean; finish?: string }, lp: TokenLogprob[] | null) => (chat
-        ? { id, object: chunkType, created, model: name, choices: [{ index, delta: delta.role ? { role: 'assistant', content: '' } : delta.text !== undefined ? { content: delta.text } : {}, finish_reason: delta.finish ?? null, logprobs: lp && lp.length ? lpOf(lp) : null }] }
-        : { id, object: chunkType, created, model: name, choices: [{ index, text: delta.text ?? '', finish_reason: delta.finish ?? null, logprobs: lp && lp.length ? lpOf(lp) : null }] });
+      const chunk = (index: number, delta: { text?: string; role?: boolean; finish?: string }, lp: TokenLogprob[] | null, route?: TokenRoute) => (chat
+        ? { id, object: chunkType, created, model: name, choices: [{ index, delta: delta.role ? { role: 'assistant', content: '' } : delta.text !== undefined ? { content: delta.text } : {}, finish_reason: delta.finish ?? null, logprobs: lp && lp.length ? lpOf(lp) : null, ...(route ? { routing: route } : {}) }] }
+        : { id, object: chunkType, created, model: name, choices: [{ index, text: delta.text ?? '', finish_reason: delta.finish ?? null, logprobs: lp && lp.length ? lpOf(lp) : null, ...(route ? { routing: route } : {}) }] });
       const results = await Promise.all(jobs.map(async (j) => {
         if (chat) send(chunk(j.index, { role: true }, null));
-        const c = await generate(j.p, s, j.seed, abort.signal, (text, lp) => send(chunk(j.index, { text }, lp)), t0);
+        const c = await generate(j.p, s, j.seed, abort.signal, (text, lp, route) => send(chunk(j.index, { text }, lp, route)), t0);
         if (!abort.signal.aborted) send(chunk(j.index, { finish: c.finish }, null));
         return c;
       }));

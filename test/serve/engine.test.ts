@@ -91,7 +91,7 @@ describe('BatchEngine', () => {
     const seq = [...prompt, ...toks.map((t) => t.token)];
     const trace = model.routingTrace(dr.tensor(Int32Array.from(seq), [1, seq.length], { dtype: 'int32' }));
     toks.forEach((t, i) => {
-      const p = prompt.length - 1 + i;  // the position whose output chose token i
+      const p = prompt.length + i;  // token i's own position
       t.routing!.layers.forEach((r, li) => {
         const tr = trace.layers[li];
         expect(r.gates![0]).toBeCloseTo(tr.gates![p][0], 5);
@@ -100,10 +100,11 @@ describe('BatchEngine', () => {
         expect(r.expert).toBe(tr.expert![p]);
       });
     });
-    // the totals for metrics count every token of both sequences
-    expect(engine.stats.layers[0].tokens).toBe(8 + 4);
+    // the totals for metrics count every position fed while sampling: each sequence's last prompt
+    // token, its generated tokens but the last, and the routed sequence's last token once more
+    expect(engine.stats.layers[0].tokens).toBe(8 + 4 + 1);
     expect(engine.stats.layers[1].routed).toBeGreaterThanOrEqual(0);
-    expect(engine.stats.layers[0].experts!.reduce((a, b) => a + b, 0)).toBe(12);
+    expect(engine.stats.layers[0].experts!.reduce((a, b) => a + b, 0)).toBe(13);
     await engine.close();
     model.dispose();
   });
