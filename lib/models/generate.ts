@@ -83,8 +83,14 @@ function checkOptions(o: GenerateOptions, vocab: number): Required<Omit<Generate
  */
 export function sampleToken(logits: ArrayLike<number>, o: { temperature: number; topK: number; topP: number }, u: number): number {
   const n = logits.length;
+  if (o.temperature === 0) {
+    // the most likely token, ties to the lower id (one pass, no sort)
+    let best = 0;
+    for (let i = 1; i < n; ++i) if (logits[i] > logits[best]) best = i;
+    return best;
+  }
+  // the tokens in the order the draw walks them: most likely first (ties to the lower id)
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
-  if (o.temperature === 0) return order[0];
   const kept = order.slice(0, Math.max(1, Math.min(o.topK, n)));
   const m = logits[kept[0]];
   const w = kept.map((i) => Math.exp((logits[i] - m) / o.temperature));
