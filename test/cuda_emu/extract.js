@@ -190,6 +190,25 @@ const HOST_NORM = [
   'const bool vec = cols % V == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0 && reinterpret_cast<uintptr_t>(px) % 16 == 0;',
 ];
 
+// The decode-cache kernels' launches and parameters (kvcache.cu).
+const HOST_KVCACHE = [
+  'kv_check<<<grid_for(N), kThreads, 0, stream()>>>(P.len, P.slot, P.bad, P.N, static_cast<int>(S), P.C, P.Sq, 1, has_means ? 1 : 0);',
+  'kv_check<<<grid_for(N), kThreads, 0, stream()>>>(P.len, P.slot, P.bad, static_cast<int>(N), static_cast<int>(S), P.C, P.Sq, 0, has_means ? 1 : 0);',
+  'const long long rows = static_cast<long long>(P.N) * P.Hkv * std::min(P.Sq, P.C) * P.D;',
+  'kv_append_rows<T><<<grid_for(rows), kThreads, 0, stream()>>>(P);',
+  'const int nt = has_means && Sq > 0 ? static_cast<int>(std::min<int64_t>((Sq - 1) / segment + 2, M)) : 0;',
+  'const long long mtotal = static_cast<long long>(P.N) * P.Hkv * nt * P.D;',
+  'kv_append_means<T><<<grid_for(mtotal), kThreads, 0, stream()>>>(P, nt);',
+  'P.segment = has_means ? static_cast<int>(segment) : 1;',
+  'const long long blocks = (P.rows + kKvWarps - 1) / kKvWarps;',
+  'if (dpl <= 1) kv_attn_warp<T, 1><<<g, kKvWarps * 32, 0, stream()>>>(P);',
+  'else kv_attn_warp<T, 8><<<g, kKvWarps * 32, 0, stream()>>>(P);',
+  'P.rows = N * Hq * Sq;',
+  'P.window = std::min<long long>(window, 1LL << 40);',
+  'P.group = has_means ? group : 1;',
+  'P.scale = static_cast<float>(scale);',
+];
+
 // The LSTM kernels' launches (rnn.cu).
 const HOST_RNN = [
   'DR_CUDA_TRY(lstm_smem(lstm_fwd<T>, 5 * H, smem, name));',
@@ -274,6 +293,19 @@ const KERNELS = [
       /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) dual_seg_bwd_warp\(DualSegParams DP\)/,
       /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kSegWarps \* 32\) dual_gate_grad_warp\(DualSegParams DP\)/],
     shared: { dynamic: 0, static: 0 },
+    helpers: true,
+  },
+  {
+    tag: 'kvcache',
+    src: 'kvcache',
+    def: path.join(CUDA, 'kvcache.cu'),
+    out: 'kvcache_kernel.inc',
+    host: HOST_KVCACHE,
+    needs: [/__global__ void kv_check\(/, /template <typename T>\s*__global__ void kv_append_rows\(KvAppendParams P\)/,
+      /template <typename T>\s*__global__ void kv_append_means\(KvAppendParams P, int nt\)/,
+      /template <typename T, int DPL>\s*__global__ void __launch_bounds__\(kKvWarps \* 32\) kv_attn_warp\(KvAttnParams P\)/,
+      /constexpr int kKvBadSlot = 0;/, /constexpr int kKvBadLength = 1;/, /constexpr int kKvBadCapacity = 2;/, /constexpr int kKvBadRepeat = 3;/],
+    shared: { dynamic: 0, static: 2 },
     helpers: true,
   },
   {
@@ -479,7 +511,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, elementwise: opts.elementwiseSrc, rnn: opts.rnnSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, kvcache: opts.kvcacheSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, elementwise: opts.elementwiseSrc, rnn: opts.rnnSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -518,6 +550,7 @@ if (require.main === module) {
     else if (a === '--sort-src') opts.sortSrc = val();
     else if (a === '--routing-src') opts.routingSrc = val();
     else if (a === '--segment-src') opts.segmentSrc = val();
+    else if (a === '--kvcache-src') opts.kvcacheSrc = val();
     else if (a === '--route-rules-src') opts.routeRulesSrc = val();
     else if (a === '--moe-src') opts.moeSrc = val();
     else if (a === '--norm-src') opts.normSrc = val();
@@ -525,7 +558,7 @@ if (require.main === module) {
     else if (a === '--elementwise-src') opts.elementwiseSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
-      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--out DIR]`);
+      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--out DIR]`);
       process.exit(2);
     }
   }

@@ -32,6 +32,7 @@ const TESTS = [
   { name: 'sort_test', src: 'sort_test.cpp', flags: [], inc: ['sort_kernel.inc'] },
   { name: 'routing_test', src: 'routing_test.cpp', flags: [], inc: ['routing_kernel.inc'] },
   { name: 'segment_test', src: 'segment_test.cpp', flags: [], inc: ['segment_kernel.inc'] },
+  { name: 'kvcache_test', src: 'kvcache_test.cpp', flags: [], inc: ['kvcache_kernel.inc'] },
   { name: 'route_rules_test', src: 'route_rules_test.cpp', flags: [], inc: ['route_rules_kernel.inc'], deps: [path.join(ROOT, 'native', 'core', 'philox.h')] },
   { name: 'moe_test', src: 'moe_test.cpp', flags: [], inc: ['moe_kernel.inc'] },
   { name: 'norm_test', src: 'norm_test.cpp', flags: [], inc: ['norm_kernel.inc'] },
@@ -58,6 +59,7 @@ function parseArgs(argv) {
     else if (a === '--sort-src') o.sortSrc = path.resolve(val());
     else if (a === '--routing-src') o.routingSrc = path.resolve(val());
     else if (a === '--segment-src') o.segmentSrc = path.resolve(val());
+    else if (a === '--kvcache-src') o.kvcacheSrc = path.resolve(val());
     else if (a === '--route-rules-src') o.routeRulesSrc = path.resolve(val());
     else if (a === '--moe-src') o.moeSrc = path.resolve(val());
     else if (a === '--norm-src') o.normSrc = path.resolve(val());
@@ -72,7 +74,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`run.js: ${msg}\nusage: node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose] ` +
-    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--build-dir DIR] [--timeout S]');
+    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--build-dir DIR] [--timeout S]');
   process.exit(2);
 }
 
@@ -168,7 +170,7 @@ async function main() {
   const gen = path.join(o.buildDir, 'gen');
   let extracted = true;
   try {
-    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, routeRulesSrc: o.routeRulesSrc, moeSrc: o.moeSrc, normSrc: o.normSrc, elementwiseSrc: o.elementwiseSrc, rnnSrc: o.rnnSrc, outDir: gen });
+    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, kvcacheSrc: o.kvcacheSrc, routeRulesSrc: o.routeRulesSrc, moeSrc: o.moeSrc, normSrc: o.normSrc, elementwiseSrc: o.elementwiseSrc, rnnSrc: o.rnnSrc, outDir: gen });
   } catch (e) {
     if (!(e instanceof ExtractError)) throw e;
     console.log(`FAIL extract.js: ${e.message}`);
