@@ -100,15 +100,18 @@ describe('serve: the openai client', () => {
     const before = await generated();
     const ac = new AbortController();
     const s = await client.completions.create({ model: 'dualroute', prompt: 'long', max_tokens: 200, temperature: 1, stream: true }, { signal: ac.signal });
+    // read three chunks, then abort and leave the iterator alone: the client's SSE iterator can
+    // stay pending after an abort mid-iteration (openai/openai-node#2613; seen here once in ~100
+    // runs of `for await` + abort, while the server had already stopped the generation)
+    const it = s[Symbol.asyncIterator]();
     let got = 0;
-    try {
-      for await (const c of s) {
-        got += c.choices.length;
-        if (got >= 3) ac.abort();
-      }
-    } catch (e) {
-      expect(String(e)).toMatch(/abort/i);  // the client may end the stream quietly or throw
+    while (got < 3) {
+      const r = await it.next();
+      if (r.done) break;
+      got += r.value.choices.length;
     }
+    expect(got).toBe(3);
+    ac.abort();
     for (let i = 0; i < 100; ++i) {
       const h = await (await fetch(`${server.url}/health`)).json();
       if (h.running === 0) break;
