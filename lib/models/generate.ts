@@ -14,7 +14,7 @@
 import { ValueError, describe } from '../errors';
 import { Generator } from '../random';
 import { Tensor, tidy } from '../tensor';
-import { tensor, rand } from '../ops/creation';
+import { tensor } from '../ops/creation';
 import { narrow } from '../ops/shape';
 import { noGrad } from '../tape';
 import type { TokenRouting } from './decode';
@@ -88,6 +88,22 @@ export function sampleToken(logits: ArrayLike<number>, o: { temperature: number;
     let best = 0;
     for (let i = 1; i < n; ++i) if (logits[i] > logits[best]) best = i;
     return best;
+  }
+  if (o.topK >= n && o.topP >= 1) {
+    // every token kept: the draw walks them in id order (no sort of the vocabulary)
+    let m = -Infinity;
+    for (let i = 0; i < n; ++i) if (logits[i] > m) m = logits[i];
+    const w = new Float64Array(n);
+    let z = 0;
+    for (let i = 0; i < n; ++i) z += (w[i] = Math.exp((logits[i] - m) / o.temperature));
+    let acc = 0;
+    const target = u * z;
+    for (let i = 0; i < n; ++i) {
+      acc += w[i];
+      if (target < acc) return i;
+    }
+    for (let i = n - 1; i >= 0; --i) if (w[i] > 0) return i;  // rounding left u * z at the total
+    return n - 1;
   }
   // the tokens in the order the draw walks them: most likely first (ties to the lower id)
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
@@ -182,7 +198,7 @@ export async function* generate(model: CausalLM, prompt: number[] | number[][], 
             const ids = tensor(Int32Array.from(seq), [1, seq.length], { dtype: 'int32' });
             last = narrow(model.forward(ids), 1, seq.length - 1, 1).dataSync();
           }
-          const draw = (rand([1], { generator: gen }) as Tensor).dataSync()[0];
+          const draw = gen.uniform();  // as rand([1], {generator: gen}), on the host
           return { logits: Float64Array.from(last), u: draw };
         }));
         const token = sampleToken(logits, o, u);

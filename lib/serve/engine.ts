@@ -28,7 +28,7 @@ import { Tensor, keep, tidy, untracked } from '../tensor';
 import { add, gt, mul, sigmoid } from '../ops/elementwise';
 import { concat, narrow, reshape, transpose } from '../ops/shape';
 import { matmul } from '../ops/linalg';
-import { full, rand, tensor, zeros } from '../ops/creation';
+import { full, tensor, zeros } from '../ops/creation';
 import { mean } from '../ops/reduce';
 import { logSoftmax } from '../ops/nn';
 import { rope, localAttention } from '../ops/attention';
@@ -426,7 +426,7 @@ export class BatchEngine {
           return;
         }
         const row = lg.subarray(i * V, (i + 1) * V) as ArrayLike<number>;
-        const u = noGrad(() => tidy(() => (rand([1], { generator: s.gen }) as Tensor).dataSync()[0]));
+        const u = s.gen.uniform();  // as rand([1], {generator}), on the host: no op per sequence
         const token = sampleToken(Float64Array.from(row), s.o, u);
         const t: EngineToken = { token };
         if (lp && s.o.logprobs !== null) {

@@ -10,16 +10,32 @@ describe('sampleToken', () => {
   test('greedy takes the largest (ties to the lower id)', () => {
     expect(models.sampleToken(logits, { temperature: 0, topK: 5, topP: 1 }, 0.99)).toBe(1);
   });
-  test('the draw walks the softmax in order of probability', () => {
-    // order: 1, 3 (tie, lower first), 4, 0, 2
-    const e = [2, 2, 1, 0.5, -1].map((x) => Math.exp(x - 2));
+  test('every token kept: the draw walks the softmax in id order', () => {
+    const e = logits.map((x) => Math.exp(x - 2));
     const z = e.reduce((a, b) => a + b, 0);
     const cdf = e.map((_, i) => e.slice(0, i + 1).reduce((a, b) => a + b, 0) / z);
     const o = { temperature: 1, topK: 5, topP: 1 };
+    cdf.forEach((c, i) => {
+      expect(models.sampleToken(logits, o, c - 1e-9)).toBe(i);
+      if (i + 1 < cdf.length) expect(models.sampleToken(logits, o, c + 1e-9)).toBe(i + 1);
+    });
+    expect(models.sampleToken(logits, o, 0)).toBe(0);
+    expect(models.sampleToken(logits, o, 0.999999)).toBe(4);
+    // temperature scales the logits before the softmax
+    const t = { temperature: 0.5, topK: 5, topP: 1 };
+    const e2 = logits.map((x) => Math.exp((x - 2) / 0.5));
+    expect(models.sampleToken(logits, t, e2[0] / e2.reduce((a, b) => a + b, 0) + 1e-9)).toBe(1);
+  });
+  test('a cut (topK or topP): the draw walks the kept tokens in order of probability', () => {
+    // order: 1, 3 (tie, lower first), 4, 0, 2; topK 4 drops token 2
+    const e = [2, 2, 1, 0.5].map((x) => Math.exp(x - 2));
+    const z = e.reduce((a, b) => a + b, 0);
+    const cdf = e.map((_, i) => e.slice(0, i + 1).reduce((a, b) => a + b, 0) / z);
+    const o = { temperature: 1, topK: 4, topP: 1 };
     expect(models.sampleToken(logits, o, cdf[0] - 1e-9)).toBe(1);
     expect(models.sampleToken(logits, o, cdf[0] + 1e-9)).toBe(3);
     expect(models.sampleToken(logits, o, cdf[2] + 1e-9)).toBe(0);
-    expect(models.sampleToken(logits, o, 0.999999)).toBe(2);
+    expect(models.sampleToken(logits, o, 0.999999)).toBe(0);
   });
   test('topK and topP cut the tail', () => {
     expect(models.sampleToken(logits, { temperature: 1, topK: 2, topP: 1 }, 0.999)).toBe(3);
