@@ -11,11 +11,15 @@
 //                                        memory flat however long the text
 //   full attention, routed (MoD)         every position (maxSeq rows per slot)
 //   segment attention                    every position plus the mean key of each segment
-//   NSA                                  every position (its three branches run per sequence)
+//   NSA                                  every position with segment mean keys (selection and
+//                                        window branches), and each whole segment's mean key
+//                                        and value (the compressed branch)
 //   conv                                 the last kernel - 1 inputs of each sequence
 //   lstm                                 h and c of each sequence
 // and the attention of all sequences is one kvCacheAttention call per layer (lib/ops/kvcache.ts:
-// per-sequence lengths and slots, as FlashAttention's varlen/with_kvcache APIs). Everything else
+// per-sequence lengths and slots, as FlashAttention's varlen/with_kvcache APIs; NSA's three
+// branches are three such calls, save for a prefill chunk's compressed branch, which runs on its
+// one sequence with compressedAttention). Everything else
 // (projections, norms, gates, fusion, feed-forward, MoE) runs on the packed batch. A sequence's
 // tokens equal a generation on its own (tested), save for an MoE block with a capacity factor,
 // whose drops depend on the batch.
@@ -31,8 +35,9 @@ import { matmul } from '../ops/linalg';
 import { full, tensor, zeros } from '../ops/creation';
 import { mean } from '../ops/reduce';
 import { logSoftmax } from '../ops/nn';
-import { rope, localAttention } from '../ops/attention';
-import { compressedAttention, segmentAttention, selectSegments } from '../ops/segment';
+import { rope } from '../ops/attention';
+import { compressedAttention, segmentMean, selectSegments } from '../ops/segment';
+import { copy_ } from '../ops/inplace';
 import { kvCacheAppend, kvCacheAttention } from '../ops/kvcache';
 import { noGrad } from '../tape';
 import { MultiheadAttention } from '../nn/attention';
@@ -131,7 +136,10 @@ interface Sequence {
   state: Map<object, Tensor[]>;
 }
 
-type SlotCache = { k: Tensor; v: Tensor; means: Tensor | null; capacity: number; kind: string };
+type SlotCache = { k: Tensor; v: Tensor; means: Tensor | null; capacity: number; kind: string; /** positions per row (NSA's compressed cache: a segment) */ per: number };
+
+// an NSA path's compressed-branch cache is keyed by this stand-in (its main cache by the path)
+const NSA_COMPRESSED = new WeakMap<object, object>();
 
 // the segments per query of a segment or NSA global path (0 for other layers)
 const segmentTopK = (L: DualRouteLayer) => (L.global instanceof NSAAttention ? L.global.topK
@@ -205,7 +213,7 @@ export class BatchEngine {
       const row = 2 * H * D * esz;
       const meanRow = c.means ? H * D * (c.means.dtype === 'float64' ? 8 : 4) / (c.means.shape[2] ? C / c.means.shape[2] : 1) : 0;
       out[c.kind as (typeof KINDS)[number]].allocated += S * C * row + (c.means ? c.means.size * (c.means.dtype === 'float64' ? 8 : 4) : 0);
-      for (const s of this.active) out[c.kind as (typeof KINDS)[number]].used += Math.min(s.length, C) * (row + meanRow);
+      for (const s of this.active) out[c.kind as (typeof KINDS)[number]].used += Math.min(Math.floor(s.length / c.per), C) * (row + meanRow);
     }
     for (const s of this.active) {
       for (const [p, ts] of s.state) {
@@ -550,7 +558,7 @@ export class BatchEngine {
     return concat(rows, 0).to('float32');
   }
 
-  private cache(p: object, kind: string, Hk: number, hd: number, capacity: number, like: Tensor, segment = 0): SlotCache {
+  private cache(p: object, kind: string, Hk: number, hd: number, capacity: number, like: Tensor, segment = 0, per = 1): SlotCache {
     let c = this.caches.get(p);
     if (!c) {
       const shape = [this.maxBatch, Hk, capacity, hd];
@@ -558,7 +566,7 @@ export class BatchEngine {
       c = untracked(() => ({
         k: zeros(shape, opts), v: zeros(shape, opts),
         means: segment ? zeros([this.maxBatch, Hk, Math.ceil(capacity / segment), hd], { dtype: like.dtype === 'float64' ? 'float64' : 'float32', device: like.device }) : null,
-        capacity, kind,
+        capacity, kind, per,
       }));
       this.caches.set(p, c);
     }
@@ -625,20 +633,37 @@ export class BatchEngine {
     }
     if (p instanceof NSAAttention) {
       const [q, k, v] = this.qkv(p, a, p.nHeads, p.nKvHeads, p.headDim, p.useRope, p.ropeBase, pos);
-      const c = this.cache(p, 'nsa', p.nKvHeads, p.headDim, maxSeq, k);
-      const ix = this.append(c, k, v, seqs);
-      // the three branches per sequence, over its slot's keys so far
-      const parts = seqs.map((s, i) => {
-        const K = narrow(narrow(c.k, 0, s.slot, 1), 2, 0, ix.lengths[i]).contiguous();
-        const Vv = narrow(narrow(c.v, 0, s.slot, 1), 2, 0, ix.lengths[i]).contiguous();
-        const qi = narrow(q, 0, i, 1);
-        return [compressedAttention(qi, K, Vv, { segment: p.segment }), segmentAttention(qi, K, Vv, { segment: p.segment, topK: p.topK, groupHeads: true }),
-          localAttention(qi, K, Vv, { window: p.window, causal: true })];
+      const seg = p.segment, G = p.nHeads / p.nKvHeads, Sq = a.shape[1];
+      // every position, with its segments' mean keys (the selection branch's scores)
+      const c = this.cache(p, 'nsa', p.nKvHeads, p.headDim, maxSeq, k, seg);
+      const before = seqs.map((s) => s.length);
+      const ix = this.append(c, k, v, seqs, seg);
+      // the compressed branch's keys and values: each whole segment's mean key and value, written
+      // when the segment completes
+      const cc = this.cache(NSA_COMPRESSED.get(p) ?? NSA_COMPRESSED.set(p, {}).get(p)!, 'nsa', p.nKvHeads, p.headDim, Math.ceil(maxSeq / seg), k, 0, seg);
+      seqs.forEach((s, i) => {
+        for (let g = Math.floor(before[i] / seg); g < Math.floor(ix.lengths[i] / seg); ++g) {
+          for (const [src, dst] of [[c.k, cc.k], [c.v, cc.v]] as const) {
+            copy_(narrow(narrow(dst, 0, s.slot, 1), 2, g, 1), segmentMean(narrow(narrow(src, 0, s.slot, 1), 2, g * seg, seg), seg));
+          }
+        }
       });
-      if (this.wantSegments) this.segmentRows = this.selectRows(q, c, ix.lengths, seqs, p.segment, p.topK, p.nHeads / p.nKvHeads);
+      const sel = kvCacheAttention(q, c.k, c.v, { ...ix, means: c.means!, segment: seg, topK: p.topK, group: G });
+      const win = kvCacheAttention(q, c.k, c.v, { ...ix, mask: 'sliding', window: p.window });
+      let cmp: Tensor;
+      if (Sq === 1) {
+        // a query sees the segments wholly at or before it: the first floor(length / segment)
+        const whole = ix.lengths.map((L) => Math.floor(L / seg));
+        const o = kvCacheAttention(q, cc.k, cc.v, { lengths: whole.map((w) => Math.max(1, w)), slots: ix.slots });
+        cmp = whole.every((w) => w > 0) ? o : mul(o, tensor(Float32Array.from(whole, (w) => (w > 0 ? 1 : 0)), [seqs.length, 1, 1, 1]).to(o.dtype));
+      } else {
+        // a prefill chunk (one sequence): its rows see different numbers of whole segments
+        cmp = concat(seqs.map((s, i) => compressedAttention(narrow(q, 0, i, 1),
+          narrow(narrow(c.k, 0, s.slot, 1), 2, 0, ix.lengths[i]).contiguous(), narrow(narrow(c.v, 0, s.slot, 1), 2, 0, ix.lengths[i]).contiguous(), { segment: seg })), 0);
+      }
+      if (this.wantSegments) this.segmentRows = this.selectRows(q, c, ix.lengths, seqs, seg, p.topK, G);
       const d = p.dModel;
-      const branch = (b: number) => this.merge(concat(parts.map((x) => x[b]), 0), d);
-      return p.o_proj.forward(mixPaths([branch(0), branch(1), branch(2)], p.gate.forward(a)));
+      return p.o_proj.forward(mixPaths([this.merge(cmp, d), this.merge(sel, d), this.merge(win, d)], p.gate.forward(a)));
     }
     if (p instanceof ConvPath) {
       const kz = p.conv.kernelSize, d = a.shape[2];
