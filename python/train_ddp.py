@@ -176,11 +176,17 @@ def main(argv=None):
                           'steps': args.steps, 'firstLoss': first, 'lastLoss': last,
                           'tokensPerSecond': round(args.steps * args.batch * args.seq / max(seconds, 1e-9), 1),
                           'replicaMaxDiff': diff, 'out': args.out}), flush=True)
-    if world > 1:
-        # no barrier: every rank has passed the replica check (a collective) and only rank 0 writes
-        dist.destroy_process_group()
     if not math.isfinite(last):
         fail(f'the loss is not finite ({last})')
+    if world > 1:
+        # Every rank has passed the replica check (a collective) and rank 0 has written and closed
+        # the checkpoint: leave without destroy_process_group or the interpreter's teardown. With
+        # gloo on torch 1.13, a rank tearing its group down while its peer is still saving (or
+        # already gone) could wait for the store's 300 s timeout and exit 1 (seen twice in CI:
+        # rank 0's summary printed, then torchrun stalled ~300 s).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == '__main__':

@@ -27,6 +27,9 @@ function corpus(): string {
   return out.join(' ');
 }
 
+// every file under a folder
+const walk = (d: string): string[] => fs.readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(d, e.name)) : [path.join(d, e.name)]));
+
 const lastJson = (stdout: string): Record<string, unknown> => {
   const lines = stdout.split('\n').map((l) => l.replace(/^\[default\d+\]:/, '').trim()).filter((l) => l.startsWith('{"done"'));
   if (!lines.length) throw new Error(`no summary line in:\n${stdout.slice(-2000)}`);
@@ -47,8 +50,15 @@ describeWithTorch('PyTorch twin: torchrun data-parallel training', (py) => {
     fs.writeFileSync(data, corpus());
     // torchrun is torch.distributed.run; torch 1.13 on Python 3.11 cannot parse the default
     // --redirects 0 (an IntFlag change), so its output is redirected and teed explicitly
-    ddp = lastJson(runPython(py, ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '--redirects', '1', '--tee', '1',
-      'python/train_ddp.py', ...common, '--threads', '1', '--out', path.join(dir, 'ddp.safetensors')]));
+    // --log_dir keeps every rank's output: a failure shows what each rank did
+    const logs = path.join(dir, 'torchrun-logs');
+    try {
+      ddp = lastJson(runPython(py, ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '--redirects', '1', '--tee', '1', '--log_dir', logs,
+        'python/train_ddp.py', ...common, '--threads', '1', '--out', path.join(dir, 'ddp.safetensors')], { timeoutMs: 240_000 }));
+    } catch (e) {
+      const ranks = fs.existsSync(logs) ? walk(logs).map((f) => `--- ${path.relative(logs, f)}\n${fs.readFileSync(f, 'utf8').slice(-3000)}`).join('\n') : '(no torchrun logs)';
+      throw new Error(`${(e as Error).message}\n${ranks}`);
+    }
     single = lastJson(runPython(py, ['python/train_ddp.py', ...common, '--threads', '2', '--out', path.join(dir, 'single.safetensors')]));
   }, 600_000);
 
