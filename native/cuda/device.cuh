@@ -105,6 +105,54 @@ __device__ __forceinline__ float block_reduce_f(float v, float* smem) {
 __device__ __forceinline__ float block_sum(float v, float* smem) { return detail::block_reduce_f<false>(v, smem); }
 __device__ __forceinline__ float block_max(float v, float* smem) { return detail::block_reduce_f<true>(v, smem); }
 
+// ---- device: warp selection and the online softmax ------------------------------------------
+// The selection order of the routers and segment selections: a before b when a is NaN and b is
+// not, or larger, or equal with the lower index.
+__device__ __forceinline__ bool sel_before(float a, int ia, float b, int ib) {
+  const bool na = a != a, nb = b != b;
+  if (na != nb) return na;
+  if (!na && a != b) return a > b;
+  return ia < ib;
+}
+
+// The warp's first (value, index) in the selection order (index -1: none), on every lane.
+__device__ __forceinline__ void warp_best(float& v, int& i) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, m);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, m);
+    if (oi >= 0 && (i < 0 || sel_before(ov, oi, v, i))) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+// One key of a warp's online softmax over a query row whose head dim is strided over the lanes
+// (DPL values per lane; q already scaled): the score (one warp sum), the running max (NaN
+// propagating), the sum and the accumulator.
+template <typename T, int DPL>
+__device__ __forceinline__ void online_key(const float (&q)[DPL], const T* kr, const T* vr, int D, int lane, float& m,
+                                           float& l, float (&acc)[DPL]) {
+  float dot = 0.f;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) dot += q[c] * ld(kr[d]);
+  }
+  const float sc = warp_sum(dot);
+  const float mn = (sc > m || sc != sc) ? sc : m;
+  const float mu = mn == -INFINITY ? 0.f : mn;
+  const float alpha = expf(m - mu), pj = expf(sc - mu);
+  l = l * alpha + pj;
+  m = mn;
+#pragma unroll
+  for (int c = 0; c < DPL; ++c) {
+    const int d = lane + 32 * c;
+    if (d < D) acc[c] = acc[c] * alpha + pj * ld(vr[d]);
+  }
+}
+
 // ---- bad-index slot ----------------------------------------------------------------------
 // A kernel that meets an index outside its range never dereferences it; it records the
 // smallest offending position in a `__device__ unsigned long long` slot (defined in the .cu

@@ -146,51 +146,7 @@ struct KvAttnParams {
   float scale;
 };
 
-// One key of a row's online softmax (seg_fwd_key's): score, running max (NaN propagating), sum
-// and accumulator; q is already scaled.
-template <typename T, int DPL>
-__device__ __forceinline__ void kv_key(const float (&q)[DPL], const T* kr, const T* vr, int D, int lane, float& m,
-                                       float& l, float (&acc)[DPL]) {
-  float dot = 0.f;
-#pragma unroll
-  for (int c = 0; c < DPL; ++c) {
-    const int d = lane + 32 * c;
-    if (d < D) dot += q[c] * ld(kr[d]);
-  }
-  const float sc = warp_sum(dot);
-  const float mn = (sc > m || sc != sc) ? sc : m;
-  const float mu = mn == -INFINITY ? 0.f : mn;
-  const float alpha = expf(m - mu), pj = expf(sc - mu);
-  l = l * alpha + pj;
-  m = mn;
-#pragma unroll
-  for (int c = 0; c < DPL; ++c) {
-    const int d = lane + 32 * c;
-    if (d < D) acc[c] = acc[c] * alpha + pj * ld(vr[d]);
-  }
-}
-
-// The selection order of segmentTopk: a before b when a is NaN and b is not, or larger, or equal
-// with the lower index.
-__device__ __forceinline__ bool kv_before(float a, int ia, float b, int ib) {
-  const bool na = a != a, nb = b != b;
-  if (na != nb) return na;
-  if (!na && a != b) return a > b;
-  return ia < ib;
-}
-
-// The warp's first (value, index) in the selection order (index -1: none), on every lane.
-__device__ __forceinline__ void kv_best(float& v, int& i) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, v, m);
-    const int oi = __shfl_xor_sync(0xffffffffu, i, m);
-    if (oi >= 0 && (i < 0 || kv_before(ov, oi, v, i))) {
-      v = ov;
-      i = oi;
-    }
-  }
-}
+// one key of the online softmax: online_key; the selection order: sel_before, warp_best (device.cuh)
 
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kKvWarps * 32) kv_attn_warp(KvAttnParams P) {
@@ -223,7 +179,7 @@ __global__ void __launch_bounds__(kKvWarps * 32) kv_attn_warp(KvAttnParams P) {
     seen = true;
     long long r = a % P.C;
     for (long long j = a; j <= b; ++j) {
-      kv_key<T, DPL>(q, kh + r * D, vh + r * D, D, lane, m, l, acc);
+      online_key<T, DPL>(q, kh + r * D, vh + r * D, D, lane, m, l, acc);
       if (++r == P.C) r = 0;
     }
   };
@@ -267,13 +223,13 @@ __global__ void __launch_bounds__(kKvWarps * 32) kv_attn_warp(KvAttnParams P) {
         for (int s = lane; s <= last; s += 32) {
           const float v = s < kKvScoreCache ? ss[s] : score(s);
           if (v == -INFINITY) continue;
-          if (pi >= 0 && !kv_before(pv, pi, v, s)) continue;  // picked already
-          if (bi < 0 || kv_before(v, s, bv, bi)) {
+          if (pi >= 0 && !sel_before(pv, pi, v, s)) continue;  // picked already
+          if (bi < 0 || sel_before(v, s, bv, bi)) {
             bv = v;
             bi = s;
           }
         }
-        kv_best(bv, bi);
+        warp_best(bv, bi);
         if (bi < 0) break;
         keys(max(lo, bi * seg), bi * seg + seg - 1);
         pv = bv;

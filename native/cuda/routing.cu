@@ -37,26 +37,7 @@ constexpr int kGateWarps = 4;       // tokens per router_select block
 constexpr int kMaxGroups = 64;
 constexpr int kPosTokens = 256;     // tokens per positions block
 
-// a before b in the selection order: larger first, NaN largest, then the lower index
-__device__ __forceinline__ bool sel_before(float a, int ia, float b, int ib) {
-  const bool na = a != a, nb = b != b;
-  if (na != nb) return na;
-  if (!na && a != b) return a > b;
-  return ia < ib;
-}
-
-// The best (value, index) of the warp in the selection order (index -1: none).
-__device__ __forceinline__ void warp_best(float& v, int& i) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, v, m);
-    const int oi = __shfl_xor_sync(0xffffffffu, i, m);
-    if (oi >= 0 && (i < 0 || sel_before(ov, oi, v, i))) {
-      v = ov;
-      i = oi;
-    }
-  }
-}
+// sel_before / warp_best (the selection order): device.cuh
 
 template <typename T>
 __global__ void __launch_bounds__(kGateWarps * 32) router_select(int32_t* __restrict__ indices, float* __restrict__ weights,

@@ -84,28 +84,7 @@ __device__ __forceinline__ void seg_keys(const SegParams& P, int s, long long p,
   if (P.causal && p + 1 < hi) hi = static_cast<int>(max(p + 1, static_cast<long long>(lo)));
 }
 
-// One key of a row's online softmax: score, running max (NaN propagating), sum and accumulator.
-template <typename T, int DPL>
-__device__ __forceinline__ void seg_fwd_key(const float (&q)[DPL], const T* kr, const T* vr, int D, int lane,
-                                             float& m, float& l, float (&acc)[DPL]) {
-  float dot = 0.f;
-#pragma unroll
-  for (int c = 0; c < DPL; ++c) {
-    const int d = lane + 32 * c;
-    if (d < D) dot += q[c] * ld(kr[d]);
-  }
-  const float sc = warp_sum(dot);
-  const float mn = (sc > m || sc != sc) ? sc : m;
-  const float mu = mn == -INFINITY ? 0.f : mn;
-  const float alpha = expf(m - mu), pj = expf(sc - mu);
-  l = l * alpha + pj;
-  m = mn;
-#pragma unroll
-  for (int c = 0; c < DPL; ++c) {
-    const int d = lane + 32 * c;
-    if (d < D) acc[c] = acc[c] * alpha + pj * ld(vr[d]);
-  }
-}
+// one key of a row's online softmax: online_key (device.cuh)
 
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kSegWarps * 32) seg_fwd_warp(SegParams P) {
@@ -134,7 +113,7 @@ __global__ void __launch_bounds__(kSegWarps * 32) seg_fwd_warp(SegParams P) {
     seg_keys(P, s, p, lo, hi);
     for (int j = lo; j < hi; ++j) {
       seen = true;
-      seg_fwd_key<T, DPL>(q, kh + static_cast<long long>(j) * D, vh + static_cast<long long>(j) * D, D, lane, m, l, acc);
+      online_key<T, DPL>(q, kh + static_cast<long long>(j) * D, vh + static_cast<long long>(j) * D, D, lane, m, l, acc);
     }
   }
   // no visible key: 0 and -inf; every visible score -inf (l = 0) or NaN: NaN, as attention does
@@ -292,7 +271,7 @@ __global__ void __launch_bounds__(kSegWarps * 32) dual_seg_fwd_warp(DualSegParam
   key_range(DP.mask, P.causal, DP.window, p, P.Sk, lo, hi);
   const bool seen_l = lo <= hi;
   for (int j = lo; j <= hi; ++j)
-    seg_fwd_key<T, DPL>(q, kh + static_cast<long long>(j) * D, vh + static_cast<long long>(j) * D, D, lane, ml, ll, al);
+    online_key<T, DPL>(q, kh + static_cast<long long>(j) * D, vh + static_cast<long long>(j) * D, D, lane, ml, ll, al);
   bool seen_g = false;
   for (int x = 0; x < P.K; ++x) {
     int s, slo, shi;
@@ -300,7 +279,7 @@ __global__ void __launch_bounds__(kSegWarps * 32) dual_seg_fwd_warp(DualSegParam
     seg_keys(P, s, p, slo, shi);
     for (int j = slo; j < shi; ++j) {
       seen_g = true;
-      seg_fwd_key<T, DPL>(q, kh + static_cast<long long>(j) * D, vh + static_cast<long long>(j) * D, D, lane, mg, lg,
+      online_key<T, DPL>(q, kh + static_cast<long long>(j) * D, vh + static_cast<long long>(j) * D, D, lane, mg, lg,
                            ag);
     }
   }
