@@ -13,31 +13,9 @@ import * as dr from '../lib';
 import { PRESETS } from '../lib/cli/presets';
 import { serve } from '../lib/serve/server';
 import { BatchEngine, StepInfo } from '../lib/serve/engine';
+import { parseRounds, stats } from './rounds';
 
-interface Opts { rounds: number; json: string }
-
-function parse(argv: string[]): Opts {
-  const o: Opts = { rounds: 3, json: '' };
-  for (let i = 0; i < argv.length; ++i) {
-    const a = argv[i];
-    if (a === '--rounds' && i + 1 < argv.length) o.rounds = Number(argv[++i]);
-    else if (a === '--json' && i + 1 < argv.length) o.json = argv[++i];
-    else {
-      console.error('usage: node dist/bench/serve.js [--rounds N] [--json path]');
-      process.exit(2);
-    }
-  }
-  if (!(Number.isInteger(o.rounds) && o.rounds >= 1)) {
-    console.error('--rounds must be an integer >= 1');
-    process.exit(2);
-  }
-  return o;
-}
-
-const stats = (xs: number[]) => {
-  const s = xs.slice().sort((a, b) => a - b);
-  return { median: s[Math.floor(s.length / 2)], min: s[0], max: s[s.length - 1] };
-};
+const parse = (argv: string[]) => parseRounds(argv, 'serve', 3);
 const fmt = (x: { median: number; min: number; max: number }, d = 1) => `${x.median.toFixed(d)} (${x.min.toFixed(d)}..${x.max.toFixed(d)})`;
 
 const tok = new dr.ByteTokenizer();
