@@ -26,6 +26,7 @@
 //
 // The JavaScript thread only queues ops: the kernels run on the addon's stream thread and the
 // engine awaits the logits (data()), so the event loop serves requests while a step computes.
+import { DTYPE_SIZE } from '../dtype';
 import { ValueError, describe } from '../errors';
 import { Generator } from '../random';
 import { Tensor, keep, tidy, untracked } from '../tensor';
@@ -136,7 +137,7 @@ interface Sequence {
   state: Map<object, Tensor[]>;
 }
 
-type SlotCache = { k: Tensor; v: Tensor; means: Tensor | null; capacity: number; kind: string; /** positions per row (NSA's compressed cache: a segment) */ per: number };
+type SlotCache = { k: Tensor; v: Tensor; means: Tensor | null; segment: number; kind: string; /** positions per row (NSA's compressed cache: a segment) */ per: number };
 
 // an NSA path's compressed-branch cache is keyed by this stand-in (its main cache by the path)
 const NSA_COMPRESSED = new WeakMap<object, object>();
@@ -208,19 +209,21 @@ export class BatchEngine {
   cacheBytes(): Record<(typeof KINDS)[number], { allocated: number; used: number }> {
     const out = Object.fromEntries(KINDS.map((k) => [k, { allocated: 0, used: 0 }])) as Record<(typeof KINDS)[number], { allocated: number; used: number }>;
     for (const c of this.caches.values()) {
-      const [S, H, C, D] = c.k.shape;
-      const esz = c.k.dtype === 'float64' ? 8 : c.k.dtype === 'bfloat16' ? 2 : 4;
-      const row = 2 * H * D * esz;
-      const meanRow = c.means ? H * D * (c.means.dtype === 'float64' ? 8 : 4) / (c.means.shape[2] ? C / c.means.shape[2] : 1) : 0;
-      out[c.kind as (typeof KINDS)[number]].allocated += S * C * row + (c.means ? c.means.size * (c.means.dtype === 'float64' ? 8 : 4) : 0);
-      for (const s of this.active) out[c.kind as (typeof KINDS)[number]].used += Math.min(Math.floor(s.length / c.per), C) * (row + meanRow);
+      const [, H, C, D] = c.k.shape;
+      const o = out[c.kind as (typeof KINDS)[number]];
+      o.allocated += c.k.byteSize + c.v.byteSize + (c.means?.byteSize ?? 0);
+      const meanRow = c.means ? H * D * DTYPE_SIZE[c.means.dtype] : 0;
+      for (const s of this.active) {
+        const rows = Math.min(Math.floor(s.length / c.per), C);
+        o.used += rows * 2 * H * D * DTYPE_SIZE[c.k.dtype] + (c.means ? Math.ceil(rows / c.segment) * meanRow : 0);
+      }
     }
     for (const s of this.active) {
       for (const [p, ts] of s.state) {
-        const kind = p instanceof ConvPath ? 'conv' : 'lstm';
-        const b = ts.reduce((a, t) => a + t.size * (t.dtype === 'float64' ? 8 : t.dtype === 'bfloat16' ? 2 : 4), 0);
-        out[kind].allocated += b;
-        out[kind].used += b;
+        const b = ts.reduce((a, t) => a + t.byteSize, 0);
+        const o = out[p instanceof ConvPath ? 'conv' : 'lstm'];
+        o.allocated += b;
+        o.used += b;
       }
     }
     return out;
@@ -397,19 +400,24 @@ export class BatchEngine {
       const m = this.model, c = m.config;
       const idT = tensor(Int32Array.from(ids.flat()), [N, Sq], { dtype: 'int32' });
       const pos = tensor(Int32Array.from(seqs.flatMap((s) => Array.from({ length: Sq }, (_, i) => s.length + i))), [N, Sq], { dtype: 'int32' });
+      const after = seqs.map((s) => s.length + Sq);
+      const i32 = (xs: number[]) => tensor(Int32Array.from(xs), [N], { dtype: 'int32' });
+      this.index = { slots: i32(seqs.map((s) => s.slot)), before: i32(seqs.map((s) => s.length)), lengths: i32(after), after };
       const routing: Tensor[] = [];
       let h = m.embed_tokens.forward(idT);
       for (const L of m.layers) h = this.layerStep(L, h, idT, pos, seqs, wantRouting ? routing : null);
+      if (!sample) return { logits: null, logp: null, routing: null };  // a prefill chunk before the prompt's last
       // only the last position of each sequence is sampled
       const last = Sq > 1 ? narrow(h, 1, Sq - 1, 1) : h;
       const n = m.norm.forward(last);
       const logits = reshape(m.lm_head ? m.lm_head.forward(n) : matmul(n, m.embed_tokens.weight, { transB: true }), [N, c.vocabSize]);
       return {
-        logits: sample ? logits : null,
-        logp: sample && wantLogprobs ? logSoftmax(logits.to('float32'), -1) : null,
+        logits,
+        logp: wantLogprobs ? logSoftmax(logits.to('float32'), -1) : null,
         routing: routing.length ? concat(routing, 1) : null,
       };
     }));
+    this.index = null;  // (its tensors went with the step's tidy)
     for (const s of seqs) s.length += Sq;
     seqs.forEach((s, i) => {
       if (s.fed < s.prompt.length) s.fed += ids[i].length;
@@ -566,7 +574,7 @@ export class BatchEngine {
       c = untracked(() => ({
         k: zeros(shape, opts), v: zeros(shape, opts),
         means: segment ? zeros([this.maxBatch, Hk, Math.ceil(capacity / segment), hd], { dtype: like.dtype === 'float64' ? 'float64' : 'float32', device: like.device }) : null,
-        capacity, kind, per,
+        segment, kind, per,
       }));
       this.caches.set(p, c);
     }
@@ -591,10 +599,14 @@ export class BatchEngine {
     return reshape(transpose(o, 1, 2), [o.shape[0], o.shape[2], width]);
   }
 
-  private append(c: SlotCache, k: Tensor, v: Tensor, seqs: Sequence[], segment = 0): { lengths: number[]; slots: number[] } {
-    const slots = seqs.map((s) => s.slot);
-    kvCacheAppend(c.k, c.v, k, v, { lengths: seqs.map((s) => s.length), slots, means: c.means ?? undefined, segment: segment || undefined });
-    return { lengths: seqs.map((s) => s.length + k.shape[2]), slots };
+  // the step's slots and lengths (before and after its positions), as int32 tensors made once per
+  // step (every attention layer's append and attention take them) and as numbers
+  private index: { slots: Tensor; before: Tensor; lengths: Tensor; after: number[] } | null = null;
+
+  private append(c: SlotCache, k: Tensor, v: Tensor, segment = 0): { lengths: Tensor; slots: Tensor; after: number[] } {
+    const ix = this.index!;
+    kvCacheAppend(c.k, c.v, k, v, { lengths: ix.before, slots: ix.slots, means: c.means ?? undefined, segment: segment || undefined });
+    return { lengths: ix.lengths, slots: ix.slots, after: ix.after };
   }
 
   private pathStep(p: object, a: Tensor, pos: Tensor, seqs: Sequence[]): Tensor {
@@ -604,18 +616,18 @@ export class BatchEngine {
       let o: Tensor;
       if (p.kind === 'local') {
         const c = this.cache(p, 'window', p.nKvHeads, p.headDim, Math.min(maxSeq, p.window + this.prefillChunk - 1), k);
-        const ix = this.append(c, k, v, seqs);
-        o = kvCacheAttention(q, c.k, c.v, { ...ix, mask: p.mode, window: p.window });
+        const ix = this.append(c, k, v);
+        o = kvCacheAttention(q, c.k, c.v, { lengths: ix.lengths, slots: ix.slots, mask: p.mode, window: p.window });
       } else if (p.kind === 'segment') {
         const c = this.cache(p, 'segment', p.nKvHeads, p.headDim, maxSeq, k, p.segment);
-        const ix = this.append(c, k, v, seqs, p.segment);
+        const ix = this.append(c, k, v, p.segment);
         const group = p.groupHeads ? p.nHeads / p.nKvHeads : 1;
-        o = kvCacheAttention(q, c.k, c.v, { ...ix, means: c.means!, segment: p.segment, topK: p.topK, group });
-        if (this.wantSegments) this.segmentRows = this.selectRows(q, c, ix.lengths, seqs, p.segment, p.topK, group);
+        o = kvCacheAttention(q, c.k, c.v, { lengths: ix.lengths, slots: ix.slots, means: c.means!, segment: p.segment, topK: p.topK, group });
+        if (this.wantSegments) this.segmentRows = this.selectRows(q, c, ix.after, seqs, p.segment, p.topK, group);
       } else {
         const c = this.cache(p, 'full', p.nKvHeads, p.headDim, maxSeq, k);
-        const ix = this.append(c, k, v, seqs);
-        o = kvCacheAttention(q, c.k, c.v, ix);
+        const ix = this.append(c, k, v);
+        o = kvCacheAttention(q, c.k, c.v, { lengths: ix.lengths, slots: ix.slots });
       }
       return p.o_proj.forward(this.merge(o, p.nHeads * p.headDim));
     }
@@ -624,8 +636,8 @@ export class BatchEngine {
       const [q, k, v] = this.qkv(at, a, at.nHeads, at.nKvHeads, at.headDim, at.useRope, at.ropeBase, pos);
       // every token's key is kept: a routed token attends to all that came before it
       const c = this.cache(p, 'routed', at.nKvHeads, at.headDim, maxSeq, k);
-      const ix = this.append(c, k, v, seqs);
-      const rows = at.o_proj.forward(this.merge(kvCacheAttention(q, c.k, c.v, ix), at.nHeads * at.headDim));
+      const ix = this.append(c, k, v);
+      const rows = at.o_proj.forward(this.merge(kvCacheAttention(q, c.k, c.v, { lengths: ix.lengths, slots: ix.slots }), at.nHeads * at.headDim));
       const routed = gt(p.predictor.forward(a), 0);  // [N, Sq, 1]
       this.routedMask = routed;
       const w = mul(sigmoid(p.router.forward(a)), routed.to(rows.dtype));
@@ -637,31 +649,31 @@ export class BatchEngine {
       // every position, with its segments' mean keys (the selection branch's scores)
       const c = this.cache(p, 'nsa', p.nKvHeads, p.headDim, maxSeq, k, seg);
       const before = seqs.map((s) => s.length);
-      const ix = this.append(c, k, v, seqs, seg);
+      const ix = this.append(c, k, v, seg);
       // the compressed branch's keys and values: each whole segment's mean key and value, written
       // when the segment completes
       const cc = this.cache(NSA_COMPRESSED.get(p) ?? NSA_COMPRESSED.set(p, {}).get(p)!, 'nsa', p.nKvHeads, p.headDim, Math.ceil(maxSeq / seg), k, 0, seg);
       seqs.forEach((s, i) => {
-        for (let g = Math.floor(before[i] / seg); g < Math.floor(ix.lengths[i] / seg); ++g) {
+        for (let g = Math.floor(before[i] / seg); g < Math.floor(ix.after[i] / seg); ++g) {
           for (const [src, dst] of [[c.k, cc.k], [c.v, cc.v]] as const) {
             copy_(narrow(narrow(dst, 0, s.slot, 1), 2, g, 1), segmentMean(narrow(narrow(src, 0, s.slot, 1), 2, g * seg, seg), seg));
           }
         }
       });
-      const sel = kvCacheAttention(q, c.k, c.v, { ...ix, means: c.means!, segment: seg, topK: p.topK, group: G });
-      const win = kvCacheAttention(q, c.k, c.v, { ...ix, mask: 'sliding', window: p.window });
+      const sel = kvCacheAttention(q, c.k, c.v, { lengths: ix.lengths, slots: ix.slots, means: c.means!, segment: seg, topK: p.topK, group: G });
+      const win = kvCacheAttention(q, c.k, c.v, { lengths: ix.lengths, slots: ix.slots, mask: 'sliding', window: p.window });
       let cmp: Tensor;
       if (Sq === 1) {
         // a query sees the segments wholly at or before it: the first floor(length / segment)
-        const whole = ix.lengths.map((L) => Math.floor(L / seg));
+        const whole = ix.after.map((L) => Math.floor(L / seg));
         const o = kvCacheAttention(q, cc.k, cc.v, { lengths: whole.map((w) => Math.max(1, w)), slots: ix.slots });
         cmp = whole.every((w) => w > 0) ? o : mul(o, tensor(Float32Array.from(whole, (w) => (w > 0 ? 1 : 0)), [seqs.length, 1, 1, 1]).to(o.dtype));
       } else {
         // a prefill chunk (one sequence): its rows see different numbers of whole segments
         cmp = concat(seqs.map((s, i) => compressedAttention(narrow(q, 0, i, 1),
-          narrow(narrow(c.k, 0, s.slot, 1), 2, 0, ix.lengths[i]).contiguous(), narrow(narrow(c.v, 0, s.slot, 1), 2, 0, ix.lengths[i]).contiguous(), { segment: seg })), 0);
+          narrow(narrow(c.k, 0, s.slot, 1), 2, 0, ix.after[i]).contiguous(), narrow(narrow(c.v, 0, s.slot, 1), 2, 0, ix.after[i]).contiguous(), { segment: seg })), 0);
       }
-      if (this.wantSegments) this.segmentRows = this.selectRows(q, c, ix.lengths, seqs, seg, p.topK, G);
+      if (this.wantSegments) this.segmentRows = this.selectRows(q, c, ix.after, seqs, seg, p.topK, G);
       const d = p.dModel;
       return p.o_proj.forward(mixPaths([this.merge(cmp, d), this.merge(sel, d), this.merge(win, d)], p.gate.forward(a)));
     }
