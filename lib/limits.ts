@@ -20,14 +20,9 @@ export function checkElements(op: string, shape: readonly number[]): number {
   return n;
 }
 
-/** A buffer for a read of `bytes` bytes (`decoded` after widening), or a MemoryError saying how to read less. */
-export function readBuffer(op: string, bytes: number, decoded: number): ArrayBuffer {
+/** A MemoryError saying how to read less when a read would return more than MAX_READ_BYTES (after bfloat16 widens). */
+export function checkReadBytes(op: string, decoded: number): void {
   if (decoded > MAX_READ_BYTES) {
     throw new MemoryError(`${op}: the tensor needs ${decoded} bytes, more than one read returns (${MAX_READ_BYTES}); read it in parts (narrow/slice)`);
-  }
-  try {
-    return new ArrayBuffer(bytes);
-  } catch {
-    throw new MemoryError(`${op}: out of memory allocating ${bytes} bytes for the read`);
   }
 }

@@ -40,8 +40,9 @@ export interface Native {
   release(h: Handle): boolean;
   isLive(h: Handle): boolean;
   /** Copies the tensor's elements, in order, into `into` (exactly its size) and returns it. */
-  readSync(h: Handle, into: ArrayBuffer): ArrayBuffer;
-  read(h: Handle, into: ArrayBuffer): Promise<ArrayBuffer>;
+  /** The elements in order; a bfloat16 tensor's widened to float32 bits when `widen`. */
+  readSync(h: Handle, widen: boolean): ArrayBuffer;
+  read(h: Handle, widen: boolean): Promise<ArrayBuffer>;
   devices(): NativeDevices;
   memory(): NativeMemory;
   numThreads(): number;

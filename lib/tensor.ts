@@ -5,7 +5,7 @@
 import { DType, DTYPE_CODE, DTYPE_SIZE, TypedArray, decode } from './dtype';
 import { Device } from './device';
 import { DTypeError, DisposedError, MemoryError, ShapeError, ValueError, describe, toTypedError } from './errors';
-import { MAX_ARRAY_ELEMENTS, readBuffer } from './limits';
+import { MAX_ARRAY_ELEMENTS, checkReadBytes } from './limits';
 import { Handle, native, op } from './native';
 
 // `using t = ...` needs Symbol.dispose; Node 20 defines it only in some contexts (not in vm
@@ -301,10 +301,17 @@ export class Tensor {
     if (this._disposed) throw new DisposedError(`${what}: the tensor was disposed`);
   }
 
-  private readInto(op: string): ArrayBuffer {
+  /** Checks a read of this tensor may go ahead; true when it returns bfloat16 widened to float32. */
+  private checkRead(op: string): boolean {
     this.checkLive(op);
     const bytes = this.size * DTYPE_SIZE[this.dtype];
-    return readBuffer(op, bytes, this.dtype === 'bfloat16' ? 2 * bytes : bytes);
+    const widen = this.dtype === 'bfloat16';
+    checkReadBytes(op, widen ? 2 * bytes : bytes);
+    return widen;
+  }
+
+  private decodeRead(buf: ArrayBuffer): TypedArray {
+    return this.dtype === 'bfloat16' ? new Float32Array(buf) : decode(buf, this.dtype);
   }
 
   /**
@@ -313,9 +320,9 @@ export class Tensor {
    * one of them. At most MAX_READ_BYTES (4 GiB) per read.
    */
   async data(): Promise<TypedArray> {
-    const into = this.readInto('data()');
+    const widen = this.checkRead('data()');
     try {
-      return decode(await native.read(this.handle, into), this.dtype);
+      return this.decodeRead(await native.read(this.handle, widen));
     } catch (e) {
       throw toTypedError(e);
     }
@@ -323,9 +330,9 @@ export class Tensor {
 
   /** The elements in row-major order, synchronously (waits for the ops this tensor depends on). */
   dataSync(): TypedArray {
-    const into = this.readInto('dataSync()');
+    const widen = this.checkRead('dataSync()');
     try {
-      return decode(native.readSync(this.handle, into), this.dtype);
+      return this.decodeRead(native.readSync(this.handle, widen));
     } catch (e) {
       throw toTypedError(e);
     }

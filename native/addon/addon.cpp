@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <atomic>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -407,12 +408,31 @@ Napi::Value op_entry(const Napi::CallbackInfo& info) {
 
 // ---- reads -----------------------------------------------------------------------------------
 
-// Copies a tensor's elements, in order, into host memory the caller keeps alive.
+// Copies a tensor's elements, in order, into host memory the caller keeps alive; bfloat16
+// widened to float32 when asked (what JavaScript reads: there is no bfloat16 array).
+void read_elements(const TensorImpl& t, void* dst, bool widen) {
+  if (!widen) return ops::read_bytes(t, dst);
+  const size_t n = static_cast<size_t>(t.numel());
+  void* tmp = host_buffer_take(n * 2);
+  try {
+    ops::read_bytes(t, tmp);
+  } catch (...) {
+    host_buffer_give(tmp, n * 2);
+    throw;
+  }
+  const uint16_t* h = static_cast<const uint16_t*>(tmp);
+  uint32_t* f = static_cast<uint32_t*>(dst);
+  for (size_t i = 0; i < n; ++i) f[i] = static_cast<uint32_t>(h[i]) << 16;
+  host_buffer_give(tmp, n * 2);
+}
+
 class ReadTask final : public Task {
  public:
-  ReadTask(const TensorImpl& src, void* dst) : src_(src), dst_(dst) { reads.push_back(src_.storage.get()); }
+  ReadTask(const TensorImpl& src, void* dst, bool widen) : src_(src), dst_(dst), widen_(widen) {
+    reads.push_back(src_.storage.get());
+  }
   const char* name() const override { return "read"; }
-  void run() override { ops::read_bytes(src_, dst_); }
+  void run() override { read_elements(src_, dst_, widen_); }
   void finish(const std::shared_ptr<const OpFailure>& failure) noexcept override {
     if (on_done) on_done(failure);
   }
@@ -421,6 +441,7 @@ class ReadTask final : public Task {
  private:
   TensorImpl src_;
   void* dst_;
+  bool widen_;
 };
 
 size_t byte_size(const TensorImpl& t) { return static_cast<size_t>(t.numel()) * dtype_size(t.dtype); }
@@ -441,29 +462,75 @@ uint64_t read_after(Stream& s, const TensorImpl& t) {
   return t.device() == DeviceKind::CPU ? t.storage->last_write() : s.submitted();
 }
 
-void read_now(const TensorImpl& t, void* dst, const char* where) {
+void read_now(const TensorImpl& t, void* dst, bool widen, const char* where) {
   if (auto f = t.storage->poison()) throw failure_error(*f, where);
-  ops::read_bytes(t, dst);
+  read_elements(t, dst, widen);
 }
 
-// The destination of a read: an ArrayBuffer JavaScript allocated (where a failed allocation is
-// a catchable error, not a fatal one), of exactly the tensor's size.
-Napi::ArrayBuffer destination(const Napi::CallbackInfo& info, const TensorImpl& t, const char* where) {
-  if (info.Length() < 2 || !info[1].IsArrayBuffer()) fail(ErrorCode::Value, where, ": expected an ArrayBuffer to read into");
-  Napi::ArrayBuffer ab = info[1].As<Napi::ArrayBuffer>();
-  DR_CHECK(ab.ByteLength() == byte_size(t), Value, where, ": the buffer has ", ab.ByteLength(), " bytes, the tensor ",
-           byte_size(t));
-  return ab;
+// Bytes of read buffers handed to JavaScript and not yet given back (see read_destination).
+std::atomic<int64_t> g_read_outstanding{0};
+constexpr int64_t kReadOutstandingMax = int64_t(64) << 20;
+constexpr size_t kPooledReadMin = size_t(1) << 20;
+
+void give_read_buffer(napi_env, void* data, void* hint) {
+  const size_t bytes = reinterpret_cast<size_t>(hint);
+  host_buffer_give(data, bytes);
+  g_read_outstanding.fetch_sub(static_cast<int64_t>(bytes));
 }
 
-// readSync(handle, arrayBuffer) -> arrayBuffer
+void clear_exception(napi_env env) {
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+  }
+}
+
+// The ArrayBuffer a read fills. A large one is a block of the host cache tensors use, handed
+// back to it when JavaScript collects the buffer, so a program that reads in a loop copies into
+// memory it already touched: a fresh 8 MiB buffer faults its 2048 pages on first touch, several
+// milliseconds on these virtual machines, against ~0.5 ms for the copy itself. Node returns a
+// collected external buffer on a later turn of the event loop, so a synchronous loop of reads
+// keeps every one until it yields: past kReadOutstandingMax of such bytes (and for small reads,
+// or where the runtime refuses external buffers) the buffer is a Node Buffer's memory, not
+// zero-filled first (the read writes every byte) and recycled by the C heap once collected.
+Napi::ArrayBuffer read_destination(Napi::Env env, size_t bytes) {
+  if (bytes >= kPooledReadMin && g_read_outstanding.load() + static_cast<int64_t>(bytes) <= kReadOutstandingMax) {
+    void* p = host_buffer_take(bytes);
+    napi_value v;
+    if (napi_create_external_arraybuffer(env, p, bytes, give_read_buffer, reinterpret_cast<void*>(bytes), &v) == napi_ok) {
+      g_read_outstanding.fetch_add(static_cast<int64_t>(bytes));
+      return Napi::ArrayBuffer(env, v);
+    }
+    host_buffer_give(p, bytes);
+    clear_exception(env);
+  }
+  void* data = nullptr;
+  napi_value buf, ab;
+  if (napi_create_buffer(env, bytes, &data, &buf) != napi_ok ||
+      napi_get_typedarray_info(env, buf, nullptr, nullptr, nullptr, &ab, nullptr) != napi_ok) {
+    clear_exception(env);
+    fail(ErrorCode::Memory, "out of memory allocating ", bytes, " bytes for the read");
+  }
+  return Napi::ArrayBuffer(env, ab);
+}
+
+// Reads return the elements widened when the tensor is bfloat16 (the second argument says so).
+bool widen_arg(const Napi::CallbackInfo& info, const TensorImpl& t) {
+  const bool widen = info.Length() >= 2 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  DR_CHECK(!widen || t.dtype == DType::BF16, Value, "read: only a bfloat16 tensor is widened, got ", dtype_name(t.dtype));
+  return widen;
+}
+
+// readSync(handle, widen) -> ArrayBuffer
 DR_FN(ReadSync) {
   DR_BODY({
     Instance& in = inst(info);
     TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, "dataSync()", "tensor");
-    Napi::ArrayBuffer ab = destination(info, t, "dataSync()");
+    const bool widen = widen_arg(info, t);
+    Napi::ArrayBuffer ab = read_destination(info.Env(), byte_size(t) * (widen ? 2 : 1));
     if (readable_now(in, t)) {
-      read_now(t, ab.Data(), "dataSync()");
+      read_now(t, ab.Data(), widen, "dataSync()");
       return ab;
     }
     struct Result {
@@ -471,7 +538,7 @@ DR_FN(ReadSync) {
       std::atomic<bool> done{false};
     };
     auto result = std::make_shared<Result>();
-    auto task = std::make_unique<ReadTask>(t, ab.Data());
+    auto task = std::make_unique<ReadTask>(t, ab.Data(), widen);
     task->on_done = [result](const std::shared_ptr<const OpFailure>& f) {
       result->failure = f;
       result->done.store(true, std::memory_order_release);
@@ -525,12 +592,13 @@ DR_FN(Read) {
     Instance& in = inst(info);
     TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, "data()", "tensor");
     const size_t bytes = byte_size(t);
-    Napi::ArrayBuffer ab = destination(info, t, "data()");
+    const bool widen = widen_arg(info, t);
+    Napi::ArrayBuffer ab = read_destination(env, bytes * (widen ? 2 : 1));
     auto deferred = Napi::Promise::Deferred::New(env);
     Napi::Promise promise = deferred.Promise();
     if (bytes <= kInlineReadBytes && readable_now(in, t)) {
       try {
-        read_now(t, ab.Data(), "data()");
+        read_now(t, ab.Data(), widen, "data()");
         deferred.Resolve(ab);
       } catch (const Error& e) {
         deferred.Reject(to_js(env, e.code(), e.what()).Value());
@@ -538,7 +606,7 @@ DR_FN(Read) {
       return promise;
     }
     const uint64_t id = in.next_id++;
-    auto task = std::make_unique<ReadTask>(t, ab.Data());
+    auto task = std::make_unique<ReadTask>(t, ab.Data(), widen);
     Instance* self = &in;
     task->on_done = [self, id](const std::shared_ptr<const OpFailure>& f) { post(*self, id, f); };
     in.add_pending(env, id, Instance::Pending{deferred, Napi::Persistent(ab)});

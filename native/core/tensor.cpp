@@ -17,10 +17,13 @@ MemoryCounters& memory_counters() {
 
 namespace {
 
-// Large host buffers come from mmap, and a fresh one page-faults on every first touch: at
-// a few GB/s that costs as much as the kernel that fills it. Freed blocks of 1 MiB or more are
-// kept in size classes (1/8 of a power of two apart, so at most 12.5% is wasted) and handed
-// out again, up to DUALROUTE_CPU_CACHE_MB (default 512) of cached bytes.
+// Large host buffers come from mmap, and a fresh one page-faults on every first touch: at a few
+// GB/s that costs as much as the kernel that fills it (8 MiB of fresh pages took 6.9 ms to fill
+// on these virtual machines, memory already mapped 0.44 ms; transparent huge pages were faster
+// while the hypervisor had backed the guest memory and 4x slower when it had not, so they are
+// not asked for). Freed blocks of 1 MiB or more are kept in size classes (1/8 of a power of two apart, so at most 12.5% is wasted) and handed
+// out again, up to DUALROUTE_CPU_CACHE_MB (default 512) of cached bytes. Tensors and the
+// buffers reads return (host_buffer_take) share the cache.
 class HostCache {
  public:
   static constexpr size_t kMin = size_t(1) << 20;
@@ -92,6 +95,22 @@ size_t alloc_size(size_t bytes) {
   return bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // 64-byte aligned, padded to a cache line
 }
 
+// A cached block of the rounded size, else a new one (after emptying the cache once when
+// memory runs out); nullptr when there is none.
+void* host_take(size_t alloc) {
+  void* p = host_cache().take(alloc);
+  if (!p) p = std::aligned_alloc(64, alloc);
+  if (!p) {
+    host_cache().clear();
+    p = std::aligned_alloc(64, alloc);
+  }
+  return p;
+}
+
+void host_give(void* p, size_t alloc) {
+  if (!host_cache().give(p, alloc)) std::free(p);
+}
+
 void count(DeviceKind device, int64_t bytes, int64_t buffers) {
   auto& c = memory_counters();
   const int d = static_cast<int>(device);
@@ -101,6 +120,16 @@ void count(DeviceKind device, int64_t bytes, int64_t buffers) {
 }
 
 }  // namespace
+
+void* host_buffer_take(size_t bytes) {
+  void* p = host_take(HostCache::round(alloc_size(bytes)));
+  if (!p) fail(ErrorCode::Memory, "out of host memory allocating ", bytes, " bytes");
+  return p;
+}
+
+void host_buffer_give(void* p, size_t bytes) {
+  if (p) host_give(p, HostCache::round(alloc_size(bytes)));
+}
 
 Storage::Storage(DeviceKind device, size_t bytes) : bytes_(bytes), device_(device) {
   if (device == DeviceKind::CPU) {
@@ -118,17 +147,12 @@ Storage::Storage(DeviceKind device, size_t bytes) : bytes_(bytes), device_(devic
 void* Storage::materialize() const {
   if (device_ != DeviceKind::CPU) return nullptr;  // an empty CUDA buffer owns no memory
   const size_t alloc = HostCache::round(alloc_size(bytes_));
-  void* p = host_cache().take(alloc);
-  if (!p) p = std::aligned_alloc(64, alloc);
-  if (!p) {
-    host_cache().clear();
-    p = std::aligned_alloc(64, alloc);
-  }
+  void* p = host_take(alloc);
   if (!p) fail(ErrorCode::Memory, "out of host memory allocating ", bytes_, " bytes");
   void* expected = nullptr;
   if (!ptr_.compare_exchange_strong(expected, p, std::memory_order_acq_rel)) {
     // another thread got there first (a transfer reading a never-written tensor, say)
-    if (!host_cache().give(p, alloc)) std::free(p);
+    host_give(p, alloc);
     return expected;
   }
   count(device_, static_cast<int64_t>(bytes_), 1);
@@ -139,8 +163,7 @@ Storage::~Storage() {
   void* p = ptr_.load();
   if (device_ == DeviceKind::CPU) {
     if (!p) return;  // never used: nothing was allocated or counted
-    const size_t alloc = HostCache::round(alloc_size(bytes_));
-    if (!host_cache().give(p, alloc)) std::free(p);
+    host_give(p, HostCache::round(alloc_size(bytes_)));
   } else if (const CudaApi* api = cuda_backend()) {
     api->release(p);  // returns the block to the caching allocator; cannot fail usefully here
   }

@@ -31,6 +31,11 @@ MemoryCounters& memory_counters();
 // The host block cache (see tensor.cpp): bytes held for reuse, and freeing them.
 int64_t cpu_cached_bytes();
 void cpu_empty_cache();
+// Host memory from the block cache tensors use (64-byte aligned; huge pages from 2 MiB): for
+// buffers handed outside the tensor system, such as the ArrayBuffers reads return. Give a
+// block back with the byte count it was taken with. Throws a Memory error when there is none.
+void* host_buffer_take(size_t bytes);
+void host_buffer_give(void* p, size_t bytes);
 
 // What went wrong in a queued op (core/stream.h): the op's name, the error's code and message.
 // Every storage that op wrote, and every storage computed from those, carries it ("poisoned"),
