@@ -92,11 +92,25 @@ export function erf(x: number): number {
     const r = (2 / Math.sqrt(Math.PI)) * sum;
     return x < 0 ? -r : r;
   }
-  // continued fraction for erfc
+  const c = erfcTail(ax);
+  return x < 0 ? c - 1 : 1 - c;
+}
+
+// erfc(a) for a >= 3 by its continued fraction (relatively accurate however small it gets).
+function erfcTail(a: number): number {
   let f = 0;
-  for (let n = 60; n >= 1; --n) f = n / 2 / (ax + f);
-  const erfc = Math.exp(-ax * ax) / Math.sqrt(Math.PI) / (ax + f);
-  return x < 0 ? erfc - 1 : 1 - erfc;
+  for (let n = 60; n >= 1; --n) f = n / 2 / (a + f);
+  return Math.exp(-a * a) / Math.sqrt(Math.PI) / (a + f);
+}
+
+/** erfc(x) = 1 - erf(x), keeping its relative accuracy in the upper tail. */
+export function erfc(x: number): number {
+  return x >= 3 ? erfcTail(x) : 1 - erf(x);
+}
+
+/** GELU, x Phi(x) = x erfc(-x / sqrt 2) / 2: relatively accurate in the lower tail too. */
+export function gelu(x: number): number {
+  return 0.5 * x * erfc(-x / Math.SQRT2);
 }
 
 export const unaryRef: Record<string, (x: number) => number> = {
@@ -111,7 +125,7 @@ export const unaryRef: Record<string, (x: number) => number> = {
   tanh: Math.tanh,
   sigmoid: (x) => 1 / (1 + Math.exp(-x)),
   relu: (x) => (x > 0 ? x : 0),
-  gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+  gelu,
   geluTanh: (x) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3))),
   silu: (x) => x / (1 + Math.exp(-x)),
   square: (x) => x * x,

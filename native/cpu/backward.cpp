@@ -11,6 +11,7 @@
 // buffer while it computes dx (one pass over x and dy), and a second parallel loop over the
 // columns adds the partials in chunk order. dw/db are overwritten, never accumulated into.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "common.h"
@@ -243,9 +244,72 @@ void ew_backward(const View& dx, const View& x, const View& dy, int64_t cost, F 
   });
 }
 
+// dy * f'(x) in vector lanes (float32, and bfloat16 through float) for the ops whose
+// derivative needs exp, erf or tanh: the vector forms of simd.h instead of a libm call per
+// element. False when the op has no vector form here (the scalar loop of ew_backward, which
+// the compiler vectorises for the plain arithmetic ones).
+template <typename T>
+bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
+  T* pdx = static_cast<T*>(dx.data);
+  const T* px = static_cast<const T*>(x.data);
+  const T* pdy = static_cast<const T*>(dy.data);
+  const int64_t n = view_numel(dx);
+  auto run = [&](auto f) {
+    parallel_for(n, 16384, [&](int64_t b, int64_t e) {
+      int64_t i = b;
+      for (; i + kVecF <= e; i += kVecF) vstore(pdx + i, f(vload(px + i), vload(pdy + i)));
+      if (i < e) {
+        T tx[kVecF] = {}, tg[kVecF] = {}, to[kVecF];
+        std::memcpy(tx, px + i, (e - i) * sizeof(T));
+        std::memcpy(tg, pdy + i, (e - i) * sizeof(T));
+        vstore(to, f(vload(tx), vload(tg)));
+        std::memcpy(pdx + i, to, (e - i) * sizeof(T));
+      }
+    });
+    return true;
+  };
+  auto sig = [](vf v) { return 1.0f / (1.0f + vexp(-v)); };
+  switch (op) {
+    case UnaryOp::Exp:
+    case UnaryOp::Expm1: return run([](vf v, vf g) { return g * vexp(v); });
+    case UnaryOp::Tanh:
+      return run([](vf v, vf g) {
+        const vf t = vtanh(v);
+        return g * (1.0f - t * t);
+      });
+    case UnaryOp::Sigmoid:
+      return run([sig](vf v, vf g) {
+        const vf s = sig(v);
+        return g * s * (1.0f - s);
+      });
+    case UnaryOp::Silu:
+      return run([sig](vf v, vf g) {
+        const vf s = sig(v);
+        return g * s * (1.0f + v * (1.0f - s));
+      });
+    case UnaryOp::Gelu:
+      return run([](vf v, vf g) {
+        const vf cdf = vnormcdf(v);
+        const vf pdf = 0.39894228040143267794f * vexp(-0.5f * v * v);
+        return g * (cdf + v * pdf);
+      });
+    case UnaryOp::GeluTanh:
+      return run([](vf v, vf g) {
+        const float k = 0.79788456080286535588f, c = 0.044715f;
+        const vf t = vtanh(k * (v + c * v * v * v));
+        return g * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * c * v * v));
+      });
+    case UnaryOp::Erf: return run([](vf v, vf g) { return g * 1.12837916709551257390f * vexp(-v * v); });
+    default: return false;
+  }
+}
+
 template <typename T>
 void unary_bw_typed(UnaryOp op, const View& dx, const View& x, const View& dy) {
   using A = typename Num<T>::acc;
+  if constexpr (kVec<T>) {
+    if (unary_bw_vec<T>(op, dx, x, dy)) return;
+  }
   auto run = [&](int64_t cost, auto f) { ew_backward<T>(dx, x, dy, cost, f); };
   auto sig = [](A v) { return A(1) / (A(1) + std::exp(-v)); };
   switch (op) {

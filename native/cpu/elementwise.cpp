@@ -81,7 +81,7 @@ bool unary_vec_f32(UnaryOp op, float* o, const float* x, int64_t n) {
     case UnaryOp::Silu: run([](vf v) { return v / (1.0f + vexp(-v)); }); return true;
     case UnaryOp::Tanh: run([](vf v) { return vtanh(v); }); return true;
     case UnaryOp::Erf: run([](vf v) { return verf(v); }); return true;
-    case UnaryOp::Gelu: run([](vf v) { return 0.5f * v * (1.0f + verf(v * 0.70710678118654752f)); }); return true;
+    case UnaryOp::Gelu: run([](vf v) { return v * vnormcdf(v); }); return true;
     case UnaryOp::GeluTanh:
       run([](vf v) { return 0.5f * v * (1.0f + vtanh(0.79788456080286535588f * (v + 0.044715f * v * v * v))); });
       return true;

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "simd.h"
 
 namespace dualroute {
 namespace cpu {
@@ -33,7 +34,21 @@ void adamw_typed(const View& param, const View& grad, const View& exp_avg, const
   const A decay = static_cast<A>(1.0 - lr * weight_decay);
   const int64_t n = view_numel(param);
   parallel_for(n, 16384, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
+    int64_t i = lo;
+    if constexpr (std::is_same_v<P, float>) {
+      // in vector lanes: the compiler does not vectorise the scalar loop (p, m, v and g may alias)
+      const vf vb1 = vset1(b1), vb2 = vset1(b2), vom1 = vset1(om1), vom2 = vset1(om2), vbc1 = vset1(inv_bc1),
+               vbc2 = vset1(inv_bc2), vlr = vset1(lr_a), ve = vset1(e), vsc = vset1(scale), vdec = vset1(decay);
+      for (; i + kVecF <= hi; i += kVecF) {
+        const vf gi = vload(g + i) * vsc;
+        const vf mi = vb1 * vload(m + i) + vom1 * gi;
+        const vf vi = vb2 * vload(v + i) + vom2 * gi * gi;
+        vstore(m + i, mi);
+        vstore(v + i, vi);
+        vstore(p + i, vload(p + i) * vdec - vlr * (mi * vbc1) / (vsqrt(vi * vbc2) + ve));
+      }
+    }
+    for (; i < hi; ++i) {
       const A gi = static_cast<A>(Num<G>::load(g[i])) * scale;
       const A mi = b1 * m[i] + om1 * gi;
       const A vi = b2 * v[i] + om2 * gi * gi;

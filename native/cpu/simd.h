@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "../core/dtype.h"
 
@@ -54,6 +57,21 @@ inline void vstore(bf16* p, vf v) {
   std::memcpy(p, &h, sizeof(h));
 }
 
+// Lane-wise square root: one sqrtps at the file's instruction set level.
+inline vf vsqrt(vf x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vf>(_mm512_maskz_sqrt_ps(0xFFFF, reinterpret_cast<__m512>(x)));  // maskz: no undefined operand to warn about
+#elif defined(__AVX__)
+  return reinterpret_cast<vf>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+#elif defined(__SSE2__)
+  return reinterpret_cast<vf>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
+#else
+  vf r;
+  for (int i = 0; i < kVecF; ++i) r[i] = __builtin_sqrtf(x[i]);
+  return r;
+#endif
+}
+
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 
@@ -83,31 +101,32 @@ inline vf exp_reduced(vf x, vf n) {
 }
 
 // exp(x) for float lanes, relative error about 2 ulp over the whole range: x = n ln2 + r with
-// |r| <= ln2/2 (Cody-Waite split of ln2), e^r by a degree-6 polynomial, then scaled by 2^n
-// through the exponent bits. Below -87.3 gives 0 (also for -inf), above 88.7 gives +inf,
-// NaN stays NaN.
+// |r| <= ln2/2 (Cody-Waite split of ln2), e^r by a degree-6 polynomial, n rounded by adding
+// the 1.5 * 2^23 shifter (its low mantissa bits then hold n), and 2^n added to the result's
+// exponent bits. Below -87.3 gives 0 (also for -inf), above 88.7 gives +inf, NaN stays NaN.
+// n reaches -126 only where r >= 0 (x is clamped at -87.3 ~ -126 ln2), so p >= 1 there and
+// the sum of exponents stays normal.
 inline vf vexp(vf x) {
-  const vf hi = vset1(88.72283935546875f), lo = vset1(-87.33654022216797f);
-  vi nanmask = x != x;
-  vi over = x > hi, under = x < lo;
-  vf xc = vmin(vmax(x, lo), hi);
-  vf n = xc * 1.44269504088896341f;
-  // round to nearest
-  n = __builtin_convertvector(__builtin_convertvector(n + (n >= 0 ? vset1(0.5f) : vset1(-0.5f)), vi), vf);
+  const vf hi = vset1(88.72283935546875f), lo = vset1(-87.33654022216797f), shifter = vset1(12582912.0f);
+  vf xc = x < lo ? lo : x;  // a NaN compares false and stays
+  xc = xc > hi ? hi : xc;
+  const vf t = xc * 1.44269504088896341f + shifter;
+  const vf n = t - shifter;
   const vf p = exp_reduced(xc, n);
-  vi ni = __builtin_convertvector(n, vi);
-  // 2^n split in two factors so that n = -127 or 128 does not overflow the exponent field
-  vi n1 = ni >> 1, n2 = ni - n1;
-  vi e1 = (n1 + 127) << 23, e2 = (n2 + 127) << 23;
-  vf s1, s2;
-  std::memcpy(&s1, &e1, sizeof(s1));
-  std::memcpy(&s2, &e2, sizeof(s2));
-  vf res = p * s1 * s2;
-  const vf inf = vset1(INFINITY);
-  res = over ? inf : res;
-  res = under ? vset1(0.0f) : res;
-  res = nanmask ? x : res;
-  return res;
+  vi ti, pi;
+  std::memcpy(&ti, &t, sizeof(ti));
+  std::memcpy(&pi, &p, sizeof(pi));
+  const vi ni = ti - 0x4B400000;
+  // n = 128 (x within ln2/2 of the top) is applied as 2^127 * 2, so that p * 2^128 rounds to
+  // FLT_MAX or overflows to inf instead of spilling into the NaN encodings
+  const vi top = ni > 127;
+  pi += (top ? vi{} + 127 : ni) << 23;
+  vf res;
+  std::memcpy(&res, &pi, sizeof(res));
+  res = top ? res * 2.0f : res;
+  res = x > hi ? vset1(INFINITY) : res;
+  res = x < lo ? vset1(0.0f) : res;
+  return x != x ? x : res;
 }
 
 // e^x for the arguments of an online softmax (x - max <= 0, -inf, or NaN): vexp's polynomial
@@ -130,21 +149,35 @@ inline vf vexp_softmax(vf x) {
   return x < lo ? vset1(0.0f) : res;
 }
 
-// erf(x) by Abramowitz & Stegun 7.1.26 for |x| >= 0.5: 1 - t (a1 + t (a2 + ...)) e^{-x^2} with
-// t = 1 / (1 + p|x|); absolute error below 1.5e-7, about float32's rounding of erf there.
+// erfc(z) by the Chebyshev fit of Numerical Recipes' erfcc: for z >= 0,
+// t exp(-z^2 + P(t)) with t = 1 / (1 + z/2) and P of degree 9, fractional error below 1.2e-7
+// over the whole range (so 1 - erf keeps its relative accuracy in the tail, where
+// 1 - erf(z) computed as a difference would not); erfc(-z) = 2 - erfc(z).
+inline vf verfc(vf z) {
+  const vf a = vmax(z, -z);
+  const vf t = 1.0f / (1.0f + 0.5f * a);
+  vf p = vset1(0.17087277f);
+  p = p * t - 0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t - 1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t - 0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t - 1.26551223f;
+  const vf r = t * vexp(p - a * a);
+  return z < 0 ? 2.0f - r : r;
+}
+
+// erf(x) = 1 - erfc(|x|), signed, for |x| >= 0.5; near 0, where that difference loses the
+// relative accuracy of erf itself, the Maclaurin series
+// 2/sqrt(pi) (x - x^3/3 + x^5/10 - x^7/42 + x^9/216 - x^11/1320).
 inline vf verf(vf x) {
-  vf ax = vmax(x, -x);
-  vf t = 1.0f / (1.0f + 0.3275911f * ax);
-  vf y = vset1(1.061405429f);
-  y = y * t - 1.453152027f;
-  y = y * t + 1.421413741f;
-  y = y * t - 0.284496736f;
-  y = y * t + 0.254829592f;
-  y = 1.0f - y * t * vexp(-ax * ax);
-  y = x < 0 ? -y : y;
-  // near 0 the formula's absolute error is large relative to erf itself: the Maclaurin series
-  // 2/sqrt(pi) (x - x^3/3 + x^5/10 - x^7/42 + x^9/216 - x^11/1320) instead
-  vf x2 = x * x;
+  const vf ax = vmax(x, -x);
+  const vf e = 1.0f - verfc(ax);
+  const vf y = x < 0 ? -e : e;
+  const vf x2 = x * x;
   vf p = vset1(-1.0f / 1320.0f);
   p = p * x2 + 1.0f / 216.0f;
   p = p * x2 - 1.0f / 42.0f;
@@ -153,6 +186,10 @@ inline vf verf(vf x) {
   p = p * x2 + 1.0f;
   return ax < 0.5f ? 1.1283791670955126f * x * p : y;
 }
+
+// GELU's Gaussian CDF, Phi(x) = erfc(-x / sqrt 2) / 2: relatively accurate in the lower tail
+// too, so x Phi(x) keeps float32's relative precision for x down to about -13.
+inline vf vnormcdf(vf x) { return 0.5f * verfc(-0.70710678118654752f * x); }
 
 // tanh(x): 1 - 2 / (e^{2x} + 1) for |x| >= 0.4, where it has no cancellation; below that the
 // odd Taylor series through x^13 (truncation error under 1e-9 relative).

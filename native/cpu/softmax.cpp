@@ -3,7 +3,7 @@
 // softmax: x, out contiguous [outer, dim, inner]; y = exp(x - max) / sum exp(x - max) over
 // dim, log-softmax y = x - max - log(sum exp(x - max)). With inner == 1 a row is contiguous:
 // three vectorised passes (max; exp and sum, stored in out; scale) that read the row from L1/L2
-// after the first. inner > 1 walks columns with stride `inner`.
+// after the first (bfloat16 rows recompute the exp in the third pass instead of storing it). inner > 1 walks columns with stride `inner`.
 //
 // cross_entropy: logits [rows, C]; per row lse = log sum exp(x), and with label smoothing s
 // the loss against target t is lse - (1 - s) x[t] - (s / C) sum_j x[j] (the mean of -log p
@@ -19,7 +19,8 @@ namespace cpu {
 namespace DR_ISA {
 namespace {
 
-float row_max_f32(const float* x, int64_t n) {
+template <typename T>
+float row_max_vec(const T* x, int64_t n) {
   float m = -INFINITY;
   int64_t i = 0;
   if (n >= kVecF) {
@@ -27,16 +28,17 @@ float row_max_f32(const float* x, int64_t n) {
     for (i = kVecF; i + kVecF <= n; i += kVecF) vm = vmax(vm, vload(x + i));
     m = hmax(vm);
   }
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (; i < n; ++i) m = Num<T>::load(x[i]) > m ? Num<T>::load(x[i]) : m;
   return m;
 }
 
+// The arguments x - m are <= 0 (m is the row's max), -inf or NaN: vexp_softmax's domain.
 // out[i] = exp(x[i] - m); returns the sum.
 float exp_sum_f32(float* out, const float* x, int64_t n, float m) {
   vf vsum = vset1(0), vm = vset1(m);
   int64_t i = 0;
   for (; i + kVecF <= n; i += kVecF) {
-    vf e = vexp(vload(x + i) - vm);
+    vf e = vexp_softmax(vload(x + i) - vm);
     vstore(out + i, e);
     vsum += e;
   }
@@ -48,36 +50,45 @@ float exp_sum_f32(float* out, const float* x, int64_t n, float m) {
   return s;
 }
 
-float sum_exp_f32(const float* x, int64_t n, float m) {
+template <typename T>
+float sum_exp_vec(const T* x, int64_t n, float m) {
   vf vsum = vset1(0), vm = vset1(m);
   int64_t i = 0;
-  for (; i + kVecF <= n; i += kVecF) vsum += vexp(vload(x + i) - vm);
+  for (; i + kVecF <= n; i += kVecF) vsum += vexp_softmax(vload(x + i) - vm);
   float s = hsum(vsum);
-  for (; i < n; ++i) s += std::exp(x[i] - m);
+  for (; i < n; ++i) s += std::exp(Num<T>::load(x[i]) - m);
   return s;
 }
 
-void softmax_row_f32(float* y, const float* x, int64_t n, bool log) {
-  float m = row_max_f32(x, n);
-  bool has_nan = m != m;
-  for (int64_t i = 0; i < n && !has_nan; i += 1) has_nan = x[i] != x[i];
-  if (has_nan) {  // vmax drops NaN lanes; PyTorch propagates them to the whole row
-    for (int64_t i = 0; i < n; ++i) y[i] = NAN;
-    return;
-  }
+// One contiguous row of float32 or bfloat16. A NaN anywhere in the row makes the sum NaN (the
+// exp of NaN is NaN), and so every output, as in PyTorch; so does +inf (inf - inf), and a row
+// of -inf only. No separate scan for NaN is needed (vmax may drop NaN lanes, the sum does not).
+template <typename T>
+void softmax_row_vec(T* y, const T* x, int64_t n, bool log) {
+  const float m = row_max_vec(x, n);
   if (log) {
-    float lse = m + std::log(sum_exp_f32(x, n, m));
-    vf vl = vset1(lse);
+    const float lse = m + std::log(sum_exp_vec(x, n, m));
+    const vf vl = vset1(lse);
     int64_t i = 0;
     for (; i + kVecF <= n; i += kVecF) vstore(y + i, vload(x + i) - vl);
-    for (; i < n; ++i) y[i] = x[i] - lse;
+    for (; i < n; ++i) y[i] = Num<T>::store(Num<T>::load(x[i]) - lse);
     return;
   }
-  float inv = 1.0f / exp_sum_f32(y, x, n, m);
-  vf vinv = vset1(inv);
-  int64_t i = 0;
-  for (; i + kVecF <= n; i += kVecF) vstore(y + i, vload(y + i) * vinv);
-  for (; i < n; ++i) y[i] *= inv;
+  if constexpr (std::is_same_v<T, float>) {
+    // exp stored in y, then scaled: one exp per element
+    const float inv = 1.0f / exp_sum_f32(y, x, n, m);
+    const vf vinv = vset1(inv);
+    int64_t i = 0;
+    for (; i + kVecF <= n; i += kVecF) vstore(y + i, vload(y + i) * vinv);
+    for (; i < n; ++i) y[i] *= inv;
+  } else {
+    // bfloat16: the exp is recomputed rather than rounded to bfloat16 twice
+    const float inv = 1.0f / sum_exp_vec(x, n, m);
+    const vf vm = vset1(m), vinv = vset1(inv);
+    int64_t i = 0;
+    for (; i + kVecF <= n; i += kVecF) vstore(y + i, vexp_softmax(vload(x + i) - vm) * vinv);
+    for (; i < n; ++i) y[i] = Num<T>::store(std::exp(Num<T>::load(x[i]) - m) * inv);
+  }
 }
 
 template <typename T>
@@ -91,9 +102,9 @@ void softmax_typed(const View& out, const View& x, int64_t outer, int64_t dim, i
       const int64_t o = r / inner, in = r % inner;
       const T* xr = px + o * dim * inner + in;
       T* yr = po + o * dim * inner + in;
-      if constexpr (std::is_same_v<T, float>) {
+      if constexpr (!std::is_same_v<T, double>) {
         if (inner == 1) {
-          softmax_row_f32(yr, xr, dim, log);
+          softmax_row_vec(yr, xr, dim, log);
           continue;
         }
       }
@@ -142,15 +153,14 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
     A* pl = static_cast<A*>(loss.data);  // float32 (float64 for float64 logits)
     A* plse = static_cast<A*>(lse.data);  // float32 (float64 for float64 logits)
     parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
-      std::vector<float> tmp;
       for (int64_t r = b; r < e; ++r) {
         const T* xr = px + r * C;
         A m, s, total = 0;
-        if constexpr (std::is_same_v<T, float>) {
-          m = row_max_f32(xr, C);
-          s = sum_exp_f32(xr, C, m);
+        if constexpr (!std::is_same_v<T, double>) {
+          m = row_max_vec(xr, C);
+          s = sum_exp_vec(xr, C, m);
           if (smoothing != 0) {
-            for (int64_t j = 0; j < C; ++j) total += xr[j];
+            for (int64_t j = 0; j < C; ++j) total += Num<T>::load(xr[j]);
           }
         } else {
           m = -std::numeric_limits<A>::infinity();

@@ -26,6 +26,36 @@ describe('unary ops', () => {
     }
   }
 
+  test('float32 exp, sigmoid, silu, tanh, gelu, erf over their whole range and at the edges', () => {
+    // the vector exp's clamps (-87.34, 88.72), its n = 128 step, overflow, NaN and infinities,
+    // on a length that leaves a tail past the last full vector
+    const xs: number[] = [NaN, Infinity, -Infinity, 0, -0, 88.72283935546875, 88.7228, 88.72, 88.7, 88.38, 88.37,
+      -87.33654022216797, -87.3365, -87.3, -87.4, -103, -200, 1e-30, -1e-30, 0.39, 0.41, 0.49, 0.51];
+    for (let v = -100; v <= 100; v += 0.37) xs.push(v);
+    const f32 = Float32Array.from(xs);
+    const x = dr.tensor(f32);
+    const FLT_MIN = 1.1754943508222875e-38;
+    const check = (name: string, got: Float32Array, ref: (v: number) => number, rtol: number, atol: number) => {
+      f32.forEach((v, i) => {
+        const want = ref(v), g = got[i];
+        const where = `${name}(${v}) = ${g}, want ${want}`;
+        if (Number.isNaN(want)) return expect([where, Number.isNaN(g)]).toEqual([where, true]);
+        if (!Number.isFinite(want) || Math.abs(want) > 3.4028234663852886e38) return expect([where, g]).toEqual([where, want > 0 ? Infinity : -Infinity]);
+        if (Math.abs(want) < FLT_MIN) return expect([where, Math.abs(g) <= FLT_MIN]).toEqual([where, true]);
+        expect([where, Math.abs(g - want) <= atol + rtol * Math.abs(want)]).toEqual([where, true]);
+      });
+    };
+    dr.tidy(() => {
+      check('exp', x.exp().dataSync() as Float32Array, Math.exp, 5e-7, 0);
+      // (below about -88 both are tiny: x / (1 + inf) is -0 in float32, as in PyTorch)
+      check('sigmoid', x.sigmoid().dataSync() as Float32Array, (v) => 1 / (1 + Math.exp(-v)), 1e-6, 1e-36);
+      check('silu', x.silu().dataSync() as Float32Array, (v) => (v === -Infinity ? NaN : v / (1 + Math.exp(-v))), 1e-6, 1e-36);
+      check('tanh', x.tanh().dataSync() as Float32Array, Math.tanh, 1e-6, 1e-37);
+      check('erf', x.erf().dataSync() as Float32Array, (v) => unaryRef.erf(v), 1e-6, 2e-7);
+      check('gelu', dr.gelu(x).dataSync() as Float32Array, (v) => (v === -Infinity ? NaN : unaryRef.gelu(v)), 1e-6, 2e-7);
+    });
+  });
+
   test('strided input (a transposed view)', () => {
     dr.tidy(() => {
       const { t, data } = input([5, 7], 3);

@@ -26,6 +26,36 @@ describe('softmax / logSoftmax', () => {
     });
   });
 
+  test('a NaN anywhere in a row, +inf, or a row of -inf only give a row of NaN (float32, bfloat16)', () => {
+    // rows of 19: the NaN / inf sits in a full vector (index 3) or in the tail past the last (17)
+    const cols = 19;
+    const rows: number[][] = [];
+    for (const at of [3, 17]) {
+      for (const special of [NaN, Infinity]) {
+        const r = Array.from({ length: cols }, (_, j) => Math.sin(j));
+        r[at] = special;
+        rows.push(r);
+      }
+    }
+    rows.push(new Array(cols).fill(-Infinity));
+    const fine = Array.from({ length: cols }, (_, j) => Math.cos(j) * 3);
+    rows.push(fine);
+    for (const dtype of ['float32', 'bfloat16'] as dr.DType[]) {
+      dr.tidy(() => {
+        const x = dr.tensor(rows.flat(), [rows.length, cols], { dtype });
+        for (const y of [x.softmax(-1), x.logSoftmax(-1)]) {
+          const v = y.dataSync();
+          for (let r = 0; r < rows.length - 1; ++r) {
+            expect([dtype, r, Array.from(v.slice(r * cols, (r + 1) * cols)).every(Number.isNaN)]).toEqual([dtype, r, true]);
+          }
+          expect(Array.from(v.slice((rows.length - 1) * cols)).some(Number.isNaN)).toBe(false);
+        }
+        const fx = Float64Array.from(x.dataSync().slice((rows.length - 1) * cols));
+        expectClose(dr.narrow(x.softmax(-1), 0, rows.length - 1, 1), softmaxRow(Array.from(fx)), dtype, dtype === 'bfloat16' ? 3 : 1);
+      });
+    }
+  });
+
   test('a strided input (transposed view)', () => {
     dr.tidy(() => {
       const { t, data } = input([9, 4], 8);
