@@ -46,7 +46,8 @@ export interface CountOptions {
   /** The bench script to start under valgrind (bench/run.js). */
   script: string;
   timeoutS: number;
-  log?: (line: string) => void;
+  /** Keep callgrind's files (cg.out.N: row N's dump, for callgrind_annotate) in this folder. */
+  keepDir?: string | null;
 }
 
 export function rowKey(r: { op: string; shape: string; dtype: string }): string {
@@ -77,7 +78,13 @@ const DUMP = '*::Memory(Napi::CallbackInfo const&)';
 export function countInstructions(list: Bench[], o: CountOptions): { rows: RowCount[]; info: CountsInfo } {
   const version = valgrindVersion();
   if (!version) throw new Error('valgrind is not installed (Debian: apt-get install valgrind); --counts and --compare need it');
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dr-callgrind-'));
+  let dir: string;
+  if (o.keepDir) {
+    fs.mkdirSync(o.keepDir, { recursive: true });
+    dir = fs.mkdtempSync(path.join(path.resolve(o.keepDir), 'callgrind-'));
+  } else {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dr-callgrind-'));
+  }
   const t0 = Date.now();
   try {
     const keysFile = path.join(dir, 'rows.json');
@@ -123,7 +130,8 @@ export function countInstructions(list: Bench[], o: CountOptions): { rows: RowCo
     const info: CountsInfo = { tool: version.replace(/^valgrind-/, 'callgrind '), isa: child.isa, threads: child.threads, warmup: o.warmup, calls: o.calls, seconds: (Date.now() - t0) / 1000 };
     return { rows, info };
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (o.keepDir) console.log(`callgrind's files kept in ${dir} (cg.out.N is row N: callgrind_annotate --inclusive=yes ${path.join(dir, 'cg.out.1')})`);
+    else fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 

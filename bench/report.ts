@@ -69,7 +69,8 @@ export function plotSpec(d: BenchDoc): object {
   const rows = d.rows.filter((r) => r.pct_of_floor !== undefined);
   const bars = rows.map((r) => ({ row: label(r), pct: r.pct_of_floor!, bound: r.bound === 'compute' ? 'compute-bound (FLOPs / peak)' : 'memory-bound (bytes / bandwidth)', text: `${rate(r)}, ${num(r.ms, 3)} ms` }));
   const anchors = rows.filter((r) => r.anchor_ms !== undefined).map((r) => ({ row: label(r), pct: (100 * r.floor_ms!) / r.anchor_ms!, anchor: `anchor: ${r.anchor}` }));
-  const top = Math.max(100, ...bars.map((b) => b.pct), ...anchors.map((a) => a.pct)) * 1.12;
+  // room on the right for the rate and time of each row, written at the right edge
+  const top = Math.max(100, ...bars.map((b) => b.pct), ...anchors.map((a) => a.pct)) * 1.4;
   const order = rows.map(label);
   const c = d.ceilings;
   const y = { field: 'row', type: 'nominal', sort: order, title: null, axis: { labelLimit: 320 } };
@@ -83,11 +84,11 @@ export function plotSpec(d: BenchDoc): object {
         `ceilings: ${num(c.fp32_gflops ?? undefined, 4)} GFLOP/s fp32 (${(c.compute_source || 'none').split(':')[0]}), ${num(c.gbps ?? undefined, 4)} GB/s (${(c.bandwidth_source || 'none').split(':')[0]})`,
       ],
     },
-    width: 560,
+    width: 640,
     height: { step: 26 },
     layer: [
       { data: { values: bars }, mark: { type: 'bar', height: 16 }, encoding: { y, x, color: { field: 'bound', type: 'nominal', title: null, scale: { range: [dr.LOSS_COLORS.train, dr.LOSS_COLORS.val] }, legend: { orient: 'bottom', labelLimit: 400 } } } },
-      { data: { values: bars }, mark: { type: 'text', align: 'left', dx: 4, fontSize: 10 }, encoding: { y, x, text: { field: 'text' } } },
+      { data: { values: bars }, mark: { type: 'text', align: 'right', dx: -4, fontSize: 10 }, encoding: { y, x: { datum: top, type: 'quantitative' }, text: { field: 'text' } } },
       ...(anchors.length ? [{ data: { values: anchors }, mark: { type: 'point', shape: 'diamond', filled: true, size: 110, color: 'black' }, encoding: { y, x, shape: { field: 'anchor', type: 'nominal', title: null, scale: { range: ['diamond', 'triangle-up', 'square', 'cross'] }, legend: { orient: 'bottom' } } } }] : []),
       { data: { values: [{ pct: 100 }] }, mark: { type: 'rule', color: '#d62728', strokeDash: [5, 3], strokeWidth: 1.5 }, encoding: { x: { field: 'pct', type: 'quantitative' } } },
       { data: { values: [{ pct: 100, t: 'floor' }] }, mark: { type: 'text', color: '#d62728', align: 'center', baseline: 'bottom', y: -4 }, encoding: { x: { field: 'pct', type: 'quantitative' }, text: { field: 't' } } },

@@ -363,6 +363,7 @@ interface Args {
   countWarmup: number;
   countCalls: number;
   report: string | null;
+  keepDumps: string | null;
   /** Internal: run as the callgrind child, writing the row keys to this file. */
   child: string | null;
 }
@@ -374,13 +375,13 @@ function usage(msg?: string): never {
   if (msg) console.error(msg);
   console.error('usage: node dist/bench/run.js [--device cpu|cuda] [--quick] [--json path] [--filter name,...] [--repeat N]\n' +
     '                          [--anchors file.json] [--peak-bf16 TFLOPS] [--peak-fp32 TFLOPS] [--peak-gbps GBPS] [--no-numpy] [--seed N]\n' +
-    '                          [--counts] [--compare baseline.json] [--threshold PCT] [--count-calls N] [--count-warmup N] [--report prefix]');
+    '                          [--counts] [--compare baseline.json] [--threshold PCT] [--count-calls N] [--count-warmup N] [--keep-dumps dir] [--report prefix]');
   process.exit(msg ? 1 : 0);
 }
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { device: 'cpu', quick: false, json: null, filter: null, repeat: null, anchors: null, numpy: true,
-    peakBf16: null, peakFp32: null, peakGbps: null, seed: 42, counts: false, compare: null, threshold: 3, countWarmup: 1, countCalls: 1, report: null, child: null };
+    peakBf16: null, peakFp32: null, peakGbps: null, seed: 42, counts: false, compare: null, threshold: 3, countWarmup: 1, countCalls: 1, report: null, keepDumps: null, child: null };
   let deviceGiven = false;
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i];
@@ -425,6 +426,7 @@ function parseArgs(argv: string[]): Args {
       case '--count-calls': a.countCalls = Math.max(1, count()); break;
       case '--count-warmup': a.countWarmup = count(); break;
       case '--report': a.report = val(); break;
+      case '--keep-dumps': a.keepDumps = val(); a.counts = true; break;
       case '--callgrind-child': a.child = val(); break;
       // the child's own names for the two above
       case '--calls': a.countCalls = Math.max(1, count()); break;
@@ -684,7 +686,7 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
     const childArgs = [...(args.quick ? ['--quick'] : []), ...(args.filter ? ['--filter', args.filter.join(',')] : []), '--seed', String(args.seed)];
     console.log(`instruction counts under callgrind (1 thread, ${args.countWarmup} warm-up and ${args.countCalls} counted call(s) per row):`);
     try {
-      const c = countInstructions(list, { warmup: args.countWarmup, calls: args.countCalls, childArgs, script: __filename, timeoutS: 900 });
+      const c = countInstructions(list, { warmup: args.countWarmup, calls: args.countCalls, childArgs, script: __filename, timeoutS: 900, keepDir: args.keepDumps });
       counts = c.info;
       const byKey = new Map(c.rows.map((r) => [r.key, r]));
       for (const r of rows) {
