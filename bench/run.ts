@@ -491,8 +491,10 @@ export interface BenchDoc {
   /** One line naming the device: CPU model, threads, SIMD level (or the GPU's name). */
   device_name: string;
   threads: number;
+  /** os.loadavg() at the start (1, 5, 15 minutes). */
   loadavg: number[];
   node: string;
+  /** When the run started. */
   date: string;
   quick: boolean;
   ceilings: Ceilings;
@@ -541,6 +543,7 @@ function applyFloors(rows: Row[], c: Ceilings): void {
 
 export async function main(argv = process.argv.slice(2)): Promise<number> {
   const t0 = nowMs();
+  const started = { date: new Date().toISOString(), loadavg: os.loadavg() };
   const args = parseArgs(argv);
   let list = benches(args.device, args.quick);
   if (args.filter) list = list.filter((b) => args.filter!.some((f) => b.op.toLowerCase().includes(f.toLowerCase()) || `${b.op} ${b.shape} ${b.dtype}`.includes(f)));
@@ -704,8 +707,8 @@ export async function main(argv = process.argv.slice(2)): Promise<number> {
   }
 
   const doc: BenchDoc = {
-    command, machine: info, device: args.device, device_name: devName, threads, loadavg: os.loadavg(), node: process.version,
-    date: new Date().toISOString(), quick: args.quick, ceilings, seconds: 0, rows, counts,
+    command, machine: info, device: args.device, device_name: devName, threads, loadavg: started.loadavg, node: process.version,
+    date: started.date, quick: args.quick, ceilings, seconds: 0, rows, counts,
   };
   if (baseline && counts) {
     doc.compare = compareCounts(doc, baseline, args.compare!, args.threshold, args.filter !== null);
