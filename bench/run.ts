@@ -1,12 +1,19 @@
-// Per-op microbenchmarks (matmul, softmax, rmsNorm) with rates, roofline floors and optional
-// anchors (numpy measured in the same run for CPU matmul; PyTorch figures from a file), so a
-// kernel change can be judged against what the hardware and other libraries reach.
+// Per-op microbenchmarks (matmul, softmax, rmsNorm, attention) with rates, roofline floors and
+// anchors (numpy measured in the same run for CPU matmul; other figures from a file), so a kernel
+// change can be judged against what the hardware and other libraries reach; and, for CI,
+// instruction counts under callgrind compared with a committed baseline (bench/counts.ts), and a
+// table and plot of every row against its floor and anchor (bench/report.ts).
 //
 //   node dist/bench/run.js [--device cpu|cuda] [--quick] [--json path] [--filter name] [--repeat N]
 //                          [--anchors anchors.json] [--peak-bf16 TFLOPS] [--peak-fp32 TFLOPS]
-//                          [--peak-gbps GB/s] [--no-numpy]
+//                          [--peak-gbps GB/s] [--no-numpy] [--seed N]
+//                          [--counts] [--compare baseline.json] [--threshold PCT] [--report prefix]
 //
 // Plain node only (the GPU machine has no npm/ts-node). See bench/README.md for the columns.
+//
+// Adding a row: write (or reuse) a factory returning a Bench (op, shape, dtype, make, run, flops
+// or bytes, and `counted`, the same kernel at a small shape for the instruction count) and push
+// it in benches(); the timing, floors, counts, comparison, table and plot pick it up.
 //
 // Anchors file (--anchors): JSON, either an array of entries or {"source": "...", "entries": [...]}.
 // Each entry names the benchmark row it anchors and the other library's time or rate:
@@ -16,8 +23,11 @@
 // gflops (matmul) / gbps (memory-bound ops) instead of ms. label (default "anchor") is printed.
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import * as dr from '../lib';
+import { compareCounts, compareLines, countChild, countInstructions, rowKey, type CompareResult, type CountsInfo } from './counts';
+import { writeReport } from './report';
 
 type DType = dr.DType;
 type Device = dr.Device;
@@ -25,9 +35,9 @@ type Tensor = dr.Tensor;
 
 // ---- benchmark definitions ----------------------------------------------------------------------
 
-interface Bench {
+export interface Bench {
   op: string;
-  /** Shown as is; also the key anchors match on. */
+  /** Shown as is; with op and dtype, the key anchors and baselines match on. */
   shape: string;
   dtype: DType;
   /** Makes one input set on the device. */
@@ -39,11 +49,23 @@ interface Bench {
   bytes?: number;
   /** Square matmul size, for the numpy anchor. */
   numpyN?: number;
+  /**
+   * The same kernel at a small fixed shape, run under callgrind for the row's instruction count
+   * (--counts, --compare); absent: the row itself. callgrind runs AVX2 code 100x or more slower
+   * than the CPU does, so keep it to a few million instructions (a matmul 256^3 is 4.7 M, about
+   * 2 s under callgrind on the development machine).
+   */
+  counted?: Bench;
 }
 
-const ELT: Record<DType, number> = { float32: 4, float64: 8, bfloat16: 2, int32: 4, bool: 1 };
+export const ELT: Record<DType, number> = { float32: 4, float64: 8, bfloat16: 2, int32: 4, bool: 1 };
 
-function matmulBench(n: number, dtype: DType): Bench {
+// Counted shapes: a quarter of a matmul side (at most 256); softmax/norm rows of the same length,
+// 64K elements at most; attention at one head (two over one kv head for a grouped row), S <= 256.
+const countSide = (n: number): number => Math.max(16, Math.min(256, Math.floor(n / 4)));
+const countRows = (rows: number, cols: number): number => Math.max(1, Math.min(rows, Math.floor(65536 / cols)));
+
+function matmulBench(n: number, dtype: DType, counted = true): Bench {
   return {
     op: 'matmul',
     shape: `${n}x${n}x${n}`,
@@ -52,10 +74,11 @@ function matmulBench(n: number, dtype: DType): Bench {
     run: ([a, b]) => dr.matmul(a, b),
     flops: 2 * n * n * n,
     numpyN: dtype === 'float32' ? n : undefined,
+    counted: counted && countSide(n) !== n ? matmulBench(countSide(n), dtype, false) : undefined,
   };
 }
 
-function softmaxBench(rows: number, cols: number, dtype: DType): Bench {
+function softmaxBench(rows: number, cols: number, dtype: DType, counted = true): Bench {
   return {
     op: 'softmax',
     shape: `${rows}x${cols}`,
@@ -63,10 +86,11 @@ function softmaxBench(rows: number, cols: number, dtype: DType): Bench {
     make: (device, d, gen) => [dr.randn([rows, cols], { device, dtype: d, generator: gen })],
     run: ([x]) => dr.softmax(x, -1),
     bytes: 2 * rows * cols * ELT[dtype],  // read x, write y
+    counted: counted && countRows(rows, cols) !== rows ? softmaxBench(countRows(rows, cols), cols, dtype, false) : undefined,
   };
 }
 
-function rmsNormBench(rows: number, cols: number, dtype: DType): Bench {
+function rmsNormBench(rows: number, cols: number, dtype: DType, counted = true): Bench {
   return {
     op: 'rmsNorm',
     shape: `${rows}x${cols}`,
@@ -74,6 +98,7 @@ function rmsNormBench(rows: number, cols: number, dtype: DType): Bench {
     make: (device, d, gen) => [dr.randn([rows, cols], { device, dtype: d, generator: gen }), dr.rand([cols], { device, dtype: d, generator: gen, low: 0.5, high: 1.5 })],
     run: ([x, w]) => dr.rmsNorm(x, w),
     bytes: (2 * rows * cols + cols) * ELT[dtype],  // read x, read w, write y
+    counted: counted && countRows(rows, cols) !== rows ? rmsNormBench(countRows(rows, cols), cols, dtype, false) : undefined,
   };
 }
 
@@ -88,7 +113,7 @@ function visited(S: number, window: number | null): number {
  * Attention at [B, H, S, D], causal. FLOPs: 4 B H (keys visited) D forward (QK^T and PV), and
  * 2.5x that again for the backward; dual counts both paths.
  */
-function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number, S: number, D: number, window: number, dtype: DType, backward: boolean, Hkv = H): Bench {
+function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number, S: number, D: number, window: number, dtype: DType, backward: boolean, Hkv = H, counted = true): Bench {
   const keys = kind === 'local' ? visited(S, window) : kind === 'global' ? visited(S, null) : visited(S, window) + visited(S, null);
   const fwd = 4 * B * H * keys * D;
   const run = (xs: Tensor[]): Tensor => {
@@ -108,6 +133,10 @@ function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number,
     }
     return dr.zeros([1], { device: q.device });
   };
+  // counted: one head (two over one kv head for a grouped row), at most 256 positions, the window
+  // at most half of them (so the band still slides)
+  const cS = Math.min(S, 256), cH = Hkv !== H ? 2 : 1, cHkv = Hkv !== H ? 1 : cH, cW = Math.min(window, cS / 2);
+  const small = counted && (B !== 1 || H !== cH || S !== cS || Hkv !== cHkv || (kind !== 'global' && window !== cW));
   return {
     op: `${kind}Attn${backward ? '+bwd' : ''}`,
     shape: `B${B} H${H}${Hkv !== H ? `/${Hkv}` : ''} S${S} D${D}${kind === 'global' ? '' : ` W${window}`}`,
@@ -124,10 +153,11 @@ function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number,
     },
     run,
     flops: backward ? 3.5 * fwd : fwd,
+    counted: small ? attentionBench(kind, 1, cH, cS, D, kind === 'global' ? window : cW, dtype, backward, cHkv, false) : undefined,
   };
 }
 
-function benches(device: Device, quick: boolean): Bench[] {
+export function benches(device: Device, quick: boolean): Bench[] {
   const dtypes: DType[] = device === 'cuda' ? ['float32', 'bfloat16'] : ['float32'];
   const mm = quick ? [256, 512, 1024] : [1024, 2048, 4096];
   const rowShapes: Array<[number, number]> = quick ? [[1024, 1024], [4096, 256]] : [[4096, 4096], [16384, 1024]];
@@ -162,6 +192,38 @@ function benches(device: Device, quick: boolean): Bench[] {
     }
   }
   return out;
+}
+
+/**
+ * The probes of the CPU's memory bandwidth, measured in the same run when no --peak-gbps is
+ * given: a copy (clone) and an add of 16M floats (64 MiB per tensor, past the caches); the
+ * ceiling is the best rate (fastest batch) of either.
+ */
+function bandwidthProbes(): Bench[] {
+  const n = 16 << 20;
+  return [
+    { op: 'copy', shape: `${n}`, dtype: 'float32', make: (device, d) => [dr.full([n], 1, { device, dtype: d })], run: ([x]) => dr.clone(x), bytes: 2 * n * 4 },
+    { op: 'add', shape: `${n}`, dtype: 'float32', make: (device, d) => [dr.full([n], 1, { device, dtype: d }), dr.full([n], 2, { device, dtype: d })], run: ([a, b]) => dr.add(a, b), bytes: 3 * n * 4 },
+  ];
+}
+
+/** float32 FLOPs per cycle of one core: two FMA pipes of the widest vectors the kernels use. */
+function flopsPerCycle(simd: string): number {
+  return simd === 'avx512' ? 64 : simd === 'avx2' ? 32 : 8;
+}
+
+/** The CPU's clock in MHz as the OS reports it (the highest core; /proc/cpuinfo's "cpu MHz" when node reports 0), or null. */
+function cpuMHz(): number | null {
+  let mhz = Math.max(0, ...os.cpus().map((c) => c.speed || 0));
+  if (!(mhz > 0)) {
+    try {
+      const found = [...fs.readFileSync('/proc/cpuinfo', 'utf8').matchAll(/^cpu MHz\s*:\s*([\d.]+)/gm)].map((m) => Number(m[1]));
+      mhz = Math.max(0, ...found);
+    } catch {
+      mhz = 0;
+    }
+  }
+  return mhz > 0 ? mhz : null;
 }
 
 // ---- timing ------------------------------------------------------------------------------------------
@@ -291,24 +353,35 @@ interface Args {
   repeat: number | null;
   anchors: string | null;
   numpy: boolean;
-  peakBf16: number;  // TFLOP/s
-  peakFp32: number;  // TFLOP/s
-  peakGbps: number;  // GB/s
-  peaksGiven: boolean;
+  peakBf16: number | null;  // TFLOP/s
+  peakFp32: number | null;  // TFLOP/s
+  peakGbps: number | null;  // GB/s
   seed: number;
+  counts: boolean;
+  compare: string | null;
+  threshold: number;  // percent
+  countWarmup: number;
+  countCalls: number;
+  report: string | null;
+  keepDumps: string | null;
+  /** Internal: run as the callgrind child, writing the row keys to this file. */
+  child: string | null;
 }
+
+// Defaults for CUDA: H100 SXM dense ceilings (bf16 tensor cores, fp32 CUDA cores, HBM3 copy bandwidth).
+const H100 = { bf16: 767, fp32: 51, gbps: 2978 };
 
 function usage(msg?: string): never {
   if (msg) console.error(msg);
   console.error('usage: node dist/bench/run.js [--device cpu|cuda] [--quick] [--json path] [--filter name,...] [--repeat N]\n' +
-    '                          [--anchors file.json] [--peak-bf16 TFLOPS] [--peak-fp32 TFLOPS] [--peak-gbps GBPS] [--no-numpy] [--seed N]');
+    '                          [--anchors file.json] [--peak-bf16 TFLOPS] [--peak-fp32 TFLOPS] [--peak-gbps GBPS] [--no-numpy] [--seed N]\n' +
+    '                          [--counts] [--compare baseline.json] [--threshold PCT] [--count-calls N] [--count-warmup N] [--keep-dumps dir] [--report prefix]');
   process.exit(msg ? 1 : 0);
 }
 
 function parseArgs(argv: string[]): Args {
-  // Defaults: H100 SXM dense ceilings (bf16 tensor cores, fp32 CUDA cores, HBM3 copy bandwidth).
-  const a: Args = { device: dr.cudaAvailable() ? 'cuda' : 'cpu', quick: false, json: null, filter: null, repeat: null, anchors: null, numpy: true,
-    peakBf16: 767, peakFp32: 51, peakGbps: 2978, peaksGiven: false, seed: 42 };
+  const a: Args = { device: 'cpu', quick: false, json: null, filter: null, repeat: null, anchors: null, numpy: true,
+    peakBf16: null, peakFp32: null, peakGbps: null, seed: 42, counts: false, compare: null, threshold: 3, countWarmup: 1, countCalls: 1, report: null, keepDumps: null, child: null };
   let deviceGiven = false;
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i];
@@ -322,6 +395,11 @@ function parseArgs(argv: string[]): Args {
     const num = (): number => {
       const v = Number(val());
       if (!(v > 0) || !Number.isFinite(v)) usage(`${key} needs a positive number`);
+      return v;
+    };
+    const count = (): number => {
+      const v = Number(val());
+      if (!Number.isInteger(v) || v < 0 || v > 100) usage(`${key} needs an integer in 0..100`);
       return v;
     };
     switch (key) {
@@ -338,20 +416,35 @@ function parseArgs(argv: string[]): Args {
       case '--repeat': a.repeat = Math.round(num()); break;
       case '--anchors': a.anchors = val(); break;
       case '--no-numpy': a.numpy = false; break;
-      case '--peak-bf16': a.peakBf16 = num(); a.peaksGiven = true; break;
-      case '--peak-fp32': a.peakFp32 = num(); a.peaksGiven = true; break;
-      case '--peak-gbps': a.peakGbps = num(); a.peaksGiven = true; break;
+      case '--peak-bf16': a.peakBf16 = num(); break;
+      case '--peak-fp32': a.peakFp32 = num(); break;
+      case '--peak-gbps': a.peakGbps = num(); break;
       case '--seed': a.seed = Math.round(num()); break;
+      case '--counts': a.counts = true; break;
+      case '--compare': a.compare = val(); a.counts = true; break;
+      case '--threshold': a.threshold = num(); break;
+      case '--count-calls': a.countCalls = Math.max(1, count()); break;
+      case '--count-warmup': a.countWarmup = count(); break;
+      case '--report': a.report = val(); break;
+      case '--keep-dumps': a.keepDumps = val(); a.counts = true; break;
+      case '--callgrind-child': a.child = val(); break;
+      // the child's own names for the two above
+      case '--calls': a.countCalls = Math.max(1, count()); break;
+      case '--warmup': a.countWarmup = count(); break;
       case '-h': case '--help': usage(); break;
       default: usage(`unknown argument ${k}`);
     }
   }
-  // CI runs --quick on CPU-only machines: quick means the small CPU sizes unless a device is named
-  if (a.quick && !deviceGiven) a.device = 'cpu';
+  // CI runs --quick on CPU-only machines: quick means the small CPU sizes unless a device is named;
+  // otherwise CUDA when it is available (the callgrind child never asks: that would load the CUDA
+  // library under valgrind)
+  if (!deviceGiven && !a.quick && !a.child) a.device = dr.cudaAvailable() ? 'cuda' : 'cpu';
+  if (a.child) a.device = 'cpu';
+  if (a.counts && a.device !== 'cpu') usage('--counts and --compare count CPU instructions (callgrind): use them with --device cpu');
   return a;
 }
 
-interface Row {
+export interface Row {
   op: string;
   shape: string;
   dtype: DType;
@@ -360,14 +453,55 @@ interface Row {
   min_ms: number;
   reps: number;
   batch: number;
+  flops?: number;
+  bytes?: number;
   gflops?: number;
   gbps?: number;
+  /** Which ceiling the floor comes from (the larger of FLOPs / peak and bytes / bandwidth). */
+  bound?: 'compute' | 'memory';
   floor_ms?: number;
+  /** floor_ms / ms in percent: how close to the roofline the row runs. */
+  pct_of_floor?: number;
   anchor?: string;
   anchor_ms?: number;
   ratio_to_anchor?: number;
   /** CPU attention rows: GFLOP/s over our float32 matmul measured in the same run. */
   ratio_to_matmul?: number;
+  /** Instructions per call under callgrind (--counts), at count_shape. */
+  instructions?: number;
+  count_shape?: string;
+}
+
+/** The ceilings the floors are computed from, with where each came from. */
+export interface Ceilings {
+  fp32_gflops: number | null;
+  bf16_gflops: number | null;
+  gbps: number | null;
+  compute_source: string;
+  bandwidth_source: string;
+  /** CPU, measured in this run: the bandwidth probes' best rates (GB/s). */
+  probes?: Record<string, number>;
+}
+
+/** The JSON document --json writes. */
+export interface BenchDoc {
+  command: string;
+  machine: dr.DevicesInfo;
+  device: Device;
+  /** One line naming the device: CPU model, threads, SIMD level (or the GPU's name). */
+  device_name: string;
+  threads: number;
+  /** os.loadavg() at the start (1, 5, 15 minutes). */
+  loadavg: number[];
+  node: string;
+  /** When the run started. */
+  date: string;
+  quick: boolean;
+  ceilings: Ceilings;
+  seconds: number;
+  rows: Row[];
+  counts: CountsInfo | null;
+  compare?: CompareResult;
 }
 
 function pad(s: string, n: number, right = false): string {
@@ -380,25 +514,105 @@ function fmt(v: number | undefined, digits = 3): string {
   return v.toPrecision(digits);
 }
 
-export function main(argv = process.argv.slice(2)): void {
-  const t0 = nowMs();
-  const args = parseArgs(argv);
-  const info = dr.devices();
-  if (args.device === 'cuda' && !info.cuda.available) {
-    console.error(`CUDA is not available: ${info.cuda.reason ?? 'unknown reason'}`);
-    process.exit(2);
+function writeAtomic(file: string, text: string): void {
+  const dir = path.dirname(path.resolve(file));
+  fs.mkdirSync(dir, { recursive: true });
+  // a reader (CI, a dashboard) never sees a half-written file
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  fs.writeFileSync(tmp, text);
+  fs.renameSync(tmp, file);
+}
+
+/** Sets each row's floor from the ceilings: the larger of FLOPs / peak and bytes / bandwidth. */
+function applyFloors(rows: Row[], c: Ceilings): void {
+  for (const r of rows) {
+    const peak = r.dtype === 'bfloat16' ? c.bf16_gflops : c.fp32_gflops;
+    const fc = r.flops && peak ? r.flops / (peak * 1e6) : 0;
+    const fm = r.bytes && c.gbps ? r.bytes / (c.gbps * 1e6) : 0;
+    if (fc > 0 || fm > 0) {
+      r.bound = fc >= fm ? 'compute' : 'memory';
+      r.floor_ms = Math.max(fc, fm);
+      r.pct_of_floor = (100 * r.floor_ms) / r.ms;
+    } else {
+      delete r.bound;
+      delete r.floor_ms;
+      delete r.pct_of_floor;
+    }
   }
+}
+
+export async function main(argv = process.argv.slice(2)): Promise<number> {
+  const t0 = nowMs();
+  const started = { date: new Date().toISOString(), loadavg: os.loadavg() };
+  const args = parseArgs(argv);
   let list = benches(args.device, args.quick);
   if (args.filter) list = list.filter((b) => args.filter!.some((f) => b.op.toLowerCase().includes(f.toLowerCase()) || `${b.op} ${b.shape} ${b.dtype}`.includes(f)));
   if (list.length === 0) usage(`--filter ${args.filter?.join(',')} matches nothing`);
+  if (args.child) {
+    countChild(list, args.child, args.countWarmup, args.countCalls, args.seed);
+    return 0;
+  }
+  const command = ['node dist/bench/run.js', ...argv].join(' ');
+  const info = dr.devices();
+  if (args.device === 'cuda' && !info.cuda.available) {
+    console.error(`CUDA is not available: ${info.cuda.reason ?? 'unknown reason'}`);
+    return 2;
+  }
+  // instruction counts need valgrind: fail before the timing, not after it
+  if (args.counts && spawnSync('valgrind', ['--version']).status !== 0) {
+    console.error('valgrind is not installed (Debian: apt-get install valgrind); --counts and --compare need it');
+    return 3;
+  }
+  let baseline: BenchDoc | null = null;
+  if (args.compare) {
+    try {
+      baseline = JSON.parse(fs.readFileSync(args.compare, 'utf8')) as BenchDoc;
+    } catch (e) {
+      console.error(`--compare ${args.compare}: ${(e as Error).message}`);
+      return 3;
+    }
+  }
 
-  // Floors only where the ceilings mean something: the H100 defaults for CUDA, or ceilings
-  // the caller passed for whatever device this is.
-  const floors = args.device === 'cuda' || args.peaksGiven;
   const anchors = args.anchors ? loadAnchors(args.anchors) : [];
-  const devName = args.device === 'cuda' ? `${info.cuda.devices[0]?.name ?? 'cuda'}` : `${info.cpu.name}, ${dr.numThreads()} threads, ${info.cpu.simd}`;
-  console.log(`dualroute bench on ${args.device} (${devName})${args.quick ? ', quick' : ''}` +
-    (floors ? `; ceilings bf16 ${args.peakBf16} TFLOP/s, fp32 ${args.peakFp32} TFLOP/s, ${args.peakGbps} GB/s` : ''));
+  const threads = dr.numThreads();
+  const devName = args.device === 'cuda' ? `${info.cuda.devices[0]?.name ?? 'cuda'}` : `${info.cpu.name}, ${threads} threads, ${info.cpu.simd}`;
+
+  // Ceilings. CUDA: the H100 defaults unless given. CPU: the bandwidth measured here (probes) and
+  // the compute peak of the clock (threads x MHz x FLOPs/cycle), raised to the best matmul of
+  // this run if that is faster; each replaced by its --peak-* flag.
+  const ceilings: Ceilings = { fp32_gflops: null, bf16_gflops: null, gbps: null, compute_source: '', bandwidth_source: '' };
+  if (args.device === 'cuda') {
+    const given = args.peakBf16 !== null || args.peakFp32 !== null || args.peakGbps !== null;
+    ceilings.bf16_gflops = (args.peakBf16 ?? H100.bf16) * 1e3;
+    ceilings.fp32_gflops = (args.peakFp32 ?? H100.fp32) * 1e3;
+    ceilings.gbps = args.peakGbps ?? H100.gbps;
+    ceilings.compute_source = ceilings.bandwidth_source = given ? 'given (--peak-*), H100 SXM datasheet for the rest' : 'H100 SXM datasheet (dense bf16 767, fp32 51 TFLOP/s; 2978 GB/s)';
+  } else {
+    const mhz = cpuMHz();
+    if (args.peakFp32 !== null) {
+      ceilings.fp32_gflops = args.peakFp32 * 1e3;
+      ceilings.compute_source = 'given (--peak-fp32)';
+    } else if (mhz) {
+      ceilings.fp32_gflops = (threads * mhz * flopsPerCycle(info.cpu.simd)) / 1e3;
+      ceilings.compute_source = `theoretical: ${threads} threads x ${mhz.toFixed(0)} MHz x ${flopsPerCycle(info.cpu.simd)} FLOP/cycle (${info.cpu.simd}: two FMA pipes)`;
+    }
+    ceilings.bf16_gflops = args.peakBf16 !== null ? args.peakBf16 * 1e3 : ceilings.fp32_gflops;
+    if (args.peakGbps !== null) {
+      ceilings.gbps = args.peakGbps;
+      ceilings.bandwidth_source = 'given (--peak-gbps)';
+    } else {
+      ceilings.probes = {};
+      for (const p of bandwidthProbes()) {
+        const t = time(p, 'cpu', null, true, args.seed);
+        ceilings.probes[p.op] = p.bytes! / (t.min * 1e6);
+      }
+      const best = Object.entries(ceilings.probes).sort((x, y) => y[1] - x[1])[0];
+      ceilings.gbps = best[1];
+      ceilings.bandwidth_source = `measured: best of ${Object.entries(ceilings.probes).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')} GB/s (16M floats, fastest batch)`;
+    }
+  }
+  console.log(`dualroute bench on ${args.device} (${devName})${args.quick ? ', quick' : ''}`);
+  console.log(`ceilings: compute ${fmt(ceilings.fp32_gflops ?? undefined, 4)} GFLOP/s fp32 (${ceilings.compute_source || 'unknown'}); bandwidth ${fmt(ceilings.gbps ?? undefined, 4)} GB/s (${ceilings.bandwidth_source})`);
 
   // numpy runs before our rows (spawnSync blocks, so its threads never compete with ours) and
   // then stands beside our CPU matmul rows as their anchor unless an anchors file names one
@@ -414,12 +628,15 @@ export function main(argv = process.argv.slice(2)): void {
   for (const [i, b] of list.entries()) {
     const t = time(b, args.device, args.repeat, args.quick, args.seed + i);
     const row: Row = { op: b.op, shape: b.shape, dtype: b.dtype, device: args.device, ms: t.median, min_ms: t.min, reps: t.reps, batch: t.batch };
-    if (b.flops) row.gflops = b.flops / (t.median * 1e6);
-    if (b.bytes) row.gbps = b.bytes / (t.median * 1e6);
-    if (floors) {
-      if (b.flops) row.floor_ms = b.flops / ((b.dtype === 'bfloat16' ? args.peakBf16 : args.peakFp32) * 1e9);
-      else if (b.bytes) row.floor_ms = b.bytes / (args.peakGbps * 1e6);
+    if (b.flops) {
+      row.flops = b.flops;
+      row.gflops = b.flops / (t.median * 1e6);
     }
+    if (b.bytes) {
+      row.bytes = b.bytes;
+      row.gbps = b.bytes / (t.median * 1e6);
+    }
+    applyFloors([row], ceilings);
     if (b.numpyN && np?.has(b.numpyN)) {
       row.anchor = 'numpy';
       row.anchor_ms = np.get(b.numpyN)!;
@@ -438,6 +655,19 @@ export function main(argv = process.argv.slice(2)): void {
     printRow(row);
   }
 
+  // CPU: a matmul of this run faster than the clock's peak means the peak was set too low (a
+  // turbo clock, a wider machine): the best matmul is the compute ceiling then
+  if (args.device === 'cpu' && args.peakFp32 === null) {
+    const best = rows.filter((r) => r.op === 'matmul' && r.dtype === 'float32' && r.gflops).sort((x, y) => y.gflops! - x.gflops!)[0];
+    if (best && (ceilings.fp32_gflops === null || best.gflops! > ceilings.fp32_gflops)) {
+      const was = ceilings.compute_source ? ` (above the ${ceilings.compute_source.replace(/^theoretical: /, 'theoretical ')} = ${fmt(ceilings.fp32_gflops ?? undefined, 4)})` : '';
+      ceilings.fp32_gflops = ceilings.bf16_gflops = best.gflops!;
+      ceilings.compute_source = `measured: our best matmul of this run, ${best.shape}${was}`;
+      applyFloors(rows, ceilings);
+      console.log(`compute ceiling raised to ${fmt(best.gflops, 4)} GFLOP/s: ${ceilings.compute_source}`);
+    }
+  }
+
   // The CPU attention figure is relative to our own matmul measured in this run.
   const mmRow = rows.find((r) => r.op === 'matmul' && r.dtype === 'float32' && r.shape === '2048x2048x2048' && r.device === 'cpu')
     ?? rows.filter((r) => r.op === 'matmul' && r.dtype === 'float32' && r.device === 'cpu').pop();
@@ -449,21 +679,56 @@ export function main(argv = process.argv.slice(2)): void {
       }
     }
   }
+  const timedSecs = (nowMs() - t0) / 1000;
+  console.log(`${rows.length} benchmarks timed in ${timedSecs.toFixed(1)}s`);
 
-  const secs = (nowMs() - t0) / 1000;
-  console.log(`${rows.length} benchmarks in ${secs.toFixed(1)}s`);
+  // Instruction counts: the same rows (at their counted shapes) in a child under callgrind.
+  let counts: CountsInfo | null = null;
+  let exit = 0;
+  if (args.counts) {
+    const childArgs = [...(args.quick ? ['--quick'] : []), ...(args.filter ? ['--filter', args.filter.join(',')] : []), '--seed', String(args.seed)];
+    console.log(`instruction counts under callgrind (1 thread, ${args.countWarmup} warm-up and ${args.countCalls} counted call(s) per row):`);
+    try {
+      const c = countInstructions(list, { warmup: args.countWarmup, calls: args.countCalls, childArgs, script: __filename, timeoutS: 900, keepDir: args.keepDumps });
+      counts = c.info;
+      const byKey = new Map(c.rows.map((r) => [r.key, r]));
+      for (const r of rows) {
+        const k = byKey.get(rowKey(r));
+        if (k) {
+          r.instructions = k.instructions;
+          r.count_shape = k.countShape;
+        }
+      }
+      console.log(`callgrind pass: ${c.rows.length} rows in ${c.info.seconds.toFixed(1)}s`);
+    } catch (e) {
+      console.error((e as Error).message);
+      exit = 3;
+    }
+  }
 
+  const doc: BenchDoc = {
+    command, machine: info, device: args.device, device_name: devName, threads, loadavg: started.loadavg, node: process.version,
+    date: started.date, quick: args.quick, ceilings, seconds: 0, rows, counts,
+  };
+  if (baseline && counts) {
+    doc.compare = compareCounts(doc, baseline, args.compare!, args.threshold, args.filter !== null);
+    for (const l of compareLines(doc.compare, counts)) console.log(l);
+    if (doc.compare.incomparable) exit = 3;
+    else if (doc.compare.regressions > 0) exit = 1;
+  } else if (counts) {
+    for (const r of rows) console.log(`${pad(r.op, 14)} ${pad(r.shape, 22)} ${pad(r.dtype, 9)} counted at ${pad(r.count_shape ?? '-', 20)} ${pad((r.instructions ?? 0).toLocaleString('en-US'), 14, true)} instructions per call`);
+  }
+  doc.seconds = (nowMs() - t0) / 1000;
   if (args.json) {
-    const doc = { machine: info, threads: dr.numThreads(), date: new Date().toISOString(), quick: args.quick,
-      ceilings: floors ? { bf16_tflops: args.peakBf16, fp32_tflops: args.peakFp32, gbps: args.peakGbps } : null, seconds: secs, rows };
-    const dir = path.dirname(path.resolve(args.json));
-    fs.mkdirSync(dir, { recursive: true });
-    // a reader (CI, a dashboard) never sees a half-written file
-    const tmp = path.join(dir, `.${path.basename(args.json)}.${process.pid}.tmp`);
-    fs.writeFileSync(tmp, JSON.stringify(doc, null, 1) + '\n');
-    fs.renameSync(tmp, args.json);
+    writeAtomic(args.json, JSON.stringify(doc, null, 1) + '\n');
     console.log(`wrote ${args.json}`);
   }
+  if (args.report) {
+    const p = await writeReport(args.report, doc);
+    console.log(`wrote ${p.join(', ')}`);
+  }
+  console.log(`bench: ${rows.length} rows in ${doc.seconds.toFixed(1)}s${doc.compare ? `; ${doc.compare.incomparable ? 'counts not comparable' : `${doc.compare.regressions} instruction-count regression(s)`}` : ''}`);
+  return exit;
 }
 
 function printRow(r: Row): void {
@@ -474,4 +739,9 @@ function printRow(r: Row): void {
     pad(r.floor_ms !== undefined ? fmt(r.floor_ms) : '-', 9, true), pad(xf !== undefined ? xf.toFixed(1) : '-', 8, true)].join(' ') + anc);
 }
 
-if (require.main === module) main();
+if (require.main === module) {
+  main().then((code) => process.exit(code), (e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
