@@ -26,6 +26,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import * as dr from '../lib';
+import { MemBench, memoryBenches } from './elementwise';
 import { compareCounts, compareLines, countChild, countInstructions, rowKey, type CompareResult, type CountsInfo } from './counts';
 import { writeReport } from './report';
 
@@ -157,6 +158,30 @@ function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number,
   };
 }
 
+// The memory-bound rows of bench/elementwise.ts (element-wise math, log-softmax, layerNorm,
+// GELU/SiLU/SwiGLU, casts, cross-entropy, the backward kernels, AdamW) as rows of this table,
+// float32 on the CPU, counted at 64 x 1024. copy, add, softmax and rmsNorm are rows already.
+function memoryRows(quick: boolean): Bench[] {
+  const [rows, cols] = quick ? [1024, 1024] : [16384, 1024];
+  const small = memoryBenches(64, 1024);
+  const asBench = (b: MemBench, counted?: MemBench): Bench => ({
+    op: b.op,
+    shape: b.shape,
+    dtype: 'float32',
+    make: (_device, _dtype, gen) => b.make(gen),
+    run: (xs) => {
+      const outs = b.run(xs);
+      outs.slice(1).forEach((t) => t.dispose());
+      return outs.length ? outs[0] : dr.zeros([1]);
+    },
+    bytes: b.bytes,
+    counted: counted ? asBench(counted) : undefined,
+  });
+  return memoryBenches(rows, cols)
+    .filter((b) => !['copy', 'add', 'rmsNorm', 'softmax'].includes(b.op))
+    .map((b) => asBench(b, small.find((c) => c.op === b.op)));
+}
+
 export function benches(device: Device, quick: boolean): Bench[] {
   const dtypes: DType[] = device === 'cuda' ? ['float32', 'bfloat16'] : ['float32'];
   const mm = quick ? [256, 512, 1024] : [1024, 2048, 4096];
@@ -190,6 +215,7 @@ export function benches(device: Device, quick: boolean): Bench[] {
       // grouped-query attention with one kv head: the backward's split form
       out.push(attentionBench('local', 1, H, S, 64, 256, 'float32', true, 1));
     }
+    out.push(...memoryRows(quick));
   }
   return out;
 }

@@ -1,0 +1,208 @@
+// Memory-bound kernels against the memory rate measured in the same run: element-wise math,
+// softmax and log-softmax, the norms, GELU/SiLU/SwiGLU, casts, cross-entropy and the optimizer
+// update, forward and backward, each over 64 MiB of float32 (16 M elements). A row's bytes are
+// the least traffic a single-pass kernel needs (every input read once, every output written
+// once); its rate is those bytes over the median time. The memory rate is the best of a plain
+// copy, an add and an rmsNorm over the same 64 MiB, measured in the same rounds (the issue's
+// yardstick). Rows run interleaved, round by round, so they see the same machine at the same
+// moments; the table gives the median and the spread (min..max over rounds).
+//
+//   node dist/bench/elementwise.js [--rounds N] [--quick] [--filter a,b] [--json path]
+//
+// --quick uses 4 MiB (a smoke run for CI: that fits in the last-level cache, so its rates are
+// not memory rates). Plain node only, like bench/run.ts.
+import * as fs from 'fs';
+import * as dr from '../lib';
+import * as gk from '../lib/ops/grad_kernels';
+import { stats } from './rounds';
+
+type Tensor = dr.Tensor;
+
+export interface MemBench {
+  op: string;
+  shape: string;
+  /** Least bytes one call moves. */
+  bytes: number;
+  /** One of the rows that define the memory rate. */
+  reference?: boolean;
+  make: (gen: dr.Generator) => Tensor[];
+  /** Runs once; returns what to dispose (outputs). */
+  run: (xs: Tensor[]) => Tensor[];
+}
+
+/** The rows over `rows x cols` float32 (64 MiB at 16384 x 1024). */
+export function memoryBenches(rows: number, cols: number): MemBench[] {
+  const n = rows * cols;
+  const shape = `${rows}x${cols}`;
+  const F = 4;
+  const randn = (gen: dr.Generator, s = [rows, cols]) => dr.randn(s, { generator: gen });
+  const weight = (gen: dr.Generator) => dr.rand([cols], { generator: gen, low: 0.5, high: 1.5 });
+  const unary = (op: string, f: (x: Tensor) => Tensor): MemBench => ({
+    op, shape, bytes: 2 * n * F, make: (g) => [randn(g)], run: ([x]) => [f(x)],
+  });
+  const unaryBwd = (name: Parameters<typeof gk.unaryBackward>[0]): MemBench => ({
+    op: `${name}Backward`, shape, bytes: 3 * n * F, make: (g) => [randn(g), randn(g)], run: ([x, dy]) => [gk.unaryBackward(name, x, dy)],
+  });
+  const out: MemBench[] = [
+    { op: 'copy', shape, bytes: 2 * n * F, reference: true, make: (g) => [randn(g), dr.empty([rows, cols])], run: ([x, y]) => (dr.copy_(y, x), []) },
+    { op: 'add', shape, bytes: 3 * n * F, reference: true, make: (g) => [randn(g), randn(g)], run: ([a, b]) => [dr.add(a, b)] },
+    { op: 'rmsNorm', shape, bytes: 2 * n * F + cols * F, reference: true, make: (g) => [randn(g), weight(g)], run: ([x, w]) => [dr.rmsNorm(x, w)] },
+    unary('mul scalar', (x) => dr.mul(x, 1.5)),
+    unary('exp', dr.exp),
+    unary('sigmoid', dr.sigmoid),
+    unary('tanh', dr.tanh),
+    unary('gelu', (x) => dr.gelu(x)),
+    unary('gelu tanh', (x) => dr.gelu(x, { approximate: 'tanh' })),
+    unary('silu', dr.silu),
+    unary('softmax', (x) => dr.softmax(x, -1)),
+    unary('logSoftmax', (x) => dr.logSoftmax(x, -1)),
+    { op: 'layerNorm', shape, bytes: 2 * n * F + 2 * cols * F, make: (g) => [randn(g), weight(g), randn(g, [cols])], run: ([x, w, b]) => [dr.layerNorm(x, w, b)] },
+    // x [rows, cols] = [gate | up] -> [rows, cols / 2]
+    { op: 'swiglu', shape, bytes: n * F + (n / 2) * F, make: (g) => [randn(g)], run: ([x]) => [dr.swiglu(x)] },
+    { op: 'cast f32->bf16', shape, bytes: n * (F + 2), make: (g) => [randn(g)], run: ([x]) => [dr.cast(x, 'bfloat16')] },
+    { op: 'cast bf16->f32', shape, bytes: n * (F + 2), make: (g) => [dr.randn([rows, cols], { generator: g, dtype: 'bfloat16' })], run: ([x]) => [dr.cast(x, 'float32')] },
+    {
+      // logits [rows, cols] read once (the log-sum-exp per row), targets [rows]
+      op: 'crossEntropy', shape, bytes: n * F + rows * 4,
+      make: (g) => [randn(g), dr.randint(0, cols, [rows], { generator: g, dtype: 'int32' })],
+      run: ([x, t]) => { const r = gk.crossEntropyWithLse(x, t, -100, 0); return [r.loss, r.lse]; },
+    },
+    {
+      op: 'crossEntropyBackward', shape, bytes: 2 * n * F + rows * 12,
+      make: (g) => {
+        const x = randn(g);
+        const t = dr.randint(0, cols, [rows], { generator: g, dtype: 'int32' });
+        const { loss, lse } = gk.crossEntropyWithLse(x, t, -100, 0);
+        loss.dispose();
+        return [x, t, lse, dr.full([rows], 1 / rows)];
+      },
+      run: ([x, t, lse, d]) => [gk.crossEntropyBackward(x, t, lse, d, -100, 0)],
+    },
+    {
+      op: 'softmaxBackward', shape, bytes: 3 * n * F,
+      make: (g) => { const x = randn(g); const y = dr.softmax(x, -1); x.dispose(); return [y, randn(g)]; },
+      run: ([y, dy]) => [gk.softmaxBackward(y, dy, -1, false)],
+    },
+    {
+      op: 'rmsNormBackward', shape, bytes: 3 * n * F + 2 * cols * F + rows * F,
+      make: (g) => { const x = randn(g); const w = weight(g); const { y, rstd } = gk.rmsNormWithStats(x, w, 1e-6); y.dispose(); return [x, w, rstd, randn(g)]; },
+      run: ([x, w, rstd, dy]) => { const r = gk.rmsNormBackward(x, w, rstd, dy, true); return [r.dx, r.dweight!]; },
+    },
+    {
+      op: 'layerNormBackward', shape, bytes: 3 * n * F + 3 * cols * F + 2 * rows * F,
+      make: (g) => {
+        const x = randn(g); const w = weight(g);
+        const { y, mean, rstd } = gk.layerNormWithStats(x, w, null, 1e-5);
+        y.dispose();
+        return [x, w, mean, rstd, randn(g)];
+      },
+      run: ([x, w, mean, rstd, dy]) => { const r = gk.layerNormBackward(x, w, mean, rstd, dy, true, true); return [r.dx, r.dweight!, r.dbias!]; },
+    },
+    unaryBwd('gelu'),
+    unaryBwd('silu'),
+    {
+      op: 'swigluBackward', shape, bytes: 2.5 * n * F,
+      make: (g) => [randn(g), randn(g, [rows, cols / 2])],
+      run: ([x, dy]) => [gk.swigluBackward(x, dy)],
+    },
+    {
+      // reads param, grad, both moments; writes param and both moments
+      op: 'adamwStep', shape, bytes: 7 * n * F,
+      make: (g) => [randn(g), randn(g), dr.zeros([rows, cols]), dr.zeros([rows, cols])],
+      run: ([p, gr, m, v]) => {
+        gk.adamwStep(p, gr, m, v, { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 1 });
+        return [];
+      },
+    },
+  ];
+  return out;
+}
+
+interface Args {
+  rounds: number;
+  quick: boolean;
+  filter: string[];
+  json: string;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { rounds: 5, quick: false, filter: [], json: '' };
+  for (let i = 0; i < argv.length; ++i) {
+    const k = argv[i];
+    const val = () => {
+      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
+      return argv[++i];
+    };
+    if (k === '--rounds') a.rounds = Number(val());
+    else if (k === '--quick') a.quick = true;
+    else if (k === '--filter') a.filter = val().toLowerCase().split(',').filter(Boolean);
+    else if (k === '--json') a.json = val();
+    else throw new Error(`unknown argument ${k} (see the header of bench/elementwise.ts)`);
+  }
+  if (!Number.isInteger(a.rounds) || a.rounds < 1) throw new Error('--rounds must be a positive integer');
+  return a;
+}
+
+const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
+
+/** The median ms of `calls` calls of one row (fresh inputs, one warm-up call first). */
+function timeRow(b: MemBench, gen: dr.Generator, calls: number): number {
+  const xs = b.make(gen);
+  try {
+    dr.dispose(b.run(xs));  // warm-up: the output's block comes from the host cache after this
+    const ts: number[] = [];
+    for (let i = 0; i < calls; ++i) {
+      dr.synchronize();
+      const t0 = nowMs();
+      const outs = b.run(xs);
+      dr.synchronize();
+      ts.push(nowMs() - t0);
+      dr.dispose(outs);
+    }
+    return stats(ts).median;
+  } finally {
+    dr.dispose(xs);
+  }
+}
+
+function main(): void {
+  const a = parseArgs(process.argv.slice(2));
+  const [rows, cols] = a.quick ? [1024, 1024] : [16384, 1024];
+  let bs = memoryBenches(rows, cols);
+  if (a.filter.length) bs = bs.filter((b) => b.reference || a.filter.some((f) => b.op.toLowerCase().includes(f)));
+  const calls = a.quick ? 3 : 5;
+  const gen = new dr.Generator(7);
+  const times: number[][] = bs.map(() => []);
+  for (let r = 0; r < a.rounds; ++r) bs.forEach((b, i) => times[i].push(timeRow(b, gen, calls)));
+  const res = bs.map((b, i) => {
+    const s = stats(times[i]);
+    const gbps = (ms: number) => b.bytes / (ms * 1e6);
+    return { op: b.op, shape: b.shape, bytes: b.bytes, reference: !!b.reference, ms: s, gbps: gbps(s.median), gbpsRange: [gbps(s.max), gbps(s.min)] };
+  });
+  const memRate = Math.max(...res.filter((r) => r.reference).map((r) => r.gbps));
+  const best = res.find((r) => r.reference && r.gbps === memRate)!;
+  const cpu = (require('os') as typeof import('os')).cpus()[0]?.model ?? 'unknown CPU';
+  console.log(`memory-bound kernels, float32 ${rows}x${cols} (${((rows * cols * 4) / 2 ** 20).toFixed(0)} MiB), ${dr.numThreads()} threads, ${cpu}, ${a.rounds} rounds`);
+  console.log(`memory rate (best of copy, add, rmsNorm in this run): ${memRate.toFixed(1)} GB/s (${best.op}); target >= 70% of it`);
+  const w = Math.max(...res.map((r) => r.op.length));
+  console.log(`${'op'.padEnd(w)}  ${'ms'.padStart(8)}  ${'(min..max)'.padEnd(16)}  ${'GB/s'.padStart(7)}  ${'of memory rate'.padStart(14)}`);
+  for (const r of res) {
+    const pct = (100 * r.gbps) / memRate;
+    const mark = r.reference ? ' (reference)' : pct >= 70 ? '' : '  below 70%';
+    console.log(`${r.op.padEnd(w)}  ${r.ms.median.toFixed(2).padStart(8)}  ${`(${r.ms.min.toFixed(2)}..${r.ms.max.toFixed(2)})`.padEnd(16)}  ${r.gbps.toFixed(1).padStart(7)}  ${pct.toFixed(0).padStart(13)}%${mark}`);
+  }
+  if (a.json) {
+    const out = { date: new Date().toISOString(), machine: { cpu, threads: dr.numThreads() }, rows, cols, rounds: a.rounds, quick: a.quick, memoryRateGBps: memRate, results: res };
+    fs.writeFileSync(a.json + '.tmp', JSON.stringify(out, null, 2) + '\n');
+    fs.renameSync(a.json + '.tmp', a.json);
+  }
+}
+
+if (require.main === module) {
+  try {
+    main();
+  } catch (e) {
+    console.error(e);
+    process.exit(1);
+  }
+}
