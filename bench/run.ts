@@ -158,6 +158,54 @@ function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number,
   };
 }
 
+/**
+ * Segment attention (MoBA-style selection) at [B, H, S, D], causal, segment `seg`, top `topK`:
+ * the kernel over given indices (the selection made once in make()), forward or forward +
+ * backward. A query in segment j reads min(topK - 1, j) whole earlier segments and its own up
+ * to itself: FLOPs 4 B H D (keys read), 3.5x that with the backward, as for attention.
+ */
+function segmentBench(B: number, H: number, S: number, D: number, seg: number, topK: number, backward: boolean, counted = true): Bench {
+  let keys = 0;
+  for (let p = 0; p < S; ++p) keys += Math.min(topK - 1, Math.floor(p / seg)) * seg + (p % seg) + 1;
+  const fwd = 4 * B * H * keys * D;
+  const cS = Math.min(S, 256), cSeg = Math.min(seg, 32), cTop = Math.min(topK, 4);
+  const small = counted && (B !== 1 || H !== 1 || S !== cS || seg !== cSeg || topK !== cTop);
+  return {
+    op: `segmentAttn${backward ? '+bwd' : ''}`,
+    shape: `B${B} H${H} S${S} D${D} seg${seg} top${topK}`,
+    dtype: 'float32',
+    make: (device, d, gen) => {
+      const mk = () => dr.randn([B, H, S, D], { device, dtype: d, generator: gen });
+      const xs = [mk(), mk(), mk()];
+      const sel = dr.segmentAttention(xs[0], xs[1], xs[2], { segment: seg, topK, returnIndices: true });
+      sel.out.dispose();
+      sel.lse.dispose();
+      if (backward) {
+        xs.forEach((t) => t.requiresGrad_());
+        xs.push(mk());
+      }
+      return [...xs, sel.indices];
+    },
+    run: (xs) => {
+      const [q, k, v] = xs;
+      const indices = xs[xs.length - 1];
+      const out = dr.segmentAttention(q, k, v, { segment: seg, indices });
+      if (!backward) return out;
+      out.backward(xs[3]);
+      out.dispose();
+      for (const t of [q, k, v]) {
+        if (t.grad) {
+          t.grad.dispose();
+          t.grad = null;
+        }
+      }
+      return dr.zeros([1], { device: q.device });
+    },
+    flops: backward ? 3.5 * fwd : fwd,
+    counted: small ? segmentBench(1, 1, cS, D, cSeg, cTop, backward, false) : undefined,
+  };
+}
+
 // The memory-bound rows of bench/elementwise.ts (element-wise math, log-softmax, layerNorm,
 // GELU/SiLU/SwiGLU, casts, cross-entropy, the backward kernels, AdamW) as rows of this table,
 // float32 on the CPU, counted at 64 x 1024. copy, add, softmax and rmsNorm are rows already.
@@ -215,6 +263,7 @@ export function benches(device: Device, quick: boolean): Bench[] {
       // grouped-query attention with one kv head: the backward's split form
       out.push(attentionBench('local', 1, H, S, 64, 256, 'float32', true, 1));
     }
+    for (const bwd of [false, true]) out.push(segmentBench(1, H, S, 64, 64, 8, bwd));
     out.push(...memoryRows(quick));
   }
   return out;
