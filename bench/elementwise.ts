@@ -7,6 +7,8 @@
 // yardstick). Rows run interleaved, round by round, so they see the same machine at the same
 // moments; the table gives the median and the spread (min..max over rounds).
 //
+// Then the cost of reading 8 MiB back to JavaScript (dataSync, data) beside plain copies.
+//
 //   node dist/bench/elementwise.js [--rounds N] [--quick] [--filter a,b] [--json path]
 //
 // --quick uses 4 MiB (a smoke run for CI: that fits in the last-level cache, so its rates are
@@ -165,7 +167,63 @@ function timeRow(b: MemBench, gen: dr.Generator, calls: number): number {
   }
 }
 
-function main(): void {
+interface ReadStat {
+  row: string;
+  median: number;
+  p90: number;
+  max: number;
+}
+
+/**
+ * What a read of 8 MiB (2M float32) costs: dataSync() in a synchronous loop (Node gives the
+ * collected buffers back only once the loop yields), data() awaited in a loop, and two plain
+ * JavaScript copies of the same bytes for scale: into a fresh Float32Array (fresh pages) and
+ * into one array reused (the copy alone). Every call is timed; per row the median, 90th
+ * percentile and worst over all rounds.
+ */
+async function reads(rounds: number, calls: number): Promise<ReadStat[]> {
+  const n = 2 * 1024 * 1024;
+  const x = dr.randn([n], { generator: new dr.Generator(3) });
+  const src = x.dataSync().slice();
+  const reused = new Float32Array(n);
+  const t: Record<string, number[]> = { 'dataSync() 8 MiB, synchronous loop': [], 'data() 8 MiB, awaited loop': [], 'JavaScript copy into a fresh array': [], 'JavaScript copy into a reused array': [] };
+  const keys = Object.keys(t);
+  let sink = 0;
+  for (let r = 0; r < rounds; ++r) {
+    for (let i = 0; i < calls; ++i) {
+      const t0 = performance.now();
+      sink += x.dataSync()[i];
+      t[keys[0]].push(performance.now() - t0);
+    }
+    for (let i = 0; i < calls; ++i) {
+      const t0 = performance.now();
+      sink += (await x.data())[i];
+      t[keys[1]].push(performance.now() - t0);
+    }
+    for (let i = 0; i < calls; ++i) {
+      const t0 = performance.now();
+      const f = new Float32Array(n);
+      f.set(src);
+      sink += f[i];
+      t[keys[2]].push(performance.now() - t0);
+    }
+    for (let i = 0; i < calls; ++i) {
+      const t0 = performance.now();
+      reused.set(src);
+      sink += reused[i];
+      t[keys[3]].push(performance.now() - t0);
+    }
+    await new Promise((res) => setImmediate(res));
+  }
+  x.dispose();
+  if (Number.isNaN(sink)) console.log('');  // keeps the reads observable
+  return keys.map((row) => {
+    const v = t[row].slice().sort((p, q) => p - q);
+    return { row, median: v[v.length >> 1], p90: v[Math.floor(v.length * 0.9)], max: v[v.length - 1] };
+  });
+}
+
+async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
   const [rows, cols] = a.quick ? [1024, 1024] : [16384, 1024];
   let bs = memoryBenches(rows, cols);
@@ -191,18 +249,19 @@ function main(): void {
     const mark = r.reference ? ' (reference)' : pct >= 70 ? '' : '  below 70%';
     console.log(`${r.op.padEnd(w)}  ${r.ms.median.toFixed(2).padStart(8)}  ${`(${r.ms.min.toFixed(2)}..${r.ms.max.toFixed(2)})`.padEnd(16)}  ${r.gbps.toFixed(1).padStart(7)}  ${pct.toFixed(0).padStart(13)}%${mark}`);
   }
+  const rd = await reads(a.rounds, a.quick ? 5 : 40);
+  console.log(`reads of 8 MiB (ms per call over ${a.rounds} rounds: median, p90, max)`);
+  for (const r of rd) console.log(`  ${r.row.padEnd(38)} ${r.median.toFixed(2).padStart(6)} ${r.p90.toFixed(2).padStart(6)} ${r.max.toFixed(2).padStart(7)}`);
   if (a.json) {
-    const out = { date: new Date().toISOString(), machine: { cpu, threads: dr.numThreads() }, rows, cols, rounds: a.rounds, quick: a.quick, memoryRateGBps: memRate, results: res };
+    const out = { date: new Date().toISOString(), machine: { cpu, threads: dr.numThreads() }, rows, cols, rounds: a.rounds, quick: a.quick, memoryRateGBps: memRate, results: res, reads: rd };
     fs.writeFileSync(a.json + '.tmp', JSON.stringify(out, null, 2) + '\n');
     fs.renameSync(a.json + '.tmp', a.json);
   }
 }
 
 if (require.main === module) {
-  try {
-    main();
-  } catch (e) {
+  main().catch((e) => {
     console.error(e);
     process.exit(1);
-  }
+  });
 }
