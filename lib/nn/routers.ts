@@ -14,7 +14,6 @@ import { Generator } from '../random';
 import { Tensor, keep, tidy, untracked } from '../tensor';
 import { arange, rand, zeros } from '../ops/creation';
 import { add, eq, mul, sigmoid, sub } from '../ops/elementwise';
-import { matmul } from '../ops/linalg';
 import { softmax } from '../ops/nn';
 import { sum } from '../ops/reduce';
 import { cast, concat, contiguous, expand, reshape, stack, transpose, unsqueeze } from '../ops/shape';
@@ -25,7 +24,7 @@ import { moeDispatch, moeCombine, moeExpertFFN } from '../ops/moe';
 import { checkOptions, checkTensor } from '../ops/util';
 import { noGrad } from '../tape';
 import { Module, asParameter } from './module';
-import { InitOptions, Linear } from './layers';
+import { InitOptions, Linear, linear } from './layers';
 
 // ---- option checks (errors name the module, the option and what was received) ----
 
@@ -145,9 +144,7 @@ export class SigmoidGates extends Module {
     // the paths' projections are independent rows of one matrix: a single matmul for all of them
     return tidy(() => {
       const w = concat(this.proj.map((l) => l.weight), 0);
-      let z = matmul(x, w, { transB: true });
-      if (this.proj[0].bias) z = add(z, concat(this.proj.map((l) => l.bias!), 0));
-      const g = sigmoid(z);
+      const g = sigmoid(linear(x, w, this.proj[0].bias ? concat(this.proj.map((l) => l.bias!), 0) : null));
       return this.units === 1 ? g : reshape(g, [...lead, this.nPaths, this.units]);
     });
   }
