@@ -15,8 +15,7 @@ import { Tensor, keep, tidy, untracked } from '../tensor';
 import { arange, rand, zeros } from '../ops/creation';
 import { add, eq, mul, sigmoid, sub } from '../ops/elementwise';
 import { softmax } from '../ops/nn';
-import { sum } from '../ops/reduce';
-import { cast, concat, contiguous, expand, reshape, stack, transpose, unsqueeze } from '../ops/shape';
+import { cast, concat, contiguous, expand, narrow, reshape, squeeze, transpose, unsqueeze } from '../ops/shape';
 import { scatterAdd } from '../ops/indexing';
 import { routerGate, expertChoice, updateRouterBias } from '../ops/routing';
 import { randomRoute, compileRuleTable, ruleRoute, PROB_SUM_TOLERANCE, CompiledRuleTable, RouteRule } from '../ops/route_rules';
@@ -99,8 +98,17 @@ export function mixPaths(paths: Tensor[], gates: Tensor, name = 'mixPaths'): Ten
   if (shape.length < 1 || (!channel && !is(perToken))) {
     throw new ShapeError(`${name}: Expected gates of shape [${perToken.join(', ')}] or [${perChannel.join(', ')}] for ${P} paths of shape [${shape.join(', ')}] but received ${describe(gates)}`);
   }
-  // one stacked product and a sum over paths (two ops, whatever P is)
-  return tidy(() => sum(mul(stack(paths, -2), channel ? gates : unsqueeze(gates, -1)), -2));
+  // a product per path, summed as it goes: each path is read once where it lies (no stacked copy
+  // of the paths, no reduction across a strided paths axis); a gate is a strided view of gates
+  return tidy(() => {
+    let out: Tensor | null = null;
+    for (let p = 0; p < P; ++p) {
+      const g = channel ? squeeze(narrow(gates, -2, p, 1), -2) : narrow(gates, -1, p, 1);
+      const term = mul(paths[p], g);
+      out = out ? add(out, term) : term;
+    }
+    return out!;
+  });
 }
 
 // ---- gates ---------------------------------------------------------------------------------
