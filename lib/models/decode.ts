@@ -139,6 +139,8 @@ export class DecodeCache {
   // what every attention of a step shares, made once per step: the position (RoPE) and, per batch
   // row, its slot and length before and after the step (kvCacheAppend / kvCacheAttention)
   private ix: { pos: Tensor; slots: Tensor; before: Tensor; after: Tensor } | null = null;
+  // per attention, its q, k and v projection weights stacked (batch 1; see qkv)
+  private stacked = new Map<object, Tensor>();
 
   constructor(readonly model: DecodableLM, readonly batch = 1) {
     if (!model || typeof model !== 'object' || !Array.isArray(model.layers) || !model.config) throw new ValueError(`DecodeCache: Expected a DualRouteLM but received ${describe(model)}`);
@@ -294,9 +296,23 @@ export class DecodeCache {
   }
 
   // q, k, v of the new token, rotated at its position: q [B, H, 1, hd], k and v [B, Hk, 1, hd]
-  private qkv(proj: { q_proj: { forward(x: Tensor): Tensor }; k_proj: { forward(x: Tensor): Tensor }; v_proj: { forward(x: Tensor): Tensor } },
+  private qkv(proj: { q_proj: Linear; k_proj: Linear; v_proj: Linear },
     a: Tensor, H: number, Hk: number, hd: number, useRope: boolean, base: number): [Tensor, Tensor, Tensor] {
     const B = a.shape[0];
+    if (B === 1 && !proj.q_proj.bias && !proj.k_proj.bias && !proj.v_proj.bias) {
+      // one row: one product with the three weights stacked ([H + 2 Hk] hd rows, stacked once per
+      // decode: its keys and values hold for these weights only), one rotation of q and k
+      // together; q, k and v are views of the result (one row: contiguous)
+      let w = this.stacked.get(proj);
+      if (!w) {
+        w = untracked(() => concat([proj.q_proj.weight, proj.k_proj.weight, proj.v_proj.weight], 0));
+        this.stacked.set(proj, w);
+      }
+      const y = reshape(matmul(a, w, { transB: true }), [1, H + 2 * Hk, 1, hd]);
+      let qk = narrow(y, 1, 0, H + Hk);
+      if (useRope) qk = rope(qk, this.ix!.pos, { base });
+      return [narrow(qk, 1, 0, H), narrow(qk, 1, H, Hk), narrow(y, 1, H + Hk, Hk)];
+    }
     // [B, 1, n hd] -> [B, n, 1, hd]: with one position the same memory order (a view, no copy)
     const heads = (t: Tensor, n: number) => reshape(t, [B, n, 1, hd]);
     let q = heads(proj.q_proj.forward(a), H), k = heads(proj.k_proj.forward(a), Hk);
@@ -377,5 +393,7 @@ export class DecodeCache {
       else [s.h, s.c].forEach((t) => t.dispose());
     }
     this.states.clear();
+    for (const w of this.stacked.values()) w.dispose();
+    this.stacked.clear();
   }
 }
