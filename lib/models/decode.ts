@@ -36,7 +36,7 @@ import { kvCacheAppend, kvCacheAttention } from '../ops/kvcache';
 import { MultiheadAttention } from '../nn/attention';
 import { RoutedAttention } from '../nn/routed';
 import { NSAAttention } from '../nn/nsa';
-import { TokenChoiceMoE, mixPaths } from '../nn/routers';
+import { SigmoidGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
 import { ConvPath, DualRouteLayer, LSTMPath } from './layer';
 import type { ResolvedConfig } from './config';
 import type { Embedding, Linear, RMSNorm } from '../nn/layers';
@@ -141,6 +141,7 @@ export class DecodeCache {
   private ix: { pos: Tensor; slots: Tensor; before: Tensor; after: Tensor } | null = null;
   // per attention, its q, k and v projection weights stacked (batch 1; see qkv)
   private stacked = new Map<object, Tensor>();
+  private gateWeights = new Map<SigmoidGates, { weight: Tensor; bias: Tensor | null }>();
 
   constructor(readonly model: DecodableLM, readonly batch = 1) {
     if (!model || typeof model !== 'object' || !Array.isArray(model.layers) || !model.config) throw new ValueError(`DecodeCache: Expected a DualRouteLM but received ${describe(model)}`);
@@ -247,7 +248,7 @@ export class DecodeCache {
     let mixed: Tensor;
     if (l && g) {
       const before = L.fusionGates;
-      mixed = L.fuse(l, g, a, ids);
+      mixed = L.fuse(l, g, a, ids, L.gate instanceof SigmoidGates ? L.gate.forward(a, this.stackedGates(L.gate)) : undefined);
       const gates = L.fusionGates;
       if (gates && gates !== before) rec.gates = keep(gates.alias());  // the layer frees its own at the next fuse
       rec.sum = L.spec.fusion === 'sum';
@@ -293,6 +294,16 @@ export class DecodeCache {
     if (p instanceof RoutedAttention) return this.routedStep(p, a, rec);
     if (p instanceof NSAAttention) return this.nsaStep(p, a, rec);
     throw new ValueError(`DecodeCache: no decode step for ${describe(p)}`);
+  }
+
+  // a SigmoidGates' stacked weights, made once per decode (as qkv's)
+  private stackedGates(gate: SigmoidGates): { weight: Tensor; bias: Tensor | null } {
+    let s = this.gateWeights.get(gate);
+    if (!s) {
+      s = untracked(() => gate.stacked());
+      this.gateWeights.set(gate, s);
+    }
+    return s;
   }
 
   // q, k, v of the new token, rotated at its position: q [B, H, 1, hd], k and v [B, Hk, 1, hd]
@@ -395,5 +406,7 @@ export class DecodeCache {
     this.states.clear();
     for (const w of this.stacked.values()) w.dispose();
     this.stacked.clear();
+    for (const s of this.gateWeights.values()) [s.weight, s.bias].forEach((t) => t?.dispose());
+    this.gateWeights.clear();
   }
 }

@@ -146,13 +146,27 @@ export class SigmoidGates extends Module {
     const o = { dtype: options.dtype, device: options.device, generator: options.generator, bias: options.bias };
     this.proj = Array.from({ length: nPaths }, () => new Linear(dModel, this.units, o));
   }
-  forward(x: Tensor): Tensor {
+  /**
+   * The paths' projections as the rows of one matrix: weight [nPaths units, dModel] and bias
+   * [nPaths units] (null without biases), concatenated copies of the parameters (differentiable).
+   */
+  stacked(): { weight: Tensor; bias: Tensor | null } {
+    return {
+      weight: concat(this.proj.map((l) => l.weight), 0),
+      bias: this.proj[0].bias ? concat(this.proj.map((l) => l.bias!), 0) : null,
+    };
+  }
+  /**
+   * The gates of x. `stacked`: the parameters as stacked() returns them, when the caller keeps
+   * them (a decode step reuses them while the weights stay as they are); by default stacked anew.
+   */
+  forward(x: Tensor, stacked?: { weight: Tensor; bias: Tensor | null }): Tensor {
     checkInput('SigmoidGates', x, this.dModel);
     const lead = x.shape.slice(0, -1);
     // the paths' projections are independent rows of one matrix: a single matmul for all of them
     return tidy(() => {
-      const w = concat(this.proj.map((l) => l.weight), 0);
-      const g = sigmoid(linear(x, w, this.proj[0].bias ? concat(this.proj.map((l) => l.bias!), 0) : null));
+      const { weight, bias } = stacked ?? this.stacked();
+      const g = sigmoid(linear(x, weight, bias));
       return this.units === 1 ? g : reshape(g, [...lead, this.nPaths, this.units]);
     });
   }
