@@ -139,6 +139,7 @@ export class DecodeCache {
   // what every attention of a step shares, made once per step: the position (RoPE) and, per batch
   // row, its slot and length before and after the step (kvCacheAppend / kvCacheAttention)
   private ix: { pos: Tensor; slots: Tensor; before: Tensor; after: Tensor } | null = null;
+  private slots: Tensor | null = null;  // batch row b in slot b, for the whole decode
   // per attention, its q, k and v projection weights stacked (batch 1; see qkv)
   private stacked = new Map<object, Tensor>();
   private gateWeights = new Map<SigmoidGates, { weight: Tensor; bias: Tensor | null }>();
@@ -163,10 +164,11 @@ export class DecodeCache {
       out = noGrad(() => tidy(() => {
         const t = tensor(Int32Array.from(ids), [this.batch, 1], { dtype: 'int32' });
         const B = this.batch, p = this.position;
+        if (!this.slots) this.slots = untracked(() => tensor(Int32Array.from({ length: B }, (_, i) => i), [B], { dtype: 'int32' }));
+        const before = tensor(new Int32Array(B).fill(p), [B], { dtype: 'int32' });
         this.ix = {
-          pos: tensor(Int32Array.of(p), [1], { dtype: 'int32' }),
-          slots: tensor(Int32Array.from({ length: B }, (_, i) => i), [B], { dtype: 'int32' }),
-          before: tensor(new Int32Array(B).fill(p), [B], { dtype: 'int32' }),
+          pos: B === 1 ? before : tensor(Int32Array.of(p), [1], { dtype: 'int32' }),
+          slots: this.slots, before,
           after: tensor(new Int32Array(B).fill(p + 1), [B], { dtype: 'int32' }),
         };
         let h = m.embed_tokens.forward(t);
@@ -404,6 +406,8 @@ export class DecodeCache {
       else [s.h, s.c].forEach((t) => t.dispose());
     }
     this.states.clear();
+    this.slots?.dispose();
+    this.slots = null;
     for (const w of this.stacked.values()) w.dispose();
     this.stacked.clear();
     for (const s of this.gateWeights.values()) [s.weight, s.bias].forEach((t) => t?.dispose());
