@@ -1,9 +1,14 @@
 // Cached decoding of DualRouteLM: one token per step through every layer, each path keeping what
 // it needs of the past instead of recomputing the prefix:
-//   window attention (sliding)  a ring of the last `window` keys and values (RingKVCache): memory
-//                               flat however long the text
-//   full / segment / block-local / routed / NSA attention
-//                               a growing buffer of every key and value (capacity maxSeq); the
+//   window attention (sliding or block)
+//                               a ring of the last `window` keys and values: memory flat however
+//                               long the text
+//   full attention, routed (MoD)
+//                               every key and value (capacity maxSeq)
+//                               (both: kvCacheAppend writes the step's key and value in place and
+//                               kvCacheAttention attends over the buffer where it lies, the row
+//                               of each batch row in its own slot: two ops per attention a step)
+//   segment / NSA attention     a growing buffer of every key and value (capacity maxSeq); the
 //                               step is the same fused kernel with one query at the newest
 //                               position (segment selection over the means of whole keys so far)
 //   routed (Mixture-of-Depths)  the causal predictor decides for the new token, as in eval
@@ -24,14 +29,14 @@ import { cast, concat, narrow, reshape, transpose } from '../ops/shape';
 import { matmul } from '../ops/linalg';
 import { tensor, zeros } from '../ops/creation';
 import { copy_ } from '../ops/inplace';
-import { globalAttention, localAttention, rope } from '../ops/attention';
+import { localAttention, rope } from '../ops/attention';
 import { compressedAttention, segmentAttention } from '../ops/segment';
 import { noGrad } from '../tape';
-import { RingKVCache } from '../serve/kv_cache';
+import { kvCacheAppend, kvCacheAttention } from '../ops/kvcache';
 import { MultiheadAttention } from '../nn/attention';
 import { RoutedAttention } from '../nn/routed';
 import { NSAAttention } from '../nn/nsa';
-import { TokenChoiceMoE, mixPaths } from '../nn/routers';
+import { SigmoidGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
 import { ConvPath, DualRouteLayer, LSTMPath } from './layer';
 import type { ResolvedConfig } from './config';
 import type { Embedding, Linear, RMSNorm } from '../nn/layers';
@@ -43,6 +48,20 @@ export interface DecodableLM {
   layers: DualRouteLayer[];
   norm: RMSNorm;
   lm_head: Linear | null;
+}
+
+// The keys and values of one attention for kvCacheAppend / kvCacheAttention: [B, Hk, capacity, hd]
+// buffers, batch row b in slot b, position p in row p % capacity (a ring when capacity is short).
+class SlotKV {
+  readonly k: Tensor;
+  readonly v: Tensor;
+  constructor(B: number, Hk: number, capacity: number, hd: number, like: Tensor) {
+    [this.k, this.v] = untracked(() => [zeros([B, Hk, capacity, hd], { dtype: like.dtype, device: like.device }), zeros([B, Hk, capacity, hd], { dtype: like.dtype, device: like.device })]);
+  }
+  dispose(): void {
+    this.k.dispose();
+    this.v.dispose();
+  }
 }
 
 // Every key and value so far, [B, Hk, capacity, hd] buffers filled up to `length`.
@@ -106,7 +125,7 @@ interface LayerRecord {
 
 const disposeRecord = (r: LayerRecord) => [r.gates, r.routed, r.moeInput, r.segments].forEach((t) => t?.dispose());
 
-type PathState = KVBuffer | RingKVCache | { window: Tensor | null } | { h: Tensor; c: Tensor } | null;
+type PathState = KVBuffer | SlotKV | { window: Tensor | null } | { h: Tensor; c: Tensor } | null;
 
 /** The per-layer state of one decode (batch rows decode together, one token each per step). */
 export class DecodeCache {
@@ -117,6 +136,13 @@ export class DecodeCache {
   private record: LayerRecord[] | null = null;
   private building: LayerRecord[] | null = null;
   private readRows: StepLayerRouting[][] | null = null;
+  // what every attention of a step shares, made once per step: the position (RoPE) and, per batch
+  // row, its slot and length before and after the step (kvCacheAppend / kvCacheAttention)
+  private ix: { pos: Tensor; slots: Tensor; before: Tensor; after: Tensor } | null = null;
+  private slots: Tensor | null = null;  // batch row b in slot b, for the whole decode
+  // per attention, its q, k and v projection weights stacked (batch 1; see qkv)
+  private stacked = new Map<object, Tensor>();
+  private gateWeights = new Map<SigmoidGates, { weight: Tensor; bias: Tensor | null }>();
 
   constructor(readonly model: DecodableLM, readonly batch = 1) {
     if (!model || typeof model !== 'object' || !Array.isArray(model.layers) || !model.config) throw new ValueError(`DecodeCache: Expected a DualRouteLM but received ${describe(model)}`);
@@ -137,6 +163,14 @@ export class DecodeCache {
     try {
       out = noGrad(() => tidy(() => {
         const t = tensor(Int32Array.from(ids), [this.batch, 1], { dtype: 'int32' });
+        const B = this.batch, p = this.position;
+        if (!this.slots) this.slots = untracked(() => tensor(Int32Array.from({ length: B }, (_, i) => i), [B], { dtype: 'int32' }));
+        const before = tensor(new Int32Array(B).fill(p), [B], { dtype: 'int32' });
+        this.ix = {
+          pos: B === 1 ? before : tensor(Int32Array.of(p), [1], { dtype: 'int32' }),
+          slots: this.slots, before,
+          after: tensor(new Int32Array(B).fill(p + 1), [B], { dtype: 'int32' }),
+        };
         let h = m.embed_tokens.forward(t);
         for (const layer of m.layers) h = this.layerStep(layer, h, t);
         const n = m.norm.forward(h);
@@ -148,6 +182,7 @@ export class DecodeCache {
       throw e;
     } finally {
       this.building = null;
+      this.ix = null;  // freed with the step's tidy
     }
     this.record = built;
     this.position += 1;
@@ -215,7 +250,7 @@ export class DecodeCache {
     let mixed: Tensor;
     if (l && g) {
       const before = L.fusionGates;
-      mixed = L.fuse(l, g, a, ids);
+      mixed = L.fuse(l, g, a, ids, L.gate instanceof SigmoidGates ? L.gate.forward(a, this.stackedGates(L.gate)) : undefined);
       const gates = L.fusionGates;
       if (gates && gates !== before) rec.gates = keep(gates.alias());  // the layer frees its own at the next fuse
       rec.sum = L.spec.fusion === 'sum';
@@ -263,43 +298,74 @@ export class DecodeCache {
     throw new ValueError(`DecodeCache: no decode step for ${describe(p)}`);
   }
 
+  // a SigmoidGates' stacked weights, made once per decode (as qkv's)
+  private stackedGates(gate: SigmoidGates): { weight: Tensor; bias: Tensor | null } {
+    let s = this.gateWeights.get(gate);
+    if (!s) {
+      s = untracked(() => gate.stacked());
+      this.gateWeights.set(gate, s);
+    }
+    return s;
+  }
+
   // q, k, v of the new token, rotated at its position: q [B, H, 1, hd], k and v [B, Hk, 1, hd]
-  private qkv(proj: { q_proj: { forward(x: Tensor): Tensor }; k_proj: { forward(x: Tensor): Tensor }; v_proj: { forward(x: Tensor): Tensor } },
+  private qkv(proj: { q_proj: Linear; k_proj: Linear; v_proj: Linear },
     a: Tensor, H: number, Hk: number, hd: number, useRope: boolean, base: number): [Tensor, Tensor, Tensor] {
     const B = a.shape[0];
-    const heads = (t: Tensor, n: number) => transpose(reshape(t, [B, 1, n, hd]), 1, 2).contiguous();
+    if (B === 1 && !proj.q_proj.bias && !proj.k_proj.bias && !proj.v_proj.bias) {
+      // one row: one product with the three weights stacked ([H + 2 Hk] hd rows, stacked once per
+      // decode: its keys and values hold for these weights only), one rotation of q and k
+      // together; q, k and v are views of the result (one row: contiguous)
+      let w = this.stacked.get(proj);
+      if (!w) {
+        w = untracked(() => concat([proj.q_proj.weight, proj.k_proj.weight, proj.v_proj.weight], 0));
+        this.stacked.set(proj, w);
+      }
+      const y = reshape(matmul(a, w, { transB: true }), [1, H + 2 * Hk, 1, hd]);
+      let qk = narrow(y, 1, 0, H + Hk);
+      if (useRope) qk = rope(qk, this.ix!.pos, { base });
+      return [narrow(qk, 1, 0, H), narrow(qk, 1, H, Hk), narrow(y, 1, H + Hk, Hk)];
+    }
+    // [B, 1, n hd] -> [B, n, 1, hd]: with one position the same memory order (a view, no copy)
+    const heads = (t: Tensor, n: number) => reshape(t, [B, n, 1, hd]);
     let q = heads(proj.q_proj.forward(a), H), k = heads(proj.k_proj.forward(a), Hk);
     const v = heads(proj.v_proj.forward(a), Hk);
     if (useRope) {
-      const pos = tensor(new Int32Array([this.position]), [1], { dtype: 'int32' });
+      const pos = this.ix!.pos;
       q = rope(q, pos, { base });
       k = rope(k, pos, { base });
     }
     return [q, k, v];
   }
 
+  // o [B, H, 1, hd] (contiguous) -> [B, 1, H hd]: a view, then the output projection
   private merge(o: Tensor, m: { o_proj: { forward(x: Tensor): Tensor } }, width: number): Tensor {
-    return m.o_proj.forward(reshape(transpose(o, 1, 2), [o.shape[0], 1, width]));
+    return m.o_proj.forward(reshape(o, [o.shape[0], 1, width]));
+  }
+
+  // the step's key and value into p's slot buffers (capacity rows), then the attention of its query
+  private slotAttend(p: object, q: Tensor, k: Tensor, v: Tensor, capacity: number, mask: 'global' | 'sliding' | 'block', window: number): Tensor {
+    const ix = this.ix!;
+    const kv = this.state(p, () => new SlotKV(this.batch, k.shape[1], capacity, k.shape[3], k));
+    kvCacheAppend(kv.k, kv.v, k, v, { lengths: ix.before, slots: ix.slots });
+    return kvCacheAttention(q, kv.k, kv.v, { lengths: ix.after, slots: ix.slots, mask, window });
   }
 
   private attnStep(p: MultiheadAttention, a: Tensor, rec?: LayerRecord): Tensor {
     const [q, k, v] = this.qkv(p, a, p.nHeads, p.nKvHeads, p.headDim, p.useRope, p.ropeBase);
     let o: Tensor;
-    if (p.kind === 'local' && p.mode === 'sliding' && p.causal) {
-      const ring = this.state(p, () => new RingKVCache({ batch: this.batch, heads: p.nKvHeads, headDim: p.headDim, window: p.window, dtype: k.dtype, device: k.device }));
-      ring.append(k, v);
-      o = ring.attend(q);
-    } else {
-      const buf = this.state(p, () => new KVBuffer(this.batch, p.nKvHeads, this.model.config.maxSeq, p.headDim, k));
+    const maxSeq = this.model.config.maxSeq;
+    // a step sees at most the last `window` positions (sliding and block): a ring of that many rows
+    if (p.kind === 'local') o = this.slotAttend(p, q, k, v, Math.min(maxSeq, p.window), p.mode, p.window);
+    else if (p.kind === 'global') o = this.slotAttend(p, q, k, v, maxSeq, 'global', 0);
+    else {
+      // segment: the selection reads the whole prefix (and its indices are recorded)
+      const buf = this.state(p, () => new KVBuffer(this.batch, p.nKvHeads, maxSeq, p.headDim, k));
       buf.append(k, v);
       const [K, V] = buf.prefix();
-      if (p.kind === 'segment') {
-        const r = segmentAttention(q, K, V, { segment: p.segment, topK: p.topK, causal: true, groupHeads: p.groupHeads, returnIndices: true });
-        o = r.out;
-        if (rec) rec.segments = keep(r.indices);
-      }
-      else if (p.kind === 'local') o = localAttention(q, K, V, { window: p.window, mode: p.mode, causal: true });
-      else o = globalAttention(q, K, V, { causal: true });
+      const r = segmentAttention(q, K, V, { segment: p.segment, topK: p.topK, causal: true, groupHeads: p.groupHeads, returnIndices: true });
+      o = r.out;
+      if (rec) rec.segments = keep(r.indices);
     }
     return this.merge(o, p, p.nHeads * p.headDim);
   }
@@ -308,10 +374,7 @@ export class DecodeCache {
     const at = p.attn;
     const [q, k, v] = this.qkv(at, a, at.nHeads, at.nKvHeads, at.headDim, at.useRope, at.ropeBase);
     // every token's key is kept: a routed token attends to all that came before it
-    const buf = this.state(p, () => new KVBuffer(this.batch, at.nKvHeads, this.model.config.maxSeq, at.headDim, k));
-    buf.append(k, v);
-    const [K, V] = buf.prefix();
-    const rows = this.merge(globalAttention(q, K, V, { causal: true }), at, at.nHeads * at.headDim);  // [B, 1, d]
+    const rows = this.merge(this.slotAttend(p, q, k, v, this.model.config.maxSeq, 'global', 0), at, at.nHeads * at.headDim);  // [B, 1, d]
     const routed = gt(p.predictor.forward(a), 0);  // [B, 1, 1]
     if (rec) rec.routed = keep(routed.alias());
     const w = mul(sigmoid(p.router.forward(a)), routed.dtype === rows.dtype ? routed : routed.to(rows.dtype));
@@ -338,10 +401,16 @@ export class DecodeCache {
     this.dropRecord();
     for (const s of this.states.values()) {
       if (!s) continue;
-      if (s instanceof KVBuffer || s instanceof RingKVCache) s.dispose();
+      if (s instanceof KVBuffer || s instanceof SlotKV) s.dispose();
       else if ('window' in s) s.window?.dispose();
       else [s.h, s.c].forEach((t) => t.dispose());
     }
     this.states.clear();
+    this.slots?.dispose();
+    this.slots = null;
+    for (const w of this.stacked.values()) w.dispose();
+    this.stacked.clear();
+    for (const s of this.gateWeights.values()) [s.weight, s.bias].forEach((t) => t?.dispose());
+    this.gateWeights.clear();
   }
 }

@@ -14,10 +14,9 @@ import { ShapeError, DTypeError, OutOfRangeError, ValueError, describe } from '.
 import { Generator } from '../random';
 import { Tensor, tidy } from '../tensor';
 import { add, mul } from '../ops/elementwise';
-import { matmul } from '../ops/linalg';
 import { crossEntropy } from '../ops/nn';
 import { Module } from '../nn/module';
-import { Embedding, Linear, RMSNorm } from '../nn/layers';
+import { Embedding, Linear, RMSNorm, linear } from '../nn/layers';
 import { RoutedAttention } from '../nn/routed';
 import { TokenChoiceMoE } from '../nn/routers';
 import { DualRouteLMConfig, ResolvedConfig, resolveConfig } from './config';
@@ -100,7 +99,7 @@ export class DualRouteLM extends Module {
   forward(ids: Tensor): Tensor {
     return tidy(() => {
       const n = this.hidden(ids);
-      return this.lm_head ? this.lm_head.forward(n) : matmul(n, this.embed_tokens.weight, { transB: true });
+      return this.lm_head ? this.lm_head.forward(n) : linear(n, this.embed_tokens.weight);
     });
   }
 

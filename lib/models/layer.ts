@@ -155,8 +155,12 @@ export class DualRouteLayer extends Module {
     return this.lastGates;
   }
 
-  /** The mixed output of the two paths (a = the normalised input; ids for rule routing); keeps the gates for routing(). */
-  fuse(l: Tensor, gl: Tensor, a: Tensor, ids: Tensor): Tensor {
+  /**
+   * The mixed output of the two paths (a = the normalised input; ids for rule routing); keeps the
+   * gates for routing(). `gates`: a 'gated' or 'softmax' fusion's gates of a, when the caller has
+   * computed them (a decode step, with stacked weights it keeps); by default the gate module's.
+   */
+  fuse(l: Tensor, gl: Tensor, a: Tensor, ids: Tensor, gates?: Tensor): Tensor {
     const keepGates = (t: Tensor) => {
       this.lastGates?.dispose();
       this.lastGates = keep(t);
@@ -166,7 +170,7 @@ export class DualRouteLayer extends Module {
     switch (this.spec.fusion) {
       case 'sum': return add(l, gl);
       case 'gated': case 'softmax': {
-        const gt = keepGates((gate as SigmoidGates | SoftmaxGates).forward(a));
+        const gt = keepGates(gates ?? (gate as SigmoidGates | SoftmaxGates).forward(a));
         return mixPaths([l, gl], gt);
       }
       case 'attention': {

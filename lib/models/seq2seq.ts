@@ -13,7 +13,6 @@ import { Generator } from '../random';
 import { Tensor, tidy, keep } from '../tensor';
 import { mul, sigmoid } from '../ops/elementwise';
 import { expand, narrow, reshape, unsqueeze } from '../ops/shape';
-import { matmul } from '../ops/linalg';
 import { mean } from '../ops/reduce';
 import { crossEntropy } from '../ops/nn';
 import { gather } from '../ops/indexing';
@@ -21,7 +20,7 @@ import { sort, topk } from '../ops/sort';
 import { noGrad } from '../tape';
 import { checkTensor } from '../ops/util';
 import { Module } from '../nn/module';
-import { Embedding, Linear, RMSNorm } from '../nn/layers';
+import { Embedding, Linear, RMSNorm, linear } from '../nn/layers';
 import { DualRouteLayer, DualRouteLM } from './dual_route_lm';
 import { LayerConfig, ResolvedConfig, resolveConfig } from './config';
 
@@ -162,7 +161,7 @@ export class DualRouteSeq2Seq extends Module {
       if (tgt.shape[0] !== src.shape[0]) throw new ShapeError(`DualRouteSeq2Seq: src and tgt must share the batch size (${src.shape[0]} vs ${tgt.shape[0]})`);
       let h = this.embed_tokens.forward(tgt);
       for (const l of this.decoder) h = l.forward(h, tgt, ctx);
-      return matmul(this.norm.forward(h), this.embed_tokens.weight, { transB: true });
+      return linear(this.norm.forward(h), this.embed_tokens.weight);
     });
   }
 

@@ -10,7 +10,8 @@ import { add, gelu, lt, mul, where } from '../ops/elementwise';
 import { matmul } from '../ops/linalg';
 import { layerNorm, rmsNorm, swiglu } from '../ops/nn';
 import { embedding } from '../ops/indexing';
-import { contiguous, view } from '../ops/shape';
+import { contiguous, reshape, view } from '../ops/shape';
+import { needsGrad } from '../tape';
 import { Module } from './module';
 import { checkOptions, checkTensor } from '../ops/util';
 
@@ -50,13 +51,31 @@ export class Linear extends Module {
     if (x.shape[x.ndim - 1] !== this.inFeatures) {
       throw new ShapeError(`Linear(${this.inFeatures}, ${this.outFeatures}): Expected input with last dimension ${this.inFeatures} but received ${describe(x)}`);
     }
-    const y = matmul(x, this.weight, { transB: true });
-    if (!this.bias) return y;
-    try {
-      return add(y, this.bias);
-    } finally {
-      y.dispose();
-    }
+    return linear(x, this.weight, this.bias);
+  }
+}
+
+/**
+ * x W^T (+ b) for x [..., in] and W [out, in]. When W's gradient is recorded, a contiguous x of
+ * three or more dimensions goes through as the 2-D [rows, in] it is in memory (a view), so that
+ * the backward computes W's gradient as one [out, rows] x [rows, in] product instead of a product
+ * per leading index and a sum over them (matmul's rule for a broadcast operand).
+ */
+export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
+  const flat = x.ndim > 2 && x.isContiguous && needsGrad(w, b);
+  const x2 = flat ? reshape(x, [-1, x.shape[x.ndim - 1]]) : x;
+  let y = matmul(x2, w, { transB: true });
+  if (flat) x2.dispose();
+  if (b) {
+    const yb = add(y, b);
+    y.dispose();
+    y = yb;
+  }
+  if (!flat) return y;
+  try {
+    return reshape(y, [...x.shape.slice(0, -1), w.shape[0]]);
+  } finally {
+    y.dispose();
   }
 }
 

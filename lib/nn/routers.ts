@@ -14,10 +14,8 @@ import { Generator } from '../random';
 import { Tensor, keep, tidy, untracked } from '../tensor';
 import { arange, rand, zeros } from '../ops/creation';
 import { add, eq, mul, sigmoid, sub } from '../ops/elementwise';
-import { matmul } from '../ops/linalg';
 import { softmax } from '../ops/nn';
-import { sum } from '../ops/reduce';
-import { cast, concat, contiguous, expand, reshape, stack, transpose, unsqueeze } from '../ops/shape';
+import { cast, concat, contiguous, expand, narrow, reshape, squeeze, transpose, unsqueeze } from '../ops/shape';
 import { scatterAdd } from '../ops/indexing';
 import { routerGate, expertChoice, updateRouterBias } from '../ops/routing';
 import { randomRoute, compileRuleTable, ruleRoute, PROB_SUM_TOLERANCE, CompiledRuleTable, RouteRule } from '../ops/route_rules';
@@ -25,7 +23,7 @@ import { moeDispatch, moeCombine, moeExpertFFN } from '../ops/moe';
 import { checkOptions, checkTensor } from '../ops/util';
 import { noGrad } from '../tape';
 import { Module, asParameter } from './module';
-import { InitOptions, Linear } from './layers';
+import { InitOptions, Linear, linear } from './layers';
 
 // ---- option checks (errors name the module, the option and what was received) ----
 
@@ -100,8 +98,17 @@ export function mixPaths(paths: Tensor[], gates: Tensor, name = 'mixPaths'): Ten
   if (shape.length < 1 || (!channel && !is(perToken))) {
     throw new ShapeError(`${name}: Expected gates of shape [${perToken.join(', ')}] or [${perChannel.join(', ')}] for ${P} paths of shape [${shape.join(', ')}] but received ${describe(gates)}`);
   }
-  // one stacked product and a sum over paths (two ops, whatever P is)
-  return tidy(() => sum(mul(stack(paths, -2), channel ? gates : unsqueeze(gates, -1)), -2));
+  // a product per path, summed as it goes: each path is read once where it lies (no stacked copy
+  // of the paths, no reduction across a strided paths axis); a gate is a strided view of gates
+  return tidy(() => {
+    let out: Tensor | null = null;
+    for (let p = 0; p < P; ++p) {
+      const g = channel ? squeeze(narrow(gates, -2, p, 1), -2) : narrow(gates, -1, p, 1);
+      const term = mul(paths[p], g);
+      out = out ? add(out, term) : term;
+    }
+    return out!;
+  });
 }
 
 // ---- gates ---------------------------------------------------------------------------------
@@ -139,15 +146,27 @@ export class SigmoidGates extends Module {
     const o = { dtype: options.dtype, device: options.device, generator: options.generator, bias: options.bias };
     this.proj = Array.from({ length: nPaths }, () => new Linear(dModel, this.units, o));
   }
-  forward(x: Tensor): Tensor {
+  /**
+   * The paths' projections as the rows of one matrix: weight [nPaths units, dModel] and bias
+   * [nPaths units] (null without biases), concatenated copies of the parameters (differentiable).
+   */
+  stacked(): { weight: Tensor; bias: Tensor | null } {
+    return {
+      weight: concat(this.proj.map((l) => l.weight), 0),
+      bias: this.proj[0].bias ? concat(this.proj.map((l) => l.bias!), 0) : null,
+    };
+  }
+  /**
+   * The gates of x. `stacked`: the parameters as stacked() returns them, when the caller keeps
+   * them (a decode step reuses them while the weights stay as they are); by default stacked anew.
+   */
+  forward(x: Tensor, stacked?: { weight: Tensor; bias: Tensor | null }): Tensor {
     checkInput('SigmoidGates', x, this.dModel);
     const lead = x.shape.slice(0, -1);
     // the paths' projections are independent rows of one matrix: a single matmul for all of them
     return tidy(() => {
-      const w = concat(this.proj.map((l) => l.weight), 0);
-      let z = matmul(x, w, { transB: true });
-      if (this.proj[0].bias) z = add(z, concat(this.proj.map((l) => l.bias!), 0));
-      const g = sigmoid(z);
+      const { weight, bias } = stacked ?? this.stacked();
+      const g = sigmoid(linear(x, weight, bias));
       return this.units === 1 ? g : reshape(g, [...lead, this.nPaths, this.units]);
     });
   }

@@ -58,9 +58,12 @@ describe('generation with caches', () => {
     m.eval();
     const cache = m.decodeCache();
     const stepN = (n: number) => { for (let i = 0; i < n; ++i) cache.step([i % 29]).dispose(); };
+    // read after synchronize: queued ops hold their buffers until they run
     stepN(20);
+    dr.synchronize();
     const early = dr.memory().bytes;
     stepN(300);
+    dr.synchronize();
     expect(dr.memory().bytes).toBe(early);
     cache.dispose();
     m.dispose();
