@@ -626,34 +626,94 @@ DR_FN(FromBytes) {
   })
 }
 
+// A view of src's storage; the furthest element must lie inside the storage.
+std::unique_ptr<TensorImpl> make_view(const TensorImpl& src, const std::vector<int64_t>& shape,
+                                      const std::vector<int64_t>& strides, double offset) {
+  DR_CHECK(shape.size() == strides.size() && shape.size() <= static_cast<size_t>(kMaxDims), Shape,
+           "view: shape and strides must have the same length (at most ", kMaxDims, ")");
+  check_elements(shape.data(), static_cast<int>(shape.size()));
+  auto t = std::make_unique<TensorImpl>();
+  t->storage = src.storage;
+  t->dtype = src.dtype;
+  t->offset = static_cast<int64_t>(offset);
+  t->ndim = static_cast<int>(shape.size());
+  int64_t hi = t->offset, numel = 1;
+  for (int d = 0; d < t->ndim; ++d) {
+    DR_CHECK(shape[d] >= 0 && strides[d] >= 0, Shape, "view: negative size or stride");
+    t->shape[d] = shape[d];
+    t->strides[d] = strides[d];
+    numel *= shape[d];
+    if (shape[d] > 0) hi += (shape[d] - 1) * strides[d];
+  }
+  int64_t cap = static_cast<int64_t>(src.storage->bytes() / dtype_size(src.dtype));
+  DR_CHECK(t->offset >= 0 && (numel == 0 || hi < cap), Range, "view: elements up to ", hi,
+           " exceed the storage of ", cap, " elements");
+  return t;
+}
+
 // view(id, shape, strides, offset): a new handle on the same storage.
 DR_FN(ViewOf) {
   DR_BODY({
     TensorImpl& src = inst(info).get(num(info, 0, "tensor"), "view", "tensor");
     auto shape = int_list(info, 1, "shape");
     auto strides = int_list(info, 2, "strides");
-    double offset = num(info, 3, "offset");
-    DR_CHECK(shape.size() == strides.size() && shape.size() <= static_cast<size_t>(kMaxDims), Shape,
-             "view: shape and strides must have the same length (at most ", kMaxDims, ")");
-    check_elements(shape.data(), static_cast<int>(shape.size()));
-    auto t = std::make_unique<TensorImpl>();
-    t->storage = src.storage;
-    t->dtype = src.dtype;
-    t->offset = static_cast<int64_t>(offset);
-    t->ndim = static_cast<int>(shape.size());
-    // The furthest element must lie inside the storage.
-    int64_t hi = t->offset, numel = 1;
-    for (int d = 0; d < t->ndim; ++d) {
-      DR_CHECK(shape[d] >= 0 && strides[d] >= 0, Shape, "view: negative size or stride");
-      t->shape[d] = shape[d];
-      t->strides[d] = strides[d];
-      numel *= shape[d];
-      if (shape[d] > 0) hi += (shape[d] - 1) * strides[d];
-    }
-    int64_t cap = static_cast<int64_t>(src.storage->bytes() / dtype_size(src.dtype));
-    DR_CHECK(t->offset >= 0 && (numel == 0 || hi < cap), Range, "view: elements up to ", hi,
-             " exceed the storage of ", cap, " elements");
-    return handle(info, std::move(t));
+    return handle(info, make_view(src, shape, strides, num(info, 3, "offset")));
+  })
+}
+
+// The fast forms of empty() and view() the library's ops use: the shape (and strides) come in
+// the ArrayBuffer of a Float64Array (dims: shape in [0, ndim), strides in [8, 8 + ndim)) that
+// JavaScript fills, which costs far less to read than a JavaScript array element by element
+// (and than a frozen one).
+std::vector<int64_t> dims_list(const Napi::CallbackInfo& info, size_t i, int ndim, int at, const char* what) {
+  void* data = nullptr;
+  size_t bytes = 0;
+  if (i >= info.Length() || napi_get_arraybuffer_info(info.Env(), info[i], &data, &bytes) != napi_ok) {
+    fail(ErrorCode::Value, "expected the ArrayBuffer of a Float64Array for ", what);
+  }
+  DR_CHECK(ndim >= 0 && ndim <= kMaxDims && (at + ndim) * sizeof(double) <= bytes, Shape,
+           "tensors have at most ", kMaxDims, " dimensions, got ", ndim);
+  const double* a = static_cast<const double*>(data);
+  std::vector<int64_t> r(ndim);
+  for (int k = 0; k < ndim; ++k) {
+    const double d = a[at + k];
+    if (!(d == std::floor(d) && std::fabs(d) <= kMaxSafeInteger)) fail(ErrorCode::Value, what, "[", k, "] must be an integer, got ", d);
+    r[k] = static_cast<int64_t>(d);
+  }
+  return r;
+}
+
+int ndim_arg(const Napi::CallbackInfo& info, size_t i) {
+  const double d = num(info, i, "ndim");
+  DR_CHECK(d >= 0 && d <= kMaxDims && d == std::floor(d), Shape, "tensors have at most ", kMaxDims, " dimensions, got ", d);
+  return static_cast<int>(d);
+}
+
+// emptyFrom(dims, ndim, dtype, device)
+DR_FN(EmptyFrom) {
+  DR_BODY({
+    DeviceKind dev = device_arg(info, 3);
+    if (dev == DeviceKind::CUDA) cuda_required();
+    return handle(info, make_tensor(dims_list(info, 0, ndim_arg(info, 1), 0, "shape"), dtype_arg(info, 2), dev));
+  })
+}
+
+// viewFrom(id, dims, ndim, offset)
+DR_FN(ViewFrom) {
+  DR_BODY({
+    TensorImpl& src = inst(info).get(num(info, 0, "tensor"), "view", "tensor");
+    const int ndim = ndim_arg(info, 2);
+    return handle(info, make_view(src, dims_list(info, 1, ndim, 0, "shape"), dims_list(info, 1, ndim, kMaxDims, "strides"),
+                                  num(info, 3, "offset")));
+  })
+}
+
+// alias(id): a new handle on the same storage with the same layout (what saving a tensor for
+// backward and Tensor.alias() need: view() without reading a shape and strides back from JS).
+DR_FN(Alias) {
+  DR_BODY({
+    const TensorImpl& src = inst(info).get(num(info, 0, "tensor"), "alias", "tensor");
+    return handle(info, std::make_unique<TensorImpl>(src));
   })
 }
 
@@ -854,7 +914,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Napi::Value (*fn)(const Napi::CallbackInfo&);
   };
   static const Entry runtime[] = {
-      {"empty", Empty},         {"fromBytes", FromBytes},     {"view", ViewOf},
+      {"empty", Empty},         {"fromBytes", FromBytes},     {"view", ViewOf},           {"alias", Alias},
+      {"emptyFrom", EmptyFrom}, {"viewFrom", ViewFrom},
       {"release", Release},     {"isLive", IsLive},           {"readSync", ReadSync},
       {"read", Read},           {"devices", Devices},         {"memory", Memory},
       {"numThreads", NumThreads}, {"setNumThreads", SetNumThreads}, {"synchronize", Synchronize},
