@@ -136,7 +136,7 @@ struct Instance {
       task->after = o;
       task->after_seq = o->submitted();
     }
-    std::vector<Storage*> writes = task->writes;
+    const StorageList writes = task->writes;
     const uint64_t seq = s.submit(std::move(task));
     for (Storage* w : writes) w->set_last_write(seq);
     if (o) {
@@ -184,13 +184,17 @@ constexpr int64_t kExternalReportBytes = int64_t(1) << 30;
 
 void sync_external_memory(Napi::Env env, bool force = false) {
   static thread_local int64_t last_ms = 0;
+  static thread_local uint32_t calls = 0;
   auto& pending = memory_counters().pending_external;
+  const int64_t d = pending.load(std::memory_order_relaxed);
+  if (d == 0) return;
+  const bool big = d >= kExternalReportBytes || d <= -kExternalReportBytes;
+  // (the clock is read on every 64th call only: reading it costs a tenth of a tiny op)
+  if (!force && !big && (++calls & 63) != 0) return;
   const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::steady_clock::now().time_since_epoch())
                           .count();
-  const int64_t d = pending.load(std::memory_order_relaxed);
-  if (d == 0) return;
-  if (!force && now - last_ms < kExternalReportMs && d < kExternalReportBytes && d > -kExternalReportBytes) return;
+  if (!force && !big && now - last_ms < kExternalReportMs) return;
   last_ms = now;
   Napi::MemoryManagement::AdjustExternalMemory(env, pending.exchange(0));
 }
@@ -263,8 +267,7 @@ class ArgReader {
   void u64(uint64_t& dst, const char* name) { dst = static_cast<uint64_t>(integer(name, 0, kMaxSafeInteger)); }
   void boolean(bool& dst, const char* name) {
     Napi::Value v = next();
-    if (!v.IsBoolean()) bad(name, "a boolean", v);
-    dst = v.As<Napi::Boolean>().Value();
+    if (napi_get_value_bool(info_.Env(), v, &dst) != napi_ok) bad(name, "a boolean", v);
   }
   void int_list(std::vector<int>& dst, const char* name) {
     Napi::Value v = next();
@@ -295,14 +298,17 @@ class ArgReader {
   [[noreturn]] void bad(const char* name, const char* want, const Napi::Value& v) {
     fail(ErrorCode::Value, op_, ": Expected ", want, " for ", name, " but received ", describe(v));
   }
+  // (napi_get_value_double refuses a non-number itself: no napi_typeof first)
   double number(const char* name, const char* want) {
     Napi::Value v = next();
-    if (!v.IsNumber()) bad(name, want, v);
-    return v.As<Napi::Number>().DoubleValue();
+    double d;
+    if (napi_get_value_double(info_.Env(), v, &d) != napi_ok) bad(name, want, v);
+    return d;
   }
   double integer(const char* name, double lo, double hi) {
     Napi::Value v = next();
-    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+    double d;
+    if (napi_get_value_double(info_.Env(), v, &d) != napi_ok) d = NAN;
     if (!(d == std::floor(d) && d >= lo && d <= hi)) {
       fail(ErrorCode::Value, op_, ": Expected an integer in [", lo, ", ", hi, "] for ", name, " but received ",
            describe(v));
@@ -388,18 +394,21 @@ template <typename A>
 Napi::Value op_entry(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Instance& in = inst(info);
-    auto task = std::make_unique<OpTask<A>>();
+    OpTask<A> task;  // on the stack: a task run at once needs no allocation
     ArgReader r(info, in, A::name);
-    read_args(r, task->args);
+    read_args(r, task.args);
     DeviceKind run_on, other;
-    check_common(task->args, &run_on, &other);
-    ops::check(task->args);
-    task->collect();
-    if (writes_nothing(task->args)) return info.Env().Undefined();
-    if (run_inline(in, task->args, run_on)) {
-      in.stream(run_on).run_now(*task);
+    check_common(task.args, &run_on, &other);
+    ops::check(task.args);
+    if (writes_nothing(task.args)) return info.Env().Undefined();
+    task.collect();
+    if (run_inline(in, task.args, run_on)) {
+      in.stream(run_on).run_now(task);
     } else {
-      in.submit(std::move(task), run_on, &other);
+      auto queued = std::make_unique<OpTask<A>>();
+      queued->args = std::move(task.args);
+      queued->collect();
+      in.submit(std::move(queued), run_on, &other);
     }
     return info.Env().Undefined();
   });
