@@ -114,15 +114,18 @@ const NO_ATTRS = Object.freeze({});
  */
 export function record(out: Tensor, name: string, inputs: unknown[], save: Tensor[], attrs?: unknown): Tensor {
   if (!gradEnabled) return out;
-  let ins: Array<Tensor | null> | null = null;
+  let any = false;
+  const ins: Array<Tensor | null> = [];
   for (let i = 0; i < inputs.length; ++i) {
     const t = inputs[i];
     if (t instanceof Tensor && t.requiresGrad) {
-      if (!ins) ins = new Array<Tensor | null>(inputs.length).fill(null);
-      ins[i] = t;
+      ins.push(t);
+      any = true;
+    } else {
+      ins.push(null);
     }
   }
-  if (!ins) return out;
+  if (!any) return out;
   let saved: Tensor[] = NONE;
   let versions: number[] = NONE;
   if (save.length) {

@@ -9,8 +9,18 @@ import { cast } from './shape';
 import { needsGrad, record } from '../tape';
 import { alloc, allocLike, broadcastShapes, broadcastShapesOf, checkInt32, checkOptions, checkTensor, empty, sameDevice } from './util';
 
-const INT_UNARY = new Set<UnaryName>(['neg', 'abs', 'square', 'sign']);
-const COMPARE = new Set<BinaryName>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr']);
+// (switches, not Sets: a Set lookup costs more than the rest of the dispatch of a tiny op)
+const INT_UNARY = { has: (n: UnaryName) => n === 'neg' || n === 'abs' || n === 'square' || n === 'sign' };
+const COMPARE = {
+  has(n: BinaryName): boolean {
+    switch (n) {
+      case 'eq': case 'ne': case 'lt': case 'le': case 'gt': case 'ge': case 'logicalAnd': case 'logicalOr':
+        return true;
+      default:
+        return false;
+    }
+  },
+};
 // the names a binary op with a number records under
 const SCALAR_NAME = Object.fromEntries(BINARY_OPS.map((n) => [n, `${n}Scalar`])) as Record<BinaryName, string>;
 

@@ -50,7 +50,7 @@ function allocChecked(s: readonly number[], given: readonly number[] | null, dty
 export function allocLike(x: Tensor, dtype: DType = x.dtype): Tensor {
   let h: number;
   try {
-    h = emptyOf(x.shape, DTYPE_CODE[dtype], DEVICE_CODE[x.device]);
+    h = emptyOf(x.shape, dtype === 'float32' ? 0 : DTYPE_CODE[dtype], x.device === 'cpu' ? 0 : DEVICE_CODE[x.device]);
   } catch (e) {
     throw toTypedError(e);
   }
