@@ -251,9 +251,14 @@ const TORCH_ROWS: TorchRow[] = [
 
 // The long-lived python/bench_overhead.py process: one request at a time, answered in order.
 class TorchSide {
-  private waiting: Array<(line: string) => void> = [];
+  private waiting: Array<{ line: (l: string) => void; fail: (e: Error) => void }> = [];
   private constructor(private proc: ChildProcess, lines: readline.Interface, readonly version: string) {
-    lines.on('line', (l) => this.waiting.shift()?.(l));
+    lines.on('line', (l) => this.waiting.shift()?.line(l));
+    // a python that dies mid-run fails the row it was asked for, not a silent hang
+    proc.stdin!.on('error', () => {});  // (EPIPE after an exit: reported by the exit handler)
+    proc.on('exit', (code, signal) => {
+      for (const w of this.waiting.splice(0)) w.fail(new Error(`python/bench_overhead.py exited (${signal ?? code})`));
+    });
   }
 
   static async start(python: string): Promise<TorchSide | string> {
@@ -278,10 +283,17 @@ class TorchSide {
   /** us per call of the row, n calls timed by python itself. */
   run(row: string, n: number): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.waiting.push((line) => {
-        const r = JSON.parse(line) as { us?: number; error?: string };
-        if (typeof r.us === 'number') resolve(r.us);
-        else reject(new Error(`torch row ${row}: ${r.error}`));
+      if (this.proc.exitCode !== null || this.proc.signalCode !== null) {
+        reject(new Error('python/bench_overhead.py is not running'));
+        return;
+      }
+      this.waiting.push({
+        line: (line) => {
+          const r = JSON.parse(line) as { us?: number; error?: string };
+          if (typeof r.us === 'number') resolve(r.us);
+          else reject(new Error(`torch row ${row}: ${r.error}`));
+        },
+        fail: reject,
       });
       this.proc.stdin!.write(JSON.stringify({ row, n }) + '\n');
     });
