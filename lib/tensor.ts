@@ -96,11 +96,6 @@ export function makeTensor(handle: Handle, shape: readonly number[], strides: re
   return new Tensor(handle, shape, strides, offset, dtype, device, storage);
 }
 
-/** @internal Registers every tensor still waiting in the nursery now (tests). */
-export function flushNursery(): void {
-  sweepNursery();
-}
-
 /** Runs fn; disposes every tensor it created except those returned (in any nesting) or kept. */
 export function tidy<T>(fn: () => T): T;
 export function tidy<T>(name: string, fn: () => T): T;
