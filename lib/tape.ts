@@ -61,8 +61,10 @@ export class Node implements GradNode {
   release(): void {
     if (this.released) return;
     this.released = true;
-    for (const t of this.saved) t.dispose();
-    this.saved.length = 0;
+    if (this.saved.length) {
+      for (const t of this.saved) t.dispose();
+      this.saved.length = 0;
+    }
     for (const i of this.inputs) {
       const n = i?.gradFn;
       if (n instanceof Node) {
@@ -95,9 +97,15 @@ export class Node implements GradNode {
 /** True when recording is on and some input requires a gradient. */
 export function needsGrad(...inputs: unknown[]): boolean {
   if (!gradEnabled) return false;
-  for (const t of inputs) if (t instanceof Tensor && t.requiresGrad) return true;
+  for (let i = 0; i < inputs.length; ++i) {
+    const t = inputs[i];
+    if (t instanceof Tensor && t.requiresGrad) return true;
+  }
   return false;
 }
+
+const NONE: never[] = [];
+const NO_ATTRS = Object.freeze({});
 
 /**
  * Records how out was made and returns out. `inputs` are the tensors gradients flow to (others
@@ -105,9 +113,31 @@ export function needsGrad(...inputs: unknown[]): boolean {
  * the op's other arguments. The rule registered under `name` returns one gradient per input.
  */
 export function record(out: Tensor, name: string, inputs: unknown[], save: Tensor[], attrs?: unknown): Tensor {
-  if (!needsGrad(...inputs)) return out;
-  const ins = inputs.map((t) => (t instanceof Tensor && t.requiresGrad ? t : null));
-  const saved = untracked(() => save.map((t) => t.alias()));
-  out.setGradFn(new Node(name, ins, saved, save.map((t) => t.storage.version), attrs ?? {}));
+  if (!gradEnabled) return out;
+  let any = false;
+  const ins: Array<Tensor | null> = [];
+  for (let i = 0; i < inputs.length; ++i) {
+    const t = inputs[i];
+    if (t instanceof Tensor && t.requiresGrad) {
+      ins.push(t);
+      any = true;
+    } else {
+      ins.push(null);
+    }
+  }
+  if (!any) return out;
+  let saved: Tensor[] = NONE;
+  let versions: number[] = NONE;
+  if (save.length) {
+    saved = [];
+    versions = [];
+    untracked(() => {
+      for (let i = 0; i < save.length; ++i) {
+        saved.push(save[i].alias());
+        versions.push(save[i].storage.version);
+      }
+    });
+  }
+  out.setGradFn(new Node(name, ins, saved, versions, attrs ?? NO_ATTRS));
   return out;
 }

@@ -21,6 +21,8 @@ interface Scope {
 }
 const scopes: Scope[] = [];
 let untrackedDepth = 0;
+// (not scopes[scopes.length - 1]: scopes[-1] is a property lookup by the name "-1", slow)
+const currentScope = (): Scope | undefined => (scopes.length ? scopes[scopes.length - 1] : undefined);
 
 /**
  * Runs fn with tensor creation outside every tidy() scope: for tensors whose lifetime the
@@ -36,7 +38,14 @@ export function untracked<T>(fn: () => T): T {
 }
 const kept = new WeakSet<Tensor>();
 
-// When a tensor is garbage-collected without dispose(), its native handle is released here.
+// The GC safety net: when a tensor is garbage-collected without dispose(), its native handle
+// is released by `registry`. Registering costs more than a tiny op, and most tensors are
+// disposed soon after they are made (tidy, dispose, the saved tensors of a released tape node),
+// so a new tensor waits in `nursery` (a plain array) and is registered only if it is still live
+// when the nursery is swept: at the next turn of the event loop, or sooner, after
+// NURSERY_TENSORS new tensors or NURSERY_BYTES of new tensors' elements. The nursery holds its
+// tensors strongly, so an undisposed tensor becomes collectable at most one sweep later than
+// it would have.
 const registry = new FinalizationRegistry<Handle>((h) => {
   try {
     native.release(h);
@@ -44,6 +53,48 @@ const registry = new FinalizationRegistry<Handle>((h) => {
     // the addon may be unloading at exit
   }
 });
+const NURSERY_TENSORS = 256;
+const NURSERY_BYTES = 64 * 1024 * 1024;
+let nursery: Tensor[] = [];
+let nurseryBytes = 0;
+let sweepPending = false;  // a setImmediate will sweep
+
+function sweepNursery(): void {
+  const list = nursery;
+  nursery = [];
+  nurseryBytes = 0;
+  for (let i = 0; i < list.length; ++i) list[i]._register();
+}
+
+function sweepLater(): void {
+  sweepPending = false;
+  sweepNursery();
+}
+
+function addToNursery(t: Tensor, bytes: number): void {
+  nursery.push(t);
+  nurseryBytes += bytes;
+  if (nursery.length >= NURSERY_TENSORS || nurseryBytes >= NURSERY_BYTES) {
+    sweepNursery();
+  } else if (!sweepPending) {
+    sweepPending = true;
+    // (unref: a pending sweep does not keep the process alive)
+    setImmediate(sweepLater).unref();
+  }
+}
+
+// Set by makeTensor for the constructor call it makes: the arrays are frozen already.
+let trusted = false;
+
+/**
+ * @internal new Tensor(...) for the library's ops, whose shape and strides are frozen arrays
+ * already (a tensor's own, shared, or fresh ones frozen for it): no checks, no copies.
+ */
+export function makeTensor(handle: Handle, shape: readonly number[], strides: readonly number[], offset: number,
+                           dtype: DType, device: Device, storage?: StorageRef): Tensor {
+  trusted = true;
+  return new Tensor(handle, shape, strides, offset, dtype, device, storage);
+}
 
 /** Runs fn; disposes every tensor it created except those returned (in any nesting) or kept. */
 export function tidy<T>(fn: () => T): T;
@@ -69,7 +120,7 @@ export function tidy<T>(a: string | (() => T), b?: () => T): T {
   scopes.pop();
   const survivors = new Set<Tensor>();
   collectTensors(result, survivors);
-  const parent = scopes[scopes.length - 1];
+  const parent = currentScope();
   for (const t of scope.tensors) {
     if (survivors.has(t) || kept.has(t)) {
       if (parent && !kept.has(t)) parent.tensors.add(t);
@@ -129,8 +180,38 @@ export function contiguousStrides(shape: readonly number[]): number[] {
 
 export function sizeOf(shape: readonly number[]): number {
   let n = 1;
-  for (const d of shape) n *= d;
+  for (let i = 0; i < shape.length; ++i) n *= shape[i];
   return n;
+}
+
+// A tensor's shape and strides are frozen arrays. Freezing costs about as much as a tiny op's
+// native call, and V8's array builtins (slice, filter, some, every) take slow paths on frozen
+// arrays, so the hot paths share frozen arrays between tensors instead of copying them (a frozen
+// array cannot change) and copy with loops.
+
+/** @internal A plain copy of a (frozen) array: not Array.prototype.slice, slow on frozen arrays. */
+export function copyOf(a: readonly number[]): number[] {
+  const r: number[] = [];
+  for (let i = 0; i < a.length; ++i) r.push(a[i]);
+  return r;
+}
+
+/** @internal a itself when it is frozen (shared: it cannot change), else a frozen copy. */
+export function frozen(a: readonly number[]): readonly number[] {
+  return Object.isFrozen(a) ? a : Object.freeze(copyOf(a));
+}
+
+// the frozen row-major strides of each frozen shape seen (shapes are shared between tensors)
+const rowMajor = new WeakMap<readonly number[], readonly number[]>();
+
+/** @internal The row-major strides of a frozen shape, frozen, made once per shape array. */
+export function rowMajorStrides(shape: readonly number[]): readonly number[] {
+  let s = rowMajor.get(shape);
+  if (s === undefined) {
+    s = Object.freeze(contiguousStrides(shape));
+    rowMajor.set(shape, s);
+  }
+  return s;
 }
 
 /**
@@ -154,23 +235,38 @@ export class Tensor {
   /** @internal shared by the views of this tensor's storage */
   readonly storage: StorageRef;
   private _disposed = false;
+  /** Registered with the GC safety net (see `nursery`). */
+  private _registered = false;
 
   /** @internal Use tensor(), zeros(), ... to make tensors. */
   constructor(handle: Handle, shape: readonly number[], strides: readonly number[], offset: number, dtype: DType,
               device: Device, storage?: StorageRef) {
-    if (typeof handle !== 'number' || !Array.isArray(shape) || !Array.isArray(strides) || typeof offset !== 'number') {
-      throw new ValueError('Tensor: tensors are made by tensor(), zeros(), randn() and the ops, not by new Tensor()');
+    if (trusted) {
+      trusted = false;
+      this.shape = shape;
+      this.strides = strides;
+    } else {
+      if (typeof handle !== 'number' || !Array.isArray(shape) || !Array.isArray(strides) || typeof offset !== 'number') {
+        throw new ValueError('Tensor: tensors are made by tensor(), zeros(), randn() and the ops, not by new Tensor()');
+      }
+      this.shape = frozen(shape);
+      this.strides = frozen(strides);
     }
     this.handle = handle;
-    this.shape = Object.freeze(shape.slice());
-    this.strides = Object.freeze(strides.slice());
     this.offset = offset;
     this.dtype = dtype;
     this.device = device;
     this.storage = storage ?? new StorageRef();
-    registry.register(this, handle, this);
-    const scope = scopes[scopes.length - 1];
+    addToNursery(this, sizeOf(this.shape) * DTYPE_SIZE[dtype]);
+    const scope = currentScope();
     if (scope && untrackedDepth === 0) scope.tensors.add(this);
+  }
+
+  /** @internal Puts this tensor under the GC safety net (the nursery's sweep calls it). */
+  _register(): void {
+    if (this._disposed || this._registered) return;
+    this._registered = true;
+    registry.register(this, this.handle, this);
   }
 
   // ---- autograd state (lib/tape.ts records, lib/autograd/engine.ts runs backward) ----
@@ -215,8 +311,7 @@ export class Tensor {
   alias(): Tensor {
     this.checkLive('alias');
     try {
-      const h = native.view(this.handle, this.shape as number[], this.strides as number[], this.offset);
-      return new Tensor(h, this.shape, this.strides, this.offset, this.dtype, this.device, this.storage);
+      return makeTensor(native.alias(this.handle), this.shape, this.strides, this.offset, this.dtype, this.device, this.storage);
     } catch (e) {
       throw toTypedError(e);
     }
@@ -261,9 +356,9 @@ export class Tensor {
       this.grad.dispose();
       this.grad = null;
     }
-    registry.unregister(this);
+    if (this._registered) registry.unregister(this);
     native.release(this.handle);
-    const scope = scopes[scopes.length - 1];
+    const scope = currentScope();
     if (scope) scope.tensors.delete(this);
   }
 
@@ -280,9 +375,9 @@ export class Tensor {
     this.checkLive('takeData');
     src.checkLive('takeData');
     if (src === this) return;
-    registry.unregister(this);
+    if (this._registered) registry.unregister(this);
     native.release(this.handle);
-    registry.unregister(src);
+    if (src._registered) registry.unregister(src);
     const self = this as unknown as Record<string, unknown>;
     self.handle = src.handle;
     self.shape = src.shape;
@@ -291,6 +386,7 @@ export class Tensor {
     self.dtype = src.dtype;
     self.device = src.device;
     self.storage = src.storage;
+    this._registered = true;
     registry.register(this, this.handle, this);
     src._disposed = true;  // the handle is ours now
     for (const s of scopes) s.tensors.delete(src);

@@ -21,6 +21,23 @@ describe('limits', () => {
     // the native side holds the same rule whatever the caller passes
     const { native } = require('../lib/native');
     expect(() => native.empty([0, 2 ** 40], 0, 0)).toThrow(/outside \[0, 2\^36\]/);
+    // and its fast entries, which take the shape (and strides) in a Float64Array's buffer
+    const dims = new Float64Array(16);
+    dims.set([0, 2 ** 40]);
+    expect(() => native.emptyFrom(dims.buffer, 2, 0, 0)).toThrow(/outside \[0, 2\^36\]/);
+    expect(() => native.emptyFrom(dims.buffer, 9, 0, 0)).toThrow(/at most 8 dimensions/);
+    expect(() => native.emptyFrom(new ArrayBuffer(8), 2, 0, 0)).toThrow(/at most 8 dimensions/);
+    expect(() => native.emptyFrom([0, 1], 2, 0, 0)).toThrow(/expected the ArrayBuffer of a Float64Array/);
+    dims.set([1.5]);
+    expect(() => native.emptyFrom(dims.buffer, 1, 0, 0)).toThrow(/must be an integer/);
+    const base = dr.ones([4]);
+    dims.set([2, 0, 0, 0, 0, 0, 0, 0, 3]);  // shape [2], strides [3]: element 3 is the last one
+    const h = native.viewFrom(base.handle, dims.buffer, 1, 0);
+    native.release(h);
+    expect(() => native.viewFrom(base.handle, dims.buffer, 1, 1)).toThrow(/exceed the storage of 4 elements/);
+    expect(() => native.viewFrom(-1, dims.buffer, 1, 0)).toThrow(/disposed/);
+    expect(() => native.alias(-1)).toThrow(/disposed/);
+    base.dispose();
   });
 
   test('reads past what a buffer holds are MemoryErrors, from every read path', async () => {

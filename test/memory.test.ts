@@ -140,4 +140,29 @@ describe('memory', () => {
     expect(dr.memory().cpu.tensors).toBe(start.cpu.tensors);
     expect(dr.memory().cpu.bytes).toBe(start.cpu.bytes);
   });
+
+  test('the safety net also covers tensors made in one long synchronous burst, many or large', async () => {
+    // (new tensors wait for a sweep before they are registered: after 256 of them, after 64 MiB
+    // of them, or at the next turn of the event loop)
+    const gc = (global as unknown as { gc?: () => void }).gc;
+    if (!gc) throw new Error('run jest with node --expose-gc (npm test does)');
+    for (let i = 0; i < 3; ++i) {
+      gc();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const start = dr.memory();
+    (() => {
+      for (let i = 0; i < 3000; ++i) dr.add(dr.zeros([8]), 1);
+      for (let i = 0; i < 6; ++i) dr.zeros([1 << 22]).dataSync();  // 16 MiB each, written
+      const kept = dr.zeros([2]);
+      for (let i = 0; i < 1000; ++i) dr.add(kept, 1).dispose();  // disposed at once: nothing to collect
+      kept.dispose();
+    })();
+    for (let i = 0; i < 50 && dr.memory().cpu.tensors > start.cpu.tensors; ++i) {
+      gc();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(dr.memory().cpu.tensors).toBe(start.cpu.tensors);
+    expect(dr.memory().cpu.bytes).toBe(start.cpu.bytes);
+  });
 });

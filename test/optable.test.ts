@@ -10,7 +10,7 @@ const ROOT = path.resolve(__dirname, '..');
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const gen = require(path.join(ROOT, 'scripts', 'gen-ops.js'));
 const table = require(path.join(ROOT, 'native', 'optable.js'));
-const RUNTIME = ['empty', 'fromBytes', 'view', 'release', 'isLive', 'readSync', 'read', 'devices', 'memory', 'numThreads',
+const RUNTIME = ['empty', 'fromBytes', 'view', 'alias', 'emptyFrom', 'viewFrom', 'release', 'isLive', 'readSync', 'read', 'devices', 'memory', 'numThreads',
   'setNumThreads', 'synchronize', 'synchronizeAsync', 'pending', 'emptyCache'];
 
 describe('the op table', () => {

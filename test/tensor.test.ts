@@ -153,6 +153,37 @@ describe('views and layout', () => {
       expect(() => x.slice([0, 0, 3], [1, 1, 2])).toThrow(dr.ShapeError);
     });
   });
+  test('shape and strides are frozen arrays; the ops share them between tensors, never freeze a caller\'s array', () => {
+    const dims = [2, 3];
+    const a = dr.empty(dims);
+    expect(Object.isFrozen(dims)).toBe(false);
+    dims[0] = 7;  // the caller's array stays the caller's
+    expect(a.shape).toEqual([2, 3]);
+    const target = [3, 2];
+    const r = dr.reshape(a, target);
+    expect(Object.isFrozen(target)).toBe(false);
+    const y = dr.add(a, 1);
+    const n = dr.narrow(a, 1, 1, 2);
+    for (const t of [a, r, y, n]) {
+      expect(Object.isFrozen(t.shape)).toBe(true);
+      expect(Object.isFrozen(t.strides)).toBe(true);
+      expect(() => (t.shape as number[]).push(1)).toThrow(TypeError);
+    }
+    expect(() => {
+      'use strict';
+      (y.shape as number[])[0] = 5;
+    }).toThrow(TypeError);
+    expect(y.shape).toEqual([2, 3]);
+    expect(n.shape).toEqual([2, 2]);
+    expect(n.strides).toEqual([3, 1]);
+    // a frozen array of the caller's own is taken as it is (it cannot change)
+    const fixed = Object.freeze([4]);
+    const f = dr.zeros(fixed);
+    expect(f.shape).toEqual([4]);
+    expect(() => dr.empty(Object.freeze([2, -1]))).toThrow(dr.ShapeError);
+    dr.dispose([a, r, y, n, f]);
+  });
+
   test('views share storage with their base', () => {
     dr.tidy(() => {
       const x = dr.zeros([4]);

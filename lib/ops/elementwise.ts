@@ -7,10 +7,56 @@ import { DTypeError, ValueError, describe } from '../errors';
 import { Tensor } from '../tensor';
 import { cast } from './shape';
 import { needsGrad, record } from '../tape';
-import { broadcastShapes, checkInt32, checkOptions, checkTensor, empty, sameDevice } from './util';
+import { alloc, allocLike, broadcastShapes, broadcastShapesOf, checkInt32, checkOptions, checkTensor, empty, sameDevice } from './util';
 
-const INT_UNARY = new Set<UnaryName>(['neg', 'abs', 'square', 'sign']);
-const COMPARE = new Set<BinaryName>(['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr']);
+// (switches, not Sets: a Set lookup costs more than the rest of the dispatch of a tiny op)
+const INT_UNARY = { has: (n: UnaryName) => n === 'neg' || n === 'abs' || n === 'square' || n === 'sign' };
+const COMPARE = {
+  has(n: BinaryName): boolean {
+    switch (n) {
+      case 'eq': case 'ne': case 'lt': case 'le': case 'gt': case 'ge': case 'logicalAnd': case 'logicalOr':
+        return true;
+      default:
+        return false;
+    }
+  },
+};
+// the names a binary op with a number records under
+const SCALAR_NAME = Object.fromEntries(BINARY_OPS.map((n) => [n, `${n}Scalar`])) as Record<BinaryName, string>;
+
+// What each binary op's backward rule (lib/autograd/rules/elementwise.ts) reads besides the
+// gradient: only those tensors are saved (each saved tensor is a handle that lives until the
+// tape node is released, and an in-place update of it after the op makes backward refuse).
+function binarySaves(name: BinaryName, a: Tensor, b: Tensor, out: Tensor): Tensor[] {
+  switch (name) {
+    case 'mul':
+    case 'maximum':
+    case 'minimum':
+    case 'remainder':
+      return [a, b];
+    case 'div':
+      return [b, out];
+    case 'pow':
+      return [a, b, out];
+    default:
+      return [];  // add, sub: the gradient alone (and the shapes); floorDiv: none
+  }
+}
+function scalarSaves(name: BinaryName, x: Tensor, out: Tensor, scalarFirst: boolean): Tensor[] {
+  switch (name) {
+    case 'div':
+      return scalarFirst ? [x, out] : [];
+    case 'pow':
+      return scalarFirst ? [out] : [x];
+    case 'maximum':
+    case 'minimum':
+      return [x];
+    case 'remainder':
+      return scalarFirst ? [x] : [];
+    default:
+      return [];  // add, sub, mul: the gradient and the scalar alone
+  }
+}
 
 export type TensorOrScalar = Tensor | number;
 
@@ -19,14 +65,14 @@ export function unary(name: UnaryName, x: Tensor): Tensor {
   if (!(UNARY_OPS as readonly unknown[]).includes(name)) throw new ValueError(`unary: Expected one of ${UNARY_OPS.join(', ')} for name but received ${describe(name)}`);
   checkTensor(x, name, 'x');
   if (name === 'logicalNot') {
-    const out = empty(x.shape, 'bool', x.device);
+    const out = allocLike(x, 'bool');
     op.unary({ op: name, out, x });
     return out;
   }
   let src = x;
   if (x.dtype === 'bool' || (x.dtype === 'int32' && !INT_UNARY.has(name))) src = cast(x, x.dtype === 'bool' && INT_UNARY.has(name) ? 'int32' : 'float32');
   try {
-    const out = empty(src.shape, src.dtype, src.device);
+    const out = allocLike(src);
     op.unary({ op: name, out, x: src });
     return record(out, name, [src], [src]);
   } finally {
@@ -60,24 +106,27 @@ export function binary(name: BinaryName, a: TensorOrScalar, b: TensorOrScalar): 
     if (d === 'int32' || (COMPARE.has(name) && t.dtype === 'int32' && Number.isInteger(s))) checkInt32(name, 'the scalar', s);
     const src = d === t.dtype ? t : cast(t, d);
     try {
-      const out = empty(src.shape, COMPARE.has(name) ? 'bool' : d, src.device);
-      op.binaryScalar({ op: name, out, a: src, scalar: s, scalarFirst: typeof a === 'number' });
-      if (COMPARE.has(name) || !needsGrad(src)) return out;
-      return record(out, `${name}Scalar`, [src], [src, out], { scalar: s, scalarFirst: typeof a === 'number' });
+      const compare = COMPARE.has(name);
+      const out = allocLike(src, compare ? 'bool' : d);
+      const scalarFirst = typeof a === 'number';
+      op.binaryScalar({ op: name, out, a: src, scalar: s, scalarFirst });
+      if (compare || !needsGrad(src)) return out;
+      return record(out, SCALAR_NAME[name], [src], scalarSaves(name, src, out, scalarFirst), { scalar: s, scalarFirst });
     } finally {
       if (src !== t) src.dispose();
     }
   }
   const device = sameDevice(name, a, b);
-  const shape = broadcastShapes(name, a.shape, b.shape);
+  const shape = broadcastShapesOf(name, a.shape, b.shape);
   const d = arithDType(name, promote(a.dtype, b.dtype));
   const ca = a.dtype === d ? a : cast(a, d);
   const cb = b.dtype === d ? b : cast(b, d);
   try {
-    const out = empty(shape, COMPARE.has(name) ? 'bool' : d, device);
+    const od = COMPARE.has(name) ? 'bool' : d;
+    const out = shape === ca.shape ? allocLike(ca, od) : shape === cb.shape ? allocLike(cb, od) : alloc(shape, od, device);
     op.binary({ op: name, out, a: ca, b: cb });
     if (COMPARE.has(name) || !needsGrad(ca, cb)) return out;
-    return record(out, name, [ca, cb], [ca, cb, out]);
+    return record(out, name, [ca, cb], binarySaves(name, ca, cb, out), { aShape: ca.shape, bShape: cb.shape });
   } finally {
     if (ca !== a) ca.dispose();
     if (cb !== b) cb.dispose();

@@ -5,7 +5,7 @@ import { DTypeError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
 import { Tensor } from '../tensor';
 import { cast, reshape, unsqueeze } from './shape';
-import { broadcastShapes, checkOptions, checkTensor, empty, sameDevice } from './util';
+import { alloc, allocLike, broadcastShapes, checkOptions, checkTensor, sameDevice, sameShape } from './util';
 import { record } from '../tape';
 
 export interface MatmulOptions {
@@ -15,6 +15,13 @@ export interface MatmulOptions {
   transB?: boolean;
   /** Scales the product (default 1). */
   alpha?: number;
+}
+
+// shape[0, n) (not slice: slow on a tensor's frozen shape)
+function head(shape: readonly number[], n: number): number[] {
+  const r: number[] = [];
+  for (let i = 0; i < n; ++i) r.push(shape[i]);
+  return r;
 }
 
 /** a @ b with batch broadcasting: [..., m, k] @ [..., k, n] -> [..., m, n]. */
@@ -45,8 +52,9 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
     if (ka !== kb) {
       throw new ShapeError(`matmul: inner dimensions differ: a is [${a.shape.join(', ')}]${transA ? ' (transposed)' : ''}, b is [${b.shape.join(', ')}]${transB ? ' (transposed)' : ''} (${ka} vs ${kb})`);
     }
-    const batch = broadcastShapes('matmul (batch dims)', A.shape.slice(0, -2), B.shape.slice(0, -2));
-    const out = empty([...batch, m, n], d, device);
+    const batch = A.ndim === 2 && B.ndim === 2 ? [] : broadcastShapes('matmul (batch dims)', head(A.shape, A.ndim - 2), head(B.shape, B.ndim - 2));
+    const outShape = [...batch, m, n];
+    const out = sameShape(outShape, A.shape) ? allocLike(A) : alloc(outShape, d, device);
     op.matmul({ out, a: A, b: B, transA, transB, alpha, beta: 0 });
     record(out, 'matmul', [A, B], [A, B], { transA, transB, alpha });
     if (!vecA && !vecB) return out;

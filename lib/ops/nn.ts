@@ -9,7 +9,7 @@ import { needsGrad, record } from '../tape';
 import { div as divOp, square as squareOp, sub as subOp } from './elementwise';
 import { mean as meanOp, sum as sumOp } from './reduce';
 import { crossEntropyWithLse, layerNormWithStats, rmsNormWithStats } from './grad_kernels';
-import { checkOptions, checkTensor, empty, normAxis, sameDevice } from './util';
+import { allocLike, checkOptions, checkTensor, empty, normAxis, sameDevice } from './util';
 
 function floatInput(op: string, x: Tensor, arg = 'x'): void {
   checkTensor(x, op, arg);
@@ -20,7 +20,7 @@ function floatInput(op: string, x: Tensor, arg = 'x'): void {
 export function softmax(x: Tensor, axis = -1): Tensor {
   floatInput('softmax', x);
   const a = normAxis(axis, x.ndim, 'softmax');
-  const out = empty(x.shape, x.dtype, x.device);
+  const out = allocLike(x);
   op.softmax({ out, x, axis: a, log: false });
   return record(out, 'softmax', [x], [out], { axis: a });
 }
@@ -29,7 +29,7 @@ export function softmax(x: Tensor, axis = -1): Tensor {
 export function logSoftmax(x: Tensor, axis = -1): Tensor {
   floatInput('logSoftmax', x);
   const a = normAxis(axis, x.ndim, 'logSoftmax');
-  const out = empty(x.shape, x.dtype, x.device);
+  const out = allocLike(x);
   op.softmax({ out, x, axis: a, log: true });
   return record(out, 'logSoftmax', [x], [out], { axis: a });
 }
@@ -60,7 +60,7 @@ export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
     rstd.dispose();
     return rec;
   }
-  const out = empty(x.shape, x.dtype, x.device);
+  const out = allocLike(x);
   op.rmsNorm({ out, x, weight, eps });
   return out;
 }
@@ -81,7 +81,7 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
     rstd.dispose();
     return rec;
   }
-  const out = empty(x.shape, x.dtype, x.device);
+  const out = allocLike(x);
   op.layerNorm({ out, x, weight, bias, eps });
   return out;
 }

@@ -4,7 +4,7 @@ import { DTypeError, ShapeError, ValueError } from '../errors';
 import { Tensor } from '../tensor';
 import { cast, reshape } from './shape';
 import { record } from '../tape';
-import { checkOptions, checkTensor, empty, normAxis } from './util';
+import { alloc, checkOptions, checkTensor, empty, normAxis } from './util';
 
 export interface ReduceOptions {
   /** Keep reduced axes as size 1. */
@@ -33,9 +33,11 @@ function reduceOp(kind: ReduceName, x: Tensor, axis?: number | number[], options
   if (x.dtype === 'bool') src = cast(x, kind === 'mean' ? 'float32' : 'int32');
   else if (x.dtype === 'int32' && kind === 'mean') src = cast(x, 'float32');
   try {
-    const out = empty(shape, src.dtype, src.device);
+    const out = alloc(shape, src.dtype, src.device);
     op.reduce({ op: kind, out, x: src, axes });
-    return record(out, kind, [src], [src, out], { axes });
+    // sum and mean need only x's shape for their gradient; max and min find their positions
+    const exact = kind === 'max' || kind === 'min';
+    return record(out, kind, [src], exact ? [src, out] : [], { axes, shape: src.shape });
   } finally {
     if (src !== x) src.dispose();
   }

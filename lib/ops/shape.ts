@@ -5,14 +5,14 @@ import { DType, checkDType } from '../dtype';
 import { Device, checkDevice, requireCuda } from '../device';
 import { DTypeError, DeviceError, ShapeError, ValueError, describe } from '../errors';
 import { op } from '../native';
-import { Tensor, contiguousStrides, sizeOf } from '../tensor';
-import { checkShape, checkTensor, empty, normAxis, viewOf } from './util';
+import { Tensor, contiguousStrides, copyOf, rowMajorStrides, sizeOf } from '../tensor';
+import { allocLike, checkShape, checkTensor, empty, normAxis, viewOf } from './util';
 import { checkElements } from '../limits';
 import { record } from '../tape';
 
 // reshape-like views: the gradient takes the source's shape back.
 function asShapeOf(out: Tensor, x: Tensor, name: string): Tensor {
-  return record(out, name, [x], [], { shape: x.shape.slice() });
+  return record(out, name, [x], [], { shape: x.shape });
 }
 
 /** A copy with contiguous layout, or the tensor itself (a new handle) when already contiguous. */
@@ -20,9 +20,9 @@ export function contiguous(x: Tensor): Tensor {
   checkTensor(x, 'contiguous', 'x');
   let out: Tensor;
   if (x.isContiguous) {
-    out = viewOf(x, x.shape, contiguousStrides(x.shape), x.offset);
+    out = viewOf(x, x.shape, rowMajorStrides(x.shape), x.offset);
   } else {
-    out = empty(x.shape, x.dtype, x.device);
+    out = allocLike(x);
     op.copy({ out, x });
   }
   return record(out, 'contiguous', [x], []);
@@ -31,14 +31,14 @@ export function contiguous(x: Tensor): Tensor {
 /** A copy that owns its storage. */
 export function clone(x: Tensor): Tensor {
   checkTensor(x, 'clone', 'x');
-  const out = empty(x.shape, x.dtype, x.device);
+  const out = allocLike(x);
   op.copy({ out, x });
   return record(out, 'clone', [x], []);
 }
 
 function resolveShape(op: string, shape: number[], size: number): number[] {
   if (!Array.isArray(shape)) throw new ShapeError(`${op}: Expected an array for shape but received ${describe(shape)}`);
-  const s = shape.slice();
+  const s = copyOf(shape);
   const infer = s.indexOf(-1);
   if (infer !== s.lastIndexOf(-1)) throw new ShapeError(`${op}: at most one dimension can be -1, got [${s.join(', ')}]`);
   if (infer >= 0) {
@@ -112,8 +112,8 @@ export function transpose(x: Tensor, axis0 = -2, axis1 = -1): Tensor {
 export function unsqueeze(x: Tensor, axis: number): Tensor {
   checkTensor(x, 'unsqueeze', 'x');
   const a = normAxis(axis, x.ndim + 1, 'unsqueeze');
-  const shape = x.shape.slice();
-  const strides = x.strides.slice();
+  const shape = copyOf(x.shape);
+  const strides = copyOf(x.strides);
   shape.splice(a, 0, 1);
   strides.splice(a, 0, a < x.ndim ? x.strides[a] * x.shape[a] : 1);
   return asShapeOf(viewOf(x, shape, strides, x.offset), x, 'unsqueeze');
@@ -128,7 +128,14 @@ export function squeeze(x: Tensor, axes?: number | number[]): Tensor {
     if (x.shape[a] !== 1) throw new ShapeError(`squeeze: axis ${a} has size ${x.shape[a]}, not 1`);
   }
   const keep = x.shape.map((_, i) => !list.includes(i));
-  return asShapeOf(viewOf(x, x.shape.filter((_, i) => keep[i]), x.strides.filter((_, i) => keep[i]), x.offset), x, 'squeeze');
+  const shape: number[] = [];
+  const strides: number[] = [];
+  for (let i = 0; i < x.ndim; ++i) {
+    if (!keep[i]) continue;
+    shape.push(x.shape[i]);
+    strides.push(x.strides[i]);
+  }
+  return asShapeOf(viewOf(x, shape, strides, x.offset), x, 'squeeze');
 }
 
 /** Broadcasts to a larger shape without copying (stride 0 on repeated dimensions). */
@@ -157,7 +164,7 @@ export function expand(x: Tensor, shape: number[]): Tensor {
     }
   }
   checkElements('expand', s);
-  return record(viewOf(x, s, st, x.offset), 'expand', [x], [], { shape: x.shape.slice() });
+  return record(viewOf(x, s, st, x.offset), 'expand', [x], [], { shape: x.shape });
 }
 export const broadcastTo = expand;
 
@@ -171,10 +178,10 @@ export function narrow(x: Tensor, axis: number, start: number, length: number): 
   if (!Number.isInteger(length) || length < 0 || s0 + length > n) {
     throw new ShapeError(`narrow: length ${describe(length)} from ${s0} exceeds axis ${a} of size ${n}`);
   }
-  const shape = x.shape.slice();
+  const shape = copyOf(x.shape);
   shape[a] = length;
   const begin = x.shape.map((_, i) => (i === a ? s0 : 0));
-  return record(viewOf(x, shape, x.strides, x.offset + s0 * x.strides[a]), 'narrow', [x], [], { shape: x.shape.slice(), begin });
+  return record(viewOf(x, shape, x.strides, x.offset + s0 * x.strides[a]), 'narrow', [x], [], { shape: x.shape, begin });
 }
 
 /**
@@ -190,7 +197,7 @@ export function slice(x: Tensor, begin: number[] | number, size?: number[] | num
     if (bad !== undefined) throw new ShapeError(`slice: Expected integers for ${arg} but received ${describe(bad)}`);
   }
   if (b.length > x.ndim) throw new ShapeError(`slice: begin has ${b.length} entries for a ${x.ndim}-d tensor`);
-  const shape = x.shape.slice();
+  const shape = copyOf(x.shape);
   let offset = x.offset;
   const starts: number[] = [];
   for (let i = 0; i < x.ndim; ++i) {
@@ -205,7 +212,7 @@ export function slice(x: Tensor, begin: number[] | number, size?: number[] | num
     offset += s * x.strides[i];
     starts.push(s);
   }
-  return record(viewOf(x, shape, x.strides, offset), 'slice', [x], [], { shape: x.shape.slice(), begin: starts });
+  return record(viewOf(x, shape, x.strides, offset), 'slice', [x], [], { shape: x.shape, begin: starts });
 }
 
 /** Joins tensors along an existing axis. */
@@ -223,7 +230,7 @@ export function concat(tensors: Tensor[], axis = 0): Tensor {
     if (t.device !== first.device) throw new DeviceError(`concat: tensors[${i}] is on ${t.device}, tensors[0] on ${first.device}`);
     total += t.shape[a];
   });
-  const shape = first.shape.slice();
+  const shape = copyOf(first.shape);
   shape[a] = total;
   const out = empty(shape, first.dtype, first.device);
   let at = 0;
@@ -308,7 +315,7 @@ export function to(x: Tensor, target: Device | DType | { device?: Device; dtype?
   let cur = x;
   let owned = false;
   if (dtype !== undefined && dtype !== cur.dtype) {
-    const out = empty(cur.shape, dtype, cur.device);
+    const out = allocLike(cur, dtype);
     op.copy({ out, x: cur });
     cur = out;
     owned = true;

@@ -2,9 +2,9 @@
 import { DType, DTYPE_CODE, checkDType } from '../dtype';
 import { DEVICE_CODE, Device, checkDevice, defaultDevice } from '../device';
 import { DeviceError, OutOfRangeError, ShapeError, ValueError, describe, toTypedError } from '../errors';
-import { native } from '../native';
-import { Tensor, contiguousStrides } from '../tensor';
-import { checkElements } from '../limits';
+import { emptyOf, viewFrom } from '../native';
+import { Tensor, contiguousStrides, copyOf, frozen, makeTensor, rowMajorStrides } from '../tensor';
+import { MAX_ELEMENTS, checkElements } from '../limits';
 
 /** Runs a native call, mapping its errors to typed ones. */
 export function nat<T>(fn: () => T): T {
@@ -17,36 +17,98 @@ export function nat<T>(fn: () => T): T {
 
 /** A new uninitialised contiguous tensor. */
 export function empty(shape: readonly number[], dtype: DType = 'float32', device?: Device): Tensor {
-  checkShape(shape, 'empty');
-  checkDType(dtype, 'dtype');
-  if (device !== undefined) checkDevice(device);
-  const dev = device ?? defaultDevice();
-  const h = nat(() => native.empty(shape as number[], DTYPE_CODE[dtype], DEVICE_CODE[dev]));
-  return new Tensor(h, shape, contiguousStrides(shape), 0, dtype, dev);
+  assertShape(shape, 'empty');
+  return allocChecked(frozen(shape), shape, dtype, device);
 }
 
-/** A tensor on the same storage with another shape/strides/offset. */
+/**
+ * @internal empty() for the ops: `shape` is a fresh array the caller hands over (it is frozen
+ * in place and becomes the tensor's) or a tensor's own (frozen, shared).
+ */
+export function alloc(shape: readonly number[], dtype: DType = 'float32', device?: Device): Tensor {
+  assertShape(shape, 'empty');
+  const s = Object.isFrozen(shape) ? shape : Object.freeze(shape as number[]);
+  return allocChecked(s, null, dtype, device);
+}
+
+// s: the output's frozen shape; given: the array the caller passed when s is a copy of it
+function allocChecked(s: readonly number[], given: readonly number[] | null, dtype: DType, device: Device | undefined): Tensor {
+  if (dtype !== 'float32') checkDType(dtype, 'dtype');
+  const dev = device === undefined ? defaultDevice() : device === 'cpu' ? device : checkDevice(device);
+  let h: number;
+  try {
+    h = emptyOf(s, DTYPE_CODE[dtype], DEVICE_CODE[dev]);
+  } catch (e) {
+    throw toTypedError(e);
+  }
+  // a shape another tensor has (frozen, shared) has its strides made once; a new one its own
+  const strides = s === given || given === null ? rowMajorStrides(s) : Object.freeze(contiguousStrides(s));
+  return makeTensor(h, s, strides, 0, dtype, dev);
+}
+
+/** @internal A new contiguous tensor of x's shape (shared) on x's device, of dtype (x's by default). */
+export function allocLike(x: Tensor, dtype: DType = x.dtype): Tensor {
+  let h: number;
+  try {
+    h = emptyOf(x.shape, dtype === 'float32' ? 0 : DTYPE_CODE[dtype], x.device === 'cpu' ? 0 : DEVICE_CODE[x.device]);
+  } catch (e) {
+    throw toTypedError(e);
+  }
+  return makeTensor(h, x.shape, rowMajorStrides(x.shape), 0, dtype, x.device);
+}
+
+/**
+ * A tensor on the same storage with another shape/strides/offset. The arrays are the caller's
+ * to hand over: fresh ones (frozen in place, they become the view's) or a tensor's own.
+ */
 export function viewOf(t: Tensor, shape: readonly number[], strides: readonly number[], offset: number): Tensor {
   t.checkLive();
   checkElements('view', shape);
-  const h = nat(() => native.view(t.handle, shape as number[], strides as number[], offset));
-  return new Tensor(h, shape, strides, offset, t.dtype, t.device, t.storage);
+  let h: number;
+  try {
+    h = viewFrom(t.handle, shape, strides, offset);
+  } catch (e) {
+    throw toTypedError(e);
+  }
+  const s = shape === t.shape ? shape : Object.freeze(shape as number[]);
+  const st = strides === t.strides ? strides : Object.freeze(strides as number[]);
+  return makeTensor(h, s, st, offset, t.dtype, t.device, t.storage);
 }
 
 export function checkTensor(x: unknown, op: string, arg: string): Tensor {
   if (!(x instanceof Tensor)) throw new ValueError(`${op}: Expected a Tensor for ${arg} but received ${describe(x)}`);
-  x.checkLive(`${op}: ${arg}`);
+  if (x.isDisposed) x.checkLive(`${op}: ${arg}`);  // (the message is made only when it throws)
   return x;
 }
 
 export function checkShape(shape: unknown, op: string, arg = 'shape'): number[] {
-  if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) {
+  assertShape(shape, op, arg);
+  return copyOf(shape as readonly number[]);
+}
+
+/** Throws a ShapeError unless shape is an array of at most 8 non-negative integers within the element limit. */
+function assertShape(shape: unknown, op: string, arg = 'shape'): void {
+  let ok = Array.isArray(shape);
+  if (ok) {
+    const a = shape as unknown[];
+    for (let i = 0; i < a.length; ++i) {
+      const d = a[i];
+      if (!(typeof d === 'number' && Number.isInteger(d) && d >= 0)) {
+        ok = false;
+        break;
+      }
+    }
+  }
+  if (!ok) {
     const shown = Array.isArray(shape) ? ` [${shape.map((d) => (typeof d === 'number' ? String(d) : describe(d))).join(', ')}]` : '';
     throw new ShapeError(`${op}: Expected an array of non-negative integers for ${arg} but received ${describe(shape)}${shown}`);
   }
-  if (shape.length > 8) throw new ShapeError(`${op}: tensors have at most 8 dimensions, ${arg} has ${shape.length}`);
-  checkElements(op, shape);
-  return shape.slice();
+  const s = shape as readonly number[];
+  if (s.length > 8) throw new ShapeError(`${op}: tensors have at most 8 dimensions, ${arg} has ${s.length}`);
+  let n = 1;
+  for (let i = 0; i < s.length; ++i) n *= s[i];
+  if (!(n <= MAX_ELEMENTS)) checkElements(op, s);  // (throws its error; a 0 hides a huge dimension, so look then too)
+  else if (n === 0) checkElements(op, s);
 }
 
 /** Refuses a callback that is not a function. */
@@ -77,6 +139,23 @@ export function sameDevice(op: string, ...ts: Tensor[]): Device {
     }
   }
   return d;
+}
+
+/** True when two shapes are equal. */
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; ++i) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * The broadcast of two shapes as broadcastShapes gives it, but a itself or b itself when it
+ * equals one of them (a tensor's frozen shape, shared by the output: no copy).
+ */
+export function broadcastShapesOf(op: string, a: readonly number[], b: readonly number[], an = 'a', bn = 'b'): readonly number[] {
+  if (sameShape(a, b)) return a;
+  const r = broadcastShapes(op, a, b, an, bn);
+  return sameShape(r, a) ? a : sameShape(r, b) ? b : r;
 }
 
 /** The broadcast of two shapes (numpy rules), or a ShapeError naming both. */

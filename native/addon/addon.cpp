@@ -137,7 +137,7 @@ struct Instance {
       task->after = o;
       task->after_seq = o->submitted();
     }
-    std::vector<Storage*> writes = task->writes;
+    const StorageList writes = task->writes;
     const uint64_t seq = s.submit(std::move(task));
     for (Storage* w : writes) w->set_last_write(seq);
     if (o) {
@@ -185,13 +185,17 @@ constexpr int64_t kExternalReportBytes = int64_t(1) << 30;
 
 void sync_external_memory(Napi::Env env, bool force = false) {
   static thread_local int64_t last_ms = 0;
+  static thread_local uint32_t calls = 0;
   auto& pending = memory_counters().pending_external;
+  const int64_t d = pending.load(std::memory_order_relaxed);
+  if (d == 0) return;
+  const bool big = d >= kExternalReportBytes || d <= -kExternalReportBytes;
+  // (the clock is read on every 64th call only: reading it costs a tenth of a tiny op)
+  if (!force && !big && (++calls & 63) != 0) return;
   const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::steady_clock::now().time_since_epoch())
                           .count();
-  const int64_t d = pending.load(std::memory_order_relaxed);
-  if (d == 0) return;
-  if (!force && now - last_ms < kExternalReportMs && d < kExternalReportBytes && d > -kExternalReportBytes) return;
+  if (!force && !big && now - last_ms < kExternalReportMs) return;
   last_ms = now;
   Napi::MemoryManagement::AdjustExternalMemory(env, pending.exchange(0));
 }
@@ -264,8 +268,7 @@ class ArgReader {
   void u64(uint64_t& dst, const char* name) { dst = static_cast<uint64_t>(integer(name, 0, kMaxSafeInteger)); }
   void boolean(bool& dst, const char* name) {
     Napi::Value v = next();
-    if (!v.IsBoolean()) bad(name, "a boolean", v);
-    dst = v.As<Napi::Boolean>().Value();
+    if (napi_get_value_bool(info_.Env(), v, &dst) != napi_ok) bad(name, "a boolean", v);
   }
   void int_list(std::vector<int>& dst, const char* name) {
     Napi::Value v = next();
@@ -296,14 +299,17 @@ class ArgReader {
   [[noreturn]] void bad(const char* name, const char* want, const Napi::Value& v) {
     fail(ErrorCode::Value, op_, ": Expected ", want, " for ", name, " but received ", describe(v));
   }
+  // (napi_get_value_double refuses a non-number itself: no napi_typeof first)
   double number(const char* name, const char* want) {
     Napi::Value v = next();
-    if (!v.IsNumber()) bad(name, want, v);
-    return v.As<Napi::Number>().DoubleValue();
+    double d;
+    if (napi_get_value_double(info_.Env(), v, &d) != napi_ok) bad(name, want, v);
+    return d;
   }
   double integer(const char* name, double lo, double hi) {
     Napi::Value v = next();
-    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+    double d;
+    if (napi_get_value_double(info_.Env(), v, &d) != napi_ok) d = NAN;
     if (!(d == std::floor(d) && d >= lo && d <= hi)) {
       fail(ErrorCode::Value, op_, ": Expected an integer in [", lo, ", ", hi, "] for ", name, " but received ",
            describe(v));
@@ -389,18 +395,21 @@ template <typename A>
 Napi::Value op_entry(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Instance& in = inst(info);
-    auto task = std::make_unique<OpTask<A>>();
+    OpTask<A> task;  // on the stack: a task run at once needs no allocation
     ArgReader r(info, in, A::name);
-    read_args(r, task->args);
+    read_args(r, task.args);
     DeviceKind run_on, other;
-    check_common(task->args, &run_on, &other);
-    ops::check(task->args);
-    task->collect();
-    if (writes_nothing(task->args)) return info.Env().Undefined();
-    if (run_inline(in, task->args, run_on)) {
-      in.stream(run_on).run_now(*task);
+    check_common(task.args, &run_on, &other);
+    ops::check(task.args);
+    if (writes_nothing(task.args)) return info.Env().Undefined();
+    task.collect();
+    if (run_inline(in, task.args, run_on)) {
+      in.stream(run_on).run_now(task);
     } else {
-      in.submit(std::move(task), run_on, &other);
+      auto queued = std::make_unique<OpTask<A>>();
+      queued->args = std::move(task.args);
+      queued->collect();
+      in.submit(std::move(queued), run_on, &other);
     }
     return info.Env().Undefined();
   });
@@ -694,34 +703,94 @@ DR_FN(FromBytes) {
   })
 }
 
+// A view of src's storage; the furthest element must lie inside the storage.
+std::unique_ptr<TensorImpl> make_view(const TensorImpl& src, const std::vector<int64_t>& shape,
+                                      const std::vector<int64_t>& strides, double offset) {
+  DR_CHECK(shape.size() == strides.size() && shape.size() <= static_cast<size_t>(kMaxDims), Shape,
+           "view: shape and strides must have the same length (at most ", kMaxDims, ")");
+  check_elements(shape.data(), static_cast<int>(shape.size()));
+  auto t = std::make_unique<TensorImpl>();
+  t->storage = src.storage;
+  t->dtype = src.dtype;
+  t->offset = static_cast<int64_t>(offset);
+  t->ndim = static_cast<int>(shape.size());
+  int64_t hi = t->offset, numel = 1;
+  for (int d = 0; d < t->ndim; ++d) {
+    DR_CHECK(shape[d] >= 0 && strides[d] >= 0, Shape, "view: negative size or stride");
+    t->shape[d] = shape[d];
+    t->strides[d] = strides[d];
+    numel *= shape[d];
+    if (shape[d] > 0) hi += (shape[d] - 1) * strides[d];
+  }
+  int64_t cap = static_cast<int64_t>(src.storage->bytes() / dtype_size(src.dtype));
+  DR_CHECK(t->offset >= 0 && (numel == 0 || hi < cap), Range, "view: elements up to ", hi,
+           " exceed the storage of ", cap, " elements");
+  return t;
+}
+
 // view(id, shape, strides, offset): a new handle on the same storage.
 DR_FN(ViewOf) {
   DR_BODY({
     TensorImpl& src = inst(info).get(num(info, 0, "tensor"), "view", "tensor");
     auto shape = int_list(info, 1, "shape");
     auto strides = int_list(info, 2, "strides");
-    double offset = num(info, 3, "offset");
-    DR_CHECK(shape.size() == strides.size() && shape.size() <= static_cast<size_t>(kMaxDims), Shape,
-             "view: shape and strides must have the same length (at most ", kMaxDims, ")");
-    check_elements(shape.data(), static_cast<int>(shape.size()));
-    auto t = std::make_unique<TensorImpl>();
-    t->storage = src.storage;
-    t->dtype = src.dtype;
-    t->offset = static_cast<int64_t>(offset);
-    t->ndim = static_cast<int>(shape.size());
-    // The furthest element must lie inside the storage.
-    int64_t hi = t->offset, numel = 1;
-    for (int d = 0; d < t->ndim; ++d) {
-      DR_CHECK(shape[d] >= 0 && strides[d] >= 0, Shape, "view: negative size or stride");
-      t->shape[d] = shape[d];
-      t->strides[d] = strides[d];
-      numel *= shape[d];
-      if (shape[d] > 0) hi += (shape[d] - 1) * strides[d];
-    }
-    int64_t cap = static_cast<int64_t>(src.storage->bytes() / dtype_size(src.dtype));
-    DR_CHECK(t->offset >= 0 && (numel == 0 || hi < cap), Range, "view: elements up to ", hi,
-             " exceed the storage of ", cap, " elements");
-    return handle(info, std::move(t));
+    return handle(info, make_view(src, shape, strides, num(info, 3, "offset")));
+  })
+}
+
+// The fast forms of empty() and view() the library's ops use: the shape (and strides) come in
+// the ArrayBuffer of a Float64Array (dims: shape in [0, ndim), strides in [8, 8 + ndim)) that
+// JavaScript fills, which costs far less to read than a JavaScript array element by element
+// (and than a frozen one).
+std::vector<int64_t> dims_list(const Napi::CallbackInfo& info, size_t i, int ndim, int at, const char* what) {
+  void* data = nullptr;
+  size_t bytes = 0;
+  if (i >= info.Length() || napi_get_arraybuffer_info(info.Env(), info[i], &data, &bytes) != napi_ok) {
+    fail(ErrorCode::Value, "expected the ArrayBuffer of a Float64Array for ", what);
+  }
+  DR_CHECK(ndim >= 0 && ndim <= kMaxDims && (at + ndim) * sizeof(double) <= bytes, Shape,
+           "tensors have at most ", kMaxDims, " dimensions, got ", ndim);
+  const double* a = static_cast<const double*>(data);
+  std::vector<int64_t> r(ndim);
+  for (int k = 0; k < ndim; ++k) {
+    const double d = a[at + k];
+    if (!(d == std::floor(d) && std::fabs(d) <= kMaxSafeInteger)) fail(ErrorCode::Value, what, "[", k, "] must be an integer, got ", d);
+    r[k] = static_cast<int64_t>(d);
+  }
+  return r;
+}
+
+int ndim_arg(const Napi::CallbackInfo& info, size_t i) {
+  const double d = num(info, i, "ndim");
+  DR_CHECK(d >= 0 && d <= kMaxDims && d == std::floor(d), Shape, "tensors have at most ", kMaxDims, " dimensions, got ", d);
+  return static_cast<int>(d);
+}
+
+// emptyFrom(dims, ndim, dtype, device)
+DR_FN(EmptyFrom) {
+  DR_BODY({
+    DeviceKind dev = device_arg(info, 3);
+    if (dev == DeviceKind::CUDA) cuda_required();
+    return handle(info, make_tensor(dims_list(info, 0, ndim_arg(info, 1), 0, "shape"), dtype_arg(info, 2), dev));
+  })
+}
+
+// viewFrom(id, dims, ndim, offset)
+DR_FN(ViewFrom) {
+  DR_BODY({
+    TensorImpl& src = inst(info).get(num(info, 0, "tensor"), "view", "tensor");
+    const int ndim = ndim_arg(info, 2);
+    return handle(info, make_view(src, dims_list(info, 1, ndim, 0, "shape"), dims_list(info, 1, ndim, kMaxDims, "strides"),
+                                  num(info, 3, "offset")));
+  })
+}
+
+// alias(id): a new handle on the same storage with the same layout (what saving a tensor for
+// backward and Tensor.alias() need: view() without reading a shape and strides back from JS).
+DR_FN(Alias) {
+  DR_BODY({
+    const TensorImpl& src = inst(info).get(num(info, 0, "tensor"), "alias", "tensor");
+    return handle(info, std::make_unique<TensorImpl>(src));
   })
 }
 
@@ -922,7 +991,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Napi::Value (*fn)(const Napi::CallbackInfo&);
   };
   static const Entry runtime[] = {
-      {"empty", Empty},         {"fromBytes", FromBytes},     {"view", ViewOf},
+      {"empty", Empty},         {"fromBytes", FromBytes},     {"view", ViewOf},           {"alias", Alias},
+      {"emptyFrom", EmptyFrom}, {"viewFrom", ViewFrom},
       {"release", Release},     {"isLive", IsLive},           {"readSync", ReadSync},
       {"read", Read},           {"devices", Devices},         {"memory", Memory},
       {"numThreads", NumThreads}, {"setNumThreads", SetNumThreads}, {"synchronize", Synchronize},

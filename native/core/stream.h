@@ -36,6 +36,31 @@ namespace dualroute {
 
 class Stream;
 
+// The storages a task reads or writes: a few, held inline (no allocation per op); more spill to
+// the heap.
+class StorageList {
+ public:
+  void push_back(Storage* s) {
+    if (n_ < kInline && spill_.empty()) {
+      inline_[n_++] = s;
+      return;
+    }
+    if (spill_.empty()) spill_.assign(inline_, inline_ + n_);
+    spill_.push_back(s);
+    ++n_;
+  }
+  Storage* const* begin() const { return spill_.empty() ? inline_ : spill_.data(); }
+  Storage* const* end() const { return begin() + n_; }
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+
+ private:
+  static constexpr size_t kInline = 8;
+  Storage* inline_[kInline];
+  size_t n_ = 0;
+  std::vector<Storage*> spill_;
+};
+
 class Task {
  public:
   virtual ~Task() = default;
@@ -48,7 +73,7 @@ class Task {
   virtual void finish(const std::shared_ptr<const OpFailure>& failure) noexcept {}
 
   // Storages this task reads and writes (valid while the task lives: it holds its arguments).
-  std::vector<Storage*> reads, writes;
+  StorageList reads, writes;
   // Before running, wait until `after` has completed its task number `after_seq` (work queued
   // on another device that this task depends on).
   Stream* after = nullptr;

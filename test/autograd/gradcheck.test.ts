@@ -24,6 +24,11 @@ describe('gradcheck: element-wise', () => {
   check('scalar ops on both sides', (a) => dr.add(dr.mul(dr.sub(2, a), 3), dr.div(1, dr.add(dr.pow(a, 2), 1))), () => [f64([4], 7)]);
   check('pow with a scalar exponent and base', (a) => dr.add(dr.pow(a.abs().add(0.5), 3), dr.pow(2, a)), () => [f64([4], 8)]);
   check('maximum/minimum with a scalar', (a) => dr.add(dr.maximum(a, 0.3), dr.minimum(a, -0.2)), () => [f64([6], 9)]);
+  // (each op saves only what its rule reads: these cover every saved set of the binary ops)
+  check('division by a scalar, and a scalar minus and plus', (a) => dr.add(dr.div(a, 4), dr.add(dr.sub(a, 3), dr.add(5, a))), () => [f64([5], 100)]);
+  check('remainder, tensor and scalar on either side', (a, b) => dr.add(dr.add(dr.remainder(a, b), dr.remainder(a, 0.7)), dr.remainder(2.5, b)),
+    () => [f64([6], 101, 0.1, 0.4), f64([6], 102, 1.3, 1.9)]);
+  check('a tensor times itself, divided by itself squared', (a) => dr.div(dr.mul(a, a), dr.add(dr.mul(a, a), 1)), () => [f64([4], 103)]);
   const positive = new Set(['log', 'sqrt', 'rsqrt', 'reciprocal']);
   for (const op of ['neg', 'abs', 'exp', 'log', 'sqrt', 'rsqrt', 'sin', 'cos', 'tanh', 'sigmoid', 'relu', 'gelu', 'geluTanh', 'silu', 'square', 'reciprocal', 'erf', 'log1p', 'expm1'] as const) {
     const [lo, hi] = positive.has(op) ? [0.3, 2] : op === 'log1p' ? [-0.5, 2] : [-2, 2];

@@ -118,6 +118,32 @@ describe('autograd as its own layer', () => {
     dr.dispose([w, x]);
   });
 
+  test('an op saves only what its backward reads: add may see its inputs updated in place afterwards, mul may not', () => {
+    // as in PyTorch: the gradient of a + b is the incoming gradient alone, that of a * b reads a and b
+    const x = dr.tensor([1, 2, 3]).requiresGrad_();
+    const a = x.mul(1);
+    const s = dr.add(dr.add(a, 2), dr.sum(a));
+    dr.noGrad(() => a.add_(10));
+    s.sum().backward();
+    expect(Array.from(x.grad!.dataSync())).toEqual([4, 4, 4]);
+    const m = dr.mul(a, a);
+    dr.noGrad(() => a.add_(1));
+    expect(() => m.sum().backward()).toThrow(/backward of mul: a tensor it saved .* was modified by an in-place op/);
+    dr.dispose([x, a, s, m]);
+  });
+
+  test('recording ops that save nothing holds no handle beyond their outputs', () => {
+    const x = dr.tensor([1, 2, 3]).requiresGrad_();
+    const start = dr.memory().tensors;
+    const y = dr.tidy(() => dr.add(dr.mul(x, 2), 1));  // tidy disposes mul's output
+    expect(dr.memory().tensors).toBe(start + 1);
+    const g = dr.ones([3]);
+    y.backward(g);
+    expect(Array.from(x.grad!.dataSync())).toEqual([2, 2, 2]);
+    dr.dispose([x, y, g]);
+    expect(dr.memory().tensors).toBe(start - 1);
+  });
+
   test('backward through a tensor updated in place after it was saved is refused', () => {
     const x = dr.tensor([1, 2, 3]).requiresGrad_();
     const y = x.mul(2);
