@@ -37,6 +37,10 @@
 //                           fused RMSNorm, so its side is the five-call form models write),
 //                           layerNorm [1,128] (weight and bias), narrow [1,128] -> [1,64] and
 //                           reshape [1,128] -> [128] (views): what a decode step's ops pay
+//                           (the matmul's 16,640 elements pass the matmul family's inline limit,
+//                           so it is queued: its row measures the stream's throughput)
+// --json writes {machine, rounds, quick, baseline, torch, command, date, rows: [{row, unit,
+// this, baseline?, ratio?, torch?, ratioTorch?, bytes?}]}, each side {median, min, max, values}.
 // Plain node only, like bench/run.ts.
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';

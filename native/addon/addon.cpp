@@ -182,6 +182,7 @@ Instance& inst(const Napi::CallbackInfo& info) { return inst(info.Env()); }
 // therefore batched to at most one per kExternalReportMs (or at once past kExternalReportBytes).
 constexpr int64_t kExternalReportMs = 100;
 constexpr int64_t kExternalReportBytes = int64_t(1) << 30;
+constexpr int64_t kExternalClockBytes = int64_t(1) << 20;
 
 void sync_external_memory(Napi::Env env, bool force = false) {
   static thread_local int64_t last_ms = 0;
@@ -190,8 +191,12 @@ void sync_external_memory(Napi::Env env, bool force = false) {
   const int64_t d = pending.load(std::memory_order_relaxed);
   if (d == 0) return;
   const bool big = d >= kExternalReportBytes || d <= -kExternalReportBytes;
-  // (the clock is read on every 64th call only: reading it costs a tenth of a tiny op)
-  if (!force && !big && (++calls & 63) != 0) return;
+  // While less than kExternalClockBytes wait (tiny ops), the clock is read on every 64th call
+  // only: reading it costs a tenth of a tiny op. Past that, on every call as before: holding back
+  // the report of large tensors makes the one that follows big enough for V8 to answer with a
+  // collection on the spot, which stalls the JavaScript thread (seen in bench/overhead.ts's
+  // event-loop rows).
+  if (!force && !big && d < kExternalClockBytes && d > -kExternalClockBytes && (++calls & 63) != 0) return;
   const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::steady_clock::now().time_since_epoch())
                           .count();
