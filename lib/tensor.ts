@@ -222,6 +222,11 @@ export class StorageRef {
   version = 0;
 }
 
+// The elements a read returned: bfloat16 comes back widened to float32 by the addon.
+function decodeRead(buf: ArrayBuffer, dtype: DType): TypedArray {
+  return dtype === 'bfloat16' ? new Float32Array(buf) : decode(buf, dtype);
+}
+
 export class Tensor {
   readonly shape: readonly number[];
   readonly dtype: DType;
@@ -406,9 +411,6 @@ export class Tensor {
     return widen;
   }
 
-  private decodeRead(buf: ArrayBuffer): TypedArray {
-    return this.dtype === 'bfloat16' ? new Float32Array(buf) : decode(buf, this.dtype);
-  }
 
   /**
    * The elements in row-major order, as of this call (later in-place updates do not show). Waits
@@ -418,7 +420,7 @@ export class Tensor {
   async data(): Promise<TypedArray> {
     const widen = this.checkRead('data()');
     try {
-      return this.decodeRead(await native.read(this.handle, widen));
+      return decodeRead(await native.read(this.handle, widen), this.dtype);
     } catch (e) {
       throw toTypedError(e);
     }
@@ -428,7 +430,7 @@ export class Tensor {
   dataSync(): TypedArray {
     const widen = this.checkRead('dataSync()');
     try {
-      return this.decodeRead(native.readSync(this.handle, widen));
+      return decodeRead(native.readSync(this.handle, widen), this.dtype);
     } catch (e) {
       throw toTypedError(e);
     }
