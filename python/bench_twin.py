@@ -17,6 +17,7 @@ OPENBLAS_NUM_THREADS should be set by the caller (OpenBLAS reads it when it load
 """
 import json
 import os
+import re
 import sys
 import time
 
@@ -57,11 +58,11 @@ class Bench:
             self.initial_loss = float(self.train_model.loss(self.ids, self.targets)[0])
 
     def setup(self):
-        cfg = torch.__config__.show()
-        blas = [line.strip() for line in cfg.split(',') if 'BLAS_INFO' in line]
+        blas = re.search(r'BLAS_INFO=([^,\s]+)', torch.__config__.show())
         return {'torch': torch.__version__, 'threads': torch.get_num_threads(),
                 'openblasThreads': os.environ.get('OPENBLAS_NUM_THREADS'), 'ompThreads': os.environ.get('OMP_NUM_THREADS'),
-                'blasInfo': blas[0] if blas else None, 'blasLibraries': blas_library(),
+                'ompWaitPolicy': os.environ.get('OMP_WAIT_POLICY'),
+                'blasInfo': blas.group(1) if blas else None, 'blasLibraries': blas_library(),
                 'params': sum(p.numel() for p in self.train_model.parameters()), 'initialLoss': self.initial_loss}
 
     def train(self):
