@@ -124,8 +124,39 @@ inline VT<double>::V vexp_c(VT<double>::V x) {
   return x;
 }
 // The online softmax's exp (arguments at most 0, -inf or NaN: see vexp_softmax).
-inline VT<float>::V vexp_sm(VT<float>::V x) { return vexp_softmax(x); }
+// e^x for the exponents attention takes (x <= 0 but for rounding: a score minus its row's max
+// or lse; -inf for masked keys; NaN): 2^(x log2 e) with n = round(x log2 e) by the shifter
+// trick, whose bits also hold n + 127 (so a shift makes 2^n), f = x log2 e - n in [-1/2, 1/2]
+// by one fused multiply-add, and 2^f by a degree-6 fit (relative error under 1e-7 in float
+// arithmetic). x is clamped below at -127 ln 2, where n + 127 = 0 makes the factor 2^n exactly
+// 0: -inf and everything under about -87.7 give 0. NaN stays NaN. No overflow handling:
+// x must stay under 88 (invisible lanes of the backward may exceed it; their results are
+// selected away). 13 vector instructions against vexp_softmax's ~20.
+inline VT<float>::V vexp_sm(VT<float>::V x) {
+  using V = VT<float>::V;
+  using I = VT<float>::I;
+  const V lo = splat<V>(-88.02969193111305f), sh = splat<V>(12582912.0f + 127.0f);
+  const V log2e = splat<V>(1.44269504088896341f);
+  const V xc = x < lo ? lo : x;  // NaN compares false and stays
+  const V t = xc * log2e + sh;
+  const V n = t - sh;
+  const V f = xc * log2e - n;
+  V p = splat<V>(1.534578768769279e-4f);
+  p = p * f + 1.3399930903688073e-3f;
+  p = p * f + 9.618489071726799e-3f;
+  p = p * f + 5.550328642129898e-2f;
+  p = p * f + 2.4022646248340607e-1f;
+  p = p * f + 6.931471824645996e-1f;
+  p = p * f + 1.0f;
+  I e;
+  std::memcpy(&e, &t, sizeof(e));
+  e <<= 23;
+  V sc;
+  std::memcpy(&sc, &e, sizeof(sc));
+  return p * sc;
+}
 inline VT<double>::V vexp_sm(VT<double>::V x) { return vexp_c(x); }
+
 
 template <typename T>
 inline typename Num<T>::acc wid(T v) {
@@ -204,6 +235,77 @@ void gemm_nb(int64_t M, int64_t K, const C* a, int64_t am, int64_t ak, const C* 
   if (m < M)
     mk_tail<C, NB, KC, MR - 1>(static_cast<int>(M - m), K, a + m * am, am, ak, b, ldb, c + m * ldc, ldc, mode,
                                rows ? cs + m : cs);
+}
+
+// The micro-kernel with rows given by pointers: A(m, k) = ar[m][k] (broadcast) and C row m at
+// cr[m] + co, so gathered rows (the query rows of a segment, their accumulators in a task's
+// scratch) take part in place, without being copied into a tile. Modes kSet and kRowScaleAdd.
+template <typename C, int MR, int NB, int KC>
+inline void mkp(int64_t Kr, const C* const* ar, const C* b, int64_t ldb, C* const* cr, int64_t co, int mode,
+                const C* cs) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L;
+  const int64_t K = KC ? KC : Kr;
+  V acc[MR][NB];
+  const C* a[MR];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) {
+    a[m] = ar[m];
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n)
+      acc[m][n] = mode == kSet ? V{} : ldv(cr[m] + co + n * L) * splat<V>(cs[m]);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    V bv[NB];
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) bv[n] = ldv(b + k * ldb + n * L);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      const V av = splat<V>(a[m][k]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; ++n) acc[m][n] += av * bv[n];
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) stv(cr[m] + co + n * L, acc[m][n]);
+}
+
+template <typename C, int NB, int KC, int R>
+inline void mkp_tail(int r, int64_t K, const C* const* ar, const C* b, int64_t ldb, C* const* cr, int64_t co,
+                     int mode, const C* cs) {
+  if constexpr (R >= 1) {
+    if (r == R) return mkp<C, R, NB, KC>(K, ar, b, ldb, cr, co, mode, cs);
+    mkp_tail<C, NB, KC, R - 1>(r, K, ar, b, ldb, cr, co, mode, cs);
+  }
+}
+
+// gemm() over pointer rows: M rows, NV column vectors (groups of at most 4), K steps.
+template <typename C, int KC>
+void gemm_rows(int64_t M, int64_t NV, int64_t K, const C* const* ar, const C* b, int64_t ldb, C* const* cr, int mode,
+               const C* cs = nullptr) {
+  constexpr int L = VT<C>::L;
+  for (int64_t n0 = 0; n0 < NV;) {
+    const int64_t left = NV - n0;
+    const int nb = left >= 4 ? 4 : static_cast<int>(left);
+    const int64_t o = n0 * L;
+    auto run = [&](auto nbc) {
+      constexpr int NB = decltype(nbc)::value, MR = mr_for(NB);
+      int64_t m = 0;
+      for (; m + MR <= M; m += MR) mkp<C, MR, NB, KC>(K, ar + m, b + o, ldb, cr + m, o, mode, cs ? cs + m : cs);
+      if (m < M)
+        mkp_tail<C, NB, KC, MR - 1>(static_cast<int>(M - m), K, ar + m, b + o, ldb, cr + m, o, mode,
+                                    cs ? cs + m : cs);
+    };
+    switch (nb) {
+      case 4: run(std::integral_constant<int, 4>{}); break;
+      case 3: run(std::integral_constant<int, 3>{}); break;
+      case 2: run(std::integral_constant<int, 2>{}); break;
+      default: run(std::integral_constant<int, 1>{}); break;
+    }
+    n0 += nb;
+  }
 }
 
 // Any number NV of column vectors, cut into groups of at most 4.
@@ -308,32 +410,59 @@ void apply_mask(C* St, int64_t nk, int64_t j0, const Lanes<C>& ln, const uint8_t
 // Online-softmax step over a chunk of scores St (masked entries -inf): updates the running
 // max m and sum l per lane, overwrites St with P = exp(St - m_new) and leaves the rescale
 // factor of the old accumulator in alpha. A lane that has seen only -inf keeps m = -inf and
-// subtracts 0 instead, so that exp gives 0 rather than NaN. The max propagates NaN (a NaN
-// score makes the lane's m, l and output NaN, as the materialised softmax does); a lane whose
-// visible keys all score -inf ends with l = 0, which the finalisation turns into NaN.
+// subtracts 0 instead, so that exp gives 0 rather than NaN. The max skips NaN scores; their P
+// is NaN, which makes the lane's l and output NaN (and its lse, from l), as the materialised
+// softmax does; a lane whose visible keys all score -inf ends with l = 0, which the
+// finalisation turns into NaN. The max and the sum each run four independent chains (one
+// chain over a chunk's keys is bound by the latency of its max or add, not by throughput).
 template <typename C>
 void softmax_step(C* St, int64_t nk, C* m, C* l, C* alpha) {
   using V = typename VT<C>::V;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
   const V ninf = splat<V>(-std::numeric_limits<C>::infinity());
   for (int g = 0; g < kNVQ; ++g) {
-    V mx = ninf;
-    for (int64_t j = 0; j < nk; ++j) {
-      const V s = ldv(St + j * BM + g * L);
-      mx = (s > mx) | (s != s) ? s : mx;
+    C* col = St + g * L;
+    V m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
+    int64_t j = 0;
+    for (; j + 4 <= nk; j += 4) {
+      const V s0 = ldv(col + j * BM), s1 = ldv(col + (j + 1) * BM), s2 = ldv(col + (j + 2) * BM),
+              s3 = ldv(col + (j + 3) * BM);
+      m0 = s0 > m0 ? s0 : m0;
+      m1 = s1 > m1 ? s1 : m1;
+      m2 = s2 > m2 ? s2 : m2;
+      m3 = s3 > m3 ? s3 : m3;
     }
+    for (; j < nk; ++j) {
+      const V s0 = ldv(col + j * BM);
+      m0 = s0 > m0 ? s0 : m0;
+    }
+    m0 = m1 > m0 ? m1 : m0;
+    m2 = m3 > m2 ? m3 : m2;
+    const V mx = m2 > m0 ? m2 : m0;
     const V mo = ldv(m + g * L);
-    const V mn = (mx > mo) | (mx != mx) ? mx : mo;
+    const V mn = mx > mo ? mx : mo;
     const V mu = mn == ninf ? V{} : mn;
     stv(alpha + g * L, vexp_sm(mo - mu));
-    V sum = V{};
-    for (int64_t j = 0; j < nk; ++j) {
-      C* p = St + j * BM + g * L;
-      const V e = vexp_sm(ldv(p) - mu);
-      stv(p, e);
-      sum += e;
+    V a0 = V{}, a1 = V{}, a2 = V{}, a3 = V{};
+    j = 0;
+    for (; j + 4 <= nk; j += 4) {
+      const V e0 = vexp_sm(ldv(col + j * BM) - mu), e1 = vexp_sm(ldv(col + (j + 1) * BM) - mu);
+      const V e2 = vexp_sm(ldv(col + (j + 2) * BM) - mu), e3 = vexp_sm(ldv(col + (j + 3) * BM) - mu);
+      stv(col + j * BM, e0);
+      stv(col + (j + 1) * BM, e1);
+      stv(col + (j + 2) * BM, e2);
+      stv(col + (j + 3) * BM, e3);
+      a0 += e0;
+      a1 += e1;
+      a2 += e2;
+      a3 += e3;
     }
-    stv(l + g * L, ldv(l + g * L) * ldv(alpha + g * L) + sum);
+    for (; j < nk; ++j) {
+      const V e0 = vexp_sm(ldv(col + j * BM) - mu);
+      stv(col + j * BM, e0);
+      a0 += e0;
+    }
+    stv(l + g * L, ldv(l + g * L) * ldv(alpha + g * L) + ((a0 + a1) + (a2 + a3)));
     stv(m + g * L, mn);
   }
 }
@@ -431,6 +560,16 @@ void finish_row(bool has_key, int64_t D, const C* Ot, int64_t ld, C m, C l, T* o
   if (lse) *lse = row_lse(has_key, m, l);
 }
 
+// R (BM rows of D) = the transpose of a tile's Ot (D x BM), in L1: the rows of out are then
+// written with whole-vector stores (one scalar store per element into memory that is not yet
+// cached fills the store queue while the lines are fetched for ownership).
+template <typename C>
+void tile_rows(const C* Ot, int64_t D, C* R) {
+  constexpr int BM = Lanes<C>::BM;
+  for (int64_t d = 0; d < D; ++d)
+    for (int i = 0; i < BM; ++i) R[i * D + d] = Ot[d * BM + i];
+}
+
 // St (nk x BM) = Kc (nk x D, row stride ldk) times Qt (D x BM), with D fixed when DC > 0.
 template <typename C, int DC>
 inline void scores(int64_t nk, int64_t D, const C* Kc, int64_t ldk, const C* Qt, C* St) {
@@ -516,7 +655,7 @@ const C* rows_as(const T* src, int64_t j0, int64_t nk, int64_t D, int64_t ldp, B
 
 template <typename C>
 struct FwdScratch {
-  Buf<C> qt, ot, st, kb, vb, ot2, st2;
+  Buf<C> qt, ot, st, kb, vb, ot2, st2, rows, rows2;
 };
 
 // Decode split ("split-K"): when a call has few query rows per (b, head) (n <= 16) and too
@@ -568,8 +707,15 @@ void fwd_tile_keys(const AttnArgs& a, const T* qh, const T* kh, const T* vh, con
     m[i] = ninf;
     l[i] = 0;
   }
-  for (int64_t d = 0; d < D; ++d)
-    for (int i = 0; i < BM; ++i) Qt[d * BM + i] = qrow[i] >= 0 ? scale * wid(qh[qrow[i] * D + d]) : C(0);
+  // lane by lane: each query row is read in order (a row is a stream the prefetcher follows)
+  for (int i = 0; i < BM; ++i) {
+    if (qrow[i] < 0) {
+      for (int64_t d = 0; d < D; ++d) Qt[d * BM + i] = C(0);
+      continue;
+    }
+    const T* qr = qh + qrow[i] * D;
+    for (int64_t d = 0; d < D; ++d) Qt[d * BM + i] = scale * wid(qr[d]);
+  }
   std::fill(Ot, Ot + D * BM, C(0));
   for (int64_t j0 = j_begin; j0 < j_end; j0 += kBN) {
     const int64_t nk = std::min<int64_t>(kBN, j_end - j0);
@@ -685,10 +831,12 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
     const int64_t r0 = t * BM;
     fwd_tile_setup<C>(a, b, t, ln, qrow, valid);
     fwd_tile_keys<T, DC>(a, qh, kh, vh, pad, ln, qrow, valid, ln.hull_lo, ln.hull_hi, w, m, l, Ot);
+    C* R = w.rows.get(static_cast<size_t>(BM * D));
+    tile_rows<C>(Ot, D, R);
     for (int i = 0; i < BM; ++i) {
       if (!valid[i]) continue;
       const int64_t r = r0 + i;
-      finish_row<T, C>(pads.has_key(b, ln.lo[i], ln.hi[i]), D, Ot + i, BM, m[i], l[i], out + (bh * n + r) * D,
+      finish_row<T, C>(pads.has_key(b, ln.lo[i], ln.hi[i]), D, R + i * D, 1, m[i], l[i], out + (bh * n + r) * D,
                        lse ? lse + bh * n + r : nullptr);
     }
   });
@@ -743,8 +891,10 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
     }
     lnl.finish(valid);
     lng.finish(valid);
-    for (int64_t d = 0; d < D; ++d)
-      for (int i = 0; i < BM; ++i) Qt[d * BM + i] = valid[i] ? scale * wid(qh[(r0 + i) * D + d]) : C(0);
+    for (int i = 0; i < BM; ++i) {
+      const T* qr = qh + (r0 + i) * D;
+      for (int64_t d = 0; d < D; ++d) Qt[d * BM + i] = valid[i] ? scale * wid(qr[d]) : C(0);
+    }
     std::fill(Ol, Ol + D * BM, C(0));
     std::fill(Og, Og + D * BM, C(0));
     // Walk the union of both hulls (rows off the global path still need their local keys,
@@ -774,6 +924,10 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
         pv_chunk<C>(full, D, nk, Vc, ldvv, Sg, Og, alpha, j0, lng, pad);
       }
     }
+    C* Rl = w.rows.get(static_cast<size_t>(BM * D));
+    C* Rg = w.rows2.get(static_cast<size_t>(BM * D));
+    tile_rows<C>(Ol, D, Rl);
+    tile_rows<C>(Og, D, Rg);
     for (int i = 0; i < BM; ++i) {
       if (!valid[i]) continue;
       const int64_t r = r0 + i, row = bh * n + r;
@@ -785,7 +939,7 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
       const bool hl = pads.has_key(b, lnl.lo[i], lnl.hi[i]), hg = glob[i] && pads.has_key(b, lng.lo[i], lng.hi[i]);
       const C il = row_inv(hl, ll[i]), ig = row_inv(hg, lg[i]);
       for (int64_t d = 0; d < D; ++d) {
-        const C xl = hl ? Ol[d * BM + i] * il : C(0), xg = hg ? Og[d * BM + i] * ig : C(0);
+        const C xl = hl ? Rl[i * D + d] * il : C(0), xg = hg ? Rg[i * D + d] * ig : C(0);
         ol[d] = Num<T>::store(xl);
         og[d] = Num<T>::store(xg);
         o[d] = Num<T>::store(glob[i] ? g0 * xl + g1 * xg : g0 * xl);
@@ -996,7 +1150,7 @@ void bwd_chunk(const BwdTile<C>& tl, bool dual, int64_t D, C scale, const uint8_
       for (int64_t j = 0; j < nk; ++j) {
         C* ps = St + j * BM + gq * L;
         C* pd = dPt + j * BM + gq * L;
-        const V p = vexp_c(ldv(ps) - lv);
+        const V p = vexp_sm(ldv(ps) - lv);
         stv(ps, p);
         stv(pd, sc * p * (ldv(pd) - dr));
       }
@@ -1015,7 +1169,7 @@ void bwd_chunk(const BwdTile<C>& tl, bool dual, int64_t D, C scale, const uint8_
       for (int64_t j = 0; j < nk; ++j) {
         C* ps = St + j * BM + gq * L;
         C* pd = dPt + j * BM + gq * L;
-        const V p = vexp_c(ldv(ps) - lv);
+        const V p = vexp_sm(ldv(ps) - lv);
         stv(ps, gg * p);
         stv(pd, sc * p * (gg * ldv(pd) - dr));
       }
@@ -1046,7 +1200,7 @@ void bwd_chunk(const BwdTile<C>& tl, bool dual, int64_t D, C scale, const uint8_
       // each path's terms are selected by its own visibility: invisible lanes may overflow
       // exp, and a NaN in a key, value or the other path must not reach a path that cannot see
       const I vl = (jv >= lol) & (jv < hil), vg = (jv >= log_) & (jv < hig);
-      const V pl = vexp_c(s - lsl), pg = vexp_c(s - lsg);
+      const V pl = vexp_sm(s - lsl), pg = vexp_sm(s - lsg);
       stv(ps, (vl ? gl * pl : zero) + (vg ? gg * pg : zero));
       stv(pd, sc * ((vl ? pl * (gl * dp - drl) : zero) + (vg ? pg * (gg * dp - drg) : zero)));
     }
@@ -1304,7 +1458,7 @@ HeadRows<T> seg_head_rows(const AttnArgs& a, int64_t bh) {
 
 template <typename C>
 struct SegFwdScratch {
-  Buf<C> m, l, o, qg, og, st, kt, vb, alpha;
+  Buf<C> m, l, o, qg, st, kt, vb, alpha;
   std::vector<uint8_t> seen;
   SegLists lists;
 };
@@ -1324,11 +1478,18 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
   alignas(64) C mu[kRowsMax], d[kRowsMax];
   for (int i = 0; i < rows; ++i) {
     const C* row = St + i * ld;
-    V mv = splat<V>(ninf);
-    for (int64_t j = 0; j < n; j += L) {
+    V mv = splat<V>(ninf), mw = mv;
+    int64_t j = 0;
+    for (; j + 2 * L <= n; j += 2 * L) {
+      const V x = ldv(row + j), y = ldv(row + j + L);
+      mv = x > mv ? x : mv;
+      mw = y > mw ? y : mw;
+    }
+    if (j < n) {
       const V x = ldv(row + j);
       mv = x > mv ? x : mv;
     }
+    mv = mw > mv ? mw : mv;
     C mx = ninf;
     for (int x = 0; x < L; ++x) mx = mv[x] > mx ? mv[x] : mx;
     const C mn = mx > m[i] ? mx : m[i];
@@ -1342,12 +1503,21 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
   for (int i = 0; i < rows; ++i) {
     C* row = St + i * ld;
     const V mus = splat<V>(mu[i]);
-    V sv = V{};
-    for (int64_t j = 0; j < n; j += L) {
+    V sv = V{}, sw = V{};
+    int64_t j = 0;
+    for (; j + 2 * L <= n; j += 2 * L) {
+      const V e = vexp_sm(ldv(row + j) - mus), f = vexp_sm(ldv(row + j + L) - mus);
+      stv(row + j, e);
+      stv(row + j + L, f);
+      sv += e;
+      sw += f;
+    }
+    if (j < n) {
       const V e = vexp_sm(ldv(row + j) - mus);
       stv(row + j, e);
       sv += e;
     }
+    sv += sw;
     C sum = 0;
     for (int x = 0; x < L; ++x) sum += sv[x];
     l[i] = l[i] * alpha[i] + sum;
@@ -1355,15 +1525,15 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
 }
 
 // The forward walk, with query rows in the rows of the micro-kernel products (keys, then the
-// head dim, in vector lanes): a tile gathers up to kSegTile query rows that chose the segment
-// (their scaled Q rows, and their O rows, m and l from the task's scratch) as plain row copies,
+// head dim, in vector lanes): a tile takes up to kSegTile query rows that chose the segment
 // and for each chunk of the segment's keys
-//   S = Qg Kt            (Kt: the chunk's keys transposed, once per segment for all its tiles)
+//   S = Q Kt             (Kt: the chunk's keys transposed and pre-scaled, once per segment for
+//                          all its tiles; Q rows read in place, bfloat16 ones widened first)
 //   P = exp(S - m_new)   (row-wise online softmax; the causal cut of a row's own segment and the
 //                          padding columns are -inf)
-//   Og = alpha Og + P V  (V rows read in place)
-// then copies the O rows back. Per (row, segment) visit the tile moves ~3 D values, against
-// 4 D x segment flops.
+//   O = alpha O + P V    (V rows read in place, O rows accumulated in place in the task's scratch)
+// The micro-kernel takes its A and C rows by pointer (mkp), so no Q or O row is copied per
+// visit; a (row, segment) visit reads ~2 D values and writes D, against 4 D x segment flops.
 // rows per tile: a whole number of the micro-kernel's row groups (15 = 5 x 3 with 16 registers,
 // 16 = 4 x 4 with AVX-512), so no product runs a one-row tail
 constexpr int kSegTile = mr_for(4) * (16 / mr_for(4));
@@ -1392,12 +1562,15 @@ void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int6
   std::fill(O, O + nr * Dp, C(0));
   w.lists.build(idx, i0, i1, K, nseg);
   C* Qg = w.qg.get(static_cast<size_t>(TM * D));
-  C* Og = w.og.get(static_cast<size_t>(TM * Dp));
   C* St = w.st.get(static_cast<size_t>(TM * kBN));
   C* Kt = w.kt.get(static_cast<size_t>(std::min(seg_chunks, (a.Sk + kBN - 1) / kBN) * D * kBN));
   C* al = w.alpha.get(static_cast<size_t>(kRowsMax));
   alignas(64) C mt[TM], lt[TM];
   int64_t row[TM], lo[TM], hi[TM];
+  const C* qp[TM];
+  const C* spc[TM];
+  C* op[TM];
+  C* sp[TM];
   for (int64_t s = 0; s < nseg; ++s) {
     const int32_t* rs = w.lists.rows.data() + w.lists.start[s];
     const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
@@ -1410,7 +1583,7 @@ void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int6
         for (int64_t j = nk; j < kBN; ++j) kt[d * kBN + j] = C(0);
       for (int64_t j = 0; j < nk; ++j) {
         const T* kr = hr.k + (j0 + j) * D;
-        for (int64_t d = 0; d < D; ++d) kt[d * kBN + j] = wid(kr[d]);
+        for (int64_t d = 0; d < D; ++d) kt[d * kBN + j] = scale * wid(kr[d]);
       }
     }
     for (int64_t t0 = 0; t0 < cnt; t0 += TM) {
@@ -1436,12 +1609,19 @@ void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int6
         mt[i] = m[r];
         lt[i] = l[r];
         const T* qr = hr.q + row[i] * D;
-        for (int64_t d = 0; d < D; ++d) Qg[i * D + d] = scale * wid(qr[d]);
-        std::memcpy(Og + i * Dp, O + r * Dp, static_cast<size_t>(Dp) * sizeof(C));
+        if constexpr (std::is_same<T, C>::value) {
+          qp[i] = qr;  // read in place (the scale is in Kt)
+        } else {
+          for (int64_t d = 0; d < D; ++d) Qg[i * D + d] = wid(qr[d]);
+          qp[i] = Qg + i * D;
+        }
+        op[i] = O + r * Dp;
+        sp[i] = St + i * kBN;
+        spc[i] = sp[i];
       }
       for (int64_t j0 = s0; j0 < hull; j0 += kBN) {
         const int64_t nk = std::min<int64_t>(kBN, hull - j0), nkp = (nk + L - 1) / L * L;
-        gemm<C>(tm, nkp / L, D, Qg, D, 1, Kt + ((j0 - s0) / kBN) * D * kBN, kBN, St, kBN, kSet);
+        gemm_rows<C, DC>(tm, nkp / L, D, qp, Kt + ((j0 - s0) / kBN) * D * kBN, kBN, sp, kSet);
         bool masked = false;
         for (int i = 0; i < tm; ++i) {
           C* sr = St + i * kBN;
@@ -1455,20 +1635,20 @@ void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int6
         if (masked && any_nonfinite(Vc, nk, D, ldv_)) {
           // P = 0 past a row's cut: a non-finite value there must not reach the row (0 * NaN)
           for (int i = 0; i < tm; ++i) {
-            for (int64_t d = 0; d < Dp; ++d) Og[i * Dp + d] *= al[i];
+            C* orow = op[i];
+            for (int64_t d = 0; d < Dp; ++d) orow[d] *= al[i];
             const int64_t vis = std::max<int64_t>(0, std::min(nk, hi[i] - j0));
             for (int64_t j = 0; j < vis; ++j)
-              for (int64_t d = 0; d < D; ++d) Og[i * Dp + d] += St[i * kBN + j] * Vc[j * ldv_ + d];
+              for (int64_t d = 0; d < D; ++d) orow[d] += St[i * kBN + j] * Vc[j * ldv_ + d];
           }
         } else {
-          gemm<C>(tm, Dp / L, nk, St, kBN, 1, Vc, ldv_, Og, Dp, kRowScaleAdd, al);
+          gemm_rows<C, 0>(tm, Dp / L, nk, spc, Vc, ldv_, op, kRowScaleAdd, al);
         }
       }
       for (int i = 0; i < tm; ++i) {
         const int64_t r = row[i] - i0;
         m[r] = mt[i];
         l[r] = lt[i];
-        std::memcpy(O + r * Dp, Og + i * Dp, static_cast<size_t>(Dp) * sizeof(C));
       }
     }
   }

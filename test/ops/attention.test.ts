@@ -175,6 +175,34 @@ describe('attention forward against the float64 reference', () => {
     });
   });
 
+  test('scores over the whole exponent range (large scales): out and lse against float64, the backward against the float64 kernel', () => {
+    dr.tidy(() => {
+      // scale 12: row maxima ~ 100, so e^(s - max) runs from 1 down past float32's underflow
+      // (the kernels' exp flushes below ~-87.7 and clamps -inf); scale 3: a wide but dense spread
+      const shape = [1, 2, 45, 16];
+      const q = make(shape, 31), k = make(shape, 32), v = make(shape, 33), up = make(shape, 34);
+      for (const scale of [12, 3]) {
+        for (const [mode, window] of [['global', 1], ['sliding', 9]] as const) {
+          const fwd = (qq: dr.Tensor, kk: dr.Tensor, vv: dr.Tensor) => mode === 'global'
+            ? dr.globalAttention(qq, kk, vv, { causal: true, scale, returnLse: true })
+            : dr.localAttention(qq, kk, vv, { causal: true, window, scale, returnLse: true });
+          const got = fwd(q.t, k.t, v.t);
+          const want = attnRef(q.data, k.data, v.data, shape, 2, 45, { mode, causal: true, window, scale });
+          expectClose(got.out, want.out);
+          expectClose(got.lse, want.lse);
+          const grads = (dtype: dr.DType) => {
+            const xs = [q.t, k.t, v.t].map((t) => t.to(dtype).requiresGrad_());
+            fwd(xs[0], xs[1], xs[2]).out.backward(up.t.to(dtype));
+            return xs.map((t) => t.grad!.to('float64').dataSync());
+          };
+          const g32 = grads('float32'), g64 = grads('float64');
+          const norm = Math.max(...g64.map((g) => Math.max(...Array.from(g, Math.abs))));
+          for (let x = 0; x < 3; ++x) expectClose(g32[x], g64[x], 'float32', Math.max(1, norm));
+        }
+      }
+    });
+  });
+
   test('decode: Sq = 1 against a long key sequence is the last row of the full call', () => {
     dr.tidy(() => {
       const q = make([1, 4, 300, 32], 13), k = make([1, 2, 300, 32], 14), v = make([1, 2, 300, 32], 15);
