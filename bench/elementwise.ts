@@ -176,7 +176,8 @@ interface ReadStat {
 
 /**
  * What a read of 8 MiB (2M float32) costs: dataSync() in a synchronous loop (Node gives the
- * collected buffers back only once the loop yields), data() awaited in a loop, and two plain
+ * collected buffers back only once the loop yields), data() awaited in a loop, dataSync(into)
+ * into one array reused in a synchronous loop, and two plain
  * JavaScript copies of the same bytes for scale: into a fresh Float32Array (fresh pages) and
  * into one array reused (the copy alone). Every call is timed; per row the median, 90th
  * percentile and worst over all rounds.
@@ -186,7 +187,8 @@ async function reads(rounds: number, calls: number): Promise<ReadStat[]> {
   const x = dr.randn([n], { generator: new dr.Generator(3) });
   const src = x.dataSync().slice();
   const reused = new Float32Array(n);
-  const t: Record<string, number[]> = { 'dataSync() 8 MiB, synchronous loop': [], 'data() 8 MiB, awaited loop': [], 'JavaScript copy into a fresh array': [], 'JavaScript copy into a reused array': [] };
+  const dst = new Float32Array(n);
+  const t: Record<string, number[]> = { 'dataSync() 8 MiB, synchronous loop': [], 'data() 8 MiB, awaited loop': [], 'dataSync(into) 8 MiB, synchronous loop': [], 'JavaScript copy into a fresh array': [], 'JavaScript copy into a reused array': [] };
   const keys = Object.keys(t);
   let sink = 0;
   for (let r = 0; r < rounds; ++r) {
@@ -202,16 +204,21 @@ async function reads(rounds: number, calls: number): Promise<ReadStat[]> {
     }
     for (let i = 0; i < calls; ++i) {
       const t0 = performance.now();
+      sink += x.dataSync(dst)[i];
+      t[keys[2]].push(performance.now() - t0);
+    }
+    for (let i = 0; i < calls; ++i) {
+      const t0 = performance.now();
       const f = new Float32Array(n);
       f.set(src);
       sink += f[i];
-      t[keys[2]].push(performance.now() - t0);
+      t[keys[3]].push(performance.now() - t0);
     }
     for (let i = 0; i < calls; ++i) {
       const t0 = performance.now();
       reused.set(src);
       sink += reused[i];
-      t[keys[3]].push(performance.now() - t0);
+      t[keys[4]].push(performance.now() - t0);
     }
     await new Promise((res) => setImmediate(res));
   }

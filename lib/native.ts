@@ -57,6 +57,7 @@ export interface Native {
   /** Copies the tensor's elements, in order, into `into` (exactly its size) and returns it. */
   /** The elements in order; a bfloat16 tensor's widened to float32 bits when `widen`. */
   readSync(h: Handle, widen: boolean): ArrayBuffer;
+  readSync<A extends ArrayBufferView>(h: Handle, widen: boolean, into: A): A;
   read(h: Handle, widen: boolean): Promise<ArrayBuffer>;
   devices(): NativeDevices;
   memory(): NativeMemory;

@@ -223,6 +223,26 @@ export class StorageRef {
 }
 
 // The elements a read returned: bfloat16 comes back widened to float32 by the addon.
+const READ_ARRAY: Record<DType, { name: string; of: (x: unknown) => boolean }> = {
+  float32: { name: 'Float32Array', of: (x) => x instanceof Float32Array },
+  bfloat16: { name: 'Float32Array', of: (x) => x instanceof Float32Array },
+  float64: { name: 'Float64Array', of: (x) => x instanceof Float64Array },
+  int32: { name: 'Int32Array', of: (x) => x instanceof Int32Array },
+  bool: { name: 'Uint8Array', of: (x) => x instanceof Uint8Array },
+};
+
+/** Checks the destination of dataSync(into): the dtype's read array type, `size` elements. */
+function checkReadInto(into: unknown, t: Tensor): void {
+  const want = READ_ARRAY[t.dtype];
+  if (!want.of(into)) {
+    throw new DTypeError(`dataSync(into): Expected a ${want.name} for a ${t.dtype} tensor but received ${describe(into)}`);
+  }
+  const n = (into as TypedArray).length;
+  if (n !== t.size) {
+    throw new ShapeError(`dataSync(into): Expected ${t.size} elements (shape [${t.shape.join(', ')}]) but the array holds ${n}`);
+  }
+}
+
 function decodeRead(buf: ArrayBuffer, dtype: DType): TypedArray {
   return dtype === 'bfloat16' ? new Float32Array(buf) : decode(buf, dtype);
 }
@@ -426,11 +446,18 @@ export class Tensor {
     }
   }
 
-  /** The elements in row-major order, synchronously (waits for the ops this tensor depends on). */
-  dataSync(): TypedArray {
+  /**
+   * The elements in row-major order, synchronously (waits for the ops this tensor depends on).
+   * With `into` (the read's array type: Float32Array for float32 and bfloat16, Float64Array,
+   * Int32Array, Uint8Array for bool; exactly `size` elements) the elements are written there
+   * and `into` is returned: a loop that reads into the same array touches no fresh memory.
+   */
+  dataSync<A extends TypedArray = TypedArray>(into?: A): A {
     const widen = this.checkRead('dataSync()');
+    if (into !== undefined) checkReadInto(into, this);
     try {
-      return decodeRead(native.readSync(this.handle, widen), this.dtype);
+      if (into !== undefined) return native.readSync(this.handle, widen, into);
+      return decodeRead(native.readSync(this.handle, widen), this.dtype) as A;
     } catch (e) {
       throw toTypedError(e);
     }

@@ -54,6 +54,51 @@ describe('memory', () => {
     x.dispose();
   });
 
+  test('dataSync(into) writes the elements into the caller\'s array and returns it; a wrong array is refused by name', () => {
+    dr.tidy(() => {
+      const n = (1 << 18) + 3;  // 1 MiB and a bit: the size that would take a pooled buffer
+      const x = dr.arange(0, n, 1, { dtype: 'float32' });
+      const dst = new Float32Array(n).fill(-1);
+      for (let i = 1; i <= 3; ++i) {
+        const got = x.mul(i).dataSync(dst);
+        expect(got).toBe(dst);
+        expect([dst[0], dst[1], dst[n - 1]]).toEqual([0, i, (n - 1) * i]);
+      }
+      // every dtype's read array, a strided view, bfloat16 widened, a subarray at an offset
+      const cases: Array<[dr.Tensor, () => ArrayBufferView & { length: number }]> = [
+        [dr.tensor(new Float64Array([0.1, -2, 3.5])), () => new Float64Array(3)],
+        [dr.tensor(new Int32Array([7, -8, 9, 10])).reshape([2, 2]).transpose(0, 1), () => new Int32Array(4)],
+        [dr.tensor([1, 0, 1], [3], { dtype: 'bool' }), () => new Uint8Array(3)],
+        [dr.tensor([1.5, -0.25, 3], [3], { dtype: 'bfloat16' }), () => new Float32Array(3)],
+        [dr.randn([5, 7]).narrow(1, 2, 3), () => new Float32Array(new ArrayBuffer(4 * 20), 8, 15)],
+      ];
+      for (const [t, make] of cases) {
+        const into = make();
+        expect(Array.from(t.dataSync(into as never))).toEqual(Array.from(t.dataSync()));
+      }
+      // the elements outside a subarray are not touched
+      const whole = new Float32Array(9).fill(7);
+      dr.tensor([1, 2, 3]).dataSync(whole.subarray(3, 6));
+      expect(Array.from(whole)).toEqual([7, 7, 7, 1, 2, 3, 7, 7, 7]);
+      const y = dr.tensor([1, 2, 3]);
+      expect(() => y.dataSync(new Float64Array(3) as never)).toThrow(dr.DTypeError);
+      expect(() => y.dataSync(new Float64Array(3) as never)).toThrow(/dataSync\(into\): Expected a Float32Array for a float32 tensor/);
+      expect(() => y.dataSync(new Float32Array(4))).toThrow(dr.ShapeError);
+      expect(() => y.dataSync(new Float32Array(2))).toThrow(/Expected 3 elements \(shape \[3\]\) but the array holds 2/);
+      expect(() => y.dataSync([1, 2, 3] as never)).toThrow(dr.DTypeError);
+      expect(() => dr.tensor([1, 0], [2], { dtype: 'bfloat16' }).dataSync(new Uint16Array(2) as never)).toThrow(dr.DTypeError);
+    });
+  });
+
+  test('dataSync(into) raises the failure of the op it depends on and leaves the array as it was', () => {
+    const table = dr.randn([8, 4]);
+    const bad = dr.embedding(dr.tensor(new Int32Array([3, 8])), table);
+    const into = new Float32Array(8).fill(5);
+    expect(() => bad.dataSync(into)).toThrow(dr.OutOfRangeError);
+    expect(Array.from(into)).toEqual(new Array(8).fill(5));
+    dr.dispose([table, bad]);
+  });
+
   test('tidy disposes intermediates and keeps what is returned (nested too)', () => {
     const start = dr.memory().tensors;
     const out = dr.tidy(() => {

@@ -536,32 +536,48 @@ bool widen_arg(const Napi::CallbackInfo& info, const TensorImpl& t) {
   return widen;
 }
 
-// readSync(handle, widen) -> ArrayBuffer
+// readSync(handle, widen[, into]) -> ArrayBuffer, or `into` (a typed array of exactly the read's
+// bytes, checked by the caller for its type and length) filled in place: a loop that reads into
+// the same array touches no fresh memory at all.
 DR_FN(ReadSync) {
   DR_BODY({
     Instance& in = inst(info);
     TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, "dataSync()", "tensor");
     const bool widen = widen_arg(info, t);
-    Napi::ArrayBuffer ab = read_destination(info.Env(), byte_size(t) * (widen ? 2 : 1));
+    const size_t bytes = byte_size(t) * (widen ? 2 : 1);
+    Napi::Value result;
+    void* dst = nullptr;
+    if (info.Length() >= 3 && !info[2].IsUndefined()) {
+      DR_CHECK(info[2].IsTypedArray(), Value, "dataSync(into): expected a typed array");
+      Napi::TypedArray ta = info[2].As<Napi::TypedArray>();
+      DR_CHECK(ta.ByteLength() == bytes, Shape, "dataSync(into): the array holds ", ta.ByteLength(),
+               " bytes, the read needs ", bytes);
+      dst = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+      result = ta;
+    } else {
+      Napi::ArrayBuffer ab = read_destination(info.Env(), bytes);
+      dst = ab.Data();
+      result = ab;
+    }
     if (readable_now(in, t)) {
-      read_now(t, ab.Data(), widen, "dataSync()");
-      return ab;
+      read_now(t, dst, widen, "dataSync()");
+      return result;
     }
     struct Result {
       std::shared_ptr<const OpFailure> failure;
       std::atomic<bool> done{false};
     };
-    auto result = std::make_shared<Result>();
-    auto task = std::make_unique<ReadTask>(t, ab.Data(), widen);
-    task->on_done = [result](const std::shared_ptr<const OpFailure>& f) {
-      result->failure = f;
-      result->done.store(true, std::memory_order_release);
+    auto state = std::make_shared<Result>();
+    auto task = std::make_unique<ReadTask>(t, dst, widen);
+    task->on_done = [state](const std::shared_ptr<const OpFailure>& f) {
+      state->failure = f;
+      state->done.store(true, std::memory_order_release);
     };
     Stream& s = in.stream(t.device());
     s.submit_read(std::move(task), read_after(s, t));
-    s.wait_until([&] { return result->done.load(std::memory_order_acquire); });
-    if (result->failure) throw failure_error(*result->failure, "dataSync()");
-    return ab;
+    s.wait_until([&] { return state->done.load(std::memory_order_acquire); });
+    if (state->failure) throw failure_error(*state->failure, "dataSync()");
+    return result;
   })
 }
 
