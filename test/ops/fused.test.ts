@@ -194,6 +194,9 @@ describe('addRmsNorm', () => {
         for (const hFirst of [true, false]) {
           const a = grads(true, hFirst), b = grads(false, hFirst);
           a.forEach((v, i) => expectClose(v, b[i], 'float32'));
+          // the forward values are the same bits: the same float sum, the same row statistics
+          expect(Array.from(a[0])).toEqual(Array.from(b[0]));
+          expect(Array.from(a[1])).toEqual(Array.from(b[1]));
         }
       }
     });
@@ -331,6 +334,8 @@ describe('biasAct', () => {
         };
         const a = run(true), u = run(false);
         a.forEach((v, i) => expectClose(v, u[i], 'float32'));
+        // forward: the element-wise kernels' vector forms under the same contraction rule
+        expect(Array.from(a[0])).toEqual(Array.from(u[0]));
       }
     });
   });
