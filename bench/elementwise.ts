@@ -16,6 +16,7 @@
 import * as fs from 'fs';
 import * as dr from '../lib';
 import * as gk from '../lib/ops/grad_kernels';
+import * as fused from '../lib/ops/fused';
 import { stats } from './rounds';
 
 type Tensor = dr.Tensor;
@@ -117,7 +118,58 @@ export function memoryBenches(rows: number, cols: number): MemBench[] {
       },
     },
   ];
+  out.push(...fusedBenches(rows, cols));
   return out;
+}
+
+/**
+ * The fused ops (lib/ops/fused.ts) beside the separate ops they replace, on the same inputs.
+ * Both rows of a pair count the fused op's least traffic (the job's bytes), so their rates
+ * compare directly: the separate ops move more bytes for the same job, which shows as a lower
+ * rate. addRmsNorm: read x, residual, w; write h, y. Its backward: read h, dy, dh, w, rstd;
+ * write dx, dw (separate: rmsNormBackward, then the add of dh). biasAct: read x, bias; write y
+ * (separate: add, then gelu). Its backward: read x, bias, dy; write dx, dbias (separate: the
+ * gelu backward of the saved x + bias, then the row sum).
+ */
+function fusedBenches(rows: number, cols: number): MemBench[] {
+  const n = rows * cols;
+  const shape = `${rows}x${cols}`;
+  const F = 4;
+  const randn = (gen: dr.Generator, s = [rows, cols]) => dr.randn(s, { generator: gen });
+  const weight = (gen: dr.Generator) => dr.rand([cols], { generator: gen, low: 0.5, high: 1.5 });
+  const normInputs = (gen: dr.Generator) => {
+    const h = randn(gen); const w = weight(gen);
+    const { y, rstd } = gk.rmsNormWithStats(h, w, 1e-6);
+    y.dispose();
+    return [h, w, rstd, randn(gen), randn(gen)];
+  };
+  const normFwd = 4 * n * F + cols * F;
+  const normBwd = 4 * n * F + 2 * cols * F + rows * F;
+  const actFwd = 2 * n * F + cols * F;
+  const actBwd = 3 * n * F + 2 * cols * F;
+  return [
+    { op: 'add+rmsNorm separate', shape, bytes: normFwd, make: (g) => [randn(g), randn(g), weight(g)], run: ([x, r, w]) => { const h = dr.add(x, r); return [h, dr.rmsNorm(h, w)]; } },
+    { op: 'addRmsNorm fused', shape, bytes: normFwd, make: (g) => [randn(g), randn(g), weight(g)], run: ([x, r, w]) => { const o = dr.addRmsNorm(x, r, w); return [o.h, o.y]; } },
+    {
+      op: 'rmsNormBackward+add separate', shape, bytes: normBwd, make: normInputs,
+      run: ([h, w, rstd, dy, dh]) => { const r = gk.rmsNormBackward(h, w, rstd, dy, true); const dx = dr.add(dh, r.dx); r.dx.dispose(); return [dx, r.dweight!]; },
+    },
+    {
+      op: 'addRmsNormBackward fused', shape, bytes: normBwd, make: normInputs,
+      run: ([h, w, rstd, dy, dh]) => { const r = fused.addRmsNormBackward(h, w, rstd, dy, dh, true); return [r.dx, r.dweight!]; },
+    },
+    { op: 'add+gelu separate', shape, bytes: actFwd, make: (g) => [randn(g), randn(g, [cols])], run: ([x, b]) => { const z = dr.add(x, b); const y = dr.gelu(z); z.dispose(); return [y]; } },
+    { op: 'biasAct gelu fused', shape, bytes: actFwd, make: (g) => [randn(g), randn(g, [cols])], run: ([x, b]) => [dr.biasAct(x, b, 'gelu')] },
+    {
+      // the unfused backward reads the saved z = x + bias
+      op: 'geluBackward+sum separate', shape, bytes: actBwd, make: (g) => { const x = randn(g); const b = randn(g, [cols]); const z = dr.add(x, b); x.dispose(); return [z, randn(g)]; },
+      run: ([z, dy]) => { const dx = gk.unaryBackward('gelu', z, dy); return [dx, dr.sum(dx, 0)]; },
+    },
+    {
+      op: 'biasActBackward gelu fused', shape, bytes: actBwd, make: (g) => [randn(g), randn(g, [cols]), randn(g)],
+      run: ([x, b, dy]) => { const r = fused.biasActBackward('gelu', x, b, dy, true); return [r.dx, r.dbias!]; },
+    },
+  ];
 }
 
 interface Args {

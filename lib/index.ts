@@ -16,6 +16,8 @@ export * from './ops/elementwise';
 export * from './ops/reduce';
 export * from './ops/linalg';
 export * from './ops/nn';
+export { addRmsNorm, biasAct, BIAS_ACTIVATIONS } from './ops/fused';
+export type { BiasActivation } from './ops/fused';
 export * from './ops/indexing';
 export * from './ops/inplace';
 export * from './ops/sort';

@@ -898,6 +898,15 @@ gradEntry('rmsNorm', ['rmsNorm', 'rmsNormBackward'], (rnd) => [[1, 1], [5, 7], [
 gradEntry('layerNorm', ['layerNorm', 'layerNormBackward'], (rnd) => [[1, 7], [5, 7], [33, 64], [3, 1031]].map(([r, cc]) => (
   { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc)), T([cc], rnd.uniform(cc, 0.5, 1.5)), T([cc], rnd.uniform(cc))], out: [r, cc], k: Math.max(r, cc) })),
 (xs) => dr.layerNorm(xs[0], xs[1], xs[2], 1e-5));
+// the fused ops: h + y of addRmsNorm (the add's gradient reaches h twice: the rule's pending dh)
+gradEntry('addRmsNorm', ['addRmsNorm', 'addRmsNormBackward', 'binary'], (rnd) => [[1, 1], [5, 17], [33, 64], [3, 1023], [2, 1025], [2, 4096]].map(([r, cc]) => (
+  { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc)), T([r, cc], rnd.uniform(r * cc)), T([cc], rnd.uniform(cc, 0.5, 1.5))], out: [r, cc], k: Math.max(r, cc) })),
+(xs) => { const { h, y } = dr.addRmsNorm(xs[0], xs[1], xs[2], 1e-5); return dr.add(h, y); });
+for (const act of dr.BIAS_ACTIVATIONS) {
+  gradEntry(`biasAct ${act}`, ['biasAct', 'biasActBackward'], (rnd) => [[1, 1], [7, 33], [65, 1031], [2, 3, 17]].map((s) => (
+    { label: fmtShape(s), inputs: [T(s, rnd.uniform(numel(s), -4, 4)), T([s[s.length - 1]], rnd.uniform(s[s.length - 1]))], out: s, k: numel(s) / s[s.length - 1] })),
+  (xs) => dr.biasAct(xs[0], xs[1], act));
+}
 gradEntry('swiglu', ['swiglu', 'swigluBackward'], (rnd) => [[1, 2], [7, 66], [33, 1030]].map(([r, cc]) => (
   { label: `[${r},${cc}]`, inputs: [T([r, cc], rnd.uniform(r * cc))], out: [r, cc / 2] })),
 (xs) => dr.swiglu(xs[0]));

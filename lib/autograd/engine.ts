@@ -9,7 +9,7 @@ import { Tensor, tidy, untracked } from '../tensor';
 import { full } from '../ops/creation';
 import { add } from '../ops/elementwise';
 import { contiguous, to } from '../ops/shape';
-import { gradientRule } from './registry';
+import { gradientFold, gradientRule } from './registry';
 import './rules';
 import { checkOptions } from '../ops/util';
 
@@ -85,8 +85,18 @@ export function backward(root: Tensor, grad?: Tensor, options: BackwardOptions =
         nodes.push(node);
         const rule = gradientRule(node.name);
         const needs = node.inputs.map((i) => i !== null);
+        // a rule that folds an input's pending gradient into its own takes it out of the map
+        const fold = gradientFold(node.name);
+        const foldInput = fold >= 0 ? node.inputs[fold] ?? null : null;
+        const pending = foldInput ? grads.get(foldInput) ?? null : null;
+        if (pending) grads.delete(foldInput!);
         // each rule runs in its own scope: its temporaries go, the gradients it returns stay
-        const ins = tidy(() => rule({ grad: g, saved: node.saved, attrs: node.attrs as Record<string, unknown>, needs }));
+        let ins: Array<Tensor | null | undefined>;
+        try {
+          ins = tidy(() => rule({ grad: g, saved: node.saved, attrs: node.attrs as Record<string, unknown>, needs, pending }));
+        } finally {
+          pending?.dispose();
+        }
         g.dispose();
         node.inputs.forEach((input, k) => {
           let gk = ins[k];

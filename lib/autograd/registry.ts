@@ -13,6 +13,12 @@ export interface GradContext<A = Record<string, unknown>> {
   attrs: A;
   /** needs[k]: input k requires a gradient (a rule may skip the work for the others). */
   needs: boolean[];
+  /**
+   * For a rule registered with `foldsInto: k`: the gradient that input k has collected so far
+   * from its other uses (null when none yet). The rule's gradient for input k must include it
+   * (one fused pass instead of the engine's separate add); the engine disposes it afterwards.
+   */
+  pending: Tensor | null;
 }
 
 /** Returns one gradient per input (null or undefined for inputs without one), in each input's shape. */
@@ -20,11 +26,23 @@ export interface GradContext<A = Record<string, unknown>> {
 export type GradientRule<A = any> = (ctx: GradContext<A>) => Array<Tensor | null | undefined>;
 
 const rules = new Map<string, GradientRule>();
+const folds = new Map<string, number>();
 
-/** Registers the backward rule of the op recorded as `name` (once per name). */
-export function registerGradient<A>(name: string, rule: GradientRule<A>): void {
+/**
+ * Registers the backward rule of the op recorded as `name` (once per name). `foldsInto: k`: the
+ * rule adds input k's pending gradient into its own (GradContext.pending).
+ */
+export function registerGradient<A>(name: string, rule: GradientRule<A>, options: { foldsInto?: number } = {}): void {
   if (rules.has(name)) throw new ValueError(`registerGradient: ${name} already has a gradient rule`);
+  const k = options.foldsInto;
+  if (k !== undefined && !(Number.isInteger(k) && k >= 0)) throw new ValueError(`registerGradient: Expected a non-negative integer for foldsInto but received ${k}`);
   rules.set(name, rule as GradientRule);
+  if (k !== undefined) folds.set(name, k);
+}
+
+/** The input whose pending gradient the rule of `name` folds in, or -1. */
+export function gradientFold(name: string): number {
+  return folds.get(name) ?? -1;
 }
 
 export function gradientRule(name: string): GradientRule {

@@ -40,6 +40,7 @@ import { SigmoidGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
 import { ConvPath, DualRouteLayer, LSTMPath } from './layer';
 import type { ResolvedConfig } from './config';
 import type { Embedding, Linear, RMSNorm } from '../nn/layers';
+import { addAndNorm } from '../nn/layers';
 
 /** What a decode needs of the model (DualRouteLM; typed by shape so that the model file can use this one). */
 export interface DecodableLM {
@@ -257,8 +258,7 @@ export class DecodeCache {
     } else {
       mixed = (l ?? g)!;
     }
-    const h = add(x, mixed);
-    const m = L.post_attention_layernorm.forward(h);
+    const { h, y: m } = addAndNorm(x, mixed, L.post_attention_layernorm);
     if (L.mlp instanceof TokenChoiceMoE) {
       rec.moe = L.mlp;
       rec.moeInput = keep(m.alias());

@@ -10,7 +10,7 @@ import { mean } from '../ops/reduce';
 import { softmax } from '../ops/nn';
 import { layerDrop } from '../ops/route_rules';
 import { Module } from '../nn/module';
-import { Dropout, Linear, MLP, RMSNorm } from '../nn/layers';
+import { Dropout, Linear, MLP, RMSNorm, addAndNorm } from '../nn/layers';
 import { MultiheadAttention } from '../nn/attention';
 import { RoutedAttention } from '../nn/routed';
 import { NSAAttention } from '../nn/nsa';
@@ -199,12 +199,17 @@ export class DualRouteLayer extends Module {
       const gl = this.global ? this.global.forward(a) : null;
       const mixed = l && gl ? this.fuse(l, gl, a, ids) : (l ?? gl)!;
       const drop = (t: Tensor) => (this.c.layerDrop > 0 ? layerDrop(t, this.c.layerDrop, { training: this.training, generator: this.g }) : t);
-      let h = add(x, drop(this.dropout.forward(mixed)));
+      // each residual add feeds a norm: both in one pass (addAndNorm)
+      let r = drop(this.dropout.forward(mixed));
+      let h = x;
       if (this.encoder_attn) {
         if (!context) throw new ShapeError('DualRouteLayer: a decoder layer needs the encoder context');
-        h = add(h, drop(this.dropout.forward(this.encoder_attn.forward(this.cross_attn_layernorm!.forward(h), { context }))));
+        const c = addAndNorm(h, r, this.cross_attn_layernorm!);
+        h = c.h;
+        r = drop(this.dropout.forward(this.encoder_attn.forward(c.y, { context })));
       }
-      const m = this.post_attention_layernorm.forward(h);
+      const { h: hn, y: m } = addAndNorm(h, r, this.post_attention_layernorm);
+      h = hn;
       if (this.tracing) this.keepTraced(a, m);
       return add(h, drop(this.dropout.forward(this.mlp.forward(m))));
     });

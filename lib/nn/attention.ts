@@ -13,7 +13,7 @@ import { segmentAttention, selectSegments } from '../ops/segment';
 import { noGrad } from '../tape';
 import { checkOptions, checkTensor } from '../ops/util';
 import { Module } from './module';
-import { Dropout, InitOptions, Linear, MLP, RMSNorm } from './layers';
+import { Dropout, InitOptions, Linear, MLP, RMSNorm, addAndNorm } from './layers';
 
 function positiveInt(owner: string, name: string, v: unknown): number {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ValueError(`${owner}: Expected a positive integer for ${name} but received ${describe(v)}`);
@@ -249,8 +249,8 @@ export class TransformerBlock extends Module {
 
   forward(x: Tensor, options: AttentionForwardOptions = {}): Tensor {
     return tidy(() => {
-      const h = add(x, this.self_attn.forward(this.input_layernorm.forward(x), options));
-      return add(h, this.dropout.forward(this.mlp.forward(this.post_attention_layernorm.forward(h))));
+      const { h, y } = addAndNorm(x, this.self_attn.forward(this.input_layernorm.forward(x), options), this.post_attention_layernorm);
+      return add(h, this.dropout.forward(this.mlp.forward(y)));
     });
   }
 }

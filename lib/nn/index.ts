@@ -1,7 +1,7 @@
 // nn: modules for building models (new nn.Linear(8, 4)).
 export { Module, ModuleList, ModuleDict, ParameterList, asParameter, isParameter } from './module';
 export type { LoadOptions } from './module';
-export { Linear, Embedding, RMSNorm, LayerNorm, Dropout, Sequential, MLP } from './layers';
+export { Linear, Embedding, RMSNorm, LayerNorm, Dropout, Sequential, MLP, addAndNorm } from './layers';
 export type { InitOptions } from './layers';
 export { ReLU, GELU, SiLU } from './activations';
 export { MultiheadAttention, TransformerBlock, SinusoidalPositionalEmbedding } from './attention';

@@ -9,6 +9,8 @@ import { rand, randn, zeros, ones } from '../ops/creation';
 import { add, gelu, lt, mul, where } from '../ops/elementwise';
 import { matmul } from '../ops/linalg';
 import { layerNorm, rmsNorm, swiglu } from '../ops/nn';
+import { addRmsNorm, biasAct } from '../ops/fused';
+import { isFloat } from '../dtype';
 import { embedding } from '../ops/indexing';
 import { contiguous, reshape, view } from '../ops/shape';
 import { needsGrad } from '../tape';
@@ -107,6 +109,32 @@ export class RMSNorm extends Module {
   }
 }
 
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+
+/**
+ * The residual add and the RMSNorm that follows it: h = x + residual (the new residual stream)
+ * and y = norm(h), in one pass (addRmsNorm with norm's weight and eps) when x, residual and the
+ * norm's weight share dtype and device and x and residual one shape; otherwise add then norm.
+ * Both ways give the same values (to float rounding) and gradients.
+ */
+export function addAndNorm(x: Tensor, residual: Tensor, norm: RMSNorm): { h: Tensor; y: Tensor } {
+  checkTensor(x, 'addAndNorm', 'x');
+  checkTensor(residual, 'addAndNorm', 'residual');
+  if (!(norm instanceof RMSNorm)) throw new ValueError(`addAndNorm: Expected an RMSNorm for norm but received ${describe(norm)}`);
+  const w = norm.weight;
+  if (isFloat(x.dtype) && x.ndim > 0 && x.dtype === residual.dtype && x.dtype === w.dtype && x.device === residual.device &&
+      x.device === w.device && sameShape(x.shape, residual.shape) && x.shape[x.ndim - 1] === norm.dim) {
+    return addRmsNorm(x, residual, w, norm.eps);
+  }
+  const h = add(x, residual);
+  try {
+    return { h, y: norm.forward(h) };
+  } catch (e) {
+    h.dispose();
+    throw e;
+  }
+}
+
 export class LayerNorm extends Module {
   weight: Tensor;
   bias: Tensor;
@@ -180,14 +208,44 @@ export class MLP extends Module {
     this.down = new Linear(hidden, dim, options);
   }
   forward(x: Tensor): Tensor {
-    const h = this.up.forward(x);
-    const a = this.activation === 'swiglu' ? swiglu(h) : gelu(h);
-    h.dispose();
+    const a = this.activation === 'gelu' && this.up.bias ? mlpUpGelu(this.up, x) : mlpUpAct(this.up, this.activation, x);
     try {
       return this.down.forward(a);
     } finally {
       a.dispose();
     }
+  }
+}
+
+function mlpUpAct(up: Linear, activation: 'gelu' | 'swiglu', x: Tensor): Tensor {
+  const h = up.forward(x);
+  try {
+    return activation === 'swiglu' ? swiglu(h) : gelu(h);
+  } finally {
+    h.dispose();
+  }
+}
+
+// gelu(x W^T + b) of a Linear with a bias: the product without the bias, then the bias and the
+// activation in one pass (biasAct); add then gelu where the bias's dtype or device differ.
+function mlpUpGelu(up: Linear, x: Tensor): Tensor {
+  const name = `Linear(${up.inFeatures}, ${up.outFeatures})`;
+  checkTensor(x, name, 'x');
+  if (x.shape[x.ndim - 1] !== up.inFeatures) {
+    throw new ShapeError(`${name}: Expected input with last dimension ${up.inFeatures} but received ${describe(x)}`);
+  }
+  const b = up.bias!;
+  const z = linear(x, up.weight, null);
+  try {
+    if (z.dtype === b.dtype && z.device === b.device && z.ndim > 0) return biasAct(z, b, 'gelu');
+    const zb = add(z, b);
+    try {
+      return gelu(zb);
+    } finally {
+      zb.dispose();
+    }
+  } finally {
+    z.dispose();
   }
 }
 

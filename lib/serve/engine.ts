@@ -36,6 +36,7 @@ import { matmul } from '../ops/linalg';
 import { full, tensor, zeros } from '../ops/creation';
 import { mean } from '../ops/reduce';
 import { logSoftmax } from '../ops/nn';
+import { addAndNorm } from '../nn/layers';
 import { rope } from '../ops/attention';
 import { compressedAttention, segmentMean, selectSegments } from '../ops/segment';
 import { copy_ } from '../ops/inplace';
@@ -537,8 +538,7 @@ export class BatchEngine {
     } else mixed = (l ?? g)!;
     if (routing && this.routedMask) routing.push(reshape(lastCol(this.routedMask).to('float32'), [N, 1]));
     if (routing && this.segmentRows) routing.push(this.segmentRows);
-    const h = add(x, mixed);
-    const mIn = L.post_attention_layernorm.forward(h);
+    const { h, y: mIn } = addAndNorm(x, mixed, L.post_attention_layernorm);
     if (routing && L.mlp instanceof TokenChoiceMoE) {
       const r = L.mlp.route(lastCol(mIn));
       routing.push(reshape(narrow(r.indices, 1, 0, 1), [N, 1]).to('float32'));

@@ -190,6 +190,20 @@ const HOST_NORM = [
   'const bool vec = cols % V == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0 && reinterpret_cast<uintptr_t>(px) % 16 == 0;',
 ];
 
+// The fused kernels' launches (fused.cu).
+const HOST_FUSED = [
+  'add_rms_fwd<T, 32><<<grid_cap((rows + 7) / 8), 256, 0, stream()>>>(ph, po, px, pr, pw, eps, rstd, rows, cols);',
+  'add_rms_fwd<T, 512><<<grid_cap(rows), 512, 0, stream()>>>(ph, po, px, pr, pw, eps, rstd, rows, cols);',
+  'add_rms_bw_dx<T, 32><<<grid_cap((rows + 7) / 8), 256, 0, stream()>>>(pdx, ph, pg, pd, pw, rstd, rows, cols);',
+  'add_rms_bw_dx<T, 512><<<grid_cap(rows), 512, 0, stream()>>>(pdx, ph, pg, pd, pw, rstd, rows, cols);',
+  'if (cols <= 1024) {',
+  'const int64_t blocks = (cols + 31) / 32 * nchunks;',
+  'add_rms_bw_partial<T><<<blocks, 256, 0, stream()>>>(part, ph, pg, rstd, rows, cols, chunk_rows);',
+  'bias_act_bw_partial<T, F><<<blocks, 256, 0, stream()>>>(static_cast<T*>(dx.data), part, static_cast<const T*>(x.data), static_cast<const T*>(b.data), static_cast<const T*>(dy.data), rows, cols, chunk_rows);',
+  'bias_act_fwd<T, F><<<grid_for(n), kThreads, 0, stream()>>>(static_cast<T*>(out.data), static_cast<const T*>(x.data), static_cast<const T*>(b.data), n, cols);',
+  'fused_colsum_final<T><<<grid_cap((cols + 255) / 256), 256, 0, stream()>>>(out, part, nchunks, cols);',
+];
+
 // The decode-cache kernels' launches and parameters (kvcache.cu).
 const HOST_KVCACHE = [
   'kv_check<<<grid_for(N), kThreads, 0, stream()>>>(P.len, P.slot, P.bad, P.N, static_cast<int>(S), P.C, P.Sq, 1, has_means ? 1 : 0);',
@@ -368,6 +382,18 @@ const KERNELS = [
     helpers: true,
   },
   {
+    tag: 'fused',
+    src: 'fused',
+    def: path.join(CUDA, 'fused.cu'),
+    out: 'fused_kernel.inc',
+    host: HOST_FUSED,
+    needs: [/template <typename T, int G>\s*__global__ void add_rms_fwd\(/, /template <typename T, int G>\s*__global__ void add_rms_bw_dx\(/,
+      /template <typename T>\s*__global__ void add_rms_bw_partial\(/, /template <typename T, FAct F>\s*__global__ void bias_act_fwd\(/,
+      /template <typename T, FAct F>\s*__global__ void bias_act_bw_partial\(/, /template <typename T>\s*__global__ void fused_colsum_final\(/],
+    shared: { dynamic: 0, static: 5 },
+    helpers: true,
+  },
+  {
     tag: 'rnn',
     src: 'rnn',
     def: path.join(CUDA, 'rnn.cu'),
@@ -511,7 +537,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, kvcache: opts.kvcacheSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, elementwise: opts.elementwiseSrc, rnn: opts.rnnSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, kvcache: opts.kvcacheSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, fused: opts.fusedSrc, elementwise: opts.elementwiseSrc, rnn: opts.rnnSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -554,11 +580,12 @@ if (require.main === module) {
     else if (a === '--route-rules-src') opts.routeRulesSrc = val();
     else if (a === '--moe-src') opts.moeSrc = val();
     else if (a === '--norm-src') opts.normSrc = val();
+    else if (a === '--fused-src') opts.fusedSrc = val();
     else if (a === '--rnn-src') opts.rnnSrc = val();
     else if (a === '--elementwise-src') opts.elementwiseSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
-      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--out DIR]`);
+      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--fused-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--out DIR]`);
       process.exit(2);
     }
   }

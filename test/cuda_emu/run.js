@@ -36,6 +36,7 @@ const TESTS = [
   { name: 'route_rules_test', src: 'route_rules_test.cpp', flags: [], inc: ['route_rules_kernel.inc'], deps: [path.join(ROOT, 'native', 'core', 'philox.h')] },
   { name: 'moe_test', src: 'moe_test.cpp', flags: [], inc: ['moe_kernel.inc'] },
   { name: 'norm_test', src: 'norm_test.cpp', flags: [], inc: ['norm_kernel.inc'] },
+  { name: 'fused_test', src: 'fused_test.cpp', flags: [], inc: ['fused_kernel.inc'] },
   { name: 'rnn_test', src: 'rnn_test.cpp', flags: [], inc: ['rnn_kernel.inc'] },
   { name: 'binary_test', src: 'binary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewbinary_kernel.inc'] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
@@ -63,6 +64,7 @@ function parseArgs(argv) {
     else if (a === '--route-rules-src') o.routeRulesSrc = path.resolve(val());
     else if (a === '--moe-src') o.moeSrc = path.resolve(val());
     else if (a === '--norm-src') o.normSrc = path.resolve(val());
+    else if (a === '--fused-src') o.fusedSrc = path.resolve(val());
     else if (a === '--elementwise-src') o.elementwiseSrc = path.resolve(val());
     else if (a === '--rnn-src') o.rnnSrc = path.resolve(val());
     else if (a === '--build-dir') o.buildDir = path.resolve(val());
@@ -74,7 +76,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`run.js: ${msg}\nusage: node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose] ` +
-    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--build-dir DIR] [--timeout S]');
+    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--fused-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--build-dir DIR] [--timeout S]');
   process.exit(2);
 }
 
@@ -170,7 +172,7 @@ async function main() {
   const gen = path.join(o.buildDir, 'gen');
   let extracted = true;
   try {
-    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, kvcacheSrc: o.kvcacheSrc, routeRulesSrc: o.routeRulesSrc, moeSrc: o.moeSrc, normSrc: o.normSrc, elementwiseSrc: o.elementwiseSrc, rnnSrc: o.rnnSrc, outDir: gen });
+    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, kvcacheSrc: o.kvcacheSrc, routeRulesSrc: o.routeRulesSrc, moeSrc: o.moeSrc, normSrc: o.normSrc, fusedSrc: o.fusedSrc, elementwiseSrc: o.elementwiseSrc, rnnSrc: o.rnnSrc, outDir: gen });
   } catch (e) {
     if (!(e instanceof ExtractError)) throw e;
     console.log(`FAIL extract.js: ${e.message}`);

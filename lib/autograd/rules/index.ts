@@ -11,3 +11,4 @@ import './sort';
 import './routing';
 import './moe';
 import './rnn';
+import './fused';
