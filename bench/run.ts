@@ -66,7 +66,7 @@ export const ELT: Record<DType, number> = { float32: 4, float64: 8, bfloat16: 2,
 const countSide = (n: number): number => Math.max(16, Math.min(256, Math.floor(n / 4)));
 const countRows = (rows: number, cols: number): number => Math.max(1, Math.min(rows, Math.floor(65536 / cols)));
 
-function matmulBench(n: number, dtype: DType, counted = true): Bench {
+export function matmulBench(n: number, dtype: DType, counted = true): Bench {
   return {
     op: 'matmul',
     shape: `${n}x${n}x${n}`,
@@ -114,7 +114,7 @@ function visited(S: number, window: number | null): number {
  * Attention at [B, H, S, D], causal. FLOPs: 4 B H (keys visited) D forward (QK^T and PV), and
  * 2.5x that again for the backward; dual counts both paths.
  */
-function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number, S: number, D: number, window: number, dtype: DType, backward: boolean, Hkv = H, counted = true): Bench {
+export function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number, S: number, D: number, window: number, dtype: DType, backward: boolean, Hkv = H, counted = true): Bench {
   const keys = kind === 'local' ? visited(S, window) : kind === 'global' ? visited(S, null) : visited(S, window) + visited(S, null);
   const fwd = 4 * B * H * keys * D;
   const run = (xs: Tensor[]): Tensor => {
@@ -164,7 +164,7 @@ function attentionBench(kind: 'local' | 'global' | 'dual', B: number, H: number,
  * backward. A query in segment j reads min(topK - 1, j) whole earlier segments and its own up
  * to itself: FLOPs 4 B H D (keys read), 3.5x that with the backward, as for attention.
  */
-function segmentBench(B: number, H: number, S: number, D: number, seg: number, topK: number, backward: boolean, counted = true): Bench {
+export function segmentBench(B: number, H: number, S: number, D: number, seg: number, topK: number, backward: boolean, counted = true): Bench {
   let keys = 0;
   for (let p = 0; p < S; ++p) keys += Math.min(topK - 1, Math.floor(p / seg)) * seg + (p % seg) + 1;
   const fwd = 4 * B * H * keys * D;
