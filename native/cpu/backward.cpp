@@ -268,7 +268,7 @@ bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
     });
     return true;
   };
-  auto sig = [](vf v) { return 1.0f / (1.0f + vexp(-v)); };
+  auto sig = [](vf v) { return vsigmoid(v); };
   switch (op) {
     case UnaryOp::Exp:
     case UnaryOp::Expm1: return run([](vf v, vf g) { return g * vexp(v); });
@@ -386,7 +386,7 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
       if constexpr (kVec<T>) {
         for (; j + kVecF <= h; j += kVecF) {
           const vf av = vload(a + j), bv = vload(b + j), gv = vload(g + j);
-          const vf s = 1.0f / (1.0f + vexp(-av));
+          const vf s = vsigmoid(av);
           vstore(da + j, gv * bv * s * (1.0f + av * (1.0f - s)));
           vstore(db + j, gv * av * s);
         }
