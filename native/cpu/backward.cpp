@@ -93,15 +93,17 @@ void softmax_bw_typed(const View& dx, const View& y, const View& dy, int64_t out
 
 // ---- RMSNorm / LayerNorm -----------------------------------------------------------------
 
-// Prefetches the lines of one unrolled step (two vectors from element i) of the next row:
-// `next` for reading, `next_out` for writing; either may be null.
+// Prefetch the lines of one unrolled step (two vectors from element i) of a row: for reading,
+// for writing.
 template <typename T>
-inline void prefetch_span(const T* next, T* next_out, int64_t i) {
+inline void prefetch_r(const T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
+}
+template <typename T>
+inline void prefetch_w(T* p, int64_t i) {
   constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
-  for (int b = 0; b < kBytes; b += 64) {
-    if (next) __builtin_prefetch(reinterpret_cast<const char*>(next + i) + b, 0, 3);
-    if (next_out) __builtin_prefetch(reinterpret_cast<char*>(next_out + i) + b, 1, 3);
-  }
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
 }
 
 // One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them. With
@@ -147,8 +149,9 @@ void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typenam
     };
     if (more) {
       for (; j + 2 * kVecF <= n; j += 2 * kVecF) {
-        prefetch_span(x + n, dx + n, j);
-        prefetch_span(dy + n, static_cast<T*>(nullptr), j);
+        prefetch_r(x + n, j);
+        prefetch_r(dy + n, j);
+        prefetch_w(dx + n, j);
         step(j);
         step(j + kVecF);
       }

@@ -20,15 +20,17 @@ namespace cpu {
 namespace DR_ISA {
 namespace {
 
-// Prefetches the lines of one unrolled step (two vectors from element i) of the next row:
-// `next` for reading, `next_out` for writing; either may be null.
+// Prefetch the lines of one unrolled step (two vectors from element i) of a row: for reading,
+// for writing.
 template <typename T>
-inline void prefetch_span(const T* next, T* next_out, int64_t i) {
+inline void prefetch_r(const T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
+}
+template <typename T>
+inline void prefetch_w(T* p, int64_t i) {
   constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
-  for (int b = 0; b < kBytes; b += 64) {
-    if (next) __builtin_prefetch(reinterpret_cast<const char*>(next + i) + b, 0, 3);
-    if (next_out) __builtin_prefetch(reinterpret_cast<char*>(next_out + i) + b, 1, 3);
-  }
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
 }
 
 // The smallest mean square the fast path trusts: below it the squares may have lost bits.
@@ -82,9 +84,10 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
       T* yr = po + r * cols;
       A mean = 0, ss = 0;
       // the next row of this chunk, prefetched while this one is worked on from cache
+      // (the chunk's last row: its own lines, already in cache)
       const bool more = r + 1 < hi;
-      const T* next_x = more ? xr + cols : nullptr;
-      T* next_y = more ? yr + cols : nullptr;
+      const T* next_x = more ? xr + cols : xr;
+      T* next_y = more ? yr + cols : yr;
       if constexpr (std::is_same_v<T, float>) {
         // two vectors per step with two sums: the adds' latency is not the pace
         vf a0 = vset1(0), a1 = vset1(0);
@@ -102,10 +105,11 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
         const vf vm = vset1(mean);
         a0 = vset1(0);
         a1 = vset1(0);
-        // LayerNorm reads the row from cache here (its first pass went to memory)
-        const T* pf = layer ? next_x : nullptr;
+        // LayerNorm reads the row from cache here (its first pass went to memory); RMSNorm's
+        // first pass is this one (its own lines: on their way already)
+        const T* pf = layer ? next_x : xr;
         for (j = 0; j + 2 * kVecF <= cols; j += 2 * kVecF) {
-          prefetch_span(pf, static_cast<T*>(nullptr), j);
+          prefetch_r(pf, j);
           const vf d0 = vload(xr + j) - vm, d1 = vload(xr + j + kVecF) - vm;
           a0 += d0 * d0;
           a1 += d1 * d1;
@@ -147,9 +151,10 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
           vstore(yr + k, y);
         };
         // RMSNorm's next row had no pass from cache to be prefetched in: it is here
-        const T* pf = layer ? nullptr : next_x;
+        const T* pf = layer ? xr : next_x;
         for (; j + 2 * kVecF <= cols; j += 2 * kVecF) {
-          prefetch_span(pf, next_y, j);
+          prefetch_r(pf, j);
+          prefetch_w(next_y, j);
           out(j);
           out(j + kVecF);
         }

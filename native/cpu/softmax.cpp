@@ -21,16 +21,18 @@ namespace DR_ISA {
 namespace {
 
 // The row-wise kernels read a row from memory once (the max) and then again from L1/L2 (the
-// exp passes). While a pass works from cache, the next row's lines are prefetched (`next`, one
-// per 64 bytes), so its memory reads overlap this row's exp work instead of following it;
-// `next_out` is prefetched for writing. Either may be null.
+// exp passes). While a pass works from cache, the next row's lines are prefetched (one per 64
+// bytes; the output's for writing), so its memory reads overlap this row's exp work instead of
+// following it. The last row of a chunk passes its own pointers (lines already in cache).
 template <typename T>
-inline void prefetch_span(const T* next, T* next_out, int64_t i) {
+inline void prefetch_r(const T* p, int64_t i) {
   constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
-  for (int b = 0; b < kBytes; b += 64) {
-    if (next) __builtin_prefetch(reinterpret_cast<const char*>(next + i) + b, 0, 3);
-    if (next_out) __builtin_prefetch(reinterpret_cast<char*>(next_out + i) + b, 1, 3);
-  }
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
+}
+template <typename T>
+inline void prefetch_w(T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
 }
 
 template <typename T>
@@ -53,7 +55,8 @@ float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* n
   const vf vm = vset1(m);
   int64_t i = 0;
   for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
-    prefetch_span(next, next_out, i);
+    prefetch_r(next, i);
+    prefetch_w(next_out, i);
     const vf e0 = vexp_softmax(vload(x + i) - vm), e1 = vexp_softmax(vload(x + i + kVecF) - vm);
     vstore(out + i, e0);
     vstore(out + i + kVecF, e1);
@@ -74,12 +77,12 @@ float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* n
 }
 
 template <typename T>
-float sum_exp_vec(const T* x, int64_t n, float m, const T* next = nullptr) {
+float sum_exp_vec(const T* x, int64_t n, float m, const T* next) {
   vf s0 = vset1(0), s1 = vset1(0);
   const vf vm = vset1(m);
   int64_t i = 0;
   for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
-    prefetch_span<T>(next, nullptr, i);
+    prefetch_r(next, i);
     s0 += vexp_softmax(vload(x + i) - vm);
     s1 += vexp_softmax(vload(x + i + kVecF) - vm);
   }
@@ -92,7 +95,7 @@ float sum_exp_vec(const T* x, int64_t n, float m, const T* next = nullptr) {
 // One contiguous row of float32 or bfloat16. A NaN anywhere in the row makes the sum NaN (the
 // exp of NaN is NaN), and so every output, as in PyTorch; so does +inf (inf - inf), and a row
 // of -inf only. No separate scan for NaN is needed (vmax may drop NaN lanes, the sum does not).
-// next / next_y: the following row (prefetched), or null.
+// next / next_y: the following row (prefetched), or this one's for the chunk's last row.
 template <typename T>
 void softmax_row_vec(T* y, const T* x, int64_t n, bool log, const T* next, T* next_y) {
   const float m = row_max_vec(x, n);
@@ -101,7 +104,7 @@ void softmax_row_vec(T* y, const T* x, int64_t n, bool log, const T* next, T* ne
     const vf vl = vset1(lse);
     int64_t i = 0;
     for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
-      prefetch_span<T>(nullptr, next_y, i);
+      prefetch_w(next_y, i);
       vstore(y + i, vload(x + i) - vl);
       vstore(y + i + kVecF, vload(x + i + kVecF) - vl);
     }
@@ -122,7 +125,7 @@ void softmax_row_vec(T* y, const T* x, int64_t n, bool log, const T* next, T* ne
     const vf vm = vset1(m), vinv = vset1(inv);
     int64_t i = 0;
     for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
-      prefetch_span<T>(nullptr, next_y, i);
+      prefetch_w(next_y, i);
       vstore(y + i, vexp_softmax(vload(x + i) - vm) * vinv);
       vstore(y + i + kVecF, vexp_softmax(vload(x + i + kVecF) - vm) * vinv);
     }
@@ -145,7 +148,7 @@ void softmax_typed(const View& out, const View& x, int64_t outer, int64_t dim, i
       if constexpr (!std::is_same_v<T, double>) {
         if (inner == 1) {
           const bool more = r + 1 < e;
-          softmax_row_vec(yr, xr, dim, log, more ? xr + dim : nullptr, more ? yr + dim : nullptr);
+          softmax_row_vec(yr, xr, dim, log, more ? xr + dim : xr, more ? yr + dim : yr);
           continue;
         }
       }
@@ -199,7 +202,7 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
         A m, s, total = 0;
         if constexpr (!std::is_same_v<T, double>) {
           m = row_max_vec(xr, C);
-          s = sum_exp_vec(xr, C, m, r + 1 < e ? xr + C : nullptr);
+          s = sum_exp_vec(xr, C, m, r + 1 < e ? xr + C : xr);
           if (smoothing != 0) {
             for (int64_t j = 0; j < C; ++j) total += Num<T>::load(xr[j]);
           }
