@@ -93,10 +93,26 @@ void softmax_bw_typed(const View& dx, const View& y, const View& dy, int64_t out
 
 // ---- RMSNorm / LayerNorm -----------------------------------------------------------------
 
-// One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them.
+// Prefetch the lines of one unrolled step (two vectors from element i) of a row: for reading,
+// for writing.
+template <typename T>
+inline void prefetch_r(const T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
+}
+template <typename T>
+inline void prefetch_w(T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
+}
+
+// One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them. With
+// `more` (the next row, at +n, is this chunk's too) the second pass, which reads the row from
+// cache, prefetches the next row's x and dy and its dx for writing.
 template <typename T>
 void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typename Num<T>::acc mean,
-                 typename Num<T>::acc r, int64_t n, typename Num<T>::acc* pdw, typename Num<T>::acc* pdb) {
+                 typename Num<T>::acc r, int64_t n, typename Num<T>::acc* pdw, typename Num<T>::acc* pdb,
+                 bool more) {
   using A = typename Num<T>::acc;
   A sg = 0, sgx = 0;  // sum(g), sum(g * (x - mean))
   int64_t j = 0;
@@ -123,14 +139,24 @@ void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typenam
   j = 0;
   if constexpr (kVec<T>) {
     const vf vm = vset1(mean), vr = vset1(r), v1 = vset1(c1), v2 = vset1(c2);
-    for (; j + kVecF <= n; j += kVecF) {
-      const vf d = vload(dy + j);
-      const vf xh = (vload(x + j) - vm) * vr;
-      const vf g = w ? d * vload(w + j) : d;
-      vstore(dx + j, vr * (g - v1 - xh * v2));
-      if (pdw) vstore(pdw + j, vload(pdw + j) + d * xh);
-      if (pdb) vstore(pdb + j, vload(pdb + j) + d);
+    auto step = [&](int64_t k) {
+      const vf d = vload(dy + k);
+      const vf xh = (vload(x + k) - vm) * vr;
+      const vf g = w ? d * vload(w + k) : d;
+      vstore(dx + k, vr * (g - v1 - xh * v2));
+      if (pdw) vstore(pdw + k, vload(pdw + k) + d * xh);
+      if (pdb) vstore(pdb + k, vload(pdb + k) + d);
+    };
+    if (more) {
+      for (; j + 2 * kVecF <= n; j += 2 * kVecF) {
+        prefetch_r(x + n, j);
+        prefetch_r(dy + n, j);
+        prefetch_w(dx + n, j);
+        step(j);
+        step(j + kVecF);
+      }
     }
+    for (; j + kVecF <= n; j += kVecF) step(j);
   }
   for (; j < n; ++j) {
     const A d = ld(dy[j]);
@@ -157,14 +183,14 @@ void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, c
   const T* pdy = static_cast<const T*>(dy.data);
   const S* pm = static_cast<const S*>(mean.data);
   const S* pr = static_cast<const S*>(rstd.data);
-  auto row = [&](int64_t r, A* adw, A* adb) {
+  auto row = [&](int64_t r, A* adw, A* adb, bool more) {
     const A m = layer && pm ? static_cast<A>(pm[r]) : A(0);
     norm_bw_row<T>(layer, pdx + r * cols, px + r * cols, pw, pdy + r * cols, m, static_cast<A>(pr[r]), cols, adw,
-                   adb);
+                   adb, more);
   };
   if (!pdw && !pdb) {
     parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) row(r, nullptr, nullptr);
+      for (int64_t r = lo; r < hi; ++r) row(r, nullptr, nullptr, r + 1 < hi);
     });
     return;
   }
@@ -178,7 +204,7 @@ void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, c
       const int64_t r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
       A* aw = pdw ? part_w.data() + c * cols : nullptr;
       A* ab = pdb ? part_b.data() + c * cols : nullptr;
-      for (int64_t r = r0; r < r1; ++r) row(r, aw, ab);
+      for (int64_t r = r0; r < r1; ++r) row(r, aw, ab, r + 1 < r1);
     }
   });
   parallel_for(cols, 4096, [&](int64_t lo, int64_t hi) {
@@ -268,7 +294,7 @@ bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
     });
     return true;
   };
-  auto sig = [](vf v) { return 1.0f / (1.0f + vexp(-v)); };
+  auto sig = [](vf v) { return vsigmoid(v); };
   switch (op) {
     case UnaryOp::Exp:
     case UnaryOp::Expm1: return run([](vf v, vf g) { return g * vexp(v); });
@@ -386,7 +412,7 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
       if constexpr (kVec<T>) {
         for (; j + kVecF <= h; j += kVecF) {
           const vf av = vload(a + j), bv = vload(b + j), gv = vload(g + j);
-          const vf s = 1.0f / (1.0f + vexp(-av));
+          const vf s = vsigmoid(av);
           vstore(da + j, gv * bv * s * (1.0f + av * (1.0f - s)));
           vstore(db + j, gv * av * s);
         }

@@ -77,13 +77,18 @@ bool unary_vec_f32(UnaryOp op, float* o, const float* x, int64_t n) {
   };
   switch (op) {
     case UnaryOp::Exp: run([](vf v) { return vexp(v); }); return true;
-    case UnaryOp::Sigmoid: run([](vf v) { return 1.0f / (1.0f + vexp(-v)); }); return true;
-    case UnaryOp::Silu: run([](vf v) { return v / (1.0f + vexp(-v)); }); return true;
+    case UnaryOp::Sigmoid: run([](vf v) { return vsigmoid(v); }); return true;
+    case UnaryOp::Silu: run([](vf v) { return vsilu(v); }); return true;
     case UnaryOp::Tanh: run([](vf v) { return vtanh(v); }); return true;
     case UnaryOp::Erf: run([](vf v) { return verf(v); }); return true;
     case UnaryOp::Gelu: run([](vf v) { return v * vnormcdf(v); }); return true;
     case UnaryOp::GeluTanh:
-      run([](vf v) { return 0.5f * v * (1.0f + vtanh(0.79788456080286535588f * (v + 0.044715f * v * v * v))); });
+      // 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): the same
+      // function without the cancellation of 1 + tanh(u) for negative x
+      run([](vf v) {
+        const float k2 = 2.0f * 0.79788456080286535588f;
+        return v * vsigmoid(v * vfma(v * v, k2 * 0.044715f, k2));
+      });
       return true;
     default: return false;
   }
@@ -424,7 +429,7 @@ void swiglu(const View& out, const View& x) {
         if constexpr (std::is_same_v<T, float>) {
           for (; j + kVecF <= h; j += kVecF) {
             vf gv = vload(g + j);
-            vstore(po + j, gv / (1.0f + vexp(-gv)) * vload(u + j));
+            vstore(po + j, vsilu(gv) * vload(u + j));
           }
         }
         for (; j < h; ++j) {

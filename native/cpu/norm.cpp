@@ -8,6 +8,8 @@
 // float, squares below ~1e-19 underflow it) is redone in long double, whose range holds any
 // float's or double's square: layerNorm([1e20, -1e20]) is [1, -1], not [0, 0].
 // mean/rstd are written (float32, float64 for float64 x) when asked, for the backward pass.
+// float32 rows: two vectors per step (two sums), and the next row prefetched while this one is
+// read from cache (LayerNorm's variance and output passes, RMSNorm's output pass).
 #include <cmath>
 
 #include "common.h"
@@ -17,6 +19,19 @@ namespace dualroute {
 namespace cpu {
 namespace DR_ISA {
 namespace {
+
+// Prefetch the lines of one unrolled step (two vectors from element i) of a row: for reading,
+// for writing.
+template <typename T>
+inline void prefetch_r(const T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
+}
+template <typename T>
+inline void prefetch_w(T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
+}
 
 // The smallest mean square the fast path trusts: below it the squares may have lost bits.
 template <typename A>
@@ -68,22 +83,42 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
       const T* xr = px + r * cols;
       T* yr = po + r * cols;
       A mean = 0, ss = 0;
+      // the next row of this chunk, prefetched while this one is worked on from cache
+      // (the chunk's last row: its own lines, already in cache)
+      const bool more = r + 1 < hi;
+      const T* next_x = more ? xr + cols : xr;
+      T* next_y = more ? yr + cols : yr;
       if constexpr (std::is_same_v<T, float>) {
-        vf acc = vset1(0);
+        // two vectors per step with two sums: the adds' latency is not the pace
+        vf a0 = vset1(0), a1 = vset1(0);
         int64_t j = 0;
         if (layer) {
-          for (; j + kVecF <= cols; j += kVecF) acc += vload(xr + j);
-          mean = hsum(acc);
+          for (; j + 2 * kVecF <= cols; j += 2 * kVecF) {
+            a0 += vload(xr + j);
+            a1 += vload(xr + j + kVecF);
+          }
+          for (; j + kVecF <= cols; j += kVecF) a0 += vload(xr + j);
+          mean = hsum(a0 + a1);
           for (; j < cols; ++j) mean += xr[j];
           mean /= static_cast<A>(cols);
         }
-        vf vm = vset1(mean);
-        acc = vset1(0);
-        for (j = 0; j + kVecF <= cols; j += kVecF) {
-          vf d = vload(xr + j) - vm;
-          acc += d * d;
+        const vf vm = vset1(mean);
+        a0 = vset1(0);
+        a1 = vset1(0);
+        // LayerNorm reads the row from cache here (its first pass went to memory); RMSNorm's
+        // first pass is this one (its own lines: on their way already)
+        const T* pf = layer ? next_x : xr;
+        for (j = 0; j + 2 * kVecF <= cols; j += 2 * kVecF) {
+          prefetch_r(pf, j);
+          const vf d0 = vload(xr + j) - vm, d1 = vload(xr + j + kVecF) - vm;
+          a0 += d0 * d0;
+          a1 += d1 * d1;
         }
-        ss = hsum(acc);
+        for (; j + kVecF <= cols; j += kVecF) {
+          const vf d = vload(xr + j) - vm;
+          a0 += d * d;
+        }
+        ss = hsum(a0 + a1);
         for (; j < cols; ++j) ss += (xr[j] - mean) * (xr[j] - mean);
       } else {
         if (layer) {
@@ -108,13 +143,22 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
       if (prstd) prstd[r] = static_cast<S>(rstd);
       int64_t j = 0;
       if constexpr (std::is_same_v<T, float>) {
-        vf vm = vset1(mean), vr = vset1(rstd);
-        for (; j + kVecF <= cols; j += kVecF) {
-          vf y = (vload(xr + j) - vm) * vr;
-          if (pw) y *= vload(pw + j);
-          if (pb) y += vload(pb + j);
-          vstore(yr + j, y);
+        const vf vm = vset1(mean), vr = vset1(rstd);
+        auto out = [&](int64_t k) {
+          vf y = (vload(xr + k) - vm) * vr;
+          if (pw) y *= vload(pw + k);
+          if (pb) y += vload(pb + k);
+          vstore(yr + k, y);
+        };
+        // RMSNorm's next row had no pass from cache to be prefetched in: it is here
+        const T* pf = layer ? xr : next_x;
+        for (; j + 2 * kVecF <= cols; j += 2 * kVecF) {
+          prefetch_r(pf, j);
+          prefetch_w(next_y, j);
+          out(j);
+          out(j + kVecF);
         }
+        for (; j + kVecF <= cols; j += kVecF) out(j);
       }
       for (; j < cols; ++j) {
         A y = (Num<T>::load(xr[j]) - mean) * rstd;

@@ -86,31 +86,109 @@ inline float hmax(vf v) {
   return m;
 }
 
+// a * b + c, fused (one rounding) where the instruction set has FMA: the same bits whatever
+// the including file's -ffp-contract (elementwise.cpp compiles with contraction off), and
+// one instruction instead of two.
+inline vf vfma(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vf>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
+                                              reinterpret_cast<__m512>(c)));
+#elif defined(__FMA__) && defined(__AVX__)
+  return reinterpret_cast<vf>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
+                                              reinterpret_cast<__m256>(c)));
+#else
+  return a * b + c;
+#endif
+}
+inline vf vfma(vf a, float b, float c) { return vfma(a, vset1(b), vset1(c)); }
+
+// |x| by clearing the sign bits (NaN stays NaN).
+inline vf vabs(vf x) {
+  vu u;
+  std::memcpy(&u, &x, sizeof(u));
+  u &= 0x7fffffffu;
+  vf r;
+  std::memcpy(&r, &u, sizeof(r));
+  return r;
+}
+
+// Whether every lane of a comparison result (all ones or zero per lane) is set: one movemask
+// (or mask test) and a compare, for the fast paths below.
+inline bool vall(vi m) {
+#if defined(__AVX512F__)
+  return _mm512_test_epi32_mask(reinterpret_cast<__m512i>(m), reinterpret_cast<__m512i>(m)) == 0xFFFF;
+#elif defined(__AVX__)
+  return _mm256_movemask_ps(reinterpret_cast<__m256>(m)) == 0xFF;
+#elif defined(__SSE2__)
+  return _mm_movemask_ps(reinterpret_cast<__m128>(m)) == 0xF;
+#else
+  for (int i = 0; i < kVecF; ++i)
+    if (!m[i]) return false;
+  return true;
+#endif
+}
+
+// 1 / d for d in [1, 2^126): the reciprocal estimate (12 bits; 14 with AVX-512) and one
+// Newton step r + r (1 - d r), relative error below 2.5e-7 (about 2 ulp). Not for other d
+// (the estimate flushes to 0 from 2^126 up; d = 0 or inf gives NaN).
+inline vf vrcp_nr(vf d) {
+#if defined(__AVX512F__)
+  const vf r = reinterpret_cast<vf>(_mm512_maskz_rcp14_ps(0xFFFF, reinterpret_cast<__m512>(d)));  // maskz: as vsqrt
+#elif defined(__AVX__)
+  const vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
+#elif defined(__SSE2__)
+  const vf r = reinterpret_cast<vf>(_mm_rcp_ps(reinterpret_cast<__m128>(d)));
+#else
+  return 1.0f / d;
+#endif
+#if defined(__SSE2__)
+  return vfma(r, vfma(-d, r, vset1(1.0f)), r);
+#endif
+}
+
 // e^(x - n ln2) for integral n with |x - n ln2| <= ln2/2: the Cody-Waite split of ln2 and a
 // degree-6 polynomial (shared by vexp and vexp_softmax).
 inline vf exp_reduced(vf x, vf n) {
-  vf r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = vset1(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  return p * r * r + r + 1.0f;
+  vf r = vfma(n, vset1(-0.693359375f), x);
+  r = vfma(n, vset1(2.12194440e-4f), r);
+  vf p = vfma(vset1(1.9875691500e-4f), r, vset1(1.3981999507e-3f));
+  p = vfma(p, r, vset1(8.3334519073e-3f));
+  p = vfma(p, r, vset1(4.1665795894e-2f));
+  p = vfma(p, r, vset1(1.6666665459e-1f));
+  p = vfma(p, r, vset1(5.0000001201e-1f));
+  return vfma(p, r * r, r) + 1.0f;
 }
 
-// exp(x) for float lanes, relative error about 2 ulp over the whole range: x = n ln2 + r with
-// |r| <= ln2/2 (Cody-Waite split of ln2), e^r by a degree-6 polynomial, n rounded by adding
-// the 1.5 * 2^23 shifter (its low mantissa bits then hold n), and 2^n added to the result's
-// exponent bits. Below -87.3 gives 0 (also for -inf), above 88.7 gives +inf, NaN stays NaN.
-// n reaches -126 only where r >= 0 (x is clamped at -87.3 ~ -126 ln2), so p >= 1 there and
-// the sum of exponents stays normal.
-inline vf vexp(vf x) {
-  const vf hi = vset1(88.72283935546875f), lo = vset1(-87.33654022216797f), shifter = vset1(12582912.0f);
+// The bounds of vexp's fast path: there x needs no clamp, 2^n (n = round(x / ln2), from -126
+// to 127) is a normal float, and so is e^x.
+constexpr float kExpLo = -87.33654022216797f;  // ln(FLT_MIN): x * log2(e) = -126 (r >= 0)
+constexpr float kExpFastHi = 88.37f;          // x * log2(e) < 127.5: n <= 127
+
+// e^x for x in [kExpLo, kExpFastHi] (in-range lanes only: no clamps, no NaN or overflow
+// handling). n is rounded by adding the 1.5 * 2^23 shifter (its low mantissa bits then hold
+// n) and 2^n is added to the result's exponent bits: t's bits are 0x4B400000 + n, and
+// shifting them by 23 leaves n << 23 (the shifter's bits shift out).
+inline vf vexp_inrange(vf x) {
+  const vf shifter = vset1(12582912.0f);
+  const vf t = vfma(x, vset1(1.44269504088896341f), shifter);
+  const vf n = t - shifter;
+  const vf p = exp_reduced(x, n);
+  vi ti, pi;
+  std::memcpy(&ti, &t, sizeof(ti));
+  std::memcpy(&pi, &p, sizeof(pi));
+  pi += ti << 23;
+  vf res;
+  std::memcpy(&res, &pi, sizeof(res));
+  return res;
+}
+
+// vexp for vectors with a lane outside the fast range (or NaN): the clamps and fix-ups. On
+// in-range lanes it computes what vexp_inrange does, bit for bit.
+__attribute__((noinline)) inline vf vexp_full(vf x) {
+  const vf hi = vset1(88.72283935546875f), lo = vset1(kExpLo), shifter = vset1(12582912.0f);
   vf xc = x < lo ? lo : x;  // a NaN compares false and stays
   xc = xc > hi ? hi : xc;
-  const vf t = xc * 1.44269504088896341f + shifter;
+  const vf t = vfma(xc, vset1(1.44269504088896341f), shifter);
   const vf n = t - shifter;
   const vf p = exp_reduced(xc, n);
   vi ti, pi;
@@ -129,14 +207,27 @@ inline vf vexp(vf x) {
   return x != x ? x : res;
 }
 
-// e^x for the arguments of an online softmax (x - max <= 0, -inf, or NaN): vexp's polynomial
-// without its overflow handling, rounding n by the 1.5 * 2^23 shifter instead of two
-// conversions and scaling by one power of two: about half vexp's instructions. NaN stays NaN;
-// below -87.3 (and -inf) gives 0. Not for x above ~88 (no overflow to +inf).
+// Whether every lane of x is in vexp's fast range (false for a NaN lane).
+inline bool vexp_fast_ok(vf x) { return vall((x >= kExpLo) & (x <= kExpFastHi)); }
+
+// exp(x) for float lanes, relative error about 2 ulp over the whole range: x = n ln2 + r with
+// |r| <= ln2/2 (Cody-Waite split of ln2), e^r by a degree-6 polynomial, 2^n added to the
+// result's exponent bits. Below -87.3 gives 0 (also for -inf), above 88.7 gives +inf, NaN
+// stays NaN. A vector whose lanes are all in [-87.3, 88.37] (one test) skips the clamps and
+// fix-ups of vexp_full; each lane's result is the same on either path.
+inline vf vexp(vf x) {
+  if (__builtin_expect(vexp_fast_ok(x), 1)) return vexp_inrange(x);
+  return vexp_full(x);
+}
+
+// e^x for the arguments of an online softmax (x - max <= 0, -inf, or NaN). NaN stays NaN;
+// below -87.3 (and -inf) gives 0. Not for x above ~88 (no overflow to +inf). A vector with
+// every lane at or above -87.3 takes vexp_inrange (the same bits: p * 2^n is exact there).
 inline vf vexp_softmax(vf x) {
-  const vf lo = vset1(-87.33654022216797f), shifter = vset1(12582912.0f);
+  if (__builtin_expect(vall(x >= kExpLo), 1)) return vexp_inrange(x);
+  const vf lo = vset1(kExpLo), shifter = vset1(12582912.0f);
   const vf xc = x < lo ? lo : x;  // a NaN compares false and stays
-  const vf t = xc * 1.44269504088896341f + shifter;
+  const vf t = vfma(xc, vset1(1.44269504088896341f), shifter);
   const vf n = t - shifter;
   const vf p = exp_reduced(xc, n);
   vi e;
@@ -149,24 +240,56 @@ inline vf vexp_softmax(vf x) {
   return x < lo ? vset1(0.0f) : res;
 }
 
+// sigmoid(x) = 1 / (1 + e^-x). Where |x| <= 87 (1 + e^-x below 2^126) the reciprocal
+// estimate with a Newton step (about 2 ulp) instead of a division; other lanes divide (0
+// below about -88, 1 above 17, NaN stays NaN). A vector with every |x| <= 87 (one test) skips
+// the exp's fix-ups and the division; each lane's result is the same on either path.
+inline vf vsigmoid(vf x) {
+  const vi ok = vabs(x) <= 87.0f;
+  if (__builtin_expect(vall(ok), 1)) return vrcp_nr(1.0f + vexp_inrange(-x));
+  const vf d = 1.0f + vexp_full(-x);
+  return ok ? vrcp_nr(d) : 1.0f / d;
+}
+
+// silu(x) = x sigmoid(x); lanes past |x| = 87 as x / (1 + e^-x) (so that x = -inf gives NaN
+// and x below about -88 gives -0, as in PyTorch).
+inline vf vsilu(vf x) {
+  const vi ok = vabs(x) <= 87.0f;
+  if (__builtin_expect(vall(ok), 1)) return x * vrcp_nr(1.0f + vexp_inrange(-x));
+  const vf d = 1.0f + vexp_full(-x);
+  return ok ? x * vrcp_nr(d) : x / d;
+}
+
+// The degree-9 polynomial of Numerical Recipes' erfcc in t (see verfc), by Horner's rule
+// (fewer multiplies than Estrin's scheme: these loops are bound by the FMA pipes). c0 is its
+// constant term, -1.26551223 (vnormcdf folds a factor 1/2 into it).
+inline vf erfc_poly(vf t, float c0 = -1.26551223f) {
+  vf p = vfma(vset1(0.17087277f), t, vset1(-0.82215223f));
+  p = vfma(p, t, vset1(1.48851587f));
+  p = vfma(p, t, vset1(-1.13520398f));
+  p = vfma(p, t, vset1(0.27886807f));
+  p = vfma(p, t, vset1(-0.18628806f));
+  p = vfma(p, t, vset1(0.09678418f));
+  p = vfma(p, t, vset1(0.37409196f));
+  p = vfma(p, t, vset1(1.00002368f));
+  return vfma(p, t, vset1(c0));
+}
+
 // erfc(z) by the Chebyshev fit of Numerical Recipes' erfcc: for z >= 0,
 // t exp(-z^2 + P(t)) with t = 1 / (1 + z/2) and P of degree 9, fractional error below 1.2e-7
 // over the whole range (so 1 - erf keeps its relative accuracy in the tail, where
-// 1 - erf(z) computed as a difference would not); erfc(-z) = 2 - erfc(z).
+// 1 - erf(z) computed as a difference would not); erfc(-z) = 2 - erfc(z). Where |z| <= 9 the
+// exp's argument is in its fast range: a vector with a lane beyond (or NaN) takes the exp's
+// fix-ups.
 inline vf verfc(vf z) {
-  const vf a = vmax(z, -z);
-  const vf t = 1.0f / (1.0f + 0.5f * a);
-  vf p = vset1(0.17087277f);
-  p = p * t - 0.82215223f;
-  p = p * t + 1.48851587f;
-  p = p * t - 1.13520398f;
-  p = p * t + 0.27886807f;
-  p = p * t - 0.18628806f;
-  p = p * t + 0.09678418f;
-  p = p * t + 0.37409196f;
-  p = p * t + 1.00002368f;
-  p = p * t - 1.26551223f;
-  const vf r = t * vexp(p - a * a);
+  const vf a = vabs(z);
+  const vf d = vfma(a, 0.5f, 1.0f);
+  const vi ok = a <= 9.0f;  // NaN compares false
+  vf r;
+  const vf t = 1.0f / d;
+  const vf arg = vfma(-a, a, erfc_poly(t));
+  if (__builtin_expect(vall(ok), 1)) r = t * vexp_inrange(arg);
+  else r = t * vexp_full(arg);
   return z < 0 ? 2.0f - r : r;
 }
 
@@ -174,37 +297,59 @@ inline vf verfc(vf z) {
 // relative accuracy of erf itself, the Maclaurin series
 // 2/sqrt(pi) (x - x^3/3 + x^5/10 - x^7/42 + x^9/216 - x^11/1320).
 inline vf verf(vf x) {
-  const vf ax = vmax(x, -x);
+  const vf ax = vabs(x);
   const vf e = 1.0f - verfc(ax);
   const vf y = x < 0 ? -e : e;
   const vf x2 = x * x;
-  vf p = vset1(-1.0f / 1320.0f);
-  p = p * x2 + 1.0f / 216.0f;
-  p = p * x2 - 1.0f / 42.0f;
-  p = p * x2 + 1.0f / 10.0f;
-  p = p * x2 - 1.0f / 3.0f;
-  p = p * x2 + 1.0f;
+  vf p = vfma(vset1(-1.0f / 1320.0f), x2, vset1(1.0f / 216.0f));
+  p = vfma(p, x2, vset1(-1.0f / 42.0f));
+  p = vfma(p, x2, vset1(1.0f / 10.0f));
+  p = vfma(p, x2, vset1(-1.0f / 3.0f));
+  p = vfma(p, x2, vset1(1.0f));
   return ax < 0.5f ? 1.1283791670955126f * x * p : y;
 }
 
 // GELU's Gaussian CDF, Phi(x) = erfc(-x / sqrt 2) / 2: relatively accurate in the lower tail
-// too, so x Phi(x) keeps float32's relative precision for x down to about -13.
-inline vf vnormcdf(vf x) { return 0.5f * verfc(-0.70710678118654752f * x); }
+// too, so x Phi(x) keeps float32's relative precision for x down to about -13. verfc's form
+// with the 1/2 folded into the exp (its argument's constant term less ln 2): for x <= 0,
+// Phi = t exp(-a^2 + P(t) - ln 2) with a = |x| / sqrt 2, and 1 - that for x > 0.
+inline vf vnormcdf(vf x) {
+  const vf a = vabs(x) * 0.70710678118654752f;
+  const vf t = 1.0f / vfma(a, 0.5f, 1.0f);
+  const vf arg = vfma(-a, a, erfc_poly(t, -1.26551223f - 0.69314718055994531f));
+  // |x| <= 12.7 (a <= 9): the exp's argument is above -83, in its fast range
+  const vf r = t * (__builtin_expect(vall(a <= 9.0f), 1) ? vexp_inrange(arg) : vexp_full(arg));
+  return x > 0 ? 1.0f - r : r;
+}
 
-// tanh(x): 1 - 2 / (e^{2x} + 1) for |x| >= 0.4, where it has no cancellation; below that the
-// odd Taylor series through x^13 (truncation error under 1e-9 relative).
+// tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 (P of degree 6, Q of degree 3 in x^2: a
+// relative-error minimax fit by scripts/fit-tanh.py, 7e-9 before rounding to float32), the
+// result clamped to [-1, 1], and +-1 beyond |x| = 9 (where tanh rounds to +-1 or 1 ulp
+// below). Relative error below 3.1e-7 (about 3 ulp up to |x| = 2, 5 ulp next to 1), as the
+// exp-based form it replaces; exactly odd, tiny x gives x, NaN stays NaN. No exp and no
+// branch: one division.
 inline vf vtanh(vf x) {
-  vf r = 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f);
-  vf x2 = x * x;
-  vf p = vset1(21844.0f / 6081075.0f);
-  p = p * x2 - 1382.0f / 155925.0f;
-  p = p * x2 + 62.0f / 2835.0f;
-  p = p * x2 - 17.0f / 315.0f;
-  p = p * x2 + 2.0f / 15.0f;
-  p = p * x2 - 1.0f / 3.0f;
-  p = p * x2 + 1.0f;
-  vf ax = vmax(x, -x);
-  return ax < 0.4f ? x * p : r;
+  const vf s = x * x;
+  vf p = vfma(vset1(-8.488376018e-14f), s, vset1(5.277837195e-11f));
+  p = vfma(p, s, vset1(-2.022503232e-08f));
+  p = vfma(p, s, vset1(1.115426858e-05f));
+  p = vfma(p, s, vset1(3.103952855e-03f));
+  p = vfma(p, s, vset1(1.308400780e-01f));
+  p = vfma(p, s, vset1(1.0f));
+  vf q = vfma(vset1(2.546140167e-04f), s, vset1(2.449516580e-02f));
+  q = vfma(q, s, vset1(4.641733468e-01f));
+  q = vfma(q, s, vset1(1.0f));
+  vf r = x * p / q;  // NaN for huge |x| (inf / inf): replaced below
+  r = r > 1.0f ? vset1(1.0f) : r;  // a NaN compares false and stays
+  r = r < -1.0f ? vset1(-1.0f) : r;
+  vu sx, one;
+  std::memcpy(&sx, &x, sizeof(sx));
+  const vf v1 = vset1(1.0f);
+  std::memcpy(&one, &v1, sizeof(one));
+  one |= sx & 0x80000000u;  // +-1 with x's sign
+  vf sat;
+  std::memcpy(&sat, &one, sizeof(sat));
+  return vabs(x) > 9.0f ? sat : r;
 }
 
 }  // namespace DR_ISA

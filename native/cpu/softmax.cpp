@@ -3,7 +3,8 @@
 // softmax: x, out contiguous [outer, dim, inner]; y = exp(x - max) / sum exp(x - max) over
 // dim, log-softmax y = x - max - log(sum exp(x - max)). With inner == 1 a row is contiguous:
 // three vectorised passes (max; exp and sum, stored in out; scale) that read the row from L1/L2
-// after the first (bfloat16 rows recompute the exp in the third pass instead of storing it). inner > 1 walks columns with stride `inner`.
+// after the first (bfloat16 rows recompute the exp in the third pass instead of storing it),
+// prefetching the next row meanwhile. inner > 1 walks columns with stride `inner`.
 //
 // cross_entropy: logits [rows, C]; per row lse = log sum exp(x), and with label smoothing s
 // the loss against target t is lse - (1 - s) x[t] - (s / C) sum_j x[j] (the mean of -log p
@@ -19,6 +20,21 @@ namespace cpu {
 namespace DR_ISA {
 namespace {
 
+// The row-wise kernels read a row from memory once (the max) and then again from L1/L2 (the
+// exp passes). While a pass works from cache, the next row's lines are prefetched (one per 64
+// bytes; the output's for writing), so its memory reads overlap this row's exp work instead of
+// following it. The last row of a chunk passes its own pointers (lines already in cache).
+template <typename T>
+inline void prefetch_r(const T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
+}
+template <typename T>
+inline void prefetch_w(T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
+}
+
 template <typename T>
 float row_max_vec(const T* x, int64_t n) {
   float m = -INFINITY;
@@ -33,16 +49,26 @@ float row_max_vec(const T* x, int64_t n) {
 }
 
 // The arguments x - m are <= 0 (m is the row's max), -inf or NaN: vexp_softmax's domain.
-// out[i] = exp(x[i] - m); returns the sum.
-float exp_sum_f32(float* out, const float* x, int64_t n, float m) {
-  vf vsum = vset1(0), vm = vset1(m);
+// out[i] = exp(x[i] - m); returns the sum. Two vectors per step (two sums).
+float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* next, float* next_out) {
+  vf s0 = vset1(0), s1 = vset1(0);
+  const vf vm = vset1(m);
   int64_t i = 0;
-  for (; i + kVecF <= n; i += kVecF) {
-    vf e = vexp_softmax(vload(x + i) - vm);
-    vstore(out + i, e);
-    vsum += e;
+  for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
+    prefetch_r(next, i);
+    prefetch_w(next_out, i);
+    const vf e0 = vexp_softmax(vload(x + i) - vm), e1 = vexp_softmax(vload(x + i + kVecF) - vm);
+    vstore(out + i, e0);
+    vstore(out + i + kVecF, e1);
+    s0 += e0;
+    s1 += e1;
   }
-  float s = hsum(vsum);
+  for (; i + kVecF <= n; i += kVecF) {
+    const vf e = vexp_softmax(vload(x + i) - vm);
+    vstore(out + i, e);
+    s0 += e;
+  }
+  float s = hsum(s0 + s1);
   for (; i < n; ++i) {
     out[i] = std::exp(x[i] - m);
     s += out[i];
@@ -51,11 +77,17 @@ float exp_sum_f32(float* out, const float* x, int64_t n, float m) {
 }
 
 template <typename T>
-float sum_exp_vec(const T* x, int64_t n, float m) {
-  vf vsum = vset1(0), vm = vset1(m);
+float sum_exp_vec(const T* x, int64_t n, float m, const T* next) {
+  vf s0 = vset1(0), s1 = vset1(0);
+  const vf vm = vset1(m);
   int64_t i = 0;
-  for (; i + kVecF <= n; i += kVecF) vsum += vexp_softmax(vload(x + i) - vm);
-  float s = hsum(vsum);
+  for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
+    prefetch_r(next, i);
+    s0 += vexp_softmax(vload(x + i) - vm);
+    s1 += vexp_softmax(vload(x + i + kVecF) - vm);
+  }
+  for (; i + kVecF <= n; i += kVecF) s0 += vexp_softmax(vload(x + i) - vm);
+  float s = hsum(s0 + s1);
   for (; i < n; ++i) s += std::exp(Num<T>::load(x[i]) - m);
   return s;
 }
@@ -63,29 +95,40 @@ float sum_exp_vec(const T* x, int64_t n, float m) {
 // One contiguous row of float32 or bfloat16. A NaN anywhere in the row makes the sum NaN (the
 // exp of NaN is NaN), and so every output, as in PyTorch; so does +inf (inf - inf), and a row
 // of -inf only. No separate scan for NaN is needed (vmax may drop NaN lanes, the sum does not).
+// next / next_y: the following row (prefetched), or this one's for the chunk's last row.
 template <typename T>
-void softmax_row_vec(T* y, const T* x, int64_t n, bool log) {
+void softmax_row_vec(T* y, const T* x, int64_t n, bool log, const T* next, T* next_y) {
   const float m = row_max_vec(x, n);
   if (log) {
-    const float lse = m + std::log(sum_exp_vec(x, n, m));
+    const float lse = m + std::log(sum_exp_vec(x, n, m, next));
     const vf vl = vset1(lse);
     int64_t i = 0;
+    for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
+      prefetch_w(next_y, i);
+      vstore(y + i, vload(x + i) - vl);
+      vstore(y + i + kVecF, vload(x + i + kVecF) - vl);
+    }
     for (; i + kVecF <= n; i += kVecF) vstore(y + i, vload(x + i) - vl);
     for (; i < n; ++i) y[i] = Num<T>::store(Num<T>::load(x[i]) - lse);
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
     // exp stored in y, then scaled: one exp per element
-    const float inv = 1.0f / exp_sum_f32(y, x, n, m);
+    const float inv = 1.0f / exp_sum_f32(y, x, n, m, next, next_y);
     const vf vinv = vset1(inv);
     int64_t i = 0;
     for (; i + kVecF <= n; i += kVecF) vstore(y + i, vload(y + i) * vinv);
     for (; i < n; ++i) y[i] *= inv;
   } else {
     // bfloat16: the exp is recomputed rather than rounded to bfloat16 twice
-    const float inv = 1.0f / sum_exp_vec(x, n, m);
+    const float inv = 1.0f / sum_exp_vec(x, n, m, next);
     const vf vm = vset1(m), vinv = vset1(inv);
     int64_t i = 0;
+    for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
+      prefetch_w(next_y, i);
+      vstore(y + i, vexp_softmax(vload(x + i) - vm) * vinv);
+      vstore(y + i + kVecF, vexp_softmax(vload(x + i + kVecF) - vm) * vinv);
+    }
     for (; i + kVecF <= n; i += kVecF) vstore(y + i, vexp_softmax(vload(x + i) - vm) * vinv);
     for (; i < n; ++i) y[i] = Num<T>::store(std::exp(Num<T>::load(x[i]) - m) * inv);
   }
@@ -104,7 +147,8 @@ void softmax_typed(const View& out, const View& x, int64_t outer, int64_t dim, i
       T* yr = po + o * dim * inner + in;
       if constexpr (!std::is_same_v<T, double>) {
         if (inner == 1) {
-          softmax_row_vec(yr, xr, dim, log);
+          const bool more = r + 1 < e;
+          softmax_row_vec(yr, xr, dim, log, more ? xr + dim : xr, more ? yr + dim : yr);
           continue;
         }
       }
@@ -158,7 +202,7 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
         A m, s, total = 0;
         if constexpr (!std::is_same_v<T, double>) {
           m = row_max_vec(xr, C);
-          s = sum_exp_vec(xr, C, m);
+          s = sum_exp_vec(xr, C, m, r + 1 < e ? xr + C : xr);
           if (smoothing != 0) {
             for (int64_t j = 0; j < C; ++j) total += Num<T>::load(xr[j]);
           }

@@ -56,6 +56,93 @@ describe('unary ops', () => {
     });
   });
 
+  // The vector forms take a fast path when every lane of a vector is in range (one test per
+  // vector) and fall to the full fix-ups otherwise. A lane's result must not depend on its
+  // neighbours: a value that sends its vector down the slow path (NaN, +-inf, huge, tiny, past
+  // the fast ranges) is put at every position of a row of ordinary values, over a length that
+  // covers the first and last lane of every vector (8 or 16 lanes) and the tail past the last
+  // full vector; the other lanes must keep their bits, and the odd lane must match a float64
+  // reference written from the formula.
+  describe('vector fast paths: one odd lane in every position', () => {
+    const k = Math.sqrt(2 / Math.PI);
+    const geluTanhExact = (v: number) => {
+      if (v === -Infinity) return NaN;
+      const u = 2 * k * (v + 0.044715 * v * v * v);
+      return v / (1 + Math.exp(-u));  // = 0.5 v (1 + tanh(u / 2)) without the cancellation
+    };
+    const forward: Array<[string, (x: dr.Tensor) => dr.Tensor, (v: number) => number, number, number]> = [
+      ['exp', (x) => x.exp(), Math.exp, 5e-7, 0],
+      ['sigmoid', (x) => x.sigmoid(), (v) => 1 / (1 + Math.exp(-v)), 1e-6, 1e-36],
+      ['silu', (x) => x.silu(), (v) => (v === -Infinity ? NaN : v / (1 + Math.exp(-v))), 1e-6, 1e-36],
+      ['tanh', (x) => x.tanh(), Math.tanh, 1e-6, 1e-37],
+      ['erf', (x) => x.erf(), (v) => unaryRef.erf(v), 1e-6, 2e-7],
+      ['gelu', (x) => dr.gelu(x), (v) => (v === -Infinity ? NaN : unaryRef.gelu(v)), 1e-6, 2e-7],
+      ['gelu tanh', (x) => dr.gelu(x, { approximate: 'tanh' }), geluTanhExact, 2e-6, 1e-36],
+    ];
+    const odd = [NaN, Infinity, -Infinity, 3e38, -3e38, 1e30, -1e30, 200, -200, 100, -100, 89, 88.5, -88, -87.5, 87.2,
+      -87.2, 20, -20, 13.5, -13.5, 1e-30, -1e-30, 1e-45, -1e-45, 0, -0];
+    const n = 37;  // 2 vectors of 16 (4 of 8) and a tail of 5
+    const base = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.7) * 3);
+    const FLT_MIN = 1.1754943508222875e-38;
+    const near = (g: number, want: number, rtol: number, atol: number) => {
+      if (Number.isNaN(want)) return Number.isNaN(g);
+      if (!Number.isFinite(want) || Math.abs(want) > 3.4028234663852886e38) return g === (want > 0 ? Infinity : -Infinity);
+      if (Math.abs(want) < FLT_MIN) return Math.abs(g) <= FLT_MIN;
+      return Math.abs(g - want) <= atol + rtol * Math.abs(want);
+    };
+    for (const [name, f, ref, rtol, atol] of forward) {
+      test(name, () => {
+        dr.tidy(() => {
+          const want0 = f(dr.tensor(base)).dataSync() as Float32Array;
+          base.forEach((v, i) => expect([name, v, near(want0[i], ref(v), rtol, atol)]).toEqual([name, v, true]));
+          const bad: string[] = [];
+          for (const o of odd) {
+            const alone = f(dr.tensor([o])).dataSync()[0];
+            for (let p = 0; p < n; ++p) {
+              const x = base.slice();
+              x[p] = o;
+              const got = f(dr.tensor(x)).dataSync() as Float32Array;
+              const xo = x[p];
+              if (!near(got[p], ref(xo), rtol, atol)) bad.push(`${name}(${xo}) at ${p} = ${got[p]}, want ${ref(xo)}`);
+              if (!Object.is(got[p], alone)) bad.push(`${name}(${xo}) at ${p} = ${got[p]}, alone ${alone}`);
+              for (let i = 0; i < n; ++i) {
+                if (i !== p && !Object.is(got[i], want0[i])) bad.push(`${name}: lane ${i} changed by ${xo} at ${p}: ${got[i]} vs ${want0[i]}`);
+              }
+            }
+          }
+          expect(bad.slice(0, 5)).toEqual([]);
+        });
+      });
+    }
+
+    test('gelu keeps its relative accuracy down to x = -13, in float32 (relative only)', () => {
+      const xs = Float32Array.from({ length: 1301 }, (_, i) => -13 + i * 0.01);
+      dr.tidy(() => {
+        const got = dr.gelu(dr.tensor(xs)).dataSync() as Float32Array;
+        const bad: string[] = [];
+        xs.forEach((v, i) => {
+          const want = unaryRef.gelu(v);
+          // the exp's argument -x^2/2 + P carries one rounding: about 1e-7 * x^2 relative
+          const tol = 4e-7 + 1.5e-7 * v * v;
+          if (!(Math.abs(got[i] - want) <= tol * Math.abs(want))) bad.push(`gelu(${v}) = ${got[i]}, want ${want}`);
+        });
+        expect(bad.slice(0, 5)).toEqual([]);
+      });
+    });
+
+    test('tanh stays in [-1, 1] and is +-1 from |x| = 9.1 up', () => {
+      const xs = Float32Array.from({ length: 2001 }, (_, i) => i * 0.01);
+      dr.tidy(() => {
+        const t = dr.tensor(xs).tanh().dataSync() as Float32Array;
+        const tn = dr.tensor(xs).neg().tanh().dataSync() as Float32Array;
+        xs.forEach((v, i) => {
+          expect([v, t[i] <= 1 && t[i] >= 0 && tn[i] === -t[i]]).toEqual([v, true]);
+          if (v >= 9.1) expect([v, t[i]]).toEqual([v, 1]);
+        });
+      });
+    });
+  });
+
   test('strided input (a transposed view)', () => {
     dr.tidy(() => {
       const { t, data } = input([5, 7], 3);

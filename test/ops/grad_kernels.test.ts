@@ -413,6 +413,41 @@ describe('unaryBackward', () => {
     });
   }
 
+  // The vector forms (exp, sigmoid, tanh, erfc) take a fast path per vector when every lane
+  // is in range. An odd value (NaN, +-inf, huge, tiny, past the fast ranges) at any position
+  // of a row must not change its neighbours' bits, and its own result must be the one it gets
+  // alone; over a length with the first and last lane of every vector and a tail, in float32
+  // and bfloat16 (which computes through the same float lanes).
+  for (const dtype of ['float32', 'bfloat16'] as dr.DType[]) {
+    test(`${dtype}: an odd lane in every position leaves the other lanes alone`, () => {
+      const odd = [NaN, Infinity, -Infinity, 3e38, -3e38, 1e30, -1e30, 200, -200, 100, -100, 89, -88, 20, -20, 1e-30, 0];
+      const n = 37;
+      const base = Array.from({ length: n }, (_, i) => Math.sin(i * 1.7) * 3);
+      const bits = (t: dr.Tensor) => Array.from(t.dataSync(), (v) => (Number.isNaN(v) ? 'NaN' : Object.is(v, -0) ? '-0' : String(v)));
+      dr.tidy(() => {
+        const dy = dr.tensor(base.map((_, i) => 1 + 0.25 * Math.cos(i)), [n], { dtype });
+        for (const op of ['exp', 'sigmoid', 'silu', 'tanh', 'gelu', 'geluTanh', 'erf'] as const) {
+          const want0 = bits(unaryBackward(op, dr.tensor(base, [n], { dtype }), dy));
+          const bad: string[] = [];
+          for (const o of odd) {
+            const alone = bits(unaryBackward(op, dr.tensor([o], [1], { dtype }), dr.tensor([1], [1], { dtype })));
+            for (let p = 0; p < n; ++p) {
+              const x = base.slice();
+              x[p] = o;
+              const g = base.map((_, i) => (i === p ? 1 : 1 + 0.25 * Math.cos(i)));
+              const got = bits(unaryBackward(op, dr.tensor(x, [n], { dtype }), dr.tensor(g, [n], { dtype })));
+              if (got[p] !== alone[0]) bad.push(`${op}'(${o}) at ${p} = ${got[p]}, alone ${alone[0]}`);
+              for (let i = 0; i < n; ++i) {
+                if (i !== p && got[i] !== want0[i]) bad.push(`${op}: lane ${i} changed by ${o} at ${p}: ${got[i]} vs ${want0[i]}`);
+              }
+            }
+          }
+          expect(bad.slice(0, 5)).toEqual([]);
+        }
+      });
+    });
+  }
+
   test('every op but logicalNot has a gradient; logicalNot throws', () => {
     expect(UNARY_OPS.filter((o) => !(o in unaryGradRef))).toEqual(['logicalNot']);
     dr.tidy(() => {
