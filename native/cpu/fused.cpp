@@ -63,7 +63,24 @@ void add_rms_row(T* hr, T* yr, const T* xr, const T* rr, const T* pw, int64_t n,
   using A = Acc<T>;
   A ss = 0;
   int64_t j = 0;
-  if constexpr (kVec<T>) {
+  if constexpr (std::is_same_v<T, float>) {
+    // norm.cpp's order: two vectors per step into two sums, then one more vector into the
+    // first, so the float32 sum of squares (and y) equals the unfused rmsNorm's bit for bit
+    vf a0 = vset1(0), a1 = vset1(0);
+    for (; j + 2 * kVecF <= n; j += 2 * kVecF) {
+      const vf h0 = vload(xr + j) + vload(rr + j), h1 = vload(xr + j + kVecF) + vload(rr + j + kVecF);
+      vstore(hr + j, h0);
+      vstore(hr + j + kVecF, h1);
+      a0 += h0 * h0;
+      a1 += h1 * h1;
+    }
+    for (; j + kVecF <= n; j += kVecF) {
+      const vf h = vload(xr + j) + vload(rr + j);
+      vstore(hr + j, h);
+      a0 += h * h;
+    }
+    ss = hsum(a0 + a1);
+  } else if constexpr (kVec<T>) {
     vf acc = vset1(0);
     for (; j + kVecF <= n; j += kVecF) {
       vf h = vload(xr + j) + vload(rr + j);

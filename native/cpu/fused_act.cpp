@@ -38,8 +38,12 @@ constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 template <Act F>
 inline vf act_v(vf z) {
   if constexpr (F == Act::Gelu) return z * vnormcdf(z);
-  if constexpr (F == Act::GeluTanh) return 0.5f * z * (1.0f + vtanh(kSqrt2OverPi * (z + kGeluTanhC * z * z * z)));
-  if constexpr (F == Act::Silu) return z / (1.0f + vexp(-z));
+  if constexpr (F == Act::GeluTanh) {
+    // x sigmoid(2u) = 0.5 x (1 + tanh(u)), as elementwise.cpp computes it
+    const float k2 = 2.0f * kSqrt2OverPi;
+    return z * vsigmoid(z * vfma(z * z, k2 * kGeluTanhC, k2));
+  }
+  if constexpr (F == Act::Silu) return vsilu(z);
   if constexpr (F == Act::Relu) {
     const vf r = z > 0.0f ? z : vset1(0.0f);
     return z != z ? z : r;  // NaN stays NaN
@@ -53,7 +57,7 @@ inline vf dact_v(vf z, vf g) {
     return g * (0.5f * (1.0f + t) + 0.5f * z * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhC * z * z));
   }
   if constexpr (F == Act::Silu) {
-    const vf s = 1.0f / (1.0f + vexp(-z));
+    const vf s = vsigmoid(z);
     return g * s * (1.0f + z * (1.0f - s));
   }
   if constexpr (F == Act::Relu) return z > 0.0f ? g : vset1(0.0f);
