@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common.h"
+#include "prefetch.h"
 #include "simd.h"
 
 namespace dualroute {
@@ -92,19 +93,6 @@ void softmax_bw_typed(const View& dx, const View& y, const View& dy, int64_t out
 }
 
 // ---- RMSNorm / LayerNorm -----------------------------------------------------------------
-
-// Prefetch the lines of one unrolled step (two vectors from element i) of a row: for reading,
-// for writing.
-template <typename T>
-inline void prefetch_r(const T* p, int64_t i) {
-  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
-}
-template <typename T>
-inline void prefetch_w(T* p, int64_t i) {
-  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
-}
 
 // One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them. With
 // `more` (the next row, at +n, is this chunk's too) the second pass, which reads the row from

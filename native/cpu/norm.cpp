@@ -13,25 +13,13 @@
 #include <cmath>
 
 #include "common.h"
+#include "prefetch.h"
 #include "simd.h"
 
 namespace dualroute {
 namespace cpu {
 namespace DR_ISA {
 namespace {
-
-// Prefetch the lines of one unrolled step (two vectors from element i) of a row: for reading,
-// for writing.
-template <typename T>
-inline void prefetch_r(const T* p, int64_t i) {
-  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
-}
-template <typename T>
-inline void prefetch_w(T* p, int64_t i) {
-  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
-}
 
 // The smallest mean square the fast path trusts: below it the squares may have lost bits.
 template <typename A>

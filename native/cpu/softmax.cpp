@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common.h"
+#include "prefetch.h"
 #include "simd.h"
 
 namespace dualroute {
@@ -23,17 +24,8 @@ namespace {
 // The row-wise kernels read a row from memory once (the max) and then again from L1/L2 (the
 // exp passes). While a pass works from cache, the next row's lines are prefetched (one per 64
 // bytes; the output's for writing), so its memory reads overlap this row's exp work instead of
-// following it. The last row of a chunk passes its own pointers (lines already in cache).
-template <typename T>
-inline void prefetch_r(const T* p, int64_t i) {
-  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
-}
-template <typename T>
-inline void prefetch_w(T* p, int64_t i) {
-  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
-}
+// following it (prefetch.h). The last row of a chunk passes its own pointers (lines already in
+// cache).
 
 template <typename T>
 float row_max_vec(const T* x, int64_t n) {

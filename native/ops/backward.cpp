@@ -10,33 +10,6 @@ namespace dualroute {
 namespace ops {
 namespace {
 
-// An output written whole: contiguous with `like`'s shape and dtype.
-void check_out(const char* op, const char* arg, const T& out, const T& like, const char* like_name) {
-  require_same_shape(op, arg, out, like, like_name);
-  require_dtype(op, arg, out, like.dtype);
-  require_contiguous(op, arg, out);
-}
-
-// dy next to y or x: same shape and dtype.
-void check_like(const char* op, const char* arg, const T& v, const T& like, const char* like_name) {
-  require_same_shape(op, arg, v, like, like_name);
-  require_dtype(op, arg, v, like.dtype);
-}
-
-// A vector input (any layout) or output (contiguous) of n elements of a dtype.
-void check_vec(const char* op, const char* arg, const T* v, int64_t n, DType dtype, bool written) {
-  if (!v) return;
-  DR_CHECK(v->numel() == n, Shape, op, ": Expected ", arg, " with ", n, " elements but received shape ",
-           v->shape_string());
-  require_dtype(op, arg, *v, dtype);
-  if (written) require_contiguous(op, arg, *v);
-}
-
-View cview(std::shared_ptr<const T>& keep, const T* t) {
-  if (!t) return null_view();
-  keep = contiguous(*t);
-  return keep->view();
-}
 
 }  // namespace
 

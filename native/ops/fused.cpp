@@ -11,27 +11,6 @@ namespace dualroute {
 namespace ops {
 namespace {
 
-// An output written whole: contiguous with `like`'s shape and dtype.
-void check_out(const char* op, const char* arg, const T& out, const T& like, const char* like_name) {
-  require_same_shape(op, arg, out, like, like_name);
-  require_dtype(op, arg, out, like.dtype);
-  require_contiguous(op, arg, out);
-}
-
-// An input of `like`'s shape and dtype (any layout).
-void check_like(const char* op, const char* arg, const T& v, const T& like, const char* like_name) {
-  require_same_shape(op, arg, v, like, like_name);
-  require_dtype(op, arg, v, like.dtype);
-}
-
-// A vector of n elements and a dtype: inputs any layout, outputs (written) contiguous.
-void check_vec(const char* op, const char* arg, const T* v, int64_t n, DType dtype, bool written) {
-  if (!v) return;
-  DR_CHECK(v->numel() == n, Shape, op, ": Expected ", arg, " with ", n, " elements but received shape ",
-           v->shape_string());
-  require_dtype(op, arg, *v, dtype);
-  if (written) require_contiguous(op, arg, *v);
-}
 
 void check_rows(const char* op, const char* arg, const T& x) {
   DR_CHECK(x.ndim >= 1, Shape, op, ": Expected ", arg, " with at least one dimension but received shape ",
@@ -43,11 +22,6 @@ void check_act(const char* op, UnaryOp act) {
            op, ": Expected act to be one of gelu, geluTanh, silu, relu but received ", enum_name(act));
 }
 
-View cview(std::shared_ptr<const T>& keep, const T* t) {
-  if (!t) return null_view();
-  keep = contiguous(*t);
-  return keep->view();
-}
 
 }  // namespace
 

@@ -1,0 +1,26 @@
+// Software prefetch of one unrolled step (two vectors from element i) of a row, shared by the
+// row kernels (norm.cpp, softmax.cpp, backward.cpp): while a pass works from cache, the next
+// row's lines are fetched (one prefetch per 64 bytes), for reading or for writing.
+#pragma once
+#include <cstdint>
+
+#include "simd.h"
+
+namespace dualroute {
+namespace cpu {
+namespace DR_ISA {
+
+template <typename T>
+inline void prefetch_r(const T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));  // one step of two vectors
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 3);
+}
+template <typename T>
+inline void prefetch_w(T* p, int64_t i) {
+  constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
+  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
+}
+
+}  // namespace DR_ISA
+}  // namespace cpu
+}  // namespace dualroute
