@@ -118,12 +118,6 @@ inline typename VT<C>::I ldi(const typename VT<C>::Is* p) {
   return v;
 }
 
-inline VT<float>::V vexp_c(VT<float>::V x) { return vexp(x); }
-inline VT<double>::V vexp_c(VT<double>::V x) {
-  for (int i = 0; i < VT<double>::L; ++i) x[i] = std::exp(x[i]);
-  return x;
-}
-// The online softmax's exp (arguments at most 0, -inf or NaN: see vexp_softmax).
 // e^x for the exponents attention takes (x <= 0 but for rounding: a score minus its row's max
 // or lse; -inf for masked keys; NaN): 2^(x log2 e) with n = round(x log2 e) by the shifter
 // trick, whose bits also hold n + 127 (so a shift makes 2^n), f = x log2 e - n in [-1/2, 1/2]
@@ -155,7 +149,11 @@ inline VT<float>::V vexp_sm(VT<float>::V x) {
   std::memcpy(&sc, &e, sizeof(sc));
   return p * sc;
 }
-inline VT<double>::V vexp_sm(VT<double>::V x) { return vexp_c(x); }
+// float64 attention: libm's exp lane by lane.
+inline VT<double>::V vexp_sm(VT<double>::V x) {
+  for (int i = 0; i < VT<double>::L; ++i) x[i] = std::exp(x[i]);
+  return x;
+}
 
 
 template <typename T>
