@@ -14,6 +14,7 @@
 #include <cstring>
 #include <vector>
 
+#include "activations.h"
 #include "common.h"
 #include "prefetch.h"
 #include "simd.h"
@@ -270,8 +271,10 @@ bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
   const int64_t n = view_numel(dx);
   auto run = [&](auto f) {
     parallel_for(n, 16384, [&](int64_t b, int64_t e) {
-      int64_t i = b;
-      for (; i + kVecF <= e; i += kVecF) vstore(pdx + i, f(vload(px + i), vload(pdy + i)));
+      const int64_t i = b + act::vblocks(e - b, [&](int64_t i, auto u) {
+        constexpr int U = decltype(u)::value;
+        vstoren<U>(pdx + b + i, f(vloadn<U>(px + b + i), vloadn<U>(pdy + b + i)));
+      });
       if (i < e) {
         T tx[kVecF] = {}, tg[kVecF] = {}, to[kVecF];
         std::memcpy(tx, px + i, (e - i) * sizeof(T));
@@ -282,38 +285,24 @@ bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
     });
     return true;
   };
-  auto sig = [](vf v) { return vsigmoid(v); };
   switch (op) {
     case UnaryOp::Exp:
-    case UnaryOp::Expm1: return run([](vf v, vf g) { return g * vexp(v); });
+    case UnaryOp::Expm1: return run([](auto v, auto g) DR_VLAMBDA { return act::act_grad<act::Exp>(v, g); });
     case UnaryOp::Tanh:
-      return run([](vf v, vf g) {
-        const vf t = vtanh(v);
-        return g * (1.0f - t * t);
+      return run([](auto v, auto g) DR_VLAMBDA {
+        return act::per_vec(v, g, [](vf v, vf g) {
+          const vf t = vtanh(v);
+          return g * (1.0f - t * t);
+        });
       });
-    case UnaryOp::Sigmoid:
-      return run([sig](vf v, vf g) {
-        const vf s = sig(v);
-        return g * s * (1.0f - s);
+    case UnaryOp::Sigmoid: return run([](auto v, auto g) DR_VLAMBDA { return act::act_grad<act::Sigmoid>(v, g); });
+    case UnaryOp::Silu: return run([](auto v, auto g) DR_VLAMBDA { return act::act_grad<act::Silu>(v, g); });
+    case UnaryOp::Gelu: return run([](auto v, auto g) DR_VLAMBDA { return act::act_grad<act::Gelu>(v, g); });
+    case UnaryOp::GeluTanh: return run([](auto v, auto g) DR_VLAMBDA { return act::act_grad<act::GeluTanh>(v, g); });
+    case UnaryOp::Erf:
+      return run([](auto v, auto g) DR_VLAMBDA {
+        return act::per_vec(v, g, [](vf v, vf g) { return g * 1.12837916709551257390f * vexp(-v * v); });
       });
-    case UnaryOp::Silu:
-      return run([sig](vf v, vf g) {
-        const vf s = sig(v);
-        return g * s * (1.0f + v * (1.0f - s));
-      });
-    case UnaryOp::Gelu:
-      return run([](vf v, vf g) {
-        const vf cdf = vnormcdf(v);
-        const vf pdf = 0.39894228040143267794f * vexp(-0.5f * v * v);
-        return g * (cdf + v * pdf);
-      });
-    case UnaryOp::GeluTanh:
-      return run([](vf v, vf g) {
-        const float k = 0.79788456080286535588f, c = 0.044715f;
-        const vf t = vtanh(k * (v + c * v * v * v));
-        return g * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * c * v * v));
-      });
-    case UnaryOp::Erf: return run([](vf v, vf g) { return g * 1.12837916709551257390f * vexp(-v * v); });
     default: return false;
   }
 }
@@ -325,7 +314,6 @@ void unary_bw_typed(UnaryOp op, const View& dx, const View& x, const View& dy) {
     if (unary_bw_vec<T>(op, dx, x, dy)) return;
   }
   auto run = [&](int64_t cost, auto f) { ew_backward<T>(dx, x, dy, cost, f); };
-  auto sig = [](A v) { return A(1) / (A(1) + std::exp(-v)); };
   switch (op) {
     case UnaryOp::Neg: return run(1, [](A, A g) { return -g; });
     case UnaryOp::Abs:
@@ -341,29 +329,12 @@ void unary_bw_typed(UnaryOp op, const View& dx, const View& x, const View& dy) {
         const A t = std::tanh(v);
         return g * (A(1) - t * t);
       });
-    case UnaryOp::Sigmoid:
-      return run(8, [sig](A v, A g) {
-        const A s = sig(v);
-        return g * s * (A(1) - s);
-      });
-    case UnaryOp::Relu: return run(1, [](A v, A g) { return v > A(0) ? g : A(0); });
-    case UnaryOp::Gelu:
-      return run(8, [](A v, A g) {
-        const A cdf = A(0.5) * (A(1) + std::erf(v * A(0.70710678118654752440)));
-        const A pdf = A(0.39894228040143267794) * std::exp(A(-0.5) * v * v);  // 1/sqrt(2 pi)
-        return g * (cdf + v * pdf);
-      });
-    case UnaryOp::GeluTanh:
-      return run(8, [](A v, A g) {
-        const A k = A(0.79788456080286535588), c = A(0.044715);
-        const A t = std::tanh(k * (v + c * v * v * v));
-        return g * (A(0.5) * (A(1) + t) + A(0.5) * v * (A(1) - t * t) * k * (A(1) + A(3) * c * v * v));
-      });
-    case UnaryOp::Silu:
-      return run(8, [sig](A v, A g) {
-        const A s = sig(v);
-        return g * s * (A(1) + v * (A(1) - s));
-      });
+    case UnaryOp::Sigmoid: return run(8, [](A v, A g) { return A(act::Sigmoid::gref(v, g)); });
+    case UnaryOp::Relu: return run(1, [](A v, A g) { return A(act::Relu::gref(v, g)); });
+    // the activations' float64 formulas (activations.h)
+    case UnaryOp::Gelu: return run(8, [](A v, A g) { return A(act::Gelu::gref(v, g)); });
+    case UnaryOp::GeluTanh: return run(8, [](A v, A g) { return A(act::GeluTanh::gref(v, g)); });
+    case UnaryOp::Silu: return run(8, [](A v, A g) { return A(act::Silu::gref(v, g)); });
     case UnaryOp::Square: return run(1, [](A v, A g) { return g * A(2) * v; });
     case UnaryOp::Reciprocal: return run(2, [](A v, A g) { return -g / (v * v); });
     case UnaryOp::Floor:
@@ -398,12 +369,14 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
       T* db = da + h;
       int64_t j = 0;
       if constexpr (kVec<T>) {
-        for (; j + kVecF <= h; j += kVecF) {
-          const vf av = vload(a + j), bv = vload(b + j), gv = vload(g + j);
-          const vf s = vsigmoid(av);
-          vstore(da + j, gv * bv * s * (1.0f + av * (1.0f - s)));
-          vstore(db + j, gv * av * s);
-        }
+        // d/da silu(a) b = b silu'(a), d/db = silu(a): the sigmoid once for both
+        j = act::vblocks(h, [&](int64_t j, auto u) {
+          constexpr int U = decltype(u)::value;
+          const auto av = vloadn<U>(a + j), bv = vloadn<U>(b + j), gv = vloadn<U>(g + j);
+          const auto s = act::act_fwd<act::Sigmoid>(av);
+          vstoren<U>(da + j, gv * bv * s * (1.0f + av * (1.0f - s)));
+          vstoren<U>(db + j, gv * av * s);
+        });
       }
       for (; j < h; ++j) {
         const A av = ld(a[j]), bv = ld(b[j]), gv = ld(g[j]);

@@ -3,10 +3,12 @@
 //
 // Each op is a small functor; the strided iterator (common.h) hands it runs of elements with
 // one stride per operand, and the run loop has a contiguous branch the compiler vectorises.
-// exp-based float32 activations on contiguous data use the vector exp of simd.h.
+// The exp-, erf- and tanh-based ops on contiguous float32 and bfloat16 data use the vector forms
+// of simd.h and activations.h, four vectors in step.
 #include <cmath>
 
 #include "../core/philox.h"
+#include "activations.h"
 #include "common.h"
 #include "simd.h"
 
@@ -14,11 +16,6 @@ namespace dualroute {
 namespace cpu {
 namespace DR_ISA {
 namespace {
-
-template <typename A>
-inline A sigmoid_scalar(A x) {
-  return A(1) / (A(1) + std::exp(-x));
-}
 
 template <typename A>
 inline A unary_apply(UnaryOp op, A x) {
@@ -32,14 +29,12 @@ inline A unary_apply(UnaryOp op, A x) {
     case UnaryOp::Sin: return std::sin(x);
     case UnaryOp::Cos: return std::cos(x);
     case UnaryOp::Tanh: return std::tanh(x);
-    case UnaryOp::Sigmoid: return sigmoid_scalar(x);
-    case UnaryOp::Relu: return x > A(0) ? x : (x == x ? A(0) : x);
-    case UnaryOp::Gelu: return A(0.5) * x * (A(1) + std::erf(x * A(0.70710678118654752440)));
-    case UnaryOp::GeluTanh: {
-      const A k = A(0.79788456080286535588);  // sqrt(2/pi)
-      return A(0.5) * x * (A(1) + std::tanh(k * (x + A(0.044715) * x * x * x)));
-    }
-    case UnaryOp::Silu: return x * sigmoid_scalar(x);
+    // the activations' float64 formulas (activations.h), rounded to A
+    case UnaryOp::Sigmoid: return A(act::Sigmoid::ref(x));
+    case UnaryOp::Relu: return A(act::Relu::ref(x));
+    case UnaryOp::Gelu: return A(act::Gelu::ref(x));
+    case UnaryOp::GeluTanh: return A(act::GeluTanh::ref(x));
+    case UnaryOp::Silu: return A(act::Silu::ref(x));
     case UnaryOp::Square: return x * x;
     case UnaryOp::Reciprocal: return A(1) / x;
     case UnaryOp::Floor: return std::floor(x);
@@ -63,33 +58,31 @@ inline int32_t unary_int(UnaryOp op, int32_t x) {
   }
 }
 
-// Vector paths for float32 on contiguous runs; false when the op has none.
-bool unary_vec_f32(UnaryOp op, float* o, const float* x, int64_t n) {
+// Vector paths for float32 and bfloat16 (through float lanes) on contiguous runs, four vectors
+// in step; false when the op has none. The tail past the last whole vector goes through the
+// same forms in a zero-padded vector.
+template <typename T>
+bool unary_vec(UnaryOp op, T* o, const T* x, int64_t n) {
   auto run = [&](auto f) {
-    int64_t i = 0;
-    for (; i + kVecF <= n; i += kVecF) vstore(o + i, f(vload(x + i)));
+    const int64_t i = act::vblocks(n, [&](int64_t i, auto u) {
+      constexpr int U = decltype(u)::value;
+      vstoren<U>(o + i, f(vloadn<U>(x + i)));
+    });
     if (i < n) {
-      float tin[kVecF] = {0}, tout[kVecF];
-      std::memcpy(tin, x + i, (n - i) * 4);
+      T tin[kVecF] = {}, tout[kVecF];
+      std::memcpy(tin, x + i, (n - i) * sizeof(T));
       vstore(tout, f(vload(tin)));
-      std::memcpy(o + i, tout, (n - i) * 4);
+      std::memcpy(o + i, tout, (n - i) * sizeof(T));
     }
   };
   switch (op) {
-    case UnaryOp::Exp: run([](vf v) { return vexp(v); }); return true;
-    case UnaryOp::Sigmoid: run([](vf v) { return vsigmoid(v); }); return true;
-    case UnaryOp::Silu: run([](vf v) { return vsilu(v); }); return true;
-    case UnaryOp::Tanh: run([](vf v) { return vtanh(v); }); return true;
-    case UnaryOp::Erf: run([](vf v) { return verf(v); }); return true;
-    case UnaryOp::Gelu: run([](vf v) { return v * vnormcdf(v); }); return true;
-    case UnaryOp::GeluTanh:
-      // 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): the same
-      // function without the cancellation of 1 + tanh(u) for negative x
-      run([](vf v) {
-        const float k2 = 2.0f * 0.79788456080286535588f;
-        return v * vsigmoid(v * vfma(v * v, k2 * 0.044715f, k2));
-      });
-      return true;
+    case UnaryOp::Exp: run([](auto v) DR_VLAMBDA { return act::act_fwd<act::Exp>(v); }); return true;
+    case UnaryOp::Sigmoid: run([](auto v) DR_VLAMBDA { return act::act_fwd<act::Sigmoid>(v); }); return true;
+    case UnaryOp::Silu: run([](auto v) DR_VLAMBDA { return act::act_fwd<act::Silu>(v); }); return true;
+    case UnaryOp::Tanh: run([](auto v) DR_VLAMBDA { return act::per_vec(v, [](vf t) { return vtanh(t); }); }); return true;
+    case UnaryOp::Erf: run([](auto v) DR_VLAMBDA { return act::per_vec(v, [](vf t) { return verf(t); }); }); return true;
+    case UnaryOp::Gelu: run([](auto v) DR_VLAMBDA { return act::act_fwd<act::Gelu>(v); }); return true;
+    case UnaryOp::GeluTanh: run([](auto v) DR_VLAMBDA { return act::act_fwd<act::GeluTanh>(v); }); return true;
     default: return false;
   }
 }
@@ -103,8 +96,8 @@ void unary_typed(UnaryOp op, const View& out, const View& x) {
   it.run([&](const int64_t* off, int64_t n, const int64_t* s) {
     T* po = o + off[0];
     const T* px = in + off[1];
-    if constexpr (std::is_same_v<T, float>) {
-      if (s[0] == 1 && s[1] == 1 && unary_vec_f32(op, po, px, n)) return;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, bf16>) {
+      if (s[0] == 1 && s[1] == 1 && unary_vec(op, po, px, n)) return;
     }
     if constexpr (std::is_same_v<T, int32_t>) {
       for (int64_t i = 0; i < n; ++i) po[i * s[0]] = unary_int(op, px[i * s[1]]);
@@ -427,10 +420,10 @@ void swiglu(const View& out, const View& x) {
         T* po = o + r * h;
         int64_t j = 0;
         if constexpr (std::is_same_v<T, float>) {
-          for (; j + kVecF <= h; j += kVecF) {
-            vf gv = vload(g + j);
-            vstore(po + j, vsilu(gv) * vload(u + j));
-          }
+          j = act::vblocks(h, [&](int64_t j, auto k) {
+            constexpr int U = decltype(k)::value;
+            vstoren<U>(po + j, act::act_fwd<act::Silu>(vloadn<U>(g + j)) * vloadn<U>(u + j));
+          });
         }
         for (; j < h; ++j) {
           A gv = Num<T>::load(g[j]);

@@ -39,6 +39,11 @@ inline vf vrnd(vf v) {
     return v;
   }
 }
+template <typename T, int U>
+DR_VINLINE VN<U> vrnd(VN<U> v) {
+  for (int k = 0; k < U; ++k) v.v[k] = vrnd<T>(v.v[k]);
+  return v;
+}
 
 template <typename A>
 constexpr A tiny_mean_square() {

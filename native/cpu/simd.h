@@ -12,6 +12,10 @@
 
 #include "../core/dtype.h"
 
+// Forms on several vectors (VN below) pass them by value; they must be inlined to stay in
+// registers (GCC would otherwise call the larger ones out of line and pass VN<4> in memory).
+#define DR_VINLINE inline __attribute__((always_inline))
+
 namespace dualroute {
 namespace cpu {
 namespace DR_ISA {
@@ -30,16 +34,16 @@ typedef int32_t vi __attribute__((vector_size(kVecBytes)));
 typedef uint32_t vu __attribute__((vector_size(kVecBytes)));
 typedef uint16_t vh __attribute__((vector_size(kVecBytes / 2)));
 
-inline vf vload(const float* p) {
+DR_VINLINE vf vload(const float* p) {
   vf v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
-inline vf vset1(float x) { return vf{} + x; }
+DR_VINLINE void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+DR_VINLINE vf vset1(float x) { return vf{} + x; }
 
 // bfloat16 <-> float, kVecF lanes at a time (round to nearest even, like float_to_bf16).
-inline vf vload(const bf16* p) {
+DR_VINLINE vf vload(const bf16* p) {
   vh h;
   std::memcpy(&h, p, sizeof(h));
   vu u = __builtin_convertvector(h, vu) << 16;
@@ -47,7 +51,7 @@ inline vf vload(const bf16* p) {
   std::memcpy(&f, &u, sizeof(f));
   return f;
 }
-inline void vstore(bf16* p, vf v) {
+DR_VINLINE void vstore(bf16* p, vf v) {
   vu u;
   std::memcpy(&u, &v, sizeof(u));
   vu nan = (u & 0x7fffffffu) > 0x7f800000u;  // all ones where NaN
@@ -72,7 +76,7 @@ inline vf vsqrt(vf x) {
 #endif
 }
 
-inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+DR_VINLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 
 inline float hsum(vf v) {
@@ -89,7 +93,7 @@ inline float hmax(vf v) {
 // a * b + c, fused (one rounding) where the instruction set has FMA: the same bits whatever
 // the including file's -ffp-contract (elementwise.cpp compiles with contraction off), and
 // one instruction instead of two.
-inline vf vfma(vf a, vf b, vf c) {
+DR_VINLINE vf vfma(vf a, vf b, vf c) {
 #if defined(__AVX512F__)
   return reinterpret_cast<vf>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
                                               reinterpret_cast<__m512>(c)));
@@ -103,7 +107,7 @@ inline vf vfma(vf a, vf b, vf c) {
 inline vf vfma(vf a, float b, float c) { return vfma(a, vset1(b), vset1(c)); }
 
 // |x| by clearing the sign bits (NaN stays NaN).
-inline vf vabs(vf x) {
+DR_VINLINE vf vabs(vf x) {
   vu u;
   std::memcpy(&u, &x, sizeof(u));
   u &= 0x7fffffffu;
@@ -114,7 +118,7 @@ inline vf vabs(vf x) {
 
 // Whether every lane of a comparison result (all ones or zero per lane) is set: one movemask
 // (or mask test) and a compare, for the fast paths below.
-inline bool vall(vi m) {
+DR_VINLINE bool vall(vi m) {
 #if defined(__AVX512F__)
   return _mm512_test_epi32_mask(reinterpret_cast<__m512i>(m), reinterpret_cast<__m512i>(m)) == 0xFFFF;
 #elif defined(__AVX__)
@@ -128,34 +132,191 @@ inline bool vall(vi m) {
 #endif
 }
 
-// 1 / d for d in [1, 2^126): the reciprocal estimate (12 bits; 14 with AVX-512) and one
-// Newton step r + r (1 - d r), relative error below 2.5e-7 (about 2 ulp). Not for other d
-// (the estimate flushes to 0 from 2^126 up; d = 0 or inf gives NaN).
-inline vf vrcp_nr(vf d) {
+// The reciprocal estimate of each lane (12 bits; 14 with AVX-512; exact division without SSE).
+DR_VINLINE vf vrcp_est(vf d) {
 #if defined(__AVX512F__)
-  const vf r = reinterpret_cast<vf>(_mm512_maskz_rcp14_ps(0xFFFF, reinterpret_cast<__m512>(d)));  // maskz: as vsqrt
+  return reinterpret_cast<vf>(_mm512_maskz_rcp14_ps(0xFFFF, reinterpret_cast<__m512>(d)));  // maskz: as vsqrt
 #elif defined(__AVX__)
-  const vf r = reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
+  return reinterpret_cast<vf>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
 #elif defined(__SSE2__)
-  const vf r = reinterpret_cast<vf>(_mm_rcp_ps(reinterpret_cast<__m128>(d)));
+  return reinterpret_cast<vf>(_mm_rcp_ps(reinterpret_cast<__m128>(d)));
 #else
   return 1.0f / d;
 #endif
+}
+
+// ---- several vectors in step -----------------------------------------------------------
+// VN<U> holds U vectors that every operation below processes together, one instruction per
+// vector, so that U independent dependency chains stand side by side in the instruction
+// stream. The element-wise forms are chains of 20-40 dependent operations per vector: one
+// vector at a time, the out-of-order window holds about one and a half of them and the FMA
+// pipes wait on latency (GCC does not schedule across them on x86); four in step keep the pipes
+// busy. The forms below are written once, as templates over V = vf or VN<U>: a lane's result is
+// the same bits whichever V computes it.
+template <int U>
+struct VN {
+  vf v[U];
+};
+template <int U>
+struct MN {  // lane masks of a comparison of VN<U>
+  vi v[U];
+};
+#define DR_VN_FOR _Pragma("GCC unroll 8") for (int k = 0; k < U; ++k)
+#define DR_VN_BINARY(OP)                                                                   \
+  template <int U>                                                                         \
+  DR_VINLINE VN<U> operator OP(VN<U> a, VN<U> b) {                                             \
+    VN<U> r;                                                                               \
+    DR_VN_FOR r.v[k] = a.v[k] OP b.v[k];                                                   \
+    return r;                                                                              \
+  }                                                                                        \
+  template <int U>                                                                         \
+  DR_VINLINE VN<U> operator OP(VN<U> a, float b) {                                             \
+    VN<U> r;                                                                               \
+    DR_VN_FOR r.v[k] = a.v[k] OP b;                                                        \
+    return r;                                                                              \
+  }                                                                                        \
+  template <int U>                                                                         \
+  DR_VINLINE VN<U> operator OP(float a, VN<U> b) {                                             \
+    VN<U> r;                                                                               \
+    DR_VN_FOR r.v[k] = a OP b.v[k];                                                        \
+    return r;                                                                              \
+  }
+DR_VN_BINARY(+)
+DR_VN_BINARY(-)
+DR_VN_BINARY(*)
+DR_VN_BINARY(/)
+#undef DR_VN_BINARY
+#define DR_VN_COMPARE(OP)                                                                  \
+  template <int U>                                                                         \
+  DR_VINLINE MN<U> operator OP(VN<U> a, float b) {                                             \
+    MN<U> r;                                                                               \
+    DR_VN_FOR r.v[k] = a.v[k] OP b;                                                        \
+    return r;                                                                              \
+  }
+DR_VN_COMPARE(<)
+DR_VN_COMPARE(>)
+DR_VN_COMPARE(<=)
+DR_VN_COMPARE(>=)
+#undef DR_VN_COMPARE
+template <int U>
+DR_VINLINE VN<U> operator-(VN<U> a) {
+  VN<U> r;
+  DR_VN_FOR r.v[k] = -a.v[k];
+  return r;
+}
+template <int U>
+DR_VINLINE MN<U> operator&(MN<U> a, MN<U> b) {
+  MN<U> r;
+  DR_VN_FOR r.v[k] = a.v[k] & b.v[k];
+  return r;
+}
+template <int U>
+DR_VINLINE bool vall(MN<U> m) {
+  vi a = m.v[0];
+  for (int k = 1; k < U; ++k) a &= m.v[k];
+  return vall(a);
+}
+// m ? a : b lane by lane.
+DR_VINLINE vf vsel(vi m, vf a, vf b) { return m ? a : b; }
+template <int U>
+DR_VINLINE VN<U> vsel(MN<U> m, VN<U> a, VN<U> b) {
+  VN<U> r;
+  DR_VN_FOR r.v[k] = m.v[k] ? a.v[k] : b.v[k];
+  return r;
+}
+template <int U>
+DR_VINLINE VN<U> vfma(VN<U> a, VN<U> b, VN<U> c) {
+  VN<U> r;
+  DR_VN_FOR r.v[k] = vfma(a.v[k], b.v[k], c.v[k]);
+  return r;
+}
+template <int U>
+DR_VINLINE VN<U> vabs(VN<U> a) {
+  VN<U> r;
+  DR_VN_FOR r.v[k] = vabs(a.v[k]);
+  return r;
+}
+template <int U>
+DR_VINLINE VN<U> vrcp_est(VN<U> a) {
+  VN<U> r;
+  DR_VN_FOR r.v[k] = vrcp_est(a.v[k]);
+  return r;
+}
+// p * 2^n for float lanes p in [1/2, 2) and n in [-125, 127], where t = n + 1.5 * 2^23 (the
+// shifter's rounding leaves n in t's low mantissa bits; shifting t's bits by 23 leaves n << 23):
+// n is added to p's exponent bits.
+DR_VINLINE vf vscale_shifted(vf p, vf t) {
+  vi ti, pi;
+  std::memcpy(&ti, &t, sizeof(ti));
+  std::memcpy(&pi, &p, sizeof(pi));
+  pi += ti << 23;
+  vf r;
+  std::memcpy(&r, &pi, sizeof(r));
+  return r;
+}
+template <int U>
+DR_VINLINE VN<U> vscale_shifted(VN<U> p, VN<U> t) {
+  VN<U> r;
+  DR_VN_FOR r.v[k] = vscale_shifted(p.v[k], t.v[k]);
+  return r;
+}
+// U vectors from / to memory (float32 or bfloat16), kVecF apart.
+template <int U, typename T>
+DR_VINLINE VN<U> vloadn(const T* p) {
+  VN<U> r;
+  DR_VN_FOR r.v[k] = vload(p + k * kVecF);
+  return r;
+}
+template <int U, typename T>
+DR_VINLINE void vstoren(T* p, VN<U> x) {
+  DR_VN_FOR vstore(p + k * kVecF, x.v[k]);
+}
+#undef DR_VN_FOR
+
+// c in every lane of a V (vf or VN<U>).
+template <class V>
+struct Splat;
+template <>
+struct Splat<vf> {
+  static vf of(float c) { return vset1(c); }
+};
+template <int U>
+struct Splat<VN<U>> {
+  static VN<U> of(float c) {
+    VN<U> r;
+    for (int k = 0; k < U; ++k) r.v[k] = vset1(c);
+    return r;
+  }
+};
+template <class V>
+DR_VINLINE V vsplat(float c) {
+  return Splat<V>::of(c);
+}
+
+// 1 / d for d in [1, 2^126): the reciprocal estimate and one Newton step r + r (1 - d r),
+// relative error below 2.5e-7 (about 2 ulp). Not for other d (the estimate flushes to 0 from
+// 2^126 up; d = 0 or inf gives NaN).
+template <class V>
+DR_VINLINE V vrcp_nr(V d) {
 #if defined(__SSE2__)
-  return vfma(r, vfma(-d, r, vset1(1.0f)), r);
+  const V r = vrcp_est(d);
+  return vfma(r, vfma(-d, r, vsplat<V>(1.0f)), r);
+#else
+  return 1.0f / d;
 #endif
 }
 
 // e^(x - n ln2) for integral n with |x - n ln2| <= ln2/2: the Cody-Waite split of ln2 and a
 // degree-6 polynomial (shared by vexp and vexp_softmax).
-inline vf exp_reduced(vf x, vf n) {
-  vf r = vfma(n, vset1(-0.693359375f), x);
-  r = vfma(n, vset1(2.12194440e-4f), r);
-  vf p = vfma(vset1(1.9875691500e-4f), r, vset1(1.3981999507e-3f));
-  p = vfma(p, r, vset1(8.3334519073e-3f));
-  p = vfma(p, r, vset1(4.1665795894e-2f));
-  p = vfma(p, r, vset1(1.6666665459e-1f));
-  p = vfma(p, r, vset1(5.0000001201e-1f));
+template <class V>
+DR_VINLINE V exp_reduced(V x, V n) {
+  V r = vfma(n, vsplat<V>(-0.693359375f), x);
+  r = vfma(n, vsplat<V>(2.12194440e-4f), r);
+  V p = vfma(vsplat<V>(1.9875691500e-4f), r, vsplat<V>(1.3981999507e-3f));
+  p = vfma(p, r, vsplat<V>(8.3334519073e-3f));
+  p = vfma(p, r, vsplat<V>(4.1665795894e-2f));
+  p = vfma(p, r, vsplat<V>(1.6666665459e-1f));
+  p = vfma(p, r, vsplat<V>(5.0000001201e-1f));
   return vfma(p, r * r, r) + 1.0f;
 }
 
@@ -168,18 +329,29 @@ constexpr float kExpFastHi = 88.37f;          // x * log2(e) < 127.5: n <= 127
 // handling). n is rounded by adding the 1.5 * 2^23 shifter (its low mantissa bits then hold
 // n) and 2^n is added to the result's exponent bits: t's bits are 0x4B400000 + n, and
 // shifting them by 23 leaves n << 23 (the shifter's bits shift out).
-inline vf vexp_inrange(vf x) {
-  const vf shifter = vset1(12582912.0f);
-  const vf t = vfma(x, vset1(1.44269504088896341f), shifter);
-  const vf n = t - shifter;
-  const vf p = exp_reduced(x, n);
-  vi ti, pi;
-  std::memcpy(&ti, &t, sizeof(ti));
-  std::memcpy(&pi, &p, sizeof(pi));
-  pi += ti << 23;
-  vf res;
-  std::memcpy(&res, &pi, sizeof(res));
-  return res;
+template <class V>
+DR_VINLINE V vexp_inrange(V x) {
+  const V shifter = vsplat<V>(12582912.0f);
+  const V t = vfma(x, vsplat<V>(1.44269504088896341f), shifter);
+  const V n = t - shifter;
+  return vscale_shifted(exp_reduced(x, n), t);
+}
+
+// 2^e for e in [-125, 0.5]: n = round(e) by the shifter, f = e - n (exact) in [-1/2, 1/2], 2^f by
+// a degree-6 fit (relative error under 1e-7 in float arithmetic; attention.cpp's vexp_sm uses
+// the same fit), n added to the exponent bits. No range handling.
+template <class V>
+DR_VINLINE V vexp2_inrange(V e) {
+  const V shifter = vsplat<V>(12582912.0f);
+  const V t = e + shifter;
+  const V f = e - (t - shifter);
+  V p = vfma(vsplat<V>(1.534578768769279e-4f), f, vsplat<V>(1.3399930903688073e-3f));
+  p = vfma(p, f, vsplat<V>(9.618489071726799e-3f));
+  p = vfma(p, f, vsplat<V>(5.550328642129898e-2f));
+  p = vfma(p, f, vsplat<V>(2.4022646248340607e-1f));
+  p = vfma(p, f, vsplat<V>(6.931471824645996e-1f));
+  p = vfma(p, f, vsplat<V>(1.0f));
+  return vscale_shifted(p, t);
 }
 
 // vexp for vectors with a lane outside the fast range (or NaN): the clamps and fix-ups. On
@@ -208,14 +380,14 @@ __attribute__((noinline)) inline vf vexp_full(vf x) {
 }
 
 // Whether every lane of x is in vexp's fast range (false for a NaN lane).
-inline bool vexp_fast_ok(vf x) { return vall((x >= kExpLo) & (x <= kExpFastHi)); }
+DR_VINLINE bool vexp_fast_ok(vf x) { return vall((x >= kExpLo) & (x <= kExpFastHi)); }
 
 // exp(x) for float lanes, relative error about 2 ulp over the whole range: x = n ln2 + r with
 // |r| <= ln2/2 (Cody-Waite split of ln2), e^r by a degree-6 polynomial, 2^n added to the
 // result's exponent bits. Below -87.3 gives 0 (also for -inf), above 88.7 gives +inf, NaN
 // stays NaN. A vector whose lanes are all in [-87.3, 88.37] (one test) skips the clamps and
 // fix-ups of vexp_full; each lane's result is the same on either path.
-inline vf vexp(vf x) {
+DR_VINLINE vf vexp(vf x) {
   if (__builtin_expect(vexp_fast_ok(x), 1)) return vexp_inrange(x);
   return vexp_full(x);
 }
@@ -238,26 +410,6 @@ inline vf vexp_softmax(vf x) {
   std::memcpy(&sc, &e, sizeof(sc));
   const vf res = p * sc;
   return x < lo ? vset1(0.0f) : res;
-}
-
-// sigmoid(x) = 1 / (1 + e^-x). Where |x| <= 87 (1 + e^-x below 2^126) the reciprocal
-// estimate with a Newton step (about 2 ulp) instead of a division; other lanes divide (0
-// below about -88, 1 above 17, NaN stays NaN). A vector with every |x| <= 87 (one test) skips
-// the exp's fix-ups and the division; each lane's result is the same on either path.
-inline vf vsigmoid(vf x) {
-  const vi ok = vabs(x) <= 87.0f;
-  if (__builtin_expect(vall(ok), 1)) return vrcp_nr(1.0f + vexp_inrange(-x));
-  const vf d = 1.0f + vexp_full(-x);
-  return ok ? vrcp_nr(d) : 1.0f / d;
-}
-
-// silu(x) = x sigmoid(x); lanes past |x| = 87 as x / (1 + e^-x) (so that x = -inf gives NaN
-// and x below about -88 gives -0, as in PyTorch).
-inline vf vsilu(vf x) {
-  const vi ok = vabs(x) <= 87.0f;
-  if (__builtin_expect(vall(ok), 1)) return x * vrcp_nr(1.0f + vexp_inrange(-x));
-  const vf d = 1.0f + vexp_full(-x);
-  return ok ? x * vrcp_nr(d) : x / d;
 }
 
 // The degree-9 polynomial of Numerical Recipes' erfcc in t (see verfc), by Horner's rule
@@ -328,7 +480,7 @@ inline vf vnormcdf(vf x) {
 // below). Relative error below 3.1e-7 (about 3 ulp up to |x| = 2, 5 ulp next to 1), as the
 // exp-based form it replaces; exactly odd, tiny x gives x, NaN stays NaN. No exp and no
 // branch: one division.
-inline vf vtanh(vf x) {
+DR_VINLINE vf vtanh(vf x) {
   const vf s = x * x;
   vf p = vfma(vset1(-8.488376018e-14f), s, vset1(5.277837195e-11f));
   p = vfma(p, s, vset1(-2.022503232e-08f));

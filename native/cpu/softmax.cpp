@@ -40,48 +40,59 @@ float row_max_vec(const T* x, int64_t n) {
   return m;
 }
 
-// The arguments x - m are <= 0 (m is the row's max), -inf or NaN: vexp_softmax's domain.
-// out[i] = exp(x[i] - m); returns the sum. Two vectors per step (two sums).
+// The arguments x - m are <= 0 (m is the row's max), -inf or NaN: vexp_softmax's domain. Four
+// vectors in step (their exp chains side by side, simd.h's VN), each with its own sum; a block
+// whose lanes are all at or above kExpLo (the usual case) takes vexp_inrange, the same bits as
+// vexp_softmax's.
+template <int U>
+DR_VINLINE VN<U> exp_shifted(VN<U> x, vf m) {
+  for (int k = 0; k < U; ++k) x.v[k] -= m;
+  if (__builtin_expect(vall(x >= kExpLo), 1)) return vexp_inrange(x);
+  for (int k = 0; k < U; ++k) x.v[k] = vexp_softmax(x.v[k]);
+  return x;
+}
+
+// out[i] = exp(x[i] - m); returns the sum.
 float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* next, float* next_out) {
-  vf s0 = vset1(0), s1 = vset1(0);
+  VN<4> s = vsplat<VN<4>>(0.0f);
   const vf vm = vset1(m);
   int64_t i = 0;
-  for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
+  for (; i + 4 * kVecF <= n; i += 4 * kVecF) {
     prefetch_r(next, i);
+    prefetch_r(next, i + 2 * kVecF);
     prefetch_w(next_out, i);
-    const vf e0 = vexp_softmax(vload(x + i) - vm), e1 = vexp_softmax(vload(x + i + kVecF) - vm);
-    vstore(out + i, e0);
-    vstore(out + i + kVecF, e1);
-    s0 += e0;
-    s1 += e1;
+    prefetch_w(next_out, i + 2 * kVecF);
+    const VN<4> e = exp_shifted(vloadn<4>(x + i), vm);
+    vstoren<4>(out + i, e);
+    s = s + e;
   }
   for (; i + kVecF <= n; i += kVecF) {
     const vf e = vexp_softmax(vload(x + i) - vm);
     vstore(out + i, e);
-    s0 += e;
+    s.v[0] += e;
   }
-  float s = hsum(s0 + s1);
+  float r = hsum((s.v[0] + s.v[1]) + (s.v[2] + s.v[3]));
   for (; i < n; ++i) {
     out[i] = std::exp(x[i] - m);
-    s += out[i];
+    r += out[i];
   }
-  return s;
+  return r;
 }
 
 template <typename T>
 float sum_exp_vec(const T* x, int64_t n, float m, const T* next) {
-  vf s0 = vset1(0), s1 = vset1(0);
+  VN<4> s = vsplat<VN<4>>(0.0f);
   const vf vm = vset1(m);
   int64_t i = 0;
-  for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
+  for (; i + 4 * kVecF <= n; i += 4 * kVecF) {
     prefetch_r(next, i);
-    s0 += vexp_softmax(vload(x + i) - vm);
-    s1 += vexp_softmax(vload(x + i + kVecF) - vm);
+    prefetch_r(next, i + 2 * kVecF);
+    s = s + exp_shifted(vloadn<4>(x + i), vm);
   }
-  for (; i + kVecF <= n; i += kVecF) s0 += vexp_softmax(vload(x + i) - vm);
-  float s = hsum(s0 + s1);
-  for (; i < n; ++i) s += std::exp(Num<T>::load(x[i]) - m);
-  return s;
+  for (; i + kVecF <= n; i += kVecF) s.v[0] += vexp_softmax(vload(x + i) - vm);
+  float r = hsum((s.v[0] + s.v[1]) + (s.v[2] + s.v[3]));
+  for (; i < n; ++i) r += std::exp(Num<T>::load(x[i]) - m);
+  return r;
 }
 
 // One contiguous row of float32 or bfloat16. A NaN anywhere in the row makes the sum NaN (the

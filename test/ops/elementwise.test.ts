@@ -79,9 +79,12 @@ describe('unary ops', () => {
       ['gelu', (x) => dr.gelu(x), (v) => (v === -Infinity ? NaN : unaryRef.gelu(v)), 1e-6, 2e-7],
       ['gelu tanh', (x) => dr.gelu(x, { approximate: 'tanh' }), geluTanhExact, 2e-6, 1e-36],
     ];
+    // (+-5.5 and +-5.00001: past GELU's fast form, whose range ends at |x| = 5)
     const odd = [NaN, Infinity, -Infinity, 3e38, -3e38, 1e30, -1e30, 200, -200, 100, -100, 89, 88.5, -88, -87.5, 87.2,
-      -87.2, 20, -20, 13.5, -13.5, 1e-30, -1e-30, 1e-45, -1e-45, 0, -0];
-    const n = 37;  // 2 vectors of 16 (4 of 8) and a tail of 5
+      -87.2, 20, -20, 13.5, -13.5, 5.5, -5.5, 5.00001, -5.00001, 1e-30, -1e-30, 1e-45, -1e-45, 0, -0];
+    // blocks of 4 vectors, then single vectors, then a tail: with 8 lanes 2 blocks of 32, one
+    // vector and a tail of 5; with 16 lanes one block of 64, no single vector and a tail of 13
+    const n = 77;
     const base = Float32Array.from({ length: n }, (_, i) => Math.sin(i * 1.7) * 3);
     const FLT_MIN = 1.1754943508222875e-38;
     const near = (g: number, want: number, rtol: number, atol: number) => {

@@ -9,7 +9,7 @@ import {
 } from '../../lib/ops/grad_kernels';
 import { UNARY_OPS, UnaryName } from '../../lib/native';
 import { expectClose, expectReadFails, input } from '../helpers';
-import { erf, prng, unaryRef } from '../reference';
+import { erf, erfc, prng, unaryRef } from '../reference';
 
 const DTYPES: dr.DType[] = ['float32', 'float64', 'bfloat16'];
 // loose budgets for bfloat16 outputs (8 bits of mantissa, and the kernels' float math on
@@ -420,8 +420,8 @@ describe('unaryBackward', () => {
   // and bfloat16 (which computes through the same float lanes).
   for (const dtype of ['float32', 'bfloat16'] as dr.DType[]) {
     test(`${dtype}: an odd lane in every position leaves the other lanes alone`, () => {
-      const odd = [NaN, Infinity, -Infinity, 3e38, -3e38, 1e30, -1e30, 200, -200, 100, -100, 89, -88, 20, -20, 1e-30, 0];
-      const n = 37;
+      const odd = [NaN, Infinity, -Infinity, 3e38, -3e38, 1e30, -1e30, 200, -200, 100, -100, 89, -88, 20, -20, 5.5, -5.5, 1e-30, 0];
+      const n = 77;  // blocks of 4 vectors, single vectors and a tail (see elementwise.test.ts)
       const base = Array.from({ length: n }, (_, i) => Math.sin(i * 1.7) * 3);
       const bits = (t: dr.Tensor) => Array.from(t.dataSync(), (v) => (Number.isNaN(v) ? 'NaN' : Object.is(v, -0) ? '-0' : String(v)));
       dr.tidy(() => {
@@ -447,6 +447,23 @@ describe('unaryBackward', () => {
       });
     });
   }
+
+  // GELU's gradient Phi(x) + x phi(x) from its fast form (|x| <= 5) and from the erfc form
+  // beyond, against float64 with erfc's tail: relatively accurate down to x = -12 (where the
+  // gradient is about -1e-31); near its zero at x = -0.75 the error is absolute.
+  test('gelu gradient keeps its relative accuracy over [-12, 12] (float32)', () => {
+    const xs = Float32Array.from({ length: 2401 }, (_, i) => -12 + i * 0.01);
+    dr.tidy(() => {
+      const got = unaryBackward('gelu', dr.tensor(xs), dr.onesLike(dr.tensor(xs))).dataSync() as Float32Array;
+      const bad: string[] = [];
+      xs.forEach((v, i) => {
+        const want = 0.5 * erfc(-v / Math.SQRT2) + v * PHI(v);
+        const tol = (4e-7 + 1.5e-7 * v * v) * Math.abs(want) + (Math.abs(v) < 2 ? 1e-7 : 0);
+        if (!(Math.abs(got[i] - want) <= tol)) bad.push(`gelu'(${v}) = ${got[i]}, want ${want}`);
+      });
+      expect(bad.slice(0, 5)).toEqual([]);
+    });
+  });
 
   test('every op but logicalNot has a gradient; logicalNot throws', () => {
     expect(UNARY_OPS.filter((o) => !(o in unaryGradRef))).toEqual(['logicalNot']);

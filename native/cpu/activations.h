@@ -1,0 +1,316 @@
+// The activation functions of the CPU kernels, written once: the element-wise ops
+// (elementwise.cpp), their gradients (backward.cpp), SwiGLU, and the fused bias + activation
+// (fused_act.cpp) all call these, so the fused and unfused float32 forward results are the same
+// bits by construction (both files compile without fused multiply-add contraction).
+//
+// Each activation A gives, for V = vf or VN<U> (simd.h: U vectors in step):
+//   A::ok(x)        the lanes its fast form covers (a comparison mask),
+//   A::fast(x)      the fast form, right on those lanes (whatever it gives on the others),
+//   A::slow(x)      a form right on every lane (vf only: it runs for the rare vectors with a lane
+//                   outside ok),
+//   A::ref(x)       the float64 formula,
+// and likewise gok / gfast / gslow / gref for dy act'(x). act_fwd / act_grad pick the fast form
+// when every lane of x is in range (one test for all U vectors) and otherwise blend the forms
+// lane by lane, so a lane's result never depends on its neighbours or on U.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "simd.h"
+
+// simd.h's DR_VINLINE for a lambda that takes or returns VN: [](auto v) DR_VLAMBDA { ... }.
+#define DR_VLAMBDA __attribute__((always_inline))
+
+namespace dualroute {
+namespace cpu {
+namespace DR_ISA {
+namespace act {
+
+constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+constexpr float kGeluTanhC = 0.044715f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+
+// f applied to each vector of x (for forms written for vf only).
+template <class F>
+DR_VINLINE vf per_vec(vf x, F f) {
+  return f(x);
+}
+template <int U, class F>
+DR_VINLINE VN<U> per_vec(VN<U> x, F f) {
+  VN<U> r;
+  for (int k = 0; k < U; ++k) r.v[k] = f(x.v[k]);
+  return r;
+}
+template <class F>
+DR_VINLINE vf per_vec(vf x, vf g, F f) {
+  return f(x, g);
+}
+template <int U, class F>
+DR_VINLINE VN<U> per_vec(VN<U> x, VN<U> g, F f) {
+  VN<U> r;
+  for (int k = 0; k < U; ++k) r.v[k] = f(x.v[k], g.v[k]);
+  return r;
+}
+
+// Picks A's fast form when every lane is in range; per vector, a lane-by-lane blend otherwise.
+// (A form without a range split, kSplit false, is its fast form everywhere.)
+template <class A>
+DR_VINLINE vf act_fwd(vf x) {
+  if constexpr (!A::kSplit) {
+    return A::fast(x);
+  } else {
+    const vi m = A::ok(x);
+    if (__builtin_expect(vall(m), 1)) return A::fast(x);
+    return vsel(m, A::fast(x), A::slow(x));
+  }
+}
+template <class A, int U>
+DR_VINLINE VN<U> act_fwd(VN<U> x) {
+  if constexpr (!A::kSplit) {
+    return A::fast(x);
+  } else {
+    if (__builtin_expect(vall(A::ok(x)), 1)) return A::fast(x);
+    VN<U> r;
+    for (int k = 0; k < U; ++k) r.v[k] = act_fwd<A>(x.v[k]);
+    return r;
+  }
+}
+// g act'(x), likewise.
+template <class A>
+DR_VINLINE vf act_grad(vf x, vf g) {
+  if constexpr (!A::kGradSplit) {
+    return A::gfast(x, g);
+  } else {
+    const vi m = A::gok(x);
+    if (__builtin_expect(vall(m), 1)) return A::gfast(x, g);
+    return vsel(m, A::gfast(x, g), A::gslow(x, g));
+  }
+}
+template <class A, int U>
+DR_VINLINE VN<U> act_grad(VN<U> x, VN<U> g) {
+  if constexpr (!A::kGradSplit) {
+    return A::gfast(x, g);
+  } else {
+    if (__builtin_expect(vall(A::gok(x)), 1)) return A::gfast(x, g);
+    VN<U> r;
+    for (int k = 0; k < U; ++k) r.v[k] = act_grad<A>(x.v[k], g.v[k]);
+    return r;
+  }
+}
+
+// Calls body(i, U) for i over [0, n) in blocks of U = 4 vectors, then single vectors (U = 1, as
+// std::integral_constant); returns where the tail (fewer than kVecF elements) starts.
+template <class F>
+DR_VINLINE int64_t vblocks(int64_t n, F&& body) {
+  int64_t i = 0;
+  for (; i + 4 * kVecF <= n; i += 4 * kVecF) body(i, std::integral_constant<int, 4>{});
+  for (; i + kVecF <= n; i += kVecF) body(i, std::integral_constant<int, 1>{});
+  return i;
+}
+
+// e^x (simd.h's vexp): the fast form on [kExpLo, kExpFastHi], the clamps and fix-ups elsewhere.
+struct Exp {
+  static constexpr bool kSplit = true, kGradSplit = true;
+  template <class V>
+  DR_VINLINE static auto ok(V x) {
+    return (x >= kExpLo) & (x <= kExpFastHi);
+  }
+  template <class V>
+  DR_VINLINE static V fast(V x) {
+    return vexp_inrange(x);
+  }
+  DR_VINLINE static vf slow(vf x) { return vexp_full(x); }
+  DR_VINLINE static double ref(double x) { return std::exp(x); }
+  template <class V>
+  DR_VINLINE static auto gok(V x) {
+    return ok(x);
+  }
+  template <class V>
+  DR_VINLINE static V gfast(V x, V g) {
+    return g * fast(x);
+  }
+  DR_VINLINE static vf gslow(vf x, vf g) { return g * slow(x); }
+  DR_VINLINE static double gref(double x, double g) { return g * std::exp(x); }
+};
+
+// sigmoid(x) = 1 / (1 + e^-x). Where |x| <= 87 (1 + e^-x below 2^126) the reciprocal estimate
+// with a Newton step (about 2 ulp) instead of a division; other lanes divide (0 below about
+// -88, 1 above 17, NaN stays NaN).
+struct Sigmoid {
+  static constexpr bool kSplit = true, kGradSplit = true;
+  template <class V>
+  DR_VINLINE static auto ok(V x) {
+    return vabs(x) <= 87.0f;
+  }
+  template <class V>
+  DR_VINLINE static V fast(V x) {
+    return vrcp_nr(1.0f + vexp_inrange(-x));
+  }
+  DR_VINLINE static vf slow(vf x) { return 1.0f / (1.0f + vexp_full(-x)); }
+  DR_VINLINE static double ref(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+  template <class V>
+  DR_VINLINE static auto gok(V x) {
+    return ok(x);
+  }
+  template <class V>
+  DR_VINLINE static V gfast(V x, V g) {
+    const V s = fast(x);
+    return g * s * (1.0f - s);
+  }
+  DR_VINLINE static vf gslow(vf x, vf g) {
+    const vf s = slow(x);
+    return g * s * (1.0f - s);
+  }
+  DR_VINLINE static double gref(double x, double g) {
+    const double s = ref(x);
+    return g * s * (1.0 - s);
+  }
+};
+
+// silu(x) = x sigmoid(x); lanes past |x| = 87 as x / (1 + e^-x) (x = -inf gives NaN and x below
+// about -88 gives -0, as in PyTorch).
+struct Silu {
+  static constexpr bool kSplit = true, kGradSplit = true;
+  template <class V>
+  DR_VINLINE static auto ok(V x) {
+    return Sigmoid::ok(x);
+  }
+  template <class V>
+  DR_VINLINE static V fast(V x) {
+    return x * Sigmoid::fast(x);
+  }
+  DR_VINLINE static vf slow(vf x) { return x / (1.0f + vexp_full(-x)); }
+  DR_VINLINE static double ref(double x) { return x * (1.0 / (1.0 + std::exp(-x))); }
+  template <class V>
+  DR_VINLINE static auto gok(V x) {
+    return ok(x);
+  }
+  template <class V>
+  DR_VINLINE static V gfast(V x, V g) {
+    const V s = Sigmoid::fast(x);
+    return g * s * (1.0f + x * (1.0f - s));
+  }
+  DR_VINLINE static vf gslow(vf x, vf g) {
+    const vf s = Sigmoid::slow(x);
+    return g * s * (1.0f + x * (1.0f - s));
+  }
+  DR_VINLINE static double gref(double x, double g) {
+    const double s = Sigmoid::ref(x);
+    return g * s * (1.0 + x * (1.0 - s));
+  }
+};
+
+// GELU, x Phi(x) with Phi the Gaussian CDF, relatively accurate in the lower tail too.
+//
+// Fast form, |x| <= 5: Phi(-u) = 2^E(u) for u = |x|, E a degree-11 polynomial fitted to
+// log2 Phi(-u) on [0, 5] (scripts/fit-gelu.py: 2.8e-8 before rounding to float32; evaluated in
+// float32 the error is about one rounding of E, under half the tests' tolerance), and
+// Phi(x) = 1 - Phi(-x) for x > 0: one polynomial and one exp2, no division, 26 vector
+// operations a vector against the erfc form's 38. gelu(x) = x - x Phi(-x) for x > 0, x Phi(-u)
+// otherwise (-0 stays -0). Its gradient Phi(x) + x phi(x) adds phi(x) = e^(-x^2/2) / sqrt(2 pi).
+//
+// Elsewhere (|x| > 5, +-inf, NaN): the erfc form of simd.h's vnormcdf.
+struct Gelu {
+  static constexpr bool kSplit = true, kGradSplit = true;
+  static constexpr float kE[12] = {3.637572688e-09f,  -1.246697110e-07f, 1.919327133e-06f, -1.736740342e-05f,
+                                   9.934727132e-05f,  -3.290225868e-04f, 6.239098730e-05f, 6.904474925e-03f,
+                                   -5.242908373e-02f, -4.592207372e-01f, -1.151104569e+00f, -1.000000000e+00f};
+  // Phi(-|x|) for |x| <= 5
+  template <class V>
+  DR_VINLINE static V lower(V x) {
+    const V u = vabs(x);
+    V p = vfma(vsplat<V>(kE[0]), u, vsplat<V>(kE[1]));
+#pragma GCC unroll 12
+    for (int j = 2; j < 12; ++j) p = vfma(p, u, vsplat<V>(kE[j]));
+    return vexp2_inrange(p);
+  }
+  template <class V>
+  DR_VINLINE static auto ok(V x) {
+    return vabs(x) <= 5.0f;  // NaN compares false
+  }
+  template <class V>
+  DR_VINLINE static V fast(V x) {
+    const V xr = x * lower(x);
+    return vsel(x > 0.0f, x - xr, xr);
+  }
+  DR_VINLINE static vf slow(vf x) { return x * vnormcdf(x); }
+  DR_VINLINE static double ref(double x) { return 0.5 * x * (1.0 + std::erf(x * 0.70710678118654752440)); }
+  template <class V>
+  DR_VINLINE static auto gok(V x) {
+    return ok(x);
+  }
+  template <class V>
+  DR_VINLINE static V gfast(V x, V g) {
+    const V r = lower(x);
+    const V cdf = vsel(x > 0.0f, 1.0f - r, r);
+    // phi(x) = 2^(-x^2 log2(e) / 2 - log2 sqrt(2 pi)): one exp2 (the exponent's rounding, under
+    // 7e-7 relative at |x| = 5, is within the tolerance of the lower tail)
+    const V pdf = vexp2_inrange(vfma(x * x, vsplat<V>(-0.72134752044448170f), vsplat<V>(-1.32574806473615917f)));
+    return g * vfma(x, pdf, cdf);
+  }
+  DR_VINLINE static vf gslow(vf x, vf g) { return g * (vnormcdf(x) + x * (kInvSqrt2Pi * vexp(-0.5f * x * x))); }
+  DR_VINLINE static double gref(double x, double g) {
+    const double cdf = 0.5 * (1.0 + std::erf(x * 0.70710678118654752440));
+    return g * (cdf + x * (0.39894228040143267794 * std::exp(-0.5 * x * x)));
+  }
+};
+
+// GELU's tanh approximation 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as
+// x sigmoid(2u): the same function without the cancellation of 1 + tanh(u) for negative x. Its
+// range test is the sigmoid's, on 2u.
+struct GeluTanh {
+  static constexpr bool kSplit = true, kGradSplit = false;
+  template <class V>
+  DR_VINLINE static V arg2(V x) {  // 2u
+    const float k2 = 2.0f * kSqrt2OverPi;
+    return x * vfma(x * x, vsplat<V>(k2 * kGeluTanhC), vsplat<V>(k2));
+  }
+  template <class V>
+  DR_VINLINE static auto ok(V x) {
+    return Sigmoid::ok(arg2(x));
+  }
+  template <class V>
+  DR_VINLINE static V fast(V x) {
+    return x * Sigmoid::fast(arg2(x));
+  }
+  DR_VINLINE static vf slow(vf x) { return x * Sigmoid::slow(arg2(x)); }
+  DR_VINLINE static double ref(double x) {
+    return 0.5 * x * (1.0 + std::tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
+  }
+  // the gradient through tanh (no range split: vtanh has no branch)
+  template <class V>
+  DR_VINLINE static V gfast(V x, V g) {
+    return per_vec(x, g, [](vf x, vf g) {
+      const vf t = vtanh(kSqrt2OverPi * (x + kGeluTanhC * x * x * x));
+      return g * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhC * x * x));
+    });
+  }
+  DR_VINLINE static double gref(double x, double g) {
+    const double k = 0.79788456080286535588, c = 0.044715;
+    const double t = std::tanh(k * (x + c * x * x * x));
+    return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * c * x * x));
+  }
+};
+// relu; NaN stays NaN. Its gradient is g where x > 0, else 0.
+struct Relu {
+  static constexpr bool kSplit = false, kGradSplit = false;
+  template <class V>
+  DR_VINLINE static V fast(V x) {
+    return per_vec(x, [](vf x) {
+      const vf r = x > 0.0f ? x : vset1(0.0f);
+      return x != x ? x : r;
+    });
+  }
+  template <class V>
+  DR_VINLINE static V gfast(V x, V g) {
+    return per_vec(x, g, [](vf x, vf g) { return x > 0.0f ? g : vset1(0.0f); });
+  }
+  DR_VINLINE static double ref(double x) { return x > 0.0 ? x : (x == x ? 0.0 : x); }
+  DR_VINLINE static double gref(double x, double g) { return x > 0.0 ? g : 0.0; }
+};
+
+}  // namespace act
+}  // namespace DR_ISA
+}  // namespace cpu
+}  // namespace dualroute
