@@ -332,25 +332,13 @@ __device__ __forceinline__ float unary_grad(float v, float g) {
   else if constexpr (op == UnaryOp::Rsqrt) return g * -0.5f / (v * sqrtf(v));
   else if constexpr (op == UnaryOp::Sin) return g * cosf(v);
   else if constexpr (op == UnaryOp::Cos) return -g * sinf(v);
-  else if constexpr (op == UnaryOp::Tanh) {
-    const float t = tanhf(v);
-    return g * (1.0f - t * t);
-  } else if constexpr (op == UnaryOp::Sigmoid) {
-    const float s = 1.0f / (1.0f + expf(-v));
-    return g * s * (1.0f - s);
-  } else if constexpr (op == UnaryOp::Relu) return v > 0.0f ? g : 0.0f;
-  else if constexpr (op == UnaryOp::Gelu) {
-    const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
-    const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
-    return g * (cdf + v * pdf);
-  } else if constexpr (op == UnaryOp::GeluTanh) {
-    const float k = 0.79788456080286536f, c = 0.044715f;
-    const float t = tanhf(k * (v + c * v * v * v));
-    return g * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * c * v * v));
-  } else if constexpr (op == UnaryOp::Silu) {
-    const float s = 1.0f / (1.0f + expf(-v));
-    return g * s * (1.0f + v * (1.0f - s));
-  } else if constexpr (op == UnaryOp::Square) return g * 2.0f * v;
+  else if constexpr (op == UnaryOp::Tanh) return act_tanh_grad(v, g);
+  else if constexpr (op == UnaryOp::Sigmoid) return act_sigmoid_grad(v, g);
+  else if constexpr (op == UnaryOp::Relu) return act_relu_grad(v, g);
+  else if constexpr (op == UnaryOp::Gelu) return act_gelu_grad(v, g);
+  else if constexpr (op == UnaryOp::GeluTanh) return act_gelu_tanh_grad(v, g);
+  else if constexpr (op == UnaryOp::Silu) return act_silu_grad(v, g);
+  else if constexpr (op == UnaryOp::Square) return g * 2.0f * v;
   else if constexpr (op == UnaryOp::Reciprocal) return -g / (v * v);
   else if constexpr (op == UnaryOp::Erf) return g * 1.1283791670955126f * expf(-v * v);
   else if constexpr (op == UnaryOp::Log1p) return g / (1.0f + v);
@@ -393,9 +381,8 @@ __global__ void swiglu_bw(T* __restrict__ dx, const T* __restrict__ x, const T* 
     const int64_t r = i / h, j = i - r * h;
     const int64_t ia = r * 2 * h + j, ib = ia + h;
     const float a = ld(x[ia]), b = ld(x[ib]), g = ld(dy[i]);
-    const float s = 1.0f / (1.0f + expf(-a));
-    dx[ia] = st<T>(g * b * s * (1.0f + a * (1.0f - s)));
-    dx[ib] = st<T>(g * a * s);
+    dx[ia] = st<T>(act_silu_grad(a, g * b));
+    dx[ib] = st<T>(g * a * act_sigmoid(a));
   }
 }
 

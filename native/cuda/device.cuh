@@ -1,6 +1,7 @@
 // Small helpers shared by the CUDA kernel sources (backward, norm, softmax, optim, reduce,
 // index, elementwise): dtype checks, grid sizing, element conversions, 16-byte packs, warp /
-// block reductions and the host side of a "smallest bad index" device slot.
+// block reductions and the host side of a "smallest bad index" device slot; the activation
+// functions (act_gelu, act_silu, ... and their gradients) come with it from activations.cuh.
 //
 // Everything here is header-only: host functions are `inline`, device functions
 // `__device__ __forceinline__`, so every translation unit gets its own copy and the backend
@@ -15,6 +16,7 @@
 
 #include <mutex>
 
+#include "activations.cuh"
 #include "common.cuh"
 
 namespace dualroute {

@@ -385,12 +385,12 @@ __device__ __forceinline__ float unary_f(float x) {
     case UnaryOp::Rsqrt: return 1.0f / sqrtf(x);  // not rsqrtf: that one is approximate
     case UnaryOp::Sin: return sinf(x);
     case UnaryOp::Cos: return cosf(x);
-    case UnaryOp::Tanh: return tanhf(x);
-    case UnaryOp::Sigmoid: return 1.0f / (1.0f + expf(-x));
-    case UnaryOp::Relu: return x > 0.0f ? x : (x == x ? 0.0f : x);
-    case UnaryOp::Gelu: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f));
-    case UnaryOp::GeluTanh: return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
-    case UnaryOp::Silu: return x / (1.0f + expf(-x));
+    case UnaryOp::Tanh: return act_tanh(x);
+    case UnaryOp::Sigmoid: return act_sigmoid(x);
+    case UnaryOp::Relu: return act_relu(x);
+    case UnaryOp::Gelu: return act_gelu(x);
+    case UnaryOp::GeluTanh: return act_gelu_tanh(x);
+    case UnaryOp::Silu: return act_silu(x);
     case UnaryOp::Square: return x * x;
     case UnaryOp::Reciprocal: return 1.0f / x;
     case UnaryOp::Floor: return floorf(x);
@@ -623,7 +623,7 @@ __global__ void swiglu_kernel(T* __restrict__ o, const T* __restrict__ x, int64_
     const int64_t r = i / h, j = i - r * h;
     const T* row = x + r * 2 * h;
     const float g = ld(row[j]), u = ld(row[h + j]);
-    o[i] = st<T>(g / (1.0f + expf(-g)) * u);
+    o[i] = st<T>(act_silu(g) * u);
   }
 }
 

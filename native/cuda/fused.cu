@@ -7,7 +7,7 @@
 //   add_rms_norm_backward: dx = dh + rstd (g - xhat mean(g xhat)), g = dy w, xhat = h rstd;
 //                          dw = sum_rows dy xhat.
 //   bias_act:              out = act(z), z = x + bias[col] rounded to T; act gelu (erf),
-//                          geluTanh, silu, relu in the forms of elementwise.cu / backward.cu.
+//                          geluTanh, silu, relu: activations.cuh's, as the unary ops use them.
 //   bias_act_backward:     dx = dy act'(z), dbias = sum_rows dx.
 //
 // Launch layouts:
@@ -42,29 +42,18 @@ enum class FAct : int { Gelu = 0, GeluTanh = 1, Silu = 2, Relu = 3 };
 
 template <FAct F>
 __device__ __forceinline__ float fact(float z) {
-  if constexpr (F == FAct::Gelu) return 0.5f * z * (1.0f + erff(z * 0.70710678118654752440f));
-  else if constexpr (F == FAct::GeluTanh)
-    return 0.5f * z * (1.0f + tanhf(0.79788456080286535588f * (z + 0.044715f * z * z * z)));
-  else if constexpr (F == FAct::Silu) return z / (1.0f + expf(-z));
-  else return z > 0.0f ? z : (z == z ? 0.0f : z);
+  if constexpr (F == FAct::Gelu) return act_gelu(z);
+  else if constexpr (F == FAct::GeluTanh) return act_gelu_tanh(z);
+  else if constexpr (F == FAct::Silu) return act_silu(z);
+  else return act_relu(z);
 }
 
 template <FAct F>
 __device__ __forceinline__ float fact_grad(float z, float g) {
-  if constexpr (F == FAct::Gelu) {
-    const float cdf = 0.5f * (1.0f + erff(z * 0.70710678118654752f));
-    const float pdf = 0.39894228040143268f * expf(-0.5f * z * z);
-    return g * (cdf + z * pdf);
-  } else if constexpr (F == FAct::GeluTanh) {
-    const float k = 0.79788456080286536f, c = 0.044715f;
-    const float t = tanhf(k * (z + c * z * z * z));
-    return g * (0.5f * (1.0f + t) + 0.5f * z * (1.0f - t * t) * k * (1.0f + 3.0f * c * z * z));
-  } else if constexpr (F == FAct::Silu) {
-    const float s = 1.0f / (1.0f + expf(-z));
-    return g * s * (1.0f + z * (1.0f - s));
-  } else {
-    return z > 0.0f ? g : 0.0f;
-  }
+  if constexpr (F == FAct::Gelu) return act_gelu_grad(z, g);
+  else if constexpr (F == FAct::GeluTanh) return act_gelu_tanh_grad(z, g);
+  else if constexpr (F == FAct::Silu) return act_silu_grad(z, g);
+  else return act_relu_grad(z, g);
 }
 
 // x + b as a separate add would store it (rounded to T).

@@ -25,8 +25,6 @@ namespace {
 // emu:begin rnn (test/cuda_emu runs the code up to emu:end in a warp emulator)
 constexpr int kLstmThreads = 256;
 
-__device__ __forceinline__ float lstm_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
-
 // Forward over all L steps of batch row blockIdx.x; shared memory: h [H], a [4H].
 template <typename T>
 __global__ void __launch_bounds__(kLstmThreads)
@@ -53,10 +51,10 @@ __global__ void __launch_bounds__(kLstmThreads)
     __syncthreads();
     float* sv = saved + bt * 5 * H;
     for (int k = tid; k < H; k += blockDim.x) {
-      const float i = lstm_sigmoid(a[k]), f = lstm_sigmoid(a[H + k]), g = tanhf(a[2 * H + k]),
-                  o = lstm_sigmoid(a[3 * H + k]);
+      const float i = act_sigmoid(a[k]), f = act_sigmoid(a[H + k]), g = act_tanh(a[2 * H + k]),
+                  o = act_sigmoid(a[3 * H + k]);
       const float cp = t > 0 ? sv[4 * H + k - 5 * H] : ld(c0[b * H + k]);
-      const float c = f * cp + i * g, h = o * tanhf(c);
+      const float c = f * cp + i * g, h = o * act_tanh(c);
       sv[k] = i;
       sv[H + k] = f;
       sv[2 * H + k] = g;
@@ -95,12 +93,13 @@ __global__ void __launch_bounds__(kLstmThreads)
     const long long bt = b * L + t;
     const float* sv = saved + bt * 5 * H;
     for (int k = tid; k < H; k += blockDim.x) {
-      const float i = sv[k], f = sv[H + k], g = sv[2 * H + k], o = sv[3 * H + k], tc = tanhf(sv[4 * H + k]);
+      const float i = sv[k], f = sv[H + k], g = sv[2 * H + k], o = sv[3 * H + k], tc = act_tanh(sv[4 * H + k]);
       const float cp = t > 0 ? sv[4 * H + k - 5 * H] : ld(c0[b * H + k]);
       const float dht = dhs[k] + (dh ? ld(dh[bt * H + k]) : 0.f);
-      const float dcv = dcs[k] + dht * o * (1.f - tc * tc);
-      const float d0 = dcv * g * i * (1.f - i), d1 = dcv * cp * f * (1.f - f), d2 = dcv * i * (1.f - g * g),
-                  d3 = dht * tc * o * (1.f - o);
+      // through the gates' outputs: sigmoid' = s (1 - s), tanh' = 1 - t^2
+      const float dcv = dcs[k] + act_tanh_grad_y(tc, dht * o);
+      const float d0 = act_sigmoid_grad_y(i, dcv * g), d1 = act_sigmoid_grad_y(f, dcv * cp),
+                  d2 = act_tanh_grad_y(g, dcv * i), d3 = act_sigmoid_grad_y(o, dht * tc);
       da[k] = d0;
       da[H + k] = d1;
       da[2 * H + k] = d2;

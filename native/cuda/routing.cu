@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kGateWarps * 32) router_select(int32_t* __rest
     const float inv = 1.f / sum;
     for (int x = lane; x < E; x += 32) sr[x] = expf(ld(lr[x]) - m) * inv;
   } else {
-    for (int x = lane; x < E; x += 32) sr[x] = 1.f / (1.f + expf(-ld(lr[x])));
+    for (int x = lane; x < E; x += 32) sr[x] = act_sigmoid(ld(lr[x]));
   }
   __syncwarp();
   auto sel = [&](int x) { return sr[x] + (bias ? bias[x] : 0.f) + (noise ? noise[t * E + x] : 0.f); };
@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(kGateWarps * 32) router_gate_bwd(float* __rest
     for (int j = 0; j < k; ++j) d += ds(idx[j]) * s[idx[j]];  // ds is 0 off the chosen experts
     for (int x = lane; x < E; x += 32) dl[x] = s[x] * (ds(x) - d);
   } else {
-    for (int x = lane; x < E; x += 32) dl[x] = ds(x) * s[x] * (1.f - s[x]);
+    for (int x = lane; x < E; x += 32) dl[x] = act_sigmoid_grad_y(s[x], ds(x));
   }
 }
 // Router losses (routerGate's auxLoss and zLoss; semantics as native/cpu/routing.cpp), in three
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kGateWarps * 32) router_gate_bwd(float* __rest
 constexpr int kLossTokens = 256;
 
 __device__ __forceinline__ float loss_prob(const float* l, int e, int score, float lse, float ssum) {
-  return score == 0 ? expf(l[e] - lse) : (1.f / (1.f + expf(-l[e]))) / ssum;
+  return score == 0 ? expf(l[e] - lse) : act_sigmoid(l[e]) / ssum;
 }
 
 __global__ void router_loss_tokens(float* __restrict__ lse, float* __restrict__ ssum, const float* __restrict__ l,
@@ -252,7 +252,7 @@ __global__ void router_loss_tokens(float* __restrict__ lse, float* __restrict__ 
     float sum = 0.f, ss = 0.f;
     for (int e = 0; e < E; ++e) sum += expf(r[e] - m);
     if (score != 0)
-      for (int e = 0; e < E; ++e) ss += 1.f / (1.f + expf(-r[e]));
+      for (int e = 0; e < E; ++e) ss += act_sigmoid(r[e]);
     lse[t] = m + logf(sum);
     ssum[t] = ss;
   }
@@ -309,7 +309,7 @@ __global__ void router_loss_bwd(float* __restrict__ dl, const float* __restrict_
     const float* r = l + t * E;
     float ss = 0.f;
     if (score != 0)
-      for (int e = 0; e < E; ++e) ss += 1.f / (1.f + expf(-r[e]));
+      for (int e = 0; e < E; ++e) ss += act_sigmoid(r[e]);
     float g = 0.f;
     for (int e = 0; e < E; ++e) g += f[e] * loss_prob(r, e, score, lse[t], ss);
     for (int e = 0; e < E; ++e) {

@@ -490,7 +490,8 @@ function checkHost(k, all) {
 
 // device.cuh's device helpers (gtid, ld, st, warp_sum, warp_max, block_sum, ...): the lines from
 // its "// ---- device: indexing" section to its "// ---- bad-index slot" section (record_bad is
-// emu.h's), for the forward's exact path (fwd_row) and the SIMT kernels.
+// emu.h's), for the forward's exact path (fwd_row) and the SIMT kernels. The activations.cuh that
+// device.cuh includes (act_sigmoid, act_gelu, ...: plain device code) is #included before them.
 function deviceHelpers() {
   const file = path.join(CUDA, 'device.cuh');
   const lines = fs.readFileSync(file, 'utf8').split('\n');
@@ -519,7 +520,7 @@ function render(k, g) {
     '#include "emu.h"',
     inc(path.join(ROOT, 'native', 'core', 'attention.h')),
     inc(path.join(CUDA, 'attention.cuh')),
-    ...(k.helpers ? deviceHelpers() : []),
+    ...(k.helpers ? [inc(path.join(CUDA, 'activations.cuh')), ...deviceHelpers()] : []),
     ...(k.helpers ? [inc(path.join(CUDA, 'attention_generic.cuh'))] : []),
     ...(k.includes || []).map((f) => inc(path.join(CUDA, f))),
     'namespace dualroute {',

@@ -39,6 +39,7 @@ const TESTS = [
   { name: 'fused_test', src: 'fused_test.cpp', flags: [], inc: ['fused_kernel.inc'] },
   { name: 'rnn_test', src: 'rnn_test.cpp', flags: [], inc: ['rnn_kernel.inc'] },
   { name: 'binary_test', src: 'binary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewbinary_kernel.inc'] },
+  { name: 'activations_test', src: 'activations_test.cpp', flags: [], inc: null, deps: [path.join(ROOT, 'native', 'cuda', 'activations.cuh')] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
 
@@ -105,7 +106,9 @@ async function build(cxx, cxxVersion, t, gen, dir, verbose) {
   const inputs = [...srcs, path.join(HERE, 'emu.h'), path.join(HERE, 'harness.h'), path.join(HERE, 'reference.h')];
   if (t.inc)
     inputs.push(path.join(HERE, 'include', 'cuda_runtime.h'), ...t.inc.map((f) => path.join(gen, f)),
-      path.join(ROOT, 'native', 'core', 'attention.h'), path.join(ROOT, 'native', 'cuda', 'attention.cuh'));
+      path.join(ROOT, 'native', 'core', 'attention.h'), path.join(ROOT, 'native', 'cuda', 'attention.cuh'),
+      // included by path from the generated files, so not in their text
+      path.join(ROOT, 'native', 'cuda', 'attention_generic.cuh'), path.join(ROOT, 'native', 'cuda', 'activations.cuh'));
   if (t.deps) inputs.push(...t.deps);
   const h = crypto.createHash('sha256');
   h.update(`${cxx}\n${cxxVersion}\n${flags.join(' ')}\n`);
