@@ -1461,22 +1461,78 @@ struct SegFwdScratch {
   SegLists lists;
 };
 
+constexpr int kRowsMax = 32;
+// Per lane i of the result: the max (hmax_rows) or sum (hsum_rows) of the L values at
+// x + i * L (L rows' partial vectors, reduced together: a shuffle tree of 2 L - 1 steps for all
+// of them instead of a reduction per row). The max's inputs hold no NaN.
+template <typename C>
+inline typename VT<C>::V hmax_rows(const C* x) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L;
+#if defined(__AVX__)
+  if constexpr (std::is_same<C, float>::value && L == 8) {
+    __m256 v[8];
+    for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(x + i * 8);
+    __m256 a[4], b[2];
+    for (int i = 0; i < 4; ++i)
+      a[i] = _mm256_max_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+      b[i] = _mm256_max_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44), _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xee));
+    return (V)_mm256_max_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
+  }
+#endif
+  V r;
+  for (int i = 0; i < L; ++i) {
+    C m = x[i * L];
+    for (int k = 1; k < L; ++k) m = x[i * L + k] > m ? x[i * L + k] : m;
+    r[i] = m;
+  }
+  return r;
+}
+template <typename C>
+inline typename VT<C>::V hsum_rows(const C* x) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L;
+#if defined(__AVX__)
+  if constexpr (std::is_same<C, float>::value && L == 8) {
+    __m256 v[8];
+    for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(x + i * 8);
+    __m256 a[4], b[2];
+    for (int i = 0; i < 4; ++i)
+      a[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+      b[i] = _mm256_add_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44), _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xee));
+    return (V)_mm256_add_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
+  }
+#endif
+  V r;
+  for (int i = 0; i < L; ++i) {
+    C m = 0;
+    for (int k = 0; k < L; ++k) m += x[i * L + k];
+    r[i] = m;
+  }
+  return r;
+}
+
 // Row-wise online-softmax step over St (rows <= kRowsMax of stride ld, n columns, a multiple of
 // the vector width; masked and padding columns -inf): per row the running max m and sum l, St
-// overwritten with P = exp(St - m_new), alpha the old accumulator's factor (computed for all
-// rows in vectors; alpha must hold the rows rounded up to whole vectors). The max skips NaN
+// overwritten with P = exp(St - m_new), alpha the old accumulator's factor. The max skips NaN
 // scores: their P is NaN, which makes the row's l and output NaN, as the materialised softmax
 // does. A row that has seen only -inf subtracts 0 instead, so that exp gives 0.
-constexpr int kRowsMax = 32;
+// The row maxima and sums are reduced L rows at a time (hmax_rows, hsum_rows) and the state
+// updated in vectors of L rows: m, l and alpha must hold the rows rounded up to whole vectors
+// (the extra lanes are scratch).
 template <typename C>
 void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) {
   using V = typename VT<C>::V;
   constexpr int L = VT<C>::L;
   const C ninf = -std::numeric_limits<C>::infinity();
-  alignas(64) C mu[kRowsMax], d[kRowsMax];
+  const V vninf = splat<V>(ninf);
+  alignas(64) C pv[kRowsMax * L], mu[kRowsMax];
+  const int rp = (rows + L - 1) / L * L;
   for (int i = 0; i < rows; ++i) {
     const C* row = St + i * ld;
-    V mv = splat<V>(ninf), mw = mv;
+    V mv = vninf, mw = mv;
     int64_t j = 0;
     for (; j + 2 * L <= n; j += 2 * L) {
       const V x = ldv(row + j), y = ldv(row + j + L);
@@ -1487,17 +1543,17 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
       const V x = ldv(row + j);
       mv = x > mv ? x : mv;
     }
-    mv = mw > mv ? mw : mv;
-    C mx = ninf;
-    for (int x = 0; x < L; ++x) mx = mv[x] > mx ? mv[x] : mx;
-    const C mn = mx > m[i] ? mx : m[i];
-    mu[i] = mn == ninf ? C(0) : mn;
-    d[i] = m[i] - mu[i];
-    m[i] = mn;
+    stv(pv + i * L, mw > mv ? mw : mv);
   }
-  const int rp = (rows + L - 1) / L * L;
-  for (int i = rows; i < rp; ++i) d[i] = C(0);
-  for (int i = 0; i < rp; i += L) stv(alpha + i, vexp_sm(ldv(d + i)));
+  for (int i = rows; i < rp; ++i) stv(pv + i * L, vninf);
+  for (int g = 0; g < rp; g += L) {
+    const V mx = hmax_rows<C>(pv + g * L), mo = ldv(m + g);
+    const V mn = mx > mo ? mx : mo;
+    const V u = mn == vninf ? V{} : mn;
+    stv(alpha + g, vexp_sm(mo - u));
+    stv(mu + g, u);
+    stv(m + g, mn);
+  }
   for (int i = 0; i < rows; ++i) {
     C* row = St + i * ld;
     const V mus = splat<V>(mu[i]);
@@ -1515,11 +1571,10 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
       stv(row + j, e);
       sv += e;
     }
-    sv += sw;
-    C sum = 0;
-    for (int x = 0; x < L; ++x) sum += sv[x];
-    l[i] = l[i] * alpha[i] + sum;
+    stv(pv + i * L, sv + sw);
   }
+  for (int i = rows; i < rp; ++i) stv(pv + i * L, V{});
+  for (int g = 0; g < rp; g += L) stv(l + g, ldv(l + g) * ldv(alpha + g) + hsum_rows<C>(pv + g * L));
 }
 
 // The forward walk, with query rows in the rows of the micro-kernel products (keys, then the
@@ -1563,7 +1618,7 @@ void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int6
   C* St = w.st.get(static_cast<size_t>(TM * kBN));
   C* Kt = w.kt.get(static_cast<size_t>(std::min(seg_chunks, (a.Sk + kBN - 1) / kBN) * D * kBN));
   C* al = w.alpha.get(static_cast<size_t>(kRowsMax));
-  alignas(64) C mt[TM], lt[TM];
+  alignas(64) C mt[kRowsMax] = {}, lt[kRowsMax] = {};
   int64_t row[TM], lo[TM], hi[TM];
   const C* qp[TM];
   const C* spc[TM];
