@@ -8,7 +8,9 @@
 // before or after it (the order flips every round), and the ratio is taken per pair: the table
 // gives the median ratio over the rounds and its range, with each side's median rate.
 //
-//   node dist/bench/attention.js [--rounds N] [--json path]
+//   node dist/bench/attention.js [--rounds N] [--json path] [--only text]
+//
+// --only keeps the rows whose op name contains the text (e.g. --only segment).
 //
 // Shapes and FLOP counts are bench/run.ts's (its attentionBench / segmentBench rows): B1 H8
 // S4096 D64, window 256, segment 64 top 8. Plain node only, like bench/run.ts.
@@ -37,7 +39,10 @@ function timeCalls(b: Bench, xs: dr.Tensor[], calls: number): number {
 }
 
 function main(): void {
-  const o = parseRounds(process.argv.slice(2), 'attention', 5);
+  const argv = process.argv.slice(2);
+  const at = argv.indexOf('--only');
+  const only = at >= 0 && at + 1 < argv.length ? argv.splice(at, 2)[1] : '';
+  const o = parseRounds(argv, 'attention', 5);
   const [S, H, D] = [4096, 8, 64];
   const anchor = matmulBench(2048, 'float32', false);
   const rows: Bench[] = [];
@@ -47,6 +52,7 @@ function main(): void {
     rows.push(attentionBench('dual', 1, H, S, D, 256, 'float32', bwd, H, false));
     rows.push(segmentBench(1, H, S, D, 64, 8, bwd, false));
   }
+  if (only) rows.splice(0, rows.length, ...rows.filter((b) => b.op.includes(only)));
   const gen = new dr.Generator(11);
   const ax = anchor.make('cpu', 'float32', gen);
   const inputs = rows.map((b) => b.make('cpu', 'float32', gen));

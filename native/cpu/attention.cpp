@@ -1461,22 +1461,78 @@ struct SegFwdScratch {
   SegLists lists;
 };
 
+constexpr int kRowsMax = 32;
+// Per lane i of the result: the max (hmax_rows) or sum (hsum_rows) of the L values at
+// x + i * L (L rows' partial vectors, reduced together: a shuffle tree of 2 L - 1 steps for all
+// of them instead of a reduction per row). The max's inputs hold no NaN.
+template <typename C>
+inline typename VT<C>::V hmax_rows(const C* x) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L;
+#if defined(__AVX__)
+  if constexpr (std::is_same<C, float>::value && L == 8) {
+    __m256 v[8];
+    for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(x + i * 8);
+    __m256 a[4], b[2];
+    for (int i = 0; i < 4; ++i)
+      a[i] = _mm256_max_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+      b[i] = _mm256_max_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44), _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xee));
+    return (V)_mm256_max_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
+  }
+#endif
+  V r;
+  for (int i = 0; i < L; ++i) {
+    C m = x[i * L];
+    for (int k = 1; k < L; ++k) m = x[i * L + k] > m ? x[i * L + k] : m;
+    r[i] = m;
+  }
+  return r;
+}
+template <typename C>
+inline typename VT<C>::V hsum_rows(const C* x) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L;
+#if defined(__AVX__)
+  if constexpr (std::is_same<C, float>::value && L == 8) {
+    __m256 v[8];
+    for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(x + i * 8);
+    __m256 a[4], b[2];
+    for (int i = 0; i < 4; ++i)
+      a[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+      b[i] = _mm256_add_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44), _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xee));
+    return (V)_mm256_add_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
+  }
+#endif
+  V r;
+  for (int i = 0; i < L; ++i) {
+    C m = 0;
+    for (int k = 0; k < L; ++k) m += x[i * L + k];
+    r[i] = m;
+  }
+  return r;
+}
+
 // Row-wise online-softmax step over St (rows <= kRowsMax of stride ld, n columns, a multiple of
 // the vector width; masked and padding columns -inf): per row the running max m and sum l, St
-// overwritten with P = exp(St - m_new), alpha the old accumulator's factor (computed for all
-// rows in vectors; alpha must hold the rows rounded up to whole vectors). The max skips NaN
+// overwritten with P = exp(St - m_new), alpha the old accumulator's factor. The max skips NaN
 // scores: their P is NaN, which makes the row's l and output NaN, as the materialised softmax
 // does. A row that has seen only -inf subtracts 0 instead, so that exp gives 0.
-constexpr int kRowsMax = 32;
+// The row maxima and sums are reduced L rows at a time (hmax_rows, hsum_rows) and the state
+// updated in vectors of L rows: m, l and alpha must hold the rows rounded up to whole vectors
+// (the extra lanes are scratch).
 template <typename C>
 void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) {
   using V = typename VT<C>::V;
   constexpr int L = VT<C>::L;
   const C ninf = -std::numeric_limits<C>::infinity();
-  alignas(64) C mu[kRowsMax], d[kRowsMax];
+  const V vninf = splat<V>(ninf);
+  alignas(64) C pv[kRowsMax * L], mu[kRowsMax];
+  const int rp = (rows + L - 1) / L * L;
   for (int i = 0; i < rows; ++i) {
     const C* row = St + i * ld;
-    V mv = splat<V>(ninf), mw = mv;
+    V mv = vninf, mw = mv;
     int64_t j = 0;
     for (; j + 2 * L <= n; j += 2 * L) {
       const V x = ldv(row + j), y = ldv(row + j + L);
@@ -1487,17 +1543,17 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
       const V x = ldv(row + j);
       mv = x > mv ? x : mv;
     }
-    mv = mw > mv ? mw : mv;
-    C mx = ninf;
-    for (int x = 0; x < L; ++x) mx = mv[x] > mx ? mv[x] : mx;
-    const C mn = mx > m[i] ? mx : m[i];
-    mu[i] = mn == ninf ? C(0) : mn;
-    d[i] = m[i] - mu[i];
-    m[i] = mn;
+    stv(pv + i * L, mw > mv ? mw : mv);
   }
-  const int rp = (rows + L - 1) / L * L;
-  for (int i = rows; i < rp; ++i) d[i] = C(0);
-  for (int i = 0; i < rp; i += L) stv(alpha + i, vexp_sm(ldv(d + i)));
+  for (int i = rows; i < rp; ++i) stv(pv + i * L, vninf);
+  for (int g = 0; g < rp; g += L) {
+    const V mx = hmax_rows<C>(pv + g * L), mo = ldv(m + g);
+    const V mn = mx > mo ? mx : mo;
+    const V u = mn == vninf ? V{} : mn;
+    stv(alpha + g, vexp_sm(mo - u));
+    stv(mu + g, u);
+    stv(m + g, mn);
+  }
   for (int i = 0; i < rows; ++i) {
     C* row = St + i * ld;
     const V mus = splat<V>(mu[i]);
@@ -1515,11 +1571,10 @@ void softmax_rows(C* St, int rows, int64_t n, int64_t ld, C* m, C* l, C* alpha) 
       stv(row + j, e);
       sv += e;
     }
-    sv += sw;
-    C sum = 0;
-    for (int x = 0; x < L; ++x) sum += sv[x];
-    l[i] = l[i] * alpha[i] + sum;
+    stv(pv + i * L, sv + sw);
   }
+  for (int i = rows; i < rp; ++i) stv(pv + i * L, V{});
+  for (int g = 0; g < rp; g += L) stv(l + g, ldv(l + g) * ldv(alpha + g) + hsum_rows<C>(pv + g * L));
 }
 
 // The forward walk, with query rows in the rows of the micro-kernel products (keys, then the
@@ -1563,7 +1618,7 @@ void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int6
   C* St = w.st.get(static_cast<size_t>(TM * kBN));
   C* Kt = w.kt.get(static_cast<size_t>(std::min(seg_chunks, (a.Sk + kBN - 1) / kBN) * D * kBN));
   C* al = w.alpha.get(static_cast<size_t>(kRowsMax));
-  alignas(64) C mt[TM], lt[TM];
+  alignas(64) C mt[kRowsMax] = {}, lt[kRowsMax] = {};
   int64_t row[TM], lo[TM], hi[TM];
   const C* qp[TM];
   const C* spc[TM];
@@ -1713,6 +1768,169 @@ bool seg_bwd_lanes(const AttnArgs& a, int64_t segment, int64_t s, const int32_t*
   return any;
 }
 
+#if defined(__AVX__)
+// The transpose of 8 rows of 8 floats, in place (r[k] becomes column k).
+inline void transpose8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
+// Packs a backward tile's live lanes (rows tl.qrow of q and dout, whatever their order): Q
+// (pre-scaled, and as rows), dO' (both layouts) and Dr' = rowdot of the row; with a gate (one of
+// a gated mix's paths) dO' = g dout and Dr' = g rowdot, the plain backward of that path then
+// giving exactly the gated gradient (dP' = g dP, dV += P^T dO'). Lanes that are not live get
+// zeros. float rows of 8 floats are moved as vectors and transposed 8 x 8 in registers (the
+// segment walk packs every (row, segment) visit); other types go element by element.
+template <typename T>
+void bwd_pack_rows(int64_t D, typename Num<T>::acc scale, const T* qh, const T* doh, const typename Num<T>::acc* rowdot,
+                   const typename Num<T>::acc* gate, BwdTile<typename Num<T>::acc>& tl) {
+  using C = typename Num<T>::acc;
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const int64_t Dp = (D + L - 1) / L * L;
+  bool vec = false;
+#if defined(__AVX__)
+  if constexpr (std::is_same<T, float>::value && L == 8) {
+    vec = D % 8 == 0;
+    if (vec) {
+      using V = typename VT<C>::V;
+      V probe = V{};  // x * 0 summed: NaN when some live q or dout element is not finite
+      const V sc = splat<V>(scale), zero = V{};
+      for (int g0 = 0; g0 < BM; g0 += 8) {
+        const T* qr[8];
+        const T* dr[8];
+        V gv[8];
+        bool live[8];
+        for (int i = 0; i < 8; ++i) {
+          const int x = g0 + i;
+          live[i] = tl.valid[x] && tl.live[x];
+          const int64_t r = live[i] ? tl.qrow[x] : 0;
+          qr[i] = qh + r * D;
+          dr[i] = doh + r * D;
+          gv[i] = splat<V>(live[i] && gate ? gate[r] : C(1));
+          tl.Dr[x] = live[i] ? (gate ? gate[r] * rowdot[r] : rowdot[r]) : C(0);
+        }
+        for (int64_t d0 = 0; d0 < D; d0 += 8) {
+          __m256 xq[8], xd[8];
+          for (int i = 0; i < 8; ++i) {
+            V q = live[i] ? ldv(qr[i] + d0) : zero, dd = live[i] ? ldv(dr[i] + d0) : zero;
+            if (gate) dd = gv[i] * dd;
+            probe += q * C(0) + dd * C(0);
+            stv(tl.Qr + (g0 + i) * Dp + d0, q);
+            stv(tl.dOr + (g0 + i) * Dp + d0, dd);
+            xq[i] = (__m256)q;
+            xd[i] = (__m256)dd;
+          }
+          transpose8(xq);
+          transpose8(xd);
+          for (int k = 0; k < 8; ++k) {
+            stv(tl.Qt + (d0 + k) * BM + g0, sc * (V)xq[k]);
+            stv(tl.dOt + (d0 + k) * BM + g0, (V)xd[k]);
+          }
+        }
+      }
+      bool bad = false;
+      for (int x = 0; x < L; ++x) bad = bad || probe[x] != probe[x];
+      tl.bad = bad;
+    }
+  }
+#endif
+  if (vec) return;
+  C probe = 0;  // x * 0 summed: NaN when some live q or dout element is not finite
+  for (int i = 0; i < BM; ++i) {
+    const bool live = tl.valid[i] && tl.live[i];
+    const int64_t r = live ? tl.qrow[i] : 0;
+    const C g = live && gate ? gate[r] : C(1);
+    for (int64_t d = 0; d < D; ++d) {
+      C dv_ = live ? wid(doh[r * D + d]) : C(0);
+      if (gate) dv_ = g * dv_;
+      const C qv = live ? wid(qh[r * D + d]) : C(0);
+      tl.Qt[d * BM + i] = scale * qv;
+      tl.Qr[i * Dp + d] = qv;
+      tl.dOt[d * BM + i] = dv_;
+      tl.dOr[i * Dp + d] = dv_;
+      probe += qv * C(0) + dv_ * C(0);
+    }
+    for (int64_t d = D; d < Dp; ++d) tl.Qr[i * Dp + d] = tl.dOr[i * Dp + d] = C(0);
+    tl.Dr[i] = live ? (gate ? g * rowdot[r] : rowdot[r]) : C(0);
+  }
+  tl.bad = probe != probe;
+}
+
+// Prefetches into L2 the q, dout and dq rows of a segment-backward tile's lanes (the rows of the
+// tile after the current one: scattered over the head, they come from L3 at long lengths).
+template <typename T, typename C>
+void bwd_prefetch_rows(int64_t D, const T* qh, const T* doh, C* dqh, const int32_t* rows, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) {
+    const int64_t r = rows[x];
+    // GCC deletes loops of nothing but prefetches here (they count as free of side effects):
+    // an empty volatile asm keeps the loop.
+    asm volatile("");
+    const char* q = reinterpret_cast<const char*>(qh + r * D);
+    const char* o = reinterpret_cast<const char*>(doh + r * D);
+    const char* g = reinterpret_cast<const char*>(dqh + r * D);
+    for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(T)); c += 64) {
+      __builtin_prefetch(q + c, 0, 2);
+      __builtin_prefetch(o + c, 0, 2);
+    }
+    for (int64_t c = 0; c < static_cast<int64_t>(D * sizeof(C)); c += 64) __builtin_prefetch(g + c, 1, 2);
+  }
+}
+
+// gemm() for M a multiple of 4, in 4-row micro-kernels over groups of (at most) 3 column vectors:
+// a tile's 16 lanes and a chunk's 64 keys then run without a one-row tail (gemm's 3-row kernels
+// leave one row of 16 and of 64, at a third of the rate).
+template <typename C>
+void gemm4(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c,
+           int64_t ldc, int mode) {
+  constexpr int L = VT<C>::L;
+  for (int64_t n0 = 0; n0 < NV;) {
+    const int nb = NV - n0 >= 3 ? 3 : static_cast<int>(NV - n0);
+    const int64_t o = n0 * L;
+    for (int64_t m = 0; m < M; m += 4) {
+      const C* am_ = a + m * am;
+      C* cm = c + m * ldc + o;
+      if (nb == 3)
+        mk<C, 4, 3, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
+      else if (nb == 2)
+        mk<C, 4, 2, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
+      else
+        mk<C, 4, 1, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
+    }
+    n0 += nb;
+  }
+}
+
+// bwd_products for a segment tile (no dual path, no padding): the unmasked products with
+// gemm4 where the rows allow, the rest as bwd_products does it.
+template <typename C>
+void seg_bwd_products(const BwdTile<C>& tl, bool full, int64_t D, int64_t Dp, int64_t j0, int64_t nk, const C* St,
+                      const C* dPt, const C* Kc, int64_t ldk, C* dVa, C* dKa, C* dQt) {
+  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
+  const int64_t NVd = Dp / L;
+  if (BM % 4 == 0 && nk % 4 == 0 && (full || !(tl.bad || any_nonfinite(Kc, nk, D, ldk)))) {
+    gemm4<C>(nk, NVd, BM, St, BM, 1, tl.dOr, Dp, dVa, Dp, kAdd);
+    gemm4<C>(nk, NVd, BM, dPt, BM, 1, tl.Qr, Dp, dKa, Dp, kAdd);
+    gemm4<C>(BM, NVd, nk, dPt, 1, BM, Kc, ldk, dQt, Dp, kAdd);
+    return;
+  }
+  bwd_products<C>(tl, false, full, D, Dp, nullptr, j0, nk, St, dPt, Kc, ldk, true, dVa, dKa, true, dQt);
+}
+
 // Backward: one task per (b, kv head) owns that head's dK/dV (task-local [Sk, Dp] rows, added
 // once at the end) and the dQ rows of its G query heads; per query head the same segment-major
 // walk as the forward, with P and dS rebuilt from the saved lse (bwd_chunk / bwd_products, as
@@ -1765,24 +1983,13 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
         const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
         for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
           if (!seg_bwd_lanes(a, segment, s, rs, cnt, t0, lh, tl)) continue;
-          // pack Q (pre-scaled, and as rows for dK), dO (both layouts) and Dr
-          C probe = 0;
-          for (int i = 0; i < BM; ++i) {
-            const bool live = tl.valid[i] && tl.live[i];
-            const T* qq = live ? qh + tl.qrow[i] * D : nullptr;
-            const T* dd = live ? doh + tl.qrow[i] * D : nullptr;
-            for (int64_t d = 0; d < D; ++d) {
-              const C qv = live ? wid(qq[d]) : C(0), dv_ = live ? wid(dd[d]) : C(0);
-              tl.Qt[d * BM + i] = scale * qv;
-              tl.Qr[i * Dp + d] = qv;
-              tl.dOt[d * BM + i] = dv_;
-              tl.dOr[i * Dp + d] = dv_;
-              probe += qv * C(0) + dv_ * C(0);
-            }
-            for (int64_t d = D; d < Dp; ++d) tl.Qr[i * Dp + d] = tl.dOr[i * Dp + d] = C(0);
-            tl.Dr[i] = live ? Dr[tl.qrow[i]] : C(0);
+          bwd_pack_rows<T>(D, scale, qh, doh, Dr, nullptr, tl);
+          {
+            // the rows of the tile after next (the list is flat across segments)
+            const int64_t x0 = (rs - w.lists.rows.data()) + t0 + 2 * BM, nrows = static_cast<int64_t>(w.lists.rows.size());
+            bwd_prefetch_rows<T, C>(D, qh, doh, dq + bh * Sq * D, w.lists.rows.data() + std::min(x0, nrows),
+                                    std::max<int64_t>(0, std::min<int64_t>(BM, nrows - x0)));
           }
-          tl.bad = probe != probe;
           std::fill(dQt, dQt + BM * Dp, C(0));
           for (int64_t j0 = tl.ln.hull_lo; j0 < tl.ln.hull_hi; j0 += kBN) {
             const int64_t nk = std::min<int64_t>(kBN, tl.ln.hull_hi - j0);
@@ -1790,8 +1997,8 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
             const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.b.kb, ldk);
             const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.b.vb, ldvv);
             bwd_chunk<C, DC>(tl, false, D, scale, nullptr, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
-            bwd_products<C>(tl, false, chunk_full(tl, false, j0, nk, nullptr), D, Dp, nullptr, j0, nk, St, dPt, Kc,
-                            ldk, true, dVa + j0 * Dp, dKa + j0 * Dp, true, dQt);
+            seg_bwd_products<C>(tl, chunk_full(tl, false, j0, nk, nullptr), D, Dp, j0, nk, St, dPt, Kc, ldk,
+                                dVa + j0 * Dp, dKa + j0 * Dp, dQt);
           }
           bwd_store_dq(a, D, Dp, bh, tl, dQt, dq);
         }
@@ -1872,34 +2079,6 @@ void dual_segment_typed(const DualArgs& da, const int32_t* idx, int64_t K, int64
       }
     }
   });
-}
-
-// Packs a backward tile's live lanes for one path of a gated mix: Q (pre-scaled, and as rows),
-// dO' = g dout (both layouts) and Dr' = g rowdot(dout, out_path), the plain backward of that
-// path then giving exactly the gated gradient (dP' = g dP, dV += P^T dO').
-template <typename T>
-void bwd_pack_gated(int64_t D, typename Num<T>::acc scale, const T* qh, const T* doh, const typename Num<T>::acc* rowdot,
-                    const typename Num<T>::acc* gate, BwdTile<typename Num<T>::acc>& tl) {
-  using C = typename Num<T>::acc;
-  constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
-  const int64_t Dp = (D + L - 1) / L * L;
-  C probe = 0;  // x * 0 summed: NaN when some live q or dout element is not finite
-  for (int i = 0; i < BM; ++i) {
-    const bool live = tl.valid[i] && tl.live[i];
-    const int64_t r = live ? tl.qrow[i] : 0;
-    const C g = live ? gate[r] : C(0);
-    for (int64_t d = 0; d < D; ++d) {
-      const C qv = live ? wid(qh[r * D + d]) : C(0), dv_ = live ? g * wid(doh[r * D + d]) : C(0);
-      tl.Qt[d * BM + i] = scale * qv;
-      tl.Qr[i * Dp + d] = qv;
-      tl.dOt[d * BM + i] = dv_;
-      tl.dOr[i * Dp + d] = dv_;
-      probe += qv * C(0) + dv_ * C(0);
-    }
-    for (int64_t d = D; d < Dp; ++d) tl.Qr[i * Dp + d] = tl.dOr[i * Dp + d] = C(0);
-    tl.Dr[i] = live ? g * rowdot[r] : C(0);
-  }
-  tl.bad = probe != probe;
 }
 
 // A packed tile's backward over its lanes' key hull (tl.ln): dK, dV added into the task's rows
@@ -1987,7 +2166,7 @@ void dual_segment_backward_typed(const DualArgs& da, const int32_t* idx, int64_t
       // local path
       for (int64_t t = 0; t < ntile; ++t) {
         if (!bwd_tile_geometry<T>(a, in_l, b, h, t, tl)) continue;
-        bwd_pack_gated<T>(D, scale, qh, doh, rdl, gl, tl);
+        bwd_pack_rows<T>(D, scale, qh, doh, rdl, gl, tl);
         bwd_tile_run<T, DC>(a, D, bh, kh, vh, tl, w.b, dKa, dVa, dq);
       }
       // segment path
@@ -1998,7 +2177,7 @@ void dual_segment_backward_typed(const DualArgs& da, const int32_t* idx, int64_t
         const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
         for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
           if (!seg_bwd_lanes(a, segment, s, rs, cnt, t0, lh, tl)) continue;
-          bwd_pack_gated<T>(D, scale, qh, doh, rdg, gg, tl);
+          bwd_pack_rows<T>(D, scale, qh, doh, rdg, gg, tl);
           bwd_tile_run<T, DC>(a, D, bh, kh, vh, tl, w.b, dKa, dVa, dq);
         }
       }

@@ -407,6 +407,32 @@ describe('segmentAttention', () => {
         expectClose(got, Float64Array.from(want.dataSync()), dtype, tolScale(dtype));
       }));
 
+  // the online softmax keeps each row's running max, sum and rescale in vectors of rows (their
+  // reductions batched over rows): scores over a wide range whose max grows from segment to
+  // segment (later keys scaled up), with many rows per segment (several vectors of rows per
+  // tile), overflow or lose rows if a row's max or rescale lands in another row's lane
+  for (const dtype of ['float32', 'float64'] as dr.DType[])
+    test(`${dtype}: scores over a wide range, the max growing across segments`, () => dr.tidy(() => {
+      const d = { B: 1, Hq: 2, Hkv: 1, Sq: 72, Sk: 72, D: 16 }, seg = 8, ns = 9;
+      const q0 = input([1, 2, 72, 16], 101, 'float64', -6, 6).data;
+      const k0 = input([1, 1, 72, 16], 102, 'float64', -2, 2).data.map((x, e) => x * (1 + 3 * Math.floor(e / 16 / seg)));
+      const v0 = input([1, 1, 72, 16], 103, 'float64').data;
+      const [q, k, v] = [[q0, [1, 2, 72, 16]], [k0, [1, 1, 72, 16]], [v0, [1, 1, 72, 16]]].map(([x, sh]) => dr.tensor(x as Float64Array, sh as number[], { dtype }));
+      const qd = Float64Array.from(q.dataSync()), kd = Float64Array.from(k.dataSync()), vd = Float64Array.from(v.dataSync());
+      // every row lists every segment, in a row-dependent order (some twice)
+      const K = ns + 2;
+      const ia = new Int32Array(2 * 72 * K);
+      for (let r = 0; r < 2 * 72; ++r) for (let x = 0; x < K; ++x) ia[r * K + x] = (x * 5 + r) % ns;
+      const indices = dr.tensor(ia, [1, 2, 72, K], { dtype: 'int32' });
+      for (const causal of [true, false]) {
+        const r = dr.segmentAttention(q, k, v, { segment: seg, causal, indices, returnIndices: true });
+        const ref = attnRef(qd, kd, vd, d, ia, K, seg, causal, 1 / Math.sqrt(d.D));
+        expectClose(r.out, ref.out, dtype, 4);
+        const lse = r.lse.dataSync();
+        ref.lse.forEach((x, i) => expect(Math.abs(lse[i] - x)).toBeLessThan(1e-4 * Math.max(1, Math.abs(x))));
+      }
+    }));
+
   test('gradients to q, k, v (float64, caller\'s indices, GQA 3)', () => dr.tidy(() => {
     const d = { B: 1, Hq: 3, Hkv: 1, Sq: 10, Sk: 13, D: 3 };
     const { q, k, v } = qkv(d, 71, 'float64');
