@@ -147,8 +147,9 @@ export interface PendingResidual {
   r: Tensor;
 }
 
-// x as a pending input: a tensor or { h, r } (two tensors), else a typed error
-function checkPending(x: unknown, name: string): Tensor | PendingResidual {
+// x as a pending input: a tensor or { h, r } (two tensors), and norm an RMSNorm; else a typed error
+function checkPending(x: unknown, norm: unknown, name: string): Tensor | PendingResidual {
+  if (!(norm instanceof RMSNorm)) throw new ValueError(`${name}: Expected an RMSNorm for norm but received ${describe(norm)}`);
   if (x instanceof Tensor) return x;
   if (x !== null && typeof x === 'object' && (x as PendingResidual).h instanceof Tensor && (x as PendingResidual).r instanceof Tensor) return x as PendingResidual;
   throw new ValueError(`${name}: Expected a tensor or a pending residual { h, r } (two tensors) but received ${describe(x)}`);
@@ -159,7 +160,7 @@ function checkPending(x: unknown, name: string): Tensor | PendingResidual {
  * and y = norm(x); of a pending { h, r }: addAndNorm(h, r, norm), the sum and its norm in one pass.
  */
 export function addAndNormPending(x: Tensor | PendingResidual, norm: RMSNorm, name = 'addAndNormPending'): { h: Tensor; y: Tensor } {
-  const input = checkPending(x, name);
+  const input = checkPending(x, norm, typeof name === 'string' ? name : 'addAndNormPending');
   return input instanceof Tensor ? { h: input, y: norm.forward(input) } : addAndNorm(input.h, input.r, norm);
 }
 
@@ -168,7 +169,7 @@ export function addAndNormPending(x: Tensor | PendingResidual, norm: RMSNorm, na
  * after its last block's forwardPending. The sum itself is not returned (freed at once).
  */
 export function pendingNorm(x: Tensor | PendingResidual, norm: RMSNorm): Tensor {
-  const input = checkPending(x, 'pendingNorm');
+  const input = checkPending(x, norm, 'pendingNorm');
   if (input instanceof Tensor) return norm.forward(input);
   const { h, y } = addAndNorm(input.h, input.r, norm);
   h.dispose();  // the stream ends here; the tape keeps what y's backward needs
