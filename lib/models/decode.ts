@@ -23,7 +23,7 @@
 // views of what the step computed anyway and reads them only when asked.
 import { OutOfRangeError, ValueError, describe } from '../errors';
 import { Tensor, tidy, untracked, keep } from '../tensor';
-import { add, gt, mul, sigmoid } from '../ops/elementwise';
+import { gt, mul, sigmoid } from '../ops/elementwise';
 import { mean } from '../ops/reduce';
 import { cast, concat, narrow, reshape, transpose } from '../ops/shape';
 import { matmul } from '../ops/linalg';
@@ -40,7 +40,7 @@ import { SigmoidGates, TokenChoiceMoE, mixPaths } from '../nn/routers';
 import { ConvPath, DualRouteLayer, LSTMPath } from './layer';
 import type { ResolvedConfig } from './config';
 import type { Embedding, Linear, RMSNorm } from '../nn/layers';
-import { addAndNorm } from '../nn/layers';
+import { PendingResidual, addAndNorm, addAndNormPending, pendingNorm } from '../nn/layers';
 
 /** What a decode needs of the model (DualRouteLM; typed by shape so that the model file can use this one). */
 export interface DecodableLM {
@@ -172,9 +172,10 @@ export class DecodeCache {
           slots: this.slots, before,
           after: tensor(new Int32Array(B).fill(p + 1), [B], { dtype: 'int32' }),
         };
-        let h = m.embed_tokens.forward(t);
+        // as the full forward: each layer's last residual add goes into the next norm's pass
+        let h: Tensor | PendingResidual = m.embed_tokens.forward(t);
         for (const layer of m.layers) h = this.layerStep(layer, h, t);
-        const n = m.norm.forward(h);
+        const n = pendingNorm(h, m.norm);
         const logits = m.lm_head ? m.lm_head.forward(n) : matmul(n, m.embed_tokens.weight, { transB: true });
         return reshape(logits, [this.batch, c.vocabSize]);
       }));
@@ -242,10 +243,11 @@ export class DecodeCache {
     this.readRows = null;
   }
 
-  private layerStep(L: DualRouteLayer, x: Tensor, ids: Tensor): Tensor {
+  // x: the embeddings or the previous layer's pending { h, r }; returns this layer's (as forwardPending)
+  private layerStep(L: DualRouteLayer, input: Tensor | PendingResidual, ids: Tensor): PendingResidual {
     const rec: LayerRecord = { gates: null, sum: false, routed: null, moe: null, moeInput: null, segments: null };
     this.building?.push(rec);
-    const a = L.input_layernorm.forward(x);
+    const { h: x, y: a } = addAndNormPending(input, L.input_layernorm);
     const l = L.local ? this.pathStep(L.local, a) : null;
     const g = L.global ? this.pathStep(L.global, a, rec) : null;
     let mixed: Tensor;
@@ -263,7 +265,7 @@ export class DecodeCache {
       rec.moe = L.mlp;
       rec.moeInput = keep(m.alias());
     }
-    return add(h, L.mlp.forward(m));
+    return { h, r: L.mlp.forward(m) };
   }
 
   private state<T extends PathState>(key: object, make: () => T): T {

@@ -16,7 +16,7 @@ import { Tensor, tidy } from '../tensor';
 import { add, mul } from '../ops/elementwise';
 import { crossEntropy } from '../ops/nn';
 import { Module } from '../nn/module';
-import { Embedding, Linear, RMSNorm, linear } from '../nn/layers';
+import { Embedding, Linear, PendingResidual, RMSNorm, linear, pendingNorm } from '../nn/layers';
 import { RoutedAttention } from '../nn/routed';
 import { TokenChoiceMoE } from '../nn/routers';
 import { DualRouteLMConfig, ResolvedConfig, resolveConfig } from './config';
@@ -89,9 +89,10 @@ export class DualRouteLM extends Module {
   hidden(ids: Tensor): Tensor {
     this.checkIds(ids);
     return tidy(() => {
-      let h = this.embed_tokens.forward(ids);
-      for (const layer of this.layers) h = layer.forward(h, ids);
-      return this.norm.forward(h);
+      // each layer leaves its last residual add to the next norm (forwardPending): one pass per boundary
+      let h: Tensor | PendingResidual = this.embed_tokens.forward(ids);
+      for (const layer of this.layers) h = layer.forwardPending(h, ids);
+      return pendingNorm(h, this.norm);
     });
   }
 

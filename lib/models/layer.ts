@@ -10,7 +10,7 @@ import { mean } from '../ops/reduce';
 import { softmax } from '../ops/nn';
 import { layerDrop } from '../ops/route_rules';
 import { Module } from '../nn/module';
-import { Dropout, Linear, MLP, RMSNorm, addAndNorm } from '../nn/layers';
+import { Dropout, Linear, MLP, PendingResidual, RMSNorm, addAndNorm, addAndNormPending } from '../nn/layers';
 import { MultiheadAttention } from '../nn/attention';
 import { RoutedAttention } from '../nn/routed';
 import { NSAAttention } from '../nn/nsa';
@@ -191,17 +191,37 @@ export class DualRouteLayer extends Module {
     }
   }
 
-  /** x [B, S, d], ids [B, S] (rule and random routing), context [B, Sc, d] for a decoder layer. */
+  /**
+   * x [B, S, d], ids [B, S] (rule and random routing), context [B, Sc, d] for a decoder layer.
+   * Returns the layer's output, the residual stream with the feed-forward branch added (to chain
+   * layers, forwardPending saves that add's pass).
+   */
   forward(x: Tensor, ids: Tensor, context?: Tensor): Tensor {
     return tidy(() => {
-      const a = this.input_layernorm.forward(x);
+      const { h, r } = this.forwardPending(x, ids, context);
+      return add(h, r);
+    });
+  }
+
+  /**
+   * forward with the last residual add left pending: returns the residual stream h and the
+   * feed-forward branch r (dropout and layerDrop applied) whose sum is forward's output. The next
+   * layer takes { h, r } as its input and adds them in its input norm's pass (addAndNorm), and a
+   * model's final norm does the same (pendingNorm): each layer boundary is one pass instead of
+   * an add, then a norm reading the sum. x: a tensor (the first layer) or a previous layer's
+   * { h, r }.
+   */
+  forwardPending(x: Tensor | PendingResidual, ids: Tensor, context?: Tensor): PendingResidual {
+    return tidy(() => {
+      const start = addAndNormPending(x, this.input_layernorm, 'DualRouteLayer.forwardPending');
+      let h = start.h;
+      const a = start.y;
       const l = this.local ? this.local.forward(a) : null;
       const gl = this.global ? this.global.forward(a) : null;
       const mixed = l && gl ? this.fuse(l, gl, a, ids) : (l ?? gl)!;
       const drop = (t: Tensor) => (this.c.layerDrop > 0 ? layerDrop(t, this.c.layerDrop, { training: this.training, generator: this.g }) : t);
       // each residual add feeds a norm: both in one pass (addAndNorm)
       let r = drop(this.dropout.forward(mixed));
-      let h = x;
       if (this.encoder_attn) {
         if (!context) throw new ShapeError('DualRouteLayer: a decoder layer needs the encoder context');
         const c = addAndNorm(h, r, this.cross_attn_layernorm!);
@@ -209,9 +229,8 @@ export class DualRouteLayer extends Module {
         r = drop(this.dropout.forward(this.encoder_attn.forward(c.y, { context })));
       }
       const { h: hn, y: m } = addAndNorm(h, r, this.post_attention_layernorm);
-      h = hn;
       if (this.tracing) this.keepTraced(a, m);
-      return add(h, drop(this.dropout.forward(this.mlp.forward(m))));
+      return { h: hn, r: drop(this.dropout.forward(this.mlp.forward(m))) };
     });
   }
 

@@ -20,7 +20,7 @@ import { sort, topk } from '../ops/sort';
 import { noGrad } from '../tape';
 import { checkTensor } from '../ops/util';
 import { Module } from '../nn/module';
-import { Embedding, Linear, RMSNorm, linear } from '../nn/layers';
+import { Embedding, Linear, PendingResidual, RMSNorm, linear, pendingNorm } from '../nn/layers';
 import { DualRouteLayer, DualRouteLM } from './dual_route_lm';
 import { LayerConfig, ResolvedConfig, resolveConfig } from './config';
 
@@ -127,9 +127,10 @@ export class DualRouteSeq2Seq extends Module {
   encode(src: Tensor): Tensor {
     checkIds('DualRouteSeq2Seq', src, this.encoderConfig.maxSeq, 'src');
     return tidy(() => {
-      let h = this.embed_tokens.forward(src);
-      for (const l of this.encoder) h = l.forward(h, src);
-      return this.encoder_norm.forward(h);
+      // layer boundaries in one pass each (DualRouteLayer.forwardPending), the last with the norm
+      let h: Tensor | PendingResidual = this.embed_tokens.forward(src);
+      for (const l of this.encoder) h = l.forwardPending(h, src);
+      return pendingNorm(h, this.encoder_norm);
     });
   }
 
@@ -159,9 +160,9 @@ export class DualRouteSeq2Seq extends Module {
     return tidy(() => {
       const ctx = this.route(this.encode(src));
       if (tgt.shape[0] !== src.shape[0]) throw new ShapeError(`DualRouteSeq2Seq: src and tgt must share the batch size (${src.shape[0]} vs ${tgt.shape[0]})`);
-      let h = this.embed_tokens.forward(tgt);
-      for (const l of this.decoder) h = l.forward(h, tgt, ctx);
-      return linear(this.norm.forward(h), this.embed_tokens.weight);
+      let h: Tensor | PendingResidual = this.embed_tokens.forward(tgt);
+      for (const l of this.decoder) h = l.forwardPending(h, tgt, ctx);
+      return linear(pendingNorm(h, this.norm), this.embed_tokens.weight);
     });
   }
 

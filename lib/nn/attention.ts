@@ -13,7 +13,7 @@ import { segmentAttention, selectSegments } from '../ops/segment';
 import { noGrad } from '../tape';
 import { checkOptions, checkTensor } from '../ops/util';
 import { Module } from './module';
-import { Dropout, InitOptions, Linear, MLP, RMSNorm, addAndNorm } from './layers';
+import { Dropout, InitOptions, Linear, MLP, PendingResidual, RMSNorm, addAndNorm, addAndNormPending } from './layers';
 
 function positiveInt(owner: string, name: string, v: unknown): number {
   if (!Number.isInteger(v) || (v as number) < 1) throw new ValueError(`${owner}: Expected a positive integer for ${name} but received ${describe(v)}`);
@@ -249,8 +249,22 @@ export class TransformerBlock extends Module {
 
   forward(x: Tensor, options: AttentionForwardOptions = {}): Tensor {
     return tidy(() => {
-      const { h, y } = addAndNorm(x, this.self_attn.forward(this.input_layernorm.forward(x), options), this.post_attention_layernorm);
-      return add(h, this.dropout.forward(this.mlp.forward(y)));
+      const { h, r } = this.forwardPending(x, options);
+      return add(h, r);
+    });
+  }
+
+  /**
+   * forward with the last residual add left pending: { h, r } with h + r = forward's output. To
+   * chain blocks, pass it to the next block's forwardPending (or forward's x of a tensor), and the
+   * last one's to pendingNorm for a final norm: the add then runs in the next norm's pass
+   * (addAndNorm) instead of a pass of its own.
+   */
+  forwardPending(x: Tensor | PendingResidual, options: AttentionForwardOptions = {}): PendingResidual {
+    return tidy(() => {
+      const start = addAndNormPending(x, this.input_layernorm, 'TransformerBlock.forwardPending');
+      const { h, y } = addAndNorm(start.h, this.self_attn.forward(start.y, options), this.post_attention_layernorm);
+      return { h, r: this.dropout.forward(this.mlp.forward(y)) };
     });
   }
 }

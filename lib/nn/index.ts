@@ -1,8 +1,8 @@
 // nn: modules for building models (new nn.Linear(8, 4)).
 export { Module, ModuleList, ModuleDict, ParameterList, asParameter, isParameter } from './module';
 export type { LoadOptions } from './module';
-export { Linear, Embedding, RMSNorm, LayerNorm, Dropout, Sequential, MLP, addAndNorm } from './layers';
-export type { InitOptions } from './layers';
+export { Linear, Embedding, RMSNorm, LayerNorm, Dropout, Sequential, MLP, addAndNorm, addAndNormPending, pendingNorm } from './layers';
+export type { InitOptions, PendingResidual } from './layers';
 export { ReLU, GELU, SiLU } from './activations';
 export { MultiheadAttention, TransformerBlock, SinusoidalPositionalEmbedding } from './attention';
 export type { MultiheadAttentionOptions, AttentionForwardOptions, TransformerBlockOptions } from './attention';

@@ -135,6 +135,47 @@ export function addAndNorm(x: Tensor, residual: Tensor, norm: RMSNorm): { h: Ten
   }
 }
 
+/**
+ * A block's output with its last residual add not yet done (DualRouteLayer.forwardPending,
+ * TransformerBlock.forwardPending): the output is h + r, which the next norm computes in its own
+ * pass (addAndNormPending, pendingNorm) instead of an add, then a norm reading the sum.
+ */
+export interface PendingResidual {
+  /** The residual stream before the block's last branch. */
+  h: Tensor;
+  /** The last branch (after dropout and the like), still to be added to h. */
+  r: Tensor;
+}
+
+// x as a pending input: a tensor or { h, r } (two tensors), and norm an RMSNorm; else a typed error
+function checkPending(x: unknown, norm: unknown, name: string): Tensor | PendingResidual {
+  if (!(norm instanceof RMSNorm)) throw new ValueError(`${name}: Expected an RMSNorm for norm but received ${describe(norm)}`);
+  if (x instanceof Tensor) return x;
+  if (x !== null && typeof x === 'object' && (x as PendingResidual).h instanceof Tensor && (x as PendingResidual).r instanceof Tensor) return x as PendingResidual;
+  throw new ValueError(`${name}: Expected a tensor or a pending residual { h, r } (two tensors) but received ${describe(x)}`);
+}
+
+/**
+ * A block's input: the residual stream h and its normalisation y. Of a tensor x: h = x itself
+ * and y = norm(x); of a pending { h, r }: addAndNorm(h, r, norm), the sum and its norm in one pass.
+ */
+export function addAndNormPending(x: Tensor | PendingResidual, norm: RMSNorm, name = 'addAndNormPending'): { h: Tensor; y: Tensor } {
+  const input = checkPending(x, norm, typeof name === 'string' ? name : 'addAndNormPending');
+  return input instanceof Tensor ? { h: input, y: norm.forward(input) } : addAndNorm(input.h, input.r, norm);
+}
+
+/**
+ * norm(h + r) of a pending residual (norm(x) of a tensor) in one pass: a model's final norm
+ * after its last block's forwardPending. The sum itself is not returned (freed at once).
+ */
+export function pendingNorm(x: Tensor | PendingResidual, norm: RMSNorm): Tensor {
+  const input = checkPending(x, norm, 'pendingNorm');
+  if (input instanceof Tensor) return norm.forward(input);
+  const { h, y } = addAndNorm(input.h, input.r, norm);
+  h.dispose();  // the stream ends here; the tape keeps what y's backward needs
+  return y;
+}
+
 export class LayerNorm extends Module {
   weight: Tensor;
   bias: Tensor;

@@ -30,13 +30,13 @@ import { DTYPE_SIZE } from '../dtype';
 import { ValueError, describe } from '../errors';
 import { Generator } from '../random';
 import { Tensor, keep, tidy, untracked } from '../tensor';
-import { add, gt, mul, sigmoid } from '../ops/elementwise';
+import { gt, mul, sigmoid } from '../ops/elementwise';
 import { concat, narrow, reshape, transpose } from '../ops/shape';
 import { matmul } from '../ops/linalg';
 import { full, tensor, zeros } from '../ops/creation';
 import { mean } from '../ops/reduce';
 import { logSoftmax } from '../ops/nn';
-import { addAndNorm } from '../nn/layers';
+import { PendingResidual, addAndNorm, addAndNormPending, pendingNorm } from '../nn/layers';
 import { rope } from '../ops/attention';
 import { compressedAttention, segmentMean, selectSegments } from '../ops/segment';
 import { copy_ } from '../ops/inplace';
@@ -405,12 +405,14 @@ export class BatchEngine {
       const i32 = (xs: number[]) => tensor(Int32Array.from(xs), [N], { dtype: 'int32' });
       this.index = { slots: i32(seqs.map((s) => s.slot)), before: i32(seqs.map((s) => s.length)), lengths: i32(after), after };
       const routing: Tensor[] = [];
-      let h = m.embed_tokens.forward(idT);
+      // each layer's last residual add goes into the next norm's pass (as DualRouteLayer.forwardPending)
+      let h: Tensor | PendingResidual = m.embed_tokens.forward(idT);
       for (const L of m.layers) h = this.layerStep(L, h, idT, pos, seqs, wantRouting ? routing : null);
       if (!sample) return { logits: null, logp: null, routing: null };  // a prefill chunk before the prompt's last
-      // only the last position of each sequence is sampled
-      const last = Sq > 1 ? narrow(h, 1, Sq - 1, 1) : h;
-      const n = m.norm.forward(last);
+      // only the last position of each sequence is sampled: the last layer's add and the final
+      // norm run on that position alone
+      const lastCol = (t: Tensor) => (Sq > 1 ? narrow(t, 1, Sq - 1, 1) : t);
+      const n = pendingNorm(h instanceof Tensor ? lastCol(h) : { h: lastCol(h.h), r: lastCol(h.r) }, m.norm);
       const logits = reshape(m.lm_head ? m.lm_head.forward(n) : matmul(n, m.embed_tokens.weight, { transB: true }), [N, c.vocabSize]);
       return {
         logits,
@@ -518,10 +520,11 @@ export class BatchEngine {
     return res;
   }
 
-  private layerStep(L: DualRouteLayer, x: Tensor, ids: Tensor, pos: Tensor, seqs: Sequence[], routing: Tensor[] | null): Tensor {
+  // input: the embeddings or the previous layer's pending { h, r }; returns this layer's
+  private layerStep(L: DualRouteLayer, input: Tensor | PendingResidual, ids: Tensor, pos: Tensor, seqs: Sequence[], routing: Tensor[] | null): PendingResidual {
+    const { h: x, y: a } = addAndNormPending(input, L.input_layernorm);
     const N = x.shape[0], Sq = x.shape[1];
     const lastCol = (t: Tensor) => (Sq > 1 ? narrow(t, 1, Sq - 1, 1) : t);  // [N, 1, ...]
-    const a = L.input_layernorm.forward(x);
     const l = L.local ? this.pathStep(L.local, a, pos, seqs) : null;
     this.routedMask = null;
     this.segmentRows = null;
@@ -543,7 +546,7 @@ export class BatchEngine {
       const r = L.mlp.route(lastCol(mIn));
       routing.push(reshape(narrow(r.indices, 1, 0, 1), [N, 1]).to('float32'));
     }
-    return add(h, L.mlp.forward(mIn));
+    return { h, r: L.mlp.forward(mIn) };
   }
 
   // the routed path's mask [N, Sq, 1] of the layer being stepped
