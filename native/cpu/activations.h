@@ -9,7 +9,7 @@
 //   A::slow(x)      a form right on every lane (vf only: it runs for the rare vectors with a lane
 //                   outside ok),
 //   A::ref(x)       the float64 formula,
-// and likewise gok / gfast / gslow / gref for dy act'(x). act_fwd / act_grad pick the fast form
+// and likewise gfast / gslow / gref for dy act'(x) (on the same range: ok). act_fwd / act_grad pick the fast form
 // when every lane of x is in range (one test for all U vectors) and otherwise blend the forms
 // lane by lane, so a lane's result never depends on its neighbours or on U.
 #pragma once
@@ -82,7 +82,7 @@ DR_VINLINE vf act_grad(vf x, vf g) {
   if constexpr (!A::kGradSplit) {
     return A::gfast(x, g);
   } else {
-    const vi m = A::gok(x);
+    const vi m = A::ok(x);
     if (__builtin_expect(vall(m), 1)) return A::gfast(x, g);
     return vsel(m, A::gfast(x, g), A::gslow(x, g));
   }
@@ -92,7 +92,7 @@ DR_VINLINE VN<U> act_grad(VN<U> x, VN<U> g) {
   if constexpr (!A::kGradSplit) {
     return A::gfast(x, g);
   } else {
-    if (__builtin_expect(vall(A::gok(x)), 1)) return A::gfast(x, g);
+    if (__builtin_expect(vall(A::ok(x)), 1)) return A::gfast(x, g);
     VN<U> r;
     for (int k = 0; k < U; ++k) r.v[k] = act_grad<A>(x.v[k], g.v[k]);
     return r;
@@ -123,10 +123,6 @@ struct Exp {
   DR_VINLINE static vf slow(vf x) { return vexp_full(x); }
   DR_VINLINE static double ref(double x) { return std::exp(x); }
   template <class V>
-  DR_VINLINE static auto gok(V x) {
-    return ok(x);
-  }
-  template <class V>
   DR_VINLINE static V gfast(V x, V g) {
     return g * fast(x);
   }
@@ -149,10 +145,6 @@ struct Sigmoid {
   }
   DR_VINLINE static vf slow(vf x) { return 1.0f / (1.0f + vexp_full(-x)); }
   DR_VINLINE static double ref(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-  template <class V>
-  DR_VINLINE static auto gok(V x) {
-    return ok(x);
-  }
   template <class V>
   DR_VINLINE static V gfast(V x, V g) {
     const V s = fast(x);
@@ -182,10 +174,6 @@ struct Silu {
   }
   DR_VINLINE static vf slow(vf x) { return x / (1.0f + vexp_full(-x)); }
   DR_VINLINE static double ref(double x) { return x * (1.0 / (1.0 + std::exp(-x))); }
-  template <class V>
-  DR_VINLINE static auto gok(V x) {
-    return ok(x);
-  }
   template <class V>
   DR_VINLINE static V gfast(V x, V g) {
     const V s = Sigmoid::fast(x);
@@ -236,10 +224,6 @@ struct Gelu {
   }
   DR_VINLINE static vf slow(vf x) { return x * vnormcdf(x); }
   DR_VINLINE static double ref(double x) { return 0.5 * x * (1.0 + std::erf(x * 0.70710678118654752440)); }
-  template <class V>
-  DR_VINLINE static auto gok(V x) {
-    return ok(x);
-  }
   template <class V>
   DR_VINLINE static V gfast(V x, V g) {
     const V r = lower(x);

@@ -1464,9 +1464,10 @@ struct SegFwdScratch {
 constexpr int kRowsMax = 32;
 // Per lane i of the result: the max (hmax_rows) or sum (hsum_rows) of the L values at
 // x + i * L (L rows' partial vectors, reduced together: a shuffle tree of 2 L - 1 steps for all
-// of them instead of a reduction per row). The max's inputs hold no NaN.
-template <typename C>
-inline typename VT<C>::V hmax_rows(const C* x) {
+// of them instead of a reduction per row). The max's inputs hold no NaN. R gives the
+// reduction for 8 float lanes (vec) and for scalars (one).
+template <typename C, typename R>
+inline typename VT<C>::V reduce_rows(const C* x) {
   using V = typename VT<C>::V;
   constexpr int L = VT<C>::L;
 #if defined(__AVX__)
@@ -1474,44 +1475,45 @@ inline typename VT<C>::V hmax_rows(const C* x) {
     __m256 v[8];
     for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(x + i * 8);
     __m256 a[4], b[2];
-    for (int i = 0; i < 4; ++i)
-      a[i] = _mm256_max_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) a[i] = R::vec(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
     for (int i = 0; i < 2; ++i)
-      b[i] = _mm256_max_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44), _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xee));
-    return (V)_mm256_max_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
+      b[i] = R::vec(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44), _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xee));
+    return (V)R::vec(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
   }
 #endif
   V r;
   for (int i = 0; i < L; ++i) {
     C m = x[i * L];
-    for (int k = 1; k < L; ++k) m = x[i * L + k] > m ? x[i * L + k] : m;
+    for (int k = 1; k < L; ++k) m = R::one(m, x[i * L + k]);
     r[i] = m;
   }
   return r;
 }
+struct RowMax {
+#if defined(__AVX__)
+  static __m256 vec(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
+#endif
+  template <typename C>
+  static C one(C m, C v) {
+    return v > m ? v : m;
+  }
+};
+struct RowSum {
+#if defined(__AVX__)
+  static __m256 vec(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+#endif
+  template <typename C>
+  static C one(C s, C v) {
+    return s + v;
+  }
+};
+template <typename C>
+inline typename VT<C>::V hmax_rows(const C* x) {
+  return reduce_rows<C, RowMax>(x);
+}
 template <typename C>
 inline typename VT<C>::V hsum_rows(const C* x) {
-  using V = typename VT<C>::V;
-  constexpr int L = VT<C>::L;
-#if defined(__AVX__)
-  if constexpr (std::is_same<C, float>::value && L == 8) {
-    __m256 v[8];
-    for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(x + i * 8);
-    __m256 a[4], b[2];
-    for (int i = 0; i < 4; ++i)
-      a[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 2; ++i)
-      b[i] = _mm256_add_ps(_mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0x44), _mm256_shuffle_ps(a[2 * i], a[2 * i + 1], 0xee));
-    return (V)_mm256_add_ps(_mm256_permute2f128_ps(b[0], b[1], 0x20), _mm256_permute2f128_ps(b[0], b[1], 0x31));
-  }
-#endif
-  V r;
-  for (int i = 0; i < L; ++i) {
-    C m = 0;
-    for (int k = 0; k < L; ++k) m += x[i * L + k];
-    r[i] = m;
-  }
-  return r;
+  return reduce_rows<C, RowSum>(x);
 }
 
 // Row-wise online-softmax step over St (rows <= kRowsMax of stride ld, n columns, a multiple of
