@@ -340,6 +340,21 @@ describe('biasAct', () => {
     });
   });
 
+  // bfloat16 too: the sum rounds to bfloat16 in both (the fused kernel rounds x + bias as the add
+  // stores it) and the activation is the same vector form (activations.h) in both
+  test('equals the activation of add(x, bias) bit for bit in bfloat16 (forward)', () => {
+    dr.tidy(() => {
+      const x = input([7, 45], 264, 'bfloat16', -6, 6).t, b = input([45], 265, 'bfloat16').t;
+      const unfused: Record<BiasActivation, (t: dr.Tensor) => dr.Tensor> = {
+        gelu: (t) => dr.gelu(t), geluTanh: (t) => dr.gelu(t, { approximate: 'tanh' }), silu: dr.silu, relu: dr.relu,
+      };
+      for (const act of ACTS) {
+        const f = Array.from(dr.biasAct(x, b, act).dataSync()), u = Array.from(unfused[act](dr.add(x, b)).dataSync());
+        expect([act, f]).toEqual([act, u]);
+      }
+    });
+  });
+
   test('gradcheck (float64) of x and bias, every activation', () => {
     dr.tidy(() => {
       for (const shape of [[1, 1], [4, 3], [2, 3, 5]]) {
