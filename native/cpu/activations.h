@@ -99,6 +99,20 @@ DR_VINLINE VN<U> act_grad(VN<U> x, VN<U> g) {
   }
 }
 
+// e^d for d <= 0 (x - max in a log-softmax or cross-entropy sum, x - lse in cross-entropy's
+// gradient), U vectors in step: 2^(d log2e) with the product rounded once to float
+// (vexp2_inrange: no Cody-Waite split, 8 operations on the FMA pipes a vector against
+// vexp_inrange's 10). The product's rounding costs |d| 2^-24 ln2 of relative error, large only
+// where the term is tiny (e^d < 1e-30 for |d| > 70); lanes within half a unit of d log2e = -126
+// may come out as a subnormal near 2^-126. A block with a lane below kExpLo (-inf, NaN, masked
+// classes) takes vexp_softmax vector by vector (0 below kExpLo, NaN stays NaN).
+template <int U>
+DR_VINLINE VN<U> exp_nonpos_terms(VN<U> d) {
+  if (__builtin_expect(vall(d >= kExpLo), 1)) return vexp2_inrange(d * 1.44269504088896341f);
+  for (int k = 0; k < U; ++k) d.v[k] = vexp_softmax(d.v[k]);
+  return d;
+}
+
 // Calls body(i, U) for i over [0, n) in blocks of U = 4 vectors, then single vectors (U = 1, as
 // std::integral_constant); returns where the tail (fewer than kVecF elements) starts.
 template <class F>

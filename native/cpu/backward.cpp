@@ -235,8 +235,14 @@ void cross_entropy_bw_typed(const View& dlogits, const View& logits, const int32
       const A l = static_cast<A>(pl[r]), g = static_cast<A>(pg[r]);
       int64_t j = 0;
       if constexpr (kVec<T>) {
+        // p = e^(x - lse) <= 1 (lse >= the row's max), four vectors in step
         const vf vl = vset1(l), vsc = vset1(sc), vg = vset1(g);
-        for (; j + kVecF <= C; j += kVecF) vstore(dr + j, (vexp(vload(xr + j) - vl) - vsc) * vg);
+        for (; j + 4 * kVecF <= C; j += 4 * kVecF) {
+          VN<4> p = act::exp_nonpos_terms(vloadn<4>(xr + j) - l);
+          for (int k = 0; k < 4; ++k) p.v[k] = (p.v[k] - vsc) * vg;
+          vstoren<4>(dr + j, p);
+        }
+        for (; j + kVecF <= C; j += kVecF) vstore(dr + j, (vexp_softmax(vload(xr + j) - vl) - vsc) * vg);
       }
       for (; j < C; ++j) dr[j] = Num<T>::store((std::exp(ld(xr[j]) - l) - sc) * g);
       const int32_t k = t[r];

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common.h"
+#include "activations.h"
 #include "prefetch.h"
 #include "simd.h"
 
@@ -87,7 +88,7 @@ float sum_exp_vec(const T* x, int64_t n, float m, const T* next) {
   for (; i + 4 * kVecF <= n; i += 4 * kVecF) {
     prefetch_r(next, i);
     prefetch_r(next, i + 2 * kVecF);
-    s = s + exp_shifted(vloadn<4>(x + i), vm);
+    s = s + act::exp_nonpos_terms(vloadn<4>(x + i) - m);
   }
   for (; i + kVecF <= n; i += kVecF) s.v[0] += vexp_softmax(vload(x + i) - vm);
   float r = hsum((s.v[0] + s.v[1]) + (s.v[2] + s.v[3]));

@@ -56,6 +56,55 @@ describe('softmax / logSoftmax', () => {
     }
   });
 
+  test('wide rows through the vector paths: terms near float underflow, masked -inf classes, large spreads', () => {
+    // log-softmax and cross-entropy sum the exp terms with a cheaper exp than softmax stores:
+    // rows of 4-vector blocks (and a tail) whose terms span e^0 .. e^-87 (the edge of float's
+    // normal range), blocks with a lane below it (-inf, -200: the fallback), checked tightly
+    dr.tidy(() => {
+      const C = 157;
+      const rows: number[][] = [];
+      const rnd = (i: number) => Math.sin(i * 12.9898) * 43758.5453 % 1;
+      rows.push(Array.from({ length: C }, (_, j) => -87.5 * Math.abs(rnd(j))));            // all near range
+      rows.push(Array.from({ length: C }, (_, j) => 30 - 87.3 * Math.abs(rnd(j + 500))));  // shifted by the max
+      rows.push(Array.from({ length: C }, (_, j) => (j % 7 === 2 ? -Infinity : 5 * rnd(j + 900))));
+      rows.push(Array.from({ length: C }, (_, j) => (j % 11 === 0 ? -200 : 40 * rnd(j + 1300))));
+      rows.push(Array.from({ length: C }, (_, j) => 1000 + 3 * rnd(j + 1700)));
+      const x = dr.tensor(rows.flat(), [rows.length, C]);
+      const data = Float64Array.from(x.dataSync());
+      const want = alongAxis(data, [rows.length, C], 1, logSoftmaxRow);
+      const got = x.logSoftmax(-1).dataSync();
+      for (let i = 0; i < got.length; ++i) {
+        if (want[i] === -Infinity) {
+          expect(got[i]).toBe(-Infinity);
+          continue;
+        }
+        // the lse's error budget: 4 float ulps of the larger of |x| and |lse|
+        const lse = data[i] - want[i];
+        const budget = 4 * 2 ** -24 * Math.max(1, Math.abs(data[i]), Math.abs(lse));
+        if (!(Math.abs(got[i] - want[i]) <= budget)) throw new Error(`logSoftmax at ${i}: got ${got[i]}, want ${want[i]}`);
+      }
+      const targets = rows.map((_, r) => (r * 31) % C === 2 ? 3 : (r * 31) % C);
+      const loss = dr.crossEntropy(x, dr.tensor(new Int32Array(targets)), { reduction: 'none' }).dataSync();
+      rows.forEach((_, r) => {
+        const w = -want[r * C + targets[r]];
+        const budget = 4 * 2 ** -24 * Math.max(1, Math.abs(data[r * C + targets[r]]), Math.abs(w));
+        if (!(Math.abs(loss[r] - w) <= budget)) throw new Error(`crossEntropy row ${r}: got ${loss[r]}, want ${w}`);
+      });
+      // its gradient: softmax - onehot (the summed loss's dloss = 1)
+      const xg = x.clone();
+      xg.requiresGrad = true;
+      dr.crossEntropy(xg, dr.tensor(new Int32Array(targets)), { reduction: 'sum' }).backward();
+      const grad = xg.grad!.dataSync();
+      for (let i = 0; i < grad.length; ++i) {
+        const r = Math.floor(i / C);
+        const wg = Math.exp(want[i]) - (i % C === targets[r] ? 1 : 0);
+        // (the saved lse is a float: its rounding, half an ulp of |lse|, shifts every p of the row)
+        const lse = want[i] === -Infinity ? 0 : data[i] - want[i];
+        if (!(Math.abs(grad[i] - wg) <= 1e-7 + (4e-6 + 2 ** -24 * Math.abs(lse)) * Math.abs(wg))) throw new Error(`crossEntropy gradient at ${i}: got ${grad[i]}, want ${wg}`);
+      }
+    });
+  });
+
   test('a strided input (transposed view)', () => {
     dr.tidy(() => {
       const { t, data } = input([9, 4], 8);
