@@ -40,6 +40,8 @@ const TESTS = [
   { name: 'fused_test', src: 'fused_test.cpp', flags: [], inc: ['fused_kernel.inc'] },
   { name: 'rnn_test', src: 'rnn_test.cpp', flags: [], inc: ['rnn_kernel.inc'] },
   { name: 'binary_test', src: 'binary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewbinary_kernel.inc'] },
+  { name: 'unary_test', src: 'unary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewmap_kernel.inc', 'ewunary_kernel.inc', 'ewswiglu_kernel.inc', 'bwunary_kernel.inc', 'bwswiglu_kernel.inc'],
+    deps: [path.join(ROOT, 'native', 'core', 'view.h'), path.join(ROOT, 'native', 'generated', 'enums.h')] },
   { name: 'activations_test', src: 'activations_test.cpp', flags: [], inc: null, deps: [path.join(ROOT, 'native', 'cuda', 'activations.cuh')] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
