@@ -320,6 +320,7 @@ __global__ void cross_entropy_bw(T* __restrict__ dx, const T* __restrict__ x, co
   }
 }
 
+// emu:begin bwunary (the unary ops' gradients; test/cuda_emu/unary_test.cpp)
 // ---- unary ---------------------------------------------------------------------------------
 template <int OP>
 __device__ __forceinline__ float unary_grad(float v, float g) {
@@ -352,6 +353,8 @@ __global__ void unary_bw_kernel(T* __restrict__ dx, const T* __restrict__ x, con
     dx[i] = st<T>(unary_grad<OP>(ld(x[i]), ld(dy[i])));
 }
 
+// emu:end bwunary
+
 template <typename T>
 int launch_unary_bw(int32_t op, const View& dx, const View& x, const View& dy) {
   const int64_t n = view_numel(x);
@@ -371,6 +374,7 @@ int launch_unary_bw(int32_t op, const View& dx, const View& x, const View& dy) {
   return check_launch("unary_backward");
 }
 
+// emu:begin bwswiglu (test/cuda_emu/unary_test.cpp)
 // ---- SwiGLU --------------------------------------------------------------------------------
 template <typename T>
 __global__ void swiglu_bw(T* __restrict__ dx, const T* __restrict__ x, const T* __restrict__ dy, int64_t rows,
@@ -385,6 +389,8 @@ __global__ void swiglu_bw(T* __restrict__ dx, const T* __restrict__ x, const T* 
     dx[ib] = st<T>(g * a * act_sigmoid(a));
   }
 }
+
+// emu:end bwswiglu
 
 }  // namespace
 

@@ -84,6 +84,7 @@ inline int32_t host_from_d<int32_t>(double v) {
 template <>
 inline uint8_t host_from_d<uint8_t>(double v) { return v != 0.0 ? 1 : 0; }
 
+// emu:begin ewmap (layouts and the unary map kernels; test/cuda_emu/unary_test.cpp)
 // ---- iteration layout --------------------------------------------------------------------
 template <int N>
 struct Layout {
@@ -196,6 +197,8 @@ __global__ void map1_strided(Layout<2> L, TO* __restrict__ o, const TA* __restri
     o[off[0]] = f(a[off[1]]);
   }
 }
+
+// emu:end ewmap
 
 template <typename TO, typename TA, typename F>
 int run_map1(const char* name, const View& out, const View& x, F f) {
@@ -373,6 +376,7 @@ int dispatch_storage(const char* k, const View& v, F&& f) {
   }
 }
 
+// emu:begin ewunary (the unary ops' functors; test/cuda_emu/unary_test.cpp)
 // ---- unary -------------------------------------------------------------------------------
 template <UnaryOp OP>
 __device__ __forceinline__ float unary_f(float x) {
@@ -427,6 +431,8 @@ template <typename T>
 struct LogicalNot {
   __device__ __forceinline__ uint8_t operator()(T v) const { return num(v) == 0 ? 1 : 0; }
 };
+
+// emu:end ewunary
 
 template <typename T>
 int unary_float(UnaryOp op, const View& out, const View& x) {
@@ -616,6 +622,7 @@ int where_bits(const View& out, const View& cond, const View& a, const View& b) 
   return check_launch("where");
 }
 
+// emu:begin ewswiglu (test/cuda_emu/unary_test.cpp)
 // ---- swiglu ------------------------------------------------------------------------------
 template <typename T>
 __global__ void swiglu_kernel(T* __restrict__ o, const T* __restrict__ x, int64_t n, int64_t h) {
@@ -626,6 +633,8 @@ __global__ void swiglu_kernel(T* __restrict__ o, const T* __restrict__ x, int64_
     o[i] = st<T>(act_silu(g) * u);
   }
 }
+
+// emu:end ewswiglu
 
 }  // namespace
 

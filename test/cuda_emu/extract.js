@@ -232,6 +232,42 @@ const HOST_RNN = [
   'lstm_bwd_w<T><<<grid_for(4 * H * H), kThreads, 0, stream()>>>(',
 ];
 
+// The unary map kernels' launches (elementwise.cu's run_map1, unary_float), SwiGLU's, and the
+// unary / SwiGLU backward's (backward.cu): unary_test.cpp mirrors them.
+const HOST_EWMAP = [
+  'const Layout<2> L = collapse<2>(out, strs);',
+  'const int64_t* strs[2] = {out.strides, x.strides};',
+  'if (is_flat(L)) {',
+  'const int sa = static_cast<int>(L.str[1][0]);',
+  'constexpr int V = 16 / (sizeof(TO) > sizeof(TA) ? sizeof(TO) : sizeof(TA));',
+  'const bool vec = n >= V && aligned(o, sizeof(TO) * V) && (sa == 0 || aligned(a, sizeof(TA) * V));',
+  'if (vec) map1_flat<V><<<grid_for(n / V), kThreads, 0, stream()>>>(o, a, sa, n, f);',
+  'else map1_flat<1><<<grid_for(n), kThreads, 0, stream()>>>(o, a, sa, n, f);',
+  'map1_strided<<<grid_for(n), kThreads, 0, stream()>>>(L, o, a, n, f);',
+  'return run_map1<T, T>("unary " str, out, x, UnaryFloat<T, UnaryOp::name>{});',
+  'case UnaryOp::Neg: return run_map1<int32_t, int32_t>("unary neg", *out, *x, UnaryInt<UnaryOp::Neg>{});',
+  'case UnaryOp::Abs: return run_map1<int32_t, int32_t>("unary abs", *out, *x, UnaryInt<UnaryOp::Abs>{});',
+  'case UnaryOp::Square: return run_map1<int32_t, int32_t>("unary square", *out, *x, UnaryInt<UnaryOp::Square>{});',
+  'case UnaryOp::Sign: return run_map1<int32_t, int32_t>("unary sign", *out, *x, UnaryInt<UnaryOp::Sign>{});',
+  'return run_map1<uint8_t, T>("logicalNot", *out, *x, LogicalNot<T>{});',
+];
+const HOST_EWSWIGLU = [
+  'const int64_t h = out->ndim ? out->shape[out->ndim - 1] : 1;',
+  'swiglu_kernel<float><<<grid_for(n), kThreads, 0, stream()>>>(static_cast<float*>(out->data), static_cast<const float*>(x->data), n, h);',
+  'swiglu_kernel<bf16_t><<<grid_for(n), kThreads, 0, stream()>>>(static_cast<bf16_t*>(out->data), static_cast<const bf16_t*>(x->data), n, h);',
+];
+const HOST_BWUNARY = [
+  'const int blocks = grid_cap((n + 255) / 256);',
+  'unary_bw_kernel<T, static_cast<int>(UnaryOp::name)><<<blocks, 256, 0, stream()>>>(o, px, pg, n);',
+  'if (op == static_cast<int32_t>(UnaryOp::LogicalNot)) return set_error("unary_backward: logicalNot has no gradient");',
+];
+const HOST_BWSWIGLU = [
+  'const int64_t rows = h ? view_numel(*dy) / h : 0;',
+  'const int blocks = grid_cap((rows * h + 255) / 256);',
+  'swiglu_bw<float><<<blocks, 256, 0, stream()>>>(static_cast<float*>(dx->data), static_cast<const float*>(x->data), static_cast<const float*>(dy->data), rows, h);',
+  'swiglu_bw<bf16_t><<<blocks, 256, 0, stream()>>>(static_cast<bf16_t*>(dx->data), static_cast<const bf16_t*>(x->data), static_cast<const bf16_t*>(dy->data), rows, h);',
+];
+
 const KERNELS = [
   {
     tag: 'fwd',
@@ -370,6 +406,59 @@ const KERNELS = [
     needs: [/__device__ __forceinline__ float binary_f\(float a, float b\)/, /struct BinaryInt \{/],
     shared: { dynamic: 0, static: 0 },
     includes: ['../core/philox.h'],
+  },
+  {
+    tag: 'ewmap',
+    src: 'elementwise',
+    def: path.join(CUDA, 'elementwise.cu'),
+    out: 'ewmap_kernel.inc',
+    host: HOST_EWMAP,
+    needs: [/template <int N>\s*struct Layout \{/, /template <int N>\s*Layout<N> collapse\(const View& shape_of, const int64_t\* const \(&strides\)\[N\]\)/,
+      /template <int N>\s*bool is_flat\(const Layout<N>& L\)/,
+      /template <int V, typename TO, typename TA, typename F>\s*__global__ void map1_flat\(TO\* __restrict__ o, const TA\* __restrict__ a, int sa, int64_t n, F f\)/,
+      /template <typename TO, typename TA, typename F>\s*__global__ void map1_strided\(Layout<2> L, TO\* __restrict__ o, const TA\* __restrict__ a, int64_t n, F f\)/],
+    shared: { dynamic: 0, static: 0 },
+    includes: ['../core/philox.h', '../core/view.h'],
+  },
+  {
+    tag: 'ewunary',
+    src: 'elementwise',
+    def: path.join(CUDA, 'elementwise.cu'),
+    out: 'ewunary_kernel.inc',
+    host: [],
+    needs: [/template <UnaryOp OP>\s*__device__ __forceinline__ float unary_f\(float x\)/, /template <typename T, UnaryOp OP>\s*struct UnaryFloat \{/,
+      /template <UnaryOp OP>\s*struct UnaryInt \{/, /template <typename T>\s*struct LogicalNot \{/],
+    shared: { dynamic: 0, static: 0 },
+    includes: ['../core/philox.h'],
+  },
+  {
+    tag: 'ewswiglu',
+    src: 'elementwise',
+    def: path.join(CUDA, 'elementwise.cu'),
+    out: 'ewswiglu_kernel.inc',
+    host: HOST_EWSWIGLU,
+    needs: [/template <typename T>\s*__global__ void swiglu_kernel\(T\* __restrict__ o, const T\* __restrict__ x, int64_t n, int64_t h\)/],
+    shared: { dynamic: 0, static: 0 },
+    includes: ['../core/philox.h'],
+  },
+  {
+    tag: 'bwunary',
+    src: 'backward',
+    def: path.join(CUDA, 'backward.cu'),
+    out: 'bwunary_kernel.inc',
+    host: HOST_BWUNARY,
+    needs: [/template <int OP>\s*__device__ __forceinline__ float unary_grad\(float v, float g\)/,
+      /template <typename T, int OP>\s*__global__ void unary_bw_kernel\(T\* __restrict__ dx, const T\* __restrict__ x, const T\* __restrict__ dy, int64_t n\)/],
+    shared: { dynamic: 0, static: 0 },
+  },
+  {
+    tag: 'bwswiglu',
+    src: 'backward',
+    def: path.join(CUDA, 'backward.cu'),
+    out: 'bwswiglu_kernel.inc',
+    host: HOST_BWSWIGLU,
+    needs: [/template <typename T>\s*__global__ void swiglu_bw\(T\* __restrict__ dx, const T\* __restrict__ x, const T\* __restrict__ dy, int64_t rows,\s*int64_t h\)/],
+    shared: { dynamic: 0, static: 0 },
   },
   {
     tag: 'norm',
@@ -538,7 +627,7 @@ function render(k, g) {
 // Returns { tag: path } for every kernel region; throws ExtractError.
 function extract(opts = {}) {
   const outDir = path.resolve(opts.outDir || path.join(ROOT, 'build', 'cuda_emu', 'gen'));
-  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, kvcache: opts.kvcacheSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, fused: opts.fusedSrc, elementwise: opts.elementwiseSrc, rnn: opts.rnnSrc };
+  const srcs = { fwd: opts.fwdSrc, bwd: opts.bwdSrc, sort: opts.sortSrc, routing: opts.routingSrc, segment: opts.segmentSrc, kvcache: opts.kvcacheSrc, routeRules: opts.routeRulesSrc, moe: opts.moeSrc, norm: opts.normSrc, fused: opts.fusedSrc, elementwise: opts.elementwiseSrc, backward: opts.backwardSrc, rnn: opts.rnnSrc };
   const got = KERNELS.map((k) => extractOne(k, srcs[k.src] || k.def));
   for (const k of KERNELS) checkHost(k, got);
   fs.mkdirSync(outDir, { recursive: true });
@@ -584,9 +673,10 @@ if (require.main === module) {
     else if (a === '--fused-src') opts.fusedSrc = val();
     else if (a === '--rnn-src') opts.rnnSrc = val();
     else if (a === '--elementwise-src') opts.elementwiseSrc = val();
+    else if (a === '--backward-src') opts.backwardSrc = val();
     else if (a === '--out') opts.outDir = val();
     else {
-      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--fused-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--out DIR]`);
+      console.error(`extract.js: unknown argument ${a}\nusage: node test/cuda_emu/extract.js [--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--fused-src FILE] [--elementwise-src FILE] [--backward-src FILE] [--rnn-src FILE] [--out DIR]`);
       process.exit(2);
     }
   }

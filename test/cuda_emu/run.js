@@ -10,9 +10,10 @@
 // first. --quick runs each (kernel, shape, head dim) under one scheduling mode instead of three.
 // Prints one line per failed case, then `cuda-emu: N cases, M failed` (a test binary that fails
 // to build counts as one failed case). Exit 0: all passed; 1: a failure; 3: no compiler.
-// --fwd-src (mma and SIMT kernels) / --bwd-src / --sort-src / --routing-src / --route-rules-src test another copy of
-// attention.cu / attention_bwd.cu / sort.cu / routing.cu / route_rules.cu (a mutant, say);
-// give such runs their own --build-dir.
+// --fwd-src (mma and SIMT kernels) / --bwd-src / --sort-src / --routing-src / --route-rules-src /
+// --elementwise-src / --backward-src (and the other --*-src) test another copy of attention.cu /
+// attention_bwd.cu / sort.cu / routing.cu / route_rules.cu / elementwise.cu / backward.cu (a
+// mutant, say); give such runs their own --build-dir.
 'use strict';
 const fs = require('fs');
 const os = require('os');
@@ -39,6 +40,8 @@ const TESTS = [
   { name: 'fused_test', src: 'fused_test.cpp', flags: [], inc: ['fused_kernel.inc'] },
   { name: 'rnn_test', src: 'rnn_test.cpp', flags: [], inc: ['rnn_kernel.inc'] },
   { name: 'binary_test', src: 'binary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewbinary_kernel.inc'] },
+  { name: 'unary_test', src: 'unary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewmap_kernel.inc', 'ewunary_kernel.inc', 'ewswiglu_kernel.inc', 'bwunary_kernel.inc', 'bwswiglu_kernel.inc'],
+    deps: [path.join(ROOT, 'native', 'core', 'view.h'), path.join(ROOT, 'native', 'generated', 'enums.h')] },
   { name: 'activations_test', src: 'activations_test.cpp', flags: [], inc: null, deps: [path.join(ROOT, 'native', 'cuda', 'activations.cuh')] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
@@ -67,6 +70,7 @@ function parseArgs(argv) {
     else if (a === '--norm-src') o.normSrc = path.resolve(val());
     else if (a === '--fused-src') o.fusedSrc = path.resolve(val());
     else if (a === '--elementwise-src') o.elementwiseSrc = path.resolve(val());
+    else if (a === '--backward-src') o.backwardSrc = path.resolve(val());
     else if (a === '--rnn-src') o.rnnSrc = path.resolve(val());
     else if (a === '--build-dir') o.buildDir = path.resolve(val());
     else usage(`unknown argument ${a}`);
@@ -77,7 +81,7 @@ function parseArgs(argv) {
 
 function usage(msg) {
   console.error(`run.js: ${msg}\nusage: node test/cuda_emu/run.js [--quick] [--jobs N] [--filter TEXT] [--verbose] ` +
-    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--fused-src FILE] [--elementwise-src FILE] [--rnn-src FILE] [--build-dir DIR] [--timeout S]');
+    '[--fwd-src FILE] [--bwd-src FILE] [--sort-src FILE] [--routing-src FILE] [--segment-src FILE] [--kvcache-src FILE] [--route-rules-src FILE] [--moe-src FILE] [--norm-src FILE] [--fused-src FILE] [--elementwise-src FILE] [--backward-src FILE] [--rnn-src FILE] [--build-dir DIR] [--timeout S]');
   process.exit(2);
 }
 
@@ -175,7 +179,7 @@ async function main() {
   const gen = path.join(o.buildDir, 'gen');
   let extracted = true;
   try {
-    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, kvcacheSrc: o.kvcacheSrc, routeRulesSrc: o.routeRulesSrc, moeSrc: o.moeSrc, normSrc: o.normSrc, fusedSrc: o.fusedSrc, elementwiseSrc: o.elementwiseSrc, rnnSrc: o.rnnSrc, outDir: gen });
+    extract({ fwdSrc: o.fwdSrc, bwdSrc: o.bwdSrc, sortSrc: o.sortSrc, routingSrc: o.routingSrc, segmentSrc: o.segmentSrc, kvcacheSrc: o.kvcacheSrc, routeRulesSrc: o.routeRulesSrc, moeSrc: o.moeSrc, normSrc: o.normSrc, fusedSrc: o.fusedSrc, elementwiseSrc: o.elementwiseSrc, backwardSrc: o.backwardSrc, rnnSrc: o.rnnSrc, outDir: gen });
   } catch (e) {
     if (!(e instanceof ExtractError)) throw e;
     console.log(`FAIL extract.js: ${e.message}`);
