@@ -7,6 +7,12 @@
 // yardstick). Rows run interleaved, round by round, so they see the same machine at the same
 // moments; the table gives the median and the spread (min..max over rounds).
 //
+// Each row is also timed on a cache-resident slice (1024 rows: 4 MiB an array, in the last-level
+// cache, whose rate is about twice the memory's), interleaved with the rest. A row below 70% whose
+// in-cache rate is below 70% of the memory rate too is bound by its arithmetic (it cannot reach
+// the target from memory whatever the traffic costs); one whose in-cache rate is above it loses
+// the difference to memory traffic and arithmetic not overlapping.
+//
 // Then the cost of reading 8 MiB back to JavaScript (dataSync, data) beside plain copies.
 //
 //   node dist/bench/elementwise.js [--rounds N] [--quick] [--filter a,b] [--json path]
@@ -290,11 +296,23 @@ async function main(): Promise<void> {
   const calls = a.quick ? 3 : 5;
   const gen = new dr.Generator(7);
   const times: number[][] = bs.map(() => []);
-  for (let r = 0; r < a.rounds; ++r) bs.forEach((b, i) => times[i].push(timeRow(b, gen, calls)));
+  // the same rows on a cache-resident slice (skipped by --quick, whose whole size is in cache)
+  const cacheRows = 1024;
+  const small = a.quick ? [] : memoryBenches(cacheRows, cols).filter((b) => bs.some((f) => f.op === b.op));
+  const ctimes: number[][] = small.map(() => []);
+  for (let r = 0; r < a.rounds; ++r) {
+    bs.forEach((b, i) => times[i].push(timeRow(b, gen, calls)));
+    small.forEach((b, i) => ctimes[i].push(timeRow(b, gen, 21)));
+  }
   const res = bs.map((b, i) => {
     const s = stats(times[i]);
     const gbps = (ms: number) => b.bytes / (ms * 1e6);
-    return { op: b.op, shape: b.shape, bytes: b.bytes, reference: !!b.reference, ms: s, gbps: gbps(s.median), gbpsRange: [gbps(s.max), gbps(s.min)] };
+    const k = small.findIndex((c) => c.op === b.op);
+    const cache = k < 0 ? undefined : (() => {
+      const cs = stats(ctimes[k]);
+      return { shape: small[k].shape, ms: cs, gbps: small[k].bytes / (cs.median * 1e6) };
+    })();
+    return { op: b.op, shape: b.shape, bytes: b.bytes, reference: !!b.reference, ms: s, gbps: gbps(s.median), gbpsRange: [gbps(s.max), gbps(s.min)], cache };
   });
   const memRate = Math.max(...res.filter((r) => r.reference).map((r) => r.gbps));
   const best = res.find((r) => r.reference && r.gbps === memRate)!;
@@ -302,12 +320,17 @@ async function main(): Promise<void> {
   console.log(`memory-bound kernels, float32 ${rows}x${cols} (${((rows * cols * 4) / 2 ** 20).toFixed(0)} MiB), ${dr.numThreads()} threads, ${cpu}, ${a.rounds} rounds`);
   console.log(`memory rate (best of copy, add, rmsNorm in this run): ${memRate.toFixed(1)} GB/s (${best.op}); target >= 70% of it`);
   const w = Math.max(...res.map((r) => r.op.length));
-  console.log(`${'op'.padEnd(w)}  ${'ms'.padStart(8)}  ${'(min..max)'.padEnd(16)}  ${'GB/s'.padStart(7)}  ${'of memory rate'.padStart(14)}`);
+  const cacheHead = a.quick ? '' : `  ${'in cache'.padStart(9)}  ${'of mem.'.padStart(7)}`;
+  console.log(`${'op'.padEnd(w)}  ${'ms'.padStart(8)}  ${'(min..max)'.padEnd(16)}  ${'GB/s'.padStart(7)}  ${'of memory rate'.padStart(14)}${cacheHead}`);
   for (const r of res) {
     const pct = (100 * r.gbps) / memRate;
-    const mark = r.reference ? ' (reference)' : pct >= 70 ? '' : '  below 70%';
-    console.log(`${r.op.padEnd(w)}  ${r.ms.median.toFixed(2).padStart(8)}  ${`(${r.ms.min.toFixed(2)}..${r.ms.max.toFixed(2)})`.padEnd(16)}  ${r.gbps.toFixed(1).padStart(7)}  ${pct.toFixed(0).padStart(13)}%${mark}`);
+    const cpct = r.cache ? (100 * r.cache.gbps) / memRate : NaN;
+    const why = !r.cache ? '' : cpct < 70 ? ' (arithmetic-bound)' : ' (memory and arithmetic do not overlap)';
+    const mark = r.reference ? ' (reference)' : pct >= 70 ? '' : `  below 70%${why}`;
+    const cacheCols = r.cache ? `  ${r.cache.gbps.toFixed(1).padStart(9)}  ${cpct.toFixed(0).padStart(6)}%` : '';
+    console.log(`${r.op.padEnd(w)}  ${r.ms.median.toFixed(2).padStart(8)}  ${`(${r.ms.min.toFixed(2)}..${r.ms.max.toFixed(2)})`.padEnd(16)}  ${r.gbps.toFixed(1).padStart(7)}  ${pct.toFixed(0).padStart(13)}%${cacheCols}${mark}`);
   }
+  if (small.length) console.log(`in cache: the same op over ${cacheRows}x${cols} (${(cacheRows * cols * 4) / 2 ** 20} MiB an array, in the last-level cache), its GB/s and share of the memory rate`);
   const rd = await reads(a.rounds, a.quick ? 5 : 40);
   console.log(`reads of 8 MiB (ms per call over ${a.rounds} rounds: median, p90, max)`);
   for (const r of rd) console.log(`  ${r.row.padEnd(38)} ${r.median.toFixed(2).padStart(6)} ${r.p90.toFixed(2).padStart(6)} ${r.max.toFixed(2).padStart(7)}`);

@@ -376,8 +376,21 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
       int64_t j = 0;
       if constexpr (kVec<T>) {
         // d/da silu(a) b = b silu'(a), d/db = silu(a): the sigmoid once for both
+        const int64_t step = r + 1 < hi ? 2 * h : 0;  // the next row's, prefetched (as swiglu's forward)
         j = act::vblocks(h, [&](int64_t j, auto u) {
           constexpr int U = decltype(u)::value;
+          if constexpr (U == 4) {
+            prefetch_r(a + step, j);
+            prefetch_r(a + step, j + 2 * kVecF);
+            prefetch_r(b + step, j);
+            prefetch_r(b + step, j + 2 * kVecF);
+            prefetch_r(g + step / 2, j);
+            prefetch_r(g + step / 2, j + 2 * kVecF);
+            prefetch_w(da + step, j);
+            prefetch_w(da + step, j + 2 * kVecF);
+            prefetch_w(db + step, j);
+            prefetch_w(db + step, j + 2 * kVecF);
+          }
           const auto av = vloadn<U>(a + j), bv = vloadn<U>(b + j), gv = vloadn<U>(g + j);
           const auto s = act::act_fwd<act::Sigmoid>(av);
           vstoren<U>(da + j, gv * bv * s * (1.0f + av * (1.0f - s)));

@@ -10,6 +10,7 @@
 #include "../core/philox.h"
 #include "activations.h"
 #include "common.h"
+#include "prefetch.h"
 #include "simd.h"
 
 namespace dualroute {
@@ -420,8 +421,19 @@ void swiglu(const View& out, const View& x) {
         T* po = o + r * h;
         int64_t j = 0;
         if constexpr (std::is_same_v<T, float>) {
+          // the next row's halves and output are prefetched as this one is computed (a row's
+          // three short streams restart at every row, which the hardware prefetcher follows late)
+          const int64_t step = r + 1 < e ? 2 * h : 0;
           j = act::vblocks(h, [&](int64_t j, auto k) {
             constexpr int U = decltype(k)::value;
+            if constexpr (U == 4) {
+              prefetch_r(g + step, j);
+              prefetch_r(g + step, j + 2 * kVecF);
+              prefetch_r(u + step, j);
+              prefetch_r(u + step, j + 2 * kVecF);
+              prefetch_w(po + step / 2, j);
+              prefetch_w(po + step / 2, j + 2 * kVecF);
+            }
             vstoren<U>(po + j, act::act_fwd<act::Silu>(vloadn<U>(g + j)) * vloadn<U>(u + j));
           });
         }
