@@ -108,19 +108,35 @@ struct TensorImpl {
     for (int i = 0; i < ndim; ++i) n *= shape[i];
     return n;
   }
-  bool contiguous() const { return view_contiguous(view()); }
+  // From the layout alone: a check at the call must not touch data() (that would allocate an
+  // output's memory when the op is queued instead of when it runs, defeating stream-ordered
+  // reuse: each queued op would hold a fresh buffer).
+  bool contiguous() const {
+    int64_t expect = 1;
+    for (int i = ndim - 1; i >= 0; --i) {
+      if (shape[i] != 1 && strides[i] != expect) return false;
+      expect *= shape[i];
+    }
+    return true;
+  }
   void* data() const {
     return static_cast<char*>(storage->data()) + offset * dtype_size(dtype);
   }
-  View view() const {
+  // The view's shape, strides and dtype without its data pointer (nullptr): for checks.
+  View layout() const {
     View v;
-    v.data = data();
+    v.data = nullptr;
     v.dtype = static_cast<int32_t>(dtype);
     v.ndim = ndim;
     for (int i = 0; i < kMaxDims; ++i) {
       v.shape[i] = i < ndim ? shape[i] : 1;
       v.strides[i] = i < ndim ? strides[i] : 0;
     }
+    return v;
+  }
+  View view() const {
+    View v = layout();
+    v.data = data();
     return v;
   }
   std::string shape_string() const;

@@ -43,11 +43,10 @@ void require_float(const char* op, const char* arg, const T& t) {
            dtype_name(t.dtype));
 }
 
-View broadcast_to(const T& x, const T& shape_of, const char* op, const char* arg) {
-  View v = x.view();
-  View r = shape_of.view();
-  r.data = v.data;
-  r.dtype = v.dtype;
+namespace {
+View broadcast_layout(const T& x, const T& shape_of, const char* op, const char* arg) {
+  View r = shape_of.layout();
+  r.dtype = static_cast<int32_t>(x.dtype);
   const int off = shape_of.ndim - x.ndim;
   DR_CHECK(off >= 0, Shape, op, ": ", arg, " has more dimensions (", x.ndim, ") than the result (", shape_of.ndim, ")");
   for (int d = 0; d < shape_of.ndim; ++d) {
@@ -64,6 +63,17 @@ View broadcast_to(const T& x, const T& shape_of, const char* op, const char* arg
   }
   for (int d = shape_of.ndim; d < kMaxDims; ++d) r.strides[d] = 0;
   return r;
+}
+}  // namespace
+
+View broadcast_to(const T& x, const T& shape_of, const char* op, const char* arg) {
+  View r = broadcast_layout(x, shape_of, op, arg);
+  r.data = x.data();
+  return r;
+}
+
+void check_broadcast(const T& x, const T& shape_of, const char* op, const char* arg) {
+  broadcast_layout(x, shape_of, op, arg);
 }
 
 std::unique_ptr<T> contiguous_copy(const T& t) {
@@ -180,8 +190,8 @@ void check(const Binary& args) {
   DR_CHECK(args.a.dtype == args.b.dtype, DType, op, ": operands must share a dtype, received ",
            dtype_name(args.a.dtype), " and ", dtype_name(args.b.dtype));
   check_binary_out(op, args.op, args.out, args.a.dtype);
-  broadcast_to(args.a, args.out, op, "a");
-  broadcast_to(args.b, args.out, op, "b");
+  check_broadcast(args.a, args.out, op, "a");
+  check_broadcast(args.b, args.out, op, "b");
 }
 void run(const Binary& args) {
   const char* op = enum_name(args.op);
@@ -204,9 +214,9 @@ void check(const Where& args) {
   require_dtype("where", "cond", args.cond, DType::Bool);
   require_dtype("where", "b", args.b, args.a.dtype);
   require_dtype("where", "out", args.out, args.a.dtype);
-  broadcast_to(args.cond, args.out, "where", "cond");
-  broadcast_to(args.a, args.out, "where", "a");
-  broadcast_to(args.b, args.out, "where", "b");
+  check_broadcast(args.cond, args.out, "where", "cond");
+  check_broadcast(args.a, args.out, "where", "a");
+  check_broadcast(args.b, args.out, "where", "b");
 }
 void run(const Where& args) {
   View o = args.out.view(), vc = broadcast_to(args.cond, args.out, "where", "cond"),

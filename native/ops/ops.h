@@ -43,6 +43,9 @@ bool has_shape(const T& t, std::initializer_list<int64_t> shape);
 // x's view broadcast to `shape_of`'s shape (right-aligned, stride 0 where x has size 1 or lacks
 // the dim); a ShapeError naming op and arg when it does not broadcast.
 View broadcast_to(const T& x, const T& shape_of, const char* op, const char* arg);
+// broadcast_to's check alone, from the layouts (no data pointer: check() runs at the call, and
+// touching data() there would allocate a queued op's output early).
+void check_broadcast(const T& x, const T& shape_of, const char* op, const char* arg);
 void require_same_shape(const char* op, const char* arg, const T& t, const T& like, const char* like_name);
 void require_dtype(const char* op, const char* arg, const T& t, DType want);
 void require_contiguous(const char* op, const char* arg, const T& t);
