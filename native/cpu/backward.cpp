@@ -380,16 +380,11 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
         j = act::vblocks(h, [&](int64_t j, auto u) {
           constexpr int U = decltype(u)::value;
           if constexpr (U == 4) {
-            prefetch_r(a + step, j);
-            prefetch_r(a + step, j + 2 * kVecF);
-            prefetch_r(b + step, j);
-            prefetch_r(b + step, j + 2 * kVecF);
-            prefetch_r(g + step / 2, j);
-            prefetch_r(g + step / 2, j + 2 * kVecF);
-            prefetch_w(da + step, j);
-            prefetch_w(da + step, j + 2 * kVecF);
-            prefetch_w(db + step, j);
-            prefetch_w(db + step, j + 2 * kVecF);
+            prefetch_r4(a + step, j);
+            prefetch_r4(b + step, j);
+            prefetch_r4(g + step / 2, j);
+            prefetch_w4(da + step, j);
+            prefetch_w4(db + step, j);
           }
           const auto av = vloadn<U>(a + j), bv = vloadn<U>(b + j), gv = vloadn<U>(g + j);
           const auto s = act::act_fwd<act::Sigmoid>(av);

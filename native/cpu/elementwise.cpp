@@ -427,12 +427,9 @@ void swiglu(const View& out, const View& x) {
           j = act::vblocks(h, [&](int64_t j, auto k) {
             constexpr int U = decltype(k)::value;
             if constexpr (U == 4) {
-              prefetch_r(g + step, j);
-              prefetch_r(g + step, j + 2 * kVecF);
-              prefetch_r(u + step, j);
-              prefetch_r(u + step, j + 2 * kVecF);
-              prefetch_w(po + step / 2, j);
-              prefetch_w(po + step / 2, j + 2 * kVecF);
+              prefetch_r4(g + step, j);
+              prefetch_r4(u + step, j);
+              prefetch_w4(po + step / 2, j);
             }
             vstoren<U>(po + j, act::act_fwd<act::Silu>(vloadn<U>(g + j)) * vloadn<U>(u + j));
           });

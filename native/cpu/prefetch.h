@@ -21,6 +21,18 @@ inline void prefetch_w(T* p, int64_t i) {
   for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
 }
 
+// The same for a step of four vectors from element i (two calls of the above).
+template <typename T>
+inline void prefetch_r4(const T* p, int64_t i) {
+  prefetch_r(p, i);
+  prefetch_r(p, i + 2 * kVecF);
+}
+template <typename T>
+inline void prefetch_w4(T* p, int64_t i) {
+  prefetch_w(p, i);
+  prefetch_w(p, i + 2 * kVecF);
+}
+
 }  // namespace DR_ISA
 }  // namespace cpu
 }  // namespace dualroute
