@@ -268,9 +268,15 @@ struct GeluTanh {
   DR_VINLINE static auto ok(V x) {
     return Sigmoid::ok(arg2(x));
   }
+  // x / (1 + 2^(-2u log2e)) with log2e folded into the cubic's coefficients: one exp2 and no
+  // Cody-Waite split (2u is itself rounded to float, so e^-2u carries |2u| 2^-23 of relative
+  // error either way; folding log2e adds a rounding of the same size). 13 operations on the FMA
+  // pipes a vector against the sigmoid form's 20.
   template <class V>
   DR_VINLINE static V fast(V x) {
-    return x * Sigmoid::fast(arg2(x));
+    constexpr float k2l = 2.0f * kSqrt2OverPi * 1.44269504088896341f;
+    const V e = x * vfma(x * x, vsplat<V>(-k2l * kGeluTanhC), vsplat<V>(-k2l));
+    return x * vrcp_nr(1.0f + vexp2_inrange(e));
   }
   DR_VINLINE static vf slow(vf x) { return x * Sigmoid::slow(arg2(x)); }
   DR_VINLINE static double ref(double x) {
