@@ -7,11 +7,13 @@
 // yardstick). Rows run interleaved, round by round, so they see the same machine at the same
 // moments; the table gives the median and the spread (min..max over rounds).
 //
-// Each row is also timed on a cache-resident slice (1024 rows: 4 MiB an array, in the last-level
-// cache, whose rate is about twice the memory's), interleaved with the rest. A row below 70% whose
-// in-cache rate is below 70% of the memory rate too is bound by its arithmetic (it cannot reach
-// the target from memory whatever the traffic costs); one whose in-cache rate is above it loses
-// the difference to memory traffic and arithmetic not overlapping.
+// Each row is also timed on two cache-resident slices (256 and 1024 rows: 1 and 4 MiB an array, in
+// the caches, whose rate is about twice the memory's), interleaved with the rest; the extra bytes
+// of the larger over its extra time is the op's rate in cache net of its fixed cost per call (a
+// difference of two times: noisy for the cheap rows, telling for the heavy ones). A row below 70%
+// whose in-cache rate is below 70% of the memory rate too is bound by its arithmetic (it cannot
+// reach the target from memory whatever the traffic costs); one whose in-cache rate is above it
+// loses the difference to memory traffic and arithmetic not overlapping.
 //
 // Then the cost of reading 8 MiB back to JavaScript (dataSync, data) beside plain copies.
 //
@@ -296,21 +298,28 @@ async function main(): Promise<void> {
   const calls = a.quick ? 3 : 5;
   const gen = new dr.Generator(7);
   const times: number[][] = bs.map(() => []);
-  // the same rows on a cache-resident slice (skipped by --quick, whose whole size is in cache)
-  const cacheRows = 1024;
-  const small = a.quick ? [] : memoryBenches(cacheRows, cols).filter((b) => bs.some((f) => f.op === b.op));
-  const ctimes: number[][] = small.map(() => []);
+  // the same rows on two cache-resident slices (skipped by --quick, whose whole size is in
+  // cache): the difference of their times over the difference of their bytes is the op's rate
+  // in cache without its fixed cost per call (waking the pool, queueing, small outputs)
+  const [cacheLo, cacheHi] = [256, 1024];
+  const pick = (r: number) => (a.quick ? [] : memoryBenches(r, cols).filter((b) => bs.some((f) => f.op === b.op)));
+  const smallLo = pick(cacheLo), smallHi = pick(cacheHi);
+  const ctLo: number[][] = smallLo.map(() => []), ctHi: number[][] = smallHi.map(() => []);
   for (let r = 0; r < a.rounds; ++r) {
     bs.forEach((b, i) => times[i].push(timeRow(b, gen, calls)));
-    small.forEach((b, i) => ctimes[i].push(timeRow(b, gen, 21)));
+    smallHi.forEach((b, i) => {
+      ctHi[i].push(timeRow(b, gen, 21));
+      ctLo[i].push(timeRow(smallLo[i], gen, 21));
+    });
   }
   const res = bs.map((b, i) => {
     const s = stats(times[i]);
     const gbps = (ms: number) => b.bytes / (ms * 1e6);
-    const k = small.findIndex((c) => c.op === b.op);
+    const k = smallHi.findIndex((c) => c.op === b.op);
     const cache = k < 0 ? undefined : (() => {
-      const cs = stats(ctimes[k]);
-      return { shape: small[k].shape, ms: cs, gbps: small[k].bytes / (cs.median * 1e6) };
+      const hi = stats(ctHi[k]).median, lo = stats(ctLo[k]).median;
+      const dBytes = smallHi[k].bytes - smallLo[k].bytes;
+      return { shapes: [smallLo[k].shape, smallHi[k].shape], ms: [lo, hi], gbps: dBytes / (Math.max(hi - lo, 1e-6) * 1e6) };
     })();
     return { op: b.op, shape: b.shape, bytes: b.bytes, reference: !!b.reference, ms: s, gbps: gbps(s.median), gbpsRange: [gbps(s.max), gbps(s.min)], cache };
   });
@@ -330,7 +339,7 @@ async function main(): Promise<void> {
     const cacheCols = r.cache ? `  ${r.cache.gbps.toFixed(1).padStart(9)}  ${cpct.toFixed(0).padStart(6)}%` : '';
     console.log(`${r.op.padEnd(w)}  ${r.ms.median.toFixed(2).padStart(8)}  ${`(${r.ms.min.toFixed(2)}..${r.ms.max.toFixed(2)})`.padEnd(16)}  ${r.gbps.toFixed(1).padStart(7)}  ${pct.toFixed(0).padStart(13)}%${cacheCols}${mark}`);
   }
-  if (small.length) console.log(`in cache: the same op over ${cacheRows}x${cols} (${(cacheRows * cols * 4) / 2 ** 20} MiB an array, in the last-level cache), its GB/s and share of the memory rate`);
+  if (smallHi.length) console.log(`in cache: the same op over ${cacheLo}x${cols} and ${cacheHi}x${cols} (1 and 4 MiB an array, in the last-level cache); the extra bytes over the extra time, GB/s and share of the memory rate`);
   const rd = await reads(a.rounds, a.quick ? 5 : 40);
   console.log(`reads of 8 MiB (ms per call over ${a.rounds} rounds: median, p90, max)`);
   for (const r of rd) console.log(`  ${r.row.padEnd(38)} ${r.median.toFixed(2).padStart(6)} ${r.p90.toFixed(2).padStart(6)} ${r.max.toFixed(2).padStart(7)}`);
