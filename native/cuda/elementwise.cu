@@ -220,6 +220,7 @@ int run_map1(const char* name, const View& out, const View& x, F f) {
   return check_launch(name);
 }
 
+// emu:begin ewmap2 (the binary map kernels; test/cuda_emu/binmap_test.cpp)
 template <int V, typename TO, typename T, typename F>
 __global__ void map2_flat(TO* __restrict__ o, Arg<T> a, int sa, Arg<T> b, int sb, int64_t n, F f) {
   int64_t done = 0;
@@ -259,6 +260,8 @@ __global__ void map2_strided(Layout<3> L, TO* __restrict__ o, Arg<T> a, Arg<T> b
     o[off[0]] = f(arg_at(a, off[1]), arg_at(b, off[2]));
   }
 }
+
+// emu:end ewmap2
 
 // a and b are views, or (view == nullptr) a host value broadcast everywhere.
 template <typename TO, typename T, typename F>
@@ -353,6 +356,7 @@ __global__ void random_kernel(T* __restrict__ o, int64_t n, int normal, uint64_t
   }
 }
 
+// emu:begin ewconvert (copy's cast functor; test/cuda_emu/binmap_test.cpp)
 // ---- copy --------------------------------------------------------------------------------
 template <typename O, typename I>
 struct Convert {
@@ -363,6 +367,8 @@ struct Convert {
     else return from_d<O>(to_d(v));
   }
 };
+
+// emu:end ewconvert
 
 // Calls f(T{}) for the dtypes the GPU stores: float32, bfloat16, int32, bool.
 template <typename F>
@@ -524,6 +530,7 @@ struct BinaryFloat {
 };
 // emu:end ewbinary
 
+// emu:begin ewcompare (comparisons and logical ops; test/cuda_emu/binmap_test.cpp)
 template <typename T, BinaryOp OP>
 struct Compare {
   __device__ __forceinline__ uint8_t operator()(T x, T y) const {
@@ -541,6 +548,8 @@ struct Compare {
     }
   }
 };
+
+// emu:end ewcompare
 
 // out = a op b for stored type T; av/bv null means the host value aval/bval.
 template <typename T>
@@ -588,6 +597,7 @@ int binary_typed(const char* name, BinaryOp op, const View& out, const View* av,
 }
 
 // ---- where -------------------------------------------------------------------------------
+// emu:begin ewwhere (test/cuda_emu/binmap_test.cpp)
 template <typename U>
 __global__ void where_flat(U* __restrict__ o, const uint8_t* __restrict__ c, int sc, const U* __restrict__ a, int sa,
                            const U* __restrict__ b, int sb, int64_t n) {
@@ -602,6 +612,7 @@ __global__ void where_strided(Layout<4> L, U* __restrict__ o, const uint8_t* __r
     o[off[0]] = c[off[1]] ? a[off[2]] : b[off[3]];
   }
 }
+// emu:end ewwhere
 template <typename U>
 int where_bits(const View& out, const View& cond, const View& a, const View& b) {
   const int64_t n = view_numel(out);

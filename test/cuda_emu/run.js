@@ -42,6 +42,8 @@ const TESTS = [
   { name: 'binary_test', src: 'binary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewbinary_kernel.inc'] },
   { name: 'unary_test', src: 'unary_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewmap_kernel.inc', 'ewunary_kernel.inc', 'ewswiglu_kernel.inc', 'bwunary_kernel.inc', 'bwswiglu_kernel.inc'],
     deps: [path.join(ROOT, 'native', 'core', 'view.h'), path.join(ROOT, 'native', 'generated', 'enums.h')] },
+  { name: 'binmap_test', src: 'binmap_test.cpp', flags: [], inc: ['ewconv_kernel.inc', 'ewmap_kernel.inc', 'ewbinary_kernel.inc', 'ewmap2_kernel.inc', 'ewcompare_kernel.inc', 'ewconvert_kernel.inc', 'ewwhere_kernel.inc'],
+    deps: [path.join(ROOT, 'native', 'core', 'view.h'), path.join(ROOT, 'native', 'generated', 'enums.h')] },
   { name: 'activations_test', src: 'activations_test.cpp', flags: [], inc: null, deps: [path.join(ROOT, 'native', 'cuda', 'activations.cuh')] },
   { name: 'emu_selftest', src: 'emu_selftest.cpp', flags: [], inc: null },
 ];
