@@ -109,7 +109,8 @@ async function build(cxx, cxxVersion, t, gen, dir, verbose) {
   const flags = ['-std=c++20', '-O2', '-fno-strict-aliasing', '-Wall', '-Wno-unknown-pragmas', ...t.flags,
     `-I${HERE}`, `-I${path.join(HERE, 'include')}`, `-I${gen}`];
   const srcs = [path.join(HERE, 'emu.cpp'), path.join(HERE, t.src)];
-  const inputs = [...srcs, path.join(HERE, 'emu.h'), path.join(HERE, 'harness.h'), path.join(HERE, 'reference.h')];
+  const inputs = [...srcs, path.join(HERE, 'emu.h'), path.join(HERE, 'harness.h'), path.join(HERE, 'reference.h'),
+    path.join(HERE, 'map_host.h')];
   if (t.inc)
     inputs.push(path.join(HERE, 'include', 'cuda_runtime.h'), ...t.inc.map((f) => path.join(gen, f)),
       path.join(ROOT, 'native', 'core', 'attention.h'), path.join(ROOT, 'native', 'cuda', 'attention.cuh'),

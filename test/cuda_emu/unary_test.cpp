@@ -64,6 +64,7 @@
 #include "bwunary_kernel.inc"
 #include "bwswiglu_kernel.inc"
 #include "harness.h"
+#include "map_host.h"
 
 using namespace dualroute::cuda;
 using dualroute::UnaryOp;
@@ -71,50 +72,11 @@ using dualroute::View;
 using harness::Buf;
 using harness::cfg_of;
 using harness::fmt;
+using namespace emu_host;
 
 namespace {
 
-// ---- storage of each dtype in the test's buffers ------------------------------------------------
-template <typename T>
-struct Io;
-template <>
-struct Io<float> {
-  using S = float;
-  static constexpr const char* name = "f32";
-  static double get(S v) { return v; }
-  static S put(double v) { return static_cast<float>(v); }
-  static S unwritten() { return harness::unwritten_float(); }
-  static uint64_t bits(S v) { return __float_as_uint(v); }
-  static constexpr bool bf = false;
-  static constexpr double kMax = FLT_MAX;
-};
-template <>
-struct Io<bf16_t> {
-  using S = uint16_t;
-  static constexpr const char* name = "bf16";
-  static double get(S v) { return bf2f(v); }
-  static S put(double v) { return f2bf(static_cast<float>(v)); }
-  static S unwritten() { return harness::kUnwrittenBf16; }
-  static uint64_t bits(S v) { return v; }
-  static constexpr bool bf = true;
-  static constexpr double kMax = 3.3895313892515355e38;  // 0x7f7f
-};
-template <>
-struct Io<int32_t> {
-  using S = int32_t;
-  static constexpr const char* name = "int32";
-  static double get(S v) { return v; }
-  static S unwritten() { return static_cast<int32_t>(0xdeadbeefu); }
-  static uint64_t bits(S v) { return static_cast<uint32_t>(v); }
-};
-template <>
-struct Io<uint8_t> {
-  using S = uint8_t;
-  static constexpr const char* name = "bool";
-  static double get(S v) { return v; }
-  static S unwritten() { return 0xee; }
-  static uint64_t bits(S v) { return v; }
-};
+// (the Io storage types: map_host.h)
 
 template <typename T>
 T* dev(Buf<typename Io<T>::S>& b, int64_t off = 0) {
@@ -126,46 +88,8 @@ bool is_nan_stored(uint16_t v) { return (v & 0x7fff) > 0x7f80; }
 
 // ---- the host side, mirrored (extract.js checks the launch statements of run_map1, unary,
 // swiglu, launch_unary_bw and swiglu_backward) ----------------------------------------------------
-// device.cuh's grid_cap / grid_for with the multiprocessor count of an H100 / H200 (132); cap > 0:
-// a grid of at most cap blocks instead, so that the grid-stride loops go round.
-constexpr long long kSms = 132;
-constexpr int kThreadsHost = 256;  // device.cuh's kThreads (extract.js checks its value)
-long long grid_cap_(long long blocks, int cap) {
-  const long long c = cap > 0 ? cap : kSms * 32;
-  return std::max<long long>(1, std::min(blocks, c));
-}
-long long grid_for_(long long n, int cap) { return grid_cap_((n + kThreadsHost - 1) / kThreadsHost, cap); }
-bool aligned_(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
-
-// elementwise.cu's run_map1: collapse, then map1_flat<V> / map1_flat<1> / map1_strided. *path
-// says which kernel ran.
-template <typename TO, typename TA, typename F>
-void run_map1_emu(const View& out, const View& x, F f, int cap, const harness::Mode& m, uint32_t seed,
-                  std::string* path) {
-  const int64_t n = view_numel(out);
-  *path = "none";
-  if (n == 0) return;
-  const int64_t* strs[2] = {out.strides, x.strides};
-  const Layout<2> L = collapse<2>(out, strs);
-  TO* o = static_cast<TO*>(out.data);
-  const TA* a = static_cast<const TA*>(x.data);
-  if (is_flat(L)) {
-    const int sa = static_cast<int>(L.str[1][0]);
-    constexpr int V = 16 / (sizeof(TO) > sizeof(TA) ? sizeof(TO) : sizeof(TA));
-    const bool vec = n >= V && aligned_(o, sizeof(TO) * V) && (sa == 0 || aligned_(a, sizeof(TA) * V));
-    if (vec) {
-      emu::launch(cfg_of("map1_flat<V>", grid_for_(n / V, cap), kThreadsHost, m, seed),
-                  [&] { map1_flat<V>(o, a, sa, n, f); });
-      *path = "vec";
-    } else {
-      emu::launch(cfg_of("map1_flat<1>", grid_for_(n, cap), kThreadsHost, m, seed), [&] { map1_flat<1>(o, a, sa, n, f); });
-      *path = "flat";
-    }
-  } else {
-    emu::launch(cfg_of("map1_strided", grid_for_(n, cap), kThreadsHost, m, seed), [&] { map1_strided(L, o, a, n, f); });
-    *path = fmt("strided%d", L.ndim);
-  }
-}
+// device.cuh's grid_cap / grid_for and elementwise.cu's run_map1: map_host.h (grid_for_,
+// run_map1_emu).
 
 // ---- layouts of the map kernels --------------------------------------------------------------------
 struct Lay {
