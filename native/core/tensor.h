@@ -111,14 +111,7 @@ struct TensorImpl {
   // From the layout alone: a check at the call must not touch data() (that would allocate an
   // output's memory when the op is queued instead of when it runs, defeating stream-ordered
   // reuse: each queued op would hold a fresh buffer).
-  bool contiguous() const {
-    int64_t expect = 1;
-    for (int i = ndim - 1; i >= 0; --i) {
-      if (shape[i] != 1 && strides[i] != expect) return false;
-      expect *= shape[i];
-    }
-    return true;
-  }
+  bool contiguous() const { return view_contiguous(layout()); }
   void* data() const {
     return static_cast<char*>(storage->data()) + offset * dtype_size(dtype);
   }
