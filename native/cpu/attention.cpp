@@ -53,6 +53,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -155,6 +156,28 @@ inline VT<double>::V vexp_sm(VT<double>::V x) {
   return x;
 }
 
+
+#if defined(__AVX__)
+// The transpose of 8 rows of 8 floats, in place (r[k] becomes column k).
+inline void transpose8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
 
 template <typename T>
 inline typename Num<T>::acc wid(T v) {
@@ -378,27 +401,29 @@ struct Lanes {
   }
 };
 
-// St[j][lanes] = fillv (-inf) where key j0 + j is not visible to the lane or is padding.
+// St[j][lanes] = fillv (-inf) where key j0 + j is not visible to the lane or is padding, for
+// the lanes of vector groups [g0, g1).
 template <typename C>
-void apply_mask(C* St, int64_t nk, int64_t j0, const Lanes<C>& ln, const uint8_t* pad, C fillv) {
+void apply_mask(C* St, int64_t nk, int64_t j0, const Lanes<C>& ln, const uint8_t* pad, C fillv, int g0 = 0,
+                int g1 = kNVQ) {
   using V = typename VT<C>::V;
   using I = typename VT<C>::I;
   using Is = typename VT<C>::Is;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
   const V fill = splat<V>(fillv);
   I lo[kNVQ], hi[kNVQ];
-  for (int g = 0; g < kNVQ; ++g) {
+  for (int g = g0; g < g1; ++g) {
     lo[g] = ldi<C>(ln.lo + g * L);
     hi[g] = ldi<C>(ln.hi + g * L);
   }
   for (int64_t j = 0; j < nk; ++j) {
     C* row = St + j * BM;
     if (pad && pad[j0 + j]) {
-      for (int g = 0; g < kNVQ; ++g) stv(row + g * L, fill);
+      for (int g = g0; g < g1; ++g) stv(row + g * L, fill);
       continue;
     }
     const I jv = splat<I>(static_cast<Is>(j0 + j));
-    for (int g = 0; g < kNVQ; ++g) {
+    for (int g = g0; g < g1; ++g) {
       const I vis = (jv >= lo[g]) & (jv < hi[g]);
       stv(row + g * L, vis ? ldv(row + g * L) : fill);
     }
@@ -413,12 +438,13 @@ void apply_mask(C* St, int64_t nk, int64_t j0, const Lanes<C>& ln, const uint8_t
 // softmax does; a lane whose visible keys all score -inf ends with l = 0, which the
 // finalisation turns into NaN. The max and the sum each run four independent chains (one
 // chain over a chunk's keys is bound by the latency of its max or add, not by throughput).
+// Only the lanes of vector groups [g0, g1) are read and updated.
 template <typename C>
-void softmax_step(C* St, int64_t nk, C* m, C* l, C* alpha) {
+void softmax_step(C* St, int64_t nk, C* m, C* l, C* alpha, int g0 = 0, int g1 = kNVQ) {
   using V = typename VT<C>::V;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
   const V ninf = splat<V>(-std::numeric_limits<C>::infinity());
-  for (int g = 0; g < kNVQ; ++g) {
+  for (int g = g0; g < g1; ++g) {
     C* col = St + g * L;
     V m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
     int64_t j = 0;
@@ -485,6 +511,62 @@ bool any_nonfinite(const C* x, int64_t rows, int64_t cols, int64_t ld) {
   return mx >= kExp;
 }
 
+// rows_nonfinite: any_nonfinite over rows of D stored values (bfloat16 by its bits).
+template <typename T>
+bool rows_nonfinite(const T* x, int64_t rows, int64_t D) {
+  if constexpr (std::is_same<T, bf16>::value) {
+    uint16_t mx = 0;
+    for (int64_t e = 0; e < rows * D; ++e) {
+      const uint16_t b = x[e].bits & 0x7fffu;
+      mx = b > mx ? b : mx;
+    }
+    return mx >= 0x7f80u;
+  } else {
+    return any_nonfinite(x, rows, D, D);
+  }
+}
+
+// Whether the k or v rows of a kv head hold a NaN or an infinity, per block of kBN keys aligned
+// to kBN. A masked product must not multiply a hidden non-finite value by P = 0, so every
+// masked chunk asks; each block is scanned the first time one does and the answer kept for the
+// call (a race scans it twice and stores the same answer). A block is scanned at most once
+// however many tiles' edge chunks cover it (local attention's tiles share each key chunk with
+// W / BM others), and blocks no masked chunk reaches are never scanned (decoding).
+template <typename T>
+class FiniteBlocks {
+ public:
+  // heads: B * Hkv kv heads of Sk rows of D at head_stride elements apart
+  FiniteBlocks(const void* base, int64_t heads, int64_t head_stride, int64_t Sk, int64_t D)
+      : base_(static_cast<const T*>(base)),
+        hs_(head_stride),
+        Sk_(Sk),
+        D_(D),
+        nb_((Sk + kBN - 1) / kBN),
+        s_(new std::atomic<uint8_t>[static_cast<size_t>(std::max<int64_t>(1, heads * nb_))]) {
+    for (int64_t x = 0; x < heads * nb_; ++x) s_[x].store(0, std::memory_order_relaxed);
+  }
+  // keys [j0, j0 + nk) of kv head bk (= b * Hkv + kv head)
+  bool bad(int64_t bk, int64_t j0, int64_t nk) const {
+    bool any = false;
+    for (int64_t x = j0 / kBN; x * kBN < j0 + nk; ++x) {
+      std::atomic<uint8_t>& st = s_[bk * nb_ + x];
+      uint8_t v = st.load(std::memory_order_relaxed);
+      if (v == 0) {
+        const int64_t r0 = x * kBN, r1 = std::min(Sk_, r0 + kBN);
+        v = rows_nonfinite<T>(base_ + bk * hs_ + r0 * D_, r1 - r0, D_) ? 2 : 1;
+        st.store(v, std::memory_order_relaxed);
+      }
+      any = any || v == 2;
+    }
+    return any;
+  }
+
+ private:
+  const T* base_;
+  int64_t hs_, Sk_, D_, nb_;
+  std::unique_ptr<std::atomic<uint8_t>[]> s_;
+};
+
 // Whether lane i of a tile sees key j (its interval, and not padding).
 template <typename C>
 inline bool lane_sees(const Lanes<C>& ln, int i, int64_t j, const uint8_t* pad) {
@@ -496,12 +578,12 @@ inline bool lane_sees(const Lanes<C>& ln, int i, int64_t j, const uint8_t* pad) 
 // keys a lane cannot see: values must never leak into queries that do not attend to them.)
 template <typename C>
 void pv_visible(int64_t D, int64_t nk, const C* Vc, int64_t ldv_, const C* P, C* Ot, const C* alpha, int64_t j0,
-                const Lanes<C>& ln, const uint8_t* pad) {
-  constexpr int BM = Lanes<C>::BM;
+                const Lanes<C>& ln, const uint8_t* pad, int g0 = 0, int g1 = kNVQ) {
+  constexpr int BM = Lanes<C>::BM, L = VT<C>::L;
   for (int64_t d = 0; d < D; ++d)
-    for (int i = 0; i < BM; ++i) Ot[d * BM + i] *= alpha[i];
+    for (int i = g0 * L; i < g1 * L; ++i) Ot[d * BM + i] *= alpha[i];
   for (int64_t j = 0; j < nk; ++j)
-    for (int i = 0; i < BM; ++i) {
+    for (int i = g0 * L; i < g1 * L; ++i) {
       if (!lane_sees(ln, i, j0 + j, pad)) continue;
       const C p = P[j * BM + i];
       for (int64_t d = 0; d < D; ++d) Ot[d * BM + i] += p * Vc[j * ldv_ + d];
@@ -509,12 +591,18 @@ void pv_visible(int64_t D, int64_t nk, const C* Vc, int64_t ldv_, const C* P, C*
 }
 
 // Ot = alpha Ot + V^T P over a chunk: the micro-kernel product, or pv_visible when the chunk
-// is masked and its values are not all finite.
+// is masked and its values are not all finite (visible_only: the caller's FiniteBlocks answer).
+// One_group >= 0: only that vector group of lanes (the tile's other lanes see none of the keys).
 template <typename C>
-void pv_chunk(bool full, int64_t D, int64_t nk, const C* Vc, int64_t ldv_, const C* P, C* Ot, const C* alpha,
-              int64_t j0, const Lanes<C>& ln, const uint8_t* pad) {
-  constexpr int BM = Lanes<C>::BM;
-  if (!full && any_nonfinite(Vc, nk, D, ldv_)) return pv_visible<C>(D, nk, Vc, ldv_, P, Ot, alpha, j0, ln, pad);
+void pv_chunk(bool visible_only, int64_t D, int64_t nk, const C* Vc, int64_t ldv_, const C* P, C* Ot, const C* alpha,
+              int64_t j0, const Lanes<C>& ln, const uint8_t* pad, int one_group = -1) {
+  constexpr int BM = Lanes<C>::BM, L = VT<C>::L;
+  if (one_group >= 0) {
+    const int g = one_group;
+    if (visible_only) return pv_visible<C>(D, nk, Vc, ldv_, P, Ot, alpha, j0, ln, pad, g, g + 1);
+    return gemm_nb<C, 1, 0>(D, nk, Vc, 1, ldv_, P + g * L, BM, Ot + g * L, BM, kScaleAdd, alpha + g * L);
+  }
+  if (visible_only) return pv_visible<C>(D, nk, Vc, ldv_, P, Ot, alpha, j0, ln, pad);
   gemm_nb<C, kNVQ, 0>(D, nk, Vc, 1, ldv_, P, BM, Ot, BM, kScaleAdd, alpha);
 }
 
@@ -568,6 +656,78 @@ void tile_rows(const C* Ot, int64_t D, C* R) {
     for (int i = 0; i < BM; ++i) R[i * D + d] = Ot[d * BM + i];
 }
 
+// Qt[d * BM + i] = scale * (row qrow[i] of qh), zeros where qrow[i] < 0. float rows of a
+// multiple of 8 move as vectors, transposed 8 x 8 in registers: element by element, a tile's
+// BM x D values are as many scalar stores, which cost a window-256 tile ~5% of its time.
+template <typename T>
+void pack_qt(int64_t D, typename Num<T>::acc scale, const T* qh, const int64_t* qrow, typename Num<T>::acc* Qt) {
+  using C = typename Num<T>::acc;
+  constexpr int BM = Lanes<C>::BM;
+#if defined(__AVX__)
+  if constexpr (std::is_same<T, float>::value && BM % 8 == 0) {
+    if (D % 8 == 0) {
+      const __m256 sc = _mm256_set1_ps(scale);
+      for (int g0 = 0; g0 < BM; g0 += 8)
+        for (int64_t d0 = 0; d0 < D; d0 += 8) {
+          __m256 x[8];
+          for (int i = 0; i < 8; ++i) {
+            const int64_t r = qrow[g0 + i];
+            x[i] = r >= 0 ? _mm256_mul_ps(sc, _mm256_loadu_ps(qh + r * D + d0)) : _mm256_setzero_ps();
+          }
+          transpose8(x);
+          for (int k = 0; k < 8; ++k) _mm256_storeu_ps(Qt + (d0 + k) * BM + g0, x[k]);
+        }
+      return;
+    }
+  }
+#endif
+  // lane by lane: each query row is read in order (a row is a stream the prefetcher follows)
+  for (int i = 0; i < BM; ++i) {
+    if (qrow[i] < 0) {
+      for (int64_t d = 0; d < D; ++d) Qt[d * BM + i] = C(0);
+      continue;
+    }
+    const T* qr = qh + qrow[i] * D;
+    for (int64_t d = 0; d < D; ++d) Qt[d * BM + i] = scale * wid(qr[d]);
+  }
+}
+
+// The rows of a finished tile: out row orow[i] = inv[i] * column i of Ot (D x BM), or zeros
+// where has[i] is false (a row with no visible key); rows with orow[i] == nullptr are not
+// written. float rows of a multiple of 8 are transposed 8 x 8 in registers and stored as
+// vectors; other types go through the transposed rows in R (BM x D scratch).
+template <typename T>
+void store_tile(const typename Num<T>::acc* Ot, int64_t D, const typename Num<T>::acc* inv, const bool* has,
+                T* const* orow, typename Num<T>::acc* R) {
+  using C = typename Num<T>::acc;
+  constexpr int BM = Lanes<C>::BM;
+#if defined(__AVX__)
+  if constexpr (std::is_same<T, float>::value && BM % 8 == 0) {
+    if (D % 8 == 0) {
+      for (int g0 = 0; g0 < BM; g0 += 8)
+        for (int64_t d0 = 0; d0 < D; d0 += 8) {
+          __m256 x[8];
+          for (int k = 0; k < 8; ++k) x[k] = _mm256_loadu_ps(Ot + (d0 + k) * BM + g0);
+          transpose8(x);
+          for (int i = 0; i < 8; ++i) {
+            T* o = orow[g0 + i];
+            if (!o) continue;
+            const __m256 y = has[g0 + i] ? _mm256_mul_ps(x[i], _mm256_set1_ps(inv[g0 + i])) : _mm256_setzero_ps();
+            _mm256_storeu_ps(o + d0, y);
+          }
+        }
+      return;
+    }
+  }
+#endif
+  tile_rows<C>(Ot, D, R);
+  for (int i = 0; i < BM; ++i) {
+    T* o = orow[i];
+    if (!o) continue;
+    for (int64_t d = 0; d < D; ++d) o[d] = Num<T>::store(has[i] ? R[i * D + d] * inv[i] : C(0));
+  }
+}
+
 // St (nk x BM) = Kc (nk x D, row stride ldk) times Qt (D x BM), with D fixed when DC > 0.
 template <typename C, int DC>
 inline void scores(int64_t nk, int64_t D, const C* Kc, int64_t ldk, const C* Qt, C* St) {
@@ -585,20 +745,38 @@ struct Buf {
   }
 };
 
-// Hands tasks out one at a time from a shared counter; each worker calls make() once for its
-// scratch, then fn(t, scratch) per task.
+// A backward task's dK / dV accumulator rows (slot 0, 1), of n values that the caller zeroes:
+// kept by the thread from call to call while they stay under kKeepRows bytes, larger ones in
+// the task's own scratch (fallback). Buffers of a few MiB freed after every call come back from
+// the kernel as fresh pages, each faulted in and zeroed on first touch: ~14% of a window-256
+// backward on these virtual machines.
+constexpr size_t kKeepRows = size_t(16) << 20;
+template <typename C, int Slot>
+C* kept_rows(size_t n, Buf<C>& fallback) {
+  if (n * sizeof(C) > kKeepRows) return fallback.get(n);
+  static thread_local std::vector<C> v;
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// Hands tasks out from a shared counter, grain consecutive tasks at a time; each worker makes
+// its scratch once, then calls fn(t, scratch) per task. A grain above 1 suits tasks of equal
+// cost whose neighbours share data (a sliding window's tiles: the next tile's keys are this
+// one's, still in this core's cache, and its query rows follow this tile's in memory).
 template <typename W, typename F>
-void run_tasks(int64_t ntasks, const F& fn) {
+void run_tasks(int64_t ntasks, const F& fn, int64_t grain = 1) {
   const int threads = num_threads();
   if (threads <= 1 || ntasks <= 1) {
     W w;
     for (int64_t t = 0; t < ntasks; ++t) fn(t, w);
     return;
   }
+  grain = std::max<int64_t>(1, grain);
   std::atomic<int64_t> next{0};
-  parallel_for(std::min<int64_t>(threads, ntasks), 1, [&](int64_t, int64_t) {
+  parallel_for(std::min<int64_t>(threads, (ntasks + grain - 1) / grain), 1, [&](int64_t, int64_t) {
     W w;
-    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) fn(t, w);
+    for (int64_t t0 = next.fetch_add(grain); t0 < ntasks; t0 = next.fetch_add(grain))
+      for (int64_t t = t0; t < std::min(ntasks, t0 + grain); ++t) fn(t, w);
   });
 }
 
@@ -667,6 +845,27 @@ constexpr int64_t kSplitMaxRows = 16;
 constexpr int64_t kSplitMinKeys = 512;
 constexpr int64_t kSplitMinRun = 4 * kBN;  // keys per split task, at least
 
+// Prefetches bytes [p, p + n) into L2, for reading or (write) for writing. The empty volatile
+// asm keeps GCC from deleting a loop of nothing but prefetches.
+inline void prefetch_l2(const void* p, int64_t n, bool write) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < n; o += 64) {
+    asm volatile("");
+    if (write)
+      __builtin_prefetch(c + o, 1, 2);
+    else
+      __builtin_prefetch(c + o, 0, 2);
+  }
+}
+
+// Tasks per grab of run_tasks for tiles in (b, head, tile) order: windowed masks (sliding,
+// block) give tiles of equal cost whose neighbours share keys, dealt ~16 runs per thread;
+// causal global tiles grow with their position and stay one at a time.
+inline int64_t windowed_grain(const AttnArgs& a, int64_t ntasks, int64_t threads) {
+  const bool windowed = a.mask == static_cast<int32_t>(AttnMask::Sliding) || a.mask == static_cast<int32_t>(AttnMask::Block);
+  return windowed && !a.query_index ? std::max<int64_t>(1, ntasks / (16 * threads)) : 1;
+}
+
 // One tile's rows: validity, query rows and per-lane key intervals.
 template <typename C>
 void fwd_tile_setup(const AttnArgs& a, int64_t b, int64_t t, Lanes<C>& ln, int64_t* qrow, bool* valid) {
@@ -689,12 +888,14 @@ void fwd_tile_setup(const AttnArgs& a, int64_t b, int64_t t, Lanes<C>& ln, int64
 
 // Online softmax of a tile over keys [j_begin, j_end) (whole chunks from the hull's start, or
 // the hull's end): Qt packed from the query rows, m = -inf, l = 0, Ot = 0 on entry.
+// vf, bk: the finiteness of the values' blocks and this tile's kv head in it.
 template <typename T, int DC>
 void fwd_tile_keys(const AttnArgs& a, const T* qh, const T* kh, const T* vh, const uint8_t* pad, const Lanes<typename Num<T>::acc>& ln,
                    const int64_t* qrow, const bool* valid, int64_t j_begin, int64_t j_end, FwdScratch<typename Num<T>::acc>& w,
-                   typename Num<T>::acc* m, typename Num<T>::acc* l, typename Num<T>::acc* Ot) {
+                   typename Num<T>::acc* m, typename Num<T>::acc* l, typename Num<T>::acc* Ot, const FiniteBlocks<T>& vf,
+                   int64_t bk) {
   using C = typename Num<T>::acc;
-  constexpr int BM = Lanes<C>::BM;
+  constexpr int BM = Lanes<C>::BM, L = VT<C>::L;
   const int64_t D = DC ? DC : a.D;
   const C scale = static_cast<C>(a.scale);
   const C ninf = -std::numeric_limits<C>::infinity();
@@ -705,26 +906,61 @@ void fwd_tile_keys(const AttnArgs& a, const T* qh, const T* kh, const T* vh, con
     m[i] = ninf;
     l[i] = 0;
   }
-  // lane by lane: each query row is read in order (a row is a stream the prefetcher follows)
-  for (int i = 0; i < BM; ++i) {
-    if (qrow[i] < 0) {
-      for (int64_t d = 0; d < D; ++d) Qt[d * BM + i] = C(0);
-      continue;
-    }
-    const T* qr = qh + qrow[i] * D;
-    for (int64_t d = 0; d < D; ++d) Qt[d * BM + i] = scale * wid(qr[d]);
-  }
+  pack_qt<T>(D, scale, qh, qrow, Qt);
   std::fill(Ot, Ot + D * BM, C(0));
-  for (int64_t j0 = j_begin; j0 < j_end; j0 += kBN) {
-    const int64_t nk = std::min<int64_t>(kBN, j_end - j0);
-    int64_t ldk, ldvv;
-    const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
-    const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
-    scores<C, DC>(nk, D, Kc, ldk, Qt, St);
-    const bool full = ln.full(j0, nk, pad);
-    if (!full) apply_mask<C>(St, nk, j0, ln, pad, ninf);
-    softmax_step<C>(St, nk, m, l, alpha);
-    pv_chunk<C>(full, D, nk, Vc, ldvv, St, Ot, alpha, j0, ln, pad);
+  // Each vector group of lanes has its own key hull. Keys only one group sees (a sliding
+  // window's two edges: L - 1 keys each for a tile of consecutive rows) run through that
+  // group's half of the products alone, so [j_begin, j_end) is cut at the group hulls' ends
+  // into regions of a fixed set of groups, each walked in chunks of kBN from its start (the
+  // window's middle, seen by every lane, then falls into whole chunks).
+  int64_t glo[kNVQ], ghi[kNVQ];
+  int64_t cut[2 * kNVQ + 2];
+  int nc = 0;
+  cut[nc++] = j_begin;
+  cut[nc++] = j_end;
+  for (int g = 0; g < kNVQ; ++g) {
+    glo[g] = INT64_MAX;
+    ghi[g] = INT64_MIN;
+    for (int i = g * L; i < (g + 1) * L; ++i)
+      if (qrow[i] >= 0 && ln.lo[i] < ln.hi[i]) {
+        glo[g] = std::min<int64_t>(glo[g], ln.lo[i]);
+        ghi[g] = std::max<int64_t>(ghi[g], ln.hi[i]);
+      }
+    if (glo[g] >= ghi[g]) continue;
+    cut[nc++] = std::min(j_end, std::max(j_begin, glo[g]));
+    cut[nc++] = std::min(j_end, std::max(j_begin, ghi[g]));
+  }
+  std::sort(cut, cut + nc);
+  for (int x = 0; x + 1 < nc; ++x) {
+    const int64_t x0 = cut[x], x1 = cut[x + 1];
+    if (x0 >= x1) continue;
+    int active = 0, one = -1;
+    for (int g = 0; g < kNVQ; ++g)
+      if (glo[g] < ghi[g] && glo[g] < x1 && ghi[g] > x0) {
+        ++active;
+        one = g;
+      }
+    if (active == 0) continue;
+    if (active > 1 || kNVQ == 1) one = -1;
+    for (int64_t j0 = x0; j0 < x1; j0 += kBN) {
+      const int64_t nk = std::min<int64_t>(kBN, x1 - j0);
+      int64_t ldk, ldvv;
+      const C* Kc = rows_as<T, C>(kh, j0, nk, D, D, w.kb, ldk);
+      const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.vb, ldvv);
+      if (one >= 0) {
+        const int g = one;
+        gemm_nb<C, 1, DC>(nk, D, Kc, ldk, 1, Qt + g * L, BM, St + g * L, BM, kSet, nullptr);
+        apply_mask<C>(St, nk, j0, ln, pad, ninf, g, g + 1);
+        softmax_step<C>(St, nk, m, l, alpha, g, g + 1);
+        pv_chunk<C>(vf.bad(bk, j0, nk), D, nk, Vc, ldvv, St, Ot, alpha, j0, ln, pad, g);
+        continue;
+      }
+      scores<C, DC>(nk, D, Kc, ldk, Qt, St);
+      const bool full = ln.full(j0, nk, pad);
+      if (!full) apply_mask<C>(St, nk, j0, ln, pad, ninf);
+      softmax_step<C>(St, nk, m, l, alpha);
+      pv_chunk<C>(!full && vf.bad(bk, j0, nk), D, nk, Vc, ldvv, St, Ot, alpha, j0, ln, pad);
+    }
   }
 }
 
@@ -741,6 +977,7 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
   const int threads = num_threads();
   const int64_t ntasks = a.B * a.Hq * ntile;
   const PadCount pads(a);
+  const FiniteBlocks<T> vf(a.v, a.B * a.Hkv, a.Sk * D, a.Sk, D);
 
   if (n <= kSplitMaxRows && threads > 1 && ntasks < 2 * threads && a.Sk >= kSplitMinKeys) {
     // Plan: per (b, tile) its lanes; per (b, head, tile) its runs of keys.
@@ -784,7 +1021,7 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
       C* pm = parts.data() + p * stride;
       fwd_tile_keys<T, DC>(a, q + bh * a.Sq * D, k + (b * a.Hkv + hk) * a.Sk * D, v + (b * a.Hkv + hk) * a.Sk * D,
                            a.key_padding ? a.key_padding + b * a.Sk : nullptr, ln, &qrows[bt * BM], vb, j_begin, j_end,
-                           w, pm, pm + BM, pm + 2 * BM);
+                           w, pm, pm + BM, pm + 2 * BM, vf, b * a.Hkv + hk);
     });
     // Merge: one (bh, tile) at a time (small: nsplit * D * BM). The max propagates NaN.
     run_tasks<int>(a.B * a.Hq * ntile, [&](int64_t x, int&) {
@@ -828,16 +1065,29 @@ void forward_typed(const AttnArgs& a, T* out, typename Num<T>::acc* lse) {
     Lanes<C> ln;
     const int64_t r0 = t * BM;
     fwd_tile_setup<C>(a, b, t, ln, qrow, valid);
-    fwd_tile_keys<T, DC>(a, qh, kh, vh, pad, ln, qrow, valid, ln.hull_lo, ln.hull_hi, w, m, l, Ot);
-    C* R = w.rows.get(static_cast<size_t>(BM * D));
-    tile_rows<C>(Ot, D, R);
+    if (!a.query_index && t + 1 < ntile) {
+      // the next tile's query rows and out rows (this thread's next task when tasks go out in
+      // runs): read from memory while this tile computes instead of stalling its packing
+      const int64_t r1 = std::min(n, r0 + 2 * BM);
+      prefetch_l2(qh + (r0 + BM) * D, (r1 - r0 - BM) * D * static_cast<int64_t>(sizeof(T)), false);
+      prefetch_l2(out + (bh * n + r0 + BM) * D, (r1 - r0 - BM) * D * static_cast<int64_t>(sizeof(T)), true);
+    }
+    fwd_tile_keys<T, DC>(a, qh, kh, vh, pad, ln, qrow, valid, ln.hull_lo, ln.hull_hi, w, m, l, Ot, vf,
+                         b * a.Hkv + (bh % a.Hq) / G);
+    alignas(64) C inv[BM];
+    bool has[BM];
+    T* orow[BM];
     for (int i = 0; i < BM; ++i) {
+      orow[i] = nullptr;
       if (!valid[i]) continue;
       const int64_t r = r0 + i;
-      finish_row<T, C>(pads.has_key(b, ln.lo[i], ln.hi[i]), D, R + i * D, 1, m[i], l[i], out + (bh * n + r) * D,
-                       lse ? lse + bh * n + r : nullptr);
+      has[i] = pads.has_key(b, ln.lo[i], ln.hi[i]);
+      inv[i] = row_inv(has[i], l[i]);
+      orow[i] = out + (bh * n + r) * D;
+      if (lse) lse[bh * n + r] = row_lse(has[i], m[i], l[i]);
     }
-  });
+    store_tile<T>(Ot, D, inv, has, orow, w.rows.get(static_cast<size_t>(BM * D)));
+  }, windowed_grain(a, ntasks, threads));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -856,9 +1106,10 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
   const C ninf = -std::numeric_limits<C>::infinity();
   const int32_t gmask = static_cast<int32_t>(AttnMask::Global);
   const PadCount pads(a);
+  const FiniteBlocks<T> vf(a.v, a.B * a.Hkv, a.Sk * D, a.Sk, D);
 
   run_tasks<FwdScratch<C>>(a.B * a.Hq * ntile, [&](int64_t task, FwdScratch<C>& w) {
-    const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq;
+    const int64_t t = task % ntile, bh = task / ntile, b = bh / a.Hq, bk = b * a.Hkv + (bh % a.Hq) / (a.Hq / a.Hkv);
     const HeadRows<T> hr = head_rows<T>(a, bh);
     const T *qh = hr.q, *kh = hr.k, *vh = hr.v;
     const uint8_t* pad = hr.pad;
@@ -889,10 +1140,9 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
     }
     lnl.finish(valid);
     lng.finish(valid);
-    for (int i = 0; i < BM; ++i) {
-      const T* qr = qh + (r0 + i) * D;
-      for (int64_t d = 0; d < D; ++d) Qt[d * BM + i] = valid[i] ? scale * wid(qr[d]) : C(0);
-    }
+    int64_t qrow[BM];
+    for (int i = 0; i < BM; ++i) qrow[i] = valid[i] ? r0 + i : -1;
+    pack_qt<T>(D, scale, qh, qrow, Qt);
     std::fill(Ol, Ol + D * BM, C(0));
     std::fill(Og, Og + D * BM, C(0));
     // Walk the union of both hulls (rows off the global path still need their local keys,
@@ -913,13 +1163,13 @@ void dual_typed(const DualArgs& da, T* out, T* out_l, T* out_g, typename Num<T>:
         const bool full = lnl.full(j0, nk, pad);
         if (!full) apply_mask<C>(Sl, nk, j0, lnl, pad, ninf);
         softmax_step<C>(Sl, nk, ml, ll, alpha);
-        pv_chunk<C>(full, D, nk, Vc, ldvv, Sl, Ol, alpha, j0, lnl, pad);
+        pv_chunk<C>(!full && vf.bad(bk, j0, nk), D, nk, Vc, ldvv, Sl, Ol, alpha, j0, lnl, pad);
       }
       if (any_global && j0 < lng.hull_hi && j0 + nk > lng.hull_lo) {
         const bool full = lng.full(j0, nk, pad);
         if (!full) apply_mask<C>(Sg, nk, j0, lng, pad, ninf);
         softmax_step<C>(Sg, nk, mg, lg, alpha);
-        pv_chunk<C>(full, D, nk, Vc, ldvv, Sg, Og, alpha, j0, lng, pad);
+        pv_chunk<C>(!full && vf.bad(bk, j0, nk), D, nk, Vc, ldvv, Sg, Og, alpha, j0, lng, pad);
       }
     }
     C* Rl = w.rows.get(static_cast<size_t>(BM * D));
@@ -1273,8 +1523,8 @@ void backward_typed(const AttnArgs& a, const BwdIn<T>& in, typename Num<T>::acc*
     C* St = w.st.get(static_cast<size_t>(kBN * BM));
     C* dPt = w.dpt.get(static_cast<size_t>(kBN * BM));
     C* dQt = w.dqt.get(static_cast<size_t>(BM * Dp));
-    C* dKa = w.dkacc.get(static_cast<size_t>(nkeys * Dp));
-    C* dVa = w.dvacc.get(static_cast<size_t>(nkeys * Dp));
+    C* dKa = kept_rows<C, 0>(static_cast<size_t>(nkeys * Dp), w.dkacc);
+    C* dVa = kept_rows<C, 1>(static_cast<size_t>(nkeys * Dp), w.dvacc);
     std::fill(dKa, dKa + nkeys * Dp, C(0));
     std::fill(dVa, dVa + nkeys * Dp, C(0));
     BwdTile<C> tl;
@@ -1454,6 +1704,16 @@ HeadRows<T> seg_head_rows(const AttnArgs& a, int64_t bh) {
           static_cast<const T*>(a.v) + bk * kvs, nullptr};
 }
 
+// The kv head index b * Hkv + h / G of query head bh, and the finiteness blocks of v as the
+// segment kernels read it (kv_head_stride apart).
+inline int64_t kv_of(const AttnArgs& a, int64_t bh) {
+  return (bh / a.Hq) * a.Hkv + (bh % a.Hq) / (a.Hq / a.Hkv);
+}
+template <typename T>
+FiniteBlocks<T> seg_finite_v(const AttnArgs& a) {
+  return FiniteBlocks<T>(a.v, a.B * a.Hkv, a.kv_head_stride ? a.kv_head_stride : a.Sk * a.D, a.Sk, a.D);
+}
+
 template <typename C>
 struct SegFwdScratch {
   Buf<C> m, l, o, qg, st, kt, vb, alpha;
@@ -1601,7 +1861,7 @@ static_assert(kSegTile <= kRowsMax, "softmax_rows keeps per-row state for at mos
 // Leaves each row's online-softmax state in the scratch: w.m, w.l, w.o (rows of Dp) and w.seen.
 template <typename T, int DC>
 void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int64_t K, int64_t segment, int64_t i0,
-              int64_t i1, SegFwdScratch<typename Num<T>::acc>& w) {
+              int64_t i1, SegFwdScratch<typename Num<T>::acc>& w, const FiniteBlocks<T>& vf, int64_t bk) {
   using C = typename Num<T>::acc;
   constexpr int L = VT<C>::L, TM = kSegTile;
   const int64_t D = DC ? DC : a.D, Sq = a.Sq, nseg = (a.Sk + segment - 1) / segment, nr = i1 - i0;
@@ -1687,7 +1947,7 @@ void seg_walk(const AttnArgs& a, const HeadRows<T>& hr, const int32_t* idx, int6
         softmax_rows<C>(St, tm, nkp, kBN, mt, lt, al);
         int64_t ldv_;
         const C* Vc = rows_as<T, C>(hr.v, j0, nk, D, Dp, w.vb, ldv_);
-        if (masked && any_nonfinite(Vc, nk, D, ldv_)) {
+        if (masked && vf.bad(bk, j0, nk)) {
           // P = 0 past a row's cut: a non-finite value there must not reach the row (0 * NaN)
           for (int i = 0; i < tm; ++i) {
             C* orow = op[i];
@@ -1720,9 +1980,10 @@ void segment_forward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, int
   nblk = std::max(nblk, (Sq + kSegRows - 1) / kSegRows);
   const int64_t QB = (Sq + nblk - 1) / nblk;
   nblk = (Sq + QB - 1) / QB;
+  const FiniteBlocks<T> vf = seg_finite_v<T>(a);
   run_tasks<SegFwdScratch<C>>(nbh * nblk, [&](int64_t task, SegFwdScratch<C>& w) {
     const int64_t bh = task / nblk, i0 = (task % nblk) * QB, i1 = std::min(Sq, i0 + QB), nr = i1 - i0;
-    seg_walk<T, DC>(a, seg_head_rows<T>(a, bh), idx + bh * Sq * K, K, segment, i0, i1, w);
+    seg_walk<T, DC>(a, seg_head_rows<T>(a, bh), idx + bh * Sq * K, K, segment, i0, i1, w, vf, kv_of(a, bh));
     const C* m = w.m.v.data();
     const C* l = w.l.v.data();
     const C* O = w.o.v.data();
@@ -1770,34 +2031,13 @@ bool seg_bwd_lanes(const AttnArgs& a, int64_t segment, int64_t s, const int32_t*
   return any;
 }
 
-#if defined(__AVX__)
-// The transpose of 8 rows of 8 floats, in place (r[k] becomes column k).
-inline void transpose8(__m256* r) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-#endif
-
 // Packs a backward tile's live lanes (rows tl.qrow of q and dout, whatever their order): Q
 // (pre-scaled, and as rows), dO' (both layouts) and Dr' = rowdot of the row; with a gate (one of
 // a gated mix's paths) dO' = g dout and Dr' = g rowdot, the plain backward of that path then
 // giving exactly the gated gradient (dP' = g dP, dV += P^T dO'). Lanes that are not live get
-// zeros. float rows of 8 floats are moved as vectors and transposed 8 x 8 in registers (the
-// segment walk packs every (row, segment) visit); other types go element by element.
+// zeros. float rows of 8 floats are moved as 8-float vectors (with AVX-512 too) and transposed
+// 8 x 8 in registers (the segment walk packs every (row, segment) visit); other types go
+// element by element.
 template <typename T>
 void bwd_pack_rows(int64_t D, typename Num<T>::acc scale, const T* qh, const T* doh, const typename Num<T>::acc* rowdot,
                    const typename Num<T>::acc* gate, BwdTile<typename Num<T>::acc>& tl) {
@@ -1806,16 +2046,16 @@ void bwd_pack_rows(int64_t D, typename Num<T>::acc scale, const T* qh, const T* 
   const int64_t Dp = (D + L - 1) / L * L;
   bool vec = false;
 #if defined(__AVX__)
-  if constexpr (std::is_same<T, float>::value && L == 8) {
+  // 8-float vectors whatever the ISA's width (AVX-512 too); Qr / dOr pad columns [D, Dp) zeroed
+  if constexpr (std::is_same<T, float>::value && BM % 8 == 0) {
     vec = D % 8 == 0;
     if (vec) {
-      using V = typename VT<C>::V;
-      V probe = V{};  // x * 0 summed: NaN when some live q or dout element is not finite
-      const V sc = splat<V>(scale), zero = V{};
+      __m256 probe = _mm256_setzero_ps();  // x * 0 summed: NaN when some live q or dout element is not finite
+      const __m256 sc = _mm256_set1_ps(scale), zero = _mm256_setzero_ps();
       for (int g0 = 0; g0 < BM; g0 += 8) {
         const T* qr[8];
         const T* dr[8];
-        V gv[8];
+        __m256 gv[8];
         bool live[8];
         for (int i = 0; i < 8; ++i) {
           const int x = g0 + i;
@@ -1823,30 +2063,35 @@ void bwd_pack_rows(int64_t D, typename Num<T>::acc scale, const T* qh, const T* 
           const int64_t r = live[i] ? tl.qrow[x] : 0;
           qr[i] = qh + r * D;
           dr[i] = doh + r * D;
-          gv[i] = splat<V>(live[i] && gate ? gate[r] : C(1));
+          gv[i] = _mm256_set1_ps(live[i] && gate ? gate[r] : C(1));
           tl.Dr[x] = live[i] ? (gate ? gate[r] * rowdot[r] : rowdot[r]) : C(0);
         }
         for (int64_t d0 = 0; d0 < D; d0 += 8) {
           __m256 xq[8], xd[8];
           for (int i = 0; i < 8; ++i) {
-            V q = live[i] ? ldv(qr[i] + d0) : zero, dd = live[i] ? ldv(dr[i] + d0) : zero;
-            if (gate) dd = gv[i] * dd;
-            probe += q * C(0) + dd * C(0);
-            stv(tl.Qr + (g0 + i) * Dp + d0, q);
-            stv(tl.dOr + (g0 + i) * Dp + d0, dd);
-            xq[i] = (__m256)q;
-            xd[i] = (__m256)dd;
+            const __m256 q = live[i] ? _mm256_loadu_ps(qr[i] + d0) : zero;
+            __m256 dd = live[i] ? _mm256_loadu_ps(dr[i] + d0) : zero;
+            if (gate) dd = _mm256_mul_ps(gv[i], dd);
+            probe = _mm256_add_ps(probe, _mm256_add_ps(_mm256_mul_ps(q, zero), _mm256_mul_ps(dd, zero)));
+            _mm256_storeu_ps(tl.Qr + (g0 + i) * Dp + d0, q);
+            _mm256_storeu_ps(tl.dOr + (g0 + i) * Dp + d0, dd);
+            xq[i] = q;
+            xd[i] = dd;
           }
           transpose8(xq);
           transpose8(xd);
           for (int k = 0; k < 8; ++k) {
-            stv(tl.Qt + (d0 + k) * BM + g0, sc * (V)xq[k]);
-            stv(tl.dOt + (d0 + k) * BM + g0, (V)xd[k]);
+            _mm256_storeu_ps(tl.Qt + (d0 + k) * BM + g0, _mm256_mul_ps(sc, xq[k]));
+            _mm256_storeu_ps(tl.dOt + (d0 + k) * BM + g0, xd[k]);
           }
         }
+        for (int i = 0; i < 8; ++i)
+          for (int64_t d = D; d < Dp; ++d) tl.Qr[(g0 + i) * Dp + d] = tl.dOr[(g0 + i) * Dp + d] = C(0);
       }
+      alignas(32) float pr[8];
+      _mm256_store_ps(pr, probe);
       bool bad = false;
-      for (int x = 0; x < L; ++x) bad = bad || probe[x] != probe[x];
+      for (int x = 0; x < 8; ++x) bad = bad || pr[x] != pr[x];
       tl.bad = bad;
     }
   }
@@ -1958,8 +2203,8 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
     C* St = w.b.st.get(static_cast<size_t>(kBN * BM));
     C* dPt = w.b.dpt.get(static_cast<size_t>(kBN * BM));
     C* dQt = w.b.dqt.get(static_cast<size_t>(BM * Dp));
-    C* dKa = w.b.dkacc.get(static_cast<size_t>(Sk * Dp));
-    C* dVa = w.b.dvacc.get(static_cast<size_t>(Sk * Dp));
+    C* dKa = kept_rows<C, 0>(static_cast<size_t>(Sk * Dp), w.b.dkacc);
+    C* dVa = kept_rows<C, 1>(static_cast<size_t>(Sk * Dp), w.b.dvacc);
     std::fill(dKa, dKa + Sk * Dp, C(0));
     std::fill(dVa, dVa + Sk * Dp, C(0));
     C* Dr = w.dr.get(static_cast<size_t>(Sq));
@@ -2044,11 +2289,12 @@ void dual_segment_typed(const DualArgs& da, const int32_t* idx, int64_t K, int64
     SegFwdScratch<C> s;
     FwdScratch<C> f;
   };
+  const FiniteBlocks<T> vf = seg_finite_v<T>(a);
   run_tasks<W>(nbh * nblk, [&](int64_t task, W& w) {
     const int64_t bh = task / nblk, b = bh / a.Hq, t0 = (task % nblk) * TB, t1 = std::min(ntile, t0 + TB);
     const int64_t i0 = t0 * BM, i1 = std::min(Sq, t1 * BM);
     const HeadRows<T> hr = seg_head_rows<T>(a, bh);
-    seg_walk<T, DC>(a, hr, idx + bh * Sq * K, K, segment, i0, i1, w.s);
+    seg_walk<T, DC>(a, hr, idx + bh * Sq * K, K, segment, i0, i1, w.s, vf, kv_of(a, bh));
     const C* mg = w.s.m.v.data();
     const C* lg = w.s.l.v.data();
     const C* Og = w.s.o.v.data();
@@ -2059,7 +2305,8 @@ void dual_segment_typed(const DualArgs& da, const int32_t* idx, int64_t K, int64
     Lanes<C> ln;
     for (int64_t t = t0; t < t1; ++t) {
       fwd_tile_setup<C>(a, b, t, ln, qrow, valid);
-      fwd_tile_keys<T, DC>(a, hr.q, hr.k, hr.v, nullptr, ln, qrow, valid, ln.hull_lo, ln.hull_hi, w.f, ml, ll, Ol);
+      fwd_tile_keys<T, DC>(a, hr.q, hr.k, hr.v, nullptr, ln, qrow, valid, ln.hull_lo, ln.hull_hi, w.f, ml, ll, Ol, vf,
+                           kv_of(a, bh));
       for (int i = 0; i < BM; ++i) {
         if (!valid[i]) continue;
         const int64_t r = t * BM + i, x = r - i0, row = bh * Sq + r;
@@ -2134,8 +2381,8 @@ void dual_segment_backward_typed(const DualArgs& da, const int32_t* idx, int64_t
     const int64_t b = bk / a.Hkv;
     const T* kh = static_cast<const T*>(a.k) + bk * Sk * D;
     const T* vh = static_cast<const T*>(a.v) + bk * Sk * D;
-    C* dKa = w.b.dkacc.get(static_cast<size_t>(Sk * Dp));
-    C* dVa = w.b.dvacc.get(static_cast<size_t>(Sk * Dp));
+    C* dKa = kept_rows<C, 0>(static_cast<size_t>(Sk * Dp), w.b.dkacc);
+    C* dVa = kept_rows<C, 1>(static_cast<size_t>(Sk * Dp), w.b.dvacc);
     std::fill(dKa, dKa + Sk * Dp, C(0));
     std::fill(dVa, dVa + Sk * Dp, C(0));
     // per row of the head: rowdot with out_l, out_g, and the two gates

@@ -565,6 +565,58 @@ describe('non-finite inputs: propagated as the materialised softmax(q k^T * scal
     });
   });
 
+  test('sliding window over many tiles: a NaN or inf value reaches exactly the rows whose window holds its key, call after call', () => {
+    // D 64 takes the vector packing and row stores; S 300 gives tiles whose edge chunks (one
+    // vector group of lanes alone) and 64-key blocks straddle the non-finite keys. The values'
+    // finiteness is found per 64-key block once per call: a clean call after a NaN one, and a
+    // NaN in a block an earlier tile of the same call found clean, must both come out right.
+    dr.tidy(() => {
+      const S = 300, D = 64, W = 40, scale = 0.125;
+      const dims = [1, 2, S, D];
+      const q = make(dims, 31), k = make(dims, 32);
+      const clean = make(dims, 33, 'float32').data;
+      for (const dtype of ['float32', 'bfloat16'] as const)
+        for (const bad of [[], [63], [64, 150], [127, 128, 299], [0]]) {
+          const rv = Float64Array.from(clean);
+          bad.forEach((j, x) => { rv[(1 * S + j) * D + 7] = x % 2 ? Infinity : NaN; rv[j * D + 3] = NaN; });
+          const v = dr.tensor(rv, dims, { dtype });
+          const got = dr.localAttention(dr.cast(q.t, dtype), dr.cast(k.t, dtype), v, { window: W, causal: true, scale, returnLse: true });
+          const qd = Float64Array.from(dr.cast(q.t, dtype).dataSync()), kd = Float64Array.from(dr.cast(k.t, dtype).dataSync());
+          const want = attnRef(qd, kd, Float64Array.from(v.dataSync()), dims, 2, S, { mode: 'sliding', causal: true, window: W, scale });
+          const out = got.out.dataSync();
+          for (let h = 0; h < 2; ++h)
+            for (let p = 0; p < S; ++p) {
+              const sees = bad.some((j) => j <= p && j > p - W);
+              const row = Array.from(out.subarray((h * S + p) * D, (h * S + p + 1) * D));
+              expect([h, p, row.some((x) => !Number.isFinite(x))]).toEqual([h, p, sees]);
+            }
+          expectClose(got.out, want.out, dtype);
+          expectClose(got.lse, want.lse, dtype);
+        }
+    });
+  });
+
+  test('repeated backward calls of different lengths give the gradients of a fresh process (kept accumulator rows are zeroed)', () => {
+    dr.tidy(() => {
+      const D = 16, W = 24, scale = 0.25;
+      const grads = (S: number, seed: number) => {
+        const dims = [1, 2, S, D];
+        const [q, k, v, w] = [make(dims, seed), make(dims, seed + 1), make(dims, seed + 2), make(dims, seed + 3)];
+        const t = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
+        dr.localAttention(t[0], t[1], t[2], { window: W, causal: true, scale }).mul(w.t).sum().backward();
+        const ref = attnGradRef(q.data, k.data, v.data, w.data, dims, 2, S, { mode: 'sliding', causal: true, window: W, scale });
+        expectClose(t[0].grad!, ref.dq, 'float32', 4);
+        expectClose(t[1].grad!, ref.dk, 'float32', 4);
+        expectClose(t[2].grad!, ref.dv, 'float32', 4);
+        return t.map((x) => Array.from(x.grad!.dataSync()));
+      };
+      const first = grads(257, 40);
+      grads(90, 50);
+      grads(513, 60);
+      expect(grads(257, 40)).toEqual(first);
+    });
+  });
+
   test('dualAttention: each path propagates what it sees, and NaN beyond the local window stays out of the local path', () => {
     dr.tidy(() => {
       const B = 1, H = 2, Hkv = 1, S = 70, D = 16, W = 8, scale = 0.25;
