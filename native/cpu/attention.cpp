@@ -2031,6 +2031,26 @@ bool seg_bwd_lanes(const AttnArgs& a, int64_t segment, int64_t s, const int32_t*
   return any;
 }
 
+// sum_d x[d] y[d] in the compute type: float rows of a multiple of 8 in eight chains of 8-float
+// vectors (one chain of D dependent adds is bound by the add's latency), others in order.
+template <typename T>
+typename Num<T>::acc row_dot(const T* x, const T* y, int64_t D) {
+#if defined(__AVX__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (D % 8 == 0) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t d = 0; d < D; d += 8) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(x + d), _mm256_loadu_ps(y + d)));
+      alignas(32) float r[8];
+      _mm256_store_ps(r, acc);
+      return ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    }
+  }
+#endif
+  typename Num<T>::acc s = 0;
+  for (int64_t d = 0; d < D; ++d) s += wid(x[d]) * wid(y[d]);
+  return s;
+}
+
 // Packs a backward tile's live lanes (rows tl.qrow of q and dout, whatever their order): Q
 // (pre-scaled, and as rows), dO' (both layouts) and Dr' = rowdot of the row; with a gate (one of
 // a gated mix's paths) dO' = g dout and Dr' = g rowdot, the plain backward of that path then
@@ -2138,20 +2158,23 @@ void bwd_prefetch_rows(int64_t D, const T* qh, const T* doh, C* dqh, const int32
   }
 }
 
-// gemm() for M a multiple of 4, in 4-row micro-kernels over groups of (at most) 3 column vectors:
-// a tile's 16 lanes and a chunk's 64 keys then run without a one-row tail (gemm's 3-row kernels
-// leave one row of 16 and of 64, at a third of the rate).
+// gemm() for M a multiple of 4, in 4-row micro-kernels over groups of (at most) 3 column vectors,
+// 4 with AVX-512's 16 accumulators (D 64 is then one group of 4 vectors, not 3 + 1): a tile's
+// lanes and a chunk's 64 keys then run without a one-row tail (gemm's 3-row kernels leave one
+// row of 16 and of 64, at a third of the rate).
 template <typename C>
 void gemm4(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c,
            int64_t ldc, int mode) {
-  constexpr int L = VT<C>::L;
+  constexpr int L = VT<C>::L, NBmax = kAcc >= 16 ? 4 : 3;
   for (int64_t n0 = 0; n0 < NV;) {
-    const int nb = NV - n0 >= 3 ? 3 : static_cast<int>(NV - n0);
+    const int nb = NV - n0 >= NBmax ? NBmax : static_cast<int>(NV - n0);
     const int64_t o = n0 * L;
     for (int64_t m = 0; m < M; m += 4) {
       const C* am_ = a + m * am;
       C* cm = c + m * ldc + o;
-      if (nb == 3)
+      if (NBmax == 4 && nb == 4)
+        mk<C, 4, NBmax, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
+      else if (nb == 3)
         mk<C, 4, 3, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
       else if (nb == 2)
         mk<C, 4, 2, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
@@ -2220,9 +2243,7 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
       const T* doh = in.dout + bh * Sq * D;
       const C* lh = in.lse + bh * Sq;
       for (int64_t i = 0; i < Sq; ++i) {
-        C s = 0;
-        for (int64_t d = 0; d < D; ++d) s += wid(oh[i * D + d]) * wid(doh[i * D + d]);
-        Dr[i] = s;
+        Dr[i] = row_dot<T>(oh + i * D, doh + i * D, D);
       }
       w.lists.build(idx + bh * Sq * K, 0, Sq, K, nseg);
       for (int64_t s = 0; s < nseg; ++s) {
@@ -2401,13 +2422,8 @@ void dual_segment_backward_typed(const DualArgs& da, const int32_t* idx, int64_t
         const T* ol = in.out + (bh * Sq + i) * D;
         const T* og = in.out_g + (bh * Sq + i) * D;
         const T* dd = doh + i * D;
-        C sl = 0, sg = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          sl += wid(ol[d]) * wid(dd[d]);
-          sg += wid(og[d]) * wid(dd[d]);
-        }
-        rdl[i] = sl;
-        rdg[i] = sg;
+        rdl[i] = row_dot<T>(ol, dd, D);
+        rdg[i] = row_dot<T>(og, dd, D);
         const T* gp = gate_row<T>(da, b, bh, i);
         gl[i] = wid(gp[0]);
         gg[i] = wid(gp[1]);
