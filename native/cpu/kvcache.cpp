@@ -30,6 +30,10 @@ inline StatT<T> ld(T v) {
   return static_cast<StatT<T>>(Num<T>::load(v));
 }
 
+// Values (or multiply-adds) a parallel task should be worth at least: less and the pool's
+// hand-off (a futex wake on a virtual machine: ~10 us) costs more than the task saves.
+constexpr int64_t kTaskWork = 65536;
+
 // a before b in the segment order: larger score first (NaN largest), then the lower index
 template <typename S>
 inline bool seg_better(S a, int64_t ia, S b, int64_t ib) {
@@ -60,7 +64,9 @@ void append_typed(const View& kc, const View& vc, const View& means, const View&
   const T* sv = static_cast<const T*>(v.data);
   const int64_t M = means.data ? means.shape[2] : 0;
   S* pm = static_cast<S*>(means.data);
-  parallel_for(N * H, 1, [&](int64_t t0, int64_t t1) {
+  // a task copies Sq x D values (and may average a segment): decode-sized appends run inline
+  // rather than paying a wake-up of the pool for a few hundred bytes
+  parallel_for(N * H, std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, Sq * D)), [&](int64_t t0, int64_t t1) {
     std::vector<S> acc(static_cast<size_t>(D));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / H, h = t % H, slot = slots[n], len = lengths[n];
@@ -107,7 +113,13 @@ void attention_typed(const View& out, const View& q, const View& kc, const View&
   const T* pv = static_cast<const T*>(vc.data);
   const S* pm = static_cast<const S*>(means.data);
   T* po = static_cast<T*>(out.data);
-  parallel_for(N * Hkv, 1, [&](int64_t t0, int64_t t1) {
+  // a task's work is about G x Sq x (its keys) x D multiply-adds twice: tasks of a small
+  // model's decode step are grouped so that each is worth a thread's wake-up
+  int64_t maxlen = 1;
+  for (int64_t n = 0; n < N; ++n) maxlen = std::max<int64_t>(maxlen, lengths[n]);
+  if ((mask == AttnMask::Sliding || mask == AttnMask::Block) && window > 0) maxlen = std::min(maxlen, window);
+  const int64_t task_work = std::max<int64_t>(1, 2 * G * Sq * maxlen * D);
+  parallel_for(N * Hkv, std::max<int64_t>(1, kTaskWork / task_work), [&](int64_t t0, int64_t t1) {
     std::vector<S> qs(static_cast<size_t>(D)), acc(static_cast<size_t>(D)), sc, segsc;
     std::vector<int64_t> keys, chosen;
     for (int64_t t = t0; t < t1; ++t) {

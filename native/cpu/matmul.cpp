@@ -473,7 +473,10 @@ void gemv(int64_t len, int64_t k, const In* mat, int64_t rs, int64_t cs, const I
     }
   };
   if (parallel) {
-    const int64_t grain = col_form ? kChunk : std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k));
+    // at least 64 Ki multiply-adds a task: a decode step's gemv of a small model (128 x 512)
+    // runs inline instead of waking the pool for two halves of a few microseconds each
+    const int64_t grain = col_form ? std::max<int64_t>(kChunk, 65536 / std::max<int64_t>(1, k))
+                                   : std::max<int64_t>(1, 65536 / std::max<int64_t>(1, k));
     parallel_for(len, grain, rows);
   } else {
     rows(0, len);
