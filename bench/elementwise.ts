@@ -15,7 +15,8 @@
 // reach the target from memory whatever the traffic costs); one whose in-cache rate is above it
 // loses the difference to memory traffic and arithmetic not overlapping.
 //
-// Then the cost of reading 8 MiB back to JavaScript (dataSync, data) beside plain copies.
+// Then the cost of reading 8 MiB back to JavaScript (dataSync, data) beside plain copies, and of
+// a 64 MiB output in memory the process has not touched yet beside one in a cached block.
 //
 //   node dist/bench/elementwise.js [--rounds N] [--quick] [--filter a,b] [--json path]
 //
@@ -290,6 +291,37 @@ async function reads(rounds: number, calls: number): Promise<ReadStat[]> {
   });
 }
 
+/**
+ * What a large output costs in memory the process has not touched yet: exp over 64 MiB right
+ * after dr.emptyCache() (its output block is new, mapped and faulted as the kernel writes it; in
+ * 2 MiB pages unless DUALROUTE_CPU_HUGEPAGES=0) beside the same exp into a block the host cache
+ * hands back, alternating. Per row the median, 90th percentile and worst.
+ */
+function freshOutputs(rounds: number, calls: number, elems: number): ReadStat[] {
+  const x = dr.randn([elems], { generator: new dr.Generator(5) });
+  const mib = ((elems * 4) / 2 ** 20).toFixed(0);
+  const keys = [`exp ${mib} MiB, output in fresh memory`, `exp ${mib} MiB, output block from the cache`];
+  const t: number[][] = [[], []];
+  const once = (k: number) => {
+    dr.synchronize();
+    const t0 = performance.now();
+    const y = dr.exp(x);
+    dr.synchronize();
+    t[k].push(performance.now() - t0);
+    y.dispose();
+  };
+  for (let i = 0; i < rounds * calls; ++i) {
+    dr.emptyCache();
+    once(0);
+    once(1);
+  }
+  x.dispose();
+  return keys.map((row, k) => {
+    const v = t[k].slice().sort((p, q) => p - q);
+    return { row, median: v[v.length >> 1], p90: v[Math.floor(v.length * 0.9)], max: v[v.length - 1] };
+  });
+}
+
 async function main(): Promise<void> {
   const a = parseArgs(process.argv.slice(2));
   const [rows, cols] = a.quick ? [1024, 1024] : [16384, 1024];
@@ -343,8 +375,11 @@ async function main(): Promise<void> {
   const rd = await reads(a.rounds, a.quick ? 5 : 40);
   console.log(`reads of 8 MiB (ms per call over ${a.rounds} rounds: median, p90, max)`);
   for (const r of rd) console.log(`  ${r.row.padEnd(38)} ${r.median.toFixed(2).padStart(6)} ${r.p90.toFixed(2).padStart(6)} ${r.max.toFixed(2).padStart(7)}`);
+  const fo = freshOutputs(a.rounds, a.quick ? 2 : 5, rows * cols);
+  console.log(`large outputs (ms per call over ${a.rounds} rounds: median, p90, max)`);
+  for (const r of fo) console.log(`  ${r.row.padEnd(42)} ${r.median.toFixed(2).padStart(6)} ${r.p90.toFixed(2).padStart(6)} ${r.max.toFixed(2).padStart(7)}`);
   if (a.json) {
-    const out = { date: new Date().toISOString(), machine: { cpu, threads: dr.numThreads() }, rows, cols, rounds: a.rounds, quick: a.quick, memoryRateGBps: memRate, results: res, reads: rd };
+    const out = { date: new Date().toISOString(), machine: { cpu, threads: dr.numThreads() }, rows, cols, rounds: a.rounds, quick: a.quick, memoryRateGBps: memRate, results: res, reads: rd, freshOutputs: fo };
     fs.writeFileSync(a.json + '.tmp', JSON.stringify(out, null, 2) + '\n');
     fs.renameSync(a.json + '.tmp', a.json);
   }

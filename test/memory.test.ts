@@ -163,6 +163,33 @@ describe('memory', () => {
     expect(() => dr.matmul(a, a)).toThrow(/disposed/);
   });
 
+  test('large blocks come in 2 MiB pages (DUALROUTE_CPU_HUGEPAGES=0: 4 KiB pages), whatever their size, with the same values', () => {
+    const mode = (() => {
+      try {
+        return /\[(\w+)\]/.exec(require('fs').readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1] ?? 'none';
+      } catch {
+        return 'none';
+      }
+    })();
+    const run = (huge: string) => {
+      const r = spawnSync(process.execPath, [path.join(__dirname, 'gc', 'huge_pages.js')],
+                          { encoding: 'utf8', timeout: 60_000, env: { ...process.env, DUALROUTE_CPU_HUGEPAGES: huge } });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      return JSON.parse(r.stdout) as { before: number; during: number; checks: Array<{ n: number; bad: number; length: number }> };
+    };
+    for (const huge of ['1', '0']) {
+      const out = run(huge);
+      expect(out.checks.map((c) => [c.n, c.bad, c.length])).toEqual([[1310721, 0, 1310721], [16777215, 0, 16777215], [2359312, 0, 2359312]]);
+      // with THP in "madvise" mode (these machines), only the advised blocks get huge pages:
+      // the 64 MiB pair alone is 62 whole 2 MiB pages of which some must be huge
+      if (mode === 'madvise' && out.before >= 0) {
+        if (huge === '1') expect(out.during - out.before).toBeGreaterThanOrEqual(8 * 1024);
+        else expect(out.during - out.before).toBeLessThan(8 * 1024);
+      }
+    }
+  });
+
   test('the GC safety net frees tensors that were never disposed: a few, a long synchronous burst, never a held one', () => {
     // run in a fresh process, the library loaded once as a program has it (test/gc/safety_net.js
     // says why not inside jest's in-band run); new tensors wait for a sweep before they are

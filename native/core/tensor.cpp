@@ -5,6 +5,8 @@
 #include <mutex>
 #include <sstream>
 
+#include <sys/mman.h>
+
 #include "cuda_backend.h"
 #include "error.h"
 
@@ -17,11 +19,14 @@ MemoryCounters& memory_counters() {
 
 namespace {
 
-// Large host buffers come from mmap, and a fresh one page-faults on every first touch: at a few
-// GB/s that costs as much as the kernel that fills it (8 MiB of fresh pages took 6.9 ms to fill
-// on these virtual machines, memory already mapped 0.44 ms; transparent huge pages were faster
-// while the hypervisor had backed the guest memory and 4x slower when it had not, so they are
-// not asked for). Freed blocks of 1 MiB or more are kept in size classes (1/8 of a power of two apart, so at most 12.5% is wasted) and handed
+// Large host buffers come from mmap, and a fresh one page-faults on every first touch: in 4 KiB
+// pages that costs far more than the kernel that fills it (on these virtual machines 64 MiB of
+// fresh 4 KiB pages took ~100 ms to fill, against ~3 ms in memory already mapped). Blocks of
+// 4 MiB or more are therefore 2 MiB aligned and advised as transparent huge pages (MADV_HUGEPAGE;
+// the machines' THP mode is "madvise"): one fault per 2 MiB, and the same fill took 3-8 ms
+// (`freshOutputs` in bench/elementwise.ts measures it). DUALROUTE_CPU_HUGEPAGES=0 turns the
+// advice off (an older VM once made fresh huge pages slower while the hypervisor had not backed
+// the guest's memory). Freed blocks of 1 MiB or more are kept in size classes (1/8 of a power of two apart, so at most 12.5% is wasted) and handed
 // out again, up to DUALROUTE_CPU_CACHE_MB (default 512) of cached bytes. Tensors and the
 // buffers reads return (host_buffer_take) share the cache.
 class HostCache {
@@ -91,18 +96,36 @@ int64_t cpu_cached_bytes() { return static_cast<int64_t>(host_cache().cached());
 
 namespace {
 
+constexpr size_t kHuge = size_t(2) << 20, kHugeMin = size_t(4) << 20;
+
 size_t alloc_size(size_t bytes) {
   return bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // 64-byte aligned, padded to a cache line
+}
+
+// A new block: 2 MiB pages where it is large enough (see HostCache's comment).
+void* host_new(size_t alloc) {
+  static const bool huge = [] {
+    const char* s = std::getenv("DUALROUTE_CPU_HUGEPAGES");
+    return !(s && s[0] == '0');
+  }();
+  if (!huge || alloc < kHugeMin) return std::aligned_alloc(64, alloc);
+  // aligned_alloc wants a multiple of the alignment; only the whole 2 MiB pages the block
+  // uses are advised, so the tail past them stays in 4 KiB pages and costs no more than it is used
+  void* p = std::aligned_alloc(kHuge, (alloc + kHuge - 1) / kHuge * kHuge);
+#ifdef MADV_HUGEPAGE
+  if (p) madvise(p, alloc / kHuge * kHuge, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+  return p;
 }
 
 // A cached block of the rounded size, else a new one (after emptying the cache once when
 // memory runs out); nullptr when there is none.
 void* host_take(size_t alloc) {
   void* p = host_cache().take(alloc);
-  if (!p) p = std::aligned_alloc(64, alloc);
+  if (!p) p = host_new(alloc);
   if (!p) {
     host_cache().clear();
-    p = std::aligned_alloc(64, alloc);
+    p = host_new(alloc);
   }
   return p;
 }
