@@ -277,7 +277,7 @@ bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
   const int64_t n = view_numel(dx);
   auto run = [&](auto f) {
     parallel_for(n, 16384, [&](int64_t b, int64_t e) {
-      const int64_t i = b + act::vblocks(e - b, [&](int64_t i, auto u) {
+      const int64_t i = b + act::vblocks(e - b, [&](int64_t i, auto u) DR_VLAMBDA {
         constexpr int U = decltype(u)::value;
         vstoren<U>(pdx + b + i, f(vloadn<U>(px + b + i), vloadn<U>(pdy + b + i)));
       });
@@ -377,7 +377,7 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
       if constexpr (kVec<T>) {
         // d/da silu(a) b = b silu'(a), d/db = silu(a): the sigmoid once for both
         const int64_t step = r + 1 < hi ? 2 * h : 0;  // the next row's, prefetched (as swiglu's forward)
-        j = act::vblocks(h, [&](int64_t j, auto u) {
+        j = act::vblocks(h, [&](int64_t j, auto u) DR_VLAMBDA {
           constexpr int U = decltype(u)::value;
           if constexpr (U == 4) {
             prefetch_r4(a + step, j);

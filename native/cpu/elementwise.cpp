@@ -65,7 +65,7 @@ inline int32_t unary_int(UnaryOp op, int32_t x) {
 template <typename T>
 bool unary_vec(UnaryOp op, T* o, const T* x, int64_t n) {
   auto run = [&](auto f) {
-    const int64_t i = act::vblocks(n, [&](int64_t i, auto u) {
+    const int64_t i = act::vblocks(n, [&](int64_t i, auto u) DR_VLAMBDA {
       constexpr int U = decltype(u)::value;
       vstoren<U>(o + i, f(vloadn<U>(x + i)));
     });
@@ -424,7 +424,7 @@ void swiglu(const View& out, const View& x) {
           // the next row's halves and output are prefetched as this one is computed (a row's
           // three short streams restart at every row, which the hardware prefetcher follows late)
           const int64_t step = r + 1 < e ? 2 * h : 0;
-          j = act::vblocks(h, [&](int64_t j, auto k) {
+          j = act::vblocks(h, [&](int64_t j, auto k) DR_VLAMBDA {
             constexpr int U = decltype(k)::value;
             if constexpr (U == 4) {
               prefetch_r4(g + step, j);

@@ -36,7 +36,7 @@ void dispatch_act(UnaryOp op, F&& f) {
 template <typename T, class F>
 void bias_act_row(T* o, const T* x, const T* b, int64_t n) {
   if constexpr (kVec<T>) {
-    const int64_t j = act::vblocks(n, [&](int64_t j, auto u) {
+    const int64_t j = act::vblocks(n, [&](int64_t j, auto u) DR_VLAMBDA {
       constexpr int U = decltype(u)::value;
       vstoren<U>(o + j, act::act_fwd<F>(vrnd<T>(vloadn<U>(x + j) + vloadn<U>(b + j))));
     });
@@ -55,7 +55,7 @@ void bias_act_row(T* o, const T* x, const T* b, int64_t n) {
 template <typename T, class F>
 void bias_act_bw_row(T* dx, const T* x, const T* b, const T* dy, int64_t n, Acc<T>* pdb) {
   if constexpr (kVec<T>) {
-    const int64_t j = act::vblocks(n, [&](int64_t j, auto u) {
+    const int64_t j = act::vblocks(n, [&](int64_t j, auto u) DR_VLAMBDA {
       constexpr int U = decltype(u)::value;
       const auto d = act::act_grad<F>(vrnd<T>(vloadn<U>(x + j) + vloadn<U>(b + j)), vloadn<U>(dy + j));
       vstoren<U>(dx + j, d);
