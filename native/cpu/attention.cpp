@@ -2057,10 +2057,11 @@ typename Num<T>::acc row_dot(const T* x, const T* y, int64_t D) {
 // giving exactly the gated gradient (dP' = g dP, dV += P^T dO'). Lanes that are not live get
 // zeros. float rows of 8 floats are moved as 8-float vectors (with AVX-512 too) and transposed
 // 8 x 8 in registers (the segment walk packs every (row, segment) visit); other types go
-// element by element.
+// element by element. rows = false skips the row layouts (Qr, dOr) on the vector path, for a
+// caller that reads q and dout rows in place (the segment backward's direct form).
 template <typename T>
 void bwd_pack_rows(int64_t D, typename Num<T>::acc scale, const T* qh, const T* doh, const typename Num<T>::acc* rowdot,
-                   const typename Num<T>::acc* gate, BwdTile<typename Num<T>::acc>& tl) {
+                   const typename Num<T>::acc* gate, BwdTile<typename Num<T>::acc>& tl, bool rows = true) {
   using C = typename Num<T>::acc;
   constexpr int L = VT<C>::L, BM = Lanes<C>::BM;
   const int64_t Dp = (D + L - 1) / L * L;
@@ -2093,8 +2094,10 @@ void bwd_pack_rows(int64_t D, typename Num<T>::acc scale, const T* qh, const T* 
             __m256 dd = live[i] ? _mm256_loadu_ps(dr[i] + d0) : zero;
             if (gate) dd = _mm256_mul_ps(gv[i], dd);
             probe = _mm256_add_ps(probe, _mm256_add_ps(_mm256_mul_ps(q, zero), _mm256_mul_ps(dd, zero)));
-            _mm256_storeu_ps(tl.Qr + (g0 + i) * Dp + d0, q);
-            _mm256_storeu_ps(tl.dOr + (g0 + i) * Dp + d0, dd);
+            if (rows) {
+              _mm256_storeu_ps(tl.Qr + (g0 + i) * Dp + d0, q);
+              _mm256_storeu_ps(tl.dOr + (g0 + i) * Dp + d0, dd);
+            }
             xq[i] = q;
             xd[i] = dd;
           }
@@ -2105,7 +2108,7 @@ void bwd_pack_rows(int64_t D, typename Num<T>::acc scale, const T* qh, const T* 
             _mm256_storeu_ps(tl.dOt + (d0 + k) * BM + g0, xd[k]);
           }
         }
-        for (int i = 0; i < 8; ++i)
+        for (int i = 0; i < 8 && rows; ++i)
           for (int64_t d = D; d < Dp; ++d) tl.Qr[(g0 + i) * Dp + d] = tl.dOr[(g0 + i) * Dp + d] = C(0);
       }
       alignas(32) float pr[8];
@@ -2185,6 +2188,76 @@ void gemm4(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak,
   }
 }
 
+// Row addressing for gemm4_rows: rows `ld` apart from `base`, or rows by pointer (query rows of a
+// segment tile, read or accumulated in place: no copy into the tile), from column `o`.
+template <typename P>
+struct RowsAt {
+  P* base;
+  int64_t ld;
+  P* operator[](int64_t r) const { return base + r * ld; }
+  RowsAt at(int64_t r, int64_t o) const { return {base + r * ld + o, ld}; }
+};
+template <typename P>
+struct RowsBy {
+  P* const* rows;
+  int64_t o;
+  P* operator[](int64_t r) const { return rows[r] + o; }
+  RowsBy at(int64_t r, int64_t o2) const { return {rows + r, o + o2}; }
+};
+
+// C[m] += sum_k A(m, k) B[k] for an MR x NB-vector tile, A(m, k) = a[m*am + k*ak] broadcast as in
+// mk, B and C rows through an addressing above.
+template <typename C, int MR, int NB, class BR, class CR>
+inline void mk_rows(int64_t K, const C* a, int64_t am, int64_t ak, BR b, CR c) {
+  using V = typename VT<C>::V;
+  constexpr int L = VT<C>::L;
+  V acc[MR][NB];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) acc[m][n] = ldv(c[m] + n * L);
+  for (int64_t k = 0; k < K; ++k) {
+    V bv[NB];
+    const C* bk = b[k];
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) bv[n] = ldv(bk + n * L);
+    const C* ak_ = a + k * ak;
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      const V av = splat<V>(ak_[m * am]);
+#pragma GCC unroll 4
+      for (int n = 0; n < NB; ++n) acc[m][n] += av * bv[n];
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int n = 0; n < NB; ++n) stv(c[m] + n * L, acc[m][n]);
+}
+
+// gemm4 (kAdd) with B and C rows through RowsAt / RowsBy.
+template <typename C, class BR, class CR>
+void gemm4_rows(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, BR b, CR c) {
+  constexpr int L = VT<C>::L, NBmax = kAcc >= 16 ? 4 : 3;
+  for (int64_t n0 = 0; n0 < NV;) {
+    const int nb = NV - n0 >= NBmax ? NBmax : static_cast<int>(NV - n0);
+    const BR bn = b.at(0, n0 * L);
+    for (int64_t m = 0; m < M; m += 4) {
+      const C* am_ = a + m * am;
+      const CR cm = c.at(m, n0 * L);
+      if (NBmax == 4 && nb == 4)
+        mk_rows<C, 4, NBmax>(K, am_, am, ak, bn, cm);
+      else if (nb == 3)
+        mk_rows<C, 4, 3>(K, am_, am, ak, bn, cm);
+      else if (nb == 2)
+        mk_rows<C, 4, 2>(K, am_, am, ak, bn, cm);
+      else
+        mk_rows<C, 4, 1>(K, am_, am, ak, bn, cm);
+    }
+    n0 += nb;
+  }
+}
+
 // bwd_products for a segment tile (no dual path, no padding): the unmasked products with
 // gemm4 where the rows allow, the rest as bwd_products does it.
 template <typename C>
@@ -2214,9 +2287,16 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
   const int64_t D = DC ? DC : a.D, G = a.Hq / a.Hkv, Sq = a.Sq, Sk = a.Sk;
   const int64_t Dp = (D + L - 1) / L * L, nseg = (Sk + segment - 1) / segment;
   const C scale = static_cast<C>(a.scale);
+  // The direct form (float rows of whole vectors): dV and dK read the q and dout rows in place
+  // and dQ accumulates into the dq rows, by row pointers (gemm4_rows), instead of copying each
+  // (row, segment) visit's rows into the tile and adding a zeroed dQ tile back afterwards. A chunk
+  // that needs bwd_products' masking (a NaN or an infinity about) packs the rows after all.
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  const bool direct = kFloat && BM % 8 == 0 && D % 8 == 0 && D % L == 0;
+  const int64_t NVd = Dp / L;
   struct W {
     BwdScratch<C> b;
-    Buf<C> dr;
+    Buf<C> dr, zr, junk;
     SegLists lists;
   };
   run_tasks<W>(a.B * a.Hkv, [&](int64_t bk, W& w) {
@@ -2236,6 +2316,13 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
     tl.Qr = w.b.qr.get(static_cast<size_t>(BM * Dp));
     tl.dOt = w.b.dot.get(static_cast<size_t>(D * BM));
     tl.dOr = w.b.dor.get(static_cast<size_t>(BM * Dp));
+    // the rows of lanes without a live row: zeros to read, a scratch row to accumulate into
+    C* zr = w.zr.get(static_cast<size_t>(Dp));
+    std::fill(zr, zr + Dp, C(0));
+    C* junk = w.junk.get(static_cast<size_t>(Dp));
+    const C* qp[BM];
+    const C* dp[BM];
+    C* dqp[BM];
     for (int64_t g = 0; g < G; ++g) {
       const int64_t bh = (bk / a.Hkv) * a.Hq + (bk % a.Hkv) * G + g;
       const T* qh = static_cast<const T*>(a.q) + bh * Sq * D;
@@ -2251,24 +2338,43 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
         const int64_t cnt = w.lists.start[s + 1] - w.lists.start[s];
         for (int64_t t0 = 0; t0 < cnt; t0 += BM) {
           if (!seg_bwd_lanes(a, segment, s, rs, cnt, t0, lh, tl)) continue;
-          bwd_pack_rows<T>(D, scale, qh, doh, Dr, nullptr, tl);
+          bwd_pack_rows<T>(D, scale, qh, doh, Dr, nullptr, tl, !direct);
           {
             // the rows of the tile after next (the list is flat across segments)
             const int64_t x0 = (rs - w.lists.rows.data()) + t0 + 2 * BM, nrows = static_cast<int64_t>(w.lists.rows.size());
             bwd_prefetch_rows<T, C>(D, qh, doh, dq + bh * Sq * D, w.lists.rows.data() + std::min(x0, nrows),
                                     std::max<int64_t>(0, std::min<int64_t>(BM, nrows - x0)));
           }
-          std::fill(dQt, dQt + BM * Dp, C(0));
+          bool packed = !direct, dqt = false;  // the tile's row layouts are filled; dQt holds sums
+          if constexpr (kFloat) {
+            if (direct) {
+              for (int i = 0; i < BM; ++i) {
+                const bool on = tl.valid[i] && tl.live[i];
+                qp[i] = on ? qh + tl.qrow[i] * D : zr;
+                dp[i] = on ? doh + tl.qrow[i] * D : zr;
+                dqp[i] = on ? dq + (bh * Sq + tl.qrow[i]) * D : junk;
+              }
+            }
+          }
           for (int64_t j0 = tl.ln.hull_lo; j0 < tl.ln.hull_hi; j0 += kBN) {
             const int64_t nk = std::min<int64_t>(kBN, tl.ln.hull_hi - j0);
             int64_t ldk, ldvv;
             const C* Kc = rows_as<T, C>(kh, j0, nk, D, Dp, w.b.kb, ldk);
             const C* Vc = rows_as<T, C>(vh, j0, nk, D, D, w.b.vb, ldvv);
             bwd_chunk<C, DC>(tl, false, D, scale, nullptr, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
-            seg_bwd_products<C>(tl, chunk_full(tl, false, j0, nk, nullptr), D, Dp, j0, nk, St, dPt, Kc, ldk,
-                                dVa + j0 * Dp, dKa + j0 * Dp, dQt);
+            const bool full = chunk_full(tl, false, j0, nk, nullptr);
+            if (direct && nk % 4 == 0 && (full || !(tl.bad || any_nonfinite(Kc, nk, D, ldk)))) {
+              gemm4_rows<C>(nk, NVd, BM, St, BM, 1, RowsBy<const C>{dp, 0}, RowsAt<C>{dVa + j0 * Dp, Dp});
+              gemm4_rows<C>(nk, NVd, BM, dPt, BM, 1, RowsBy<const C>{qp, 0}, RowsAt<C>{dKa + j0 * Dp, Dp});
+              gemm4_rows<C>(BM, NVd, nk, dPt, 1, BM, RowsAt<const C>{Kc, ldk}, RowsBy<C>{dqp, 0});
+              continue;
+            }
+            if (!packed) bwd_pack_rows<T>(D, scale, qh, doh, Dr, nullptr, tl);
+            if (!dqt) std::fill(dQt, dQt + BM * Dp, C(0));
+            packed = dqt = true;
+            seg_bwd_products<C>(tl, full, D, Dp, j0, nk, St, dPt, Kc, ldk, dVa + j0 * Dp, dKa + j0 * Dp, dQt);
           }
-          bwd_store_dq(a, D, Dp, bh, tl, dQt, dq);
+          if (dqt) bwd_store_dq(a, D, Dp, bh, tl, dQt, dq);
         }
       }
     }

@@ -442,17 +442,50 @@ describe('segmentAttention', () => {
     expect(dr.gradcheck((a, b, c) => dr.segmentAttention(a, b, c, { segment: 3, indices, causal: false }).mul(w), [q.t, k.t, v.t]).ok).toBe(true);
   }));
 
-  test('float32 gradients match the float64 reference gradients', () => dr.tidy(() => {
-    const d = { B: 2, Hq: 4, Hkv: 2, Sq: 40, Sk: 40, D: 16 };
-    const { q, k, v } = qkv(d, 81, 'float32');
-    const indices = dr.tensor(randomIndices(d, 6, 3, 4), [2, 4, 40, 3], { dtype: 'int32' });
+  // segment 7: chunks of 7 keys (the packed products); 8 and 96 (64 + 32 keys): whole groups of 4
+  // keys, which the direct form (q, dout and dq rows in place) takes, over several tiles of rows
+  for (const [D, S, seg, ns, K] of [[16, 40, 7, 6, 3], [16, 80, 8, 10, 3], [64, 200, 96, 3, 2]])
+    test(`float32 gradients match the float64 reference gradients: D ${D} S ${S} segment ${seg} top ${K}`, () => dr.tidy(() => {
+      const d = { B: 2, Hq: 4, Hkv: 2, Sq: S, Sk: S, D };
+      const { q, k, v } = qkv(d, 81, 'float32');
+      const indices = dr.tensor(randomIndices(d, ns, K, 4), [2, 4, S, K], { dtype: 'int32' });
+      const grads = (dtype: dr.DType) => {
+        const [a, b, c] = [q.t, k.t, v.t].map((t) => dr.cast(t, dtype).requiresGrad_());
+        dr.segmentAttention(a, b, c, { segment: seg, indices }).square().sum().backward();
+        return [a, b, c].map((t) => Float64Array.from(t.grad!.dataSync()));
+      };
+      const g32 = grads('float32'), g64 = grads('float64');
+      g32.forEach((g, i) => expectClose(g, g64[i], 'float32', 10));
+    }));
+
+  test('an infinite key: float32 gradients are NaN exactly where float64 ones are, and close elsewhere', () => dr.tidy(() => {
+    // segment 96 = chunks of 64 and 32 keys; the infinity (key 150, in the second chunk of
+    // segment 1) sends that chunk through the masked products while the tile's other chunks
+    // take the direct form
+    const d = { B: 1, Hq: 2, Hkv: 1, Sq: 200, Sk: 200, D: 16 };
+    const { q, k, v } = qkv(d, 83, 'float64');
+    const kd = Float64Array.from(k.t.dataSync());
+    for (let e = 0; e < d.D; e += 5) kd[150 * d.D + e] = e % 2 ? -Infinity : Infinity;
+    const kinf = dr.tensor(kd, [1, 1, 200, 16], { dtype: 'float64' });
+    const indices = dr.tensor(randomIndices(d, 3, 2, 9), [1, 2, 200, 2], { dtype: 'int32' });
     const grads = (dtype: dr.DType) => {
-      const [a, b, c] = [q.t, k.t, v.t].map((t) => dr.cast(t, dtype).requiresGrad_());
-      dr.segmentAttention(a, b, c, { segment: 7, indices }).square().sum().backward();
+      const [a, b, c] = [q.t, kinf, v.t].map((t) => dr.cast(t, dtype).requiresGrad_());
+      dr.segmentAttention(a, b, c, { segment: 96, indices }).sum().backward();
       return [a, b, c].map((t) => Float64Array.from(t.grad!.dataSync()));
     };
     const g32 = grads('float32'), g64 = grads('float64');
-    g32.forEach((g, i) => expectClose(g, g64[i], 'float32', 10));
+    let nan = 0;
+    g32.forEach((g, i) => {
+      const w = g64[i];
+      const finite: number[] = [];
+      for (let e = 0; e < w.length; ++e) {
+        if (Number.isFinite(w[e])) finite.push(e);
+        else if (Number.isNaN(w[e])) { expect(Number.isNaN(g[e])).toBe(true); ++nan; }
+        else expect(g[e]).toBe(w[e]);
+      }
+      expectClose(finite.map((e) => g[e]), finite.map((e) => w[e]), 'float32', 10);
+    });
+    expect(nan).toBeGreaterThan(0);
   }));
 
   test('bad options get typed errors naming the argument', () => dr.tidy(() => {
