@@ -188,13 +188,31 @@ enum Mode { kSet = 0, kAdd = 1, kScaleAdd = 2, kRowScaleAdd = 3 };
 
 constexpr int mr_for(int nb) { return kAcc / nb > 0 ? kAcc / nb : 1; }
 
+// Row addressing for the micro-kernel's B and C: rows `ld` apart from `base`, or rows by
+// pointer (query rows of a segment tile, read or accumulated in place: no copy into the tile),
+// from column `o`.
+template <typename P>
+struct RowsAt {
+  P* base;
+  int64_t ld;
+  P* operator[](int64_t r) const { return base + r * ld; }
+  RowsAt at(int64_t r, int64_t o) const { return {base + r * ld + o, ld}; }
+};
+template <typename P>
+struct RowsBy {
+  P* const* rows;
+  int64_t o;
+  P* operator[](int64_t r) const { return rows[r] + o; }
+  RowsBy at(int64_t r, int64_t o2) const { return {rows + r, o + o2}; }
+};
+
 // C[m][n] (mode) sum_k A(m, k) B[k][n] for an MR x NB-vector tile. A(m, k) = a[m*am + k*ak]
-// is broadcast, so A may be any strided view (a row-major K, a transposed P); B rows and C
-// rows are vectors. kScaleAdd first multiplies C by cs[n] (the online-softmax rescale of query
-// lanes), kRowScaleAdd by cs[m] (of query rows; cs then indexes this tile's rows).
-template <typename C, int MR, int NB, int KC>
-inline void mk(int64_t Kr, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c, int64_t ldc,
-               int mode, const C* cs) {
+// is broadcast, so A may be any strided view (a row-major K, a transposed P); B rows b[k] and C
+// rows c[m] are vectors (RowsAt or RowsBy). kScaleAdd first multiplies C by cs[n] (the
+// online-softmax rescale of query lanes), kRowScaleAdd by cs[m] (of query rows; cs then indexes
+// this tile's rows).
+template <typename C, int MR, int NB, int KC, class BR, class CR>
+inline void mk_at(int64_t Kr, const C* a, int64_t am, int64_t ak, BR b, CR c, int mode, const C* cs) {
   using V = typename VT<C>::V;
   constexpr int L = VT<C>::L;
   const int64_t K = KC ? KC : Kr;
@@ -212,15 +230,16 @@ inline void mk(int64_t Kr, const C* a, int64_t am, int64_t ak, const C* b, int64
     for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
       for (int n = 0; n < NB; ++n) {
-        acc[m][n] = ldv(c + m * ldc + n * L);
+        acc[m][n] = ldv(c[m] + n * L);
         if (mode == kScaleAdd) acc[m][n] *= s[n];
         if (mode == kRowScaleAdd) acc[m][n] *= splat<V>(cs[m]);
       }
   }
   for (int64_t k = 0; k < K; ++k) {
     V bv[NB];
+    const C* bk = b[k];
 #pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) bv[n] = ldv(b + k * ldb + n * L);
+    for (int n = 0; n < NB; ++n) bv[n] = ldv(bk + n * L);
     const C* ak_ = a + k * ak;
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) {
@@ -232,7 +251,14 @@ inline void mk(int64_t Kr, const C* a, int64_t am, int64_t ak, const C* b, int64
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) stv(c + m * ldc + n * L, acc[m][n]);
+    for (int n = 0; n < NB; ++n) stv(c[m] + n * L, acc[m][n]);
+}
+
+// mk_at over row-major B and C (rows ldb and ldc apart).
+template <typename C, int MR, int NB, int KC>
+inline void mk(int64_t Kr, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c, int64_t ldc,
+               int mode, const C* cs) {
+  mk_at<C, MR, NB, KC>(Kr, a, am, ak, RowsAt<const C>{b, ldb}, RowsAt<C>{c, ldc}, mode, cs);
 }
 
 template <typename C, int NB, int KC, int R>
@@ -2188,54 +2214,7 @@ void gemm4(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak,
   }
 }
 
-// Row addressing for gemm4_rows: rows `ld` apart from `base`, or rows by pointer (query rows of a
-// segment tile, read or accumulated in place: no copy into the tile), from column `o`.
-template <typename P>
-struct RowsAt {
-  P* base;
-  int64_t ld;
-  P* operator[](int64_t r) const { return base + r * ld; }
-  RowsAt at(int64_t r, int64_t o) const { return {base + r * ld + o, ld}; }
-};
-template <typename P>
-struct RowsBy {
-  P* const* rows;
-  int64_t o;
-  P* operator[](int64_t r) const { return rows[r] + o; }
-  RowsBy at(int64_t r, int64_t o2) const { return {rows + r, o + o2}; }
-};
-
-// C[m] += sum_k A(m, k) B[k] for an MR x NB-vector tile, A(m, k) = a[m*am + k*ak] broadcast as in
-// mk, B and C rows through an addressing above.
-template <typename C, int MR, int NB, class BR, class CR>
-inline void mk_rows(int64_t K, const C* a, int64_t am, int64_t ak, BR b, CR c) {
-  using V = typename VT<C>::V;
-  constexpr int L = VT<C>::L;
-  V acc[MR][NB];
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) acc[m][n] = ldv(c[m] + n * L);
-  for (int64_t k = 0; k < K; ++k) {
-    V bv[NB];
-    const C* bk = b[k];
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) bv[n] = ldv(bk + n * L);
-    const C* ak_ = a + k * ak;
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m) {
-      const V av = splat<V>(ak_[m * am]);
-#pragma GCC unroll 4
-      for (int n = 0; n < NB; ++n) acc[m][n] += av * bv[n];
-    }
-  }
-#pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) stv(c[m] + n * L, acc[m][n]);
-}
-
-// gemm4 (kAdd) with B and C rows through RowsAt / RowsBy.
+// gemm4 (kAdd) with B and C rows through RowsAt / RowsBy (mk_at).
 template <typename C, class BR, class CR>
 void gemm4_rows(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, BR b, CR c) {
   constexpr int L = VT<C>::L, NBmax = kAcc >= 16 ? 4 : 3;
@@ -2246,13 +2225,13 @@ void gemm4_rows(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_
       const C* am_ = a + m * am;
       const CR cm = c.at(m, n0 * L);
       if (NBmax == 4 && nb == 4)
-        mk_rows<C, 4, NBmax>(K, am_, am, ak, bn, cm);
+        mk_at<C, 4, NBmax, 0>(K, am_, am, ak, bn, cm, kAdd, nullptr);
       else if (nb == 3)
-        mk_rows<C, 4, 3>(K, am_, am, ak, bn, cm);
+        mk_at<C, 4, 3, 0>(K, am_, am, ak, bn, cm, kAdd, nullptr);
       else if (nb == 2)
-        mk_rows<C, 4, 2>(K, am_, am, ak, bn, cm);
+        mk_at<C, 4, 2, 0>(K, am_, am, ak, bn, cm, kAdd, nullptr);
       else
-        mk_rows<C, 4, 1>(K, am_, am, ak, bn, cm);
+        mk_at<C, 4, 1, 0>(K, am_, am, ak, bn, cm, kAdd, nullptr);
     }
     n0 += nb;
   }
