@@ -186,13 +186,12 @@ void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, c
   // Chunked partial sums (see the file comment). The chunk count depends on the thread count
   // only, so a given configuration always adds in the same order.
   const int64_t nchunks = std::min<int64_t>(rows, std::max<int64_t>(1, 4 * static_cast<int64_t>(num_threads())));
-  std::vector<A> part_w(pdw ? static_cast<size_t>(nchunks * cols) : 0, A(0));
-  std::vector<A> part_b(pdb ? static_cast<size_t>(nchunks * cols) : 0, A(0));
+  ChunkRows<A> part_w(pdw ? nchunks : 0, cols), part_b(pdb ? nchunks : 0, cols);
   parallel_for(nchunks, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
       const int64_t r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
-      A* aw = pdw ? part_w.data() + c * cols : nullptr;
-      A* ab = pdb ? part_b.data() + c * cols : nullptr;
+      A* aw = pdw ? part_w.row(c) : nullptr;
+      A* ab = pdb ? part_b.row(c) : nullptr;
       for (int64_t r = r0; r < r1; ++r) row(r, aw, ab, r + 1 < r1);
     }
   });
@@ -200,8 +199,8 @@ void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, c
     for (int64_t j = lo; j < hi; ++j) {
       A sw = 0, sb = 0;
       for (int64_t c = 0; c < nchunks; ++c) {
-        if (pdw) sw += part_w[c * cols + j];
-        if (pdb) sb += part_b[c * cols + j];
+        if (pdw) sw += part_w.at(c, j);
+        if (pdb) sb += part_b.at(c, j);
       }
       if (pdw) pdw[j] = Num<T>::store(sw);
       if (pdb) pdb[j] = Num<T>::store(sb);

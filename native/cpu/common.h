@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "../core/dtype.h"
 #include "../core/error.h"
@@ -166,6 +167,30 @@ Iter<N> make_iter(const View& shape_of, const View* const (&ops)[N]) {
   for (int k = 0; k < N; ++k) str[k] = ops[k]->strides;
   return Iter<N>(shape_of.ndim, shape_of.shape, str);
 }
+
+// The per-chunk partial rows of the backward kernels' chunked column sums (dweight, dbias): chunk
+// c's `cols` accumulators start on a cache line of their own and end before the next chunk's, so
+// threads working on neighbouring chunks never write one line. Packed back to back, the line where
+// one chunk's row ended and the next one's began went back and forth between the cores on every
+// row the two threads summed: the fused gelu backward over 16384 x 1024 took ~34% longer with
+// dbias than without on 2 threads (~5% on 1 thread), and ~15% with the rows apart. Zeroed.
+template <typename A>
+class ChunkRows {
+ public:
+  ChunkRows(int64_t chunks, int64_t cols)
+      : stride_((cols * static_cast<int64_t>(sizeof(A)) + 63) / 64 * 64 / static_cast<int64_t>(sizeof(A))),
+        buf_(static_cast<size_t>(std::max<int64_t>(chunks, 0) * stride_ + 64 / static_cast<int64_t>(sizeof(A))), A(0)) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(buf_.data());
+    base_ = buf_.data() + ((64 - p % 64) % 64) / sizeof(A);
+  }
+  A* row(int64_t c) { return base_ + c * stride_; }
+  A at(int64_t c, int64_t j) const { return base_[c * stride_ + j]; }
+
+ private:
+  int64_t stride_;
+  std::vector<A> buf_;
+  A* base_;
+};
 
 }  // namespace DR_ISA
 }  // namespace cpu

@@ -67,19 +67,20 @@ void rows_with_colsum(int64_t rows, int64_t cols, T* out, Row&& row) {
     return;
   }
   const int64_t nchunks = std::min<int64_t>(rows, std::max<int64_t>(1, 4 * static_cast<int64_t>(num_threads())));
-  std::vector<A> part(static_cast<size_t>(std::max<int64_t>(nchunks, 0) * cols), A(0));
+  ChunkRows<A> part(nchunks, cols);
   if (nchunks > 0) {
     parallel_for(nchunks, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) {
         const int64_t r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
-        for (int64_t r = r0; r < r1; ++r) row(r, part.data() + c * cols);
+        A* pc = part.row(c);
+        for (int64_t r = r0; r < r1; ++r) row(r, pc);
       }
     });
   }
   parallel_for(cols, 4096, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       A s = 0;
-      for (int64_t c = 0; c < nchunks; ++c) s += part[c * cols + j];
+      for (int64_t c = 0; c < nchunks; ++c) s += part.at(c, j);
       out[j] = Num<T>::store(s);
     }
   });
