@@ -195,12 +195,16 @@ void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, c
       for (int64_t r = r0; r < r1; ++r) row(r, aw, ab, r + 1 < r1);
     }
   });
+  // the rows through locals (see rows_with_colsum in fused_rows.h)
+  const A* w0 = part_w.row(0);
+  const A* b0 = part_b.row(0);
+  const int64_t ps = part_w.stride();
   parallel_for(cols, 4096, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       A sw = 0, sb = 0;
       for (int64_t c = 0; c < nchunks; ++c) {
-        if (pdw) sw += part_w.at(c, j);
-        if (pdb) sb += part_b.at(c, j);
+        if (pdw) sw += w0[c * ps + j];
+        if (pdb) sb += b0[c * ps + j];
       }
       if (pdw) pdw[j] = Num<T>::store(sw);
       if (pdb) pdb[j] = Num<T>::store(sb);

@@ -184,7 +184,7 @@ class ChunkRows {
     base_ = buf_.data() + ((64 - p % 64) % 64) / sizeof(A);
   }
   A* row(int64_t c) { return base_ + c * stride_; }
-  A at(int64_t c, int64_t j) const { return base_[c * stride_ + j]; }
+  int64_t stride() const { return stride_; }  // elements from one chunk's row to the next
 
  private:
   int64_t stride_;

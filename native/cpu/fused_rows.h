@@ -77,10 +77,14 @@ void rows_with_colsum(int64_t rows, int64_t cols, T* out, Row&& row) {
       }
     });
   }
+  // the rows through locals: read through the object, its members are reloaded at every step
+  // (the stores to out might alias them)
+  const A* p0 = part.row(0);
+  const int64_t ps = part.stride();
   parallel_for(cols, 4096, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       A s = 0;
-      for (int64_t c = 0; c < nchunks; ++c) s += part.at(c, j);
+      for (int64_t c = 0; c < nchunks; ++c) s += p0[c * ps + j];
       out[j] = Num<T>::store(s);
     }
   });
