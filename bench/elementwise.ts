@@ -235,6 +235,12 @@ interface ReadStat {
   max: number;
 }
 
+/** Median, 90th percentile and worst of one row's per-call times. */
+function readStat(row: string, times: number[]): ReadStat {
+  const v = times.slice().sort((p, q) => p - q);
+  return { row, median: v[v.length >> 1], p90: v[Math.floor(v.length * 0.9)], max: v[v.length - 1] };
+}
+
 /**
  * What a read of 8 MiB (2M float32) costs: dataSync() in a synchronous loop (Node gives the
  * collected buffers back only once the loop yields), data() awaited in a loop, dataSync(into)
@@ -285,10 +291,7 @@ async function reads(rounds: number, calls: number): Promise<ReadStat[]> {
   }
   x.dispose();
   if (Number.isNaN(sink)) console.log('');  // keeps the reads observable
-  return keys.map((row) => {
-    const v = t[row].slice().sort((p, q) => p - q);
-    return { row, median: v[v.length >> 1], p90: v[Math.floor(v.length * 0.9)], max: v[v.length - 1] };
-  });
+  return keys.map((row) => readStat(row, t[row]));
 }
 
 /**
@@ -316,10 +319,7 @@ function freshOutputs(rounds: number, calls: number, elems: number): ReadStat[] 
     once(1);
   }
   x.dispose();
-  return keys.map((row, k) => {
-    const v = t[k].slice().sort((p, q) => p - q);
-    return { row, median: v[v.length >> 1], p90: v[Math.floor(v.length * 0.9)], max: v[v.length - 1] };
-  });
+  return keys.map((row, k) => readStat(row, t[k]));
 }
 
 async function main(): Promise<void> {

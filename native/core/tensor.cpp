@@ -20,11 +20,11 @@ MemoryCounters& memory_counters() {
 namespace {
 
 // Large host buffers come from mmap, and a fresh one page-faults on every first touch: in 4 KiB
-// pages that costs far more than the kernel that fills it (on these virtual machines 64 MiB of
-// fresh 4 KiB pages took ~100 ms to fill, against ~3 ms in memory already mapped). Blocks of
-// 4 MiB or more are therefore 2 MiB aligned and advised as transparent huge pages (MADV_HUGEPAGE;
-// the machines' THP mode is "madvise"): one fault per 2 MiB, and the same fill took 3-8 ms
-// (`freshOutputs` in bench/elementwise.ts measures it). DUALROUTE_CPU_HUGEPAGES=0 turns the
+// pages that costs far more than the kernel that fills it. Blocks of 4 MiB or more are therefore
+// 2 MiB aligned and advised as transparent huge pages (MADV_HUGEPAGE; the machines' THP mode is
+// "madvise"): one fault per 2 MiB. bench/elementwise.ts's "large outputs" rows measure it (an
+// exp into 64 MiB of fresh memory: 142 ms in 4 KiB pages against 5.3 ms in 2 MiB ones,
+// bench/results/elementwise-cpu-2026-12-02g.json and -02f). DUALROUTE_CPU_HUGEPAGES=0 turns the
 // advice off (an older VM once made fresh huge pages slower while the hypervisor had not backed
 // the guest's memory). Freed blocks of 1 MiB or more are kept in size classes (1/8 of a power of two apart, so at most 12.5% is wasted) and handed
 // out again, up to DUALROUTE_CPU_CACHE_MB (default 512) of cached bytes. Tensors and the

@@ -2190,33 +2190,9 @@ void bwd_prefetch_rows(int64_t D, const T* qh, const T* doh, C* dqh, const int32
 // gemm() for M a multiple of 4, in 4-row micro-kernels over groups of (at most) 3 column vectors,
 // 4 with AVX-512's 16 accumulators (D 64 is then one group of 4 vectors, not 3 + 1): a tile's
 // lanes and a chunk's 64 keys then run without a one-row tail (gemm's 3-row kernels leave one
-// row of 16 and of 64, at a third of the rate).
-template <typename C>
-void gemm4(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c,
-           int64_t ldc, int mode) {
-  constexpr int L = VT<C>::L, NBmax = kAcc >= 16 ? 4 : 3;
-  for (int64_t n0 = 0; n0 < NV;) {
-    const int nb = NV - n0 >= NBmax ? NBmax : static_cast<int>(NV - n0);
-    const int64_t o = n0 * L;
-    for (int64_t m = 0; m < M; m += 4) {
-      const C* am_ = a + m * am;
-      C* cm = c + m * ldc + o;
-      if (NBmax == 4 && nb == 4)
-        mk<C, 4, NBmax, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
-      else if (nb == 3)
-        mk<C, 4, 3, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
-      else if (nb == 2)
-        mk<C, 4, 2, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
-      else
-        mk<C, 4, 1, 0>(K, am_, am, ak, b + o, ldb, cm, ldc, mode, nullptr);
-    }
-    n0 += nb;
-  }
-}
-
-// gemm4 (kAdd) with B and C rows through RowsAt / RowsBy (mk_at).
+// row of 16 and of 64, at a third of the rate). B and C rows through RowsAt / RowsBy (mk_at).
 template <typename C, class BR, class CR>
-void gemm4_rows(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, BR b, CR c) {
+void gemm4_rows(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, BR b, CR c, int mode) {
   constexpr int L = VT<C>::L, NBmax = kAcc >= 16 ? 4 : 3;
   for (int64_t n0 = 0; n0 < NV;) {
     const int nb = NV - n0 >= NBmax ? NBmax : static_cast<int>(NV - n0);
@@ -2225,16 +2201,23 @@ void gemm4_rows(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_
       const C* am_ = a + m * am;
       const CR cm = c.at(m, n0 * L);
       if (NBmax == 4 && nb == 4)
-        mk_at<C, 4, NBmax, 0>(K, am_, am, ak, bn, cm, kAdd, nullptr);
+        mk_at<C, 4, NBmax, 0>(K, am_, am, ak, bn, cm, mode, nullptr);
       else if (nb == 3)
-        mk_at<C, 4, 3, 0>(K, am_, am, ak, bn, cm, kAdd, nullptr);
+        mk_at<C, 4, 3, 0>(K, am_, am, ak, bn, cm, mode, nullptr);
       else if (nb == 2)
-        mk_at<C, 4, 2, 0>(K, am_, am, ak, bn, cm, kAdd, nullptr);
+        mk_at<C, 4, 2, 0>(K, am_, am, ak, bn, cm, mode, nullptr);
       else
-        mk_at<C, 4, 1, 0>(K, am_, am, ak, bn, cm, kAdd, nullptr);
+        mk_at<C, 4, 1, 0>(K, am_, am, ak, bn, cm, mode, nullptr);
     }
     n0 += nb;
   }
+}
+
+// gemm4_rows over row-major B and C.
+template <typename C>
+void gemm4(int64_t M, int64_t NV, int64_t K, const C* a, int64_t am, int64_t ak, const C* b, int64_t ldb, C* c,
+           int64_t ldc, int mode) {
+  gemm4_rows<C>(M, NV, K, a, am, ak, RowsAt<const C>{b, ldb}, RowsAt<C>{c, ldc}, mode);
 }
 
 // bwd_products for a segment tile (no dual path, no padding): the unmasked products with
@@ -2343,9 +2326,9 @@ void segment_backward_typed(const AttnArgs& a, const int32_t* idx, int64_t K, in
             bwd_chunk<C, DC>(tl, false, D, scale, nullptr, j0, nk, Kc, ldk, Vc, ldvv, St, dPt);
             const bool full = chunk_full(tl, false, j0, nk, nullptr);
             if (direct && nk % 4 == 0 && (full || !(tl.bad || any_nonfinite(Kc, nk, D, ldk)))) {
-              gemm4_rows<C>(nk, NVd, BM, St, BM, 1, RowsBy<const C>{dp, 0}, RowsAt<C>{dVa + j0 * Dp, Dp});
-              gemm4_rows<C>(nk, NVd, BM, dPt, BM, 1, RowsBy<const C>{qp, 0}, RowsAt<C>{dKa + j0 * Dp, Dp});
-              gemm4_rows<C>(BM, NVd, nk, dPt, 1, BM, RowsAt<const C>{Kc, ldk}, RowsBy<C>{dqp, 0});
+              gemm4_rows<C>(nk, NVd, BM, St, BM, 1, RowsBy<const C>{dp, 0}, RowsAt<C>{dVa + j0 * Dp, Dp}, kAdd);
+              gemm4_rows<C>(nk, NVd, BM, dPt, BM, 1, RowsBy<const C>{qp, 0}, RowsAt<C>{dKa + j0 * Dp, Dp}, kAdd);
+              gemm4_rows<C>(BM, NVd, nk, dPt, 1, BM, RowsAt<const C>{Kc, ldk}, RowsBy<C>{dqp, 0}, kAdd);
               continue;
             }
             if (!packed) bwd_pack_rows<T>(D, scale, qh, doh, Dr, nullptr, tl);
