@@ -2,9 +2,9 @@
 //
 // softmax: x, out contiguous [outer, dim, inner]; y = exp(x - max) / sum exp(x - max) over
 // dim, log-softmax y = x - max - log(sum exp(x - max)). With inner == 1 a row is contiguous:
-// three vectorised passes (max; exp and sum, stored in out; scale) that read the row from L1/L2
-// after the first (bfloat16 rows recompute the exp in the third pass instead of storing it),
-// prefetching the next row meanwhile. inner > 1 walks columns with stride `inner`.
+// two vectorised passes (exp and sum, stored in out; scale) that read the row from L1/L2, its
+// max having been taken while the previous row's exp pass ran (bfloat16 rows recompute the exp
+// in the second pass instead of storing it). inner > 1 walks columns with stride `inner`.
 //
 // cross_entropy: logits [rows, C]; per row lse = log sum exp(x), and with label smoothing s
 // the loss against target t is lse - (1 - s) x[t] - (s / C) sum_j x[j] (the mean of -log p
@@ -22,11 +22,12 @@ namespace cpu {
 namespace DR_ISA {
 namespace {
 
-// The row-wise kernels read a row from memory once (the max) and then again from L1/L2 (the
-// exp passes). While a pass works from cache, the next row's lines are prefetched (one per 64
-// bytes; the output's for writing), so its memory reads overlap this row's exp work instead of
-// following it (prefetch.h). The last row of a chunk passes its own pointers (lines already in
-// cache).
+// The row-wise kernels read a row from memory once (its max) and then again from L1/L2 (the
+// exp passes). The max of row r + 1 is taken inside row r's exp pass (the loads and maxes run
+// on pipes the exp's multiply-adds leave free), while a later row's lines are prefetched (one
+// per 64 bytes, prefetch.h; the next output row's for writing): its memory reads overlap this
+// row's exp work instead of following it. A chunk's first row takes its max in a pass of its
+// own; its last row reads no next row.
 
 template <typename T>
 float row_max_vec(const T* x, int64_t n) {
@@ -53,20 +54,35 @@ DR_VINLINE VN<U> exp_shifted(VN<U> x, vf m) {
   return x;
 }
 
-// out[i] = exp(x[i] - m); returns the sum.
-float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* next, float* next_out) {
+// The max of a row's tail from element i (after the whole blocks of four vectors), into nm.
+template <typename T>
+float tail_max(const T* x, int64_t i, int64_t n, float nm) {
+  for (; i + kVecF <= n; i += kVecF) nm = std::max(nm, hmax(vload(x + i)));
+  for (; i < n; ++i) nm = Num<T>::load(x[i]) > nm ? Num<T>::load(x[i]) : nm;
+  return nm;
+}
+
+// out[i] = exp(x[i] - m); returns the sum. With next != nullptr, the next row is read in the
+// same pass and its max left in *nmax (see sum_exp_next_max); next_out is prefetched for writing.
+float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* next, const float* pf, float* next_out,
+                  float* nmax) {
   VN<4> s = vsplat<VN<4>>(0.0f);
+  VN<4> mx = vsplat<VN<4>>(-INFINITY);
   const vf vm = vset1(m);
   int64_t i = 0;
   for (; i + 4 * kVecF <= n; i += 4 * kVecF) {
-    prefetch_r(next, i);
-    prefetch_r(next, i + 2 * kVecF);
-    prefetch_w(next_out, i);
-    prefetch_w(next_out, i + 2 * kVecF);
+    if (next) {
+      prefetch_r4(pf, i);
+      const VN<4> y = vloadn<4>(next + i);
+      for (int k = 0; k < 4; ++k) mx.v[k] = vmax(mx.v[k], y.v[k]);
+      prefetch_w(next_out, i);
+      prefetch_w(next_out, i + 2 * kVecF);
+    }
     const VN<4> e = exp_shifted(vloadn<4>(x + i), vm);
     vstoren<4>(out + i, e);
     s = s + e;
   }
+  if (next) *nmax = tail_max(next, i, n, hmax(vmax(vmax(mx.v[0], mx.v[1]), vmax(mx.v[2], mx.v[3]))));
   for (; i + kVecF <= n; i += kVecF) {
     const vf e = vexp_softmax(vload(x + i) - vm);
     vstore(out + i, e);
@@ -96,15 +112,43 @@ float sum_exp_vec(const T* x, int64_t n, float m, const T* next) {
   return r;
 }
 
+// sum_exp_vec for a row whose successor is read in the same pass: returns the sum of
+// exp(x - m) over this row (in L1/L2) and leaves the max of the next row nx (prefetched by an
+// earlier pass) in *nmax; pf, a later row, is prefetched. The max then costs a load and a max
+// per vector beside the exp's multiply-adds instead of a pass of its own. (Loading the next
+// row straight from memory here, without the prefetch ahead of it, made softmax slower: the
+// loads' misses held up the exp work queued behind them.)
+template <typename T>
+float sum_exp_next_max(const T* x, const T* nx, const T* pf, int64_t n, float m, float* nmax) {
+  VN<4> s = vsplat<VN<4>>(0.0f);
+  VN<4> mx = vsplat<VN<4>>(-INFINITY);
+  const vf vm = vset1(m);
+  int64_t i = 0;
+  for (; i + 4 * kVecF <= n; i += 4 * kVecF) {
+    prefetch_r4(pf, i);
+    const VN<4> y = vloadn<4>(nx + i);
+    for (int k = 0; k < 4; ++k) mx.v[k] = vmax(mx.v[k], y.v[k]);
+    s = s + act::exp_nonpos_terms(vloadn<4>(x + i) - m);
+  }
+  *nmax = tail_max(nx, i, n, hmax(vmax(vmax(mx.v[0], mx.v[1]), vmax(mx.v[2], mx.v[3]))));
+  for (; i + kVecF <= n; i += kVecF) s.v[0] += vexp_softmax(vload(x + i) - vm);
+  float r = hsum((s.v[0] + s.v[1]) + (s.v[2] + s.v[3]));
+  for (; i < n; ++i) r += std::exp(Num<T>::load(x[i]) - m);
+  return r;
+}
+
 // One contiguous row of float32 or bfloat16. A NaN anywhere in the row makes the sum NaN (the
 // exp of NaN is NaN), and so every output, as in PyTorch; so does +inf (inf - inf), and a row
 // of -inf only. No separate scan for NaN is needed (vmax may drop NaN lanes, the sum does not).
-// next / next_y: the following row (prefetched), or this one's for the chunk's last row.
+// m: the row's max. next / next_y: the following row, read in the exp pass (its max left in
+// *nmax) and its output prefetched for writing, or nullptr for a chunk's last row.
 template <typename T>
-void softmax_row_vec(T* y, const T* x, int64_t n, bool log, const T* next, T* next_y) {
-  const float m = row_max_vec(x, n);
+void softmax_row_vec(T* y, const T* x, int64_t n, bool log, float m, const T* next, const T* pf, T* next_y,
+                     float* nmax) {
   if (log) {
-    const float lse = m + std::log(sum_exp_vec(x, n, m, next));
+    const float s = next ? sum_exp_next_max(x, next, pf, n, m, nmax) : sum_exp_vec(x, n, m, x);
+    if (!next) next_y = y;
+    const float lse = m + std::log(s);
     const vf vl = vset1(lse);
     int64_t i = 0;
     for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
@@ -118,14 +162,15 @@ void softmax_row_vec(T* y, const T* x, int64_t n, bool log, const T* next, T* ne
   }
   if constexpr (std::is_same_v<T, float>) {
     // exp stored in y, then scaled: one exp per element
-    const float inv = 1.0f / exp_sum_f32(y, x, n, m, next, next_y);
+    const float inv = 1.0f / exp_sum_f32(y, x, n, m, next, pf, next_y, nmax);
     const vf vinv = vset1(inv);
     int64_t i = 0;
     for (; i + kVecF <= n; i += kVecF) vstore(y + i, vload(y + i) * vinv);
     for (; i < n; ++i) y[i] *= inv;
   } else {
     // bfloat16: the exp is recomputed rather than rounded to bfloat16 twice
-    const float inv = 1.0f / sum_exp_vec(x, n, m, next);
+    const float inv = 1.0f / (next ? sum_exp_next_max(x, next, pf, n, m, nmax) : sum_exp_vec(x, n, m, x));
+    if (!next) next_y = y;
     const vf vm = vset1(m), vinv = vset1(inv);
     int64_t i = 0;
     for (; i + 2 * kVecF <= n; i += 2 * kVecF) {
@@ -145,6 +190,7 @@ void softmax_typed(const View& out, const View& x, int64_t outer, int64_t dim, i
   const T* px = static_cast<const T*>(x.data);
   const int64_t rows = outer * inner;
   parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)), [&](int64_t b, int64_t e) {
+    [[maybe_unused]] float next_m = 0;  // the row's max, from the previous row's exp pass
     for (int64_t r = b; r < e; ++r) {
       const int64_t o = r / inner, in = r % inner;
       const T* xr = px + o * dim * inner + in;
@@ -152,7 +198,9 @@ void softmax_typed(const View& out, const View& x, int64_t outer, int64_t dim, i
       if constexpr (!std::is_same_v<T, double>) {
         if (inner == 1) {
           const bool more = r + 1 < e;
-          softmax_row_vec(yr, xr, dim, log, more ? xr + dim : xr, more ? yr + dim : yr);
+          const float m = r == b ? row_max_vec(xr, dim) : next_m;
+          softmax_row_vec(yr, xr, dim, log, m, more ? xr + dim : nullptr, r + 2 < e ? xr + 2 * dim : xr,
+                          more ? yr + dim : nullptr, &next_m);
           continue;
         }
       }
@@ -201,12 +249,17 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
     A* pl = static_cast<A*>(loss.data);  // float32 (float64 for float64 logits)
     A* plse = static_cast<A*>(lse.data);  // float32 (float64 for float64 logits)
     parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t b, int64_t e) {
+      [[maybe_unused]] float next_m = 0;
       for (int64_t r = b; r < e; ++r) {
         const T* xr = px + r * C;
         A m, s, total = 0;
         if constexpr (!std::is_same_v<T, double>) {
-          m = row_max_vec(xr, C);
-          s = sum_exp_vec(xr, C, m, r + 1 < e ? xr + C : xr);
+          // the row's max came with the previous row's exp pass (but for a chunk's first row);
+          // the row four ahead is prefetched (two ahead, as softmax does, left the reads short of
+          // the memory's rate on one core)
+          m = r == b ? row_max_vec(xr, C) : next_m;
+          s = r + 1 < e ? sum_exp_next_max(xr, xr + C, r + 4 < e ? xr + 4 * C : xr, C, m, &next_m)
+                        : sum_exp_vec(xr, C, m, xr);
           if (smoothing != 0) {
             for (int64_t j = 0; j < C; ++j) total += Num<T>::load(xr[j]);
           }

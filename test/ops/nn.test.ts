@@ -27,32 +27,35 @@ describe('softmax / logSoftmax', () => {
   });
 
   test('a NaN anywhere in a row, +inf, or a row of -inf only give a row of NaN (float32, bfloat16)', () => {
-    // rows of 19: the NaN / inf sits in a full vector (index 3) or in the tail past the last (17)
-    const cols = 19;
-    const rows: number[][] = [];
-    for (const at of [3, 17]) {
-      for (const special of [NaN, Infinity]) {
-        const r = Array.from({ length: cols }, (_, j) => Math.sin(j));
-        r[at] = special;
-        rows.push(r);
-      }
-    }
-    rows.push(new Array(cols).fill(-Infinity));
-    const fine = Array.from({ length: cols }, (_, j) => Math.cos(j) * 3);
-    rows.push(fine);
-    for (const dtype of ['float32', 'bfloat16'] as dr.DType[]) {
-      dr.tidy(() => {
-        const x = dr.tensor(rows.flat(), [rows.length, cols], { dtype });
-        for (const y of [x.softmax(-1), x.logSoftmax(-1)]) {
-          const v = y.dataSync();
-          for (let r = 0; r < rows.length - 1; ++r) {
-            expect([dtype, r, Array.from(v.slice(r * cols, (r + 1) * cols)).every(Number.isNaN)]).toEqual([dtype, r, true]);
-          }
-          expect(Array.from(v.slice((rows.length - 1) * cols)).some(Number.isNaN)).toBe(false);
+    // rows of 19: the NaN / inf sits in a full vector (index 3) or in the tail past the last (17);
+    // rows of 150: in a block of four vectors (70, read with the previous row's exp pass on the
+    // wide path), a single vector after the blocks (140) or the scalar tail (149)
+    for (const [cols, spots] of [[19, [3, 17]], [150, [70, 140, 149]]] as Array<[number, number[]]>) {
+      const rows: number[][] = [];
+      for (const at of spots) {
+        for (const special of [NaN, Infinity]) {
+          const r = Array.from({ length: cols }, (_, j) => Math.sin(j));
+          r[at] = special;
+          rows.push(r);
         }
-        const fx = Float64Array.from(x.dataSync().slice((rows.length - 1) * cols));
-        expectClose(dr.narrow(x.softmax(-1), 0, rows.length - 1, 1), softmaxRow(Array.from(fx)), dtype, dtype === 'bfloat16' ? 3 : 1);
-      });
+      }
+      rows.push(new Array(cols).fill(-Infinity));
+      const fine = Array.from({ length: cols }, (_, j) => Math.cos(j) * 3);
+      rows.push(fine);
+      for (const dtype of ['float32', 'bfloat16'] as dr.DType[]) {
+        dr.tidy(() => {
+          const x = dr.tensor(rows.flat(), [rows.length, cols], { dtype });
+          for (const y of [x.softmax(-1), x.logSoftmax(-1)]) {
+            const v = y.dataSync();
+            for (let r = 0; r < rows.length - 1; ++r) {
+              expect([dtype, r, Array.from(v.slice(r * cols, (r + 1) * cols)).every(Number.isNaN)]).toEqual([dtype, r, true]);
+            }
+            expect(Array.from(v.slice((rows.length - 1) * cols)).some(Number.isNaN)).toBe(false);
+          }
+          const fx = Float64Array.from(x.dataSync().slice((rows.length - 1) * cols));
+          expectClose(dr.narrow(x.softmax(-1), 0, rows.length - 1, 1), softmaxRow(Array.from(fx)), dtype, dtype === 'bfloat16' ? 3 : 1);
+        });
+      }
     }
   });
 
@@ -69,6 +72,9 @@ describe('softmax / logSoftmax', () => {
       rows.push(Array.from({ length: C }, (_, j) => (j % 7 === 2 ? -Infinity : 5 * rnd(j + 900))));
       rows.push(Array.from({ length: C }, (_, j) => (j % 11 === 0 ? -200 : 40 * rnd(j + 1300))));
       rows.push(Array.from({ length: C }, (_, j) => 1000 + 3 * rnd(j + 1700)));
+      // one logit 150 above the rest, in each vector of a 4-vector block and in the tail: a row's
+      // max (taken during the previous row's exp pass) must see it, or e^(x - max) overflows
+      for (const at of [5, 20, 37, 60, 100, 150, 156]) rows.push(Array.from({ length: C }, (_, j) => (j === at ? 150 : 3 * rnd(j + at))));
       const x = dr.tensor(rows.flat(), [rows.length, C]);
       const data = Float64Array.from(x.dataSync());
       const want = alongAxis(data, [rows.length, C], 1, logSoftmaxRow);
@@ -82,6 +88,11 @@ describe('softmax / logSoftmax', () => {
         const lse = data[i] - want[i];
         const budget = 4 * 2 ** -24 * Math.max(1, Math.abs(data[i]), Math.abs(lse));
         if (!(Math.abs(got[i] - want[i]) <= budget)) throw new Error(`logSoftmax at ${i}: got ${got[i]}, want ${want[i]}`);
+      }
+      const sm = x.softmax(-1).dataSync();
+      for (let i = 0; i < sm.length; ++i) {
+        const w = Math.exp(want[i]);
+        if (!(Math.abs(sm[i] - w) <= 1e-7 + 4e-6 * w)) throw new Error(`softmax at ${i}: got ${sm[i]}, want ${w}`);
       }
       const targets = rows.map((_, r) => (r * 31) % C === 2 ? 3 : (r * 31) % C);
       const loss = dr.crossEntropy(x, dr.tensor(new Int32Array(targets)), { reduction: 'none' }).dataSync();
