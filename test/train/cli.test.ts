@@ -153,11 +153,15 @@ describe('dualroute train interrupted by SIGINT', () => {
 async function startServe(runDir: string) {
   const { spawn } = await import('child_process');
   const child = spawn(process.execPath, [CLI, 'serve', runDir, '--port', '0'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  let text = '';
+  let text = '', err = '';
   child.stdout.on('data', (d) => (text += d));
+  child.stderr.on('data', (d) => (err += d));
   const started = Date.now();
   while (!/at (http:\/\/[\d.:]+)\/v1/.test(text)) {
-    if (Date.now() - started > 30_000 || child.exitCode !== null) throw new Error(`serve did not start: ${text}`);
+    if (Date.now() - started > 30_000 || child.exitCode !== null) {
+      child.kill('SIGKILL');
+      throw new Error(`serve did not start in ${Date.now() - started} ms (exit code ${child.exitCode}, signal ${child.signalCode}): stdout ${JSON.stringify(text)}, stderr ${JSON.stringify(err)}`);
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
   return { child, url: text.match(/at (http:\/\/[\d.:]+)\/v1/)![1], output: () => text };
