@@ -177,6 +177,19 @@ inline void transpose8(__m256* r) {
   r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
+
+// out[k * ld + i] = sc * row[i][d0 + k] for an 8 x 8 block (with kNull, a null row gives zeros):
+// 8 rows scaled and transposed in registers into 8 columns of a column-major tile (pack_qt,
+// pack_kt; the test per row costs pack_kt's every-row-present case ~1% of a segment forward's
+// instructions, hence the flag).
+template <bool kNull>
+inline void scaled_t8(const float* const* row, int64_t d0, __m256 sc, float* out, int64_t ld) {
+  __m256 x[8];
+  for (int i = 0; i < 8; ++i)
+    x[i] = !kNull || row[i] ? _mm256_mul_ps(sc, _mm256_loadu_ps(row[i] + d0)) : _mm256_setzero_ps();
+  transpose8(x);
+  for (int k = 0; k < 8; ++k) _mm256_storeu_ps(out + k * ld, x[k]);
+}
 #endif
 
 template <typename T>
@@ -693,16 +706,11 @@ void pack_qt(int64_t D, typename Num<T>::acc scale, const T* qh, const int64_t* 
   if constexpr (std::is_same<T, float>::value && BM % 8 == 0) {
     if (D % 8 == 0) {
       const __m256 sc = _mm256_set1_ps(scale);
-      for (int g0 = 0; g0 < BM; g0 += 8)
-        for (int64_t d0 = 0; d0 < D; d0 += 8) {
-          __m256 x[8];
-          for (int i = 0; i < 8; ++i) {
-            const int64_t r = qrow[g0 + i];
-            x[i] = r >= 0 ? _mm256_mul_ps(sc, _mm256_loadu_ps(qh + r * D + d0)) : _mm256_setzero_ps();
-          }
-          transpose8(x);
-          for (int k = 0; k < 8; ++k) _mm256_storeu_ps(Qt + (d0 + k) * BM + g0, x[k]);
-        }
+      for (int g0 = 0; g0 < BM; g0 += 8) {
+        const float* rows[8];
+        for (int i = 0; i < 8; ++i) rows[i] = qrow[g0 + i] >= 0 ? qh + qrow[g0 + i] * D : nullptr;
+        for (int64_t d0 = 0; d0 < D; d0 += 8) scaled_t8<true>(rows, d0, sc, Qt + d0 * BM + g0, BM);
+      }
       return;
     }
   }
@@ -1882,7 +1890,7 @@ static_assert(kSegTile <= kRowsMax, "softmax_rows keeps per-row state for at mos
 
 // kt (D x kBN) = scale * the nk key rows from k (rows of D) transposed, zeros past nk. float
 // rows of a multiple of 8 move as vectors, transposed 8 x 8 in registers (one scalar store per
-// element cost a segment forward ~2.5% of its time).
+// element, as before: bench --quick's segmentAttn row +1.5% instructions).
 template <typename T>
 void pack_kt(const T* k, int64_t nk, int64_t D, typename Num<T>::acc scale, typename Num<T>::acc* kt) {
   using C = typename Num<T>::acc;
@@ -1891,13 +1899,11 @@ void pack_kt(const T* k, int64_t nk, int64_t D, typename Num<T>::acc scale, type
   if constexpr (std::is_same<T, float>::value) {
     if (D % 8 == 0) {
       const __m256 sc = _mm256_set1_ps(scale);
-      for (; j + 8 <= nk; j += 8)
-        for (int64_t d0 = 0; d0 < D; d0 += 8) {
-          __m256 x[8];
-          for (int i = 0; i < 8; ++i) x[i] = _mm256_mul_ps(sc, _mm256_loadu_ps(k + (j + i) * D + d0));
-          transpose8(x);
-          for (int q = 0; q < 8; ++q) _mm256_storeu_ps(kt + (d0 + q) * kBN + j, x[q]);
-        }
+      for (; j + 8 <= nk; j += 8) {
+        const float* rows[8];
+        for (int i = 0; i < 8; ++i) rows[i] = k + (j + i) * D;
+        for (int64_t d0 = 0; d0 < D; d0 += 8) scaled_t8<false>(rows, d0, sc, kt + d0 * kBN + j, kBN);
+      }
     }
   }
 #endif

@@ -54,27 +54,36 @@ DR_VINLINE VN<U> exp_shifted(VN<U> x, vf m) {
   return x;
 }
 
-// The max of a row's tail from element i (after the whole blocks of four vectors), into nm.
-template <typename T>
-float tail_max(const T* x, int64_t i, int64_t n, float nm) {
-  for (; i + kVecF <= n; i += kVecF) nm = std::max(nm, hmax(vload(x + i)));
-  for (; i < n; ++i) nm = Num<T>::load(x[i]) > nm ? Num<T>::load(x[i]) : nm;
-  return nm;
-}
+// The max of the next row, taken block by block (four vectors) inside this row's exp pass, then
+// over the tail after the last block. vmax may drop a NaN lane: the row's sum still turns NaN.
+struct NextMax {
+  VN<4> mx = vsplat<VN<4>>(-INFINITY);
+  template <typename T>
+  DR_VINLINE void block(const T* nx, int64_t i) {
+    const VN<4> y = vloadn<4>(nx + i);
+    for (int k = 0; k < 4; ++k) mx.v[k] = vmax(mx.v[k], y.v[k]);
+  }
+  template <typename T>
+  float finish(const T* nx, int64_t i, int64_t n) const {
+    float m = hmax(vmax(vmax(mx.v[0], mx.v[1]), vmax(mx.v[2], mx.v[3])));
+    for (; i + kVecF <= n; i += kVecF) m = std::max(m, hmax(vload(nx + i)));
+    for (; i < n; ++i) m = Num<T>::load(nx[i]) > m ? Num<T>::load(nx[i]) : m;
+    return m;
+  }
+};
 
 // out[i] = exp(x[i] - m); returns the sum. With next != nullptr, the next row is read in the
-// same pass and its max left in *nmax (see sum_exp_next_max); next_out is prefetched for writing.
+// same pass and its max left in *nmax (NextMax; see sum_exp_rows); next_out is prefetched for writing.
 float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* next, const float* pf, float* next_out,
                   float* nmax) {
   VN<4> s = vsplat<VN<4>>(0.0f);
-  VN<4> mx = vsplat<VN<4>>(-INFINITY);
+  NextMax nm;
   const vf vm = vset1(m);
   int64_t i = 0;
   for (; i + 4 * kVecF <= n; i += 4 * kVecF) {
     if (next) {
       prefetch_r4(pf, i);
-      const VN<4> y = vloadn<4>(next + i);
-      for (int k = 0; k < 4; ++k) mx.v[k] = vmax(mx.v[k], y.v[k]);
+      nm.block(next, i);
       prefetch_w(next_out, i);
       prefetch_w(next_out, i + 2 * kVecF);
     }
@@ -82,7 +91,7 @@ float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* n
     vstoren<4>(out + i, e);
     s = s + e;
   }
-  if (next) *nmax = tail_max(next, i, n, hmax(vmax(vmax(mx.v[0], mx.v[1]), vmax(mx.v[2], mx.v[3]))));
+  if (next) *nmax = nm.finish(next, i, n);
   for (; i + kVecF <= n; i += kVecF) {
     const vf e = vexp_softmax(vload(x + i) - vm);
     vstore(out + i, e);
@@ -96,45 +105,33 @@ float exp_sum_f32(float* out, const float* x, int64_t n, float m, const float* n
   return r;
 }
 
-template <typename T>
-float sum_exp_vec(const T* x, int64_t n, float m, const T* next) {
+// The sum of exp(x - m) over a row (in L1/L2). With nx != nullptr (the next row, prefetched by an
+// earlier pass) it also leaves nx's max in *nmax and prefetches pf, a later row: the max then
+// costs a load and a max per vector beside the exp's multiply-adds instead of a pass of its own.
+// (Loading the next row straight from memory, without a prefetch ahead of it, made softmax
+// slower: the loads' misses held up the exp work queued behind them.)
+template <bool kNext, typename T>
+float sum_exp_rows(const T* x, const T* nx, const T* pf, int64_t n, float m, float* nmax) {
   VN<4> s = vsplat<VN<4>>(0.0f);
+  NextMax nm;
   const vf vm = vset1(m);
   int64_t i = 0;
   for (; i + 4 * kVecF <= n; i += 4 * kVecF) {
-    prefetch_r(next, i);
-    prefetch_r(next, i + 2 * kVecF);
+    if constexpr (kNext) {
+      prefetch_r4(pf, i);
+      nm.block(nx, i);
+    }
     s = s + act::exp_nonpos_terms(vloadn<4>(x + i) - m);
   }
+  if constexpr (kNext) *nmax = nm.finish(nx, i, n);
   for (; i + kVecF <= n; i += kVecF) s.v[0] += vexp_softmax(vload(x + i) - vm);
   float r = hsum((s.v[0] + s.v[1]) + (s.v[2] + s.v[3]));
   for (; i < n; ++i) r += std::exp(Num<T>::load(x[i]) - m);
   return r;
 }
-
-// sum_exp_vec for a row whose successor is read in the same pass: returns the sum of
-// exp(x - m) over this row (in L1/L2) and leaves the max of the next row nx (prefetched by an
-// earlier pass) in *nmax; pf, a later row, is prefetched. The max then costs a load and a max
-// per vector beside the exp's multiply-adds instead of a pass of its own. (Loading the next
-// row straight from memory here, without the prefetch ahead of it, made softmax slower: the
-// loads' misses held up the exp work queued behind them.)
 template <typename T>
-float sum_exp_next_max(const T* x, const T* nx, const T* pf, int64_t n, float m, float* nmax) {
-  VN<4> s = vsplat<VN<4>>(0.0f);
-  VN<4> mx = vsplat<VN<4>>(-INFINITY);
-  const vf vm = vset1(m);
-  int64_t i = 0;
-  for (; i + 4 * kVecF <= n; i += 4 * kVecF) {
-    prefetch_r4(pf, i);
-    const VN<4> y = vloadn<4>(nx + i);
-    for (int k = 0; k < 4; ++k) mx.v[k] = vmax(mx.v[k], y.v[k]);
-    s = s + act::exp_nonpos_terms(vloadn<4>(x + i) - m);
-  }
-  *nmax = tail_max(nx, i, n, hmax(vmax(vmax(mx.v[0], mx.v[1]), vmax(mx.v[2], mx.v[3]))));
-  for (; i + kVecF <= n; i += kVecF) s.v[0] += vexp_softmax(vload(x + i) - vm);
-  float r = hsum((s.v[0] + s.v[1]) + (s.v[2] + s.v[3]));
-  for (; i < n; ++i) r += std::exp(Num<T>::load(x[i]) - m);
-  return r;
+float sum_exp(const T* x, const T* nx, const T* pf, int64_t n, float m, float* nmax) {
+  return nx ? sum_exp_rows<true>(x, nx, pf, n, m, nmax) : sum_exp_rows<false>(x, nx, pf, n, m, nmax);
 }
 
 // One contiguous row of float32 or bfloat16. A NaN anywhere in the row makes the sum NaN (the
@@ -146,7 +143,7 @@ template <typename T>
 void softmax_row_vec(T* y, const T* x, int64_t n, bool log, float m, const T* next, const T* pf, T* next_y,
                      float* nmax) {
   if (log) {
-    const float s = next ? sum_exp_next_max(x, next, pf, n, m, nmax) : sum_exp_vec(x, n, m, x);
+    const float s = sum_exp(x, next, pf, n, m, nmax);
     if (!next) next_y = y;
     const float lse = m + std::log(s);
     const vf vl = vset1(lse);
@@ -169,7 +166,7 @@ void softmax_row_vec(T* y, const T* x, int64_t n, bool log, float m, const T* ne
     for (; i < n; ++i) y[i] *= inv;
   } else {
     // bfloat16: the exp is recomputed rather than rounded to bfloat16 twice
-    const float inv = 1.0f / (next ? sum_exp_next_max(x, next, pf, n, m, nmax) : sum_exp_vec(x, n, m, x));
+    const float inv = 1.0f / sum_exp(x, next, pf, n, m, nmax);
     if (!next) next_y = y;
     const vf vm = vset1(m), vinv = vset1(inv);
     int64_t i = 0;
@@ -255,11 +252,10 @@ void cross_entropy(const View& loss, const View& logits, const View& targets, in
         A m, s, total = 0;
         if constexpr (!std::is_same_v<T, double>) {
           // the row's max came with the previous row's exp pass (but for a chunk's first row);
-          // the row four ahead is prefetched (two ahead, as softmax does, left the reads short of
-          // the memory's rate on one core)
+          // the row four ahead is prefetched (softmax: two). Four ran faster than two over
+          // 16384 x 1024 on two threads in a /tmp loop (2 pairs); softmax was not tried at four.
           m = r == b ? row_max_vec(xr, C) : next_m;
-          s = r + 1 < e ? sum_exp_next_max(xr, xr + C, r + 4 < e ? xr + 4 * C : xr, C, m, &next_m)
-                        : sum_exp_vec(xr, C, m, xr);
+          s = sum_exp(xr, r + 1 < e ? xr + C : nullptr, r + 4 < e ? xr + 4 * C : xr, C, m, &next_m);
           if (smoothing != 0) {
             for (int64_t j = 0; j < C; ++j) total += Num<T>::load(xr[j]);
           }
