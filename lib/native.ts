@@ -70,6 +70,8 @@ export interface Native {
   synchronizeAsync(): Promise<void>;
   /** Ops queued and not finished, per device. */
   pending(): { cpu: number; cuda: number };
+  /** How many times a thread blocked in a wait on a device's stream (dataSync, synchronize) was woken, per device (for tests). */
+  streamStats(): { cpu: { waiterWakes: number }; cuda: { waiterWakes: number } };
 }
 
 export const native = addon as Native;

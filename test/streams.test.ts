@@ -165,6 +165,45 @@ describe('streams', () => {
     dr.dispose([a, x0, x, big, big2]);
   });
 
+  test('a wait behind many queued ops is woken when what it waits for is done, not once per op', () => {
+    // A waiter woken at every completed op sleeps and wakes once per op; on a core it shares
+    // with the stream thread each of those wakes preempts the stream (the JavaScript thread has
+    // the higher priority), which made a decode step crawl after an idle pause.
+    const { native } = require('../lib/native') as typeof import('../lib/native');
+    const a = dr.randn([2048, 2048], { generator: new dr.Generator(7) });
+    const small = dr.randn([64], { generator: new dr.Generator(8) });
+    dr.synchronize();
+    const wakes = () => native.streamStats().cpu.waiterWakes;
+    const n = 400;
+    const cases: Array<[string, (last: dr.Tensor, first: dr.Tensor) => void]> = [
+      ['dataSync of the last op', (last) => void last.dataSync()],
+      ['dataSync of an op queued before the many (runs ahead of them)', (_last, first) => void first.dataSync()],
+      ['synchronize', () => dr.synchronize()],
+    ];
+    for (const [name, wait] of cases) {
+      let acc = dr.matmul(a, a);  // tens of ms: the stream is still busy when the small ops have queued
+      const first = acc;
+      const expected = small.dataSync().map((v) => v * 3);
+      let s = small;
+      for (let i = 0; i < n; ++i) {
+        const next = i % 2 === 0 ? s.add(s) : s.mul(0.5);
+        if (s !== small) s.dispose();
+        s = next;
+      }
+      acc = s;
+      const before = wakes();
+      wait(acc, first);
+      const woken = wakes() - before;
+      // and the values are right: (x + x) * 0.5 repeated is x; one more step for the check
+      const got = acc.mul(3).dataSync();
+      dr.synchronize();
+      expect([name, woken <= 8]).toEqual([name, true]);
+      got.forEach((v, i) => expect(v).toBeCloseTo(expected[i], 5));
+      dr.dispose([first, acc]);
+    }
+    dr.dispose([a, small]);
+  });
+
   test('a failure surfaces at the reads that depend on it, naming the op; other reads are unaffected', async () => {
     const table = dr.randn([8, 4]);
     const bad = dr.embedding(dr.tensor(new Int32Array([3, 8])), table);

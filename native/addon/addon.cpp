@@ -575,7 +575,8 @@ DR_FN(ReadSync) {
     };
     Stream& s = in.stream(t.device());
     s.submit_read(std::move(task), read_after(s, t));
-    s.wait_until([&] { return state->done.load(std::memory_order_acquire); });
+    // only the read (or a shutdown) ends this wait: no task wakes it
+    s.wait_until([&] { return state->done.load(std::memory_order_acquire); }, UINT64_MAX);
     if (state->failure) throw failure_error(*state->failure, "dataSync()");
     return result;
   })
@@ -902,6 +903,22 @@ DR_FN(PendingOps) {
   })
 }
 
+// How often a blocked waiter (dataSync, synchronize) was woken, per device: tests check that a
+// wait behind many queued ops is woken once, not once per op.
+DR_FN(StreamStats) {
+  DR_BODY({
+    Instance& in = inst(info);
+    Napi::Object r = Napi::Object::New(info.Env());
+    for (int d = 0; d < 2; ++d) {
+      Stream* s = in.streams[d].get();
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("waiterWakes", static_cast<double>(s ? s->waiter_wakes() : 0));
+      r.Set(d == 0 ? "cpu" : "cuda", o);
+    }
+    return r;
+  })
+}
+
 // ---- introspection -------------------------------------------------------------------------
 
 std::string cpu_model_name() {
@@ -1018,6 +1035,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"read", Read},           {"devices", Devices},         {"memory", Memory},
       {"numThreads", NumThreads}, {"setNumThreads", SetNumThreads}, {"synchronize", Synchronize},
       {"synchronizeAsync", SynchronizeAsync}, {"pending", PendingOps}, {"emptyCache", EmptyCache},
+      {"streamStats", StreamStats},
   };
   for (const Entry& e : runtime) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
 #define DR_EXPORT_OP(js, Args) exports.Set(#js, Napi::Function::New(env, op_entry<ops::Args>, #js));

@@ -50,16 +50,36 @@ uint64_t Stream::submit(std::unique_ptr<Task> task) {
 }
 
 void Stream::wait(uint64_t seq) {
-  wait_until([&] { return completed() >= seq; });
+  wait_until([&] { return completed() >= seq; }, seq);
 }
 
-void Stream::wait_until(const std::function<bool()>& pred) {
+void Stream::wait_until(const std::function<bool()>& pred, uint64_t wake_at) {
   if (pred()) return;
   if (spin_briefly(pred)) return;
   std::unique_lock<std::mutex> lk(mu_);
-  ++waiters_;
-  done_cv_.wait(lk, [&] { return pred() || (quit_ && !started_); });
-  --waiters_;
+  waiters_.fetch_add(1);
+  for (;;) {
+    // Announce the count first, then test pred: the stream thread counts a completion first,
+    // then reads the count (both behind full fences), so one of the two sees the other and a
+    // completion that makes pred true is never missed.
+    uint64_t cur = wake_at_.load();
+    while (wake_at < cur && !wake_at_.compare_exchange_weak(cur, wake_at)) {
+    }
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (pred() || (quit_ && !started_)) break;
+    done_cv_.wait(lk);
+    waiter_wakes_.fetch_add(1, std::memory_order_relaxed);
+  }
+  waiters_.fetch_sub(1);
+}
+
+void Stream::wake_waiters() {
+  {
+    // Under mu_: every waiter is either asleep on done_cv_ or yet to announce its count.
+    std::lock_guard<std::mutex> lk(mu_);
+    wake_at_.store(UINT64_MAX);
+  }
+  done_cv_.notify_all();
 }
 
 void Stream::submit_read(std::unique_ptr<Task> read, uint64_t after) {
@@ -150,14 +170,17 @@ void Stream::loop() {
         r.reset();
         reads_.fetch_sub(1, std::memory_order_acq_rel);
       }
+      // a read's finish() set its waiter's flag above: the same order as for a task below
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (waiters_.load()) wake_waiters();
     } else {
       if (task->after) task->after->wait(task->after_seq);
       execute(*task);
       task.reset();  // frees what only this task still held (before the completion is visible)
-      completed_.fetch_add(1, std::memory_order_acq_rel);
+      const uint64_t done = completed_.fetch_add(1) + 1;
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (waiters_.load() && done >= wake_at_.load()) wake_waiters();
     }
-    std::lock_guard<std::mutex> lk(mu_);
-    if (waiters_) done_cv_.notify_all();
   }
 }
 

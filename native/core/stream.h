@@ -104,7 +104,12 @@ class Stream {
   // that one runs. Reads do not count in submitted()/completed().
   void submit_read(std::unique_ptr<Task> read, uint64_t after);
   // Blocks until pred() holds; pred must turn true through a task's or a read's finish().
-  void wait_until(const std::function<bool()>& pred);
+  // wake_at: the completed() count before which no task can make pred true (a waiter is woken
+  // only by the task that reaches it, by any read, or by shutdown; 0: by every task). A waiter
+  // woken by every task sleeps and wakes once per task: on a core it shares with the stream
+  // thread, each wake preempts the stream thread (the JavaScript thread runs at a higher
+  // priority, see lower_thread_priority), so the queued work crawls.
+  void wait_until(const std::function<bool()>& pred, uint64_t wake_at = 0);
   void wait_all() { wait(submitted()); }
   // The oldest failure that no read has raised, marking every pending one as raised; null
   // when there is none.
@@ -117,6 +122,9 @@ class Stream {
   void shutdown();
 
   size_t depth() const { return depth_; }
+  // How many times a thread blocked in wait_until() was woken (tests: a wait behind many tasks
+  // should be woken about once).
+  uint64_t waiter_wakes() const { return waiter_wakes_.load(std::memory_order_relaxed); }
 
  private:
   void loop();
@@ -135,7 +143,12 @@ class Stream {
   std::atomic<size_t> reads_{0};                                   // waiting_reads_.size()
   std::atomic<uint64_t> submitted_{0}, completed_{0};
   bool sleeping_ = false;  // the thread is blocked on work_cv_
-  int waiters_ = 0;        // threads blocked on done_cv_
+  // Threads blocked on done_cv_, and the smallest completed() count any of them waits for
+  // (UINT64_MAX: none; reset by each wake, the waiters still short of theirs lower it again).
+  std::atomic<int> waiters_{0};
+  std::atomic<uint64_t> wake_at_{UINT64_MAX};
+  std::atomic<uint64_t> waiter_wakes_{0};
+  void wake_waiters();
   bool quit_ = false;
   bool started_ = false;
   std::mutex failures_mu_;
