@@ -17,8 +17,13 @@
 // and on two threads with OMP_WAIT_POLICY=PASSIVE (torch's OpenMP workers then sleep instead of
 // spinning while OpenBLAS's own threads want the cores).
 //
-//   node dist/bench/twin.js [--rounds N | --quick] [--settle ms] [--threads n] [--variants]
-//                           [--python path] [--json path]
+// --warmup N (default 10) rounds run first, the same way, and are left out of the medians: the
+// figures are those of a process that has decoded before (a server's), not of V8 compiling our
+// JavaScript (our first generations run 2-4x slower until it has). The first warm-up round's
+// decode on each side is reported apart as "first decode".
+//
+//   node dist/bench/twin.js [--rounds N | --quick] [--warmup N] [--settle ms] [--threads n]
+//                           [--variants] [--python path] [--json path]
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -31,6 +36,7 @@ import { stats } from './rounds';
 
 interface Options {
   rounds: number;
+  warmup: number;
   settleMs: number;
   python: string;
   threads: number;
@@ -44,10 +50,10 @@ interface TwinSetup {
   env: Record<string, string>;
 }
 
-const USAGE = 'usage: node dist/bench/twin.js [--rounds N | --quick] [--settle ms] [--python path] [--threads n] [--variants] [--json path]';
+const USAGE = 'usage: node dist/bench/twin.js [--rounds N | --quick] [--warmup N] [--settle ms] [--python path] [--threads n] [--variants] [--json path]';
 
 function parse(argv: string[]): Options {
-  const o: Options = { rounds: 9, settleMs: 150, python: process.env.DUALROUTE_PYTHON || '/usr/bin/python3', threads: 2, variants: false, json: '' };
+  const o: Options = { rounds: 9, warmup: 10, settleMs: 150, python: process.env.DUALROUTE_PYTHON || '/usr/bin/python3', threads: 2, variants: false, json: '' };
   for (let i = 0; i < argv.length; ++i) {
     const a = argv[i];
     const next = () => {
@@ -59,6 +65,7 @@ function parse(argv: string[]): Options {
     };
     if (a === '--rounds') o.rounds = Number(next());
     else if (a === '--quick') o.rounds = 3;
+    else if (a === '--warmup') o.warmup = Number(next());
     else if (a === '--settle') o.settleMs = Number(next());
     else if (a === '--python') o.python = next();
     else if (a === '--threads') o.threads = Number(next());
@@ -69,8 +76,8 @@ function parse(argv: string[]): Options {
       process.exit(2);
     }
   }
-  if (!(Number.isInteger(o.rounds) && o.rounds >= 1)) {
-    console.error('--rounds must be an integer >= 1');
+  if (!(Number.isInteger(o.rounds) && o.rounds >= 1) || !(Number.isInteger(o.warmup) && o.warmup >= 0)) {
+    console.error('--rounds must be an integer >= 1 and --warmup an integer >= 0');
     process.exit(2);
   }
   if (!(o.settleMs >= 0) || !(Number.isInteger(o.threads) && o.threads >= 1)) {
@@ -158,7 +165,8 @@ async function main(): Promise<void> {
     const newSide = (): Side => ({ train: [], decode: [], loss: [], tokens: [], agree: 0 });
     const ours = newSide();
     const theirs = twins.map(newSide);
-    for (let r = 0; r < o.rounds; ++r) {
+    // warm-up rounds first (r < 0), the same way; their entries are cut off below
+    for (let r = -o.warmup; r < o.rounds; ++r) {
       // ours, then each twin; the next round in the reverse order
       const trains: Array<() => Promise<void>> = [async () => {
         const t0 = process.hrtime.bigint();
@@ -183,7 +191,7 @@ async function main(): Promise<void> {
           theirs[i].tokens = a.tokens;
         });
       });
-      if (r % 2 === 1) {
+      if ((r + o.warmup) % 2 === 1) {
         trains.reverse();
         decodes.reverse();
       }
@@ -191,7 +199,15 @@ async function main(): Promise<void> {
         await sleep(o.settleMs);
         await f();
       }
+      if (r < 0) continue;
       for (const t of theirs) if (t.tokens.length === ours.tokens.length && t.tokens.every((v, i) => v === ours.tokens[i])) t.agree += 1;
+    }
+    // the first decode of each side (the first warm-up round's; the first measured one without warm-up)
+    const firstDecode = { ours: ours.decode[0], torch: theirs.map((t) => t.decode[0]) };
+    for (const side of [ours, ...theirs]) {
+      side.train.splice(0, o.warmup);
+      side.decode.splice(0, o.warmup);
+      side.loss.splice(0, o.warmup);
     }
     for (const t of twins) {
       await t.twin.ask({ cmd: 'quit' });
@@ -214,26 +230,26 @@ async function main(): Promise<void> {
         train: { torch: tr, ratio: trainO.tokensPerSecond / tr.tokensPerSecond, ratioPerRound: perRound(ours.train, th.train),
           initialLoss: info[i].initialLoss, maxStepLossDiff: Math.max(...ours.loss.map((l, k) => Math.abs(l - th.loss[k]))), raw: th.train, loss: th.loss },
         decode: { torch: de, ratio: decO.tokensPerSecond / de.tokensPerSecond, ratioPerRound: perRound(ours.decode, th.decode),
-          tokensAgreeRounds: th.agree, tokens: th.tokens, raw: th.decode },
+          tokensAgreeRounds: th.agree, tokens: th.tokens, raw: th.decode, firstMs: firstDecode.torch[i] },
       };
     });
     const res = {
       date: new Date().toISOString(),
       command: `node dist/bench/twin.js ${process.argv.slice(2).join(' ')}`.trim(),
       machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, loadavgStart: load0, loadavgEnd: os.loadavg() },
-      config: SMALL, params: model.numParameters(), rounds: o.rounds, settleMs: o.settleMs,
+      config: SMALL, params: model.numParameters(), rounds: o.rounds, warmupRounds: o.warmup, settleMs: o.settleMs,
       train: { batch: B, seq: S, optimizer: { name: 'AdamW', lr, betas: [opt.beta1, opt.beta2], eps: opt.eps, weightDecay: opt.weightDecay } },
       decode: {
         batch: 1, prompt: prompt.length, newTokens, greedy: true,
         what: 'the prompt fed one token per step through per-layer KV caches, then 32 greedy tokens (47 steps); ours: DualRouteLM.generateTokens; torch: dualroute_twin.decode.generate_cached',
       },
-      ours: { threads: dr.numThreads(), train: { ...trainO, initialLoss, loss: ours.loss, raw: ours.train }, decode: { ...decO, tokens: ours.tokens, raw: ours.decode } },
+      ours: { threads: dr.numThreads(), train: { ...trainO, initialLoss, loss: ours.loss, raw: ours.train }, decode: { ...decO, tokens: ours.tokens, raw: ours.decode, firstMs: firstDecode.ours } },
       twins: compared,
     };
     const f = (s: { median: number; min: number; max: number }) => `${s.median.toFixed(1)} ms (${s.min.toFixed(1)}..${s.max.toFixed(1)})`;
     const rr = (s: { median: number; min: number; max: number }) => `${s.median.toFixed(2)}x (${s.min.toFixed(2)}..${s.max.toFixed(2)})`;
     const blas = (info[0].blasLibraries || []).filter((l) => /libopenblas|libblas/.test(l)).join(' ') || 'BLAS ?';
-    console.log(`DualRouteLM small (${(res.params / 1e6).toFixed(2)} M parameters) against its PyTorch twin (torch ${info[0].torch}, ${blas}); ${o.rounds} rounds interleaved: median (min..max)`);
+    console.log(`DualRouteLM small (${(res.params / 1e6).toFixed(2)} M parameters) against its PyTorch twin (torch ${info[0].torch}, ${blas}); ${o.rounds} rounds interleaved after ${o.warmup} warm-up rounds: median (min..max)`);
     console.log(`  load average at start ${load0.map((v) => v.toFixed(2)).join(' ')}, at end ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}`);
     console.log(`  training step B${B} S${S} (AdamW): ours (${dr.numThreads()} threads) ${f(trainO.ms)} = ${trainO.tokensPerSecond.toFixed(0)} tokens/s; initial loss ${initialLoss.toFixed(6)}`);
     for (const c of compared) {
@@ -243,6 +259,7 @@ async function main(): Promise<void> {
     for (const c of compared) {
       console.log(`    ${c.name}: ${f(c.decode.torch.ms)} = ${c.decode.torch.tokensPerSecond.toFixed(1)} tokens/s; ours/torch ${c.decode.ratio.toFixed(2)}x (per round ${rr(c.decode.ratioPerRound)}); the same tokens in ${c.decode.tokensAgreeRounds} of ${o.rounds} rounds`);
     }
+    console.log(`  first decode (${o.warmup ? 'the first warm-up round' : 'the first round'}): ours ${firstDecode.ours.toFixed(1)} ms; ${compared.map((c) => `${c.name} ${c.decode.firstMs.toFixed(1)} ms`).join('; ')}`);
     if (o.json) {
       const tmp = `${o.json}.${process.pid}.tmp`;
       fs.writeFileSync(tmp, JSON.stringify(res, null, 2) + '\n');
