@@ -421,15 +421,16 @@ void swiglu(const View& out, const View& x) {
         T* po = o + r * h;
         int64_t j = 0;
         if constexpr (std::is_same_v<T, float>) {
-          // the next row's halves and output are prefetched as this one is computed (a row's
-          // three short streams restart at every row, which the hardware prefetcher follows late)
+          // the next row's halves and output are prefetched into L2 as this one is computed (a
+          // row's three short streams restart at every row, which the hardware prefetcher
+          // follows late)
           const int64_t step = r + 1 < e ? 2 * h : 0;
           j = act::vblocks(h, [&](int64_t j, auto k) DR_VLAMBDA {
             constexpr int U = decltype(k)::value;
             if constexpr (U == 4) {
-              prefetch_r4(g + step, j);
-              prefetch_r4(u + step, j);
-              prefetch_w4(po + step / 2, j);
+              prefetch_r4_l2(g + step, j);
+              prefetch_r4_l2(u + step, j);
+              prefetch_w4_l2(po + step / 2, j);
             }
             vstoren<U>(po + j, act::act_fwd<act::Silu>(vloadn<U>(g + j)) * vloadn<U>(u + j));
           });
