@@ -890,16 +890,21 @@ DR_FN(SynchronizeAsync) {
   })
 }
 
+// {cpu: value(stream), cuda: value(stream)}, value(nullptr) for a stream not started yet.
+template <typename F>
+Napi::Object per_device(const Napi::CallbackInfo& info, F value) {
+  Instance& in = inst(info);
+  Napi::Object r = Napi::Object::New(info.Env());
+  for (int d = 0; d < 2; ++d) r.Set(d == 0 ? "cpu" : "cuda", value(in.streams[d].get()));
+  return r;
+}
+
 // Ops queued and not yet finished, per device.
 DR_FN(PendingOps) {
   DR_BODY({
-    Instance& in = inst(info);
-    Napi::Object r = Napi::Object::New(info.Env());
-    for (int d = 0; d < 2; ++d) {
-      Stream* s = in.streams[d].get();
-      r.Set(d == 0 ? "cpu" : "cuda", static_cast<double>(s ? s->submitted() - s->completed() : 0));
-    }
-    return r;
+    return per_device(info, [&](Stream* s) {
+      return Napi::Number::New(info.Env(), static_cast<double>(s ? s->submitted() - s->completed() : 0));
+    });
   })
 }
 
@@ -907,15 +912,11 @@ DR_FN(PendingOps) {
 // wait behind many queued ops is woken once, not once per op.
 DR_FN(StreamStats) {
   DR_BODY({
-    Instance& in = inst(info);
-    Napi::Object r = Napi::Object::New(info.Env());
-    for (int d = 0; d < 2; ++d) {
-      Stream* s = in.streams[d].get();
+    return per_device(info, [&](Stream* s) {
       Napi::Object o = Napi::Object::New(info.Env());
       o.Set("waiterWakes", static_cast<double>(s ? s->waiter_wakes() : 0));
-      r.Set(d == 0 ? "cpu" : "cuda", o);
-    }
-    return r;
+      return o;
+    });
   })
 }
 
