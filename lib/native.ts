@@ -72,6 +72,10 @@ export interface Native {
   pending(): { cpu: number; cuda: number };
   /** How many times a thread blocked in a wait on a device's stream (dataSync, synchronize) was woken, per device (for tests). */
   streamStats(): { cpu: { waiterWakes: number }; cuda: { waiterWakes: number } };
+  /** CPU kernel counters: calls that stored their output around the caches (tests only). */
+  cpuStats(): { bypassedOutputs: number };
+  /** Sets (value undefined: removes) a variable of the process's C environment, which kernels read per call (tests: Jest's process.env is a copy). */
+  setEnv(name: string, value?: string | null): void;
 }
 
 export const native = addon as Native;

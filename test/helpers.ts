@@ -54,3 +54,15 @@ export async function expectReadFails(t: dr.Tensor, cls: new (...a: never[]) => 
   expect(asyncError).not.toBeNull();
   check(asyncError);
 }
+
+/**
+ * Sets a variable of the environment that native kernels read with getenv at each call (undefined
+ * removes it). Jest gives a test file a copy of process.env whose writes never reach the C
+ * library, so such variables go through the addon; the copy is kept in step for readers in JS.
+ */
+export function setNativeEnv(name: string, value: string | undefined): void {
+  const { native } = require('../lib/native');
+  native.setEnv(name, value);
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+}

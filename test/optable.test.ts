@@ -11,7 +11,7 @@ const ROOT = path.resolve(__dirname, '..');
 const gen = require(path.join(ROOT, 'scripts', 'gen-ops.js'));
 const table = require(path.join(ROOT, 'native', 'optable.js'));
 const RUNTIME = ['empty', 'fromBytes', 'view', 'alias', 'emptyFrom', 'viewFrom', 'release', 'isLive', 'readSync', 'read', 'devices', 'memory', 'numThreads',
-  'setNumThreads', 'synchronize', 'synchronizeAsync', 'pending', 'emptyCache', 'streamStats'];
+  'setNumThreads', 'synchronize', 'synchronizeAsync', 'pending', 'emptyCache', 'streamStats', 'cpuStats', 'setEnv'];
 
 describe('the op table', () => {
   test('the addon exports exactly the table\'s ops (and its runtime entries)', () => {

@@ -920,6 +920,15 @@ DR_FN(StreamStats) {
   })
 }
 
+// CPU kernel counters: calls that wrote their output around the caches (tests of that path).
+DR_FN(CpuStats) {
+  DR_BODY({
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("bypassedOutputs", static_cast<double>(cpu::bypassed_outputs()));
+    return o;
+  })
+}
+
 // ---- introspection -------------------------------------------------------------------------
 
 std::string cpu_model_name() {
@@ -1005,6 +1014,22 @@ DR_FN(SetNumThreads) {
     return info.Env().Undefined();
   })
 }
+// Sets (or, given undefined / null, removes) a variable of the process environment that the
+// kernels read with getenv at each call (DUALROUTE_ATTN_BWD, DUALROUTE_CPU_STREAM_BYTES). For
+// tests: Jest gives a test file a copy of process.env, whose writes never reach the C library.
+DR_FN(SetEnv) {
+  DR_BODY({
+    DR_CHECK(info.Length() >= 1 && info[0].IsString(), Value, "setEnv: Expected name to be a string");
+    const std::string name = info[0].As<Napi::String>().Utf8Value();
+    DR_CHECK(!name.empty() && name.find('=') == std::string::npos, Value,
+             "setEnv: Expected name to be a non-empty string without '=' but received '", name, "'");
+    const bool unset = info.Length() < 2 || info[1].IsUndefined() || info[1].IsNull();
+    DR_CHECK(unset || info[1].IsString(), Value, "setEnv: Expected value to be a string, undefined or null");
+    if (unset) unsetenv(name.c_str());
+    else setenv(name.c_str(), info[1].As<Napi::String>().Utf8Value().c_str(), 1);
+    return info.Env().Undefined();
+  })
+}
 DR_FN(EmptyCache) {
   DR_BODY({
     cpu_empty_cache();
@@ -1037,6 +1062,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"numThreads", NumThreads}, {"setNumThreads", SetNumThreads}, {"synchronize", Synchronize},
       {"synchronizeAsync", SynchronizeAsync}, {"pending", PendingOps}, {"emptyCache", EmptyCache},
       {"streamStats", StreamStats},
+      {"cpuStats", CpuStats},
+      {"setEnv", SetEnv},
   };
   for (const Entry& e : runtime) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
 #define DR_EXPORT_OP(js, Args) exports.Set(#js, Napi::Function::New(env, op_entry<ops::Args>, #js));

@@ -1,4 +1,5 @@
 // Picks the CPU kernel variant once, from cpuid, and forwards every kernel to it.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -41,6 +42,12 @@ const Detected& detected() {
 }
 
 }  // namespace
+
+namespace {
+std::atomic<int64_t> g_bypassed{0};
+}  // namespace
+int64_t bypassed_outputs() { return g_bypassed.load(std::memory_order_relaxed); }
+void count_bypassed_output() { g_bypassed.fetch_add(1, std::memory_order_relaxed); }
 
 const char* isa_name() {
   switch (detected().isa) {

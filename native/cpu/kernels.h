@@ -35,6 +35,11 @@ const char* isa_name();
 // "avx512bf16 avx512f avx2 fma" and so on: what the processor reports.
 const char* cpu_features();
 
+// Kernel calls that wrote their output around the caches (prefetch.h's stream_stores), for the
+// tests that mean to cover that path: native.cpuStats().bypassedOutputs.
+int64_t bypassed_outputs();
+void count_bypassed_output();
+
 }  // namespace cpu
 }  // namespace dualroute
 

@@ -271,6 +271,38 @@ template <int U, typename T>
 DR_VINLINE void vstoren(T* p, VN<U> x) {
   DR_VN_FOR vstore(p + k * kVecF, x.v[k]);
 }
+// A float32 store that goes around the caches to memory (p aligned to kVecBytes): for an output
+// too large to be read again from cache, it saves the read of each line a store would first
+// fetch. Weakly ordered: the writer ends with vstream_fence() before its work is handed on.
+DR_VINLINE void vstream(float* p, vf v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#elif defined(__AVX2__)
+  _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+#else
+  _mm_stream_ps(p, reinterpret_cast<__m128>(v));
+#endif
+}
+template <int U>
+DR_VINLINE void vstreamn(float* p, VN<U> x) {
+  DR_VN_FOR vstream(p + k * kVecF, x.v[k]);
+}
+DR_VINLINE void vstream_fence() { _mm_sfence(); }
+// vstore / vstoren, or vstream / vstreamn where `stream` is set and T is float32.
+template <typename T>
+DR_VINLINE void vput(T* p, vf x, bool stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (stream) return vstream(p, x);
+  }
+  vstore(p, x);
+}
+template <int U, typename T>
+DR_VINLINE void vputn(T* p, VN<U> x, bool stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (stream) return vstreamn<U>(p, x);
+  }
+  vstoren<U>(p, x);
+}
 #undef DR_VN_FOR
 
 // c in every lane of a V (vf or VN<U>).

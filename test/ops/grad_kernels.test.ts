@@ -7,8 +7,8 @@ import {
   adamwStep, crossEntropyBackward, crossEntropyWithLse, layerNormBackward, layerNormWithStats, rmsNormBackward,
   rmsNormWithStats, sgdStep, softmaxBackward, swigluBackward, unaryBackward,
 } from '../../lib/ops/grad_kernels';
-import { UNARY_OPS, UnaryName } from '../../lib/native';
-import { expectClose, expectReadFails, input } from '../helpers';
+import { native, UNARY_OPS, UnaryName } from '../../lib/native';
+import { expectClose, expectReadFails, input, setNativeEnv } from '../helpers';
 import { erf, erfc, prng, unaryRef } from '../reference';
 
 const DTYPES: dr.DType[] = ['float32', 'float64', 'bfloat16'];
@@ -606,6 +606,96 @@ describe('sgdStep', () => {
     dr.tidy(() => {
       const p = dr.zeros([3]);
       expect(() => sgdStep(p, dr.zeros([3]), null, { lr: 0.1, momentum: 0.9, dampening: 0, weightDecay: 0, nesterov: false, firstStep: true })).toThrow(dr.ValueError);
+    });
+  });
+});
+
+// ---- outputs stored around the caches --------------------------------------------------------
+
+// A float32 output of at least DUALROUTE_CPU_STREAM_BYTES (16 MiB by default, never under 256
+// KiB) whose rows start on a vector boundary is written with non-temporal stores (SwiGLU forward
+// and backward, the norms' dx, the unary backward of the cheap ops). Each case runs through the
+// cache and then around it: the same bits, the float64 reference, and native.cpuStats() says
+// the second call did go around (or did not, where a row is unaligned or the op is a GELU).
+describe('large outputs stored around the caches', () => {
+  const KEY = 'DUALROUTE_CPU_STREAM_BYTES';
+  const saved = process.env[KEY];
+  afterEach(() => setNativeEnv(KEY, saved));
+  const bypassed = () => native.cpuStats().bypassedOutputs;
+
+  /** run() through the cache and around it; the second's values and how many outputs bypassed. */
+  function both(run: () => dr.Tensor): { around: Float32Array; count: number } {
+    setNativeEnv(KEY, String(2 ** 50));
+    const c0 = bypassed();
+    const a = run();
+    const through = a.dataSync().slice();
+    a.dispose();
+    expect(bypassed()).toBe(c0);
+    setNativeEnv(KEY, '0');
+    const b = run();
+    const around = b.dataSync().slice();
+    b.dispose();
+    expect(Buffer.from(around.buffer).equals(Buffer.from(through.buffer))).toBe(true);
+    return { around, count: bypassed() - c0 };
+  }
+
+  test('swiglu forward and backward', () => {
+    dr.tidy(() => {
+      // rows of 512 (vector-aligned, 264 KiB out: around) and of 518 floats (2072 bytes, no whole vector of any width: through)
+      for (const [rows, h, goes] of [[129, 512, 1], [127, 518, 0], [3, 8, 0]] as const) {
+        const { t: x, data: xd } = input([rows, 2 * h], 400 + h, 'float32', -4, 4);
+        const { t: dy, data: dyd } = input([rows, h], 500 + h, 'float32');
+        const f = both(() => dr.swiglu(x));
+        const want = new Float64Array(rows * h);
+        for (let r = 0; r < rows; ++r) {
+          for (let j = 0; j < h; ++j) {
+            const a = xd[r * 2 * h + j];
+            want[r * h + j] = (a / (1 + Math.exp(-a))) * xd[r * 2 * h + h + j];
+          }
+        }
+        expectClose(f.around, want, 'float32');
+        expect(f.count).toBe(goes);
+        const b = both(() => swigluBackward(x, dy));
+        expectClose(b.around, swigluBackwardRef(xd, dyd, rows, h), 'float32');
+        expect(b.count).toBe(goes);
+      }
+    });
+  });
+
+  test('rmsNorm and layerNorm backward dx', () => {
+    dr.tidy(() => {
+      for (const layer of [false, true]) {
+        for (const [rows, cols, goes] of [[65, 1024, 1], [67, 1002, 0]] as const) {
+          const { t: x, data: xd } = input([rows, cols], 600 + cols, 'float32', -2, 3);
+          const w = input([cols], 700 + cols, 'float32', 0.5, 1.5);
+          const { t: dy, data: dyd } = input([rows, cols], 800 + cols, 'float32');
+          const want = normBackwardRef(layer, xd, w.data, dyd, rows, cols, 1e-5);
+          for (const grads of [true, false]) {
+            const r = both(() => {
+              if (layer) {
+                const { mean, rstd } = layerNormWithStats(x, w.t, null, 1e-5);
+                return layerNormBackward(x, w.t, mean, rstd, dy, grads, grads).dx;
+              }
+              return rmsNormBackward(x, w.t, rmsNormWithStats(x, w.t, 1e-5).rstd, dy, grads).dx;
+            });
+            expectClose(r.around, want.dx, 'float32');
+            expect(r.count).toBe(goes);
+          }
+        }
+      }
+    });
+  });
+
+  test('unary backward, a length that is no whole number of vectors', () => {
+    dr.tidy(() => {
+      const shape = [3, 22001];  // 258 KiB, tasks cut inside vectors
+      (['exp', 'sigmoid', 'silu', 'tanh', 'erf', 'gelu', 'geluTanh'] as const).forEach((op, k) => {
+        const { t: x, data: xd } = input(shape, 900 + k, 'float32', -3, 3);
+        const { t: dy, data: dyd } = input(shape, 950 + k, 'float32');
+        const r = both(() => unaryBackward(op, x, dy));
+        expectClose(r.around, Float64Array.from(xd, (v, i) => dyd[i] * unaryGradRef[op](v)), 'float32');
+        expect(r.count).toBe(op.startsWith('gelu') ? 0 : 1);
+      });
     });
   });
 });
