@@ -1,6 +1,6 @@
 // Attention against a straightforward float64 reference with materialised scores.
 import * as dr from '../../lib';
-import { expectClose } from '../helpers';
+import { expectClose, setNativeEnv } from '../helpers';
 import { randArray } from '../reference';
 
 type Mode = 'global' | 'sliding' | 'block';
@@ -384,8 +384,7 @@ describe('attention backward against the float64 reference gradient', () => {
   ];
   const saved = process.env.DUALROUTE_ATTN_BWD;
   afterAll(() => {
-    if (saved === undefined) delete process.env.DUALROUTE_ATTN_BWD;
-    else process.env.DUALROUTE_ATTN_BWD = saved;
+    setNativeEnv('DUALROUTE_ATTN_BWD', saved);
   });
   for (const s of shapes)
     for (const md of modes)
@@ -400,7 +399,7 @@ describe('attention backward against the float64 reference gradient', () => {
         const Wt = make([s.B, s.Hq, n, s.D], 104);
         const ref = attnGradRef(q.data, k.data, v.data, Wt.data, [s.B, s.Hq, s.Sq, s.D], s.Hkv, s.Sk, { mode: md.mode, causal: md.causal, window: md.window, scale, pad, rows });
         for (const form of ['fused', 'heads', 'split']) {
-          process.env.DUALROUTE_ATTN_BWD = form;
+          setNativeEnv('DUALROUTE_ATTN_BWD', form);
           dr.tidy(() => {
             const [qg, kg, vg] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
             const opts = {
@@ -422,8 +421,7 @@ describe('attention backward against the float64 reference gradient', () => {
 describe('dualAttention backward (one pass on the CPU) against the float64 reference gradient', () => {
   const saved = process.env.DUALROUTE_ATTN_BWD;
   afterAll(() => {
-    if (saved === undefined) delete process.env.DUALROUTE_ATTN_BWD;
-    else process.env.DUALROUTE_ATTN_BWD = saved;
+    setNativeEnv('DUALROUTE_ATTN_BWD', saved);
   });
   const shapes = [
     { B: 1, Hq: 4, Hkv: 1, Sq: 301, Sk: 301, D: 64, window: 40, mode: 'sliding' as Mode, perHead: false, rows: true, pad: true },
@@ -458,7 +456,7 @@ describe('dualAttention backward (one pass on the CPU) against the float64 refer
       const glo = attnGradRef(q.data, k.data, v.data, gated(1, true), dims, s.Hkv, s.Sk, { mode: 'global', causal: true, window: 0, scale, pad });
       const sumOf = (x: Float64Array, y: Float64Array) => x.map((a, i) => a + y[i]);
       for (const form of ['fused', 'heads', 'split']) {
-        process.env.DUALROUTE_ATTN_BWD = form;
+        setNativeEnv('DUALROUTE_ATTN_BWD', form);
         dr.tidy(() => {
           const [qg, kg, vg] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
           const out = dr.dualAttention(qg, kg, vg, {
@@ -533,7 +531,7 @@ describe('non-finite inputs: propagated as the materialised softmax(q k^T * scal
               const g = attnGradRef(q.data, k.data, v.data, W.data, [1, sh.H, sh.S, sh.D], sh.Hkv, sh.S, ref);
               // every backward form: one task per kv head, heads in chunks, keys and queries split
               for (const form of ['fused', 'heads', 'split']) {
-                process.env.DUALROUTE_ATTN_BWD = form;
+                setNativeEnv('DUALROUTE_ATTN_BWD', form);
                 const [qf, kf, vf] = [q.t, k.t, v.t].map((x) => x.clone().requiresGrad_());
                 const o = m.mode === 'global' ? dr.globalAttention(qf, kf, vf, { ...opts, returnLse: false })
                   : dr.localAttention(qf, kf, vf, { ...opts, returnLse: false, window: m.window, mode: m.mode });
@@ -542,7 +540,7 @@ describe('non-finite inputs: propagated as the materialised softmax(q k^T * scal
                 expectClose(kf.grad!.dataSync(), g.dk, dtype, 4);
                 expectClose(vf.grad!.dataSync(), g.dv, dtype, 4);
               }
-              delete process.env.DUALROUTE_ATTN_BWD;
+              setNativeEnv('DUALROUTE_ATTN_BWD', undefined);
             });
           }
         });
