@@ -238,13 +238,25 @@ struct Gelu {
   }
   DR_VINLINE static vf slow(vf x) { return x * vnormcdf(x); }
   DR_VINLINE static double ref(double x) { return 0.5 * x * (1.0 + std::erf(x * 0.70710678118654752440)); }
+  // Mills' ratio Phi(-u) / phi(u) for u = |x| <= 5 as t P(t), t = 1 / (1 + 0.3 u), P of degree 7
+  // (a relative fit: 2.5e-8 in float64, 3.4e-7 evaluated in float32 with these coefficients)
+  static constexpr float kM[8] = {8.599264175e-02f, -3.741641045e-01f, 4.701849520e-01f, -7.520786673e-02f,
+                                  2.790107131e-01f, 2.686938941e-01f,  2.985484600e-01f, 3.002555072e-01f};
+  // dy (Phi(x) + x phi(x)) with one exp2 for both terms: phi(x) = 2^(-x^2 log2(e) / 2 -
+  // log2 sqrt(2 pi)) (the exponent's rounding, under 7e-7 relative at |x| = 5, is within the
+  // tolerance of the lower tail), and Phi(-|x|) = phi(x) times Mills' ratio. The forward's
+  // lower() (11 multiply-adds and its own exp2) is not needed: geluBackward over 16384 x 1024,
+  // the two forms alternated call by call in one process, 3.35-3.89 ms against 4.06-4.53 (in
+  // cache 0.30 against 0.37-0.39); worst error over [-5, 5] 2.2e-7 against 1.3e-7 before.
   template <class V>
   DR_VINLINE static V gfast(V x, V g) {
-    const V r = lower(x);
-    const V cdf = vsel(x > 0.0f, 1.0f - r, r);
-    // phi(x) = 2^(-x^2 log2(e) / 2 - log2 sqrt(2 pi)): one exp2 (the exponent's rounding, under
-    // 7e-7 relative at |x| = 5, is within the tolerance of the lower tail)
     const V pdf = vexp2_inrange(vfma(x * x, vsplat<V>(-0.72134752044448170f), vsplat<V>(-1.32574806473615917f)));
+    const V t = vrcp_nr(vfma(vabs(x), vsplat<V>(0.3f), vsplat<V>(1.0f)));
+    V p = vfma(vsplat<V>(kM[0]), t, vsplat<V>(kM[1]));
+#pragma GCC unroll 8
+    for (int j = 2; j < 8; ++j) p = vfma(p, t, vsplat<V>(kM[j]));
+    const V r = pdf * (p * t);  // Phi(-|x|)
+    const V cdf = vsel(x > 0.0f, 1.0f - r, r);
     return g * vfma(x, pdf, cdf);
   }
   DR_VINLINE static vf gslow(vf x, vf g) { return g * (vnormcdf(x) + x * (kInvSqrt2Pi * vexp(-0.5f * x * x))); }
