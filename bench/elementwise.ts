@@ -344,6 +344,8 @@ async function main(): Promise<void> {
       ctLo[i].push(timeRow(smallLo[i], gen, 21));
     });
   }
+  const roundRate = Array.from({ length: a.rounds }, (_, r) =>
+    Math.max(...bs.map((b, i) => (b.reference ? b.bytes / (times[i][r] * 1e6) : 0))));
   const res = bs.map((b, i) => {
     const s = stats(times[i]);
     const gbps = (ms: number) => b.bytes / (ms * 1e6);
@@ -353,7 +355,11 @@ async function main(): Promise<void> {
       const dBytes = smallHi[k].bytes - smallLo[k].bytes;
       return { shapes: [smallLo[k].shape, smallHi[k].shape], ms: [lo, hi], gbps: dBytes / (Math.max(hi - lo, 1e-6) * 1e6) };
     })();
-    return { op: b.op, shape: b.shape, bytes: b.bytes, reference: !!b.reference, ms: s, gbps: gbps(s.median), gbpsRange: [gbps(s.max), gbps(s.min)], cache };
+    // the row's rate over the memory rate of its own round (the best reference row timed in the
+    // same round, minutes apart at most): a view that drift of the machine over the run moves less
+    const perRound = times[i].map((ms, r) => gbps(ms) / roundRate[r]);
+    const pr = stats(perRound);
+    return { op: b.op, shape: b.shape, bytes: b.bytes, reference: !!b.reference, ms: s, gbps: gbps(s.median), gbpsRange: [gbps(s.max), gbps(s.min)], cache, perRoundShare: { median: pr.median, min: pr.min, max: pr.max } };
   });
   const memRate = Math.max(...res.filter((r) => r.reference).map((r) => r.gbps));
   const best = res.find((r) => r.reference && r.gbps === memRate)!;
@@ -362,15 +368,18 @@ async function main(): Promise<void> {
   console.log(`memory rate (best of copy, add, rmsNorm in this run): ${memRate.toFixed(1)} GB/s (${best.op}); target >= 70% of it`);
   const w = Math.max(...res.map((r) => r.op.length));
   const cacheHead = a.quick ? '' : `  ${'in cache'.padStart(9)}  ${'of mem.'.padStart(7)}`;
-  console.log(`${'op'.padEnd(w)}  ${'ms'.padStart(8)}  ${'(min..max)'.padEnd(16)}  ${'GB/s'.padStart(7)}  ${'of memory rate'.padStart(14)}${cacheHead}`);
+  console.log(`${'op'.padEnd(w)}  ${'ms'.padStart(8)}  ${'(min..max)'.padEnd(16)}  ${'GB/s'.padStart(7)}  ${'of memory rate'.padStart(14)}  ${'per round (min..max)'.padEnd(20)}${cacheHead}`);
   for (const r of res) {
     const pct = (100 * r.gbps) / memRate;
     const cpct = r.cache ? (100 * r.cache.gbps) / memRate : NaN;
     const why = !r.cache ? '' : cpct < 70 ? ' (arithmetic-bound)' : ' (memory and arithmetic do not overlap)';
     const mark = r.reference ? ' (reference)' : pct >= 70 ? '' : `  below 70%${why}`;
     const cacheCols = r.cache ? `  ${r.cache.gbps.toFixed(1).padStart(9)}  ${cpct.toFixed(0).padStart(6)}%` : '';
-    console.log(`${r.op.padEnd(w)}  ${r.ms.median.toFixed(2).padStart(8)}  ${`(${r.ms.min.toFixed(2)}..${r.ms.max.toFixed(2)})`.padEnd(16)}  ${r.gbps.toFixed(1).padStart(7)}  ${pct.toFixed(0).padStart(13)}%${cacheCols}${mark}`);
+    const q = r.perRoundShare;
+    const perRound = `${(100 * q.median).toFixed(0)}% (${(100 * q.min).toFixed(0)}..${(100 * q.max).toFixed(0)})`;
+    console.log(`${r.op.padEnd(w)}  ${r.ms.median.toFixed(2).padStart(8)}  ${`(${r.ms.min.toFixed(2)}..${r.ms.max.toFixed(2)})`.padEnd(16)}  ${r.gbps.toFixed(1).padStart(7)}  ${pct.toFixed(0).padStart(13)}%  ${perRound.padEnd(20)}${cacheCols}${mark}`);
   }
+  console.log('per round: the row over the best reference row of the same round (median of the rounds, and their spread)');
   if (smallHi.length) console.log(`in cache: the same op over ${cacheLo}x${cols} and ${cacheHi}x${cols} (1 and 4 MiB an array, in the last-level cache); the extra bytes over the extra time, GB/s and share of the memory rate`);
   const rd = await reads(a.rounds, a.quick ? 5 : 40);
   console.log(`reads of 8 MiB (ms per call over ${a.rounds} rounds: median, p90, max)`);
