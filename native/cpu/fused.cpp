@@ -30,6 +30,7 @@
 #include <cstring>
 
 #include "fused_rows.h"
+#include "prefetch.h"
 
 namespace dualroute {
 namespace cpu {
@@ -139,7 +140,8 @@ void add_rms_typed(const View& h, const View& out, const View& x, const View& re
 
 // One row of the backward: dx = dh + r (g - xhat c2); pdw += dy xhat when given.
 template <typename T>
-void add_rms_bw_row(T* dx, const T* h, const T* w, const T* dy, const T* dh, Acc<T> r, int64_t n, Acc<T>* pdw) {
+void add_rms_bw_row(T* dx, const T* h, const T* w, const T* dy, const T* dh, Acc<T> r, int64_t n, Acc<T>* pdw,
+                    bool stream) {
   using A = Acc<T>;
   A sgx = 0;  // sum(g * h), g = dy w
   int64_t j = 0;
@@ -167,7 +169,7 @@ void add_rms_bw_row(T* dx, const T* h, const T* w, const T* dy, const T* dh, Acc
       const vf g = w ? d * vload(w + j) : d;
       vf v = vr * (g - xh * v2);
       if (dh) v += vload(dh + j);
-      vstore(dx + j, v);
+      vput(dx + j, v, stream);
       if (pdw) vstore(pdw + j, vload(pdw + j) + d * xh);
     }
   }
@@ -193,9 +195,13 @@ void add_rms_bw_typed(const View& dx, const View& dw, const View& h, const View&
   const T* pdy = static_cast<const T*>(dy.data);
   const T* pdh = static_cast<const T*>(dh.data);
   const Stat<T>* pr = static_cast<const Stat<T>*>(rstd.data);
+  // a large dx goes around the caches (simd.h's vstream; rows_with_colsum fences each task)
+  const int64_t rb = cols * static_cast<int64_t>(sizeof(T));
+  const bool stream = stream_stores(pdx, rows * rb, rb);
   rows_with_colsum<T>(rows, cols, static_cast<T*>(dw.data), [&](int64_t r, Acc<T>* part) {
     const int64_t o = r * cols;
-    add_rms_bw_row<T>(pdx + o, ph + o, pw, pdy + o, pdh ? pdh + o : nullptr, static_cast<Acc<T>>(pr[r]), cols, part);
+    add_rms_bw_row<T>(pdx + o, ph + o, pw, pdy + o, pdh ? pdh + o : nullptr, static_cast<Acc<T>>(pr[r]), cols, part,
+                      stream);
   });
 }
 

@@ -63,6 +63,7 @@ void rows_with_colsum(int64_t rows, int64_t cols, T* out, Row&& row) {
   if (!out) {
     parallel_for(rows, row_grain(cols), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) row(r, static_cast<A*>(nullptr));
+      vstream_fence();  // for a row kernel that writes around the caches (simd.h's vstream)
     });
     return;
   }
@@ -75,6 +76,7 @@ void rows_with_colsum(int64_t rows, int64_t cols, T* out, Row&& row) {
         A* pc = part.row(c);
         for (int64_t r = r0; r < r1; ++r) row(r, pc);
       }
+      vstream_fence();
     });
   }
   // the rows through locals: read through the object, its members are reloaded at every step

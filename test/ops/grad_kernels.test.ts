@@ -8,6 +8,7 @@ import {
   rmsNormWithStats, sgdStep, softmaxBackward, swigluBackward, unaryBackward,
 } from '../../lib/ops/grad_kernels';
 import { native, UNARY_OPS, UnaryName } from '../../lib/native';
+import { addRmsNormBackward } from '../../lib/ops/fused';
 import { expectClose, expectReadFails, input, setNativeEnv } from '../helpers';
 import { erf, erfc, prng, unaryRef } from '../reference';
 
@@ -614,7 +615,7 @@ describe('sgdStep', () => {
 
 // A float32 output of at least DUALROUTE_CPU_STREAM_BYTES (16 MiB by default, never under 256
 // KiB) whose rows start on a vector boundary is written with non-temporal stores (SwiGLU forward
-// and backward, the norms' dx, the unary backward of the cheap ops). Each case runs through the
+// and backward, the norms' dx and addRmsNorm's, the unary backward of the cheap ops). Each case runs through the
 // cache and then around it: the same bits, the float64 reference, and native.cpuStats() says
 // the second call did go around (or did not, where a row is unaligned or the op is a GELU).
 describe('large outputs stored around the caches', () => {
@@ -681,6 +682,24 @@ describe('large outputs stored around the caches', () => {
             expectClose(r.around, want.dx, 'float32');
             expect(r.count).toBe(goes);
           }
+        }
+      }
+    });
+  });
+
+  test('addRmsNormBackward dx (the fused residual form)', () => {
+    dr.tidy(() => {
+      for (const [rows, cols, goes] of [[65, 1024, 1], [67, 1002, 0]] as const) {
+        const { t: h, data: hd } = input([rows, cols], 610 + cols, 'float32', -2, 3);
+        const w = input([cols], 710 + cols, 'float32', 0.5, 1.5);
+        const { t: dy, data: dyd } = input([rows, cols], 810 + cols, 'float32');
+        const { t: dh, data: dhd } = input([rows, cols], 910 + cols, 'float32');
+        const rstd = rmsNormWithStats(h, w.t, 1e-5).rstd;
+        const want = normBackwardRef(false, hd, w.data, dyd, rows, cols, 1e-5).dx.map((v, i) => v + dhd[i]);
+        for (const grads of [true, false]) {
+          const r = both(() => addRmsNormBackward(h, w.t, rstd, dy, dh, grads).dx);
+          expectClose(r.around, want, 'float32');
+          expect(r.count).toBe(goes);
         }
       }
     });
