@@ -173,7 +173,7 @@ void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, c
   const S* pm = static_cast<const S*>(mean.data);
   const S* pr = static_cast<const S*>(rstd.data);
   // a large dx goes around the caches (simd.h's vstream)
-  const bool stream = stream_stores(pdx, rows * cols * static_cast<int64_t>(sizeof(T)), cols * static_cast<int64_t>(sizeof(T)));
+  const bool stream = stream_stores(pdx, rows * cols, cols);
   auto row = [&](int64_t r, A* adw, A* adb, bool more) {
     const A m = layer && pm ? static_cast<A>(pm[r]) : A(0);
     norm_bw_row<T>(layer, pdx + r * cols, px + r * cols, pw, pdy + r * cols, m, static_cast<A>(pr[r]), cols, adw,
@@ -284,10 +284,11 @@ bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
   const int64_t n = view_numel(dx);
   // A large dx goes around the caches (simd.h's vstream) from a task's first aligned vector,
   // except for the GELUs, which are bound by their arithmetic (16384 x 1024, the forms
-  // alternated call by call in one process: exp, tanh, sigmoid, silu, erf 2.22-2.39 ms streamed
-  // against 2.68-2.97 through the cache; gelu 3.89 against 3.78, geluTanh 3.77 against 3.67).
+  // alternated call by call in a /tmp loop: exp, tanh, sigmoid, silu, erf 2.22-2.39 ms streamed
+  // against 2.68-2.97 through the cache; gelu 3.89 against 3.78, geluTanh 3.77 against 3.67;
+  // bench/stores.ts's siluBackward row: 1.09x and 1.06x in two runs).
   auto run = [&](auto f, bool may_stream = true) {
-    const bool stream = may_stream && stream_stores(pdx, n * static_cast<int64_t>(sizeof(T)), kVecBytes);
+    const bool stream = may_stream && stream_stores(pdx, n, kVecF);
     parallel_for(n, 16384, [&](int64_t b, int64_t e) {
       const bool st = stream && reinterpret_cast<uintptr_t>(pdx + b) % kVecBytes == 0;
       const int64_t i = b + act::vblocks(e - b, [&](int64_t i, auto u) DR_VLAMBDA {
@@ -381,11 +382,10 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
   T* pdx = static_cast<T*>(dx.data);
   const T* px = static_cast<const T*>(x.data);
   const T* pdy = static_cast<const T*>(dy.data);
-  constexpr int64_t kT = sizeof(T);
-  // as swiglu's forward: the rows ahead prefetched, a large dx streamed (16384 x 1024, the forms
-  // alternated in one process: 1.99-2.15 ms streamed against 2.51-2.76 through the cache)
-  const int64_t ahead = rows_ahead(2 * h * kT);
-  const bool stream = std::is_same_v<T, float> && stream_stores(pdx, rows * 2 * h * kT, h * kT);
+  // as swiglu's forward: the rows ahead prefetched, a large dx streamed (bench/stores.ts: 1.03x
+  // and 0.92x in two runs; earlier /tmp loops had shown 1.2x: not established)
+  const int64_t ahead = rows_ahead(2 * h * static_cast<int64_t>(sizeof(T)));
+  const bool stream = stream_stores(pdx, rows * 2 * h, h);
   parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(h, 1)), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const T* a = px + r * 2 * h;
@@ -406,16 +406,8 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
           }
           const auto av = vloadn<U>(a + j), bv = vloadn<U>(b + j), gv = vloadn<U>(g + j);
           const auto s = act::act_fwd<act::Sigmoid>(av);
-          const auto ga = gv * bv * s * (1.0f + av * (1.0f - s)), gb = gv * av * s;
-          if constexpr (std::is_same_v<T, float>) {
-            if (stream) {
-              vstreamn<U>(da + j, ga);
-              vstreamn<U>(db + j, gb);
-              return;
-            }
-          }
-          vstoren<U>(da + j, ga);
-          vstoren<U>(db + j, gb);
+          vputn<U>(da + j, gv * bv * s * (1.0f + av * (1.0f - s)), stream);
+          vputn<U>(db + j, gv * av * s, stream);
         });
       }
       for (; j < h; ++j) {

@@ -416,11 +416,10 @@ void swiglu(const View& out, const View& x) {
     const T* in = static_cast<const T*>(x.data);
     // A row's three short streams restart at every row, which the hardware prefetcher follows
     // late: the halves of the row rows_ahead() on are prefetched as this one is computed, and a
-    // large output goes around the caches (16384 x 1024 in one process, the forms alternated:
-    // 1.52-1.54 ms streamed against 1.75-1.81 stored through the cache).
+    // large output goes around the caches (bench/stores.ts: 1.02x / 1.03x in two runs, within
+    // its controls' noise; earlier /tmp loops had shown 1.15x).
     const int64_t ahead = rows_ahead(2 * h * static_cast<int64_t>(sizeof(T)));
-    const bool stream = std::is_same_v<T, float> && stream_stores(o, rows * h * static_cast<int64_t>(sizeof(T)),
-                                                                  h * static_cast<int64_t>(sizeof(T)));
+    const bool stream = stream_stores(o, rows * h, h);
     parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(h, 1)), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const T* g = in + r * 2 * h;
@@ -436,8 +435,7 @@ void swiglu(const View& out, const View& x) {
               prefetch_r4(u + step, j);
             }
             const auto y = act::act_fwd<act::Silu>(vloadn<U>(g + j)) * vloadn<U>(u + j);
-            if (stream) vstreamn<U>(po + j, y);
-            else vstoren<U>(po + j, y);
+            vputn<U>(po + j, y, stream);
           });
         }
         for (; j < h; ++j) {

@@ -196,8 +196,7 @@ void add_rms_bw_typed(const View& dx, const View& dw, const View& h, const View&
   const T* pdh = static_cast<const T*>(dh.data);
   const Stat<T>* pr = static_cast<const Stat<T>*>(rstd.data);
   // a large dx goes around the caches (simd.h's vstream; rows_with_colsum fences each task)
-  const int64_t rb = cols * static_cast<int64_t>(sizeof(T));
-  const bool stream = stream_stores(pdx, rows * rb, rb);
+  const bool stream = stream_stores(pdx, rows * cols, cols);
   rows_with_colsum<T>(rows, cols, static_cast<T*>(dw.data), [&](int64_t r, Acc<T>* part) {
     const int64_t o = r * cols;
     add_rms_bw_row<T>(pdx + o, ph + o, pw, pdy + o, pdh ? pdh + o : nullptr, static_cast<Acc<T>>(pr[r]), cols, part,

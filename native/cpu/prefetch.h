@@ -1,15 +1,18 @@
 // Software prefetch of one unrolled step (two vectors from element i) of a row, shared by the
 // row kernels (norm.cpp, softmax.cpp, backward.cpp): while a pass works from cache, the next
-// row's lines are fetched (one prefetch per 64 bytes), for reading or for writing.
+// row's lines are fetched (one prefetch per 64 bytes), for reading or for writing. Also the
+// row kernels' other memory-traffic rules: how far ahead to prefetch (rows_ahead) and when to
+// store around the caches (stream_stores).
 //
 // Every helper is always inlined: GCC 12 treats __builtin_prefetch as free of side effects, so
 // a helper it chose not to inline early was found to have no effect and its calls were deleted
 // (SwiGLU forward and backward shipped without a single prefetch instruction: objdump of
-// elementwise.cpp.o and backward.cpp.o; test/prefetch_codegen checks the symbols now).
+// elementwise.cpp.o and backward.cpp.o; test/codegen.test.ts counts them in the built addon).
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels.h"
 #include "simd.h"
@@ -27,21 +30,6 @@ template <typename T>
 DR_VINLINE void prefetch_w(T* p, int64_t i) {
   constexpr int kBytes = 2 * kVecF * static_cast<int>(sizeof(T));
   for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 3);
-}
-
-// The same into L2 only (prefetcht1): for a row kernel that streams several arrays and does
-// enough arithmetic a vector that a prefetch into L1 is evicted, or holds up its fill buffers,
-// before the row reaches it (SwiGLU forward: 78-84 GB/s over 96 MiB against 66-81 into L1,
-// the two forms alternated call by call in one process, 4 runs).
-template <typename T>
-DR_VINLINE void prefetch_r4_l2(const T* p, int64_t i) {
-  constexpr int kBytes = 4 * kVecF * static_cast<int>(sizeof(T));
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p + i) + b, 0, 2);
-}
-template <typename T>
-DR_VINLINE void prefetch_w4_l2(T* p, int64_t i) {
-  constexpr int kBytes = 4 * kVecF * static_cast<int>(sizeof(T));
-  for (int b = 0; b < kBytes; b += 64) __builtin_prefetch(reinterpret_cast<char*>(p + i) + b, 1, 2);
 }
 
 // The same for a step of four vectors from element i (two calls of the above).
@@ -63,12 +51,16 @@ inline int64_t rows_ahead(int64_t row_bytes) {
   return std::clamp<int64_t>(8192 / std::max<int64_t>(row_bytes, 1), 1, 16);
 }
 
-// Whether a kernel writes an output of `bytes` with vstream (simd.h): only an output larger than
+// Whether a kernel writes its output of n elements, in rows of row_n, with vstream (simd.h):
+// float32 only (vput / vputn store the other types through the cache), an output larger than
 // the caches would keep for the next op (DUALROUTE_CPU_STREAM_BYTES, 16 MiB by default; never
-// under 256 KiB) whose rows all start on a vector boundary (out aligned, row_bytes a multiple
-// of the vector). Such an output costs a read of every line when stored through the cache.
-inline bool stream_stores(const void* out, int64_t bytes, int64_t row_bytes) {
+// under 256 KiB) whose rows all start on a vector boundary. Such an output costs a read of
+// every line when stored through the cache. Counted for native.cpuStats() when true.
+template <typename T>
+inline bool stream_stores(const T* out, int64_t n, int64_t row_n) {
+  if constexpr (!std::is_same_v<T, float>) return false;
   constexpr int64_t kFloor = 256 << 10;
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T)), row_bytes = row_n * static_cast<int64_t>(sizeof(T));
   if (bytes < kFloor) return false;
   if (reinterpret_cast<uintptr_t>(out) % kVecBytes != 0 || row_bytes % kVecBytes != 0) return false;
   double at = 16 << 20;  // a number that does not parse leaves the default

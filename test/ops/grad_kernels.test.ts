@@ -705,6 +705,18 @@ describe('large outputs stored around the caches', () => {
     });
   });
 
+  test('bfloat16 outputs stay in the cache (and are not counted)', () => {
+    dr.tidy(() => {
+      // 129 x 1024 bfloat16: 264 KiB and aligned rows, which float32 would stream
+      const { t: x } = input([129, 1024], 990, 'bfloat16', -2, 3);
+      const w = input([1024], 991, 'bfloat16', 0.5, 1.5).t;
+      const { t: dy } = input([129, 1024], 992, 'bfloat16');
+      const rstd = rmsNormWithStats(x, w, 1e-5).rstd;
+      expect(both(() => rmsNormBackward(x, w, rstd, dy, true).dx).count).toBe(0);
+      expect(both(() => unaryBackward('exp', x, dy)).count).toBe(0);
+    });
+  });
+
   test('unary backward, a length that is no whole number of vectors', () => {
     dr.tidy(() => {
       const shape = [3, 22001];  // 258 KiB, tasks cut inside vectors
