@@ -98,10 +98,10 @@ void softmax_bw_typed(const View& dx, const View& y, const View& dy, int64_t out
 // One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them. With
 // `more` (the next row, at +n, is this chunk's too) the second pass, which reads the row from
 // cache, prefetches the next row's x and dy and its dx for writing.
-template <typename T>
+template <typename T, bool stream>
 void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typename Num<T>::acc mean,
                  typename Num<T>::acc r, int64_t n, typename Num<T>::acc* pdw, typename Num<T>::acc* pdb,
-                 bool more, bool stream) {
+                 bool more) {
   using A = typename Num<T>::acc;
   A sg = 0, sgx = 0;  // sum(g), sum(g * (x - mean))
   int64_t j = 0;
@@ -140,7 +140,7 @@ void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typenam
       for (; j + 2 * kVecF <= n; j += 2 * kVecF) {
         prefetch_r(x + n, j);
         prefetch_r(dy + n, j);
-        if (!stream) prefetch_w(dx + n, j);
+        if constexpr (!stream) prefetch_w(dx + n, j);
         step(j);
         step(j + kVecF);
       }
@@ -176,8 +176,14 @@ void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, c
   const bool stream = stream_stores(pdx, rows * cols, cols);
   auto row = [&](int64_t r, A* adw, A* adb, bool more) {
     const A m = layer && pm ? static_cast<A>(pm[r]) : A(0);
-    norm_bw_row<T>(layer, pdx + r * cols, px + r * cols, pw, pdy + r * cols, m, static_cast<A>(pr[r]), cols, adw,
-                   adb, more, stream);
+    // the store form a template argument: a test per vector costs instructions (rmsNorm's
+    // forward: 15-18% more under callgrind)
+    auto go = [&](auto st) {
+      norm_bw_row<T, decltype(st)::value>(layer, pdx + r * cols, px + r * cols, pw, pdy + r * cols, m,
+                                          static_cast<A>(pr[r]), cols, adw, adb, more);
+    };
+    if (stream) go(std::true_type{});
+    else go(std::false_type{});
   };
   if (!pdw && !pdb) {
     parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
@@ -382,8 +388,8 @@ void swiglu_bw_typed(const View& dx, const View& x, const View& dy) {
   T* pdx = static_cast<T*>(dx.data);
   const T* px = static_cast<const T*>(x.data);
   const T* pdy = static_cast<const T*>(dy.data);
-  // as swiglu's forward: the rows ahead prefetched, a large dx streamed (bench/stores.ts: 1.03x
-  // and 0.92x in two runs; earlier /tmp loops had shown 1.2x: not established)
+  // as swiglu's forward: the rows ahead prefetched, a large dx streamed (bench/stores.ts: 1.28x
+  // while memory was contended, 1.07x while not)
   const int64_t ahead = rows_ahead(2 * h * static_cast<int64_t>(sizeof(T)));
   const bool stream = stream_stores(pdx, rows * 2 * h, h);
   parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(h, 1)), [&](int64_t lo, int64_t hi) {

