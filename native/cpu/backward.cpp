@@ -297,10 +297,14 @@ bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
     const bool stream = may_stream && stream_stores(pdx, n, kVecF);
     parallel_for(n, 16384, [&](int64_t b, int64_t e) {
       const bool st = stream && reinterpret_cast<uintptr_t>(pdx + b) % kVecBytes == 0;
-      const int64_t i = b + act::vblocks(e - b, [&](int64_t i, auto u) DR_VLAMBDA {
-        constexpr int U = decltype(u)::value;
-        vputn<U>(pdx + b + i, f(vloadn<U>(px + b + i), vloadn<U>(pdy + b + i)), st);
-      });
+      // the store form a compile-time choice (a test per vector costs instructions)
+      auto body = [&](auto stc) DR_VLAMBDA {
+        return act::vblocks(e - b, [&](int64_t i, auto u) DR_VLAMBDA {
+          constexpr int U = decltype(u)::value;
+          vputn<U>(pdx + b + i, f(vloadn<U>(px + b + i), vloadn<U>(pdy + b + i)), decltype(stc)::value);
+        });
+      };
+      const int64_t i = b + (st ? body(std::true_type{}) : body(std::false_type{}));
       if (i < e) {
         T tx[kVecF] = {}, tg[kVecF] = {}, to[kVecF];
         std::memcpy(tx, px + i, (e - i) * sizeof(T));
