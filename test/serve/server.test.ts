@@ -164,15 +164,23 @@ describe('serve: bad requests', () => {
 
 describe('serve: limits, health and metrics', () => {
   test('past the slots and the queue: 429', async () => {
-    // 2 slots and 1 queue place: the fourth concurrent request is refused
-    const long = () => client.completions.create({ model: 'dualroute', prompt: 'q', max_tokens: 200, temperature: 1 });
+    // 2 slots and 1 queue place: the fourth concurrent request is refused. The long requests
+    // decode greedily, which for this model and prompt never reaches the end-of-text token in
+    // 200 tokens (checked first): sampled at temperature 1 about half of them stopped early, and
+    // a slot freed before the fourth request arrived made this test flaky.
+    const greedyIds = (await model.generateTokens(tok.encode('q'), { maxTokens: 200, temperature: 0 }))[0];
+    expect(greedyIds).toHaveLength(200);
+    expect(greedyIds).not.toContain(tok.eosId);
+    const long = () => client.completions.create({ model: 'dualroute', prompt: 'q', max_tokens: 200, temperature: 0 });
     const running = [long(), long(), long()];
     // wait until two generate and one waits (a loaded machine takes a while to get there)
-    for (let i = 0; i < 500; ++i) {
+    let seen = false;
+    for (let i = 0; i < 500 && !seen; ++i) {
       const h = await (await fetch(`${server.url}/health`)).json();
-      if (h.running === 2 && h.queued === 1) break;
-      await new Promise((r) => setTimeout(r, 10));
+      seen = h.running === 2 && h.queued === 1;
+      if (!seen) await new Promise((r) => setTimeout(r, 10));
     }
+    expect(seen).toBe(true);
     const r = await post('/v1/completions', JSON.stringify({ prompt: 'q', max_tokens: 5 }));
     expect(r.status).toBe(429);
     expect(r.json.error.type).toBe('rate_limit_exceeded');
