@@ -211,6 +211,8 @@ struct Silu {
 // Phi(x) = 1 - Phi(-x) for x > 0: one polynomial and one exp2, no division, 26 vector
 // operations a vector against the erfc form's 38. gelu(x) = x - x Phi(-x) for x > 0, x Phi(-u)
 // otherwise (-0 stays -0). Its gradient Phi(x) + x phi(x) adds phi(x) = e^(-x^2/2) / sqrt(2 pi).
+// The AVX-512 build takes Phi(-u) from 32 polynomial pieces instead (lower_tab: no exp2; 6
+// multiply-adds and 6 permutes a vector; scripts/fit-gelu-pieces.py).
 //
 // Elsewhere (|x| > 5, +-inf, NaN): the erfc form of simd.h's vnormcdf.
 struct Gelu {
@@ -221,12 +223,111 @@ struct Gelu {
   // Phi(-|x|) for |x| <= 5
   template <class V>
   DR_VINLINE static V lower(V x) {
+#if defined(__AVX512F__)
+    return lower_tab(x);
+#else
     const V u = vabs(x);
     V p = vfma(vsplat<V>(kE[0]), u, vsplat<V>(kE[1]));
 #pragma GCC unroll 12
     for (int j = 2; j < 12; ++j) p = vfma(p, u, vsplat<V>(kE[j]));
     return vexp2_inrange(p);
+#endif
   }
+#if defined(__AVX512F__)
+  // Phi(-u), u = |x| <= 5, in 32 pieces of width 5/32: s = 6.4 u, piece i = min(floor(s), 31),
+  // f = s - i (one rounding: an FMA), and a degree-5 polynomial in f whose coefficients a
+  // two-table permute picks per lane (vpermt2ps: 32 entries). Fitted for relative error (Lawson
+  // weights; scripts/fit-gelu-pieces.py); evaluated in float32 with FMAs, worst relative error
+  // of gelu over [-5, 5] 3.6e-7, against 2.1e-6 of the exp2 form near x = -4.9 (the rounding of
+  // its log2 argument). 6 operations a vector on the multiply-add pipes where the exp2 form takes
+  // 18 (plus 6 permutes): gelu over 16384 x 1024, the two forms alternated
+  // A B B A in one process, 2.33 against 2.84 ms, biasAct gelu 2.44 against 2.95.
+  struct alignas(64) PhiPieces {
+    float c[6][32];
+  };
+  static constexpr PhiPieces kPhi = {{
+      {
+       5.000000000e-01f, 4.379179776e-01f, 3.773302734e-01f, 3.196241856e-01f,
+       2.659855187e-01f, 2.173277438e-01f, 1.742507219e-01f, 1.370323300e-01f,
+       1.056497768e-01f, 7.982495427e-02f, 5.908512697e-02f, 4.282995313e-02f,
+       3.039636463e-02f, 2.111482248e-02f, 1.435302291e-02f, 9.545482695e-03f,
+       6.209665909e-03f, 3.950750921e-03f, 2.457901603e-03f, 1.495069009e-03f,
+       8.890254539e-04f, 5.167405470e-04f, 2.935554076e-04f, 1.629763283e-04f,
+       8.841730596e-05f, 4.686977627e-05f, 2.427497930e-05f, 1.228302699e-05f,
+       6.071625648e-06f, 2.931785730e-06f, 1.382813934e-06f, 6.370563028e-07f,
+      },
+      {
+       -6.233473122e-02f, -6.157843396e-02f, -5.936415493e-02f, -5.584921315e-02f,
+       -5.127514899e-02f, -4.594030976e-02f, -4.016779736e-02f, -3.427356109e-02f,
+       -2.853891999e-02f, -2.319065109e-02f, -1.839015819e-02f, -1.423164550e-02f,
+       -1.074785646e-02f, -7.921104319e-03f, -5.697005894e-03f, -3.998570144e-03f,
+       -2.738797339e-03f, -1.830678899e-03f, -1.194157288e-03f, -7.601651596e-04f,
+       -4.722277517e-04f, -2.862807596e-04f, -1.693674130e-04f, -9.778328968e-05f,
+       -5.509301263e-05f, -3.029182517e-05f, -1.625367076e-05f, -8.510880434e-06f,
+       -4.349052233e-06f, -2.168761284e-06f, -1.055421535e-06f, -5.012301472e-07f,
+      },
+      {
+       -3.592659281e-09f, 7.516788901e-04f, 1.449303585e-03f, 2.045239788e-03f,
+       2.503649797e-03f, 2.803956857e-03f, 2.941964893e-03f, 2.928642090e-03f,
+       2.787002595e-03f, 2.547804499e-03f, 2.244899282e-03f, 1.910996158e-03f,
+       1.574401860e-03f, 1.257019117e-03f, 9.736157372e-04f, 7.321644807e-04f,
+       5.349238636e-04f, 3.799025726e-04f, 2.623879118e-04f, 1.763069740e-04f,
+       1.152887562e-04f, 7.338610158e-05f, 4.548321522e-05f, 2.745279562e-05f,
+       1.613973836e-05f, 9.243744898e-06f, 5.158222848e-06f, 2.804822316e-06f,
+       1.486313295e-06f, 7.676388236e-07f, 3.864404619e-07f, 1.896361397e-07f,
+      },
+      {
+       2.536547254e-04f, 2.444912679e-04f, 2.180332958e-04f, 1.774000266e-04f,
+       1.272221707e-04f, 7.290957728e-05f, 1.984473784e-05f, -2.734511691e-05f,
+       -6.531475083e-05f, -9.225798567e-05f, -1.078887435e-04f, -1.131956451e-04f,
+       -1.100534646e-04f, -1.007870451e-04f, -8.777106268e-05f, -7.312340313e-05f,
+       -5.851783135e-05f, -4.511321822e-05f, -3.357617243e-05f, -2.416445204e-05f,
+       -1.683808478e-05f, -1.137150775e-05f, -7.449201803e-06f, -4.736543360e-06f,
+       -2.924951104e-06f, -1.755043399e-06f, -1.023636401e-06f, -5.805557066e-07f,
+       -3.202682990e-07f, -1.718979803e-07f, -8.978739174e-08f, -4.564959255e-08f,
+      },
+      {
+       -2.369920082e-08f, -4.634341167e-06f, -8.688085472e-06f, -1.172474094e-05f,
+       -1.344939847e-05f, -1.377055014e-05f, -1.279809931e-05f, -1.080494258e-05f,
+       -8.163692655e-06f, -5.274241175e-06f, -2.498080903e-06f, -1.106453098e-07f,
+       1.722039201e-06f, 2.943213303e-06f, 3.586977982e-06f, 3.749514235e-06f,
+       3.557952141e-06f, 3.143215508e-06f, 2.620557325e-06f, 2.078841590e-06f,
+       1.577577791e-06f, 1.149534796e-06f, 8.064778285e-07f, 5.458677492e-07f,
+       3.570201841e-07f, 2.259185976e-07f, 1.384535864e-07f, 8.224515824e-08f,
+       4.738831194e-08f, 2.649968245e-08f, 1.438914765e-08f, 7.589981976e-09f,
+      },
+      {
+       -9.132623404e-07f, -8.037272892e-07f, -6.031428939e-07f, -3.439958505e-07f,
+       -6.635897876e-08f, 1.899950206e-07f, 3.927788441e-07f, 5.221231163e-07f,
+       5.724195944e-07f, 5.510604524e-07f, 4.749038283e-07f, 3.655048317e-07f,
+       2.444775191e-07f, 1.298675869e-07f, 3.407237870e-08f, -3.665695658e-08f,
+       -8.145668318e-08f, -1.033468706e-07f, -1.075073470e-07f, -9.973879145e-08f,
+       -8.535207030e-08f, -6.853559853e-08f, -5.215608923e-08f, -3.785764946e-08f,
+       -2.632435425e-08f, -1.759052637e-08f, -1.132226934e-08f, -7.032411542e-09f,
+       -4.220939154e-09f, -2.451014947e-09f, -1.378235193e-09f, -7.510716493e-10f,
+      },
+  }};
+  DR_VINLINE static vf lower_tab(vf x) {
+    const __m512 u = _mm512_abs_ps(reinterpret_cast<__m512>(x));
+    const __m512 k = _mm512_set1_ps(6.4f);
+    const __m512i i = _mm512_min_epi32(_mm512_cvttps_epi32(_mm512_mul_ps(u, k)), _mm512_set1_epi32(31));
+    const __m512 f = _mm512_fmsub_ps(u, k, _mm512_cvtepi32_ps(i));
+    auto c = [&](int j) DR_VLAMBDA {
+      return _mm512_permutex2var_ps(_mm512_load_ps(kPhi.c[j]), i, _mm512_load_ps(kPhi.c[j] + 16));
+    };
+    __m512 p = _mm512_fmadd_ps(c(5), f, c(4));
+    p = _mm512_fmadd_ps(p, f, c(3));
+    p = _mm512_fmadd_ps(p, f, c(2));
+    p = _mm512_fmadd_ps(p, f, c(1));
+    p = _mm512_fmadd_ps(p, f, c(0));
+    return reinterpret_cast<vf>(p);
+  }
+  template <int U>
+  DR_VINLINE static VN<U> lower_tab(VN<U> x) {
+    for (int k = 0; k < U; ++k) x.v[k] = lower_tab(x.v[k]);
+    return x;
+  }
+#endif
   template <class V>
   DR_VINLINE static auto ok(V x) {
     return vabs(x) <= 5.0f;  // NaN compares false
