@@ -95,7 +95,9 @@ void softmax_bw_typed(const View& dx, const View& y, const View& dy, int64_t out
 
 // ---- RMSNorm / LayerNorm -----------------------------------------------------------------
 
-// One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them. With
+// One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them (dy in the
+// first pass, which stores nothing else: layerNormBackward over 16384 x 1024, A B B A in one
+// process, 1.04x and 1.035x against adding it in the second pass beside dx and dw). With
 // `more` (the next row, at +n, is this chunk's too) the second pass, which reads the row from
 // cache, prefetches the next row's x and dy and its dx for writing.
 template <typename T, bool stream>
@@ -109,16 +111,19 @@ void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typenam
     vf ag = vset1(0), agx = vset1(0);
     const vf vm = vset1(mean);
     for (; j + kVecF <= n; j += kVecF) {
-      vf g = vload(dy + j);
+      const vf d = vload(dy + j);
+      vf g = d;
       if (w) g *= vload(w + j);
       ag += g;
       agx += g * (vload(x + j) - vm);
+      if (pdb) vstore(pdb + j, vload(pdb + j) + d);
     }
     sg = hsum(ag);
     sgx = hsum(agx);
   }
   for (; j < n; ++j) {
     A g = ld(dy[j]);
+    if (pdb) pdb[j] += g;
     if (w) g *= ld(w[j]);
     sg += g;
     sgx += g * (ld(x[j]) - mean);
@@ -134,7 +139,6 @@ void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typenam
       const vf g = w ? d * vload(w + k) : d;
       vput(dx + k, vr * (g - v1 - xh * v2), stream);
       if (pdw) vstore(pdw + k, vload(pdw + k) + d * xh);
-      if (pdb) vstore(pdb + k, vload(pdb + k) + d);
     };
     if (more) {
       for (; j + 2 * kVecF <= n; j += 2 * kVecF) {
@@ -153,7 +157,6 @@ void norm_bw_row(bool layer, T* dx, const T* x, const T* w, const T* dy, typenam
     const A g = w ? d * ld(w[j]) : d;
     dx[j] = Num<T>::store(r * (g - c1 - xh * c2));
     if (pdw) pdw[j] += d * xh;
-    if (pdb) pdb[j] += d;
   }
 }
 
