@@ -211,8 +211,8 @@ struct Silu {
 // Phi(x) = 1 - Phi(-x) for x > 0: one polynomial and one exp2, no division, 26 vector
 // operations a vector against the erfc form's 38. gelu(x) = x - x Phi(-x) for x > 0, x Phi(-u)
 // otherwise (-0 stays -0). Its gradient Phi(x) + x phi(x) adds phi(x) = e^(-x^2/2) / sqrt(2 pi).
-// The AVX-512 build takes Phi(-u) from 32 polynomial pieces instead (lower_tab: no exp2; 6
-// multiply-adds and 6 permutes a vector; scripts/fit-gelu-pieces.py).
+// The AVX-512 build takes Phi(-u) from 32 polynomial pieces instead (lower_tab: no exp2; 7
+// multiplies and multiply-adds and 6 permutes a vector; scripts/fit-gelu-pieces.py).
 //
 // Elsewhere (|x| > 5, +-inf, NaN): the erfc form of simd.h's vnormcdf.
 struct Gelu {
@@ -237,11 +237,13 @@ struct Gelu {
   // Phi(-u), u = |x| <= 5, in 32 pieces of width 5/32: s = 6.4 u, piece i = min(floor(s), 31),
   // f = s - i (one rounding: an FMA), and a degree-5 polynomial in f whose coefficients a
   // two-table permute picks per lane (vpermt2ps: 32 entries). Fitted for relative error (Lawson
-  // weights; scripts/fit-gelu-pieces.py); evaluated in float32 with FMAs, worst relative error
-  // of gelu over [-5, 5] 3.6e-7, against 2.1e-6 of the exp2 form near x = -4.9 (the rounding of
-  // its log2 argument). 6 operations a vector on the multiply-add pipes where the exp2 form takes
-  // 18 (plus 6 permutes): gelu over 16384 x 1024, the two forms alternated
-  // A B B A in one process, 2.33 against 2.84 ms, biasAct gelu 2.44 against 2.95.
+  // weights); as evaluated in float32 with FMAs, the worst relative error of Phi(-u) is 3.6e-7
+  // (scripts/fit-gelu-pieces.py prints it), against 1.95e-6 for the exp2 form (scripts/fit-gelu.py:
+  // the rounding of its log2 argument near u = 5). 7 operations a vector on the multiply-add
+  // pipes (plus 6 permutes) where the exp2 form takes 17. Measured once, 2026-12-03, against the
+  // exp2 form it replaced, the two alternated A B B A in one process over 16384 x 1024: gelu 2.33
+  // against 2.84 ms, biasAct gelu 2.44 against 2.95 (no committed command builds the old form;
+  // bench/results/elementwise-cpu-2026-12-03g.json and -03i are the runs before and after).
   struct alignas(64) PhiPieces {
     float c[6][32];
   };

@@ -96,8 +96,9 @@ void softmax_bw_typed(const View& dx, const View& y, const View& dy, int64_t out
 // ---- RMSNorm / LayerNorm -----------------------------------------------------------------
 
 // One row: writes dx and, when pdw / pdb are given, adds dy * xhat / dy into them (dy in the
-// first pass, which stores nothing else: layerNormBackward over 16384 x 1024, A B B A in one
-// process, 1.04x and 1.035x against adding it in the second pass beside dx and dw). With
+// first pass, which stores nothing else: layerNormBackward over 16384 x 1024 ran 1.04x and
+// 1.035x against adding it in the second pass beside dx and dw, A B B A in one process, a
+// one-off loop on 2026-12-03; dw in the first pass too ran 0.93-0.97x). With
 // `more` (the next row, at +n, is this chunk's too) the second pass, which reads the row from
 // cache, prefetches the next row's x and dy and its dx for writing.
 template <typename T, bool stream>
@@ -179,14 +180,10 @@ void norm_bw_typed(bool layer, const View& dx, const View& dw, const View& db, c
   const bool stream = stream_stores(pdx, rows * cols, cols);
   auto row = [&](int64_t r, A* adw, A* adb, bool more) {
     const A m = layer && pm ? static_cast<A>(pm[r]) : A(0);
-    // the store form a template argument: a test per vector costs instructions (rmsNorm's
-    // forward: 15-18% more under callgrind)
-    auto go = [&](auto st) {
+    with_store_form(stream, [&](auto st) {
       norm_bw_row<T, decltype(st)::value>(layer, pdx + r * cols, px + r * cols, pw, pdy + r * cols, m,
                                           static_cast<A>(pr[r]), cols, adw, adb, more);
-    };
-    if (stream) go(std::true_type{});
-    else go(std::false_type{});
+    });
   };
   if (!pdw && !pdb) {
     parallel_for(rows, std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
@@ -300,14 +297,12 @@ bool unary_bw_vec(UnaryOp op, const View& dx, const View& x, const View& dy) {
     const bool stream = may_stream && stream_stores(pdx, n, kVecF);
     parallel_for(n, 16384, [&](int64_t b, int64_t e) {
       const bool st = stream && reinterpret_cast<uintptr_t>(pdx + b) % kVecBytes == 0;
-      // the store form a compile-time choice (a test per vector costs instructions)
-      auto body = [&](auto stc) DR_VLAMBDA {
+      const int64_t i = b + with_store_form(st, [&](auto stc) DR_VLAMBDA {
         return act::vblocks(e - b, [&](int64_t i, auto u) DR_VLAMBDA {
           constexpr int U = decltype(u)::value;
           vputn<U>(pdx + b + i, f(vloadn<U>(px + b + i), vloadn<U>(pdy + b + i)), decltype(stc)::value);
         });
-      };
-      const int64_t i = b + (st ? body(std::true_type{}) : body(std::false_type{}));
+      });
       if (i < e) {
         T tx[kVecF] = {}, tg[kVecF] = {}, to[kVecF];
         std::memcpy(tx, px + i, (e - i) * sizeof(T));

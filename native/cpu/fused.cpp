@@ -198,13 +198,10 @@ void add_rms_bw_typed(const View& dx, const View& dw, const View& h, const View&
   const bool stream = stream_stores(pdx, rows * cols, cols);
   rows_with_colsum<T>(rows, cols, static_cast<T*>(dw.data), [&](int64_t r, Acc<T>* part) {
     const int64_t o = r * cols;
-    // the store form a template argument (a test per vector costs instructions)
-    auto go = [&](auto st) {
+    with_store_form(stream, [&](auto st) {
       add_rms_bw_row<T, decltype(st)::value>(pdx + o, ph + o, pw, pdy + o, pdh ? pdh + o : nullptr,
                                              static_cast<Acc<T>>(pr[r]), cols, part);
-    };
-    if (stream) go(std::true_type{});
-    else go(std::false_type{});
+    });
   });
 }
 

@@ -139,8 +139,7 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
         const vf vm = vset1(mean), vr = vset1(rstd);
         // RMSNorm's next row had no pass from cache to be prefetched in: it is here
         const T* pf = layer ? xr : next_x;
-        // the store form a compile-time choice: a test per vector cost 15-18% more instructions
-        auto pass = [&](auto st) {
+        with_store_form(stream, [&](auto st) {
           constexpr bool kStream = decltype(st)::value;
           auto out = [&](int64_t k) {
             vf y = (vload(xr + k) - vm) * vr;
@@ -155,9 +154,7 @@ void norm_typed(bool layer, const View& out, const View& x, const View& w, const
             out(j + kVecF);
           }
           for (; j + kVecF <= cols; j += kVecF) out(j);
-        };
-        if (stream) pass(std::true_type{});
-        else pass(std::false_type{});
+        });
       }
       for (; j < cols; ++j) {
         A y = (Num<T>::load(xr[j]) - mean) * rstd;
