@@ -59,6 +59,8 @@ export interface Native {
   readSync(h: Handle, widen: boolean): ArrayBuffer;
   readSync<A extends ArrayBufferView>(h: Handle, widen: boolean, into: A): A;
   read(h: Handle, widen: boolean): Promise<ArrayBuffer>;
+  /** Reads into `into` (exactly the read's bytes): staged in a host block, copied on the JavaScript thread. */
+  read<A extends ArrayBufferView>(h: Handle, widen: boolean, into: A): Promise<A>;
   devices(): NativeDevices;
   memory(): NativeMemory;
   numThreads(): number;

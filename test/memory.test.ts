@@ -56,6 +56,30 @@ describe('memory', () => {
     x.dispose();
   });
 
+  test('a synchronous loop of large reads past 64 MiB still reads into host blocks, every one back in the cache once it yields', async () => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (!gc) throw new Error('run jest with node --expose-gc (npm test does)');
+    const turn = () => new Promise((r) => setImmediate(r));
+    const n = 2 * 1024 * 1024;  // 8 MiB a read, 20 reads: 160 MiB outstanding before the loop yields
+    const x = dr.arange(0, n, 1, { dtype: 'float32' });
+    dr.synchronize();
+    dr.emptyCache();
+    let sum = 0;
+    for (let i = 0; i < 20; ++i) {
+      const r = x.dataSync();
+      expect(r.length).toBe(n);
+      sum += r[i] + r[n - 1 - i];
+    }
+    expect(sum).toBe(20 * (n - 1));
+    gc();
+    await turn();
+    await turn();
+    // every read's block came back (a Node Buffer's memory would go to the C heap instead)
+    expect(dr.memory().cpu.cachedBytes).toBeGreaterThanOrEqual(20 * 4 * n);
+    x.dispose();
+    dr.emptyCache();
+  });
+
   test('dataSync(into) writes the elements into the caller\'s array and returns it; a wrong array is refused by name', () => {
     dr.tidy(() => {
       const n = (1 << 18) + 3;  // 1 MiB and a bit: the size that would take a pooled buffer
@@ -90,6 +114,79 @@ describe('memory', () => {
       expect(() => y.dataSync([1, 2, 3] as never)).toThrow(dr.DTypeError);
       expect(() => dr.tensor([1, 0], [2], { dtype: 'bfloat16' }).dataSync(new Uint16Array(2) as never)).toThrow(dr.DTypeError);
     });
+  });
+
+  test('data(into) writes into the caller\'s array and resolves to it, queued or not, small or staged; wrong arrays refused by name', async () => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (!gc) throw new Error('run jest with node --expose-gc (npm test does)');
+    const turn = () => new Promise((r) => setImmediate(r));
+    const n = (1 << 20) + 3;  // 4 MiB and a bit: staged in a host block
+    const x = dr.arange(0, n, 1, { dtype: 'float32' });
+    const dst = new Float32Array(n).fill(-1);
+    dr.synchronize();
+    gc();
+    await turn();
+    await turn();
+    const cached0 = dr.memory().cpu.cachedBytes;
+    for (let i = 1; i <= 6; ++i) {
+      const y = x.mul(i);  // queued: the read waits for it on the stream
+      const got = await y.data(dst);
+      expect(got).toBe(dst);
+      expect([dst[0], dst[1], dst[n - 1]]).toEqual([0, i, (n - 1) * i]);
+      y.dispose();
+    }
+    dr.synchronize();
+    // the products' block and the staging block, each handed out again every round: no more
+    expect(dr.memory().cpu.cachedBytes - cached0).toBeLessThanOrEqual(2 * 5 * 2 ** 20);
+    // small, already computed (read at once), every dtype, bfloat16 widened, a subarray
+    const cases: Array<[dr.Tensor, () => ArrayBufferView & { length: number }]> = [
+      [dr.tensor(new Float64Array([0.1, -2, 3.5])), () => new Float64Array(3)],
+      [dr.tensor(new Int32Array([7, -8, 9, 10])).reshape([2, 2]).transpose(0, 1), () => new Int32Array(4)],
+      [dr.tensor([1, 0, 1], [3], { dtype: 'bool' }), () => new Uint8Array(3)],
+      [dr.tensor([1.5, -0.25, 3], [3], { dtype: 'bfloat16' }), () => new Float32Array(3)],
+      [dr.randn([5, 7]).narrow(1, 2, 3), () => new Float32Array(new ArrayBuffer(4 * 20), 8, 15)],
+      [dr.randn([61, 70]).mul(3), () => new Float32Array(61 * 70)],
+    ];
+    for (const [t, make] of cases) {
+      const into = make();
+      expect(await t.data(into as never)).toBe(into);
+      expect(Array.from(into)).toEqual(Array.from(t.dataSync()));
+      t.dispose();
+    }
+    const y = dr.tensor([1, 2, 3]);
+    await expect(y.data(new Float64Array(3) as never)).rejects.toThrow(dr.DTypeError);
+    await expect(y.data(new Float64Array(3) as never)).rejects.toThrow(/data\(into\): Expected a Float32Array for a float32 tensor/);
+    await expect(y.data(new Float32Array(4))).rejects.toThrow(/data\(into\): Expected 3 elements \(shape \[3\]\) but the array holds 4/);
+    y.dispose();
+    x.dispose();
+  });
+
+  test('data(into) staged behind a long op: lands in the array, or rejects by name when the array was detached meanwhile', async () => {
+    // a 2048^3 matmul takes tens of milliseconds: the reads below are queued behind it, staged
+    // in a host block and copied into their array once they land
+    const a = dr.randn([2048, 2048], { generator: new dr.Generator(11) });
+    const m = dr.matmul(a, a);
+    const into = new Float32Array(2048 * 2048);
+    const p = m.data(into);
+    structuredClone(into.buffer, { transfer: [into.buffer] });  // detaches `into`
+    await expect(p).rejects.toThrow(dr.ValueError);
+    await expect(m.data(new Float32Array(2048 * 2048).buffer as never)).rejects.toThrow(dr.DTypeError);
+    const h = dr.matmul(a, a, { alpha: 0.5 });
+    const into2 = new Float32Array(2048 * 2048).fill(NaN);
+    const got = h.data(into2);
+    expect(into2[0]).toBeNaN();  // nothing written before the read lands
+    expect(await got).toBe(into2);
+    const want = h.dataSync();
+    let differ = 0;
+    for (let i = 0; i < want.length; ++i) differ += into2[i] === want[i] ? 0 : 1;
+    expect(differ).toBe(0);
+    const table = dr.randn([8, 4]);
+    const bad = dr.embedding(dr.tensor(new Int32Array([3, 8])), table);
+    const kept = new Float32Array(8).fill(5);
+    await expect(bad.data(kept)).rejects.toThrow(dr.OutOfRangeError);
+    await expect(bad.data(kept)).rejects.toThrow(/data\(into\)/);
+    expect(Array.from(kept)).toEqual(new Array(8).fill(5));
+    dr.dispose([a, m, h, table, bad]);
   });
 
   test('dataSync(into) raises the failure of the op it depends on and leaves the array as it was', () => {

@@ -71,8 +71,15 @@ struct Instance {
   // Reads (and synchronizeAsync calls) whose promise is pending: the stream thread posts
   // their completion through `completions`, which runs on the JavaScript thread.
   struct Pending {
+    explicit Pending(Napi::Promise::Deferred d, Napi::Reference<Napi::ArrayBuffer> b = {})
+        : deferred(d), buffer(std::move(b)) {}
     Napi::Promise::Deferred deferred;
-    Napi::Reference<Napi::ArrayBuffer> buffer;  // empty for synchronizeAsync
+    Napi::Reference<Napi::ArrayBuffer> buffer;  // the read's result; empty for synchronizeAsync and data(into)
+    // data(into): the caller's array, and the host block the read is staged in (copied into
+    // `into` by settle, on the JavaScript thread; the block goes back to the cache with this)
+    Napi::Reference<Napi::TypedArray> into;
+    std::shared_ptr<void> staging;
+    size_t staging_bytes = 0;
   };
   std::unordered_map<uint64_t, Pending> pending;
   uint64_t next_id = 1;
@@ -164,7 +171,10 @@ struct Instance {
     closed = true;
     for (auto& s : streams)
       if (s) s->shutdown();
-    for (auto& kv : pending) kv.second.buffer.Reset();
+    for (auto& kv : pending) {
+      kv.second.buffer.Reset();
+      kv.second.into.Reset();
+    }
     pending.clear();
     completions.Release();
   }
@@ -481,10 +491,10 @@ void read_now(const TensorImpl& t, void* dst, bool widen, const char* where) {
   read_elements(t, dst, widen);
 }
 
-// Bytes of read buffers handed to JavaScript and not yet given back (see read_destination).
-std::atomic<int64_t> g_read_outstanding{0};
-constexpr int64_t kReadOutstandingMax = int64_t(64) << 20;
+// Reads of this size or more return blocks of the host cache (see read_destination).
 constexpr size_t kPooledReadMin = size_t(1) << 20;
+// Bytes of such blocks handed to JavaScript and not yet given back.
+std::atomic<int64_t> g_read_outstanding{0};
 
 void give_read_buffer(napi_env, void* data, void* hint) {
   const size_t bytes = reinterpret_cast<size_t>(hint);
@@ -502,14 +512,18 @@ void clear_exception(napi_env env) {
 
 // The ArrayBuffer a read fills. A large one is a block of the host cache tensors use, handed
 // back to it when JavaScript collects the buffer, so a program that reads in a loop copies into
-// memory it already touched: a fresh 8 MiB buffer faults its 2048 pages on first touch, several
-// milliseconds on these virtual machines, against ~0.5 ms for the copy itself. Node returns a
-// collected external buffer on a later turn of the event loop, so a synchronous loop of reads
-// keeps every one until it yields: past kReadOutstandingMax of such bytes (and for small reads,
-// or where the runtime refuses external buffers) the buffer is a Node Buffer's memory, not
-// zero-filled first (the read writes every byte) and recycled by the C heap once collected.
+// memory it already touched. Node returns a collected external buffer only on a later turn of
+// the event loop, so a synchronous loop of reads keeps every one until it yields and the cache
+// runs dry: the blocks then mapped fresh are in 2 MiB pages (host_new), 4 first-touch faults for
+// 8 MiB, where the 2048 faults of the 4 KiB pages a Node Buffer or a fresh Float32Array gets
+// cost 20-30 ms on these virtual machines (bench/elementwise.ts's "reads" rows). Such blocks
+// outstanding are bounded by the cache's own limit (a loop that never yields must not hold
+// without bound memory that only a later turn gives back); past it, for small reads, or where
+// the runtime refuses external buffers, the buffer is a Node Buffer's memory (freed by the
+// collector itself), not zero-filled first (the read writes every byte).
 Napi::ArrayBuffer read_destination(Napi::Env env, size_t bytes) {
-  if (bytes >= kPooledReadMin && g_read_outstanding.load() + static_cast<int64_t>(bytes) <= kReadOutstandingMax) {
+  const int64_t cap = std::max(cpu_cache_limit(), int64_t(64) << 20);
+  if (bytes >= kPooledReadMin && g_read_outstanding.load() + static_cast<int64_t>(bytes) <= cap) {
     void* p = host_buffer_take(bytes);
     napi_value v;
     if (napi_create_external_arraybuffer(env, p, bytes, give_read_buffer, reinterpret_cast<void*>(bytes), &v) == napi_ok) {
@@ -536,6 +550,17 @@ bool widen_arg(const Napi::CallbackInfo& info, const TensorImpl& t) {
   return widen;
 }
 
+// The typed array a read writes into (dataSync(into), data(into)): exactly `bytes` long (the
+// caller checked its type and length; the bytes are checked again here).
+Napi::TypedArray into_arg(const Napi::CallbackInfo& info, size_t i, size_t bytes, const char* op) {
+  DR_CHECK(info[i].IsTypedArray(), Value, op, ": expected a typed array");
+  Napi::TypedArray ta = info[i].As<Napi::TypedArray>();
+  DR_CHECK(ta.ByteLength() == bytes, Shape, op, ": the array holds ", ta.ByteLength(), " bytes, the read needs ", bytes);
+  return ta;
+}
+
+uint8_t* into_data(const Napi::TypedArray& ta) { return static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(); }
+
 // readSync(handle, widen[, into]) -> ArrayBuffer, or `into` (a typed array of exactly the read's
 // bytes, checked by the caller for its type and length) filled in place: a loop that reads into
 // the same array touches no fresh memory at all.
@@ -548,11 +573,8 @@ DR_FN(ReadSync) {
     Napi::Value result;
     void* dst = nullptr;
     if (info.Length() >= 3 && !info[2].IsUndefined()) {
-      DR_CHECK(info[2].IsTypedArray(), Value, "dataSync(into): expected a typed array");
-      Napi::TypedArray ta = info[2].As<Napi::TypedArray>();
-      DR_CHECK(ta.ByteLength() == bytes, Shape, "dataSync(into): the array holds ", ta.ByteLength(),
-               " bytes, the read needs ", bytes);
-      dst = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+      Napi::TypedArray ta = into_arg(info, 2, bytes, "dataSync(into)");
+      dst = into_data(ta);
       result = ta;
     } else {
       Napi::ArrayBuffer ab = read_destination(info.Env(), bytes);
@@ -597,9 +619,20 @@ void settle(Napi::Env env, Napi::Function, Completion* c) {
     in.pending.erase(it);
     if (in.pending.empty()) napi_unref_threadsafe_function(env, in.completions);
     Napi::HandleScope scope(env);
+    const bool into = !p.into.IsEmpty();
     if (c->failure) {
-      Error e = failure_error(*c->failure, p.buffer.IsEmpty() ? "synchronizeAsync()" : "data()");
+      Error e = failure_error(*c->failure, into ? "data(into)" : p.buffer.IsEmpty() ? "synchronizeAsync()" : "data()");
       p.deferred.Reject(to_js(env, e.code(), e.what()).Value());
+    } else if (into) {
+      // the array may have been detached (transferred) while the read ran: its length is then 0
+      Napi::TypedArray ta = p.into.Value();
+      if (ta.ByteLength() != p.staging_bytes) {
+        p.deferred.Reject(to_js(env, ErrorCode::Value, "data(into): the array was detached (transferred) while the read ran; it holds " +
+                                                           std::to_string(ta.ByteLength()) + " bytes, the read " + std::to_string(p.staging_bytes)).Value());
+      } else {
+        std::memcpy(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), p.staging.get(), p.staging_bytes);
+        p.deferred.Resolve(ta);
+      }
     } else if (p.buffer.IsEmpty()) {
       p.deferred.Resolve(env.Undefined());
     } else {
@@ -616,31 +649,51 @@ void post(Instance& in, uint64_t id, const std::shared_ptr<const OpFailure>& fai
   if (in.completions.NonBlockingCall(c, settle) != napi_ok) delete c;
 }
 
-// read(handle, arrayBuffer) -> Promise<arrayBuffer>
+// read(handle, widen[, into]) -> Promise<ArrayBuffer>, or Promise<into>
 DR_FN(Read) {
   DR_BODY({
     Napi::Env env = info.Env();
     Instance& in = inst(info);
-    TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, "data()", "tensor");
-    const size_t bytes = byte_size(t);
+    const bool to_into = info.Length() >= 3 && !info[2].IsUndefined();
+    const char* op = to_into ? "data(into)" : "data()";
+    TensorImpl& t = in.get(info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1, op, "tensor");
     const bool widen = widen_arg(info, t);
-    Napi::ArrayBuffer ab = read_destination(env, bytes * (widen ? 2 : 1));
+    const size_t bytes = byte_size(t) * (widen ? 2 : 1);
+    Napi::TypedArray ta;
+    Napi::ArrayBuffer ab;
+    if (to_into) ta = into_arg(info, 2, bytes, op);
+    else ab = read_destination(env, bytes);
     auto deferred = Napi::Promise::Deferred::New(env);
     Napi::Promise promise = deferred.Promise();
-    if (bytes <= kInlineReadBytes && readable_now(in, t)) {
+    // data(into) copies into `into` on this thread in any case (see below): when nothing queued
+    // writes the tensor, at once, whatever its size
+    if ((to_into || byte_size(t) <= kInlineReadBytes) && readable_now(in, t)) {
       try {
-        read_now(t, ab.Data(), widen, "data()");
-        deferred.Resolve(ab);
+        read_now(t, to_into ? into_data(ta) : ab.Data(), widen, op);
+        if (to_into) deferred.Resolve(ta);
+        else deferred.Resolve(ab);
       } catch (const Error& e) {
         deferred.Reject(to_js(env, e.code(), e.what()).Value());
       }
       return promise;
     }
     const uint64_t id = in.next_id++;
-    auto task = std::make_unique<ReadTask>(t, ab.Data(), widen);
+    Instance::Pending pending(deferred);
+    void* dst;
+    if (to_into) {
+      // staged: `into` is JavaScript's memory, which may be detached while the stream runs
+      dst = host_buffer_take(bytes);
+      pending.staging = std::shared_ptr<void>(dst, [bytes](void* q) { host_buffer_give(q, bytes); });
+      pending.staging_bytes = bytes;
+      pending.into = Napi::Persistent(ta);
+    } else {
+      dst = ab.Data();
+      pending.buffer = Napi::Persistent(ab);
+    }
+    auto task = std::make_unique<ReadTask>(t, dst, widen);
     Instance* self = &in;
     task->on_done = [self, id](const std::shared_ptr<const OpFailure>& f) { post(*self, id, f); };
-    in.add_pending(env, id, Instance::Pending{deferred, Napi::Persistent(ab)});
+    in.add_pending(env, id, std::move(pending));
     Stream& s = in.stream(t.device());
     s.submit_read(std::move(task), read_after(s, t));
     return promise;
@@ -883,7 +936,7 @@ DR_FN(SynchronizeAsync) {
     task->streams.push_back(&in.stream(DeviceKind::CPU));
     if (cuda) task->streams.push_back(cuda);
     task->id = in.next_id++;
-    in.add_pending(env, task->id, Instance::Pending{deferred, Napi::Reference<Napi::ArrayBuffer>()});
+    in.add_pending(env, task->id, Instance::Pending(deferred));
     const DeviceKind other = DeviceKind::CUDA;
     in.submit(std::move(task), DeviceKind::CPU, cuda ? &other : nullptr);
     return promise;

@@ -73,6 +73,8 @@ class HostCache {
     return cached_;
   }
 
+  size_t limit() const { return limit_; }
+
  private:
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
@@ -93,6 +95,7 @@ HostCache& host_cache() {
 
 void cpu_empty_cache() { host_cache().clear(); }
 int64_t cpu_cached_bytes() { return static_cast<int64_t>(host_cache().cached()); }
+int64_t cpu_cache_limit() { return static_cast<int64_t>(host_cache().limit()); }
 
 namespace {
 

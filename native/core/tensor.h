@@ -30,6 +30,8 @@ MemoryCounters& memory_counters();
 
 // The host block cache (see tensor.cpp): bytes held for reuse, and freeing them.
 int64_t cpu_cached_bytes();
+// The most bytes the cache keeps (DUALROUTE_CPU_CACHE_MB, default 512 MiB).
+int64_t cpu_cache_limit();
 void cpu_empty_cache();
 // Host memory from the block cache tensors use (64-byte aligned; huge pages from 2 MiB): for
 // buffers handed outside the tensor system, such as the ArrayBuffers reads return. Give a
