@@ -20,9 +20,9 @@ MemoryCounters& memory_counters() {
 namespace {
 
 // Large host buffers come from mmap, and a fresh one page-faults on every first touch: in 4 KiB
-// pages that costs far more than the kernel that fills it. Blocks of 4 MiB or more are therefore
+// pages that costs far more than the kernel that fills it. Blocks of 1.5 MiB or more are therefore
 // 2 MiB aligned and advised as transparent huge pages (MADV_HUGEPAGE; the machines' THP mode is
-// "madvise"): one fault per 2 MiB. bench/elementwise.ts's "large outputs" rows measure it (an
+// "madvise"; huge_span says which part): one fault per 2 MiB. bench/elementwise.ts's "large outputs" rows measure it (an
 // exp into 64 MiB of fresh memory: 142 ms in 4 KiB pages against 5.3 ms in 2 MiB ones,
 // bench/results/elementwise-cpu-2026-12-02g.json and -02f). DUALROUTE_CPU_HUGEPAGES=0 turns the
 // advice off (an older VM once made fresh huge pages slower while the hypervisor had not backed
@@ -99,10 +99,20 @@ int64_t cpu_cache_limit() { return static_cast<int64_t>(host_cache().limit()); }
 
 namespace {
 
-constexpr size_t kHuge = size_t(2) << 20, kHugeMin = size_t(4) << 20;
+constexpr size_t kHuge = size_t(2) << 20, kHugeMin = size_t(3) << 19;  // 2 MiB pages, from 1.5 MiB
 
 size_t alloc_size(size_t bytes) {
   return bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // 64-byte aligned, padded to a cache line
+}
+
+// The bytes of a new block of `alloc` bytes advised as 2 MiB pages: its whole pages, and the
+// last, partial one too where rounding up to it wastes at most a quarter of the block (a 1.6 MiB
+// or 3.5 MiB block is all huge pages; a 3 MiB one is one huge page and 1 MiB of 4 KiB pages,
+// which cost no more than they are touched). 0 below kHugeMin.
+size_t huge_span(size_t alloc) {
+  if (alloc < kHugeMin) return 0;
+  const size_t up = (alloc + kHuge - 1) / kHuge * kHuge;
+  return up - alloc <= alloc / 4 ? up : alloc / kHuge * kHuge;
 }
 
 // A new block: 2 MiB pages where it is large enough (see HostCache's comment).
@@ -111,12 +121,12 @@ void* host_new(size_t alloc) {
     const char* s = std::getenv("DUALROUTE_CPU_HUGEPAGES");
     return !(s && s[0] == '0');
   }();
-  if (!huge || alloc < kHugeMin) return std::aligned_alloc(64, alloc);
-  // aligned_alloc wants a multiple of the alignment; only the whole 2 MiB pages the block
-  // uses are advised, so the tail past them stays in 4 KiB pages and costs no more than it is used
+  const size_t span = huge ? huge_span(alloc) : 0;
+  if (span == 0) return std::aligned_alloc(64, alloc);
+  // aligned_alloc wants a multiple of the alignment: the block's memory runs to the next 2 MiB
   void* p = std::aligned_alloc(kHuge, (alloc + kHuge - 1) / kHuge * kHuge);
 #ifdef MADV_HUGEPAGE
-  if (p) madvise(p, alloc / kHuge * kHuge, MADV_HUGEPAGE);  // advice only: failure is harmless
+  if (p) madvise(p, span, MADV_HUGEPAGE);  // advice only: failure is harmless
 #endif
   return p;
 }

@@ -28,5 +28,19 @@ for (const n of [1310721, 16777215, 2359312]) {
   held.push(x, y);
 }
 const during = anonHuge();
-for (const t of held) t.dispose();
-console.log(JSON.stringify({ before, during, checks }));
+// blocks under 2 MiB: 1.7 MiB (a 1.75 MiB size class, rounded up to one whole 2 MiB page), 4
+// pairs of them held at once
+const small = [];
+for (let k = 0; k < 4; ++k) {
+  const n = 445645;
+  const x = dr.arange(0, n, 1, { dtype: 'float32' });
+  const y = dr.mul(x, 0.25);
+  const v = y.dataSync();
+  let bad = 0;
+  for (const i of [0, 1, n >> 1, n - 2, n - 1]) if (v[i] !== i * 0.25) ++bad;
+  checks.push({ n, bad, length: v.length });
+  small.push(x, y);
+}
+const afterSmall = anonHuge();
+for (const t of held.concat(small)) t.dispose();
+console.log(JSON.stringify({ before, during, afterSmall, checks }));
