@@ -2,6 +2,19 @@ import { spawnSync } from 'child_process';
 import * as path from 'path';
 import * as dr from '../lib';
 
+/** Tensors to read into arrays: every dtype's read array, a strided view, bfloat16 widened, a
+ * subarray at an offset, a computed one. */
+function readIntoCases(): Array<[dr.Tensor, () => ArrayBufferView & { length: number }]> {
+  return [
+    [dr.tensor(new Float64Array([0.1, -2, 3.5])), () => new Float64Array(3)],
+    [dr.tensor(new Int32Array([7, -8, 9, 10])).reshape([2, 2]).transpose(0, 1), () => new Int32Array(4)],
+    [dr.tensor([1, 0, 1], [3], { dtype: 'bool' }), () => new Uint8Array(3)],
+    [dr.tensor([1.5, -0.25, 3], [3], { dtype: 'bfloat16' }), () => new Float32Array(3)],
+    [dr.randn([5, 7]).narrow(1, 2, 3), () => new Float32Array(new ArrayBuffer(4 * 20), 8, 15)],
+    [dr.randn([61, 70]).mul(3), () => new Float32Array(61 * 70)],
+  ];
+}
+
 describe('memory', () => {
   test('10,000 create/compute/dispose iterations return to the starting counts', () => {
     dr.synchronize(); // what earlier tests queued is freed first
@@ -93,15 +106,7 @@ describe('memory', () => {
         expect(got).toBe(dst);
         expect([dst[0], dst[1], dst[n - 1]]).toEqual([0, i, (n - 1) * i]);
       }
-      // every dtype's read array, a strided view, bfloat16 widened, a subarray at an offset
-      const cases: Array<[dr.Tensor, () => ArrayBufferView & { length: number }]> = [
-        [dr.tensor(new Float64Array([0.1, -2, 3.5])), () => new Float64Array(3)],
-        [dr.tensor(new Int32Array([7, -8, 9, 10])).reshape([2, 2]).transpose(0, 1), () => new Int32Array(4)],
-        [dr.tensor([1, 0, 1], [3], { dtype: 'bool' }), () => new Uint8Array(3)],
-        [dr.tensor([1.5, -0.25, 3], [3], { dtype: 'bfloat16' }), () => new Float32Array(3)],
-        [dr.randn([5, 7]).narrow(1, 2, 3), () => new Float32Array(new ArrayBuffer(4 * 20), 8, 15)],
-      ];
-      for (const [t, make] of cases) {
+      for (const [t, make] of readIntoCases()) {
         const into = make();
         expect(Array.from(t.dataSync(into as never))).toEqual(Array.from(t.dataSync()));
       }
@@ -133,16 +138,8 @@ describe('memory', () => {
       expect([dst[0], dst[1], dst[n - 1]]).toEqual([0, i, (n - 1) * i]);
       y.dispose();
     }
-    // small, already computed (read at once), every dtype, bfloat16 widened, a subarray
-    const cases: Array<[dr.Tensor, () => ArrayBufferView & { length: number }]> = [
-      [dr.tensor(new Float64Array([0.1, -2, 3.5])), () => new Float64Array(3)],
-      [dr.tensor(new Int32Array([7, -8, 9, 10])).reshape([2, 2]).transpose(0, 1), () => new Int32Array(4)],
-      [dr.tensor([1, 0, 1], [3], { dtype: 'bool' }), () => new Uint8Array(3)],
-      [dr.tensor([1.5, -0.25, 3], [3], { dtype: 'bfloat16' }), () => new Float32Array(3)],
-      [dr.randn([5, 7]).narrow(1, 2, 3), () => new Float32Array(new ArrayBuffer(4 * 20), 8, 15)],
-      [dr.randn([61, 70]).mul(3), () => new Float32Array(61 * 70)],
-    ];
-    for (const [t, make] of cases) {
+    // small, already computed (read at once)
+    for (const [t, make] of readIntoCases()) {
       const into = make();
       expect(await t.data(into as never)).toBe(into);
       expect(Array.from(into)).toEqual(Array.from(t.dataSync()));

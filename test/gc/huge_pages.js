@@ -16,31 +16,25 @@ const anonHuge = () => {
 const before = anonHuge();
 const checks = [];
 const held = [];
+// arange(n) * k, read back: a few elements checked, both tensors held
+const make = (n, k) => {
+  const x = dr.arange(0, n, 1, { dtype: 'float32' });
+  const y = dr.mul(x, k);
+  const v = y.dataSync();
+  let bad = 0;
+  for (const i of [0, 1, n >> 1, n - 2, n - 1]) if (v[i] !== i * k) ++bad;
+  checks.push({ n, bad, length: v.length });
+  held.push(x, y);
+};
 // 5 MiB + 4 bytes, 64 MiB - 4 bytes, 9 MiB + 64 bytes: whole pages plus a tail, and one that is not
 for (const n of [1310721, 16777215, 2359312]) {
   dr.emptyCache();
-  const x = dr.arange(0, n, 1, { dtype: 'float32' });
-  const y = dr.mul(x, 0.5);
-  const v = y.dataSync();
-  let bad = 0;
-  for (const i of [0, 1, n >> 1, n - 2, n - 1]) if (v[i] !== i * 0.5) ++bad;
-  checks.push({ n, bad, length: v.length });
-  held.push(x, y);
+  make(n, 0.5);
 }
 const during = anonHuge();
 // blocks under 2 MiB: 1.7 MiB (a 1.75 MiB size class, rounded up to one whole 2 MiB page), 4
 // pairs of them held at once
-const small = [];
-for (let k = 0; k < 4; ++k) {
-  const n = 445645;
-  const x = dr.arange(0, n, 1, { dtype: 'float32' });
-  const y = dr.mul(x, 0.25);
-  const v = y.dataSync();
-  let bad = 0;
-  for (const i of [0, 1, n >> 1, n - 2, n - 1]) if (v[i] !== i * 0.25) ++bad;
-  checks.push({ n, bad, length: v.length });
-  small.push(x, y);
-}
+for (let k = 0; k < 4; ++k) make(445645, 0.25);
 const afterSmall = anonHuge();
-for (const t of held.concat(small)) t.dispose();
+for (const t of held) t.dispose();
 console.log(JSON.stringify({ before, during, afterSmall, checks }));
