@@ -26,7 +26,7 @@
 //
 // The JavaScript thread only queues ops: the kernels run on the addon's stream thread and the
 // engine awaits the logits (data()), so the event loop serves requests while a step computes.
-import { DTYPE_SIZE } from '../dtype';
+import { DTYPE_SIZE, TypedArray } from '../dtype';
 import { ValueError, describe } from '../errors';
 import { Generator } from '../random';
 import { Tensor, keep, tidy, untracked } from '../tensor';
@@ -165,6 +165,10 @@ export class BatchEngine {
   private running = false;
   private closed = false;
   private idle: Array<() => void> = [];
+  // the arrays each step's logits, log-probabilities and routing are read into (grown as needed):
+  // steps run one at a time and use what they read before the next, so one array a kind serves
+  // every step, and a decode loop makes no ArrayBuffer a step for the collector to chase
+  private readArrays = new Map<string, Float32Array>();
   readonly stats: EngineStats;
 
   constructor(readonly model: DecodableLM & { eval(): unknown }, options: EngineOptions = {}) {
@@ -302,6 +306,7 @@ export class BatchEngine {
     this.waiting = [];
     await this.drained();
     this.disposeCaches();
+    this.readArrays.clear();
   }
 
   private disposeCaches(): void {
@@ -428,7 +433,7 @@ export class BatchEngine {
     this.stats.steps++;
     if (!sample) return;
     try {
-      const [lg, lp, rt] = await Promise.all([out.logits!.data(), out.logp?.data(), out.routing?.data()]);
+      const [lg, lp, rt] = await Promise.all([this.read(out.logits!, 'logits'), out.logp && this.read(out.logp, 'logp'), out.routing && this.read(out.routing, 'routing')]);
       const V = this.model.config.vocabSize;
       const routes = rt ? this.readRouting(rt, N) : null;
       const maxSeq = this.model.config.maxSeq;
@@ -482,6 +487,17 @@ export class BatchEngine {
   }
 
   // routing values per sequence, [N, F]: per layer gates (2), routed (1), expert (1) where present
+  /** A step's result read into this engine's array for `kind` (float32 and bfloat16; others as data()). */
+  private read(t: Tensor, kind: string): Promise<TypedArray> {
+    if (t.dtype !== 'float32' && t.dtype !== 'bfloat16') return t.data();
+    let a = this.readArrays.get(kind);
+    if (!a || a.length < t.size) {
+      a = new Float32Array(Math.max(t.size, 2 * (a?.length ?? 0)));
+      this.readArrays.set(kind, a);
+    }
+    return t.data(a.subarray(0, t.size));
+  }
+
   private readRouting(v: ArrayLike<number>, N: number): TokenRouting[] {
     const F = v.length / N;
     const res: TokenRouting[] = [];
