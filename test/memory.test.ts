@@ -3,7 +3,7 @@ import * as path from 'path';
 import * as dr from '../lib';
 
 /** Tensors to read into arrays: every dtype's read array, a strided view, bfloat16 widened, a
- * subarray at an offset, a computed one. */
+ * subarray at an offset, a computed one, one over a SharedArrayBuffer. */
 function readIntoCases(): Array<[dr.Tensor, () => ArrayBufferView & { length: number }]> {
   return [
     [dr.tensor(new Float64Array([0.1, -2, 3.5])), () => new Float64Array(3)],
@@ -12,6 +12,7 @@ function readIntoCases(): Array<[dr.Tensor, () => ArrayBufferView & { length: nu
     [dr.tensor([1.5, -0.25, 3], [3], { dtype: 'bfloat16' }), () => new Float32Array(3)],
     [dr.randn([5, 7]).narrow(1, 2, 3), () => new Float32Array(new ArrayBuffer(4 * 20), 8, 15)],
     [dr.randn([61, 70]).mul(3), () => new Float32Array(61 * 70)],
+    [dr.randn([4, 5]), () => new Float32Array(new SharedArrayBuffer(4 * 20))],
   ];
 }
 
@@ -173,6 +174,12 @@ describe('memory', () => {
     // the staging block (16 MiB) went back to the cache (with the reads' buffers collected from
     // earlier tests, if any: a lower bound)
     expect(dr.memory().cpu.cachedBytes).toBeGreaterThanOrEqual(16 * 2 ** 20);
+    // an array over a SharedArrayBuffer, staged too (its memory is reached without ArrayBuffer())
+    const shared = new Float32Array(new SharedArrayBuffer(4 * 2048 * 2048));
+    const h2 = dr.matmul(a, a, { alpha: 0.25 });
+    expect(await h2.data(shared)).toBe(shared);
+    expect([shared[0], shared[2048 * 2048 - 1]]).toEqual([into2[0] / 2, into2[2048 * 2048 - 1] / 2]);
+    h2.dispose();
     const want = h.dataSync();
     let differ = 0;
     for (let i = 0; i < want.length; ++i) differ += into2[i] === want[i] ? 0 : 1;

@@ -559,7 +559,15 @@ Napi::TypedArray into_arg(const Napi::CallbackInfo& info, size_t i, size_t bytes
   return ta;
 }
 
-uint8_t* into_data(const Napi::TypedArray& ta) { return static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(); }
+// Its first element (napi_get_typedarray_info's own pointer: unlike ArrayBuffer().Data(), it
+// also serves an array over a SharedArrayBuffer); nullptr if the array's buffer is detached.
+uint8_t* into_data(const Napi::TypedArray& ta) {
+  void* data = nullptr;
+  size_t length = 0;
+  napi_status st = napi_get_typedarray_info(ta.Env(), ta, nullptr, &length, &data, nullptr, nullptr);
+  DR_CHECK(st == napi_ok, Value, "read(into): the array's memory could not be reached");
+  return static_cast<uint8_t*>(data);
+}
 
 // readSync(handle, widen[, into]) -> ArrayBuffer, or `into` (a typed array of exactly the read's
 // bytes, checked by the caller for its type and length) filled in place: a loop that reads into
@@ -620,23 +628,31 @@ void settle(Napi::Env env, Napi::Function, Completion* c) {
     if (in.pending.empty()) napi_unref_threadsafe_function(env, in.completions);
     Napi::HandleScope scope(env);
     const bool into = !p.into.IsEmpty();
-    if (c->failure) {
-      Error e = failure_error(*c->failure, into ? "data(into)" : p.buffer.IsEmpty() ? "synchronizeAsync()" : "data()");
-      p.deferred.Reject(to_js(env, e.code(), e.what()).Value());
-    } else if (into) {
-      // the array may have been detached (transferred) while the read ran: its length is then 0
-      Napi::TypedArray ta = p.into.Value();
-      if (ta.ByteLength() != p.staging_bytes) {
-        p.deferred.Reject(to_js(env, ErrorCode::Value, "data(into): the array was detached (transferred) while the read ran; it holds " +
-                                                           std::to_string(ta.ByteLength()) + " bytes, the read " + std::to_string(p.staging_bytes)).Value());
+    // the promise is settled whatever happens below: its entry is gone, and an exception
+    // swallowed here would leave it pending for ever
+    try {
+      if (c->failure) {
+        Error e = failure_error(*c->failure, into ? "data(into)" : p.buffer.IsEmpty() ? "synchronizeAsync()" : "data()");
+        p.deferred.Reject(to_js(env, e.code(), e.what()).Value());
+      } else if (into) {
+        // the array may have been detached (transferred) while the read ran: its length is then 0
+        Napi::TypedArray ta = p.into.Value();
+        if (ta.ByteLength() != p.staging_bytes) {
+          p.deferred.Reject(to_js(env, ErrorCode::Value, "data(into): the array was detached (transferred) while the read ran; it holds " +
+                                                             std::to_string(ta.ByteLength()) + " bytes, the read " + std::to_string(p.staging_bytes)).Value());
+        } else {
+          std::memcpy(into_data(ta), p.staging.get(), p.staging_bytes);
+          p.deferred.Resolve(ta);
+        }
+      } else if (p.buffer.IsEmpty()) {
+        p.deferred.Resolve(env.Undefined());
       } else {
-        std::memcpy(static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset(), p.staging.get(), p.staging_bytes);
-        p.deferred.Resolve(ta);
+        p.deferred.Resolve(p.buffer.Value());
       }
-    } else if (p.buffer.IsEmpty()) {
-      p.deferred.Resolve(env.Undefined());
-    } else {
-      p.deferred.Resolve(p.buffer.Value());
+    } catch (const Error& e) {
+      p.deferred.Reject(to_js(env, e.code(), e.what()).Value());
+    } catch (const std::exception& e) {
+      p.deferred.Reject(to_js(env, ErrorCode::Internal, std::string("data(): ") + e.what()).Value());
     }
     sync_external_memory(env);
   } catch (...) {
