@@ -14,6 +14,7 @@
 // calls, the two alternated in every round; the spread is the fastest and slowest round.
 import * as fs from 'fs';
 import * as os from 'os';
+import { parseArgs as parseArgsNode } from 'util';
 import * as dr from '../lib';
 import { memoryBenches } from './elementwise';
 import { stats } from './rounds';
@@ -21,21 +22,18 @@ import { stats } from './rounds';
 interface Args { rows: number; rounds: number; filter: string[]; json: string | null }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { rows: 32, rounds: 7, filter: [], json: null };
-  for (let i = 0; i < argv.length; ++i) {
-    const k = argv[i];
-    const val = () => {
-      if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
-      return argv[++i];
-    };
-    if (k === '--rows') a.rows = Number(val());
-    else if (k === '--rounds') a.rounds = Number(val());
-    else if (k === '--filter') a.filter = val().toLowerCase().split(',').filter(Boolean);
-    else if (k === '--json') a.json = val();
-    else throw new Error(`unknown argument ${k} (see the header of bench/ceilings.ts)`);
-  }
-  if (!Number.isInteger(a.rows) || a.rows < 1) throw new Error('--rows must be a positive integer');
-  if (!Number.isInteger(a.rounds) || a.rounds < 1) throw new Error('--rounds must be a positive integer');
+  const { values } = parseArgsNode({
+    args: argv,
+    options: { rows: { type: 'string' }, rounds: { type: 'string' }, filter: { type: 'string' }, json: { type: 'string' } },
+  });
+  const a: Args = {
+    rows: Number(values.rows ?? 32),
+    rounds: Number(values.rounds ?? 7),
+    filter: (values.filter ?? '').toLowerCase().split(',').filter(Boolean),
+    json: values.json ?? null,
+  };
+  if (!Number.isInteger(a.rows) || a.rows < 1) throw new Error(`--rows must be a positive integer, got ${values.rows}`);
+  if (!Number.isInteger(a.rounds) || a.rounds < 1) throw new Error(`--rounds must be a positive integer, got ${values.rounds}`);
   return a;
 }
 
