@@ -239,16 +239,17 @@ interface ReadStat {
   p90Later?: number;
 }
 
-const p90Of = (times: number[]) => times.slice().sort((p, q) => p - q)[Math.floor(times.length * 0.9)];
+const p90Of = (sorted: number[]) => sorted[Math.floor(sorted.length * 0.9)];
+const sorted = (times: number[]) => times.slice().sort((p, q) => p - q);
 
 /** Median, 90th percentile and worst of one row's per-call times (and, given the calls per round,
  * the p90 of the first round and of the others). */
 function readStat(row: string, times: number[], perRound?: number): ReadStat {
-  const v = times.slice().sort((p, q) => p - q);
-  const st: ReadStat = { row, median: v[v.length >> 1], p90: p90Of(times), max: v[v.length - 1] };
+  const v = sorted(times);
+  const st: ReadStat = { row, median: v[v.length >> 1], p90: p90Of(v), max: v[v.length - 1] };
   if (perRound && times.length > perRound) {
-    st.p90First = p90Of(times.slice(0, perRound));
-    st.p90Later = p90Of(times.slice(perRound));
+    st.p90First = p90Of(sorted(times.slice(0, perRound)));
+    st.p90Later = p90Of(sorted(times.slice(perRound)));
   }
   return st;
 }
@@ -267,48 +268,49 @@ async function reads(rounds: number, calls: number): Promise<ReadStat[]> {
   const src = x.dataSync().slice();
   const reused = new Float32Array(n);
   const dst = new Float32Array(n);
-  const t: Record<string, number[]> = { 'dataSync() 8 MiB, synchronous loop': [], 'data() 8 MiB, awaited loop': [], 'dataSync(into) 8 MiB, synchronous loop': [], 'data(into) 8 MiB, awaited loop': [], 'JavaScript copy into a fresh array': [], 'JavaScript copy into a reused array': [] };
-  const keys = Object.keys(t);
+  const t = new Map<string, number[]>();  // a row's per-call times, rows in the order first timed
+  const series = (row: string) => {
+    let ts = t.get(row);
+    if (!ts) t.set(row, (ts = []));
+    return ts;
+  };
   let sink = 0;
+  // each call of f timed, `calls` in a row; the synchronous rows never yield between calls
+  const timed = (row: string, f: (i: number) => number) => {
+    const ts = series(row);
+    for (let i = 0; i < calls; ++i) {
+      const t0 = performance.now();
+      sink += f(i);
+      ts.push(performance.now() - t0);
+    }
+  };
+  const awaited = async (row: string, f: (i: number) => Promise<number>) => {
+    const ts = series(row);
+    for (let i = 0; i < calls; ++i) {
+      const t0 = performance.now();
+      sink += await f(i);
+      ts.push(performance.now() - t0);
+    }
+  };
   for (let r = 0; r < rounds; ++r) {
-    for (let i = 0; i < calls; ++i) {
-      const t0 = performance.now();
-      sink += x.dataSync()[i];
-      t[keys[0]].push(performance.now() - t0);
-    }
-    for (let i = 0; i < calls; ++i) {
-      const t0 = performance.now();
-      sink += (await x.data())[i];
-      t[keys[1]].push(performance.now() - t0);
-    }
-    for (let i = 0; i < calls; ++i) {
-      const t0 = performance.now();
-      sink += x.dataSync(dst)[i];
-      t[keys[2]].push(performance.now() - t0);
-    }
-    for (let i = 0; i < calls; ++i) {
-      const t0 = performance.now();
-      sink += (await x.data(dst))[i];
-      t[keys[3]].push(performance.now() - t0);
-    }
-    for (let i = 0; i < calls; ++i) {
-      const t0 = performance.now();
+    timed('dataSync() 8 MiB, synchronous loop', (i) => x.dataSync()[i]);
+    await awaited('data() 8 MiB, awaited loop', async (i) => (await x.data())[i]);
+    timed('dataSync(into) 8 MiB, synchronous loop', (i) => x.dataSync(dst)[i]);
+    await awaited('data(into) 8 MiB, awaited loop', async (i) => (await x.data(dst))[i]);
+    timed('JavaScript copy into a fresh array', (i) => {
       const f = new Float32Array(n);
       f.set(src);
-      sink += f[i];
-      t[keys[4]].push(performance.now() - t0);
-    }
-    for (let i = 0; i < calls; ++i) {
-      const t0 = performance.now();
+      return f[i];
+    });
+    timed('JavaScript copy into a reused array', (i) => {
       reused.set(src);
-      sink += reused[i];
-      t[keys[5]].push(performance.now() - t0);
-    }
+      return reused[i];
+    });
     await new Promise((res) => setImmediate(res));
   }
   x.dispose();
   if (Number.isNaN(sink)) console.log('');  // keeps the reads observable
-  return keys.map((row) => readStat(row, t[row], calls));
+  return [...t].map(([row, times]) => readStat(row, times, calls));
 }
 
 /**

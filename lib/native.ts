@@ -59,7 +59,7 @@ export interface Native {
   readSync(h: Handle, widen: boolean): ArrayBuffer;
   readSync<A extends ArrayBufferView>(h: Handle, widen: boolean, into: A): A;
   read(h: Handle, widen: boolean): Promise<ArrayBuffer>;
-  /** Reads into `into` (exactly the read's bytes): staged in a host block, copied on the JavaScript thread. */
+  /** Reads into `into` (exactly the read's bytes), copied on the JavaScript thread: at once when ready, else from a host block the read task filled. */
   read<A extends ArrayBufferView>(h: Handle, widen: boolean, into: A): Promise<A>;
   devices(): NativeDevices;
   memory(): NativeMemory;

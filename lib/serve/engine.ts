@@ -25,7 +25,7 @@
 // whose drops depend on the batch.
 //
 // The JavaScript thread only queues ops: the kernels run on the addon's stream thread and the
-// engine awaits the logits (data()), so the event loop serves requests while a step computes.
+// engine awaits the logits (data(into)), so the event loop serves requests while a step computes.
 import { DTYPE_SIZE, TypedArray } from '../dtype';
 import { ValueError, describe } from '../errors';
 import { Generator } from '../random';
@@ -486,7 +486,6 @@ export class BatchEngine {
     }
   }
 
-  // routing values per sequence, [N, F]: per layer gates (2), routed (1), expert (1) where present
   /** A step's result read into this engine's array for `kind` (float32 and bfloat16; others as data()). */
   private read(t: Tensor, kind: string): Promise<TypedArray> {
     if (t.dtype !== 'float32' && t.dtype !== 'bfloat16') return t.data();
@@ -498,6 +497,7 @@ export class BatchEngine {
     return t.data(a.subarray(0, t.size));
   }
 
+  // routing values per sequence, [N, F]: per layer gates (2), routed (1), expert (1) where present
   private readRouting(v: ArrayLike<number>, N: number): TokenRouting[] {
     const F = v.length / N;
     const res: TokenRouting[] = [];

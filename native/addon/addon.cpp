@@ -560,11 +560,11 @@ Napi::TypedArray into_arg(const Napi::CallbackInfo& info, size_t i, size_t bytes
 }
 
 // Its first element (napi_get_typedarray_info's own pointer: unlike ArrayBuffer().Data(), it
-// also serves an array over a SharedArrayBuffer); nullptr if the array's buffer is detached.
+// also serves an array over a SharedArrayBuffer). Callers check the byte length first (0 once
+// the buffer is detached).
 uint8_t* into_data(const Napi::TypedArray& ta) {
   void* data = nullptr;
-  size_t length = 0;
-  napi_status st = napi_get_typedarray_info(ta.Env(), ta, nullptr, &length, &data, nullptr, nullptr);
+  napi_status st = napi_get_typedarray_info(ta.Env(), ta, nullptr, nullptr, &data, nullptr, nullptr);
   DR_CHECK(st == napi_ok, Value, "read(into): the array's memory could not be reached");
   return static_cast<uint8_t*>(data);
 }

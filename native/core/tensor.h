@@ -33,7 +33,7 @@ int64_t cpu_cached_bytes();
 // The most bytes the cache keeps (DUALROUTE_CPU_CACHE_MB, default 512 MiB).
 int64_t cpu_cache_limit();
 void cpu_empty_cache();
-// Host memory from the block cache tensors use (64-byte aligned; huge pages from 2 MiB): for
+// Host memory from the block cache tensors use (64-byte aligned; huge pages from 1.5 MiB): for
 // buffers handed outside the tensor system, such as the ArrayBuffers reads return. Give a
 // block back with the byte count it was taken with. Throws a Memory error when there is none.
 void* host_buffer_take(size_t bytes);
